@@ -1,0 +1,74 @@
+"""The Flask application: wiring only. Views translate HTTP to plain calls and back."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Blueprint, Flask, current_app, request
+from redis import Redis
+from redis.exceptions import RedisError
+from werkzeug.exceptions import HTTPException
+
+from service.config import Settings
+from service.errors import PayloadTooLarge, RelayError, StoreUnavailable
+from service.ingest import StripeIngest
+from service.redis_client import web_redis
+from service.store import Store
+
+MAX_BODY_BYTES = 1024 * 1024  # Stripe events are far smaller; anything above is refused with 413
+log = logging.getLogger(__name__)
+bp = Blueprint("relay", __name__)
+
+
+def build_app(settings: Settings | None = None, *, redis: Redis | None = None) -> Flask:
+    settings = settings or Settings.from_env(role="web")
+    redis = redis if redis is not None else web_redis(settings.redis_url)
+    app = Flask("relay")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["relay.redis"] = redis
+    app.extensions["relay.stripe"] = StripeIngest(settings, Store(redis, dedup_ttl=settings.dedup_ttl_seconds))
+    app.register_blueprint(bp)
+    app.register_error_handler(RelayError, _relay_error)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected_error)
+    return app
+
+
+@bp.post("/webhooks/stripe")
+def stripe_webhook() -> tuple[dict[str, Any], int]:
+    ingest: StripeIngest = current_app.extensions["relay.stripe"]
+    answer = ingest.handle(request.get_data(), request.content_type, request.headers.get("Stripe-Signature"))
+    return answer.body, answer.status
+
+
+@bp.get("/healthz")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}  # process alive; deliberately independent of Redis
+
+
+@bp.get("/readyz")
+def readyz() -> dict[str, str]:
+    try:
+        current_app.extensions["relay.redis"].ping()
+    except RedisError as exc:
+        raise StoreUnavailable("redis is not reachable") from exc
+    return {"status": "ready"}
+
+
+def _relay_error(exc: RelayError) -> tuple[dict[str, Any], int]:
+    return exc.body(), exc.status
+
+
+def _http_error(exc: HTTPException) -> tuple[dict[str, Any], int]:
+    if exc.code == 413:
+        return _relay_error(PayloadTooLarge(f"request body is larger than {MAX_BODY_BYTES} bytes"))
+    code = (exc.name or "error").lower().replace(" ", "_")
+    status = exc.code or 500
+    return {"error": {"code": code, "message": exc.description or exc.name}}, status
+
+
+def _unexpected_error(exc: Exception) -> tuple[dict[str, Any], int]:
+    log.exception("unexpected error on %s %s", request.method, request.path)
+    return {"error": {"code": "internal_error", "message": "internal error"}}, 500

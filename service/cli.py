@@ -1,0 +1,124 @@
+"""The `relay` command: dev, web, worker, check-config, sign."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from service.config import Settings, SettingsError
+
+APP_TARGET = "service:create_app()"
+
+
+def _settings(role: str) -> Settings:
+    try:
+        return Settings.from_env(role=role)
+    except SettingsError as exc:
+        print(f"relay: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def gunicorn_argv(settings: Settings, bind: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--bind",
+        bind,
+        "--worker-class",
+        "gthread",
+        "--workers",
+        str(settings.web_workers),
+        "--threads",
+        str(settings.web_threads),
+        "--keep-alive",
+        "5",
+        "--graceful-timeout",
+        "30",
+        "--log-level",
+        settings.log_level.lower(),
+        APP_TARGET,
+    ]
+
+
+def cmd_web(args: argparse.Namespace) -> int:
+    settings = _settings("web")
+    bind = args.bind or f"0.0.0.0:{settings.port}"
+    argv = gunicorn_argv(settings, bind)
+    os.execv(argv[0], argv)  # noqa: S606 - gunicorn becomes this process: signals reach it directly
+    return 0  # pragma: no cover
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from service.logs import configure_logging
+    from workers.runner import run_worker
+
+    settings = _settings("worker")
+    configure_logging(settings.log_level)
+    run_worker(settings, burst=args.burst, log_level=settings.log_level)
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    settings = _settings(args.role)
+    events = ", ".join(sorted(settings.mapping.rules))
+    print(f"relay: configuration OK for role {args.role}")
+    print(f"  stripe secrets: {len(settings.stripe_webhook_secrets)}, tolerance {settings.stripe_tolerance_seconds}s")
+    print(f"  user.com: {settings.usercom_api_url or '(not set)'}")
+    print(f"  identity key: metadata[{settings.identity_key}]")
+    print(f"  mapped stripe events ({len(settings.mapping.rules)}): {events}")
+    return 0
+
+
+def cmd_sign(args: argparse.Namespace) -> int:
+    """Print a Stripe-Signature header for a file: handy with curl while testing."""
+    import hashlib
+    import hmac
+
+    secret = args.secret
+    payload = Path(args.file).read_bytes()
+    timestamp = int(time.time())
+    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + payload, hashlib.sha256).hexdigest()
+    print(f"t={timestamp},v1={digest}")
+    return 0
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from service.dev import run_dev
+
+    return run_dev(port=args.port, data_dir=Path(args.data_dir))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="relay", description="Billing webhooks in, User.com updates out.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    dev = sub.add_parser("dev", help="run everything locally: Redis, web, worker and a User.com sandbox")
+    dev.add_argument("--port", type=int, default=8000, help="web port (default 8000)")
+    dev.add_argument("--data-dir", default=".relay-dev", help="where the dev Redis keeps its data")
+    dev.set_defaults(func=cmd_dev)
+    web = sub.add_parser("web", help="serve the webhook endpoints with gunicorn")
+    web.add_argument("--bind", help="HOST:PORT (default 0.0.0.0:$PORT, PORT defaults to 8000)")
+    web.set_defaults(func=cmd_web)
+    worker = sub.add_parser("worker", help="deliver queued updates to User.com (scheduler included)")
+    worker.add_argument("--burst", action="store_true", help="exit once the queue is empty")
+    worker.set_defaults(func=cmd_worker)
+    check = sub.add_parser("check-config", help="validate the environment and the mapping, then exit")
+    check.add_argument("--role", choices=["web", "worker", "all"], default="all")
+    check.set_defaults(func=cmd_check_config)
+    sign = sub.add_parser("sign", help="print a Stripe-Signature header for a payload file")
+    sign.add_argument("file")
+    sign.add_argument("--secret", required=True, help="the whsec_... signing secret")
+    sign.set_defaults(func=cmd_sign)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,194 @@
+"""Settings: the one place that reads the environment.
+
+Every value is validated at start-up; a bad value raises `SettingsError` with a one-line
+reason that never contains a secret, and the process stops.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from service.mapping import Mapping as EventMapping
+from service.mapping import MappingError, load_mapping
+
+# Stripe retries a webhook for up to 3 days; remember accepted ids longer than that.
+MIN_DEDUP_TTL_SECONDS = 3 * 24 * 3600
+DEFAULT_DEDUP_TTL_SECONDS = 7 * 24 * 3600
+DEFAULT_STRIPE_TOLERANCE_SECONDS = 300
+# Retries: exponential backoff with full jitter, given up (dead-lettered) after a day.
+DEFAULT_RETRY_BASE_SECONDS = 2.0
+DEFAULT_RETRY_MAX_DELAY_SECONDS = 3600.0
+DEFAULT_RETRY_GIVE_UP_SECONDS = 24 * 3600.0
+DEFAULT_USERCOM_CONNECT_TIMEOUT = 3.0
+DEFAULT_USERCOM_READ_TIMEOUT = 10.0
+DEFAULT_PORT = 8000
+# gunicorn gthread: an I/O-bound receiver; one process per core, a few threads each.
+DEFAULT_WEB_WORKERS = 2
+DEFAULT_WEB_THREADS = 4
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+ROLES = ("web", "worker", "all")
+
+
+class SettingsError(ValueError):
+    """A setting is missing or invalid; the message is one line and free of secrets."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    redis_url: str
+    usercom_api_url: str = ""
+    usercom_api_key: str = field(default="", repr=False)
+    stripe_webhook_secrets: tuple[str, ...] = field(default=(), repr=False)
+    stripe_tolerance_seconds: int = DEFAULT_STRIPE_TOLERANCE_SECONDS
+    identity_key: str = "user_id"
+    mapping: EventMapping = field(default_factory=lambda: load_mapping(None))
+    admin_token: str = field(default="", repr=False)
+    dedup_ttl_seconds: int = DEFAULT_DEDUP_TTL_SECONDS
+    retry_base_seconds: float = DEFAULT_RETRY_BASE_SECONDS
+    retry_max_delay_seconds: float = DEFAULT_RETRY_MAX_DELAY_SECONDS
+    retry_give_up_seconds: float = DEFAULT_RETRY_GIVE_UP_SECONDS
+    usercom_connect_timeout: float = DEFAULT_USERCOM_CONNECT_TIMEOUT
+    usercom_read_timeout: float = DEFAULT_USERCOM_READ_TIMEOUT
+    port: int = DEFAULT_PORT
+    web_workers: int = DEFAULT_WEB_WORKERS
+    web_threads: int = DEFAULT_WEB_THREADS
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, *, role: str = "all") -> Settings:
+        """Build and validate settings; `role` says which process needs which secrets."""
+        if role not in ROLES:
+            raise SettingsError(f"unknown role {role!r}")
+        env = os.environ if env is None else env
+        reader = _Reader(env)
+        needs_web = role in ("web", "all")
+        needs_worker = role in ("worker", "all")
+        settings = cls(
+            redis_url=reader.redis_url("REDIS_URL"),
+            usercom_api_url=reader.http_url("USERCOM_API_URL", required=needs_worker),
+            usercom_api_key=reader.secret("USERCOM_API_KEY", required=needs_worker),
+            stripe_webhook_secrets=reader.stripe_secrets("STRIPE_WEBHOOK_SECRETS", required=needs_web),
+            stripe_tolerance_seconds=reader.integer(
+                "STRIPE_TOLERANCE_SECONDS", DEFAULT_STRIPE_TOLERANCE_SECONDS, minimum=1
+            ),
+            identity_key=reader.text("RELAY_IDENTITY_KEY", "user_id"),
+            mapping=reader.mapping("RELAY_MAPPING_FILE"),
+            admin_token=reader.secret("RELAY_ADMIN_TOKEN", required=False),
+            dedup_ttl_seconds=reader.integer(
+                "RELAY_DEDUP_TTL_SECONDS", DEFAULT_DEDUP_TTL_SECONDS, minimum=MIN_DEDUP_TTL_SECONDS
+            ),
+            retry_base_seconds=reader.number("RELAY_RETRY_BASE_SECONDS", DEFAULT_RETRY_BASE_SECONDS),
+            retry_max_delay_seconds=reader.number("RELAY_RETRY_MAX_DELAY_SECONDS", DEFAULT_RETRY_MAX_DELAY_SECONDS),
+            retry_give_up_seconds=reader.number("RELAY_RETRY_GIVE_UP_SECONDS", DEFAULT_RETRY_GIVE_UP_SECONDS),
+            usercom_connect_timeout=reader.number("USERCOM_CONNECT_TIMEOUT_SECONDS", DEFAULT_USERCOM_CONNECT_TIMEOUT),
+            usercom_read_timeout=reader.number("USERCOM_READ_TIMEOUT_SECONDS", DEFAULT_USERCOM_READ_TIMEOUT),
+            port=reader.integer("PORT", DEFAULT_PORT, minimum=1),
+            web_workers=reader.integer("RELAY_WEB_WORKERS", DEFAULT_WEB_WORKERS, minimum=1),
+            web_threads=reader.integer("RELAY_WEB_THREADS", DEFAULT_WEB_THREADS, minimum=1),
+            log_level=reader.choice("RELAY_LOG_LEVEL", "INFO", LOG_LEVELS),
+        )
+        if settings.port > 65535:
+            raise SettingsError(f"PORT must be at most 65535, got {settings.port}")
+        if settings.retry_max_delay_seconds < settings.retry_base_seconds:
+            raise SettingsError("RELAY_RETRY_MAX_DELAY_SECONDS must be >= RELAY_RETRY_BASE_SECONDS")
+        return settings
+
+
+class _Reader:
+    """Reads one variable at a time and names it in every error."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+
+    def _raw(self, name: str) -> str:
+        return self._env.get(name, "").strip()
+
+    def text(self, name: str, default: str) -> str:
+        value = self._raw(name) or default
+        if any(c.isspace() for c in value):
+            raise SettingsError(f"{name} must not contain whitespace")
+        return value
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        value = (self._raw(name) or default).upper()
+        if value not in choices:
+            raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    def integer(self, name: str, default: int, *, minimum: int) -> int:
+        raw = self._raw(name)
+        if not raw:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
+        if value < minimum:
+            raise SettingsError(f"{name} must be at least {minimum}, got {value}")
+        return value
+
+    def number(self, name: str, default: float) -> float:
+        raw = self._raw(name)
+        if not raw:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+        if not value > 0:
+            raise SettingsError(f"{name} must be greater than 0, got {raw!r}")
+        return value
+
+    def redis_url(self, name: str) -> str:
+        raw = self._raw(name)
+        if not raw:
+            raise SettingsError(f"{name} is required (e.g. redis://localhost:6379/0)")
+        if urlsplit(raw).scheme not in ("redis", "rediss", "unix"):
+            # The URL may carry a password: never echo it.
+            raise SettingsError(f"{name} must start with redis://, rediss:// or unix://")
+        return raw
+
+    def http_url(self, name: str, *, required: bool) -> str:
+        raw = self._raw(name)
+        if not raw:
+            if required:
+                raise SettingsError(f"{name} is required (e.g. https://acme.user.com/api/public)")
+            return ""
+        parts = urlsplit(raw)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise SettingsError(f"{name} must be an http(s) URL, got {raw!r}")
+        if parts.query or parts.fragment:
+            raise SettingsError(f"{name} must not have a query or fragment")
+        return raw.rstrip("/")
+
+    def secret(self, name: str, *, required: bool) -> str:
+        raw = self._raw(name)
+        if required and not raw:
+            raise SettingsError(f"{name} is required")
+        if any(c.isspace() for c in raw):
+            raise SettingsError(f"{name} must not contain whitespace")
+        return raw
+
+    def stripe_secrets(self, name: str, *, required: bool) -> tuple[str, ...]:
+        raw = self._raw(name)
+        if not raw:
+            if required:
+                raise SettingsError(f"{name} is required (comma-separated whsec_... secrets)")
+            return ()
+        secrets = tuple(s.strip() for s in raw.split(","))
+        for position, secret in enumerate(secrets, start=1):
+            if not secret.startswith("whsec_") or len(secret) <= len("whsec_"):
+                raise SettingsError(f"{name}: secret #{position} is not a Stripe signing secret (whsec_...)")
+        return secrets
+
+    def mapping(self, name: str) -> EventMapping:
+        raw = self._raw(name)
+        try:
+            return load_mapping(Path(raw) if raw else None)
+        except MappingError as exc:
+            raise SettingsError(f"{name}: {exc}") from None

@@ -1,0 +1,137 @@
+"""Stripe webhook intake as a plain function: bytes and headers in, an HTTP answer out.
+
+Order of checks: content type (415), signature (401), JSON (400), envelope and object schema
+(422, and the event is dead-lettered as `invalid_payload`), mapping (200 ignored), then one
+atomic Redis write (202 accepted / 200 duplicate). Nothing is answered 2xx before Redis has
+acknowledged the write; any Redis failure is a 503 and Stripe retries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from marshmallow import ValidationError
+from redis.exceptions import RedisError
+
+from service.config import Settings
+from service.errors import InvalidPayload, MalformedJson, StoreUnavailable, UnsupportedMediaType
+from service.signatures import verify_stripe_signature
+from service.store import DeadLetter, Store
+from service.stripe_extract import EXTRACTORS
+from service.stripe_schemas import STRIPE_ID, EventSchema
+from service.updates import UserUpdate
+
+log = logging.getLogger(__name__)
+SOURCE = "stripe"
+_EVENT_SCHEMA = EventSchema()
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: dict[str, Any]
+
+
+def _is_json(content_type: str | None) -> bool:
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    return media_type == "application/json" or (media_type.startswith("application/") and media_type.endswith("+json"))
+
+
+class StripeIngest:
+    def __init__(self, settings: Settings, store: Store) -> None:
+        self.settings = settings
+        self.store = store
+
+    def handle(self, raw: bytes, content_type: str | None, signature: str | None) -> Answer:
+        if not _is_json(content_type):
+            raise UnsupportedMediaType("Content-Type must be application/json")
+        verify_stripe_signature(
+            raw, signature, self.settings.stripe_webhook_secrets, tolerance=self.settings.stripe_tolerance_seconds
+        )
+        try:
+            payload = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise MalformedJson("request body is not valid JSON") from None
+        try:
+            event = _EVENT_SCHEMA.load(payload) if isinstance(payload, dict) else _not_an_object()
+        except ValidationError as exc:
+            raise self._dead_letter_invalid(raw, payload, exc) from None
+        rule = self.settings.mapping.rule_for(event["type"])
+        if rule is None:
+            accepted = self._write(self.store.ignore, SOURCE, event["id"])
+            return Answer(200, {"status": "ignored" if accepted else "duplicate", "event_id": event["id"]})
+        extractor = EXTRACTORS[rule.extract]
+        try:
+            obj = extractor.schema.load(event["data"]["object"])
+        except ValidationError as exc:
+            nested = ValidationError({"data": {"object": exc.messages}})
+            raise self._dead_letter_invalid(raw, payload, nested) from None
+        extracted = extractor.extract(obj, event["created"], self.settings.identity_key)
+        standard, custom, tags = rule.apply(extracted)
+        update = UserUpdate(
+            source=SOURCE,
+            event_id=event["id"],
+            event_type=event["type"],
+            event_time=event["created"],
+            user_id=extracted.user_id,
+            customer_id=extracted.customer_id,
+            standard=standard,
+            custom=custom,
+            tags=tags,
+        )
+        if self._write(self.store.accept, update):
+            log.info("accepted %s %s", update.event_type, update.event_id)
+            return Answer(202, {"status": "accepted", "event_id": update.event_id})
+        return Answer(200, {"status": "duplicate", "event_id": update.event_id})
+
+    def _dead_letter_invalid(self, raw: bytes, payload: Any, exc: ValidationError) -> InvalidPayload:
+        """Keep the event in the dead-letter queue; the caller answers 422 with the field messages."""
+        envelope = payload if isinstance(payload, dict) else {}
+        event_id = envelope.get("id")
+        digest = hashlib.sha256(raw).hexdigest()[:32]
+        if not (isinstance(event_id, str) and _valid_id(event_id)):
+            event_id = None
+        event_type = envelope.get("type") if isinstance(envelope.get("type"), str) else None
+        created = envelope.get("created") if isinstance(envelope.get("created"), int) else None
+        now = time.time()
+        item = DeadLetter(
+            id=f"{SOURCE}-{event_id or digest}",
+            reason="invalid_payload",
+            source=SOURCE,
+            event_type=event_type,
+            event_id=event_id,
+            event_time=created,
+            message="payload does not fit the schema",
+            event=payload,
+            first_failure_at=now,
+            last_failure_at=now,
+            last_response=json.dumps(exc.messages)[:4000],
+        )
+        self._write(self.store.reject, item, event_id or digest)
+        log.warning("invalid payload %s %s: %s", event_type, event_id or digest, exc.messages)
+        return InvalidPayload("payload does not fit the Stripe event schema", details=exc.messages)
+
+    @staticmethod
+    def _write(operation: Any, *args: Any) -> Any:
+        try:
+            return operation(*args)
+        except RedisError as exc:
+            log.error("redis unavailable: %s", type(exc).__name__)
+            raise StoreUnavailable("event store unavailable; retry later") from exc
+
+
+def _valid_id(value: str) -> bool:
+    try:
+        STRIPE_ID(value)
+    except ValidationError:
+        return False
+    return True
+
+
+def _not_an_object() -> dict[str, Any]:
+    raise ValidationError({"_schema": ["A Stripe event must be a JSON object."]})

@@ -1,0 +1,26 @@
+"""The normalized user update: what every source becomes and every destination receives."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, kw_only=True)
+class UserUpdate:
+    source: str  # "stripe"
+    event_id: str
+    event_type: str
+    event_time: int  # the source's own event time, epoch seconds
+    user_id: str | None  # explicit identity carried by the event (metadata[RELAY_IDENTITY_KEY])
+    customer_id: str | None  # the source's customer id, for identity fallback and learning
+    standard: dict[str, Any] = field(default_factory=dict)
+    custom: dict[str, Any] = field(default_factory=dict)
+    tags: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> UserUpdate:
+        return cls(**data)

@@ -1,0 +1,38 @@
+"""What User.com accepts, from the seeds in shared/seeds (the spec of our outgoing calls)."""
+
+from __future__ import annotations
+
+import re
+
+# Standard attributes User.com allows on update (usercom_update_user_by_custom_id.txt).
+STANDARD_ATTRIBUTES = frozenset(
+    {
+        "assigned_to",
+        "city",
+        "company_id",
+        "country",
+        "email",
+        "facebook_url",
+        "first_name",
+        "gender",
+        "google_url",
+        "gravatar_url",
+        "last_name",
+        "linkedin_url",
+        "notifications",
+        "phone_number",
+        "region",
+        "score",
+        "status",
+        "timezone",
+        "twitter_url",
+        "unsubscribed",
+        "user_id",
+    }
+)
+# Keys of an update body that are not attributes.
+RESERVED_KEYS = frozenset({"tags", "id", "custom_id", "user_id", "company_custom_id", "attributes"})
+NAME_MAX_LENGTH = 40  # first_name / last_name limit, documented
+E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+CUSTOM_ATTRIBUTE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")

@@ -1,0 +1,1 @@
+"""relay worker side: rq jobs that deliver normalized updates to User.com."""

@@ -1,0 +1,188 @@
+"""The delivery job: one normalized update to User.com, then a counted outcome.
+
+Every job ends in exactly one of: delivered, dead-lettered (rejected by User.com, identity
+unresolved, or retries exhausted), or a retry scheduled as a new job. Outcomes are counted
+once per event even when a job runs twice (a worker killed mid-job is re-run by rq), and
+updates are idempotent (attribute sets, add-only tags), so a re-run changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from redis import Redis
+from rq import Queue
+from rq.job import Job
+
+from service import keys
+from service.config import Settings
+from service.store import DeadLetter, Store, delivery_job
+from service.updates import UserUpdate
+from workers.usercom import Rejected, Retryable, UsercomClient
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DeliveryContext:
+    """What a worker process builds once and every job uses."""
+
+    settings: Settings
+    redis: Redis
+    store: Store
+    client: UsercomClient
+    queue: Queue
+    clock: Callable[[], float] = time.time
+    jitter: Callable[[], float] = field(default=random.random)
+
+
+_context: DeliveryContext | None = None
+
+
+def configure(context: DeliveryContext) -> None:
+    global _context
+    _context = context
+
+
+def _current() -> DeliveryContext:
+    if _context is None:
+        raise RuntimeError("delivery context not configured: start workers with `relay worker`")
+    return _context
+
+
+def deliver(update: dict[str, Any], attempt: int = 1, first_failure_at: float | None = None) -> str:
+    """rq entry point (referenced by name from service.store)."""
+    return deliver_update(_current(), UserUpdate.from_dict(update), attempt, first_failure_at)
+
+
+def backoff_delay(attempt: int, *, base: float, cap: float, jitter: float, retry_after: float | None) -> float:
+    """Exponential backoff with full jitter; never sooner than a Retry-After asked for."""
+    ceiling = min(cap, base * 2 ** (attempt - 1))
+    return max(ceiling * jitter, retry_after or 0.0)
+
+
+def resolve_identity(redis: Redis, update: UserUpdate) -> str | None:
+    """metadata user id, else the one learned for this customer, else the customer id itself."""
+    customers = keys.customer_map(update.source)
+    if update.user_id:
+        if update.customer_id:
+            redis.hset(customers, update.customer_id, update.user_id)
+        return update.user_id
+    if update.customer_id:
+        learned = redis.hget(customers, update.customer_id)
+        return learned.decode() if learned else update.customer_id
+    return None
+
+
+def deliver_update(
+    ctx: DeliveryContext, update: UserUpdate, attempt: int = 1, first_failure_at: float | None = None
+) -> str:
+    user_id = resolve_identity(ctx.redis, update)
+    if user_id is None:
+        return _dead_letter(
+            ctx,
+            update,
+            "unresolved_identity",
+            "event names neither a user nor a customer",
+            attempt=attempt,
+            first_failure_at=first_failure_at,
+        )
+    try:
+        ctx.client.update_user(user_id, update.standard, update.custom, update.tags)
+    except Rejected as exc:
+        return _dead_letter(
+            ctx,
+            update,
+            "usercom_rejected",
+            str(exc),
+            user_id=user_id,
+            attempt=attempt,
+            first_failure_at=first_failure_at,
+            status=exc.status,
+            body=exc.body,
+        )
+    except Retryable as exc:
+        return _retry_or_give_up(ctx, update, user_id, exc, attempt, first_failure_at)
+    ctx.store.record_delivered(update)
+    log.info("delivered %s %s to user %s (attempt %d)", update.event_type, update.event_id, user_id, attempt)
+    return "delivered"
+
+
+def _retry_or_give_up(
+    ctx: DeliveryContext, update: UserUpdate, user_id: str, exc: Retryable, attempt: int, first_failure_at: float | None
+) -> str:
+    settings = ctx.settings
+    now = ctx.clock()
+    first = first_failure_at if first_failure_at is not None else now
+    delay = backoff_delay(
+        attempt,
+        base=settings.retry_base_seconds,
+        cap=settings.retry_max_delay_seconds,
+        jitter=ctx.jitter(),
+        retry_after=exc.retry_after,
+    )
+    if now + delay - first > settings.retry_give_up_seconds:
+        return _dead_letter(
+            ctx,
+            update,
+            "retries_exhausted",
+            str(exc),
+            user_id=user_id,
+            attempt=attempt,
+            first_failure_at=first,
+            status=exc.status,
+            body=exc.body,
+        )
+    # A re-run of this job schedules the same job id again: no duplicate retry.
+    retry = delivery_job(ctx.redis, update, attempt + 1, first)
+    ctx.queue.schedule_job(retry, datetime.fromtimestamp(now + delay, UTC))
+    log.warning("retrying %s %s in %.1fs (attempt %d): %s", update.event_type, update.event_id, delay, attempt, exc)
+    return "retry_scheduled"
+
+
+def _dead_letter(
+    ctx: DeliveryContext,
+    update: UserUpdate,
+    reason: str,
+    message: str,
+    *,
+    attempt: int,
+    first_failure_at: float | None,
+    user_id: str | None = None,
+    status: int | None = None,
+    body: str | None = None,
+) -> str:
+    now = ctx.clock()
+    item = DeadLetter(
+        id=f"{update.source}-{update.event_id}",
+        reason=reason,
+        source=update.source,
+        event_type=update.event_type,
+        event_id=update.event_id,
+        event_time=update.event_time,
+        message=message,
+        update=update.to_dict(),
+        user_id=user_id,
+        attempts=attempt,
+        first_failure_at=first_failure_at if first_failure_at is not None else now,
+        last_failure_at=now,
+        last_status=status,
+        last_response=body,
+    )
+    ctx.store.dead_letter(item)
+    log.error("dead-lettered %s %s (%s): %s", update.event_type, update.event_id, reason, message)
+    return "dead_lettered"
+
+
+def on_job_failure(job: Job, connection: Redis, exc_type: type, exc: BaseException, tb: Any) -> None:
+    """A job crashed on something unexpected: keep the update in the dead-letter queue too."""
+    ctx = _current()
+    update = UserUpdate.from_dict(job.args[0])
+    attempt = job.args[1] if len(job.args) > 1 else 1
+    _dead_letter(ctx, update, "internal_error", f"{exc_type.__name__}: {exc}", attempt=attempt, first_failure_at=None)

@@ -1,0 +1,111 @@
+"""User.com REST client: the calls of shared/seeds, with explicit timeouts and classified errors.
+
+Outcomes are translated at this boundary: a 2xx returns; 429, 5xx, timeouts and network
+errors raise `Retryable` (with Retry-After when given); any other 4xx raises `Rejected`
+carrying the status and the response body with secrets removed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import quote
+
+import urllib3
+from urllib3.exceptions import HTTPError
+
+MAX_BODY_KEPT = 2000  # characters of an error response kept for the dead-letter queue
+
+
+class UsercomError(Exception):
+    def __init__(self, message: str, *, status: int | None = None, body: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body
+
+
+class Retryable(UsercomError):
+    """Try again later: throttled, server error, timeout or network failure."""
+
+    def __init__(
+        self, message: str, *, status: int | None = None, body: str | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, status=status, body=body)
+        self.retry_after = retry_after
+
+
+class Rejected(UsercomError):
+    """User.com refused the request as it is; sending it again will not help."""
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Retry-After as seconds or an HTTP date -> seconds to wait (never negative)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        moment = parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, moment - (time.time() if now is None else now))
+
+
+def redact(text: str, secrets: list[str]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "[redacted]")
+    return text
+
+
+class UsercomClient:
+    def __init__(
+        self, *, base_url: str, api_key: str, connect_timeout: float, read_timeout: float, pool_size: int = 10
+    ) -> None:
+        self._base = base_url.rstrip("/")
+        self._api_key = api_key
+        self._headers = {
+            "Authorization": f"Token {api_key}",
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+        }
+        self._http = urllib3.PoolManager(
+            maxsize=pool_size,
+            retries=False,
+            timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
+        )
+
+    def update_user(self, user_id: str, standard: dict[str, Any], custom: dict[str, Any], tags: list[str]) -> None:
+        """Update by our own id; create the user first when User.com does not know it yet."""
+        body: dict[str, Any] = {**standard, **custom}
+        if tags:
+            body["tags"] = tags
+        path = f"/users-by-id/{quote(user_id, safe='')}/"
+        if self._call("PUT", path, body, allow_404=True) is not None:
+            return
+        self._call("POST", "/users/update_or_create/", {**standard, "user_id": user_id})
+        if self._call("PUT", path, body, allow_404=True) is None:
+            raise Retryable("user still not found right after update_or_create", status=404)
+
+    def _call(self, method: str, path: str, body: dict[str, Any], *, allow_404: bool = False) -> Any:
+        url = self._base + path
+        try:
+            response = self._http.request(method, url, body=json.dumps(body).encode(), headers=self._headers)
+        except HTTPError as exc:
+            raise Retryable(f"{method} {path}: {type(exc).__name__}") from exc
+        status = response.status
+        if 200 <= status < 300:
+            return response.json() if response.data else {}
+        if status == 404 and allow_404:
+            return None
+        text = redact(response.data.decode("utf-8", "replace"), [self._api_key])[:MAX_BODY_KEPT]
+        message = f"{method} {path} -> {status}"
+        if status == 429:
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            raise Retryable(message, status=status, body=text, retry_after=retry_after)
+        if status >= 500:
+            raise Retryable(message, status=status, body=text)
+        raise Rejected(message, status=status, body=text)
