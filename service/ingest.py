@@ -22,13 +22,10 @@ from service.config import Settings
 from service.errors import InvalidPayload, MalformedJson, StoreUnavailable, UnsupportedMediaType
 from service.signatures import verify_stripe_signature
 from service.store import DeadLetter, Store
-from service.stripe_extract import EXTRACTORS
-from service.stripe_schemas import STRIPE_ID, EventSchema
-from service.updates import UserUpdate
+from service.stripe_normalize import SOURCE, normalize_event
+from service.stripe_schemas import STRIPE_ID
 
 log = logging.getLogger(__name__)
-SOURCE = "stripe"
-_EVENT_SCHEMA = EventSchema()
 
 
 @dataclass(frozen=True)
@@ -58,32 +55,13 @@ class StripeIngest:
         except (ValueError, UnicodeDecodeError):
             raise MalformedJson("request body is not valid JSON") from None
         try:
-            event = _EVENT_SCHEMA.load(payload) if isinstance(payload, dict) else _not_an_object()
+            normalized = normalize_event(payload, self.settings.mapping, self.settings.identity_key)
         except ValidationError as exc:
             raise self._dead_letter_invalid(raw, payload, exc) from None
-        rule = self.settings.mapping.rule_for(event["type"])
-        if rule is None:
-            accepted = self._write(self.store.ignore, SOURCE, event["id"])
-            return Answer(200, {"status": "ignored" if accepted else "duplicate", "event_id": event["id"]})
-        extractor = EXTRACTORS[rule.extract]
-        try:
-            obj = extractor.schema.load(event["data"]["object"])
-        except ValidationError as exc:
-            nested = ValidationError({"data": {"object": exc.messages}})
-            raise self._dead_letter_invalid(raw, payload, nested) from None
-        extracted = extractor.extract(obj, event["created"], self.settings.identity_key)
-        standard, custom, tags = rule.apply(extracted)
-        update = UserUpdate(
-            source=SOURCE,
-            event_id=event["id"],
-            event_type=event["type"],
-            event_time=event["created"],
-            user_id=extracted.user_id,
-            customer_id=extracted.customer_id,
-            standard=standard,
-            custom=custom,
-            tags=tags,
-        )
+        update = normalized.update
+        if update is None:
+            accepted = self._write(self.store.ignore, SOURCE, normalized.event_id)
+            return Answer(200, {"status": "ignored" if accepted else "duplicate", "event_id": normalized.event_id})
         if self._write(self.store.accept, update):
             log.info("accepted %s %s", update.event_type, update.event_id)
             return Answer(202, {"status": "accepted", "event_id": update.event_id})
@@ -131,7 +109,3 @@ def _valid_id(value: str) -> bool:
     except ValidationError:
         return False
     return True
-
-
-def _not_an_object() -> dict[str, Any]:
-    raise ValidationError({"_schema": ["A Stripe event must be a JSON object."]})

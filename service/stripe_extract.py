@@ -21,8 +21,8 @@ from service.usercom_fields import E164, EMAIL, NAME_MAX_LENGTH
 # Stripe amounts are in the currency's smallest unit; these currencies have none below the unit.
 ZERO_DECIMAL_CURRENCIES = frozenset("bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf".split())
 THREE_DECIMAL_CURRENCIES = frozenset("bhd jod kwd omr tnd".split())
-# Average month lengths, to bring any billing interval to a monthly amount.
-MONTHS_PER_INTERVAL = {
+# How many months one billing interval lasts (on average), to bring any price to a monthly amount.
+MONTHS_IN_INTERVAL = {
     "day": Decimal(12) / Decimal("365.25"),
     "week": Decimal(12) / Decimal(52),
     "month": 1,
@@ -127,7 +127,7 @@ def monthly_amount(items: list[dict[str, Any]]) -> Decimal:
         if amount is None or interval is None:
             continue
         quantity = item.get("quantity")
-        total += amount * (1 if quantity is None else quantity) * MONTHS_PER_INTERVAL[interval] / count
+        total += amount * (1 if quantity is None else quantity) / (MONTHS_IN_INTERVAL[interval] * count)
     return total
 
 

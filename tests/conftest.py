@@ -1,0 +1,120 @@
+"""Shared fixtures: a real redis-server process, the User.com sandbox on a real socket,
+Stripe-signed requests made with the official `stripe` package, and the shared payloads."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import stripe
+from redis import Redis
+
+from service import create_app
+from service.config import Settings
+from service.embedded_redis import RedisProcess
+from service.usercom_sandbox import SandboxServer
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("RELAY_SHARED_DIR", REPO.parent / "shared"))
+STRIPE_FIXTURES = SHARED / "fixtures" / "stripe"
+SECRET = "whsec_test_primary_0123456789abcdef"
+OLD_SECRET = "whsec_test_rotated_out_fedcba9876543210"
+USERCOM_KEY = "k" * 24 + "usercomtestkey" + "0" * 26  # 64 characters, like a real key
+
+
+def load_fixture(name: str) -> dict[str, Any]:
+    path = STRIPE_FIXTURES / name
+    if not path.exists():
+        raise FileNotFoundError(f"{path} missing: tests need ../shared beside the repo (or RELAY_SHARED_DIR)")
+    return json.loads(path.read_text())
+
+
+def stripe_event(event_type: str, obj: dict[str, Any], *, event_id: str, created: int = 1_700_000_000,
+                 api_version: str = "2025-03-31.basil") -> dict[str, Any]:  # fmt: skip
+    """Wrap a bare Stripe object (as in the pay-data / openapi fixtures) in an Event envelope."""
+    return {
+        "id": event_id,
+        "object": "event",
+        "api_version": api_version,
+        "created": created,
+        "livemode": False,
+        "type": event_type,
+        "data": {"object": obj},
+    }
+
+
+def sign(payload: bytes | str, secret: str = SECRET, timestamp: int | None = None) -> str:
+    text = payload.decode() if isinstance(payload, bytes) else payload
+    return stripe.WebhookSignature.generate_signature_header(
+        text, secret, timestamp=int(time.time()) if timestamp is None else timestamp
+    )
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
+    server = RedisProcess(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis(redis_server: RedisProcess) -> Iterator[Redis]:
+    client = Redis.from_url(redis_server.url, socket_timeout=5)
+    client.flushall()
+    yield client
+    client.flushall()
+    client.close()
+
+
+@pytest.fixture
+def sandbox() -> Iterator[SandboxServer]:
+    server = SandboxServer(api_key=USERCOM_KEY).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def env(redis_server: RedisProcess, sandbox: SandboxServer) -> dict[str, str]:
+    return {
+        "REDIS_URL": redis_server.url,
+        "STRIPE_WEBHOOK_SECRETS": f"{SECRET},{OLD_SECRET}",
+        "USERCOM_API_URL": sandbox.base_url,
+        "USERCOM_API_KEY": USERCOM_KEY,
+        "RELAY_RETRY_BASE_SECONDS": "1",
+        "RELAY_RETRY_MAX_DELAY_SECONDS": "4",
+        "RELAY_RETRY_GIVE_UP_SECONDS": "30",
+    }
+
+
+@pytest.fixture
+def settings(env: dict[str, str]) -> Settings:
+    return Settings.from_env(env)
+
+
+@pytest.fixture
+def client(settings: Settings, redis: Redis) -> Any:
+    app = create_app(settings)
+    app.testing = True
+    return app.test_client()
+
+
+@pytest.fixture
+def post_event(client: Any) -> Callable[..., Any]:
+    """POST an event (dict or raw bytes) to /webhooks/stripe, signed unless told otherwise."""
+
+    def post(event: dict[str, Any] | bytes, *, signature: str | None = "sign", secret: str = SECRET,
+             content_type: str = "application/json") -> Any:  # fmt: skip
+        body = event if isinstance(event, bytes) else json.dumps(event).encode()
+        headers = {}
+        if signature == "sign":
+            headers["Stripe-Signature"] = sign(body, secret)
+        elif signature is not None:
+            headers["Stripe-Signature"] = signature
+        return client.post("/webhooks/stripe", data=body, headers=headers, content_type=content_type)
+
+    return post

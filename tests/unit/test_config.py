@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service.config import Settings, SettingsError
+
+BASE = {
+    "REDIS_URL": "redis://:hunter2@localhost:6379/0",
+    "STRIPE_WEBHOOK_SECRETS": "whsec_one, whsec_two",
+    "USERCOM_API_URL": "https://acme.user.com/api/public/",
+    "USERCOM_API_KEY": "secret-api-key",
+}
+
+
+def settings(**overrides: str) -> Settings:
+    env = {**BASE, **overrides}
+    return Settings.from_env({k: v for k, v in env.items() if v is not None})
+
+
+def test_reads_and_normalizes_the_environment() -> None:
+    s = settings()
+    assert s.stripe_webhook_secrets == ("whsec_one", "whsec_two")
+    assert s.usercom_api_url == "https://acme.user.com/api/public"
+    assert s.stripe_tolerance_seconds == 300
+    assert s.identity_key == "user_id"
+    assert "customer.created" in s.mapping.rules
+
+
+def test_repr_never_shows_secrets() -> None:
+    text = repr(settings())
+    for secret in ("whsec_one", "secret-api-key"):
+        assert secret not in text
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("REDIS_URL", "", "REDIS_URL is required"),
+        ("REDIS_URL", "http://:hunter2@x", "REDIS_URL must start with"),
+        ("STRIPE_WEBHOOK_SECRETS", "", "STRIPE_WEBHOOK_SECRETS is required"),
+        ("STRIPE_WEBHOOK_SECRETS", "whsec_ok,sk_live_oops", "secret #2 is not a Stripe signing secret"),
+        ("USERCOM_API_URL", "", "USERCOM_API_URL is required"),
+        ("USERCOM_API_URL", "acme.user.com", "must be an http(s) URL"),
+        ("USERCOM_API_KEY", "", "USERCOM_API_KEY is required"),
+        ("STRIPE_TOLERANCE_SECONDS", "soon", "STRIPE_TOLERANCE_SECONDS must be a whole number"),
+        ("STRIPE_TOLERANCE_SECONDS", "0", "must be at least 1"),
+        ("RELAY_DEDUP_TTL_SECONDS", "3600", "RELAY_DEDUP_TTL_SECONDS must be at least 259200"),
+        ("RELAY_LOG_LEVEL", "chatty", "RELAY_LOG_LEVEL must be one of"),
+        ("RELAY_MAPPING_FILE", "/nonexistent/mapping.toml", "RELAY_MAPPING_FILE: cannot read"),
+        ("RELAY_RETRY_BASE_SECONDS", "-1", "must be greater than 0"),
+        ("PORT", "70000", "PORT must be at most 65535"),
+    ],
+)
+def test_bad_settings_stop_with_a_one_line_reason(name: str, value: str, message: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        settings(**{name: value})
+    text = str(caught.value)
+    assert message in text
+    assert "\n" not in text
+    for secret in ("hunter2", "sk_live_oops", "secret-api-key"):
+        assert secret not in text
+
+
+def test_each_role_needs_only_its_own_secrets() -> None:
+    web = Settings.from_env({"REDIS_URL": "redis://x", "STRIPE_WEBHOOK_SECRETS": "whsec_a"}, role="web")
+    assert web.usercom_api_key == ""
+    worker = Settings.from_env(
+        {"REDIS_URL": "redis://x", "USERCOM_API_URL": "http://u", "USERCOM_API_KEY": "k"}, role="worker"
+    )
+    assert worker.stripe_webhook_secrets == ()
+    with pytest.raises(SettingsError, match="STRIPE_WEBHOOK_SECRETS is required"):
+        Settings.from_env({"REDIS_URL": "redis://x"}, role="web")
+
+
+def test_mapping_file_override_is_loaded(tmp_path: Path) -> None:
+    mapping = tmp_path / "mapping.toml"
+    mapping.write_text('[stripe."invoice.paid"]\nextract = "invoice"\ntags = ["customer-paid"]\n')
+    s = settings(RELAY_MAPPING_FILE=str(mapping))
+    assert list(s.mapping.rules) == ["invoice.paid"]
+    assert s.mapping.rules["invoice.paid"].tags == ("customer-paid",)

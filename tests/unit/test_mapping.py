@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service.mapping import MappingError, load_mapping
+from service.stripe_extract import Extracted
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "mapping.toml"
+    path.write_text(text)
+    return path
+
+
+def test_default_mapping_covers_the_documented_events() -> None:
+    rules = load_mapping(None).rules
+    assert set(rules) == {
+        "customer.created", "customer.updated", "customer.deleted",
+        "customer.subscription.created", "customer.subscription.updated", "customer.subscription.paused",
+        "customer.subscription.resumed", "customer.subscription.deleted", "customer.subscription.trial_will_end",
+        "invoice.paid", "invoice.payment_failed", "checkout.session.completed", "charge.refunded",
+    }  # fmt: skip
+
+
+def test_override_renames_attributes_and_tags(tmp_path: Path) -> None:
+    mapping = load_mapping(
+        write(
+            tmp_path,
+            """
+[stripe."charge.refunded"]
+extract = "charge"
+custom = { amount_refunded = "refund_total" }
+tags = ["got-refund"]
+tags_if = {}
+""",
+        )
+    )
+    rule = mapping.rule_for("charge.refunded")
+    assert rule is not None and mapping.rule_for("invoice.paid") is None
+    extracted = Extracted("u1", "cus_1", {"amount_refunded": 5.0, "refunded_at": "2020-01-01T00:00:00Z"})
+    assert rule.apply(extracted) == ({}, {"refund_total": 5.0}, ["got-refund"])
+
+
+def test_values_missing_from_the_event_are_not_sent() -> None:
+    rule = load_mapping(None).rules["customer.updated"]
+    standard, custom, _ = rule.apply(Extracted(None, "cus_1", {"email": None, "stripe_customer_id": "cus_1"}))
+    assert standard == {} and custom == {"stripe_customer_id": "cus_1"}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("not toml = = =", "not valid TOML"),
+        ('[paddle."x"]\nextract = "customer"', "unknown source"),
+        ('[stripe."a"]\nextract = "nope"\ntags = ["t"]', "extract must be one of"),
+        ('[stripe."a"]\nextract = "customer"\nstandard = { email = "mail" }', "not a User.com standard attribute"),
+        ('[stripe."a"]\nextract = "customer"\ncustom = { nope = "x" }', "unknown field 'nope'"),
+        ('[stripe."a"]\nextract = "customer"\ncustom = { email = "Bad Name" }', "not a valid custom attribute"),
+        ('[stripe."a"]\nextract = "customer"\nset = { email = "x" }', "not a valid custom attribute"),
+        ('[stripe."a"]\nextract = "customer"\ntags = "one"', "tags must be a list"),
+        ('[stripe."a"]\nextract = "customer"\ntags_if = { t = "trialing" }', "unknown field 'trialing'"),
+        ('[stripe."a"]\nextract = "customer"\nspelling = 1', "unknown key"),
+        ('[stripe."a"]\nextract = "customer"', "sends nothing"),
+        ("", "maps no"),
+    ],
+)
+def test_bad_mapping_files_are_refused_with_a_reason(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(MappingError, match=message):
+        load_mapping(write(tmp_path, text))
