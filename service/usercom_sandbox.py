@@ -71,6 +71,7 @@ control = Blueprint("sandbox", __name__)
 def create_sandbox_app(state: SandboxState) -> Flask:
     app = Flask("usercom-sandbox")
     app.extensions["sandbox"] = state
+    app.before_request(_record)
     app.register_blueprint(bp, url_prefix=API_PREFIX)
     app.register_blueprint(control, url_prefix="/__sandbox__")
     app.register_error_handler(ApiError, lambda e: (e.body, e.status, e.headers))
@@ -81,6 +82,21 @@ def create_sandbox_app(state: SandboxState) -> Flask:
 
 def _state() -> SandboxState:
     return current_app.extensions["sandbox"]
+
+
+def _record() -> None:
+    """Every call to the API, routed or not: `path` decoded, as routing sees it; `raw_path` as sent."""
+    if request.path.startswith(API_PREFIX):
+        state = _state()
+        entry = {
+            "method": request.method,
+            "path": request.path,
+            "raw_path": request.environ.get("REQUEST_URI", request.full_path).split("?")[0],
+            "at": time.time(),
+            "body": request.get_json(silent=True),
+        }
+        with state.lock:
+            state.requests.append(entry)
 
 
 @bp.before_request
@@ -96,9 +112,6 @@ def _gate() -> None:
         raise ApiError(401, {"detail": "Invalid token."})
     now = time.monotonic()
     with state.lock:
-        state.requests.append(
-            {"method": request.method, "path": request.path, "at": time.time(), "body": request.get_json(silent=True)}
-        )
         if state.faults:
             fault = state.faults.popleft()
             headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
@@ -334,12 +347,15 @@ class SandboxServer:
     ) -> None:
         self.state = SandboxState(api_key=api_key, rate_limit=rate_limit)
         self._server: BaseWSGIServer = make_server(host, port, create_sandbox_app(self.state), threaded=True)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="usercom-sandbox", daemon=True)
+        self._thread = threading.Thread(target=self._serve, name="usercom-sandbox", daemon=True)
 
     @property
     def base_url(self) -> str:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}{API_PREFIX}"
+
+    def _serve(self) -> None:
+        self._server.serve_forever(poll_interval=0.05)
 
     def start(self) -> SandboxServer:
         self._thread.start()

@@ -9,6 +9,7 @@ updates are idempotent (attribute sets, add-only tags), so a re-run changes noth
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from collections.abc import Callable
@@ -141,7 +142,8 @@ def _retry_or_give_up(
         )
     # A re-run of this job schedules the same job id again: no duplicate retry.
     retry = delivery_job(ctx.redis, update, attempt + 1, first)
-    ctx.queue.schedule_job(retry, datetime.fromtimestamp(now + delay, UTC))
+    # rq keeps whole seconds: round up so a Retry-After is never cut short.
+    ctx.queue.schedule_job(retry, datetime.fromtimestamp(math.ceil(now + delay), UTC))
     log.warning("retrying %s %s in %.1fs (attempt %d): %s", update.event_type, update.event_id, delay, attempt, exc)
     return "retry_scheduled"
 
@@ -181,8 +183,22 @@ def _dead_letter(
 
 
 def on_job_failure(job: Job, connection: Redis, exc_type: type, exc: BaseException, tb: Any) -> None:
-    """A job crashed on something unexpected: keep the update in the dead-letter queue too."""
+    """A job crashed on something unexpected (a bug, bad job data): keep it in the dead-letter queue too."""
     ctx = _current()
-    update = UserUpdate.from_dict(job.args[0])
-    attempt = job.args[1] if len(job.args) > 1 else 1
-    _dead_letter(ctx, update, "internal_error", f"{exc_type.__name__}: {exc}", attempt=attempt, first_failure_at=None)
+    raw = job.args[0] if job.args and isinstance(job.args[0], dict) else {}
+    now = ctx.clock()
+    item = DeadLetter(
+        id=f"{raw.get('source', 'unknown')}-{raw.get('event_id', job.id)}",
+        reason="internal_error",
+        source=str(raw.get("source", "unknown")),
+        event_type=raw.get("event_type"),
+        event_id=raw.get("event_id"),
+        event_time=raw.get("event_time"),
+        message=f"{exc_type.__name__}: {exc}"[:500],
+        update=raw or None,
+        attempts=job.args[1] if len(job.args) > 1 else 1,
+        first_failure_at=now,
+        last_failure_at=now,
+    )
+    ctx.store.dead_letter(item)
+    log.error("dead-lettered job %s after an unexpected %s", job.id, exc_type.__name__)

@@ -88,7 +88,8 @@ class UsercomClient:
             return
         self._call("POST", "/users/update_or_create/", {**standard, "user_id": user_id})
         if self._call("PUT", path, body, allow_404=True) is None:
-            raise Retryable("user still not found right after update_or_create", status=404)
+            # e.g. an id containing "/": User.com decodes it before routing and never finds the user.
+            raise Rejected(f"PUT {path} -> 404 right after update_or_create: id not addressable", status=404)
 
     def _call(self, method: str, path: str, body: dict[str, Any], *, allow_404: bool = False) -> Any:
         url = self._base + path

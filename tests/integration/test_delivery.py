@@ -1,0 +1,205 @@
+"""Delivery through a real rq worker, a real Redis and the User.com sandbox on a real socket."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from redis import Redis
+from rq import SimpleWorker
+from rq.callbacks import Callback
+from rq.job import Job
+from rq.registry import ScheduledJobRegistry
+from rq.serializers import JSONSerializer
+
+from service import keys
+from service.config import Settings
+from service.embedded_redis import free_port
+from service.store import DELIVER_FUNC, ON_FAILURE_FUNC
+from service.updates import UserUpdate
+from service.usercom_sandbox import Fault, SandboxServer
+from tests.conftest import USERCOM_KEY
+from workers.deliver import DeliveryContext, configure, deliver_update
+from workers.runner import build_context
+
+
+@pytest.fixture
+def ctx(settings: Settings, redis: Redis) -> Iterator[DeliveryContext]:
+    context = build_context(settings)
+    configure(context)
+    yield context
+    context.redis.close()
+
+
+def update(event_id: str = "evt_1", user_id: str | None = "u1", customer_id: str | None = "cus_1",
+           **fields: Any) -> UserUpdate:  # fmt: skip
+    values = {"standard": {"email": "ada@example.com"}, "custom": {"plan": "pro"}, "tags": ["subscriber"]}
+    values.update(fields)
+    return UserUpdate(source="stripe", event_id=event_id, event_type="customer.subscription.updated",
+                      event_time=1_700_000_000, user_id=user_id, customer_id=customer_id, **values)  # fmt: skip
+
+
+def accept_and_work(ctx: DeliveryContext, *updates: UserUpdate) -> None:
+    """Queue through the same path as the web endpoint, then drain with a real rq worker."""
+    for item in updates:
+        assert ctx.store.accept(item)
+    SimpleWorker([ctx.queue], connection=ctx.redis, serializer=JSONSerializer).work(burst=True)
+
+
+def calls(sandbox: SandboxServer) -> list[tuple[str, str]]:
+    return [(r["method"], r["path"].removeprefix("/api/public")) for r in sandbox.state.requests]
+
+
+def test_unknown_user_is_created_then_updated(ctx: DeliveryContext, sandbox: SandboxServer) -> None:
+    accept_and_work(ctx, update())
+    assert calls(sandbox) == [
+        ("PUT", "/users-by-id/u1/"),
+        ("POST", "/users/update_or_create/"),
+        ("PUT", "/users-by-id/u1/"),
+    ]
+    user = sandbox.state.user_by_custom_id("u1")
+    assert user is not None
+    assert user["email"] == "ada@example.com"
+    assert user["attributes"] == {"plan": "pro"}
+    assert user["tags"] == ["subscriber"]
+    ledger = ctx.store.ledger()
+    assert (ledger["received"], ledger["delivered"], ledger["in_flight"]) == (1, 1, 0)
+
+
+def test_known_user_takes_one_put_and_tags_only_add(ctx: DeliveryContext, sandbox: SandboxServer) -> None:
+    accept_and_work(ctx, update("evt_1"))
+    sandbox.state.requests.clear()
+    accept_and_work(ctx, update("evt_2", tags=["paying"], custom={"plan": "team"}))
+    assert calls(sandbox) == [("PUT", "/users-by-id/u1/")]
+    user = sandbox.state.user_by_custom_id("u1")
+    assert user is not None
+    assert user["tags"] == ["subscriber", "paying"]
+    assert user["attributes"] == {"plan": "team"}
+
+
+def test_user_ids_are_escaped_in_paths(ctx: DeliveryContext, sandbox: SandboxServer) -> None:
+    accept_and_work(ctx, update(user_id="team 42+ü"))
+    assert "/api/public/users-by-id/team%2042%2B%C3%BC/" in [r["raw_path"] for r in sandbox.state.requests]
+    assert sandbox.state.user_by_custom_id("team 42+ü") is not None
+
+
+def test_user_id_that_usercom_cannot_address_is_dead_lettered(ctx: DeliveryContext, sandbox: SandboxServer) -> None:
+    # User.com decodes %2F before routing, so an id with "/" is never found, even right after creation.
+    accept_and_work(ctx, update(user_id="team/42"))
+    [item] = ctx.store.dead_letters()
+    assert item["reason"] == "usercom_rejected"
+    assert item["last_status"] == 404
+
+
+def test_usercom_400_is_dead_lettered_with_status_and_body(ctx: DeliveryContext, sandbox: SandboxServer) -> None:
+    accept_and_work(ctx, update(standard={"first_name": "x" * 41}))
+    [item] = ctx.store.dead_letters()
+    assert item["reason"] == "usercom_rejected"
+    assert item["last_status"] == 400
+    assert "no more than 40 characters" in item["last_response"]
+    assert item["user_id"] == "u1"
+    assert item["update"]["event_id"] == "evt_1"
+    assert USERCOM_KEY not in str(item)
+    ledger = ctx.store.ledger()
+    assert (ledger["dead_lettered"], ledger["in_flight"]) == (1, 0)
+
+
+@pytest.mark.parametrize("status", [500, 502, 504])
+def test_server_errors_schedule_a_retry(ctx: DeliveryContext, sandbox: SandboxServer, status: int) -> None:
+    sandbox.state.faults.extend([Fault(status)])
+    started = time.time()
+    accept_and_work(ctx, update())
+    scheduled = ScheduledJobRegistry(queue=ctx.queue)
+    assert scheduled.get_job_ids() == ["stripe-evt_1-a2"]
+    at = scheduled.get_scheduled_time("stripe-evt_1-a2").timestamp()
+    assert int(started) <= at <= time.time() + ctx.settings.retry_base_seconds + 1
+    assert ctx.store.dead_letters() == []
+    assert ctx.store.ledger()["in_flight"] == 1
+
+
+def test_429_is_never_retried_sooner_than_retry_after(ctx: DeliveryContext, sandbox: SandboxServer) -> None:
+    sandbox.state.faults.append(Fault(429, "3"))
+    started = time.time()
+    accept_and_work(ctx, update())
+    at = ScheduledJobRegistry(queue=ctx.queue).get_scheduled_time("stripe-evt_1-a2").timestamp()
+    assert at >= started + 3
+
+
+def test_retry_job_delivers_when_usercom_recovers(ctx: DeliveryContext, sandbox: SandboxServer) -> None:
+    sandbox.state.faults.append(Fault(503))
+    accept_and_work(ctx, update())
+    job = ctx.queue.fetch_job("stripe-evt_1-a2")
+    assert job is not None and job.args[1:] == [2, pytest.approx(time.time(), abs=5)]
+    ScheduledJobRegistry(queue=ctx.queue).remove(job)
+    ctx.queue.enqueue_job(job)  # what the scheduler does when the time comes
+    SimpleWorker([ctx.queue], connection=ctx.redis, serializer=JSONSerializer).work(burst=True)
+    assert sandbox.state.user_by_custom_id("u1") is not None
+    assert ctx.store.ledger()["delivered"] == 1
+
+
+def test_retries_end_in_the_dead_letter_queue(ctx: DeliveryContext, sandbox: SandboxServer) -> None:
+    sandbox.state.faults.append(Fault(500))
+    first_failure = time.time() - ctx.settings.retry_give_up_seconds
+    assert deliver_update(ctx, update(), attempt=7, first_failure_at=first_failure) == "dead_lettered"
+    [item] = ctx.store.dead_letters()
+    assert item["reason"] == "retries_exhausted"
+    assert (item["attempts"], item["last_status"]) == (7, 500)
+    assert item["first_failure_at"] == pytest.approx(first_failure)
+
+
+def test_network_errors_are_retried(settings: Settings, redis: Redis) -> None:
+    closed = Settings.from_env(
+        {"REDIS_URL": settings.redis_url, "USERCOM_API_URL": f"http://127.0.0.1:{free_port()}/api/public",
+         "USERCOM_API_KEY": USERCOM_KEY}, role="worker")  # fmt: skip
+    ctx = build_context(closed)
+    assert deliver_update(ctx, update()) == "retry_scheduled"
+    assert ScheduledJobRegistry(queue=ctx.queue).get_job_ids() == ["stripe-evt_1-a2"]
+
+
+def test_event_without_any_identity_is_dead_lettered(ctx: DeliveryContext, sandbox: SandboxServer) -> None:
+    accept_and_work(ctx, update(user_id=None, customer_id=None))
+    [item] = ctx.store.dead_letters()
+    assert item["reason"] == "unresolved_identity"
+    assert sandbox.state.requests == []
+
+
+def test_customer_to_user_mapping_is_learned(ctx: DeliveryContext, sandbox: SandboxServer) -> None:
+    accept_and_work(ctx, update("evt_1", user_id="u-9", customer_id="cus_9"))
+    accept_and_work(ctx, update("evt_2", user_id=None, customer_id="cus_9", tags=["paying"]))
+    accept_and_work(ctx, update("evt_3", user_id=None, customer_id="cus_unknown"))
+    user = sandbox.state.user_by_custom_id("u-9")
+    assert user is not None and user["tags"] == ["subscriber", "paying"]
+    assert sandbox.state.user_by_custom_id("cus_unknown") is not None  # fallback: the customer id
+    assert sandbox.state.user_by_custom_id("cus_9") is None
+
+
+def test_a_job_run_twice_counts_once_and_changes_nothing(ctx: DeliveryContext, sandbox: SandboxServer) -> None:
+    item = update()
+    assert ctx.store.accept(item)
+    assert deliver_update(ctx, item) == "delivered"
+    before = sandbox.state.user_by_custom_id("u1")
+    assert deliver_update(ctx, item) == "delivered"  # e.g. the worker was killed before acking
+    after = sandbox.state.user_by_custom_id("u1")
+    assert after is not None and before is not None
+    assert {k: v for k, v in after.items() if k != "updated_at"} == {
+        k: v for k, v in before.items() if k != "updated_at"
+    }
+    ledger = ctx.store.ledger()
+    assert (ledger["received"], ledger["delivered"], ledger["in_flight"]) == (1, 1, 0)
+
+
+def test_crashing_job_is_dead_lettered_as_internal_error(ctx: DeliveryContext, redis: Redis) -> None:
+    item = update()
+    assert ctx.store.accept(item)
+    # Overwrite the queued job with data this code version cannot read.
+    Job.create(DELIVER_FUNC, args=({**item.to_dict(), "unexpected": 1}, 1, None), id="stripe-evt_1",
+               connection=redis, serializer=JSONSerializer, origin=keys.DELIVERY_QUEUE,
+               on_failure=Callback(ON_FAILURE_FUNC)).save()  # fmt: skip
+    SimpleWorker([ctx.queue], connection=ctx.redis, serializer=JSONSerializer).work(burst=True)
+    [dead] = ctx.store.dead_letters()
+    assert dead["reason"] == "internal_error"
+    assert dead["event_id"] == "evt_1"
+    assert redis.zcard(f"rq:failed:{keys.DELIVERY_QUEUE}") == 1
+    assert ctx.store.ledger()["in_flight"] == 0

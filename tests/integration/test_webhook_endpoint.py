@@ -1,0 +1,179 @@
+"""POST /webhooks/stripe against a real Redis: every answer, and what it leaves in Redis."""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from typing import Any
+
+from redis import Redis
+from rq import Queue
+from rq.serializers import JSONSerializer
+
+from service import create_app, keys
+from service.app import MAX_BODY_BYTES
+from service.config import Settings
+from service.embedded_redis import free_port
+from service.store import Store
+from tests.conftest import OLD_SECRET, SECRET, USERCOM_KEY, load_fixture, sign, stripe_event
+
+CUSTOMER = {"id": "cus_1", "email": "ada@example.com", "name": "Ada Lovelace", "metadata": {"user_id": "u1"}}
+
+
+def event(event_id: str = "evt_1", event_type: str = "customer.created", obj: dict[str, Any] | None = None) -> dict:
+    return stripe_event(event_type, copy.deepcopy(obj or CUSTOMER), event_id=event_id)
+
+
+def ledger(redis: Redis, settings: Settings) -> dict[str, int]:
+    return Store(redis, dedup_ttl=settings.dedup_ttl_seconds).ledger()
+
+
+def error_code(response: Any) -> str:
+    assert response.is_json, response.data
+    return response.get_json()["error"]["code"]
+
+
+def test_accepted_event_is_queued_as_an_rq_job(post_event: Any, redis: Redis) -> None:
+    response = post_event(event())
+    assert response.status_code == 202
+    assert response.get_json() == {"status": "accepted", "event_id": "evt_1"}
+    queue = Queue(keys.DELIVERY_QUEUE, connection=redis, serializer=JSONSerializer)
+    assert queue.job_ids == ["stripe-evt_1"]
+    job = queue.fetch_job("stripe-evt_1")
+    assert job is not None and job.func_name == "workers.deliver.deliver"
+    update = job.args[0]
+    assert update["user_id"] == "u1"
+    assert update["standard"] == {"email": "ada@example.com", "first_name": "Ada", "last_name": "Lovelace"}
+    assert update["tags"] == ["stripe-customer"]
+
+
+def test_dedup_remembers_accepted_ids_longer_than_stripe_retries(
+    post_event: Any, redis: Redis, settings: Settings
+) -> None:
+    assert post_event(event()).status_code == 202
+    again = post_event(event())
+    assert again.status_code == 200
+    assert again.get_json() == {"status": "duplicate", "event_id": "evt_1"}
+    assert redis.llen(keys.RQ_QUEUE_KEY) == 1
+    assert redis.ttl(keys.dedup("stripe", "evt_1")) > 3 * 24 * 3600
+    counts = ledger(redis, settings)
+    assert (counts["received"], counts["in_flight"], counts["duplicates"]) == (1, 1, 1)
+
+
+def test_unmapped_event_types_are_ignored_and_counted(post_event: Any, redis: Redis, settings: Settings) -> None:
+    response = post_event(load_fixture("event.charge.succeeded.inngest-cli-capture.json"))
+    assert response.status_code == 200
+    assert response.get_json()["status"] == "ignored"
+    assert redis.llen(keys.RQ_QUEUE_KEY) == 0
+    counts = ledger(redis, settings)
+    assert (counts["received"], counts["ignored"], counts["in_flight"]) == (1, 1, 0)
+
+
+def test_old_secret_still_verifies_during_rotation(post_event: Any) -> None:
+    assert post_event(event(), secret=OLD_SECRET).status_code == 202
+
+
+def test_malformed_json_is_400(post_event: Any, redis: Redis) -> None:
+    response = post_event(b'{"id": "evt_1", ')
+    assert response.status_code == 400
+    assert error_code(response) == "malformed_json"
+    assert redis.dbsize() == 0
+
+
+def test_bad_signatures_are_401_with_distinct_codes(post_event: Any, redis: Redis) -> None:
+    body = json.dumps(event()).encode()
+    assert error_code(post_event(body, signature=None)) == "signature_missing"
+    response = post_event(body, secret="whsec_wrong")
+    assert response.status_code == 401 and error_code(response) == "signature_invalid"
+    expired = post_event(body, signature=sign(body, timestamp=int(time.time()) - 600))
+    assert expired.status_code == 401 and error_code(expired) == "signature_expired"
+    assert redis.dbsize() == 0
+
+
+def test_oversized_body_is_413(post_event: Any, redis: Redis) -> None:
+    big = event()
+    big["data"]["object"]["description"] = "x" * MAX_BODY_BYTES
+    response = post_event(big)
+    assert response.status_code == 413
+    assert error_code(response) == "payload_too_large"
+    assert redis.dbsize() == 0
+
+
+def test_non_json_content_type_is_415(post_event: Any, redis: Redis) -> None:
+    response = post_event(event(), content_type="application/x-www-form-urlencoded")
+    assert response.status_code == 415
+    assert error_code(response) == "unsupported_media_type"
+    assert redis.dbsize() == 0
+
+
+def test_invalid_payload_is_422_with_field_messages_and_dead_lettered(
+    post_event: Any, redis: Redis, settings: Settings
+) -> None:
+    broken = event("evt_bad", "customer.subscription.updated", {"id": "sub_1", "status": "active"})
+    response = post_event(broken)
+    assert response.status_code == 422
+    error = response.get_json()["error"]
+    assert error["code"] == "invalid_payload"
+    assert error["details"]["data"]["object"]["customer"] == ["Missing data for required field."]
+    assert error["details"]["data"]["object"]["items"] == ["Missing data for required field."]
+    assert redis.llen(keys.RQ_QUEUE_KEY) == 0
+    [item] = Store(redis, dedup_ttl=settings.dedup_ttl_seconds).dead_letters()
+    assert item["reason"] == "invalid_payload"
+    assert item["event_id"] == "evt_bad" and item["event_type"] == "customer.subscription.updated"
+    assert item["event"] == broken
+    # Stripe retries the same invalid event: still 422, kept once, counted once.
+    assert post_event(broken).status_code == 422
+    counts = ledger(redis, settings)
+    assert (counts["received"], counts["dead_lettered"], counts["in_flight"]) == (1, 1, 0)
+    assert redis.hlen(keys.DLQ_ITEMS) == 1
+
+
+def test_non_object_json_is_422(post_event: Any) -> None:
+    response = post_event(b"[1, 2, 3]")
+    assert response.status_code == 422
+    assert error_code(response) == "invalid_payload"
+
+
+def test_redis_down_is_503_quickly_and_never_2xx(settings: Settings) -> None:
+    dead = Settings.from_env(
+        {"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "STRIPE_WEBHOOK_SECRETS": SECRET}, role="web"
+    )
+    client = create_app(dead).test_client()
+    body = json.dumps(event()).encode()
+    started = time.monotonic()
+    response = client.post(
+        "/webhooks/stripe", data=body, content_type="application/json", headers={"Stripe-Signature": sign(body)}
+    )
+    elapsed = time.monotonic() - started
+    assert response.status_code == 503
+    assert error_code(response) == "redis_unavailable"
+    assert elapsed < 3, "a dead Redis must not hold the request (generous bound: hang guard)"
+    assert client.get("/readyz").status_code == 503
+    assert client.get("/healthz").status_code == 200
+
+
+def test_health_and_readiness(client: Any) -> None:
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+    assert client.get("/readyz").get_json() == {"status": "ready"}
+
+
+def test_unknown_routes_and_methods_answer_json(client: Any) -> None:
+    missing = client.get("/nope")
+    assert missing.status_code == 404 and error_code(missing) == "not_found"
+    wrong = client.get("/webhooks/stripe")
+    assert wrong.status_code == 405 and error_code(wrong) == "method_not_allowed"
+
+
+def test_no_response_or_stored_item_contains_a_secret(post_event: Any, redis: Redis) -> None:
+    responses = [
+        post_event(event("evt_ok")),
+        post_event(event("evt_bad", "customer.subscription.updated", {"id": "s"})),
+        post_event(b"{", secret=OLD_SECRET),
+        post_event(event(), secret="whsec_wrong"),
+    ]
+    stored = b"".join(v for k in redis.keys("*") if redis.type(k) == b"hash" for v in redis.hvals(k))
+    for secret in (SECRET, OLD_SECRET, USERCOM_KEY):
+        for response in responses:
+            assert secret.encode() not in response.data
+        assert secret.encode() not in stored
