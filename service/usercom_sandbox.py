@@ -71,6 +71,7 @@ control = Blueprint("sandbox", __name__)
 def create_sandbox_app(state: SandboxState) -> Flask:
     app = Flask("usercom-sandbox")
     app.extensions["sandbox"] = state
+    app.url_map.strict_slashes = False  # no redirect: a path without its slash is a 404, checked in _gate
     app.before_request(_record)
     app.register_blueprint(bp, url_prefix=API_PREFIX)
     app.register_blueprint(control, url_prefix="/__sandbox__")

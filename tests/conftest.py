@@ -34,8 +34,14 @@ def load_fixture(name: str) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def stripe_event(event_type: str, obj: dict[str, Any], *, event_id: str, created: int = 1_700_000_000,
-                 api_version: str = "2025-03-31.basil") -> dict[str, Any]:  # fmt: skip
+def stripe_event(
+    event_type: str,
+    obj: dict[str, Any],
+    *,
+    event_id: str,
+    created: int = 1_700_000_000,
+    api_version: str = "2025-03-31.basil",
+) -> dict[str, Any]:
     """Wrap a bare Stripe object (as in the pay-data / openapi fixtures) in an Event envelope."""
     return {
         "id": event_id,
@@ -107,8 +113,13 @@ def client(settings: Settings, redis: Redis) -> Any:
 def post_event(client: Any) -> Callable[..., Any]:
     """POST an event (dict or raw bytes) to /webhooks/stripe, signed unless told otherwise."""
 
-    def post(event: dict[str, Any] | bytes, *, signature: str | None = "sign", secret: str = SECRET,
-             content_type: str = "application/json") -> Any:  # fmt: skip
+    def post(
+        event: dict[str, Any] | bytes,
+        *,
+        signature: str | None = "sign",
+        secret: str = SECRET,
+        content_type: str = "application/json",
+    ) -> Any:
         body = event if isinstance(event, bytes) else json.dumps(event).encode()
         headers = {}
         if signature == "sign":

@@ -33,12 +33,20 @@ def ctx(settings: Settings, redis: Redis) -> Iterator[DeliveryContext]:
     context.redis.close()
 
 
-def update(event_id: str = "evt_1", user_id: str | None = "u1", customer_id: str | None = "cus_1",
-           **fields: Any) -> UserUpdate:  # fmt: skip
+def update(
+    event_id: str = "evt_1", user_id: str | None = "u1", customer_id: str | None = "cus_1", **fields: Any
+) -> UserUpdate:
     values = {"standard": {"email": "ada@example.com"}, "custom": {"plan": "pro"}, "tags": ["subscriber"]}
     values.update(fields)
-    return UserUpdate(source="stripe", event_id=event_id, event_type="customer.subscription.updated",
-                      event_time=1_700_000_000, user_id=user_id, customer_id=customer_id, **values)  # fmt: skip
+    return UserUpdate(
+        source="stripe",
+        event_id=event_id,
+        event_type="customer.subscription.updated",
+        event_time=1_700_000_000,
+        user_id=user_id,
+        customer_id=customer_id,
+        **values,
+    )
 
 
 def accept_and_work(ctx: DeliveryContext, *updates: UserUpdate) -> None:
@@ -151,8 +159,13 @@ def test_retries_end_in_the_dead_letter_queue(ctx: DeliveryContext, sandbox: San
 
 def test_network_errors_are_retried(settings: Settings, redis: Redis) -> None:
     closed = Settings.from_env(
-        {"REDIS_URL": settings.redis_url, "USERCOM_API_URL": f"http://127.0.0.1:{free_port()}/api/public",
-         "USERCOM_API_KEY": USERCOM_KEY}, role="worker")  # fmt: skip
+        {
+            "REDIS_URL": settings.redis_url,
+            "USERCOM_API_URL": f"http://127.0.0.1:{free_port()}/api/public",
+            "USERCOM_API_KEY": USERCOM_KEY,
+        },
+        role="worker",
+    )
     ctx = build_context(closed)
     assert deliver_update(ctx, update()) == "retry_scheduled"
     assert ScheduledJobRegistry(queue=ctx.queue).get_job_ids() == ["stripe-evt_1-a2"]
@@ -194,9 +207,15 @@ def test_crashing_job_is_dead_lettered_as_internal_error(ctx: DeliveryContext, r
     item = update()
     assert ctx.store.accept(item)
     # Overwrite the queued job with data this code version cannot read.
-    Job.create(DELIVER_FUNC, args=({**item.to_dict(), "unexpected": 1}, 1, None), id="stripe-evt_1",
-               connection=redis, serializer=JSONSerializer, origin=keys.DELIVERY_QUEUE,
-               on_failure=Callback(ON_FAILURE_FUNC)).save()  # fmt: skip
+    Job.create(
+        DELIVER_FUNC,
+        args=({**item.to_dict(), "unexpected": 1}, 1, None),
+        id="stripe-evt_1",
+        connection=redis,
+        serializer=JSONSerializer,
+        origin=keys.DELIVERY_QUEUE,
+        on_failure=Callback(ON_FAILURE_FUNC),
+    ).save()
     SimpleWorker([ctx.queue], connection=ctx.redis, serializer=JSONSerializer).work(burst=True)
     [dead] = ctx.store.dead_letters()
     assert dead["reason"] == "internal_error"

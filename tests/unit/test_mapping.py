@@ -17,11 +17,20 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_default_mapping_covers_the_documented_events() -> None:
     rules = load_mapping(None).rules
     assert set(rules) == {
-        "customer.created", "customer.updated", "customer.deleted",
-        "customer.subscription.created", "customer.subscription.updated", "customer.subscription.paused",
-        "customer.subscription.resumed", "customer.subscription.deleted", "customer.subscription.trial_will_end",
-        "invoice.paid", "invoice.payment_failed", "checkout.session.completed", "charge.refunded",
-    }  # fmt: skip
+        "customer.created",
+        "customer.updated",
+        "customer.deleted",
+        "customer.subscription.created",
+        "customer.subscription.updated",
+        "customer.subscription.paused",
+        "customer.subscription.resumed",
+        "customer.subscription.deleted",
+        "customer.subscription.trial_will_end",
+        "invoice.paid",
+        "invoice.payment_failed",
+        "checkout.session.completed",
+        "charge.refunded",
+    }
 
 
 def test_override_renames_attributes_and_tags(tmp_path: Path) -> None:

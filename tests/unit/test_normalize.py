@@ -119,12 +119,17 @@ def test_trialing_yearly_zero_decimal_subscription() -> None:
                 {
                     "quantity": 1,
                     "current_period_end": 1_800_000_000,
-                    "price": {"id": "price_1", "nickname": "Pro", "unit_amount": 12000, "currency": "jpy",
-                              "recurring": {"interval": "year", "interval_count": 1}},
+                    "price": {
+                        "id": "price_1",
+                        "nickname": "Pro",
+                        "unit_amount": 12000,
+                        "currency": "jpy",
+                        "recurring": {"interval": "year", "interval_count": 1},
+                    },
                 }
             ]
         },
-    }  # fmt: skip
+    }
     update = normalize(stripe_event("customer.subscription.created", obj, event_id="evt_s"))
     assert update.customer_id == "cus_1"
     assert update.custom["mrr"] == 1000  # yen have no minor unit
@@ -158,9 +163,15 @@ def test_invoice_identity_from_subscription_metadata_in_both_shapes() -> None:
     assert update.user_id == "u-basil"
     assert update.custom == {"payment_failed_at": T_ISO}
     assert update.tags == ["payment-failed"]
-    legacy = {"id": "in_1", "customer": "cus_1", "currency": "eur", "amount_paid": 1999, "subscription": "sub_1",
-              "subscription_details": {"metadata": {"user_id": "u-legacy"}},
-              "status_transitions": {"paid_at": 1_234_567_890}}  # fmt: skip
+    legacy = {
+        "id": "in_1",
+        "customer": "cus_1",
+        "currency": "eur",
+        "amount_paid": 1999,
+        "subscription": "sub_1",
+        "subscription_details": {"metadata": {"user_id": "u-legacy"}},
+        "status_transitions": {"paid_at": 1_234_567_890},
+    }
     update = normalize(stripe_event("invoice.paid", legacy, event_id="evt_l"))
     assert update.user_id == "u-legacy"
     assert update.custom == {"last_payment_at": "2009-02-13T23:31:30Z", "last_payment_amount": 19.99}

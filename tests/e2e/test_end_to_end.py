@@ -1,0 +1,196 @@
+"""The real thing: `relay web` under gunicorn, `relay worker`, redis-server and the User.com
+sandbox, all as separate processes or sockets. Every mapped event type goes in, signed with
+the official stripe package, built from the shared real payloads; the sandbox's final user
+state, the dead-letter queue and the ledger are checked at the end."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import urllib3
+from redis import Redis
+
+from service.embedded_redis import RedisProcess, free_port
+from service.store import Store
+from service.usercom_sandbox import SandboxServer
+from tests.conftest import OLD_SECRET, SECRET, USERCOM_KEY, load_fixture, sign, stripe_event
+
+RELAY = str(Path(sys.executable).with_name("relay"))
+
+
+def _obj(name: str) -> dict[str, Any]:
+    body = load_fixture(name)
+    return copy.deepcopy(body["object"] if isinstance(body.get("object"), dict) else body)
+
+
+def events() -> list[dict[str, Any]]:
+    """Every mapped type at least once, in the order they are posted (one worker: delivered in order)."""
+    customer = _obj("openapi-fixtures3.customer.json")
+    customer["metadata"] = {"user_id": "user-42"}  # teaches the relay cus_QXg1o8vcGmoR32 -> user-42
+    subscription = _obj("openapi-fixtures3.subscription.json")
+    wrapped = [
+        ("customer.updated", customer),
+        ("customer.subscription.created", subscription),
+        ("invoice.paid", _obj("openapi-fixtures3.invoice.json")),
+        ("customer.subscription.paused", subscription),
+        ("customer.subscription.resumed", subscription),
+        ("customer.updated", _obj("pay-data.customer.updated.json")),
+        ("invoice.payment_failed", _obj("pay-data.invoice.payment_failed.json")),
+        ("customer.subscription.created", _obj("pay-data.subscription.created.json")),
+        ("customer.subscription.trial_will_end", _obj("pay-data.subscription.trial_will_end.json")),
+        ("customer.subscription.updated", _obj("pay-data.subscription.updated.json")),
+        ("customer.subscription.deleted", _obj("pay-data.subscription.deleted.json")),
+        ("checkout.session.completed", _obj("pay-data.checkout.session.completed.json")),
+        ("charge.refunded", _obj("pay-data.charge.refunded.json")),
+        ("customer.deleted", _obj("pay-data.customer.deleted.json")),
+        ("checkout.session.completed", _obj("openapi-fixtures3.checkout.session.json")),  # nobody: dead-letter
+    ]
+    created = 1_760_000_000
+    return [
+        load_fixture("event.customer.created.inngest-cli-capture.json"),
+        *(stripe_event(t, o, event_id=f"evt_e2e_{i}", created=created + i) for i, (t, o) in enumerate(wrapped)),
+        load_fixture("event.customer.subscription.updated.stripe-docs-example.json"),
+        load_fixture("event.charge.succeeded.inngest-cli-capture.json"),  # not mapped: ignored
+    ]
+
+
+@pytest.fixture
+def relay(tmp_path: Path, sandbox: SandboxServer) -> Iterator[dict[str, Any]]:
+    redis_server = RedisProcess(tmp_path / "redis").start()
+    port = free_port()
+    env = {
+        **os.environ,
+        "REDIS_URL": redis_server.url,
+        "STRIPE_WEBHOOK_SECRETS": f"{SECRET},{OLD_SECRET}",
+        "USERCOM_API_URL": sandbox.base_url,
+        "USERCOM_API_KEY": USERCOM_KEY,
+        "RELAY_LOG_LEVEL": "DEBUG",
+    }
+    logs = {name: (tmp_path / f"{name}.log").open("wb") for name in ("web", "worker")}
+    processes = {
+        "web": subprocess.Popen(
+            [RELAY, "web", "--bind", f"127.0.0.1:{port}"], env=env, stdout=logs["web"], stderr=subprocess.STDOUT
+        ),
+        "worker": subprocess.Popen([RELAY, "worker"], env=env, stdout=logs["worker"], stderr=subprocess.STDOUT),
+    }
+    http = urllib3.PoolManager(retries=False, timeout=5)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if http.request("GET", f"{base}/readyz").status == 200:
+                break
+        except urllib3.exceptions.HTTPError:
+            pass
+        assert time.monotonic() < deadline, (tmp_path / "web.log").read_text()
+        time.sleep(0.1)
+    redis = Redis.from_url(redis_server.url)
+    yield {"base": base, "http": http, "redis": redis, "logs": tmp_path, "processes": processes}
+    for process in processes.values():
+        process.send_signal(signal.SIGTERM)
+    for process in processes.values():
+        process.wait(timeout=30)
+    for log in logs.values():
+        log.close()
+    redis.close()
+    redis_server.stop()
+
+
+def post(relay: dict[str, Any], body: bytes, secret: str = SECRET) -> Any:
+    headers = {"Content-Type": "application/json", "Stripe-Signature": sign(body, secret)}
+    return relay["http"].request("POST", relay["base"] + "/webhooks/stripe", body=body, headers=headers)
+
+
+def wait_settled(store: Store, timeout: float = 30) -> dict[str, int]:
+    deadline = time.monotonic() + timeout
+    while (ledger := store.ledger())["in_flight"] > 0:
+        assert time.monotonic() < deadline, ledger
+        time.sleep(0.1)
+    return ledger
+
+
+def test_every_mapped_event_reaches_usercom(relay: dict[str, Any], sandbox: SandboxServer) -> None:
+    answers = [post(relay, json.dumps(event).encode()) for event in events()]
+    statuses = [a.status for a in answers]
+    assert statuses == [202] * 17 + [200], [a.data for a in answers]
+    assert json.loads(answers[-1].data)["status"] == "ignored"
+    again = post(relay, json.dumps(events()[0]).encode(), secret=OLD_SECRET)
+    assert (again.status, json.loads(again.data)["status"]) == (200, "duplicate")
+    invalid = post(relay, json.dumps(stripe_event("invoice.paid", {"id": "in_1"}, event_id="evt_bad")).encode())
+    assert invalid.status == 422
+
+    store = Store(relay["redis"], dedup_ttl=7 * 24 * 3600)
+    ledger = wait_settled(store)
+    assert ledger == {
+        "received": 19,
+        "delivered": 16,
+        "coalesced": 0,
+        "ignored": 1,
+        "dead_lettered": 2,
+        "in_flight": 0,
+        "duplicates": 1,
+    }
+    reasons = sorted((d["reason"], d["event_id"]) for d in store.dead_letters())
+    assert reasons == [("invalid_payload", "evt_bad"), ("unresolved_identity", "evt_e2e_14")]
+
+    def user(user_id: str) -> dict[str, Any]:
+        found = sandbox.state.user_by_custom_id(user_id)
+        assert found is not None, f"{user_id} never reached User.com"
+        return found
+
+    learned = user("user-42")  # customer cus_QXg1o8vcGmoR32, learned from its metadata
+    assert learned["attributes"] == {
+        "stripe_customer_id": "cus_QXg1o8vcGmoR32",
+        "subscription_status": "active",
+        "plan": "price_1PgafmB7WZ01zgkW6dKueIc5",
+        "plan_interval": "month",
+        "mrr": 20.0,
+        "currency": "usd",
+        "current_period_end": "2000-12-08T15:02:53Z",
+        "cancel_at_period_end": True,
+        "last_payment_at": "2025-10-09T08:53:22Z",
+        "last_payment_amount": 0.0,
+    }
+    assert learned["tags"] == ["stripe-customer", "subscriber", "paying"]
+    assert sandbox.state.user_by_custom_id("cus_QXg1o8vcGmoR32") is None
+
+    churned = user("cus_00000000000000")
+    assert churned["attributes"]["subscription_status"] == "canceled"
+    assert churned["attributes"]["mrr"] == 0
+    assert churned["attributes"]["trial_end"] == "2022-11-20T19:19:43Z"
+    assert churned["tags"] == ["subscriber", "trial-ending", "churned"]
+    assert user("cus_Nc4kL4EPtG5SKe")["attributes"]["mrr"] == 42.42
+    assert user("cus_LCtB7H0tTFBxEn")["tags"] == ["stripe-customer"]
+    failed = user("cus_1234")
+    assert failed["attributes"]["payment_failed_at"] == "2025-10-09T08:53:26Z"
+    assert failed["tags"] == ["stripe-customer", "payment-failed"]
+    checkout = user("cus_M5wW9RPFk9xNZ5")
+    assert (checkout["email"], checkout["tags"]) == ("chris@gorails.com", ["checkout-completed"])
+    assert user("cus_0dUMWLtzCTagWs")["attributes"] == {
+        "last_refund_at": "2025-10-09T08:53:32Z",
+        "last_refund_amount": 5.0,
+    }
+    assert user("cus_EGxrcooteA3WAb")["attributes"] == {"billing_status": "deleted"}
+
+    for name in ("web", "worker"):
+        text = (relay["logs"] / f"{name}.log").read_text()
+        for secret in (SECRET, OLD_SECRET, USERCOM_KEY):
+            assert secret not in text, f"{name} log leaks a secret"
+    assert "delivered customer.subscription.deleted" in (relay["logs"] / "worker.log").read_text()
+
+
+def test_sigterm_stops_web_and_worker_cleanly(relay: dict[str, Any]) -> None:
+    for process in relay["processes"].values():
+        process.send_signal(signal.SIGTERM)
+    for name, process in relay["processes"].items():
+        assert process.wait(timeout=30) == 0, f"{name} exited with {process.returncode}"
