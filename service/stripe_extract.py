@@ -121,7 +121,7 @@ def monthly_amount(items: list[dict[str, Any]]) -> Decimal:
     """Sum of items brought to one month, in minor units; metered prices count 0."""
     total = Decimal(0)
     for item in items:
-        price = item.get("price") or item.get("plan") or {}
+        price = item.get("price") or {}
         amount = _unit_amount(price)
         interval, count = _interval(price)
         if amount is None or interval is None:
@@ -133,7 +133,7 @@ def monthly_amount(items: list[dict[str, Any]]) -> Decimal:
 
 def _subscription(obj: dict[str, Any], event_time: int, key: str) -> Extracted:
     items = obj["items"]["data"]
-    price = (items[0].get("price") or items[0].get("plan") or {}) if items else {}
+    price = (items[0].get("price") or {}) if items else {}
     currency = obj.get("currency") or price.get("currency")
     item_period_ends = [i["current_period_end"] for i in items if i.get("current_period_end") is not None]
     period_end = obj.get("current_period_end") or (max(item_period_ends) if item_period_ends else None)

@@ -1,0 +1,63 @@
+"""The store's single-script enqueue writes exactly what rq itself would write."""
+
+from __future__ import annotations
+
+from redis import Redis
+from rq import Queue
+from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
+
+from service import keys
+from service.store import Store, delivery_job
+from service.updates import UserUpdate
+from workers.deliver import on_job_failure
+
+UPDATE = UserUpdate(
+    source="stripe",
+    event_id="evt_1",
+    event_type="invoice.paid",
+    event_time=1,
+    user_id="u1",
+    customer_id="cus_1",
+    standard={"email": "a@b.co"},
+    custom={"mrr": 1.5},
+    tags=["paying"],
+)
+
+
+def test_enqueued_job_reads_back_as_the_rq_job_rq_would_create(redis: Redis) -> None:
+    assert Store(redis, dedup_ttl=300_000).accept(UPDATE)
+    ours = redis.hgetall("rq:job:stripe-evt_1")
+    redis.delete("rq:job:stripe-evt_1", keys.RQ_QUEUE_KEY)
+
+    queue = Queue(keys.DELIVERY_QUEUE, connection=redis, serializer=JSONSerializer)
+    queue.enqueue_job(delivery_job(redis, UPDATE))
+    theirs = redis.hgetall("rq:job:stripe-evt_1")
+
+    per_job = {b"created_at", b"enqueued_at", b"data"}
+    assert set(ours) == set(theirs)
+    assert {k: v for k, v in ours.items() if k not in per_job} == {k: v for k, v in theirs.items() if k not in per_job}
+    redis.hset("rq:job:stripe-evt_1", mapping={b"data": ours[b"data"]})
+    job = Job.fetch("stripe-evt_1", connection=redis, serializer=JSONSerializer)
+    assert job.func_name == "workers.deliver.deliver"
+    assert job.args == [UPDATE.to_dict(), 1, None]
+    assert job.get_status() == JobStatus.QUEUED
+    assert job.failure_callback is on_job_failure
+    assert redis.sismember("rq:queues", keys.RQ_QUEUE_KEY)
+
+
+def test_ledger_counts_each_outcome_once(redis: Redis) -> None:
+    store = Store(redis, dedup_ttl=300_000)
+    assert store.accept(UPDATE)
+    assert not store.accept(UPDATE)
+    assert store.record_delivered(UPDATE)
+    assert not store.record_delivered(UPDATE)
+    assert store.ledger() == {
+        "received": 1,
+        "delivered": 1,
+        "coalesced": 0,
+        "ignored": 0,
+        "dead_lettered": 0,
+        "in_flight": 0,
+        "duplicates": 1,
+    }
