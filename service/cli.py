@@ -22,24 +22,22 @@ def _settings(role: str) -> Settings:
 
 
 def gunicorn_argv(settings: Settings, bind: str) -> list[str]:
+    options = {
+        "--bind": bind,
+        "--worker-class": "gthread",  # an I/O-bound receiver: threads wait on Redis, not on CPU
+        "--workers": str(settings.web_workers),
+        "--threads": str(settings.web_threads),
+        "--keep-alive": "5",
+        "--graceful-timeout": "30",
+        "--log-level": settings.log_level.lower(),
+    }
+    # No control socket: gunicornc is unused, and $HOME is read-only in the container.
     return [
         sys.executable,
         "-m",
         "gunicorn",
-        "--bind",
-        bind,
-        "--worker-class",
-        "gthread",
-        "--workers",
-        str(settings.web_workers),
-        "--threads",
-        str(settings.web_threads),
-        "--keep-alive",
-        "5",
-        "--graceful-timeout",
-        "30",
-        "--log-level",
-        settings.log_level.lower(),
+        *(x for pair in options.items() for x in pair),
+        "--no-control-socket",
         APP_TARGET,
     ]
 
