@@ -88,9 +88,10 @@ def run_dev(*, port: int, data_dir: Path) -> int:
         print(f"relay dev: {exc}", file=sys.stderr)
         return 2
     relay = [sys.executable, "-m", "service.cli"]
+    # Own sessions: Ctrl-C reaches only this process, which then stops web and worker before Redis.
     children = [
-        subprocess.Popen([*relay, "web", "--bind", f"127.0.0.1:{port}"], env=env),
-        subprocess.Popen([*relay, "worker"], env=env),
+        subprocess.Popen([*relay, "web", "--bind", f"127.0.0.1:{port}"], env=env, start_new_session=True),
+        subprocess.Popen([*relay, "worker"], env=env, start_new_session=True),
     ]
     stopping = False
 

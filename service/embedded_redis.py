@@ -72,7 +72,8 @@ class RedisProcess:
             "--logfile",
             "redis.log",
         ]
-        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # Own session: a Ctrl-C meant for the parent must not stop Redis before its clients.
+        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
         deadline = time.monotonic() + timeout
         client = Redis(port=self.port, socket_timeout=0.5, socket_connect_timeout=0.5)
         while True:
