@@ -25,7 +25,7 @@ from service import keys
 from service.config import Settings
 from service.store import DeadLetter, Store, delivery_job
 from service.updates import UserUpdate
-from workers.usercom import Rejected, Retryable, UsercomClient
+from workers.usercom import Rejected, Retryable, UsercomClient, UsercomError
 
 log = logging.getLogger(__name__)
 
@@ -98,15 +98,7 @@ def deliver_update(
         ctx.client.update_user(user_id, update.standard, update.custom, update.tags)
     except Rejected as exc:
         return _dead_letter(
-            ctx,
-            update,
-            "usercom_rejected",
-            str(exc),
-            user_id=user_id,
-            attempt=attempt,
-            first_failure_at=first_failure_at,
-            status=exc.status,
-            body=exc.body,
+            ctx, update, "usercom_rejected", exc, user_id=user_id, attempt=attempt, first_failure_at=first_failure_at
         )
     except Retryable as exc:
         return _retry_or_give_up(ctx, update, user_id, exc, attempt, first_failure_at)
@@ -130,15 +122,7 @@ def _retry_or_give_up(
     )
     if now + delay - first > settings.retry_give_up_seconds:
         return _dead_letter(
-            ctx,
-            update,
-            "retries_exhausted",
-            str(exc),
-            user_id=user_id,
-            attempt=attempt,
-            first_failure_at=first,
-            status=exc.status,
-            body=exc.body,
+            ctx, update, "retries_exhausted", exc, user_id=user_id, attempt=attempt, first_failure_at=first
         )
     # A re-run of this job schedules the same job id again: no duplicate retry.
     retry = delivery_job(ctx.redis, update, attempt + 1, first)
@@ -152,15 +136,15 @@ def _dead_letter(
     ctx: DeliveryContext,
     update: UserUpdate,
     reason: str,
-    message: str,
+    error: str | UsercomError,
     *,
     attempt: int,
     first_failure_at: float | None,
     user_id: str | None = None,
-    status: int | None = None,
-    body: str | None = None,
 ) -> str:
+    """`error` is a plain message, or the User.com error whose status and (redacted) body are kept."""
     now = ctx.clock()
+    status, body = (error.status, error.body) if isinstance(error, UsercomError) else (None, None)
     item = DeadLetter(
         id=f"{update.source}-{update.event_id}",
         reason=reason,
@@ -168,7 +152,7 @@ def _dead_letter(
         event_type=update.event_type,
         event_id=update.event_id,
         event_time=update.event_time,
-        message=message,
+        message=str(error),
         update=update.to_dict(),
         user_id=user_id,
         attempts=attempt,
@@ -178,7 +162,7 @@ def _dead_letter(
         last_response=body,
     )
     ctx.store.dead_letter(item)
-    log.error("dead-lettered %s %s (%s): %s", update.event_type, update.event_id, reason, message)
+    log.error("dead-lettered %s %s (%s): %s", update.event_type, update.event_id, reason, error)
     return "dead_lettered"
 
 
