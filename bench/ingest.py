@@ -144,7 +144,7 @@ def main() -> int:
             start_gunicorn(hello_argv, env, hello_url, tmp),
             start_gunicorn(gunicorn_argv(settings, relay_url[7:-1]), env, relay_url + "healthz", REPO),
         ]
-        store = Store(Redis.from_url(redis_server.url), dedup_ttl=settings.dedup_ttl_seconds)
+        store = Store.from_settings(Redis.from_url(redis_server.url), settings)
         hello_runs, relay_runs, accepted_runs = [], [], []
         try:
             wrk(hello_url, 2, None, [])  # warm-up both

@@ -28,7 +28,7 @@ def build_app(settings: Settings | None = None, *, redis: Redis | None = None) -
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["relay.redis"] = redis
-    app.extensions["relay.stripe"] = StripeIngest(settings, Store(redis, dedup_ttl=settings.dedup_ttl_seconds))
+    app.extensions["relay.stripe"] = StripeIngest(settings, Store.from_settings(redis, settings))
     app.register_blueprint(bp)
     app.register_error_handler(RelayError, _relay_error)
     app.register_error_handler(HTTPException, _http_error)

@@ -26,6 +26,9 @@ DEFAULT_RETRY_GIVE_UP_SECONDS = 24 * 3600.0
 DEFAULT_USERCOM_CONNECT_TIMEOUT = 3.0
 DEFAULT_USERCOM_READ_TIMEOUT = 10.0
 DEFAULT_PORT = 8000
+DEFAULT_METRICS_PORT = 9100  # the worker's /metrics
+DEFAULT_DLQ_MAX_ITEMS = 100_000
+DEFAULT_DLQ_TTL_DAYS = 30
 # gunicorn gthread: an I/O-bound receiver; one process per core, a few threads each.
 DEFAULT_WEB_WORKERS = 2
 DEFAULT_WEB_THREADS = 4
@@ -58,6 +61,14 @@ class Settings:
     web_workers: int = DEFAULT_WEB_WORKERS
     web_threads: int = DEFAULT_WEB_THREADS
     log_level: str = "INFO"
+    metrics_port: int = DEFAULT_METRICS_PORT
+    dlq_max_items: int = DEFAULT_DLQ_MAX_ITEMS
+    dlq_ttl_days: int = DEFAULT_DLQ_TTL_DAYS
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Every secret value, for redaction."""
+        return tuple(s for s in (*self.stripe_webhook_secrets, self.usercom_api_key, self.admin_token) if s)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, role: str = "all") -> Settings:
@@ -91,9 +102,13 @@ class Settings:
             web_workers=reader.integer("RELAY_WEB_WORKERS", DEFAULT_WEB_WORKERS, minimum=1),
             web_threads=reader.integer("RELAY_WEB_THREADS", DEFAULT_WEB_THREADS, minimum=1),
             log_level=reader.choice("RELAY_LOG_LEVEL", "INFO", LOG_LEVELS),
+            metrics_port=reader.integer("RELAY_METRICS_PORT", DEFAULT_METRICS_PORT, minimum=1),
+            dlq_max_items=reader.integer("RELAY_DLQ_MAX_ITEMS", DEFAULT_DLQ_MAX_ITEMS, minimum=1),
+            dlq_ttl_days=reader.integer("RELAY_DLQ_TTL_DAYS", DEFAULT_DLQ_TTL_DAYS, minimum=1),
         )
-        if settings.port > 65535:
-            raise SettingsError(f"PORT must be at most 65535, got {settings.port}")
+        for name, port in (("PORT", settings.port), ("RELAY_METRICS_PORT", settings.metrics_port)):
+            if port > 65535:
+                raise SettingsError(f"{name} must be at most 65535, got {port}")
         if settings.retry_max_delay_seconds < settings.retry_base_seconds:
             raise SettingsError("RELAY_RETRY_MAX_DELAY_SECONDS must be >= RELAY_RETRY_BASE_SECONDS")
         return settings

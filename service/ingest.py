@@ -19,9 +19,10 @@ from marshmallow import ValidationError
 from redis.exceptions import RedisError
 
 from service.config import Settings
+from service.dlq import DeadLetter
 from service.errors import InvalidPayload, MalformedJson, StoreUnavailable, UnsupportedMediaType
 from service.signatures import verify_stripe_signature
-from service.store import DeadLetter, Store
+from service.store import Store
 from service.stripe_normalize import SOURCE, normalize_event
 from service.stripe_schemas import STRIPE_ID
 

@@ -3,17 +3,41 @@
 from __future__ import annotations
 
 PREFIX = "relay"
-# RQ queue that carries delivery jobs; rq's own keys live under "rq:".
-DELIVERY_QUEUE = "relay-delivery"
-RQ_QUEUE_KEY = f"rq:queue:{DELIVERY_QUEUE}"
 RQ_QUEUES_SET = "rq:queues"
 RQ_JOB_KEY_PREFIX = "rq:job:"
 
-# hash: received / ignored / delivered / dead_lettered / coalesced / duplicates
+# Lanes: live traffic, and replays from the dead-letter queue, each its own rq queue and
+# worker so that a bulk replay never holds up live updates.
+LIVE = "live"
+REPLAY = "replay"
+LANES = (LIVE, REPLAY)
+QUEUE_NAMES = {LIVE: "relay-delivery", REPLAY: "relay-replay"}
+DELIVERY_QUEUE = QUEUE_NAMES[LIVE]
+RQ_QUEUE_KEY = f"rq:queue:{DELIVERY_QUEUE}"
+
+
+def rq_queue_key(lane: str) -> str:
+    return f"rq:queue:{QUEUE_NAMES[lane]}"
+
+
+# hash: received / ignored / delivered / dead_lettered / coalesced / duplicates / replayed
 LEDGER = f"{PREFIX}:ledger"
-# hash: dead-letter id -> JSON item; zset: dead-letter id by time of failure
+# string: epoch seconds of the last successful delivery
+LAST_DELIVERY = f"{PREFIX}:last-delivery"
+# hash: id -> JSON item; zset: id by time of failure; hash: reason -> count; string: dropped count
 DLQ_ITEMS = f"{PREFIX}:dlq:items"
 DLQ_INDEX = f"{PREFIX}:dlq:index"
+DLQ_REASONS = f"{PREFIX}:dlq:reasons"
+DLQ_DROPPED = f"{PREFIX}:dlq:dropped"
+
+
+def pending(lane: str) -> str:
+    """zset: "<source>:<event id>" by time accepted (or replayed), until its outcome is counted."""
+    return f"{PREFIX}:pending:{lane}"
+
+
+def pending_member(source: str, event_id: str) -> str:
+    return f"{source}:{event_id}"
 
 
 def dedup(source: str, event_id: str) -> str:
@@ -29,3 +53,13 @@ def outcome(source: str, event_id: str) -> str:
 def customer_map(source: str) -> str:
     """hash: the source's customer id -> user id learned from events carrying both."""
     return f"{PREFIX}:customers:{source}"
+
+
+def user_lock(source: str, user_id: str) -> str:
+    """One delivery per user at a time, so User.com sees a user's updates in the order claimed."""
+    return f"{PREFIX}:lock:{source}:{user_id}"
+
+
+def last_written(source: str, user_id: str) -> str:
+    """hash: attribute -> event time of the value last sent (last-writer-wins by event time)."""
+    return f"{PREFIX}:lww:{source}:{user_id}"

@@ -12,10 +12,8 @@ keeps the webhook endpoint near the cost of a bare RPUSH.
 
 from __future__ import annotations
 
-import json
 import re
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from redis import Redis
@@ -25,6 +23,8 @@ from rq.serializers import JSONSerializer
 from rq.utils import now, utcformat
 
 from service import keys
+from service.config import Settings
+from service.dlq import DLQ_KEYS, DLQ_LUA, DeadLetter, DeadLetterQueue, DlqFilter, Retention
 from service.updates import UserUpdate
 
 # service reaches worker code by dotted name only
@@ -34,35 +34,43 @@ DELIVERY_JOB_TIMEOUT = 120  # seconds; one job is at most three User.com calls w
 FAILED_JOB_TTL = 14 * 24 * 3600  # rq keeps jobs that crashed unexpectedly this long
 JOB_ID_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
-# Shared Lua: count an outcome once per event, and keep a dead-letter item.
-# (outcome_key, ledger_key, outcome, ttl) -> 1 if counted now, 0 if already counted
-_LUA_HELPERS = """
-local function count_outcome(outcome_key, ledger_key, outcome, ttl)
+# Count an outcome once per event (a re-run job must not count twice) and stop tracking it
+# as pending. (outcome_key, ledger_key, outcome, ttl, pending member) -> 1 if counted now
+_OUTCOME_LUA = """
+local function count_outcome(outcome_key, ledger_key, outcome, ttl, member, pending_keys)
     if redis.call('SET', outcome_key, outcome, 'NX', 'EX', ttl) then
         redis.call('HINCRBY', ledger_key, outcome, 1)
+        for _, key in ipairs(pending_keys) do redis.call('ZREM', key, member) end
         return 1
     end
     return 0
 end
-local function keep_dead_letter(items_key, index_key, id, item, score)
-    redis.call('HSET', items_key, id, item)
-    redis.call('ZADD', index_key, score, id)
+"""
+
+# Write an rq job hash and queue it. JOB_FIELDS, filled in per lane by JobWriter, are the
+# fields every delivery job shares, taken from rq; ARGV gives data, timestamp, description.
+_JOB_LUA = """
+local JOB_FIELDS = {%(job_fields)s}
+local function push_job(job_key, queue_key, queues_set, job_id, data, timestamp, description)
+    redis.call('HSET', job_key, 'data', data, 'created_at', timestamp, 'enqueued_at', timestamp,
+               'description', description, unpack(JOB_FIELDS))
+    redis.call('RPUSH', queue_key, job_id)
+    redis.call('SADD', queues_set, queue_key)
 end
 """
 
 # The dedup key makes everything after it happen once per event id.
 # KEYS: dedup, ledger, then per mode:
-#   job:         job_key, queue_key, queues_set   ARGV[3]=job_id, ARGV[4]=data, ARGV[5]=timestamp,
-#                                                 ARGV[6]=description; the other job fields are JOB_FIELDS
+#   job:         job_key, queue_key, queues_set, pending_live
+#                ARGV[3]=job_id, ARGV[4]=data, ARGV[5]=timestamp, ARGV[6]=description, ARGV[7]=now, ARGV[8]=member
 #   ignore:      (none)
-#   dead_letter: dlq_items, dlq_index             ARGV[3]=dlq_id, ARGV[4]=item JSON, ARGV[5]=score
-# ARGV: dedup_ttl, mode
-# Returns 1 when accepted now, 0 for a duplicate.
-# JOB_FIELDS is filled in by JobWriter: the fields every delivery job shares, taken from rq.
+#   dead_letter: the four DLQ keys
+#                ARGV[3]=dlq_id, ARGV[4]=item JSON, ARGV[5]=reason, ARGV[6]=now, ARGV[7]=max items, ARGV[8]=cutoff
+# ARGV: dedup_ttl, mode. Returns 1 when accepted now, 0 for a duplicate.
 ACCEPT_SCRIPT = (
-    _LUA_HELPERS
+    DLQ_LUA
+    + _JOB_LUA
     + """
-local JOB_FIELDS = {%(job_fields)s}
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
     redis.call('HINCRBY', KEYS[2], 'duplicates', 1)
     return 0
@@ -70,15 +78,13 @@ end
 redis.call('HINCRBY', KEYS[2], 'received', 1)
 local mode = ARGV[2]
 if mode == 'job' then
-    redis.call('HSET', KEYS[3], 'data', ARGV[4], 'created_at', ARGV[5], 'enqueued_at', ARGV[5],
-               'description', ARGV[6], unpack(JOB_FIELDS))
-    redis.call('RPUSH', KEYS[4], ARGV[3])
-    redis.call('SADD', KEYS[5], KEYS[4])
+    push_job(KEYS[3], KEYS[4], KEYS[5], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
+    redis.call('ZADD', KEYS[6], ARGV[7], ARGV[8])
 elseif mode == 'ignore' then
     redis.call('HINCRBY', KEYS[2], 'ignored', 1)
 elseif mode == 'dead_letter' then
     redis.call('HINCRBY', KEYS[2], 'dead_lettered', 1)
-    keep_dead_letter(KEYS[3], KEYS[4], ARGV[3], ARGV[4], ARGV[5])
+    dlq_keep({KEYS[3], KEYS[4], KEYS[5], KEYS[6]}, ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8])
 else
     return redis.error_reply('unknown mode ' .. mode)
 end
@@ -86,107 +92,119 @@ return 1
 """
 )
 
-# KEYS: outcome_key, ledger, [dlq_items, dlq_index]
-# ARGV: outcome ('delivered' | 'dead_lettered'), outcome_ttl, [dlq_id, item JSON, score]
+# KEYS: outcome_key, ledger, last_delivery, pending_live, pending_replay, [the four DLQ keys]
+# ARGV: outcome ('delivered' | 'coalesced' | 'dead_lettered'), outcome_ttl, member, now,
+#       [dlq_id, item JSON, reason, max items, cutoff]
 # Returns 1 when counted now, 0 when this event's outcome was already counted (a re-run job).
 RECORD_OUTCOME_SCRIPT = (
-    _LUA_HELPERS
+    DLQ_LUA
+    + _OUTCOME_LUA
     + """
-local counted = count_outcome(KEYS[1], KEYS[2], ARGV[1], ARGV[2])
-if ARGV[1] == 'dead_lettered' then
-    keep_dead_letter(KEYS[3], KEYS[4], ARGV[3], ARGV[4], ARGV[5])
+local counted = count_outcome(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], {KEYS[4], KEYS[5]})
+if ARGV[1] == 'delivered' then
+    redis.call('SET', KEYS[3], ARGV[4])
+elseif ARGV[1] == 'dead_lettered' then
+    dlq_keep({KEYS[6], KEYS[7], KEYS[8], KEYS[9]}, ARGV[5], ARGV[6], ARGV[7], ARGV[4], ARGV[8], ARGV[9])
 end
 return counted
+"""
+)
+
+# Take an item out of the dead-letter queue and queue its update on the replay lane: the event
+# goes back to "in flight" (dead_lettered - 1) and its next outcome is counted afresh.
+# KEYS: the four DLQ keys, ledger, outcome_key, job_key, replay_queue_key, queues_set, pending_replay
+# ARGV: dlq_id, job_id, data, timestamp, description, now, member
+# Returns 0 when the item is gone (deleted or replayed meanwhile).
+REPLAY_SCRIPT = (
+    DLQ_LUA
+    + _JOB_LUA
+    + """
+if not dlq_remove({KEYS[1], KEYS[2], KEYS[3], KEYS[4]}, ARGV[1]) then return 0 end
+redis.call('HINCRBY', KEYS[5], 'dead_lettered', -1)
+redis.call('HINCRBY', KEYS[5], 'replayed', 1)
+redis.call('DEL', KEYS[6])
+push_job(KEYS[7], KEYS[8], KEYS[9], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
+redis.call('ZADD', KEYS[10], ARGV[6], ARGV[7])
+return 1
 """
 )
 
 LEDGER_FIELDS = ("received", "delivered", "coalesced", "ignored", "dead_lettered")
 
 
-@dataclass(frozen=True)
-class DeadLetter:
-    """One dead-lettered item: enough to understand the failure and replay it."""
-
-    id: str
-    reason: str  # invalid_payload, usercom_rejected, retries_exhausted, unresolved_identity, ...
-    source: str
-    event_type: str | None
-    event_id: str | None
-    event_time: int | None
-    message: str
-    update: dict[str, Any] | None = None
-    event: Any = None  # the original payload, when it could not be normalized
-    user_id: str | None = None
-    attempts: int = 0
-    first_failure_at: float | None = None
-    last_failure_at: float | None = None
-    last_status: int | None = None
-    last_response: str | None = None
-
-    def to_json(self) -> str:
-        return json.dumps(self.__dict__, separators=(",", ":"), default=str)
-
-
-def job_id_for(update: UserUpdate, attempt: int = 1) -> str:
+def job_id_for(update: UserUpdate, attempt: int = 1, *, replay: int | None = None) -> str:
     base = JOB_ID_UNSAFE.sub("_", f"{update.source}-{update.event_id}")
+    if replay is not None:
+        base = f"{base}-replay{replay}"
     return base if attempt == 1 else f"{base}-a{attempt}"
 
 
-_JOB_OPTIONS: dict[str, Any] = {
-    "origin": keys.DELIVERY_QUEUE,
-    "timeout": DELIVERY_JOB_TIMEOUT,
-    "result_ttl": 0,
-    "failure_ttl": FAILED_JOB_TTL,
-    "on_failure": Callback(ON_FAILURE_FUNC),
-}
+def _job_options(lane: str) -> dict[str, Any]:
+    return {
+        "origin": keys.QUEUE_NAMES[lane],
+        "timeout": DELIVERY_JOB_TIMEOUT,
+        "result_ttl": 0,
+        "failure_ttl": FAILED_JOB_TTL,
+        "on_failure": Callback(ON_FAILURE_FUNC),
+    }
 
 
 def _description(update: UserUpdate) -> str:
     return f"deliver {update.source} {update.event_type} {update.event_id}"
 
 
-def delivery_job(redis: Redis, update: UserUpdate, attempt: int = 1, first_failure_at: float | None = None) -> Job:
+def delivery_job(
+    redis: Redis,
+    update: UserUpdate,
+    attempt: int = 1,
+    first_failure_at: float | None = None,
+    *,
+    lane: str = keys.LIVE,
+    job_id: str | None = None,
+) -> Job:
     """The rq job for one delivery attempt; its id is stable per (event, attempt)."""
     return Job.create(
         DELIVER_FUNC,
-        args=(update.to_dict(), attempt, first_failure_at),
+        args=(update.to_dict(), attempt, first_failure_at, lane),
         connection=redis,
         serializer=JSONSerializer,
-        id=job_id_for(update, attempt),
+        id=job_id or job_id_for(update, attempt),
         description=_description(update),
-        **_JOB_OPTIONS,
+        **_job_options(lane),
     )
 
 
 class JobWriter:
     """Builds the hash of a queued delivery job, field for field what rq's `Job.to_dict()` gives.
 
-    The fields that are the same for every delivery job are taken once from rq itself; per
-    job only the id, the payload (`data`: the serialized call, as `Job.data`) and the
-    timestamps change. That costs a few microseconds instead of `Job.create()`'s ~60.
+    The fields that are the same for every delivery job of a lane are taken once from rq
+    itself; per job only the id, the payload (`data`: the serialized call, as `Job.data`) and
+    the timestamps change. That costs a few microseconds instead of `Job.create()`'s ~60.
     tests/integration/test_store.py checks the result against rq's own, field by field.
     """
 
     PER_JOB = ("data", "created_at", "enqueued_at", "description")
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, lane: str) -> None:
+        self.lane = lane
         template = Job.create(
-            DELIVER_FUNC, args=(), connection=redis, serializer=JSONSerializer, id="template", **_JOB_OPTIONS
+            DELIVER_FUNC, args=(), connection=redis, serializer=JSONSerializer, id="template", **_job_options(lane)
         )
         fields = template.to_dict()
         fields["status"] = JobStatus.QUEUED.value
         self.constant = {k: v for k, v in fields.items() if k not in self.PER_JOB and v is not None}
 
-    def lua_fields(self) -> str:
-        return ", ".join(_lua_string(x) for k, v in self.constant.items() for x in (k, v))
+    def lua(self, script: str) -> str:
+        job_fields = ", ".join(_lua_string(x) for k, v in self.constant.items() for x in (k, v))
+        return script % {"job_fields": job_fields}
 
     def args(self, update: UserUpdate) -> list[Any]:
-        """ARGV[4..6] of ACCEPT_SCRIPT: data, timestamp, description.
+        """data, timestamp, description for the scripts' push_job.
 
         `data` is left uncompressed: rq reads it as is (Job.restore falls back when zlib does not
         apply), and compressing would cost ~20 us per webhook to save a kilobyte of Redis memory.
         """
-        call = (DELIVER_FUNC, None, (update.to_dict(), 1, None), {})
+        call = (DELIVER_FUNC, None, (update.to_dict(), 1, None, self.lane), {})
         return [JSONSerializer.dumps(call), utcformat(now()), _description(update)]
 
 
@@ -196,52 +214,103 @@ def _lua_string(value: Any) -> str:
 
 
 class Store:
-    def __init__(self, redis: Redis, *, dedup_ttl: int) -> None:
+    """Intake, outcomes and replays: every write that moves an event through the ledger."""
+
+    def __init__(self, redis: Redis, *, dedup_ttl: int, retention: Retention) -> None:
         self.redis = redis
         self.dedup_ttl = dedup_ttl
-        self._jobs = JobWriter(redis)
-        self._accept = redis.register_script(ACCEPT_SCRIPT % {"job_fields": self._jobs.lua_fields()})
+        self.retention = retention
+        live, replay = JobWriter(redis, keys.LIVE), JobWriter(redis, keys.REPLAY)
+        self._jobs = {keys.LIVE: live, keys.REPLAY: replay}
+        self._accept = redis.register_script(live.lua(ACCEPT_SCRIPT))
         self._record = redis.register_script(RECORD_OUTCOME_SCRIPT)
+        self._replay = redis.register_script(replay.lua(REPLAY_SCRIPT))
+
+    @classmethod
+    def from_settings(cls, redis: Redis, settings: Settings) -> Store:
+        retention = Retention(max_items=settings.dlq_max_items, ttl_seconds=settings.dlq_ttl_days * 24 * 3600)
+        return cls(redis, dedup_ttl=settings.dedup_ttl_seconds, retention=retention)
+
+    def dlq(self) -> DeadLetterQueue:
+        return DeadLetterQueue(self.redis, self.retention)
 
     def accept(self, update: UserUpdate) -> bool:
         """Queue the update for delivery; False if this event id was accepted before."""
         job_id = job_id_for(update)
-        job_keys = [keys.RQ_JOB_KEY_PREFIX + job_id, keys.RQ_QUEUE_KEY, keys.RQ_QUEUES_SET]
-        return self._run(update.source, update.event_id, "job", job_keys, [job_id, *self._jobs.args(update)])
+        job_keys = [
+            keys.RQ_JOB_KEY_PREFIX + job_id,
+            keys.rq_queue_key(keys.LIVE),
+            keys.RQ_QUEUES_SET,
+            keys.pending(keys.LIVE),
+        ]
+        member = keys.pending_member(update.source, update.event_id)
+        args = [job_id, *self._jobs[keys.LIVE].args(update), time.time(), member]
+        return self._run(update.source, update.event_id, "job", job_keys, args)
 
     def ignore(self, source: str, event_id: str) -> bool:
         return self._run(source, event_id, "ignore", [], [])
 
     def reject(self, item: DeadLetter, dedup_id: str) -> bool:
         """Keep an event that could not be accepted for delivery (e.g. invalid payload)."""
-        dlq_keys = [keys.DLQ_ITEMS, keys.DLQ_INDEX]
-        return self._run(item.source, dedup_id, "dead_letter", dlq_keys, [item.id, item.to_json(), time.time()])
+        args = [item.id, item.to_json(), item.reason, time.time(), *self.retention.args()]
+        return self._run(item.source, dedup_id, "dead_letter", DLQ_KEYS, args)
 
     def _run(self, source: str, event_id: str, mode: str, extra_keys: list[str], extra_args: list[Any]) -> bool:
         script_keys = [keys.dedup(source, event_id), keys.LEDGER, *extra_keys]
-        args = [self.dedup_ttl, mode, *extra_args]
-        return bool(self._accept(keys=script_keys, args=args))
+        return bool(self._accept(keys=script_keys, args=[self.dedup_ttl, mode, *extra_args]))
 
-    def record_delivered(self, update: UserUpdate) -> bool:
-        outcome_key = keys.outcome(update.source, update.event_id)
-        return bool(self._record(keys=[outcome_key, keys.LEDGER], args=["delivered", self.dedup_ttl]))
-
-    def dead_letter(self, item: DeadLetter) -> bool:
-        outcome_key = keys.outcome(item.source, item.event_id or item.id)
-        script_keys = [outcome_key, keys.LEDGER, keys.DLQ_ITEMS, keys.DLQ_INDEX]
-        args = ["dead_lettered", self.dedup_ttl, item.id, item.to_json(), time.time()]
+    def _outcome(self, outcome: str, source: str, event_id: str, extra_keys: list[str], extra_args: list[Any]) -> bool:
+        script_keys = [
+            keys.outcome(source, event_id),
+            keys.LEDGER,
+            keys.LAST_DELIVERY,
+            keys.pending(keys.LIVE),
+            keys.pending(keys.REPLAY),
+            *extra_keys,
+        ]
+        args = [outcome, self.dedup_ttl, keys.pending_member(source, event_id), time.time(), *extra_args]
         return bool(self._record(keys=script_keys, args=args))
 
+    def record_delivered(self, update: UserUpdate) -> bool:
+        return self._outcome("delivered", update.source, update.event_id, [], [])
+
+    def record_coalesced(self, update: UserUpdate) -> bool:
+        """Everything the update carried is already superseded by newer values sent for its user."""
+        return self._outcome("coalesced", update.source, update.event_id, [], [])
+
+    def dead_letter(self, item: DeadLetter) -> bool:
+        args = [item.id, item.to_json(), item.reason, *self.retention.args()]
+        return self._outcome("dead_lettered", item.source, item.event_id or item.id, DLQ_KEYS, args)
+
+    def replay(self, item_id: str, update: UserUpdate) -> bool:
+        """Move a dead-lettered item's update to the replay lane; False if the item is gone."""
+        job_id = job_id_for(update, replay=int(time.time() * 1000))
+        script_keys = [
+            *DLQ_KEYS,
+            keys.LEDGER,
+            keys.outcome(update.source, update.event_id),
+            keys.RQ_JOB_KEY_PREFIX + job_id,
+            keys.rq_queue_key(keys.REPLAY),
+            keys.RQ_QUEUES_SET,
+            keys.pending(keys.REPLAY),
+        ]
+        args = [
+            item_id,
+            job_id,
+            *self._jobs[keys.REPLAY].args(update),
+            time.time(),
+            keys.pending_member(update.source, update.event_id),
+        ]
+        return bool(self._replay(keys=script_keys, args=args))
+
     def ledger(self) -> dict[str, int]:
-        raw = self.redis.hgetall(keys.LEDGER)
-        counts = {name.decode(): int(value) for name, value in raw.items()}
+        counts = {name.decode(): int(value) for name, value in self.redis.hgetall(keys.LEDGER).items()}
         ledger = {name: counts.get(name, 0) for name in LEDGER_FIELDS}
         settled = sum(ledger[name] for name in LEDGER_FIELDS if name != "received")
         ledger["in_flight"] = ledger["received"] - settled
         ledger["duplicates"] = counts.get("duplicates", 0)
+        ledger["replayed"] = counts.get("replayed", 0)
         return ledger
 
     def dead_letters(self) -> list[dict[str, Any]]:
-        ids = self.redis.zrange(keys.DLQ_INDEX, 0, -1)
-        raw = self.redis.hmget(keys.DLQ_ITEMS, ids) if ids else []
-        return [json.loads(item) for item in raw if item is not None]
+        return self.dlq().matching(DlqFilter())[0]

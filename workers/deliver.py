@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,16 +19,19 @@ from datetime import UTC, datetime
 from typing import Any
 
 from redis import Redis
-from rq import Queue
+from rq import Queue, get_current_job
 from rq.job import Job
 
 from service import keys
 from service.config import Settings
-from service.store import DeadLetter, Store, delivery_job
+from service.dlq import DeadLetter
+from service.store import Store, delivery_job, job_id_for
 from service.updates import UserUpdate
+from workers.ordering import Ordering, UserBusy
 from workers.usercom import Rejected, Retryable, UsercomClient, UsercomError
 
 log = logging.getLogger(__name__)
+ATTEMPT_SUFFIX = re.compile(r"-a\d+$")
 
 
 @dataclass
@@ -38,7 +42,8 @@ class DeliveryContext:
     redis: Redis
     store: Store
     client: UsercomClient
-    queue: Queue
+    queues: dict[str, Queue]  # by lane
+    ordering: Ordering
     clock: Callable[[], float] = time.time
     jitter: Callable[[], float] = field(default=random.random)
 
@@ -57,9 +62,11 @@ def _current() -> DeliveryContext:
     return _context
 
 
-def deliver(update: dict[str, Any], attempt: int = 1, first_failure_at: float | None = None) -> str:
+def deliver(
+    update: dict[str, Any], attempt: int = 1, first_failure_at: float | None = None, lane: str = keys.LIVE
+) -> str:
     """rq entry point (referenced by name from service.store)."""
-    return deliver_update(_current(), UserUpdate.from_dict(update), attempt, first_failure_at)
+    return deliver_update(_current(), UserUpdate.from_dict(update), attempt, first_failure_at, lane)
 
 
 def backoff_delay(attempt: int, *, base: float, cap: float, jitter: float, retry_after: float | None) -> float:
@@ -82,7 +89,11 @@ def resolve_identity(redis: Redis, update: UserUpdate) -> str | None:
 
 
 def deliver_update(
-    ctx: DeliveryContext, update: UserUpdate, attempt: int = 1, first_failure_at: float | None = None
+    ctx: DeliveryContext,
+    update: UserUpdate,
+    attempt: int = 1,
+    first_failure_at: float | None = None,
+    lane: str = keys.LIVE,
 ) -> str:
     user_id = resolve_identity(ctx.redis, update)
     if user_id is None:
@@ -95,20 +106,37 @@ def deliver_update(
             first_failure_at=first_failure_at,
         )
     try:
-        ctx.client.update_user(user_id, update.standard, update.custom, update.tags)
+        with ctx.ordering.claim(user_id, update) as claim:
+            if claim.empty and not update.tags:
+                ctx.store.record_coalesced(update)
+                log.info(
+                    "superseded %s %s: user %s already has newer values", update.event_type, update.event_id, user_id
+                )
+                return "coalesced"
+            ctx.client.update_user(user_id, claim.standard, claim.custom, update.tags)
+    except UserBusy as exc:
+        return _retry_or_give_up(
+            ctx, update, user_id, Retryable(str(exc), retry_after=1.0), attempt, first_failure_at, lane
+        )
     except Rejected as exc:
         return _dead_letter(
             ctx, update, "usercom_rejected", exc, user_id=user_id, attempt=attempt, first_failure_at=first_failure_at
         )
     except Retryable as exc:
-        return _retry_or_give_up(ctx, update, user_id, exc, attempt, first_failure_at)
+        return _retry_or_give_up(ctx, update, user_id, exc, attempt, first_failure_at, lane)
     ctx.store.record_delivered(update)
     log.info("delivered %s %s to user %s (attempt %d)", update.event_type, update.event_id, user_id, attempt)
     return "delivered"
 
 
 def _retry_or_give_up(
-    ctx: DeliveryContext, update: UserUpdate, user_id: str, exc: Retryable, attempt: int, first_failure_at: float | None
+    ctx: DeliveryContext,
+    update: UserUpdate,
+    user_id: str,
+    exc: Retryable,
+    attempt: int,
+    first_failure_at: float | None,
+    lane: str,
 ) -> str:
     settings = ctx.settings
     now = ctx.clock()
@@ -125,11 +153,18 @@ def _retry_or_give_up(
             ctx, update, "retries_exhausted", exc, user_id=user_id, attempt=attempt, first_failure_at=first
         )
     # A re-run of this job schedules the same job id again: no duplicate retry.
-    retry = delivery_job(ctx.redis, update, attempt + 1, first)
+    retry = delivery_job(ctx.redis, update, attempt + 1, first, lane=lane, job_id=_next_job_id(update, attempt))
     # rq keeps whole seconds: round up so a Retry-After is never cut short.
-    ctx.queue.schedule_job(retry, datetime.fromtimestamp(math.ceil(now + delay), UTC))
+    ctx.queues[lane].schedule_job(retry, datetime.fromtimestamp(math.ceil(now + delay), UTC))
     log.warning("retrying %s %s in %.1fs (attempt %d): %s", update.event_type, update.event_id, delay, attempt, exc)
     return "retry_scheduled"
+
+
+def _next_job_id(update: UserUpdate, attempt: int) -> str:
+    """The retry's id follows the running job's, so a replayed event's retries stay distinct."""
+    current = get_current_job()
+    base = ATTEMPT_SUFFIX.sub("", current.id) if current is not None else job_id_for(update)
+    return f"{base}-a{attempt + 1}"
 
 
 def _dead_letter(

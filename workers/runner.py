@@ -17,6 +17,7 @@ from service.config import Settings
 from service.redis_client import worker_redis
 from service.store import Store
 from workers.deliver import DeliveryContext, configure
+from workers.ordering import Ordering
 from workers.usercom import UsercomClient
 
 
@@ -25,20 +26,25 @@ def build_context(settings: Settings) -> DeliveryContext:
     return DeliveryContext(
         settings=settings,
         redis=redis,
-        store=Store(redis, dedup_ttl=settings.dedup_ttl_seconds),
+        store=Store.from_settings(redis, settings),
         client=UsercomClient(
             base_url=settings.usercom_api_url,
             api_key=settings.usercom_api_key,
             connect_timeout=settings.usercom_connect_timeout,
             read_timeout=settings.usercom_read_timeout,
         ),
-        queue=Queue(keys.DELIVERY_QUEUE, connection=redis, serializer=JSONSerializer),
+        queues={
+            lane: Queue(name, connection=redis, serializer=JSONSerializer) for lane, name in keys.QUEUE_NAMES.items()
+        },
+        # Remember last-written times as long as an old event can still come back (retry or replay).
+        ordering=Ordering(redis, lww_ttl_seconds=settings.dedup_ttl_seconds + settings.dlq_ttl_days * 24 * 3600),
     )
 
 
-def run_worker(settings: Settings, *, burst: bool = False, log_level: str = "INFO") -> bool:
+def run_worker(settings: Settings, *, lane: str = keys.LIVE, burst: bool = False, log_level: str = "INFO") -> bool:
+    """One worker process on one lane. One queue per worker: rq's multi-queue dequeue is not atomic."""
     context = build_context(settings)
     configure(context)
-    worker = SimpleWorker([context.queue], connection=context.redis, serializer=JSONSerializer)
+    worker = SimpleWorker([context.queues[lane]], connection=context.redis, serializer=JSONSerializer)
     logging.getLogger("rq.worker").setLevel(logging.WARNING)
     return worker.work(burst=burst, with_scheduler=True, logging_level=log_level)

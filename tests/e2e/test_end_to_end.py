@@ -20,6 +20,7 @@ import pytest
 import urllib3
 from redis import Redis
 
+from service.config import Settings
 from service.embedded_redis import RedisProcess, free_port
 from service.store import Store
 from service.usercom_sandbox import SandboxServer
@@ -95,7 +96,8 @@ def relay(tmp_path: Path, sandbox: SandboxServer) -> Iterator[dict[str, Any]]:
         assert time.monotonic() < deadline, (tmp_path / "web.log").read_text()
         time.sleep(0.1)
     redis = Redis.from_url(redis_server.url)
-    yield {"base": base, "http": http, "redis": redis, "logs": tmp_path, "processes": processes}
+    settings = Settings.from_env(env)
+    yield {"base": base, "http": http, "redis": redis, "logs": tmp_path, "processes": processes, "settings": settings}
     for process in processes.values():
         process.send_signal(signal.SIGTERM)
     for process in processes.values():
@@ -129,7 +131,7 @@ def test_every_mapped_event_reaches_usercom(relay: dict[str, Any], sandbox: Sand
     invalid = post(relay, json.dumps(stripe_event("invoice.paid", {"id": "in_1"}, event_id="evt_bad")).encode())
     assert invalid.status == 422
 
-    store = Store(relay["redis"], dedup_ttl=7 * 24 * 3600)
+    store = Store.from_settings(relay["redis"], relay["settings"])
     ledger = wait_settled(store)
     assert ledger == {
         "received": 19,
@@ -139,6 +141,7 @@ def test_every_mapped_event_reaches_usercom(relay: dict[str, Any], sandbox: Sand
         "dead_lettered": 2,
         "in_flight": 0,
         "duplicates": 1,
+        "replayed": 0,
     }
     reasons = sorted((d["reason"], d["event_id"]) for d in store.dead_letters())
     assert reasons == [("invalid_payload", "evt_bad"), ("unresolved_identity", "evt_e2e_14")]

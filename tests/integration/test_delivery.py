@@ -53,7 +53,7 @@ def accept_and_work(ctx: DeliveryContext, *updates: UserUpdate) -> None:
     """Queue through the same path as the web endpoint, then drain with a real rq worker."""
     for item in updates:
         assert ctx.store.accept(item)
-    SimpleWorker([ctx.queue], connection=ctx.redis, serializer=JSONSerializer).work(burst=True)
+    SimpleWorker([ctx.queues[keys.LIVE]], connection=ctx.redis, serializer=JSONSerializer).work(burst=True)
 
 
 def calls(sandbox: SandboxServer) -> list[tuple[str, str]]:
@@ -119,7 +119,7 @@ def test_server_errors_schedule_a_retry(ctx: DeliveryContext, sandbox: SandboxSe
     sandbox.state.faults.extend([Fault(status)])
     started = time.time()
     accept_and_work(ctx, update())
-    scheduled = ScheduledJobRegistry(queue=ctx.queue)
+    scheduled = ScheduledJobRegistry(queue=ctx.queues[keys.LIVE])
     assert scheduled.get_job_ids() == ["stripe-evt_1-a2"]
     at = scheduled.get_scheduled_time("stripe-evt_1-a2").timestamp()
     assert int(started) <= at <= time.time() + ctx.settings.retry_base_seconds + 1
@@ -131,18 +131,18 @@ def test_429_is_never_retried_sooner_than_retry_after(ctx: DeliveryContext, sand
     sandbox.state.faults.append(Fault(429, "3"))
     started = time.time()
     accept_and_work(ctx, update())
-    at = ScheduledJobRegistry(queue=ctx.queue).get_scheduled_time("stripe-evt_1-a2").timestamp()
+    at = ScheduledJobRegistry(queue=ctx.queues[keys.LIVE]).get_scheduled_time("stripe-evt_1-a2").timestamp()
     assert at >= started + 3
 
 
 def test_retry_job_delivers_when_usercom_recovers(ctx: DeliveryContext, sandbox: SandboxServer) -> None:
     sandbox.state.faults.append(Fault(503))
     accept_and_work(ctx, update())
-    job = ctx.queue.fetch_job("stripe-evt_1-a2")
-    assert job is not None and job.args[1:] == [2, pytest.approx(time.time(), abs=5)]
-    ScheduledJobRegistry(queue=ctx.queue).remove(job)
-    ctx.queue.enqueue_job(job)  # what the scheduler does when the time comes
-    SimpleWorker([ctx.queue], connection=ctx.redis, serializer=JSONSerializer).work(burst=True)
+    job = ctx.queues[keys.LIVE].fetch_job("stripe-evt_1-a2")
+    assert job is not None and job.args[1:] == [2, pytest.approx(time.time(), abs=5), "live"]
+    ScheduledJobRegistry(queue=ctx.queues[keys.LIVE]).remove(job)
+    ctx.queues[keys.LIVE].enqueue_job(job)  # what the scheduler does when the time comes
+    SimpleWorker([ctx.queues[keys.LIVE]], connection=ctx.redis, serializer=JSONSerializer).work(burst=True)
     assert sandbox.state.user_by_custom_id("u1") is not None
     assert ctx.store.ledger()["delivered"] == 1
 
@@ -168,7 +168,7 @@ def test_network_errors_are_retried(settings: Settings, redis: Redis) -> None:
     )
     ctx = build_context(closed)
     assert deliver_update(ctx, update()) == "retry_scheduled"
-    assert ScheduledJobRegistry(queue=ctx.queue).get_job_ids() == ["stripe-evt_1-a2"]
+    assert ScheduledJobRegistry(queue=ctx.queues[keys.LIVE]).get_job_ids() == ["stripe-evt_1-a2"]
 
 
 def test_event_without_any_identity_is_dead_lettered(ctx: DeliveryContext, sandbox: SandboxServer) -> None:
@@ -216,7 +216,7 @@ def test_crashing_job_is_dead_lettered_as_internal_error(ctx: DeliveryContext, r
         origin=keys.DELIVERY_QUEUE,
         on_failure=Callback(ON_FAILURE_FUNC),
     ).save()
-    SimpleWorker([ctx.queue], connection=ctx.redis, serializer=JSONSerializer).work(burst=True)
+    SimpleWorker([ctx.queues[keys.LIVE]], connection=ctx.redis, serializer=JSONSerializer).work(burst=True)
     [dead] = ctx.store.dead_letters()
     assert dead["reason"] == "internal_error"
     assert dead["event_id"] == "evt_1"

@@ -8,6 +8,7 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from service import keys
+from service.dlq import Retention
 from service.store import Store, delivery_job
 from service.updates import UserUpdate
 from workers.deliver import on_job_failure
@@ -26,7 +27,7 @@ UPDATE = UserUpdate(
 
 
 def test_enqueued_job_reads_back_as_the_rq_job_rq_would_create(redis: Redis) -> None:
-    assert Store(redis, dedup_ttl=300_000).accept(UPDATE)
+    assert Store(redis, dedup_ttl=300_000, retention=Retention(max_items=10, ttl_seconds=3600)).accept(UPDATE)
     ours = redis.hgetall("rq:job:stripe-evt_1")
     redis.delete("rq:job:stripe-evt_1", keys.RQ_QUEUE_KEY)
 
@@ -40,14 +41,14 @@ def test_enqueued_job_reads_back_as_the_rq_job_rq_would_create(redis: Redis) -> 
     redis.hset("rq:job:stripe-evt_1", mapping={b"data": ours[b"data"]})
     job = Job.fetch("stripe-evt_1", connection=redis, serializer=JSONSerializer)
     assert job.func_name == "workers.deliver.deliver"
-    assert job.args == [UPDATE.to_dict(), 1, None]
+    assert job.args == [UPDATE.to_dict(), 1, None, "live"]
     assert job.get_status() == JobStatus.QUEUED
     assert job.failure_callback is on_job_failure
     assert redis.sismember("rq:queues", keys.RQ_QUEUE_KEY)
 
 
 def test_ledger_counts_each_outcome_once(redis: Redis) -> None:
-    store = Store(redis, dedup_ttl=300_000)
+    store = Store(redis, dedup_ttl=300_000, retention=Retention(max_items=10, ttl_seconds=3600))
     assert store.accept(UPDATE)
     assert not store.accept(UPDATE)
     assert store.record_delivered(UPDATE)
@@ -60,4 +61,5 @@ def test_ledger_counts_each_outcome_once(redis: Redis) -> None:
         "dead_lettered": 0,
         "in_flight": 0,
         "duplicates": 1,
+        "replayed": 0,
     }

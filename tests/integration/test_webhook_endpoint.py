@@ -26,7 +26,7 @@ def event(event_id: str = "evt_1", event_type: str = "customer.created", obj: di
 
 
 def ledger(redis: Redis, settings: Settings) -> dict[str, int]:
-    return Store(redis, dedup_ttl=settings.dedup_ttl_seconds).ledger()
+    return Store.from_settings(redis, settings).ledger()
 
 
 def error_code(response: Any) -> str:
@@ -118,7 +118,7 @@ def test_invalid_payload_is_422_with_field_messages_and_dead_lettered(
     assert error["details"]["data"]["object"]["customer"] == ["Missing data for required field."]
     assert error["details"]["data"]["object"]["items"] == ["Missing data for required field."]
     assert redis.llen(keys.RQ_QUEUE_KEY) == 0
-    [item] = Store(redis, dedup_ttl=settings.dedup_ttl_seconds).dead_letters()
+    [item] = Store.from_settings(redis, settings).dead_letters()
     assert item["reason"] == "invalid_payload"
     assert item["event_id"] == "evt_bad" and item["event_type"] == "customer.subscription.updated"
     assert item["event"] == broken

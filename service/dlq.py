@@ -1,0 +1,165 @@
+"""The dead-letter queue: what could not be delivered, kept for operators to inspect and replay.
+
+Items live in one hash (id -> JSON) indexed by a sorted set (id by time of failure), with
+counts by reason beside them. Retention is bounded by age and by count; what retention drops
+is counted (`relay:dlq:dropped`), never silent. Every change is one Lua script, so the hash,
+the index, the counts and the ledger never disagree.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from redis import Redis
+
+from service import keys
+
+DLQ_KEYS = [keys.DLQ_ITEMS, keys.DLQ_INDEX, keys.DLQ_REASONS, keys.DLQ_DROPPED]
+
+# Lua shared by every script that touches the DLQ. `dlq` is a table of the four DLQ_KEYS.
+DLQ_LUA = """
+local function dlq_remove(dlq, id)
+    local old = redis.call('HGET', dlq[1], id)
+    if not old then return nil end
+    redis.call('HDEL', dlq[1], id)
+    redis.call('ZREM', dlq[2], id)
+    local reason = cjson.decode(old)['reason']
+    if redis.call('HINCRBY', dlq[3], reason, -1) <= 0 then redis.call('HDEL', dlq[3], reason) end
+    return old
+end
+-- Retention: first what is older than the cutoff, then the oldest beyond max_items; counted.
+local function dlq_trim(dlq, max_items, cutoff)
+    local dropped = 0
+    for _, id in ipairs(redis.call('ZRANGEBYSCORE', dlq[2], '-inf', '(' .. cutoff, 'LIMIT', 0, 1000)) do
+        dlq_remove(dlq, id)
+        dropped = dropped + 1
+    end
+    local excess = redis.call('ZCARD', dlq[2]) - tonumber(max_items)
+    if excess > 0 then
+        for _, id in ipairs(redis.call('ZRANGE', dlq[2], 0, excess - 1)) do
+            dlq_remove(dlq, id)
+            dropped = dropped + 1
+        end
+    end
+    if dropped > 0 then redis.call('INCRBY', dlq[4], dropped) end
+    return dropped
+end
+local function dlq_keep(dlq, id, item, reason, score, max_items, cutoff)
+    dlq_remove(dlq, id)
+    redis.call('HSET', dlq[1], id, item)
+    redis.call('ZADD', dlq[2], score, id)
+    redis.call('HINCRBY', dlq[3], reason, 1)
+    dlq_trim(dlq, max_items, cutoff)
+end
+"""
+
+# KEYS: the four DLQ_KEYS; ARGV: max_items, cutoff
+TRIM_SCRIPT = DLQ_LUA + "return dlq_trim({KEYS[1], KEYS[2], KEYS[3], KEYS[4]}, ARGV[1], ARGV[2])"
+
+# KEYS: the four DLQ_KEYS, ledger; ARGV: id. Deleting an item does not change the ledger: the
+# event's outcome stays "dead_lettered"; it is only no longer kept.
+DELETE_SCRIPT = DLQ_LUA + "return dlq_remove({KEYS[1], KEYS[2], KEYS[3], KEYS[4]}, ARGV[1]) and 1 or 0"
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One dead-lettered item: enough to understand the failure and replay it."""
+
+    id: str
+    reason: str  # invalid_payload, usercom_rejected, retries_exhausted, unresolved_identity, internal_error
+    source: str
+    event_type: str | None
+    event_id: str | None
+    event_time: int | None
+    message: str
+    update: dict[str, Any] | None = None
+    event: Any = None  # the original payload, when it could not be normalized
+    user_id: str | None = None
+    attempts: int = 0
+    first_failure_at: float | None = None
+    last_failure_at: float | None = None
+    last_status: int | None = None
+    last_response: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"), default=str)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DlqFilter:
+    reason: str | None = None
+    event_type: str | None = None
+    user_id: str | None = None
+    since: float | None = None  # time of (last) failure, epoch seconds
+    until: float | None = None
+
+    def matches(self, item: dict[str, Any]) -> bool:
+        return (
+            (self.reason is None or item.get("reason") == self.reason)
+            and (self.event_type is None or item.get("event_type") == self.event_type)
+            and (
+                self.user_id is None or self.user_id in (item.get("user_id"), (item.get("update") or {}).get("user_id"))
+            )
+        )
+
+
+@dataclass(frozen=True)
+class Retention:
+    max_items: int
+    ttl_seconds: int
+
+    def args(self, now: float | None = None) -> list[Any]:
+        return [self.max_items, (time.time() if now is None else now) - self.ttl_seconds]
+
+
+class DeadLetterQueue:
+    PAGE_SCAN = 500  # ids read per round trip while filtering
+
+    def __init__(self, redis: Redis, retention: Retention) -> None:
+        self.redis = redis
+        self.retention = retention
+        self._trim = redis.register_script(TRIM_SCRIPT)
+        self._delete = redis.register_script(DELETE_SCRIPT)
+
+    def trim(self) -> int:
+        return int(self._trim(keys=DLQ_KEYS, args=self.retention.args()))
+
+    def get(self, item_id: str) -> dict[str, Any] | None:
+        raw = self.redis.hget(keys.DLQ_ITEMS, item_id)
+        return json.loads(raw) if raw is not None else None
+
+    def delete(self, item_id: str) -> bool:
+        return bool(self._delete(keys=[*DLQ_KEYS, keys.LEDGER], args=[item_id]))
+
+    def matching(
+        self, flt: DlqFilter, *, offset: int = 0, limit: int | None = None
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Items matching the filter, oldest failure first: (page, total matching)."""
+        low = "-inf" if flt.since is None else flt.since
+        high = "+inf" if flt.until is None else flt.until
+        page: list[dict[str, Any]] = []
+        total = 0
+        start = 0
+        while True:
+            ids = self.redis.zrangebyscore(keys.DLQ_INDEX, low, high, start=start, num=self.PAGE_SCAN)
+            if not ids:
+                break
+            start += len(ids)
+            for raw in self.redis.hmget(keys.DLQ_ITEMS, ids):
+                if raw is None:
+                    continue
+                item = json.loads(raw)
+                if not flt.matches(item):
+                    continue
+                if total >= offset and (limit is None or len(page) < limit):
+                    page.append(item)
+                total += 1
+        return page, total
+
+    def summary(self) -> dict[str, Any]:
+        reasons = {k.decode(): int(v) for k, v in self.redis.hgetall(keys.DLQ_REASONS).items()}
+        dropped = int(self.redis.get(keys.DLQ_DROPPED) or 0)
+        return {"size": sum(reasons.values()), "by_reason": reasons, "dropped_by_retention": dropped}
