@@ -10,10 +10,13 @@ from redis import Redis
 from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 
+from service.admin import bp as admin_bp
 from service.config import Settings
 from service.errors import PayloadTooLarge, RelayError, StoreUnavailable
 from service.ingest import StripeIngest
 from service.redis_client import web_redis
+from service.replay import Operator
+from service.status import collect_status
 from service.store import Store
 
 MAX_BODY_BYTES = 1024 * 1024  # Stripe events are far smaller; anything above is refused with 413
@@ -27,11 +30,17 @@ def build_app(settings: Settings | None = None, *, redis: Redis | None = None) -
     app = Flask("relay")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    store = Store.from_settings(redis, settings)
     app.extensions["relay.redis"] = redis
-    app.extensions["relay.stripe"] = StripeIngest(settings, Store.from_settings(redis, settings))
+    app.extensions["relay.stripe"] = StripeIngest(settings, store)
+    app.extensions["relay.operator"] = Operator(store, settings.mapping, settings.identity_key)
+    app.extensions["relay.admin_token"] = settings.admin_token
+    app.extensions["relay.settings"] = settings
     app.register_blueprint(bp)
+    app.register_blueprint(admin_bp)
     app.register_error_handler(RelayError, _relay_error)
     app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(RedisError, _redis_error)
     app.register_error_handler(Exception, _unexpected_error)
     return app
 
@@ -41,6 +50,11 @@ def stripe_webhook() -> tuple[dict[str, Any], int]:
     ingest: StripeIngest = current_app.extensions["relay.stripe"]
     answer = ingest.handle(request.get_data(), request.content_type, request.headers.get("Stripe-Signature"))
     return answer.body, answer.status
+
+
+@bp.get("/status")
+def status() -> dict[str, Any]:
+    return collect_status(current_app.extensions["relay.redis"], current_app.extensions["relay.settings"])
 
 
 @bp.get("/healthz")
@@ -59,6 +73,11 @@ def readyz() -> dict[str, str]:
 
 def _relay_error(exc: RelayError) -> tuple[dict[str, Any], int]:
     return exc.body(), exc.status
+
+
+def _redis_error(exc: RedisError) -> tuple[dict[str, Any], int]:
+    log.error("redis unavailable: %s", type(exc).__name__)
+    return _relay_error(StoreUnavailable("redis is not reachable; retry later"))
 
 
 def _http_error(exc: HTTPException) -> tuple[dict[str, Any], int]:

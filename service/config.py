@@ -34,7 +34,7 @@ DEFAULT_WEB_WORKERS = 2
 DEFAULT_WEB_THREADS = 4
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
-ROLES = ("web", "worker", "all")
+ROLES = ("web", "worker", "admin", "all")  # admin: `relay dlq`, which needs Redis only
 
 
 class SettingsError(ValueError):

@@ -55,3 +55,27 @@ class InvalidPayload(RelayError):
 
 class StoreUnavailable(RelayError):
     status, code = 503, "redis_unavailable"
+
+
+class InvalidRequest(RelayError):
+    status, code = 400, "invalid_request"
+
+
+class Unauthorized(RelayError):
+    status, code = 401, "unauthorized"
+
+
+class AdminDisabled(RelayError):
+    status, code = 404, "admin_disabled"
+
+
+class NotFound(RelayError):
+    status, code = 404, "not_found"
+
+
+class Conflict(RelayError):
+    status = 409
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code

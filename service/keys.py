@@ -22,8 +22,9 @@ def rq_queue_key(lane: str) -> str:
 
 # hash: received / ignored / delivered / dead_lettered / coalesced / duplicates / replayed
 LEDGER = f"{PREFIX}:ledger"
-# string: epoch seconds of the last successful delivery
+# strings: epoch seconds of the last successful delivery, and of the last 429 from User.com
 LAST_DELIVERY = f"{PREFIX}:last-delivery"
+LAST_429 = f"{PREFIX}:limiter:last-429"
 # hash: id -> JSON item; zset: id by time of failure; hash: reason -> count; string: dropped count
 DLQ_ITEMS = f"{PREFIX}:dlq:items"
 DLQ_INDEX = f"{PREFIX}:dlq:index"

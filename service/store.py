@@ -132,6 +132,16 @@ return 1
 LEDGER_FIELDS = ("received", "delivered", "coalesced", "ignored", "dead_lettered")
 
 
+def ledger_from(raw: dict[bytes, bytes]) -> dict[str, int]:
+    """The ledger hash as read from Redis -> counts, with in flight = received - everything settled."""
+    counts = {name.decode(): int(value) for name, value in raw.items()}
+    ledger = {name: counts.get(name, 0) for name in LEDGER_FIELDS}
+    ledger["in_flight"] = ledger["received"] - sum(ledger[name] for name in LEDGER_FIELDS if name != "received")
+    ledger["duplicates"] = counts.get("duplicates", 0)
+    ledger["replayed"] = counts.get("replayed", 0)
+    return ledger
+
+
 def job_id_for(update: UserUpdate, attempt: int = 1, *, replay: int | None = None) -> str:
     base = JOB_ID_UNSAFE.sub("_", f"{update.source}-{update.event_id}")
     if replay is not None:
@@ -304,13 +314,7 @@ class Store:
         return bool(self._replay(keys=script_keys, args=args))
 
     def ledger(self) -> dict[str, int]:
-        counts = {name.decode(): int(value) for name, value in self.redis.hgetall(keys.LEDGER).items()}
-        ledger = {name: counts.get(name, 0) for name in LEDGER_FIELDS}
-        settled = sum(ledger[name] for name in LEDGER_FIELDS if name != "received")
-        ledger["in_flight"] = ledger["received"] - settled
-        ledger["duplicates"] = counts.get("duplicates", 0)
-        ledger["replayed"] = counts.get("replayed", 0)
-        return ledger
+        return ledger_from(self.redis.hgetall(keys.LEDGER))
 
     def dead_letters(self) -> list[dict[str, Any]]:
         return self.dlq().matching(DlqFilter())[0]

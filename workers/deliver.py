@@ -123,6 +123,8 @@ def deliver_update(
             ctx, update, "usercom_rejected", exc, user_id=user_id, attempt=attempt, first_failure_at=first_failure_at
         )
     except Retryable as exc:
+        if exc.status == 429:
+            ctx.redis.set(keys.LAST_429, ctx.clock())
         return _retry_or_give_up(ctx, update, user_id, exc, attempt, first_failure_at, lane)
     ctx.store.record_delivered(update)
     log.info("delivered %s %s to user %s (attempt %d)", update.event_type, update.event_id, user_id, attempt)
