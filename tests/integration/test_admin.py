@@ -1,0 +1,214 @@
+"""Admin API and /status over HTTP, against a real Redis, real rq workers and the sandbox."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from redis import Redis
+from rq import SimpleWorker
+from rq.serializers import JSONSerializer
+
+from service import create_app, keys
+from service.config import Settings
+from service.updates import UserUpdate
+from service.usercom_sandbox import Fault, SandboxServer
+from tests.conftest import SECRET, USERCOM_KEY, stripe_event
+from workers.deliver import DeliveryContext, configure, deliver_update
+from workers.runner import build_context
+
+TOKEN = "admin-token-for-tests-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+def admin_settings(env: dict[str, str]) -> Settings:
+    return Settings.from_env({**env, "RELAY_ADMIN_TOKEN": TOKEN, "RELAY_DLQ_MAX_ITEMS": "4"})
+
+
+@pytest.fixture
+def admin(admin_settings: Settings, redis: Redis) -> Any:
+    return create_app(admin_settings).test_client()
+
+
+@pytest.fixture
+def ctx(admin_settings: Settings, redis: Redis) -> DeliveryContext:
+    context = build_context(admin_settings)
+    configure(context)
+    return context
+
+
+def update(event_id: str, *, user: str = "u1", event_time: int = 100, **custom: Any) -> UserUpdate:
+    return UserUpdate(
+        source="stripe",
+        event_id=event_id,
+        event_type="customer.subscription.updated",
+        event_time=event_time,
+        user_id=user,
+        customer_id=None,
+        custom=custom or {"plan": "pro"},
+        tags=["subscriber"],
+    )
+
+
+def dead_letter(ctx: DeliveryContext, sandbox: SandboxServer, item: UserUpdate, status: int = 400) -> None:
+    """Accept the update, then have User.com refuse it (400) or fail until retries give up (5xx)."""
+    assert ctx.store.accept(item)
+    assert ctx.redis.lpop(keys.rq_queue_key(keys.LIVE))  # this test runs the job's work itself, below
+    sandbox.state.faults.append(Fault(status))
+    first = None if status < 500 else time.time() - ctx.settings.retry_give_up_seconds
+    assert deliver_update(ctx, item, attempt=9, first_failure_at=first) == "dead_lettered"
+
+
+def work(ctx: DeliveryContext, lane: str) -> None:
+    SimpleWorker([ctx.queues[lane]], connection=ctx.redis, serializer=JSONSerializer).work(burst=True)
+
+
+def test_admin_api_is_disabled_without_a_token(client: Any) -> None:
+    response = client.get("/admin/dlq", headers=AUTH)
+    assert response.status_code == 404
+    assert response.get_json()["error"]["code"] == "admin_disabled"
+
+
+@pytest.mark.parametrize("header", [None, "Bearer wrong", f"Token {TOKEN}", TOKEN, "Bearer "])
+def test_admin_api_needs_the_bearer_token(admin: Any, header: str | None) -> None:
+    response = admin.get("/admin/dlq", headers={"Authorization": header} if header else {})
+    assert response.status_code == 401
+    assert response.get_json()["error"]["code"] == "unauthorized"
+    assert TOKEN not in response.get_data(as_text=True)
+
+
+def test_list_filters_and_pages(admin: Any, ctx: DeliveryContext, sandbox: SandboxServer) -> None:
+    dead_letter(ctx, sandbox, update("evt_a", user="u1"))
+    dead_letter(ctx, sandbox, update("evt_b", user="u2"), status=500)
+    dead_letter(ctx, sandbox, update("evt_c", user="u2"))
+    everything = admin.get("/admin/dlq", headers=AUTH).get_json()
+    assert everything["total"] == 3
+    assert [i["event_id"] for i in everything["items"]] == ["evt_a", "evt_b", "evt_c"]  # oldest first
+    rejected = admin.get("/admin/dlq?reason=usercom_rejected", headers=AUTH).get_json()
+    assert [i["event_id"] for i in rejected["items"]] == ["evt_a", "evt_c"]
+    u2 = admin.get("/admin/dlq?user_id=u2&limit=1&offset=1", headers=AUTH).get_json()
+    assert (u2["total"], [i["event_id"] for i in u2["items"]]) == (2, ["evt_c"])
+    assert admin.get("/admin/dlq?since=2999-01-01T00:00:00Z", headers=AUTH).get_json()["total"] == 0
+    assert admin.get("/admin/dlq?event_type=invoice.paid", headers=AUTH).get_json()["total"] == 0
+    item = everything["items"][1]
+    assert (item["reason"], item["last_status"], item["attempts"]) == ("retries_exhausted", 500, 9)
+    assert item["update"]["custom"] == {"plan": "pro"} and USERCOM_KEY not in str(everything)
+
+
+@pytest.mark.parametrize("query", ["reason=nope", "limit=0", "limit=501", "since=yesterday", "colour=blue"])
+def test_bad_list_parameters_are_400(admin: Any, query: str) -> None:
+    response = admin.get(f"/admin/dlq?{query}", headers=AUTH)
+    assert response.status_code == 400
+    assert response.get_json()["error"]["code"] == "invalid_request"
+
+
+def test_show_and_delete(admin: Any, ctx: DeliveryContext, sandbox: SandboxServer) -> None:
+    dead_letter(ctx, sandbox, update("evt_a"))
+    shown = admin.get("/admin/dlq/stripe-evt_a", headers=AUTH)
+    assert shown.status_code == 200 and shown.get_json()["event_id"] == "evt_a"
+    assert admin.delete("/admin/dlq/stripe-evt_a", headers=AUTH).status_code == 204
+    assert admin.get("/admin/dlq/stripe-evt_a", headers=AUTH).status_code == 404
+    assert admin.delete("/admin/dlq/stripe-evt_a", headers=AUTH).status_code == 404
+    ledger = ctx.store.ledger()
+    assert (ledger["dead_lettered"], ledger["in_flight"]) == (1, 0)  # deleting forgets the item, not the outcome
+
+
+def test_replay_delivers_on_the_replay_lane(admin: Any, ctx: DeliveryContext, sandbox: SandboxServer) -> None:
+    dead_letter(ctx, sandbox, update("evt_a"), status=503)
+    response = admin.post("/admin/dlq/stripe-evt_a/replay", headers=AUTH)
+    assert response.status_code == 202 and response.get_json()["status"] == "replayed"
+    assert ctx.redis.llen(keys.rq_queue_key(keys.LIVE)) == 0
+    assert ctx.redis.llen(keys.rq_queue_key(keys.REPLAY)) == 1
+    assert ctx.store.ledger()["in_flight"] == 1
+    work(ctx, keys.REPLAY)
+    assert sandbox.state.user_by_custom_id("u1")["attributes"] == {"plan": "pro"}
+    ledger = ctx.store.ledger()
+    assert (ledger["delivered"], ledger["dead_lettered"], ledger["replayed"], ledger["in_flight"]) == (1, 0, 1, 0)
+    assert admin.post("/admin/dlq/stripe-evt_a/replay", headers=AUTH).status_code == 404
+
+
+def test_stale_replay_never_overwrites_newer_values(admin: Any, ctx: DeliveryContext, sandbox: SandboxServer) -> None:
+    dead_letter(ctx, sandbox, update("evt_old", event_time=100, plan="starter"), status=503)
+    newer = update("evt_new", event_time=200, plan="enterprise")
+    assert ctx.store.accept(newer)
+    work(ctx, keys.LIVE)
+    assert admin.post("/admin/dlq/stripe-evt_old/replay", headers=AUTH).status_code == 202
+    work(ctx, keys.REPLAY)
+    user = sandbox.state.user_by_custom_id("u1")
+    assert user["attributes"] == {"plan": "enterprise"}
+    assert ctx.store.ledger()["in_flight"] == 0
+
+
+def test_bulk_replay_dry_run_counts_first(admin: Any, ctx: DeliveryContext, sandbox: SandboxServer) -> None:
+    for event_id in ("evt_a", "evt_b"):
+        dead_letter(ctx, sandbox, update(event_id), status=500)
+    dead_letter(ctx, sandbox, update("evt_c"))
+    dry = admin.post("/admin/dlq/replay", json={"reason": "retries_exhausted", "dry_run": True}, headers=AUTH)
+    assert dry.status_code == 200
+    assert dry.get_json() == {"matched": 2, "selected": 2, "dry_run": True, "outcomes": {}}
+    assert ctx.redis.llen(keys.rq_queue_key(keys.REPLAY)) == 0
+    real = admin.post("/admin/dlq/replay", json={"reason": "retries_exhausted"}, headers=AUTH)
+    assert real.status_code == 202 and real.get_json()["outcomes"] == {"replayed": 2}
+    assert ctx.redis.llen(keys.rq_queue_key(keys.REPLAY)) == 2
+    assert [i["event_id"] for i in ctx.store.dead_letters()] == ["evt_c"]
+
+
+@pytest.mark.parametrize("body", [b"{not json", b"[1]", b'{"dry_run": "maybe"}', b'{"reason": 3}'])
+def test_bulk_replay_refuses_unclear_requests(
+    admin: Any, ctx: DeliveryContext, sandbox: SandboxServer, body: bytes
+) -> None:
+    dead_letter(ctx, sandbox, update("evt_a"))
+    response = admin.post("/admin/dlq/replay", data=body, headers=AUTH, content_type="application/json")
+    assert response.status_code == 400
+    assert ctx.redis.llen(keys.rq_queue_key(keys.REPLAY)) == 0
+
+
+def test_invalid_payload_replays_only_once_it_fits(admin: Any, admin_settings: Settings, redis: Redis) -> None:
+    import json
+
+    from tests.conftest import sign
+
+    broken = stripe_event("customer.updated", {"id": "cus_1", "email": 42}, event_id="evt_bad")
+    body = json.dumps(broken).encode()
+    headers = {"Stripe-Signature": sign(body, SECRET)}
+    assert (
+        admin.post("/webhooks/stripe", data=body, headers=headers, content_type="application/json").status_code == 422
+    )
+    response = admin.post("/admin/dlq/stripe-evt_bad/replay", headers=AUTH)
+    assert response.status_code == 409 and response.get_json()["error"]["code"] == "still_invalid"
+
+
+def test_retention_drops_the_oldest_and_counts_them(admin: Any, ctx: DeliveryContext, sandbox: SandboxServer) -> None:
+    for n in range(6):
+        dead_letter(ctx, sandbox, update(f"evt_{n}"))
+    assert [i["event_id"] for i in ctx.store.dead_letters()] == ["evt_2", "evt_3", "evt_4", "evt_5"]
+    status = admin.get("/status").get_json()
+    assert status["dlq"] == {"size": 4, "by_reason": {"usercom_rejected": 4}, "dropped_by_retention": 2}
+    assert status["ledger"]["dead_lettered"] == 6
+
+
+def test_status_after_a_known_sequence(admin: Any, ctx: DeliveryContext, sandbox: SandboxServer) -> None:
+    before = time.time()
+    assert admin.get("/status").get_json()["last_delivery_at"] is None
+    assert ctx.store.accept(update("evt_1"))
+    assert ctx.store.accept(update("evt_2", user="u2"))
+    time.sleep(0.05)
+    status = admin.get("/status").get_json()
+    live = status["lanes"]["live"]
+    assert (live["depth"], live["pending"], live["scheduled"]) == (2, 2, 0)
+    assert live["oldest_pending_age_seconds"] >= 0.05
+    assert status["lanes"]["replay"] == {"depth": 0, "scheduled": 0, "pending": 0, "oldest_pending_age_seconds": None}
+    sandbox.state.faults.append(Fault(429, "7"))
+    work(ctx, keys.LIVE)
+    status = admin.get("/status").get_json()
+    assert status["ledger"]["received"] == 2 and status["ledger"]["delivered"] == 1
+    assert status["ledger"]["in_flight"] == 1
+    assert status["lanes"]["live"]["depth"] == 0 and status["lanes"]["live"]["scheduled"] == 1
+    assert status["lanes"]["live"]["pending"] == 1
+    assert status["last_delivery_at"] >= before and status["limiter"]["last_429_at"] >= before
+    assert status["workers"] == {"live": 0, "replay": 0}
+    assert status["version"] == "0.1.0"
+    for secret in (SECRET, USERCOM_KEY, TOKEN):
+        assert secret not in str(status)
