@@ -53,10 +53,13 @@ def cmd_web(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from service.logs import configure_logging
     from workers.runner import run_worker
+    from workers.supervisor import supervise
 
     settings = _settings("worker")
+    if args.lane is None:
+        return supervise(concurrency=args.concurrency, burst=args.burst)
     configure_logging(settings.log_level)
-    run_worker(settings, burst=args.burst, log_level=settings.log_level)
+    run_worker(settings, lane=args.lane, burst=args.burst, log_level=settings.log_level)
     return 0
 
 
@@ -90,6 +93,13 @@ def cmd_dev(args: argparse.Namespace) -> int:
     return run_dev(port=args.port, data_dir=Path(args.data_dir))
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="relay", description="Billing webhooks in, User.com updates out.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -101,7 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     web.add_argument("--bind", help="HOST:PORT (default 0.0.0.0:$PORT, PORT defaults to 8000)")
     web.set_defaults(func=cmd_web)
     worker = sub.add_parser("worker", help="deliver queued updates to User.com (scheduler included)")
-    worker.add_argument("--burst", action="store_true", help="exit once the queue is empty")
+    worker.add_argument("--burst", action="store_true", help="exit once the queues are empty")
+    worker.add_argument("--concurrency", type=_positive, default=1, help="live-lane worker processes (default 1)")
+    worker.add_argument("--lane", choices=["live", "replay"], help="run one worker process on this lane only")
     worker.set_defaults(func=cmd_worker)
     check = sub.add_parser("check-config", help="validate the environment and the mapping, then exit")
     check.add_argument("--role", choices=["web", "worker", "all"], default="all")

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import stripe
+from redis import Redis
 
 RELAY = str(Path(sys.executable).with_name("relay"))
 GOOD = {
@@ -53,3 +58,37 @@ def test_sign_prints_a_header_stripe_accepts(tmp_path: Path) -> None:
     assert result.returncode == 0
     header = result.stdout.strip()
     assert stripe.WebhookSignature.verify_header(payload.read_text(), header, "whsec_cli_test", tolerance=60)
+
+
+def test_worker_supervisor_runs_both_lanes_and_stops_on_sigterm(redis_server: Any) -> None:
+    env = {**GOOD, "REDIS_URL": redis_server.url}
+    process = subprocess.Popen([RELAY, "worker", "--concurrency", "2"], env=env, stderr=subprocess.DEVNULL)
+    client = Redis.from_url(redis_server.url)
+    deadline = time.monotonic() + 20
+    while client.scard("rq:workers:relay-delivery") < 2 or client.scard("rq:workers:relay-replay") < 1:
+        assert time.monotonic() < deadline, "workers did not register"
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 0
+    assert client.scard("rq:workers:relay-delivery") == 0 and client.scard("rq:workers:relay-replay") == 0
+    client.close()
+
+
+def test_worker_supervisor_exits_non_zero_when_a_worker_dies(redis_server: Any) -> None:
+    env = {**GOOD, "REDIS_URL": redis_server.url}
+    process = subprocess.Popen([RELAY, "worker"], env=env, stderr=subprocess.PIPE, text=True)
+    client = Redis.from_url(redis_server.url)
+    deadline = time.monotonic() + 20
+    while client.scard("rq:workers:relay-replay") < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    pid = int(
+        client.hget(
+            f"rq:worker:{next(iter(client.smembers('rq:workers:relay-replay'))).decode().split(':')[-1]}", "pid"
+        )
+    )
+    os.kill(pid, signal.SIGKILL)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 1
+    assert "exited unexpectedly" in stderr
+    client.close()

@@ -1,0 +1,52 @@
+"""`relay worker`: one process per worker, so each has a single rq queue (atomic dequeue).
+
+Starts `--concurrency` workers on the live lane and one on the replay lane, forwards SIGTERM
+and SIGINT to them (rq's warm shutdown: the job in hand finishes), and stops them all if one
+exits on its own, exiting non-zero so that the orchestrator restarts the whole set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+from service import keys
+
+POLL_SECONDS = 0.5
+
+
+def worker_argv(lane: str, *, burst: bool) -> list[str]:
+    argv = [sys.executable, "-m", "service.cli", "worker", "--lane", lane]
+    return [*argv, "--burst"] if burst else argv
+
+
+def supervise(*, concurrency: int, burst: bool) -> int:
+    lanes = [keys.LIVE] * concurrency + [keys.REPLAY]
+    children = [subprocess.Popen(worker_argv(lane, burst=burst), start_new_session=True) for lane in lanes]
+    stopping = crashed = False
+
+    def stop(signum: int, _frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        for child in children:
+            # The whole group: a worker's rq scheduler is its child, and outlives a killed worker.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    while True:
+        codes = [child.poll() for child in children]
+        if all(code is not None for code in codes):
+            break
+        if not stopping and any(code not in (None, 0) for code in codes):
+            print("relay worker: a worker process exited unexpectedly; stopping the others", file=sys.stderr)
+            crashed = True
+            stop(signal.SIGTERM, None)
+        time.sleep(POLL_SECONDS)
+    return 1 if crashed else 0
