@@ -8,17 +8,10 @@ import sys
 import time
 from pathlib import Path
 
-from service.config import Settings, SettingsError
+from service import dlq_cli
+from service.config import Settings, settings_or_exit
 
 APP_TARGET = "service:create_app()"
-
-
-def _settings(role: str) -> Settings:
-    try:
-        return Settings.from_env(role=role)
-    except SettingsError as exc:
-        print(f"relay: configuration error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 def gunicorn_argv(settings: Settings, bind: str) -> list[str]:
@@ -43,7 +36,7 @@ def gunicorn_argv(settings: Settings, bind: str) -> list[str]:
 
 
 def cmd_web(args: argparse.Namespace) -> int:
-    settings = _settings("web")
+    settings = settings_or_exit("web")
     bind = args.bind or f"0.0.0.0:{settings.port}"
     argv = gunicorn_argv(settings, bind)
     os.execv(argv[0], argv)  # noqa: S606 - gunicorn becomes this process: signals reach it directly
@@ -55,7 +48,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from workers.runner import run_worker
     from workers.supervisor import supervise
 
-    settings = _settings("worker")
+    settings = settings_or_exit("worker")
     if args.lane is None:
         return supervise(concurrency=args.concurrency, burst=args.burst)
     configure_logging(settings.log_level)
@@ -64,7 +57,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    settings = _settings(args.role)
+    settings = settings_or_exit(args.role)
     events = ", ".join(sorted(settings.mapping.rules))
     print(f"relay: configuration OK for role {args.role}")
     print(f"  stripe secrets: {len(settings.stripe_webhook_secrets)}, tolerance {settings.stripe_tolerance_seconds}s")
@@ -122,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     sign.add_argument("file")
     sign.add_argument("--secret", required=True, help="the whsec_... signing secret")
     sign.set_defaults(func=cmd_sign)
+    dlq_cli.add_parser(sub)
     return parser
 
 

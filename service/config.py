@@ -7,6 +7,7 @@ reason that never contains a secret, and the process stops.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -207,3 +208,12 @@ class _Reader:
             return load_mapping(Path(raw) if raw else None)
         except MappingError as exc:
             raise SettingsError(f"{name}: {exc}") from None
+
+
+def settings_or_exit(role: str) -> Settings:
+    """For commands: a bad setting stops the process with one line on stderr (exit 2)."""
+    try:
+        return Settings.from_env(role=role)
+    except SettingsError as exc:
+        print(f"relay: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,82 @@
+"""`relay dlq` from a terminal, against a real Redis."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis import Redis
+
+from service import keys
+from service.config import Settings
+from service.dlq import DeadLetter
+from service.store import Store
+from service.updates import UserUpdate
+
+RELAY = str(Path(sys.executable).with_name("relay"))
+
+
+@pytest.fixture
+def store(settings: Settings, redis: Redis) -> Store:
+    store = Store.from_settings(redis, settings)
+    for n, reason in enumerate(["usercom_rejected", "retries_exhausted", "usercom_rejected"]):
+        update = UserUpdate(source="stripe", event_id=f"evt_{n}", event_type="invoice.paid", event_time=n,
+                            user_id=f"u{n}", customer_id=None, custom={"plan": "pro"})  # fmt: skip
+        assert store.accept(update)
+        redis.delete(keys.rq_queue_key(keys.LIVE))
+        store.dead_letter(
+            DeadLetter(
+                id=f"stripe-evt_{n}",
+                reason=reason,
+                source="stripe",
+                event_type="invoice.paid",
+                event_id=f"evt_{n}",
+                event_time=n,
+                message=f"problem {n}",
+                update=update.to_dict(),
+                user_id=f"u{n}",
+                attempts=n + 1,
+                last_status=400,
+            )
+        )
+    return store
+
+
+def dlq(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": "/usr/bin:/bin", "REDIS_URL": settings.redis_url}
+    return subprocess.run([RELAY, "dlq", *args], env=env, capture_output=True, text=True, timeout=30)
+
+
+def test_list_prints_a_readable_table(settings: Settings, store: Store) -> None:
+    result = dlq(settings, "list")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[:3] == ["ID", "REASON", "EVENT_TYPE"]
+    assert [line.split()[0] for line in lines[1:4]] == ["stripe-evt_0", "stripe-evt_1", "stripe-evt_2"]
+    assert lines[-1] == "(3 matching)"
+
+
+def test_list_filters_and_json(settings: Settings, store: Store) -> None:
+    result = dlq(settings, "list", "--reason", "usercom_rejected", "--json")
+    body: dict[str, Any] = json.loads(result.stdout)
+    assert body["total"] == 2 and [i["id"] for i in body["items"]] == ["stripe-evt_0", "stripe-evt_2"]
+    assert dlq(settings, "list", "--reason", "bogus").returncode != 0
+
+
+def test_show_replay_and_purge(settings: Settings, store: Store, redis: Redis) -> None:
+    shown = json.loads(dlq(settings, "show", "stripe-evt_1", "--json").stdout)
+    assert shown["message"] == "problem 1"
+    assert dlq(settings, "show", "nope").returncode == 1
+    replayed = dlq(settings, "replay", "stripe-evt_1")
+    assert replayed.returncode == 0 and "replayed" in replayed.stdout
+    assert redis.llen(keys.rq_queue_key(keys.REPLAY)) == 1
+    dry = json.loads(dlq(settings, "purge", "--all", "--reason", "usercom_rejected", "--dry-run", "--json").stdout)
+    assert (dry["matched"], dry["deleted"]) == (2, 0)
+    purged = json.loads(dlq(settings, "purge", "--all", "--reason", "usercom_rejected", "--json").stdout)
+    assert purged["deleted"] == 2
+    assert store.dead_letters() == []
+    assert dlq(settings, "purge").returncode == 2  # neither an id nor --all
