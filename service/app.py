@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Blueprint, Flask, current_app, request
+from flask import Blueprint, Flask, Response, current_app, request
+from prometheus_client import CONTENT_TYPE_LATEST
 from redis import Redis
 from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
@@ -14,6 +15,7 @@ from service.admin import bp as admin_bp
 from service.config import Settings
 from service.errors import PayloadTooLarge, RelayError, StoreUnavailable
 from service.ingest import StripeIngest
+from service.metrics import process_metrics, shared_state_metrics
 from service.redis_client import web_redis
 from service.replay import Operator
 from service.status import collect_status
@@ -55,6 +57,13 @@ def stripe_webhook() -> tuple[dict[str, Any], int]:
 @bp.get("/status")
 def status() -> dict[str, Any]:
     return collect_status(current_app.extensions["relay.redis"], current_app.extensions["relay.settings"])
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    redis, settings = current_app.extensions["relay.redis"], current_app.extensions["relay.settings"]
+    body = process_metrics() + shared_state_metrics(redis, settings)
+    return Response(body, content_type=CONTENT_TYPE_LATEST)
 
 
 @bp.get("/healthz")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -35,9 +36,19 @@ def gunicorn_argv(settings: Settings, bind: str) -> list[str]:
     ]
 
 
+def use_metrics_dir(configured: str, role: str) -> None:
+    """Prometheus multiprocess mode for this process and its children, in a freshly emptied directory."""
+    from service.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
+
+    directory = configured or tempfile.mkdtemp(prefix=f"relay-{role}-metrics-")
+    prepare_multiprocess_dir(directory)
+    os.environ[MULTIPROC_ENV] = directory
+
+
 def cmd_web(args: argparse.Namespace) -> int:
     settings = settings_or_exit("web")
     bind = args.bind or f"0.0.0.0:{settings.port}"
+    use_metrics_dir(settings.metrics_dir, "web")
     argv = gunicorn_argv(settings, bind)
     os.execv(argv[0], argv)  # noqa: S606 - gunicorn becomes this process: signals reach it directly
     return 0  # pragma: no cover
@@ -50,7 +61,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     settings = settings_or_exit("worker")
     if args.lane is None:
-        return supervise(concurrency=args.concurrency, burst=args.burst)
+        use_metrics_dir(settings.metrics_dir, "worker")
+        return supervise(concurrency=args.concurrency, burst=args.burst, metrics_port=settings.metrics_port)
     configure_logging(settings.log_level)
     run_worker(settings, lane=args.lane, burst=args.burst, log_level=settings.log_level)
     return 0

@@ -65,6 +65,7 @@ class Settings:
     metrics_port: int = DEFAULT_METRICS_PORT
     dlq_max_items: int = DEFAULT_DLQ_MAX_ITEMS
     dlq_ttl_days: int = DEFAULT_DLQ_TTL_DAYS
+    metrics_dir: str = ""  # PROMETHEUS_MULTIPROC_DIR; `relay web` / `relay worker` pick one when unset
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -106,6 +107,7 @@ class Settings:
             metrics_port=reader.integer("RELAY_METRICS_PORT", DEFAULT_METRICS_PORT, minimum=1),
             dlq_max_items=reader.integer("RELAY_DLQ_MAX_ITEMS", DEFAULT_DLQ_MAX_ITEMS, minimum=1),
             dlq_ttl_days=reader.integer("RELAY_DLQ_TTL_DAYS", DEFAULT_DLQ_TTL_DAYS, minimum=1),
+            metrics_dir=reader.text("PROMETHEUS_MULTIPROC_DIR", ""),
         )
         for name, port in (("PORT", settings.port), ("RELAY_METRICS_PORT", settings.metrics_port)):
             if port > 65535:

@@ -17,8 +17,16 @@ from service.redis_client import worker_redis
 from service.replay import REPLAYED, Operator
 from service.store import Store
 
-COLUMNS = [("id", 34), ("reason", 19), ("event_type", 30), ("user", 18), ("tries", 5), ("last failure", 20),
-           ("status", 6), ("message", 40)]  # fmt: skip
+COLUMNS = [
+    ("id", 34),
+    ("reason", 19),
+    ("event_type", 30),
+    ("user", 18),
+    ("tries", 5),
+    ("last failure", 20),
+    ("status", 6),
+    ("message", 40),
+]
 
 
 def add_parser(sub: Any) -> None:
@@ -64,9 +72,16 @@ def _when(epoch: float | None) -> str:
 
 def table(items: list[dict[str, Any]]) -> str:
     def cells(item: dict[str, Any]) -> list[str]:
-        return [item["id"], item["reason"], item.get("event_type") or "-", item.get("user_id") or "-",
-                str(item.get("attempts", 0)), _when(item.get("last_failure_at")), str(item.get("last_status") or "-"),
-                (item.get("message") or "").replace("\n", " ")]  # fmt: skip
+        return [
+            item["id"],
+            item["reason"],
+            item.get("event_type") or "-",
+            item.get("user_id") or "-",
+            str(item.get("attempts", 0)),
+            _when(item.get("last_failure_at")),
+            str(item.get("last_status") or "-"),
+            (item.get("message") or "").replace("\n", " "),
+        ]
 
     rows = [[name.upper() for name, _ in COLUMNS], *(cells(i) for i in items)]
     return "\n".join(

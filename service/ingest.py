@@ -20,7 +20,8 @@ from redis.exceptions import RedisError
 
 from service.config import Settings
 from service.dlq import DeadLetter
-from service.errors import InvalidPayload, MalformedJson, StoreUnavailable, UnsupportedMediaType
+from service.errors import InvalidPayload, MalformedJson, RelayError, StoreUnavailable, UnsupportedMediaType
+from service.metrics import INGEST_SECONDS, WEBHOOKS
 from service.signatures import verify_stripe_signature
 from service.store import Store
 from service.stripe_normalize import SOURCE, normalize_event
@@ -46,6 +47,22 @@ class StripeIngest:
         self.store = store
 
     def handle(self, raw: bytes, content_type: str | None, signature: str | None) -> Answer:
+        """Answer one webhook; every answer is counted by outcome and timed."""
+        started = time.perf_counter()
+        seen = {"event_type": "unknown"}
+        outcome = "internal_error"
+        try:
+            answer = self._handle(raw, content_type, signature, seen)
+            outcome = answer.body["status"]
+            return answer
+        except RelayError as exc:
+            outcome = exc.code
+            raise
+        finally:
+            WEBHOOKS.labels(SOURCE, seen["event_type"], outcome).inc()
+            INGEST_SECONDS.labels(SOURCE).observe(time.perf_counter() - started)
+
+    def _handle(self, raw: bytes, content_type: str | None, signature: str | None, seen: dict[str, str]) -> Answer:
         if not _is_json(content_type):
             raise UnsupportedMediaType("Content-Type must be application/json")
         verify_stripe_signature(
@@ -55,6 +72,8 @@ class StripeIngest:
             payload = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
             raise MalformedJson("request body is not valid JSON") from None
+        if isinstance(payload, dict) and isinstance(payload.get("type"), str) and len(payload["type"]) <= 100:
+            seen["event_type"] = payload["type"]  # signed by Stripe: a bounded set of names
         try:
             normalized = normalize_event(payload, self.settings.mapping, self.settings.identity_key)
         except ValidationError as exc:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from redis import Redis
@@ -95,18 +96,19 @@ return 1
 # KEYS: outcome_key, ledger, last_delivery, pending_live, pending_replay, [the four DLQ keys]
 # ARGV: outcome ('delivered' | 'coalesced' | 'dead_lettered'), outcome_ttl, member, now,
 #       [dlq_id, item JSON, reason, max items, cutoff]
-# Returns 1 when counted now, 0 when this event's outcome was already counted (a re-run job).
+# Returns {1 when counted now, 0 when already counted (a re-run job); time accepted, as a string}.
 RECORD_OUTCOME_SCRIPT = (
     DLQ_LUA
     + _OUTCOME_LUA
     + """
+local accepted = redis.call('ZSCORE', KEYS[4], ARGV[3]) or redis.call('ZSCORE', KEYS[5], ARGV[3]) or ''
 local counted = count_outcome(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], {KEYS[4], KEYS[5]})
 if ARGV[1] == 'delivered' then
     redis.call('SET', KEYS[3], ARGV[4])
 elseif ARGV[1] == 'dead_lettered' then
     dlq_keep({KEYS[6], KEYS[7], KEYS[8], KEYS[9]}, ARGV[5], ARGV[6], ARGV[7], ARGV[4], ARGV[8], ARGV[9])
 end
-return counted
+return {counted, accepted}
 """
 )
 
@@ -223,6 +225,15 @@ def _lua_string(value: Any) -> str:
     return f'"{text}"'
 
 
+@dataclass(frozen=True)
+class Settled:
+    counted: bool  # False: this event's outcome was counted before (a job that ran twice)
+    accepted_at: float | None  # when the event was accepted (or replayed), if still tracked
+
+    def __bool__(self) -> bool:
+        return self.counted
+
+
 class Store:
     """Intake, outcomes and replays: every write that moves an event through the ledger."""
 
@@ -269,7 +280,9 @@ class Store:
         script_keys = [keys.dedup(source, event_id), keys.LEDGER, *extra_keys]
         return bool(self._accept(keys=script_keys, args=[self.dedup_ttl, mode, *extra_args]))
 
-    def _outcome(self, outcome: str, source: str, event_id: str, extra_keys: list[str], extra_args: list[Any]) -> bool:
+    def _outcome(
+        self, outcome: str, source: str, event_id: str, extra_keys: list[str], extra_args: list[Any]
+    ) -> Settled:
         script_keys = [
             keys.outcome(source, event_id),
             keys.LEDGER,
@@ -279,16 +292,17 @@ class Store:
             *extra_keys,
         ]
         args = [outcome, self.dedup_ttl, keys.pending_member(source, event_id), time.time(), *extra_args]
-        return bool(self._record(keys=script_keys, args=args))
+        counted, accepted = self._record(keys=script_keys, args=args)
+        return Settled(bool(counted), float(accepted) if accepted else None)
 
-    def record_delivered(self, update: UserUpdate) -> bool:
+    def record_delivered(self, update: UserUpdate) -> Settled:
         return self._outcome("delivered", update.source, update.event_id, [], [])
 
-    def record_coalesced(self, update: UserUpdate) -> bool:
+    def record_coalesced(self, update: UserUpdate) -> Settled:
         """Everything the update carried is already superseded by newer values sent for its user."""
         return self._outcome("coalesced", update.source, update.event_id, [], [])
 
-    def dead_letter(self, item: DeadLetter) -> bool:
+    def dead_letter(self, item: DeadLetter) -> Settled:
         args = [item.id, item.to_json(), item.reason, *self.retention.args()]
         return self._outcome("dead_lettered", item.source, item.event_id or item.id, DLQ_KEYS, args)
 

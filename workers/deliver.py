@@ -25,6 +25,7 @@ from rq.job import Job
 from service import keys
 from service.config import Settings
 from service.dlq import DeadLetter
+from service.metrics import DELIVERIES, DELIVERY_LATENCY
 from service.store import Store, delivery_job, job_id_for
 from service.updates import UserUpdate
 from workers.ordering import Ordering, UserBusy
@@ -104,11 +105,13 @@ def deliver_update(
             "event names neither a user nor a customer",
             attempt=attempt,
             first_failure_at=first_failure_at,
+            lane=lane,
         )
     try:
         with ctx.ordering.claim(user_id, update) as claim:
             if claim.empty and not update.tags:
                 ctx.store.record_coalesced(update)
+                DELIVERIES.labels("coalesced", lane).inc()
                 log.info(
                     "superseded %s %s: user %s already has newer values", update.event_type, update.event_id, user_id
                 )
@@ -120,13 +123,23 @@ def deliver_update(
         )
     except Rejected as exc:
         return _dead_letter(
-            ctx, update, "usercom_rejected", exc, user_id=user_id, attempt=attempt, first_failure_at=first_failure_at
+            ctx,
+            update,
+            "usercom_rejected",
+            exc,
+            user_id=user_id,
+            attempt=attempt,
+            first_failure_at=first_failure_at,
+            lane=lane,
         )
     except Retryable as exc:
         if exc.status == 429:
             ctx.redis.set(keys.LAST_429, ctx.clock())
         return _retry_or_give_up(ctx, update, user_id, exc, attempt, first_failure_at, lane)
-    ctx.store.record_delivered(update)
+    settled = ctx.store.record_delivered(update)
+    DELIVERIES.labels("delivered", lane).inc()
+    if settled.counted and settled.accepted_at is not None:
+        DELIVERY_LATENCY.observe(max(0.0, ctx.clock() - settled.accepted_at))
     log.info("delivered %s %s to user %s (attempt %d)", update.event_type, update.event_id, user_id, attempt)
     return "delivered"
 
@@ -152,12 +165,13 @@ def _retry_or_give_up(
     )
     if now + delay - first > settings.retry_give_up_seconds:
         return _dead_letter(
-            ctx, update, "retries_exhausted", exc, user_id=user_id, attempt=attempt, first_failure_at=first
+            ctx, update, "retries_exhausted", exc, user_id=user_id, attempt=attempt, first_failure_at=first, lane=lane
         )
     # A re-run of this job schedules the same job id again: no duplicate retry.
     retry = delivery_job(ctx.redis, update, attempt + 1, first, lane=lane, job_id=_next_job_id(update, attempt))
     # rq keeps whole seconds: round up so a Retry-After is never cut short.
     ctx.queues[lane].schedule_job(retry, datetime.fromtimestamp(math.ceil(now + delay), UTC))
+    DELIVERIES.labels("retry_scheduled", lane).inc()
     log.warning("retrying %s %s in %.1fs (attempt %d): %s", update.event_type, update.event_id, delay, attempt, exc)
     return "retry_scheduled"
 
@@ -178,6 +192,7 @@ def _dead_letter(
     attempt: int,
     first_failure_at: float | None,
     user_id: str | None = None,
+    lane: str = keys.LIVE,
 ) -> str:
     """`error` is a plain message, or the User.com error whose status and (redacted) body are kept."""
     now = ctx.clock()
@@ -199,6 +214,7 @@ def _dead_letter(
         last_response=body,
     )
     ctx.store.dead_letter(item)
+    DELIVERIES.labels("dead_lettered", lane).inc()
     log.error("dead-lettered %s %s (%s): %s", update.event_type, update.event_id, reason, error)
     return "dead_lettered"
 
@@ -222,4 +238,5 @@ def on_job_failure(job: Job, connection: Redis, exc_type: type, exc: BaseExcepti
         last_failure_at=now,
     )
     ctx.store.dead_letter(item)
+    DELIVERIES.labels("dead_lettered", "replay" if job.origin == keys.QUEUE_NAMES[keys.REPLAY] else "live").inc()
     log.error("dead-lettered job %s after an unexpected %s", job.id, exc_type.__name__)

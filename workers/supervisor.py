@@ -15,9 +15,18 @@ import sys
 import time
 from typing import Any
 
+from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+
 from service import keys
+from service.metrics import mark_process_dead
 
 POLL_SECONDS = 0.5
+
+
+def start_metrics_server(port: int) -> None:
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    start_http_server(port, registry=registry)
 
 
 def worker_argv(lane: str, *, burst: bool) -> list[str]:
@@ -25,10 +34,14 @@ def worker_argv(lane: str, *, burst: bool) -> list[str]:
     return [*argv, "--burst"] if burst else argv
 
 
-def supervise(*, concurrency: int, burst: bool) -> int:
+def supervise(*, concurrency: int, burst: bool, metrics_port: int | None = None) -> int:
+    """Run the workers; serve their added-up metrics on metrics_port (the pod's /metrics)."""
+    if metrics_port is not None and not burst:
+        start_metrics_server(metrics_port)
     lanes = [keys.LIVE] * concurrency + [keys.REPLAY]
     children = [subprocess.Popen(worker_argv(lane, burst=burst), start_new_session=True) for lane in lanes]
     stopping = crashed = False
+    reaped: set[int] = set()
 
     def stop(signum: int, _frame: Any) -> None:
         nonlocal stopping
@@ -42,6 +55,10 @@ def supervise(*, concurrency: int, burst: bool) -> int:
     signal.signal(signal.SIGINT, stop)
     while True:
         codes = [child.poll() for child in children]
+        for child, code in zip(children, codes, strict=True):
+            if code is not None and child.pid not in reaped:
+                reaped.add(child.pid)
+                mark_process_dead(child.pid)
         if all(code is not None for code in codes):
             break
         if not stopping and any(code not in (None, 0) for code in codes):

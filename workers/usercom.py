@@ -16,6 +16,8 @@ from urllib.parse import quote
 import urllib3
 from urllib3.exceptions import HTTPError
 
+from service.metrics import USERCOM_REQUESTS, USERCOM_SECONDS
+
 MAX_BODY_KEPT = 2000  # characters of an error response kept for the dead-letter queue
 
 
@@ -61,6 +63,15 @@ def redact(text: str, secrets: list[str]) -> str:
     return text
 
 
+def _endpoint(method: str, path: str) -> str:
+    """A low-cardinality name for a call: the path with ids taken out."""
+    first = path.strip("/").split("/")[0]
+    if first == "users-by-id":
+        return f"{method} /users-by-id/:id/"
+    rest = path.strip("/").split("/", 1)[1] if "/" in path.strip("/") else ""
+    return f"{method} /users/{rest}/" if rest and not rest.isdigit() else f"{method} /users/:id/"
+
+
 class UsercomClient:
     def __init__(
         self, *, base_url: str, api_key: str, connect_timeout: float, read_timeout: float, pool_size: int = 10
@@ -93,11 +104,17 @@ class UsercomClient:
 
     def _call(self, method: str, path: str, body: dict[str, Any], *, allow_404: bool = False) -> Any:
         url = self._base + path
+        endpoint = _endpoint(method, path)
+        started = time.perf_counter()
         try:
             response = self._http.request(method, url, body=json.dumps(body).encode(), headers=self._headers)
         except HTTPError as exc:
+            USERCOM_REQUESTS.labels(endpoint, type(exc).__name__).inc()
             raise Retryable(f"{method} {path}: {type(exc).__name__}") from exc
+        finally:
+            USERCOM_SECONDS.labels(endpoint).observe(time.perf_counter() - started)
         status = response.status
+        USERCOM_REQUESTS.labels(endpoint, str(status)).inc()
         if 200 <= status < 300:
             return response.json() if response.data else {}
         if status == 404 and allow_404:

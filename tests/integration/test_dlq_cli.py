@@ -24,8 +24,15 @@ RELAY = str(Path(sys.executable).with_name("relay"))
 def store(settings: Settings, redis: Redis) -> Store:
     store = Store.from_settings(redis, settings)
     for n, reason in enumerate(["usercom_rejected", "retries_exhausted", "usercom_rejected"]):
-        update = UserUpdate(source="stripe", event_id=f"evt_{n}", event_type="invoice.paid", event_time=n,
-                            user_id=f"u{n}", customer_id=None, custom={"plan": "pro"})  # fmt: skip
+        update = UserUpdate(
+            source="stripe",
+            event_id=f"evt_{n}",
+            event_type="invoice.paid",
+            event_time=n,
+            user_id=f"u{n}",
+            customer_id=None,
+            custom={"plan": "pro"},
+        )
         assert store.accept(update)
         redis.delete(keys.rq_queue_key(keys.LIVE))
         store.dead_letter(

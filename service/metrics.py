@@ -1,0 +1,133 @@
+"""Prometheus metrics, correct across gunicorn's processes and the worker processes.
+
+Processes record counters and histograms; with PROMETHEUS_MULTIPROC_DIR set (as `relay web`
+and `relay worker` do) they land in files that one scrape adds up. Gauges that describe the
+shared state (queues, dead letters, the ledger) are read from Redis at scrape time by the web
+side only, so every pod reports its own work and exactly one place reports the shared state.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+from redis import Redis
+from redis.exceptions import RedisError
+
+from service.api_schemas import REASONS
+from service.config import Settings
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+DELIVERY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
+
+WEBHOOKS = Counter(
+    "relay_webhooks_total", "Webhooks answered, by source, event type and outcome", ["source", "event_type", "outcome"]
+)
+INGEST_SECONDS = Histogram(
+    "relay_ingest_duration_seconds", "Time to answer a webhook", ["source"], buckets=LATENCY_BUCKETS
+)
+DELIVERIES = Counter("relay_deliveries_total", "Delivery job outcomes", ["outcome", "lane"])
+DELIVERY_LATENCY = Histogram(
+    "relay_delivery_latency_seconds",
+    "From webhook accepted to User.com 2xx, retries included",
+    buckets=DELIVERY_BUCKETS,
+)
+USERCOM_REQUESTS = Counter(
+    "relay_usercom_requests_total", "User.com API calls by endpoint and status", ["endpoint", "status"]
+)
+USERCOM_SECONDS = Histogram(
+    "relay_usercom_request_duration_seconds", "User.com API call latency", ["endpoint"], buckets=LATENCY_BUCKETS
+)
+
+
+def prepare_multiprocess_dir(path: str) -> None:
+    """Start from an empty directory: files of processes from an earlier run would be added in."""
+    directory = Path(path)
+    if directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
+
+
+def mark_process_dead(pid: int) -> None:
+    if os.environ.get(MULTIPROC_ENV):
+        multiprocess.mark_process_dead(pid)
+
+
+def process_metrics() -> bytes:
+    """What this pod's processes recorded (all of them in multiprocess mode)."""
+    if os.environ.get(MULTIPROC_ENV):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
+    return generate_latest(REGISTRY)
+
+
+class SharedStateCollector(Collector):
+    """Gauges and counters read from Redis at scrape time; `relay_redis_up 0` when it cannot be read."""
+
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self.redis = redis
+        self.settings = settings
+
+    def collect(self) -> Iterator[Any]:
+        from service.status import collect_status
+
+        up = GaugeMetricFamily("relay_redis_up", "1 when Redis answered this scrape")
+        try:
+            status = collect_status(self.redis, self.settings)
+        except RedisError:
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        depth = GaugeMetricFamily("relay_queue_depth", "Delivery jobs ready to run", labels=["lane"])
+        scheduled = GaugeMetricFamily("relay_queue_scheduled", "Retries waiting for their time", labels=["lane"])
+        age = GaugeMetricFamily(
+            "relay_oldest_pending_age_seconds", "Age of the oldest unsettled update", labels=["lane"]
+        )
+        workers = GaugeMetricFamily("relay_workers", "Worker processes registered", labels=["lane"])
+        for lane, values in status["lanes"].items():
+            depth.add_metric([lane], values["depth"])
+            scheduled.add_metric([lane], values["scheduled"])
+            age.add_metric([lane], values["oldest_pending_age_seconds"] or 0)
+            workers.add_metric([lane], status["workers"][lane])
+        yield from (depth, scheduled, age, workers)
+        dlq = GaugeMetricFamily("relay_dlq_size", "Dead-letter items kept, by reason", labels=["reason"])
+        for reason in sorted(set(REASONS) | set(status["dlq"]["by_reason"])):
+            dlq.add_metric([reason], status["dlq"]["by_reason"].get(reason, 0))
+        yield dlq
+        yield CounterMetricFamily(
+            "relay_dlq_dropped", "Dead-letter items dropped by retention", value=status["dlq"]["dropped_by_retention"]
+        )
+        events = CounterMetricFamily("relay_events", "Events by ledger column, all pods", labels=["state"])
+        for state in ("received", "delivered", "coalesced", "ignored", "dead_lettered", "replayed", "duplicates"):
+            events.add_metric([state], status["ledger"][state])
+        yield events
+        yield GaugeMetricFamily(
+            "relay_events_in_flight", "Accepted events not yet settled", value=status["ledger"]["in_flight"]
+        )
+        yield GaugeMetricFamily(
+            "relay_last_delivery_timestamp_seconds",
+            "Time of the last successful delivery",
+            value=status["last_delivery_at"] or 0,
+        )
+        pause = status["limiter"]["paused_until"]
+        yield GaugeMetricFamily(
+            "relay_ratelimit_pause_seconds",
+            "Seconds left in a User.com 429 pause",
+            value=max(0.0, pause - status["time"]) if pause else 0.0,
+        )
+
+
+def shared_state_metrics(redis: Redis, settings: Settings) -> bytes:
+    registry = CollectorRegistry()
+    registry.register(SharedStateCollector(redis, settings))
+    return generate_latest(registry)
