@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, request
-from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from redis import Redis
 from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
@@ -63,7 +63,8 @@ def status() -> dict[str, Any]:
 def metrics() -> Response:
     redis, settings = current_app.extensions["relay.redis"], current_app.extensions["relay.settings"]
     body = process_metrics() + shared_state_metrics(redis, settings)
-    return Response(body, content_type=CONTENT_TYPE_LATEST)
+    # The 0.0.4 text format: what every Prometheus version and scraper reads.
+    return Response(body, content_type=CONTENT_TYPE_PLAIN_0_0_4)
 
 
 @bp.get("/healthz")

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import urllib3
+from prometheus_client.parser import text_string_to_metric_families
 from redis import Redis
 
 from service.config import Settings
@@ -98,7 +99,15 @@ def relay(tmp_path: Path, sandbox: SandboxServer) -> Iterator[dict[str, Any]]:
         time.sleep(0.1)
     redis = Redis.from_url(redis_server.url)
     settings = Settings.from_env(env)
-    yield {"base": base, "http": http, "redis": redis, "logs": tmp_path, "processes": processes, "settings": settings}
+    yield {
+        "base": base,
+        "http": http,
+        "redis": redis,
+        "logs": tmp_path,
+        "processes": processes,
+        "settings": settings,
+        "worker_metrics": f"http://127.0.0.1:{env['RELAY_METRICS_PORT']}/metrics",
+    }
     for process in processes.values():
         process.send_signal(signal.SIGTERM)
     for process in processes.values():
@@ -198,3 +207,35 @@ def test_sigterm_stops_web_and_worker_cleanly(relay: dict[str, Any]) -> None:
         process.send_signal(signal.SIGTERM)
     for name, process in relay["processes"].items():
         assert process.wait(timeout=30) == 0, f"{name} exited with {process.returncode}"
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_metrics_add_up_across_processes(relay: dict[str, Any], sandbox: SandboxServer) -> None:
+    accepted = [post(relay, json.dumps(e).encode()).status for e in events()[1:6]]  # five mapped events
+    assert accepted == [202] * 5
+    for _ in range(3):  # three bad signatures
+        post(relay, b"{}", secret="whsec_wrong")
+    wait_settled(Store.from_settings(relay["redis"], relay["settings"]))
+    web = samples(relay["http"].request("GET", relay["base"] + "/metrics").data.decode())
+    by_outcome: dict[str, float] = {}
+    for (name, labels), value in web.items():
+        if name == "relay_webhooks_total":
+            outcome = dict(labels)["outcome"]
+            by_outcome[outcome] = by_outcome.get(outcome, 0) + value
+    assert by_outcome == {"accepted": 5, "signature_invalid": 3}  # counted in 2 gunicorn processes, added up
+    assert web[("relay_ingest_duration_seconds_count", (("source", "stripe"),))] == 8
+    assert web[("relay_events_total", (("state", "received"),))] == 5
+    assert web[("relay_queue_depth", (("lane", "live"),))] == 0
+    assert web[("relay_redis_up", ())] == 1
+    worker = samples(relay["http"].request("GET", relay["worker_metrics"]).data.decode())
+    assert worker[("relay_deliveries_total", (("lane", "live"), ("outcome", "delivered")))] == 5
+    assert worker[("relay_delivery_latency_seconds_count", ())] == 5
+    puts = worker[("relay_usercom_requests_total", (("endpoint", "PUT /users-by-id/:id/"), ("status", "200")))]
+    assert puts == 5
