@@ -32,6 +32,8 @@ def gunicorn_argv(settings: Settings, bind: str) -> list[str]:
         "gunicorn",
         *(x for pair in options.items() for x in pair),
         "--no-control-socket",
+        "--config",
+        "python:service.gunicorn_hooks",
         APP_TARGET,
     ]
 
@@ -63,7 +65,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.lane is None:
         use_metrics_dir(settings.metrics_dir, "worker")
         return supervise(concurrency=args.concurrency, burst=args.burst, metrics_port=settings.metrics_port)
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.secrets)
     run_worker(settings, lane=args.lane, burst=args.burst, log_level=settings.log_level)
     return 0
 

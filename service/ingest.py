@@ -83,7 +83,18 @@ class StripeIngest:
             accepted = self._write(self.store.ignore, SOURCE, normalized.event_id)
             return Answer(200, {"status": "ignored" if accepted else "duplicate", "event_id": normalized.event_id})
         if self._write(self.store.accept, update):
-            log.info("accepted %s %s", update.event_type, update.event_id)
+            log.info(
+                "accepted %s %s",
+                update.event_type,
+                update.event_id,
+                extra={
+                    "source": SOURCE,
+                    "event_id": update.event_id,
+                    "event_type": update.event_type,
+                    "user_id": update.user_id,
+                    "outcome": "accepted",
+                },
+            )
             return Answer(202, {"status": "accepted", "event_id": update.event_id})
         return Answer(200, {"status": "duplicate", "event_id": update.event_id})
 
@@ -111,7 +122,13 @@ class StripeIngest:
             last_response=json.dumps(exc.messages)[:4000],
         )
         self._write(self.store.reject, item, event_id or digest)
-        log.warning("invalid payload %s %s: %s", event_type, event_id or digest, exc.messages)
+        log.warning(
+            "invalid payload %s %s: %s",
+            event_type,
+            event_id or digest,
+            exc.messages,
+            extra={"source": SOURCE, "event_id": event_id, "event_type": event_type, "outcome": "invalid_payload"},
+        )
         return InvalidPayload("payload does not fit the Stripe event schema", details=exc.messages)
 
     @staticmethod

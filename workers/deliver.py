@@ -113,7 +113,11 @@ def deliver_update(
                 ctx.store.record_coalesced(update)
                 DELIVERIES.labels("coalesced", lane).inc()
                 log.info(
-                    "superseded %s %s: user %s already has newer values", update.event_type, update.event_id, user_id
+                    "superseded %s %s: user %s already has newer values",
+                    update.event_type,
+                    update.event_id,
+                    user_id,
+                    extra=_fields(update, user_id, lane, attempt, "coalesced"),
                 )
                 return "coalesced"
             ctx.client.update_user(user_id, claim.standard, claim.custom, update.tags)
@@ -140,7 +144,14 @@ def deliver_update(
     DELIVERIES.labels("delivered", lane).inc()
     if settled.counted and settled.accepted_at is not None:
         DELIVERY_LATENCY.observe(max(0.0, ctx.clock() - settled.accepted_at))
-    log.info("delivered %s %s to user %s (attempt %d)", update.event_type, update.event_id, user_id, attempt)
+    log.info(
+        "delivered %s %s to user %s (attempt %d)",
+        update.event_type,
+        update.event_id,
+        user_id,
+        attempt,
+        extra=_fields(update, user_id, lane, attempt, "delivered"),
+    )
     return "delivered"
 
 
@@ -172,8 +183,28 @@ def _retry_or_give_up(
     # rq keeps whole seconds: round up so a Retry-After is never cut short.
     ctx.queues[lane].schedule_job(retry, datetime.fromtimestamp(math.ceil(now + delay), UTC))
     DELIVERIES.labels("retry_scheduled", lane).inc()
-    log.warning("retrying %s %s in %.1fs (attempt %d): %s", update.event_type, update.event_id, delay, attempt, exc)
+    log.warning(
+        "retrying %s %s in %.1fs (attempt %d): %s",
+        update.event_type,
+        update.event_id,
+        delay,
+        attempt,
+        exc,
+        extra=_fields(update, user_id, lane, attempt, "retry_scheduled"),
+    )
     return "retry_scheduled"
+
+
+def _fields(update: UserUpdate, user_id: str | None, lane: str, attempt: int, outcome: str) -> dict[str, object]:
+    return {
+        "source": update.source,
+        "event_id": update.event_id,
+        "event_type": update.event_type,
+        "user_id": user_id,
+        "lane": lane,
+        "attempt": attempt,
+        "outcome": outcome,
+    }
 
 
 def _next_job_id(update: UserUpdate, attempt: int) -> str:
@@ -215,7 +246,14 @@ def _dead_letter(
     )
     ctx.store.dead_letter(item)
     DELIVERIES.labels("dead_lettered", lane).inc()
-    log.error("dead-lettered %s %s (%s): %s", update.event_type, update.event_id, reason, error)
+    log.error(
+        "dead-lettered %s %s (%s): %s",
+        update.event_type,
+        update.event_id,
+        reason,
+        error,
+        extra={**_fields(update, user_id, lane, attempt, "dead_lettered"), "reason": reason, "status": status},
+    )
     return "dead_lettered"
 
 

@@ -199,7 +199,15 @@ def test_every_mapped_event_reaches_usercom(relay: dict[str, Any], sandbox: Sand
         text = (relay["logs"] / f"{name}.log").read_text()
         for secret in (SECRET, OLD_SECRET, USERCOM_KEY):
             assert secret not in text, f"{name} log leaks a secret"
-    assert "delivered customer.subscription.deleted" in (relay["logs"] / "worker.log").read_text()
+    worker_lines = [
+        json.loads(line) for line in (relay["logs"] / "worker.log").read_text().splitlines() if line.startswith("{")
+    ]
+    delivered = [e for e in worker_lines if e.get("outcome") == "delivered" and e.get("event_id") == "evt_e2e_10"]
+    assert delivered and delivered[0]["user_id"] == "cus_00000000000000"
+    web_lines = [
+        json.loads(line) for line in (relay["logs"] / "web.log").read_text().splitlines() if line.startswith("{")
+    ]
+    assert any(e.get("event_id") == "evt_e2e_0" and e.get("outcome") == "accepted" for e in web_lines)
 
 
 def test_sigterm_stops_web_and_worker_cleanly(relay: dict[str, Any]) -> None:

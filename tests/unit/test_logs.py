@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+import json
+import logging
+
+from service.logs import JsonFormatter
+
+SECRET = "whsec_do_not_print_me"
+KEY = "usercom-api-key-0123456789"
+
+
+def record(msg: str, *args: object, exc: BaseException | None = None, **extra: object) -> logging.LogRecord:
+    rec = logging.LogRecord(
+        "relay.test", logging.WARNING, __file__, 1, msg, args, (type(exc), exc, exc.__traceback__) if exc else None
+    )
+    rec.__dict__.update(extra)
+    return rec
+
+
+def test_one_json_object_per_line_with_event_fields() -> None:
+    line = JsonFormatter().format(record("delivered %s", "evt_1", event_id="evt_1", user_id="u1", lane="live"))
+    entry = json.loads(line)
+    assert "\n" not in line
+    assert entry["msg"] == "delivered evt_1" and entry["level"] == "warning"
+    assert (entry["event_id"], entry["user_id"], entry["lane"]) == ("evt_1", "u1", "live")
+
+
+def test_secrets_are_redacted_everywhere() -> None:
+    try:
+        raise RuntimeError(f"upstream said Token {KEY}")
+    except RuntimeError as exc:
+        line = JsonFormatter([SECRET, KEY]).format(record("secret %s in message", SECRET, exc=exc, reason=KEY))
+    assert SECRET not in line and KEY not in line
+    entry = json.loads(line)
+    assert entry["msg"] == "secret [redacted] in message"
+    assert "Token [redacted]" in entry["exc"] and entry["reason"] == "[redacted]"
