@@ -16,6 +16,7 @@ from service.config import Settings
 from service.errors import PayloadTooLarge, RelayError, StoreUnavailable
 from service.ingest import StripeIngest
 from service.metrics import process_metrics, shared_state_metrics
+from service.openapi import build_spec
 from service.redis_client import web_redis
 from service.replay import Operator
 from service.status import collect_status
@@ -38,6 +39,7 @@ def build_app(settings: Settings | None = None, *, redis: Redis | None = None) -
     app.extensions["relay.operator"] = Operator(store, settings.mapping, settings.identity_key)
     app.extensions["relay.admin_token"] = settings.admin_token
     app.extensions["relay.settings"] = settings
+    app.extensions["relay.openapi"] = build_spec()
     app.register_blueprint(bp)
     app.register_blueprint(admin_bp)
     app.register_error_handler(RelayError, _relay_error)
@@ -65,6 +67,11 @@ def metrics() -> Response:
     body = process_metrics() + shared_state_metrics(redis, settings)
     # The 0.0.4 text format: what every Prometheus version and scraper reads.
     return Response(body, content_type=CONTENT_TYPE_PLAIN_0_0_4)
+
+
+@bp.get("/openapi.json")
+def openapi() -> dict[str, Any]:
+    return current_app.extensions["relay.openapi"]
 
 
 @bp.get("/healthz")

@@ -1,0 +1,189 @@
+"""The OpenAPI 3 document of every endpoint, built with apispec from the marshmallow schemas."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from apispec import APISpec
+from apispec.ext.marshmallow import MarshmallowPlugin
+
+from service import api_schemas as s
+from service.status import version
+from service.stripe_schemas import EventSchema
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": "ErrorBody"}}}
+
+
+def _ok(description: str, schema: str | None) -> dict[str, Any]:
+    if schema is None:
+        return {"description": description}
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _admin(operation: dict[str, Any]) -> dict[str, Any]:
+    operation.setdefault("responses", {}).update(
+        {
+            "401": _error("missing or wrong bearer token (`unauthorized`)"),
+            "404": _error("unknown item (`not_found`), or the admin API is disabled (`admin_disabled`)"),
+            "503": _error("Redis unreachable (`redis_unavailable`)"),
+        }
+    )
+    return {**operation, "tags": ["admin"], "security": [{"adminToken": []}]}
+
+
+def build_spec() -> dict[str, Any]:
+    spec = APISpec(
+        title="relay",
+        version=version(),
+        openapi_version="3.0.3",
+        info={"description": "Billing webhooks in, User.com user updates out."},
+        plugins=[MarshmallowPlugin()],
+    )
+    spec.components.security_scheme("adminToken", {"type": "http", "scheme": "bearer"})
+    for schema in (
+        s.ErrorBody,
+        s.WebhookAnswer,
+        s.Health,
+        s.DlqItem,
+        s.DlqPage,
+        s.ReplayAnswer,
+        s.BulkAnswer,
+        s.Status,
+    ):
+        spec.components.schema(schema.__name__, schema=schema)
+    spec.components.schema("StripeEvent", schema=EventSchema)
+    spec.path(
+        path="/webhooks/stripe",
+        operations={
+            "post": {
+                "tags": ["webhooks"],
+                "summary": "Receive a Stripe webhook",
+                "parameters": [
+                    {
+                        "in": "header",
+                        "name": "Stripe-Signature",
+                        "required": True,
+                        "schema": {"type": "string"},
+                        "description": "t=<unix time>,v1=<hex HMAC-SHA256>",
+                    }
+                ],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": "StripeEvent"}}},
+                "responses": {
+                    "202": _ok("verified, valid and durably queued", "WebhookAnswer"),
+                    "200": _ok("already accepted (`duplicate`) or not mapped (`ignored`)", "WebhookAnswer"),
+                    "400": _error("body is not JSON (`malformed_json`)"),
+                    "401": _error("`signature_missing`, `signature_invalid` or `signature_expired`"),
+                    "413": _error("body over 1 MiB (`payload_too_large`)"),
+                    "415": _error("not JSON (`unsupported_media_type`)"),
+                    "422": _error("does not fit the schema (`invalid_payload`); kept in the dead-letter queue"),
+                    "503": _error("Redis unreachable (`redis_unavailable`); Stripe retries"),
+                },
+            }
+        },
+    )
+    spec.path(
+        path="/healthz",
+        operations={
+            "get": {
+                "tags": ["ops"],
+                "summary": "Process alive (no Redis check)",
+                "responses": {"200": _ok("alive", "Health")},
+            }
+        },
+    )
+    spec.path(
+        path="/readyz",
+        operations={
+            "get": {
+                "tags": ["ops"],
+                "summary": "Ready: Redis reachable",
+                "responses": {"200": _ok("ready", "Health"), "503": _error("Redis unreachable")},
+            }
+        },
+    )
+    spec.path(
+        path="/status",
+        operations={
+            "get": {
+                "tags": ["ops"],
+                "summary": "Status for the dashboard",
+                "responses": {"200": _ok("status", "Status"), "503": _error("Redis unreachable")},
+            }
+        },
+    )
+    spec.path(
+        path="/metrics",
+        operations={
+            "get": {
+                "tags": ["ops"],
+                "summary": "Prometheus metrics (text 0.0.4)",
+                "responses": {"200": {"description": "metrics", "content": {"text/plain": {}}}},
+            }
+        },
+    )
+    spec.path(
+        path="/openapi.json",
+        operations={"get": {"tags": ["ops"], "summary": "This document", "responses": {"200": _ok("OpenAPI 3", None)}}},
+    )
+    spec.path(
+        path="/admin/dlq",
+        operations={
+            "get": _admin(
+                {
+                    "summary": "List dead-letter items, oldest failure first",
+                    "parameters": [{"in": "query", "schema": s.DlqListQuery}],
+                    "responses": {"200": _ok("a page", "DlqPage"), "400": _error("bad parameters (`invalid_request`)")},
+                }
+            )
+        },
+    )
+    item_id = {"in": "path", "name": "item_id", "required": True, "schema": {"type": "string"}}
+    spec.path(
+        path="/admin/dlq/{item_id}",
+        operations={
+            "get": _admin(
+                {
+                    "summary": "One dead-letter item",
+                    "parameters": [item_id],
+                    "responses": {"200": _ok("the item", "DlqItem")},
+                }
+            ),
+            "delete": _admin(
+                {"summary": "Delete one item", "parameters": [item_id], "responses": {"204": _ok("deleted", None)}}
+            ),
+        },
+    )
+    spec.path(
+        path="/admin/dlq/{item_id}/replay",
+        operations={
+            "post": _admin(
+                {
+                    "summary": "Replay one item on the replay lane",
+                    "parameters": [item_id],
+                    "responses": {
+                        "202": _ok("queued for replay", "ReplayAnswer"),
+                        "409": _error("`still_invalid` or `not_mapped`"),
+                    },
+                }
+            )
+        },
+    )
+    spec.path(
+        path="/admin/dlq/replay",
+        operations={
+            "post": _admin(
+                {
+                    "summary": "Replay every item matching the filters (dry_run counts first)",
+                    "requestBody": {"content": {"application/json": {"schema": s.DlqBulkRequest}}},
+                    "responses": {
+                        "200": _ok("dry run", "BulkAnswer"),
+                        "202": _ok("queued for replay", "BulkAnswer"),
+                        "400": _error("bad body (`invalid_request`)"),
+                    },
+                }
+            )
+        },
+    )
+    return spec.to_dict()

@@ -1,0 +1,111 @@
+"""The OpenAPI document covers every route, and no request found by fuzzing it gets a 5xx."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from service import create_app
+from service.config import Settings
+
+TOKEN = "fuzz-admin-token"
+
+
+def test_every_route_and_method_is_documented(client: Any) -> None:
+    spec = client.get("/openapi.json").get_json()
+    assert spec["openapi"].startswith("3.")
+    documented = {(path, method.upper()) for path, ops in spec["paths"].items() for method in ops}
+    routes = {
+        (re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule), method)
+        for rule in client.application.url_map.iter_rules()
+        if rule.endpoint != "static"
+        for method in rule.methods - {"HEAD", "OPTIONS"}
+    }
+    assert routes == documented
+    for operation in (op for ops in spec["paths"].values() for op in ops.values()):
+        assert operation["responses"], operation
+
+
+def test_error_answers_reference_the_error_schema(client: Any) -> None:
+    spec = client.get("/openapi.json").get_json()
+    answers = spec["paths"]["/webhooks/stripe"]["post"]["responses"]
+    assert set(answers) == {"200", "202", "400", "401", "413", "415", "422", "503"}
+    assert answers["422"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorBody"}
+
+
+TEXT = st.text(max_size=40)
+JSONISH = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | TEXT,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(TEXT, inner, max_size=4),
+    max_leaves=12,
+)
+BODIES = st.one_of(st.binary(max_size=200), JSONISH.map(lambda v: json.dumps(v).encode()))
+QUERY_KEYS = st.sampled_from(["reason", "event_type", "user_id", "since", "until", "offset", "limit", "x"])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    operation=st.sampled_from(
+        [
+            ("POST", "/webhooks/stripe"),
+            ("GET", "/healthz"),
+            ("GET", "/readyz"),
+            ("GET", "/status"),
+            ("GET", "/metrics"),
+            ("GET", "/openapi.json"),
+            ("GET", "/admin/dlq"),
+            ("GET", "/admin/dlq/{item_id}"),
+            ("DELETE", "/admin/dlq/{item_id}"),
+            ("POST", "/admin/dlq/{item_id}/replay"),
+            ("POST", "/admin/dlq/replay"),
+        ]
+    ),
+    item_id=st.text(
+        alphabet=st.characters(blacklist_categories=["Cs"], blacklist_characters="/?#%"), min_size=1, max_size=30
+    ),
+    query=st.dictionaries(QUERY_KEYS, TEXT, max_size=3),
+    body=BODIES,
+    content_type=st.sampled_from(["application/json", "text/plain", "application/x-www-form-urlencoded", ""]),
+    auth=st.sampled_from([None, f"Bearer {TOKEN}", "Bearer nope", "Basic abc"]),
+    signature=st.one_of(st.none(), TEXT, st.just("t=1,v1=00")),
+)
+def test_fuzzed_requests_never_get_a_5xx(
+    env: dict[str, str],
+    redis: Any,
+    operation: tuple[str, str],
+    item_id: str,
+    query: dict[str, str],
+    body: bytes,
+    content_type: str,
+    auth: str | None,
+    signature: str | None,
+) -> None:
+    app = _app(env)
+    method, path = operation
+    headers = {k: v for k, v in (("Authorization", auth), ("Stripe-Signature", signature)) if v is not None}
+    response = app.test_client().open(
+        path.replace("{item_id}", item_id),
+        method=method,
+        query_string=query,
+        data=body,
+        content_type=content_type or None,
+        headers=headers,
+    )
+    assert response.status_code < 500, response.get_data(as_text=True)
+    if response.status_code >= 400:
+        assert response.get_json()["error"]["code"]
+
+
+_APPS: dict[str, Any] = {}
+
+
+def _app(env: dict[str, str]) -> Any:
+    key = env["REDIS_URL"]
+    if key not in _APPS:
+        _APPS.clear()
+        _APPS[key] = create_app(Settings.from_env({**env, "RELAY_ADMIN_TOKEN": TOKEN}))
+    return _APPS[key]
