@@ -38,6 +38,7 @@ def test_error_answers_reference_the_error_schema(client: Any) -> None:
 
 
 TEXT = st.text(max_size=40)
+HEADER_TEXT = st.text(alphabet=st.characters(blacklist_categories=["Cc", "Cs"]), max_size=40)  # what HTTP can carry
 JSONISH = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | TEXT,
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(TEXT, inner, max_size=4),
@@ -71,7 +72,7 @@ QUERY_KEYS = st.sampled_from(["reason", "event_type", "user_id", "since", "until
     body=BODIES,
     content_type=st.sampled_from(["application/json", "text/plain", "application/x-www-form-urlencoded", ""]),
     auth=st.sampled_from([None, f"Bearer {TOKEN}", "Bearer nope", "Basic abc"]),
-    signature=st.one_of(st.none(), TEXT, st.just("t=1,v1=00")),
+    signature=st.one_of(st.none(), HEADER_TEXT, st.just("t=1,v1=00")),
 )
 def test_fuzzed_requests_never_get_a_5xx(
     env: dict[str, str],
