@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from service.config import Settings, SettingsError
-from service.embedded_redis import RedisNotFound, RedisProcess
+from service.embedded_redis import RedisNotFound, RedisProcess, free_port
 from service.usercom_sandbox import SandboxServer
 
 DEV_STRIPE_SECRET = "whsec_relay_dev_only_not_a_real_secret"  # noqa: S105 - dev only, printed on purpose
@@ -79,6 +79,8 @@ def run_dev(*, port: int, data_dir: Path) -> int:
         sandbox = SandboxServer(api_key=secrets.token_hex(32)).start()
         env["USERCOM_API_URL"], env["USERCOM_API_KEY"] = sandbox.base_url, sandbox.state.api_key
     env.setdefault("STRIPE_WEBHOOK_SECRETS", DEV_STRIPE_SECRET)
+    env.setdefault("RELAY_ADMIN_TOKEN", secrets.token_urlsafe(24))
+    env.setdefault("RELAY_METRICS_PORT", str(free_port()))
     redis = RedisProcess(data_dir / "redis")
     env["REDIS_URL"] = redis.url
     try:
@@ -140,6 +142,10 @@ def _print_banner(port: int, settings: Settings, data_dir: Path, sandbox: Sandbo
         f"  post Stripe webhooks to  {endpoint}",
         f"  stripe signing secret    {shown_secret}",
         f"  health                   http://127.0.0.1:{port}/healthz  /readyz",
+        f"  status, metrics, API     http://127.0.0.1:{port}/status  /metrics  /openapi.json",
+        f"  worker metrics           http://127.0.0.1:{settings.metrics_port}/metrics",
+        f"  dead-letter queue        curl -H 'Authorization: Bearer {settings.admin_token}' "
+        f"http://127.0.0.1:{port}/admin/dlq",
         "",
         "send a signed sample event (customer.created for user 'dev-user-1'):",
         f"  curl -sS {endpoint} -H 'Content-Type: application/json' \\",
