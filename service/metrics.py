@@ -48,11 +48,14 @@ USERCOM_SECONDS = Histogram(
 
 
 def prepare_multiprocess_dir(path: str) -> None:
-    """Start from an empty directory: files of processes from an earlier run would be added in."""
+    """Start from an empty directory: files of processes from an earlier run would be added in.
+
+    Only the contents go: in Kubernetes the directory itself is an emptyDir mount point.
+    """
     directory = Path(path)
-    if directory.exists():
-        shutil.rmtree(directory)
-    directory.mkdir(parents=True)
+    directory.mkdir(parents=True, exist_ok=True)
+    for entry in directory.iterdir():
+        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
 
 
 def mark_process_dead(pid: int) -> None:
