@@ -83,50 +83,20 @@ def build_spec() -> dict[str, Any]:
             }
         },
     )
-    spec.path(
-        path="/healthz",
-        operations={
-            "get": {
-                "tags": ["ops"],
-                "summary": "Process alive (no Redis check)",
-                "responses": {"200": _ok("alive", "Health")},
-            }
-        },
-    )
-    spec.path(
-        path="/readyz",
-        operations={
-            "get": {
-                "tags": ["ops"],
-                "summary": "Ready: Redis reachable",
-                "responses": {"200": _ok("ready", "Health"), "503": _error("Redis unreachable")},
-            }
-        },
-    )
-    spec.path(
-        path="/status",
-        operations={
-            "get": {
-                "tags": ["ops"],
-                "summary": "Status for the dashboard",
-                "responses": {"200": _ok("status", "Status"), "503": _error("Redis unreachable")},
-            }
-        },
-    )
-    spec.path(
-        path="/metrics",
-        operations={
-            "get": {
-                "tags": ["ops"],
-                "summary": "Prometheus metrics (text 0.0.4)",
-                "responses": {"200": {"description": "metrics", "content": {"text/plain": {}}}},
-            }
-        },
-    )
-    spec.path(
-        path="/openapi.json",
-        operations={"get": {"tags": ["ops"], "summary": "This document", "responses": {"200": _ok("OpenAPI 3", None)}}},
-    )
+    unreachable = {"503": _error("Redis unreachable (`redis_unavailable`)")}
+    ops = [
+        ("/healthz", "Process alive (never checks Redis)", {"200": _ok("alive", "Health")}),
+        ("/readyz", "Ready: Redis reachable", {"200": _ok("ready", "Health"), **unreachable}),
+        ("/status", "Status for the monitoring dashboard", {"200": _ok("status", "Status"), **unreachable}),
+        (
+            "/metrics",
+            "Prometheus metrics (text format 0.0.4)",
+            {"200": {"description": "metrics", "content": {"text/plain": {}}}},
+        ),
+        ("/openapi.json", "This document", {"200": _ok("OpenAPI 3", None)}),
+    ]
+    for path, summary, responses in ops:
+        spec.path(path=path, operations={"get": {"tags": ["ops"], "summary": summary, "responses": responses}})
     spec.path(
         path="/admin/dlq",
         operations={
