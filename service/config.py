@@ -28,6 +28,11 @@ DEFAULT_USERCOM_CONNECT_TIMEOUT = 3.0
 DEFAULT_USERCOM_READ_TIMEOUT = 10.0
 DEFAULT_PORT = 8000
 DEFAULT_METRICS_PORT = 9100  # the worker's /metrics
+# User.com publishes no numbers: 10 calls/s, one at a time per slot (burst 1 never exceeds the
+# rate over any sliding 1 s window), at most 10 calls in flight across the cluster.
+DEFAULT_USERCOM_RATE_LIMIT = 10.0
+DEFAULT_USERCOM_BURST = 1
+DEFAULT_USERCOM_MAX_IN_FLIGHT = 10
 DEFAULT_DLQ_MAX_ITEMS = 100_000
 DEFAULT_DLQ_TTL_DAYS = 30
 # gunicorn gthread: an I/O-bound receiver; one process per core, a few threads each.
@@ -65,6 +70,9 @@ class Settings:
     metrics_port: int = DEFAULT_METRICS_PORT
     dlq_max_items: int = DEFAULT_DLQ_MAX_ITEMS
     dlq_ttl_days: int = DEFAULT_DLQ_TTL_DAYS
+    usercom_rate_limit: float = DEFAULT_USERCOM_RATE_LIMIT
+    usercom_burst: int = DEFAULT_USERCOM_BURST
+    usercom_max_in_flight: int = DEFAULT_USERCOM_MAX_IN_FLIGHT
     metrics_dir: str = ""  # PROMETHEUS_MULTIPROC_DIR; `relay web` / `relay worker` pick one when unset
 
     @property
@@ -107,6 +115,9 @@ class Settings:
             metrics_port=reader.integer("RELAY_METRICS_PORT", DEFAULT_METRICS_PORT, minimum=1),
             dlq_max_items=reader.integer("RELAY_DLQ_MAX_ITEMS", DEFAULT_DLQ_MAX_ITEMS, minimum=1),
             dlq_ttl_days=reader.integer("RELAY_DLQ_TTL_DAYS", DEFAULT_DLQ_TTL_DAYS, minimum=1),
+            usercom_rate_limit=reader.number("USERCOM_RATE_LIMIT", DEFAULT_USERCOM_RATE_LIMIT),
+            usercom_burst=reader.integer("USERCOM_BURST", DEFAULT_USERCOM_BURST, minimum=1),
+            usercom_max_in_flight=reader.integer("USERCOM_MAX_IN_FLIGHT", DEFAULT_USERCOM_MAX_IN_FLIGHT, minimum=1),
             metrics_dir=reader.text("PROMETHEUS_MULTIPROC_DIR", ""),
         )
         for name, port in (("PORT", settings.port), ("RELAY_METRICS_PORT", settings.metrics_port)):

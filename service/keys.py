@@ -25,6 +25,11 @@ LEDGER = f"{PREFIX}:ledger"
 # strings: epoch seconds of the last successful delivery, and of the last 429 from User.com
 LAST_DELIVERY = f"{PREFIX}:last-delivery"
 LAST_429 = f"{PREFIX}:limiter:last-429"
+# The User.com rate limiter (workers/ratelimit.py), shared by every worker: GCRA theoretical
+# arrival time (ms), the end of a 429 pause (ms), and calls in flight (zset token -> lease end).
+LIMITER_TAT = f"{PREFIX}:limiter:tat"
+LIMITER_PAUSED_UNTIL = f"{PREFIX}:limiter:paused-until"
+LIMITER_IN_FLIGHT = f"{PREFIX}:limiter:in-flight"
 # hash: id -> JSON item; zset: id by time of failure; hash: reason -> count; string: dropped count
 DLQ_ITEMS = f"{PREFIX}:dlq:items"
 DLQ_INDEX = f"{PREFIX}:dlq:index"

@@ -41,6 +41,8 @@ def collect_status(redis: Redis, settings: Settings, *, now: float | None = None
     pipe.get(keys.DLQ_DROPPED)
     pipe.get(keys.LAST_DELIVERY)
     pipe.get(keys.LAST_429)
+    pipe.get(keys.LIMITER_PAUSED_UNTIL)
+    pipe.zcount(keys.LIMITER_IN_FLIGHT, now * 1000, "+inf")
     results = pipe.execute()
     lanes, workers = {}, {}
     for lane in keys.LANES:
@@ -53,7 +55,8 @@ def collect_status(redis: Redis, settings: Settings, *, now: float | None = None
             "oldest_pending_age_seconds": round(max(0.0, now - oldest[0][1]), 3) if oldest else None,
         }
         workers[lane] = alive
-    raw_ledger, raw_reasons, dropped, last_delivery, last_429 = results
+    raw_ledger, raw_reasons, dropped, last_delivery, last_429, paused_until_ms, in_flight = results
+    paused_until = float(paused_until_ms) / 1000 if paused_until_ms is not None else None
     reasons = {k.decode(): int(v) for k, v in raw_reasons.items()}
     return {
         "version": version(),
@@ -61,7 +64,14 @@ def collect_status(redis: Redis, settings: Settings, *, now: float | None = None
         "lanes": lanes,
         "ledger": ledger_from(raw_ledger),
         "dlq": {"size": sum(reasons.values()), "by_reason": reasons, "dropped_by_retention": int(dropped or 0)},
-        "limiter": {"rate_limit_per_second": None, "paused_until": None, "last_429_at": _number(last_429)},
+        "limiter": {
+            "rate_limit_per_second": settings.usercom_rate_limit,
+            "burst": settings.usercom_burst,
+            "max_in_flight": settings.usercom_max_in_flight,
+            "in_flight": in_flight,
+            "paused_until": paused_until if paused_until is not None and paused_until > now else None,
+            "last_429_at": _number(last_429),
+        },
         "workers": workers,
         "last_delivery_at": _number(last_delivery),
     }

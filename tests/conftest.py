@@ -94,6 +94,9 @@ def env(redis_server: RedisProcess, sandbox: SandboxServer) -> dict[str, str]:
         "RELAY_RETRY_BASE_SECONDS": "1",
         "RELAY_RETRY_MAX_DELAY_SECONDS": "4",
         "RELAY_RETRY_GIVE_UP_SECONDS": "30",
+        # The limiter is tested on its own (test_ratelimit.py); elsewhere it must not slow tests down.
+        "USERCOM_RATE_LIMIT": "1000",
+        "USERCOM_BURST": "100",
     }
 
 

@@ -13,6 +13,7 @@ import math
 import random
 import re
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,10 +30,11 @@ from service.metrics import DELIVERIES, DELIVERY_LATENCY
 from service.store import Store, delivery_job, job_id_for
 from service.updates import UserUpdate
 from workers.ordering import Ordering, UserBusy
+from workers.ratelimit import Throttled
 from workers.usercom import Rejected, Retryable, UsercomClient, UsercomError
 
 log = logging.getLogger(__name__)
-ATTEMPT_SUFFIX = re.compile(r"-a\d+$")
+JOB_SUFFIXES = re.compile(r"(-a\d+|-t[0-9a-f]{12})+$")
 
 
 @dataclass
@@ -121,6 +123,8 @@ def deliver_update(
                 )
                 return "coalesced"
             ctx.client.update_user(user_id, claim.standard, claim.custom, update.tags)
+    except Throttled as exc:
+        return _put_back(ctx, update, exc.wait, attempt, first_failure_at, lane)
     except UserBusy as exc:
         return _retry_or_give_up(
             ctx, update, user_id, Retryable(str(exc), retry_after=1.0), attempt, first_failure_at, lane
@@ -195,6 +199,17 @@ def _retry_or_give_up(
     return "retry_scheduled"
 
 
+def _put_back(
+    ctx: DeliveryContext, update: UserUpdate, wait: float, attempt: int, first_failure_at: float | None, lane: str
+) -> str:
+    """No User.com slot soon: run again when the limiter says, without counting a failed attempt."""
+    job_id = f"{_base_job_id(update)}-t{uuid.uuid4().hex[:12]}"
+    job = delivery_job(ctx.redis, update, attempt, first_failure_at, lane=lane, job_id=job_id)
+    ctx.queues[lane].schedule_job(job, datetime.fromtimestamp(math.ceil(ctx.clock() + wait), UTC))
+    DELIVERIES.labels("throttled", lane).inc()
+    return "throttled"
+
+
 def _fields(update: UserUpdate, user_id: str | None, lane: str, attempt: int, outcome: str) -> dict[str, object]:
     return {
         "source": update.source,
@@ -207,11 +222,14 @@ def _fields(update: UserUpdate, user_id: str | None, lane: str, attempt: int, ou
     }
 
 
-def _next_job_id(update: UserUpdate, attempt: int) -> str:
-    """The retry's id follows the running job's, so a replayed event's retries stay distinct."""
+def _base_job_id(update: UserUpdate) -> str:
+    """The running job's id without attempt or put-back suffixes (a replay keeps its own base)."""
     current = get_current_job()
-    base = ATTEMPT_SUFFIX.sub("", current.id) if current is not None else job_id_for(update)
-    return f"{base}-a{attempt + 1}"
+    return JOB_SUFFIXES.sub("", current.id) if current is not None else job_id_for(update)
+
+
+def _next_job_id(update: UserUpdate, attempt: int) -> str:
+    return f"{_base_job_id(update)}-a{attempt + 1}"
 
 
 def _dead_letter(

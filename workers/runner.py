@@ -18,7 +18,12 @@ from service.redis_client import worker_redis
 from service.store import Store
 from workers.deliver import DeliveryContext, configure
 from workers.ordering import Ordering
+from workers.ratelimit import LimitConfig, RateLimiter
 from workers.usercom import UsercomClient
+
+
+def limit_config(settings: Settings) -> LimitConfig:
+    return LimitConfig(settings.usercom_rate_limit, settings.usercom_burst, settings.usercom_max_in_flight)
 
 
 def build_context(settings: Settings) -> DeliveryContext:
@@ -32,6 +37,7 @@ def build_context(settings: Settings) -> DeliveryContext:
             api_key=settings.usercom_api_key,
             connect_timeout=settings.usercom_connect_timeout,
             read_timeout=settings.usercom_read_timeout,
+            limiter=RateLimiter(redis, limit_config(settings)),
         ),
         queues={
             lane: Queue(name, connection=redis, serializer=JSONSerializer) for lane, name in keys.QUEUE_NAMES.items()

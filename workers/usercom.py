@@ -7,6 +7,7 @@ carrying the status and the response body with secrets removed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from email.utils import parsedate_to_datetime
@@ -17,6 +18,7 @@ import urllib3
 from urllib3.exceptions import HTTPError
 
 from service.metrics import USERCOM_REQUESTS, USERCOM_SECONDS
+from workers.ratelimit import RateLimiter
 
 MAX_BODY_KEPT = 2000  # characters of an error response kept for the dead-letter queue
 
@@ -74,8 +76,16 @@ def _endpoint(method: str, path: str) -> str:
 
 class UsercomClient:
     def __init__(
-        self, *, base_url: str, api_key: str, connect_timeout: float, read_timeout: float, pool_size: int = 10
+        self,
+        *,
+        base_url: str,
+        api_key: str,
+        connect_timeout: float,
+        read_timeout: float,
+        pool_size: int = 10,
+        limiter: RateLimiter | None = None,
     ) -> None:
+        self._limiter = limiter
         self._base = base_url.rstrip("/")
         self._api_key = api_key
         self._headers = {
@@ -105,14 +115,15 @@ class UsercomClient:
     def _call(self, method: str, path: str, body: dict[str, Any], *, allow_404: bool = False) -> Any:
         url = self._base + path
         endpoint = _endpoint(method, path)
-        started = time.perf_counter()
-        try:
-            response = self._http.request(method, url, body=json.dumps(body).encode(), headers=self._headers)
-        except HTTPError as exc:
-            USERCOM_REQUESTS.labels(endpoint, type(exc).__name__).inc()
-            raise Retryable(f"{method} {path}: {type(exc).__name__}") from exc
-        finally:
-            USERCOM_SECONDS.labels(endpoint).observe(time.perf_counter() - started)
+        with self._limiter.slot() if self._limiter else contextlib.nullcontext():
+            started = time.perf_counter()
+            try:
+                response = self._http.request(method, url, body=json.dumps(body).encode(), headers=self._headers)
+            except HTTPError as exc:
+                USERCOM_REQUESTS.labels(endpoint, type(exc).__name__).inc()
+                raise Retryable(f"{method} {path}: {type(exc).__name__}") from exc
+            finally:
+                USERCOM_SECONDS.labels(endpoint).observe(time.perf_counter() - started)
         status = response.status
         USERCOM_REQUESTS.labels(endpoint, str(status)).inc()
         if 200 <= status < 300:
@@ -123,6 +134,9 @@ class UsercomClient:
         message = f"{method} {path} -> {status}"
         if status == 429:
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            if self._limiter is not None:
+                # Every worker waits: nobody calls again before the pause User.com asked for.
+                retry_after = max(0.0, self._limiter.pause(retry_after) - time.time())
             raise Retryable(message, status=status, body=text, retry_after=retry_after)
         if status >= 500:
             raise Retryable(message, status=status, body=text)

@@ -77,6 +77,8 @@ def relay(tmp_path: Path, sandbox: SandboxServer) -> Iterator[dict[str, Any]]:
         "USERCOM_API_URL": sandbox.base_url,
         "USERCOM_API_KEY": USERCOM_KEY,
         "RELAY_LOG_LEVEL": "DEBUG",
+        "USERCOM_RATE_LIMIT": "1000",
+        "USERCOM_BURST": "100",
         "RELAY_METRICS_PORT": str(free_port()),
     }
     logs = {name: (tmp_path / f"{name}.log").open("wb") for name in ("web", "worker")}

@@ -200,6 +200,9 @@ def test_status_after_a_known_sequence(admin: Any, ctx: DeliveryContext, sandbox
     assert (live["depth"], live["pending"], live["scheduled"]) == (2, 2, 0)
     assert live["oldest_pending_age_seconds"] >= 0.05
     assert status["lanes"]["replay"] == {"depth": 0, "scheduled": 0, "pending": 0, "oldest_pending_age_seconds": None}
+    assert status["limiter"]["paused_until"] is None
+    work_one = SimpleWorker([ctx.queues[keys.LIVE]], connection=ctx.redis, serializer=JSONSerializer)
+    assert work_one.work(burst=True, max_jobs=1)
     sandbox.state.faults.append(Fault(429, "7"))
     work(ctx, keys.LIVE)
     status = admin.get("/status").get_json()
@@ -208,6 +211,8 @@ def test_status_after_a_known_sequence(admin: Any, ctx: DeliveryContext, sandbox
     assert status["lanes"]["live"]["depth"] == 0 and status["lanes"]["live"]["scheduled"] == 1
     assert status["lanes"]["live"]["pending"] == 1
     assert status["last_delivery_at"] >= before and status["limiter"]["last_429_at"] >= before
+    assert status["limiter"]["paused_until"] >= time.time() + 5  # every worker waits for Retry-After
+    assert status["limiter"]["rate_limit_per_second"] == 1000.0  # USERCOM_RATE_LIMIT in conftest
     assert status["workers"] == {"live": 0, "replay": 0}
     assert status["version"] == "0.1.0"
     for secret in (SECRET, USERCOM_KEY, TOKEN):

@@ -1,0 +1,108 @@
+"""One rate limiter for every worker process of every pod: GCRA in Redis, on Redis' clock.
+
+Each User.com call first takes a slot: the script checks the cluster-wide pause a 429 set,
+the concurrency cap (`USERCOM_MAX_IN_FLIGHT` calls at once, leases that expire if a worker
+dies) and the GCRA schedule (`USERCOM_RATE_LIMIT` per second, `USERCOM_BURST` at once), and
+either grants the slot or says how long to wait. A short wait is slept; a long one is handed
+back to the job, which is put back to run at that time instead of holding its worker.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from redis import Redis
+
+from service import keys
+
+# KEYS: tat (GCRA theoretical arrival time, ms), pause_until (ms), in_flight (zset token -> lease end ms)
+# ARGV: interval_ms, burst_tolerance_ms, max_in_flight, token, lease_ms
+# Returns 0 when the slot is taken (token holds a lease), else milliseconds to wait.
+ACQUIRE_SCRIPT = """
+redis.replicate_commands()
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local pause = tonumber(redis.call('GET', KEYS[2]) or '0')
+if pause > now then return pause - now end
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[3]) then
+    local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+    return math.max(1, math.min(50, tonumber(first[2]) - now))
+end
+local interval = tonumber(ARGV[1])
+local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now)
+local allowed_at = tat - tonumber(ARGV[2])
+if now < allowed_at then return allowed_at - now end
+redis.call('SET', KEYS[1], tat + interval, 'PX', math.ceil(tat + interval - now + 1000))
+redis.call('ZADD', KEYS[3], now + tonumber(ARGV[5]), ARGV[4])
+return 0
+"""
+
+# KEYS: pause_until, last_429. ARGV: pause_ms. Extends, never shortens, the cluster-wide pause.
+PAUSE_SCRIPT = """
+redis.replicate_commands()
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local until_ms = now + tonumber(ARGV[1])
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if until_ms > current then redis.call('SET', KEYS[1], until_ms, 'PX', tonumber(ARGV[1]) + 1000) end
+redis.call('SET', KEYS[2], now / 1000)
+return math.max(until_ms, current)
+"""
+
+DEFAULT_PAUSE_SECONDS = 5.0  # a 429 without Retry-After
+MAX_SLEEP_SECONDS = 1.0  # longer waits go back to the queue
+LEASE_MS = 30_000  # a call's concurrency lease; expires if its worker dies
+
+
+class Throttled(Exception):
+    """No slot soon enough: run this job again after `wait` seconds."""
+
+    def __init__(self, wait: float) -> None:
+        super().__init__(f"rate limited: next slot in {wait:.2f}s")
+        self.wait = wait
+
+
+@dataclass(frozen=True)
+class LimitConfig:
+    rate_per_second: float
+    burst: int
+    max_in_flight: int
+
+
+class RateLimiter:
+    def __init__(self, redis: Redis, config: LimitConfig, *, sleep: float = MAX_SLEEP_SECONDS) -> None:
+        self.redis = redis
+        self.config = config
+        self.max_sleep = sleep
+        self._acquire = redis.register_script(ACQUIRE_SCRIPT)
+        self._pause = redis.register_script(PAUSE_SCRIPT)
+        self._release_keys = [keys.LIMITER_IN_FLIGHT]
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        """Hold one call's slot; raises Throttled when the wait would exceed max_sleep."""
+        token = uuid.uuid4().hex
+        interval_ms = 1000.0 / self.config.rate_per_second
+        args = [interval_ms, (self.config.burst - 1) * interval_ms, self.config.max_in_flight, token, LEASE_MS]
+        script_keys = [keys.LIMITER_TAT, keys.LIMITER_PAUSED_UNTIL, keys.LIMITER_IN_FLIGHT]
+        waited = 0.0
+        while (wait_ms := float(self._acquire(keys=script_keys, args=args))) > 0:
+            wait = wait_ms / 1000
+            if waited + wait > self.max_sleep:
+                raise Throttled(wait)
+            time.sleep(wait)
+            waited += wait
+        try:
+            yield
+        finally:
+            self.redis.zrem(keys.LIMITER_IN_FLIGHT, token)
+
+    def pause(self, seconds: float | None) -> float:
+        """A 429: every worker waits until then. Returns the pause's end (epoch seconds)."""
+        pause_ms = int(1000 * (seconds if seconds is not None else DEFAULT_PAUSE_SECONDS))
+        return int(self._pause(keys=[keys.LIMITER_PAUSED_UNTIL, keys.LAST_429], args=[pause_ms])) / 1000
