@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis import Redis
+from rq import Retry
 from rq.callbacks import Callback
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
@@ -31,7 +32,13 @@ from service.updates import UserUpdate
 # service reaches worker code by dotted name only
 DELIVER_FUNC = "workers.deliver.deliver"
 ON_FAILURE_FUNC = "workers.deliver.on_job_failure"
-DELIVERY_JOB_TIMEOUT = 120  # seconds; one job is at most three User.com calls with their timeouts
+# One job is at most three User.com calls (3 s connect + 10 s read each), a few limiter sleeps
+# and a lease wait: well under a minute. rq kills a job that runs longer.
+DELIVERY_JOB_TIMEOUT = 60
+# A job whose worker died (SIGKILL, OOM, node loss) is found by rq's maintenance and run again
+# this many times (at-least-once; deliveries are idempotent). Exceptions the job does not handle
+# itself (bugs) take the same path, then end in the dead-letter queue as internal_error.
+RERUNS = 3
 FAILED_JOB_TTL = 14 * 24 * 3600  # rq keeps jobs that crashed unexpectedly this long
 JOB_ID_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -158,6 +165,7 @@ def _job_options(lane: str) -> dict[str, Any]:
         "result_ttl": 0,
         "failure_ttl": FAILED_JOB_TTL,
         "on_failure": Callback(ON_FAILURE_FUNC),
+        "retry": Retry(max=RERUNS),
     }
 
 

@@ -40,8 +40,11 @@ class ApiError(Exception):
 
 @dataclass
 class Fault:
+    """The next API call fails with `status` (0: answers normally) after `delay` seconds."""
+
     status: int
     retry_after: str | None = None
+    delay: float = 0.0
 
 
 @dataclass
@@ -113,10 +116,13 @@ def _gate() -> None:
         raise ApiError(401, {"detail": "Invalid token."})
     now = time.monotonic()
     with state.lock:
-        if state.faults:
-            fault = state.faults.popleft()
+        fault = state.faults.popleft() if state.faults else None
+    if fault is not None:
+        time.sleep(fault.delay)
+        if fault.status:
             headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
             raise ApiError(fault.status, {"detail": f"Injected failure {fault.status}."}, headers)
+    with state.lock:
         if state.rate_limit is not None:
             while state.recent and state.recent[0] <= now - 1.0:
                 state.recent.popleft()
@@ -331,12 +337,12 @@ def list_requests() -> Any:
 
 @control.post("/faults")
 def add_faults() -> Any:
-    """{"status": 500, "count": 2, "retry_after": "3"}: the next `count` API calls fail so."""
+    """{"status": 500, "count": 2, "retry_after": "3", "delay": 0.5}: the next `count` API calls fail so."""
     body = request.get_json(force=True)
     state = _state()
     with state.lock:
         for _ in range(int(body.get("count", 1))):
-            state.faults.append(Fault(int(body["status"]), body.get("retry_after")))
+            state.faults.append(Fault(int(body["status"]), body.get("retry_after"), float(body.get("delay", 0))))
     return {"queued": len(state.faults)}
 
 

@@ -276,7 +276,11 @@ def _dead_letter(
 
 
 def on_job_failure(job: Job, connection: Redis, exc_type: type, exc: BaseException, tb: Any) -> None:
-    """A job crashed on something unexpected (a bug, bad job data): keep it in the dead-letter queue too."""
+    """A job crashed (a bug, bad data) or its worker died. rq runs it again while it has reruns
+    left (this callback fires on every failed run); after the last, it is dead-lettered."""
+    if job.retries_left:
+        log.warning("job %s failed (%s); rq runs it again (%d left)", job.id, exc_type.__name__, job.retries_left)
+        return
     ctx = _current()
     raw = job.args[0] if job.args and isinstance(job.args[0], dict) else {}
     now = ctx.clock()

@@ -1,0 +1,96 @@
+"""At-least-once: a worker killed mid-job loses nothing, a crashing job is re-run then kept."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from redis import Redis
+from rq.job import Job
+from rq.registry import StartedJobRegistry
+from rq.serializers import JSONSerializer
+
+from service import keys
+from service.config import Settings
+from service.embedded_redis import free_port
+from service.store import DELIVER_FUNC, DELIVERY_JOB_TIMEOUT, RERUNS, Store
+from service.updates import UserUpdate
+from service.usercom_sandbox import Fault, SandboxServer
+from workers.deliver import configure
+from workers.ordering import LEASE_MS
+from workers.runner import HEARTBEAT_MARGIN_SECONDS, build_context, run_worker
+
+RELAY = str(Path(sys.executable).with_name("relay"))
+UPDATE = UserUpdate(
+    source="stripe",
+    event_id="evt_1",
+    event_type="invoice.paid",
+    event_time=1,
+    user_id="u1",
+    customer_id=None,
+    custom={"plan": "pro"},
+    tags=["paying"],
+)
+
+
+def test_lease_expires_before_rq_reruns_an_abandoned_job() -> None:
+    assert LEASE_MS / 1000 <= DELIVERY_JOB_TIMEOUT + HEARTBEAT_MARGIN_SECONDS
+
+
+def test_worker_killed_mid_job_loses_nothing(
+    env: dict[str, str], settings: Settings, redis: Redis, sandbox: SandboxServer
+) -> None:
+    store = Store.from_settings(redis, settings)
+    assert store.accept(UPDATE)
+    sandbox.state.faults.append(Fault(0, delay=30))  # the first User.com call hangs
+    worker = subprocess.Popen(
+        [RELAY, "worker", "--lane", "live"],
+        env={"PATH": os.environ["PATH"], **env, "RELAY_METRICS_PORT": str(free_port())},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    ctx = build_context(settings)
+    started = StartedJobRegistry(queue=ctx.queues[keys.LIVE])
+    deadline = time.monotonic() + 20
+    while started.get_job_ids() != ["stripe-evt_1"]:
+        assert time.monotonic() < deadline, "the worker never started the job"
+        time.sleep(0.05)
+    os.killpg(worker.pid, signal.SIGKILL)
+    worker.wait()
+    assert sandbox.state.user_by_custom_id("u1") is None
+    # Time passes: the user's lease expires, then rq's maintenance finds the job abandoned
+    # (its heartbeat lapsed). Both are fast-forwarded here instead of waited for.
+    redis.delete(keys.user_lock("stripe", "u1"))
+    started.cleanup(timestamp=time.time() + DELIVERY_JOB_TIMEOUT + HEARTBEAT_MARGIN_SECONDS + 1)
+    assert ctx.queues[keys.LIVE].job_ids == ["stripe-evt_1"], "requeued, not failed"
+    configure(ctx)
+    run_worker(settings, lane=keys.LIVE, burst=True)
+    user = sandbox.state.user_by_custom_id("u1")
+    assert user is not None and user["attributes"] == {"plan": "pro"} and user["tags"] == ["paying"]
+    ledger = store.ledger()
+    assert (ledger["delivered"], ledger["dead_lettered"], ledger["in_flight"]) == (1, 0, 0)
+    assert store.dead_letters() == []
+
+
+def test_a_crashing_job_is_rerun_then_dead_lettered_once(
+    settings: Settings, redis: Redis, sandbox: SandboxServer
+) -> None:
+    store = Store.from_settings(redis, settings)
+    assert store.accept(UPDATE)
+    # Data this code cannot read; every other field (reruns included) as accepted.
+    broken = json.dumps([DELIVER_FUNC, None, [{**UPDATE.to_dict(), "unexpected": 1}, 1, None, "live"], {}])
+    redis.hset("rq:job:stripe-evt_1", "data", broken)
+    run_worker(settings, lane=keys.LIVE, burst=True)
+    [item] = store.dead_letters()
+    assert item["reason"] == "internal_error" and item["event_id"] == "evt_1"
+    assert store.ledger()["dead_lettered"] == 1
+    assert redis.zcard(f"rq:failed:{keys.DELIVERY_QUEUE}") == 1
+    job = Job.fetch("stripe-evt_1", connection=redis, serializer=JSONSerializer)
+    assert job.retries_left == 0  # every rerun used: run 1 + RERUNS times
+    assert RERUNS >= 1
