@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from service import dlq_cli
 from service.config import Settings, settings_or_exit
+from service.metrics_dir import use_metrics_dir
 
 APP_TARGET = "service:create_app()"
 
@@ -38,15 +38,6 @@ def gunicorn_argv(settings: Settings, bind: str) -> list[str]:
     ]
 
 
-def use_metrics_dir(configured: str, role: str) -> None:
-    """Prometheus multiprocess mode for this process and its children, in a freshly emptied directory."""
-    from service.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
-
-    directory = configured or tempfile.mkdtemp(prefix=f"relay-{role}-metrics-")
-    prepare_multiprocess_dir(directory)
-    os.environ[MULTIPROC_ENV] = directory
-
-
 def cmd_web(args: argparse.Namespace) -> int:
     settings = settings_or_exit("web")
     bind = args.bind or f"0.0.0.0:{settings.port}"
@@ -57,14 +48,15 @@ def cmd_web(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from service.logs import configure_logging
-    from workers.runner import run_worker
-    from workers.supervisor import supervise
-
     settings = settings_or_exit("worker")
     if args.lane is None:
-        use_metrics_dir(settings.metrics_dir, "worker")
+        use_metrics_dir(settings.metrics_dir, "worker")  # before the imports below define metrics
+        from workers.supervisor import supervise
+
         return supervise(concurrency=args.concurrency, burst=args.burst, metrics_port=settings.metrics_port)
+    from service.logs import configure_logging
+    from workers.runner import run_worker
+
     configure_logging(settings.log_level, settings.secrets)
     run_worker(settings, lane=args.lane, burst=args.burst, log_level=settings.log_level)
     return 0

@@ -9,9 +9,7 @@ side only, so every pod reports its own work and exactly one place reports the s
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
@@ -22,8 +20,8 @@ from redis.exceptions import RedisError
 
 from service.api_schemas import REASONS
 from service.config import Settings
+from service.metrics_dir import MULTIPROC_ENV
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 DELIVERY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
 
@@ -45,17 +43,6 @@ USERCOM_REQUESTS = Counter(
 USERCOM_SECONDS = Histogram(
     "relay_usercom_request_duration_seconds", "User.com API call latency", ["endpoint"], buckets=LATENCY_BUCKETS
 )
-
-
-def prepare_multiprocess_dir(path: str) -> None:
-    """Start from an empty directory: files of processes from an earlier run would be added in.
-
-    Only the contents go: in Kubernetes the directory itself is an emptyDir mount point.
-    """
-    directory = Path(path)
-    directory.mkdir(parents=True, exist_ok=True)
-    for entry in directory.iterdir():
-        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
 
 
 def mark_process_dead(pid: int) -> None:

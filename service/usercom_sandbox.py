@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import Blueprint, Flask, current_app, request
+from flask import Blueprint, Flask, Response, current_app, g, request
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from service.usercom_fields import E164, EMAIL, NAME_MAX_LENGTH, STANDARD_ATTRIBUTES
@@ -61,6 +61,13 @@ class SandboxState:
     recent: collections.deque[float] = field(default_factory=collections.deque)
     ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1001))
 
+    def seed(self, custom_ids: list[str]) -> None:
+        """Users that already exist (as in a CRM that is already in use)."""
+        with self.lock:
+            for custom_id in custom_ids:
+                if custom_id not in self.by_custom_id:
+                    _new_user(self, custom_id)
+
     def user_by_custom_id(self, custom_id: str) -> dict[str, Any] | None:
         with self.lock:
             user_id = self.by_custom_id.get(custom_id)
@@ -76,6 +83,7 @@ def create_sandbox_app(state: SandboxState) -> Flask:
     app.extensions["sandbox"] = state
     app.url_map.strict_slashes = False  # no redirect: a path without its slash is a 404, checked in _gate
     app.before_request(_record)
+    app.after_request(_record_status)
     app.register_blueprint(bp, url_prefix=API_PREFIX)
     app.register_blueprint(control, url_prefix="/__sandbox__")
     app.register_error_handler(ApiError, lambda e: (e.body, e.status, e.headers))
@@ -101,6 +109,14 @@ def _record() -> None:
         }
         with state.lock:
             state.requests.append(entry)
+        g.sandbox_entry = entry
+
+
+def _record_status(response: Response) -> Response:
+    entry = g.get("sandbox_entry")
+    if entry is not None:
+        entry["status"] = response.status_code
+    return response
 
 
 @bp.before_request

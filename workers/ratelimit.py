@@ -21,22 +21,23 @@ from service import keys
 
 # KEYS: tat (GCRA theoretical arrival time, ms), pause_until (ms), in_flight (zset token -> lease end ms)
 # ARGV: interval_ms, burst_tolerance_ms, max_in_flight, token, lease_ms
-# Returns 0 when the slot is taken (token holds a lease), else milliseconds to wait.
+# Returns 0 when the slot is taken (token holds a lease), else whole milliseconds to wait, at least
+# 1: Redis turns a Lua number into an integer reply, and a wait of 0.4 ms must not read as "granted".
 ACQUIRE_SCRIPT = """
 redis.replicate_commands()
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local pause = tonumber(redis.call('GET', KEYS[2]) or '0')
-if pause > now then return pause - now end
+if pause > now then return math.ceil(pause - now) end
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
 if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[3]) then
     local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
-    return math.max(1, math.min(50, tonumber(first[2]) - now))
+    return math.max(1, math.min(50, math.ceil(tonumber(first[2]) - now)))
 end
 local interval = tonumber(ARGV[1])
 local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now)
 local allowed_at = tat - tonumber(ARGV[2])
-if now < allowed_at then return allowed_at - now end
+if now < allowed_at then return math.max(1, math.ceil(allowed_at - now)) end
 redis.call('SET', KEYS[1], tat + interval, 'PX', math.ceil(tat + interval - now + 1000))
 redis.call('ZADD', KEYS[3], now + tonumber(ARGV[5]), ARGV[4])
 return 0

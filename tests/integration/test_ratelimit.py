@@ -100,3 +100,16 @@ def _env(settings: Settings) -> dict[str, str]:
         "USERCOM_API_KEY": settings.usercom_api_key,
         "STRIPE_WEBHOOK_SECRETS": "whsec_x",
     }
+
+
+def test_every_grant_is_recorded_even_a_fraction_of_a_millisecond_early(redis: Redis) -> None:
+    # Lua's wait of 0.4 ms would reach Python as the integer 0, i.e. "granted" with nothing
+    # recorded: the next caller would get the same slot. A grant must always move the schedule.
+    lim = limiter(redis, rate=10)
+    for _ in range(200):
+        seconds, micros = redis.time()
+        early = seconds * 1000 + micros / 1000 + 0.4
+        redis.set(keys.LIMITER_TAT, early)
+        granted = take(lim)
+        after = float(redis.get(keys.LIMITER_TAT))
+        assert (after > early) if granted else (after == early)
