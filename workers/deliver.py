@@ -34,6 +34,7 @@ from workers.ratelimit import Throttled
 from workers.usercom import Rejected, Retryable, UsercomClient, UsercomError
 
 log = logging.getLogger(__name__)
+USER_BUSY_WAIT_SECONDS = 1.0
 JOB_SUFFIXES = re.compile(r"(-a\d+|-t[0-9a-f]{12})+$")
 
 
@@ -124,11 +125,9 @@ def deliver_update(
                 return "coalesced"
             ctx.client.update_user(user_id, claim.standard, claim.custom, update.tags)
     except Throttled as exc:
-        return _put_back(ctx, update, exc.wait, attempt, first_failure_at, lane)
-    except UserBusy as exc:
-        return _retry_or_give_up(
-            ctx, update, user_id, Retryable(str(exc), retry_after=1.0), attempt, first_failure_at, lane
-        )
+        return _put_back(ctx, update, exc.wait, attempt, first_failure_at, lane, "throttled")
+    except UserBusy:
+        return _put_back(ctx, update, USER_BUSY_WAIT_SECONDS, attempt, first_failure_at, lane, "user_busy")
     except Rejected as exc:
         return _dead_letter(
             ctx,
@@ -200,14 +199,20 @@ def _retry_or_give_up(
 
 
 def _put_back(
-    ctx: DeliveryContext, update: UserUpdate, wait: float, attempt: int, first_failure_at: float | None, lane: str
+    ctx: DeliveryContext,
+    update: UserUpdate,
+    wait: float,
+    attempt: int,
+    first_failure_at: float | None,
+    lane: str,
+    why: str,
 ) -> str:
-    """No User.com slot soon: run again when the limiter says, without counting a failed attempt."""
+    """No User.com slot soon, or another job holds the user: run again later, not a failed attempt."""
     job_id = f"{_base_job_id(update)}-t{uuid.uuid4().hex[:12]}"
     job = delivery_job(ctx.redis, update, attempt, first_failure_at, lane=lane, job_id=job_id)
     ctx.queues[lane].schedule_job(job, datetime.fromtimestamp(math.ceil(ctx.clock() + wait), UTC))
-    DELIVERIES.labels("throttled", lane).inc()
-    return "throttled"
+    DELIVERIES.labels(why, lane).inc()
+    return why
 
 
 def _fields(update: UserUpdate, user_id: str | None, lane: str, attempt: int, outcome: str) -> dict[str, object]:

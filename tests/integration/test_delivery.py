@@ -222,3 +222,15 @@ def test_crashing_job_is_dead_lettered_as_internal_error(ctx: DeliveryContext, r
     assert dead["event_id"] == "evt_1"
     assert redis.zcard(f"rq:failed:{keys.DELIVERY_QUEUE}") == 1
     assert ctx.store.ledger()["in_flight"] == 0
+
+
+def test_a_user_held_by_another_job_is_put_back_not_failed(ctx: DeliveryContext, sandbox: SandboxServer) -> None:
+    item = update()
+    assert ctx.store.accept(item)
+    ctx.redis.set(keys.user_lock("stripe", "u1"), "another-job", px=60_000)
+    assert deliver_update(ctx, item, attempt=2) == "user_busy"
+    [job_id] = ScheduledJobRegistry(queue=ctx.queues[keys.LIVE]).get_job_ids()
+    job = ctx.queues[keys.LIVE].fetch_job(job_id)
+    assert job is not None and job_id.startswith("stripe-evt_1-t")
+    assert job.args[1:] == [2, None, "live"]  # same attempt, no failure clock started
+    assert sandbox.state.requests == []
