@@ -17,6 +17,7 @@ from redis import Redis
 from service import create_app
 from service.config import Settings
 from service.embedded_redis import RedisProcess
+from service.updates import UserUpdate
 from service.usercom_sandbox import SandboxServer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,6 +53,20 @@ def stripe_event(
         "type": event_type,
         "data": {"object": obj},
     }
+
+
+def an_update(event_id: str = "evt_1", **fields: Any) -> UserUpdate:
+    """A normalized update as intake makes them; keyword arguments override its fields."""
+    values: dict[str, Any] = {
+        "source": "stripe",
+        "event_id": event_id,
+        "event_type": "invoice.paid",
+        "event_time": 1,
+        "user_id": "u1",
+        "customer_id": None,
+        "custom": {"plan": "pro"},
+    }
+    return UserUpdate(**{**values, **fields})
 
 
 def sign(payload: bytes | str, secret: str = SECRET, timestamp: int | None = None) -> str:

@@ -11,7 +11,7 @@ from rq.registry import ScheduledJobRegistry
 
 from service import keys
 from service.config import Settings
-from service.updates import UserUpdate
+from tests.conftest import an_update
 from workers.deliver import deliver_update
 from workers.ratelimit import LimitConfig, RateLimiter, Throttled
 from workers.runner import build_context
@@ -73,15 +73,7 @@ def test_429_pauses_every_worker_and_is_never_shortened(redis: Redis) -> None:
 def test_a_throttled_job_is_put_back_without_counting_a_failure(settings: Settings, redis: Redis) -> None:
     ctx = build_context(Settings.from_env({**_env(settings), "USERCOM_RATE_LIMIT": "1", "USERCOM_BURST": "1"}))
     ctx.client._limiter.pause(30)  # type: ignore[union-attr]
-    update = UserUpdate(
-        source="stripe",
-        event_id="evt_1",
-        event_type="invoice.paid",
-        event_time=1,
-        user_id="u1",
-        customer_id=None,
-        custom={"plan": "pro"},
-    )
+    update = an_update()
     assert ctx.store.accept(update)
     assert deliver_update(ctx, update, attempt=3) == "throttled"
     registry = ScheduledJobRegistry(queue=ctx.queues[keys.LIVE])

@@ -19,23 +19,14 @@ from service import keys
 from service.config import Settings
 from service.embedded_redis import free_port
 from service.store import DELIVER_FUNC, DELIVERY_JOB_TIMEOUT, RERUNS, Store
-from service.updates import UserUpdate
 from service.usercom_sandbox import Fault, SandboxServer
+from tests.conftest import an_update
 from workers.deliver import configure
 from workers.ordering import LEASE_MS
 from workers.runner import HEARTBEAT_MARGIN_SECONDS, build_context, run_worker
 
 RELAY = str(Path(sys.executable).with_name("relay"))
-UPDATE = UserUpdate(
-    source="stripe",
-    event_id="evt_1",
-    event_type="invoice.paid",
-    event_time=1,
-    user_id="u1",
-    customer_id=None,
-    custom={"plan": "pro"},
-    tags=["paying"],
-)
+UPDATE = an_update(tags=["paying"])
 
 
 def test_lease_expires_before_rq_reruns_an_abandoned_job() -> None:

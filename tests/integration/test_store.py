@@ -10,20 +10,10 @@ from rq.serializers import JSONSerializer
 from service import keys
 from service.dlq import Retention
 from service.store import Store, delivery_job
-from service.updates import UserUpdate
+from tests.conftest import an_update
 from workers.deliver import on_job_failure
 
-UPDATE = UserUpdate(
-    source="stripe",
-    event_id="evt_1",
-    event_type="invoice.paid",
-    event_time=1,
-    user_id="u1",
-    customer_id="cus_1",
-    standard={"email": "a@b.co"},
-    custom={"mrr": 1.5},
-    tags=["paying"],
-)
+UPDATE = an_update(customer_id="cus_1", standard={"email": "a@b.co"}, custom={"mrr": 1.5}, tags=["paying"])
 
 
 def test_enqueued_job_reads_back_as_the_rq_job_rq_would_create(redis: Redis) -> None:
