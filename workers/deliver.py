@@ -26,8 +26,9 @@ from rq.job import Job
 from service import keys
 from service.config import Settings
 from service.dlq import DeadLetter
+from service.jobs import delivery_job, job_id_for
 from service.metrics import DELIVERIES, DELIVERY_LATENCY
-from service.store import Store, delivery_job, job_id_for
+from service.store import Store
 from service.updates import UserUpdate
 from workers.ordering import Ordering, UserBusy
 from workers.ratelimit import Throttled

@@ -15,8 +15,9 @@ from rq.serializers import JSONSerializer
 
 from service import keys
 from service.config import Settings
+from service.jobs import DELIVERY_JOB_TIMEOUT
 from service.redis_client import worker_redis
-from service.store import DELIVERY_JOB_TIMEOUT, Store
+from service.store import Store
 from workers.deliver import DeliveryContext, configure
 from workers.ordering import Ordering
 from workers.ratelimit import LimitConfig, RateLimiter

@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service import create_app, keys
 from service.config import DEFAULT_METRICS_PORT, DEFAULT_PORT, Settings
-from service.store import DELIVERY_JOB_TIMEOUT
+from service.jobs import DELIVERY_JOB_TIMEOUT
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"

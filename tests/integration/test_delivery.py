@@ -17,7 +17,7 @@ from rq.serializers import JSONSerializer
 from service import keys
 from service.config import Settings
 from service.embedded_redis import free_port
-from service.store import DELIVER_FUNC, ON_FAILURE_FUNC
+from service.jobs import DELIVER_FUNC, ON_FAILURE_FUNC
 from service.updates import UserUpdate
 from service.usercom_sandbox import Fault, SandboxServer
 from tests.conftest import USERCOM_KEY

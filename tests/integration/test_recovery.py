@@ -18,7 +18,8 @@ from rq.serializers import JSONSerializer
 from service import keys
 from service.config import Settings
 from service.embedded_redis import free_port
-from service.store import DELIVER_FUNC, DELIVERY_JOB_TIMEOUT, RERUNS, Store
+from service.jobs import DELIVER_FUNC, DELIVERY_JOB_TIMEOUT, RERUNS
+from service.store import Store
 from service.usercom_sandbox import Fault, SandboxServer
 from tests.conftest import an_update
 from workers.deliver import configure

@@ -9,7 +9,8 @@ from rq.serializers import JSONSerializer
 
 from service import keys
 from service.dlq import Retention
-from service.store import Store, delivery_job
+from service.jobs import delivery_job
+from service.store import Store
 from tests.conftest import an_update
 from workers.deliver import on_job_failure
 
