@@ -8,23 +8,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 import stripe
 import urllib3
 
-from service.embedded_redis import RedisProcess, free_port
-from service.usercom_sandbox import SandboxServer
+from bench.harness import backend, start, stop, wait_drained
+from service.embedded_redis import free_port
 
 SECRET = "whsec_latency_bench_0123456789"
-API_KEY = "c" * 64
 
 
 def wait_http(url: str, timeout: float = 30) -> None:
@@ -46,48 +40,19 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=2000, help="how many (default 2000)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        redis_server = RedisProcess(Path(tmp) / "redis").start()
-        sandbox = SandboxServer(api_key=API_KEY).start()
-        users = [f"user-{n}" for n in range(args.events)]
-        sandbox.state.seed(users)
-        port = free_port()
-        env = {
-            **os.environ,
-            "REDIS_URL": redis_server.url,
-            "STRIPE_WEBHOOK_SECRETS": SECRET,
-            "USERCOM_API_URL": sandbox.base_url,
-            "USERCOM_API_KEY": API_KEY,
-            "USERCOM_RATE_LIMIT": "100000",
-            "USERCOM_BURST": "1000",
-            "USERCOM_MAX_IN_FLIGHT": "1000",
-            "RELAY_LOG_LEVEL": "WARNING",
-            "RELAY_METRICS_PORT": str(free_port()),
-        }
-        relay = [sys.executable, "-m", "service.cli"]
+    port = free_port()
+    accepted_at: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp, backend(tmp, users=args.events, STRIPE_WEBHOOK_SECRETS=SECRET) as b:
         children = [
-            subprocess.Popen(
-                [*relay, "web", "--bind", f"127.0.0.1:{port}"],
-                env=env,
-                start_new_session=True,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            ),
-            subprocess.Popen(
-                [*relay, "worker", "--concurrency", str(args.workers)],
-                env=env,
-                start_new_session=True,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            ),
+            start(["web", "--bind", f"127.0.0.1:{port}"], b.env),
+            start(["worker", "--concurrency", str(args.workers)], b.env),
         ]
-        accepted_at: dict[str, float] = {}
         try:
             wait_http(f"http://127.0.0.1:{port}/readyz")
             time.sleep(2)  # workers registered and idle
             http = urllib3.PoolManager(retries=False, timeout=5, maxsize=4)
-            start = time.perf_counter()
-            for n, user in enumerate(users):
+            began = time.perf_counter()
+            for n, user in enumerate(b.users):
                 event = {
                     "id": f"evt_lat_{n}",
                     "object": "event",
@@ -99,7 +64,7 @@ def main() -> int:
                 }
                 body = json.dumps(event)
                 header = stripe.WebhookSignature.generate_signature_header(body, SECRET)
-                pause = start + n / args.rate - time.perf_counter()
+                pause = began + n / args.rate - time.perf_counter()
                 if pause > 0:
                     time.sleep(pause)
                 response = http.request(
@@ -110,19 +75,10 @@ def main() -> int:
                 )
                 if response.status == 202:
                     accepted_at[user] = time.time()
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                received = {r["path"].split("/")[-2]: r["at"] for r in sandbox.state.requests if r["method"] == "PUT"}
-                if len(received) >= len(accepted_at):
-                    break
-                time.sleep(0.2)
+            wait_drained(b.store(), timeout=60)
         finally:
-            for child in children:
-                os.killpg(child.pid, signal.SIGTERM)
-            for child in children:
-                child.wait(timeout=60)
-            sandbox.stop()
-            redis_server.stop()
+            stop(*children)
+        received = {r["path"].split("/")[-2]: r["at"] for r in b.sandbox.state.requests if r["method"] == "PUT"}
     latencies = sorted((received[u] - t) * 1000 for u, t in accepted_at.items() if u in received)
     q = statistics.quantiles(latencies, n=100)
     print(

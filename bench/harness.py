@@ -1,0 +1,102 @@
+"""What the delivery benchmarks share: Redis, the User.com double with existing users, the relay's
+environment, a backlog of updates, worker processes, and waiting for the backlog to drain."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from redis import Redis
+
+from service.config import Settings
+from service.embedded_redis import RedisProcess, free_port
+from service.store import Store
+from service.updates import UserUpdate
+from service.usercom_sandbox import SandboxServer
+
+API_KEY = "b" * 64
+RELAY = [sys.executable, "-m", "service.cli"]
+
+
+@dataclass
+class Backend:
+    redis_server: RedisProcess
+    sandbox: SandboxServer
+    users: list[str]
+    env: dict[str, str]
+
+    def store(self) -> Store:
+        return Store.from_settings(Redis.from_url(self.redis_server.url), Settings.from_env(self.env, role="worker"))
+
+    def queue_updates(self) -> Store:
+        """One update per user, queued as intake would queue it."""
+        store = self.store()
+        for n, user in enumerate(self.users):
+            store.accept(
+                UserUpdate(
+                    source="stripe",
+                    event_id=f"evt_{n}",
+                    event_type="customer.updated",
+                    event_time=n,
+                    user_id=user,
+                    customer_id=None,
+                    custom={"plan": "pro"},
+                )
+            )
+        return store
+
+
+@contextmanager
+def backend(tmp: str, *, users: int, rate_limit: float | None = None, **relay_env: str) -> Iterator[Backend]:
+    """Redis and the double (with `users` existing users); the relay unthrottled unless told."""
+    redis_server = RedisProcess(Path(tmp) / "redis").start()
+    sandbox = SandboxServer(api_key=API_KEY, rate_limit=rate_limit).start()
+    names = [f"user-{n}" for n in range(users)]
+    sandbox.state.seed(names)  # existing users: one PUT per update
+    env = {
+        **os.environ,
+        "REDIS_URL": redis_server.url,
+        "USERCOM_API_URL": sandbox.base_url,
+        "USERCOM_API_KEY": API_KEY,
+        "USERCOM_RATE_LIMIT": "100000",
+        "USERCOM_BURST": "1000",
+        "USERCOM_MAX_IN_FLIGHT": "1000",
+        "RELAY_LOG_LEVEL": "WARNING",
+        "RELAY_METRICS_PORT": str(free_port()),
+        **relay_env,
+    }
+    try:
+        yield Backend(redis_server, sandbox, names, env)
+    finally:
+        sandbox.stop()
+        redis_server.stop()
+
+
+def start(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [*RELAY, *args], env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+
+def stop(*children: subprocess.Popen[bytes]) -> None:
+    for child in children:
+        os.killpg(child.pid, signal.SIGTERM)
+    for child in children:
+        child.wait(timeout=60)
+
+
+def wait_drained(store: Store, timeout: float) -> float:
+    """Seconds until nothing is in flight; raises TimeoutError past `timeout`."""
+    started = time.monotonic()
+    while store.ledger()["in_flight"] > 0:
+        if time.monotonic() - started > timeout:
+            raise TimeoutError(f"backlog not drained in {timeout:.0f}s: {store.ledger()}")
+        time.sleep(0.05)
+    return time.monotonic() - started
