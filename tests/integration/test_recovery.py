@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from redis import Redis
 from rq.job import Job
@@ -17,7 +18,7 @@ from rq.serializers import JSONSerializer
 
 from service import keys
 from service.config import Settings
-from service.embedded_redis import free_port
+from service.embedded_redis import RedisProcess, free_port
 from service.jobs import DELIVER_FUNC, DELIVERY_JOB_TIMEOUT, RERUNS
 from service.store import Store
 from service.usercom_sandbox import Fault, SandboxServer
@@ -86,3 +87,43 @@ def test_a_crashing_job_is_rerun_then_dead_lettered_once(
     job = Job.fetch("stripe-evt_1", connection=redis, serializer=JSONSerializer)
     assert job.retries_left == 0  # every rerun used: run 1 + RERUNS times
     assert RERUNS >= 1
+
+
+def test_redis_restart_keeps_accepted_events_and_workers_resume(tmp_path: Path, sandbox: SandboxServer) -> None:
+    redis_server = RedisProcess(tmp_path / "redis").start()
+    env = {
+        "PATH": os.environ["PATH"],
+        "REDIS_URL": redis_server.url,
+        "USERCOM_API_URL": sandbox.base_url,
+        "USERCOM_API_KEY": sandbox.state.api_key,
+        "RELAY_METRICS_PORT": str(free_port()),
+    }
+    settings = Settings.from_env(env, role="worker")
+    worker = subprocess.Popen(
+        [RELAY, "worker"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        store = Store.from_settings(Redis.from_url(redis_server.url), settings)
+        assert store.accept(an_update("evt_before", user_id="before"))
+        _wait(lambda: store.ledger()["in_flight"] == 0)
+        redis_server.stop()  # SIGTERM: Redis flushes its append-only file
+        time.sleep(1)
+        redis_server.start()  # same port, same directory
+        store = Store.from_settings(Redis.from_url(redis_server.url), settings)
+        assert store.ledger()["delivered"] == 1, "the ledger survived the restart"
+        assert not store.accept(an_update("evt_before", user_id="before")), "so did the dedup memory"
+        assert store.accept(an_update("evt_after", user_id="after"))
+        _wait(lambda: store.ledger()["in_flight"] == 0, timeout=30)  # workers reconnected by themselves
+        assert worker.poll() is None
+        assert sandbox.state.user_by_custom_id("after") is not None
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(timeout=30)
+        redis_server.stop()
+
+
+def _wait(condition: Any, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
