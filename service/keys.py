@@ -66,6 +66,11 @@ def user_lock(source: str, user_id: str) -> str:
     return f"{PREFIX}:lock:{source}:{user_id}"
 
 
+def parked(source: str, user_id: str) -> str:
+    """hash: event id -> update JSON, updates waiting for one merged delivery to the user."""
+    return f"{PREFIX}:parked:{source}:{user_id}"
+
+
 def last_written(source: str, user_id: str) -> str:
     """hash: attribute -> event time of the value last sent (last-writer-wins by event time)."""
     return f"{PREFIX}:lww:{source}:{user_id}"

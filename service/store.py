@@ -203,6 +203,10 @@ class Store:
         counted, accepted = self._record(keys=script_keys, args=args)
         return Settled(bool(counted), float(accepted) if accepted else None)
 
+    def settled(self, update: UserUpdate) -> bool:
+        """Whether this event's outcome is counted (by its own job or one that merged it)."""
+        return bool(self.redis.exists(keys.outcome(update.source, update.event_id)))
+
     def record_delivered(self, update: UserUpdate) -> Settled:
         return self._outcome("delivered", update.source, update.event_id, [], [])
 

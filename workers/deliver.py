@@ -30,7 +30,7 @@ from service.jobs import delivery_job, job_id_for
 from service.metrics import DELIVERIES, DELIVERY_LATENCY
 from service.store import Store
 from service.updates import UserUpdate
-from workers.ordering import Ordering, UserBusy
+from workers.ordering import Hold, Ordering, UserBusy, merge
 from workers.ratelimit import Throttled
 from workers.usercom import Rejected, Retryable, UsercomClient, UsercomError
 
@@ -111,20 +111,16 @@ def deliver_update(
             first_failure_at=first_failure_at,
             lane=lane,
         )
+    if not ctx.ordering.park(user_id, [update]):
+        return "settled"  # another job already sent it, merged with its own
     try:
-        with ctx.ordering.claim(user_id, update) as claim:
-            if claim.empty and not update.tags:
-                ctx.store.record_coalesced(update)
-                DELIVERIES.labels("coalesced", lane).inc()
-                log.info(
-                    "superseded %s %s: user %s already has newer values",
-                    update.event_type,
-                    update.event_id,
-                    user_id,
-                    extra=_fields(update, user_id, lane, attempt, "coalesced"),
-                )
-                return "coalesced"
-            ctx.client.update_user(user_id, claim.standard, claim.custom, update.tags)
+        with ctx.ordering.hold(update.source, user_id) as hold:
+            taken = hold.take()
+            others = [u for u in taken if u.event_id != update.event_id]
+            if len(others) == len(taken) and ctx.store.settled(update):
+                hold.restore(others)  # ours was taken and sent meanwhile; the rest wait for their jobs
+                return "settled"
+            return _send(ctx, hold, user_id, update, others, attempt, lane)
     except Throttled as exc:
         return _put_back(ctx, update, exc.wait, attempt, first_failure_at, lane, "throttled")
     except UserBusy:
@@ -144,16 +140,59 @@ def deliver_update(
         if exc.status == 429:
             ctx.redis.set(keys.LAST_429, ctx.clock())
         return _retry_or_give_up(ctx, update, user_id, exc, attempt, first_failure_at, lane)
+
+
+def _send(
+    ctx: DeliveryContext,
+    hold: Hold,
+    user_id: str,
+    update: UserUpdate,
+    others: list[UserUpdate],
+    attempt: int,
+    lane: str,
+) -> str:
+    """One PUT for this update and every other one parked for the user; raises on failure, after
+    parking them all again (each one's own job still runs until its outcome is counted)."""
+    merged = merge([update, *others])
+    standard, custom = hold.claim(merged)
+    if not (standard or custom or merged.tags):
+        for item in (update, *others):
+            ctx.store.record_coalesced(item)
+        DELIVERIES.labels("coalesced", lane).inc(1 + len(others))
+        log.info(
+            "superseded %s %s: user %s already has newer values",
+            update.event_type,
+            update.event_id,
+            user_id,
+            extra=_fields(update, user_id, lane, attempt, "coalesced"),
+        )
+        return "coalesced"
+    try:
+        ctx.client.update_user(user_id, standard, custom, merged.tags)
+    except Rejected:
+        if not others:
+            raise
+        # Something in the merge was refused: the others go back to their own jobs, this one alone.
+        hold.restore(others)
+        return _send(ctx, hold, user_id, update, [], attempt, lane)
+    except BaseException:
+        hold.restore([update, *others])  # all wait for the next try; whatever is counted by then is skipped
+        raise
     settled = ctx.store.record_delivered(update)
+    for item in others:
+        ctx.store.record_coalesced(item)
     DELIVERIES.labels("delivered", lane).inc()
+    if others:
+        DELIVERIES.labels("coalesced", lane).inc(len(others))
     if settled.counted and settled.accepted_at is not None:
         DELIVERY_LATENCY.observe(max(0.0, ctx.clock() - settled.accepted_at))
     log.info(
-        "delivered %s %s to user %s (attempt %d)",
+        "delivered %s %s to user %s (attempt %d, %d more merged in)",
         update.event_type,
         update.event_id,
         user_id,
         attempt,
+        len(others),
         extra=_fields(update, user_id, lane, attempt, "delivered"),
     )
     return "delivered"

@@ -1,19 +1,27 @@
-"""Per-user ordering: one delivery per user at a time, and last-writer-wins by event time.
+"""Per-user ordering and coalescing: one delivery per user at a time, merged updates, and
+last-writer-wins by event time.
 
 Stripe does not order deliveries and retries reorder them, so an older event can reach the
-worker after a newer one. Before sending, a job claims its user (a short lease) and, per
-attribute, the right to write: only attributes whose last sent value is not newer than this
-event are sent, and their event time is recorded in the same atomic step. The lease keeps
-two jobs for the same user from racing each other to User.com.
+worker after a newer one; and under backlog many events for one user wait together. Each job
+parks its update under its user, then takes the user's lease (so two jobs never race each other
+to User.com) and every update parked for that user, merges them (per attribute the value with
+the newest event time, tags united) and claims, per attribute, the right to write: only values
+not older than the last one sent are sent, and their event time is recorded in the same step.
+One PUT then carries what many events said.
+
+Nothing is lost: an event's own job keeps running (put back, retried) until the event's outcome
+is counted, and parks its update again each time, so updates taken by a job that died come back.
 """
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from redis import Redis
 
@@ -21,25 +29,24 @@ from service import keys
 from service.updates import UserUpdate
 
 LEASE_MS = 60_000  # longer than one job's User.com calls with their timeouts
-WAIT_FOR_LEASE_SECONDS = 2.0  # then the job is retried later instead of holding the worker
+WAIT_FOR_LEASE_SECONDS = 2.0  # then the job is put back instead of holding the worker
 POLL_SECONDS = 0.01
 
-# KEYS: lock, last_written. ARGV: token, lease_ms, event_time, lww_ttl, attribute names...
-# Returns nil when another job holds the user, else the attributes this event may write.
+# KEYS: lock, last_written. ARGV: token, lease_ms, lww_ttl, then pairs of attribute name, event time.
+# Returns nil when another job holds the user, else the attributes that may be written.
 CLAIM_SCRIPT = """
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] then return false end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-local event_time = tonumber(ARGV[3])
 local fresh = {}
-for i = 5, #ARGV do
+for i = 4, #ARGV, 2 do
     local last = tonumber(redis.call('HGET', KEYS[2], ARGV[i]) or '-1')
-    if last <= event_time then
-        redis.call('HSET', KEYS[2], ARGV[i], ARGV[3])
+    if last <= tonumber(ARGV[i + 1]) then
+        redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
         table.insert(fresh, ARGV[i])
     end
 end
-if #ARGV >= 5 then redis.call('EXPIRE', KEYS[2], ARGV[4]) end
+if #ARGV >= 4 then redis.call('EXPIRE', KEYS[2], ARGV[3]) end
 return fresh
 """
 
@@ -49,19 +56,89 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
+# KEYS: parked, then one outcome key per update. ARGV: event id, update JSON, per update.
+# Parks the updates whose outcome is not counted yet; returns how many were parked.
+PARK_SCRIPT = """
+local parked = 0
+for i = 2, #KEYS do
+    if redis.call('EXISTS', KEYS[i]) == 0 then
+        redis.call('HSET', KEYS[1], ARGV[2 * i - 3], ARGV[2 * i - 2])
+        parked = parked + 1
+    end
+end
+return parked
+"""
+
+# KEYS: parked. ARGV: outcome key prefix ("relay:outcome:<source>:").
+# Takes every update parked for the user, leaving out those whose outcome is counted meanwhile.
+TAKE_SCRIPT = """
+local all = redis.call('HGETALL', KEYS[1])
+redis.call('DEL', KEYS[1])
+local open = {}
+for i = 1, #all, 2 do
+    if redis.call('EXISTS', ARGV[1] .. all[i]) == 0 then
+        table.insert(open, all[i])
+        table.insert(open, all[i + 1])
+    end
+end
+return open
+"""
+
 
 class UserBusy(Exception):
     """Another job is delivering to this user; try again shortly."""
 
 
-@dataclass(frozen=True)
-class Claim:
-    standard: dict[str, object]
-    custom: dict[str, object]
+@dataclass
+class Merged:
+    """Many updates for one user as one: per attribute the newest value, tags united."""
 
-    @property
-    def empty(self) -> bool:
-        return not (self.standard or self.custom)
+    standard: dict[str, tuple[Any, int]] = field(default_factory=dict)  # name -> (value, event time)
+    custom: dict[str, tuple[Any, int]] = field(default_factory=dict)
+    tags: list[str] = field(default_factory=list)
+
+    def times(self) -> dict[str, int]:
+        return {name: t for name, (_, t) in (*self.standard.items(), *self.custom.items())}
+
+
+def merge(updates: list[UserUpdate]) -> Merged:
+    merged = Merged()
+    for update in sorted(updates, key=lambda u: (u.event_time, u.event_id)):  # later wins a tie
+        for target, values in ((merged.standard, update.standard), (merged.custom, update.custom)):
+            for name, value in values.items():
+                target[name] = (value, update.event_time)
+        merged.tags += [tag for tag in update.tags if tag not in merged.tags]
+    return merged
+
+
+class Hold:
+    """A user's lease, held: take what is parked, claim what may be written, put back on failure."""
+
+    def __init__(self, ordering: Ordering, source: str, user_id: str, token: str) -> None:
+        self._ordering = ordering
+        self._source = source
+        self._user_id = user_id
+        self._token = token
+
+    def take(self) -> list[UserUpdate]:
+        prefix = keys.outcome(self._source, "")
+        raw = self._ordering._take(keys=[keys.parked(self._source, self._user_id)], args=[prefix])
+        return [UserUpdate.from_dict(json.loads(raw[i + 1])) for i in range(0, len(raw), 2)]
+
+    def claim(self, merged: Merged) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The standard and custom attributes not superseded by a newer value already sent."""
+        pairs = [x for name, t in merged.times().items() for x in (name, t)]
+        allowed = self._ordering._run_claim(self._source, self._user_id, self._token, pairs)
+        if allowed is None:  # pragma: no cover - our own lease expired under us
+            raise UserBusy(f"lease on user {self._user_id} was lost")
+        names = {name.decode() for name in allowed}
+        return (
+            {k: v for k, (v, _) in merged.standard.items() if k in names},
+            {k: v for k, (v, _) in merged.custom.items() if k in names},
+        )
+
+    def restore(self, updates: list[UserUpdate]) -> None:
+        self._ordering.park(self._user_id, updates)
 
 
 class Ordering:
@@ -70,25 +147,32 @@ class Ordering:
         self.lww_ttl = lww_ttl_seconds
         self._claim = redis.register_script(CLAIM_SCRIPT)
         self._release = redis.register_script(RELEASE_SCRIPT)
+        self._park = redis.register_script(PARK_SCRIPT)
+        self._take = redis.register_script(TAKE_SCRIPT)
+
+    def park(self, user_id: str, updates: list[UserUpdate]) -> int:
+        """Park updates under their user, except those already settled; returns how many."""
+        if not updates:
+            return 0
+        source = updates[0].source
+        script_keys = [keys.parked(source, user_id), *(keys.outcome(u.source, u.event_id) for u in updates)]
+        args = [x for u in updates for x in (u.event_id, json.dumps(u.to_dict(), separators=(",", ":")))]
+        return int(self._park(keys=script_keys, args=args))
+
+    def _run_claim(self, source: str, user_id: str, token: str, pairs: list[Any]) -> Any:
+        script_keys = [keys.user_lock(source, user_id), keys.last_written(source, user_id)]
+        return self._claim(keys=script_keys, args=[token, LEASE_MS, self.lww_ttl, *pairs])
 
     @contextmanager
-    def claim(self, user_id: str, update: UserUpdate) -> Iterator[Claim]:
-        """Hold the user's lease while the block sends what this event may still write."""
-        lock = keys.user_lock(update.source, user_id)
+    def hold(self, source: str, user_id: str) -> Iterator[Hold]:
+        """Hold the user's lease for the block; UserBusy if another job keeps it too long."""
         token = uuid.uuid4().hex
-        names = [*update.standard, *update.custom]
-        args = [token, LEASE_MS, update.event_time, self.lww_ttl, *names]
-        script_keys = [lock, keys.last_written(update.source, user_id)]
         deadline = time.monotonic() + WAIT_FOR_LEASE_SECONDS
-        while (fresh := self._claim(keys=script_keys, args=args)) is None:
+        while self._run_claim(source, user_id, token, []) is None:
             if time.monotonic() > deadline:
                 raise UserBusy(f"user {user_id} is being updated by another job")
             time.sleep(POLL_SECONDS)
-        allowed = {name.decode() for name in fresh}
         try:
-            yield Claim(
-                {k: v for k, v in update.standard.items() if k in allowed},
-                {k: v for k, v in update.custom.items() if k in allowed},
-            )
+            yield Hold(self, source, user_id, token)
         finally:
-            self._release(keys=[lock], args=[token])
+            self._release(keys=[keys.user_lock(source, user_id)], args=[token])

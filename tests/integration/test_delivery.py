@@ -193,7 +193,13 @@ def test_a_job_run_twice_counts_once_and_changes_nothing(ctx: DeliveryContext, s
     assert ctx.store.accept(item)
     assert deliver_update(ctx, item) == "delivered"
     before = sandbox.state.user_by_custom_id("u1")
-    assert deliver_update(ctx, item) == "delivered"  # e.g. the worker was killed before acking
+    calls_before = len(sandbox.state.requests)
+    assert deliver_update(ctx, item) == "settled"  # e.g. rq re-ran it after the worker died post-send
+    assert len(sandbox.state.requests) == calls_before  # counted already: not sent again
+    # Killed after the PUT but before counting (the count is one atomic script: undo it whole).
+    ctx.redis.delete(keys.outcome("stripe", "evt_1"))
+    ctx.redis.hincrby(keys.LEDGER, "delivered", -1)
+    assert deliver_update(ctx, item) == "delivered"  # sent again: idempotent
     after = sandbox.state.user_by_custom_id("u1")
     assert after is not None and before is not None
     assert {k: v for k, v in after.items() if k != "updated_at"} == {
@@ -234,3 +240,53 @@ def test_a_user_held_by_another_job_is_put_back_not_failed(ctx: DeliveryContext,
     assert job is not None and job_id.startswith("stripe-evt_1-t")
     assert job.args[1:] == [2, None, "live"]  # same attempt, no failure clock started
     assert sandbox.state.requests == []
+
+
+def _run_scheduled_now(ctx: DeliveryContext) -> None:
+    """What rq's scheduler does when their time comes."""
+    queue = ctx.queues[keys.LIVE]
+    registry = ScheduledJobRegistry(queue=queue)
+    for job_id in registry.get_job_ids():
+        job = queue.fetch_job(job_id)
+        registry.remove(job_id)
+        assert job is not None
+        queue.enqueue_job(job)
+
+
+def test_updates_waiting_for_one_user_go_in_one_put(ctx: DeliveryContext, sandbox: SandboxServer) -> None:
+    sandbox.state.seed(["u1", "u2"])
+    items = [
+        update(f"evt_{n}", user_id=f"u{1 + n % 2}", custom={"plan": f"p{n}", f"seen_{n}": True}, tags=[f"t{n}"])
+        for n in range(10)
+    ]
+    items = [UserUpdate(**{**i.to_dict(), "event_time": 1000 + n}) for n, i in enumerate(items)]
+    ctx.client._limiter.pause(60)  # type: ignore[union-attr]  # User.com throttles: a backlog builds
+    accept_and_work(ctx, *items)
+    assert sandbox.state.requests == []
+    assert ctx.redis.hlen(keys.parked("stripe", "u1")) == 5 and ctx.redis.hlen(keys.parked("stripe", "u2")) == 5
+    ctx.redis.delete(keys.LIMITER_PAUSED_UNTIL)  # the pause ends
+    _run_scheduled_now(ctx)
+    SimpleWorker([ctx.queues[keys.LIVE]], connection=ctx.redis, serializer=JSONSerializer).work(burst=True)
+    assert [r["method"] for r in sandbox.state.requests] == ["PUT", "PUT"]  # one per user, not ten
+    u1 = sandbox.state.user_by_custom_id("u1")
+    assert u1 is not None
+    assert u1["attributes"] == {"plan": "p8", **{f"seen_{n}": True for n in (0, 2, 4, 6, 8)}}
+    assert u1["tags"] == ["t0", "t2", "t4", "t6", "t8"]
+    ledger = ctx.store.ledger()
+    assert (ledger["delivered"], ledger["coalesced"], ledger["in_flight"]) == (2, 8, 0)
+
+
+def test_a_refused_merge_isolates_the_update_user_com_refuses(ctx: DeliveryContext, sandbox: SandboxServer) -> None:
+    sandbox.state.seed(["u1"])
+    good = update("evt_good", custom={"plan": "pro"})
+    bad = update("evt_bad", standard={"first_name": "x" * 41}, custom={})
+    assert ctx.store.accept(good) and ctx.store.accept(bad)
+    ctx.ordering.park("u1", [bad])  # its job ran once already and parked it
+    assert deliver_update(ctx, good) == "delivered"
+    assert deliver_update(ctx, bad) == "dead_lettered"
+    user = sandbox.state.user_by_custom_id("u1")
+    assert user is not None and user["attributes"] == {"plan": "pro"} and user["first_name"] is None
+    [item] = ctx.store.dead_letters()
+    assert (item["event_id"], item["reason"]) == ("evt_bad", "usercom_rejected")
+    ledger = ctx.store.ledger()
+    assert (ledger["delivered"], ledger["dead_lettered"], ledger["in_flight"]) == (1, 1, 0)
