@@ -66,9 +66,9 @@ def user_lock(source: str, user_id: str) -> str:
     return f"{PREFIX}:lock:{source}:{user_id}"
 
 
-def parked(source: str, user_id: str) -> str:
-    """hash: event id -> update JSON, updates waiting for one merged delivery to the user."""
-    return f"{PREFIX}:parked:{source}:{user_id}"
+def parked(source: str, hint: str) -> str:
+    """hash: event id -> update JSON, updates waiting for one merged delivery (UserUpdate.hint)."""
+    return f"{PREFIX}:parked:{source}:{hint}"
 
 
 def last_written(source: str, user_id: str) -> str:

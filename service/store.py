@@ -12,6 +12,7 @@ rq's several keeps the webhook endpoint near the cost of a bare RPUSH.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -53,6 +54,7 @@ end
 # KEYS: dedup, ledger, then per mode:
 #   job:         job_key, queue_key, queues_set, pending_live
 #                ARGV[3]=job_id, ARGV[4]=data, ARGV[5]=timestamp, ARGV[6]=description, ARGV[7]=now, ARGV[8]=member
+#                and, when intake knows who the update is for: KEYS[7]=parked, ARGV[9]=event id, ARGV[10]=update
 #   ignore:      (none)
 #   dead_letter: the four DLQ keys
 #                ARGV[3]=dlq_id, ARGV[4]=item JSON, ARGV[5]=reason, ARGV[6]=now, ARGV[7]=max items, ARGV[8]=cutoff
@@ -70,6 +72,7 @@ local mode = ARGV[2]
 if mode == 'job' then
     push_job(KEYS[3], KEYS[4], KEYS[5], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
     redis.call('ZADD', KEYS[6], ARGV[7], ARGV[8])
+    if #KEYS >= 7 then redis.call('HSET', KEYS[7], ARGV[9], ARGV[10]) end
 elseif mode == 'ignore' then
     redis.call('HINCRBY', KEYS[2], 'ignored', 1)
 elseif mode == 'dead_letter' then
@@ -173,7 +176,12 @@ class Store:
             keys.pending(keys.LIVE),
         ]
         member = keys.pending_member(update.source, update.event_id)
-        args = [job_id, *self._jobs[keys.LIVE].args(update), time.time(), member]
+        update_json = json.dumps(update.to_dict(), separators=(",", ":"))
+        args = [job_id, *self._jobs[keys.LIVE].args(update, update_json), time.time(), member]
+        if update.hint is not None:
+            # Parked at once, so that a backlog for one user goes out as one merged update.
+            job_keys.append(keys.parked(update.source, update.hint))
+            args += [update.event_id, update_json]
         return self._run(update.source, update.event_id, "job", job_keys, args)
 
     def ignore(self, source: str, event_id: str) -> bool:
@@ -233,7 +241,7 @@ class Store:
         args = [
             item_id,
             job_id,
-            *self._jobs[keys.REPLAY].args(update),
+            *self._jobs[keys.REPLAY].args(update, json.dumps(update.to_dict(), separators=(",", ":"))),
             time.time(),
             keys.pending_member(update.source, update.event_id),
         ]

@@ -18,6 +18,14 @@ class UserUpdate:
     custom: dict[str, Any] = field(default_factory=dict)
     tags: list[str] = field(default_factory=list)
 
+    @property
+    def hint(self) -> str | None:
+        """Who this update is for, as far as intake can tell: the events waiting under one hint are
+        for one User.com user and can go out as one update (the worker resolves the final id)."""
+        if self.user_id:
+            return f"user:{self.user_id}"
+        return f"customer:{self.customer_id}" if self.customer_id else None
+
     def to_dict(self) -> dict[str, Any]:
         # Not dataclasses.asdict: its deep copy costs more than the rest of the webhook path.
         return {name: getattr(self, name) for name in _FIELDS}

@@ -111,10 +111,11 @@ def deliver_update(
             first_failure_at=first_failure_at,
             lane=lane,
         )
-    if not ctx.ordering.park(user_id, [update]):
+    hint = update.hint or user_id
+    if not ctx.ordering.park(hint, [update]):
         return "settled"  # another job already sent it, merged with its own
     try:
-        with ctx.ordering.hold(update.source, user_id) as hold:
+        with ctx.ordering.hold(update.source, user_id, hint) as hold:
             taken = hold.take()
             others = [u for u in taken if u.event_id != update.event_id]
             if len(others) == len(taken) and ctx.store.settled(update):

@@ -114,15 +114,16 @@ def merge(updates: list[UserUpdate]) -> Merged:
 class Hold:
     """A user's lease, held: take what is parked, claim what may be written, put back on failure."""
 
-    def __init__(self, ordering: Ordering, source: str, user_id: str, token: str) -> None:
+    def __init__(self, ordering: Ordering, source: str, user_id: str, hint: str, token: str) -> None:
         self._ordering = ordering
         self._source = source
         self._user_id = user_id
+        self._hint = hint
         self._token = token
 
     def take(self) -> list[UserUpdate]:
         prefix = keys.outcome(self._source, "")
-        raw = self._ordering._take(keys=[keys.parked(self._source, self._user_id)], args=[prefix])
+        raw = self._ordering._take(keys=[keys.parked(self._source, self._hint)], args=[prefix])
         return [UserUpdate.from_dict(json.loads(raw[i + 1])) for i in range(0, len(raw), 2)]
 
     def claim(self, merged: Merged) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -138,7 +139,7 @@ class Hold:
         )
 
     def restore(self, updates: list[UserUpdate]) -> None:
-        self._ordering.park(self._user_id, updates)
+        self._ordering.park(self._hint, updates)
 
 
 class Ordering:
@@ -150,12 +151,12 @@ class Ordering:
         self._park = redis.register_script(PARK_SCRIPT)
         self._take = redis.register_script(TAKE_SCRIPT)
 
-    def park(self, user_id: str, updates: list[UserUpdate]) -> int:
-        """Park updates under their user, except those already settled; returns how many."""
+    def park(self, hint: str, updates: list[UserUpdate]) -> int:
+        """Park updates under their intake hint (UserUpdate.hint), except those already settled."""
         if not updates:
             return 0
         source = updates[0].source
-        script_keys = [keys.parked(source, user_id), *(keys.outcome(u.source, u.event_id) for u in updates)]
+        script_keys = [keys.parked(source, hint), *(keys.outcome(u.source, u.event_id) for u in updates)]
         args = [x for u in updates for x in (u.event_id, json.dumps(u.to_dict(), separators=(",", ":")))]
         return int(self._park(keys=script_keys, args=args))
 
@@ -164,8 +165,9 @@ class Ordering:
         return self._claim(keys=script_keys, args=[token, LEASE_MS, self.lww_ttl, *pairs])
 
     @contextmanager
-    def hold(self, source: str, user_id: str) -> Iterator[Hold]:
-        """Hold the user's lease for the block; UserBusy if another job keeps it too long."""
+    def hold(self, source: str, user_id: str, hint: str) -> Iterator[Hold]:
+        """Hold the user's lease for the block (updates parked under `hint` are taken from it);
+        UserBusy if another job keeps the lease too long."""
         token = uuid.uuid4().hex
         deadline = time.monotonic() + WAIT_FOR_LEASE_SECONDS
         while self._run_claim(source, user_id, token, []) is None:
@@ -173,6 +175,6 @@ class Ordering:
                 raise UserBusy(f"user {user_id} is being updated by another job")
             time.sleep(POLL_SECONDS)
         try:
-            yield Hold(self, source, user_id, token)
+            yield Hold(self, source, user_id, hint, token)
         finally:
             self._release(keys=[keys.user_lock(source, user_id)], args=[token])

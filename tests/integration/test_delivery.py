@@ -263,7 +263,9 @@ def test_updates_waiting_for_one_user_go_in_one_put(ctx: DeliveryContext, sandbo
     ctx.client._limiter.pause(60)  # type: ignore[union-attr]  # User.com throttles: a backlog builds
     accept_and_work(ctx, *items)
     assert sandbox.state.requests == []
-    assert ctx.redis.hlen(keys.parked("stripe", "u1")) == 5 and ctx.redis.hlen(keys.parked("stripe", "u2")) == 5
+    assert (
+        ctx.redis.hlen(keys.parked("stripe", "user:u1")) == 5 and ctx.redis.hlen(keys.parked("stripe", "user:u2")) == 5
+    )
     ctx.redis.delete(keys.LIMITER_PAUSED_UNTIL)  # the pause ends
     _run_scheduled_now(ctx)
     SimpleWorker([ctx.queues[keys.LIVE]], connection=ctx.redis, serializer=JSONSerializer).work(burst=True)
@@ -281,7 +283,7 @@ def test_a_refused_merge_isolates_the_update_user_com_refuses(ctx: DeliveryConte
     good = update("evt_good", custom={"plan": "pro"})
     bad = update("evt_bad", standard={"first_name": "x" * 41}, custom={})
     assert ctx.store.accept(good) and ctx.store.accept(bad)
-    ctx.ordering.park("u1", [bad])  # its job ran once already and parked it
+    assert ctx.redis.hexists(keys.parked("stripe", "user:u1"), "evt_bad")  # parked at intake
     assert deliver_update(ctx, good) == "delivered"
     assert deliver_update(ctx, bad) == "dead_lettered"
     user = sandbox.state.user_by_custom_id("u1")
