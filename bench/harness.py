@@ -3,6 +3,7 @@ environment, a backlog of updates, worker processes, and waiting for the backlog
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -87,7 +88,8 @@ def start(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
 
 def stop(*children: subprocess.Popen[bytes]) -> None:
     for child in children:
-        os.killpg(child.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):  # already gone, with its whole group
+            os.killpg(child.pid, signal.SIGTERM)
     for child in children:
         child.wait(timeout=60)
 

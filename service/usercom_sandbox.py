@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import itertools
 import json
+import random
 import threading
 import time
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, g, request
-from werkzeug.serving import BaseWSGIServer, make_server
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from service.usercom_fields import E164, EMAIL, NAME_MAX_LENGTH, STANDARD_ATTRIBUTES
 
@@ -53,6 +54,9 @@ class SandboxState:
 
     api_key: str
     rate_limit: float | None = None  # requests per second over any sliding 1 s window
+    # Random failures for chaos runs: status -> probability, e.g. {500: 0.05, 429: 0.02}.
+    failure_rates: dict[int, float] = field(default_factory=dict)
+    rng: random.Random = field(default_factory=lambda: random.Random(0))
     lock: threading.Lock = field(default_factory=threading.Lock)
     users: dict[int, dict[str, Any]] = field(default_factory=dict)
     by_custom_id: dict[str, int] = field(default_factory=dict)
@@ -132,7 +136,7 @@ def _gate() -> None:
         raise ApiError(401, {"detail": "Invalid token."})
     now = time.monotonic()
     with state.lock:
-        fault = state.faults.popleft() if state.faults else None
+        fault = state.faults.popleft() if state.faults else _random_fault(state)
     if fault is not None:
         time.sleep(fault.delay)
         if fault.status:
@@ -154,6 +158,15 @@ def _gate() -> None:
         media = (request.content_type or "").split(";")[0].strip()
         if media != "application/json":
             raise ApiError(415, {"detail": f'Unsupported media type "{media}" in request.'})
+
+
+def _random_fault(state: SandboxState) -> Fault | None:
+    draw = state.rng.random()
+    for status, rate in state.failure_rates.items():
+        if draw < rate:
+            return Fault(status, "1" if status == 429 else None)
+        draw -= rate
+    return None
 
 
 def _body() -> dict[str, Any]:
@@ -362,6 +375,13 @@ def add_faults() -> Any:
     return {"queued": len(state.faults)}
 
 
+class _QuietHandler(WSGIRequestHandler):
+    """Requests are kept in SandboxState.requests; no access line per request on stderr."""
+
+    def log_request(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
 class SandboxServer:
     """The sandbox on a real socket, served from a background thread."""
 
@@ -369,7 +389,9 @@ class SandboxServer:
         self, *, api_key: str, host: str = "127.0.0.1", port: int = 0, rate_limit: float | None = None
     ) -> None:
         self.state = SandboxState(api_key=api_key, rate_limit=rate_limit)
-        self._server: BaseWSGIServer = make_server(host, port, create_sandbox_app(self.state), threaded=True)
+        self._server: BaseWSGIServer = make_server(
+            host, port, create_sandbox_app(self.state), threaded=True, request_handler=_QuietHandler
+        )
         self._thread = threading.Thread(target=self._serve, name="usercom-sandbox", daemon=True)
 
     @property

@@ -42,17 +42,27 @@ def build_context(settings: Settings) -> DeliveryContext:
             limiter=RateLimiter(redis, limit_config(settings)),
         ),
         queues={
-            lane: Queue(name, connection=redis, serializer=JSONSerializer) for lane, name in keys.QUEUE_NAMES.items()
+            lane: DeliveryQueue(name, connection=redis, serializer=JSONSerializer)
+            for lane, name in keys.QUEUE_NAMES.items()
         },
         # Remember last-written times as long as an old event can still come back (retry or replay).
         ordering=Ordering(redis, lww_ttl_seconds=settings.dedup_ttl_seconds + settings.dlq_ttl_days * 24 * 3600),
     )
 
 
-# Found abandoned within about a minute of the job's timeout (rq's defaults: timeout + 60 s, then
-# a maintenance pass every 10 minutes).
+# Found abandoned within about half a minute of the job's timeout (rq's defaults: timeout + 60 s,
+# then a maintenance pass every 10 minutes, and only between jobs or after a 405 s idle wait).
 HEARTBEAT_MARGIN_SECONDS = 15
 MAINTENANCE_INTERVAL_SECONDS = 15
+MAINTENANCE_LOCK_SECONDS = 60
+
+
+class DeliveryQueue(Queue):
+    """rq's Queue, but a worker killed while cleaning holds the cleaning lock for a minute, not
+    rq's 15: until it lapses nobody re-runs the abandoned jobs."""
+
+    def acquire_maintenance_lock(self) -> bool:
+        return bool(self.connection.set(self.registry_cleaning_key, 1, nx=True, ex=MAINTENANCE_LOCK_SECONDS))
 
 
 class DeliveryWorker(SimpleWorker):
@@ -60,10 +70,16 @@ class DeliveryWorker(SimpleWorker):
 
     A SimpleWorker cannot heartbeat while its job runs, so a job's started-registry entry must
     outlive the job's timeout; a small margin instead of rq's 60 s lets maintenance find it soon.
+    An idle worker waits for a job at most one maintenance interval, so maintenance still runs
+    when every remaining job is stranded with a dead worker and the queue is empty.
     """
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         return int(job.timeout or DELIVERY_JOB_TIMEOUT) + HEARTBEAT_MARGIN_SECONDS
+
+    @property
+    def dequeue_timeout(self) -> int:
+        return MAINTENANCE_INTERVAL_SECONDS
 
 
 def run_worker(settings: Settings, *, lane: str = keys.LIVE, burst: bool = False, log_level: str = "INFO") -> bool:

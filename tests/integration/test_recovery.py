@@ -25,7 +25,7 @@ from service.usercom_sandbox import Fault, SandboxServer
 from tests.conftest import an_update
 from workers.deliver import configure
 from workers.ordering import LEASE_MS
-from workers.runner import HEARTBEAT_MARGIN_SECONDS, build_context, run_worker
+from workers.runner import HEARTBEAT_MARGIN_SECONDS, MAINTENANCE_INTERVAL_SECONDS, build_context, run_worker
 
 RELAY = str(Path(sys.executable).with_name("relay"))
 UPDATE = an_update(tags=["paying"])
@@ -69,6 +69,43 @@ def test_worker_killed_mid_job_loses_nothing(
     ledger = store.ledger()
     assert (ledger["delivered"], ledger["dead_lettered"], ledger["in_flight"]) == (1, 0, 0)
     assert store.dead_letters() == []
+
+
+def test_an_idle_worker_reruns_a_job_abandoned_by_a_dead_one(
+    env: dict[str, str], settings: Settings, redis: Redis, sandbox: SandboxServer
+) -> None:
+    """Maintenance must run while the queue is empty: there the last stranded jobs wait."""
+    store = Store.from_settings(redis, settings)
+    assert store.accept(UPDATE)
+    sandbox.state.faults.append(Fault(0, delay=30))
+    worker_env = {"PATH": os.environ["PATH"], **env}
+    dying = _relay_worker(worker_env)
+    started = StartedJobRegistry(queue=build_context(settings).queues[keys.LIVE])
+    _wait(lambda: started.get_job_ids(cleanup=False) == ["stripe-evt_1"], timeout=20)
+    os.killpg(dying.pid, signal.SIGKILL)
+    dying.wait()
+    redis.delete(keys.user_lock("stripe", "u1"), f"rq:clean_registries:{keys.DELIVERY_QUEUE}")
+    idle = _relay_worker(worker_env)
+    try:
+        time.sleep(3)  # the new worker has done its start-up maintenance and waits for a job
+        # Time passes: the dead worker's entry lapses (fast-forwarded, not waited for).
+        member = redis.zrange(started.key, 0, -1)[0]
+        redis.zadd(started.key, {member: time.time() - 1})
+        _wait(lambda: sandbox.state.user_by_custom_id("u1") is not None, timeout=MAINTENANCE_INTERVAL_SECONDS + 10)
+    finally:
+        os.killpg(idle.pid, signal.SIGTERM)
+        idle.wait(timeout=30)
+    assert store.ledger()["delivered"] == 1
+
+
+def _relay_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [RELAY, "worker", "--lane", "live"],
+        env={**env, "RELAY_METRICS_PORT": str(free_port())},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
 
 def test_a_crashing_job_is_rerun_then_dead_lettered_once(

@@ -142,3 +142,13 @@ def test_injected_faults_come_first(http: urllib3.PoolManager, sandbox: SandboxS
     )
     assert control.status == 200
     assert [call(http, sandbox, "GET", "/users-by-id/u1/")[0] for _ in range(3)] == [503, 503, 404]
+
+
+def test_random_failures_follow_their_rates(http: urllib3.PoolManager, sandbox: SandboxServer) -> None:
+    sandbox.state.failure_rates = {500: 0.25, 429: 0.25}
+    statuses = [call(http, sandbox, "GET", "/users-by-id/u1/")[0] for _ in range(200)]
+    # Seeded generator: the mix is near the rates, and throttled answers say when to come back.
+    assert 30 <= statuses.count(500) <= 70 and 30 <= statuses.count(429) <= 70
+    assert statuses.count(404) == 200 - statuses.count(500) - statuses.count(429)
+    sandbox.state.failure_rates = {}
+    assert call(http, sandbox, "GET", "/users-by-id/u1/")[0] == 404
