@@ -12,13 +12,14 @@ from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 
 from service.admin import bp as admin_bp
-from service.config import Settings
-from service.errors import PayloadTooLarge, RelayError, StoreUnavailable
-from service.ingest import StripeIngest
+from service.config import SOURCE_SECRETS, Settings
+from service.errors import PayloadTooLarge, RelayError, SourceNotConfigured, StoreUnavailable
+from service.ingest import Ingest
 from service.metrics import process_metrics, shared_state_metrics
 from service.openapi import build_spec
 from service.redis_client import web_redis
 from service.replay import Operator
+from service.sources import configured_sources
 from service.status import collect_status
 from service.store import Store
 
@@ -35,8 +36,10 @@ def build_app(settings: Settings | None = None, *, redis: Redis | None = None) -
     app.json.sort_keys = False  # type: ignore[attr-defined]
     store = Store.from_settings(redis, settings)
     app.extensions["relay.redis"] = redis
-    app.extensions["relay.stripe"] = StripeIngest(settings, store)
-    app.extensions["relay.operator"] = Operator(store, settings.mapping, settings.identity_key)
+    app.extensions["relay.ingest"] = {
+        name: Ingest(source, store) for name, source in configured_sources(settings).items()
+    }
+    app.extensions["relay.operator"] = Operator(store, settings)
     app.extensions["relay.admin_token"] = settings.admin_token
     app.extensions["relay.settings"] = settings
     app.extensions["relay.openapi"] = build_spec()
@@ -49,11 +52,17 @@ def build_app(settings: Settings | None = None, *, redis: Redis | None = None) -
     return app
 
 
-@bp.post("/webhooks/stripe")
-def stripe_webhook() -> tuple[dict[str, Any], int]:
-    ingest: StripeIngest = current_app.extensions["relay.stripe"]
-    answer = ingest.handle(request.get_data(), request.content_type, request.headers.get("Stripe-Signature"))
+def webhook(source: str) -> tuple[dict[str, Any], int]:
+    ingest: Ingest | None = current_app.extensions["relay.ingest"].get(source)
+    if ingest is None:
+        setting = SOURCE_SECRETS[source]
+        raise SourceNotConfigured(f"the {source} source is not configured: set {setting} to accept its webhooks")
+    answer = ingest.handle(request.get_data(), request.content_type, request.headers)
     return answer.body, answer.status
+
+
+for _name in SOURCE_SECRETS:  # one route per source, configured or not (then: 404 with the setting to set)
+    bp.add_url_rule(f"/webhooks/{_name}", f"webhook_{_name}", webhook, defaults={"source": _name}, methods=["POST"])
 
 
 @bp.get("/status")

@@ -63,13 +63,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from service.config import SOURCE_SECRETS
+
     settings = settings_or_exit(args.role)
-    events = ", ".join(sorted(settings.mapping.rules))
     print(f"relay: configuration OK for role {args.role}")
-    print(f"  stripe secrets: {len(settings.stripe_webhook_secrets)}, tolerance {settings.stripe_tolerance_seconds}s")
+    for source, setting in SOURCE_SECRETS.items():
+        count = len(getattr(settings, setting.lower()))
+        print(f"  {source}: {f'{count} secret(s)' if count else f'off (set {setting})'}")
     print(f"  user.com: {settings.usercom_api_url or '(not set)'}")
-    print(f"  identity key: metadata[{settings.identity_key}]")
-    print(f"  mapped stripe events ({len(settings.mapping.rules)}): {events}")
+    print(f"  identity key: {settings.identity_key}")
+    for source, rules in settings.mapping.rules.items():
+        print(f"  mapped {source} events ({len(rules)}): {', '.join(sorted(rules))}")
     return 0
 
 

@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from service.mapping import Mapping as EventMapping
 from service.mapping import MappingError, load_mapping
+from service.signatures import standard_webhook_key
 
 # Stripe retries a webhook for up to 3 days; remember accepted ids longer than that.
 MIN_DEDUP_TTL_SECONDS = 3 * 24 * 3600
 DEFAULT_DEDUP_TTL_SECONDS = 7 * 24 * 3600
 DEFAULT_STRIPE_TOLERANCE_SECONDS = 300
+DEFAULT_STANDARD_TOLERANCE_SECONDS = 300  # the Standard Webhooks reference libraries' five minutes
+DEFAULT_PADDLE_TOLERANCE_SECONDS = 5  # what Paddle's SDKs enforce by default
 # Retries: exponential backoff with full jitter, given up (dead-lettered) after a day.
 DEFAULT_RETRY_BASE_SECONDS = 2.0
 DEFAULT_RETRY_MAX_DELAY_SECONDS = 3600.0
@@ -54,6 +57,11 @@ class Settings:
     usercom_api_key: str = field(default="", repr=False)
     stripe_webhook_secrets: tuple[str, ...] = field(default=(), repr=False)
     stripe_tolerance_seconds: int = DEFAULT_STRIPE_TOLERANCE_SECONDS
+    standard_webhook_secrets: tuple[str, ...] = field(default=(), repr=False)
+    standard_tolerance_seconds: int = DEFAULT_STANDARD_TOLERANCE_SECONDS
+    paddle_webhook_secrets: tuple[str, ...] = field(default=(), repr=False)
+    paddle_tolerance_seconds: int = DEFAULT_PADDLE_TOLERANCE_SECONDS
+    lemonsqueezy_webhook_secrets: tuple[str, ...] = field(default=(), repr=False)
     identity_key: str = "user_id"
     mapping: EventMapping = field(default_factory=lambda: load_mapping(None))
     admin_token: str = field(default="", repr=False)
@@ -78,7 +86,18 @@ class Settings:
     @property
     def secrets(self) -> tuple[str, ...]:
         """Every secret value, for redaction."""
-        return tuple(s for s in (*self.stripe_webhook_secrets, self.usercom_api_key, self.admin_token) if s)
+        webhook_secrets = (
+            *self.stripe_webhook_secrets,
+            *self.standard_webhook_secrets,
+            *self.paddle_webhook_secrets,
+            *self.lemonsqueezy_webhook_secrets,
+        )
+        return tuple(s for s in (*webhook_secrets, self.usercom_api_key, self.admin_token) if s)
+
+    @property
+    def webhook_sources(self) -> tuple[str, ...]:
+        """The sources with a secret set: each gets its /webhooks/<source> endpoint."""
+        return tuple(name for name, setting in SOURCE_SECRETS.items() if getattr(self, _secrets_field(setting)))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, role: str = "all") -> Settings:
@@ -93,10 +112,19 @@ class Settings:
             redis_url=reader.redis_url("REDIS_URL"),
             usercom_api_url=reader.http_url("USERCOM_API_URL", required=needs_worker),
             usercom_api_key=reader.secret("USERCOM_API_KEY", required=needs_worker),
-            stripe_webhook_secrets=reader.stripe_secrets("STRIPE_WEBHOOK_SECRETS", required=needs_web),
+            stripe_webhook_secrets=reader.secret_list("STRIPE_WEBHOOK_SECRETS", _stripe_secret_problem),
             stripe_tolerance_seconds=reader.integer(
                 "STRIPE_TOLERANCE_SECONDS", DEFAULT_STRIPE_TOLERANCE_SECONDS, minimum=1
             ),
+            standard_webhook_secrets=reader.secret_list("STANDARD_WEBHOOK_SECRETS", _standard_secret_problem),
+            standard_tolerance_seconds=reader.integer(
+                "STANDARD_WEBHOOK_TOLERANCE_SECONDS", DEFAULT_STANDARD_TOLERANCE_SECONDS, minimum=1
+            ),
+            paddle_webhook_secrets=reader.secret_list("PADDLE_WEBHOOK_SECRETS", None),
+            paddle_tolerance_seconds=reader.integer(
+                "PADDLE_TOLERANCE_SECONDS", DEFAULT_PADDLE_TOLERANCE_SECONDS, minimum=1
+            ),
+            lemonsqueezy_webhook_secrets=reader.secret_list("LEMONSQUEEZY_WEBHOOK_SECRETS", None),
             identity_key=reader.text("RELAY_IDENTITY_KEY", "user_id"),
             mapping=reader.mapping("RELAY_MAPPING_FILE"),
             admin_token=reader.secret("RELAY_ADMIN_TOKEN", required=False),
@@ -123,6 +151,9 @@ class Settings:
         for name, port in (("PORT", settings.port), ("RELAY_METRICS_PORT", settings.metrics_port)):
             if port > 65535:
                 raise SettingsError(f"{name} must be at most 65535, got {port}")
+        if needs_web and not settings.webhook_sources:
+            wanted = ", ".join(SOURCE_SECRETS.values())
+            raise SettingsError(f"no webhook source is configured: set at least one of {wanted}")
         if settings.retry_max_delay_seconds < settings.retry_base_seconds:
             raise SettingsError("RELAY_RETRY_MAX_DELAY_SECONDS must be >= RELAY_RETRY_BASE_SECONDS")
         return settings
@@ -203,16 +234,18 @@ class _Reader:
             raise SettingsError(f"{name} must not contain whitespace")
         return raw
 
-    def stripe_secrets(self, name: str, *, required: bool) -> tuple[str, ...]:
+    def secret_list(self, name: str, problem: Callable[[str], str | None] | None) -> tuple[str, ...]:
+        """Comma-separated secrets (several at once while rotating); `problem` names a bad one."""
         raw = self._raw(name)
         if not raw:
-            if required:
-                raise SettingsError(f"{name} is required (comma-separated whsec_... secrets)")
             return ()
         secrets = tuple(s.strip() for s in raw.split(","))
         for position, secret in enumerate(secrets, start=1):
-            if not secret.startswith("whsec_") or len(secret) <= len("whsec_"):
-                raise SettingsError(f"{name}: secret #{position} is not a Stripe signing secret (whsec_...)")
+            found = "it is empty" if not secret else problem(secret) if problem else None
+            if any(c.isspace() for c in secret):
+                found = "it contains whitespace"
+            if found:
+                raise SettingsError(f"{name}: secret #{position} is not usable: {found}")
         return secrets
 
     def mapping(self, name: str) -> EventMapping:
@@ -221,6 +254,33 @@ class _Reader:
             return load_mapping(Path(raw) if raw else None)
         except MappingError as exc:
             raise SettingsError(f"{name}: {exc}") from None
+
+
+# Each webhook source and the setting holding its secrets.
+SOURCE_SECRETS = {
+    "stripe": "STRIPE_WEBHOOK_SECRETS",
+    "standard": "STANDARD_WEBHOOK_SECRETS",
+    "paddle": "PADDLE_WEBHOOK_SECRETS",
+    "lemonsqueezy": "LEMONSQUEEZY_WEBHOOK_SECRETS",
+}
+
+
+def _secrets_field(setting: str) -> str:
+    return setting.lower()
+
+
+def _stripe_secret_problem(secret: str) -> str | None:
+    if not secret.startswith("whsec_") or len(secret) <= len("whsec_"):
+        return "a Stripe signing secret starts with whsec_"
+    return None
+
+
+def _standard_secret_problem(secret: str) -> str | None:
+    try:
+        standard_webhook_key(secret)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def settings_or_exit(role: str) -> Settings:

@@ -93,7 +93,7 @@ def table(items: list[dict[str, Any]]) -> str:
 def run(args: argparse.Namespace) -> int:
     settings = settings_or_exit("admin")
     redis = worker_redis(settings.redis_url)
-    operator = Operator(Store.from_settings(redis, settings), settings.mapping, settings.identity_key)
+    operator = Operator(Store.from_settings(redis, settings), settings)
     command = args.dlq_command
     if command == "list":
         items, total = operator.dlq.matching(_filter(args), offset=args.offset, limit=args.limit)

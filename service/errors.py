@@ -73,6 +73,10 @@ class NotFound(RelayError):
     status, code = 404, "not_found"
 
 
+class SourceNotConfigured(RelayError):
+    status, code = 404, "source_not_configured"
+
+
 class Conflict(RelayError):
     status = 409
 

@@ -1,4 +1,5 @@
-"""Stripe webhook intake as a plain function: bytes and headers in, an HTTP answer out.
+"""Webhook intake as a plain function: bytes and headers in, an HTTP answer out. One code path
+for every source; a `Source` knows its provider's signature and payload.
 
 Order of checks: content type (415), signature (401), JSON (400), envelope and object schema
 (422, and the event is dead-lettered as `invalid_payload`), mapping (200 ignored), then one
@@ -11,23 +12,23 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import time
+from collections.abc import Mapping as Headers
 from dataclasses import dataclass
 from typing import Any
 
 from marshmallow import ValidationError
 from redis.exceptions import RedisError
 
-from service.config import Settings
 from service.dlq import DeadLetter
 from service.errors import InvalidPayload, MalformedJson, RelayError, StoreUnavailable, UnsupportedMediaType
 from service.metrics import INGEST_SECONDS, WEBHOOKS
-from service.signatures import verify_stripe_signature
+from service.sources import Source
 from service.store import Store
-from service.stripe_normalize import SOURCE, normalize_event
-from service.stripe_schemas import STRIPE_ID
 
 log = logging.getLogger(__name__)
+SAFE_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,255}$")  # an event id fit for keys and the DLQ
 
 
 @dataclass(frozen=True)
@@ -41,46 +42,46 @@ def _is_json(content_type: str | None) -> bool:
     return media_type == "application/json" or (media_type.startswith("application/") and media_type.endswith("+json"))
 
 
-class StripeIngest:
-    def __init__(self, settings: Settings, store: Store) -> None:
-        self.settings = settings
+class Ingest:
+    def __init__(self, source: Source, store: Store) -> None:
+        self.source = source
         self.store = store
 
-    def handle(self, raw: bytes, content_type: str | None, signature: str | None) -> Answer:
+    def handle(self, raw: bytes, content_type: str | None, headers: Headers[str, str]) -> Answer:
         """Answer one webhook; every answer is counted by outcome and timed."""
         started = time.perf_counter()
         seen = {"event_type": "unknown"}
         outcome = "internal_error"
         try:
-            answer = self._handle(raw, content_type, signature, seen)
+            answer = self._handle(raw, content_type, headers, seen)
             outcome = answer.body["status"]
             return answer
         except RelayError as exc:
             outcome = exc.code
             raise
         finally:
-            WEBHOOKS.labels(SOURCE, seen["event_type"], outcome).inc()
-            INGEST_SECONDS.labels(SOURCE).observe(time.perf_counter() - started)
+            WEBHOOKS.labels(self.source.name, seen["event_type"], outcome).inc()
+            INGEST_SECONDS.labels(self.source.name).observe(time.perf_counter() - started)
 
-    def _handle(self, raw: bytes, content_type: str | None, signature: str | None, seen: dict[str, str]) -> Answer:
+    def _handle(self, raw: bytes, content_type: str | None, headers: Headers[str, str], seen: dict[str, str]) -> Answer:
+        source = self.source.name
         if not _is_json(content_type):
             raise UnsupportedMediaType("Content-Type must be application/json")
-        verify_stripe_signature(
-            raw, signature, self.settings.stripe_webhook_secrets, tolerance=self.settings.stripe_tolerance_seconds
-        )
+        self.source.verify(raw, headers)
         try:
             payload = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
             raise MalformedJson("request body is not valid JSON") from None
-        if isinstance(payload, dict) and isinstance(payload.get("type"), str) and len(payload["type"]) <= 100:
-            seen["event_type"] = payload["type"]  # signed by Stripe: a bounded set of names
+        event_type = self.source.describe(payload, headers).event_type
+        if event_type and len(event_type) <= 100:
+            seen["event_type"] = event_type  # signed by the provider: a bounded set of names
         try:
-            normalized = normalize_event(payload, self.settings.mapping, self.settings.identity_key)
+            normalized = self.source.normalize(payload, headers)
         except ValidationError as exc:
-            raise self._dead_letter_invalid(raw, payload, exc) from None
+            raise self._dead_letter_invalid(raw, payload, headers, exc) from None
         update = normalized.update
         if update is None:
-            accepted = self._write(self.store.ignore, SOURCE, normalized.event_id)
+            accepted = self._write(self.store.ignore, source, normalized.event_id)
             return Answer(200, {"status": "ignored" if accepted else "duplicate", "event_id": normalized.event_id})
         if self._write(self.store.accept, update):
             log.info(
@@ -88,7 +89,7 @@ class StripeIngest:
                 update.event_type,
                 update.event_id,
                 extra={
-                    "source": SOURCE,
+                    "source": source,
                     "event_id": update.event_id,
                     "event_type": update.event_type,
                     "user_id": update.user_id,
@@ -98,23 +99,23 @@ class StripeIngest:
             return Answer(202, {"status": "accepted", "event_id": update.event_id})
         return Answer(200, {"status": "duplicate", "event_id": update.event_id})
 
-    def _dead_letter_invalid(self, raw: bytes, payload: Any, exc: ValidationError) -> InvalidPayload:
+    def _dead_letter_invalid(
+        self, raw: bytes, payload: Any, headers: Headers[str, str], exc: ValidationError
+    ) -> InvalidPayload:
         """Keep the event in the dead-letter queue; the caller answers 422 with the field messages."""
-        envelope = payload if isinstance(payload, dict) else {}
-        event_id = envelope.get("id")
+        source = self.source.name
+        described = self.source.describe(payload, headers)
+        event_id = described.event_id if described.event_id and SAFE_ID.match(described.event_id) else None
+        event_type = described.event_type
         digest = hashlib.sha256(raw).hexdigest()[:32]
-        if not (isinstance(event_id, str) and _valid_id(event_id)):
-            event_id = None
-        event_type = envelope.get("type") if isinstance(envelope.get("type"), str) else None
-        created = envelope.get("created") if isinstance(envelope.get("created"), int) else None
         now = time.time()
         item = DeadLetter(
-            id=f"{SOURCE}-{event_id or digest}",
+            id=f"{source}-{event_id or digest}",
             reason="invalid_payload",
-            source=SOURCE,
+            source=source,
             event_type=event_type,
             event_id=event_id,
-            event_time=created,
+            event_time=described.event_time,
             message="payload does not fit the schema",
             event=payload,
             first_failure_at=now,
@@ -127,9 +128,9 @@ class StripeIngest:
             event_type,
             event_id or digest,
             exc.messages,
-            extra={"source": SOURCE, "event_id": event_id, "event_type": event_type, "outcome": "invalid_payload"},
+            extra={"source": source, "event_id": event_id, "event_type": event_type, "outcome": "invalid_payload"},
         )
-        return InvalidPayload("payload does not fit the Stripe event schema", details=exc.messages)
+        return InvalidPayload(f"payload does not fit the {self.source.title} event schema", details=exc.messages)
 
     @staticmethod
     def _write(operation: Any, *args: Any) -> Any:
@@ -138,11 +139,3 @@ class StripeIngest:
         except RedisError as exc:
             log.error("redis unavailable: %s", type(exc).__name__)
             raise StoreUnavailable("event store unavailable; retry later") from exc
-
-
-def _valid_id(value: str) -> bool:
-    try:
-        STRIPE_ID(value)
-    except ValidationError:
-        return False
-    return True

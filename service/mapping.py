@@ -12,11 +12,18 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from service.stripe_extract import EXTRACTORS, Extracted
+from service import lemonsqueezy_extract, paddle_extract, stripe_extract
+from service.extract import Extracted, Extractor
 from service.usercom_fields import CUSTOM_ATTRIBUTE_NAME, RESERVED_KEYS, STANDARD_ATTRIBUTES
 
 RULE_KEYS = frozenset({"extract", "standard", "custom", "set", "tags", "tags_if"})
-SOURCES = ("stripe",)
+# The sources whose events go through a mapping, and the extractors each one offers.
+EXTRACTORS: dict[str, dict[str, Extractor]] = {
+    "stripe": stripe_extract.EXTRACTORS,
+    "paddle": paddle_extract.EXTRACTORS,
+    "lemonsqueezy": lemonsqueezy_extract.EXTRACTORS,
+}
+SOURCES = tuple(EXTRACTORS)
 
 
 class MappingError(ValueError):
@@ -45,11 +52,10 @@ class Rule:
 
 @dataclass(frozen=True)
 class Mapping:
-    source: str
-    rules: dict[str, Rule]
+    rules: dict[str, dict[str, Rule]]  # source -> event type -> rule
 
-    def rule_for(self, event_type: str) -> Rule | None:
-        return self.rules.get(event_type)
+    def rule_for(self, source: str, event_type: str) -> Rule | None:
+        return self.rules.get(source, {}).get(event_type)
 
 
 def load_mapping(path: Path | None) -> Mapping:
@@ -69,22 +75,26 @@ def load_mapping(path: Path | None) -> Mapping:
     unknown_sources = set(document) - set(SOURCES)
     if unknown_sources:
         raise MappingError(f"unknown source(s) {sorted(unknown_sources)}; known: {list(SOURCES)}")
-    events = document.get("stripe", {})
-    if not isinstance(events, dict) or not events:
-        raise MappingError(f'{where} maps no [stripe."<event type>"] events')
-    return Mapping("stripe", {name: _rule(name, body) for name, body in events.items()})
+    rules: dict[str, dict[str, Rule]] = {}
+    for source, events in document.items():
+        if not isinstance(events, dict) or not events:
+            raise MappingError(f'{where}: [{source}] must hold [{source}."<event type>"] tables')
+        rules[source] = {name: _rule(source, name, body) for name, body in events.items()}
+    if not rules:
+        raise MappingError(f'{where} maps no events (e.g. [stripe."customer.updated"])')
+    return Mapping(rules)
 
 
-def _rule(event_type: str, body: Any) -> Rule:
-    where = f'[stripe."{event_type}"]'
+def _rule(source: str, event_type: str, body: Any) -> Rule:
+    where = f'[{source}."{event_type}"]'
     if not isinstance(body, dict):
         raise MappingError(f"{where} must be a table")
     unknown = set(body) - RULE_KEYS
     if unknown:
         raise MappingError(f"{where} has unknown key(s) {sorted(unknown)}")
-    extractor = EXTRACTORS.get(body.get("extract", ""))
+    extractor = EXTRACTORS[source].get(body.get("extract", ""))
     if extractor is None:
-        raise MappingError(f"{where} extract must be one of {sorted(EXTRACTORS)}")
+        raise MappingError(f"{where} extract must be one of {sorted(EXTRACTORS[source])}")
     standard = _names(where, "standard", body.get("standard", {}), extractor.fields)
     custom = _names(where, "custom", body.get("custom", {}), extractor.fields)
     for attr in standard.values():

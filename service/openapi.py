@@ -6,10 +6,11 @@ from typing import Any
 
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
+from marshmallow import Schema
 
 from service import api_schemas as s
+from service import lemonsqueezy_normalize, paddle_normalize, standard_events, stripe_schemas
 from service.status import version
-from service.stripe_schemas import EventSchema
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -33,6 +34,52 @@ def _admin(operation: dict[str, Any]) -> dict[str, Any]:
     return {**operation, "tags": ["admin"], "security": [{"adminToken": []}]}
 
 
+# source, title, signature headers, payload schema
+WEBHOOKS: list[tuple[str, str, list[tuple[str, str]], type[Schema]]] = [
+    ("stripe", "Stripe", [("Stripe-Signature", "t=<unix time>,v1=<hex HMAC-SHA256>")], stripe_schemas.EventSchema),
+    (
+        "standard",
+        "Standard Webhooks",
+        [
+            ("webhook-id", "the event id (retries repeat it)"),
+            ("webhook-timestamp", "unix time of the attempt"),
+            ("webhook-signature", "v1,<base64 HMAC-SHA256> (space-separated, several while rotating)"),
+        ],
+        standard_events.UserUpdatedSchema,
+    ),
+    ("paddle", "Paddle", [("Paddle-Signature", "ts=<unix time>;h1=<hex HMAC-SHA256>")], paddle_normalize.EventSchema),
+    (
+        "lemonsqueezy",
+        "Lemon Squeezy",
+        [("X-Signature", "hex HMAC-SHA256 of the body")],
+        lemonsqueezy_normalize.EventSchema,
+    ),
+]
+
+
+def _webhook(title: str, headers: list[tuple[str, str]], schema: str) -> dict[str, Any]:
+    return {
+        "tags": ["webhooks"],
+        "summary": f"Receive a {title} webhook",
+        "parameters": [
+            {"in": "header", "name": name, "required": True, "schema": {"type": "string"}, "description": text}
+            for name, text in headers
+        ],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": schema}}},
+        "responses": {
+            "202": _ok("verified, valid and durably queued", "WebhookAnswer"),
+            "200": _ok("already accepted (`duplicate`) or not mapped (`ignored`)", "WebhookAnswer"),
+            "400": _error("body is not JSON (`malformed_json`)"),
+            "401": _error("`signature_missing`, `signature_invalid` or `signature_expired`"),
+            "404": _error("the source has no secret configured (`source_not_configured`)"),
+            "413": _error("body over 1 MiB (`payload_too_large`)"),
+            "415": _error("not JSON (`unsupported_media_type`)"),
+            "422": _error("does not fit the schema (`invalid_payload`); kept in the dead-letter queue"),
+            "503": _error("Redis unreachable (`redis_unavailable`); the sender retries"),
+        },
+    }
+
+
 def build_spec() -> dict[str, Any]:
     spec = APISpec(
         title="relay",
@@ -53,36 +100,10 @@ def build_spec() -> dict[str, Any]:
         s.Status,
     ):
         spec.components.schema(schema.__name__, schema=schema)
-    spec.components.schema("StripeEvent", schema=EventSchema)
-    spec.path(
-        path="/webhooks/stripe",
-        operations={
-            "post": {
-                "tags": ["webhooks"],
-                "summary": "Receive a Stripe webhook",
-                "parameters": [
-                    {
-                        "in": "header",
-                        "name": "Stripe-Signature",
-                        "required": True,
-                        "schema": {"type": "string"},
-                        "description": "t=<unix time>,v1=<hex HMAC-SHA256>",
-                    }
-                ],
-                "requestBody": {"required": True, "content": {"application/json": {"schema": "StripeEvent"}}},
-                "responses": {
-                    "202": _ok("verified, valid and durably queued", "WebhookAnswer"),
-                    "200": _ok("already accepted (`duplicate`) or not mapped (`ignored`)", "WebhookAnswer"),
-                    "400": _error("body is not JSON (`malformed_json`)"),
-                    "401": _error("`signature_missing`, `signature_invalid` or `signature_expired`"),
-                    "413": _error("body over 1 MiB (`payload_too_large`)"),
-                    "415": _error("not JSON (`unsupported_media_type`)"),
-                    "422": _error("does not fit the schema (`invalid_payload`); kept in the dead-letter queue"),
-                    "503": _error("Redis unreachable (`redis_unavailable`); Stripe retries"),
-                },
-            }
-        },
-    )
+    for source, title, headers, schema in WEBHOOKS:
+        name = f"{title.replace(' ', '')}Event"
+        spec.components.schema(name, schema=schema)
+        spec.path(path=f"/webhooks/{source}", operations={"post": _webhook(title, headers, name)})
     unreachable = {"503": _error("Redis unreachable (`redis_unavailable`)")}
     ops = [
         ("/healthz", "Process alive (never checks Redis)", {"200": _ok("alive", "Health")}),

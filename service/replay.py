@@ -7,10 +7,10 @@ from typing import Any
 
 from marshmallow import ValidationError
 
+from service.config import Settings
 from service.dlq import DeadLetterQueue, DlqFilter
-from service.mapping import Mapping
+from service.sources import SOURCE_CLASSES, source_for
 from service.store import Store
-from service.stripe_normalize import normalize_event
 from service.updates import UserUpdate
 
 # Outcomes of replaying one item.
@@ -23,8 +23,7 @@ NOT_MAPPED = "not_mapped"  # an invalid payload that is now valid, but its type 
 @dataclass(frozen=True)
 class Operator:
     store: Store
-    mapping: Mapping
-    identity_key: str
+    settings: Settings  # the mapping and identity key an invalid payload is read with again
 
     @property
     def dlq(self) -> DeadLetterQueue:
@@ -39,8 +38,13 @@ class Operator:
         if item.get("update") is not None:
             update = UserUpdate.from_dict(item["update"])
         else:
+            if item.get("source") not in SOURCE_CLASSES:
+                return STILL_INVALID
+            source = source_for(item["source"], self.settings)
+            # The event id a transport carried in a header (Standard Webhooks) is kept as event_id.
+            headers = {"webhook-id": item.get("event_id") or ""}
             try:
-                update = normalize_event(item.get("event"), self.mapping, self.identity_key).update
+                update = source.normalize(item.get("event"), headers).update
             except ValidationError:
                 return STILL_INVALID
             if update is None:

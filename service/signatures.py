@@ -1,38 +1,57 @@
-"""Stripe webhook signatures, verified exactly as Stripe signs them.
+"""Webhook signatures, verified exactly as each provider signs them.
 
-Header: `t=<unix time>,v1=<hex>[,v1=<hex>...]`; signature = HMAC-SHA256(secret, "{t}.{raw body}")
-with the `whsec_...` string as the key, as-is. Only `v1` counts. Several secrets may be valid at
-once (rotation). Comparison is constant-time; an authentic signature older than the tolerance
-is rejected as expired (as Stripe's own libraries do).
+Every scheme is an HMAC-SHA256 over a provider-defined string; several secrets may be valid
+at once (rotation) and a header may carry several signatures. Every (secret, signature) pair
+is compared, in constant time, so the time taken never tells which one matched.
+
+- Stripe: `Stripe-Signature: t=<unix>,v1=<hex>[,v1=...]`, over `"{t}.{body}"`, key = the
+  `whsec_...` string as-is. Older than the tolerance: expired.
+- Standard Webhooks: `webhook-id`, `webhook-timestamp`, `webhook-signature: v1,<base64> [v1,...]`,
+  over `"{id}.{timestamp}.{body}"`, key = base64-decoded `whsec_` secret. Outside the tolerance
+  either way (too old or too new): expired.
+- Paddle Billing: `Paddle-Signature: ts=<unix>;h1=<hex>[;h1=...]`, over `"{ts}:{body}"`, key =
+  the endpoint secret as-is. Older than the tolerance (Paddle's SDKs: 5 s): expired.
+- Lemon Squeezy: `X-Signature: <hex>`, over the body, key = the signing secret as-is.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from service.errors import SignatureExpired, SignatureInvalid, SignatureMissing
 
 
-def _parse(header: str) -> tuple[int, list[bytes]]:
-    timestamp: int | None = None
-    signatures: list[bytes] = []
-    for item in header.split(","):
-        key, _, value = item.strip().partition("=")
-        if key == "t":
-            try:
-                timestamp = int(value)
-            except ValueError:
-                raise SignatureInvalid("Stripe-Signature has a malformed timestamp") from None
-        elif key == "v1" and value:
-            signatures.append(value.encode("ascii", "replace"))
-    if timestamp is None:
-        raise SignatureInvalid("Stripe-Signature has no timestamp (t=)")
-    if not signatures:
-        raise SignatureInvalid("Stripe-Signature has no v1 signature")
-    return timestamp, signatures
+def _hex(digest: bytes) -> bytes:
+    return digest.hex().encode()
+
+
+def _any_match(
+    signed: bytes, keys: Sequence[bytes], candidates: Sequence[bytes], encode: Callable[[bytes], bytes]
+) -> bool:
+    matched = False
+    for key in keys:
+        expected = encode(hmac.new(key, signed, hashlib.sha256).digest())
+        for candidate in candidates:
+            matched |= hmac.compare_digest(expected, candidate)
+    return matched
+
+
+def _timestamp(value: str, header: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise SignatureInvalid(f"{header} has a malformed timestamp") from None
+
+
+def _check_age(timestamp: int, header: str, tolerance: int, now: float | None, *, future: bool = False) -> None:
+    current = time.time() if now is None else now
+    if timestamp < current - tolerance or (future and timestamp > current + tolerance):
+        raise SignatureExpired(f"{header} timestamp is outside the {tolerance} s tolerance")
 
 
 def verify_stripe_signature(
@@ -41,17 +60,102 @@ def verify_stripe_signature(
     """Return the signed timestamp, or raise a SignatureError subclass."""
     if not header:
         raise SignatureMissing("Stripe-Signature header is missing")
-    timestamp, candidates = _parse(header)
+    timestamp: int | None = None
+    candidates: list[bytes] = []
+    for item in header.split(","):
+        key, _, value = item.strip().partition("=")
+        if key == "t":
+            timestamp = _timestamp(value, "Stripe-Signature")
+        elif key == "v1" and value:
+            candidates.append(value.encode("ascii", "replace"))
+    if timestamp is None:
+        raise SignatureInvalid("Stripe-Signature has no timestamp (t=)")
+    if not candidates:
+        raise SignatureInvalid("Stripe-Signature has no v1 signature")
     signed = str(timestamp).encode() + b"." + payload
-    matched = False
-    for secret in secrets:
-        expected = hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest().encode()
-        for candidate in candidates:
-            # Evaluate every pair: the time taken must not depend on which one matched.
-            matched |= hmac.compare_digest(expected, candidate)
-    if not matched:
+    if not _any_match(signed, [s.encode() for s in secrets], candidates, _hex):
         raise SignatureInvalid("no Stripe-Signature v1 signature matches a configured secret")
-    current = time.time() if now is None else now
-    if timestamp < current - tolerance:
-        raise SignatureExpired(f"Stripe-Signature timestamp is older than the {tolerance} s tolerance")
+    _check_age(timestamp, "Stripe-Signature", tolerance, now)
     return timestamp
+
+
+def standard_webhook_key(secret: str) -> bytes:
+    """`whsec_<base64>` -> the HMAC key; ValueError when it is not that."""
+    if not secret.startswith("whsec_"):
+        raise ValueError("not a whsec_ secret")
+    try:
+        key = base64.b64decode(secret[len("whsec_") :], validate=True)
+    except binascii.Error:
+        raise ValueError("whsec_ secret is not base64") from None
+    if not key:
+        raise ValueError("whsec_ secret is empty")
+    return key
+
+
+def verify_standard_webhook(
+    payload: bytes,
+    webhook_id: str | None,
+    webhook_timestamp: str | None,
+    header: str | None,
+    keys: Sequence[bytes],
+    *,
+    tolerance: int,
+    now: float | None = None,
+) -> int:
+    missing = [
+        name
+        for name, value in (
+            ("webhook-id", webhook_id),
+            ("webhook-timestamp", webhook_timestamp),
+            ("webhook-signature", header),
+        )
+        if not value
+    ]
+    if missing:
+        raise SignatureMissing(f"header(s) missing: {', '.join(missing)}")
+    assert webhook_id and webhook_timestamp and header
+    timestamp = _timestamp(webhook_timestamp, "webhook-timestamp")
+    candidates: list[bytes] = []
+    for item in header.split():
+        version, _, value = item.partition(",")
+        if version == "v1" and value:
+            candidates.append(value.encode("ascii", "replace"))
+    if not candidates:
+        raise SignatureInvalid("webhook-signature has no v1 signature")
+    signed = f"{webhook_id}.{timestamp}.".encode() + payload
+    if not _any_match(signed, keys, candidates, base64.b64encode):
+        raise SignatureInvalid("no webhook-signature v1 signature matches a configured secret")
+    _check_age(timestamp, "webhook-timestamp", tolerance, now, future=True)
+    return timestamp
+
+
+def verify_paddle_signature(
+    payload: bytes, header: str | None, secrets: Sequence[str], *, tolerance: int, now: float | None = None
+) -> int:
+    if not header:
+        raise SignatureMissing("Paddle-Signature header is missing")
+    timestamp: int | None = None
+    candidates: list[bytes] = []
+    for item in header.split(";"):
+        key, _, value = item.strip().partition("=")
+        if key == "ts":
+            timestamp = _timestamp(value, "Paddle-Signature")
+        elif key == "h1" and value:
+            candidates.append(value.encode("ascii", "replace"))
+    if timestamp is None:
+        raise SignatureInvalid("Paddle-Signature has no timestamp (ts=)")
+    if not candidates:
+        raise SignatureInvalid("Paddle-Signature has no h1 signature")
+    signed = f"{timestamp}:".encode() + payload
+    if not _any_match(signed, [s.encode() for s in secrets], candidates, _hex):
+        raise SignatureInvalid("no Paddle-Signature h1 signature matches a configured secret")
+    _check_age(timestamp, "Paddle-Signature", tolerance, now)
+    return timestamp
+
+
+def verify_lemonsqueezy_signature(payload: bytes, header: str | None, secrets: Sequence[str]) -> None:
+    if not header:
+        raise SignatureMissing("X-Signature header is missing")
+    candidate = header.strip().lower().encode("ascii", "replace")
+    if not _any_match(payload, [s.encode() for s in secrets], [candidate], _hex):
+        raise SignatureInvalid("X-Signature does not match a configured secret")

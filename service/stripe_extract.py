@@ -1,90 +1,23 @@
-"""Extractors: from a validated Stripe object to named fields the mapping can send.
-
-Each extractor owns a schema and a fixed set of field names; the mapping file refers to
-those names. A field whose value is unknown is left out (never sent as null), so an event
-can never blank an attribute in the CRM by accident.
-"""
+"""Extractors: from a validated Stripe object to named fields the mapping can send."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from marshmallow import Schema
-
 from service import stripe_schemas as s
-from service.usercom_fields import E164, EMAIL, NAME_MAX_LENGTH
-
-# Stripe amounts are in the currency's smallest unit; these currencies have none below the unit.
-ZERO_DECIMAL_CURRENCIES = frozenset("bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf".split())
-THREE_DECIMAL_CURRENCIES = frozenset("bhd jod kwd omr tnd".split())
-# How many months one billing interval lasts (on average), to bring any price to a monthly amount.
-MONTHS_IN_INTERVAL = {
-    "day": Decimal(12) / Decimal("365.25"),
-    "week": Decimal(12) / Decimal(52),
-    "month": 1,
-    "year": Decimal(12),
-}
-
-
-@dataclass(frozen=True)
-class Extracted:
-    user_id: str | None  # the object's metadata[RELAY_IDENTITY_KEY], when present
-    customer_id: str | None
-    fields: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Extractor:
-    schema: Schema
-    fields: frozenset[str]
-    extract: Callable[[dict[str, Any], int, str], Extracted]
-
-
-def currency_exponent(currency: str) -> int:
-    currency = currency.lower()
-    if currency in ZERO_DECIMAL_CURRENCIES:
-        return 0
-    return 3 if currency in THREE_DECIMAL_CURRENCIES else 2
-
-
-def to_major(amount: int | Decimal | None, currency: str | None) -> float | None:
-    """Minor units to major units: 4242 usd -> 42.42, 500 jpy -> 500."""
-    if amount is None or not currency:
-        return None
-    exponent = currency_exponent(currency)
-    return float(round(Decimal(amount) / (Decimal(10) ** exponent), exponent))
-
-
-def iso_utc(timestamp: int | None) -> str | None:
-    if timestamp is None:
-        return None
-    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def split_name(name: str | None) -> tuple[str | None, str | None]:
-    """'Ada King Lovelace' -> ('Ada King', 'Lovelace'); each cut to User.com's 40 characters."""
-    parts = (name or "").split()
-    if not parts:
-        return None, None
-    first, last = (" ".join(parts[:-1]), parts[-1]) if len(parts) > 1 else (parts[0], None)
-    return first[:NAME_MAX_LENGTH].rstrip(), last[:NAME_MAX_LENGTH].rstrip() if last else None
-
-
-def _identity(metadata: dict[str, Any] | None, identity_key: str) -> str | None:
-    value = (metadata or {}).get(identity_key)
-    if value is None or isinstance(value, bool):
-        return None
-    value = str(value).strip()
-    return value or None
-
-
-def _email(value: str | None) -> str | None:
-    value = (value or "").strip()
-    return value if EMAIL.match(value) else None
+from service.extract import (
+    MONTHS_IN_INTERVAL,
+    Extracted,
+    Extractor,
+    email_or_none,
+    identity,
+    iso_utc,
+    make_extractor,
+    split_name,
+    to_major,
+)
+from service.usercom_fields import E164
 
 
 def _customer(obj: dict[str, Any], event_time: int, key: str) -> Extracted:
@@ -92,7 +25,7 @@ def _customer(obj: dict[str, Any], event_time: int, key: str) -> Extracted:
     address = obj.get("address") or {}
     phone = (obj.get("phone") or "").replace(" ", "")
     fields = {
-        "email": _email(obj.get("email")),
+        "email": email_or_none(obj.get("email")),
         "first_name": first,
         "last_name": last,
         "phone_number": phone if E164.match(phone) else None,
@@ -100,7 +33,7 @@ def _customer(obj: dict[str, Any], event_time: int, key: str) -> Extracted:
         "country": address.get("country") or None,
         "stripe_customer_id": obj["id"],
     }
-    return Extracted(_identity(obj.get("metadata"), key), obj["id"], fields)
+    return Extracted(identity(obj.get("metadata"), key), obj["id"], fields)
 
 
 def _unit_amount(price: dict[str, Any]) -> Decimal | None:
@@ -151,7 +84,7 @@ def _subscription(obj: dict[str, Any], event_time: int, key: str) -> Extracted:
         "stripe_customer_id": obj["customer"],
         "stripe_subscription_id": obj["id"],
     }
-    return Extracted(_identity(obj.get("metadata"), key), obj["customer"], fields)
+    return Extracted(identity(obj.get("metadata"), key), obj["customer"], fields)
 
 
 def _invoice(obj: dict[str, Any], event_time: int, key: str) -> Extracted:
@@ -166,18 +99,18 @@ def _invoice(obj: dict[str, Any], event_time: int, key: str) -> Extracted:
         "stripe_customer_id": obj.get("customer"),
         "stripe_subscription_id": details.get("subscription") or obj.get("subscription"),
     }
-    user = _identity(obj.get("metadata"), key) or _identity(details.get("metadata"), key)
+    user = identity(obj.get("metadata"), key) or identity(details.get("metadata"), key)
     return Extracted(user, obj.get("customer"), fields)
 
 
 def _checkout_session(obj: dict[str, Any], event_time: int, key: str) -> Extracted:
     details = obj.get("customer_details") or {}
     fields = {
-        "email": _email(details.get("email") or obj.get("customer_email")),
+        "email": email_or_none(details.get("email") or obj.get("customer_email")),
         "stripe_customer_id": obj.get("customer"),
     }
     # client_reference_id is Checkout's own slot for "your id for this user".
-    user = _identity(obj.get("metadata"), key) or _identity({"id": obj.get("client_reference_id")}, "id")
+    user = identity(obj.get("metadata"), key) or identity({"id": obj.get("client_reference_id")}, "id")
     return Extracted(user, obj.get("customer"), fields)
 
 
@@ -188,20 +121,14 @@ def _charge(obj: dict[str, Any], event_time: int, key: str) -> Extracted:
         "currency": obj["currency"].lower(),
         "stripe_customer_id": obj.get("customer"),
     }
-    return Extracted(_identity(obj.get("metadata"), key), obj.get("customer"), fields)
-
-
-def _extractor(
-    schema: Schema, extract: Callable[[dict[str, Any], int, str], Extracted], example: dict[str, Any]
-) -> Extractor:
-    return Extractor(schema, frozenset(extract(example, 0, "user_id").fields), extract)
+    return Extracted(identity(obj.get("metadata"), key), obj.get("customer"), fields)
 
 
 _EMPTY_SUBSCRIPTION = {"id": "sub", "customer": "cus", "status": "active", "items": {"data": []}}
 EXTRACTORS: dict[str, Extractor] = {
-    "customer": _extractor(s.CustomerSchema(), _customer, {"id": "cus"}),
-    "subscription": _extractor(s.SubscriptionSchema(), _subscription, _EMPTY_SUBSCRIPTION),
-    "invoice": _extractor(s.InvoiceSchema(), _invoice, {"id": "in", "currency": "usd"}),
-    "checkout_session": _extractor(s.CheckoutSessionSchema(), _checkout_session, {"id": "cs"}),
-    "charge": _extractor(s.ChargeSchema(), _charge, {"id": "ch", "currency": "usd", "amount_refunded": 0}),
+    "customer": make_extractor(s.CustomerSchema(), _customer, {"id": "cus"}),
+    "subscription": make_extractor(s.SubscriptionSchema(), _subscription, _EMPTY_SUBSCRIPTION),
+    "invoice": make_extractor(s.InvoiceSchema(), _invoice, {"id": "in", "currency": "usd"}),
+    "checkout_session": make_extractor(s.CheckoutSessionSchema(), _checkout_session, {"id": "cs"}),
+    "charge": make_extractor(s.ChargeSchema(), _charge, {"id": "ch", "currency": "usd", "amount_refunded": 0}),
 }

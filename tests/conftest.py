@@ -1,16 +1,22 @@
 """Shared fixtures: a real redis-server process, the User.com sandbox on a real socket,
-Stripe-signed requests made with the official `stripe` package, and the shared payloads."""
+requests signed with the official `stripe` and `standardwebhooks` packages (Paddle and Lemon
+Squeezy as their docs describe), and the shared payloads."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import os
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+import standardwebhooks
 import stripe
 from redis import Redis
 
@@ -22,14 +28,22 @@ from service.usercom_sandbox import SandboxServer
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("RELAY_SHARED_DIR", REPO.parent / "shared"))
-STRIPE_FIXTURES = SHARED / "fixtures" / "stripe"
 SECRET = "whsec_test_primary_0123456789abcdef"
 OLD_SECRET = "whsec_test_rotated_out_fedcba9876543210"
 USERCOM_KEY = "k" * 24 + "usercomtestkey" + "0" * 26  # 64 characters, like a real key
+STANDARD_SECRET = "whsec_" + base64.b64encode(b"standard-webhooks-test-key-0123").decode()
+OLD_STANDARD_SECRET = "whsec_" + base64.b64encode(b"standard-webhooks-old-key-98765").decode()
+PADDLE_SECRET = "pdl_ntfset_01htest_secretkey0123456789"
+LEMONSQUEEZY_SECRET = "lemon-squeezy-signing-secret-42"
+SOURCE_ENV = {
+    "STANDARD_WEBHOOK_SECRETS": f"{STANDARD_SECRET},{OLD_STANDARD_SECRET}",
+    "PADDLE_WEBHOOK_SECRETS": PADDLE_SECRET,
+    "LEMONSQUEEZY_WEBHOOK_SECRETS": LEMONSQUEEZY_SECRET,
+}
 
 
-def load_fixture(name: str) -> dict[str, Any]:
-    path = STRIPE_FIXTURES / name
+def load_fixture(name: str, provider: str = "stripe") -> dict[str, Any]:
+    path = SHARED / "fixtures" / provider / name
     if not path.exists():
         raise FileNotFoundError(f"{path} missing: tests need ../shared beside the repo (or RELAY_SHARED_DIR)")
     return json.loads(path.read_text())
@@ -76,6 +90,31 @@ def sign(payload: bytes | str, secret: str = SECRET, timestamp: int | None = Non
     )
 
 
+def standard_headers(
+    body: bytes, msg_id: str = "msg_1", secret: str = STANDARD_SECRET, timestamp: int | None = None
+) -> dict[str, str]:
+    """Signed by the official standardwebhooks package, as a sender would."""
+    moment = datetime.fromtimestamp(int(time.time()) if timestamp is None else timestamp, UTC)
+    signature = standardwebhooks.Webhook(secret).sign(msg_id, moment, body.decode())
+    return {"webhook-id": msg_id, "webhook-timestamp": str(int(moment.timestamp())), "webhook-signature": signature}
+
+
+def paddle_headers(body: bytes, secret: str = PADDLE_SECRET, timestamp: int | None = None) -> dict[str, str]:
+    """As Paddle documents it: ts=<unix>;h1=hex HMAC-SHA256 of "{ts}:{body}"."""
+    ts = int(time.time()) if timestamp is None else timestamp
+    h1 = hmac.new(secret.encode(), f"{ts}:".encode() + body, hashlib.sha256).hexdigest()
+    return {"Paddle-Signature": f"ts={ts};h1={h1}"}
+
+
+def lemonsqueezy_headers(body: bytes, secret: str = LEMONSQUEEZY_SECRET) -> dict[str, str]:
+    """As Lemon Squeezy documents it: X-Signature = hex HMAC-SHA256 of the body."""
+    return {"X-Signature": hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()}
+
+
+def standard_event(user_id: str = "u1", event_time: str = "2026-11-23T10:00:00Z", **data: Any) -> dict[str, Any]:
+    return {"type": "user.updated", "timestamp": event_time, "data": {"user_id": user_id, **data}}
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
     server = RedisProcess(tmp_path_factory.mktemp("redis")).start()
@@ -104,6 +143,7 @@ def env(redis_server: RedisProcess, sandbox: SandboxServer) -> dict[str, str]:
     return {
         "REDIS_URL": redis_server.url,
         "STRIPE_WEBHOOK_SECRETS": f"{SECRET},{OLD_SECRET}",
+        **SOURCE_ENV,
         "USERCOM_API_URL": sandbox.base_url,
         "USERCOM_API_KEY": USERCOM_KEY,
         "RELAY_RETRY_BASE_SECONDS": "1",

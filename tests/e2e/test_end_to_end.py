@@ -25,7 +25,19 @@ from service.config import Settings
 from service.embedded_redis import RedisProcess, free_port
 from service.store import Store
 from service.usercom_sandbox import SandboxServer
-from tests.conftest import OLD_SECRET, SECRET, USERCOM_KEY, load_fixture, sign, stripe_event
+from tests.conftest import (
+    OLD_SECRET,
+    SECRET,
+    SOURCE_ENV,
+    USERCOM_KEY,
+    lemonsqueezy_headers,
+    load_fixture,
+    paddle_headers,
+    sign,
+    standard_event,
+    standard_headers,
+    stripe_event,
+)
 
 RELAY = str(Path(sys.executable).with_name("relay"))
 
@@ -74,6 +86,7 @@ def relay(tmp_path: Path, sandbox: SandboxServer) -> Iterator[dict[str, Any]]:
         **os.environ,
         "REDIS_URL": redis_server.url,
         "STRIPE_WEBHOOK_SECRETS": f"{SECRET},{OLD_SECRET}",
+        **SOURCE_ENV,
         "USERCOM_API_URL": sandbox.base_url,
         "USERCOM_API_KEY": USERCOM_KEY,
         "RELAY_LOG_LEVEL": "DEBUG",
@@ -207,6 +220,34 @@ def test_every_mapped_event_reaches_usercom(relay: dict[str, Any], sandbox: Sand
         json.loads(line) for line in (relay["logs"] / "web.log").read_text().splitlines() if line.startswith("{")
     ]
     assert any(e.get("event_id") == "evt_e2e_0" and e.get("outcome") == "accepted" for e in web_lines)
+
+
+def test_each_source_reaches_usercom(relay: dict[str, Any], sandbox: SandboxServer) -> None:
+    paddle = load_fixture("pay.subscription.created.json", "paddle_billing")
+    paddle["data"]["custom_data"] = {"user_id": "u_paddle"}
+    lemon = load_fixture("pay.subscription_created.json", "lemon_squeezy")
+    lemon["meta"]["custom_data"] = {"user_id": "u_lemon"}
+    standard = standard_event("u_std", attributes={"email": "std@example.com", "plan": "team"}, tags=["beta"])
+    sent = [
+        ("standard", standard, lambda body: standard_headers(body, "msg_e2e_1")),
+        ("paddle", paddle, paddle_headers),
+        ("lemonsqueezy", lemon, lemonsqueezy_headers),
+    ]
+    for source, payload, signer in sent:
+        body = json.dumps(payload).encode()
+        headers = {"Content-Type": "application/json", **signer(body)}
+        answer = relay["http"].request("POST", f"{relay['base']}/webhooks/{source}", body=body, headers=headers)
+        assert answer.status == 202, (source, answer.data)
+    ledger = wait_settled(Store.from_settings(relay["redis"], relay["settings"]))
+    assert (ledger["received"], ledger["delivered"], ledger["in_flight"]) == (3, 3, 0)
+    std = sandbox.state.user_by_custom_id("u_std")
+    assert std is not None and std["email"] == "std@example.com"
+    assert (std["attributes"], std["tags"]) == ({"plan": "team"}, ["beta"])
+    paid = sandbox.state.user_by_custom_id("u_paddle")
+    assert paid is not None and paid["attributes"]["mrr"] == 432.0 and paid["tags"] == ["subscriber"]
+    squeezed = sandbox.state.user_by_custom_id("u_lemon")
+    assert squeezed is not None and squeezed["email"] == "dan@lemonsqueezy.com"
+    assert squeezed["attributes"]["subscription_status"] == "on_trial" and squeezed["tags"] == ["subscriber", "trial"]
 
 
 def test_sigterm_stops_web_and_worker_cleanly(relay: dict[str, Any]) -> None:

@@ -25,7 +25,8 @@ def test_reads_and_normalizes_the_environment() -> None:
     assert s.usercom_api_url == "https://acme.user.com/api/public"
     assert s.stripe_tolerance_seconds == 300
     assert s.identity_key == "user_id"
-    assert "customer.created" in s.mapping.rules
+    assert "customer.created" in s.mapping.rules["stripe"]
+    assert s.webhook_sources == ("stripe",)
 
 
 def test_repr_never_shows_secrets() -> None:
@@ -39,8 +40,11 @@ def test_repr_never_shows_secrets() -> None:
     [
         ("REDIS_URL", "", "REDIS_URL is required"),
         ("REDIS_URL", "http://:hunter2@x", "REDIS_URL must start with"),
-        ("STRIPE_WEBHOOK_SECRETS", "", "STRIPE_WEBHOOK_SECRETS is required"),
-        ("STRIPE_WEBHOOK_SECRETS", "whsec_ok,sk_live_oops", "secret #2 is not a Stripe signing secret"),
+        ("STRIPE_WEBHOOK_SECRETS", "", "no webhook source is configured: set at least one of STRIPE_WEBHOOK_SECRETS"),
+        ("STRIPE_WEBHOOK_SECRETS", "whsec_ok,sk_live_oops", "secret #2 is not usable: a Stripe signing secret"),
+        ("STANDARD_WEBHOOK_SECRETS", "whsec_ok,sk_live_oops", "secret #1 is not usable: whsec_ secret is not base64"),
+        ("PADDLE_WEBHOOK_SECRETS", "pdl_ntfset_ok,,", "PADDLE_WEBHOOK_SECRETS: secret #2 is not usable: it is empty"),
+        ("PADDLE_TOLERANCE_SECONDS", "0", "PADDLE_TOLERANCE_SECONDS must be at least 1"),
         ("USERCOM_API_URL", "", "USERCOM_API_URL is required"),
         ("USERCOM_API_URL", "acme.user.com", "must be an http(s) URL"),
         ("USERCOM_API_KEY", "", "USERCOM_API_KEY is required"),
@@ -70,13 +74,16 @@ def test_each_role_needs_only_its_own_secrets() -> None:
         {"REDIS_URL": "redis://x", "USERCOM_API_URL": "http://u", "USERCOM_API_KEY": "k"}, role="worker"
     )
     assert worker.stripe_webhook_secrets == ()
-    with pytest.raises(SettingsError, match="STRIPE_WEBHOOK_SECRETS is required"):
+    with pytest.raises(SettingsError, match="no webhook source is configured"):
         Settings.from_env({"REDIS_URL": "redis://x"}, role="web")
+    paddle_only = Settings.from_env({"REDIS_URL": "redis://x", "PADDLE_WEBHOOK_SECRETS": "pdl_a,pdl_b"}, role="web")
+    assert paddle_only.webhook_sources == ("paddle",) and paddle_only.paddle_tolerance_seconds == 5
+    assert paddle_only.secrets == ("pdl_a", "pdl_b")
 
 
 def test_mapping_file_override_is_loaded(tmp_path: Path) -> None:
     mapping = tmp_path / "mapping.toml"
     mapping.write_text('[stripe."invoice.paid"]\nextract = "invoice"\ntags = ["customer-paid"]\n')
     s = settings(RELAY_MAPPING_FILE=str(mapping))
-    assert list(s.mapping.rules) == ["invoice.paid"]
-    assert s.mapping.rules["invoice.paid"].tags == ("customer-paid",)
+    assert list(s.mapping.rules) == ["stripe"] and list(s.mapping.rules["stripe"]) == ["invoice.paid"]
+    assert s.mapping.rules["stripe"]["invoice.paid"].tags == ("customer-paid",)

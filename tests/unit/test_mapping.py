@@ -16,7 +16,24 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_default_mapping_covers_the_documented_events() -> None:
     rules = load_mapping(None).rules
-    assert set(rules) == {
+    assert set(rules["paddle"]) == {
+        "customer.created",
+        "customer.updated",
+        "subscription.created",
+        "subscription.updated",
+        "subscription.canceled",
+        "transaction.completed",
+    }
+    assert set(rules["lemonsqueezy"]) == {
+        "order_created",
+        "subscription_created",
+        "subscription_updated",
+        "subscription_expired",
+        "subscription_payment_success",
+        "subscription_payment_failed",
+        "subscription_payment_refunded",
+    }
+    assert set(rules["stripe"]) == {
         "customer.created",
         "customer.updated",
         "customer.deleted",
@@ -46,14 +63,15 @@ tags_if = {}
 """,
         )
     )
-    rule = mapping.rule_for("charge.refunded")
-    assert rule is not None and mapping.rule_for("invoice.paid") is None
+    rule = mapping.rule_for("stripe", "charge.refunded")
+    assert rule is not None and mapping.rule_for("stripe", "invoice.paid") is None
+    assert mapping.rule_for("paddle", "charge.refunded") is None
     extracted = Extracted("u1", "cus_1", {"amount_refunded": 5.0, "refunded_at": "2020-01-01T00:00:00Z"})
     assert rule.apply(extracted) == ({}, {"refund_total": 5.0}, ["got-refund"])
 
 
 def test_values_missing_from_the_event_are_not_sent() -> None:
-    rule = load_mapping(None).rules["customer.updated"]
+    rule = load_mapping(None).rules["stripe"]["customer.updated"]
     standard, custom, _ = rule.apply(Extracted(None, "cus_1", {"email": None, "stripe_customer_id": "cus_1"}))
     assert standard == {} and custom == {"stripe_customer_id": "cus_1"}
 
@@ -62,7 +80,8 @@ def test_values_missing_from_the_event_are_not_sent() -> None:
     ("text", "message"),
     [
         ("not toml = = =", "not valid TOML"),
-        ('[paddle."x"]\nextract = "customer"', "unknown source"),
+        ('[chargebee."x"]\nextract = "customer"', "unknown source"),
+        ('[paddle."x"]\nextract = "charge"\ntags = ["t"]', "extract must be one of .'customer', 'subscription'"),
         ('[stripe."a"]\nextract = "nope"\ntags = ["t"]', "extract must be one of"),
         ('[stripe."a"]\nextract = "customer"\nstandard = { email = "mail" }', "not a User.com standard attribute"),
         ('[stripe."a"]\nextract = "customer"\ncustom = { nope = "x" }', "unknown field 'nope'"),
