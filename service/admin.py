@@ -21,7 +21,12 @@ bp = Blueprint("admin", __name__, url_prefix="/admin")
 
 
 def _operator() -> Operator:
-    return current_app.extensions["relay.operator"]
+    """The operator of the dead-letter queue named by `?destination=` (default: the first configured)."""
+    operators: dict[str, Operator] = current_app.extensions["relay.operators"]
+    destination = request.args.get("destination") or next(iter(operators))
+    if destination not in operators:
+        raise InvalidRequest(f"unknown destination {destination!r}; configured: {', '.join(operators)}")
+    return operators[destination]
 
 
 @bp.before_request

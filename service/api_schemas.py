@@ -8,8 +8,18 @@ from typing import Any
 from marshmallow import EXCLUDE, RAISE, Schema, fields, validate
 
 from service.dlq import DlqFilter
+from service.keys import DESTINATIONS
 
-REASONS = ["invalid_payload", "usercom_rejected", "retries_exhausted", "unresolved_identity", "internal_error"]
+DESTINATION_HELP = "whose dead-letter queue (default: the first of RELAY_DESTINATIONS)"
+
+REASONS = [
+    "invalid_payload",
+    "usercom_rejected",
+    "userkit_rejected",
+    "retries_exhausted",
+    "unresolved_identity",
+    "internal_error",
+]
 
 
 class ErrorDetail(Schema):
@@ -60,6 +70,7 @@ class DlqFilterSchema(Schema):
 
 
 class DlqListQuery(DlqFilterSchema):
+    destination = fields.String(validate=validate.OneOf(DESTINATIONS), metadata={"description": DESTINATION_HELP})
     offset = fields.Integer(load_default=0, validate=validate.Range(min=0))
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
 
@@ -88,6 +99,7 @@ class DlqItem(Schema):
     last_failure_at = fields.Float(allow_none=True)
     last_status = fields.Integer(allow_none=True)
     last_response = fields.String(allow_none=True, metadata={"description": "secrets removed"})
+    destination = fields.String(validate=validate.OneOf(DESTINATIONS))
 
 
 class DlqPage(Schema):
@@ -116,12 +128,16 @@ class Lane(Schema):
     oldest_pending_age_seconds = fields.Float(allow_none=True)
 
 
-class Status(Schema):
-    version = fields.String(required=True)
-    time = fields.Float(required=True)
+class DestinationStatus(Schema):
     lanes = fields.Dict(keys=fields.String(), values=fields.Nested(Lane))
     ledger = fields.Dict(keys=fields.String(), values=fields.Integer())
     dlq = fields.Dict()
     limiter = fields.Dict()
     workers = fields.Dict()
     last_delivery_at = fields.Float(allow_none=True)
+
+
+class Status(Schema):
+    version = fields.String(required=True)
+    time = fields.Float(required=True)
+    destinations = fields.Dict(keys=fields.String(), values=fields.Nested(DestinationStatus))

@@ -39,7 +39,9 @@ def build_app(settings: Settings | None = None, *, redis: Redis | None = None) -
     app.extensions["relay.ingest"] = {
         name: Ingest(source, store) for name, source in configured_sources(settings).items()
     }
-    app.extensions["relay.operator"] = Operator(store, settings)
+    app.extensions["relay.operators"] = {
+        name: Operator(store.for_destination(name), settings) for name in settings.destinations
+    }
     app.extensions["relay.admin_token"] = settings.admin_token
     app.extensions["relay.settings"] = settings
     app.extensions["relay.openapi"] = build_spec()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from service import dlq_cli
 from service.config import Settings, settings_or_exit
+from service.keys import DESTINATIONS
 from service.metrics_dir import use_metrics_dir
 
 APP_TARGET = "service:create_app()"
@@ -53,12 +54,18 @@ def cmd_worker(args: argparse.Namespace) -> int:
         use_metrics_dir(settings.metrics_dir, "worker")  # before the imports below define metrics
         from workers.supervisor import supervise
 
-        return supervise(concurrency=args.concurrency, burst=args.burst, metrics_port=settings.metrics_port)
+        return supervise(
+            concurrency=args.concurrency,
+            burst=args.burst,
+            destinations=settings.destinations,
+            metrics_port=settings.metrics_port,
+        )
     from service.logs import configure_logging
     from workers.runner import run_worker
 
     configure_logging(settings.log_level, settings.secrets)
-    run_worker(settings, lane=args.lane, burst=args.burst, log_level=settings.log_level)
+    destination = args.destination or settings.destinations[0]
+    run_worker(settings, lane=args.lane, destination=destination, burst=args.burst, log_level=settings.log_level)
     return 0
 
 
@@ -104,7 +111,7 @@ def _positive(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="relay", description="Billing webhooks in, User.com updates out.")
+    parser = argparse.ArgumentParser(prog="relay", description="Billing webhooks in, CRM user updates out.")
     sub = parser.add_subparsers(dest="command", required=True)
     dev = sub.add_parser("dev", help="run everything locally: Redis, web, worker and a User.com sandbox")
     dev.add_argument("--port", type=int, default=8000, help="web port (default 8000)")
@@ -113,10 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
     web = sub.add_parser("web", help="serve the webhook endpoints with gunicorn")
     web.add_argument("--bind", help="HOST:PORT (default 0.0.0.0:$PORT, PORT defaults to 8000)")
     web.set_defaults(func=cmd_web)
-    worker = sub.add_parser("worker", help="deliver queued updates to User.com (scheduler included)")
+    worker = sub.add_parser("worker", help="deliver queued updates to the destinations (scheduler included)")
     worker.add_argument("--burst", action="store_true", help="exit once the queues are empty")
     worker.add_argument("--concurrency", type=_positive, default=1, help="live-lane worker processes (default 1)")
     worker.add_argument("--lane", choices=["live", "replay"], help="run one worker process on this lane only")
+    worker.add_argument(
+        "--destination", choices=list(DESTINATIONS), help="with --lane: the destination (default: the first configured)"
+    )
     worker.set_defaults(func=cmd_worker)
     check = sub.add_parser("check-config", help="validate the environment and the mapping, then exit")
     check.add_argument("--role", choices=["web", "worker", "all"], default="all")

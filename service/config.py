@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from service.keys import DESTINATIONS
 from service.mapping import Mapping as EventMapping
 from service.mapping import MappingError, load_mapping
 from service.signatures import standard_webhook_key
@@ -36,6 +37,7 @@ DEFAULT_METRICS_PORT = 9100  # the worker's /metrics
 DEFAULT_USERCOM_RATE_LIMIT = 10.0
 DEFAULT_USERCOM_BURST = 1
 DEFAULT_USERCOM_MAX_IN_FLIGHT = 10
+DEFAULT_USERKIT_API_URL = "https://api.userkit.io"
 DEFAULT_DLQ_MAX_ITEMS = 100_000
 DEFAULT_DLQ_TTL_DAYS = 30
 # gunicorn gthread: an I/O-bound receiver; one process per core, a few threads each.
@@ -78,6 +80,12 @@ class Settings:
     metrics_port: int = DEFAULT_METRICS_PORT
     dlq_max_items: int = DEFAULT_DLQ_MAX_ITEMS
     dlq_ttl_days: int = DEFAULT_DLQ_TTL_DAYS
+    destinations: tuple[str, ...] = ("usercom",)
+    userkit_api_url: str = DEFAULT_USERKIT_API_URL
+    userkit_app_secret: str = field(default="", repr=False)
+    userkit_rate_limit: float = DEFAULT_USERCOM_RATE_LIMIT
+    userkit_burst: int = DEFAULT_USERCOM_BURST
+    userkit_max_in_flight: int = DEFAULT_USERCOM_MAX_IN_FLIGHT
     usercom_rate_limit: float = DEFAULT_USERCOM_RATE_LIMIT
     usercom_burst: int = DEFAULT_USERCOM_BURST
     usercom_max_in_flight: int = DEFAULT_USERCOM_MAX_IN_FLIGHT
@@ -92,7 +100,8 @@ class Settings:
             *self.paddle_webhook_secrets,
             *self.lemonsqueezy_webhook_secrets,
         )
-        return tuple(s for s in (*webhook_secrets, self.usercom_api_key, self.admin_token) if s)
+        others = (self.usercom_api_key, self.userkit_app_secret, self.admin_token)
+        return tuple(s for s in (*webhook_secrets, *others) if s)
 
     @property
     def webhook_sources(self) -> tuple[str, ...]:
@@ -108,10 +117,19 @@ class Settings:
         reader = _Reader(env)
         needs_web = role in ("web", "all")
         needs_worker = role in ("worker", "all")
+        destinations = reader.destinations("RELAY_DESTINATIONS")
+        needs_usercom = needs_worker and "usercom" in destinations
+        needs_userkit = needs_worker and "userkit" in destinations
         settings = cls(
             redis_url=reader.redis_url("REDIS_URL"),
-            usercom_api_url=reader.http_url("USERCOM_API_URL", required=needs_worker),
-            usercom_api_key=reader.secret("USERCOM_API_KEY", required=needs_worker),
+            destinations=destinations,
+            usercom_api_url=reader.http_url("USERCOM_API_URL", required=needs_usercom),
+            usercom_api_key=reader.secret("USERCOM_API_KEY", required=needs_usercom),
+            userkit_api_url=reader.http_url("USERKIT_API_URL", required=False) or DEFAULT_USERKIT_API_URL,
+            userkit_app_secret=reader.secret("USERKIT_APP_SECRET", required=needs_userkit),
+            userkit_rate_limit=reader.number("USERKIT_RATE_LIMIT", DEFAULT_USERCOM_RATE_LIMIT),
+            userkit_burst=reader.integer("USERKIT_BURST", DEFAULT_USERCOM_BURST, minimum=1),
+            userkit_max_in_flight=reader.integer("USERKIT_MAX_IN_FLIGHT", DEFAULT_USERCOM_MAX_IN_FLIGHT, minimum=1),
             stripe_webhook_secrets=reader.secret_list("STRIPE_WEBHOOK_SECRETS", _stripe_secret_problem),
             stripe_tolerance_seconds=reader.integer(
                 "STRIPE_TOLERANCE_SECONDS", DEFAULT_STRIPE_TOLERANCE_SECONDS, minimum=1
@@ -233,6 +251,14 @@ class _Reader:
         if any(c.isspace() for c in raw):
             raise SettingsError(f"{name} must not contain whitespace")
         return raw
+
+    def destinations(self, name: str) -> tuple[str, ...]:
+        raw = self._raw(name) or DESTINATIONS[0]
+        names = tuple(dict.fromkeys(part.strip().lower() for part in raw.split(",")))
+        unknown = [n for n in names if n not in DESTINATIONS]
+        if unknown or not all(names):
+            raise SettingsError(f"{name} must list destinations from {', '.join(DESTINATIONS)}, got {raw!r}")
+        return names
 
     def secret_list(self, name: str, problem: Callable[[str], str | None] | None) -> tuple[str, ...]:
         """Comma-separated secrets (several at once while rotating); `problem` names a bad one."""

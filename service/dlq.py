@@ -17,9 +17,8 @@ from redis import Redis
 
 from service import keys
 
-DLQ_KEYS = [keys.DLQ_ITEMS, keys.DLQ_INDEX, keys.DLQ_REASONS, keys.DLQ_DROPPED]
-
-# Lua shared by every script that touches the DLQ. `dlq` is a table of the four DLQ_KEYS.
+# Lua shared by every script that touches the DLQ. `dlq` is a table of a destination's four DLQ
+# keys (Keys.dlq): one dead-letter queue per destination.
 DLQ_LUA = """
 local function dlq_remove(dlq, id)
     local old = redis.call('HGET', dlq[1], id)
@@ -56,10 +55,10 @@ local function dlq_keep(dlq, id, item, reason, score, max_items, cutoff)
 end
 """
 
-# KEYS: the four DLQ_KEYS; ARGV: max_items, cutoff
+# KEYS: the four DLQ keys; ARGV: max_items, cutoff
 TRIM_SCRIPT = DLQ_LUA + "return dlq_trim({KEYS[1], KEYS[2], KEYS[3], KEYS[4]}, ARGV[1], ARGV[2])"
 
-# KEYS: the four DLQ_KEYS, ledger; ARGV: id. Deleting an item does not change the ledger: the
+# KEYS: the four DLQ keys, ledger; ARGV: id. Deleting an item does not change the ledger: the
 # event's outcome stays "dead_lettered"; it is only no longer kept.
 DELETE_SCRIPT = DLQ_LUA + "return dlq_remove({KEYS[1], KEYS[2], KEYS[3], KEYS[4]}, ARGV[1]) and 1 or 0"
 
@@ -69,7 +68,7 @@ class DeadLetter:
     """One dead-lettered item: enough to understand the failure and replay it."""
 
     id: str
-    reason: str  # invalid_payload, usercom_rejected, retries_exhausted, unresolved_identity, internal_error
+    reason: str  # invalid_payload, <destination>_rejected, retries_exhausted, unresolved_identity, internal_error
     source: str
     event_type: str | None
     event_id: str | None
@@ -83,6 +82,7 @@ class DeadLetter:
     last_failure_at: float | None = None
     last_status: int | None = None
     last_response: str | None = None
+    destination: str = keys.DEFAULT_DESTINATION  # whose dead-letter queue keeps it
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"), default=str)
@@ -118,21 +118,23 @@ class Retention:
 class DeadLetterQueue:
     PAGE_SCAN = 500  # ids read per round trip while filtering
 
-    def __init__(self, redis: Redis, retention: Retention) -> None:
+    def __init__(self, redis: Redis, retention: Retention, destination_keys: keys.Keys = keys.USERCOM) -> None:
         self.redis = redis
         self.retention = retention
+        self.keys = destination_keys
+        self._items, self._index, self._reasons, self._dropped = destination_keys.dlq
         self._trim = redis.register_script(TRIM_SCRIPT)
         self._delete = redis.register_script(DELETE_SCRIPT)
 
     def trim(self) -> int:
-        return int(self._trim(keys=DLQ_KEYS, args=self.retention.args()))
+        return int(self._trim(keys=self.keys.dlq, args=self.retention.args()))
 
     def get(self, item_id: str) -> dict[str, Any] | None:
-        raw = self.redis.hget(keys.DLQ_ITEMS, item_id)
+        raw = self.redis.hget(self._items, item_id)
         return json.loads(raw) if raw is not None else None
 
     def delete(self, item_id: str) -> bool:
-        return bool(self._delete(keys=[*DLQ_KEYS, keys.LEDGER], args=[item_id]))
+        return bool(self._delete(keys=[*self.keys.dlq, self.keys.ledger], args=[item_id]))
 
     def matching(
         self, flt: DlqFilter, *, offset: int = 0, limit: int | None = None
@@ -144,11 +146,11 @@ class DeadLetterQueue:
         total = 0
         start = 0
         while True:
-            ids = self.redis.zrangebyscore(keys.DLQ_INDEX, low, high, start=start, num=self.PAGE_SCAN)
+            ids = self.redis.zrangebyscore(self._index, low, high, start=start, num=self.PAGE_SCAN)
             if not ids:
                 break
             start += len(ids)
-            for raw in self.redis.hmget(keys.DLQ_ITEMS, ids):
+            for raw in self.redis.hmget(self._items, ids):
                 if raw is None:
                     continue
                 item = json.loads(raw)
@@ -160,6 +162,6 @@ class DeadLetterQueue:
         return page, total
 
     def summary(self) -> dict[str, Any]:
-        reasons = {k.decode(): int(v) for k, v in self.redis.hgetall(keys.DLQ_REASONS).items()}
-        dropped = int(self.redis.get(keys.DLQ_DROPPED) or 0)
+        reasons = {k.decode(): int(v) for k, v in self.redis.hgetall(self._reasons).items()}
+        dropped = int(self.redis.get(self._dropped) or 0)
         return {"size": sum(reasons.values()), "by_reason": reasons, "dropped_by_retention": dropped}

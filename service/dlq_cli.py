@@ -13,6 +13,7 @@ from marshmallow import ValidationError
 from service.api_schemas import DlqFilterSchema
 from service.config import settings_or_exit
 from service.dlq import DlqFilter
+from service.keys import DESTINATIONS
 from service.redis_client import worker_redis
 from service.replay import REPLAYED, Operator
 from service.store import Store
@@ -31,6 +32,9 @@ COLUMNS = [
 
 def add_parser(sub: Any) -> None:
     dlq = sub.add_parser("dlq", help="inspect, replay and purge the dead-letter queue")
+    dlq.add_argument(
+        "--destination", choices=list(DESTINATIONS), help="whose dead-letter queue (default: the first configured)"
+    )
     commands = dlq.add_subparsers(dest="dlq_command", required=True)
 
     def filters(parser: argparse.ArgumentParser) -> None:
@@ -93,7 +97,7 @@ def table(items: list[dict[str, Any]]) -> str:
 def run(args: argparse.Namespace) -> int:
     settings = settings_or_exit("admin")
     redis = worker_redis(settings.redis_url)
-    operator = Operator(Store.from_settings(redis, settings), settings)
+    operator = Operator(Store.from_settings(redis, settings, args.destination), settings)
     command = args.dlq_command
     if command == "list":
         items, total = operator.dlq.matching(_filter(args), offset=args.offset, limit=args.limit)

@@ -29,16 +29,20 @@ FAILED_JOB_TTL = 14 * 24 * 3600  # rq keeps jobs that crashed unexpectedly this 
 JOB_ID_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
-def job_id_for(update: UserUpdate, attempt: int = 1, *, replay: int | None = None) -> str:
+def job_id_for(
+    update: UserUpdate, attempt: int = 1, *, replay: int | None = None, destination: str = keys.DEFAULT_DESTINATION
+) -> str:
     base = JOB_ID_UNSAFE.sub("_", f"{update.source}-{update.event_id}")
+    if destination != keys.DEFAULT_DESTINATION:
+        base = f"{base}-{destination}"
     if replay is not None:
         base = f"{base}-replay{replay}"
     return base if attempt == 1 else f"{base}-a{attempt}"
 
 
-def _job_options(lane: str) -> dict[str, Any]:
+def _job_options(lane: str, destination_keys: keys.Keys = keys.USERCOM) -> dict[str, Any]:
     return {
-        "origin": keys.QUEUE_NAMES[lane],
+        "origin": destination_keys.queue_name(lane),
         "timeout": DELIVERY_JOB_TIMEOUT,
         "result_ttl": 0,
         "failure_ttl": FAILED_JOB_TTL,
@@ -59,16 +63,17 @@ def delivery_job(
     *,
     lane: str = keys.LIVE,
     job_id: str | None = None,
+    destination_keys: keys.Keys = keys.USERCOM,
 ) -> Job:
-    """The rq job for one delivery attempt; its id is stable per (event, attempt)."""
+    """The rq job for one delivery attempt; its id is stable per (event, attempt, destination)."""
     return Job.create(
         DELIVER_FUNC,
         args=(update.to_dict(), attempt, first_failure_at, lane),
         connection=redis,
         serializer=JSONSerializer,
-        id=job_id or job_id_for(update, attempt),
+        id=job_id or job_id_for(update, attempt, destination=destination_keys.destination),
         description=_description(update),
-        **_job_options(lane),
+        **_job_options(lane, destination_keys),
     )
 
 
@@ -77,11 +82,12 @@ class JobWriter:
 
     The fields that are the same for every delivery job of a lane are taken once from rq
     itself; per job only the id, the payload (`data`: the serialized call, as `Job.data`) and
-    the timestamps change. That costs a few microseconds instead of `Job.create()`'s ~60.
+    the timestamps change (and `origin`, the queue, which is per destination). That costs a few
+    microseconds instead of `Job.create()`'s ~60.
     tests/integration/test_store.py checks the result against rq's own, field by field.
     """
 
-    PER_JOB = ("data", "created_at", "enqueued_at", "description")
+    PER_JOB = ("data", "created_at", "enqueued_at", "description", "origin")
 
     def __init__(self, redis: Redis, lane: str) -> None:
         self.lane = lane

@@ -1,6 +1,16 @@
-"""Every Redis key and queue name the relay uses, in one place."""
+"""Every Redis key and queue name the relay uses, in one place.
+
+Each destination (User.com, UserKit, ...) has its own set: queues, ledger, dead-letter queue,
+rate limiter, per-user leases, parked updates and last-writer-wins times, so that a slow or
+failing destination never holds up another. User.com's keys keep the names they had before
+destinations existed, so upgrading needs no migration; another destination's keys carry its
+name (`relay:userkit:ledger`, queue `relay-delivery-userkit`). Shared by all: dedup memory and
+the customer -> user identities learned from events.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 PREFIX = "relay"
 RQ_QUEUES_SET = "rq:queues"
@@ -11,39 +21,8 @@ RQ_JOB_KEY_PREFIX = "rq:job:"
 LIVE = "live"
 REPLAY = "replay"
 LANES = (LIVE, REPLAY)
-QUEUE_NAMES = {LIVE: "relay-delivery", REPLAY: "relay-replay"}
-DELIVERY_QUEUE = QUEUE_NAMES[LIVE]
-RQ_QUEUE_KEY = f"rq:queue:{DELIVERY_QUEUE}"
-
-
-def rq_queue_key(lane: str) -> str:
-    return f"rq:queue:{QUEUE_NAMES[lane]}"
-
-
-# hash: received / ignored / delivered / dead_lettered / coalesced / duplicates / replayed
-LEDGER = f"{PREFIX}:ledger"
-# strings: epoch seconds of the last successful delivery, and of the last 429 from User.com
-LAST_DELIVERY = f"{PREFIX}:last-delivery"
-LAST_429 = f"{PREFIX}:limiter:last-429"
-# The User.com rate limiter (workers/ratelimit.py), shared by every worker: GCRA theoretical
-# arrival time (ms), the end of a 429 pause (ms), and calls in flight (zset token -> lease end).
-LIMITER_TAT = f"{PREFIX}:limiter:tat"
-LIMITER_PAUSED_UNTIL = f"{PREFIX}:limiter:paused-until"
-LIMITER_IN_FLIGHT = f"{PREFIX}:limiter:in-flight"
-# hash: id -> JSON item; zset: id by time of failure; hash: reason -> count; string: dropped count
-DLQ_ITEMS = f"{PREFIX}:dlq:items"
-DLQ_INDEX = f"{PREFIX}:dlq:index"
-DLQ_REASONS = f"{PREFIX}:dlq:reasons"
-DLQ_DROPPED = f"{PREFIX}:dlq:dropped"
-
-
-def pending(lane: str) -> str:
-    """zset: "<source>:<event id>" by time accepted (or replayed), until its outcome is counted."""
-    return f"{PREFIX}:pending:{lane}"
-
-
-def pending_member(source: str, event_id: str) -> str:
-    return f"{source}:{event_id}"
+DEFAULT_DESTINATION = "usercom"
+DESTINATIONS = ("usercom", "userkit")
 
 
 def dedup(source: str, event_id: str) -> str:
@@ -51,26 +30,92 @@ def dedup(source: str, event_id: str) -> str:
     return f"{PREFIX}:dedup:{source}:{event_id}"
 
 
-def outcome(source: str, event_id: str) -> str:
-    """Set once an event's final outcome is counted, so a re-run job never counts twice."""
-    return f"{PREFIX}:outcome:{source}:{event_id}"
-
-
 def customer_map(source: str) -> str:
     """hash: the source's customer id -> user id learned from events carrying both."""
     return f"{PREFIX}:customers:{source}"
 
 
-def user_lock(source: str, user_id: str) -> str:
-    """One delivery per user at a time, so User.com sees a user's updates in the order claimed."""
-    return f"{PREFIX}:lock:{source}:{user_id}"
+def pending_member(source: str, event_id: str) -> str:
+    return f"{source}:{event_id}"
 
 
-def parked(source: str, hint: str) -> str:
-    """hash: event id -> update JSON, updates waiting for one merged delivery (UserUpdate.hint)."""
-    return f"{PREFIX}:parked:{source}:{hint}"
+@dataclass(frozen=True)
+class Keys:
+    """The keys of one destination."""
+
+    destination: str
+
+    @property
+    def prefix(self) -> str:
+        return PREFIX if self.destination == DEFAULT_DESTINATION else f"{PREFIX}:{self.destination}"
+
+    def queue_name(self, lane: str) -> str:
+        base = {LIVE: "relay-delivery", REPLAY: "relay-replay"}[lane]
+        return base if self.destination == DEFAULT_DESTINATION else f"{base}-{self.destination}"
+
+    def rq_queue_key(self, lane: str) -> str:
+        return f"rq:queue:{self.queue_name(lane)}"
+
+    @property
+    def ledger(self) -> str:
+        """hash: received / ignored / delivered / dead_lettered / coalesced / duplicates / replayed"""
+        return f"{self.prefix}:ledger"
+
+    @property
+    def last_delivery(self) -> str:
+        """string: epoch seconds of the last successful delivery"""
+        return f"{self.prefix}:last-delivery"
+
+    @property
+    def last_429(self) -> str:
+        """string: epoch seconds of the last 429 from the destination"""
+        return f"{self.prefix}:limiter:last-429"
+
+    @property
+    def limiter(self) -> tuple[str, str, str]:
+        """The rate limiter (workers/ratelimit.py): GCRA theoretical arrival time (ms), the end of
+        a 429 pause (ms), and calls in flight (zset token -> lease end)."""
+        return (f"{self.prefix}:limiter:tat", f"{self.prefix}:limiter:paused-until", f"{self.prefix}:limiter:in-flight")
+
+    @property
+    def dlq(self) -> list[str]:
+        """hash: id -> JSON item; zset: id by time of failure; hash: reason -> count; string: dropped"""
+        return [f"{self.prefix}:dlq:{name}" for name in ("items", "index", "reasons", "dropped")]
+
+    def pending(self, lane: str) -> str:
+        """zset: "<source>:<event id>" by time accepted (or replayed), until its outcome is counted."""
+        return f"{self.prefix}:pending:{lane}"
+
+    def outcome(self, source: str, event_id: str) -> str:
+        """Set once an event's final outcome is counted, so a re-run job never counts twice."""
+        return f"{self.prefix}:outcome:{source}:{event_id}"
+
+    def user_lock(self, source: str, user_id: str) -> str:
+        """One delivery per user at a time, so the destination sees a user's updates in order."""
+        return f"{self.prefix}:lock:{source}:{user_id}"
+
+    def parked(self, source: str, hint: str) -> str:
+        """hash: event id -> update JSON, updates waiting for one merged delivery (UserUpdate.hint)."""
+        return f"{self.prefix}:parked:{source}:{hint}"
+
+    def last_written(self, source: str, user_id: str) -> str:
+        """hash: attribute -> event time of the value last sent (last-writer-wins by event time)."""
+        return f"{self.prefix}:lww:{source}:{user_id}"
 
 
-def last_written(source: str, user_id: str) -> str:
-    """hash: attribute -> event time of the value last sent (last-writer-wins by event time)."""
-    return f"{PREFIX}:lww:{source}:{user_id}"
+USERCOM = Keys(DEFAULT_DESTINATION)
+# User.com's keys under their historic names (tests and tools read them directly).
+QUEUE_NAMES = {lane: USERCOM.queue_name(lane) for lane in LANES}
+DELIVERY_QUEUE = QUEUE_NAMES[LIVE]
+RQ_QUEUE_KEY = USERCOM.rq_queue_key(LIVE)
+LEDGER = USERCOM.ledger
+LAST_DELIVERY = USERCOM.last_delivery
+LAST_429 = USERCOM.last_429
+LIMITER_TAT, LIMITER_PAUSED_UNTIL, LIMITER_IN_FLIGHT = USERCOM.limiter
+DLQ_ITEMS, DLQ_INDEX, DLQ_REASONS, DLQ_DROPPED = USERCOM.dlq
+rq_queue_key = USERCOM.rq_queue_key
+pending = USERCOM.pending
+outcome = USERCOM.outcome
+user_lock = USERCOM.user_lock
+parked = USERCOM.parked
+last_written = USERCOM.last_written

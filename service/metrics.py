@@ -31,7 +31,7 @@ WEBHOOKS = Counter(
 INGEST_SECONDS = Histogram(
     "relay_ingest_duration_seconds", "Time to answer a webhook", ["source"], buckets=LATENCY_BUCKETS
 )
-DELIVERIES = Counter("relay_deliveries_total", "Delivery job outcomes", ["outcome", "lane"])
+DELIVERIES = Counter("relay_deliveries_total", "Delivery job outcomes", ["outcome", "lane", "destination"])
 DELIVERY_LATENCY = Histogram(
     "relay_delivery_latency_seconds",
     "From webhook accepted to User.com 2xx, retries included",
@@ -42,6 +42,12 @@ USERCOM_REQUESTS = Counter(
 )
 USERCOM_SECONDS = Histogram(
     "relay_usercom_request_duration_seconds", "User.com API call latency", ["endpoint"], buckets=LATENCY_BUCKETS
+)
+USERKIT_REQUESTS = Counter(
+    "relay_userkit_requests_total", "UserKit API calls by endpoint and status", ["endpoint", "status"]
+)
+USERKIT_SECONDS = Histogram(
+    "relay_userkit_request_duration_seconds", "UserKit API call latency", ["endpoint"], buckets=LATENCY_BUCKETS
 )
 
 
@@ -78,43 +84,39 @@ class SharedStateCollector(Collector):
             return
         up.add_metric([], 1)
         yield up
-        depth = GaugeMetricFamily("relay_queue_depth", "Delivery jobs ready to run", labels=["lane"])
-        scheduled = GaugeMetricFamily("relay_queue_scheduled", "Retries waiting for their time", labels=["lane"])
+        label = ["destination"]
+        depth = GaugeMetricFamily("relay_queue_depth", "Delivery jobs ready to run", labels=[*label, "lane"])
+        scheduled = GaugeMetricFamily(
+            "relay_queue_scheduled", "Retries waiting for their time", labels=[*label, "lane"]
+        )
         age = GaugeMetricFamily(
-            "relay_oldest_pending_age_seconds", "Age of the oldest unsettled update", labels=["lane"]
+            "relay_oldest_pending_age_seconds", "Age of the oldest unsettled update", labels=[*label, "lane"]
         )
-        workers = GaugeMetricFamily("relay_workers", "Worker processes registered", labels=["lane"])
-        for lane, values in status["lanes"].items():
-            depth.add_metric([lane], values["depth"])
-            scheduled.add_metric([lane], values["scheduled"])
-            age.add_metric([lane], values["oldest_pending_age_seconds"] or 0)
-            workers.add_metric([lane], status["workers"][lane])
-        yield from (depth, scheduled, age, workers)
-        dlq = GaugeMetricFamily("relay_dlq_size", "Dead-letter items kept, by reason", labels=["reason"])
-        for reason in sorted(set(REASONS) | set(status["dlq"]["by_reason"])):
-            dlq.add_metric([reason], status["dlq"]["by_reason"].get(reason, 0))
-        yield dlq
-        yield CounterMetricFamily(
-            "relay_dlq_dropped", "Dead-letter items dropped by retention", value=status["dlq"]["dropped_by_retention"]
+        workers = GaugeMetricFamily("relay_workers", "Worker processes registered", labels=[*label, "lane"])
+        dlq = GaugeMetricFamily("relay_dlq_size", "Dead-letter items kept, by reason", labels=[*label, "reason"])
+        dropped = CounterMetricFamily("relay_dlq_dropped", "Dead-letter items dropped by retention", labels=label)
+        events = CounterMetricFamily("relay_events", "Events by ledger column, all pods", labels=[*label, "state"])
+        in_flight = GaugeMetricFamily("relay_events_in_flight", "Accepted events not yet settled", labels=label)
+        last = GaugeMetricFamily(
+            "relay_last_delivery_timestamp_seconds", "Time of the last successful delivery", labels=label
         )
-        events = CounterMetricFamily("relay_events", "Events by ledger column, all pods", labels=["state"])
-        for state in ("received", "delivered", "coalesced", "ignored", "dead_lettered", "replayed", "duplicates"):
-            events.add_metric([state], status["ledger"][state])
-        yield events
-        yield GaugeMetricFamily(
-            "relay_events_in_flight", "Accepted events not yet settled", value=status["ledger"]["in_flight"]
-        )
-        yield GaugeMetricFamily(
-            "relay_last_delivery_timestamp_seconds",
-            "Time of the last successful delivery",
-            value=status["last_delivery_at"] or 0,
-        )
-        pause = status["limiter"]["paused_until"]
-        yield GaugeMetricFamily(
-            "relay_ratelimit_pause_seconds",
-            "Seconds left in a User.com 429 pause",
-            value=max(0.0, pause - status["time"]) if pause else 0.0,
-        )
+        pause = GaugeMetricFamily("relay_ratelimit_pause_seconds", "Seconds left in a 429 pause", labels=label)
+        for name, dest in status["destinations"].items():
+            for lane, values in dest["lanes"].items():
+                depth.add_metric([name, lane], values["depth"])
+                scheduled.add_metric([name, lane], values["scheduled"])
+                age.add_metric([name, lane], values["oldest_pending_age_seconds"] or 0)
+                workers.add_metric([name, lane], dest["workers"][lane])
+            for reason in sorted(set(REASONS) | set(dest["dlq"]["by_reason"])):
+                dlq.add_metric([name, reason], dest["dlq"]["by_reason"].get(reason, 0))
+            dropped.add_metric([name], dest["dlq"]["dropped_by_retention"])
+            for state in ("received", "delivered", "coalesced", "ignored", "dead_lettered", "replayed", "duplicates"):
+                events.add_metric([name, state], dest["ledger"][state])
+            in_flight.add_metric([name], dest["ledger"]["in_flight"])
+            last.add_metric([name], dest["last_delivery_at"] or 0)
+            paused_until = dest["limiter"]["paused_until"]
+            pause.add_metric([name], max(0.0, paused_until - status["time"]) if paused_until else 0.0)
+        yield from (depth, scheduled, age, workers, dlq, dropped, events, in_flight, last, pause)
 
 
 def shared_state_metrics(redis: Redis, settings: Settings) -> bytes:

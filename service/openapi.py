@@ -10,6 +10,8 @@ from marshmallow import Schema
 
 from service import api_schemas as s
 from service import lemonsqueezy_normalize, paddle_normalize, standard_events, stripe_schemas
+from service.api_schemas import DESTINATION_HELP
+from service.keys import DESTINATIONS
 from service.status import version
 
 
@@ -31,6 +33,9 @@ def _admin(operation: dict[str, Any]) -> dict[str, Any]:
             "503": _error("Redis unreachable (`redis_unavailable`)"),
         }
     )
+    if not any(p.get("schema") is s.DlqListQuery for p in operation.get("parameters", [])):
+        destination = {"in": "query", "name": "destination", "schema": {"type": "string", "enum": list(DESTINATIONS)}}
+        operation["parameters"] = [*operation.get("parameters", []), {**destination, "description": DESTINATION_HELP}]
     return {**operation, "tags": ["admin"], "security": [{"adminToken": []}]}
 
 

@@ -27,23 +27,48 @@ def _number(raw: bytes | None) -> float | None:
 
 
 def collect_status(redis: Redis, settings: Settings, *, now: float | None = None) -> dict[str, Any]:
+    """Per destination: its lanes, ledger, dead-letter queue, limiter and workers."""
     now = time.time() if now is None else now
     pipe = redis.pipeline(transaction=False)
-    for lane in keys.LANES:
-        name = keys.QUEUE_NAMES[lane]
-        pipe.llen(keys.rq_queue_key(lane))
-        pipe.zcard(ScheduledJobRegistry.key_template.format(name))
-        pipe.zcard(keys.pending(lane))
-        pipe.zrange(keys.pending(lane), 0, 0, withscores=True)
-        pipe.scard(WORKERS_BY_QUEUE_KEY % name)
-    pipe.hgetall(keys.LEDGER)
-    pipe.hgetall(keys.DLQ_REASONS)
-    pipe.get(keys.DLQ_DROPPED)
-    pipe.get(keys.LAST_DELIVERY)
-    pipe.get(keys.LAST_429)
-    pipe.get(keys.LIMITER_PAUSED_UNTIL)
-    pipe.zcount(keys.LIMITER_IN_FLIGHT, now * 1000, "+inf")
+    for name in settings.destinations:
+        _queue_reads(pipe, keys.Keys(name), now)
     results = pipe.execute()
+    destinations = {}
+    for name in settings.destinations:
+        size = len(keys.LANES) * 5 + 7
+        destinations[name] = _destination(results[:size], _limits(settings, name), now)
+        results = results[size:]
+    return {"version": version(), "time": now, "destinations": destinations}
+
+
+def _limits(settings: Settings, destination: str) -> dict[str, float]:
+    prefix = "userkit" if destination == "userkit" else "usercom"
+    return {
+        "rate_limit_per_second": getattr(settings, f"{prefix}_rate_limit"),
+        "burst": getattr(settings, f"{prefix}_burst"),
+        "max_in_flight": getattr(settings, f"{prefix}_max_in_flight"),
+    }
+
+
+def _queue_reads(pipe: Any, own: keys.Keys, now: float) -> None:
+    for lane in keys.LANES:
+        name = own.queue_name(lane)
+        pipe.llen(own.rq_queue_key(lane))
+        pipe.zcard(ScheduledJobRegistry.key_template.format(name))
+        pipe.zcard(own.pending(lane))
+        pipe.zrange(own.pending(lane), 0, 0, withscores=True)
+        pipe.scard(WORKERS_BY_QUEUE_KEY % name)
+    _, paused_until, in_flight = own.limiter
+    pipe.hgetall(own.ledger)
+    pipe.hgetall(own.dlq[2])
+    pipe.get(own.dlq[3])
+    pipe.get(own.last_delivery)
+    pipe.get(own.last_429)
+    pipe.get(paused_until)
+    pipe.zcount(in_flight, now * 1000, "+inf")
+
+
+def _destination(results: list[Any], limits: dict[str, float], now: float) -> dict[str, Any]:
     lanes, workers = {}, {}
     for lane in keys.LANES:
         depth, scheduled, pending, oldest, alive = results[:5]
@@ -59,15 +84,11 @@ def collect_status(redis: Redis, settings: Settings, *, now: float | None = None
     paused_until = float(paused_until_ms) / 1000 if paused_until_ms is not None else None
     reasons = {k.decode(): int(v) for k, v in raw_reasons.items()}
     return {
-        "version": version(),
-        "time": now,
         "lanes": lanes,
         "ledger": ledger_from(raw_ledger),
         "dlq": {"size": sum(reasons.values()), "by_reason": reasons, "dropped_by_retention": int(dropped or 0)},
         "limiter": {
-            "rate_limit_per_second": settings.usercom_rate_limit,
-            "burst": settings.usercom_burst,
-            "max_in_flight": settings.usercom_max_in_flight,
+            **limits,
             "in_flight": in_flight,
             "paused_until": paused_until if paused_until is not None and paused_until > now else None,
             "last_429_at": _number(last_429),

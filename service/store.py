@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from redis import Redis
 
 from service import keys
 from service.config import Settings
-from service.dlq import DLQ_KEYS, DLQ_LUA, DeadLetter, DeadLetterQueue, DlqFilter, Retention
+from service.dlq import DLQ_LUA, DeadLetter, DeadLetterQueue, DlqFilter, Retention
 from service.jobs import JobWriter, job_id_for
 from service.updates import UserUpdate
 
@@ -39,49 +39,58 @@ end
 """
 
 # Write an rq job hash and queue it. JOB_FIELDS, filled in per lane by JobWriter, are the
-# fields every delivery job shares, taken from rq; ARGV gives data, timestamp, description.
+# fields every delivery job shares, taken from rq; the rest are per job.
 _JOB_LUA = """
 local JOB_FIELDS = {%(job_fields)s}
-local function push_job(job_key, queue_key, queues_set, job_id, data, timestamp, description)
+local function push_job(job_key, queue_key, queues_set, job_id, origin, data, timestamp, description)
     redis.call('HSET', job_key, 'data', data, 'created_at', timestamp, 'enqueued_at', timestamp,
-               'description', description, unpack(JOB_FIELDS))
+               'description', description, 'origin', origin, unpack(JOB_FIELDS))
     redis.call('RPUSH', queue_key, job_id)
     redis.call('SADD', queues_set, queue_key)
 end
 """
 
-# The dedup key makes everything after it happen once per event id.
-# KEYS: dedup, ledger, then per mode:
-#   job:         job_key, queue_key, queues_set, pending_live
-#                ARGV[3]=job_id, ARGV[4]=data, ARGV[5]=timestamp, ARGV[6]=description, ARGV[7]=now, ARGV[8]=member
-#                and, when intake knows who the update is for: KEYS[7]=parked, ARGV[9]=event id, ARGV[10]=update
-#   ignore:      (none)
-#   dead_letter: the four DLQ keys
-#                ARGV[3]=dlq_id, ARGV[4]=item JSON, ARGV[5]=reason, ARGV[6]=now, ARGV[7]=max items, ARGV[8]=cutoff
-# ARGV: dedup_ttl, mode. Returns 1 when accepted now, 0 for a duplicate.
+# The dedup key makes everything after it happen once per event id; then the event goes to each
+# destination (fan-out), counted in each destination's ledger.
+# KEYS[1]=dedup, KEYS[2]=rq queues set, then per destination a group of keys; ARGV[1]=dedup_ttl,
+# ARGV[2]=mode, ARGV[3]=number of destinations, then per mode:
+#   job:         keys: ledger, job_key, queue_key, pending_live, parked
+#                ARGV[4]=data, [5]=timestamp, [6]=description, [7]=now, [8]=member, [9]=event id,
+#                [10]=update JSON to park ('' when intake cannot tell who it is for),
+#                then per destination: job_id, origin
+#   ignore:      keys: ledger
+#   dead_letter: keys: ledger, the four DLQ keys
+#                ARGV[4]=dlq_id, [5]=reason, [6]=now, [7]=max items, [8]=cutoff, then per destination item JSON
+# Returns 1 when accepted now, 0 for a duplicate.
 ACCEPT_SCRIPT = (
     DLQ_LUA
     + _JOB_LUA
     + """
-if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
-    redis.call('HINCRBY', KEYS[2], 'duplicates', 1)
-    return 0
+local mode, n = ARGV[2], tonumber(ARGV[3])
+local size = ({job = 5, ignore = 1, dead_letter = 5})[mode]
+if not size then return redis.error_reply('unknown mode ' .. mode) end
+local first_seen = redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1])
+for d = 0, n - 1 do
+    local k = 2 + d * size
+    local ledger = KEYS[k + 1]
+    if not first_seen then
+        redis.call('HINCRBY', ledger, 'duplicates', 1)
+    else
+        redis.call('HINCRBY', ledger, 'received', 1)
+        if mode == 'job' then
+            push_job(KEYS[k + 2], KEYS[k + 3], KEYS[2], ARGV[11 + 2 * d], ARGV[12 + 2 * d], ARGV[4], ARGV[5], ARGV[6])
+            redis.call('ZADD', KEYS[k + 4], ARGV[7], ARGV[8])
+            if ARGV[10] ~= '' then redis.call('HSET', KEYS[k + 5], ARGV[9], ARGV[10]) end
+        elseif mode == 'ignore' then
+            redis.call('HINCRBY', ledger, 'ignored', 1)
+        else
+            redis.call('HINCRBY', ledger, 'dead_lettered', 1)
+            dlq_keep({KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5]}, ARGV[4], ARGV[9 + d], ARGV[5], ARGV[6],
+                     ARGV[7], ARGV[8])
+        end
+    end
 end
-redis.call('HINCRBY', KEYS[2], 'received', 1)
-local mode = ARGV[2]
-if mode == 'job' then
-    push_job(KEYS[3], KEYS[4], KEYS[5], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
-    redis.call('ZADD', KEYS[6], ARGV[7], ARGV[8])
-    if #KEYS >= 7 then redis.call('HSET', KEYS[7], ARGV[9], ARGV[10]) end
-elseif mode == 'ignore' then
-    redis.call('HINCRBY', KEYS[2], 'ignored', 1)
-elseif mode == 'dead_letter' then
-    redis.call('HINCRBY', KEYS[2], 'dead_lettered', 1)
-    dlq_keep({KEYS[3], KEYS[4], KEYS[5], KEYS[6]}, ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8])
-else
-    return redis.error_reply('unknown mode ' .. mode)
-end
-return 1
+return first_seen and 1 or 0
 """
 )
 
@@ -107,7 +116,7 @@ return {counted, accepted}
 # Take an item out of the dead-letter queue and queue its update on the replay lane: the event
 # goes back to "in flight" (dead_lettered - 1) and its next outcome is counted afresh.
 # KEYS: the four DLQ keys, ledger, outcome_key, job_key, replay_queue_key, queues_set, pending_replay
-# ARGV: dlq_id, job_id, data, timestamp, description, now, member
+# ARGV: dlq_id, job_id, origin, data, timestamp, description, now, member
 # Returns 0 when the item is gone (deleted or replayed meanwhile).
 REPLAY_SCRIPT = (
     DLQ_LUA
@@ -117,8 +126,8 @@ if not dlq_remove({KEYS[1], KEYS[2], KEYS[3], KEYS[4]}, ARGV[1]) then return 0 e
 redis.call('HINCRBY', KEYS[5], 'dead_lettered', -1)
 redis.call('HINCRBY', KEYS[5], 'replayed', 1)
 redis.call('DEL', KEYS[6])
-push_job(KEYS[7], KEYS[8], KEYS[9], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
-redis.call('ZADD', KEYS[10], ARGV[6], ARGV[7])
+push_job(KEYS[7], KEYS[8], KEYS[9], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
+redis.call('ZADD', KEYS[10], ARGV[7], ARGV[8])
 return 1
 """
 )
@@ -146,12 +155,25 @@ class Settled:
 
 
 class Store:
-    """Intake, outcomes and replays: every write that moves an event through the ledger."""
+    """Intake, outcomes and replays: every write that moves an event through a ledger.
 
-    def __init__(self, redis: Redis, *, dedup_ttl: int, retention: Retention) -> None:
+    Intake fans each event out to every destination in `fan_out`; outcomes, the dead-letter
+    queue and replays belong to one destination (`keys`)."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        dedup_ttl: int,
+        retention: Retention,
+        destination_keys: keys.Keys = keys.USERCOM,
+        fan_out: tuple[keys.Keys, ...] = (keys.USERCOM,),
+    ) -> None:
         self.redis = redis
         self.dedup_ttl = dedup_ttl
         self.retention = retention
+        self.keys = destination_keys
+        self.fan_out = fan_out
         live, replay = JobWriter(redis, keys.LIVE), JobWriter(redis, keys.REPLAY)
         self._jobs = {keys.LIVE: live, keys.REPLAY: replay}
         self._accept = redis.register_script(live.lua(ACCEPT_SCRIPT))
@@ -159,52 +181,80 @@ class Store:
         self._replay = redis.register_script(replay.lua(REPLAY_SCRIPT))
 
     @classmethod
-    def from_settings(cls, redis: Redis, settings: Settings) -> Store:
+    def from_settings(cls, redis: Redis, settings: Settings, destination: str | None = None) -> Store:
+        """A store fanning out to the configured destinations; outcomes for `destination` (default:
+        the first one configured)."""
         retention = Retention(max_items=settings.dlq_max_items, ttl_seconds=settings.dlq_ttl_days * 24 * 3600)
-        return cls(redis, dedup_ttl=settings.dedup_ttl_seconds, retention=retention)
+        fan_out = tuple(keys.Keys(name) for name in settings.destinations)
+        own = keys.Keys(destination) if destination else fan_out[0]
+        return cls(
+            redis, dedup_ttl=settings.dedup_ttl_seconds, retention=retention, destination_keys=own, fan_out=fan_out
+        )
+
+    def for_destination(self, destination: str) -> Store:
+        return Store(
+            self.redis,
+            dedup_ttl=self.dedup_ttl,
+            retention=self.retention,
+            destination_keys=keys.Keys(destination),
+            fan_out=self.fan_out,
+        )
 
     def dlq(self) -> DeadLetterQueue:
-        return DeadLetterQueue(self.redis, self.retention)
+        return DeadLetterQueue(self.redis, self.retention, self.keys)
 
     def accept(self, update: UserUpdate) -> bool:
-        """Queue the update for delivery; False if this event id was accepted before."""
-        job_id = job_id_for(update)
-        job_keys = [
-            keys.RQ_JOB_KEY_PREFIX + job_id,
-            keys.rq_queue_key(keys.LIVE),
-            keys.RQ_QUEUES_SET,
-            keys.pending(keys.LIVE),
-        ]
-        member = keys.pending_member(update.source, update.event_id)
+        """Queue the update for delivery to every destination; False if this event id was accepted before."""
         update_json = json.dumps(update.to_dict(), separators=(",", ":"))
-        args = [job_id, *self._jobs[keys.LIVE].args(update, update_json), time.time(), member]
-        if update.hint is not None:
-            # Parked at once, so that a backlog for one user goes out as one merged update.
-            job_keys.append(keys.parked(update.source, update.hint))
-            args += [update.event_id, update_json]
-        return self._run(update.source, update.event_id, "job", job_keys, args)
+        # Parked at once, so that a backlog for one user goes out as one merged update.
+        hint = update.hint
+        group: list[str] = []
+        per_destination: list[Any] = []
+        for dest in self.fan_out:
+            job_id = job_id_for(update, destination=dest.destination)
+            group += [
+                dest.ledger,
+                keys.RQ_JOB_KEY_PREFIX + job_id,
+                dest.rq_queue_key(keys.LIVE),
+                dest.pending(keys.LIVE),
+                dest.parked(update.source, hint or "-"),
+            ]
+            per_destination += [job_id, dest.queue_name(keys.LIVE)]
+        args = [
+            *self._jobs[keys.LIVE].args(update, update_json),
+            time.time(),
+            keys.pending_member(update.source, update.event_id),
+            update.event_id,
+            update_json if hint is not None else "",
+            *per_destination,
+        ]
+        return self._run(update.source, update.event_id, "job", group, args)
 
     def ignore(self, source: str, event_id: str) -> bool:
-        return self._run(source, event_id, "ignore", [], [])
+        return self._run(source, event_id, "ignore", [dest.ledger for dest in self.fan_out], [])
 
     def reject(self, item: DeadLetter, dedup_id: str) -> bool:
-        """Keep an event that could not be accepted for delivery (e.g. invalid payload)."""
-        args = [item.id, item.to_json(), item.reason, time.time(), *self.retention.args()]
-        return self._run(item.source, dedup_id, "dead_letter", DLQ_KEYS, args)
+        """Keep an event that could not be accepted for delivery (e.g. invalid payload), in the
+        dead-letter queue of every destination: replaying it there delivers it there."""
+        group = [key for dest in self.fan_out for key in (dest.ledger, *dest.dlq)]
+        items = [replace(item, destination=dest.destination).to_json() for dest in self.fan_out]
+        args = [item.id, item.reason, time.time(), *self.retention.args(), *items]
+        return self._run(item.source, dedup_id, "dead_letter", group, args)
 
-    def _run(self, source: str, event_id: str, mode: str, extra_keys: list[str], extra_args: list[Any]) -> bool:
-        script_keys = [keys.dedup(source, event_id), keys.LEDGER, *extra_keys]
-        return bool(self._accept(keys=script_keys, args=[self.dedup_ttl, mode, *extra_args]))
+    def _run(self, source: str, event_id: str, mode: str, group: list[str], extra_args: list[Any]) -> bool:
+        script_keys = [keys.dedup(source, event_id), keys.RQ_QUEUES_SET, *group]
+        args = [self.dedup_ttl, mode, len(self.fan_out), *extra_args]
+        return bool(self._accept(keys=script_keys, args=args))
 
     def _outcome(
         self, outcome: str, source: str, event_id: str, extra_keys: list[str], extra_args: list[Any]
     ) -> Settled:
         script_keys = [
-            keys.outcome(source, event_id),
-            keys.LEDGER,
-            keys.LAST_DELIVERY,
-            keys.pending(keys.LIVE),
-            keys.pending(keys.REPLAY),
+            self.keys.outcome(source, event_id),
+            self.keys.ledger,
+            self.keys.last_delivery,
+            self.keys.pending(keys.LIVE),
+            self.keys.pending(keys.REPLAY),
             *extra_keys,
         ]
         args = [outcome, self.dedup_ttl, keys.pending_member(source, event_id), time.time(), *extra_args]
@@ -213,7 +263,7 @@ class Store:
 
     def settled(self, update: UserUpdate) -> bool:
         """Whether this event's outcome is counted (by its own job or one that merged it)."""
-        return bool(self.redis.exists(keys.outcome(update.source, update.event_id)))
+        return bool(self.redis.exists(self.keys.outcome(update.source, update.event_id)))
 
     def record_delivered(self, update: UserUpdate) -> Settled:
         return self._outcome("delivered", update.source, update.event_id, [], [])
@@ -222,25 +272,31 @@ class Store:
         """Everything the update carried is already superseded by newer values sent for its user."""
         return self._outcome("coalesced", update.source, update.event_id, [], [])
 
+    def record_ignored(self, update: UserUpdate) -> Settled:
+        """The destination stores nothing the update carries (filtered by rule)."""
+        return self._outcome("ignored", update.source, update.event_id, [], [])
+
     def dead_letter(self, item: DeadLetter) -> Settled:
+        item = replace(item, destination=self.keys.destination)
         args = [item.id, item.to_json(), item.reason, *self.retention.args()]
-        return self._outcome("dead_lettered", item.source, item.event_id or item.id, DLQ_KEYS, args)
+        return self._outcome("dead_lettered", item.source, item.event_id or item.id, self.keys.dlq, args)
 
     def replay(self, item_id: str, update: UserUpdate) -> bool:
         """Move a dead-lettered item's update to the replay lane; False if the item is gone."""
-        job_id = job_id_for(update, replay=int(time.time() * 1000))
+        job_id = job_id_for(update, replay=int(time.time() * 1000), destination=self.keys.destination)
         script_keys = [
-            *DLQ_KEYS,
-            keys.LEDGER,
-            keys.outcome(update.source, update.event_id),
+            *self.keys.dlq,
+            self.keys.ledger,
+            self.keys.outcome(update.source, update.event_id),
             keys.RQ_JOB_KEY_PREFIX + job_id,
-            keys.rq_queue_key(keys.REPLAY),
+            self.keys.rq_queue_key(keys.REPLAY),
             keys.RQ_QUEUES_SET,
-            keys.pending(keys.REPLAY),
+            self.keys.pending(keys.REPLAY),
         ]
         args = [
             item_id,
             job_id,
+            self.keys.queue_name(keys.REPLAY),
             *self._jobs[keys.REPLAY].args(update, json.dumps(update.to_dict(), separators=(",", ":"))),
             time.time(),
             keys.pending_member(update.source, update.event_id),
@@ -248,7 +304,7 @@ class Store:
         return bool(self._replay(keys=script_keys, args=args))
 
     def ledger(self) -> dict[str, int]:
-        return ledger_from(self.redis.hgetall(keys.LEDGER))
+        return ledger_from(self.redis.hgetall(self.keys.ledger))
 
     def dead_letters(self) -> list[dict[str, Any]]:
         return self.dlq().matching(DlqFilter())[0]

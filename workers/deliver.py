@@ -1,7 +1,9 @@
-"""The delivery job: one normalized update to User.com, then a counted outcome.
+"""The delivery job: one normalized update to one destination, then a counted outcome.
 
-Every job ends in exactly one of: delivered, dead-lettered (rejected by User.com, identity
-unresolved, or retries exhausted), or a retry scheduled as a new job. Outcomes are counted
+A worker process serves one destination (its queues, ledger, dead-letter queue and limiter).
+Every job ends in exactly one of: delivered, ignored (nothing in it for this destination),
+dead-lettered (rejected by the destination, identity unresolved, or retries exhausted), or a
+retry scheduled as a new job. Outcomes are counted
 once per event even when a job runs twice (a worker killed mid-job is re-run by rq), and
 updates are idempotent (attribute sets, add-only tags), so a re-run changes nothing.
 """
@@ -30,9 +32,9 @@ from service.jobs import delivery_job, job_id_for
 from service.metrics import DELIVERIES, DELIVERY_LATENCY
 from service.store import Store
 from service.updates import UserUpdate
+from workers.destination import DeliveryError, Destination, Rejected, Retryable
 from workers.ordering import Hold, Ordering, UserBusy, merge
 from workers.ratelimit import Throttled
-from workers.usercom import Rejected, Retryable, UsercomClient, UsercomError
 
 log = logging.getLogger(__name__)
 USER_BUSY_WAIT_SECONDS = 1.0
@@ -45,9 +47,9 @@ class DeliveryContext:
 
     settings: Settings
     redis: Redis
-    store: Store
-    client: UsercomClient
-    queues: dict[str, Queue]  # by lane
+    store: Store  # bound to the destination's keys
+    client: Destination
+    queues: dict[str, Queue]  # the destination's, by lane
     ordering: Ordering
     clock: Callable[[], float] = time.time
     jitter: Callable[[], float] = field(default=random.random)
@@ -130,7 +132,7 @@ def deliver_update(
         return _dead_letter(
             ctx,
             update,
-            "usercom_rejected",
+            f"{ctx.client.name}_rejected",
             exc,
             user_id=user_id,
             attempt=attempt,
@@ -139,7 +141,7 @@ def deliver_update(
         )
     except Retryable as exc:
         if exc.status == 429:
-            ctx.redis.set(keys.LAST_429, ctx.clock())
+            ctx.redis.set(ctx.store.keys.last_429, ctx.clock())
         return _retry_or_give_up(ctx, update, user_id, exc, attempt, first_failure_at, lane)
 
 
@@ -155,11 +157,16 @@ def _send(
     """One PUT for this update and every other one parked for the user; raises on failure, after
     parking them all again (each one's own job still runs until its outcome is counted)."""
     merged = merge([update, *others])
+    if not ctx.client.accepts(merged.standard, merged.custom, merged.tags):
+        for item in (update, *others):
+            ctx.store.record_ignored(item)
+        DELIVERIES.labels("ignored", lane, ctx.client.name).inc(1 + len(others))
+        return "ignored"
     standard, custom = hold.claim(merged)
-    if not (standard or custom or merged.tags):
+    if not ctx.client.accepts(standard, custom, merged.tags):
         for item in (update, *others):
             ctx.store.record_coalesced(item)
-        DELIVERIES.labels("coalesced", lane).inc(1 + len(others))
+        DELIVERIES.labels("coalesced", lane, ctx.client.name).inc(1 + len(others))
         log.info(
             "superseded %s %s: user %s already has newer values",
             update.event_type,
@@ -169,7 +176,7 @@ def _send(
         )
         return "coalesced"
     try:
-        ctx.client.update_user(user_id, standard, custom, merged.tags)
+        ctx.client.send(user_id, standard, custom, merged.tags)
     except Rejected:
         if not others:
             raise
@@ -182,9 +189,9 @@ def _send(
     settled = ctx.store.record_delivered(update)
     for item in others:
         ctx.store.record_coalesced(item)
-    DELIVERIES.labels("delivered", lane).inc()
+    DELIVERIES.labels("delivered", lane, ctx.client.name).inc()
     if others:
-        DELIVERIES.labels("coalesced", lane).inc(len(others))
+        DELIVERIES.labels("coalesced", lane, ctx.client.name).inc(len(others))
     if settled.counted and settled.accepted_at is not None:
         DELIVERY_LATENCY.observe(max(0.0, ctx.clock() - settled.accepted_at))
     log.info(
@@ -223,10 +230,18 @@ def _retry_or_give_up(
             ctx, update, "retries_exhausted", exc, user_id=user_id, attempt=attempt, first_failure_at=first, lane=lane
         )
     # A re-run of this job schedules the same job id again: no duplicate retry.
-    retry = delivery_job(ctx.redis, update, attempt + 1, first, lane=lane, job_id=_next_job_id(update, attempt))
+    retry = delivery_job(
+        ctx.redis,
+        update,
+        attempt + 1,
+        first,
+        lane=lane,
+        job_id=_next_job_id(ctx, update, attempt),
+        destination_keys=ctx.store.keys,
+    )
     # rq keeps whole seconds: round up so a Retry-After is never cut short.
     ctx.queues[lane].schedule_job(retry, datetime.fromtimestamp(math.ceil(now + delay), UTC))
-    DELIVERIES.labels("retry_scheduled", lane).inc()
+    DELIVERIES.labels("retry_scheduled", lane, ctx.client.name).inc()
     log.warning(
         "retrying %s %s in %.1fs (attempt %d): %s",
         update.event_type,
@@ -249,10 +264,12 @@ def _put_back(
     why: str,
 ) -> str:
     """No User.com slot soon, or another job holds the user: run again later, not a failed attempt."""
-    job_id = f"{_base_job_id(update)}-t{uuid.uuid4().hex[:12]}"
-    job = delivery_job(ctx.redis, update, attempt, first_failure_at, lane=lane, job_id=job_id)
+    job_id = f"{_base_job_id(ctx, update)}-t{uuid.uuid4().hex[:12]}"
+    job = delivery_job(
+        ctx.redis, update, attempt, first_failure_at, lane=lane, job_id=job_id, destination_keys=ctx.store.keys
+    )
     ctx.queues[lane].schedule_job(job, datetime.fromtimestamp(math.ceil(ctx.clock() + wait), UTC))
-    DELIVERIES.labels(why, lane).inc()
+    DELIVERIES.labels(why, lane, ctx.client.name).inc()
     return why
 
 
@@ -268,30 +285,32 @@ def _fields(update: UserUpdate, user_id: str | None, lane: str, attempt: int, ou
     }
 
 
-def _base_job_id(update: UserUpdate) -> str:
+def _base_job_id(ctx: DeliveryContext, update: UserUpdate) -> str:
     """The running job's id without attempt or put-back suffixes (a replay keeps its own base)."""
     current = get_current_job()
-    return JOB_SUFFIXES.sub("", current.id) if current is not None else job_id_for(update)
+    if current is not None:
+        return JOB_SUFFIXES.sub("", current.id)
+    return job_id_for(update, destination=ctx.store.keys.destination)
 
 
-def _next_job_id(update: UserUpdate, attempt: int) -> str:
-    return f"{_base_job_id(update)}-a{attempt + 1}"
+def _next_job_id(ctx: DeliveryContext, update: UserUpdate, attempt: int) -> str:
+    return f"{_base_job_id(ctx, update)}-a{attempt + 1}"
 
 
 def _dead_letter(
     ctx: DeliveryContext,
     update: UserUpdate,
     reason: str,
-    error: str | UsercomError,
+    error: str | DeliveryError,
     *,
     attempt: int,
     first_failure_at: float | None,
     user_id: str | None = None,
     lane: str = keys.LIVE,
 ) -> str:
-    """`error` is a plain message, or the User.com error whose status and (redacted) body are kept."""
+    """`error` is a plain message, or the destination's error whose status and (redacted) body are kept."""
     now = ctx.clock()
-    status, body = (error.status, error.body) if isinstance(error, UsercomError) else (None, None)
+    status, body = (error.status, error.body) if isinstance(error, DeliveryError) else (None, None)
     item = DeadLetter(
         id=f"{update.source}-{update.event_id}",
         reason=reason,
@@ -309,7 +328,7 @@ def _dead_letter(
         last_response=body,
     )
     ctx.store.dead_letter(item)
-    DELIVERIES.labels("dead_lettered", lane).inc()
+    DELIVERIES.labels("dead_lettered", lane, ctx.client.name).inc()
     log.error(
         "dead-lettered %s %s (%s): %s",
         update.event_type,
@@ -344,5 +363,6 @@ def on_job_failure(job: Job, connection: Redis, exc_type: type, exc: BaseExcepti
         last_failure_at=now,
     )
     ctx.store.dead_letter(item)
-    DELIVERIES.labels("dead_lettered", "replay" if job.origin == keys.QUEUE_NAMES[keys.REPLAY] else "live").inc()
+    lane = keys.REPLAY if job.origin == ctx.store.keys.queue_name(keys.REPLAY) else keys.LIVE
+    DELIVERIES.labels("dead_lettered", lane, ctx.client.name).inc()
     log.error("dead-lettered job %s after an unexpected %s", job.id, exc_type.__name__)

@@ -122,8 +122,8 @@ class Hold:
         self._token = token
 
     def take(self) -> list[UserUpdate]:
-        prefix = keys.outcome(self._source, "")
-        raw = self._ordering._take(keys=[keys.parked(self._source, self._hint)], args=[prefix])
+        prefix = self._ordering.keys.outcome(self._source, "")
+        raw = self._ordering._take(keys=[self._ordering.keys.parked(self._source, self._hint)], args=[prefix])
         return [UserUpdate.from_dict(json.loads(raw[i + 1])) for i in range(0, len(raw), 2)]
 
     def claim(self, merged: Merged) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -143,8 +143,9 @@ class Hold:
 
 
 class Ordering:
-    def __init__(self, redis: Redis, *, lww_ttl_seconds: int) -> None:
+    def __init__(self, redis: Redis, *, lww_ttl_seconds: int, destination_keys: keys.Keys = keys.USERCOM) -> None:
         self.redis = redis
+        self.keys = destination_keys
         self.lww_ttl = lww_ttl_seconds
         self._claim = redis.register_script(CLAIM_SCRIPT)
         self._release = redis.register_script(RELEASE_SCRIPT)
@@ -156,12 +157,12 @@ class Ordering:
         if not updates:
             return 0
         source = updates[0].source
-        script_keys = [keys.parked(source, hint), *(keys.outcome(u.source, u.event_id) for u in updates)]
+        script_keys = [self.keys.parked(source, hint), *(self.keys.outcome(u.source, u.event_id) for u in updates)]
         args = [x for u in updates for x in (u.event_id, json.dumps(u.to_dict(), separators=(",", ":")))]
         return int(self._park(keys=script_keys, args=args))
 
     def _run_claim(self, source: str, user_id: str, token: str, pairs: list[Any]) -> Any:
-        script_keys = [keys.user_lock(source, user_id), keys.last_written(source, user_id)]
+        script_keys = [self.keys.user_lock(source, user_id), self.keys.last_written(source, user_id)]
         return self._claim(keys=script_keys, args=[token, LEASE_MS, self.lww_ttl, *pairs])
 
     @contextmanager
@@ -177,4 +178,4 @@ class Ordering:
         try:
             yield Hold(self, source, user_id, hint, token)
         finally:
-            self._release(keys=[keys.user_lock(source, user_id)], args=[token])
+            self._release(keys=[self.keys.user_lock(source, user_id)], args=[token])

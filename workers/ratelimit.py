@@ -76,13 +76,21 @@ class LimitConfig:
 
 
 class RateLimiter:
-    def __init__(self, redis: Redis, config: LimitConfig, *, sleep: float = MAX_SLEEP_SECONDS) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        config: LimitConfig,
+        *,
+        sleep: float = MAX_SLEEP_SECONDS,
+        destination_keys: keys.Keys = keys.USERCOM,
+    ) -> None:
         self.redis = redis
         self.config = config
         self.max_sleep = sleep
         self._acquire = redis.register_script(ACQUIRE_SCRIPT)
         self._pause = redis.register_script(PAUSE_SCRIPT)
-        self._release_keys = [keys.LIMITER_IN_FLIGHT]
+        self._keys = list(destination_keys.limiter)  # tat, paused-until, in-flight
+        self._last_429 = destination_keys.last_429
 
     @contextmanager
     def slot(self) -> Iterator[None]:
@@ -90,7 +98,7 @@ class RateLimiter:
         token = uuid.uuid4().hex
         interval_ms = 1000.0 / self.config.rate_per_second
         args = [interval_ms, (self.config.burst - 1) * interval_ms, self.config.max_in_flight, token, LEASE_MS]
-        script_keys = [keys.LIMITER_TAT, keys.LIMITER_PAUSED_UNTIL, keys.LIMITER_IN_FLIGHT]
+        script_keys = self._keys
         waited = 0.0
         while (wait_ms := float(self._acquire(keys=script_keys, args=args))) > 0:
             wait = wait_ms / 1000
@@ -101,9 +109,9 @@ class RateLimiter:
         try:
             yield
         finally:
-            self.redis.zrem(keys.LIMITER_IN_FLIGHT, token)
+            self.redis.zrem(self._keys[2], token)
 
     def pause(self, seconds: float | None) -> float:
         """A 429: every worker waits until then. Returns the pause's end (epoch seconds)."""
         pause_ms = int(1000 * (seconds if seconds is not None else DEFAULT_PAUSE_SECONDS))
-        return int(self._pause(keys=[keys.LIMITER_PAUSED_UNTIL, keys.LAST_429], args=[pause_ms])) / 1000
+        return int(self._pause(keys=[self._keys[1], self._last_429], args=[pause_ms])) / 1000

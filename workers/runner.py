@@ -19,34 +19,49 @@ from service.jobs import DELIVERY_JOB_TIMEOUT
 from service.redis_client import worker_redis
 from service.store import Store
 from workers.deliver import DeliveryContext, configure
+from workers.destination import Destination
 from workers.ordering import Ordering
 from workers.ratelimit import LimitConfig, RateLimiter
 from workers.usercom import UsercomClient
+from workers.userkit import UserKitClient
 
 
-def limit_config(settings: Settings) -> LimitConfig:
+def limit_config(settings: Settings, destination: str = keys.DEFAULT_DESTINATION) -> LimitConfig:
+    if destination == "userkit":
+        return LimitConfig(settings.userkit_rate_limit, settings.userkit_burst, settings.userkit_max_in_flight)
     return LimitConfig(settings.usercom_rate_limit, settings.usercom_burst, settings.usercom_max_in_flight)
 
 
-def build_context(settings: Settings) -> DeliveryContext:
+def build_destination(settings: Settings, destination: str, limiter: RateLimiter) -> Destination:
+    timeouts = {"connect_timeout": settings.usercom_connect_timeout, "read_timeout": settings.usercom_read_timeout}
+    if destination == "userkit":
+        return UserKitClient(
+            base_url=settings.userkit_api_url, app_secret=settings.userkit_app_secret, limiter=limiter, **timeouts
+        )
+    return UsercomClient(
+        base_url=settings.usercom_api_url, api_key=settings.usercom_api_key, limiter=limiter, **timeouts
+    )
+
+
+def build_context(settings: Settings, destination: str = keys.DEFAULT_DESTINATION) -> DeliveryContext:
     redis = worker_redis(settings.redis_url)
+    own = keys.Keys(destination)
+    limiter = RateLimiter(redis, limit_config(settings, destination), destination_keys=own)
     return DeliveryContext(
         settings=settings,
         redis=redis,
-        store=Store.from_settings(redis, settings),
-        client=UsercomClient(
-            base_url=settings.usercom_api_url,
-            api_key=settings.usercom_api_key,
-            connect_timeout=settings.usercom_connect_timeout,
-            read_timeout=settings.usercom_read_timeout,
-            limiter=RateLimiter(redis, limit_config(settings)),
-        ),
+        store=Store.from_settings(redis, settings, destination),
+        client=build_destination(settings, destination, limiter),
         queues={
-            lane: DeliveryQueue(name, connection=redis, serializer=JSONSerializer)
-            for lane, name in keys.QUEUE_NAMES.items()
+            lane: DeliveryQueue(own.queue_name(lane), connection=redis, serializer=JSONSerializer)
+            for lane in keys.LANES
         },
         # Remember last-written times as long as an old event can still come back (retry or replay).
-        ordering=Ordering(redis, lww_ttl_seconds=settings.dedup_ttl_seconds + settings.dlq_ttl_days * 24 * 3600),
+        ordering=Ordering(
+            redis,
+            lww_ttl_seconds=settings.dedup_ttl_seconds + settings.dlq_ttl_days * 24 * 3600,
+            destination_keys=own,
+        ),
     )
 
 
@@ -82,9 +97,17 @@ class DeliveryWorker(SimpleWorker):
         return MAINTENANCE_INTERVAL_SECONDS
 
 
-def run_worker(settings: Settings, *, lane: str = keys.LIVE, burst: bool = False, log_level: str = "INFO") -> bool:
-    """One worker process on one lane. One queue per worker: rq's multi-queue dequeue is not atomic."""
-    context = build_context(settings)
+def run_worker(
+    settings: Settings,
+    *,
+    lane: str = keys.LIVE,
+    destination: str = keys.DEFAULT_DESTINATION,
+    burst: bool = False,
+    log_level: str = "INFO",
+) -> bool:
+    """One worker process on one destination's lane. One queue per worker: rq's multi-queue
+    dequeue is not atomic."""
+    context = build_context(settings, destination)
     configure(context)
     worker = DeliveryWorker(
         [context.queues[lane]],

@@ -1,6 +1,7 @@
 """`relay worker`: one process per worker, so each has a single rq queue (atomic dequeue).
 
-Starts `--concurrency` workers on the live lane and one on the replay lane, forwards SIGTERM
+Starts, for each destination, `--concurrency` workers on its live lane and one on its replay
+lane (so a slow destination never holds up another), forwards SIGTERM
 and SIGINT to them (rq's warm shutdown: the job in hand finishes), and stops them all if one
 exits on its own, exiting non-zero so that the orchestrator restarts the whole set.
 """
@@ -29,17 +30,21 @@ def start_metrics_server(port: int) -> None:
     start_http_server(port, registry=registry)
 
 
-def worker_argv(lane: str, *, burst: bool) -> list[str]:
-    argv = [sys.executable, "-m", "service.cli", "worker", "--lane", lane]
+def worker_argv(lane: str, destination: str, *, burst: bool) -> list[str]:
+    argv = [sys.executable, "-m", "service.cli", "worker", "--lane", lane, "--destination", destination]
     return [*argv, "--burst"] if burst else argv
 
 
-def supervise(*, concurrency: int, burst: bool, metrics_port: int | None = None) -> int:
+def supervise(*, concurrency: int, burst: bool, destinations: tuple[str, ...], metrics_port: int | None = None) -> int:
     """Run the workers; serve their added-up metrics on metrics_port (the pod's /metrics)."""
     if metrics_port is not None and not burst:
         start_metrics_server(metrics_port)
     lanes = [keys.LIVE] * concurrency + [keys.REPLAY]
-    children = [subprocess.Popen(worker_argv(lane, burst=burst), start_new_session=True) for lane in lanes]
+    children = [
+        subprocess.Popen(worker_argv(lane, destination, burst=burst), start_new_session=True)
+        for destination in destinations
+        for lane in lanes
+    ]
     stopping = crashed = False
     reaped: set[int] = set()
 

@@ -1,68 +1,15 @@
-"""User.com REST client: the calls of shared/seeds, with explicit timeouts and classified errors.
-
-Outcomes are translated at this boundary: a 2xx returns; 429, 5xx, timeouts and network
-errors raise `Retryable` (with Retry-After when given); any other 4xx raises `Rejected`
-carrying the status and the response body with secrets removed.
-"""
+"""The User.com destination: the calls of shared/seeds (update by our id; create first when
+User.com does not know the user yet), over workers/http_api.py."""
 
 from __future__ import annotations
 
-import contextlib
-import json
-import time
-from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote
 
-import urllib3
-from urllib3.exceptions import HTTPError
-
 from service.metrics import USERCOM_REQUESTS, USERCOM_SECONDS
+from workers.destination import Rejected
+from workers.http_api import HttpApi
 from workers.ratelimit import RateLimiter
-
-MAX_BODY_KEPT = 2000  # characters of an error response kept for the dead-letter queue
-
-
-class UsercomError(Exception):
-    def __init__(self, message: str, *, status: int | None = None, body: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.body = body
-
-
-class Retryable(UsercomError):
-    """Try again later: throttled, server error, timeout or network failure."""
-
-    def __init__(
-        self, message: str, *, status: int | None = None, body: str | None = None, retry_after: float | None = None
-    ) -> None:
-        super().__init__(message, status=status, body=body)
-        self.retry_after = retry_after
-
-
-class Rejected(UsercomError):
-    """User.com refused the request as it is; sending it again will not help."""
-
-
-def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Retry-After as seconds or an HTTP date -> seconds to wait (never negative)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        moment = parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, moment - (time.time() if now is None else now))
-
-
-def redact(text: str, secrets: list[str]) -> str:
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "[redacted]")
-    return text
 
 
 def _endpoint(method: str, path: str) -> str:
@@ -75,6 +22,10 @@ def _endpoint(method: str, path: str) -> str:
 
 
 class UsercomClient:
+    """The User.com destination (the default)."""
+
+    name = "usercom"
+
     def __init__(
         self,
         *,
@@ -85,21 +36,26 @@ class UsercomClient:
         pool_size: int = 10,
         limiter: RateLimiter | None = None,
     ) -> None:
-        self._limiter = limiter
-        self._base = base_url.rstrip("/")
-        self._api_key = api_key
-        self._headers = {
-            "Authorization": f"Token {api_key}",
-            "Content-Type": "application/json",
-            "Accept": "application/json",
-        }
-        self._http = urllib3.PoolManager(
-            maxsize=pool_size,
-            retries=False,
-            timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
+        self._api = HttpApi(
+            base_url=base_url,
+            headers={
+                "Authorization": f"Token {api_key}",
+                "Content-Type": "application/json",
+                "Accept": "application/json",
+            },
+            secrets=[api_key],
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            requests=USERCOM_REQUESTS,
+            seconds=USERCOM_SECONDS,
+            pool_size=pool_size,
+            limiter=limiter,
         )
 
-    def update_user(self, user_id: str, standard: dict[str, Any], custom: dict[str, Any], tags: list[str]) -> None:
+    def accepts(self, standard: dict[str, Any], custom: dict[str, Any], tags: list[str]) -> bool:
+        return bool(standard or custom or tags)
+
+    def send(self, user_id: str, standard: dict[str, Any], custom: dict[str, Any], tags: list[str]) -> None:
         """Update by our own id; create the user first when User.com does not know it yet."""
         body: dict[str, Any] = {**standard, **custom}
         if tags:
@@ -113,31 +69,4 @@ class UsercomClient:
             raise Rejected(f"PUT {path} -> 404 right after update_or_create: id not addressable", status=404)
 
     def _call(self, method: str, path: str, body: dict[str, Any], *, allow_404: bool = False) -> Any:
-        url = self._base + path
-        endpoint = _endpoint(method, path)
-        with self._limiter.slot() if self._limiter else contextlib.nullcontext():
-            started = time.perf_counter()
-            try:
-                response = self._http.request(method, url, body=json.dumps(body).encode(), headers=self._headers)
-            except HTTPError as exc:
-                USERCOM_REQUESTS.labels(endpoint, type(exc).__name__).inc()
-                raise Retryable(f"{method} {path}: {type(exc).__name__}") from exc
-            finally:
-                USERCOM_SECONDS.labels(endpoint).observe(time.perf_counter() - started)
-        status = response.status
-        USERCOM_REQUESTS.labels(endpoint, str(status)).inc()
-        if 200 <= status < 300:
-            return response.json() if response.data else {}
-        if status == 404 and allow_404:
-            return None
-        text = redact(response.data.decode("utf-8", "replace"), [self._api_key])[:MAX_BODY_KEPT]
-        message = f"{method} {path} -> {status}"
-        if status == 429:
-            retry_after = parse_retry_after(response.headers.get("Retry-After"))
-            if self._limiter is not None:
-                # Every worker waits: nobody calls again before the pause User.com asked for.
-                retry_after = max(0.0, self._limiter.pause(retry_after) - time.time())
-            raise Retryable(message, status=status, body=text, retry_after=retry_after)
-        if status >= 500:
-            raise Retryable(message, status=status, body=text)
-        raise Rejected(message, status=status, body=text)
+        return self._api.call(method, path, body, endpoint=_endpoint(method, path), allow_404=allow_404)

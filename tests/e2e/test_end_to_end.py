@@ -38,7 +38,9 @@ from tests.conftest import (
     standard_headers,
     stripe_event,
 )
+from tests.userkit_double import UserKitServer
 
+USERKIT_SECRET = "uk_e2e_app_secret_9876543210"
 RELAY = str(Path(sys.executable).with_name("relay"))
 
 
@@ -80,6 +82,30 @@ def events() -> list[dict[str, Any]]:
 
 @pytest.fixture
 def relay(tmp_path: Path, sandbox: SandboxServer) -> Iterator[dict[str, Any]]:
+    yield from _relay(tmp_path, sandbox, {})
+
+
+@pytest.fixture
+def userkit() -> Iterator[UserKitServer]:
+    server = UserKitServer(app_secret=USERKIT_SECRET).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def relay_to_both(tmp_path: Path, sandbox: SandboxServer, userkit: UserKitServer) -> Iterator[dict[str, Any]]:
+    destinations = {
+        "RELAY_DESTINATIONS": "usercom,userkit",
+        "USERKIT_API_URL": userkit.base_url,
+        "USERKIT_APP_SECRET": USERKIT_SECRET,
+        "USERKIT_RATE_LIMIT": "1000",
+        "USERKIT_BURST": "100",
+    }
+    yield from _relay(tmp_path, sandbox, destinations)
+
+
+def _relay(tmp_path: Path, sandbox: SandboxServer, extra_env: dict[str, str]) -> Iterator[dict[str, Any]]:
+    """web (gunicorn) and `relay worker` as subprocesses, on their own Redis."""
     redis_server = RedisProcess(tmp_path / "redis").start()
     port = free_port()
     env = {
@@ -93,6 +119,7 @@ def relay(tmp_path: Path, sandbox: SandboxServer) -> Iterator[dict[str, Any]]:
         "USERCOM_RATE_LIMIT": "1000",
         "USERCOM_BURST": "100",
         "RELAY_METRICS_PORT": str(free_port()),
+        **extra_env,
     }
     logs = {name: (tmp_path / f"{name}.log").open("wb") for name in ("web", "worker")}
     processes = {
@@ -222,13 +249,25 @@ def test_every_mapped_event_reaches_usercom(relay: dict[str, Any], sandbox: Sand
     assert any(e.get("event_id") == "evt_e2e_0" and e.get("outcome") == "accepted" for e in web_lines)
 
 
-def test_each_source_reaches_usercom(relay: dict[str, Any], sandbox: SandboxServer) -> None:
+def test_each_source_reaches_both_destinations(
+    relay_to_both: dict[str, Any], sandbox: SandboxServer, userkit: UserKitServer
+) -> None:
+    relay = relay_to_both
+    userkit.state.seed(["u_std", "u_paddle", "u_lemon", "user-42"])
     paddle = load_fixture("pay.subscription.created.json", "paddle_billing")
     paddle["data"]["custom_data"] = {"user_id": "u_paddle"}
     lemon = load_fixture("pay.subscription_created.json", "lemon_squeezy")
     lemon["meta"]["custom_data"] = {"user_id": "u_lemon"}
-    standard = standard_event("u_std", attributes={"email": "std@example.com", "plan": "team"}, tags=["beta"])
+    standard = standard_event(
+        "u_std", attributes={"email": "std@example.com", "first_name": "Std", "plan": "team"}, tags=["beta"]
+    )
+    stripe = stripe_event(
+        "customer.created",
+        {"id": "cus_e2e", "email": "ada@example.com", "name": "Ada Lovelace", "metadata": {"user_id": "user-42"}},
+        event_id="evt_both_1",
+    )
     sent = [
+        ("stripe", stripe, lambda body: {"Stripe-Signature": sign(body)}),
         ("standard", standard, lambda body: standard_headers(body, "msg_e2e_1")),
         ("paddle", paddle, paddle_headers),
         ("lemonsqueezy", lemon, lemonsqueezy_headers),
@@ -238,8 +277,11 @@ def test_each_source_reaches_usercom(relay: dict[str, Any], sandbox: SandboxServ
         headers = {"Content-Type": "application/json", **signer(body)}
         answer = relay["http"].request("POST", f"{relay['base']}/webhooks/{source}", body=body, headers=headers)
         assert answer.status == 202, (source, answer.data)
-    ledger = wait_settled(Store.from_settings(relay["redis"], relay["settings"]))
-    assert (ledger["received"], ledger["delivered"], ledger["in_flight"]) == (3, 3, 0)
+    store = Store.from_settings(relay["redis"], relay["settings"])
+    for destination in ("usercom", "userkit"):
+        ledger = wait_settled(store.for_destination(destination))
+        assert (ledger["received"], ledger["in_flight"]) == (4, 0), (destination, ledger)
+    # User.com: everything each source said.
     std = sandbox.state.user_by_custom_id("u_std")
     assert std is not None and std["email"] == "std@example.com"
     assert (std["attributes"], std["tags"]) == ({"plan": "team"}, ["beta"])
@@ -248,6 +290,20 @@ def test_each_source_reaches_usercom(relay: dict[str, Any], sandbox: SandboxServ
     squeezed = sandbox.state.user_by_custom_id("u_lemon")
     assert squeezed is not None and squeezed["email"] == "dan@lemonsqueezy.com"
     assert squeezed["attributes"]["subscription_status"] == "on_trial" and squeezed["tags"] == ["subscriber", "trial"]
+    assert sandbox.state.user_by_custom_id("user-42")["email"] == "ada@example.com"  # type: ignore[index]
+    # UserKit: name, email and phone only; the Paddle subscription carries none, so it is ignored there.
+    users = userkit.state.users
+    assert (users["u_std"]["name"], users["u_std"]["email"]) == ("Std", "std@example.com")
+    assert (users["u_lemon"]["name"], users["u_lemon"]["email"]) == ("Dan R", "dan@lemonsqueezy.com")
+    assert (users["user-42"]["name"], users["user-42"]["email"]) == ("Ada Lovelace", "ada@example.com")
+    assert users["u_paddle"]["email"] is None
+    userkit_ledger = store.for_destination("userkit").ledger()
+    assert (userkit_ledger["delivered"], userkit_ledger["ignored"]) == (3, 1)
+    for name in ("web", "worker"):
+        text = (relay["logs"] / f"{name}.log").read_text()
+        for secret in (USERKIT_SECRET, *SOURCE_ENV.values()):
+            for part in secret.split(","):
+                assert part not in text, f"{name} log leaks a secret"
 
 
 def test_sigterm_stops_web_and_worker_cleanly(relay: dict[str, Any]) -> None:
@@ -279,12 +335,13 @@ def test_metrics_add_up_across_processes(relay: dict[str, Any], sandbox: Sandbox
             by_outcome[outcome] = by_outcome.get(outcome, 0) + value
     assert by_outcome == {"accepted": 5, "signature_invalid": 3}  # counted in 2 gunicorn processes, added up
     assert web[("relay_ingest_duration_seconds_count", (("source", "stripe"),))] == 8
-    assert web[("relay_events_total", (("state", "received"),))] == 5
-    assert web[("relay_queue_depth", (("lane", "live"),))] == 0
+    assert web[("relay_events_total", (("destination", "usercom"), ("state", "received")))] == 5
+    assert web[("relay_queue_depth", (("destination", "usercom"), ("lane", "live")))] == 0
     assert web[("relay_redis_up", ())] == 1
     worker = samples(relay["http"].request("GET", relay["worker_metrics"]).data.decode())
-    delivered = worker[("relay_deliveries_total", (("lane", "live"), ("outcome", "delivered")))]
-    coalesced = worker.get(("relay_deliveries_total", (("lane", "live"), ("outcome", "coalesced"))), 0)
+    live = (("destination", "usercom"), ("lane", "live"))
+    delivered = worker[("relay_deliveries_total", (*live, ("outcome", "delivered")))]
+    coalesced = worker.get(("relay_deliveries_total", (*live, ("outcome", "coalesced"))), 0)
     assert delivered + coalesced == 5  # counted in the worker processes, added up
     assert worker[("relay_delivery_latency_seconds_count", ())] == delivered
     puts = worker[("relay_usercom_requests_total", (("endpoint", "PUT /users-by-id/:id/"), ("status", "200")))]

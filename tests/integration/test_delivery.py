@@ -22,7 +22,8 @@ from service.updates import UserUpdate
 from service.usercom_sandbox import Fault, SandboxServer
 from tests.conftest import USERCOM_KEY
 from workers.deliver import DeliveryContext, configure, deliver_update
-from workers.runner import build_context
+from workers.ratelimit import RateLimiter
+from workers.runner import build_context, limit_config
 
 
 @pytest.fixture
@@ -260,7 +261,7 @@ def test_updates_waiting_for_one_user_go_in_one_put(ctx: DeliveryContext, sandbo
         for n in range(10)
     ]
     items = [UserUpdate(**{**i.to_dict(), "event_time": 1000 + n}) for n, i in enumerate(items)]
-    ctx.client._limiter.pause(60)  # type: ignore[union-attr]  # User.com throttles: a backlog builds
+    RateLimiter(ctx.redis, limit_config(ctx.settings)).pause(60)  # User.com throttles: a backlog builds
     accept_and_work(ctx, *items)
     assert sandbox.state.requests == []
     assert (

@@ -51,15 +51,15 @@ def test_metrics_after_a_known_sequence(client: Any, post_event: Any) -> None:
     bad = ("invalid_payload", "customer.subscription.updated")
     assert webhooks(*bad) - before[bad] == 1
     metrics = scrape(client)
-    assert metrics[("relay_queue_depth", (("lane", "live"),))] == 3
-    assert metrics[("relay_queue_depth", (("lane", "replay"),))] == 0
-    assert metrics[("relay_oldest_pending_age_seconds", (("lane", "live"),))] >= 0
-    assert metrics[("relay_dlq_size", (("reason", "invalid_payload"),))] == 1
-    assert metrics[("relay_dlq_size", (("reason", "usercom_rejected"),))] == 0
-    assert metrics[("relay_events_total", (("state", "received"),))] == 4
-    assert metrics[("relay_events_total", (("state", "duplicates"),))] == 1
-    assert metrics[("relay_events_in_flight", ())] == 3
-    assert metrics[("relay_ratelimit_pause_seconds", ())] == 0
+    assert metrics[("relay_queue_depth", (("destination", "usercom"), ("lane", "live")))] == 3
+    assert metrics[("relay_queue_depth", (("destination", "usercom"), ("lane", "replay")))] == 0
+    assert metrics[("relay_oldest_pending_age_seconds", (("destination", "usercom"), ("lane", "live")))] >= 0
+    assert metrics[("relay_dlq_size", (("destination", "usercom"), ("reason", "invalid_payload")))] == 1
+    assert metrics[("relay_dlq_size", (("destination", "usercom"), ("reason", "usercom_rejected")))] == 0
+    assert metrics[("relay_events_total", (("destination", "usercom"), ("state", "received")))] == 4
+    assert metrics[("relay_events_total", (("destination", "usercom"), ("state", "duplicates")))] == 1
+    assert metrics[("relay_events_in_flight", (("destination", "usercom"),))] == 3
+    assert metrics[("relay_ratelimit_pause_seconds", (("destination", "usercom"),))] == 0
     assert ("relay_ingest_duration_seconds_bucket", (("le", "0.005"), ("source", "stripe"))) in metrics
 
 

@@ -14,7 +14,7 @@ from service.config import Settings
 from tests.conftest import an_update
 from workers.deliver import deliver_update
 from workers.ratelimit import LimitConfig, RateLimiter, Throttled
-from workers.runner import build_context
+from workers.runner import build_context, limit_config
 
 
 def limiter(redis: Redis, rate: float = 10, burst: int = 1, in_flight: int = 100, sleep: float = 0.0) -> RateLimiter:
@@ -72,7 +72,7 @@ def test_429_pauses_every_worker_and_is_never_shortened(redis: Redis) -> None:
 
 def test_a_throttled_job_is_put_back_without_counting_a_failure(settings: Settings, redis: Redis) -> None:
     ctx = build_context(Settings.from_env({**_env(settings), "USERCOM_RATE_LIMIT": "1", "USERCOM_BURST": "1"}))
-    ctx.client._limiter.pause(30)  # type: ignore[union-attr]
+    RateLimiter(ctx.redis, limit_config(ctx.settings)).pause(30)
     update = an_update()
     assert ctx.store.accept(update)
     assert deliver_update(ctx, update, attempt=3) == "throttled"

@@ -87,3 +87,19 @@ def test_mapping_file_override_is_loaded(tmp_path: Path) -> None:
     s = settings(RELAY_MAPPING_FILE=str(mapping))
     assert list(s.mapping.rules) == ["stripe"] and list(s.mapping.rules["stripe"]) == ["invoice.paid"]
     assert s.mapping.rules["stripe"]["invoice.paid"].tags == ("customer-paid",)
+
+
+def test_destinations_and_what_each_needs() -> None:
+    base = {"REDIS_URL": "redis://x"}
+    assert Settings.from_env(base, role="admin").destinations == ("usercom",)
+    with pytest.raises(SettingsError, match="RELAY_DESTINATIONS must list destinations from usercom, userkit"):
+        Settings.from_env({**base, "RELAY_DESTINATIONS": "usercom,hubspot"}, role="admin")
+    with pytest.raises(SettingsError, match="USERKIT_APP_SECRET is required"):
+        Settings.from_env({**base, "RELAY_DESTINATIONS": "userkit"}, role="worker")
+    only_userkit = Settings.from_env(
+        {**base, "RELAY_DESTINATIONS": " UserKit ", "USERKIT_APP_SECRET": "uk_secret"}, role="worker"
+    )
+    assert only_userkit.destinations == ("userkit",) and only_userkit.usercom_api_key == ""  # User.com not needed
+    assert only_userkit.userkit_api_url == "https://api.userkit.io" and "uk_secret" in only_userkit.secrets
+    both = settings(RELAY_DESTINATIONS="usercom,userkit,usercom", USERKIT_APP_SECRET="uk", USERKIT_RATE_LIMIT="2")
+    assert both.destinations == ("usercom", "userkit") and both.userkit_rate_limit == 2.0

@@ -1,0 +1,42 @@
+"""A destination: where normalized updates are delivered, behind one small interface.
+
+An adapter sends one merged update for one user and classifies the answer: it returns on
+success, raises `Retryable` (throttled, 5xx, timeout, network; with Retry-After when given) or
+`Rejected` (refused as it is: sending it again will not help). Everything else (ordering,
+coalescing, retries, the dead-letter queue) is the same for every destination.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+
+class DeliveryError(Exception):
+    def __init__(self, message: str, *, status: int | None = None, body: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body
+
+
+class Retryable(DeliveryError):
+    """Try again later: throttled, server error, timeout or network failure."""
+
+    def __init__(
+        self, message: str, *, status: int | None = None, body: str | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, status=status, body=body)
+        self.retry_after = retry_after
+
+
+class Rejected(DeliveryError):
+    """The destination refused the request as it is; sending it again will not help."""
+
+
+class Destination(Protocol):
+    name: str
+
+    def accepts(self, standard: dict[str, Any], custom: dict[str, Any], tags: list[str]) -> bool:
+        """Whether the update carries anything this destination stores."""
+        ...
+
+    def send(self, user_id: str, standard: dict[str, Any], custom: dict[str, Any], tags: list[str]) -> None: ...
