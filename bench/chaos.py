@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.coalesce import events, expected_state
+from bench.coalesce import events, expected_state, mismatches
 from bench.harness import backend, start, stop
 
 
@@ -84,11 +84,7 @@ def main() -> int:
         actual = {u: b.sandbox.state.user_by_custom_id(u) for u in b.users}
         statuses = [r.get("status") for r in b.sandbox.state.requests]
     expected = expected_state(updates)
-    wrong = [
-        user
-        for user, (attributes, tags) in expected.items()
-        if actual[user] is None or actual[user]["attributes"] != attributes or set(actual[user]["tags"]) != tags
-    ]
+    wrong = mismatches(expected, actual)
     print(
         f"{args.events} events, {args.users} users; {kills} workers SIGKILLed, {restarts} supervisor restarts, "
         f"Redis restarted once; double: {statuses.count(500)} x 500, {statuses.count(429)} x 429 "

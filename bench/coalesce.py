@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import random
 import tempfile
+from typing import Any
 
 from bench.harness import backend, start, stop, wait_drained
 from service.updates import UserUpdate
@@ -37,6 +38,15 @@ def events(users: list[str], count: int, seed: int) -> list[UserUpdate]:
         )
     rng.shuffle(made)
     return made
+
+
+def mismatches(expected: dict[str, Any], actual: dict[str, Any]) -> list[str]:
+    """Users whose state in the double differs from applying their events in event-time order."""
+    return [
+        user
+        for user, (attributes, tags) in expected.items()
+        if actual[user] is None or actual[user]["attributes"] != attributes or set(actual[user]["tags"]) != tags
+    ]
 
 
 def expected_state(updates: list[UserUpdate]) -> dict[str, tuple[dict[str, object], set[str]]]:
@@ -70,11 +80,7 @@ def main() -> int:
         ledger = store.ledger()
         actual = {u: b.sandbox.state.user_by_custom_id(u) for u in b.users}
     expected = expected_state(updates)
-    wrong = [
-        user
-        for user, (attributes, tags) in expected.items()
-        if actual[user] is None or actual[user]["attributes"] != attributes or set(actual[user]["tags"]) != tags
-    ]
+    wrong = mismatches(expected, actual)
     print(
         f"{args.events} events for {args.users} users, shuffled, relay limited to {args.rate:g} calls/s, "
         f"{args.workers} worker processes, drained in {elapsed:.0f}s"

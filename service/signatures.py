@@ -54,29 +54,73 @@ def _check_age(timestamp: int, header: str, tolerance: int, now: float | None, *
         raise SignatureExpired(f"{header} timestamp is outside the {tolerance} s tolerance")
 
 
+def _verify_keyed_header(
+    payload: bytes,
+    header: str | None,
+    secrets: Sequence[str],
+    *,
+    name: str,
+    separator: str,
+    keys: tuple[str, str],
+    joiner: bytes,
+    tolerance: int,
+    now: float | None,
+) -> int:
+    """Stripe's and Paddle's shape: `<ts key>=<unix time>` and `<sig key>=<hex>` items in one
+    header; the signature is hex HMAC-SHA256 over `<timestamp><joiner><body>`."""
+    if not header:
+        raise SignatureMissing(f"{name} header is missing")
+    timestamp_key, signature_key = keys
+    timestamp: int | None = None
+    candidates: list[bytes] = []
+    for item in header.split(separator):
+        key, _, value = item.strip().partition("=")
+        if key == timestamp_key:
+            timestamp = _timestamp(value, name)
+        elif key == signature_key and value:
+            candidates.append(value.encode("ascii", "replace"))
+    if timestamp is None:
+        raise SignatureInvalid(f"{name} has no timestamp ({timestamp_key}=)")
+    if not candidates:
+        raise SignatureInvalid(f"{name} has no {signature_key} signature")
+    signed = str(timestamp).encode() + joiner + payload
+    if not _any_match(signed, [s.encode() for s in secrets], candidates, _hex):
+        raise SignatureInvalid(f"no {name} {signature_key} signature matches a configured secret")
+    _check_age(timestamp, name, tolerance, now)
+    return timestamp
+
+
 def verify_stripe_signature(
     payload: bytes, header: str | None, secrets: Sequence[str], *, tolerance: int, now: float | None = None
 ) -> int:
     """Return the signed timestamp, or raise a SignatureError subclass."""
-    if not header:
-        raise SignatureMissing("Stripe-Signature header is missing")
-    timestamp: int | None = None
-    candidates: list[bytes] = []
-    for item in header.split(","):
-        key, _, value = item.strip().partition("=")
-        if key == "t":
-            timestamp = _timestamp(value, "Stripe-Signature")
-        elif key == "v1" and value:
-            candidates.append(value.encode("ascii", "replace"))
-    if timestamp is None:
-        raise SignatureInvalid("Stripe-Signature has no timestamp (t=)")
-    if not candidates:
-        raise SignatureInvalid("Stripe-Signature has no v1 signature")
-    signed = str(timestamp).encode() + b"." + payload
-    if not _any_match(signed, [s.encode() for s in secrets], candidates, _hex):
-        raise SignatureInvalid("no Stripe-Signature v1 signature matches a configured secret")
-    _check_age(timestamp, "Stripe-Signature", tolerance, now)
-    return timestamp
+    return _verify_keyed_header(
+        payload,
+        header,
+        secrets,
+        name="Stripe-Signature",
+        separator=",",
+        keys=("t", "v1"),
+        joiner=b".",
+        tolerance=tolerance,
+        now=now,
+    )
+
+
+def verify_paddle_signature(
+    payload: bytes, header: str | None, secrets: Sequence[str], *, tolerance: int, now: float | None = None
+) -> int:
+    return _verify_keyed_header(
+        payload,
+        header,
+        secrets,
+        name="Paddle-Signature",
+        separator=";",
+        keys=("ts", "h1"),
+        joiner=b":",
+        tolerance=tolerance,
+        now=now,
+    )
 
 
 def standard_webhook_key(secret: str) -> bytes:
@@ -126,30 +170,6 @@ def verify_standard_webhook(
     if not _any_match(signed, keys, candidates, base64.b64encode):
         raise SignatureInvalid("no webhook-signature v1 signature matches a configured secret")
     _check_age(timestamp, "webhook-timestamp", tolerance, now, future=True)
-    return timestamp
-
-
-def verify_paddle_signature(
-    payload: bytes, header: str | None, secrets: Sequence[str], *, tolerance: int, now: float | None = None
-) -> int:
-    if not header:
-        raise SignatureMissing("Paddle-Signature header is missing")
-    timestamp: int | None = None
-    candidates: list[bytes] = []
-    for item in header.split(";"):
-        key, _, value = item.strip().partition("=")
-        if key == "ts":
-            timestamp = _timestamp(value, "Paddle-Signature")
-        elif key == "h1" and value:
-            candidates.append(value.encode("ascii", "replace"))
-    if timestamp is None:
-        raise SignatureInvalid("Paddle-Signature has no timestamp (ts=)")
-    if not candidates:
-        raise SignatureInvalid("Paddle-Signature has no h1 signature")
-    signed = f"{timestamp}:".encode() + payload
-    if not _any_match(signed, [s.encode() for s in secrets], candidates, _hex):
-        raise SignatureInvalid("no Paddle-Signature h1 signature matches a configured secret")
-    _check_age(timestamp, "Paddle-Signature", tolerance, now)
     return timestamp
 
 
