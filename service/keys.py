@@ -35,6 +35,11 @@ def customer_map(source: str) -> str:
     return f"{PREFIX}:customers:{source}"
 
 
+def usercom_id(user_id: str) -> str:
+    """string: User.com's own id for our user id, learned from its answers (workers/usercom.py)."""
+    return f"{PREFIX}:usercom-id:{user_id}"
+
+
 def pending_member(source: str, event_id: str) -> str:
     return f"{source}:{event_id}"
 

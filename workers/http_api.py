@@ -73,13 +73,25 @@ class HttpApi:
             timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
         )
 
-    def call(self, method: str, path: str, body: dict[str, Any], *, endpoint: str, allow_404: bool = False) -> Any:
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any],
+        *,
+        endpoint: str,
+        allow_404: bool = False,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
         """The JSON answer; None for a 404 when allowed; raises Retryable or Rejected otherwise."""
         with self._limiter.slot() if self._limiter else contextlib.nullcontext():
             started = time.perf_counter()
             try:
                 response = self._http.request(
-                    method, self._base + path, body=json.dumps(body).encode(), headers=self._headers
+                    method,
+                    self._base + path,
+                    body=json.dumps(body).encode(),
+                    headers={**self._headers, **headers} if headers else self._headers,
                 )
             except HTTPError as exc:
                 self._requests.labels(endpoint, type(exc).__name__).inc()

@@ -8,6 +8,7 @@ job in hand finishes, then the process exits.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from rq import Queue, SimpleWorker
 from rq.job import Job
@@ -22,7 +23,7 @@ from workers.deliver import DeliveryContext, configure
 from workers.destination import Destination
 from workers.ordering import Ordering
 from workers.ratelimit import LimitConfig, RateLimiter
-from workers.usercom import UsercomClient
+from workers.usercom import UsercomClient, UsercomIds
 from workers.userkit import UserKitClient
 
 
@@ -38,8 +39,10 @@ def build_destination(settings: Settings, destination: str, limiter: RateLimiter
         return UserKitClient(
             base_url=settings.userkit_api_url, app_secret=settings.userkit_app_secret, limiter=limiter, **timeouts
         )
+    # Remember User.com's ids as long as last-written times (see build_context).
+    ids = UsercomIds(limiter.redis, ttl_seconds=settings.dedup_ttl_seconds + settings.dlq_ttl_days * 24 * 3600)
     return UsercomClient(
-        base_url=settings.usercom_api_url, api_key=settings.usercom_api_key, limiter=limiter, **timeouts
+        base_url=settings.usercom_api_url, api_key=settings.usercom_api_key, ids=ids, limiter=limiter, **timeouts
     )
 
 
@@ -88,6 +91,13 @@ class DeliveryWorker(SimpleWorker):
     An idle worker waits for a job at most one maintenance interval, so maintenance still runs
     when every remaining job is stranded with a dead worker and the queue is empty.
     """
+
+    def bootstrap(self, *args: Any, **kwargs: Any) -> None:
+        # rq registers the worker before it installs its SIGTERM handler (and starts the scheduler
+        # in between): a SIGTERM in that window would end the process with the worker still
+        # registered. Installed first, the signal is a warm shutdown like any other.
+        self._install_signal_handlers()
+        super().bootstrap(*args, **kwargs)
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         return int(job.timeout or DELIVERY_JOB_TIMEOUT) + HEARTBEAT_MARGIN_SECONDS

@@ -1,11 +1,20 @@
-"""The User.com destination: the calls of shared/seeds (update by our id; create first when
-User.com does not know the user yet), over workers/http_api.py."""
+"""The User.com destination: the calls of shared/seeds, over workers/http_api.py.
+
+A user is updated by User.com's own id (`PUT /users/<id>/`, API version 2) once the relay knows
+it, else by our id (`PUT /users-by-id/<user_id>/`); a user User.com does not know yet is
+created (`POST /users/update_or_create/`, which answers its id) and then updated by that id.
+The ids learned are kept in Redis; a 404 on one clears it. Updating by User.com's id also
+reaches users whose own id User.com cannot route (e.g. one containing "/").
+"""
 
 from __future__ import annotations
 
 from typing import Any
 from urllib.parse import quote
 
+from redis import Redis
+
+from service import keys
 from service.metrics import USERCOM_REQUESTS, USERCOM_SECONDS
 from workers.destination import Rejected
 from workers.http_api import HttpApi
@@ -21,6 +30,27 @@ def _endpoint(method: str, path: str) -> str:
     return f"{method} /users/{rest}/" if rest and not rest.isdigit() else f"{method} /users/:id/"
 
 
+V2 = {"Accept": "*/*; version=2"}  # what PUT /users/<id>/ requires
+
+
+class UsercomIds:
+    """User.com's id for each of our user ids, as learned from its answers."""
+
+    def __init__(self, redis: Redis, *, ttl_seconds: int) -> None:
+        self.redis = redis
+        self.ttl = ttl_seconds
+
+    def get(self, user_id: str) -> int | None:
+        raw = self.redis.get(keys.usercom_id(user_id))
+        return int(raw) if raw is not None else None
+
+    def remember(self, user_id: str, usercom_id: int) -> None:
+        self.redis.set(keys.usercom_id(user_id), usercom_id, ex=self.ttl)
+
+    def forget(self, user_id: str) -> None:
+        self.redis.delete(keys.usercom_id(user_id))
+
+
 class UsercomClient:
     """The User.com destination (the default)."""
 
@@ -33,9 +63,11 @@ class UsercomClient:
         api_key: str,
         connect_timeout: float,
         read_timeout: float,
+        ids: UsercomIds | None = None,
         pool_size: int = 10,
         limiter: RateLimiter | None = None,
     ) -> None:
+        self._ids = ids
         self._api = HttpApi(
             base_url=base_url,
             headers={
@@ -56,17 +88,43 @@ class UsercomClient:
         return bool(standard or custom or tags)
 
     def send(self, user_id: str, standard: dict[str, Any], custom: dict[str, Any], tags: list[str]) -> None:
-        """Update by our own id; create the user first when User.com does not know it yet."""
+        """Update the user; create it first when User.com does not know it yet."""
         body: dict[str, Any] = {**standard, **custom}
         if tags:
             body["tags"] = tags
-        path = f"/users-by-id/{quote(user_id, safe='')}/"
-        if self._call("PUT", path, body, allow_404=True) is not None:
+        known = self._ids.get(user_id) if self._ids else None
+        if known is not None:
+            if self._put_by_usercom_id(known, body) is not None:
+                return
+            self._ids.forget(user_id)  # type: ignore[union-attr]  # deleted or merged in User.com
+        answer = self._call("PUT", f"/users-by-id/{quote(user_id, safe='')}/", body, allow_404=True)
+        if answer is not None:
+            self._learn(user_id, answer)
             return
-        self._call("POST", "/users/update_or_create/", {**standard, "user_id": user_id})
-        if self._call("PUT", path, body, allow_404=True) is None:
-            # e.g. an id containing "/": User.com decodes it before routing and never finds the user.
-            raise Rejected(f"PUT {path} -> 404 right after update_or_create: id not addressable", status=404)
+        created = self._call("POST", "/users/update_or_create/", {**standard, "user_id": user_id})
+        usercom_id = self._learn(user_id, created)
+        if usercom_id is None or self._put_by_usercom_id(usercom_id, body) is None:
+            raise Rejected(f"user {user_id!r}: 404 right after update_or_create", status=404)
 
-    def _call(self, method: str, path: str, body: dict[str, Any], *, allow_404: bool = False) -> Any:
-        return self._api.call(method, path, body, endpoint=_endpoint(method, path), allow_404=allow_404)
+    def _put_by_usercom_id(self, usercom_id: int, body: dict[str, Any]) -> Any:
+        return self._call("PUT", f"/users/{usercom_id}/", body, allow_404=True, headers=V2)
+
+    def _learn(self, user_id: str, answer: Any) -> int | None:
+        usercom_id = answer.get("id") if isinstance(answer, dict) else None
+        if not isinstance(usercom_id, int) or isinstance(usercom_id, bool):
+            return None
+        if self._ids is not None:
+            self._ids.remember(user_id, usercom_id)
+        return usercom_id
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any],
+        *,
+        allow_404: bool = False,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
+        endpoint = _endpoint(method, path)
+        return self._api.call(method, path, body, endpoint=endpoint, allow_404=allow_404, headers=headers)

@@ -61,15 +61,15 @@ def calls(sandbox: SandboxServer) -> list[tuple[str, str]]:
     return [(r["method"], r["path"].removeprefix("/api/public")) for r in sandbox.state.requests]
 
 
-def test_unknown_user_is_created_then_updated(ctx: DeliveryContext, sandbox: SandboxServer) -> None:
+def test_unknown_user_is_created_then_updated_by_its_usercom_id(ctx: DeliveryContext, sandbox: SandboxServer) -> None:
     accept_and_work(ctx, update())
+    user = sandbox.state.user_by_custom_id("u1")
+    assert user is not None
     assert calls(sandbox) == [
         ("PUT", "/users-by-id/u1/"),
         ("POST", "/users/update_or_create/"),
-        ("PUT", "/users-by-id/u1/"),
+        ("PUT", f"/users/{user['id']}/"),  # API version 2 (the double refuses it otherwise)
     ]
-    user = sandbox.state.user_by_custom_id("u1")
-    assert user is not None
     assert user["email"] == "ada@example.com"
     assert user["attributes"] == {"plan": "pro"}
     assert user["tags"] == ["subscriber"]
@@ -79,9 +79,11 @@ def test_unknown_user_is_created_then_updated(ctx: DeliveryContext, sandbox: San
 
 def test_known_user_takes_one_put_and_tags_only_add(ctx: DeliveryContext, sandbox: SandboxServer) -> None:
     accept_and_work(ctx, update("evt_1"))
+    user = sandbox.state.user_by_custom_id("u1")
+    assert user is not None
     sandbox.state.requests.clear()
     accept_and_work(ctx, update("evt_2", tags=["paying"], custom={"plan": "team"}))
-    assert calls(sandbox) == [("PUT", "/users-by-id/u1/")]
+    assert calls(sandbox) == [("PUT", f"/users/{user['id']}/")]  # the id learned when it was created
     user = sandbox.state.user_by_custom_id("u1")
     assert user is not None
     assert user["tags"] == ["subscriber", "paying"]
@@ -94,12 +96,24 @@ def test_user_ids_are_escaped_in_paths(ctx: DeliveryContext, sandbox: SandboxSer
     assert sandbox.state.user_by_custom_id("team 42+ü") is not None
 
 
-def test_user_id_that_usercom_cannot_address_is_dead_lettered(ctx: DeliveryContext, sandbox: SandboxServer) -> None:
-    # User.com decodes %2F before routing, so an id with "/" is never found, even right after creation.
-    accept_and_work(ctx, update(user_id="team/42"))
-    [item] = ctx.store.dead_letters()
-    assert item["reason"] == "usercom_rejected"
-    assert item["last_status"] == 404
+def test_a_user_known_by_id_only_through_its_usercom_id(ctx: DeliveryContext, sandbox: SandboxServer) -> None:
+    # User.com decodes %2F before routing, so an id with "/" is never found by PUT /users-by-id/;
+    # the id update_or_create answers reaches it.
+    accept_and_work(ctx, update("evt_1", user_id="team/42"))
+    user = sandbox.state.user_by_custom_id("team/42")
+    assert user is not None and user["attributes"] == {"plan": "pro"}
+    accept_and_work(ctx, update("evt_2", user_id="team/42", custom={"plan": "team"}))
+    assert sandbox.state.user_by_custom_id("team/42")["attributes"] == {"plan": "team"}  # type: ignore[index]
+    assert ctx.store.dead_letters() == [] and ctx.store.ledger()["delivered"] == 2
+
+
+def test_a_usercom_id_that_404s_is_forgotten(ctx: DeliveryContext, sandbox: SandboxServer) -> None:
+    sandbox.state.seed(["u1"])
+    ctx.redis.set(keys.usercom_id("u1"), 999999)  # e.g. the user was merged away in User.com
+    accept_and_work(ctx, update())
+    assert calls(sandbox) == [("PUT", "/users/999999/"), ("PUT", "/users-by-id/u1/")]
+    real = sandbox.state.user_by_custom_id("u1")
+    assert real is not None and int(ctx.redis.get(keys.usercom_id("u1"))) == real["id"]
 
 
 def test_usercom_400_is_dead_lettered_with_status_and_body(ctx: DeliveryContext, sandbox: SandboxServer) -> None:
