@@ -80,6 +80,8 @@ def main() -> int:
             stop(workers)
         settle = time.monotonic() - settled_at
         ledger = store.ledger()
+        kept = len(store.dead_letters())
+        held = len(store.redis.keys("relay:batch:*"))  # jobs still held by a batch (should be none)
         received = ledger["received"]
         actual = {u: b.sandbox.state.user_by_custom_id(u) for u in b.users}
         statuses = [r.get("status") for r in b.sandbox.state.requests]
@@ -91,13 +93,14 @@ def main() -> int:
         f"of {len(statuses)} calls; settled {settle:.0f}s after the chaos"
     )
     settled = sum(ledger[k] for k in ("delivered", "coalesced", "ignored", "dead_lettered"))
-    print(f"ledger: {ledger}")
+    print(f"ledger: {ledger}; dead-letter items kept: {kept}; batches still holding jobs: {held}")
     print(
         f"balanced: received {received} = settled {settled} + in flight {ledger['in_flight']}   "
         f"lost: {args.events - received} not received   (goal: balanced, 0 lost)"
     )
     print(f"final state equal to event-time order: {len(expected) - len(wrong)}/{len(expected)} users")
-    return 0 if not wrong and received == args.events and ledger["in_flight"] == 0 else 1
+    consistent = kept == ledger["dead_lettered"] and held == 0
+    return 0 if not wrong and received == args.events and ledger["in_flight"] == 0 and consistent else 1
 
 
 if __name__ == "__main__":

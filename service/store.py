@@ -106,7 +106,9 @@ local accepted = redis.call('ZSCORE', KEYS[4], ARGV[3]) or redis.call('ZSCORE', 
 local counted = count_outcome(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], {KEYS[4], KEYS[5]})
 if ARGV[1] == 'delivered' then
     redis.call('SET', KEYS[3], ARGV[4])
-elseif ARGV[1] == 'dead_lettered' then
+elseif ARGV[1] == 'dead_lettered' and counted == 1 then
+    -- kept only with its count: an event already settled (e.g. delivered, then its job failed
+    -- inside rq) is not dead-lettered too, so the queue and the ledger never disagree
     dlq_keep({KEYS[6], KEYS[7], KEYS[8], KEYS[9]}, ARGV[5], ARGV[6], ARGV[7], ARGV[4], ARGV[8], ARGV[9])
 end
 return {counted, accepted}

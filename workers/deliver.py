@@ -17,6 +17,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -32,12 +33,15 @@ from service.jobs import delivery_job, job_id_for
 from service.metrics import DELIVERIES, DELIVERY_LATENCY
 from service.store import Store
 from service.updates import UserUpdate
+from workers.batch import return_taken, run_batch
 from workers.destination import DeliveryError, Destination, Rejected, Retryable
 from workers.ordering import Hold, Ordering, UserBusy, merge
 from workers.ratelimit import Throttled
 
 log = logging.getLogger(__name__)
 USER_BUSY_WAIT_SECONDS = 1.0
+# The id of a job taken by a running job (workers/batch.py) while it is handled.
+_job_in_hand: ContextVar[str | None] = ContextVar("job_in_hand", default=None)
 JOB_SUFFIXES = re.compile(r"(-a\d+|-t[0-9a-f]{12})+$")
 
 
@@ -72,8 +76,22 @@ def _current() -> DeliveryContext:
 def deliver(
     update: dict[str, Any], attempt: int = 1, first_failure_at: float | None = None, lane: str = keys.LIVE
 ) -> str:
-    """rq entry point (referenced by name from service.store)."""
-    return deliver_update(_current(), UserUpdate.from_dict(update), attempt, first_failure_at, lane)
+    """rq entry point (referenced by name from service.store): this job's update, then the jobs
+    queued behind it (workers/batch.py)."""
+    ctx = _current()
+    outcome = deliver_update(ctx, UserUpdate.from_dict(update), attempt, first_failure_at, lane)
+    current = get_current_job()
+    if current is not None and outcome != "throttled":
+        run_batch(ctx.redis, ctx.store.keys, lane, current.id, lambda job_id, args: _run_taken(ctx, job_id, args))
+    return outcome
+
+
+def _run_taken(ctx: DeliveryContext, job_id: str, args: list[Any]) -> str:
+    token = _job_in_hand.set(job_id)
+    try:
+        return deliver_update(ctx, UserUpdate.from_dict(args[0]), *args[1:])
+    finally:
+        _job_in_hand.reset(token)
 
 
 def backoff_delay(attempt: int, *, base: float, cap: float, jitter: float, retry_after: float | None) -> float:
@@ -286,10 +304,11 @@ def _fields(update: UserUpdate, user_id: str | None, lane: str, attempt: int, ou
 
 
 def _base_job_id(ctx: DeliveryContext, update: UserUpdate) -> str:
-    """The running job's id without attempt or put-back suffixes (a replay keeps its own base)."""
+    """The id of the job in hand without attempt or put-back suffixes (a replay keeps its own base)."""
     current = get_current_job()
-    if current is not None:
-        return JOB_SUFFIXES.sub("", current.id)
+    in_hand = _job_in_hand.get() or (current.id if current is not None else None)
+    if in_hand is not None:
+        return JOB_SUFFIXES.sub("", in_hand)
     return job_id_for(update, destination=ctx.store.keys.destination)
 
 
@@ -362,7 +381,11 @@ def on_job_failure(job: Job, connection: Redis, exc_type: type, exc: BaseExcepti
         first_failure_at=now,
         last_failure_at=now,
     )
-    ctx.store.dead_letter(item)
     lane = keys.REPLAY if job.origin == ctx.store.keys.queue_name(keys.REPLAY) else keys.LIVE
+    return_taken(ctx.redis, ctx.store.keys, lane, job.id)  # the jobs it took wait for other workers
+    if not ctx.store.dead_letter(item):
+        # Its event was settled before the failure (rq itself can fail a finished job): nothing to keep.
+        log.warning("job %s failed (%s) after its event was settled", job.id, exc_type.__name__)
+        return
     DELIVERIES.labels("dead_lettered", lane, ctx.client.name).inc()
     log.error("dead-lettered job %s after an unexpected %s", job.id, exc_type.__name__)

@@ -201,9 +201,8 @@ def test_status_after_a_known_sequence(admin: Any, ctx: DeliveryContext, sandbox
     assert live["oldest_pending_age_seconds"] >= 0.05
     assert status["lanes"]["replay"] == {"depth": 0, "scheduled": 0, "pending": 0, "oldest_pending_age_seconds": None}
     assert status["limiter"]["paused_until"] is None
-    work_one = SimpleWorker([ctx.queues[keys.LIVE]], connection=ctx.redis, serializer=JSONSerializer)
-    assert work_one.work(burst=True, max_jobs=1)
-    sandbox.state.faults.append(Fault(429, "7"))
+    # u1 takes three calls (unknown: PUT 404, create, PUT); the first call for u2 is throttled.
+    sandbox.state.faults.extend([Fault(0), Fault(0), Fault(0), Fault(429, "7")])
     work(ctx, keys.LIVE)
     document = admin.get("/status").get_json()
     assert list(document["destinations"]) == ["usercom"] and document["version"] == "0.1.0"
