@@ -69,7 +69,9 @@ def main() -> int:
             store.accept(update)
         settled_at = time.monotonic()
         try:
-            while store.ledger()["in_flight"] > 0:  # a pod stopped by the last kill is restarted
+            # Until every event is settled and no job is left held by the batch of a killed worker
+            # (its re-run hands them on); a pod stopped by the last kill is restarted.
+            while store.ledger()["in_flight"] > 0 or store.redis.keys("relay:batch:*"):
                 if workers.poll() is not None:
                     workers = start(["worker", "--concurrency", str(args.workers)], b.env)
                     restarts += 1
