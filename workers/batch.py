@@ -28,8 +28,8 @@ from service.jobs import DELIVER_FUNC
 
 log = logging.getLogger(__name__)
 BATCH_MAX_JOBS = 50
-# Stop taking more after this long, so the batch ends well within the job timeout (60 s) even
-# when the one call in hand takes its full timeouts.
+# Stop taking more once the job has run this long, so it ends within its timeout (60 s) even
+# when the delivery in hand takes every timeout of its calls.
 BATCH_SECONDS = 5.0
 
 
@@ -44,10 +44,12 @@ def run_batch(
     carrier_id: str,
     run: Callable[[str, list[Any]], str],
     *,
+    started: float,
     clock: Callable[[], float] = time.monotonic,
 ) -> int:
     """Handle what a previous run of `carrier_id` left, then take queued jobs; returns how many ran.
-    `run(job_id, args)` delivers one job's update (the job's rq arguments) and says its outcome.
+    `run(job_id, args)` delivers one job's update (the job's rq arguments) and says its outcome;
+    `started` is when the taking job began (clock time).
     Taking stops at a job that is throttled: the ones behind it would be too."""
     queue_key = destination_keys.rq_queue_key(lane)
     taken_key = batch_key(destination_keys, carrier_id)
@@ -58,7 +60,7 @@ def run_batch(
         if outcome is None:
             return done
         done += 1
-    deadline = clock() + BATCH_SECONDS
+    deadline = started + BATCH_SECONDS  # counted from the start of the taking job itself
     while done < BATCH_MAX_JOBS and clock() < deadline and outcome != "throttled":
         raw = redis.lmove(queue_key, taken_key, "LEFT", "RIGHT")
         if raw is None:

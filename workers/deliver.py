@@ -79,10 +79,12 @@ def deliver(
     """rq entry point (referenced by name from service.store): this job's update, then the jobs
     queued behind it (workers/batch.py)."""
     ctx = _current()
+    started = time.monotonic()
     outcome = deliver_update(ctx, UserUpdate.from_dict(update), attempt, first_failure_at, lane)
     current = get_current_job()
     if current is not None and outcome != "throttled":
-        run_batch(ctx.redis, ctx.store.keys, lane, current.id, lambda job_id, args: _run_taken(ctx, job_id, args))
+        run = lambda job_id, args: _run_taken(ctx, job_id, args)  # noqa: E731
+        run_batch(ctx.redis, ctx.store.keys, lane, current.id, run, started=started)
     return outcome
 
 

@@ -3,7 +3,9 @@ worker dies, nothing run twice, throttling stops the taking."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from redis import Redis
@@ -16,7 +18,7 @@ from service.config import Settings
 from service.jobs import delivery_job, job_id_for
 from service.usercom_sandbox import SandboxServer
 from tests.conftest import an_update
-from workers.batch import BATCH_MAX_JOBS, batch_key, return_taken
+from workers.batch import BATCH_MAX_JOBS, BATCH_SECONDS, batch_key, return_taken, run_batch
 from workers.deliver import DeliveryContext, configure, on_job_failure
 from workers.ratelimit import RateLimiter
 from workers.runner import build_context, limit_config
@@ -126,3 +128,19 @@ def test_a_job_failing_after_its_event_was_settled_is_not_dead_lettered(ctx: Del
     assert ctx.store.dead_letters() == []
     ledger = ctx.store.ledger()
     assert (ledger["delivered"], ledger["dead_lettered"], ledger["in_flight"]) == (1, 0, 0)
+
+
+def test_a_job_that_ran_long_takes_no_more(ctx: DeliveryContext) -> None:
+    for n in range(3):
+        assert ctx.store.accept(an_update(f"evt_{n}", user_id=f"u{n}"))
+    ran: list[str] = []
+
+    def run(job_id: str, args: list[Any]) -> str:
+        ran.append(job_id)
+        return "delivered"
+
+    late = time.monotonic() - BATCH_SECONDS  # the taking job began this long ago
+    assert run_batch(ctx.redis, keys.USERCOM, keys.LIVE, "x", run, started=late) == 0
+    assert ran == [] and ctx.redis.llen(LIVE_QUEUE) == 3
+    assert run_batch(ctx.redis, keys.USERCOM, keys.LIVE, "x", run, started=time.monotonic()) == 3
+    assert ran == ["stripe-evt_0", "stripe-evt_1", "stripe-evt_2"]
