@@ -75,7 +75,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     settings = settings_or_exit(args.role)
     print(f"relay: configuration OK for role {args.role}")
     for source, setting in SOURCE_SECRETS.items():
-        count = len(getattr(settings, setting.lower()))
+        count = len(settings.source_secrets(source))
         print(f"  {source}: {f'{count} secret(s)' if count else f'off (set {setting})'}")
     print(f"  user.com: {settings.usercom_api_url or '(not set)'}")
     print(f"  identity key: {settings.identity_key}")

@@ -106,7 +106,16 @@ class Settings:
     @property
     def webhook_sources(self) -> tuple[str, ...]:
         """The sources with a secret set: each gets its /webhooks/<source> endpoint."""
-        return tuple(name for name, setting in SOURCE_SECRETS.items() if getattr(self, _secrets_field(setting)))
+        return tuple(name for name in SOURCE_SECRETS if self.source_secrets(name))
+
+    def source_secrets(self, source: str) -> tuple[str, ...]:
+        return getattr(self, SOURCE_SECRETS[source].lower())  # e.g. PADDLE_WEBHOOK_SECRETS -> paddle_webhook_secrets
+
+    def rate_limits(self, destination: str) -> tuple[float, int, int]:
+        """A destination's calls per second, burst and calls in flight, cluster-wide."""
+        if destination == "userkit":
+            return self.userkit_rate_limit, self.userkit_burst, self.userkit_max_in_flight
+        return self.usercom_rate_limit, self.usercom_burst, self.usercom_max_in_flight
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, role: str = "all") -> Settings:
@@ -289,10 +298,6 @@ SOURCE_SECRETS = {
     "paddle": "PADDLE_WEBHOOK_SECRETS",
     "lemonsqueezy": "LEMONSQUEEZY_WEBHOOK_SECRETS",
 }
-
-
-def _secrets_field(setting: str) -> str:
-    return setting.lower()
 
 
 def _stripe_secret_problem(secret: str) -> str | None:

@@ -24,7 +24,7 @@ from redis.exceptions import RedisError
 from service.dlq import DeadLetter
 from service.errors import InvalidPayload, MalformedJson, RelayError, StoreUnavailable, UnsupportedMediaType
 from service.metrics import INGEST_SECONDS, WEBHOOKS
-from service.sources import Source
+from service.sources import Described, Source
 from service.store import Store
 
 log = logging.getLogger(__name__)
@@ -72,13 +72,13 @@ class Ingest:
             payload = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
             raise MalformedJson("request body is not valid JSON") from None
-        event_type = self.source.describe(payload, headers).event_type
-        if event_type and len(event_type) <= 100:
-            seen["event_type"] = event_type  # signed by the provider: a bounded set of names
+        described = self.source.describe(payload, headers)
+        if described.event_type and len(described.event_type) <= 100:
+            seen["event_type"] = described.event_type  # signed by the provider: a bounded set of names
         try:
             normalized = self.source.normalize(payload, headers)
         except ValidationError as exc:
-            raise self._dead_letter_invalid(raw, payload, headers, exc) from None
+            raise self._dead_letter_invalid(raw, payload, described, exc) from None
         update = normalized.update
         if update is None:
             accepted = self._write(self.store.ignore, source, normalized.event_id)
@@ -100,11 +100,10 @@ class Ingest:
         return Answer(200, {"status": "duplicate", "event_id": update.event_id})
 
     def _dead_letter_invalid(
-        self, raw: bytes, payload: Any, headers: Headers[str, str], exc: ValidationError
+        self, raw: bytes, payload: Any, described: Described, exc: ValidationError
     ) -> InvalidPayload:
         """Keep the event in the dead-letter queue; the caller answers 422 with the field messages."""
         source = self.source.name
-        described = self.source.describe(payload, headers)
         event_id = described.event_id if described.event_id and SAFE_ID.match(described.event_id) else None
         event_type = described.event_type
         digest = hashlib.sha256(raw).hexdigest()[:32]

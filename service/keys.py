@@ -76,11 +76,19 @@ class Keys:
         """string: epoch seconds of the last 429 from the destination"""
         return f"{self.prefix}:limiter:last-429"
 
+    # The rate limiter (workers/ratelimit.py): GCRA theoretical arrival time (ms), the end of a
+    # 429 pause (ms), and calls in flight (zset token -> lease end).
     @property
-    def limiter(self) -> tuple[str, str, str]:
-        """The rate limiter (workers/ratelimit.py): GCRA theoretical arrival time (ms), the end of
-        a 429 pause (ms), and calls in flight (zset token -> lease end)."""
-        return (f"{self.prefix}:limiter:tat", f"{self.prefix}:limiter:paused-until", f"{self.prefix}:limiter:in-flight")
+    def limiter_tat(self) -> str:
+        return f"{self.prefix}:limiter:tat"
+
+    @property
+    def limiter_paused_until(self) -> str:
+        return f"{self.prefix}:limiter:paused-until"
+
+    @property
+    def limiter_in_flight(self) -> str:
+        return f"{self.prefix}:limiter:in-flight"
 
     @property
     def dlq(self) -> list[str]:
@@ -109,18 +117,3 @@ class Keys:
 
 
 USERCOM = Keys(DEFAULT_DESTINATION)
-# User.com's keys under their historic names (tests and tools read them directly).
-QUEUE_NAMES = {lane: USERCOM.queue_name(lane) for lane in LANES}
-DELIVERY_QUEUE = QUEUE_NAMES[LIVE]
-RQ_QUEUE_KEY = USERCOM.rq_queue_key(LIVE)
-LEDGER = USERCOM.ledger
-LAST_DELIVERY = USERCOM.last_delivery
-LAST_429 = USERCOM.last_429
-LIMITER_TAT, LIMITER_PAUSED_UNTIL, LIMITER_IN_FLIGHT = USERCOM.limiter
-DLQ_ITEMS, DLQ_INDEX, DLQ_REASONS, DLQ_DROPPED = USERCOM.dlq
-rq_queue_key = USERCOM.rq_queue_key
-pending = USERCOM.pending
-outcome = USERCOM.outcome
-user_lock = USERCOM.user_lock
-parked = USERCOM.parked
-last_written = USERCOM.last_written

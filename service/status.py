@@ -42,12 +42,8 @@ def collect_status(redis: Redis, settings: Settings, *, now: float | None = None
 
 
 def _limits(settings: Settings, destination: str) -> dict[str, float]:
-    prefix = "userkit" if destination == "userkit" else "usercom"
-    return {
-        "rate_limit_per_second": getattr(settings, f"{prefix}_rate_limit"),
-        "burst": getattr(settings, f"{prefix}_burst"),
-        "max_in_flight": getattr(settings, f"{prefix}_max_in_flight"),
-    }
+    names = ("rate_limit_per_second", "burst", "max_in_flight")
+    return dict(zip(names, settings.rate_limits(destination), strict=True))
 
 
 def _queue_reads(pipe: Any, own: keys.Keys, now: float) -> None:
@@ -58,14 +54,13 @@ def _queue_reads(pipe: Any, own: keys.Keys, now: float) -> None:
         pipe.zcard(own.pending(lane))
         pipe.zrange(own.pending(lane), 0, 0, withscores=True)
         pipe.scard(WORKERS_BY_QUEUE_KEY % name)
-    _, paused_until, in_flight = own.limiter
     pipe.hgetall(own.ledger)
     pipe.hgetall(own.dlq[2])
     pipe.get(own.dlq[3])
     pipe.get(own.last_delivery)
     pipe.get(own.last_429)
-    pipe.get(paused_until)
-    pipe.zcount(in_flight, now * 1000, "+inf")
+    pipe.get(own.limiter_paused_until)
+    pipe.zcount(own.limiter_in_flight, now * 1000, "+inf")
 
 
 def _destination(results: list[Any], limits: dict[str, float], now: float) -> dict[str, Any]:

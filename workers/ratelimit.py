@@ -89,8 +89,12 @@ class RateLimiter:
         self.max_sleep = sleep
         self._acquire = redis.register_script(ACQUIRE_SCRIPT)
         self._pause = redis.register_script(PAUSE_SCRIPT)
-        self._keys = list(destination_keys.limiter)  # tat, paused-until, in-flight
-        self._last_429 = destination_keys.last_429
+        self._keys = destination_keys
+        self._acquire_keys = [
+            destination_keys.limiter_tat,
+            destination_keys.limiter_paused_until,
+            destination_keys.limiter_in_flight,
+        ]
 
     @contextmanager
     def slot(self) -> Iterator[None]:
@@ -98,9 +102,8 @@ class RateLimiter:
         token = uuid.uuid4().hex
         interval_ms = 1000.0 / self.config.rate_per_second
         args = [interval_ms, (self.config.burst - 1) * interval_ms, self.config.max_in_flight, token, LEASE_MS]
-        script_keys = self._keys
         waited = 0.0
-        while (wait_ms := float(self._acquire(keys=script_keys, args=args))) > 0:
+        while (wait_ms := float(self._acquire(keys=self._acquire_keys, args=args))) > 0:
             wait = wait_ms / 1000
             if waited + wait > self.max_sleep:
                 raise Throttled(wait)
@@ -109,9 +112,10 @@ class RateLimiter:
         try:
             yield
         finally:
-            self.redis.zrem(self._keys[2], token)
+            self.redis.zrem(self._keys.limiter_in_flight, token)
 
     def pause(self, seconds: float | None) -> float:
         """A 429: every worker waits until then. Returns the pause's end (epoch seconds)."""
         pause_ms = int(1000 * (seconds if seconds is not None else DEFAULT_PAUSE_SECONDS))
-        return int(self._pause(keys=[self._keys[1], self._last_429], args=[pause_ms])) / 1000
+        pause_keys = [self._keys.limiter_paused_until, self._keys.last_429]
+        return int(self._pause(keys=pause_keys, args=[pause_ms])) / 1000

@@ -28,19 +28,16 @@ from workers.userkit import UserKitClient
 
 
 def limit_config(settings: Settings, destination: str = keys.DEFAULT_DESTINATION) -> LimitConfig:
-    if destination == "userkit":
-        return LimitConfig(settings.userkit_rate_limit, settings.userkit_burst, settings.userkit_max_in_flight)
-    return LimitConfig(settings.usercom_rate_limit, settings.usercom_burst, settings.usercom_max_in_flight)
+    return LimitConfig(*settings.rate_limits(destination))
 
 
-def build_destination(settings: Settings, destination: str, limiter: RateLimiter) -> Destination:
+def build_destination(settings: Settings, destination: str, limiter: RateLimiter, memory_ttl: int) -> Destination:
     timeouts = {"connect_timeout": settings.usercom_connect_timeout, "read_timeout": settings.usercom_read_timeout}
     if destination == "userkit":
         return UserKitClient(
             base_url=settings.userkit_api_url, app_secret=settings.userkit_app_secret, limiter=limiter, **timeouts
         )
-    # Remember User.com's ids as long as last-written times (see build_context).
-    ids = UsercomIds(limiter.redis, ttl_seconds=settings.dedup_ttl_seconds + settings.dlq_ttl_days * 24 * 3600)
+    ids = UsercomIds(limiter.redis, ttl_seconds=memory_ttl)
     return UsercomClient(
         base_url=settings.usercom_api_url, api_key=settings.usercom_api_key, ids=ids, limiter=limiter, **timeouts
     )
@@ -50,21 +47,19 @@ def build_context(settings: Settings, destination: str = keys.DEFAULT_DESTINATIO
     redis = worker_redis(settings.redis_url)
     own = keys.Keys(destination)
     limiter = RateLimiter(redis, limit_config(settings, destination), destination_keys=own)
+    # What is learned per user (last-written times, User.com ids) is kept as long as an old event
+    # can still come back (retry or replay).
+    memory_ttl = settings.dedup_ttl_seconds + settings.dlq_ttl_days * 24 * 3600
     return DeliveryContext(
         settings=settings,
         redis=redis,
         store=Store.from_settings(redis, settings, destination),
-        client=build_destination(settings, destination, limiter),
+        client=build_destination(settings, destination, limiter, memory_ttl),
         queues={
             lane: DeliveryQueue(own.queue_name(lane), connection=redis, serializer=JSONSerializer)
             for lane in keys.LANES
         },
-        # Remember last-written times as long as an old event can still come back (retry or replay).
-        ordering=Ordering(
-            redis,
-            lww_ttl_seconds=settings.dedup_ttl_seconds + settings.dlq_ttl_days * 24 * 3600,
-            destination_keys=own,
-        ),
+        ordering=Ordering(redis, lww_ttl_seconds=memory_ttl, destination_keys=own),
     )
 
 

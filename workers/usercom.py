@@ -63,7 +63,7 @@ class UsercomClient:
         api_key: str,
         connect_timeout: float,
         read_timeout: float,
-        ids: UsercomIds | None = None,
+        ids: UsercomIds,
         pool_size: int = 10,
         limiter: RateLimiter | None = None,
     ) -> None:
@@ -92,11 +92,11 @@ class UsercomClient:
         body: dict[str, Any] = {**standard, **custom}
         if tags:
             body["tags"] = tags
-        known = self._ids.get(user_id) if self._ids else None
+        known = self._ids.get(user_id)
         if known is not None:
             if self._put_by_usercom_id(known, body) is not None:
                 return
-            self._ids.forget(user_id)  # type: ignore[union-attr]  # deleted or merged in User.com
+            self._ids.forget(user_id)  # deleted or merged in User.com
         answer = self._call("PUT", f"/users-by-id/{quote(user_id, safe='')}/", body, allow_404=True)
         if answer is not None:
             self._learn(user_id, answer)
@@ -113,8 +113,7 @@ class UsercomClient:
         usercom_id = answer.get("id") if isinstance(answer, dict) else None
         if not isinstance(usercom_id, int) or isinstance(usercom_id, bool):
             return None
-        if self._ids is not None:
-            self._ids.remember(user_id, usercom_id)
+        self._ids.remember(user_id, usercom_id)
         return usercom_id
 
     def _call(

@@ -131,7 +131,7 @@ def test_workers_outlive_their_longest_job_and_never_scale_to_zero(rendered: lis
     assert worker["spec"]["replicas"] >= 1
     for scaled in find(rendered, "ScaledObject"):
         assert scaled["spec"]["minReplicaCount"] >= 1
-        assert scaled["spec"]["triggers"][0]["metadata"]["listName"] == keys.rq_queue_key(keys.LIVE)
+        assert scaled["spec"]["triggers"][0]["metadata"]["listName"] == keys.USERCOM.rq_queue_key(keys.LIVE)
 
 
 def test_redis_never_forgets_accepted_events(rendered: list[dict[str, Any]]) -> None:

@@ -329,7 +329,9 @@ def test_metrics_add_up_across_processes(relay: dict[str, Any], sandbox: Sandbox
         post(relay, b"{}", secret="whsec_wrong")
     wait_settled(Store.from_settings(relay["redis"], relay["settings"]))
     deadline = time.monotonic() + 30
-    while relay["redis"].llen(keys.RQ_QUEUE_KEY) > 0:  # jobs of events merged into another's, still to run
+    while (
+        relay["redis"].llen(keys.USERCOM.rq_queue_key(keys.LIVE)) > 0
+    ):  # jobs of events merged into another's, still to run
         assert time.monotonic() < deadline
         time.sleep(0.05)
     web = samples(relay["http"].request("GET", relay["base"] + "/metrics").data.decode())

@@ -55,7 +55,7 @@ def update(event_id: str, *, user: str = "u1", event_time: int = 100, **custom: 
 def dead_letter(ctx: DeliveryContext, sandbox: SandboxServer, item: UserUpdate, status: int = 400) -> None:
     """Accept the update, then have User.com refuse it (400) or fail until retries give up (5xx)."""
     assert ctx.store.accept(item)
-    assert ctx.redis.lpop(keys.rq_queue_key(keys.LIVE))  # this test runs the job's work itself, below
+    assert ctx.redis.lpop(keys.USERCOM.rq_queue_key(keys.LIVE))  # this test runs the job's work itself, below
     sandbox.state.faults.append(Fault(status))
     first = None if status < 500 else time.time() - ctx.settings.retry_give_up_seconds
     assert deliver_update(ctx, item, attempt=9, first_failure_at=first) == "dead_lettered"
@@ -119,8 +119,8 @@ def test_replay_delivers_on_the_replay_lane(admin: Any, ctx: DeliveryContext, sa
     dead_letter(ctx, sandbox, update("evt_a"), status=503)
     response = admin.post("/admin/dlq/stripe-evt_a/replay", headers=AUTH)
     assert response.status_code == 202 and response.get_json()["status"] == "replayed"
-    assert ctx.redis.llen(keys.rq_queue_key(keys.LIVE)) == 0
-    assert ctx.redis.llen(keys.rq_queue_key(keys.REPLAY)) == 1
+    assert ctx.redis.llen(keys.USERCOM.rq_queue_key(keys.LIVE)) == 0
+    assert ctx.redis.llen(keys.USERCOM.rq_queue_key(keys.REPLAY)) == 1
     assert ctx.store.ledger()["in_flight"] == 1
     work(ctx, keys.REPLAY)
     assert sandbox.state.user_by_custom_id("u1")["attributes"] == {"plan": "pro"}
@@ -148,10 +148,10 @@ def test_bulk_replay_dry_run_counts_first(admin: Any, ctx: DeliveryContext, sand
     dry = admin.post("/admin/dlq/replay", json={"reason": "retries_exhausted", "dry_run": True}, headers=AUTH)
     assert dry.status_code == 200
     assert dry.get_json() == {"matched": 2, "selected": 2, "dry_run": True, "outcomes": {}}
-    assert ctx.redis.llen(keys.rq_queue_key(keys.REPLAY)) == 0
+    assert ctx.redis.llen(keys.USERCOM.rq_queue_key(keys.REPLAY)) == 0
     real = admin.post("/admin/dlq/replay", json={"reason": "retries_exhausted"}, headers=AUTH)
     assert real.status_code == 202 and real.get_json()["outcomes"] == {"replayed": 2}
-    assert ctx.redis.llen(keys.rq_queue_key(keys.REPLAY)) == 2
+    assert ctx.redis.llen(keys.USERCOM.rq_queue_key(keys.REPLAY)) == 2
     assert [i["event_id"] for i in ctx.store.dead_letters()] == ["evt_c"]
 
 
@@ -162,7 +162,7 @@ def test_bulk_replay_refuses_unclear_requests(
     dead_letter(ctx, sandbox, update("evt_a"))
     response = admin.post("/admin/dlq/replay", data=body, headers=AUTH, content_type="application/json")
     assert response.status_code == 400
-    assert ctx.redis.llen(keys.rq_queue_key(keys.REPLAY)) == 0
+    assert ctx.redis.llen(keys.USERCOM.rq_queue_key(keys.REPLAY)) == 0
 
 
 def test_invalid_payload_replays_only_once_it_fits(admin: Any, admin_settings: Settings, redis: Redis) -> None:

@@ -212,8 +212,8 @@ def test_a_job_run_twice_counts_once_and_changes_nothing(ctx: DeliveryContext, s
     assert deliver_update(ctx, item) == "settled"  # e.g. rq re-ran it after the worker died post-send
     assert len(sandbox.state.requests) == calls_before  # counted already: not sent again
     # Killed after the PUT but before counting (the count is one atomic script: undo it whole).
-    ctx.redis.delete(keys.outcome("stripe", "evt_1"))
-    ctx.redis.hincrby(keys.LEDGER, "delivered", -1)
+    ctx.redis.delete(keys.USERCOM.outcome("stripe", "evt_1"))
+    ctx.redis.hincrby(keys.USERCOM.ledger, "delivered", -1)
     assert deliver_update(ctx, item) == "delivered"  # sent again: idempotent
     after = sandbox.state.user_by_custom_id("u1")
     assert after is not None and before is not None
@@ -234,21 +234,21 @@ def test_crashing_job_is_dead_lettered_as_internal_error(ctx: DeliveryContext, r
         id="stripe-evt_1",
         connection=redis,
         serializer=JSONSerializer,
-        origin=keys.DELIVERY_QUEUE,
+        origin=keys.USERCOM.queue_name(keys.LIVE),
         on_failure=Callback(ON_FAILURE_FUNC),
     ).save()
     SimpleWorker([ctx.queues[keys.LIVE]], connection=ctx.redis, serializer=JSONSerializer).work(burst=True)
     [dead] = ctx.store.dead_letters()
     assert dead["reason"] == "internal_error"
     assert dead["event_id"] == "evt_1"
-    assert redis.zcard(f"rq:failed:{keys.DELIVERY_QUEUE}") == 1
+    assert redis.zcard(f"rq:failed:{keys.USERCOM.queue_name(keys.LIVE)}") == 1
     assert ctx.store.ledger()["in_flight"] == 0
 
 
 def test_a_user_held_by_another_job_is_put_back_not_failed(ctx: DeliveryContext, sandbox: SandboxServer) -> None:
     item = update()
     assert ctx.store.accept(item)
-    ctx.redis.set(keys.user_lock("stripe", "u1"), "another-job", px=60_000)
+    ctx.redis.set(keys.USERCOM.user_lock("stripe", "u1"), "another-job", px=60_000)
     assert deliver_update(ctx, item, attempt=2) == "user_busy"
     [job_id] = ScheduledJobRegistry(queue=ctx.queues[keys.LIVE]).get_job_ids()
     job = ctx.queues[keys.LIVE].fetch_job(job_id)
@@ -279,9 +279,10 @@ def test_updates_waiting_for_one_user_go_in_one_put(ctx: DeliveryContext, sandbo
     accept_and_work(ctx, *items)
     assert sandbox.state.requests == []
     assert (
-        ctx.redis.hlen(keys.parked("stripe", "user:u1")) == 5 and ctx.redis.hlen(keys.parked("stripe", "user:u2")) == 5
+        ctx.redis.hlen(keys.USERCOM.parked("stripe", "user:u1")) == 5
+        and ctx.redis.hlen(keys.USERCOM.parked("stripe", "user:u2")) == 5
     )
-    ctx.redis.delete(keys.LIMITER_PAUSED_UNTIL)  # the pause ends
+    ctx.redis.delete(keys.USERCOM.limiter_paused_until)  # the pause ends
     _run_scheduled_now(ctx)
     SimpleWorker([ctx.queues[keys.LIVE]], connection=ctx.redis, serializer=JSONSerializer).work(burst=True)
     assert [r["method"] for r in sandbox.state.requests] == ["PUT", "PUT"]  # one per user, not ten
@@ -298,7 +299,7 @@ def test_a_refused_merge_isolates_the_update_user_com_refuses(ctx: DeliveryConte
     good = update("evt_good", custom={"plan": "pro"})
     bad = update("evt_bad", standard={"first_name": "x" * 41}, custom={})
     assert ctx.store.accept(good) and ctx.store.accept(bad)
-    assert ctx.redis.hexists(keys.parked("stripe", "user:u1"), "evt_bad")  # parked at intake
+    assert ctx.redis.hexists(keys.USERCOM.parked("stripe", "user:u1"), "evt_bad")  # parked at intake
     assert deliver_update(ctx, good) == "delivered"
     assert deliver_update(ctx, bad) == "dead_lettered"
     user = sandbox.state.user_by_custom_id("u1")

@@ -34,7 +34,7 @@ def store(settings: Settings, redis: Redis) -> Store:
             custom={"plan": "pro"},
         )
         assert store.accept(update)
-        redis.delete(keys.rq_queue_key(keys.LIVE))
+        redis.delete(keys.USERCOM.rq_queue_key(keys.LIVE))
         store.dead_letter(
             DeadLetter(
                 id=f"stripe-evt_{n}",
@@ -80,7 +80,7 @@ def test_show_replay_and_purge(settings: Settings, store: Store, redis: Redis) -
     assert dlq(settings, "show", "nope").returncode == 1
     replayed = dlq(settings, "replay", "stripe-evt_1")
     assert replayed.returncode == 0 and "replayed" in replayed.stdout
-    assert redis.llen(keys.rq_queue_key(keys.REPLAY)) == 1
+    assert redis.llen(keys.USERCOM.rq_queue_key(keys.REPLAY)) == 1
     dry = json.loads(dlq(settings, "purge", "--all", "--reason", "usercom_rejected", "--dry-run", "--json").stdout)
     assert (dry["matched"], dry["deleted"]) == (2, 0)
     purged = json.loads(dlq(settings, "purge", "--all", "--reason", "usercom_rejected", "--json").stdout)

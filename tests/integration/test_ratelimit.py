@@ -67,7 +67,7 @@ def test_429_pauses_every_worker_and_is_never_shortened(redis: Redis) -> None:
     with pytest.raises(Throttled) as caught, b.slot():
         pass
     assert 1.0 < caught.value.wait <= 2.0
-    assert float(redis.get(keys.LAST_429)) == pytest.approx(time.time(), abs=2)
+    assert float(redis.get(keys.USERCOM.last_429)) == pytest.approx(time.time(), abs=2)
 
 
 def test_a_throttled_job_is_put_back_without_counting_a_failure(settings: Settings, redis: Redis) -> None:
@@ -101,7 +101,7 @@ def test_every_grant_is_recorded_even_a_fraction_of_a_millisecond_early(redis: R
     for _ in range(200):
         seconds, micros = redis.time()
         early = seconds * 1000 + micros / 1000 + 0.4
-        redis.set(keys.LIMITER_TAT, early)
+        redis.set(keys.USERCOM.limiter_tat, early)
         granted = take(lim)
-        after = float(redis.get(keys.LIMITER_TAT))
+        after = float(redis.get(keys.USERCOM.limiter_tat))
         assert (after > early) if granted else (after == early)

@@ -59,7 +59,7 @@ def test_worker_killed_mid_job_loses_nothing(
     assert sandbox.state.user_by_custom_id("u1") is None
     # Time passes: the user's lease expires, then rq's maintenance finds the job abandoned
     # (its heartbeat lapsed). Both are fast-forwarded here instead of waited for.
-    redis.delete(keys.user_lock("stripe", "u1"))
+    redis.delete(keys.USERCOM.user_lock("stripe", "u1"))
     started.cleanup(timestamp=time.time() + DELIVERY_JOB_TIMEOUT + HEARTBEAT_MARGIN_SECONDS + 1)
     assert ctx.queues[keys.LIVE].job_ids == ["stripe-evt_1"], "requeued, not failed"
     configure(ctx)
@@ -84,7 +84,7 @@ def test_an_idle_worker_reruns_a_job_abandoned_by_a_dead_one(
     _wait(lambda: started.get_job_ids(cleanup=False) == ["stripe-evt_1"], timeout=20)
     os.killpg(dying.pid, signal.SIGKILL)
     dying.wait()
-    redis.delete(keys.user_lock("stripe", "u1"), f"rq:clean_registries:{keys.DELIVERY_QUEUE}")
+    redis.delete(keys.USERCOM.user_lock("stripe", "u1"), f"rq:clean_registries:{keys.USERCOM.queue_name(keys.LIVE)}")
     idle = _relay_worker(worker_env)
     try:
         time.sleep(3)  # the new worker has done its start-up maintenance and waits for a job
@@ -120,7 +120,7 @@ def test_a_crashing_job_is_rerun_then_dead_lettered_once(
     [item] = store.dead_letters()
     assert item["reason"] == "internal_error" and item["event_id"] == "evt_1"
     assert store.ledger()["dead_lettered"] == 1
-    assert redis.zcard(f"rq:failed:{keys.DELIVERY_QUEUE}") == 1
+    assert redis.zcard(f"rq:failed:{keys.USERCOM.queue_name(keys.LIVE)}") == 1
     job = Job.fetch("stripe-evt_1", connection=redis, serializer=JSONSerializer)
     assert job.retries_left == 0  # every rerun used: run 1 + RERUNS times
     assert RERUNS >= 1

@@ -50,7 +50,7 @@ def test_signed_event_is_accepted_once(
     response = post(client, source, payload, signer)
     assert response.status_code == 202, response.get_json()
     assert response.get_json() == {"status": "accepted", "event_id": event_id}
-    assert redis.llen(keys.RQ_QUEUE_KEY) == 1
+    assert redis.llen(keys.USERCOM.rq_queue_key(keys.LIVE)) == 1
     again = post(client, source, payload, signer)  # the provider retries: deduplicated by its event id
     assert again.status_code == 200 and again.get_json()["status"] == "duplicate"
     ledger = Store.from_settings(redis, settings).ledger()
@@ -108,14 +108,14 @@ def test_invalid_payload_is_422_and_dead_lettered_under_its_source(
     assert error["code"] == "invalid_payload" and field in error["details"]
     [item] = Store.from_settings(redis, settings).dead_letters()
     assert item["source"] == source and item["reason"] == "invalid_payload" and item["event"] == payload
-    assert redis.llen(keys.RQ_QUEUE_KEY) == 0
+    assert redis.llen(keys.USERCOM.rq_queue_key(keys.LIVE)) == 0
 
 
 def test_unmapped_types_are_ignored(client: Any, redis: Redis) -> None:
     other = {**STANDARD, "type": "user.deleted"}
     response = post(client, "standard", other, lambda body: standard_headers(body, "msg_other"))
     assert response.status_code == 200 and response.get_json()["status"] == "ignored"
-    assert redis.llen(keys.RQ_QUEUE_KEY) == 0
+    assert redis.llen(keys.USERCOM.rq_queue_key(keys.LIVE)) == 0
 
 
 def test_a_source_without_a_secret_is_404_naming_its_setting(env: dict[str, str], redis: Redis) -> None:

@@ -20,9 +20,9 @@ UPDATE = an_update(customer_id="cus_1", standard={"email": "a@b.co"}, custom={"m
 def test_enqueued_job_reads_back_as_the_rq_job_rq_would_create(redis: Redis) -> None:
     assert Store(redis, dedup_ttl=300_000, retention=Retention(max_items=10, ttl_seconds=3600)).accept(UPDATE)
     ours = redis.hgetall("rq:job:stripe-evt_1")
-    redis.delete("rq:job:stripe-evt_1", keys.RQ_QUEUE_KEY)
+    redis.delete("rq:job:stripe-evt_1", keys.USERCOM.rq_queue_key(keys.LIVE))
 
-    queue = Queue(keys.DELIVERY_QUEUE, connection=redis, serializer=JSONSerializer)
+    queue = Queue(keys.USERCOM.queue_name(keys.LIVE), connection=redis, serializer=JSONSerializer)
     queue.enqueue_job(delivery_job(redis, UPDATE))
     theirs = redis.hgetall("rq:job:stripe-evt_1")
 
@@ -35,7 +35,7 @@ def test_enqueued_job_reads_back_as_the_rq_job_rq_would_create(redis: Redis) -> 
     assert job.args == [UPDATE.to_dict(), 1, None, "live"]
     assert job.get_status() == JobStatus.QUEUED
     assert job.failure_callback is on_job_failure
-    assert redis.sismember("rq:queues", keys.RQ_QUEUE_KEY)
+    assert redis.sismember("rq:queues", keys.USERCOM.rq_queue_key(keys.LIVE))
 
 
 def test_ledger_counts_each_outcome_once(redis: Redis) -> None:

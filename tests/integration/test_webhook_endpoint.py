@@ -38,7 +38,7 @@ def test_accepted_event_is_queued_as_an_rq_job(post_event: Any, redis: Redis) ->
     response = post_event(event())
     assert response.status_code == 202
     assert response.get_json() == {"status": "accepted", "event_id": "evt_1"}
-    queue = Queue(keys.DELIVERY_QUEUE, connection=redis, serializer=JSONSerializer)
+    queue = Queue(keys.USERCOM.queue_name(keys.LIVE), connection=redis, serializer=JSONSerializer)
     assert queue.job_ids == ["stripe-evt_1"]
     job = queue.fetch_job("stripe-evt_1")
     assert job is not None and job.func_name == "workers.deliver.deliver"
@@ -55,7 +55,7 @@ def test_dedup_remembers_accepted_ids_longer_than_stripe_retries(
     again = post_event(event())
     assert again.status_code == 200
     assert again.get_json() == {"status": "duplicate", "event_id": "evt_1"}
-    assert redis.llen(keys.RQ_QUEUE_KEY) == 1
+    assert redis.llen(keys.USERCOM.rq_queue_key(keys.LIVE)) == 1
     assert redis.ttl(keys.dedup("stripe", "evt_1")) > 3 * 24 * 3600
     counts = ledger(redis, settings)
     assert (counts["received"], counts["in_flight"], counts["duplicates"]) == (1, 1, 1)
@@ -65,7 +65,7 @@ def test_unmapped_event_types_are_ignored_and_counted(post_event: Any, redis: Re
     response = post_event(load_fixture("event.charge.succeeded.inngest-cli-capture.json"))
     assert response.status_code == 200
     assert response.get_json()["status"] == "ignored"
-    assert redis.llen(keys.RQ_QUEUE_KEY) == 0
+    assert redis.llen(keys.USERCOM.rq_queue_key(keys.LIVE)) == 0
     counts = ledger(redis, settings)
     assert (counts["received"], counts["ignored"], counts["in_flight"]) == (1, 1, 0)
 
@@ -117,7 +117,7 @@ def test_invalid_payload_is_422_with_field_messages_and_dead_lettered(
     assert error["code"] == "invalid_payload"
     assert error["details"]["data"]["object"]["customer"] == ["Missing data for required field."]
     assert error["details"]["data"]["object"]["items"] == ["Missing data for required field."]
-    assert redis.llen(keys.RQ_QUEUE_KEY) == 0
+    assert redis.llen(keys.USERCOM.rq_queue_key(keys.LIVE)) == 0
     [item] = Store.from_settings(redis, settings).dead_letters()
     assert item["reason"] == "invalid_payload"
     assert item["event_id"] == "evt_bad" and item["event_type"] == "customer.subscription.updated"
@@ -126,7 +126,7 @@ def test_invalid_payload_is_422_with_field_messages_and_dead_lettered(
     assert post_event(broken).status_code == 422
     counts = ledger(redis, settings)
     assert (counts["received"], counts["dead_lettered"], counts["in_flight"]) == (1, 1, 0)
-    assert redis.hlen(keys.DLQ_ITEMS) == 1
+    assert redis.hlen(keys.USERCOM.dlq[0]) == 1
 
 
 def test_non_object_json_is_422(post_event: Any) -> None:
