@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping as Headers
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Protocol
 
 from marshmallow import ValidationError
@@ -87,13 +88,18 @@ class StandardSource:
     name: str = "standard"
     title: str = "Standard Webhooks"
 
+    @cached_property
+    def keys(self) -> list[bytes]:
+        """The secrets' HMAC keys, decoded once (Settings checked they decode)."""
+        return [standard_webhook_key(s) for s in self.settings.standard_webhook_secrets]
+
     def verify(self, raw: bytes, headers: Headers[str, str]) -> None:
         verify_standard_webhook(
             raw,
             headers.get("webhook-id"),
             headers.get("webhook-timestamp"),
             headers.get("webhook-signature"),
-            [standard_webhook_key(s) for s in self.settings.standard_webhook_secrets],
+            self.keys,
             tolerance=self.settings.standard_tolerance_seconds,
         )
 
