@@ -23,9 +23,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, g, request
-from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+from werkzeug.serving import BaseWSGIServer
 
 from service.usercom_fields import E164, EMAIL, NAME_MAX_LENGTH, STANDARD_ATTRIBUTES
+from service.wsgi_server import keepalive_server
 
 API_PREFIX = "/api/public"
 GENDERS = {1: "unknown", 2: "male", 3: "female"}
@@ -375,13 +376,6 @@ def add_faults() -> Any:
     return {"queued": len(state.faults)}
 
 
-class _QuietHandler(WSGIRequestHandler):
-    """Requests are kept in SandboxState.requests; no access line per request on stderr."""
-
-    def log_request(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-
 class SandboxServer:
     """The sandbox on a real socket, served from a background thread."""
 
@@ -389,9 +383,7 @@ class SandboxServer:
         self, *, api_key: str, host: str = "127.0.0.1", port: int = 0, rate_limit: float | None = None
     ) -> None:
         self.state = SandboxState(api_key=api_key, rate_limit=rate_limit)
-        self._server: BaseWSGIServer = make_server(
-            host, port, create_sandbox_app(self.state), threaded=True, request_handler=_QuietHandler
-        )
+        self._server: BaseWSGIServer = keepalive_server(create_sandbox_app(self.state), host, port)
         self._thread = threading.Thread(target=self._serve, name="usercom-sandbox", daemon=True)
 
     @property

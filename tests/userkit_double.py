@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flask import Flask, request
-from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+from werkzeug.serving import BaseWSGIServer
+
+from service.wsgi_server import keepalive_server
 
 FIELDS = {"name", "username", "email", "password", "auth_type", "phone", "verified_phone_token"}
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -94,17 +96,10 @@ def _answer(state: UserKitState, expected: str, user_id: str, body: Any, fault: 
         return dict(user), 200
 
 
-class _QuietHandler(WSGIRequestHandler):
-    def log_request(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-
 class UserKitServer:
     def __init__(self, *, app_secret: str) -> None:
         self.state = UserKitState(app_secret=app_secret)
-        self._server: BaseWSGIServer = make_server(
-            "127.0.0.1", 0, create_app(self.state), threaded=True, request_handler=_QuietHandler
-        )
+        self._server: BaseWSGIServer = keepalive_server(create_app(self.state))
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     @property
