@@ -57,7 +57,8 @@ end
 #   job:         keys: ledger, job_key, queue_key, pending_live, parked
 #                ARGV[4]=data, [5]=timestamp, [6]=description, [7]=now, [8]=member, [9]=event id,
 #                [10]=update JSON to park ('' when intake cannot tell who it is for),
-#                then per destination: job_id, origin
+#                then per destination: job_id, origin; then customer id, user id: when both are
+#                given, the customer's user is learned (last key: the source's customer map)
 #   ignore:      keys: ledger
 #   dead_letter: keys: ledger, the four DLQ keys
 #                ARGV[4]=dlq_id, [5]=reason, [6]=now, [7]=max items, [8]=cutoff, then per destination item JSON
@@ -90,28 +91,50 @@ for d = 0, n - 1 do
         end
     end
 end
+local learn = 11 + 2 * n
+if first_seen and mode == 'job' and ARGV[learn] ~= '' and ARGV[learn + 1] ~= '' then
+    redis.call('HSET', KEYS[3 + n * size], ARGV[learn], ARGV[learn + 1])
+end
 return first_seen and 1 or 0
 """
 )
 
-# KEYS: outcome_key, ledger, last_delivery, pending_live, pending_replay, [the four DLQ keys]
-# ARGV: outcome ('delivered' | 'coalesced' | 'dead_lettered'), outcome_ttl, member, now,
-#       [dlq_id, item JSON, reason, max items, cutoff]
+# Count an event as dead-lettered and keep its item, together.
+# KEYS: outcome_key, ledger, pending_live, pending_replay, the four DLQ keys
+# ARGV: outcome_ttl, member, dlq_id, item JSON, reason, now, max items, cutoff
 # Returns {1 when counted now, 0 when already counted (a re-run job); time accepted, as a string}.
-RECORD_OUTCOME_SCRIPT = (
+DEAD_LETTER_SCRIPT = (
     DLQ_LUA
     + _OUTCOME_LUA
     + """
-local accepted = redis.call('ZSCORE', KEYS[4], ARGV[3]) or redis.call('ZSCORE', KEYS[5], ARGV[3]) or ''
-local counted = count_outcome(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], {KEYS[4], KEYS[5]})
-if ARGV[1] == 'delivered' then
-    redis.call('SET', KEYS[3], ARGV[4])
-elseif ARGV[1] == 'dead_lettered' and counted == 1 then
+local accepted = redis.call('ZSCORE', KEYS[3], ARGV[2]) or redis.call('ZSCORE', KEYS[4], ARGV[2]) or ''
+local counted = count_outcome(KEYS[1], KEYS[2], 'dead_lettered', ARGV[1], ARGV[2], {KEYS[3], KEYS[4]})
+if counted == 1 then
     -- kept only with its count: an event already settled (e.g. delivered, then its job failed
     -- inside rq) is not dead-lettered too, so the queue and the ledger never disagree
-    dlq_keep({KEYS[6], KEYS[7], KEYS[8], KEYS[9]}, ARGV[5], ARGV[6], ARGV[7], ARGV[4], ARGV[8], ARGV[9])
+    dlq_keep({KEYS[5], KEYS[6], KEYS[7], KEYS[8]}, ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8])
 end
 return {counted, accepted}
+"""
+)
+
+# Count the outcomes of one delivery (the update sent and those merged into it, or the updates
+# found to carry nothing) and end the user's lease in the same step.
+# KEYS: ledger, last_delivery, pending_live, pending_replay, lock, then the outcome key of each event
+# ARGV: outcome_ttl, now, lease token ('' when no lease is held), then per event: outcome, member
+# Returns per event {1 when counted now, 0 when already counted; time accepted, as a string}.
+SETTLE_SCRIPT = (
+    _OUTCOME_LUA
+    + """
+local result = {}
+for i = 6, #KEYS do
+    local outcome, member = ARGV[2 * i - 8], ARGV[2 * i - 7]
+    local accepted = redis.call('ZSCORE', KEYS[3], member) or redis.call('ZSCORE', KEYS[4], member) or ''
+    table.insert(result, {count_outcome(KEYS[i], KEYS[1], outcome, ARGV[1], member, {KEYS[3], KEYS[4]}), accepted})
+    if outcome == 'delivered' then redis.call('SET', KEYS[2], ARGV[2]) end
+end
+if ARGV[3] ~= '' and redis.call('GET', KEYS[5]) == ARGV[3] then redis.call('DEL', KEYS[5]) end
+return result
 """
 )
 
@@ -179,7 +202,8 @@ class Store:
         live, replay = JobWriter(redis, keys.LIVE), JobWriter(redis, keys.REPLAY)
         self._jobs = {keys.LIVE: live, keys.REPLAY: replay}
         self._accept = redis.register_script(live.lua(ACCEPT_SCRIPT))
-        self._record = redis.register_script(RECORD_OUTCOME_SCRIPT)
+        self._dead_letter = redis.register_script(DEAD_LETTER_SCRIPT)
+        self._settle = redis.register_script(SETTLE_SCRIPT)
         self._replay = redis.register_script(replay.lua(REPLAY_SCRIPT))
 
     @classmethod
@@ -229,7 +253,10 @@ class Store:
             update.event_id,
             update_json if hint is not None else "",
             *per_destination,
+            update.customer_id or "",
+            update.user_id or "",
         ]
+        group.append(keys.customer_map(update.source))
         return self._run(update.source, update.event_id, "job", group, args)
 
     def ignore(self, source: str, event_id: str) -> bool:
@@ -248,40 +275,39 @@ class Store:
         args = [self.dedup_ttl, mode, len(self.fan_out), *extra_args]
         return bool(self._accept(keys=script_keys, args=args))
 
-    def _outcome(
-        self, outcome: str, source: str, event_id: str, extra_keys: list[str], extra_args: list[Any]
-    ) -> Settled:
+    def settle(self, outcomes: list[tuple[UserUpdate, str]], lease: tuple[str, str] | None = None) -> list[Settled]:
+        """Count each update's outcome ('delivered'; 'coalesced': merged into a delivered update or
+        superseded by newer values; 'ignored': nothing in it for the destination) and end the
+        lease (lock key, token) if one is given, in one step."""
+        lock, token = lease or ("", "")
         script_keys = [
-            self.keys.outcome(source, event_id),
             self.keys.ledger,
             self.keys.last_delivery,
             self.keys.pending(keys.LIVE),
             self.keys.pending(keys.REPLAY),
-            *extra_keys,
+            lock or self.keys.ledger,  # a key is passed either way; without a token nothing is ended
+            *(self.keys.outcome(u.source, u.event_id) for u, _ in outcomes),
         ]
-        args = [outcome, self.dedup_ttl, keys.pending_member(source, event_id), time.time(), *extra_args]
-        counted, accepted = self._record(keys=script_keys, args=args)
-        return Settled(bool(counted), float(accepted) if accepted else None)
-
-    def settled(self, update: UserUpdate) -> bool:
-        """Whether this event's outcome is counted (by its own job or one that merged it)."""
-        return bool(self.redis.exists(self.keys.outcome(update.source, update.event_id)))
-
-    def record_delivered(self, update: UserUpdate) -> Settled:
-        return self._outcome("delivered", update.source, update.event_id, [], [])
-
-    def record_coalesced(self, update: UserUpdate) -> Settled:
-        """Everything the update carried is already superseded by newer values sent for its user."""
-        return self._outcome("coalesced", update.source, update.event_id, [], [])
-
-    def record_ignored(self, update: UserUpdate) -> Settled:
-        """The destination stores nothing the update carries (filtered by rule)."""
-        return self._outcome("ignored", update.source, update.event_id, [], [])
+        args: list[Any] = [self.dedup_ttl, time.time(), token]
+        for update, outcome in outcomes:
+            args += [outcome, keys.pending_member(update.source, update.event_id)]
+        answer = self._settle(keys=script_keys, args=args)
+        return [Settled(bool(counted), float(accepted) if accepted else None) for counted, accepted in answer]
 
     def dead_letter(self, item: DeadLetter) -> Settled:
         item = replace(item, destination=self.keys.destination)
-        args = [item.id, item.to_json(), item.reason, *self.retention.args()]
-        return self._outcome("dead_lettered", item.source, item.event_id or item.id, self.keys.dlq, args)
+        event_id = item.event_id or item.id
+        script_keys = [
+            self.keys.outcome(item.source, event_id),
+            self.keys.ledger,
+            self.keys.pending(keys.LIVE),
+            self.keys.pending(keys.REPLAY),
+            *self.keys.dlq,
+        ]
+        member = keys.pending_member(item.source, event_id)
+        args = [self.dedup_ttl, member, item.id, item.to_json(), item.reason, time.time(), *self.retention.args()]
+        counted, accepted = self._dead_letter(keys=script_keys, args=args)
+        return Settled(bool(counted), float(accepted) if accepted else None)
 
     def replay(self, item_id: str, update: UserUpdate) -> bool:
         """Move a dead-lettered item's update to the replay lane; False if the item is gone."""

@@ -103,14 +103,12 @@ def backoff_delay(attempt: int, *, base: float, cap: float, jitter: float, retry
 
 
 def resolve_identity(redis: Redis, update: UserUpdate) -> str | None:
-    """metadata user id, else the one learned for this customer, else the customer id itself."""
-    customers = keys.customer_map(update.source)
+    """metadata user id, else the one learned for this customer (intake learns it from events
+    carrying both), else the customer id itself."""
     if update.user_id:
-        if update.customer_id:
-            redis.hset(customers, update.customer_id, update.user_id)
         return update.user_id
     if update.customer_id:
-        learned = redis.hget(customers, update.customer_id)
+        learned = redis.hget(keys.customer_map(update.source), update.customer_id)
         return learned.decode() if learned else update.customer_id
     return None
 
@@ -134,15 +132,11 @@ def deliver_update(
             lane=lane,
         )
     hint = update.hint or user_id
-    if not ctx.ordering.park(hint, [update]):
-        return "settled"  # another job already sent it, merged with its own
     try:
-        with ctx.ordering.hold(update.source, user_id, hint) as hold:
-            taken = hold.take()
-            others = [u for u in taken if u.event_id != update.event_id]
-            if len(others) == len(taken) and ctx.store.settled(update):
-                hold.restore(others)  # ours was taken and sent meanwhile; the rest wait for their jobs
-                return "settled"
+        with ctx.ordering.hold(update, user_id, hint) as hold:
+            if hold is None:
+                return "settled"  # another job already sent it, merged with its own
+            others = [u for u in hold.taken if u.event_id != update.event_id]
             return _send(ctx, hold, user_id, update, others, attempt, lane)
     except Throttled as exc:
         return _put_back(ctx, update, exc.wait, attempt, first_failure_at, lane, "throttled")
@@ -178,15 +172,9 @@ def _send(
     parking them all again (each one's own job still runs until its outcome is counted)."""
     merged = merge([update, *others])
     if not ctx.client.accepts(merged.standard, merged.custom, merged.tags):
-        for item in (update, *others):
-            ctx.store.record_ignored(item)
-        DELIVERIES.labels("ignored", lane, ctx.client.name).inc(1 + len(others))
-        return "ignored"
+        return _settle_unsent(ctx, hold, update, others, lane, "ignored")
     standard, custom = hold.claim(merged)
     if not ctx.client.accepts(standard, custom, merged.tags):
-        for item in (update, *others):
-            ctx.store.record_coalesced(item)
-        DELIVERIES.labels("coalesced", lane, ctx.client.name).inc(1 + len(others))
         log.info(
             "superseded %s %s: user %s already has newer values",
             update.event_type,
@@ -194,7 +182,7 @@ def _send(
             user_id,
             extra=_fields(update, user_id, lane, attempt, "coalesced"),
         )
-        return "coalesced"
+        return _settle_unsent(ctx, hold, update, others, lane, "coalesced")
     try:
         ctx.client.send(user_id, standard, custom, merged.tags)
     except Rejected:
@@ -206,9 +194,7 @@ def _send(
     except BaseException:
         hold.restore([update, *others])  # all wait for the next try; whatever is counted by then is skipped
         raise
-    settled = ctx.store.record_delivered(update)
-    for item in others:
-        ctx.store.record_coalesced(item)
+    settled = hold.settle(ctx.store, [(update, "delivered"), *((item, "coalesced") for item in others)])[0]
     DELIVERIES.labels("delivered", lane, ctx.client.name).inc()
     if others:
         DELIVERIES.labels("coalesced", lane, ctx.client.name).inc(len(others))
@@ -224,6 +210,15 @@ def _send(
         extra=_fields(update, user_id, lane, attempt, "delivered"),
     )
     return "delivered"
+
+
+def _settle_unsent(
+    ctx: DeliveryContext, hold: Hold, update: UserUpdate, others: list[UserUpdate], lane: str, outcome: str
+) -> str:
+    """Nothing to send: `ignored` (nothing the destination stores) or `coalesced` (all superseded)."""
+    hold.settle(ctx.store, [(item, outcome) for item in (update, *others)])
+    DELIVERIES.labels(outcome, lane, ctx.client.name).inc(1 + len(others))
+    return outcome
 
 
 def _retry_or_give_up(

@@ -61,17 +61,20 @@ class HttpApi:
         limiter: RateLimiter | None = None,
         explain: Callable[[str], str] | None = None,
     ) -> None:
-        self._base = base_url.rstrip("/")
+        # One pool for the one host (PoolManager would parse the URL and look up its pool per call).
+        self._http = urllib3.connection_from_url(
+            base_url,
+            maxsize=pool_size,
+            retries=False,
+            timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
+        )
+        self._prefix = urllib3.util.parse_url(base_url).path or ""
+        self._prefix = self._prefix.rstrip("/")
         self._headers = headers
         self._secrets = secrets
         self._requests, self._seconds = requests, seconds
         self._limiter = limiter
         self._explain = explain  # error body -> a short reason for the message (and the DLQ)
-        self._http = urllib3.PoolManager(
-            maxsize=pool_size,
-            retries=False,
-            timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
-        )
 
     def call(
         self,
@@ -87,9 +90,9 @@ class HttpApi:
         with self._limiter.slot() if self._limiter else contextlib.nullcontext():
             started = time.perf_counter()
             try:
-                response = self._http.request(
+                response = self._http.urlopen(
                     method,
-                    self._base + path,
+                    self._prefix + path,
                     body=json.dumps(body).encode(),
                     headers={**self._headers, **headers} if headers else self._headers,
                 )

@@ -26,6 +26,7 @@ from typing import Any
 from redis import Redis
 
 from service import keys
+from service.store import Settled, Store
 from service.updates import UserUpdate
 
 LEASE_MS = 60_000  # longer than one job's User.com calls with their timeouts
@@ -69,17 +70,25 @@ end
 return parked
 """
 
-# KEYS: parked. ARGV: outcome key prefix ("relay:outcome:<source>:").
-# Takes every update parked for the user, leaving out those whose outcome is counted meanwhile.
-TAKE_SCRIPT = """
+# KEYS: parked, lock, the update's outcome key. ARGV: token, lease_ms, event id, update JSON, outcome
+# key prefix ("relay:outcome:<source>:"). Parks the update, takes the user's lease and every update
+# parked for the user, leaving out those whose outcome is counted meanwhile. Returns 0 when the
+# update's own outcome is counted already, nil when another job holds the user (the update stays
+# parked for it), else the JSON of each update taken (this one among them).
+BEGIN_SCRIPT = """
+if redis.call('EXISTS', KEYS[3]) == 1 then
+    redis.call('HDEL', KEYS[1], ARGV[3])
+    return 0
+end
+redis.call('HSET', KEYS[1], ARGV[3], ARGV[4])
+local holder = redis.call('GET', KEYS[2])
+if holder and holder ~= ARGV[1] then return false end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
 local all = redis.call('HGETALL', KEYS[1])
 redis.call('DEL', KEYS[1])
 local open = {}
 for i = 1, #all, 2 do
-    if redis.call('EXISTS', ARGV[1] .. all[i]) == 0 then
-        table.insert(open, all[i])
-        table.insert(open, all[i + 1])
-    end
+    if redis.call('EXISTS', ARGV[5] .. all[i]) == 0 then table.insert(open, all[i + 1]) end
 end
 return open
 """
@@ -112,19 +121,24 @@ def merge(updates: list[UserUpdate]) -> Merged:
 
 
 class Hold:
-    """A user's lease, held: take what is parked, claim what may be written, put back on failure."""
+    """A user's lease, held, with the updates taken for the user: claim what may be written, put
+    back on failure. The lease ends with the block, or earlier with the outcomes (`settle`)."""
 
-    def __init__(self, ordering: Ordering, source: str, user_id: str, hint: str, token: str) -> None:
+    def __init__(self, ordering: Ordering, source: str, user_id: str, hint: str, token: str, taken: list[UserUpdate]):
         self._ordering = ordering
         self._source = source
         self._user_id = user_id
         self._hint = hint
         self._token = token
+        self.taken = taken
+        self.released = False
 
-    def take(self) -> list[UserUpdate]:
-        prefix = self._ordering.keys.outcome(self._source, "")
-        raw = self._ordering._take(keys=[self._ordering.keys.parked(self._source, self._hint)], args=[prefix])
-        return [UserUpdate.from_dict(json.loads(raw[i + 1])) for i in range(0, len(raw), 2)]
+    def settle(self, store: Store, outcomes: list[tuple[UserUpdate, str]]) -> list[Settled]:
+        """Count the outcomes (Store.settle) and end the lease, in one step."""
+        lease = self._ordering.keys.user_lock(self._source, self._user_id), self._token
+        settled = store.settle(outcomes, lease)
+        self.released = True
+        return settled
 
     def claim(self, merged: Merged) -> tuple[dict[str, Any], dict[str, Any]]:
         """The standard and custom attributes not superseded by a newer value already sent."""
@@ -150,7 +164,7 @@ class Ordering:
         self._claim = redis.register_script(CLAIM_SCRIPT)
         self._release = redis.register_script(RELEASE_SCRIPT)
         self._park = redis.register_script(PARK_SCRIPT)
-        self._take = redis.register_script(TAKE_SCRIPT)
+        self._begin = redis.register_script(BEGIN_SCRIPT)
 
     def park(self, hint: str, updates: list[UserUpdate]) -> int:
         """Park updates under their intake hint (UserUpdate.hint), except those already settled."""
@@ -158,7 +172,7 @@ class Ordering:
             return 0
         source = updates[0].source
         script_keys = [self.keys.parked(source, hint), *(self.keys.outcome(u.source, u.event_id) for u in updates)]
-        args = [x for u in updates for x in (u.event_id, json.dumps(u.to_dict(), separators=(",", ":")))]
+        args = [x for u in updates for x in (u.event_id, _dumps(u))]
         return int(self._park(keys=script_keys, args=args))
 
     def _run_claim(self, source: str, user_id: str, token: str, pairs: list[Any]) -> Any:
@@ -166,16 +180,30 @@ class Ordering:
         return self._claim(keys=script_keys, args=[token, LEASE_MS, self.lww_ttl, *pairs])
 
     @contextmanager
-    def hold(self, source: str, user_id: str, hint: str) -> Iterator[Hold]:
-        """Hold the user's lease for the block (updates parked under `hint` are taken from it);
-        UserBusy if another job keeps the lease too long."""
+    def hold(self, update: UserUpdate, user_id: str, hint: str) -> Iterator[Hold | None]:
+        """Park the update under `hint` and hold its user's lease for the block, with every update
+        parked there; None when the update's outcome is counted already (nothing to do). Raises
+        UserBusy if another job keeps the lease too long (the update stays parked for it)."""
+        source = update.source
+        script_keys = [self.keys.parked(source, hint), self.keys.user_lock(source, user_id)]
+        script_keys.append(self.keys.outcome(source, update.event_id))
         token = uuid.uuid4().hex
+        args = [token, LEASE_MS, update.event_id, _dumps(update), self.keys.outcome(source, "")]
         deadline = time.monotonic() + WAIT_FOR_LEASE_SECONDS
-        while self._run_claim(source, user_id, token, []) is None:
+        while (taken := self._begin(keys=script_keys, args=args)) is None:
             if time.monotonic() > deadline:
                 raise UserBusy(f"user {user_id} is being updated by another job")
             time.sleep(POLL_SECONDS)
+        if taken == 0:
+            yield None
+            return
+        hold = Hold(self, source, user_id, hint, token, [UserUpdate.from_dict(json.loads(raw)) for raw in taken])
         try:
-            yield Hold(self, source, user_id, hint, token)
+            yield hold
         finally:
-            self._release(keys=[self.keys.user_lock(source, user_id)], args=[token])
+            if not hold.released:
+                self._release(keys=[self.keys.user_lock(source, user_id)], args=[token])
+
+
+def _dumps(update: UserUpdate) -> str:
+    return json.dumps(update.to_dict(), separators=(",", ":"))

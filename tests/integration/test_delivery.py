@@ -203,6 +203,18 @@ def test_customer_to_user_mapping_is_learned(ctx: DeliveryContext, sandbox: Sand
     assert sandbox.state.user_by_custom_id("cus_9") is None
 
 
+def test_the_mapping_is_learned_at_intake_so_delivery_order_does_not_matter(
+    ctx: DeliveryContext, sandbox: SandboxServer
+) -> None:
+    with_metadata = update("evt_1", user_id="u-9", customer_id="cus_9")
+    customer_only = update("evt_2", user_id=None, customer_id="cus_9", tags=["paying"])
+    assert ctx.store.accept(with_metadata) and ctx.store.accept(customer_only)
+    assert deliver_update(ctx, customer_only) == "delivered"  # before the event that names the user
+    assert sandbox.state.user_by_custom_id("cus_9") is None
+    user = sandbox.state.user_by_custom_id("u-9")
+    assert user is not None and "paying" in user["tags"]
+
+
 def test_a_job_run_twice_counts_once_and_changes_nothing(ctx: DeliveryContext, sandbox: SandboxServer) -> None:
     item = update()
     assert ctx.store.accept(item)

@@ -42,8 +42,8 @@ def test_ledger_counts_each_outcome_once(redis: Redis) -> None:
     store = Store(redis, dedup_ttl=300_000, retention=Retention(max_items=10, ttl_seconds=3600))
     assert store.accept(UPDATE)
     assert not store.accept(UPDATE)
-    assert store.record_delivered(UPDATE)
-    assert not store.record_delivered(UPDATE)
+    assert store.settle([(UPDATE, "delivered")])[0]
+    assert not store.settle([(UPDATE, "delivered")])[0]
     assert store.ledger() == {
         "received": 1,
         "delivered": 1,
@@ -54,3 +54,22 @@ def test_ledger_counts_each_outcome_once(redis: Redis) -> None:
         "duplicates": 1,
         "replayed": 0,
     }
+
+
+def test_settling_counts_every_update_and_ends_only_the_lease_it_is_given(redis: Redis) -> None:
+    store = Store(redis, dedup_ttl=300_000, retention=Retention(max_items=10, ttl_seconds=3600))
+    sent, merged = UPDATE, an_update(event_id="evt_2", custom={"mrr": 2.0})
+    assert store.accept(sent) and store.accept(merged)
+    redis.set("lock", "theirs")
+    assert [s.counted for s in store.settle([(sent, "delivered"), (merged, "coalesced")], ("lock", "ours"))] == [
+        True,
+        True,
+    ]
+    assert redis.get("lock") == b"theirs"  # another job's lease is not ours to end
+    assert store.ledger()["delivered"] == 1 and store.ledger()["coalesced"] == 1
+    assert store.ledger()["in_flight"] == 0
+
+    redis.set("lock", "ours")
+    assert [s.counted for s in store.settle([(merged, "coalesced")], ("lock", "ours"))] == [False]
+    assert redis.get("lock") is None
+    assert store.ledger()["coalesced"] == 1
