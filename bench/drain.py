@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 from bench.harness import API_KEY, backend, start, stop, wait_drained
@@ -41,14 +42,19 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp, backend(tmp, users=args.updates) as b:
         capacity = double_capacity(tmp, f"{b.sandbox.base_url}/users-by-id/user-0/")
         store = b.queue_updates()
+        queued_at = time.time()  # wrk's calls are recorded too: only later ones count
         workers = start(["worker", "--concurrency", str(args.workers)], b.env)
         try:
             elapsed = wait_drained(store, timeout=600)
         finally:
             stop(workers)
-    rate = args.updates / elapsed
+        calls = sorted(r["at"] for r in b.sandbox.state.requests if r["at"] >= queued_at)
+    rate = (len(calls) - 1) / (calls[-1] - calls[0])
     print(f"{args.updates} updates for distinct users, {args.workers} worker processes, unthrottled double")
-    print(f"drained at {rate:.0f} updates/s ({elapsed:.1f}s, worker start-up included)   (goal >= 1000/s)")
+    print(
+        f"drained at {rate:.0f} updates/s from the first call to the last ({calls[-1] - calls[0]:.1f}s, "
+        f"{len(calls)} calls); {args.updates / elapsed:.0f}/s counting worker start-up   (goal >= 1000/s)"
+    )
     if capacity:
         print(f"the double alone serves {capacity:.0f} PUT/s to wrk: ratio {rate / capacity:.2f}   (goal >= 0.7)")
     else:

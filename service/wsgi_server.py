@@ -25,6 +25,10 @@ class KeepAliveHandler(WSGIRequestHandler):
     def log_request(self, *args: Any, **kwargs: Any) -> None:
         """No access line per request on stderr (the doubles record requests themselves)."""
 
+    def log_error(self, format: str, *args: Any) -> None:
+        if not format.startswith("Request timed out"):  # an idle connection closed: not an error
+            super().log_error(format, *args)
+
     def run_wsgi(self) -> None:
         environ = self.make_environ()
         if environ.get("wsgi.input_terminated"):  # chunked: werkzeug decodes it

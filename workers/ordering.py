@@ -33,23 +33,34 @@ LEASE_MS = 60_000  # longer than one job's User.com calls with their timeouts
 WAIT_FOR_LEASE_SECONDS = 2.0  # then the job is put back instead of holding the worker
 POLL_SECONDS = 0.01
 
+# Last-writer-wins: of the (attribute name, event time) pairs in ARGV from `first` on, the
+# attributes not older than the value last written, whose times are recorded now.
+_CLAIM_LUA = """
+local function claim(last_written, ttl, first)
+    local fresh = {}
+    for i = first, #ARGV, 2 do
+        local last = tonumber(redis.call('HGET', last_written, ARGV[i]) or '-1')
+        if last <= tonumber(ARGV[i + 1]) then
+            redis.call('HSET', last_written, ARGV[i], ARGV[i + 1])
+            table.insert(fresh, ARGV[i])
+        end
+    end
+    if #ARGV >= first then redis.call('EXPIRE', last_written, ttl) end
+    return fresh
+end
+"""
+
 # KEYS: lock, last_written. ARGV: token, lease_ms, lww_ttl, then pairs of attribute name, event time.
 # Returns nil when another job holds the user, else the attributes that may be written.
-CLAIM_SCRIPT = """
+CLAIM_SCRIPT = (
+    _CLAIM_LUA
+    + """
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] then return false end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-local fresh = {}
-for i = 4, #ARGV, 2 do
-    local last = tonumber(redis.call('HGET', KEYS[2], ARGV[i]) or '-1')
-    if last <= tonumber(ARGV[i + 1]) then
-        redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
-        table.insert(fresh, ARGV[i])
-    end
-end
-if #ARGV >= 4 then redis.call('EXPIRE', KEYS[2], ARGV[3]) end
-return fresh
+return claim(KEYS[2], ARGV[3], 4)
 """
+)
 
 # KEYS: lock. ARGV: token. Releases only our own lease.
 RELEASE_SCRIPT = """
@@ -70,12 +81,16 @@ end
 return parked
 """
 
-# KEYS: parked, lock, the update's outcome key. ARGV: token, lease_ms, event id, update JSON, outcome
-# key prefix ("relay:outcome:<source>:"). Parks the update, takes the user's lease and every update
-# parked for the user, leaving out those whose outcome is counted meanwhile. Returns 0 when the
-# update's own outcome is counted already, nil when another job holds the user (the update stays
-# parked for it), else the JSON of each update taken (this one among them).
-BEGIN_SCRIPT = """
+# KEYS: parked, lock, the update's outcome key, last_written. ARGV: token, lease_ms, event id, update
+# JSON, outcome key prefix ("relay:outcome:<source>:"), lww_ttl, then the update's pairs of attribute
+# name, event time. Parks the update, takes the user's lease and every update parked for the user,
+# leaving out those whose outcome is counted meanwhile. Returns 0 when the update's own outcome is
+# counted already, nil when another job holds the user (the update stays parked for it), else
+# {the JSON of each update taken (this one among them), the attributes claimed (as CLAIM_SCRIPT)
+# when this update was the only one taken, else nil}: without a backlog, no second round trip.
+BEGIN_SCRIPT = (
+    _CLAIM_LUA
+    + """
 if redis.call('EXISTS', KEYS[3]) == 1 then
     redis.call('HDEL', KEYS[1], ARGV[3])
     return 0
@@ -90,8 +105,10 @@ local open = {}
 for i = 1, #all, 2 do
     if redis.call('EXISTS', ARGV[5] .. all[i]) == 0 then table.insert(open, all[i + 1]) end
 end
-return open
+if #open == 1 then return {open, claim(KEYS[4], ARGV[6], 7)} end
+return {open, false}
 """
+)
 
 
 class UserBusy(Exception):
@@ -124,13 +141,23 @@ class Hold:
     """A user's lease, held, with the updates taken for the user: claim what may be written, put
     back on failure. The lease ends with the block, or earlier with the outcomes (`settle`)."""
 
-    def __init__(self, ordering: Ordering, source: str, user_id: str, hint: str, token: str, taken: list[UserUpdate]):
+    def __init__(
+        self,
+        ordering: Ordering,
+        source: str,
+        user_id: str,
+        hint: str,
+        token: str,
+        taken: list[UserUpdate],
+        claimed: list[bytes] | None,
+    ) -> None:
         self._ordering = ordering
         self._source = source
         self._user_id = user_id
         self._hint = hint
         self._token = token
         self.taken = taken
+        self._claimed = claimed  # claimed with the lease, when the update was taken alone
         self.released = False
 
     def settle(self, store: Store, outcomes: list[tuple[UserUpdate, str]]) -> list[Settled]:
@@ -142,8 +169,10 @@ class Hold:
 
     def claim(self, merged: Merged) -> tuple[dict[str, Any], dict[str, Any]]:
         """The standard and custom attributes not superseded by a newer value already sent."""
-        pairs = [x for name, t in merged.times().items() for x in (name, t)]
-        allowed = self._ordering._run_claim(self._source, self._user_id, self._token, pairs)
+        allowed, self._claimed = self._claimed, None
+        if allowed is None:
+            pairs = [x for name, t in merged.times().items() for x in (name, t)]
+            allowed = self._ordering._run_claim(self._source, self._user_id, self._token, pairs)
         if allowed is None:  # pragma: no cover - our own lease expired under us
             raise UserBusy(f"lease on user {self._user_id} was lost")
         names = {name.decode() for name in allowed}
@@ -185,10 +214,15 @@ class Ordering:
         parked there; None when the update's outcome is counted already (nothing to do). Raises
         UserBusy if another job keeps the lease too long (the update stays parked for it)."""
         source = update.source
-        script_keys = [self.keys.parked(source, hint), self.keys.user_lock(source, user_id)]
-        script_keys.append(self.keys.outcome(source, update.event_id))
+        script_keys = [
+            self.keys.parked(source, hint),
+            self.keys.user_lock(source, user_id),
+            self.keys.outcome(source, update.event_id),
+            self.keys.last_written(source, user_id),
+        ]
         token = uuid.uuid4().hex
-        args = [token, LEASE_MS, update.event_id, _dumps(update), self.keys.outcome(source, "")]
+        args = [token, LEASE_MS, update.event_id, _dumps(update), self.keys.outcome(source, ""), self.lww_ttl]
+        args += [x for name, t in merge([update]).times().items() for x in (name, t)]
         deadline = time.monotonic() + WAIT_FOR_LEASE_SECONDS
         while (taken := self._begin(keys=script_keys, args=args)) is None:
             if time.monotonic() > deadline:
@@ -197,7 +231,8 @@ class Ordering:
         if taken == 0:
             yield None
             return
-        hold = Hold(self, source, user_id, hint, token, [UserUpdate.from_dict(json.loads(raw)) for raw in taken])
+        updates = [UserUpdate.from_dict(json.loads(raw)) for raw in taken[0]]
+        hold = Hold(self, source, user_id, hint, token, updates, claimed=taken[1])
         try:
             yield hold
         finally:

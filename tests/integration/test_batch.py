@@ -143,4 +143,4 @@ def test_a_job_that_ran_long_takes_no_more(ctx: DeliveryContext) -> None:
     assert run_batch(ctx.redis, keys.USERCOM, keys.LIVE, "x", run, started=late) == 0
     assert ran == [] and ctx.redis.llen(LIVE_QUEUE) == 3
     assert run_batch(ctx.redis, keys.USERCOM, keys.LIVE, "x", run, started=time.monotonic()) == 3
-    assert ran == ["stripe-evt_0", "stripe-evt_1", "stripe-evt_2"]
+    assert sorted(ran) == ["stripe-evt_0", "stripe-evt_1", "stripe-evt_2"]  # on several threads: any order
