@@ -119,24 +119,31 @@ return {counted, accepted}
 )
 
 # Count the outcomes of one delivery (the update sent and those merged into it, or the updates
-# found to carry nothing) and end the user's lease in the same step.
-# KEYS: ledger, last_delivery, pending_live, pending_replay, lock, then the outcome key of each event
-# ARGV: outcome_ttl, now, lease token ('' when no lease is held), then per event: outcome, member
+# found to carry nothing), end the user's lease and keep what the destination learned, in one step.
+# KEYS: ledger, last_delivery, pending_live, pending_replay, lock, memory, then each event's outcome key
+# ARGV: outcome_ttl, now, lease token ('' when no lease is held), memory ('' to leave it, else
+#       'set:<value>' or 'del'), memory_ttl, then per event: outcome, member
 # Returns per event {1 when counted now, 0 when already counted; time accepted, as a string}.
 SETTLE_SCRIPT = (
     _OUTCOME_LUA
     + """
 local result = {}
-for i = 6, #KEYS do
+for i = 7, #KEYS do
     local outcome, member = ARGV[2 * i - 8], ARGV[2 * i - 7]
     local accepted = redis.call('ZSCORE', KEYS[3], member) or redis.call('ZSCORE', KEYS[4], member) or ''
     table.insert(result, {count_outcome(KEYS[i], KEYS[1], outcome, ARGV[1], member, {KEYS[3], KEYS[4]}), accepted})
     if outcome == 'delivered' then redis.call('SET', KEYS[2], ARGV[2]) end
 end
 if ARGV[3] ~= '' and redis.call('GET', KEYS[5]) == ARGV[3] then redis.call('DEL', KEYS[5]) end
+if ARGV[4] == 'del' then
+    redis.call('DEL', KEYS[6])
+elseif ARGV[4] ~= '' then
+    redis.call('SET', KEYS[6], string.sub(ARGV[4], 5), 'EX', ARGV[5])
+end
 return result
 """
 )
+
 
 # Take an item out of the dead-letter queue and queue its update on the replay lane: the event
 # goes back to "in flight" (dead_lettered - 1) and its next outcome is counted afresh.
@@ -275,20 +282,29 @@ class Store:
         args = [self.dedup_ttl, mode, len(self.fan_out), *extra_args]
         return bool(self._accept(keys=script_keys, args=args))
 
-    def settle(self, outcomes: list[tuple[UserUpdate, str]], lease: tuple[str, str] | None = None) -> list[Settled]:
+    def settle(
+        self,
+        outcomes: list[tuple[UserUpdate, str]],
+        lease: tuple[str, str] | None = None,
+        memory: tuple[str, str, int] | None = None,
+    ) -> list[Settled]:
         """Count each update's outcome ('delivered'; 'coalesced': merged into a delivered update or
-        superseded by newer values; 'ignored': nothing in it for the destination) and end the
-        lease (lock key, token) if one is given, in one step."""
+        superseded by newer values; 'ignored': nothing in it for the destination), end the lease
+        (lock key, token) and keep what the destination learned (key, value ('' to forget), ttl)
+        if given, in one step."""
         lock, token = lease or ("", "")
+        memory_key, value, memory_ttl = memory or ("", "", 0)
         script_keys = [
             self.keys.ledger,
             self.keys.last_delivery,
             self.keys.pending(keys.LIVE),
             self.keys.pending(keys.REPLAY),
-            lock or self.keys.ledger,  # a key is passed either way; without a token nothing is ended
+            lock or self.keys.ledger,  # keys are passed either way; unused without a token or memory
+            memory_key or self.keys.ledger,
             *(self.keys.outcome(u.source, u.event_id) for u, _ in outcomes),
         ]
-        args: list[Any] = [self.dedup_ttl, time.time(), token]
+        change = "" if memory is None else (f"set:{value}" if value else "del")
+        args: list[Any] = [self.dedup_ttl, time.time(), token, change, memory_ttl]
         for update, outcome in outcomes:
             args += [outcome, keys.pending_member(update.source, update.event_id)]
         answer = self._settle(keys=script_keys, args=args)

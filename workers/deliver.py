@@ -133,7 +133,7 @@ def deliver_update(
         )
     hint = update.hint or user_id
     try:
-        with ctx.ordering.hold(update, user_id, hint) as hold:
+        with ctx.ordering.hold(update, user_id, hint, ctx.client.memory_key(user_id)) as hold:
             if hold is None:
                 return "settled"  # another job already sent it, merged with its own
             others = [u for u in hold.taken if u.event_id != update.event_id]
@@ -184,7 +184,7 @@ def _send(
         )
         return _settle_unsent(ctx, hold, update, others, lane, "coalesced")
     try:
-        ctx.client.send(user_id, standard, custom, merged.tags)
+        memory = ctx.client.send(user_id, standard, custom, merged.tags, hold.memory)
     except Rejected:
         if not others:
             raise
@@ -194,7 +194,8 @@ def _send(
     except BaseException:
         hold.restore([update, *others])  # all wait for the next try; whatever is counted by then is skipped
         raise
-    settled = hold.settle(ctx.store, [(update, "delivered"), *((item, "coalesced") for item in others)])[0]
+    outcomes = [(update, "delivered"), *((item, "coalesced") for item in others)]
+    settled = hold.settle(ctx.store, outcomes, memory)[0]
     DELIVERIES.labels("delivered", lane, ctx.client.name).inc()
     if others:
         DELIVERIES.labels("coalesced", lane, ctx.client.name).inc(len(others))

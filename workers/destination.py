@@ -39,4 +39,14 @@ class Destination(Protocol):
         """Whether the update carries anything this destination stores."""
         ...
 
-    def send(self, user_id: str, standard: dict[str, Any], custom: dict[str, Any], tags: list[str]) -> None: ...
+    def memory_key(self, user_id: str) -> str | None:
+        """The Redis key of what the destination keeps about the user between deliveries (e.g. the
+        destination's own id for it), read with the user's lease; None when it keeps nothing."""
+        ...
+
+    def send(
+        self, user_id: str, standard: dict[str, Any], custom: dict[str, Any], tags: list[str], memory: str | None
+    ) -> str | None:
+        """Deliver; `memory` is what was kept about the user (None: nothing). Returns what to keep
+        from now on, written with the outcome ('' to forget it), or None to leave it as it is."""
+        ...

@@ -81,13 +81,14 @@ end
 return parked
 """
 
-# KEYS: parked, lock, the update's outcome key, last_written. ARGV: token, lease_ms, event id, update
-# JSON, outcome key prefix ("relay:outcome:<source>:"), lww_ttl, then the update's pairs of attribute
-# name, event time. Parks the update, takes the user's lease and every update parked for the user,
-# leaving out those whose outcome is counted meanwhile. Returns 0 when the update's own outcome is
-# counted already, nil when another job holds the user (the update stays parked for it), else
-# {the JSON of each update taken (this one among them), the attributes claimed (as CLAIM_SCRIPT)
-# when this update was the only one taken, else nil}: without a backlog, no second round trip.
+# KEYS: parked, lock, the update's outcome key, last_written, the destination's memory of the user.
+# ARGV: token, lease_ms, event id, update JSON, outcome key prefix ("relay:outcome:<source>:"),
+# lww_ttl, '1' to read the memory, then the update's pairs of attribute name, event time.
+# Parks the update, takes the user's lease and every update parked for the user, leaving out those
+# whose outcome is counted meanwhile. Returns 0 when the update's own outcome is counted already,
+# nil when another job holds the user (the update stays parked for it), else {the JSON of each
+# update taken (this one among them), the attributes claimed (as CLAIM_SCRIPT) when this update was
+# the only one taken (else nil), the memory (or nil)}: without a backlog, one round trip.
 BEGIN_SCRIPT = (
     _CLAIM_LUA
     + """
@@ -105,8 +106,9 @@ local open = {}
 for i = 1, #all, 2 do
     if redis.call('EXISTS', ARGV[5] .. all[i]) == 0 then table.insert(open, all[i + 1]) end
 end
-if #open == 1 then return {open, claim(KEYS[4], ARGV[6], 7)} end
-return {open, false}
+local memory = ARGV[7] == '1' and redis.call('GET', KEYS[5])
+if #open == 1 then return {open, claim(KEYS[4], ARGV[6], 8), memory} end
+return {open, false, memory}
 """
 )
 
@@ -150,6 +152,8 @@ class Hold:
         token: str,
         taken: list[UserUpdate],
         claimed: list[bytes] | None,
+        memory_key: str | None,
+        memory: str | None,
     ) -> None:
         self._ordering = ordering
         self._source = source
@@ -158,12 +162,18 @@ class Hold:
         self._token = token
         self.taken = taken
         self._claimed = claimed  # claimed with the lease, when the update was taken alone
+        self._memory_key = memory_key
+        self.memory = memory  # what the destination keeps about the user (Destination.memory_key)
         self.released = False
 
-    def settle(self, store: Store, outcomes: list[tuple[UserUpdate, str]]) -> list[Settled]:
-        """Count the outcomes (Store.settle) and end the lease, in one step."""
+    def settle(self, store: Store, outcomes: list[tuple[UserUpdate, str]], memory: str | None = None) -> list[Settled]:
+        """Count the outcomes (Store.settle), end the lease and keep the destination's new memory of
+        the user (None: unchanged, '': forget), in one step."""
         lease = self._ordering.keys.user_lock(self._source, self._user_id), self._token
-        settled = store.settle(outcomes, lease)
+        keep = None
+        if memory is not None and self._memory_key is not None and memory != self.memory:
+            keep = (self._memory_key, memory, self._ordering.memory_ttl)
+        settled = store.settle(outcomes, lease, keep)
         self.released = True
         return settled
 
@@ -186,10 +196,10 @@ class Hold:
 
 
 class Ordering:
-    def __init__(self, redis: Redis, *, lww_ttl_seconds: int, destination_keys: keys.Keys = keys.USERCOM) -> None:
+    def __init__(self, redis: Redis, *, memory_ttl_seconds: int, destination_keys: keys.Keys = keys.USERCOM) -> None:
         self.redis = redis
         self.keys = destination_keys
-        self.lww_ttl = lww_ttl_seconds
+        self.memory_ttl = memory_ttl_seconds  # of last-written times and of destinations' memories
         self._claim = redis.register_script(CLAIM_SCRIPT)
         self._release = redis.register_script(RELEASE_SCRIPT)
         self._park = redis.register_script(PARK_SCRIPT)
@@ -206,10 +216,10 @@ class Ordering:
 
     def _run_claim(self, source: str, user_id: str, token: str, pairs: list[Any]) -> Any:
         script_keys = [self.keys.user_lock(source, user_id), self.keys.last_written(source, user_id)]
-        return self._claim(keys=script_keys, args=[token, LEASE_MS, self.lww_ttl, *pairs])
+        return self._claim(keys=script_keys, args=[token, LEASE_MS, self.memory_ttl, *pairs])
 
     @contextmanager
-    def hold(self, update: UserUpdate, user_id: str, hint: str) -> Iterator[Hold | None]:
+    def hold(self, update: UserUpdate, user_id: str, hint: str, memory_key: str | None = None) -> Iterator[Hold | None]:
         """Park the update under `hint` and hold its user's lease for the block, with every update
         parked there; None when the update's outcome is counted already (nothing to do). Raises
         UserBusy if another job keeps the lease too long (the update stays parked for it)."""
@@ -219,9 +229,11 @@ class Ordering:
             self.keys.user_lock(source, user_id),
             self.keys.outcome(source, update.event_id),
             self.keys.last_written(source, user_id),
+            memory_key or self.keys.last_written(source, user_id),  # unused without a memory key
         ]
         token = uuid.uuid4().hex
-        args = [token, LEASE_MS, update.event_id, _dumps(update), self.keys.outcome(source, ""), self.lww_ttl]
+        args = [token, LEASE_MS, update.event_id, _dumps(update), self.keys.outcome(source, ""), self.memory_ttl]
+        args.append("1" if memory_key else "0")
         args += [x for name, t in merge([update]).times().items() for x in (name, t)]
         deadline = time.monotonic() + WAIT_FOR_LEASE_SECONDS
         while (taken := self._begin(keys=script_keys, args=args)) is None:
@@ -232,7 +244,8 @@ class Ordering:
             yield None
             return
         updates = [UserUpdate.from_dict(json.loads(raw)) for raw in taken[0]]
-        hold = Hold(self, source, user_id, hint, token, updates, claimed=taken[1])
+        memory = taken[2].decode() if taken[2] is not None else None
+        hold = Hold(self, source, user_id, hint, token, updates, taken[1], memory_key, memory)
         try:
             yield hold
         finally:

@@ -23,7 +23,7 @@ from workers.deliver import DeliveryContext, configure
 from workers.destination import Destination
 from workers.ordering import Ordering
 from workers.ratelimit import LimitConfig, RateLimiter
-from workers.usercom import UsercomClient, UsercomIds
+from workers.usercom import UsercomClient
 from workers.userkit import UserKitClient
 
 
@@ -31,15 +31,14 @@ def limit_config(settings: Settings, destination: str = keys.DEFAULT_DESTINATION
     return LimitConfig(*settings.rate_limits(destination))
 
 
-def build_destination(settings: Settings, destination: str, limiter: RateLimiter, memory_ttl: int) -> Destination:
+def build_destination(settings: Settings, destination: str, limiter: RateLimiter) -> Destination:
     timeouts = {"connect_timeout": settings.usercom_connect_timeout, "read_timeout": settings.usercom_read_timeout}
     if destination == "userkit":
         return UserKitClient(
             base_url=settings.userkit_api_url, app_secret=settings.userkit_app_secret, limiter=limiter, **timeouts
         )
-    ids = UsercomIds(limiter.redis, ttl_seconds=memory_ttl)
     return UsercomClient(
-        base_url=settings.usercom_api_url, api_key=settings.usercom_api_key, ids=ids, limiter=limiter, **timeouts
+        base_url=settings.usercom_api_url, api_key=settings.usercom_api_key, limiter=limiter, **timeouts
     )
 
 
@@ -47,19 +46,19 @@ def build_context(settings: Settings, destination: str = keys.DEFAULT_DESTINATIO
     redis = worker_redis(settings.redis_url)
     own = keys.Keys(destination)
     limiter = RateLimiter(redis, limit_config(settings, destination), destination_keys=own)
-    # What is learned per user (last-written times, User.com ids) is kept as long as an old event
+    # What is learned per user (last-written times, a destination's memory) is kept as long as an old event
     # can still come back (retry or replay).
     memory_ttl = settings.dedup_ttl_seconds + settings.dlq_ttl_days * 24 * 3600
     return DeliveryContext(
         settings=settings,
         redis=redis,
         store=Store.from_settings(redis, settings, destination),
-        client=build_destination(settings, destination, limiter, memory_ttl),
+        client=build_destination(settings, destination, limiter),
         queues={
             lane: DeliveryQueue(own.queue_name(lane), connection=redis, serializer=JSONSerializer)
             for lane in keys.LANES
         },
-        ordering=Ordering(redis, lww_ttl_seconds=memory_ttl, destination_keys=own),
+        ordering=Ordering(redis, memory_ttl_seconds=memory_ttl, destination_keys=own),
     )
 
 

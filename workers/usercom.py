@@ -3,7 +3,8 @@
 A user is updated by User.com's own id (`PUT /users/<id>/`, API version 2) once the relay knows
 it, else by our id (`PUT /users-by-id/<user_id>/`); a user User.com does not know yet is
 created (`POST /users/update_or_create/`, which answers its id) and then updated by that id.
-The ids learned are kept in Redis; a 404 on one clears it. Updating by User.com's id also
+The ids learned are kept in Redis (the destination's memory of the user: read with the user's lease,
+written with the outcome); a 404 on one clears it. Updating by User.com's id also
 reaches users whose own id User.com cannot route (e.g. one containing "/").
 """
 
@@ -11,8 +12,6 @@ from __future__ import annotations
 
 from typing import Any
 from urllib.parse import quote
-
-from redis import Redis
 
 from service import keys
 from service.metrics import USERCOM_REQUESTS, USERCOM_SECONDS
@@ -33,24 +32,6 @@ def _endpoint(method: str, path: str) -> str:
 V2 = {"Accept": "*/*; version=2"}  # what PUT /users/<id>/ requires
 
 
-class UsercomIds:
-    """User.com's id for each of our user ids, as learned from its answers."""
-
-    def __init__(self, redis: Redis, *, ttl_seconds: int) -> None:
-        self.redis = redis
-        self.ttl = ttl_seconds
-
-    def get(self, user_id: str) -> int | None:
-        raw = self.redis.get(keys.usercom_id(user_id))
-        return int(raw) if raw is not None else None
-
-    def remember(self, user_id: str, usercom_id: int) -> None:
-        self.redis.set(keys.usercom_id(user_id), usercom_id, ex=self.ttl)
-
-    def forget(self, user_id: str) -> None:
-        self.redis.delete(keys.usercom_id(user_id))
-
-
 class UsercomClient:
     """The User.com destination (the default)."""
 
@@ -63,11 +44,9 @@ class UsercomClient:
         api_key: str,
         connect_timeout: float,
         read_timeout: float,
-        ids: UsercomIds,
         pool_size: int = 10,
         limiter: RateLimiter | None = None,
     ) -> None:
-        self._ids = ids
         self._api = HttpApi(
             base_url=base_url,
             headers={
@@ -87,34 +66,33 @@ class UsercomClient:
     def accepts(self, standard: dict[str, Any], custom: dict[str, Any], tags: list[str]) -> bool:
         return bool(standard or custom or tags)
 
-    def send(self, user_id: str, standard: dict[str, Any], custom: dict[str, Any], tags: list[str]) -> None:
-        """Update the user; create it first when User.com does not know it yet."""
+    def memory_key(self, user_id: str) -> str:
+        return keys.usercom_id(user_id)  # User.com's id for the user, learned from its answers
+
+    def send(
+        self, user_id: str, standard: dict[str, Any], custom: dict[str, Any], tags: list[str], memory: str | None
+    ) -> str | None:
+        """Update the user; create it first when User.com does not know it yet. Returns User.com's
+        id for the user when newly learned, '' when the one known is no longer valid."""
         body: dict[str, Any] = {**standard, **custom}
         if tags:
             body["tags"] = tags
-        known = self._ids.get(user_id)
-        if known is not None:
-            if self._put_by_usercom_id(known, body) is not None:
-                return
-            self._ids.forget(user_id)  # deleted or merged in User.com
+        learned: str | None = None
+        if memory and memory.isdigit():
+            if self._put_by_usercom_id(memory, body) is not None:
+                return None
+            learned = ""  # deleted or merged in User.com: forget it
         answer = self._call("PUT", f"/users-by-id/{quote(user_id, safe='')}/", body, allow_404=True)
         if answer is not None:
-            self._learn(user_id, answer)
-            return
+            return _usercom_id(answer) or learned
         created = self._call("POST", "/users/update_or_create/", {**standard, "user_id": user_id})
-        usercom_id = self._learn(user_id, created)
+        usercom_id = _usercom_id(created)
         if usercom_id is None or self._put_by_usercom_id(usercom_id, body) is None:
             raise Rejected(f"user {user_id!r}: 404 right after update_or_create", status=404)
-
-    def _put_by_usercom_id(self, usercom_id: int, body: dict[str, Any]) -> Any:
-        return self._call("PUT", f"/users/{usercom_id}/", body, allow_404=True, headers=V2)
-
-    def _learn(self, user_id: str, answer: Any) -> int | None:
-        usercom_id = answer.get("id") if isinstance(answer, dict) else None
-        if not isinstance(usercom_id, int) or isinstance(usercom_id, bool):
-            return None
-        self._ids.remember(user_id, usercom_id)
         return usercom_id
+
+    def _put_by_usercom_id(self, usercom_id: str, body: dict[str, Any]) -> Any:
+        return self._call("PUT", f"/users/{usercom_id}/", body, allow_404=True, headers=V2)
 
     def _call(
         self,
@@ -127,3 +105,11 @@ class UsercomClient:
     ) -> Any:
         endpoint = _endpoint(method, path)
         return self._api.call(method, path, body, endpoint=endpoint, allow_404=allow_404, headers=headers)
+
+
+def _usercom_id(answer: Any) -> str | None:
+    """User.com's id for a user, from its answer about it."""
+    usercom_id = answer.get("id") if isinstance(answer, dict) else None
+    if not isinstance(usercom_id, int) or isinstance(usercom_id, bool):
+        return None
+    return str(usercom_id)

@@ -73,5 +73,10 @@ class UserKitClient:
     def accepts(self, standard: dict[str, Any], custom: dict[str, Any], tags: list[str]) -> bool:
         return bool(userkit_body(standard))
 
-    def send(self, user_id: str, standard: dict[str, Any], custom: dict[str, Any], tags: list[str]) -> None:
+    def memory_key(self, user_id: str) -> None:
+        return None  # UserKit users are addressed by our own id
+
+    def send(
+        self, user_id: str, standard: dict[str, Any], custom: dict[str, Any], tags: list[str], memory: str | None
+    ) -> None:
         self._api.call("POST", f"/v1/users/{quote(user_id, safe='')}", userkit_body(standard), endpoint=ENDPOINT)
