@@ -3,6 +3,7 @@ worker dies, nothing run twice, throttling stops the taking."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -18,7 +19,7 @@ from service.config import Settings
 from service.jobs import delivery_job, job_id_for
 from service.usercom_sandbox import SandboxServer
 from tests.conftest import an_update
-from workers.batch import BATCH_MAX_JOBS, BATCH_SECONDS, batch_key, return_taken, run_batch
+from workers.batch import BATCH_MAX_JOBS, BATCH_SECONDS, BATCH_THREADS, batch_key, return_taken, run_batch
 from workers.deliver import DeliveryContext, configure, on_job_failure
 from workers.ratelimit import RateLimiter
 from workers.runner import build_context, limit_config
@@ -144,3 +145,19 @@ def test_a_job_that_ran_long_takes_no_more(ctx: DeliveryContext) -> None:
     assert ran == [] and ctx.redis.llen(LIVE_QUEUE) == 3
     assert run_batch(ctx.redis, keys.USERCOM, keys.LIVE, "x", run, started=time.monotonic()) == 3
     assert sorted(ran) == ["stripe-evt_0", "stripe-evt_1", "stripe-evt_2"]  # on several threads: any order
+
+
+def test_a_batch_runs_its_jobs_side_by_side(ctx: DeliveryContext) -> None:
+    """While one taken job waits (for Redis, for the API), others run: each of these waits until
+    all are running at once, so run one after another they would all fail."""
+    assert BATCH_THREADS >= 2
+    for n in range(BATCH_THREADS):
+        assert ctx.store.accept(an_update(f"evt_{n}", user_id=f"u{n}"))
+    together = threading.Barrier(BATCH_THREADS, timeout=5)
+
+    def run(job_id: str, args: list[Any]) -> str:
+        together.wait()
+        return "delivered"
+
+    assert run_batch(ctx.redis, keys.USERCOM, keys.LIVE, "x", run, started=time.monotonic()) == BATCH_THREADS
+    assert ctx.redis.llen(LIVE_QUEUE) == 0 and ctx.redis.keys("relay:batch:*") == []
