@@ -3,8 +3,9 @@
 Each User.com call first takes a slot: the script checks the cluster-wide pause a 429 set,
 the concurrency cap (`USERCOM_MAX_IN_FLIGHT` calls at once, leases that expire if a worker
 dies) and the GCRA schedule (`USERCOM_RATE_LIMIT` per second, `USERCOM_BURST` at once), and
-either grants the slot or says how long to wait. A short wait is slept; a long one is handed
-back to the job, which is put back to run at that time instead of holding its worker.
+either books the next slot for the caller (now, or up to a second ahead: the caller sleeps until
+it, and re-checks the pause if it slept) or says how long to wait. A short wait is slept; a long
+one is handed back to the job, which is put back to run at that time instead of holding its worker.
 """
 
 from __future__ import annotations
@@ -20,27 +21,35 @@ from redis import Redis
 from service import keys
 
 # KEYS: tat (GCRA theoretical arrival time, ms), pause_until (ms), in_flight (zset token -> lease end ms)
-# ARGV: interval_ms, burst_tolerance_ms, max_in_flight, token, lease_ms
-# Returns 0 when the slot is taken (token holds a lease), else whole milliseconds to wait, at least
-# 1: Redis turns a Lua number into an integer reply, and a wait of 0.4 ms must not read as "granted".
+# ARGV: interval_ms, burst_tolerance_ms, max_in_flight, token, lease_ms, max_wait_ms
+# Returns {1, microseconds until the slot} when a slot is booked for the token (now, or at most
+# max_wait_ms ahead: the schedule moves on at once, so waiters never compete for the same slot and
+# none is lost to a late wake-up), else {0, microseconds to wait before asking again} (paused, at
+# the concurrency cap, or the next slot is further ahead than max_wait_ms).
 ACQUIRE_SCRIPT = """
 redis.replicate_commands()
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 local pause = tonumber(redis.call('GET', KEYS[2]) or '0')
-if pause > now then return math.ceil(pause - now) end
+if pause > now then return {0, math.ceil((pause - now) * 1000)} end
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
 if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[3]) then
     local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
-    return math.max(1, math.min(50, math.ceil(tonumber(first[2]) - now)))
+    return {0, math.ceil(math.max(1, math.min(50, tonumber(first[2]) - now)) * 1000)}
 end
 local interval = tonumber(ARGV[1])
 local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now)
-local allowed_at = tat - tonumber(ARGV[2])
-if now < allowed_at then return math.max(1, math.ceil(allowed_at - now)) end
+local wait = math.max(0, tat - tonumber(ARGV[2]) - now)
+if wait > tonumber(ARGV[6]) then return {0, math.ceil(wait * 1000)} end
 redis.call('SET', KEYS[1], tat + interval, 'PX', math.ceil(tat + interval - now + 1000))
-redis.call('ZADD', KEYS[3], now + tonumber(ARGV[5]), ARGV[4])
-return 0
+redis.call('ZADD', KEYS[3], now + wait + tonumber(ARGV[5]), ARGV[4])
+return {1, math.ceil(wait * 1000)}
+"""
+
+# KEYS: pause_until. Whether a 429 has paused every worker (on Redis' clock).
+PAUSED_SCRIPT = """
+local t = redis.call('TIME')
+return tonumber(redis.call('GET', KEYS[1]) or '0') > tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000 and 1 or 0
 """
 
 # KEYS: pause_until, last_429. ARGV: pause_ms. Extends, never shortens, the cluster-wide pause.
@@ -89,6 +98,7 @@ class RateLimiter:
         self.max_sleep = sleep
         self._acquire = redis.register_script(ACQUIRE_SCRIPT)
         self._pause = redis.register_script(PAUSE_SCRIPT)
+        self._paused = redis.register_script(PAUSED_SCRIPT)
         self._keys = destination_keys
         self._acquire_keys = [
             destination_keys.limiter_tat,
@@ -100,19 +110,29 @@ class RateLimiter:
     def slot(self) -> Iterator[None]:
         """Hold one call's slot; raises Throttled when the wait would exceed max_sleep."""
         token = uuid.uuid4().hex
-        interval_ms = 1000.0 / self.config.rate_per_second
-        args = [interval_ms, (self.config.burst - 1) * interval_ms, self.config.max_in_flight, token, LEASE_MS]
-        waited = 0.0
-        while (wait_ms := float(self._acquire(keys=self._acquire_keys, args=args))) > 0:
-            wait = wait_ms / 1000
-            if waited + wait > self.max_sleep:
-                raise Throttled(wait)
-            time.sleep(wait)
-            waited += wait
+        self._book(token)
         try:
             yield
         finally:
             self.redis.zrem(self._keys.limiter_in_flight, token)
+
+    def _book(self, token: str) -> None:
+        """Book a slot and sleep until it; a short wait to ask again (the cap, a pause) is slept too."""
+        interval_ms = 1000.0 / self.config.rate_per_second
+        args = [interval_ms, (self.config.burst - 1) * interval_ms, self.config.max_in_flight, token, LEASE_MS]
+        waited = 0.0
+        while True:
+            booked, micros = self._acquire(keys=self._acquire_keys, args=[*args, (self.max_sleep - waited) * 1000])
+            wait = int(micros) / 1e6
+            if not booked and waited + wait > self.max_sleep:
+                raise Throttled(wait)
+            if wait > 0:
+                time.sleep(wait)
+                waited += wait
+            if booked and (wait == 0 or not self._paused(keys=[self._keys.limiter_paused_until])):
+                return
+            if booked:  # a 429 paused every worker while this one slept: its slot is given up
+                self.redis.zrem(self._keys.limiter_in_flight, token)
 
     def pause(self, seconds: float | None) -> float:
         """A 429: every worker waits until then. Returns the pause's end (epoch seconds)."""

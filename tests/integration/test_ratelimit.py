@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -50,6 +51,34 @@ def test_rate_holds_across_processes_sharing_redis(redis_server: Any, redis: Red
     # Slots are 50 ms apart on Redis' clock: at most 21 in one second (plus one for clock edges).
     assert len(granted) <= 22
     assert len(granted) >= 10  # and the budget is used, not starved
+
+
+def test_waiting_callers_book_one_slot_each(redis: Redis) -> None:
+    # Five callers at once: each books its own next slot and sleeps until it; none is refused and
+    # the schedule moves on by exactly one interval per caller.
+    lim = limiter(redis, rate=10, sleep=1.0)
+    asked = []
+    acquire = lim._acquire
+    lim._acquire = lambda **kwargs: asked.append(1) or acquire(**kwargs)  # type: ignore[method-assign]
+    seconds, micros = redis.time()
+    start_ms = seconds * 1000 + micros / 1000
+    with ThreadPoolExecutor(max_workers=5) as pool:
+        granted = list(pool.map(lambda _: take(lim), range(5)))
+    assert granted == [True] * 5
+    assert len(asked) == 5  # once each: no waking up to compete for the same slot again
+    assert float(redis.get(keys.USERCOM.limiter_tat)) == pytest.approx(start_ms + 500, abs=50)
+    assert redis.zcard(keys.USERCOM.limiter_in_flight) == 0
+
+
+def test_a_429_while_a_caller_sleeps_until_its_slot_stops_it(redis: Redis) -> None:
+    lim = limiter(redis, rate=2, sleep=1.0)
+    assert take(lim)  # the next slot is half a second ahead
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        waiting = pool.submit(take, lim)  # books it and sleeps
+        time.sleep(0.1)
+        lim.pause(5.0)
+        assert waiting.result() is False  # woke up paused: gives the slot up, put back
+    assert redis.zcard(keys.USERCOM.limiter_in_flight) == 0
 
 
 def test_concurrency_cap_counts_calls_in_flight(redis: Redis) -> None:
