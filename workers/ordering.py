@@ -3,11 +3,12 @@ last-writer-wins by event time.
 
 Stripe does not order deliveries and retries reorder them, so an older event can reach the
 worker after a newer one; and under backlog many events for one user wait together. Each job
-parks its update under its user, then takes the user's lease (so two jobs never race each other
-to User.com) and every update parked for that user, merges them (per attribute the value with
-the newest event time, tags united) and claims, per attribute, the right to write: only values
-not older than the last one sent are sent, and their event time is recorded in the same step.
-One PUT then carries what many events said.
+parks its update under its user and, in the same step, takes the user's lease (so two jobs never
+race each other to User.com) and every update parked for that user; it merges them (per
+attribute the value with the newest event time, tags united) and claims, per attribute, the
+right to write: only values not older than the last one sent are sent, and their event time is
+recorded in the same step (taken alone, an update is claimed with the lease). One PUT then
+carries what many events said, and its outcome is counted as the lease ends.
 
 Nothing is lost: an event's own job keeps running (put back, retried) until the event's outcome
 is counted, and parks its update again each time, so updates taken by a job that died come back.
