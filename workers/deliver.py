@@ -136,8 +136,7 @@ def deliver_update(
         with ctx.ordering.hold(update, user_id, hint, ctx.client.memory_key(user_id)) as hold:
             if hold is None:
                 return "settled"  # another job already sent it, merged with its own
-            others = [u for u in hold.taken if u.event_id != update.event_id]
-            return _send(ctx, hold, user_id, update, others, attempt, lane)
+            return _send(ctx, hold, user_id, update, hold.others, attempt, lane)
     except Throttled as exc:
         return _put_back(ctx, update, exc.wait, attempt, first_failure_at, lane, "throttled")
     except UserBusy:

@@ -88,8 +88,8 @@ return parked
 # Parks the update, takes the user's lease and every update parked for the user, leaving out those
 # whose outcome is counted meanwhile. Returns 0 when the update's own outcome is counted already,
 # nil when another job holds the user (the update stays parked for it), else {the JSON of each
-# update taken (this one among them), the attributes claimed (as CLAIM_SCRIPT) when this update was
-# the only one taken (else nil), the memory (or nil)}: without a backlog, one round trip.
+# other update taken, the attributes claimed (as CLAIM_SCRIPT) when there was none (else nil), the
+# memory (or nil)}: without a backlog, one round trip.
 BEGIN_SCRIPT = (
     _CLAIM_LUA
     + """
@@ -103,13 +103,13 @@ if holder and holder ~= ARGV[1] then return false end
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
 local all = redis.call('HGETALL', KEYS[1])
 redis.call('DEL', KEYS[1])
-local open = {}
+local others = {}
 for i = 1, #all, 2 do
-    if redis.call('EXISTS', ARGV[5] .. all[i]) == 0 then table.insert(open, all[i + 1]) end
+    if all[i] ~= ARGV[3] and redis.call('EXISTS', ARGV[5] .. all[i]) == 0 then table.insert(others, all[i + 1]) end
 end
 local memory = ARGV[7] == '1' and redis.call('GET', KEYS[5])
-if #open == 1 then return {open, claim(KEYS[4], ARGV[6], 8), memory} end
-return {open, false, memory}
+if #others == 0 then return {others, claim(KEYS[4], ARGV[6], 8), memory} end
+return {others, false, memory}
 """
 )
 
@@ -141,7 +141,7 @@ def merge(updates: list[UserUpdate]) -> Merged:
 
 
 class Hold:
-    """A user's lease, held, with the updates taken for the user: claim what may be written, put
+    """A user's lease, held, with the other updates taken for the user: claim what may be written, put
     back on failure. The lease ends with the block, or earlier with the outcomes (`settle`)."""
 
     def __init__(
@@ -151,7 +151,7 @@ class Hold:
         user_id: str,
         hint: str,
         token: str,
-        taken: list[UserUpdate],
+        others: list[UserUpdate],
         claimed: list[bytes] | None,
         memory_key: str | None,
         memory: str | None,
@@ -161,7 +161,7 @@ class Hold:
         self._user_id = user_id
         self._hint = hint
         self._token = token
-        self.taken = taken
+        self.others = others  # the other updates taken for the user, to merge with its own
         self._claimed = claimed  # claimed with the lease, when the update was taken alone
         self._memory_key = memory_key
         self.memory = memory  # what the destination keeps about the user (Destination.memory_key)
@@ -244,9 +244,9 @@ class Ordering:
         if taken == 0:
             yield None
             return
-        updates = [UserUpdate.from_dict(json.loads(raw)) for raw in taken[0]]
+        others = [UserUpdate.from_dict(json.loads(raw)) for raw in taken[0]]
         memory = taken[2].decode() if taken[2] is not None else None
-        hold = Hold(self, source, user_id, hint, token, updates, taken[1], memory_key, memory)
+        hold = Hold(self, source, user_id, hint, token, others, taken[1], memory_key, memory)
         try:
             yield hold
         finally:

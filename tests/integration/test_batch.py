@@ -29,7 +29,7 @@ LIVE_QUEUE = keys.USERCOM.rq_queue_key(keys.LIVE)
 
 @pytest.fixture
 def ctx(settings: Settings, redis: Redis, sandbox: SandboxServer) -> Iterator[DeliveryContext]:
-    sandbox.state.seed([f"u{n}" for n in range(120)])
+    sandbox.state.seed([f"u{n}" for n in range(BATCH_MAX_JOBS + 10)])
     context = build_context(settings)
     configure(context)
     yield context
