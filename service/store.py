@@ -120,16 +120,19 @@ return {counted, accepted}
 
 # Count the outcomes of one delivery (the update sent and those merged into it, or the updates
 # found to carry nothing), end the user's lease and keep what the destination learned, in one step.
-# KEYS: ledger, last_delivery, pending_live, pending_replay, lock, memory, then each event's outcome key
+# KEYS: ledger, last_delivery, pending_live, pending_replay, lock, memory, limiter_in_flight, then
+#       each event's outcome key
 # ARGV: outcome_ttl, now, lease token ('' when no lease is held), memory ('' to leave it, else
-#       'set:<value>' or 'del'), memory_ttl, then per event: outcome, member
+#       'set:<value>' or 'del'), memory_ttl, call slots to release (space-separated tokens), then
+#       per event: outcome, member
 # Returns per event {1 when counted now, 0 when already counted; time accepted, as a string}.
 SETTLE_SCRIPT = (
     _OUTCOME_LUA
     + """
+for token in string.gmatch(ARGV[6], '%S+') do redis.call('ZREM', KEYS[7], token) end
 local result = {}
-for i = 7, #KEYS do
-    local outcome, member = ARGV[2 * i - 8], ARGV[2 * i - 7]
+for i = 8, #KEYS do
+    local outcome, member = ARGV[2 * i - 9], ARGV[2 * i - 8]
     local accepted = redis.call('ZSCORE', KEYS[3], member) or redis.call('ZSCORE', KEYS[4], member) or ''
     table.insert(result, {count_outcome(KEYS[i], KEYS[1], outcome, ARGV[1], member, {KEYS[3], KEYS[4]}), accepted})
     if outcome == 'delivered' then redis.call('SET', KEYS[2], ARGV[2]) end
@@ -287,11 +290,12 @@ class Store:
         outcomes: list[tuple[UserUpdate, str]],
         lease: tuple[str, str] | None = None,
         memory: tuple[str, str, int] | None = None,
+        slots: list[str] | None = None,
     ) -> list[Settled]:
         """Count each update's outcome ('delivered'; 'coalesced': merged into a delivered update or
         superseded by newer values; 'ignored': nothing in it for the destination), end the lease
-        (lock key, token) and keep what the destination learned (key, value ('' to forget), ttl)
-        if given, in one step."""
+        (lock key, token), keep what the destination learned (key, value ('' to forget), ttl) and
+        release the delivery's call slots (RateLimiter.released_later), if given, in one step."""
         lock, token = lease or ("", "")
         memory_key, value, memory_ttl = memory or ("", "", 0)
         script_keys = [
@@ -301,10 +305,11 @@ class Store:
             self.keys.pending(keys.REPLAY),
             lock or self.keys.ledger,  # keys are passed either way; unused without a token or memory
             memory_key or self.keys.ledger,
+            self.keys.limiter_in_flight,
             *(self.keys.outcome(u.source, u.event_id) for u, _ in outcomes),
         ]
         change = "" if memory is None else (f"set:{value}" if value else "del")
-        args: list[Any] = [self.dedup_ttl, time.time(), token, change, memory_ttl]
+        args: list[Any] = [self.dedup_ttl, time.time(), token, change, memory_ttl, " ".join(slots or [])]
         for update, outcome in outcomes:
             args += [outcome, keys.pending_member(update.source, update.event_id)]
         answer = self._settle(keys=script_keys, args=args)

@@ -36,7 +36,7 @@ from service.updates import UserUpdate
 from workers.batch import return_taken, run_batch
 from workers.destination import DeliveryError, Destination, Rejected, Retryable
 from workers.ordering import Hold, Ordering, UserBusy, merge
-from workers.ratelimit import Throttled
+from workers.ratelimit import RateLimiter, Throttled
 
 log = logging.getLogger(__name__)
 USER_BUSY_WAIT_SECONDS = 1.0
@@ -53,6 +53,7 @@ class DeliveryContext:
     redis: Redis
     store: Store  # bound to the destination's keys
     client: Destination
+    limiter: RateLimiter  # the destination's, also used by its client
     queues: dict[str, Queue]  # the destination's, by lane
     ordering: Ordering
     clock: Callable[[], float] = time.time
@@ -136,7 +137,8 @@ def deliver_update(
         with ctx.ordering.hold(update, user_id, hint, ctx.client.memory_key(user_id)) as hold:
             if hold is None:
                 return "settled"  # another job already sent it, merged with its own
-            return _send(ctx, hold, user_id, update, hold.others, attempt, lane)
+            with ctx.limiter.released_later() as slots:  # released with the outcome
+                return _send(ctx, hold, user_id, update, hold.others, attempt, lane, slots)
     except Throttled as exc:
         return _put_back(ctx, update, exc.wait, attempt, first_failure_at, lane, "throttled")
     except UserBusy:
@@ -166,9 +168,11 @@ def _send(
     others: list[UserUpdate],
     attempt: int,
     lane: str,
+    slots: list[str],
 ) -> str:
     """One PUT for this update and every other one parked for the user; raises on failure, after
-    parking them all again (each one's own job still runs until its outcome is counted)."""
+    parking them all again (each one's own job still runs until its outcome is counted). The call
+    slots still held (`slots`) are released with the outcome."""
     merged = merge([update, *others])
     if not ctx.client.accepts(merged.standard, merged.custom, merged.tags):
         return _settle_unsent(ctx, hold, update, others, lane, "ignored")
@@ -189,12 +193,12 @@ def _send(
             raise
         # Something in the merge was refused: the others go back to their own jobs, this one alone.
         hold.restore(others)
-        return _send(ctx, hold, user_id, update, [], attempt, lane)
+        return _send(ctx, hold, user_id, update, [], attempt, lane, slots)
     except BaseException:
         hold.restore([update, *others])  # all wait for the next try; whatever is counted by then is skipped
         raise
     outcomes = [(update, "delivered"), *((item, "coalesced") for item in others)]
-    settled = hold.settle(ctx.store, outcomes, memory)[0]
+    settled = hold.settle(ctx.store, outcomes, memory, slots)[0]
     DELIVERIES.labels("delivered", lane, ctx.client.name).inc()
     if others:
         DELIVERIES.labels("coalesced", lane, ctx.client.name).inc(len(others))

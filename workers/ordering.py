@@ -167,15 +167,23 @@ class Hold:
         self.memory = memory  # what the destination keeps about the user (Destination.memory_key)
         self.released = False
 
-    def settle(self, store: Store, outcomes: list[tuple[UserUpdate, str]], memory: str | None = None) -> list[Settled]:
-        """Count the outcomes (Store.settle), end the lease and keep the destination's new memory of
-        the user (None: unchanged, '': forget), in one step."""
+    def settle(
+        self,
+        store: Store,
+        outcomes: list[tuple[UserUpdate, str]],
+        memory: str | None = None,
+        slots: list[str] | None = None,
+    ) -> list[Settled]:
+        """Count the outcomes (Store.settle), end the lease, keep the destination's new memory of
+        the user (None: unchanged, '': forget) and release the call slots held, in one step."""
         lease = self._ordering.keys.user_lock(self._source, self._user_id), self._token
         keep = None
         if memory is not None and self._memory_key is not None and memory != self.memory:
             keep = (self._memory_key, memory, self._ordering.memory_ttl)
-        settled = store.settle(outcomes, lease, keep)
+        settled = store.settle(outcomes, lease, keep, slots)
         self.released = True
+        if slots:
+            slots.clear()
         return settled
 
     def claim(self, merged: Merged) -> tuple[dict[str, Any], dict[str, Any]]:

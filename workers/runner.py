@@ -54,6 +54,7 @@ def build_context(settings: Settings, destination: str = keys.DEFAULT_DESTINATIO
         redis=redis,
         store=Store.from_settings(redis, settings, destination),
         client=build_destination(settings, destination, limiter),
+        limiter=limiter,
         queues={
             lane: DeliveryQueue(own.queue_name(lane), connection=redis, serializer=JSONSerializer)
             for lane in keys.LANES

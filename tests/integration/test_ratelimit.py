@@ -88,6 +88,26 @@ def test_concurrency_cap_counts_calls_in_flight(redis: Redis) -> None:
     assert take(lim)  # released on exit
 
 
+def test_slots_released_later_are_held_until_released_and_one_per_delivery(redis: Redis) -> None:
+    lim = limiter(redis, rate=1000, burst=100, in_flight=1)
+    with lim.released_later() as held:
+        assert take(lim)
+        assert redis.zcard(keys.USERCOM.limiter_in_flight) == 1  # kept for the caller's own write
+        assert take(lim)  # the same delivery's next call: its earlier slot is given back first
+        assert len(held) == 1 and redis.zscore(keys.USERCOM.limiter_in_flight, held[0]) is not None
+    assert redis.zcard(keys.USERCOM.limiter_in_flight) == 0  # whatever is left goes with the block
+
+
+def test_a_delivery_releases_its_slots_with_its_outcome(settings: Settings, redis: Redis) -> None:
+    # One call at most in flight, and a user User.com does not know: three calls in one delivery.
+    ctx = build_context(Settings.from_env({**_env(settings), "USERCOM_MAX_IN_FLIGHT": "1"}))
+    update = an_update(user_id="new-user")
+    assert ctx.store.accept(update)
+    assert deliver_update(ctx, update) == "delivered"
+    assert redis.zcard(keys.USERCOM.limiter_in_flight) == 0
+    assert ctx.store.ledger()["delivered"] == 1
+
+
 def test_429_pauses_every_worker_and_is_never_shortened(redis: Redis) -> None:
     a, b = limiter(redis, rate=1000, burst=100), limiter(redis, rate=1000, burst=100)
     until = a.pause(2.0)
