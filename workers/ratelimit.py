@@ -130,7 +130,7 @@ class RateLimiter:
     @contextmanager
     def released_later(self) -> Iterator[list[str]]:
         """Calls in the block keep their slot (counted in flight) until the caller releases the
-        tokens it is given, with a write of its own (Store.settle: one round trip less per call);
+        tokens it is given, with a write of its own (Store.settle: a round trip less per delivery);
         whatever is still held when the block ends is released then."""
         held: list[str] = []
         reset = self._held.set(held)
