@@ -119,7 +119,8 @@ return {counted, accepted}
 )
 
 # Count the outcomes of one delivery (the update sent and those merged into it, or the updates
-# found to carry nothing), end the user's lease and keep what the destination learned, in one step.
+# found to carry nothing), end the user's lease, keep what the destination learned and release the
+# delivery's rate-limit slots, in one step.
 # KEYS: ledger, last_delivery, pending_live, pending_replay, lock, memory, limiter_in_flight, then
 #       each event's outcome key
 # ARGV: outcome_ttl, now, lease token ('' when no lease is held), memory ('' to leave it, else

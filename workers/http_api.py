@@ -68,8 +68,7 @@ class HttpApi:
             retries=False,
             timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
         )
-        self._prefix = urllib3.util.parse_url(base_url).path or ""
-        self._prefix = self._prefix.rstrip("/")
+        self._prefix = (urllib3.util.parse_url(base_url).path or "").rstrip("/")
         self._headers = headers
         self._secrets = secrets
         self._requests, self._seconds = requests, seconds
