@@ -26,15 +26,20 @@ from service.jobs import JobWriter, job_id_for
 from service.updates import UserUpdate
 
 # Count an outcome once per event (a re-run job must not count twice) and stop tracking it
-# as pending. (outcome_key, ledger_key, outcome, ttl, pending member) -> 1 if counted now
+# as pending. (outcome_key, ledger_key, outcome, ttl, pending member, pending keys) ->
+# {1 if counted now else 0, when the event was accepted (its pending score, '' when not pending)}
 _OUTCOME_LUA = """
 local function count_outcome(outcome_key, ledger_key, outcome, ttl, member, pending_keys)
+    local accepted = ''
+    for _, key in ipairs(pending_keys) do
+        if accepted == '' then accepted = redis.call('ZSCORE', key, member) or '' end
+    end
     if redis.call('SET', outcome_key, outcome, 'NX', 'EX', ttl) then
         redis.call('HINCRBY', ledger_key, outcome, 1)
         for _, key in ipairs(pending_keys) do redis.call('ZREM', key, member) end
-        return 1
+        return {1, accepted}
     end
-    return 0
+    return {0, accepted}
 end
 """
 
@@ -107,14 +112,13 @@ DEAD_LETTER_SCRIPT = (
     DLQ_LUA
     + _OUTCOME_LUA
     + """
-local accepted = redis.call('ZSCORE', KEYS[3], ARGV[2]) or redis.call('ZSCORE', KEYS[4], ARGV[2]) or ''
-local counted = count_outcome(KEYS[1], KEYS[2], 'dead_lettered', ARGV[1], ARGV[2], {KEYS[3], KEYS[4]})
-if counted == 1 then
+local result = count_outcome(KEYS[1], KEYS[2], 'dead_lettered', ARGV[1], ARGV[2], {KEYS[3], KEYS[4]})
+if result[1] == 1 then
     -- kept only with its count: an event already settled (e.g. delivered, then its job failed
     -- inside rq) is not dead-lettered too, so the queue and the ledger never disagree
     dlq_keep({KEYS[5], KEYS[6], KEYS[7], KEYS[8]}, ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8])
 end
-return {counted, accepted}
+return result
 """
 )
 
@@ -134,8 +138,7 @@ for token in string.gmatch(ARGV[6], '%S+') do redis.call('ZREM', KEYS[7], token)
 local result = {}
 for i = 8, #KEYS do
     local outcome, member = ARGV[2 * i - 9], ARGV[2 * i - 8]
-    local accepted = redis.call('ZSCORE', KEYS[3], member) or redis.call('ZSCORE', KEYS[4], member) or ''
-    table.insert(result, {count_outcome(KEYS[i], KEYS[1], outcome, ARGV[1], member, {KEYS[3], KEYS[4]}), accepted})
+    table.insert(result, count_outcome(KEYS[i], KEYS[1], outcome, ARGV[1], member, {KEYS[3], KEYS[4]}))
     if outcome == 'delivered' then redis.call('SET', KEYS[2], ARGV[2]) end
 end
 if ARGV[3] ~= '' and redis.call('GET', KEYS[5]) == ARGV[3] then redis.call('DEL', KEYS[5]) end
