@@ -13,7 +13,7 @@ import tempfile
 from typing import Any
 
 from bench.harness import backend, start, stop, wait_drained
-from service.updates import UserUpdate
+from service.core.update import UserUpdate
 
 TAGS = ["subscriber", "paying", "trial", "churned", "refunded"]
 

@@ -17,10 +17,10 @@ from pathlib import Path
 from redis import Redis
 
 from service.config import Settings
-from service.embedded_redis import RedisProcess, free_port
-from service.store import Store
-from service.updates import UserUpdate
-from service.usercom_sandbox import SandboxServer
+from service.core.update import UserUpdate
+from service.devtools.embedded_redis import RedisProcess, free_port
+from service.devtools.usercom_sandbox import SandboxServer
+from service.store.ledger import Store
 
 API_KEY = "b" * 64
 RELAY = [sys.executable, "-m", "service.cli"]

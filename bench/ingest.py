@@ -26,8 +26,8 @@ from redis import Redis
 
 from service.cli import gunicorn_argv
 from service.config import Settings
-from service.embedded_redis import RedisProcess, free_port
-from service.store import Store
+from service.devtools.embedded_redis import RedisProcess, free_port
+from service.store.ledger import Store
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = (

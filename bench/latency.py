@@ -16,7 +16,7 @@ import stripe
 import urllib3
 
 from bench.harness import backend, start, stop, wait_drained
-from service.embedded_redis import free_port
+from service.devtools.embedded_redis import free_port
 
 SECRET = "whsec_latency_bench_0123456789"
 

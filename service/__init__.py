@@ -1,4 +1,5 @@
-"""relay web side: `create_app()` is the composition root gunicorn serves."""
+"""relay: billing webhooks in, CRM user updates out. `create_app()` is what gunicorn serves
+(service.web.app is the composition root); the rooms are drawn in docs/architecture.md."""
 
 from __future__ import annotations
 
@@ -12,6 +13,6 @@ if TYPE_CHECKING:
 
 
 def create_app(settings: Settings | None = None, *, redis: Redis | None = None) -> Flask:
-    from service.app import build_app
+    from service.web.app import build_app
 
     return build_app(settings, redis=redis)

@@ -11,6 +11,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,13 @@ from redis import Redis
 
 from service import create_app
 from service.config import Settings
-from service.embedded_redis import RedisProcess
-from service.updates import UserUpdate
-from service.usercom_sandbox import SandboxServer
+from service.core.update import UserUpdate
+from service.devtools.embedded_redis import RedisProcess
+from service.devtools.usercom_sandbox import SandboxServer
+from service.intake import read_event
+from service.mapping import load_mapping
+from service.sources.base import SourceSettings
+from service.sources.registry import SOURCES
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("RELAY_SHARED_DIR", REPO.parent / "shared"))
@@ -81,6 +86,25 @@ def an_update(event_id: str = "evt_1", **fields: Any) -> UserUpdate:
         "custom": {"plan": "pro"},
     }
     return UserUpdate(**{**values, **fields})
+
+
+@dataclass(frozen=True)
+class Read:
+    event_id: str
+    event_type: str
+    update: UserUpdate | None
+
+
+DEFAULT_MAPPING = load_mapping(None)
+
+
+def read(source: str, payload: Any, identity_key: str = "user_id", webhook_id: str = "") -> Read:
+    """An event as intake reads it once its signature checked: the source's envelope, then the
+    default mapping (raises marshmallow's ValidationError when either does not fit)."""
+    spec = SOURCES[source]
+    reader = spec.build(SourceSettings((), spec.default_tolerance, identity_key))
+    envelope, update = read_event(reader, DEFAULT_MAPPING, identity_key, payload, {"webhook-id": webhook_id})
+    return Read(envelope.event_id, envelope.event_type, update)
 
 
 def sign(payload: bytes | str, secret: str = SECRET, timestamp: int | None = None) -> str:

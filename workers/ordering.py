@@ -26,9 +26,9 @@ from typing import Any
 
 from redis import Redis
 
-from service import keys
-from service.store import Settled, Store
-from service.updates import UserUpdate
+from service.core.update import UserUpdate
+from service.store import keys
+from service.store.ledger import Settled, Store
 
 LEASE_MS = 60_000  # longer than one job's User.com calls with their timeouts
 WAIT_FOR_LEASE_SECONDS = 2.0  # then the job is put back instead of holding the worker
@@ -205,7 +205,7 @@ class Hold:
 
 
 class Ordering:
-    def __init__(self, redis: Redis, *, memory_ttl_seconds: int, destination_keys: keys.Keys = keys.USERCOM) -> None:
+    def __init__(self, redis: Redis, *, memory_ttl_seconds: int, destination_keys: keys.Keys) -> None:
         self.redis = redis
         self.keys = destination_keys
         self.memory_ttl = memory_ttl_seconds  # of last-written times and of destinations' memories

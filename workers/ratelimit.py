@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from redis import Redis
 
-from service import keys
+from service.store import keys
 
 # KEYS: tat (GCRA theoretical arrival time, ms), pause_until (ms), in_flight (zset token -> lease end ms)
 # ARGV: interval_ms, burst_tolerance_ms, max_in_flight, token, lease_ms, max_wait_ms
@@ -92,7 +92,7 @@ class RateLimiter:
         config: LimitConfig,
         *,
         sleep: float = MAX_SLEEP_SECONDS,
-        destination_keys: keys.Keys = keys.USERCOM,
+        destination_keys: keys.Keys,
     ) -> None:
         self.redis = redis
         self.config = config

@@ -14,35 +14,28 @@ from rq import Queue, SimpleWorker
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from service import keys
 from service.config import Settings
-from service.jobs import DELIVERY_JOB_TIMEOUT
-from service.redis_client import worker_redis
-from service.store import Store
-from workers.deliver import DeliveryContext, configure
-from workers.destination import Destination
+from service.destinations.base import Destination
+from service.destinations.registry import DESTINATIONS
+from service.store import keys
+from service.store.connection import worker_redis
+from service.store.jobs import DELIVERY_JOB_TIMEOUT
+from service.store.ledger import Store
+from workers.delivery.context import DeliveryContext, configure
 from workers.ordering import Ordering
 from workers.ratelimit import LimitConfig, RateLimiter
-from workers.usercom import UsercomClient
-from workers.userkit import UserKitClient
 
 
-def limit_config(settings: Settings, destination: str = keys.DEFAULT_DESTINATION) -> LimitConfig:
-    return LimitConfig(*settings.rate_limits(destination))
+def limit_config(settings: Settings, destination: str) -> LimitConfig:
+    limits = settings.destination(destination)
+    return LimitConfig(limits.rate_limit, limits.burst, limits.max_in_flight)
 
 
 def build_destination(settings: Settings, destination: str, limiter: RateLimiter) -> Destination:
-    timeouts = {"connect_timeout": settings.usercom_connect_timeout, "read_timeout": settings.usercom_read_timeout}
-    if destination == "userkit":
-        return UserKitClient(
-            base_url=settings.userkit_api_url, app_secret=settings.userkit_app_secret, limiter=limiter, **timeouts
-        )
-    return UsercomClient(
-        base_url=settings.usercom_api_url, api_key=settings.usercom_api_key, limiter=limiter, **timeouts
-    )
+    return DESTINATIONS[destination].client(settings.destination(destination), limiter)
 
 
-def build_context(settings: Settings, destination: str = keys.DEFAULT_DESTINATION) -> DeliveryContext:
+def build_context(settings: Settings, destination: str) -> DeliveryContext:
     redis = worker_redis(settings.redis_url)
     own = keys.Keys(destination)
     limiter = RateLimiter(redis, limit_config(settings, destination), destination_keys=own)
@@ -106,7 +99,7 @@ def run_worker(
     settings: Settings,
     *,
     lane: str = keys.LIVE,
-    destination: str = keys.DEFAULT_DESTINATION,
+    destination: str,
     burst: bool = False,
     log_level: str = "INFO",
 ) -> bool:

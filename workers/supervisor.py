@@ -18,8 +18,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 
-from service import keys
-from service.metrics import mark_process_dead
+from service.ops.metrics import mark_process_dead
+from service.store import keys
 
 POLL_SECONDS = 0.5
 

@@ -20,9 +20,10 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from service import create_app, keys
+from service import create_app
 from service.config import DEFAULT_METRICS_PORT, DEFAULT_PORT, Settings
-from service.jobs import DELIVERY_JOB_TIMEOUT
+from service.store import keys
+from service.store.jobs import DELIVERY_JOB_TIMEOUT
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -98,8 +99,9 @@ def test_pods_run_as_non_root_on_a_read_only_root(rendered: list[dict[str, Any]]
 
 
 def test_environment_names_are_settings_the_code_reads(rendered: list[dict[str, Any]]) -> None:
-    source = (REPO / "service" / "config.py").read_text()
+    source = "\n".join(p.read_text() for p in (REPO / "service").rglob("*.py"))
     known = set(re.findall(r'reader\.\w+\(\s*"([A-Z0-9_]+)"', source))
+    known |= set(re.findall(r'_env="([A-Z0-9_]+)"', source))  # named by the sources' and destinations' specs
     [config] = find(rendered, "ConfigMap", "relay-config")
     names = set(config["data"])
     for deployment in ("relay-web", "relay-worker"):

@@ -21,11 +21,12 @@ import urllib3
 from prometheus_client.parser import text_string_to_metric_families
 from redis import Redis
 
-from service import keys
 from service.config import Settings
-from service.embedded_redis import RedisProcess, free_port
-from service.store import Store
-from service.usercom_sandbox import SandboxServer
+from service.devtools.embedded_redis import RedisProcess, free_port
+from service.devtools.usercom_sandbox import SandboxServer
+from service.devtools.userkit_sandbox import UserKitServer
+from service.store import keys
+from service.store.ledger import Store
 from tests.conftest import (
     OLD_SECRET,
     SECRET,
@@ -39,7 +40,6 @@ from tests.conftest import (
     standard_headers,
     stripe_event,
 )
-from tests.userkit_double import UserKitServer
 
 USERKIT_SECRET = "uk_e2e_app_secret_9876543210"
 RELAY = str(Path(sys.executable).with_name("relay"))

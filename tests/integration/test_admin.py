@@ -10,12 +10,14 @@ from redis import Redis
 from rq import SimpleWorker
 from rq.serializers import JSONSerializer
 
-from service import create_app, keys
+from service import create_app
 from service.config import Settings
-from service.updates import UserUpdate
-from service.usercom_sandbox import Fault, SandboxServer
+from service.core.update import UserUpdate
+from service.devtools.usercom_sandbox import Fault, SandboxServer
+from service.store import keys
 from tests.conftest import SECRET, USERCOM_KEY, stripe_event
-from workers.deliver import DeliveryContext, configure, deliver_update
+from workers.delivery.context import DeliveryContext, configure
+from workers.delivery.job import deliver_update
 from workers.runner import build_context
 
 TOKEN = "admin-token-for-tests-0123456789"
@@ -34,7 +36,7 @@ def admin(admin_settings: Settings, redis: Redis) -> Any:
 
 @pytest.fixture
 def ctx(admin_settings: Settings, redis: Redis) -> DeliveryContext:
-    context = build_context(admin_settings)
+    context = build_context(admin_settings, "usercom")
     configure(context)
     return context
 

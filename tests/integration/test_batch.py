@@ -14,13 +14,14 @@ from rq import SimpleWorker
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from service import keys
 from service.config import Settings
-from service.jobs import delivery_job, job_id_for
-from service.usercom_sandbox import SandboxServer
+from service.devtools.usercom_sandbox import SandboxServer
+from service.store import keys
+from service.store.jobs import delivery_job, job_id_for
 from tests.conftest import an_update
-from workers.batch import BATCH_MAX_JOBS, BATCH_SECONDS, BATCH_THREADS, batch_key, return_taken, run_batch
-from workers.deliver import DeliveryContext, configure, on_job_failure
+from workers.delivery.batch import BATCH_MAX_JOBS, BATCH_SECONDS, BATCH_THREADS, batch_key, return_taken, run_batch
+from workers.delivery.context import DeliveryContext, configure
+from workers.delivery.job import on_job_failure
 from workers.ratelimit import RateLimiter
 from workers.runner import build_context, limit_config
 
@@ -30,7 +31,7 @@ LIVE_QUEUE = keys.USERCOM.rq_queue_key(keys.LIVE)
 @pytest.fixture
 def ctx(settings: Settings, redis: Redis, sandbox: SandboxServer) -> Iterator[DeliveryContext]:
     sandbox.state.seed([f"u{n}" for n in range(BATCH_MAX_JOBS + 10)])
-    context = build_context(settings)
+    context = build_context(settings, "usercom")
     configure(context)
     yield context
     context.redis.close()
@@ -85,7 +86,7 @@ def test_after_the_last_rerun_taken_jobs_go_back_to_the_queue(ctx: DeliveryConte
 def test_throttling_stops_the_taking(ctx: DeliveryContext, settings: Settings) -> None:
     for n in range(5):
         assert ctx.store.accept(an_update(f"evt_{n}", user_id=f"u{n}"))
-    RateLimiter(ctx.redis, limit_config(settings)).pause(30)
+    RateLimiter(ctx.redis, limit_config(settings, "usercom"), destination_keys=keys.USERCOM).pause(30)
     one_job(ctx)
     assert ctx.redis.llen(LIVE_QUEUE) == 4  # the throttled job was put back; nothing else taken
     assert ctx.store.ledger()["in_flight"] == 5
@@ -97,10 +98,10 @@ def test_jobs_rq_wrote_itself_are_taken_too(ctx: DeliveryContext) -> None:
     assert ctx.store.accept(first)
     assert ctx.store.accept(second)
     ctx.redis.delete(LIVE_QUEUE)
-    retry = delivery_job(ctx.redis, second, 2, 1.0)
-    ctx.queues[keys.LIVE].enqueue_job(delivery_job(ctx.redis, first))
+    retry = delivery_job(ctx.redis, second, 2, 1.0, destination_keys=keys.USERCOM)
+    ctx.queues[keys.LIVE].enqueue_job(delivery_job(ctx.redis, first, destination_keys=keys.USERCOM))
     ctx.queues[keys.LIVE].enqueue_job(retry)
-    assert retry.id == job_id_for(second, 2)
+    assert retry.id == job_id_for(second, 2, destination="usercom")
     one_job(ctx)
     ledger = ctx.store.ledger()
     assert (ledger["delivered"], ledger["in_flight"]) == (2, 0)
@@ -122,7 +123,9 @@ def test_a_job_failing_after_its_event_was_settled_is_not_dead_lettered(ctx: Del
     """rq can fail a finished job (e.g. cleaning up after a killed run); the event stays delivered."""
     assert ctx.store.accept(an_update("evt_0", user_id="u0"))
     one_job(ctx)
-    ctx.queues[keys.LIVE].enqueue_job(delivery_job(ctx.redis, an_update("evt_0", user_id="u0")))
+    ctx.queues[keys.LIVE].enqueue_job(
+        delivery_job(ctx.redis, an_update("evt_0", user_id="u0"), destination_keys=keys.USERCOM)
+    )
     job = Job.fetch("stripe-evt_0", connection=ctx.redis, serializer=JSONSerializer)
     job.retries_left = 0
     on_job_failure(job, ctx.redis, ValueError, ValueError("Execution not found in Redis"), None)

@@ -14,7 +14,7 @@ import pytest
 import stripe
 from redis import Redis
 
-from service.embedded_redis import free_port
+from service.devtools.embedded_redis import free_port
 
 RELAY = str(Path(sys.executable).with_name("relay"))
 GOOD = {

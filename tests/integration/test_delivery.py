@@ -14,21 +14,22 @@ from rq.job import Job
 from rq.registry import ScheduledJobRegistry
 from rq.serializers import JSONSerializer
 
-from service import keys
 from service.config import Settings
-from service.embedded_redis import free_port
-from service.jobs import DELIVER_FUNC, ON_FAILURE_FUNC
-from service.updates import UserUpdate
-from service.usercom_sandbox import Fault, SandboxServer
+from service.core.update import UserUpdate
+from service.devtools.embedded_redis import free_port
+from service.devtools.usercom_sandbox import Fault, SandboxServer
+from service.store import keys
+from service.store.jobs import DELIVER_FUNC, ON_FAILURE_FUNC
 from tests.conftest import USERCOM_KEY
-from workers.deliver import DeliveryContext, configure, deliver_update
+from workers.delivery.context import DeliveryContext, configure
+from workers.delivery.job import deliver_update
 from workers.ratelimit import RateLimiter
 from workers.runner import build_context, limit_config
 
 
 @pytest.fixture
 def ctx(settings: Settings, redis: Redis) -> Iterator[DeliveryContext]:
-    context = build_context(settings)
+    context = build_context(settings, "usercom")
     configure(context)
     yield context
     context.redis.close()
@@ -181,7 +182,7 @@ def test_network_errors_are_retried(settings: Settings, redis: Redis) -> None:
         },
         role="worker",
     )
-    ctx = build_context(closed)
+    ctx = build_context(closed, "usercom")
     assert deliver_update(ctx, update()) == "retry_scheduled"
     assert ScheduledJobRegistry(queue=ctx.queues[keys.LIVE]).get_job_ids() == ["stripe-evt_1-a2"]
 
@@ -287,7 +288,9 @@ def test_updates_waiting_for_one_user_go_in_one_put(ctx: DeliveryContext, sandbo
         for n in range(10)
     ]
     items = [UserUpdate(**{**i.to_dict(), "event_time": 1000 + n}) for n, i in enumerate(items)]
-    RateLimiter(ctx.redis, limit_config(ctx.settings)).pause(60)  # User.com throttles: a backlog builds
+    RateLimiter(ctx.redis, limit_config(ctx.settings, "usercom"), destination_keys=keys.USERCOM).pause(
+        60
+    )  # User.com throttles: a backlog builds
     accept_and_work(ctx, *items)
     assert sandbox.state.requests == []
     assert (

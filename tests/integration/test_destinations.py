@@ -12,16 +12,17 @@ from redis import Redis
 from rq import SimpleWorker
 from rq.serializers import JSONSerializer
 
-from service import create_app, keys
+from service import create_app
 from service.config import Settings
-from service.store import Store
-from service.updates import UserUpdate
-from service.usercom_sandbox import SandboxServer
+from service.core.update import UserUpdate
+from service.destinations.userkit.client import explain, userkit_body
+from service.devtools.usercom_sandbox import SandboxServer
+from service.devtools.userkit_sandbox import UserKitServer
+from service.store import keys
+from service.store.ledger import Store
 from tests.conftest import an_update
-from tests.userkit_double import UserKitServer
-from workers.deliver import DeliveryContext, configure
+from workers.delivery.context import DeliveryContext, configure
 from workers.runner import build_context
-from workers.userkit import explain, userkit_body
 
 USERKIT_SECRET = "uk_test_app_secret_0123456789"
 ADMIN = "destinations-admin-token"

@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 from redis import Redis
 
-from service import keys
 from service.config import Settings
-from service.dlq import DeadLetter
-from service.store import Store
-from service.updates import UserUpdate
+from service.core.dead_letter import DeadLetter
+from service.core.update import UserUpdate
+from service.store import keys
+from service.store.ledger import Store
 
 RELAY = str(Path(sys.executable).with_name("relay"))
 

@@ -66,7 +66,7 @@ def test_metrics_after_a_known_sequence(client: Any, post_event: Any) -> None:
 def test_metrics_say_when_redis_is_down(settings: Any) -> None:
     from service import create_app
     from service.config import Settings
-    from service.embedded_redis import free_port
+    from service.devtools.embedded_redis import free_port
 
     dead = Settings.from_env(
         {"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "STRIPE_WEBHOOK_SECRETS": "whsec_x"}, role="web"

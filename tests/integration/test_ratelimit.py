@@ -10,16 +10,16 @@ import pytest
 from redis import Redis
 from rq.registry import ScheduledJobRegistry
 
-from service import keys
 from service.config import Settings
+from service.store import keys
 from tests.conftest import an_update
-from workers.deliver import deliver_update
+from workers.delivery.job import deliver_update
 from workers.ratelimit import LimitConfig, RateLimiter, Throttled
 from workers.runner import build_context, limit_config
 
 
 def limiter(redis: Redis, rate: float = 10, burst: int = 1, in_flight: int = 100, sleep: float = 0.0) -> RateLimiter:
-    return RateLimiter(redis, LimitConfig(rate, burst, in_flight), sleep=sleep)
+    return RateLimiter(redis, LimitConfig(rate, burst, in_flight), sleep=sleep, destination_keys=keys.USERCOM)
 
 
 def take(lim: RateLimiter) -> bool:
@@ -100,7 +100,7 @@ def test_slots_released_later_are_held_until_released_and_one_per_delivery(redis
 
 def test_a_delivery_releases_its_slots_with_its_outcome(settings: Settings, redis: Redis) -> None:
     # One call at most in flight, and a user User.com does not know: three calls in one delivery.
-    ctx = build_context(Settings.from_env({**_env(settings), "USERCOM_MAX_IN_FLIGHT": "1"}))
+    ctx = build_context(Settings.from_env({**_env(settings), "USERCOM_MAX_IN_FLIGHT": "1"}), "usercom")
     update = an_update(user_id="new-user")
     assert ctx.store.accept(update)
     assert deliver_update(ctx, update) == "delivered"
@@ -120,8 +120,10 @@ def test_429_pauses_every_worker_and_is_never_shortened(redis: Redis) -> None:
 
 
 def test_a_throttled_job_is_put_back_without_counting_a_failure(settings: Settings, redis: Redis) -> None:
-    ctx = build_context(Settings.from_env({**_env(settings), "USERCOM_RATE_LIMIT": "1", "USERCOM_BURST": "1"}))
-    RateLimiter(ctx.redis, limit_config(ctx.settings)).pause(30)
+    ctx = build_context(
+        Settings.from_env({**_env(settings), "USERCOM_RATE_LIMIT": "1", "USERCOM_BURST": "1"}), "usercom"
+    )
+    RateLimiter(ctx.redis, limit_config(ctx.settings, "usercom"), destination_keys=keys.USERCOM).pause(30)
     update = an_update()
     assert ctx.store.accept(update)
     assert deliver_update(ctx, update, attempt=3) == "throttled"
@@ -137,8 +139,8 @@ def test_a_throttled_job_is_put_back_without_counting_a_failure(settings: Settin
 def _env(settings: Settings) -> dict[str, str]:
     return {
         "REDIS_URL": settings.redis_url,
-        "USERCOM_API_URL": settings.usercom_api_url,
-        "USERCOM_API_KEY": settings.usercom_api_key,
+        "USERCOM_API_URL": settings.destination("usercom").api_url,
+        "USERCOM_API_KEY": settings.destination("usercom").credential,
         "STRIPE_WEBHOOK_SECRETS": "whsec_x",
     }
 

@@ -16,14 +16,14 @@ from rq.job import Job
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 
-from service import keys
 from service.config import Settings
-from service.embedded_redis import RedisProcess, free_port
-from service.jobs import DELIVER_FUNC, DELIVERY_JOB_TIMEOUT, RERUNS
-from service.store import Store
-from service.usercom_sandbox import Fault, SandboxServer
+from service.devtools.embedded_redis import RedisProcess, free_port
+from service.devtools.usercom_sandbox import Fault, SandboxServer
+from service.store import keys
+from service.store.jobs import DELIVER_FUNC, DELIVERY_JOB_TIMEOUT, RERUNS
+from service.store.ledger import Store
 from tests.conftest import an_update
-from workers.deliver import configure
+from workers.delivery.context import configure
 from workers.ordering import LEASE_MS
 from workers.runner import HEARTBEAT_MARGIN_SECONDS, MAINTENANCE_INTERVAL_SECONDS, build_context, run_worker
 
@@ -48,7 +48,7 @@ def test_worker_killed_mid_job_loses_nothing(
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    ctx = build_context(settings)
+    ctx = build_context(settings, "usercom")
     started = StartedJobRegistry(queue=ctx.queues[keys.LIVE])
     deadline = time.monotonic() + 20
     while started.get_job_ids() != ["stripe-evt_1"]:
@@ -63,7 +63,7 @@ def test_worker_killed_mid_job_loses_nothing(
     started.cleanup(timestamp=time.time() + DELIVERY_JOB_TIMEOUT + HEARTBEAT_MARGIN_SECONDS + 1)
     assert ctx.queues[keys.LIVE].job_ids == ["stripe-evt_1"], "requeued, not failed"
     configure(ctx)
-    run_worker(settings, lane=keys.LIVE, burst=True)
+    run_worker(settings, lane=keys.LIVE, destination="usercom", burst=True)
     user = sandbox.state.user_by_custom_id("u1")
     assert user is not None and user["attributes"] == {"plan": "pro"} and user["tags"] == ["paying"]
     ledger = store.ledger()
@@ -80,7 +80,7 @@ def test_an_idle_worker_reruns_a_job_abandoned_by_a_dead_one(
     sandbox.state.faults.append(Fault(0, delay=30))
     worker_env = {"PATH": os.environ["PATH"], **env}
     dying = _relay_worker(worker_env)
-    started = StartedJobRegistry(queue=build_context(settings).queues[keys.LIVE])
+    started = StartedJobRegistry(queue=build_context(settings, "usercom").queues[keys.LIVE])
     _wait(lambda: started.get_job_ids(cleanup=False) == ["stripe-evt_1"], timeout=20)
     os.killpg(dying.pid, signal.SIGKILL)
     dying.wait()
@@ -116,7 +116,7 @@ def test_a_crashing_job_is_rerun_then_dead_lettered_once(
     # Data this code cannot read; every other field (reruns included) as accepted.
     broken = json.dumps([DELIVER_FUNC, None, [{**UPDATE.to_dict(), "unexpected": 1}, 1, None, "live"], {}])
     redis.hset("rq:job:stripe-evt_1", "data", broken)
-    run_worker(settings, lane=keys.LIVE, burst=True)
+    run_worker(settings, lane=keys.LIVE, destination="usercom", burst=True)
     [item] = store.dead_letters()
     assert item["reason"] == "internal_error" and item["event_id"] == "evt_1"
     assert store.ledger()["dead_lettered"] == 1

@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 from redis import Redis
 
-from service import create_app, keys
+from service import create_app
 from service.config import Settings
-from service.store import Store
+from service.store import keys
+from service.store.ledger import Store
 from tests.conftest import (
     LEMONSQUEEZY_SECRET,
     OLD_STANDARD_SECRET,

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import urllib3
 
-from service.usercom_sandbox import SandboxServer
+from service.devtools.usercom_sandbox import SandboxServer
 from tests.conftest import USERCOM_KEY
 
 AUTH = {"Authorization": f"Token {USERCOM_KEY}", "Content-Type": "application/json"}

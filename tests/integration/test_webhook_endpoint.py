@@ -11,11 +11,12 @@ from redis import Redis
 from rq import Queue
 from rq.serializers import JSONSerializer
 
-from service import create_app, keys
-from service.app import MAX_BODY_BYTES
+from service import create_app
 from service.config import Settings
-from service.embedded_redis import free_port
-from service.store import Store
+from service.devtools.embedded_redis import free_port
+from service.store import keys
+from service.store.ledger import Store
+from service.web.errors import MAX_BODY_BYTES
 from tests.conftest import OLD_SECRET, SECRET, USERCOM_KEY, load_fixture, sign, stripe_event
 
 CUSTOMER = {"id": "cus_1", "email": "ada@example.com", "name": "Ada Lovelace", "metadata": {"user_id": "u1"}}
@@ -41,7 +42,7 @@ def test_accepted_event_is_queued_as_an_rq_job(post_event: Any, redis: Redis) ->
     queue = Queue(keys.USERCOM.queue_name(keys.LIVE), connection=redis, serializer=JSONSerializer)
     assert queue.job_ids == ["stripe-evt_1"]
     job = queue.fetch_job("stripe-evt_1")
-    assert job is not None and job.func_name == "workers.deliver.deliver"
+    assert job is not None and job.func_name == "workers.delivery.job.deliver"
     update = job.args[0]
     assert update["user_id"] == "u1"
     assert update["standard"] == {"email": "ada@example.com", "first_name": "Ada", "last_name": "Lovelace"}

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from workers.deliver import backoff_delay
+from workers.delivery.outcomes import backoff_delay
 
 
 def test_ceiling_doubles_up_to_the_cap() -> None:

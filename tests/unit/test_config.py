@@ -21,9 +21,9 @@ def settings(**overrides: str) -> Settings:
 
 def test_reads_and_normalizes_the_environment() -> None:
     s = settings()
-    assert s.stripe_webhook_secrets == ("whsec_one", "whsec_two")
-    assert s.usercom_api_url == "https://acme.user.com/api/public"
-    assert s.stripe_tolerance_seconds == 300
+    assert s.source_secrets("stripe") == ("whsec_one", "whsec_two")
+    assert s.destination("usercom").api_url == "https://acme.user.com/api/public"
+    assert s.source("stripe").tolerance_seconds == 300
     assert s.identity_key == "user_id"
     assert "customer.created" in s.mapping.rules["stripe"]
     assert s.webhook_sources == ("stripe",)
@@ -69,15 +69,15 @@ def test_bad_settings_stop_with_a_one_line_reason(name: str, value: str, message
 
 def test_each_role_needs_only_its_own_secrets() -> None:
     web = Settings.from_env({"REDIS_URL": "redis://x", "STRIPE_WEBHOOK_SECRETS": "whsec_a"}, role="web")
-    assert web.usercom_api_key == ""
+    assert web.destination("usercom").credential == ""
     worker = Settings.from_env(
         {"REDIS_URL": "redis://x", "USERCOM_API_URL": "http://u", "USERCOM_API_KEY": "k"}, role="worker"
     )
-    assert worker.stripe_webhook_secrets == ()
+    assert worker.source_secrets("stripe") == ()
     with pytest.raises(SettingsError, match="no webhook source is configured"):
         Settings.from_env({"REDIS_URL": "redis://x"}, role="web")
     paddle_only = Settings.from_env({"REDIS_URL": "redis://x", "PADDLE_WEBHOOK_SECRETS": "pdl_a,pdl_b"}, role="web")
-    assert paddle_only.webhook_sources == ("paddle",) and paddle_only.paddle_tolerance_seconds == 5
+    assert paddle_only.webhook_sources == ("paddle",) and paddle_only.source("paddle").tolerance_seconds == 5
     assert paddle_only.secrets == ("pdl_a", "pdl_b")
 
 
@@ -99,7 +99,11 @@ def test_destinations_and_what_each_needs() -> None:
     only_userkit = Settings.from_env(
         {**base, "RELAY_DESTINATIONS": " UserKit ", "USERKIT_APP_SECRET": "uk_secret"}, role="worker"
     )
-    assert only_userkit.destinations == ("userkit",) and only_userkit.usercom_api_key == ""  # User.com not needed
-    assert only_userkit.userkit_api_url == "https://api.userkit.io" and "uk_secret" in only_userkit.secrets
+    assert (
+        only_userkit.destinations == ("userkit",) and only_userkit.destination("usercom").credential == ""
+    )  # User.com not needed
+    assert (
+        only_userkit.destination("userkit").api_url == "https://api.userkit.io" and "uk_secret" in only_userkit.secrets
+    )
     both = settings(RELAY_DESTINATIONS="usercom,userkit,usercom", USERKIT_APP_SECRET="uk", USERKIT_RATE_LIMIT="2")
-    assert both.destinations == ("usercom", "userkit") and both.userkit_rate_limit == 2.0
+    assert both.destinations == ("usercom", "userkit") and both.destination("userkit").rate_limit == 2.0

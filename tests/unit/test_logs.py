@@ -3,7 +3,7 @@ from __future__ import annotations
 import json
 import logging
 
-from service.logs import JsonFormatter
+from service.ops.logs import JsonFormatter
 
 SECRET = "whsec_do_not_print_me"
 KEY = "usercom-api-key-0123456789"

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from service.mapping import MappingError, load_mapping
-from service.stripe_extract import Extracted
+from service.sources.stripe.extract import Extracted
 
 
 def write(tmp_path: Path, text: str) -> Path:

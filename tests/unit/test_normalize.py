@@ -8,19 +8,16 @@ from typing import Any
 import pytest
 from marshmallow import ValidationError
 
-from service.mapping import load_mapping
-from service.stripe_extract import split_name, to_major
-from service.stripe_normalize import normalize_event
-from service.updates import UserUpdate
-from tests.conftest import load_fixture, stripe_event
+from service.core.update import UserUpdate
+from service.sources.stripe.extract import split_name, to_major
+from tests.conftest import load_fixture, read, stripe_event
 
-MAPPING = load_mapping(None)
 T = 1_700_000_000  # event time used for wrapped fixtures
 T_ISO = "2023-11-14T22:13:20Z"
 
 
 def normalize(event: dict[str, Any], identity_key: str = "user_id") -> UserUpdate:
-    update = normalize_event(event, MAPPING, identity_key).update
+    update = read("stripe", event, identity_key).update
     assert update is not None
     return update
 
@@ -197,7 +194,7 @@ def test_charge_refunded() -> None:
 
 
 def test_unmapped_event_types_are_ignored() -> None:
-    result = normalize_event(load_fixture("event.charge.succeeded.inngest-cli-capture.json"), MAPPING, "user_id")
+    result = read("stripe", load_fixture("event.charge.succeeded.inngest-cli-capture.json"), "user_id")
     assert result.update is None
     assert result.event_type == "charge.succeeded"
 
@@ -216,7 +213,7 @@ def test_payloads_that_do_not_fit_raise_field_messages(mutate: Any, path: tuple[
     event = wrapped("customer.subscription.updated", "pay-data.subscription.updated.json")
     mutate(event)
     with pytest.raises(ValidationError) as caught:
-        normalize_event(event, MAPPING, "user_id")
+        read("stripe", event, "user_id")
     messages: Any = caught.value.messages
     for key in path:
         assert key in messages, messages

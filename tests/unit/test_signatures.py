@@ -6,14 +6,12 @@ import pytest
 import standardwebhooks
 import stripe
 
-from service.errors import SignatureExpired, SignatureInvalid, SignatureMissing
-from service.signatures import (
-    standard_webhook_key,
-    verify_lemonsqueezy_signature,
-    verify_paddle_signature,
-    verify_standard_webhook,
-    verify_stripe_signature,
-)
+from service.core.errors import SignatureExpired, SignatureInvalid, SignatureMissing
+from service.sources.lemonsqueezy.source import verify_signature as verify_lemonsqueezy_signature
+from service.sources.paddle.source import verify_signature as verify_paddle_signature
+from service.sources.standard.source import verify_signature as verify_standard_webhook
+from service.sources.standard.source import webhook_key as standard_webhook_key
+from service.sources.stripe.source import verify_signature as verify_stripe_signature
 from tests.conftest import (
     LEMONSQUEEZY_SECRET,
     OLD_SECRET,

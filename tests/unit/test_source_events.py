@@ -9,22 +9,18 @@ from typing import Any
 import pytest
 from marshmallow import ValidationError
 
-from service import lemonsqueezy_normalize, paddle_normalize, standard_events
-from service.mapping import load_mapping
-from service.updates import UserUpdate
-from tests.conftest import load_fixture, standard_event
-
-MAPPING = load_mapping(None)
+from service.core.update import UserUpdate
+from tests.conftest import load_fixture, read, standard_event
 
 
 def paddle(payload: dict[str, Any]) -> UserUpdate:
-    update = paddle_normalize.normalize_event(payload, MAPPING, "user_id").update
+    update = read("paddle", payload).update
     assert update is not None
     return update
 
 
 def lemon(payload: dict[str, Any]) -> UserUpdate:
-    update = lemonsqueezy_normalize.normalize_event(payload, MAPPING, "user_id").update
+    update = read("lemonsqueezy", payload).update
     assert update is not None
     return update
 
@@ -88,11 +84,11 @@ def test_paddle_invalid_payloads_name_the_field() -> None:
     broken = copy.deepcopy(payload)
     del broken["data"]["customer_id"]
     with pytest.raises(ValidationError) as caught:
-        paddle_normalize.normalize_event(broken, MAPPING, "user_id")
+        read("paddle", broken)
     assert caught.value.messages == {"data": {"customer_id": ["Missing data for required field."]}}
     with pytest.raises(ValidationError, match="occurred_at"):
-        paddle_normalize.normalize_event({**payload, "occurred_at": "yesterday"}, MAPPING, "user_id")
-    unmapped = paddle_normalize.normalize_event({**payload, "event_type": "address.created"}, MAPPING, "user_id")
+        read("paddle", {**payload, "occurred_at": "yesterday"})
+    unmapped = read("paddle", {**payload, "event_type": "address.created"})
     assert unmapped.update is None and unmapped.event_id == payload["event_id"]
 
 
@@ -161,7 +157,7 @@ def test_lemonsqueezy_invalid_payload() -> None:
     payload = load_fixture("pay.subscription_created.json", "lemon_squeezy")
     del payload["data"]["attributes"]["updated_at"]
     with pytest.raises(ValidationError) as caught:
-        lemonsqueezy_normalize.normalize_event(payload, MAPPING, "user_id")
+        read("lemonsqueezy", payload)
     assert caught.value.messages == {"data": {"attributes": {"updated_at": ["Missing data for required field."]}}}
 
 
@@ -170,7 +166,7 @@ def test_standard_user_updated_event() -> None:
         attributes={"email": "ada@example.com", "first_name": "Ada", "plan": "pro", "seats": 3, "beta": True},
         tags=["beta", "beta", "vip"],
     )
-    update = standard_events.normalize_event(event, "msg_1").update
+    update = read("standard", event, webhook_id="msg_1").update
     assert update is not None
     assert (update.source, update.event_id, update.user_id, update.event_time) == (
         "standard",
@@ -184,7 +180,7 @@ def test_standard_user_updated_event() -> None:
 
 
 def test_standard_other_event_types_are_not_mapped() -> None:
-    assert standard_events.normalize_event({**standard_event(), "type": "user.deleted"}, "msg_2").update is None
+    assert read("standard", {**standard_event(), "type": "user.deleted"}, webhook_id="msg_2").update is None
 
 
 @pytest.mark.parametrize(
@@ -203,7 +199,7 @@ def test_standard_other_event_types_are_not_mapped() -> None:
 )
 def test_standard_invalid_events_name_the_field(event: dict[str, Any], where: dict[str, Any]) -> None:
     with pytest.raises(ValidationError) as caught:
-        standard_events.normalize_event(event, "msg_3")
+        read("standard", event, webhook_id="msg_3")
     assert _matches(caught.value.messages, where), caught.value.messages
 
 

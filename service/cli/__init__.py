@@ -1,0 +1,145 @@
+"""The `relay` command: dev, web, worker, check-config, sign."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from service.cli import dlq as dlq_cli
+from service.config import Settings, settings_or_exit
+from service.destinations.registry import NAMES as DESTINATIONS
+from service.ops.metrics_dir import use_metrics_dir
+from service.sources.registry import SOURCES
+
+APP_TARGET = "service:create_app()"
+
+
+def gunicorn_argv(settings: Settings, bind: str) -> list[str]:
+    options = {
+        "--bind": bind,
+        "--worker-class": "gthread",  # an I/O-bound receiver: threads wait on Redis, not on CPU
+        "--workers": str(settings.web_workers),
+        "--threads": str(settings.web_threads),
+        "--keep-alive": "5",
+        "--graceful-timeout": "30",
+        "--log-level": settings.log_level.lower(),
+    }
+    # No control socket: gunicornc is unused, and $HOME is read-only in the container.
+    return [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        *(x for pair in options.items() for x in pair),
+        "--no-control-socket",
+        "--config",
+        "python:service.cli.gunicorn_hooks",
+        APP_TARGET,
+    ]
+
+
+def cmd_web(args: argparse.Namespace) -> int:
+    settings = settings_or_exit("web")
+    bind = args.bind or f"0.0.0.0:{settings.port}"
+    use_metrics_dir(settings.metrics_dir, "web")
+    argv = gunicorn_argv(settings, bind)
+    os.execv(argv[0], argv)  # noqa: S606 - gunicorn becomes this process: signals reach it directly
+    return 0  # pragma: no cover
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    settings = settings_or_exit("worker")
+    if args.lane is None:
+        use_metrics_dir(settings.metrics_dir, "worker")  # before the imports below define metrics
+        from workers.supervisor import supervise
+
+        return supervise(
+            concurrency=args.concurrency,
+            burst=args.burst,
+            destinations=settings.destinations,
+            metrics_port=settings.metrics_port,
+        )
+    from service.ops.logs import configure_logging
+    from workers.runner import run_worker
+
+    configure_logging(settings.log_level, settings.secrets)
+    destination = args.destination or settings.destinations[0]
+    run_worker(settings, lane=args.lane, destination=destination, burst=args.burst, log_level=settings.log_level)
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+
+    settings = settings_or_exit(args.role)
+    print(f"relay: configuration OK for role {args.role}")
+    for source, spec in SOURCES.items():
+        count = len(settings.source_secrets(source))
+        print(f"  {source}: {f'{count} secret(s)' if count else f'off (set {spec.secret_env})'}")
+    for destination in settings.destinations:
+        print(f"  {destination}: {settings.destination(destination).api_url or '(not set)'}")
+    print(f"  identity key: {settings.identity_key}")
+    for source, rules in settings.mapping.rules.items():
+        print(f"  mapped {source} events ({len(rules)}): {', '.join(sorted(rules))}")
+    return 0
+
+
+def cmd_sign(args: argparse.Namespace) -> int:
+    """Print the signature header(s) a source would send for a file: handy with curl while testing.
+    A single header prints as its value alone (`-H "Stripe-Signature: $(relay sign ...)"`)."""
+
+    headers = SOURCES[args.source].sign(Path(args.file).read_bytes(), args.secret, int(time.time()))
+    if len(headers) == 1:
+        print(next(iter(headers.values())))
+    else:
+        print("\n".join(f"{name}: {value}" for name, value in headers.items()))
+    return 0
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from service.cli.dev import run_dev
+
+    return run_dev(port=args.port, data_dir=Path(args.data_dir))
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="relay", description="Billing webhooks in, CRM user updates out.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    dev = sub.add_parser("dev", help="run everything locally: Redis, web, worker and a User.com sandbox")
+    dev.add_argument("--port", type=int, default=8000, help="web port (default 8000)")
+    dev.add_argument("--data-dir", default=".relay-dev", help="where the dev Redis keeps its data")
+    dev.set_defaults(func=cmd_dev)
+    web = sub.add_parser("web", help="serve the webhook endpoints with gunicorn")
+    web.add_argument("--bind", help="HOST:PORT (default 0.0.0.0:$PORT, PORT defaults to 8000)")
+    web.set_defaults(func=cmd_web)
+    worker = sub.add_parser("worker", help="deliver queued updates to the destinations (scheduler included)")
+    worker.add_argument("--burst", action="store_true", help="exit once the queues are empty")
+    worker.add_argument("--concurrency", type=_positive, default=1, help="live-lane worker processes (default 1)")
+    worker.add_argument("--lane", choices=["live", "replay"], help="run one worker process on this lane only")
+    worker.add_argument(
+        "--destination", choices=list(DESTINATIONS), help="with --lane: the destination (default: the first configured)"
+    )
+    worker.set_defaults(func=cmd_worker)
+    check = sub.add_parser("check-config", help="validate the environment and the mapping, then exit")
+    check.add_argument("--role", choices=["web", "worker", "all"], default="all")
+    check.set_defaults(func=cmd_check_config)
+    sign = sub.add_parser("sign", help="print the signature header(s) for a payload file (Stripe's by default)")
+    sign.add_argument("file")
+    sign.add_argument("--secret", required=True, help="the source's signing secret (Stripe: whsec_...)")
+    sign.add_argument("--source", default="stripe", choices=list(SOURCES))
+    sign.set_defaults(func=cmd_sign)
+    dlq_cli.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)

@@ -1,0 +1,167 @@
+"""`relay dev`: the whole relay on one machine, nothing pre-installed.
+
+Starts a local Redis (append-only, in --data-dir), a User.com sandbox when no User.com
+credentials are set, `relay web` and `relay worker` as child processes, then prints where to
+post webhooks, a signed curl example and where to see the result. Ctrl-C stops everything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from service.config import Settings, SettingsError
+from service.devtools.embedded_redis import RedisNotFound, RedisProcess, free_port
+from service.devtools.usercom_sandbox import SandboxServer
+
+DEV_STRIPE_SECRET = "whsec_relay_dev_only_not_a_real_secret"  # noqa: S105 - dev only, printed on purpose
+SAMPLE_USER = "dev-user-1"
+
+
+def sample_event() -> dict[str, Any]:
+    now = int(time.time())
+    return {
+        "id": f"evt_dev_{now}",
+        "object": "event",
+        "api_version": "2025-03-31.basil",
+        "created": now,
+        "type": "customer.created",
+        "livemode": False,
+        "data": {
+            "object": {
+                "id": "cus_dev_1",
+                "object": "customer",
+                "email": "ada@example.com",
+                "name": "Ada Lovelace",
+                "phone": "+442071234567",
+                "address": {"city": "London", "country": "GB"},
+                "metadata": {"user_id": SAMPLE_USER},
+            }
+        },
+    }
+
+
+def stripe_signature(payload: bytes, secret: str, timestamp: int | None = None) -> str:
+    timestamp = int(time.time()) if timestamp is None else timestamp
+    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + payload, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={digest}"
+
+
+def _wait_ready(url: str, children: list[subprocess.Popen[bytes]], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for child in children:
+            if child.poll() is not None:
+                raise RuntimeError(f"{shlex.join(map(str, child.args))} exited with {child.returncode}")  # type: ignore[arg-type]
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310
+            if response.status == 200:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not become ready in {timeout:.0f}s")
+
+
+def run_dev(*, port: int, data_dir: Path) -> int:
+    env = dict(os.environ)
+    sandbox: SandboxServer | None = None
+    if not (env.get("USERCOM_API_URL") and env.get("USERCOM_API_KEY")):
+        sandbox = SandboxServer(api_key=secrets.token_hex(32)).start()
+        env["USERCOM_API_URL"], env["USERCOM_API_KEY"] = sandbox.base_url, sandbox.state.api_key
+    env.setdefault("STRIPE_WEBHOOK_SECRETS", DEV_STRIPE_SECRET)
+    env.setdefault("RELAY_ADMIN_TOKEN", secrets.token_urlsafe(24))
+    env.setdefault("RELAY_METRICS_PORT", str(free_port()))
+    redis = RedisProcess(data_dir / "redis")
+    env["REDIS_URL"] = redis.url
+    try:
+        settings = Settings.from_env(env, role="all")
+        redis.start()
+    except (SettingsError, RedisNotFound, RuntimeError) as exc:
+        print(f"relay dev: {exc}", file=sys.stderr)
+        return 2
+    relay = [sys.executable, "-m", "service.cli"]
+    # Own sessions: Ctrl-C reaches only this process, which then stops web and worker before Redis.
+    children = [
+        subprocess.Popen([*relay, "web", "--bind", f"127.0.0.1:{port}"], env=env, start_new_session=True),
+        subprocess.Popen([*relay, "worker"], env=env, start_new_session=True),
+    ]
+    stopping = False
+
+    def stop(*_: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        _wait_ready(f"http://127.0.0.1:{port}/readyz", children)
+        _print_banner(port, settings, data_dir, sandbox)
+        while not stopping and all(child.poll() is None for child in children):
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    except RuntimeError as exc:
+        print(f"relay dev: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        print("\nrelay dev: stopping...", file=sys.stderr)
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        for child in children:
+            try:
+                child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        redis.stop()
+        if sandbox is not None:
+            sandbox.stop()
+    return 0
+
+
+def _print_banner(port: int, settings: Settings, data_dir: Path, sandbox: SandboxServer | None) -> None:
+    payload = json.dumps(sample_event(), indent=2).encode()
+    sample = data_dir / "sample-event.json"
+    sample.write_bytes(payload)
+    secret = settings.stripe_webhook_secrets[0]
+    endpoint = f"http://127.0.0.1:{port}/webhooks/stripe"
+    relay = shlex.quote(str(Path(sys.executable).with_name("relay")))
+    shown_secret = secret if secret == DEV_STRIPE_SECRET else "$STRIPE_WEBHOOK_SECRET"
+    lines = [
+        "",
+        "relay dev is running",
+        f"  post Stripe webhooks to  {endpoint}",
+        f"  stripe signing secret    {shown_secret}",
+        f"  health                   http://127.0.0.1:{port}/healthz  /readyz",
+        f"  status, metrics, API     http://127.0.0.1:{port}/status  /metrics  /openapi.json",
+        f"  worker metrics           http://127.0.0.1:{settings.metrics_port}/metrics",
+        f"  dead-letter queue        curl -H 'Authorization: Bearer {settings.admin_token}' "
+        f"http://127.0.0.1:{port}/admin/dlq",
+        "",
+        "send a signed sample event (customer.created for user 'dev-user-1'):",
+        f"  curl -sS {endpoint} -H 'Content-Type: application/json' \\",
+        f'    -H "Stripe-Signature: $({relay} sign --secret {shown_secret} {sample})" \\',
+        f"    --data-binary @{sample}",
+        "",
+    ]
+    if sandbox is not None:
+        root = sandbox.base_url.removesuffix("/api/public")
+        lines += [
+            "see the result in the User.com sandbox:",
+            f"  curl -sS {root}/__sandbox__/users",
+            f"  curl -sS -H 'Authorization: Token {sandbox.state.api_key}' \\",
+            f"    {sandbox.base_url}/users-by-id/{SAMPLE_USER}/",
+        ]
+    else:
+        lines.append(f"updates go to {settings.usercom_api_url} (your User.com account)")
+    lines += ["", "Ctrl-C stops everything.", ""]
+    print("\n".join(lines), flush=True)

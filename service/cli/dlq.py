@@ -1,0 +1,130 @@
+"""`relay dlq list|show|replay|purge`: the dead-letter queue from a terminal (talks to Redis)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+from marshmallow import ValidationError
+
+from service.config import settings_or_exit
+from service.core.dead_letter import DlqFilter
+from service.destinations.registry import NAMES as DESTINATIONS
+from service.operator import REPLAYED, Operator
+from service.store.connection import worker_redis
+from service.store.ledger import Store
+from service.web.schemas import DlqFilterSchema
+
+COLUMNS = [
+    ("id", 34),
+    ("reason", 19),
+    ("event_type", 30),
+    ("user", 18),
+    ("tries", 5),
+    ("last failure", 20),
+    ("status", 6),
+    ("message", 40),
+]
+
+
+def add_parser(sub: Any) -> None:
+    dlq = sub.add_parser("dlq", help="inspect, replay and purge the dead-letter queue")
+    dlq.add_argument(
+        "--destination", choices=list(DESTINATIONS), help="whose dead-letter queue (default: the first configured)"
+    )
+    commands = dlq.add_subparsers(dest="dlq_command", required=True)
+
+    def filters(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--reason")
+        parser.add_argument("--event-type")
+        parser.add_argument("--user", dest="user_id")
+        parser.add_argument("--since", help="ISO 8601 time of last failure, e.g. 2026-01-31T00:00:00Z")
+        parser.add_argument("--until", help="ISO 8601 time of last failure")
+        parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+    listing = commands.add_parser("list", help="items, oldest failure first")
+    filters(listing)
+    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--offset", type=int, default=0)
+    show = commands.add_parser("show", help="one item in full")
+    show.add_argument("id")
+    show.add_argument("--json", action="store_true")
+    for name, verb in (("replay", "replay on the replay lane"), ("purge", "delete")):
+        command = commands.add_parser(name, help=f"{verb}: one item, or every item matching --all and filters")
+        command.add_argument("id", nargs="?")
+        command.add_argument("--all", action="store_true", help="every item matching the filters")
+        command.add_argument("--dry-run", action="store_true", help="only count")
+        filters(command)
+    dlq.set_defaults(func=run)
+
+
+def _filter(args: argparse.Namespace) -> DlqFilter:
+    raw = {k: getattr(args, k) for k in ("reason", "event_type", "user_id", "since", "until") if getattr(args, k)}
+    schema = DlqFilterSchema()
+    try:
+        return schema.to_filter(schema.load(raw))
+    except ValidationError as exc:
+        raise SystemExit(f"relay dlq: {exc.messages}") from None
+
+
+def _when(epoch: float | None) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S") if epoch else "-"
+
+
+def table(items: list[dict[str, Any]]) -> str:
+    def cells(item: dict[str, Any]) -> list[str]:
+        return [
+            item["id"],
+            item["reason"],
+            item.get("event_type") or "-",
+            item.get("user_id") or "-",
+            str(item.get("attempts", 0)),
+            _when(item.get("last_failure_at")),
+            str(item.get("last_status") or "-"),
+            (item.get("message") or "").replace("\n", " "),
+        ]
+
+    rows = [[name.upper() for name, _ in COLUMNS], *(cells(i) for i in items)]
+    return "\n".join(
+        "  ".join(text[:width].ljust(width) for text, (_, width) in zip(row, COLUMNS, strict=True)).rstrip()
+        for row in rows
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_or_exit("admin")
+    redis = worker_redis(settings.redis_url)
+    operator = Operator(Store.from_settings(redis, settings, args.destination), settings)
+    command = args.dlq_command
+    if command == "list":
+        items, total = operator.dlq.matching(_filter(args), offset=args.offset, limit=args.limit)
+        print(json.dumps({"items": items, "total": total}) if args.json else f"{table(items)}\n({total} matching)")
+        return 0
+    if command == "show":
+        item = operator.dlq.get(args.id)
+        if item is None:
+            print(f"relay dlq: no item {args.id!r}", file=sys.stderr)
+            return 1
+        print(json.dumps(item, indent=None if args.json else 2))
+        return 0
+    if bool(args.id) == bool(args.all):
+        print(f"relay dlq {command}: give one item id, or --all (with filters)", file=sys.stderr)
+        return 2
+    if args.all:
+        act = operator.replay_matching if command == "replay" else operator.purge_matching
+        result = act(_filter(args), dry_run=args.dry_run)
+        print(json.dumps(result) if args.json else ", ".join(f"{k}: {v}" for k, v in result.items()))
+        return 0
+    item = operator.dlq.get(args.id)
+    if item is None:
+        print(f"relay dlq: no item {args.id!r}", file=sys.stderr)
+        return 1
+    if args.dry_run:
+        print(f"would {command} {args.id}")
+        return 0
+    outcome = operator.replay(item) if command == "replay" else ("deleted" if operator.dlq.delete(args.id) else "gone")
+    print(json.dumps({"id": args.id, "status": outcome}) if args.json else f"{args.id}: {outcome}")
+    return 0 if outcome in (REPLAYED, "deleted") else 1

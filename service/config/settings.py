@@ -1,0 +1,167 @@
+"""Settings: the one place that reads the environment.
+
+Every value is validated at start-up; a bad value raises `SettingsError` with a one-line
+reason that never contains a secret, and the process stops. Each source and destination names
+its own variables (its spec in the registries); this module reads them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from service.config.reader import Reader, SettingsError
+from service.destinations.base import DestinationSettings, DestinationSpec
+from service.destinations.registry import DESTINATIONS, NAMES
+from service.mapping import Mapping as EventMapping
+from service.mapping import load_mapping
+from service.sources.base import SourceSettings
+from service.sources.registry import SOURCES
+
+# Stripe retries a webhook for up to 3 days; remember accepted ids longer than that.
+MIN_DEDUP_TTL_SECONDS = 3 * 24 * 3600
+DEFAULT_DEDUP_TTL_SECONDS = 7 * 24 * 3600
+# Retries: exponential backoff with full jitter, given up (dead-lettered) after a day.
+DEFAULT_RETRY_BASE_SECONDS = 2.0
+DEFAULT_RETRY_MAX_DELAY_SECONDS = 3600.0
+DEFAULT_RETRY_GIVE_UP_SECONDS = 24 * 3600.0
+DEFAULT_CONNECT_TIMEOUT = 3.0
+DEFAULT_READ_TIMEOUT = 10.0
+DEFAULT_PORT = 8000
+DEFAULT_METRICS_PORT = 9100  # the worker's /metrics
+# No destination publishes numbers: 10 calls/s, one at a time per slot (burst 1 never exceeds the
+# rate over any sliding 1 s window), at most 10 calls in flight across the cluster.
+DEFAULT_RATE_LIMIT = 10.0
+DEFAULT_BURST = 1
+DEFAULT_MAX_IN_FLIGHT = 10
+DEFAULT_DLQ_MAX_ITEMS = 100_000
+DEFAULT_DLQ_TTL_DAYS = 30
+# gunicorn gthread: an I/O-bound receiver; one process per core, a few threads each.
+DEFAULT_WEB_WORKERS = 2
+DEFAULT_WEB_THREADS = 4
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+ROLES = ("web", "worker", "admin", "all")  # admin: `relay dlq`, which needs Redis only
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    redis_url: str
+    sources: dict[str, SourceSettings] = field(default_factory=dict)  # every known source; on when it has secrets
+    destinations: tuple[str, ...] = (NAMES[0],)  # the configured ones, in order
+    destination_settings: dict[str, DestinationSettings] = field(default_factory=dict)
+    identity_key: str = "user_id"
+    mapping: EventMapping = field(default_factory=lambda: load_mapping(None))
+    admin_token: str = field(default="", repr=False)
+    dedup_ttl_seconds: int = DEFAULT_DEDUP_TTL_SECONDS
+    retry_base_seconds: float = DEFAULT_RETRY_BASE_SECONDS
+    retry_max_delay_seconds: float = DEFAULT_RETRY_MAX_DELAY_SECONDS
+    retry_give_up_seconds: float = DEFAULT_RETRY_GIVE_UP_SECONDS
+    port: int = DEFAULT_PORT
+    web_workers: int = DEFAULT_WEB_WORKERS
+    web_threads: int = DEFAULT_WEB_THREADS
+    log_level: str = "INFO"
+    metrics_port: int = DEFAULT_METRICS_PORT
+    dlq_max_items: int = DEFAULT_DLQ_MAX_ITEMS
+    dlq_ttl_days: int = DEFAULT_DLQ_TTL_DAYS
+    metrics_dir: str = ""  # PROMETHEUS_MULTIPROC_DIR; `relay web` / `relay worker` pick one when unset
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Every secret value, for redaction."""
+        webhook_secrets = [s for source in self.sources.values() for s in source.secrets]
+        credentials = [d.credential for d in self.destination_settings.values()]
+        return tuple(s for s in (*webhook_secrets, *credentials, self.admin_token) if s)
+
+    @property
+    def webhook_sources(self) -> tuple[str, ...]:
+        """The sources with a secret set: each gets its /webhooks/<source> endpoint."""
+        return tuple(name for name in SOURCES if self.source_secrets(name))
+
+    def source(self, name: str) -> SourceSettings:
+        return self.sources.get(name) or SourceSettings((), SOURCES[name].default_tolerance, self.identity_key)
+
+    def source_secrets(self, name: str) -> tuple[str, ...]:
+        return self.source(name).secrets
+
+    def destination(self, name: str) -> DestinationSettings:
+        return self.destination_settings[name]
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, *, role: str = "all") -> Settings:
+        """Build and validate settings; `role` says which process needs which secrets."""
+        if role not in ROLES:
+            raise SettingsError(f"unknown role {role!r}")
+        env = os.environ if env is None else env
+        reader = Reader(env)
+        needs_web = role in ("web", "all")
+        needs_worker = role in ("worker", "all")
+        destinations = reader.names("RELAY_DESTINATIONS", NAMES)
+        identity_key = reader.text("RELAY_IDENTITY_KEY", "user_id")
+        settings = cls(
+            redis_url=reader.redis_url("REDIS_URL"),
+            sources={name: _source(reader, name, identity_key) for name in SOURCES},
+            destinations=destinations,
+            destination_settings={
+                name: _destination(reader, spec, required=needs_worker and name in destinations)
+                for name, spec in DESTINATIONS.items()
+            },
+            identity_key=identity_key,
+            mapping=reader.mapping("RELAY_MAPPING_FILE"),
+            admin_token=reader.secret("RELAY_ADMIN_TOKEN", required=False),
+            dedup_ttl_seconds=reader.integer(
+                "RELAY_DEDUP_TTL_SECONDS", DEFAULT_DEDUP_TTL_SECONDS, minimum=MIN_DEDUP_TTL_SECONDS
+            ),
+            retry_base_seconds=reader.number("RELAY_RETRY_BASE_SECONDS", DEFAULT_RETRY_BASE_SECONDS),
+            retry_max_delay_seconds=reader.number("RELAY_RETRY_MAX_DELAY_SECONDS", DEFAULT_RETRY_MAX_DELAY_SECONDS),
+            retry_give_up_seconds=reader.number("RELAY_RETRY_GIVE_UP_SECONDS", DEFAULT_RETRY_GIVE_UP_SECONDS),
+            port=reader.integer("PORT", DEFAULT_PORT, minimum=1),
+            web_workers=reader.integer("RELAY_WEB_WORKERS", DEFAULT_WEB_WORKERS, minimum=1),
+            web_threads=reader.integer("RELAY_WEB_THREADS", DEFAULT_WEB_THREADS, minimum=1),
+            log_level=reader.choice("RELAY_LOG_LEVEL", "INFO", LOG_LEVELS),
+            metrics_port=reader.integer("RELAY_METRICS_PORT", DEFAULT_METRICS_PORT, minimum=1),
+            dlq_max_items=reader.integer("RELAY_DLQ_MAX_ITEMS", DEFAULT_DLQ_MAX_ITEMS, minimum=1),
+            dlq_ttl_days=reader.integer("RELAY_DLQ_TTL_DAYS", DEFAULT_DLQ_TTL_DAYS, minimum=1),
+            metrics_dir=reader.text("PROMETHEUS_MULTIPROC_DIR", ""),
+        )
+        for name, port in (("PORT", settings.port), ("RELAY_METRICS_PORT", settings.metrics_port)):
+            if port > 65535:
+                raise SettingsError(f"{name} must be at most 65535, got {port}")
+        if needs_web and not settings.webhook_sources:
+            wanted = ", ".join(spec.secret_env for spec in SOURCES.values())
+            raise SettingsError(f"no webhook source is configured: set at least one of {wanted}")
+        if settings.retry_max_delay_seconds < settings.retry_base_seconds:
+            raise SettingsError("RELAY_RETRY_MAX_DELAY_SECONDS must be >= RELAY_RETRY_BASE_SECONDS")
+        return settings
+
+
+def _source(reader: Reader, name: str, identity_key: str) -> SourceSettings:
+    spec = SOURCES[name]
+    tolerance = spec.default_tolerance
+    if spec.tolerance_env is not None:
+        tolerance = reader.integer(spec.tolerance_env, spec.default_tolerance, minimum=1)
+    return SourceSettings(reader.secret_list(spec.secret_env, spec.secret_problem), tolerance, identity_key)
+
+
+def _destination(reader: Reader, spec: DestinationSpec, *, required: bool) -> DestinationSettings:
+    return DestinationSettings(
+        api_url=reader.http_url(spec.url_env, required=required and not spec.url_default, example=spec.url_example)
+        or spec.url_default,
+        credential=reader.secret(spec.credential_env, required=required),
+        rate_limit=reader.number(spec.rate_env, DEFAULT_RATE_LIMIT),
+        burst=reader.integer(spec.burst_env, DEFAULT_BURST, minimum=1),
+        max_in_flight=reader.integer(spec.in_flight_env, DEFAULT_MAX_IN_FLIGHT, minimum=1),
+        connect_timeout=reader.number(spec.connect_timeout_env, DEFAULT_CONNECT_TIMEOUT),
+        read_timeout=reader.number(spec.read_timeout_env, DEFAULT_READ_TIMEOUT),
+    )
+
+
+def settings_or_exit(role: str) -> Settings:
+    """For commands: a bad setting stops the process with one line on stderr (exit 2)."""
+    try:
+        return Settings.from_env(role=role)
+    except SettingsError as exc:
+        print(f"relay: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

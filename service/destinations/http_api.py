@@ -1,0 +1,120 @@
+"""One HTTP API behind a destination: a connection pool with explicit timeouts, the shared rate
+limiter, metrics, and the classification of every answer (service/destinations/base.py).
+
+A 2xx returns the JSON body; 429, 5xx, timeouts and network errors raise `Retryable` (a 429
+first pauses every worker of the destination until its Retry-After); any other 4xx raises
+`Rejected` with the status and the response body, secrets removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Callable
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import urllib3
+from prometheus_client import Counter, Histogram
+from urllib3.exceptions import HTTPError
+
+from service.destinations.base import Limiter, Rejected, Retryable
+
+MAX_BODY_KEPT = 2000  # characters of an error response kept for the dead-letter queue
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Retry-After as seconds or an HTTP date -> seconds to wait (never negative)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        moment = parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, moment - (time.time() if now is None else now))
+
+
+def redact(text: str, secrets: list[str]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "[redacted]")
+    return text
+
+
+class HttpApi:
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        headers: dict[str, str],
+        secrets: list[str],
+        connect_timeout: float,
+        read_timeout: float,
+        requests: Counter,
+        seconds: Histogram,
+        pool_size: int = 10,
+        limiter: Limiter | None = None,
+        explain: Callable[[str], str] | None = None,
+    ) -> None:
+        # One pool for the one host (PoolManager would parse the URL and look up its pool per call).
+        self._http = urllib3.connection_from_url(
+            base_url,
+            maxsize=pool_size,
+            retries=False,
+            timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
+        )
+        self._prefix = (urllib3.util.parse_url(base_url).path or "").rstrip("/")
+        self._headers = headers
+        self._secrets = secrets
+        self._requests, self._seconds = requests, seconds
+        self._limiter = limiter
+        self._explain = explain  # error body -> a short reason for the message (and the DLQ)
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any],
+        *,
+        endpoint: str,
+        allow_404: bool = False,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
+        """The JSON answer; None for a 404 when allowed; raises Retryable or Rejected otherwise."""
+        with self._limiter.slot() if self._limiter else contextlib.nullcontext():
+            started = time.perf_counter()
+            try:
+                response = self._http.urlopen(
+                    method,
+                    self._prefix + path,
+                    body=json.dumps(body).encode(),
+                    headers={**self._headers, **headers} if headers else self._headers,
+                )
+            except HTTPError as exc:
+                self._requests.labels(endpoint, type(exc).__name__).inc()
+                raise Retryable(f"{method} {path}: {type(exc).__name__}") from exc
+            finally:
+                self._seconds.labels(endpoint).observe(time.perf_counter() - started)
+        status = response.status
+        self._requests.labels(endpoint, str(status)).inc()
+        if 200 <= status < 300:
+            return response.json() if response.data else {}
+        if status == 404 and allow_404:
+            return None
+        text = redact(response.data.decode("utf-8", "replace"), self._secrets)[:MAX_BODY_KEPT]
+        message = f"{method} {path} -> {status}"
+        if status == 429:
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            if self._limiter is not None:
+                # Every worker waits: nobody calls again before the pause the API asked for.
+                retry_after = max(0.0, self._limiter.pause(retry_after) - time.time())
+            raise Retryable(message, status=status, body=text, retry_after=retry_after)
+        if status >= 500:
+            raise Retryable(message, status=status, body=text)
+        if self._explain is not None:
+            message = f"{message}: {self._explain(text)}"
+        raise Rejected(message, status=status, body=text)

@@ -1,0 +1,114 @@
+"""The User.com destination: the calls of shared/seeds, over workers/http_api.py.
+
+A user is updated by User.com's own id (`PUT /users/<id>/`, API version 2) once the relay knows
+it, else by our id (`PUT /users-by-id/<user_id>/`); a user User.com does not know yet is
+created (`POST /users/update_or_create/`, which answers its id) and then updated by that id.
+The ids learned are kept in Redis (the destination's memory of the user: read with the user's lease,
+written with the outcome); a 404 on one clears it. Updating by User.com's id also
+reaches users whose own id User.com cannot route (e.g. one containing "/").
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+from service.destinations.base import Limiter, Rejected
+from service.destinations.http_api import HttpApi
+from service.ops.metrics import USERCOM_REQUESTS, USERCOM_SECONDS
+from service.store import keys
+
+
+def _endpoint(method: str, path: str) -> str:
+    """A low-cardinality name for a call: the path with ids taken out."""
+    first = path.strip("/").split("/")[0]
+    if first == "users-by-id":
+        return f"{method} /users-by-id/:id/"
+    rest = path.strip("/").split("/", 1)[1] if "/" in path.strip("/") else ""
+    return f"{method} /users/{rest}/" if rest and not rest.isdigit() else f"{method} /users/:id/"
+
+
+V2 = {"Accept": "*/*; version=2"}  # what PUT /users/<id>/ requires
+
+
+class UsercomClient:
+    """The User.com destination (the default)."""
+
+    name = "usercom"
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        api_key: str,
+        connect_timeout: float,
+        read_timeout: float,
+        pool_size: int = 10,
+        limiter: Limiter | None = None,
+    ) -> None:
+        self._api = HttpApi(
+            base_url=base_url,
+            headers={
+                "Authorization": f"Token {api_key}",
+                "Content-Type": "application/json",
+                "Accept": "application/json",
+            },
+            secrets=[api_key],
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            requests=USERCOM_REQUESTS,
+            seconds=USERCOM_SECONDS,
+            pool_size=pool_size,
+            limiter=limiter,
+        )
+
+    def accepts(self, standard: dict[str, Any], custom: dict[str, Any], tags: list[str]) -> bool:
+        return bool(standard or custom or tags)
+
+    def memory_key(self, user_id: str) -> str:
+        return keys.usercom_id(user_id)  # User.com's id for the user, learned from its answers
+
+    def send(
+        self, user_id: str, standard: dict[str, Any], custom: dict[str, Any], tags: list[str], memory: str | None
+    ) -> str | None:
+        """Update the user; create it first when User.com does not know it yet. Returns User.com's
+        id for the user when newly learned, '' when the one known is no longer valid."""
+        body: dict[str, Any] = {**standard, **custom}
+        if tags:
+            body["tags"] = tags
+        learned: str | None = None
+        if memory and memory.isdigit():
+            if self._put_by_usercom_id(memory, body) is not None:
+                return None
+            learned = ""  # deleted or merged in User.com: forget it
+        answer = self._call("PUT", f"/users-by-id/{quote(user_id, safe='')}/", body, allow_404=True)
+        if answer is not None:
+            return _usercom_id(answer) or learned
+        created = self._call("POST", "/users/update_or_create/", {**standard, "user_id": user_id})
+        usercom_id = _usercom_id(created)
+        if usercom_id is None or self._put_by_usercom_id(usercom_id, body) is None:
+            raise Rejected(f"user {user_id!r}: 404 right after update_or_create", status=404)
+        return usercom_id
+
+    def _put_by_usercom_id(self, usercom_id: str, body: dict[str, Any]) -> Any:
+        return self._call("PUT", f"/users/{usercom_id}/", body, allow_404=True, headers=V2)
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any],
+        *,
+        allow_404: bool = False,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
+        endpoint = _endpoint(method, path)
+        return self._api.call(method, path, body, endpoint=endpoint, allow_404=allow_404, headers=headers)
+
+
+def _usercom_id(answer: Any) -> str | None:
+    """User.com's id for a user, from its answer about it."""
+    usercom_id = answer.get("id") if isinstance(answer, dict) else None
+    if not isinstance(usercom_id, int) or isinstance(usercom_id, bool):
+        return None
+    return str(usercom_id)

@@ -1,0 +1,82 @@
+"""The UserKit destination (seed userkit_update_user.txt): `POST /v1/users/<user_id>` with HTTP
+Basic auth `api:<app secret>`, carrying what UserKit keeps of a user: name, email and phone.
+
+Error bodies are `{"error": {"type", "code", "param", "message"}, "errors": [...]}`; their codes
+and messages become the dead-letter reason text. Custom attributes and tags have no place in
+UserKit: an update carrying nothing else is counted as ignored for this destination.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+from urllib.parse import quote
+
+from service.destinations.base import Limiter
+from service.destinations.http_api import HttpApi
+from service.ops.metrics import USERKIT_REQUESTS, USERKIT_SECONDS
+
+ENDPOINT = "POST /v1/users/:id"
+
+
+def userkit_body(standard: dict[str, Any]) -> dict[str, Any]:
+    """User.com-style standard attributes -> UserKit's fields."""
+    name = " ".join(str(standard[k]) for k in ("first_name", "last_name") if standard.get(k))
+    body = {"name": name, "email": standard.get("email"), "phone": standard.get("phone_number")}
+    return {k: v for k, v in body.items() if v}
+
+
+def explain(text: str) -> str:
+    """A UserKit error body -> 'invalid_email (email): Invalid email; ...'; the raw text otherwise."""
+    try:
+        document = json.loads(text)
+    except ValueError:
+        return text[:200]
+    if not isinstance(document, dict):
+        return text[:200]
+    parts = []
+    for error in document.get("errors") or [document.get("error")]:
+        if isinstance(error, dict):
+            where = f" ({error['param']})" if error.get("param") else ""
+            parts.append(f"{error.get('code') or error.get('type')}{where}: {error.get('message', '')}")
+    return "; ".join(parts) or text[:200]
+
+
+class UserKitClient:
+    name = "userkit"
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        app_secret: str,
+        connect_timeout: float,
+        read_timeout: float,
+        pool_size: int = 10,
+        limiter: Limiter | None = None,
+    ) -> None:
+        basic = base64.b64encode(f"api:{app_secret}".encode()).decode()
+        self._api = HttpApi(
+            base_url=base_url,
+            headers={"Authorization": f"Basic {basic}", "Content-Type": "application/json"},
+            secrets=[app_secret, basic],
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            requests=USERKIT_REQUESTS,
+            seconds=USERKIT_SECONDS,
+            pool_size=pool_size,
+            limiter=limiter,
+            explain=explain,
+        )
+
+    def accepts(self, standard: dict[str, Any], custom: dict[str, Any], tags: list[str]) -> bool:
+        return bool(userkit_body(standard))
+
+    def memory_key(self, user_id: str) -> None:
+        return None  # UserKit users are addressed by our own id
+
+    def send(
+        self, user_id: str, standard: dict[str, Any], custom: dict[str, Any], tags: list[str], memory: str | None
+    ) -> None:
+        self._api.call("POST", f"/v1/users/{quote(user_id, safe='')}", userkit_body(standard), endpoint=ENDPOINT)

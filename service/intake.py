@@ -1,0 +1,156 @@
+"""Webhook intake as a plain function: bytes and headers in, an `Outcome` out. One code path for
+every source; the web layer alone picks HTTP statuses (service/web).
+
+Order of checks: content type, signature (the source), JSON, the provider's envelope (the source)
+and what the event sets (the mapping) — a payload that does not fit is dead-lettered as
+`invalid_payload` and refused with InvalidPayload — then one atomic Redis write (the store):
+accepted, or a duplicate. Nothing is accepted before Redis has acknowledged the write; a Redis
+failure propagates (the web answers 503 and the sender retries).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import time
+from collections.abc import Mapping as Headers
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from marshmallow import ValidationError
+from redis.exceptions import RedisError
+
+from service.core.dead_letter import DeadLetter
+from service.core.errors import InvalidPayload, MalformedJson, RelayError, StoreUnavailable, UnsupportedMediaType
+from service.core.update import UserUpdate
+from service.mapping import Mapping
+from service.ops.metrics import INGEST_SECONDS, WEBHOOKS
+from service.sources.base import Described, Envelope, Source
+from service.store.ledger import Store
+
+log = logging.getLogger(__name__)
+SAFE_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,255}$")  # an event id fit for keys and the DLQ
+
+
+class Outcome(StrEnum):
+    ACCEPTED = "accepted"  # durably queued for delivery
+    DUPLICATE = "duplicate"  # accepted before
+    IGNORED = "ignored"  # valid, but the mapping does not use its type
+
+
+@dataclass(frozen=True)
+class Received:
+    outcome: Outcome
+    event_id: str
+
+
+def read_event(
+    source: Source, mapping: Mapping, identity_key: str, payload: Any, headers: Headers[str, str]
+) -> tuple[Envelope, UserUpdate | None]:
+    """The provider's envelope and the update the mapping makes of it (None: not mapped).
+    Raises marshmallow's ValidationError when either does not fit."""
+    envelope = source.envelope(payload, headers)
+    return envelope, mapping.to_update(source.name, envelope, identity_key)
+
+
+def _is_json(content_type: str | None) -> bool:
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    return media_type == "application/json" or (media_type.startswith("application/") and media_type.endswith("+json"))
+
+
+class Intake:
+    def __init__(self, source: Source, store: Store, mapping: Mapping, identity_key: str) -> None:
+        self.source = source
+        self.store = store
+        self.mapping = mapping
+        self.identity_key = identity_key
+
+    def receive(self, raw: bytes, content_type: str | None, headers: Headers[str, str]) -> Received:
+        """Take one webhook; every outcome and error is counted and timed."""
+        started = time.perf_counter()
+        seen = {"event_type": "unknown"}
+        outcome = "internal_error"
+        try:
+            received = self._receive(raw, content_type, headers, seen)
+            outcome = received.outcome.value
+            return received
+        except RelayError as exc:
+            outcome = exc.code
+            raise
+        except RedisError:
+            outcome = StoreUnavailable.code
+            raise
+        finally:
+            WEBHOOKS.labels(self.source.name, seen["event_type"], outcome).inc()
+            INGEST_SECONDS.labels(self.source.name).observe(time.perf_counter() - started)
+
+    def _receive(
+        self, raw: bytes, content_type: str | None, headers: Headers[str, str], seen: dict[str, str]
+    ) -> Received:
+        if not _is_json(content_type):
+            raise UnsupportedMediaType("Content-Type must be application/json")
+        self.source.verify(raw, headers)
+        try:
+            payload = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise MalformedJson("request body is not valid JSON") from None
+        described = self.source.describe(payload, headers)
+        if described.event_type and len(described.event_type) <= 100:
+            seen["event_type"] = described.event_type  # signed by the provider: a bounded set of names
+        try:
+            envelope, update = read_event(self.source, self.mapping, self.identity_key, payload, headers)
+        except ValidationError as exc:
+            raise self._dead_letter_invalid(raw, payload, described, exc) from None
+        if update is None:
+            ignored = self.store.ignore(self.source.name, envelope.event_id)
+            return Received(Outcome.IGNORED if ignored else Outcome.DUPLICATE, envelope.event_id)
+        if not self.store.accept(update):
+            return Received(Outcome.DUPLICATE, update.event_id)
+        log.info(
+            "accepted %s %s",
+            update.event_type,
+            update.event_id,
+            extra={
+                "source": update.source,
+                "event_id": update.event_id,
+                "event_type": update.event_type,
+                "user_id": update.user_id,
+                "outcome": "accepted",
+            },
+        )
+        return Received(Outcome.ACCEPTED, update.event_id)
+
+    def _dead_letter_invalid(
+        self, raw: bytes, payload: Any, described: Described, exc: ValidationError
+    ) -> InvalidPayload:
+        """Keep the event in the dead-letter queue; the caller refuses it with the field messages."""
+        source = self.source.name
+        event_id = described.event_id if described.event_id and SAFE_ID.match(described.event_id) else None
+        event_type = described.event_type
+        digest = hashlib.sha256(raw).hexdigest()[:32]
+        now = time.time()
+        item = DeadLetter(
+            id=f"{source}-{event_id or digest}",
+            reason="invalid_payload",
+            source=source,
+            event_type=event_type,
+            event_id=event_id,
+            event_time=described.event_time,
+            message="payload does not fit the schema",
+            event=payload,
+            first_failure_at=now,
+            last_failure_at=now,
+            last_response=json.dumps(exc.messages)[:4000],
+        )
+        self.store.reject(item, event_id or digest)
+        log.warning(
+            "invalid payload %s %s: %s",
+            event_type,
+            event_id or digest,
+            exc.messages,
+            extra={"source": source, "event_id": event_id, "event_type": event_type, "outcome": "invalid_payload"},
+        )
+        return InvalidPayload(f"payload does not fit the {self.source.title} event schema", details=exc.messages)

@@ -1,0 +1,160 @@
+"""The event mapping: a readable TOML file that says which events are used and what they set.
+
+The default ships as `service/mapping/mapping.toml`; `RELAY_MAPPING_FILE` replaces it. The file is
+checked whole at start-up so a typo stops the process instead of silently sending nothing.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from marshmallow import ValidationError
+
+from service.core.attributes import CUSTOM_ATTRIBUTE_NAME, RESERVED_KEYS, STANDARD_ATTRIBUTES
+from service.core.update import UserUpdate
+from service.sources.base import Envelope
+from service.sources.extraction import Extracted, Extractor
+from service.sources.registry import SOURCES as SOURCE_SPECS
+
+RULE_KEYS = frozenset({"extract", "standard", "custom", "set", "tags", "tags_if"})
+# The sources whose events go through a mapping, and the extractors each one offers.
+EXTRACTORS: dict[str, dict[str, Extractor]] = {
+    name: spec.extractors for name, spec in SOURCE_SPECS.items() if spec.extractors
+}
+SOURCES = tuple(EXTRACTORS)
+
+
+class MappingError(ValueError):
+    """The mapping file is unreadable or names something that does not exist."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    event_type: str
+    extract: str
+    standard: dict[str, str]  # extracted field -> User.com standard attribute
+    custom: dict[str, str]  # extracted field -> User.com custom attribute
+    constants: dict[str, Any]  # custom attribute -> fixed value
+    tags: tuple[str, ...]
+    tags_if: dict[str, str]  # tag -> extracted field that must be true
+
+    def apply(self, extracted: Extracted) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+        """Extracted fields -> (standard attributes, custom attributes, tags); unknown values skipped."""
+        values = extracted.fields
+        standard = {attr: values[f] for f, attr in self.standard.items() if values.get(f) is not None}
+        custom = {attr: values[f] for f, attr in self.custom.items() if values.get(f) is not None}
+        custom.update(self.constants)
+        tags = list(self.tags) + [tag for tag, f in self.tags_if.items() if values.get(f) is True]
+        return standard, custom, tags
+
+
+@dataclass(frozen=True)
+class Mapping:
+    rules: dict[str, dict[str, Rule]]  # source -> event type -> rule
+
+    def rule_for(self, source: str, event_type: str) -> Rule | None:
+        return self.rules.get(source, {}).get(event_type)
+
+    def to_update(self, source: str, envelope: Envelope, identity_key: str) -> UserUpdate | None:
+        """The update an event makes: None when its type is not mapped. Raises marshmallow's
+        ValidationError, with messages at the object's place in the payload."""
+        if envelope.direct:
+            return envelope.update
+        rule = self.rule_for(source, envelope.event_type)
+        if rule is None:
+            return None
+        extractor = EXTRACTORS[source][rule.extract]
+        try:
+            obj = extractor.schema.load(envelope.obj)
+        except ValidationError as exc:
+            messages: Any = exc.messages
+            for key in reversed(envelope.path):
+                messages = {key: messages}
+            raise ValidationError(messages) from None
+        extracted = extractor.extract(obj, envelope.event_time, identity_key)
+        standard, custom, tags = rule.apply(extracted)
+        return UserUpdate(
+            source=source,
+            event_id=envelope.event_id,
+            event_type=envelope.event_type,
+            event_time=envelope.event_time,
+            user_id=envelope.user_id or extracted.user_id,
+            customer_id=extracted.customer_id,
+            standard=standard,
+            custom=custom,
+            tags=tags,
+        )
+
+
+def load_mapping(path: Path | None) -> Mapping:
+    if path is None:
+        text = resources.files("service.mapping").joinpath("mapping.toml").read_text(encoding="utf-8")
+        where = "default mapping"
+    else:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise MappingError(f"cannot read {path}: {exc.strerror}") from None
+        where = str(path)
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise MappingError(f"{where} is not valid TOML: {exc}") from None
+    unknown_sources = set(document) - set(SOURCES)
+    if unknown_sources:
+        raise MappingError(f"unknown source(s) {sorted(unknown_sources)}; known: {list(SOURCES)}")
+    rules: dict[str, dict[str, Rule]] = {}
+    for source, events in document.items():
+        if not isinstance(events, dict) or not events:
+            raise MappingError(f'{where}: [{source}] must hold [{source}."<event type>"] tables')
+        rules[source] = {name: _rule(source, name, body) for name, body in events.items()}
+    if not rules:
+        raise MappingError(f'{where} maps no events (e.g. [stripe."customer.updated"])')
+    return Mapping(rules)
+
+
+def _rule(source: str, event_type: str, body: Any) -> Rule:
+    where = f'[{source}."{event_type}"]'
+    if not isinstance(body, dict):
+        raise MappingError(f"{where} must be a table")
+    unknown = set(body) - RULE_KEYS
+    if unknown:
+        raise MappingError(f"{where} has unknown key(s) {sorted(unknown)}")
+    extractor = EXTRACTORS[source].get(body.get("extract", ""))
+    if extractor is None:
+        raise MappingError(f"{where} extract must be one of {sorted(EXTRACTORS[source])}")
+    standard = _names(where, "standard", body.get("standard", {}), extractor.fields)
+    custom = _names(where, "custom", body.get("custom", {}), extractor.fields)
+    for attr in standard.values():
+        if attr not in STANDARD_ATTRIBUTES or attr == "user_id":
+            raise MappingError(f"{where} standard: {attr!r} is not a User.com standard attribute")
+    constants = body.get("set", {})
+    if not isinstance(constants, dict):
+        raise MappingError(f"{where} set must be a table")
+    for attr in [*custom.values(), *constants]:
+        if not CUSTOM_ATTRIBUTE_NAME.match(attr) or attr in STANDARD_ATTRIBUTES or attr in RESERVED_KEYS:
+            raise MappingError(f"{where}: {attr!r} is not a valid custom attribute name (a-z, 0-9, _)")
+    tags = body.get("tags", [])
+    if not isinstance(tags, list) or not all(isinstance(t, str) and t.strip() for t in tags):
+        raise MappingError(f"{where} tags must be a list of non-empty strings")
+    tags_if = _names(where, "tags_if", body.get("tags_if", {}), None)
+    for tag, field_name in tags_if.items():
+        if field_name not in extractor.fields:
+            raise MappingError(f"{where} tags_if: {tag!r} names unknown field {field_name!r}")
+    if not (standard or custom or constants or tags or tags_if):
+        raise MappingError(f"{where} sends nothing: give it standard, custom, set or tags")
+    return Rule(event_type, body["extract"], standard, custom, dict(constants), tuple(tags), tags_if)
+
+
+def _names(where: str, key: str, table: Any, known: frozenset[str] | None) -> dict[str, str]:
+    if not isinstance(table, dict) or not all(isinstance(v, str) and v for v in table.values()):
+        raise MappingError(f"{where} {key} must be a table of names")
+    if known is not None:
+        for field_name in table:
+            if field_name not in known:
+                raise MappingError(f"{where} {key}: unknown field {field_name!r}; known: {sorted(known)}")
+    return dict(table)

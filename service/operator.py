@@ -1,0 +1,70 @@
+"""Dead-letter operations shared by the admin API and `relay dlq`: plain functions, no HTTP."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from marshmallow import ValidationError
+
+from service.config import Settings
+from service.core.dead_letter import DlqFilter
+from service.core.update import UserUpdate
+from service.intake import read_event
+from service.sources.registry import SOURCES, build_source
+from service.store.dlq import DeadLetterQueue
+from service.store.ledger import Store
+
+# Outcomes of replaying one item.
+REPLAYED = "replayed"  # its update is queued on the replay lane
+GONE = "gone"  # deleted or replayed by someone else meanwhile
+STILL_INVALID = "still_invalid"  # an invalid payload that the current schema still refuses
+NOT_MAPPED = "not_mapped"  # an invalid payload that is now valid, but its type is no longer mapped
+
+
+@dataclass(frozen=True)
+class Operator:
+    store: Store
+    settings: Settings  # the mapping and identity key an invalid payload is read with again
+
+    @property
+    def dlq(self) -> DeadLetterQueue:
+        return self.store.dlq()
+
+    def replay(self, item: dict[str, Any]) -> str:
+        """Queue the item's update on the replay lane, keeping its event time (so LWW still applies).
+
+        An invalid payload is normalized again first: after a fix to the schema or the mapping,
+        replaying is how the events refused meanwhile get delivered.
+        """
+        if item.get("update") is not None:
+            update = UserUpdate.from_dict(item["update"])
+        else:
+            if item.get("source") not in SOURCES:
+                return STILL_INVALID
+            source = build_source(item["source"], self.settings.source(item["source"]))
+            # The event id a transport carried in a header (Standard Webhooks) is kept as event_id.
+            headers = {"webhook-id": item.get("event_id") or ""}
+            try:
+                _, update = read_event(
+                    source, self.settings.mapping, self.settings.identity_key, item.get("event"), headers
+                )
+            except ValidationError:
+                return STILL_INVALID
+            if update is None:
+                return NOT_MAPPED
+        return REPLAYED if self.store.replay(item["id"], update) else GONE
+
+    def replay_matching(self, flt: DlqFilter, *, dry_run: bool, limit: int | None = None) -> dict[str, Any]:
+        items, matched = self.dlq.matching(flt, limit=limit)
+        outcomes: dict[str, int] = {}
+        if not dry_run:
+            for item in items:
+                outcome = self.replay(item)
+                outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        return {"matched": matched, "selected": len(items), "dry_run": dry_run, "outcomes": outcomes}
+
+    def purge_matching(self, flt: DlqFilter, *, dry_run: bool, limit: int | None = None) -> dict[str, Any]:
+        items, matched = self.dlq.matching(flt, limit=limit)
+        deleted = 0 if dry_run else sum(self.dlq.delete(item["id"]) for item in items)
+        return {"matched": matched, "selected": len(items), "dry_run": dry_run, "deleted": deleted}

@@ -1,0 +1,93 @@
+"""The status document the monitoring dashboard polls: cheap (one Redis round trip), no secrets."""
+
+from __future__ import annotations
+
+import time
+from importlib import metadata
+from typing import Any
+
+from redis import Redis
+from rq.registry import ScheduledJobRegistry
+from rq.worker_registration import WORKERS_BY_QUEUE_KEY
+
+from service.config import Settings
+from service.store import keys
+from service.store.ledger import ledger_from
+
+
+def version() -> str:
+    try:
+        return metadata.version("relay")
+    except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "unknown"
+
+
+def _number(raw: bytes | None) -> float | None:
+    return float(raw) if raw is not None else None
+
+
+def collect_status(redis: Redis, settings: Settings, *, now: float | None = None) -> dict[str, Any]:
+    """Per destination: its lanes, ledger, dead-letter queue, limiter and workers."""
+    now = time.time() if now is None else now
+    pipe = redis.pipeline(transaction=False)
+    for name in settings.destinations:
+        _queue_reads(pipe, keys.Keys(name), now)
+    results = pipe.execute()
+    destinations = {}
+    for name in settings.destinations:
+        size = len(keys.LANES) * 5 + 7
+        destinations[name] = _destination(results[:size], _limits(settings, name), now)
+        results = results[size:]
+    return {"version": version(), "time": now, "destinations": destinations}
+
+
+def _limits(settings: Settings, destination: str) -> dict[str, float]:
+    limits = settings.destination(destination)
+    return {"rate_limit_per_second": limits.rate_limit, "burst": limits.burst, "max_in_flight": limits.max_in_flight}
+
+
+def _queue_reads(pipe: Any, own: keys.Keys, now: float) -> None:
+    for lane in keys.LANES:
+        name = own.queue_name(lane)
+        pipe.llen(own.rq_queue_key(lane))
+        pipe.zcard(ScheduledJobRegistry.key_template.format(name))
+        pipe.zcard(own.pending(lane))
+        pipe.zrange(own.pending(lane), 0, 0, withscores=True)
+        pipe.scard(WORKERS_BY_QUEUE_KEY % name)
+    pipe.hgetall(own.ledger)
+    pipe.hgetall(own.dlq[2])
+    pipe.get(own.dlq[3])
+    pipe.get(own.last_delivery)
+    pipe.get(own.last_429)
+    pipe.get(own.limiter_paused_until)
+    pipe.zcount(own.limiter_in_flight, now * 1000, "+inf")
+
+
+def _destination(results: list[Any], limits: dict[str, float], now: float) -> dict[str, Any]:
+    lanes, workers = {}, {}
+    for lane in keys.LANES:
+        depth, scheduled, pending, oldest, alive = results[:5]
+        results = results[5:]
+        lanes[lane] = {
+            "depth": depth,
+            "scheduled": scheduled,
+            "pending": pending,
+            "oldest_pending_age_seconds": round(max(0.0, now - oldest[0][1]), 3) if oldest else None,
+        }
+        workers[lane] = alive
+    raw_ledger, raw_reasons, dropped, last_delivery, last_429, paused_until_ms, in_flight = results
+    paused_until = float(paused_until_ms) / 1000 if paused_until_ms is not None else None
+    reasons = {k.decode(): int(v) for k, v in raw_reasons.items()}
+    return {
+        "lanes": lanes,
+        "ledger": ledger_from(raw_ledger),
+        "dlq": {"size": sum(reasons.values()), "by_reason": reasons, "dropped_by_retention": int(dropped or 0)},
+        "limiter": {
+            **limits,
+            "in_flight": in_flight,
+            "paused_until": paused_until if paused_until is not None and paused_until > now else None,
+            "last_429_at": _number(last_429),
+        },
+        "workers": workers,
+        "last_delivery_at": _number(last_delivery),
+    }

@@ -1,0 +1,92 @@
+"""What every source's extractors share: the extracted result, and value helpers.
+
+An extractor owns a schema and a fixed set of field names; the mapping file refers to those
+names. A field whose value is unknown is left out (never sent as null), so an event can never
+blank an attribute in the CRM by accident.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from marshmallow import Schema
+
+from service.core.attributes import EMAIL, NAME_MAX_LENGTH
+
+# Stripe amounts are in the currency's smallest unit; these currencies have none below the unit.
+ZERO_DECIMAL_CURRENCIES = frozenset("bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf".split())
+THREE_DECIMAL_CURRENCIES = frozenset("bhd jod kwd omr tnd".split())
+# How many months one billing interval lasts (on average), to bring any price to a monthly amount.
+MONTHS_IN_INTERVAL = {
+    "day": Decimal(12) / Decimal("365.25"),
+    "week": Decimal(12) / Decimal(52),
+    "month": 1,
+    "year": Decimal(12),
+}
+
+
+@dataclass(frozen=True)
+class Extracted:
+    user_id: str | None  # the object's metadata[RELAY_IDENTITY_KEY], when present
+    customer_id: str | None
+    fields: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Extractor:
+    schema: Schema
+    fields: frozenset[str]
+    extract: Callable[[dict[str, Any], int, str], Extracted]
+
+
+def currency_exponent(currency: str) -> int:
+    currency = currency.lower()
+    if currency in ZERO_DECIMAL_CURRENCIES:
+        return 0
+    return 3 if currency in THREE_DECIMAL_CURRENCIES else 2
+
+
+def to_major(amount: int | Decimal | None, currency: str | None) -> float | None:
+    """Minor units to major units: 4242 usd -> 42.42, 500 jpy -> 500."""
+    if amount is None or not currency:
+        return None
+    exponent = currency_exponent(currency)
+    return float(round(Decimal(amount) / (Decimal(10) ** exponent), exponent))
+
+
+def iso_utc(timestamp: int | None) -> str | None:
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def split_name(name: str | None) -> tuple[str | None, str | None]:
+    """'Ada King Lovelace' -> ('Ada King', 'Lovelace'); each cut to User.com's 40 characters."""
+    parts = (name or "").split()
+    if not parts:
+        return None, None
+    first, last = (" ".join(parts[:-1]), parts[-1]) if len(parts) > 1 else (parts[0], None)
+    return first[:NAME_MAX_LENGTH].rstrip(), last[:NAME_MAX_LENGTH].rstrip() if last else None
+
+
+def identity(metadata: dict[str, Any] | None, identity_key: str) -> str | None:
+    value = (metadata or {}).get(identity_key)
+    if value is None or isinstance(value, bool):
+        return None
+    value = str(value).strip()
+    return value or None
+
+
+def email_or_none(value: str | None) -> str | None:
+    value = (value or "").strip()
+    return value if EMAIL.match(value) else None
+
+
+def make_extractor(
+    schema: Schema, extract: Callable[[dict[str, Any], int, str], Extracted], example: dict[str, Any]
+) -> Extractor:
+    return Extractor(schema, frozenset(extract(example, 0, "user_id").fields), extract)

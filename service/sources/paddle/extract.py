@@ -1,0 +1,178 @@
+"""Paddle Billing: schemas for the objects the relay reads, and their extractors.
+
+Identity: `custom_data[RELAY_IDENTITY_KEY]` (Paddle's slot for your own data), else the Paddle
+customer id (`ctm_...`). Amounts are strings in the currency's smallest unit.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from marshmallow import EXCLUDE, Schema, fields, validate
+
+from service.sources.extraction import (
+    MONTHS_IN_INTERVAL,
+    Extracted,
+    Extractor,
+    email_or_none,
+    identity,
+    iso_utc,
+    make_extractor,
+    split_name,
+    to_major,
+)
+
+PADDLE_ID = validate.Regexp(r"^[A-Za-z0-9_]{1,255}$", error="Not a Paddle id.")
+INTERVALS = validate.OneOf(["day", "week", "month", "year"])
+
+
+class _Paddle(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+
+def _text() -> fields.String:
+    return fields.String(allow_none=True)
+
+
+def _custom_data() -> fields.Dict:
+    return fields.Dict(keys=fields.String(), values=fields.Raw(allow_none=True), allow_none=True)
+
+
+class BillingCycleSchema(_Paddle):
+    interval = fields.String(required=True, validate=INTERVALS)
+    frequency = fields.Integer(strict=True, required=True, validate=validate.Range(min=1))
+
+
+class MoneySchema(_Paddle):
+    amount = fields.Decimal(required=True, as_string=False)
+    currency_code = _text()
+
+
+class PriceSchema(_Paddle):
+    id = fields.String(required=True)
+    name = _text()
+    description = _text()
+    unit_price = fields.Nested(MoneySchema, allow_none=True)
+    billing_cycle = fields.Nested(BillingCycleSchema, allow_none=True)
+
+
+class ItemSchema(_Paddle):
+    price = fields.Nested(PriceSchema, required=True)
+    quantity = fields.Integer(strict=True, allow_none=True)
+
+
+class PeriodSchema(_Paddle):
+    ends_at = fields.AwareDateTime(allow_none=True)
+
+
+class ScheduledChangeSchema(_Paddle):
+    action = _text()
+
+
+class SubscriptionSchema(_Paddle):
+    id = fields.String(required=True, validate=PADDLE_ID)
+    status = fields.String(required=True)
+    customer_id = fields.String(required=True, validate=PADDLE_ID)
+    currency_code = _text()
+    items = fields.List(fields.Nested(ItemSchema), required=True)
+    billing_cycle = fields.Nested(BillingCycleSchema, allow_none=True)
+    current_billing_period = fields.Nested(PeriodSchema, allow_none=True)
+    scheduled_change = fields.Nested(ScheduledChangeSchema, allow_none=True)
+    custom_data = _custom_data()
+
+
+class CustomerSchema(_Paddle):
+    id = fields.String(required=True, validate=PADDLE_ID)
+    name = _text()
+    email = _text()
+    custom_data = _custom_data()
+
+
+class TotalsSchema(_Paddle):
+    total = fields.Decimal(allow_none=True, as_string=False)
+
+
+class DetailsSchema(_Paddle):
+    totals = fields.Nested(TotalsSchema, allow_none=True)
+
+
+class TransactionSchema(_Paddle):
+    id = fields.String(required=True, validate=PADDLE_ID)
+    customer_id = fields.String(allow_none=True, validate=PADDLE_ID)
+    subscription_id = fields.String(allow_none=True)
+    currency_code = fields.String(required=True)
+    billed_at = fields.AwareDateTime(allow_none=True)
+    details = fields.Nested(DetailsSchema, allow_none=True)
+    custom_data = _custom_data()
+
+
+def _seconds(moment: datetime | None) -> int | None:
+    return int(moment.timestamp()) if moment is not None else None
+
+
+def monthly_amount(items: list[dict[str, Any]]) -> Decimal:
+    """Recurring items brought to one month, in minor units."""
+    total = Decimal(0)
+    for item in items:
+        price, cycle = item["price"], item["price"].get("billing_cycle")
+        if price.get("unit_price") is None or cycle is None:
+            continue  # a one-time charge
+        quantity = 1 if item.get("quantity") is None else item["quantity"]
+        total += price["unit_price"]["amount"] * quantity / (MONTHS_IN_INTERVAL[cycle["interval"]] * cycle["frequency"])
+    return total
+
+
+def _subscription(obj: dict[str, Any], event_time: int, key: str) -> Extracted:
+    price = obj["items"][0]["price"] if obj["items"] else {}
+    cycle = obj.get("billing_cycle") or price.get("billing_cycle") or {}
+    interval, count = cycle.get("interval"), cycle.get("frequency", 1)
+    currency = obj.get("currency_code")
+    period = obj.get("current_billing_period") or {}
+    fields_ = {
+        "subscription_status": obj["status"],
+        "plan": price.get("name") or price.get("description") or price.get("id"),
+        "plan_interval": interval if count == 1 or interval is None else f"{count} {interval}s",
+        "mrr": to_major(monthly_amount(obj["items"]), currency),
+        "currency": currency.lower() if currency else None,
+        "current_period_end": iso_utc(_seconds(period.get("ends_at"))),
+        "cancel_at_period_end": (obj.get("scheduled_change") or {}).get("action") == "cancel",
+        "trialing": obj["status"] == "trialing",
+        "paddle_customer_id": obj["customer_id"],
+        "paddle_subscription_id": obj["id"],
+    }
+    return Extracted(identity(obj.get("custom_data"), key), obj["customer_id"], fields_)
+
+
+def _customer(obj: dict[str, Any], event_time: int, key: str) -> Extracted:
+    first, last = split_name(obj.get("name"))
+    fields_ = {
+        "email": email_or_none(obj.get("email")),
+        "first_name": first,
+        "last_name": last,
+        "paddle_customer_id": obj["id"],
+    }
+    return Extracted(identity(obj.get("custom_data"), key), obj["id"], fields_)
+
+
+def _transaction(obj: dict[str, Any], event_time: int, key: str) -> Extracted:
+    totals = (obj.get("details") or {}).get("totals") or {}
+    fields_ = {
+        "paid_at": iso_utc(_seconds(obj.get("billed_at")) or event_time),
+        "amount_paid": to_major(totals.get("total"), obj["currency_code"]),
+        "currency": obj["currency_code"].lower(),
+        "paddle_customer_id": obj.get("customer_id"),
+        "paddle_subscription_id": obj.get("subscription_id"),
+    }
+    return Extracted(identity(obj.get("custom_data"), key), obj.get("customer_id"), fields_)
+
+
+EXTRACTORS: dict[str, Extractor] = {
+    "subscription": make_extractor(
+        SubscriptionSchema(), _subscription, {"id": "sub", "status": "active", "customer_id": "ctm", "items": []}
+    ),
+    "customer": make_extractor(CustomerSchema(), _customer, {"id": "ctm"}),
+    "transaction": make_extractor(TransactionSchema(), _transaction, {"id": "txn", "currency_code": "USD"}),
+}

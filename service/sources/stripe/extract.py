@@ -1,0 +1,134 @@
+"""Extractors: from a validated Stripe object to named fields the mapping can send."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from service.core.attributes import E164
+from service.sources.extraction import (
+    MONTHS_IN_INTERVAL,
+    Extracted,
+    Extractor,
+    email_or_none,
+    identity,
+    iso_utc,
+    make_extractor,
+    split_name,
+    to_major,
+)
+from service.sources.stripe import schemas as s
+
+
+def _customer(obj: dict[str, Any], event_time: int, key: str) -> Extracted:
+    first, last = split_name(obj.get("name"))
+    address = obj.get("address") or {}
+    phone = (obj.get("phone") or "").replace(" ", "")
+    fields = {
+        "email": email_or_none(obj.get("email")),
+        "first_name": first,
+        "last_name": last,
+        "phone_number": phone if E164.match(phone) else None,
+        "city": address.get("city") or None,
+        "country": address.get("country") or None,
+        "stripe_customer_id": obj["id"],
+    }
+    return Extracted(identity(obj.get("metadata"), key), obj["id"], fields)
+
+
+def _unit_amount(price: dict[str, Any]) -> Decimal | None:
+    for name in ("unit_amount", "unit_amount_decimal", "amount"):
+        if price.get(name) is not None:
+            return Decimal(price[name])
+    return None
+
+
+def _interval(price: dict[str, Any]) -> tuple[str | None, int]:
+    recurring = price.get("recurring") or {}
+    interval = recurring.get("interval") or price.get("interval")
+    count = recurring.get("interval_count") or price.get("interval_count") or 1
+    return interval, count
+
+
+def monthly_amount(items: list[dict[str, Any]]) -> Decimal:
+    """Sum of items brought to one month, in minor units; metered prices count 0."""
+    total = Decimal(0)
+    for item in items:
+        price = item.get("price") or {}
+        amount = _unit_amount(price)
+        interval, count = _interval(price)
+        if amount is None or interval is None:
+            continue
+        quantity = item.get("quantity")
+        total += amount * (1 if quantity is None else quantity) / (MONTHS_IN_INTERVAL[interval] * count)
+    return total
+
+
+def _subscription(obj: dict[str, Any], event_time: int, key: str) -> Extracted:
+    items = obj["items"]["data"]
+    price = (items[0].get("price") or {}) if items else {}
+    currency = obj.get("currency") or price.get("currency")
+    item_period_ends = [i["current_period_end"] for i in items if i.get("current_period_end") is not None]
+    period_end = obj.get("current_period_end") or (max(item_period_ends) if item_period_ends else None)
+    interval, count = _interval(price)
+    fields = {
+        "subscription_status": obj["status"],
+        "plan": price.get("nickname") or price.get("lookup_key") or price.get("id"),
+        "plan_interval": interval if count == 1 or interval is None else f"{count} {interval}s",
+        "mrr": to_major(monthly_amount(items), currency),
+        "currency": currency.lower() if currency else None,
+        "current_period_end": iso_utc(period_end),
+        "cancel_at_period_end": obj.get("cancel_at_period_end"),
+        "trial_end": iso_utc(obj.get("trial_end")),
+        "trialing": obj["status"] == "trialing",
+        "stripe_customer_id": obj["customer"],
+        "stripe_subscription_id": obj["id"],
+    }
+    return Extracted(identity(obj.get("metadata"), key), obj["customer"], fields)
+
+
+def _invoice(obj: dict[str, Any], event_time: int, key: str) -> Extracted:
+    details = ((obj.get("parent") or {}).get("subscription_details")) or obj.get("subscription_details") or {}
+    paid_at = (obj.get("status_transitions") or {}).get("paid_at") or event_time
+    fields = {
+        "paid_at": iso_utc(paid_at),
+        "failed_at": iso_utc(event_time),
+        "amount_paid": to_major(obj.get("amount_paid"), obj["currency"]),
+        "amount_due": to_major(obj.get("amount_due"), obj["currency"]),
+        "currency": obj["currency"].lower(),
+        "stripe_customer_id": obj.get("customer"),
+        "stripe_subscription_id": details.get("subscription") or obj.get("subscription"),
+    }
+    user = identity(obj.get("metadata"), key) or identity(details.get("metadata"), key)
+    return Extracted(user, obj.get("customer"), fields)
+
+
+def _checkout_session(obj: dict[str, Any], event_time: int, key: str) -> Extracted:
+    details = obj.get("customer_details") or {}
+    fields = {
+        "email": email_or_none(details.get("email") or obj.get("customer_email")),
+        "stripe_customer_id": obj.get("customer"),
+    }
+    # client_reference_id is Checkout's own slot for "your id for this user".
+    user = identity(obj.get("metadata"), key) or identity({"id": obj.get("client_reference_id")}, "id")
+    return Extracted(user, obj.get("customer"), fields)
+
+
+def _charge(obj: dict[str, Any], event_time: int, key: str) -> Extracted:
+    fields = {
+        "refunded_at": iso_utc(event_time),
+        "amount_refunded": to_major(obj["amount_refunded"], obj["currency"]),
+        "currency": obj["currency"].lower(),
+        "stripe_customer_id": obj.get("customer"),
+    }
+    return Extracted(identity(obj.get("metadata"), key), obj.get("customer"), fields)
+
+
+_EMPTY_SUBSCRIPTION = {"id": "sub", "customer": "cus", "status": "active", "items": {"data": []}}
+EXTRACTORS: dict[str, Extractor] = {
+    "customer": make_extractor(s.CustomerSchema(), _customer, {"id": "cus"}),
+    "subscription": make_extractor(s.SubscriptionSchema(), _subscription, _EMPTY_SUBSCRIPTION),
+    "invoice": make_extractor(s.InvoiceSchema(), _invoice, {"id": "in", "currency": "usd"}),
+    "checkout_session": make_extractor(s.CheckoutSessionSchema(), _checkout_session, {"id": "cs"}),
+    "charge": make_extractor(s.ChargeSchema(), _charge, {"id": "ch", "currency": "usd", "amount_refunded": 0}),
+}

@@ -1,0 +1,125 @@
+"""The dead-letter queue: what could not be delivered, kept for operators to inspect and replay.
+
+Items live in one hash (id -> JSON) indexed by a sorted set (id by time of failure), with
+counts by reason beside them. Retention is bounded by age and by count; what retention drops
+is counted (`relay:dlq:dropped`), never silent. Every change is one Lua script, so the hash,
+the index, the counts and the ledger never disagree.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from redis import Redis
+
+from service.core.dead_letter import DlqFilter
+from service.store import keys
+
+# Lua shared by every script that touches the DLQ. `dlq` is a table of a destination's four DLQ
+# keys (Keys.dlq): one dead-letter queue per destination.
+DLQ_LUA = """
+local function dlq_remove(dlq, id)
+    local old = redis.call('HGET', dlq[1], id)
+    if not old then return nil end
+    redis.call('HDEL', dlq[1], id)
+    redis.call('ZREM', dlq[2], id)
+    local reason = cjson.decode(old)['reason']
+    if redis.call('HINCRBY', dlq[3], reason, -1) <= 0 then redis.call('HDEL', dlq[3], reason) end
+    return old
+end
+-- Retention: first what is older than the cutoff, then the oldest beyond max_items; counted.
+local function dlq_trim(dlq, max_items, cutoff)
+    local dropped = 0
+    for _, id in ipairs(redis.call('ZRANGEBYSCORE', dlq[2], '-inf', '(' .. cutoff, 'LIMIT', 0, 1000)) do
+        dlq_remove(dlq, id)
+        dropped = dropped + 1
+    end
+    local excess = redis.call('ZCARD', dlq[2]) - tonumber(max_items)
+    if excess > 0 then
+        for _, id in ipairs(redis.call('ZRANGE', dlq[2], 0, excess - 1)) do
+            dlq_remove(dlq, id)
+            dropped = dropped + 1
+        end
+    end
+    if dropped > 0 then redis.call('INCRBY', dlq[4], dropped) end
+    return dropped
+end
+local function dlq_keep(dlq, id, item, reason, score, max_items, cutoff)
+    dlq_remove(dlq, id)
+    redis.call('HSET', dlq[1], id, item)
+    redis.call('ZADD', dlq[2], score, id)
+    redis.call('HINCRBY', dlq[3], reason, 1)
+    dlq_trim(dlq, max_items, cutoff)
+end
+"""
+
+# KEYS: the four DLQ keys; ARGV: max_items, cutoff
+TRIM_SCRIPT = DLQ_LUA + "return dlq_trim({KEYS[1], KEYS[2], KEYS[3], KEYS[4]}, ARGV[1], ARGV[2])"
+
+# KEYS: the four DLQ keys, ledger; ARGV: id. Deleting an item does not change the ledger: the
+# event's outcome stays "dead_lettered"; it is only no longer kept.
+DELETE_SCRIPT = DLQ_LUA + "return dlq_remove({KEYS[1], KEYS[2], KEYS[3], KEYS[4]}, ARGV[1]) and 1 or 0"
+
+
+@dataclass(frozen=True)
+class Retention:
+    max_items: int
+    ttl_seconds: int
+
+    def args(self, now: float | None = None) -> list[Any]:
+        return [self.max_items, (time.time() if now is None else now) - self.ttl_seconds]
+
+
+class DeadLetterQueue:
+    PAGE_SCAN = 500  # ids read per round trip while filtering
+
+    def __init__(self, redis: Redis, retention: Retention, destination_keys: keys.Keys) -> None:
+        self.redis = redis
+        self.retention = retention
+        self.keys = destination_keys
+        self._items, self._index, self._reasons, self._dropped = destination_keys.dlq
+        self._trim = redis.register_script(TRIM_SCRIPT)
+        self._delete = redis.register_script(DELETE_SCRIPT)
+
+    def trim(self) -> int:
+        return int(self._trim(keys=self.keys.dlq, args=self.retention.args()))
+
+    def get(self, item_id: str) -> dict[str, Any] | None:
+        raw = self.redis.hget(self._items, item_id)
+        return json.loads(raw) if raw is not None else None
+
+    def delete(self, item_id: str) -> bool:
+        return bool(self._delete(keys=[*self.keys.dlq, self.keys.ledger], args=[item_id]))
+
+    def matching(
+        self, flt: DlqFilter, *, offset: int = 0, limit: int | None = None
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Items matching the filter, oldest failure first: (page, total matching)."""
+        low = "-inf" if flt.since is None else flt.since
+        high = "+inf" if flt.until is None else flt.until
+        page: list[dict[str, Any]] = []
+        total = 0
+        start = 0
+        while True:
+            ids = self.redis.zrangebyscore(self._index, low, high, start=start, num=self.PAGE_SCAN)
+            if not ids:
+                break
+            start += len(ids)
+            for raw in self.redis.hmget(self._items, ids):
+                if raw is None:
+                    continue
+                item = json.loads(raw)
+                if not flt.matches(item):
+                    continue
+                if total >= offset and (limit is None or len(page) < limit):
+                    page.append(item)
+                total += 1
+        return page, total
+
+    def summary(self) -> dict[str, Any]:
+        reasons = {k.decode(): int(v) for k, v in self.redis.hgetall(self._reasons).items()}
+        dropped = int(self.redis.get(self._dropped) or 0)
+        return {"size": sum(reasons.values()), "by_reason": reasons, "dropped_by_retention": dropped}

@@ -1,0 +1,125 @@
+"""Delivery jobs in rq's own format: ids, options, and the cheap hash writer intake uses."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from redis import Redis
+from rq import Retry
+from rq.callbacks import Callback
+from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
+from rq.utils import now, utcformat
+
+from service.core.update import UserUpdate
+from service.store import keys
+
+# service reaches worker code by dotted name only
+DELIVER_FUNC = "workers.delivery.job.deliver"
+ON_FAILURE_FUNC = "workers.delivery.job.on_job_failure"
+# Jobs queued before the layout moved name the old module, which stays importable (workers/deliver.py).
+LEGACY_DELIVER_FUNC = "workers.deliver.deliver"
+DELIVER_FUNCS = frozenset({DELIVER_FUNC, LEGACY_DELIVER_FUNC})
+# One job is at most three User.com calls (3 s connect + 10 s read each), a few limiter sleeps
+# and a lease wait: well under a minute. rq kills a job that runs longer.
+DELIVERY_JOB_TIMEOUT = 60
+# A job whose worker died (SIGKILL, OOM, node loss) is found by rq's maintenance and run again
+# this many times (at-least-once; deliveries are idempotent). Exceptions the job does not handle
+# itself (bugs) take the same path, then end in the dead-letter queue as internal_error.
+RERUNS = 3
+FAILED_JOB_TTL = 14 * 24 * 3600  # rq keeps jobs that crashed unexpectedly this long
+JOB_ID_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def job_id_for(update: UserUpdate, attempt: int = 1, *, destination: str, replay: int | None = None) -> str:
+    base = JOB_ID_UNSAFE.sub("_", f"{update.source}-{update.event_id}")
+    if destination != keys.UNPREFIXED_DESTINATION:
+        base = f"{base}-{destination}"
+    if replay is not None:
+        base = f"{base}-replay{replay}"
+    return base if attempt == 1 else f"{base}-a{attempt}"
+
+
+def _job_options(lane: str, destination_keys: keys.Keys) -> dict[str, Any]:
+    return {
+        "origin": destination_keys.queue_name(lane),
+        "timeout": DELIVERY_JOB_TIMEOUT,
+        "result_ttl": 0,
+        "failure_ttl": FAILED_JOB_TTL,
+        "on_failure": Callback(ON_FAILURE_FUNC),
+        "retry": Retry(max=RERUNS),
+    }
+
+
+def _description(update: UserUpdate) -> str:
+    return f"deliver {update.source} {update.event_type} {update.event_id}"
+
+
+def delivery_job(
+    redis: Redis,
+    update: UserUpdate,
+    attempt: int = 1,
+    first_failure_at: float | None = None,
+    *,
+    lane: str = keys.LIVE,
+    job_id: str | None = None,
+    destination_keys: keys.Keys,
+) -> Job:
+    """The rq job for one delivery attempt; its id is stable per (event, attempt, destination)."""
+    return Job.create(
+        DELIVER_FUNC,
+        args=(update.to_dict(), attempt, first_failure_at, lane),
+        connection=redis,
+        serializer=JSONSerializer,
+        id=job_id or job_id_for(update, attempt, destination=destination_keys.destination),
+        description=_description(update),
+        **_job_options(lane, destination_keys),
+    )
+
+
+class JobWriter:
+    """Builds the hash of a queued delivery job, field for field what rq's `Job.to_dict()` gives.
+
+    The fields that are the same for every delivery job of a lane are taken once from rq
+    itself; per job only the id, the payload (`data`: the serialized call, as `Job.data`) and
+    the timestamps change (and `origin`, the queue, which is per destination). That costs a few
+    microseconds instead of `Job.create()`'s ~60.
+    tests/integration/test_store.py checks the result against rq's own, field by field.
+    """
+
+    PER_JOB = ("data", "created_at", "enqueued_at", "description", "origin")
+
+    def __init__(self, redis: Redis, lane: str) -> None:
+        self.lane = lane
+        template = Job.create(
+            DELIVER_FUNC,
+            args=(),
+            connection=redis,
+            serializer=JSONSerializer,
+            id="template",
+            **_job_options(lane, keys.USERCOM),  # origin is per job
+        )
+        fields = template.to_dict()
+        fields["status"] = JobStatus.QUEUED.value
+        self.constant = {k: v for k, v in fields.items() if k not in self.PER_JOB and v is not None}
+
+    def lua(self, script: str) -> str:
+        job_fields = ", ".join(_lua_string(x) for k, v in self.constant.items() for x in (k, v))
+        return script % {"job_fields": job_fields}
+
+    def args(self, update: UserUpdate, update_json: str) -> list[Any]:
+        """data, timestamp, description for the scripts' push_job, given the update as JSON.
+
+        `data` is left uncompressed: rq reads it as is (Job.restore falls back when zlib does not
+        apply), and compressing would cost ~20 us per webhook to save a kilobyte of Redis memory.
+        """
+        # The serialized call, as JSONSerializer.dumps((func, None, args, kwargs)) would write it,
+        # around the update already serialized once for the parked copy.
+        data = f'["{DELIVER_FUNC}", null, [{update_json}, 1, null, "{self.lane}"], {{}}]'
+        return [data, utcformat(now()), _description(update)]
+
+
+def _lua_string(value: Any) -> str:
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{text}"'

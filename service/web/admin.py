@@ -1,0 +1,104 @@
+"""Admin HTTP API for the dead-letter queue: `Authorization: Bearer $RELAY_ADMIN_TOKEN`.
+
+Disabled (404, `admin_disabled`) when no token is configured. Views only translate: the
+operations are plain functions in service.operator.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import Any
+
+from flask import Blueprint, Response, current_app, request
+
+from service.core.errors import AdminDisabled, Conflict, InvalidRequest, NotFound, Unauthorized, load_request
+from service.operator import GONE, NOT_MAPPED, REPLAYED, STILL_INVALID, Operator
+from service.web.schemas import DlqBulkRequest, DlqFilterSchema, DlqListQuery
+
+bp = Blueprint("admin", __name__, url_prefix="/admin")
+
+
+def _operator() -> Operator:
+    """The operator of the dead-letter queue named by `?destination=` (default: the first configured)."""
+    operators: dict[str, Operator] = current_app.extensions["relay.operators"]
+    destination = request.args.get("destination") or next(iter(operators))
+    if destination not in operators:
+        raise InvalidRequest(f"unknown destination {destination!r}; configured: {', '.join(operators)}")
+    return operators[destination]
+
+
+@bp.before_request
+def _authenticate() -> None:
+    token: str = current_app.extensions["relay.admin_token"]
+    if not token:
+        raise AdminDisabled("the admin API is disabled: set RELAY_ADMIN_TOKEN to enable it")
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
+        raise Unauthorized("a valid 'Authorization: Bearer <RELAY_ADMIN_TOKEN>' header is required")
+
+
+def _load(schema: DlqFilterSchema, data: Any) -> dict[str, Any]:
+    loaded: dict[str, Any] = load_request(schema, data)
+    return loaded
+
+
+def _json_object() -> dict[str, Any]:
+    """An empty body means no filters; anything else must be a JSON object (never guessed)."""
+    if not request.get_data():
+        return {}
+    try:
+        body = json.loads(request.get_data())
+    except ValueError:
+        raise InvalidRequest("request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("request body must be a JSON object")
+    return body
+
+
+def _item(item_id: str) -> dict[str, Any]:
+    item = _operator().dlq.get(item_id)
+    if item is None:
+        raise NotFound(f"no dead-letter item {item_id!r}")
+    return item
+
+
+@bp.get("/dlq")
+def list_dlq() -> dict[str, Any]:
+    schema = DlqListQuery()
+    query = _load(schema, request.args.to_dict())
+    dlq = _operator().dlq
+    dlq.trim()
+    items, total = dlq.matching(schema.to_filter(query), offset=query["offset"], limit=query["limit"])
+    return {"items": items, "total": total, "offset": query["offset"], "limit": query["limit"]}
+
+
+@bp.get("/dlq/<item_id>")
+def show_dlq(item_id: str) -> dict[str, Any]:
+    return _item(item_id)
+
+
+@bp.delete("/dlq/<item_id>")
+def delete_dlq(item_id: str) -> Response:
+    if not _operator().dlq.delete(item_id):
+        raise NotFound(f"no dead-letter item {item_id!r}")
+    return Response(status=204)
+
+
+@bp.post("/dlq/<item_id>/replay")
+def replay_one(item_id: str) -> tuple[dict[str, Any], int]:
+    outcome = _operator().replay(_item(item_id))
+    if outcome == REPLAYED:
+        return {"id": item_id, "status": outcome}, 202
+    if outcome == GONE:
+        raise NotFound(f"no dead-letter item {item_id!r}")
+    messages = {STILL_INVALID: "the payload still does not fit the schema", NOT_MAPPED: "its event type is not mapped"}
+    raise Conflict(outcome, messages[outcome])
+
+
+@bp.post("/dlq/replay")
+def replay_bulk() -> tuple[dict[str, Any], int]:
+    schema = DlqBulkRequest()
+    body = _load(schema, _json_object())
+    result = _operator().replay_matching(schema.to_filter(body), dry_run=body["dry_run"], limit=body.get("limit"))
+    return result, 200 if body["dry_run"] else 202

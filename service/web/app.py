@@ -1,0 +1,39 @@
+"""The Flask application: wiring only. Views translate HTTP to plain calls and back."""
+
+from __future__ import annotations
+
+from flask import Flask
+from redis import Redis
+
+from service.config import Settings
+from service.intake import Intake
+from service.operator import Operator
+from service.sources.registry import build_source
+from service.store.connection import web_redis
+from service.store.ledger import Store
+from service.web import admin, errors, ops, webhooks
+from service.web.openapi import build_spec
+
+
+def build_app(settings: Settings | None = None, *, redis: Redis | None = None) -> Flask:
+    settings = settings or Settings.from_env(role="web")
+    redis = redis if redis is not None else web_redis(settings.redis_url)
+    app = Flask("relay")
+    app.config["MAX_CONTENT_LENGTH"] = errors.MAX_BODY_BYTES
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    store = Store.from_settings(redis, settings)
+    app.extensions["relay.redis"] = redis
+    app.extensions["relay.intake"] = {
+        name: Intake(build_source(name, settings.source(name)), store, settings.mapping, settings.identity_key)
+        for name in settings.webhook_sources
+    }
+    app.extensions["relay.operators"] = {
+        name: Operator(store.for_destination(name), settings) for name in settings.destinations
+    }
+    app.extensions["relay.admin_token"] = settings.admin_token
+    app.extensions["relay.settings"] = settings
+    app.extensions["relay.openapi"] = build_spec()
+    for blueprint in (webhooks.bp, ops.bp, admin.bp):
+        app.register_blueprint(blueprint)
+    errors.register(app)
+    return app

@@ -1,0 +1,64 @@
+"""The web boundary's one table from the relay's errors (service/core/errors.py) to HTTP
+statuses, and the handlers that answer `{"error": {"code", "message"}}`. Redis errors become
+StoreUnavailable here, and only here."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, request
+from redis.exceptions import RedisError
+from werkzeug.exceptions import HTTPException
+
+from service.core import errors as e
+
+log = logging.getLogger(__name__)
+MAX_BODY_BYTES = 1024 * 1024  # Stripe events are far smaller; anything above is refused with 413
+
+STATUS: dict[type[e.RelayError], int] = {  # the most specific class listed wins
+    e.UnsupportedMediaType: 415,
+    e.MalformedJson: 400,
+    e.PayloadTooLarge: 413,
+    e.SignatureError: 401,
+    e.InvalidPayload: 422,
+    e.InvalidRequest: 400,
+    e.Unauthorized: 401,
+    e.Conflict: 409,
+    e.NotFound: 404,
+    e.StoreUnavailable: 503,
+    e.RequestError: 400,
+    e.RelayError: 500,
+}
+
+
+def status_of(error: e.RelayError) -> int:
+    return next(STATUS[cls] for cls in type(error).__mro__ if cls in STATUS)
+
+
+def relay_error(exc: e.RelayError) -> tuple[dict[str, Any], int]:
+    return exc.body(), status_of(exc)
+
+
+def redis_error(exc: RedisError) -> tuple[dict[str, Any], int]:
+    log.error("redis unavailable: %s", type(exc).__name__)
+    return relay_error(e.StoreUnavailable("redis is not reachable; retry later"))
+
+
+def http_error(exc: HTTPException) -> tuple[dict[str, Any], int]:
+    if exc.code == 413:
+        return relay_error(e.PayloadTooLarge(f"request body is larger than {MAX_BODY_BYTES} bytes"))
+    code = (exc.name or "error").lower().replace(" ", "_")
+    return {"error": {"code": code, "message": exc.description or exc.name}}, exc.code or 500
+
+
+def unexpected_error(exc: Exception) -> tuple[dict[str, Any], int]:
+    log.exception("unexpected error on %s %s", request.method, request.path)
+    return {"error": {"code": "internal_error", "message": "internal error"}}, 500
+
+
+def register(app: Flask) -> None:
+    app.register_error_handler(e.RelayError, relay_error)
+    app.register_error_handler(HTTPException, http_error)
+    app.register_error_handler(RedisError, redis_error)
+    app.register_error_handler(Exception, unexpected_error)

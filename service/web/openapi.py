@@ -1,0 +1,163 @@
+"""The OpenAPI 3 document of every endpoint, built with apispec from the marshmallow schemas."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from apispec import APISpec
+from apispec.ext.marshmallow import MarshmallowPlugin
+
+from service.ops.status import version
+from service.sources.registry import SOURCES
+from service.web import schemas as s
+from service.web.schemas import DESTINATION_HELP, DESTINATIONS
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": "ErrorBody"}}}
+
+
+def _ok(description: str, schema: str | None) -> dict[str, Any]:
+    if schema is None:
+        return {"description": description}
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _admin(operation: dict[str, Any]) -> dict[str, Any]:
+    operation.setdefault("responses", {}).update(
+        {
+            "401": _error("missing or wrong bearer token (`unauthorized`)"),
+            "404": _error("unknown item (`not_found`), or the admin API is disabled (`admin_disabled`)"),
+            "503": _error("Redis unreachable (`redis_unavailable`)"),
+        }
+    )
+    if not any(p.get("schema") is s.DlqListQuery for p in operation.get("parameters", [])):
+        destination = {"in": "query", "name": "destination", "schema": {"type": "string", "enum": list(DESTINATIONS)}}
+        operation["parameters"] = [*operation.get("parameters", []), {**destination, "description": DESTINATION_HELP}]
+    return {**operation, "tags": ["admin"], "security": [{"adminToken": []}]}
+
+
+def _webhook(title: str, headers: tuple[tuple[str, str], ...], schema: str) -> dict[str, Any]:
+    return {
+        "tags": ["webhooks"],
+        "summary": f"Receive a {title} webhook",
+        "parameters": [
+            {"in": "header", "name": name, "required": True, "schema": {"type": "string"}, "description": text}
+            for name, text in headers
+        ],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": schema}}},
+        "responses": {
+            "202": _ok("verified, valid and durably queued", "WebhookAnswer"),
+            "200": _ok("already accepted (`duplicate`) or not mapped (`ignored`)", "WebhookAnswer"),
+            "400": _error("body is not JSON (`malformed_json`)"),
+            "401": _error("`signature_missing`, `signature_invalid` or `signature_expired`"),
+            "404": _error("the source has no secret configured (`source_not_configured`)"),
+            "413": _error("body over 1 MiB (`payload_too_large`)"),
+            "415": _error("not JSON (`unsupported_media_type`)"),
+            "422": _error("does not fit the schema (`invalid_payload`); kept in the dead-letter queue"),
+            "503": _error("Redis unreachable (`redis_unavailable`); the sender retries"),
+        },
+    }
+
+
+def build_spec() -> dict[str, Any]:
+    spec = APISpec(
+        title="relay",
+        version=version(),
+        openapi_version="3.0.3",
+        info={"description": "Billing webhooks in, User.com user updates out."},
+        plugins=[MarshmallowPlugin()],
+    )
+    spec.components.security_scheme("adminToken", {"type": "http", "scheme": "bearer"})
+    for schema in (
+        s.ErrorBody,
+        s.WebhookAnswer,
+        s.Health,
+        s.DlqItem,
+        s.DlqPage,
+        s.ReplayAnswer,
+        s.BulkAnswer,
+        s.Status,
+    ):
+        spec.components.schema(schema.__name__, schema=schema)
+    for source in SOURCES.values():
+        name = f"{source.title.replace(' ', '')}Event"
+        spec.components.schema(name, schema=source.event_schema)
+        spec.path(
+            path=f"/webhooks/{source.name}",
+            operations={"post": _webhook(source.title, source.signature_headers, name)},
+        )
+    unreachable = {"503": _error("Redis unreachable (`redis_unavailable`)")}
+    ops = [
+        ("/healthz", "Process alive (never checks Redis)", {"200": _ok("alive", "Health")}),
+        ("/readyz", "Ready: Redis reachable", {"200": _ok("ready", "Health"), **unreachable}),
+        ("/status", "Status for the monitoring dashboard", {"200": _ok("status", "Status"), **unreachable}),
+        (
+            "/metrics",
+            "Prometheus metrics (text format 0.0.4)",
+            {"200": {"description": "metrics", "content": {"text/plain": {}}}},
+        ),
+        ("/openapi.json", "This document", {"200": _ok("OpenAPI 3", None)}),
+    ]
+    for path, summary, responses in ops:
+        spec.path(path=path, operations={"get": {"tags": ["ops"], "summary": summary, "responses": responses}})
+    spec.path(
+        path="/admin/dlq",
+        operations={
+            "get": _admin(
+                {
+                    "summary": "List dead-letter items, oldest failure first",
+                    "parameters": [{"in": "query", "schema": s.DlqListQuery}],
+                    "responses": {"200": _ok("a page", "DlqPage"), "400": _error("bad parameters (`invalid_request`)")},
+                }
+            )
+        },
+    )
+    item_id = {"in": "path", "name": "item_id", "required": True, "schema": {"type": "string"}}
+    spec.path(
+        path="/admin/dlq/{item_id}",
+        operations={
+            "get": _admin(
+                {
+                    "summary": "One dead-letter item",
+                    "parameters": [item_id],
+                    "responses": {"200": _ok("the item", "DlqItem")},
+                }
+            ),
+            "delete": _admin(
+                {"summary": "Delete one item", "parameters": [item_id], "responses": {"204": _ok("deleted", None)}}
+            ),
+        },
+    )
+    spec.path(
+        path="/admin/dlq/{item_id}/replay",
+        operations={
+            "post": _admin(
+                {
+                    "summary": "Replay one item on the replay lane",
+                    "parameters": [item_id],
+                    "responses": {
+                        "202": _ok("queued for replay", "ReplayAnswer"),
+                        "409": _error("`still_invalid` or `not_mapped`"),
+                    },
+                }
+            )
+        },
+    )
+    spec.path(
+        path="/admin/dlq/replay",
+        operations={
+            "post": _admin(
+                {
+                    "summary": "Replay every item matching the filters (dry_run counts first)",
+                    "requestBody": {"content": {"application/json": {"schema": s.DlqBulkRequest}}},
+                    "responses": {
+                        "200": _ok("dry run", "BulkAnswer"),
+                        "202": _ok("queued for replay", "BulkAnswer"),
+                        "400": _error("bad body (`invalid_request`)"),
+                    },
+                }
+            )
+        },
+    )
+    return spec.to_dict()

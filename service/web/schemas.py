@@ -1,0 +1,136 @@
+"""marshmallow schemas of the relay's own HTTP API: request validation and the OpenAPI document."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from marshmallow import EXCLUDE, RAISE, Schema, fields, validate
+
+from service.core.dead_letter import DlqFilter, reasons
+from service.destinations.registry import NAMES as DESTINATIONS
+
+DESTINATION_HELP = "whose dead-letter queue (default: the first of RELAY_DESTINATIONS)"
+
+REASONS = reasons(DESTINATIONS)
+
+
+class ErrorDetail(Schema):
+    code = fields.String(required=True, metadata={"description": "stable, machine-readable"})
+    message = fields.String(required=True)
+    details = fields.Raw(metadata={"description": "field messages, for invalid_payload / invalid_request"})
+
+
+class ErrorBody(Schema):
+    error = fields.Nested(ErrorDetail, required=True)
+
+
+class WebhookAnswer(Schema):
+    status = fields.String(required=True, validate=validate.OneOf(["accepted", "duplicate", "ignored"]))
+    event_id = fields.String(required=True)
+
+
+class Health(Schema):
+    status = fields.String(required=True)
+
+
+def _epoch(value: datetime | None) -> float | None:
+    if value is None:
+        return None
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+
+
+class DlqFilterSchema(Schema):
+    """Filters shared by listing, bulk replay and purge; times are ISO 8601 (UTC if no zone)."""
+
+    class Meta:
+        unknown = RAISE
+
+    reason = fields.String(validate=validate.OneOf(REASONS))
+    event_type = fields.String(validate=validate.Length(min=1, max=255))
+    user_id = fields.String(validate=validate.Length(min=1, max=255))
+    since = fields.DateTime(metadata={"description": "last failure at or after"})
+    until = fields.DateTime(metadata={"description": "last failure at or before"})
+
+    def to_filter(self, data: dict[str, Any]) -> DlqFilter:
+        return DlqFilter(
+            reason=data.get("reason"),
+            event_type=data.get("event_type"),
+            user_id=data.get("user_id"),
+            since=_epoch(data.get("since")),
+            until=_epoch(data.get("until")),
+        )
+
+
+class DlqListQuery(DlqFilterSchema):
+    destination = fields.String(validate=validate.OneOf(DESTINATIONS), metadata={"description": DESTINATION_HELP})
+    offset = fields.Integer(load_default=0, validate=validate.Range(min=0))
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
+
+
+class DlqBulkRequest(DlqFilterSchema):
+    dry_run = fields.Boolean(load_default=False, metadata={"description": "only count what would be affected"})
+    limit = fields.Integer(validate=validate.Range(min=1), metadata={"description": "at most this many, oldest first"})
+
+
+class DlqItem(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    id = fields.String(required=True)
+    reason = fields.String(required=True, validate=validate.OneOf(REASONS))
+    source = fields.String(required=True)
+    event_type = fields.String(allow_none=True)
+    event_id = fields.String(allow_none=True)
+    event_time = fields.Integer(allow_none=True)
+    message = fields.String()
+    update = fields.Dict(allow_none=True, metadata={"description": "the normalized user update"})
+    event = fields.Raw(allow_none=True, metadata={"description": "the original payload, when it was invalid"})
+    user_id = fields.String(allow_none=True)
+    attempts = fields.Integer()
+    first_failure_at = fields.Float(allow_none=True)
+    last_failure_at = fields.Float(allow_none=True)
+    last_status = fields.Integer(allow_none=True)
+    last_response = fields.String(allow_none=True, metadata={"description": "secrets removed"})
+    destination = fields.String(validate=validate.OneOf(DESTINATIONS))
+
+
+class DlqPage(Schema):
+    items = fields.List(fields.Nested(DlqItem), required=True)
+    total = fields.Integer(required=True)
+    offset = fields.Integer(required=True)
+    limit = fields.Integer(required=True)
+
+
+class ReplayAnswer(Schema):
+    id = fields.String(required=True)
+    status = fields.String(required=True)
+
+
+class BulkAnswer(Schema):
+    matched = fields.Integer(required=True)
+    selected = fields.Integer(required=True)
+    dry_run = fields.Boolean(required=True)
+    outcomes = fields.Dict(keys=fields.String(), values=fields.Integer())
+
+
+class Lane(Schema):
+    depth = fields.Integer(required=True, metadata={"description": "jobs ready to run"})
+    scheduled = fields.Integer(required=True, metadata={"description": "retries waiting for their time"})
+    pending = fields.Integer(required=True, metadata={"description": "updates not yet settled"})
+    oldest_pending_age_seconds = fields.Float(allow_none=True)
+
+
+class DestinationStatus(Schema):
+    lanes = fields.Dict(keys=fields.String(), values=fields.Nested(Lane))
+    ledger = fields.Dict(keys=fields.String(), values=fields.Integer())
+    dlq = fields.Dict()
+    limiter = fields.Dict()
+    workers = fields.Dict()
+    last_delivery_at = fields.Float(allow_none=True)
+
+
+class Status(Schema):
+    version = fields.String(required=True)
+    time = fields.Float(required=True)
+    destinations = fields.Dict(keys=fields.String(), values=fields.Nested(DestinationStatus))
