@@ -34,81 +34,122 @@ LEASE_MS = 60_000  # longer than one job's User.com calls with their timeouts
 WAIT_FOR_LEASE_SECONDS = 2.0  # then the job is put back instead of holding the worker
 POLL_SECONDS = 0.01
 
-# Last-writer-wins: of the (attribute name, event time) pairs in ARGV from `first` on, the
+# Last-writer-wins: of the (attribute, event time) pairs in ARGV from index `first_pair` on, the
 # attributes not older than the value last written, whose times are recorded now.
 _CLAIM_LUA = """
-local function claim(last_written, ttl, first)
+local function claim(last_written, lww_ttl, first_pair)
     local fresh = {}
-    for i = first, #ARGV, 2 do
-        local last = tonumber(redis.call('HGET', last_written, ARGV[i]) or '-1')
-        if last <= tonumber(ARGV[i + 1]) then
-            redis.call('HSET', last_written, ARGV[i], ARGV[i + 1])
-            table.insert(fresh, ARGV[i])
+    for i = first_pair, #ARGV, 2 do
+        local attribute, event_time = ARGV[i], ARGV[i + 1]
+        local last = tonumber(redis.call('HGET', last_written, attribute) or '-1')
+        if last <= tonumber(event_time) then
+            redis.call('HSET', last_written, attribute, event_time)
+            table.insert(fresh, attribute)
         end
     end
-    if #ARGV >= first then redis.call('EXPIRE', last_written, ttl) end
+    if #ARGV >= first_pair then redis.call('EXPIRE', last_written, lww_ttl) end
     return fresh
 end
 """
 
-# KEYS: lock, last_written. ARGV: token, lease_ms, lww_ttl, then pairs of attribute name, event time.
-# Returns nil when another job holds the user, else the attributes that may be written.
+# Claim, with the user's lease, the attributes that may be written.
+# KEYS: lock, last_written
+# ARGV: token, lease_ms, lww_ttl, then pairs: attribute, event_time
+# Returns: nil (another job holds the user) | {attribute, ...} (those that may be written)
 CLAIM_SCRIPT = (
     _CLAIM_LUA
     + """
-local holder = redis.call('GET', KEYS[1])
-if holder and holder ~= ARGV[1] then return false end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return claim(KEYS[2], ARGV[3], 4)
+local FIRST_PAIR = 4
+local lock = KEYS[1]
+local last_written = KEYS[2]
+local token = ARGV[1]
+local lease_ms = ARGV[2]
+local lww_ttl = ARGV[3]
+
+local holder = redis.call('GET', lock)
+if holder and holder ~= token then return false end
+redis.call('SET', lock, token, 'PX', lease_ms)
+return claim(last_written, lww_ttl, FIRST_PAIR)
 """
 )
 
-# KEYS: lock. ARGV: token. Releases only our own lease.
+# Release our own lease, never another job's.
+# KEYS: lock
+# ARGV: token
+# Returns: 1 (released) | 0 (not ours, or gone)
 RELEASE_SCRIPT = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+local lock = KEYS[1]
+local token = ARGV[1]
+
+if redis.call('GET', lock) == token then return redis.call('DEL', lock) end
 return 0
 """
 
-# KEYS: parked, then one outcome key per update. ARGV: event id, update JSON, per update.
-# Parks the updates whose outcome is not counted yet; returns how many were parked.
+# Park the updates whose outcome is not counted yet.
+# KEYS: parked, then per update: outcome_key
+# ARGV: per update: event_id, update_json
+# Returns: parked (how many were parked)
 PARK_SCRIPT = """
-local parked = 0
-for i = 2, #KEYS do
-    if redis.call('EXISTS', KEYS[i]) == 0 then
-        redis.call('HSET', KEYS[1], ARGV[2 * i - 3], ARGV[2 * i - 2])
-        parked = parked + 1
+local parked = KEYS[1]
+
+local count = 0
+for u = 1, #KEYS - 1 do  -- update u: KEYS[1 + u]; ARGV[2u - 1], ARGV[2u]
+    local outcome_key = KEYS[1 + u]
+    local event_id, update_json = ARGV[2 * u - 1], ARGV[2 * u]
+    if redis.call('EXISTS', outcome_key) == 0 then
+        redis.call('HSET', parked, event_id, update_json)
+        count = count + 1
     end
 end
-return parked
+return count
 """
 
-# KEYS: parked, lock, the update's outcome key, last_written, the destination's memory of the user.
-# ARGV: token, lease_ms, event id, update JSON, outcome key prefix ("relay:outcome:<source>:"),
-# lww_ttl, '1' to read the memory, then the update's pairs of attribute name, event time.
-# Parks the update, takes the user's lease and every update parked for the user, leaving out those
-# whose outcome is counted meanwhile. Returns 0 when the update's own outcome is counted already,
-# nil when another job holds the user (the update stays parked for it), else {the JSON of each
-# other update taken, the attributes claimed (as CLAIM_SCRIPT) when there was none (else nil), the
-# memory (or nil)}: without a backlog, one round trip.
+# Park the update, take the user's lease and every update parked for the user, leaving out those
+# whose outcome is counted meanwhile: without a backlog, one round trip.
+# KEYS: parked, lock, outcome_key (the update's), last_written, memory_key (the destination's memory of the user)
+# ARGV: token, lease_ms, event_id, update_json, outcome_prefix ("relay:outcome:<source>:"), lww_ttl,
+#       read_memory ('1' to read the memory), then the update's pairs: attribute, event_time
+# Returns: 0 (the update's own outcome is counted already)
+#        | nil (another job holds the user; the update stays parked for it)
+#        | {others (the JSON of each other update taken),
+#           claimed (the attributes claimed, as CLAIM_SCRIPT, when there were no others; else nil),
+#           memory (or nil)}
 BEGIN_SCRIPT = (
     _CLAIM_LUA
     + """
-if redis.call('EXISTS', KEYS[3]) == 1 then
-    redis.call('HDEL', KEYS[1], ARGV[3])
+local FIRST_PAIR = 8
+local parked = KEYS[1]
+local lock = KEYS[2]
+local outcome_key = KEYS[3]
+local last_written = KEYS[4]
+local memory_key = KEYS[5]
+local token = ARGV[1]
+local lease_ms = ARGV[2]
+local event_id = ARGV[3]
+local update_json = ARGV[4]
+local outcome_prefix = ARGV[5]
+local lww_ttl = ARGV[6]
+local read_memory = ARGV[7]
+
+if redis.call('EXISTS', outcome_key) == 1 then
+    redis.call('HDEL', parked, event_id)
     return 0
 end
-redis.call('HSET', KEYS[1], ARGV[3], ARGV[4])
-local holder = redis.call('GET', KEYS[2])
-if holder and holder ~= ARGV[1] then return false end
-redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
-local all = redis.call('HGETALL', KEYS[1])
-redis.call('DEL', KEYS[1])
+redis.call('HSET', parked, event_id, update_json)
+local holder = redis.call('GET', lock)
+if holder and holder ~= token then return false end
+redis.call('SET', lock, token, 'PX', lease_ms)
+local all = redis.call('HGETALL', parked)
+redis.call('DEL', parked)
 local others = {}
 for i = 1, #all, 2 do
-    if all[i] ~= ARGV[3] and redis.call('EXISTS', ARGV[5] .. all[i]) == 0 then table.insert(others, all[i + 1]) end
+    local other_id, other_json = all[i], all[i + 1]
+    if other_id ~= event_id and redis.call('EXISTS', outcome_prefix .. other_id) == 0 then
+        table.insert(others, other_json)
+    end
 end
-local memory = ARGV[7] == '1' and redis.call('GET', KEYS[5])
-if #others == 0 then return {others, claim(KEYS[4], ARGV[6], 8), memory} end
+local memory = read_memory == '1' and redis.call('GET', memory_key)
+if #others == 0 then return {others, claim(last_written, lww_ttl, FIRST_PAIR), memory} end
 return {others, false, memory}
 """
 )
@@ -190,8 +231,15 @@ class Hold:
         """The standard and custom attributes not superseded by a newer value already sent."""
         allowed, self._claimed = self._claimed, None
         if allowed is None:
-            pairs = [x for name, t in merged.times().items() for x in (name, t)]
-            allowed = self._ordering._run_claim(self._source, self._user_id, self._token, pairs)
+            ordering = self._ordering
+            allowed = ordering._run_claim(
+                lock=ordering.keys.user_lock(self._source, self._user_id),
+                last_written=ordering.keys.last_written(self._source, self._user_id),
+                token=self._token,
+                lease_ms=LEASE_MS,
+                lww_ttl=ordering.memory_ttl,
+                pairs=list(merged.times().items()),
+            )
         if allowed is None:  # pragma: no cover - our own lease expired under us
             raise UserBusy(f"lease on user {self._user_id} was lost")
         names = {name.decode() for name in allowed}
@@ -209,23 +257,21 @@ class Ordering:
         self.redis = redis
         self.keys = destination_keys
         self.memory_ttl = memory_ttl_seconds  # of last-written times and of destinations' memories
-        self._claim = redis.register_script(CLAIM_SCRIPT)
-        self._release = redis.register_script(RELEASE_SCRIPT)
-        self._park = redis.register_script(PARK_SCRIPT)
-        self._begin = redis.register_script(BEGIN_SCRIPT)
+        self._claim_script = redis.register_script(CLAIM_SCRIPT)
+        self._release_script = redis.register_script(RELEASE_SCRIPT)
+        self._park_script = redis.register_script(PARK_SCRIPT)
+        self._begin_script = redis.register_script(BEGIN_SCRIPT)
 
     def park(self, hint: str, updates: list[UserUpdate]) -> int:
         """Park updates under their intake hint (UserUpdate.hint), except those already settled."""
         if not updates:
             return 0
         source = updates[0].source
-        script_keys = [self.keys.parked(source, hint), *(self.keys.outcome(u.source, u.event_id) for u in updates)]
-        args = [x for u in updates for x in (u.event_id, _dumps(u))]
-        return int(self._park(keys=script_keys, args=args))
-
-    def _run_claim(self, source: str, user_id: str, token: str, pairs: list[Any]) -> Any:
-        script_keys = [self.keys.user_lock(source, user_id), self.keys.last_written(source, user_id)]
-        return self._claim(keys=script_keys, args=[token, LEASE_MS, self.memory_ttl, *pairs])
+        return self._run_park(
+            parked=self.keys.parked(source, hint),
+            outcome_keys=[self.keys.outcome(u.source, u.event_id) for u in updates],
+            updates=[(u.event_id, _dumps(u)) for u in updates],
+        )
 
     @contextmanager
     def hold(self, update: UserUpdate, user_id: str, hint: str, memory_key: str | None = None) -> Iterator[Hold | None]:
@@ -233,33 +279,89 @@ class Ordering:
         parked there; None when the update's outcome is counted already (nothing to do). Raises
         UserBusy if another job keeps the lease too long (the update stays parked for it)."""
         source = update.source
-        script_keys = [
-            self.keys.parked(source, hint),
-            self.keys.user_lock(source, user_id),
-            self.keys.outcome(source, update.event_id),
-            self.keys.last_written(source, user_id),
-            memory_key or self.keys.last_written(source, user_id),  # unused without a memory key
-        ]
         token = uuid.uuid4().hex
-        args = [token, LEASE_MS, update.event_id, _dumps(update), self.keys.outcome(source, ""), self.memory_ttl]
-        args.append("1" if memory_key else "0")
-        args += [x for name, t in merge([update]).times().items() for x in (name, t)]
+        lock = self.keys.user_lock(source, user_id)
+        last_written = self.keys.last_written(source, user_id)
+        update_json = _dumps(update)
+        pairs = list(merge([update]).times().items())
+
+        def begin() -> Any:
+            return self._run_begin(
+                parked=self.keys.parked(source, hint),
+                lock=lock,
+                outcome_key=self.keys.outcome(source, update.event_id),
+                last_written=last_written,
+                memory_key=memory_key or last_written,  # unused without a memory key
+                token=token,
+                lease_ms=LEASE_MS,
+                event_id=update.event_id,
+                update_json=update_json,
+                outcome_prefix=self.keys.outcome(source, ""),
+                lww_ttl=self.memory_ttl,
+                read_memory="1" if memory_key else "0",
+                pairs=pairs,
+            )
+
         deadline = time.monotonic() + WAIT_FOR_LEASE_SECONDS
-        while (taken := self._begin(keys=script_keys, args=args)) is None:
+        while (taken := begin()) is None:
             if time.monotonic() > deadline:
                 raise UserBusy(f"user {user_id} is being updated by another job")
             time.sleep(POLL_SECONDS)
         if taken == 0:
             yield None
             return
-        others = [UserUpdate.from_dict(json.loads(raw)) for raw in taken[0]]
-        memory = taken[2].decode() if taken[2] is not None else None
-        hold = Hold(self, source, user_id, hint, token, others, taken[1], memory_key, memory)
+        others_json, claimed, memory_raw = taken
+        others = [UserUpdate.from_dict(json.loads(raw)) for raw in others_json]
+        memory = memory_raw.decode() if memory_raw is not None else None
+        hold = Hold(self, source, user_id, hint, token, others, claimed, memory_key, memory)
         try:
             yield hold
         finally:
             if not hold.released:
-                self._release(keys=[self.keys.user_lock(source, user_id)], args=[token])
+                self._run_release(lock=lock, token=token)
+
+    # One wrapper per script, its parameters in the order of the script's header: KEYS, then ARGV.
+
+    def _run_claim(
+        self, *, lock: str, last_written: str, token: str, lease_ms: int, lww_ttl: int, pairs: list[tuple[str, int]]
+    ) -> list[bytes] | None:
+        """`pairs`: (attribute, event_time)."""
+        return self._claim_script(
+            keys=[lock, last_written], args=[token, lease_ms, lww_ttl, *(x for pair in pairs for x in pair)]
+        )
+
+    def _run_release(self, *, lock: str, token: str) -> int:
+        return int(self._release_script(keys=[lock], args=[token]))
+
+    def _run_park(self, *, parked: str, outcome_keys: list[str], updates: list[tuple[str, str]]) -> int:
+        """`outcome_keys`, `updates` ((event_id, update_json)): one per update."""
+        return int(self._park_script(keys=[parked, *outcome_keys], args=[x for pair in updates for x in pair]))
+
+    def _run_begin(
+        self,
+        *,
+        parked: str,
+        lock: str,
+        outcome_key: str,
+        last_written: str,
+        memory_key: str,
+        token: str,
+        lease_ms: int,
+        event_id: str,
+        update_json: str,
+        outcome_prefix: str,
+        lww_ttl: int,
+        read_memory: str,
+        pairs: list[tuple[str, int]],
+    ) -> Any:
+        """`pairs`: the update's (attribute, event_time)."""
+        return self._begin_script(
+            keys=[parked, lock, outcome_key, last_written, memory_key],
+            args=[
+                *(token, lease_ms, event_id, update_json, outcome_prefix, lww_ttl, read_memory),
+                *(x for pair in pairs for x in pair),
+            ],
+        )
 
 
 def _dumps(update: UserUpdate) -> str:

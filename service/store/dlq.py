@@ -19,49 +19,81 @@ from service.core.dead_letter import DlqFilter
 from service.store import keys
 
 # Lua shared by every script that touches the DLQ. `dlq` is a table of a destination's four DLQ
-# keys (Keys.dlq): one dead-letter queue per destination.
+# keys (Keys.dlq): {items, index, reasons, dropped}; one dead-letter queue per destination.
 DLQ_LUA = """
 local function dlq_remove(dlq, id)
-    local old = redis.call('HGET', dlq[1], id)
+    local items, index, reasons = dlq[1], dlq[2], dlq[3]
+    local old = redis.call('HGET', items, id)
     if not old then return nil end
-    redis.call('HDEL', dlq[1], id)
-    redis.call('ZREM', dlq[2], id)
+    redis.call('HDEL', items, id)
+    redis.call('ZREM', index, id)
     local reason = cjson.decode(old)['reason']
-    if redis.call('HINCRBY', dlq[3], reason, -1) <= 0 then redis.call('HDEL', dlq[3], reason) end
+    if redis.call('HINCRBY', reasons, reason, -1) <= 0 then redis.call('HDEL', reasons, reason) end
     return old
 end
 -- Retention: first what is older than the cutoff, then the oldest beyond max_items; counted.
 local function dlq_trim(dlq, max_items, cutoff)
+    local index, dropped_key = dlq[2], dlq[4]
     local dropped = 0
-    for _, id in ipairs(redis.call('ZRANGEBYSCORE', dlq[2], '-inf', '(' .. cutoff, 'LIMIT', 0, 1000)) do
+    for _, id in ipairs(redis.call('ZRANGEBYSCORE', index, '-inf', '(' .. cutoff, 'LIMIT', 0, 1000)) do
         dlq_remove(dlq, id)
         dropped = dropped + 1
     end
-    local excess = redis.call('ZCARD', dlq[2]) - tonumber(max_items)
+    local excess = redis.call('ZCARD', index) - tonumber(max_items)
     if excess > 0 then
-        for _, id in ipairs(redis.call('ZRANGE', dlq[2], 0, excess - 1)) do
+        for _, id in ipairs(redis.call('ZRANGE', index, 0, excess - 1)) do
             dlq_remove(dlq, id)
             dropped = dropped + 1
         end
     end
-    if dropped > 0 then redis.call('INCRBY', dlq[4], dropped) end
+    if dropped > 0 then redis.call('INCRBY', dropped_key, dropped) end
     return dropped
 end
 local function dlq_keep(dlq, id, item, reason, score, max_items, cutoff)
+    local items, index, reasons = dlq[1], dlq[2], dlq[3]
     dlq_remove(dlq, id)
-    redis.call('HSET', dlq[1], id, item)
-    redis.call('ZADD', dlq[2], score, id)
-    redis.call('HINCRBY', dlq[3], reason, 1)
+    redis.call('HSET', items, id, item)
+    redis.call('ZADD', index, score, id)
+    redis.call('HINCRBY', reasons, reason, 1)
     dlq_trim(dlq, max_items, cutoff)
 end
 """
 
-# KEYS: the four DLQ keys; ARGV: max_items, cutoff
-TRIM_SCRIPT = DLQ_LUA + "return dlq_trim({KEYS[1], KEYS[2], KEYS[3], KEYS[4]}, ARGV[1], ARGV[2])"
+# Retention: drop what is older than the cutoff, then the oldest beyond max_items.
+# KEYS: dlq_items, dlq_index, dlq_reasons, dlq_dropped (Keys.dlq)
+# ARGV: max_items, cutoff (Retention.args)
+# Returns: dropped (how many items were dropped now)
+TRIM_SCRIPT = (
+    DLQ_LUA
+    + """
+local dlq_items = KEYS[1]
+local dlq_index = KEYS[2]
+local dlq_reasons = KEYS[3]
+local dlq_dropped = KEYS[4]
+local max_items = ARGV[1]
+local cutoff = ARGV[2]
 
-# KEYS: the four DLQ keys, ledger; ARGV: id. Deleting an item does not change the ledger: the
-# event's outcome stays "dead_lettered"; it is only no longer kept.
-DELETE_SCRIPT = DLQ_LUA + "return dlq_remove({KEYS[1], KEYS[2], KEYS[3], KEYS[4]}, ARGV[1]) and 1 or 0"
+return dlq_trim({dlq_items, dlq_index, dlq_reasons, dlq_dropped}, max_items, cutoff)
+"""
+)
+
+# Delete an item. Deleting does not change the ledger: the event's outcome stays "dead_lettered";
+# it is only no longer kept.
+# KEYS: dlq_items, dlq_index, dlq_reasons, dlq_dropped (Keys.dlq)
+# ARGV: dlq_id
+# Returns: 1 (deleted) | 0 (no such item)
+DELETE_SCRIPT = (
+    DLQ_LUA
+    + """
+local dlq_items = KEYS[1]
+local dlq_index = KEYS[2]
+local dlq_reasons = KEYS[3]
+local dlq_dropped = KEYS[4]
+local dlq_id = ARGV[1]
+
+return dlq_remove({dlq_items, dlq_index, dlq_reasons, dlq_dropped}, dlq_id) and 1 or 0
+"""
+)
 
 
 @dataclass(frozen=True)
@@ -81,18 +113,19 @@ class DeadLetterQueue:
         self.retention = retention
         self.keys = destination_keys
         self._items, self._index, self._reasons, self._dropped = destination_keys.dlq
-        self._trim = redis.register_script(TRIM_SCRIPT)
-        self._delete = redis.register_script(DELETE_SCRIPT)
+        self._trim_script = redis.register_script(TRIM_SCRIPT)
+        self._delete_script = redis.register_script(DELETE_SCRIPT)
 
     def trim(self) -> int:
-        return int(self._trim(keys=self.keys.dlq, args=self.retention.args()))
+        max_items, cutoff = self.retention.args()
+        return self._run_trim(dlq=self.keys.dlq, max_items=max_items, cutoff=cutoff)
 
     def get(self, item_id: str) -> dict[str, Any] | None:
         raw = self.redis.hget(self._items, item_id)
         return json.loads(raw) if raw is not None else None
 
     def delete(self, item_id: str) -> bool:
-        return bool(self._delete(keys=[*self.keys.dlq, self.keys.ledger], args=[item_id]))
+        return self._run_delete(dlq=self.keys.dlq, dlq_id=item_id)
 
     def matching(
         self, flt: DlqFilter, *, offset: int = 0, limit: int | None = None
@@ -123,3 +156,13 @@ class DeadLetterQueue:
         reasons = {k.decode(): int(v) for k, v in self.redis.hgetall(self._reasons).items()}
         dropped = int(self.redis.get(self._dropped) or 0)
         return {"size": sum(reasons.values()), "by_reason": reasons, "dropped_by_retention": dropped}
+
+    # One wrapper per script, its parameters in the order of the script's header: KEYS, then ARGV.
+
+    def _run_trim(self, *, dlq: list[str], max_items: int, cutoff: float) -> int:
+        """`dlq`: dlq_items, dlq_index, dlq_reasons, dlq_dropped (Keys.dlq)."""
+        return int(self._trim_script(keys=dlq, args=[max_items, cutoff]))
+
+    def _run_delete(self, *, dlq: list[str], dlq_id: str) -> bool:
+        """`dlq`: dlq_items, dlq_index, dlq_reasons, dlq_dropped (Keys.dlq)."""
+        return bool(self._delete_script(keys=dlq, args=[dlq_id]))

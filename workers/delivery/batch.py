@@ -36,21 +36,32 @@ BATCH_SECONDS = 5.0
 # Jobs of a batch run on this many threads, so one's wait for Redis or the API overlaps another's work.
 BATCH_THREADS = 4
 
-# KEYS: queue, taken list, the finished job's key, the finished job's own batch list.
-# ARGV: rq job key prefix, the id of a job just handled ('' for none), '1' to take the next one.
-# A handled job is finished (its hash deleted, result not kept: result_ttl 0, as rq would) and no
-# longer held; jobs it held itself (rq re-queued it after its worker died) go back to the queue.
-# Then the next queued job is taken: returns its id and data (nil when none is taken).
+# Finish the job just handled, if any, and take the next queued job, if asked. A handled job is
+# finished (its hash deleted, result not kept: result_ttl 0, as rq would) and no longer held; jobs
+# it held itself (rq re-queued it after its worker died) go back to the queue.
+# KEYS: queue, taken (this batch's list), finished_job_key, finished_batch (the finished job's own
+#       batch list)
+# ARGV: job_key_prefix (rq's "rq:job:"), finished_id (the id of a job just handled, '' for none),
+#       take ('1' to take the next one)
+# Returns: nil (nothing taken) | {id, data} (the job taken and its rq hash's data, '' when gone)
 NEXT_SCRIPT = """
-if ARGV[2] ~= '' then
-    while redis.call('LMOVE', KEYS[4], KEYS[1], 'RIGHT', 'LEFT') do end
-    redis.call('DEL', KEYS[3])
-    redis.call('LREM', KEYS[2], 1, ARGV[2])
+local queue = KEYS[1]
+local taken = KEYS[2]
+local finished_job_key = KEYS[3]
+local finished_batch = KEYS[4]
+local job_key_prefix = ARGV[1]
+local finished_id = ARGV[2]
+local take = ARGV[3]
+
+if finished_id ~= '' then
+    while redis.call('LMOVE', finished_batch, queue, 'RIGHT', 'LEFT') do end
+    redis.call('DEL', finished_job_key)
+    redis.call('LREM', taken, 1, finished_id)
 end
-if ARGV[3] ~= '1' then return false end
-local id = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
+if take ~= '1' then return false end
+local id = redis.call('LMOVE', queue, taken, 'LEFT', 'RIGHT')
 if not id then return false end
-return {id, redis.call('HGET', ARGV[1] .. id, 'data') or ''}
+return {id, redis.call('HGET', job_key_prefix .. id, 'data') or ''}
 """
 
 
@@ -121,16 +132,37 @@ class _Batch:
         self.destination_keys = destination_keys
         self.queue_key = destination_keys.rq_queue_key(lane)
         self.taken_key = batch_key(destination_keys, carrier_id)
-        self._next = redis.register_script(NEXT_SCRIPT)
+        self._next_script = redis.register_script(NEXT_SCRIPT)
 
     def next(self, *, finished: str | None, take: bool) -> tuple[str, bytes | None] | None:
         """Finish the job just handled, if any, and take the next queued job, if asked: its id and data."""
-        job_keys = [keys.RQ_JOB_KEY_PREFIX + finished, batch_key(self.destination_keys, finished)] if finished else []
-        taken = self._next(
-            keys=[self.queue_key, self.taken_key, *(job_keys or [self.taken_key, self.taken_key])],
-            args=[keys.RQ_JOB_KEY_PREFIX, finished or "", "1" if take else "0"],
+        taken = self._run_next(
+            queue=self.queue_key,
+            taken=self.taken_key,
+            # keys are passed either way; unused without a finished job
+            finished_job_key=keys.RQ_JOB_KEY_PREFIX + finished if finished else self.taken_key,
+            finished_batch=batch_key(self.destination_keys, finished) if finished else self.taken_key,
+            job_key_prefix=keys.RQ_JOB_KEY_PREFIX,
+            finished_id=finished or "",
+            take="1" if take else "0",
         )
         return None if taken is None else (taken[0].decode(), taken[1] or None)
+
+    def _run_next(
+        self,
+        *,
+        queue: str,
+        taken: str,
+        finished_job_key: str,
+        finished_batch: str,
+        job_key_prefix: str,
+        finished_id: str,
+        take: str,
+    ) -> list[bytes] | None:
+        """NEXT_SCRIPT, its parameters in the order of its header: KEYS, then ARGV."""
+        return self._next_script(
+            keys=[queue, taken, finished_job_key, finished_batch], args=[job_key_prefix, finished_id, take]
+        )
 
     def run_one(self, job_id: str, data: bytes | None, run: Callable[[str, list[Any]], str]) -> str | None:
         """The job's outcome, or None when it went back to the queue instead."""
