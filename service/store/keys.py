@@ -36,7 +36,7 @@ def customer_map(source: str) -> str:
 
 
 def usercom_id(user_id: str) -> str:
-    """string: User.com's own id for our user id, learned from its answers (workers/usercom.py)."""
+    """string: User.com's own id for our user id, learned from its answers (service/destinations/usercom)."""
     return f"{PREFIX}:usercom-id:{user_id}"
 
 

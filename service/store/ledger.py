@@ -6,7 +6,7 @@ change together or not at all: received = delivered + coalesced + ignored + dead
 
 Accepting an event writes an rq job hash and pushes its id in the same script, the way rq's
 own unique-enqueue script does (rq.scripts.save_unique_job); the fields come from rq's
-`Job.to_dict()` (service.jobs), so workers read them as any rq job. One round trip instead of
+`Job.to_dict()` (service.store.jobs), so workers read them as any rq job. One round trip instead of
 rq's several keeps the webhook endpoint near the cost of a bare RPUSH.
 """
 

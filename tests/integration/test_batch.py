@@ -1,4 +1,4 @@
-"""One rq job runs the delivery jobs queued behind it (workers/batch.py): nothing lost when its
+"""One rq job runs the delivery jobs queued behind it (workers/delivery/batch.py): nothing lost when its
 worker dies, nothing run twice, throttling stops the taking."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The User.com destination: the calls of shared/seeds, over workers/http_api.py.
+"""The User.com destination: the calls of shared/seeds, over service/destinations/http_api.py.
 
 A user is updated by User.com's own id (`PUT /users/<id>/`, API version 2) once the relay knows
 it, else by our id (`PUT /users-by-id/<user_id>/`); a user User.com does not know yet is
