@@ -8,8 +8,6 @@ post webhooks, a signed curl example and where to see the result. Ctrl-C stops e
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import hmac
 import json
 import os
 import secrets
@@ -51,12 +49,6 @@ def sample_event() -> dict[str, Any]:
             }
         },
     }
-
-
-def stripe_signature(payload: bytes, secret: str, timestamp: int | None = None) -> str:
-    timestamp = int(time.time()) if timestamp is None else timestamp
-    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + payload, hashlib.sha256).hexdigest()
-    return f"t={timestamp},v1={digest}"
 
 
 def _wait_ready(url: str, children: list[subprocess.Popen[bytes]], timeout: float = 30.0) -> None:
@@ -132,7 +124,7 @@ def _print_banner(port: int, settings: Settings, data_dir: Path, sandbox: Sandbo
     payload = json.dumps(sample_event(), indent=2).encode()
     sample = data_dir / "sample-event.json"
     sample.write_bytes(payload)
-    secret = settings.stripe_webhook_secrets[0]
+    secret = settings.source_secrets("stripe")[0]
     endpoint = f"http://127.0.0.1:{port}/webhooks/stripe"
     relay = shlex.quote(str(Path(sys.executable).with_name("relay")))
     shown_secret = secret if secret == DEV_STRIPE_SECRET else "$STRIPE_WEBHOOK_SECRET"
@@ -162,6 +154,6 @@ def _print_banner(port: int, settings: Settings, data_dir: Path, sandbox: Sandbo
             f"    {sandbox.base_url}/users-by-id/{SAMPLE_USER}/",
         ]
     else:
-        lines.append(f"updates go to {settings.usercom_api_url} (your User.com account)")
+        lines.append(f"updates go to {settings.destination('usercom').api_url} (your User.com account)")
     lines += ["", "Ctrl-C stops everything.", ""]
     print("\n".join(lines), flush=True)
