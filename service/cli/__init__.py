@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from service.cli import dlq as dlq_cli
+from service.cli import trace as trace_cli
 from service.config import Settings, settings_or_exit
 from service.destinations.registry import NAMES as DESTINATIONS
 from service.ops.metrics_dir import use_metrics_dir
@@ -137,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     sign.add_argument("--source", default="stripe", choices=list(SOURCES))
     sign.set_defaults(func=cmd_sign)
     dlq_cli.add_parser(sub)
+    trace_cli.add_parser(sub)
     return parser
 
 

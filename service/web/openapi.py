@@ -78,6 +78,7 @@ def build_spec() -> dict[str, Any]:
         s.ReplayAnswer,
         s.BulkAnswer,
         s.Status,
+        s.UserTrace,
     ):
         spec.components.schema(schema.__name__, schema=schema)
     for source in SOURCES.values():
@@ -156,6 +157,20 @@ def build_spec() -> dict[str, Any]:
                         "202": _ok("queued for replay", "BulkAnswer"),
                         "400": _error("bad body (`invalid_request`)"),
                     },
+                }
+            )
+        },
+    )
+    user_id = {"in": "path", "name": "user_id", "required": True, "schema": {"type": "string"}}
+    spec.path(
+        path="/admin/users/{user_id}/trace",
+        operations={
+            "get": _admin(
+                {
+                    "summary": "A user's latest deliveries and dead letters at a destination, newest first "
+                    "(RELAY_TRACE_PER_USER, RELAY_TRACE_TTL_DAYS)",
+                    "parameters": [user_id],
+                    "responses": {"200": _ok("the trace (empty when none is kept)", "UserTrace")},
                 }
             )
         },
