@@ -101,6 +101,8 @@ def replay_one(item_id: str) -> tuple[dict[str, Any], int]:
 def replay_bulk() -> tuple[dict[str, Any], int]:
     schema = DlqBulkRequest()
     body = _load(schema, _json_object())
+    if not body["all"] and not any(body.get(name) for name in ("reason", "event_type", "user_id", "since", "until")):
+        raise InvalidRequest('give at least one filter, or {"all": true} to replay every item')
     result = _operator().replay_matching(schema.to_filter(body), dry_run=body["dry_run"], limit=body.get("limit"))
     return result, 200 if body["dry_run"] else 202
 

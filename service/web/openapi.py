@@ -100,6 +100,9 @@ def build_spec() -> dict[str, Any]:
         ),
         ("/openapi.json", "This document", {"200": _ok("OpenAPI 3", None)}),
     ]
+    ops.append(("/", "Where to go: the console, /status, /metrics, /openapi.json", {"200": _ok("links", None)}))
+    ops.append(("/console", "The operator's console (HTML; signs in with the admin token)", {"200": _ok("HTML", None)}))
+    ops.append(("/console/{name}", "The console's static files (JS, CSS)", {"200": _ok("the file", None)}))
     for path, summary, responses in ops:
         spec.path(path=path, operations={"get": {"tags": ["ops"], "summary": summary, "responses": responses}})
     spec.path(
@@ -155,7 +158,7 @@ def build_spec() -> dict[str, Any]:
                     "responses": {
                         "200": _ok("dry run", "BulkAnswer"),
                         "202": _ok("queued for replay", "BulkAnswer"),
-                        "400": _error("bad body (`invalid_request`)"),
+                        "400": _error("bad body, or neither a filter nor `all: true` (`invalid_request`)"),
                     },
                 }
             )

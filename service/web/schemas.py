@@ -69,6 +69,9 @@ class DlqListQuery(DlqFilterSchema):
 
 
 class DlqBulkRequest(DlqFilterSchema):
+    """At least one filter, or `all: true`: an empty body never replays the whole queue."""
+
+    all = fields.Boolean(load_default=False, metadata={"description": "every item (required when no filter is given)"})
     dry_run = fields.Boolean(load_default=False, metadata={"description": "only count what would be affected"})
     limit = fields.Integer(validate=validate.Range(min=1), metadata={"description": "at most this many, oldest first"})
 
