@@ -103,8 +103,10 @@ def build_spec() -> dict[str, Any]:
     ops.append(("/", "Where to go: the console, /status, /metrics, /openapi.json", {"200": _ok("links", None)}))
     ops.append(("/console", "The operator's console (HTML; signs in with the admin token)", {"200": _ok("HTML", None)}))
     ops.append(("/console/{name}", "The console's static files (JS, CSS)", {"200": _ok("the file", None)}))
+    name = [{"in": "path", "name": "name", "required": True, "schema": {"type": "string"}}]
     for path, summary, responses in ops:
-        spec.path(path=path, operations={"get": {"tags": ["ops"], "summary": summary, "responses": responses}})
+        operation = {"tags": ["ops"], "summary": summary, "responses": responses}
+        spec.path(path=path, operations={"get": {**operation, **({"parameters": name} if "{name}" in path else {})}})
     spec.path(
         path="/admin/dlq",
         operations={
