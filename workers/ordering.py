@@ -30,6 +30,7 @@ from service.core.update import UserUpdate
 from service.store import keys
 from service.store.ledger import Settled, Store
 from service.store.ordering_scripts import BEGIN_SCRIPT, CLAIM_SCRIPT, PARK_SCRIPT, RELEASE_SCRIPT
+from service.store.trace import TraceEntry
 
 LEASE_MS = 60_000  # longer than one job's User.com calls with their timeouts
 WAIT_FOR_LEASE_SECONDS = 2.0  # then the job is put back instead of holding the worker
@@ -95,14 +96,15 @@ class Hold:
         outcomes: list[tuple[UserUpdate, str]],
         memory: str | None = None,
         slots: list[str] | None = None,
+        trace: TraceEntry | None = None,
     ) -> list[Settled]:
         """Count the outcomes (Store.settle), end the lease, keep the destination's new memory of
-        the user (None: unchanged, '': forget) and release the call slots held, in one step."""
+        the user (None: unchanged, '': forget), release the call slots held and trace, in one step."""
         lease = self._ordering.keys.user_lock(self._source, self._user_id), self._token
         keep = None
         if memory is not None and self._memory_key is not None and memory != self.memory:
             keep = (self._memory_key, memory, self._ordering.memory_ttl)
-        settled = store.settle(outcomes, lease, keep, slots)
+        settled = store.settle(outcomes, lease, keep, slots, trace)
         self.released = True
         if slots:
             slots.clear()

@@ -9,9 +9,11 @@ import time
 from pathlib import Path
 
 from service.cli import dlq as dlq_cli
+from service.cli import trace as trace_cli
 from service.config import Settings, settings_or_exit
 from service.destinations.registry import NAMES as DESTINATIONS
 from service.ops.metrics_dir import use_metrics_dir
+from service.ops.status import version
 from service.sources.registry import SOURCES
 
 APP_TARGET = "service:create_app()"
@@ -112,6 +114,7 @@ def _positive(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="relay", description="Billing webhooks in, CRM user updates out.")
+    parser.add_argument("--version", action="version", version=f"relay {version()}", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True)
     dev = sub.add_parser("dev", help="run everything locally: Redis, web, worker and a User.com sandbox")
     dev.add_argument("--port", type=int, default=8000, help="web port (default 8000)")
@@ -129,14 +132,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.set_defaults(func=cmd_worker)
     check = sub.add_parser("check-config", help="validate the environment and the mapping, then exit")
-    check.add_argument("--role", choices=["web", "worker", "all"], default="all")
+    check.add_argument("--role", choices=["web", "worker", "all"], default="all", help="which process (default all)")
     check.set_defaults(func=cmd_check_config)
     sign = sub.add_parser("sign", help="print the signature header(s) for a payload file (Stripe's by default)")
-    sign.add_argument("file")
+    sign.add_argument("file", help="the payload file (JSON) to sign")
     sign.add_argument("--secret", required=True, help="the source's signing secret (Stripe: whsec_...)")
-    sign.add_argument("--source", default="stripe", choices=list(SOURCES))
+    sign.add_argument("--source", default="stripe", choices=list(SOURCES), help="whose signature (default stripe)")
     sign.set_defaults(func=cmd_sign)
     dlq_cli.add_parser(sub)
+    trace_cli.add_parser(sub)
     return parser
 
 

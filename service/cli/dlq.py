@@ -19,7 +19,7 @@ from service.store.ledger import Store
 from service.web.schemas import DlqFilterSchema
 
 COLUMNS = [
-    ("id", 34),
+    ("id", 0),  # as wide as the longest id: an id is never cut
     ("reason", 19),
     ("event_type", 30),
     ("user", 18),
@@ -38,23 +38,23 @@ def add_parser(sub: Any) -> None:
     commands = dlq.add_subparsers(dest="dlq_command", required=True)
 
     def filters(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--reason")
-        parser.add_argument("--event-type")
-        parser.add_argument("--user", dest="user_id")
+        parser.add_argument("--reason", help="only items dead-lettered for this reason, e.g. retries_exhausted")
+        parser.add_argument("--event-type", help="only items of this event type, e.g. invoice.paid")
+        parser.add_argument("--user", dest="user_id", help="only items for this user id")
         parser.add_argument("--since", help="ISO 8601 time of last failure, e.g. 2026-01-31T00:00:00Z")
         parser.add_argument("--until", help="ISO 8601 time of last failure")
-        parser.add_argument("--json", action="store_true", help="machine-readable output")
+        parser.add_argument("--json", action="store_true", help="machine-readable output (one line of JSON)")
 
     listing = commands.add_parser("list", help="items, oldest failure first")
     filters(listing)
-    listing.add_argument("--limit", type=int, default=50)
-    listing.add_argument("--offset", type=int, default=0)
-    show = commands.add_parser("show", help="one item in full")
-    show.add_argument("id")
-    show.add_argument("--json", action="store_true")
+    listing.add_argument("--limit", type=int, default=50, help="at most this many items (default 50)")
+    listing.add_argument("--offset", type=int, default=0, help="skip this many matching items first (default 0)")
+    show = commands.add_parser("show", help="one item in full (indented JSON)")
+    show.add_argument("id", help="the item's id, as `relay dlq list` prints it")
+    show.add_argument("--json", action="store_true", help="compact JSON on one line (default: indented)")
     for name, verb in (("replay", "replay on the replay lane"), ("purge", "delete")):
         command = commands.add_parser(name, help=f"{verb}: one item, or every item matching --all and filters")
-        command.add_argument("id", nargs="?")
+        command.add_argument("id", nargs="?", help="one item's id (or --all)")
         command.add_argument("--all", action="store_true", help="every item matching the filters")
         command.add_argument("--dry-run", action="store_true", help="only count")
         filters(command)
@@ -88,9 +88,9 @@ def table(items: list[dict[str, Any]]) -> str:
         ]
 
     rows = [[name.upper() for name, _ in COLUMNS], *(cells(i) for i in items)]
+    widths = [width or max(len(row[n]) for row in rows) for n, (_, width) in enumerate(COLUMNS)]
     return "\n".join(
-        "  ".join(text[:width].ljust(width) for text, (_, width) in zip(row, COLUMNS, strict=True)).rstrip()
-        for row in rows
+        "  ".join(text[:width].ljust(width) for text, width in zip(row, widths, strict=True)).rstrip() for row in rows
     )
 
 

@@ -66,6 +66,8 @@ class Settings:
     metrics_port: int = DEFAULT_METRICS_PORT
     dlq_max_items: int = DEFAULT_DLQ_MAX_ITEMS
     dlq_ttl_days: int = DEFAULT_DLQ_TTL_DAYS
+    trace_per_user: int = 20  # per-user trace entries kept per destination (0: off); service/store/trace.py
+    trace_ttl_days: int = 7
     metrics_dir: str = ""  # PROMETHEUS_MULTIPROC_DIR; `relay web` / `relay worker` pick one when unset
 
     @property
@@ -125,6 +127,8 @@ class Settings:
             dlq_max_items=reader.integer("RELAY_DLQ_MAX_ITEMS", DEFAULT_DLQ_MAX_ITEMS, minimum=1),
             dlq_ttl_days=reader.integer("RELAY_DLQ_TTL_DAYS", DEFAULT_DLQ_TTL_DAYS, minimum=1),
             metrics_dir=reader.text("PROMETHEUS_MULTIPROC_DIR", ""),
+            trace_per_user=reader.integer("RELAY_TRACE_PER_USER", 20, minimum=0),
+            trace_ttl_days=reader.integer("RELAY_TRACE_TTL_DAYS", 7, minimum=1),
         )
         for name, port in (("PORT", settings.port), ("RELAY_METRICS_PORT", settings.metrics_port)):
             if port > 65535:

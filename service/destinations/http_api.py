@@ -73,6 +73,7 @@ class HttpApi:
         self._requests, self._seconds = requests, seconds
         self._limiter = limiter
         self._explain = explain  # error body -> a short reason for the message (and the DLQ)
+        self.last_call: tuple[str, int] | None = None  # (endpoint, status) of the last answer, for the trace
 
     def call(
         self,
@@ -100,6 +101,7 @@ class HttpApi:
             finally:
                 self._seconds.labels(endpoint).observe(time.perf_counter() - started)
         status = response.status
+        self.last_call = (endpoint, status)
         self._requests.labels(endpoint, str(status)).inc()
         if 200 <= status < 300:
             return response.json() if response.data else {}

@@ -115,5 +115,9 @@ class Keys:
         """hash: attribute -> event time of the value last sent (last-writer-wins by event time)."""
         return f"{self.prefix}:lww:{source}:{user_id}"
 
+    def trace(self, user_id: str) -> str:
+        """list: the user's latest deliveries and dead letters here, newest first (service/store/trace.py)."""
+        return f"{PREFIX}:trace:{self.destination}:{user_id}"
+
 
 USERCOM = Keys(UNPREFIXED_DESTINATION)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from redis import Redis
@@ -24,6 +24,8 @@ from service.core.update import UserUpdate
 from service.store import keys
 from service.store.dlq import DeadLetterQueue, Retention
 from service.store.jobs import JobWriter, job_id_for
+from service.store.ledger_counts import Settled
+from service.store.ledger_counts import ledger_from as ledger_from
 from service.store.ledger_scripts import (
     ACCEPT_JOB_SCRIPT,
     DEAD_LETTER_SCRIPT,
@@ -34,30 +36,10 @@ from service.store.ledger_scripts import (
     AcceptJobFanOut,
     RejectFanOut,
 )
+from service.store.trace import TraceEntry, TracePolicy, dead_letter_entry, trace_args
 
 if TYPE_CHECKING:
     from service.config import Settings
-
-LEDGER_FIELDS = ("received", "delivered", "coalesced", "ignored", "dead_lettered")
-
-
-def ledger_from(raw: dict[bytes, bytes]) -> dict[str, int]:
-    """The ledger hash as read from Redis -> counts, with in flight = received - everything settled."""
-    counts = {name.decode(): int(value) for name, value in raw.items()}
-    ledger = {name: counts.get(name, 0) for name in LEDGER_FIELDS}
-    ledger["in_flight"] = ledger["received"] - sum(ledger[name] for name in LEDGER_FIELDS if name != "received")
-    ledger["duplicates"] = counts.get("duplicates", 0)
-    ledger["replayed"] = counts.get("replayed", 0)
-    return ledger
-
-
-@dataclass(frozen=True)
-class Settled:
-    counted: bool  # False: this event's outcome was counted before (a job that ran twice)
-    accepted_at: float | None  # when the event was accepted (or replayed), if still tracked
-
-    def __bool__(self) -> bool:
-        return self.counted
 
 
 class Store:
@@ -74,8 +56,10 @@ class Store:
         retention: Retention,
         destination_keys: keys.Keys,
         fan_out: tuple[keys.Keys, ...],
+        trace: TracePolicy | None = None,
     ) -> None:
         self.redis = redis
+        self.trace = trace or TracePolicy()
         self.dedup_ttl = dedup_ttl
         self.retention = retention
         self.keys = destination_keys
@@ -96,9 +80,9 @@ class Store:
         retention = Retention(max_items=settings.dlq_max_items, ttl_seconds=settings.dlq_ttl_days * 24 * 3600)
         fan_out = tuple(keys.Keys(name) for name in settings.destinations)
         own = keys.Keys(destination) if destination else fan_out[0]
-        return cls(
-            redis, dedup_ttl=settings.dedup_ttl_seconds, retention=retention, destination_keys=own, fan_out=fan_out
-        )
+        trace = TracePolicy(settings.trace_per_user, settings.trace_ttl_days * 24 * 3600)
+        dedup_ttl = settings.dedup_ttl_seconds
+        return cls(redis, dedup_ttl=dedup_ttl, retention=retention, destination_keys=own, fan_out=fan_out, trace=trace)
 
     def for_destination(self, destination: str) -> Store:
         return Store(
@@ -107,6 +91,7 @@ class Store:
             retention=self.retention,
             destination_keys=keys.Keys(destination),
             fan_out=self.fan_out,
+            trace=self.trace,
         )
 
     def dlq(self) -> DeadLetterQueue:
@@ -182,12 +167,14 @@ class Store:
         lease: tuple[str, str] | None = None,
         memory: tuple[str, str, int] | None = None,
         slots: list[str] | None = None,
+        trace: TraceEntry | None = None,
     ) -> list[Settled]:
         """Count each update's outcome ('delivered'; 'coalesced': merged into a delivered update or
         superseded by newer values; 'ignored': nothing in it for the destination), end the lease
         (lock key, token), keep what the destination learned (key, value ('' to forget), ttl) and
-        release the delivery's call slots (RateLimiter.released_later), if given, in one step."""
+        release the delivery's call slots (RateLimiter.released_later) and trace it, in one step."""
         lock, token = lease or ("", "")
+        trace_key, trace_entry = trace_args(self.trace, self.keys, trace)
         memory_key, value, memory_ttl = memory or ("", "", 0)
         answer = self._run_settle(
             ledger=self.keys.ledger,
@@ -197,6 +184,7 @@ class Store:
             lock=lock or self.keys.ledger,  # keys are passed either way; unused without a token or memory
             memory_key=memory_key or self.keys.ledger,
             limiter_in_flight=self.keys.limiter_in_flight,
+            trace_key=trace_key or self.keys.ledger,
             outcome_keys=[self.keys.outcome(u.source, u.event_id) for u, _ in outcomes],
             outcome_ttl=self.dedup_ttl,
             now=time.time(),
@@ -204,6 +192,9 @@ class Store:
             memory_change="" if memory is None else (f"set:{value}" if value else "del"),
             memory_ttl=memory_ttl,
             slots=" ".join(slots or []),
+            trace_entry=trace_entry,
+            trace_keep=self.trace.per_user,
+            trace_ttl=self.trace.ttl_seconds,
             outcomes=[(outcome, keys.pending_member(u.source, u.event_id)) for u, outcome in outcomes],
         )
         return [Settled(bool(counted), float(accepted) if accepted else None) for counted, accepted in answer]
@@ -212,12 +203,14 @@ class Store:
         item = replace(item, destination=self.keys.destination)
         event_id = item.event_id or item.id
         max_items, cutoff = self.retention.args()
+        trace_key, trace_entry = trace_args(self.trace, self.keys, dead_letter_entry(item, event_id))
         counted, accepted = self._run_dead_letter(
             outcome_key=self.keys.outcome(item.source, event_id),
             ledger=self.keys.ledger,
             pending_live=self.keys.pending(keys.LIVE),
             pending_replay=self.keys.pending(keys.REPLAY),
             dlq=self.keys.dlq,
+            trace_key=trace_key or self.keys.ledger,
             outcome_ttl=self.dedup_ttl,
             member=keys.pending_member(item.source, event_id),
             dlq_id=item.id,
@@ -226,6 +219,9 @@ class Store:
             now=time.time(),
             max_items=max_items,
             cutoff=cutoff,
+            trace_entry=trace_entry,
+            trace_keep=self.trace.per_user,
+            trace_ttl=self.trace.ttl_seconds,
         )
         return Settled(bool(counted), float(accepted) if accepted else None)
 
@@ -315,6 +311,7 @@ class Store:
         pending_live: str,
         pending_replay: str,
         dlq: list[str],  # dlq_items, dlq_index, dlq_reasons, dlq_dropped
+        trace_key: str,
         outcome_ttl: int,
         member: str,
         dlq_id: str,
@@ -323,10 +320,16 @@ class Store:
         now: float,
         max_items: int,
         cutoff: float,
+        trace_entry: str,
+        trace_keep: int,
+        trace_ttl: int,
     ) -> list[Any]:
         return self._dead_letter_script(
-            keys=[outcome_key, ledger, pending_live, pending_replay, *dlq],
-            args=[outcome_ttl, member, dlq_id, item, reason, now, max_items, cutoff],
+            keys=[outcome_key, ledger, pending_live, pending_replay, *dlq, trace_key],
+            args=[
+                *(outcome_ttl, member, dlq_id, item, reason, now, max_items, cutoff),
+                *(trace_entry, trace_keep, trace_ttl),
+            ],
         )
 
     def _run_settle(
@@ -339,6 +342,7 @@ class Store:
         lock: str,
         memory_key: str,
         limiter_in_flight: str,
+        trace_key: str,
         outcome_keys: list[str],  # per event
         outcome_ttl: int,
         now: float,
@@ -346,6 +350,9 @@ class Store:
         memory_change: str,
         memory_ttl: int,
         slots: str,
+        trace_entry: str,
+        trace_keep: int,
+        trace_ttl: int,
         outcomes: list[tuple[str, str]],  # per event: outcome, member
     ) -> list[Any]:
         return self._settle_script(
@@ -357,10 +364,11 @@ class Store:
                 lock,
                 memory_key,
                 limiter_in_flight,
+                trace_key,
                 *outcome_keys,
             ],
             args=[
-                *(outcome_ttl, now, token, memory_change, memory_ttl, slots),
+                *(outcome_ttl, now, token, memory_change, memory_ttl, slots, trace_entry, trace_keep, trace_ttl),
                 *(arg for outcome_and_member in outcomes for arg in outcome_and_member),
             ],
         )

@@ -28,6 +28,17 @@ local function count_outcome(outcome_key, ledger_key, outcome, ttl, member, pend
 end
 """
 
+# Keep a user's trace entry (service/store/trace.py): newest first, the newest `keep` of them, for
+# `ttl` seconds after the last one. Nothing when the entry is '' (tracing off, or no user).
+_TRACE_LUA = """
+local function trace_push(trace_key, entry, keep, ttl)
+    if entry == '' then return end
+    redis.call('LPUSH', trace_key, entry)
+    redis.call('LTRIM', trace_key, 0, tonumber(keep) - 1)
+    redis.call('EXPIRE', trace_key, ttl)
+end
+"""
+
 # Write an rq job hash and queue it. JOB_FIELDS, filled in per lane by JobWriter, are the
 # fields every delivery job shares, taken from rq; the rest are per job.
 _JOB_LUA = """
@@ -168,14 +179,17 @@ return first_seen and 1 or 0
 """
 )
 
-# Count an event as dead-lettered and keep its item, together.
-# KEYS: outcome_key, ledger, pending_live, pending_replay, dlq_items, dlq_index, dlq_reasons, dlq_dropped
-# ARGV: outcome_ttl, member (of pending), dlq_id, item (its JSON), reason, now, max_items, cutoff
+# Count an event as dead-lettered and keep its item (and the user's trace entry), together.
+# KEYS: outcome_key, ledger, pending_live, pending_replay, dlq_items, dlq_index, dlq_reasons, dlq_dropped,
+#       trace_key (relay:trace:<destination>:<user id>)
+# ARGV: outcome_ttl, member (of pending), dlq_id, item (its JSON), reason, now, max_items, cutoff,
+#       trace_entry (its JSON, '' for none), trace_keep, trace_ttl
 # Returns: {counted: 1 (counted now) | 0 (already counted: a re-run job),
 #           accepted_at: when the event was accepted, as a string ('' when no longer pending)}
 DEAD_LETTER_SCRIPT = (
     DLQ_LUA
     + _OUTCOME_LUA
+    + _TRACE_LUA
     + """
 local outcome_key = KEYS[1]
 local ledger = KEYS[2]
@@ -185,6 +199,7 @@ local dlq_items = KEYS[5]
 local dlq_index = KEYS[6]
 local dlq_reasons = KEYS[7]
 local dlq_dropped = KEYS[8]
+local trace_key = KEYS[9]
 local outcome_ttl = ARGV[1]
 local member = ARGV[2]
 local dlq_id = ARGV[3]
@@ -193,6 +208,9 @@ local reason = ARGV[5]
 local now = ARGV[6]
 local max_items = ARGV[7]
 local cutoff = ARGV[8]
+local trace_entry = ARGV[9]
+local trace_keep = ARGV[10]
+local trace_ttl = ARGV[11]
 
 local pending_keys = {pending_live, pending_replay}
 local result = count_outcome(outcome_key, ledger, 'dead_lettered', outcome_ttl, member, pending_keys)
@@ -200,6 +218,7 @@ if result[1] == 1 then
     -- kept only with its count: an event already settled (e.g. delivered, then its job failed
     -- inside rq) is not dead-lettered too, so the queue and the ledger never disagree
     dlq_keep({dlq_items, dlq_index, dlq_reasons, dlq_dropped}, dlq_id, item, reason, now, max_items, cutoff)
+    trace_push(trace_key, trace_entry, trace_keep, trace_ttl)
 end
 return result
 """
@@ -207,21 +226,23 @@ return result
 
 # Count the outcomes of one delivery (the update sent and those merged into it, or the updates
 # found to carry nothing), end the user's lease, keep what the destination learned and release the
-# delivery's rate-limit slots, in one step.
+# delivery's rate-limit slots, and keep the user's trace entry of the delivery, in one step.
 # KEYS: ledger, last_delivery, pending_live, pending_replay, lock, memory_key, limiter_in_flight,
-#       then per event: outcome_key
+#       trace_key (relay:trace:<destination>:<user id>), then per event: outcome_key
 # ARGV: outcome_ttl, now, token (of the lease; '' when no lease is held),
 #       memory_change ('' to leave the memory, else 'set:<value>' or 'del'), memory_ttl,
 #       slots (the call slots to release, space-separated tokens),
+#       trace_entry (its JSON, '' for none), trace_keep, trace_ttl,
 #       then per event: outcome, member (of pending)
 # Returns: per event {counted: 1 (counted now) | 0 (already counted),
 #                     accepted_at: when the event was accepted, as a string ('' when no longer pending)}
 SETTLE_SCRIPT = (
     _OUTCOME_LUA
     + _GROUPS_LUA
+    + _TRACE_LUA
     + """
-local FIXED_KEYS, EVENT_KEYS = 7, 1
-local FIXED_ARGS, EVENT_ARGS = 6, 2
+local FIXED_KEYS, EVENT_KEYS = 8, 1
+local FIXED_ARGS, EVENT_ARGS = 9, 2
 local ledger = KEYS[1]
 local last_delivery = KEYS[2]
 local pending_live = KEYS[3]
@@ -229,12 +250,16 @@ local pending_replay = KEYS[4]
 local lock = KEYS[5]
 local memory_key = KEYS[6]
 local limiter_in_flight = KEYS[7]
+local trace_key = KEYS[8]
 local outcome_ttl = ARGV[1]
 local now = ARGV[2]
 local token = ARGV[3]
 local memory_change = ARGV[4]
 local memory_ttl = ARGV[5]
 local slots = ARGV[6]
+local trace_entry = ARGV[7]
+local trace_keep = ARGV[8]
+local trace_ttl = ARGV[9]
 
 for slot in string.gmatch(slots, '%S+') do redis.call('ZREM', limiter_in_flight, slot) end
 local pending_keys = {pending_live, pending_replay}
@@ -251,6 +276,7 @@ if memory_change == 'del' then
 elseif memory_change ~= '' then
     redis.call('SET', memory_key, string.sub(memory_change, 5), 'EX', memory_ttl)
 end
+trace_push(trace_key, trace_entry, trace_keep, trace_ttl)
 return result
 """
 )

@@ -14,6 +14,7 @@ from flask import Blueprint, Response, current_app, request
 
 from service.core.errors import AdminDisabled, Conflict, InvalidRequest, NotFound, Unauthorized, load_request
 from service.operator import GONE, NOT_MAPPED, REPLAYED, STILL_INVALID, Operator
+from service.store.trace import read_trace
 from service.web.schemas import DlqBulkRequest, DlqFilterSchema, DlqListQuery
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
@@ -100,5 +101,15 @@ def replay_one(item_id: str) -> tuple[dict[str, Any], int]:
 def replay_bulk() -> tuple[dict[str, Any], int]:
     schema = DlqBulkRequest()
     body = _load(schema, _json_object())
+    if not body["all"] and not any(body.get(name) for name in ("reason", "event_type", "user_id", "since", "until")):
+        raise InvalidRequest('give at least one filter, or {"all": true} to replay every item')
     result = _operator().replay_matching(schema.to_filter(body), dry_run=body["dry_run"], limit=body.get("limit"))
     return result, 200 if body["dry_run"] else 202
+
+
+@bp.get("/users/<user_id>/trace")
+def user_trace(user_id: str) -> dict[str, Any]:
+    """The user's latest deliveries and dead letters at the destination, newest first."""
+    store = _operator().store
+    entries = read_trace(store.redis, store.keys, user_id)
+    return {"user_id": user_id, "destination": store.keys.destination, "entries": entries}

@@ -11,7 +11,7 @@ from service.operator import Operator
 from service.sources.registry import build_source
 from service.store.connection import web_redis
 from service.store.ledger import Store
-from service.web import admin, errors, ops, webhooks
+from service.web import admin, console_app, errors, ops, webhooks
 from service.web.openapi import build_spec
 
 
@@ -33,7 +33,7 @@ def build_app(settings: Settings | None = None, *, redis: Redis | None = None) -
     app.extensions["relay.admin_token"] = settings.admin_token
     app.extensions["relay.settings"] = settings
     app.extensions["relay.openapi"] = build_spec()
-    for blueprint in (webhooks.bp, ops.bp, admin.bp):
+    for blueprint in (webhooks.bp, ops.bp, admin.bp, console_app.bp):
         app.register_blueprint(blueprint)
     errors.register(app)
     return app

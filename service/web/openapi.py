@@ -78,6 +78,7 @@ def build_spec() -> dict[str, Any]:
         s.ReplayAnswer,
         s.BulkAnswer,
         s.Status,
+        s.UserTrace,
     ):
         spec.components.schema(schema.__name__, schema=schema)
     for source in SOURCES.values():
@@ -99,8 +100,13 @@ def build_spec() -> dict[str, Any]:
         ),
         ("/openapi.json", "This document", {"200": _ok("OpenAPI 3", None)}),
     ]
+    ops.append(("/", "Where to go: the console, /status, /metrics, /openapi.json", {"200": _ok("links", None)}))
+    ops.append(("/console", "The operator's console (HTML; signs in with the admin token)", {"200": _ok("HTML", None)}))
+    ops.append(("/console/{name}", "The console's static files (JS, CSS)", {"200": _ok("the file", None)}))
+    name = [{"in": "path", "name": "name", "required": True, "schema": {"type": "string"}}]
     for path, summary, responses in ops:
-        spec.path(path=path, operations={"get": {"tags": ["ops"], "summary": summary, "responses": responses}})
+        operation = {"tags": ["ops"], "summary": summary, "responses": responses}
+        spec.path(path=path, operations={"get": {**operation, **({"parameters": name} if "{name}" in path else {})}})
     spec.path(
         path="/admin/dlq",
         operations={
@@ -154,8 +160,22 @@ def build_spec() -> dict[str, Any]:
                     "responses": {
                         "200": _ok("dry run", "BulkAnswer"),
                         "202": _ok("queued for replay", "BulkAnswer"),
-                        "400": _error("bad body (`invalid_request`)"),
+                        "400": _error("bad body, or neither a filter nor `all: true` (`invalid_request`)"),
                     },
+                }
+            )
+        },
+    )
+    user_id = {"in": "path", "name": "user_id", "required": True, "schema": {"type": "string"}}
+    spec.path(
+        path="/admin/users/{user_id}/trace",
+        operations={
+            "get": _admin(
+                {
+                    "summary": "A user's latest deliveries and dead letters at a destination, newest first "
+                    "(RELAY_TRACE_PER_USER, RELAY_TRACE_TTL_DAYS)",
+                    "parameters": [user_id],
+                    "responses": {"200": _ok("the trace (empty when none is kept)", "UserTrace")},
                 }
             )
         },

@@ -69,6 +69,9 @@ class DlqListQuery(DlqFilterSchema):
 
 
 class DlqBulkRequest(DlqFilterSchema):
+    """At least one filter, or `all: true`: an empty body never replays the whole queue."""
+
+    all = fields.Boolean(load_default=False, metadata={"description": "every item (required when no filter is given)"})
     dry_run = fields.Boolean(load_default=False, metadata={"description": "only count what would be affected"})
     limit = fields.Integer(validate=validate.Range(min=1), metadata={"description": "at most this many, oldest first"})
 
@@ -134,3 +137,25 @@ class Status(Schema):
     version = fields.String(required=True)
     time = fields.Float(required=True)
     destinations = fields.Dict(keys=fields.String(), values=fields.Nested(DestinationStatus))
+
+
+class TraceEntry(Schema):
+    kind = fields.String(required=True, validate=validate.OneOf(["delivery", "dead_letter"]))
+    at = fields.Float(required=True, metadata={"description": "epoch seconds"})
+    destination = fields.String(required=True)
+    user_id = fields.String(required=True)
+    event_ids = fields.List(fields.String(), metadata={"description": "the events merged into this delivery"})
+    endpoint = fields.String(allow_none=True, metadata={"description": "last call, e.g. PUT /users/:id/"})
+    status = fields.Integer(allow_none=True, metadata={"description": "its HTTP status"})
+    attributes = fields.Dict(metadata={"description": "attributes sent (long values cut)"})
+    attributes_left_out = fields.Integer(metadata={"description": "attributes left out to keep the entry small"})
+    tags = fields.List(fields.String())
+    dropped = fields.List(fields.Dict(), metadata={"description": "values dropped by a rule: {name, reason}"})
+    dead_letter_id = fields.String(metadata={"description": "dead letters: the item's id"})
+    reason = fields.String(metadata={"description": "dead letters: why"})
+
+
+class UserTrace(Schema):
+    user_id = fields.String(required=True)
+    destination = fields.String(required=True)
+    entries = fields.List(fields.Nested(TraceEntry), required=True, metadata={"description": "newest first"})

@@ -25,6 +25,7 @@ from service.core.update import UserUpdate
 from service.destinations.base import Rejected, Retryable
 from service.ops.metrics import DELIVERIES, DELIVERY_LATENCY
 from service.store import keys
+from service.store.trace import TraceEntry
 from workers.delivery.batch import return_taken, run_batch
 from workers.delivery.context import DeliveryContext, current, job_in_hand
 from workers.delivery.outcomes import dead_letter, fields, put_back, retry_or_give_up
@@ -153,7 +154,18 @@ def _send(
         hold.restore([update, *others])  # all wait for the next try; whatever is counted by then is skipped
         raise
     outcomes = [(update, "delivered"), *((item, "coalesced") for item in others)]
-    settled = hold.settle(ctx.store, outcomes, memory, slots)[0]
+    endpoint, status = getattr(ctx.client, "last_call", None) or (None, None)
+    trace = TraceEntry(
+        kind="delivery",
+        user_id=user_id,
+        destination=ctx.store.keys.destination,
+        endpoint=endpoint,
+        status=status,
+        attributes={**standard, **custom},
+        tags=merged.tags,
+        event_ids=[item.event_id for item in (update, *others)],
+    )
+    settled = hold.settle(ctx.store, outcomes, memory, slots, trace)[0]
     DELIVERIES.labels("delivered", lane, ctx.client.name).inc()
     if others:
         DELIVERIES.labels("coalesced", lane, ctx.client.name).inc(len(others))

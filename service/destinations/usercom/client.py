@@ -62,6 +62,11 @@ class UsercomClient:
             limiter=limiter,
         )
 
+    @property
+    def last_call(self) -> tuple[str, int] | None:
+        """(endpoint, status) of the last answer (the user's trace shows it)."""
+        return self._api.last_call
+
     def accepts(self, standard: dict[str, Any], custom: dict[str, Any], tags: list[str]) -> bool:
         return bool(standard or custom or tags)
 

@@ -70,6 +70,11 @@ class UserKitClient:
             explain=explain,
         )
 
+    @property
+    def last_call(self) -> tuple[str, int] | None:
+        """(endpoint, status) of the last answer (the user's trace shows it)."""
+        return self._api.last_call
+
     def accepts(self, standard: dict[str, Any], custom: dict[str, Any], tags: list[str]) -> bool:
         return bool(userkit_body(standard))
 

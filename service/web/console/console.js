@@ -1,0 +1,252 @@
+// The relay console: plain JS, no build step. The admin token lives in sessionStorage and goes
+// to the admin API as a bearer token (no cookies). Every value from Redis is shown as text.
+"use strict";
+
+const TOKEN_KEY = "relay.adminToken";
+const REFRESH_MS = 3000;
+const HISTORY = 100; // samples kept for the deliveries chart (5 minutes at 3 s)
+const PAGE = 20;
+const main = document.getElementById("main");
+const state = { timer: null, history: {}, dlqOffset: 0, filters: {} };
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs || {})) {
+    if (name === "onclick" || name === "onsubmit") node[name] = value;
+    else node.setAttribute(name, value);
+  }
+  for (const child of children.flat(Infinity)) {
+    node.append(child instanceof Node ? child : document.createTextNode(child == null ? "-" : String(child)));
+  }
+  return node;
+}
+
+function token() { return sessionStorage.getItem(TOKEN_KEY) || ""; }
+function destination() { return document.getElementById("destination").value || ""; }
+function when(epoch) { return epoch ? new Date(epoch * 1000).toISOString().replace("T", " ").slice(0, 19) : "-"; }
+
+async function api(method, path, body) {
+  const headers = { Authorization: `Bearer ${token()}` };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const answer = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  const data = answer.status === 204 ? {} : await answer.json().catch(() => ({}));
+  if (!answer.ok) {
+    const code = (data.error && data.error.code) || String(answer.status);
+    const error = new Error((data.error && data.error.message) || code);
+    error.code = code;
+    throw error;
+  }
+  return data;
+}
+
+function withDestination(path) {
+  const sep = path.includes("?") ? "&" : "?";
+  return destination() ? `${path}${sep}destination=${encodeURIComponent(destination())}` : path;
+}
+
+function confirmAction(text) {
+  const box = document.getElementById("confirm");
+  document.getElementById("confirm-text").textContent = text;
+  box.hidden = false;
+  return new Promise((resolve) => {
+    document.getElementById("confirm-yes").onclick = () => { box.hidden = true; resolve(true); };
+    document.getElementById("confirm-no").onclick = () => { box.hidden = true; resolve(false); };
+  });
+}
+
+function show(...nodes) { main.replaceChildren(...nodes.flat(Infinity).map((n) => (n instanceof Node ? n : document.createTextNode(String(n))))); }
+
+// Sign-in, and the page shown when the admin API is off.
+function loginPage(message) {
+  document.getElementById("nav").hidden = true;
+  const input = el("input", { id: "token", type: "password", placeholder: "RELAY_ADMIN_TOKEN", size: "40" });
+  const form = el("form", { id: "login-form", onsubmit: (event) => {
+    event.preventDefault();
+    sessionStorage.setItem(TOKEN_KEY, input.value);
+    start();
+  } }, input, " ", el("button", { id: "login", type: "submit" }, "Sign in"));
+  show(el("h2", {}, "Sign in"), el("p", {}, "The admin token is kept in this tab only (sessionStorage)."), form,
+    message ? el("p", { id: "login-error", class: "error" }, message) : "");
+}
+
+function disabledPage() {
+  document.getElementById("nav").hidden = true;
+  show(el("div", { id: "disabled", class: "notice" }, el("h2", {}, "The admin API is disabled"),
+    el("p", {}, "This relay has no RELAY_ADMIN_TOKEN set, so the console cannot show or change anything. "
+      + "Set RELAY_ADMIN_TOKEN for `relay web` and reload this page.")));
+}
+
+async function start() {
+  try {
+    await api("GET", "/admin/dlq?limit=1");
+  } catch (error) {
+    if (error.code === "admin_disabled") return disabledPage();
+    if (error.code === "unauthorized") return loginPage(token() ? "That token was refused." : "");
+    return loginPage(`The relay did not answer: ${error.message}`);
+  }
+  const status = await api("GET", "/status");
+  const select = document.getElementById("destination");
+  if (!select.options.length) {
+    for (const name of Object.keys(status.destinations)) select.append(el("option", { value: name }, name));
+  }
+  document.getElementById("nav").hidden = false;
+  route();
+}
+
+// Overview: every destination, refreshed every few seconds.
+function number(value) { return value == null ? "-" : value; }
+
+function dl(pairs) { return el("dl", {}, pairs.map(([k, v, field]) => [el("dt", {}, k), el("dd", { "data-field": field || k }, number(v))])); }
+
+function chart(name) {
+  const points = state.history[name] || [];
+  const deltas = points.slice(1).map((p, i) => Math.max(0, p.delivered - points[i].delivered));
+  const width = 300, height = 60, top = Math.max(1, ...deltas);
+  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  svg.setAttribute("class", "chart");
+  svg.setAttribute("width", width);
+  svg.setAttribute("height", height);
+  svg.setAttribute("data-samples", String(deltas.length));
+  const line = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
+  const step = width / Math.max(1, HISTORY - 1);
+  line.setAttribute("points", deltas.map((d, i) => `${i * step},${height - 2 - (d / top) * (height - 4)}`).join(" "));
+  line.setAttribute("fill", "none");
+  line.setAttribute("stroke", "#1976d2");
+  svg.append(line);
+  return el("div", { class: "card" }, el("h3", {}, `Deliveries per ${REFRESH_MS / 1000} s (max ${top})`), svg);
+}
+
+function destinationCard(name, d) {
+  const lanes = Object.entries(d.lanes).map(([lane, l]) => [`${lane} depth / pending`, `${l.depth} / ${l.pending}`, `lane-${lane}`]);
+  const reasons = Object.entries(d.dlq.by_reason).map(([reason, count]) => [reason, count, `reason-${reason}`]);
+  return el("section", { class: "destination", "data-name": name }, el("h2", {}, name), el("div", { class: "cards" },
+    el("div", { class: "card" }, el("h3", {}, "Ledger"), dl(Object.entries(d.ledger))),
+    el("div", { class: "card" }, el("h3", {}, "Lanes"), dl(lanes)),
+    el("div", { class: "card" }, el("h3", {}, "Dead letters"), dl([["total", d.dlq.size, "dlq-size"], ...reasons,
+      ["dropped (retention)", d.dlq.dropped_by_retention, "dlq-dropped"]])),
+    el("div", { class: "card" }, el("h3", {}, "Limiter"), dl([["per second", d.limiter.rate_limit_per_second],
+      ["in flight", d.limiter.in_flight, "limiter-in-flight"], ["paused until", when(d.limiter.paused_until)],
+      ["last 429", when(d.limiter.last_429_at)]])),
+    el("div", { class: "card" }, el("h3", {}, "Workers alive"), dl(Object.entries(d.workers).map(([l, n]) => [l, n, `workers-${l}`])),
+      el("h3", {}, "Last delivery"), el("span", { "data-field": "last-delivery" }, when(d.last_delivery_at))),
+    chart(name)));
+}
+
+async function overview() {
+  const status = await api("GET", "/status");
+  for (const [name, d] of Object.entries(status.destinations)) {
+    const history = (state.history[name] = state.history[name] || []);
+    history.push({ at: status.time, delivered: d.ledger.delivered });
+    if (history.length > HISTORY) history.shift();
+  }
+  show(el("h1", {}, "Overview"), el("p", { id: "refreshed" }, `Refreshed ${when(status.time)} UTC, every ${REFRESH_MS / 1000} s.`),
+    Object.entries(status.destinations).map(([name, d]) => destinationCard(name, d)));
+}
+
+// Dead letters: filters, paging, bulk replay (dry run first).
+function filterForm() {
+  const field = (id, name, placeholder) => el("label", {}, `${name} `, el("input", { id, name, placeholder, value: state.filters[name] || "" }));
+  return el("form", { class: "filters", onsubmit: (event) => {
+    event.preventDefault();
+    state.filters = {};
+    for (const input of event.target.querySelectorAll("input")) if (input.value) state.filters[input.name] = input.value;
+    state.dlqOffset = 0;
+    route();
+  } }, field("f-reason", "reason", "retries_exhausted"), field("f-event-type", "event_type", "invoice.paid"),
+    field("f-user", "user_id", "user id"), el("button", { id: "f-apply", type: "submit" }, "Filter"),
+    el("button", { id: "bulk-replay", type: "button", onclick: bulkReplay }, "Replay all matching…"));
+}
+
+async function bulkReplay() {
+  const filters = Object.keys(state.filters).length ? { ...state.filters } : { all: true };
+  const dry = await api("POST", withDestination("/admin/dlq/replay"), { ...filters, dry_run: true });
+  if (!(await confirmAction(`Replay ${dry.matched} dead letter(s) matching these filters?`))) return;
+  const done = await api("POST", withDestination("/admin/dlq/replay"), filters);
+  state.flash = `Replayed: ${JSON.stringify(done.outcomes)}`;
+  route();
+}
+
+async function dlqPage() {
+  const query = new URLSearchParams({ ...state.filters, offset: state.dlqOffset, limit: PAGE });
+  const page = await api("GET", withDestination(`/admin/dlq?${query}`));
+  const rows = page.items.map((item) => el("tr", { "data-id": item.id },
+    el("td", { class: "id" }, el("a", { href: `#/dlq/${encodeURIComponent(item.id)}` }, item.id)),
+    el("td", {}, item.reason), el("td", {}, item.event_type), el("td", {}, item.user_id),
+    el("td", {}, item.attempts), el("td", {}, when(item.last_failure_at)), el("td", {}, item.last_status), el("td", {}, item.message)));
+  const move = (delta) => () => { state.dlqOffset = Math.max(0, state.dlqOffset + delta); route(); };
+  const last = Math.min(page.total, page.offset + page.items.length);
+  show(el("h1", {}, "Dead letters"), filterForm(), state.flash ? el("p", { id: "flash" }, state.flash) : "",
+    el("table", { id: "dlq-table" }, el("thead", {}, el("tr", {}, ["id", "reason", "event type", "user", "tries", "last failure", "status", "message"].map((h) => el("th", {}, h)))),
+      el("tbody", {}, rows)),
+    el("p", {}, el("span", { id: "dlq-total" }, `${page.items.length ? page.offset + 1 : 0}–${last} of ${page.total}`), " ",
+      el("button", { id: "prev", type: "button", onclick: move(-PAGE), ...(page.offset ? {} : { disabled: "" }) }, "Previous"), " ",
+      el("button", { id: "next", type: "button", onclick: move(PAGE), ...(last < page.total ? {} : { disabled: "" }) }, "Next")));
+  state.flash = "";
+}
+
+async function itemPage(id) {
+  let item;
+  try {
+    item = await api("GET", withDestination(`/admin/dlq/${encodeURIComponent(id)}`));
+  } catch (error) {
+    return show(el("h1", {}, "Dead letter"), el("p", { class: "error" }, `${id}: ${error.message}`), el("a", { href: "#/dlq" }, "Back to the list"));
+  }
+  const act = (verb, method, path) => async () => {
+    if (!(await confirmAction(`${verb} ${id}?`))) return;
+    try {
+      await api(method, withDestination(path));
+      state.flash = `${verb}: ${id}`;
+      location.hash = "#/dlq";
+    } catch (error) {
+      document.getElementById("item-error").textContent = `${verb} failed: ${error.message}`;
+    }
+  };
+  const path = `/admin/dlq/${encodeURIComponent(id)}`;
+  show(el("h1", {}, "Dead letter ", el("code", {}, id)),
+    el("p", {}, el("button", { id: "replay", type: "button", onclick: act("Replay", "POST", `${path}/replay`) }, "Replay"), " ",
+      el("button", { id: "delete", type: "button", onclick: act("Delete", "DELETE", path) }, "Delete"), " ",
+      item.user_id ? el("a", { href: `#/trace/${encodeURIComponent(item.user_id)}` }, "User's trace") : ""),
+    el("p", { id: "item-error", class: "error" }, ""),
+    el("pre", { id: "item-json" }, JSON.stringify(item, null, 2)));
+}
+
+// A user's trace.
+async function tracePage(user) {
+  const input = el("input", { id: "trace-user", placeholder: "user id", value: user || "" });
+  const form = el("form", { class: "filters", onsubmit: (event) => {
+    event.preventDefault();
+    location.hash = `#/trace/${encodeURIComponent(input.value)}`;
+  } }, input, el("button", { id: "trace-go", type: "submit" }, "Show trace"));
+  if (!user) return show(el("h1", {}, "User trace"), form);
+  const trace = await api("GET", withDestination(`/admin/users/${encodeURIComponent(user)}/trace`));
+  const sent = (e) => [...Object.entries(e.attributes || {}).map(([k, v]) => `${k}=${JSON.stringify(v)}`),
+    ...(e.tags || []).map((t) => `+tag:${t}`), ...(e.dropped || []).map((d) => `dropped ${d.name}: ${d.reason}`)].join(" ");
+  const rows = trace.entries.map((e) => el("tr", { class: e.kind },
+    el("td", {}, when(e.at)), el("td", {}, e.kind === "delivery" ? "delivered" : "dead letter"),
+    el("td", {}, e.kind === "delivery" ? e.endpoint : e.reason), el("td", {}, e.kind === "delivery" ? e.status : ""),
+    el("td", {}, (e.event_ids || []).join(", ")),
+    el("td", {}, e.kind === "delivery" ? sent(e) : el("a", { href: `#/dlq/${encodeURIComponent(e.dead_letter_id)}` }, e.dead_letter_id))));
+  show(el("h1", {}, "User trace"), form, el("p", {}, `${trace.entries.length} entries for ${trace.user_id} at ${trace.destination}, newest first.`),
+    el("table", { id: "trace-table" }, el("thead", {}, el("tr", {}, ["time", "what", "endpoint / reason", "status", "events", "sent / item"].map((h) => el("th", {}, h)))),
+      el("tbody", {}, rows)));
+}
+
+async function route() {
+  clearInterval(state.timer);
+  const [, page, arg] = (location.hash || "#/overview").match(/^#\/([^/]*)\/?(.*)$/) || [];
+  try {
+    if (page === "dlq" && arg) return await itemPage(decodeURIComponent(arg));
+    if (page === "dlq") return await dlqPage();
+    if (page === "trace") return await tracePage(decodeURIComponent(arg || ""));
+    await overview();
+    state.timer = setInterval(() => overview().catch(() => {}), REFRESH_MS);
+  } catch (error) {
+    if (error.code === "unauthorized") return loginPage("Signed out: the token was refused.");
+    show(el("p", { class: "error" }, `Error: ${error.message}`));
+  }
+}
+
+window.addEventListener("hashchange", () => { if (!document.getElementById("nav").hidden) route(); });
+document.getElementById("destination").onchange = () => route();
+document.getElementById("logout").onclick = () => { sessionStorage.removeItem(TOKEN_KEY); clearInterval(state.timer); loginPage(""); };
+start();

@@ -1,0 +1,164 @@
+"""The console in a real browser (Debian's chromium, headless, driven by Playwright) against the
+app on a real socket, a real Redis and the User.com sandbox. One screenshot per page goes to
+/tmp/console-*.png."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+from redis import Redis
+from rq import SimpleWorker
+from rq.serializers import JSONSerializer
+
+from service import create_app
+from service.config import Settings
+from service.core.update import UserUpdate
+from service.devtools.wsgi_server import BackgroundServer
+from service.store import keys
+from workers.delivery.context import configure
+from workers.runner import build_context
+
+TOKEN = "console-token"
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+WAIT_MS = 30_000  # generous: the machine may be loaded
+expect.set_options(timeout=WAIT_MS)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    executable = shutil.which("chromium")
+    if executable is None:
+        pytest.skip("chromium is not installed (.ci/run installs it)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, headless=True, args=FLAGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(WAIT_MS)
+    yield page
+    context.close()
+
+
+def update(event_id: str, user_id: str, **standard: Any) -> UserUpdate:
+    return UserUpdate(
+        source="stripe",
+        event_id=event_id,
+        event_type="customer.subscription.updated",
+        event_time=1_700_000_000,
+        user_id=user_id,
+        customer_id=None,
+        standard={"email": f"{user_id}@example.com", **standard},
+        custom={"plan": "pro"},
+        tags=["subscriber"],
+    )
+
+
+@pytest.fixture
+def relay(env: dict[str, str], redis: Redis) -> Iterator[tuple[str, Settings]]:
+    settings = Settings.from_env({**env, "RELAY_ADMIN_TOKEN": TOKEN})
+    ctx = build_context(settings, "usercom")
+    configure(ctx)
+    for item in (update("evt_ok", "u1"), update("evt_bad", "u2", first_name="x" * 41)):
+        assert ctx.store.accept(item)
+    for event_id, user in (("evt_bad2", "u3"), ("evt_bad3", "u4")):
+        assert ctx.store.accept(update(event_id, user, first_name="y" * 41))
+    SimpleWorker([ctx.queues[keys.LIVE]], connection=ctx.redis, serializer=JSONSerializer).work(burst=True)
+    assert ctx.store.ledger()["dead_lettered"] == 3
+    server = BackgroundServer(create_app(settings)).start()
+    yield server.base_url, settings
+    server.stop()
+    ctx.redis.close()
+
+
+def sign_in(page: Page, base_url: str) -> None:
+    page.goto(f"{base_url}/console")
+    page.fill("#token", TOKEN)
+    page.click("#login")
+    expect(page.locator("#nav")).to_be_visible()
+
+
+def test_console_pages(page: Page, relay: tuple[str, Settings], redis: Redis) -> None:
+    base_url, _ = relay
+    page.goto(f"{base_url}/console")
+    page.fill("#token", "wrong")
+    page.click("#login")
+    expect(page.locator("#login-error")).to_contain_text("refused")
+    sign_in(page, base_url)
+
+    # Overview: the numbers are /status's.
+    status = page.request.get(f"{base_url}/status").json()["destinations"]["usercom"]
+    card = page.locator('section.destination[data-name="usercom"]')
+    expect(card.locator('[data-field="delivered"]')).to_have_text(str(status["ledger"]["delivered"]))
+    expect(card.locator('[data-field="received"]')).to_have_text(str(status["ledger"]["received"]))
+    expect(card.locator('[data-field="dlq-size"]')).to_have_text(str(status["dlq"]["size"]))
+    expect(card.locator('[data-field="reason-usercom_rejected"]')).to_have_text("3")
+    expect(card.locator("svg.chart")).to_be_visible()
+    page.screenshot(path="/tmp/console-overview.png", full_page=True)
+
+    # Dead letters: filter, open one, replay it (confirmed), see it leave the list.
+    page.click('a[href="#/dlq"]')
+    expect(page.locator("#dlq-table tbody tr")).to_have_count(3)
+    page.fill("#f-user", "u2")
+    page.click("#f-apply")
+    expect(page.locator("#dlq-table tbody tr")).to_have_count(1)
+    page.screenshot(path="/tmp/console-dlq.png", full_page=True)
+    page.click('tr[data-id="stripe-evt_bad"] a')
+    expect(page.locator("#item-json")).to_contain_text('"reason": "usercom_rejected"')
+    page.screenshot(path="/tmp/console-item.png", full_page=True)
+    page.click("#replay")
+    expect(page.locator("#confirm")).to_be_visible()
+    page.click("#confirm-yes")
+    expect(page.locator("#flash")).to_contain_text("Replay: stripe-evt_bad")
+    expect(page.locator('tr[data-id="stripe-evt_bad"]')).to_have_count(0)
+    assert redis.llen(keys.USERCOM.rq_queue_key(keys.REPLAY)) == 1
+
+    # Bulk replay: the dry run's count first; cancel changes nothing, yes replays them.
+    page.fill("#f-user", "")
+    page.click("#f-apply")
+    expect(page.locator("#dlq-table tbody tr")).to_have_count(2)
+    page.click("#bulk-replay")
+    expect(page.locator("#confirm-text")).to_have_text("Replay 2 dead letter(s) matching these filters?")
+    page.screenshot(path="/tmp/console-bulk.png", full_page=True)
+    page.click("#confirm-no")
+    expect(page.locator("#dlq-table tbody tr")).to_have_count(2)
+    page.click("#bulk-replay")
+    page.click("#confirm-yes")
+    expect(page.locator("#dlq-table tbody tr")).to_have_count(0)
+    assert redis.llen(keys.USERCOM.rq_queue_key(keys.REPLAY)) == 3
+
+    # A user's trace.
+    page.click('a[href="#/trace"]')
+    page.fill("#trace-user", "u1")
+    page.click("#trace-go")
+    row = page.locator("#trace-table tbody tr")
+    expect(row).to_have_count(1)
+    expect(row).to_contain_text("delivered")
+    expect(row).to_contain_text('email="u1@example.com"')
+    expect(row).to_contain_text("evt_ok")
+    page.screenshot(path="/tmp/console-trace.png", full_page=True)
+
+
+def test_console_says_when_the_admin_api_is_disabled(page: Page, env: dict[str, str], redis: Redis) -> None:
+    server = BackgroundServer(create_app(Settings.from_env(env))).start()
+    try:
+        page.goto(f"{server.base_url}/console")
+        expect(page.locator("#disabled")).to_contain_text("The admin API is disabled")
+        page.screenshot(path="/tmp/console-disabled.png", full_page=True)
+    finally:
+        server.stop()
