@@ -13,6 +13,7 @@ import os
 import secrets
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -64,7 +65,19 @@ def _wait_ready(url: str, children: list[subprocess.Popen[bytes]], timeout: floa
     raise RuntimeError(f"{url} did not become ready in {timeout:.0f}s")
 
 
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def run_dev(*, port: int, data_dir: Path) -> int:
+    if not _port_free(port):
+        print(f"relay dev: port {port} is in use; choose another with --port", file=sys.stderr)
+        return 2
     env = dict(os.environ)
     sandbox: SandboxServer | None = None
     if not (env.get("USERCOM_API_URL") and env.get("USERCOM_API_KEY")):
@@ -128,6 +141,8 @@ def _print_banner(port: int, settings: Settings, data_dir: Path, sandbox: Sandbo
     endpoint = f"http://127.0.0.1:{port}/webhooks/stripe"
     relay = shlex.quote(str(Path(sys.executable).with_name("relay")))
     shown_secret = secret if secret == DEV_STRIPE_SECRET else "$STRIPE_WEBHOOK_SECRET"
+    # The sandbox's key is made up for this run; a real User.com key is never printed.
+    usercom_key = sandbox.state.api_key if sandbox is not None else "$USERCOM_API_KEY"
     lines = [
         "",
         "relay dev is running",
@@ -138,6 +153,11 @@ def _print_banner(port: int, settings: Settings, data_dir: Path, sandbox: Sandbo
         f"  worker metrics           http://127.0.0.1:{settings.metrics_port}/metrics",
         f"  dead-letter queue        curl -H 'Authorization: Bearer {settings.admin_token}' "
         f"http://127.0.0.1:{port}/admin/dlq",
+        f"  console                  http://127.0.0.1:{port}/console  (sign in with the admin token)",
+        "",
+        "use this instance from another terminal (relay dlq, relay trace, a second relay worker):",
+        f"  export REDIS_URL={settings.redis_url} RELAY_ADMIN_TOKEN={settings.admin_token} \\",
+        f"    USERCOM_API_URL={settings.destination('usercom').api_url} USERCOM_API_KEY={usercom_key}",
         "",
         "send a signed sample event (customer.created for user 'dev-user-1'):",
         f"  curl -sS {endpoint} -H 'Content-Type: application/json' \\",

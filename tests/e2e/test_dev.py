@@ -42,6 +42,16 @@ def test_relay_dev_runs_the_printed_example_end_to_end(tmp_path: Path) -> None:
         assert curl is not None, text
         answer = subprocess.run(["bash", "-c", curl.group(1)], capture_output=True, text=True, timeout=30, check=True)
         assert json.loads(answer.stdout)["status"] == "accepted", answer.stdout
+        exports = re.search(
+            r"export (REDIS_URL=\S+) (RELAY_ADMIN_TOKEN=\S+) \\\n\s+(USERCOM_API_URL=\S+) (USERCOM_API_KEY=\S+)", text
+        )
+        assert exports is not None, text
+        shell_env = {**env, **dict(pair.split("=", 1) for pair in exports.groups())}
+        listing = subprocess.run(
+            [RELAY, "dlq", "list", "--json"], env=shell_env, capture_output=True, text=True, timeout=30
+        )
+        assert listing.returncode == 0 and json.loads(listing.stdout)["total"] == 0, listing.stderr
+        assert f"http://127.0.0.1:{port}/console" in text
         users_url = re.search(r"curl -sS (http://127\.0\.0\.1:\d+/__sandbox__/users)", text)
         assert users_url is not None, text
         deadline = time.monotonic() + 60
@@ -52,6 +62,11 @@ def test_relay_dev_runs_the_printed_example_end_to_end(tmp_path: Path) -> None:
                 break
             assert time.monotonic() < deadline, f"the sample update never reached the sandbox: {users}"
             time.sleep(0.2)
+        busy = subprocess.run([RELAY, "dev", "--port", str(port)], env=env, capture_output=True, text=True, timeout=30)
+        assert (
+            busy.returncode == 2
+            and busy.stderr.strip() == f"relay dev: port {port} is in use; choose another with --port"
+        )
     finally:
         os.killpg(dev.pid, signal.SIGINT)
         try:
