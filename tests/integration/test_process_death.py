@@ -108,7 +108,7 @@ def test_a_scheduler_fork_holds_none_of_its_workers_sockets(
     for scheduler, worker in schedulers:
         assert worker is not None
         # Right after the fork the child holds them all: it closes them before it starts scheduling.
-        wait_for(lambda: not sockets(scheduler) & sockets(worker), "the scheduler holds its worker's sockets")
+        wait_for(lambda s=scheduler, w=worker: not sockets(s) & sockets(w), "the scheduler holds its worker's sockets")
 
 
 def test_status_counts_a_worker_killed_without_deregistering_as_gone(redis: Redis, redis_server: Any) -> None:
