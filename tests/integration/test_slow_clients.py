@@ -23,7 +23,14 @@ SECRET = "whsec_slow_client_test"
 
 def answered(url: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> int:
     # A generous timeout: the test asserts "answered", not how fast; no retries.
-    response = urllib3.request("POST" if body else "GET", url, body=body, headers=headers, timeout=20, retries=False)
+    response = urllib3.request(
+        "POST" if body else "GET",
+        url,
+        body=body,
+        headers={**(headers or {}), "Connection": "close"},
+        timeout=20,
+        retries=False,
+    )
     return int(response.status)
 
 
