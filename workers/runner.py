@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 from rq import Queue, SimpleWorker
+from rq.exceptions import StopRequested
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
@@ -22,6 +23,7 @@ from service.store.connection import worker_redis
 from service.store.jobs import DELIVERY_JOB_TIMEOUT
 from service.store.ledger import Store
 from workers.delivery.context import DeliveryContext, configure
+from workers.lifeline import die_with_supervisor, forks_die_with_this_process, stop_signals_deferred
 from workers.ordering import Ordering
 from workers.ratelimit import LimitConfig, RateLimiter
 
@@ -87,6 +89,16 @@ class DeliveryWorker(SimpleWorker):
         self._install_signal_handlers()
         super().bootstrap(*args, **kwargs)
 
+    def _start_scheduler(self, *args: Any, **kwargs: Any) -> None:
+        # rq starts the scheduler outside work()'s try/finally: a stop arriving then would skip the
+        # teardown (worker left registered, scheduler never stopped and joined at exit: a hang). The
+        # fork runs with stops held; one that came meanwhile stops the loop before its first job.
+        try:
+            with stop_signals_deferred():
+                super()._start_scheduler(*args, **kwargs)
+        except StopRequested:
+            self._stop_requested = True
+
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         return int(job.timeout or DELIVERY_JOB_TIMEOUT) + HEARTBEAT_MARGIN_SECONDS
 
@@ -104,8 +116,10 @@ def run_worker(
     log_level: str = "INFO",
 ) -> bool:
     """One worker process on one destination's lane. One queue per worker: rq's multi-queue
-    dequeue is not atomic."""
+    dequeue is not atomic. It and its rq scheduler (a fork) stop when their parent dies."""
+    die_with_supervisor()
     context = build_context(settings, destination)
+    forks_die_with_this_process()
     configure(context)
     worker = DeliveryWorker(
         [context.queues[lane]],

@@ -3,7 +3,9 @@
 Starts, for each destination, `--concurrency` workers on its live lane and one on its replay
 lane (so a slow destination never holds up another), forwards SIGTERM
 and SIGINT to them (rq's warm shutdown: the job in hand finishes), and stops them all if one
-exits on its own, exiting non-zero so that the orchestrator restarts the whole set.
+exits on its own, exiting non-zero so that the orchestrator restarts the whole set. It exits only once every
+worker has (each stops its rq scheduler first). Killed outright (`kill -9`), it takes its workers
+with it: each asks the kernel for a SIGTERM when the supervisor dies (workers.lifeline).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 
 from service.ops.metrics import mark_process_dead
 from service.store import keys
+from workers.lifeline import SUPERVISOR_PID_ENV
 
 POLL_SECONDS = 0.5
 
@@ -40,8 +43,9 @@ def supervise(*, concurrency: int, burst: bool, destinations: tuple[str, ...], m
     if metrics_port is not None and not burst:
         start_metrics_server(metrics_port)
     lanes = [keys.LIVE] * concurrency + [keys.REPLAY]
+    env = {**os.environ, SUPERVISOR_PID_ENV: str(os.getpid())}
     children = [
-        subprocess.Popen(worker_argv(lane, destination, burst=burst), start_new_session=True)
+        subprocess.Popen(worker_argv(lane, destination, burst=burst), start_new_session=True, env=env)
         for destination in destinations
         for lane in lanes
     ]

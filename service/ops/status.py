@@ -1,4 +1,7 @@
-"""The status document the monitoring dashboard polls: cheap (one Redis round trip), no secrets."""
+"""The status document the monitoring dashboard polls: cheap (two Redis round trips), no secrets.
+
+Workers are counted by heartbeat: rq keeps a killed worker in its registry until its hash expires
+(minutes), so only those that heartbeat within a job's timeout (plus an idle wait) count as live."""
 
 from __future__ import annotations
 
@@ -8,10 +11,12 @@ from typing import Any
 
 from redis import Redis
 from rq.registry import ScheduledJobRegistry
+from rq.utils import utcparse
 from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
 from service.config import Settings
 from service.store import keys
+from service.store.jobs import DELIVERY_JOB_TIMEOUT
 from service.store.ledger import ledger_from
 
 
@@ -20,6 +25,10 @@ def version() -> str:
         return metadata.version("relay")
     except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
         return "unknown"
+
+
+# A busy worker heartbeats before each job (which may run DELIVERY_JOB_TIMEOUT), an idle one every 15 s.
+LIVE_WORKER_SECONDS = DELIVERY_JOB_TIMEOUT + 30
 
 
 def _number(raw: bytes | None) -> float | None:
@@ -32,7 +41,7 @@ def collect_status(redis: Redis, settings: Settings, *, now: float | None = None
     pipe = redis.pipeline(transaction=False)
     for name in settings.destinations:
         _queue_reads(pipe, keys.Keys(name), now)
-    results = pipe.execute()
+    results = _count_live_workers(redis, pipe.execute(), now)
     destinations = {}
     for name in settings.destinations:
         size = len(keys.LANES) * 5 + 7
@@ -53,7 +62,7 @@ def _queue_reads(pipe: Any, own: keys.Keys, now: float) -> None:
         pipe.zcard(ScheduledJobRegistry.key_template.format(name))
         pipe.zcard(own.pending(lane))
         pipe.zrange(own.pending(lane), 0, 0, withscores=True)
-        pipe.scard(WORKERS_BY_QUEUE_KEY % name)
+        pipe.smembers(WORKERS_BY_QUEUE_KEY % name)
     pipe.hgetall(own.ledger)
     pipe.hgetall(own.dlq[2])
     pipe.get(own.dlq[3])
@@ -61,6 +70,24 @@ def _queue_reads(pipe: Any, own: keys.Keys, now: float) -> None:
     pipe.get(own.last_429)
     pipe.get(own.limiter_paused_until)
     pipe.zcount(own.limiter_in_flight, now * 1000, "+inf")
+
+
+def _count_live_workers(redis: Redis, results: list[Any], now: float) -> list[Any]:
+    """Replace each lane's registered worker keys (a set) with how many of them heartbeat recently."""
+    registered = [(i, sorted(value)) for i, value in enumerate(results) if isinstance(value, set)]
+    pipe = redis.pipeline(transaction=False)
+    for _, worker_keys in registered:
+        for key in worker_keys:
+            pipe.hget(key, "last_heartbeat")
+    beats = iter(pipe.execute())
+    counted = list(results)
+    for i, worker_keys in registered:
+        counted[i] = sum(_recent(next(beats), now) for _ in worker_keys)
+    return counted
+
+
+def _recent(heartbeat: bytes | None, now: float) -> bool:
+    return heartbeat is not None and now - utcparse(heartbeat.decode()).timestamp() < LIVE_WORKER_SECONDS
 
 
 def _destination(results: list[Any], limits: dict[str, float], now: float) -> dict[str, Any]:
