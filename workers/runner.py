@@ -8,6 +8,8 @@ job in hand finishes, then the process exits.
 from __future__ import annotations
 
 import logging
+import os
+import signal
 from typing import Any
 
 from rq import Queue, SimpleWorker
@@ -83,11 +85,21 @@ class DeliveryWorker(SimpleWorker):
     """
 
     def bootstrap(self, *args: Any, **kwargs: Any) -> None:
-        # rq registers the worker before it installs its SIGTERM handler (and starts the scheduler
-        # in between): a SIGTERM in that window would end the process with the worker still
-        # registered. Installed first, the signal is a warm shutdown like any other.
-        self._install_signal_handlers()
+        # rq registers the worker, subscribes and starts the scheduler before it installs its own
+        # SIGTERM handler and enters the try/finally that unregisters the worker. rq's handler
+        # raises StopRequested wherever the process happens to be: in that window the exception
+        # escapes work() (the process ends with the worker still registered) or is swallowed by an
+        # `except Exception` on the way (a log handler's: the worker never stops). Until then a stop
+        # signal only asks to stop; rq's loop checks that first thing, inside the try/finally.
+        signal.signal(signal.SIGTERM, self._stop_once_started)
+        signal.signal(signal.SIGINT, self._stop_once_started)
         super().bootstrap(*args, **kwargs)
+
+    def _stop_once_started(self, signum: int, frame: Any) -> None:
+        if os.getpid() != self.pid and self.scheduler is not None:
+            self.scheduler.request_stop()  # the scheduler's process, forked before it installs its handler
+        else:
+            self._stop_requested = True
 
     def _start_scheduler(self, *args: Any, **kwargs: Any) -> None:
         # rq starts the scheduler outside work()'s try/finally: a stop arriving then would skip the
