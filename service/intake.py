@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 import time
 from collections.abc import Mapping as Headers
 from dataclasses import dataclass
@@ -29,10 +28,10 @@ from service.core.update import UserUpdate
 from service.mapping import Mapping
 from service.ops.metrics import INGEST_SECONDS, WEBHOOKS
 from service.sources.base import Described, Envelope, Source
+from service.store.jobs import EVENT_ID as SAFE_ID  # an event id fit for keys, job ids and the DLQ
 from service.store.ledger import Store
 
 log = logging.getLogger(__name__)
-SAFE_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,255}$")  # an event id fit for keys and the DLQ
 
 
 class Outcome(StrEnum):
@@ -53,7 +52,15 @@ def read_event(
     """The provider's envelope and the update the mapping makes of it (None: not mapped).
     Raises marshmallow's ValidationError when either does not fit."""
     envelope = source.envelope(payload, headers)
+    check_envelope(envelope)
     return envelope, mapping.to_update(source.name, envelope, identity_key)
+
+
+def check_envelope(envelope: Envelope) -> None:
+    """What every source's envelope must be, whatever the provider allows: an event id the relay
+    stores as it is (keys, job ids, the dead-letter queue), never mangled."""
+    if not (isinstance(envelope.event_id, str) and SAFE_ID.match(envelope.event_id)):
+        raise ValidationError({"id": ["The event id must be 1-255 of A-Z a-z 0-9 _ . : -"]})
 
 
 def _is_json(content_type: str | None) -> bool:
