@@ -24,8 +24,10 @@ from workers.delivery.outcomes import JOB_SUFFIXES
 from workers.runner import build_context
 
 RQ_ID = re.compile(r"^[A-Za-z0-9_-]+$")
-TRICKY = ["col.1", "col:1", "col_1", "col-1", "_col_d1", "x", "x-a2", "x-userkit", "x-replay5", "x-t0123456789ab",
-          "2-a", "a-1", "a--1", "a-", "-a", "_", "__", "a_h1", "msg_2LhL", "9f1c-4b2e", "order-orders-1-1700000000000"]
+TRICKY = (
+    "col.1 col:1 col_1 col-1 _col_d1 x x-a2 x-userkit x-replay5 x-t0123456789ab 2-a a-1 a--1 a- -a _ __ a_h1 "
+    "msg_2LhL 9f1c-4b2e order-orders-1-1700000000000"
+).split()
 
 
 def an_update(event_id: str) -> UserUpdate:
