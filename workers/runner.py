@@ -8,8 +8,12 @@ job in hand finishes, then the process exits.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
+from redis import Redis
+from redis.exceptions import RedisError
 from rq import Queue, SimpleWorker
 from rq.job import Job
 from rq.serializers import JSONSerializer
@@ -95,6 +99,24 @@ class DeliveryWorker(SimpleWorker):
         return MAINTENANCE_INTERVAL_SECONDS
 
 
+REDIS_WAIT_MAX_SECONDS = 30.0
+log = logging.getLogger(__name__)
+
+
+def wait_for_redis(redis: Redis, *, sleep: Callable[[float], None] = time.sleep) -> int:
+    """Return once Redis answers; until then one log line per attempt, backing off to 30 s.
+    A worker started before Redis (or during its failover) waits instead of crashing."""
+    attempt, delay = 1, 1.0
+    while True:
+        try:
+            redis.ping()
+            return attempt
+        except RedisError as exc:
+            log.warning("redis is not reachable (%s); attempt %d, next in %.0f s", type(exc).__name__, attempt, delay)
+        sleep(delay)
+        attempt, delay = attempt + 1, min(delay * 2, REDIS_WAIT_MAX_SECONDS)
+
+
 def run_worker(
     settings: Settings,
     *,
@@ -105,6 +127,9 @@ def run_worker(
 ) -> bool:
     """One worker process on one destination's lane. One queue per worker: rq's multi-queue
     dequeue is not atomic."""
+    waiting = worker_redis(settings.redis_url)
+    wait_for_redis(waiting)
+    waiting.close()
     context = build_context(settings, destination)
     configure(context)
     worker = DeliveryWorker(
