@@ -12,7 +12,7 @@ from service.cli import dlq as dlq_cli
 from service.cli.connect import check_all, port_in_use
 from service.config import Settings, settings_or_exit
 from service.destinations.registry import NAMES as DESTINATIONS
-from service.ops.metrics_dir import use_metrics_dir
+from service.ops.metrics_dir import MetricsDirError, use_metrics_dir
 from service.sources.registry import SOURCES
 
 APP_TARGET = "service:create_app()"
@@ -158,4 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except MetricsDirError as exc:
+        print(f"relay: {exc}", file=sys.stderr)
+        return 2

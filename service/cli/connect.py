@@ -3,6 +3,7 @@ sending any data, and say in one line each whether it answered."""
 
 from __future__ import annotations
 
+import errno
 import socket
 from collections.abc import Callable
 
@@ -62,6 +63,6 @@ def port_in_use(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         try:
             probe.bind(("0.0.0.0", port))  # noqa: S104 - where the metrics server listens
-        except OSError:
-            return True
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
     return False
