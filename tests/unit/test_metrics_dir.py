@@ -33,7 +33,9 @@ def test_a_directory_holding_anything_else_is_refused_and_left_alone(tmp_path: P
 @pytest.mark.parametrize("command", ["web", "worker"])
 def test_relay_refuses_a_wrong_metrics_dir_in_one_line(tmp_path: Path, command: str) -> None:
     (tmp_path / "important.txt").write_text("keep me")
-    result = relay(command, env={**GOOD, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "RELAY_METRICS_PORT": str(free_port())})
+    result = relay(
+        command, env={**GOOD, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "RELAY_METRICS_PORT": str(free_port())}
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("relay: PROMETHEUS_MULTIPROC_DIR"), result.stderr
