@@ -22,6 +22,7 @@ from typing import Any
 from marshmallow import ValidationError
 from redis.exceptions import RedisError
 
+from service.config.settings import DEFAULT_MAX_CLOCK_SKEW_SECONDS
 from service.core.dead_letter import DeadLetter
 from service.core.errors import InvalidPayload, MalformedJson, RelayError, StoreUnavailable, UnsupportedMediaType
 from service.core.update import UserUpdate
@@ -68,12 +69,29 @@ def _is_json(content_type: str | None) -> bool:
     return media_type == "application/json" or (media_type.startswith("application/") and media_type.endswith("+json"))
 
 
+def check_event_time(envelope: Envelope, now: float, max_clock_skew: int) -> None:
+    """An event time from the future would win last-writer-wins against every later event."""
+    if envelope.event_time > now + max_clock_skew:
+        raise ValidationError(
+            {"event_time": [f"The event time is more than {max_clock_skew} s ahead of the relay's clock."]}
+        )
+
+
 class Intake:
-    def __init__(self, source: Source, store: Store, mapping: Mapping, identity_key: str) -> None:
+    def __init__(
+        self,
+        source: Source,
+        store: Store,
+        mapping: Mapping,
+        identity_key: str,
+        *,
+        max_clock_skew: int = DEFAULT_MAX_CLOCK_SKEW_SECONDS,
+    ) -> None:
         self.source = source
         self.store = store
         self.mapping = mapping
         self.identity_key = identity_key
+        self.max_clock_skew = max_clock_skew
 
     def receive(self, raw: bytes, content_type: str | None, headers: Headers[str, str]) -> Received:
         """Take one webhook; every outcome and error is counted and timed."""
@@ -109,6 +127,7 @@ class Intake:
             seen["event_type"] = described.event_type  # signed by the provider: a bounded set of names
         try:
             envelope, update = read_event(self.source, self.mapping, self.identity_key, payload, headers)
+            check_event_time(envelope, time.time(), self.max_clock_skew)
         except ValidationError as exc:
             raise self._dead_letter_invalid(raw, payload, described, exc) from None
         if update is None:

@@ -38,6 +38,8 @@ MAX_RATE_LIMIT = 100_000.0
 MAX_CONCURRENCY = 100_000  # burst, calls in flight
 MAX_DLQ_ITEMS = 100_000_000
 MAX_DLQ_TTL_DAYS = 3650
+# An event time further ahead than this is refused: it would win last-writer-wins for good.
+DEFAULT_MAX_CLOCK_SKEW_SECONDS = 300
 # Retries: exponential backoff with full jitter, given up (dead-lettered) after a day.
 DEFAULT_RETRY_BASE_SECONDS = 2.0
 DEFAULT_RETRY_MAX_DELAY_SECONDS = 3600.0
@@ -81,6 +83,7 @@ class Settings:
     metrics_port: int = DEFAULT_METRICS_PORT
     dlq_max_items: int = DEFAULT_DLQ_MAX_ITEMS
     dlq_ttl_days: int = DEFAULT_DLQ_TTL_DAYS
+    max_clock_skew_seconds: int = DEFAULT_MAX_CLOCK_SKEW_SECONDS
     metrics_dir: str = ""  # PROMETHEUS_MULTIPROC_DIR; `relay web` / `relay worker` pick one when unset
 
     @property
@@ -115,9 +118,15 @@ class Settings:
         needs_worker = role in ("worker", "all")
         destinations = reader.names("RELAY_DESTINATIONS", NAMES)
         identity_key = reader.text("RELAY_IDENTITY_KEY", "user_id")
+        dedup_ttl = reader.integer(
+            "RELAY_DEDUP_TTL_SECONDS",
+            DEFAULT_DEDUP_TTL_SECONDS,
+            minimum=MIN_DEDUP_TTL_SECONDS,
+            maximum=MAX_DEDUP_TTL_SECONDS,
+        )
         settings = cls(
             redis_url=reader.redis_url("REDIS_URL"),
-            sources={name: _source(reader, name, identity_key) for name in SOURCES},
+            sources={name: _source(reader, name, identity_key, dedup_ttl) for name in SOURCES},
             destinations=destinations,
             destination_settings={
                 name: _destination(reader, spec, required=needs_worker and name in destinations)
@@ -126,12 +135,7 @@ class Settings:
             identity_key=identity_key,
             mapping=reader.mapping("RELAY_MAPPING_FILE"),
             admin_token=reader.secret("RELAY_ADMIN_TOKEN", required=False),
-            dedup_ttl_seconds=reader.integer(
-                "RELAY_DEDUP_TTL_SECONDS",
-                DEFAULT_DEDUP_TTL_SECONDS,
-                minimum=MIN_DEDUP_TTL_SECONDS,
-                maximum=MAX_DEDUP_TTL_SECONDS,
-            ),
+            dedup_ttl_seconds=dedup_ttl,
             retry_base_seconds=reader.number(
                 "RELAY_RETRY_BASE_SECONDS", DEFAULT_RETRY_BASE_SECONDS, maximum=MAX_RETRY_BASE_SECONDS
             ),
@@ -152,6 +156,9 @@ class Settings:
             dlq_ttl_days=reader.integer(
                 "RELAY_DLQ_TTL_DAYS", DEFAULT_DLQ_TTL_DAYS, minimum=1, maximum=MAX_DLQ_TTL_DAYS
             ),
+            max_clock_skew_seconds=reader.integer(
+                "RELAY_MAX_CLOCK_SKEW_SECONDS", DEFAULT_MAX_CLOCK_SKEW_SECONDS, minimum=0, maximum=DAY
+            ),
             metrics_dir=reader.text("PROMETHEUS_MULTIPROC_DIR", ""),
         )
         if needs_web and not settings.webhook_sources:
@@ -162,9 +169,11 @@ class Settings:
         return settings
 
 
-def _source(reader: Reader, name: str, identity_key: str) -> SourceSettings:
+def _source(reader: Reader, name: str, identity_key: str, dedup_ttl: int) -> SourceSettings:
+    """A source that signs no time (Lemon Squeezy) takes events as old as the dedup memory: an
+    older one could be a captured delivery replayed once its id is forgotten."""
     spec = SOURCES[name]
-    tolerance = spec.default_tolerance
+    tolerance = dedup_ttl
     if spec.tolerance_env is not None:
         tolerance = reader.integer(spec.tolerance_env, spec.default_tolerance, minimum=1, maximum=MAX_TOLERANCE_SECONDS)
     return SourceSettings(reader.secret_list(spec.secret_env, spec.secret_problem), tolerance, identity_key)

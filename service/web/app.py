@@ -24,7 +24,13 @@ def build_app(settings: Settings | None = None, *, redis: Redis | None = None) -
     store = Store.from_settings(redis, settings)
     app.extensions["relay.redis"] = redis
     app.extensions["relay.intake"] = {
-        name: Intake(build_source(name, settings.source(name)), store, settings.mapping, settings.identity_key)
+        name: Intake(
+            build_source(name, settings.source(name)),
+            store,
+            settings.mapping,
+            settings.identity_key,
+            max_clock_skew=settings.max_clock_skew_seconds,
+        )
         for name in settings.webhook_sources
     }
     app.extensions["relay.operators"] = {

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -29,12 +31,15 @@ from tests.conftest import (
 Signer = Callable[[bytes], dict[str, str]]
 PADDLE = load_fixture("pay.subscription.created.json", "paddle_billing")
 LEMON = load_fixture("pay.subscription_created.json", "lemon_squeezy")
+# Lemon Squeezy events older than the dedup memory are refused as replays (test_hardening.py)
+LEMON_UPDATED_MS = (int(time.time()) - 3600) * 1000
+LEMON["data"]["attributes"]["updated_at"] = datetime.fromtimestamp(LEMON_UPDATED_MS / 1000, UTC).isoformat()
 STANDARD = standard_event(attributes={"email": "ada@example.com", "plan": "pro"}, tags=["beta"])
 # source, a valid payload, how its sender signs, the event id the relay should use
 CASES: list[tuple[str, dict[str, Any], Signer, str]] = [
     ("standard", STANDARD, lambda body: standard_headers(body, "msg_42"), "msg_42"),
     ("paddle", PADDLE, paddle_headers, PADDLE["event_id"]),
-    ("lemonsqueezy", LEMON, lemonsqueezy_headers, "subscription_created-subscriptions-1-1673959431000"),
+    ("lemonsqueezy", LEMON, lemonsqueezy_headers, f"subscription_created-subscriptions-1-{LEMON_UPDATED_MS}"),
 ]
 IDS = [case[0] for case in CASES]
 
