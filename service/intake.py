@@ -28,6 +28,7 @@ from service.core.errors import InvalidPayload, MalformedJson, RelayError, Store
 from service.core.update import UserUpdate
 from service.mapping import Mapping
 from service.ops.metrics import INGEST_SECONDS, WEBHOOKS
+from service.payload_shape import MAX_DEPTH, shape_problem
 from service.sources.base import Described, Envelope, Source
 from service.store.jobs import EVENT_ID as SAFE_ID  # an event id fit for keys, job ids and the DLQ
 from service.store.ledger import Store
@@ -54,7 +55,10 @@ def read_event(
     Raises marshmallow's ValidationError when either does not fit."""
     envelope = source.envelope(payload, headers)
     check_envelope(envelope)
-    return envelope, mapping.to_update(source.name, envelope, identity_key)
+    try:
+        return envelope, mapping.to_update(source.name, envelope, identity_key)
+    except (ValueError, ArithmeticError) as exc:  # e.g. a timestamp past year 9999, a Decimal overflow
+        raise ValidationError({"_schema": [f"A value is out of range ({type(exc).__name__})."]}) from None
 
 
 def check_envelope(envelope: Envelope) -> None:
@@ -120,8 +124,15 @@ class Intake:
         self.source.verify(raw, headers)
         try:
             payload = json.loads(raw)
+        except RecursionError:
+            payload, problem = None, f"nests deeper than {MAX_DEPTH} levels"
         except (ValueError, UnicodeDecodeError):
             raise MalformedJson("request body is not valid JSON") from None
+        else:
+            problem = shape_problem(payload)
+        if problem:  # kept without the body: it could not be stored or read back safely
+            unreadable = ValidationError({"_schema": [f"The body {problem}."]})
+            raise self._dead_letter_invalid(raw, None, Described(None, None, None), unreadable) from None
         described = self.source.describe(payload, headers)
         if described.event_type and len(described.event_type) <= 100:
             seen["event_type"] = described.event_type  # signed by the provider: a bounded set of names

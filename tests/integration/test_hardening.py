@@ -3,6 +3,7 @@ Squeezy replays, and payloads built to break the relay (never a 5xx)."""
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from datetime import UTC, datetime
@@ -111,3 +112,60 @@ def test_the_lemon_squeezy_window_follows_the_dedup_setting(env: dict[str, str],
     redis.flushall()
     short = client_with(env, RELAY_DEDUP_TTL_SECONDS=str(3 * 24 * HOUR))
     assert post(short, "lemonsqueezy", four_days_ago).status_code == 401
+
+
+# 8. correctly signed bodies built to break a later step: 422 and dead-lettered, never a 5xx
+
+CUSTOMER = {"id": "cus_1", "email": "a@example.com", "metadata": {"user_id": "u1"}}
+STANDARD_AT = '{"type":"user.updated","timestamp":"2026-11-23T10:00:00Z","data":{"user_id":"u1","attributes":%s}}'
+
+
+def subscription(**price: Any) -> dict[str, Any]:
+    sub = copy.deepcopy(load_fixture("pay-data.subscription.updated.json")["object"])
+    sub["metadata"] = {"user_id": "u1"}
+    sub["items"]["data"][0]["price"].update(price)
+    return stripe_event("customer.subscription.updated", sub, event_id="evt_shape", created=int(time.time()) - 60)
+
+
+def customer(**metadata: Any) -> dict[str, Any]:
+    obj = {**CUSTOMER, "metadata": {"user_id": "u1", **metadata}}
+    return stripe_event("customer.created", obj, event_id="evt_shape", created=int(time.time()) - 60)
+
+
+def period_end(value: int) -> dict[str, Any]:
+    event = subscription()
+    event["data"]["object"]["current_period_end"] = value
+    return event
+
+
+DEEP = "[" * 5000 + "]" * 5000
+HOSTILE: dict[str, tuple[str, bytes]] = {
+    "nested 5000 deep": (
+        "stripe",
+        f'{{"id":"evt_d","type":"customer.created","created":1,"data":{{"object":{DEEP}}}}}'.encode(),
+    ),
+    "nested 500 deep": ("standard", (STANDARD_AT % ("[" * 500 + "]" * 500)).encode()),
+    "a bare deep array": ("lemonsqueezy", DEEP.encode()),
+    "a lone surrogate user id": ("stripe", json.dumps(customer()).replace('"u1"', '"\\ud800"').encode()),
+    "a lone surrogate attribute": ("standard", (STANDARD_AT % '{"plan":"\\udfff"}').encode()),
+    "a lone surrogate key": ("standard", (STANDARD_AT % '{"\\ud800":"x"}').encode()),
+    "created 1e15": ("stripe", json.dumps({**customer(), "created": 10**15}).encode()),
+    "unit_amount 1e30": ("stripe", json.dumps(subscription(amount=10**30)).encode()),
+    "unit_amount 1e30 as a float": ("stripe", json.dumps(subscription(amount=None, unit_amount_decimal=1e30)).encode()),
+    "NaN": ("stripe", json.dumps(subscription(amount=None, unit_amount_decimal=float("nan"))).encode()),
+    "Infinity": ("standard", (STANDARD_AT % '{"seats":Infinity}').encode()),
+    "a period end past year 9999": ("stripe", json.dumps(period_end(10**15)).encode()),
+    "an int user id of 40 digits": ("stripe", json.dumps(customer(user_id=10**40)).encode()),
+    "a 40,000-character string": ("stripe", json.dumps(customer(note="x" * 40_000)).encode()),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_bodies_are_refused_and_dead_lettered(client: Any, redis: Redis, settings: Settings, case: str) -> None:
+    source, body = HOSTILE[case]
+    response = post(client, source, body)
+    assert response.status_code == 422, response.get_data(as_text=True)
+    assert code(response) == "invalid_payload"
+    counts = balanced(redis, settings)
+    assert (counts["received"], counts["dead_lettered"]) == (1, 1)
+    assert Store.from_settings(redis, settings).dlq().summary()["by_reason"] == {"invalid_payload": 1}
