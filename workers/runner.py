@@ -103,7 +103,7 @@ REDIS_WAIT_MAX_SECONDS = 30.0
 log = logging.getLogger(__name__)
 
 
-def wait_for_redis(redis: Redis, *, sleep: Callable[[float], None] = time.sleep) -> int:
+def wait_for_redis(redis: Redis, who: str = "worker", *, sleep: Callable[[float], None] = time.sleep) -> int:
     """Return once Redis answers; until then one log line per attempt, backing off to 30 s.
     A worker started before Redis (or during its failover) waits instead of crashing."""
     attempt, delay = 1, 1.0
@@ -112,7 +112,9 @@ def wait_for_redis(redis: Redis, *, sleep: Callable[[float], None] = time.sleep)
             redis.ping()
             return attempt
         except RedisError as exc:
-            log.warning("redis is not reachable (%s); attempt %d, next in %.0f s", type(exc).__name__, attempt, delay)
+            log.warning(
+                "%s: redis is not reachable (%s); attempt %d, next in %.0f s", who, type(exc).__name__, attempt, delay
+            )
         sleep(delay)
         attempt, delay = attempt + 1, min(delay * 2, REDIS_WAIT_MAX_SECONDS)
 
@@ -128,7 +130,7 @@ def run_worker(
     """One worker process on one destination's lane. One queue per worker: rq's multi-queue
     dequeue is not atomic."""
     waiting = worker_redis(settings.redis_url)
-    wait_for_redis(waiting)
+    wait_for_redis(waiting, f"{destination} {lane} worker")
     waiting.close()
     context = build_context(settings, destination)
     configure(context)

@@ -67,7 +67,7 @@ def test_a_worker_started_before_redis_waits_for_it(tmp_path: Path) -> None:
         process.stderr.close()  # type: ignore[union-attr]
 
 
-def test_a_second_worker_on_a_busy_metrics_port_stops_with_one_line(redis_server: Any) -> None:
+def test_a_second_worker_on_a_busy_metrics_port_stops_with_one_line(redis_server: Any, redis: Redis) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -78,6 +78,4 @@ def test_a_second_worker_on_a_busy_metrics_port_stops_with_one_line(redis_server
     assert result.stderr.strip().splitlines() == [
         f"relay: RELAY_METRICS_PORT {port} is already in use (another `relay worker` on this host?); set another port"
     ]
-    client = Redis.from_url(redis_server.url)
-    assert client.scard("rq:workers") == 0
-    client.close()
+    assert redis.scard("rq:workers") == 0  # no worker started
