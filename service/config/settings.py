@@ -118,6 +118,9 @@ class Settings:
         needs_worker = role in ("worker", "all")
         destinations = reader.names("RELAY_DESTINATIONS", NAMES)
         identity_key = reader.text("RELAY_IDENTITY_KEY", "user_id")
+        max_skew = reader.integer(
+            "RELAY_MAX_CLOCK_SKEW_SECONDS", DEFAULT_MAX_CLOCK_SKEW_SECONDS, minimum=0, maximum=DAY
+        )
         dedup_ttl = reader.integer(
             "RELAY_DEDUP_TTL_SECONDS",
             DEFAULT_DEDUP_TTL_SECONDS,
@@ -126,7 +129,7 @@ class Settings:
         )
         settings = cls(
             redis_url=reader.redis_url("REDIS_URL"),
-            sources={name: _source(reader, name, identity_key, dedup_ttl) for name in SOURCES},
+            sources={name: _source(reader, name, identity_key, dedup_ttl - max_skew) for name in SOURCES},
             destinations=destinations,
             destination_settings={
                 name: _destination(reader, spec, required=needs_worker and name in destinations)
@@ -156,9 +159,7 @@ class Settings:
             dlq_ttl_days=reader.integer(
                 "RELAY_DLQ_TTL_DAYS", DEFAULT_DLQ_TTL_DAYS, minimum=1, maximum=MAX_DLQ_TTL_DAYS
             ),
-            max_clock_skew_seconds=reader.integer(
-                "RELAY_MAX_CLOCK_SKEW_SECONDS", DEFAULT_MAX_CLOCK_SKEW_SECONDS, minimum=0, maximum=DAY
-            ),
+            max_clock_skew_seconds=max_skew,
             metrics_dir=reader.text("PROMETHEUS_MULTIPROC_DIR", ""),
         )
         if needs_web and not settings.webhook_sources:
@@ -169,11 +170,12 @@ class Settings:
         return settings
 
 
-def _source(reader: Reader, name: str, identity_key: str, dedup_ttl: int) -> SourceSettings:
-    """A source that signs no time (Lemon Squeezy) takes events as old as the dedup memory: an
-    older one could be a captured delivery replayed once its id is forgotten."""
+def _source(reader: Reader, name: str, identity_key: str, max_age: int) -> SourceSettings:
+    """A source that signs no time (Lemon Squeezy) takes events only while the dedup memory
+    surely holds their id (its lifetime less the clock skew an event time may have): an older
+    one could be a captured delivery replayed once its id is forgotten."""
     spec = SOURCES[name]
-    tolerance = dedup_ttl
+    tolerance = max_age
     if spec.tolerance_env is not None:
         tolerance = reader.integer(spec.tolerance_env, spec.default_tolerance, minimum=1, maximum=MAX_TOLERANCE_SECONDS)
     return SourceSettings(reader.secret_list(spec.secret_env, spec.secret_problem), tolerance, identity_key)
