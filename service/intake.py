@@ -28,7 +28,7 @@ from service.core.errors import InvalidPayload, MalformedJson, RelayError, Store
 from service.core.update import UserUpdate
 from service.mapping import Mapping
 from service.ops.metrics import INGEST_SECONDS, WEBHOOKS
-from service.payload_shape import MAX_DEPTH, shape_problem
+from service.payload_shape import MAX_DEPTH, may_hold_surrogates, shape_problem
 from service.sources.base import Described, Envelope, Source
 from service.store.jobs import EVENT_ID as SAFE_ID  # an event id fit for keys, job ids and the DLQ
 from service.store.ledger import Store
@@ -129,7 +129,7 @@ class Intake:
         except (ValueError, UnicodeDecodeError):
             raise MalformedJson("request body is not valid JSON") from None
         else:
-            problem = shape_problem(payload)
+            problem = shape_problem(payload, surrogates=may_hold_surrogates(raw))
         if problem:  # kept without the body: it could not be stored or read back safely
             unreadable = ValidationError({"_schema": [f"The body {problem}."]})
             raise self._dead_letter_invalid(raw, None, Described(None, None, None), unreadable) from None

@@ -13,9 +13,11 @@ MAX_STRING = 32 * 1024  # characters, for keys and values
 MAX_NUMBER = 2**53  # JSON's exact integers; timestamps, amounts and counts are far below
 
 
-def _string_problem(text: str) -> str | None:
+def _string_problem(text: str, surrogates: bool) -> str | None:
     if len(text) > MAX_STRING:
         return f"holds a string longer than {MAX_STRING} characters"
+    if not surrogates:
+        return None
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -31,29 +33,40 @@ def _number_problem(value: float) -> str | None:
     return None
 
 
-def shape_problem(payload: Any) -> str | None:
+def may_hold_surrogates(raw: bytes) -> bool:
+    """A lone surrogate can only come from a `\\uD800`-`\\uDFFF` escape (raw bytes are UTF-8)."""
+    return b"\\ud" in raw or b"\\uD" in raw
+
+
+def shape_problem(payload: Any, *, surrogates: bool = True) -> str | None:
     """Why the parsed body is outside the bounds (one short sentence), or None. Iterative: a
-    deep body cannot exhaust the stack here."""
-    stack: list[tuple[Any, int]] = [(payload, 1)]
-    while stack:
-        value, depth = stack.pop()
-        if isinstance(value, dict | list):
-            if depth > MAX_DEPTH:
-                return f"nests deeper than {MAX_DEPTH} levels"
-            if isinstance(value, dict):
-                for key, item in value.items():
-                    problem = _string_problem(key)
+    deep body cannot exhaust the stack here. `surrogates`: whether strings need checking for
+    lone surrogates (see may_hold_surrogates). Only containers are stacked, one level at a time."""
+    level: list[Any] = [payload]
+    depth = 0
+    while level:
+        depth += 1
+        deeper: list[Any] = []
+        for value in level:
+            items = value.values() if type(value) is dict else value if type(value) is list else (value,)
+            if type(value) is dict:
+                problem = next((p for key in value if (p := _string_problem(key, surrogates))), None)
+                if problem:
+                    return problem
+            for item in items:
+                kind = type(item)
+                if kind is dict or kind is list:
+                    if item:
+                        deeper.append(item)
+                elif kind is str:
+                    problem = _string_problem(item, surrogates)
                     if problem:
                         return problem
-                    stack.append((item, depth + 1))
-            else:
-                stack.extend((item, depth + 1) for item in value)
-        elif isinstance(value, str):
-            problem = _string_problem(value)
-            if problem:
-                return problem
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            problem = _number_problem(value)
-            if problem:
-                return problem
+                elif kind is int or kind is float:
+                    problem = _number_problem(item)
+                    if problem:
+                        return problem
+        if deeper and depth >= MAX_DEPTH:
+            return f"nests deeper than {MAX_DEPTH} levels"
+        level = deeper
     return None
