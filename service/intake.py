@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 import time
 from collections.abc import Mapping as Headers
 from dataclasses import dataclass
@@ -23,16 +22,18 @@ from typing import Any
 from marshmallow import ValidationError
 from redis.exceptions import RedisError
 
+from service.config.settings import DEFAULT_MAX_CLOCK_SKEW_SECONDS
 from service.core.dead_letter import DeadLetter
 from service.core.errors import InvalidPayload, MalformedJson, RelayError, StoreUnavailable, UnsupportedMediaType
 from service.core.update import UserUpdate
 from service.mapping import Mapping
 from service.ops.metrics import INGEST_SECONDS, WEBHOOKS
+from service.payload_shape import MAX_DEPTH, may_hold_surrogates, shape_problem
 from service.sources.base import Described, Envelope, Source
+from service.store.jobs import EVENT_ID as SAFE_ID  # an event id fit for keys, job ids and the DLQ
 from service.store.ledger import Store
 
 log = logging.getLogger(__name__)
-SAFE_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,255}$")  # an event id fit for keys and the DLQ
 
 
 class Outcome(StrEnum):
@@ -53,7 +54,18 @@ def read_event(
     """The provider's envelope and the update the mapping makes of it (None: not mapped).
     Raises marshmallow's ValidationError when either does not fit."""
     envelope = source.envelope(payload, headers)
-    return envelope, mapping.to_update(source.name, envelope, identity_key)
+    check_envelope(envelope)
+    try:
+        return envelope, mapping.to_update(source.name, envelope, identity_key)
+    except (ValueError, ArithmeticError) as exc:  # e.g. a timestamp past year 9999, a Decimal overflow
+        raise ValidationError({"_schema": [f"A value is out of range ({type(exc).__name__})."]}) from None
+
+
+def check_envelope(envelope: Envelope) -> None:
+    """What every source's envelope must be, whatever the provider allows: an event id the relay
+    stores as it is (keys, job ids, the dead-letter queue), never mangled."""
+    if not (isinstance(envelope.event_id, str) and SAFE_ID.match(envelope.event_id)):
+        raise ValidationError({"id": ["The event id must be 1-255 of A-Z a-z 0-9 _ . : -"]})
 
 
 def _is_json(content_type: str | None) -> bool:
@@ -61,12 +73,29 @@ def _is_json(content_type: str | None) -> bool:
     return media_type == "application/json" or (media_type.startswith("application/") and media_type.endswith("+json"))
 
 
+def check_event_time(envelope: Envelope, now: float, max_clock_skew: int) -> None:
+    """An event time from the future would win last-writer-wins against every later event."""
+    if envelope.event_time > now + max_clock_skew:
+        raise ValidationError(
+            {"event_time": [f"The event time is more than {max_clock_skew} s ahead of the relay's clock."]}
+        )
+
+
 class Intake:
-    def __init__(self, source: Source, store: Store, mapping: Mapping, identity_key: str) -> None:
+    def __init__(
+        self,
+        source: Source,
+        store: Store,
+        mapping: Mapping,
+        identity_key: str,
+        *,
+        max_clock_skew: int = DEFAULT_MAX_CLOCK_SKEW_SECONDS,
+    ) -> None:
         self.source = source
         self.store = store
         self.mapping = mapping
         self.identity_key = identity_key
+        self.max_clock_skew = max_clock_skew
 
     def receive(self, raw: bytes, content_type: str | None, headers: Headers[str, str]) -> Received:
         """Take one webhook; every outcome and error is counted and timed."""
@@ -95,13 +124,21 @@ class Intake:
         self.source.verify(raw, headers)
         try:
             payload = json.loads(raw)
+        except RecursionError:
+            payload, problem = None, f"nests deeper than {MAX_DEPTH} levels"
         except (ValueError, UnicodeDecodeError):
             raise MalformedJson("request body is not valid JSON") from None
+        else:
+            problem = shape_problem(payload, surrogates=may_hold_surrogates(raw))
+        if problem:  # kept without the body: it could not be stored or read back safely
+            unreadable = ValidationError({"_schema": [f"The body {problem}."]})
+            raise self._dead_letter_invalid(raw, None, Described(None, None, None), unreadable) from None
         described = self.source.describe(payload, headers)
         if described.event_type and len(described.event_type) <= 100:
             seen["event_type"] = described.event_type  # signed by the provider: a bounded set of names
         try:
             envelope, update = read_event(self.source, self.mapping, self.identity_key, payload, headers)
+            check_event_time(envelope, time.time(), self.max_clock_skew)
         except ValidationError as exc:
             raise self._dead_letter_invalid(raw, payload, described, exc) from None
         if update is None:

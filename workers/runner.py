@@ -10,8 +10,12 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
+from collections.abc import Callable
 from typing import Any
 
+from redis import Redis
+from redis.exceptions import RedisError
 from rq import Queue, SimpleWorker
 from rq.exceptions import StopRequested
 from rq.job import Job
@@ -119,6 +123,26 @@ class DeliveryWorker(SimpleWorker):
         return MAINTENANCE_INTERVAL_SECONDS
 
 
+REDIS_WAIT_MAX_SECONDS = 30.0
+log = logging.getLogger(__name__)
+
+
+def wait_for_redis(redis: Redis, who: str = "worker", *, sleep: Callable[[float], None] = time.sleep) -> int:
+    """Return once Redis answers; until then one log line per attempt, backing off to 30 s.
+    A worker started before Redis (or during its failover) waits instead of crashing."""
+    attempt, delay = 1, 1.0
+    while True:
+        try:
+            redis.ping()
+            return attempt
+        except RedisError as exc:
+            log.warning(
+                "%s: redis is not reachable (%s); attempt %d, next in %.0f s", who, type(exc).__name__, attempt, delay
+            )
+        sleep(delay)
+        attempt, delay = attempt + 1, min(delay * 2, REDIS_WAIT_MAX_SECONDS)
+
+
 def run_worker(
     settings: Settings,
     *,
@@ -130,6 +154,9 @@ def run_worker(
     """One worker process on one destination's lane. One queue per worker: rq's multi-queue
     dequeue is not atomic. It and its rq scheduler (a fork) stop when their parent dies."""
     die_with_supervisor()
+    waiting = worker_redis(settings.redis_url)
+    wait_for_redis(waiting, f"{destination} {lane} worker")
+    waiting.close()
     context = build_context(settings, destination)
     forks_die_with_this_process()
     configure(context)

@@ -10,9 +10,10 @@ from pathlib import Path
 
 from service.cli import dlq as dlq_cli
 from service.cli import trace as trace_cli
+from service.cli.connect import check_all, port_in_use
 from service.config import Settings, settings_or_exit
 from service.destinations.registry import NAMES as DESTINATIONS
-from service.ops.metrics_dir import use_metrics_dir
+from service.ops.metrics_dir import MetricsDirError, use_metrics_dir
 from service.ops.status import version
 from service.sources.registry import SOURCES
 
@@ -53,6 +54,13 @@ def cmd_web(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     settings = settings_or_exit("worker")
+    if args.lane is None and not args.burst and port_in_use(settings.metrics_port):
+        print(
+            f"relay: RELAY_METRICS_PORT {settings.metrics_port} is already in use "
+            "(another `relay worker` on this host?); set another port",
+            file=sys.stderr,
+        )
+        return 2
     if args.lane is None:
         use_metrics_dir(settings.metrics_dir, "worker")  # before the imports below define metrics
         from workers.supervisor import supervise
@@ -84,6 +92,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(f"  identity key: {settings.identity_key}")
     for source, rules in settings.mapping.rules.items():
         print(f"  mapped {source} events ({len(rules)}): {', '.join(sorted(rules))}")
+    if args.connect:
+        print("relay: connecting (no data is sent)")
+        if not check_all(settings, print):
+            print("relay: a dependency is unreachable", file=sys.stderr)
+            return 1
     return 0
 
 
@@ -133,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker.set_defaults(func=cmd_worker)
     check = sub.add_parser("check-config", help="validate the environment and the mapping, then exit")
     check.add_argument("--role", choices=["web", "worker", "all"], default="all", help="which process (default all)")
+    check.add_argument(
+        "--connect", action="store_true", help="also reach Redis and each destination (a HEAD request, no data)"
+    )
     check.set_defaults(func=cmd_check_config)
     sign = sub.add_parser("sign", help="print the signature header(s) for a payload file (Stripe's by default)")
     sign.add_argument("file", help="the payload file (JSON) to sign")
@@ -146,4 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except MetricsDirError as exc:
+        print(f"relay: {exc}", file=sys.stderr)
+        return 2

@@ -3,16 +3,35 @@ line, and never echoes a secret."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
+
+from redis.connection import parse_url
 
 from service.mapping import Mapping as EventMapping
 from service.mapping import MappingError, load_mapping
 
+MAX_MAPPING_BYTES = 1024 * 1024
+
 
 class SettingsError(ValueError):
     """A setting is missing or invalid; the message is one line and free of secrets."""
+
+
+def _port_problem(parts: SplitResult) -> str | None:
+    """Why the URL's port is unusable (urlsplit raises on 99999 or `notaport` only when asked)."""
+    try:
+        port = parts.port
+    except ValueError:
+        return "its port must be a number from 1 to 65535"
+    return "its port must be a number from 1 to 65535" if port == 0 else None
+
+
+def _without_credentials(raw: str) -> str:
+    parts = urlsplit(raw)
+    return parts._replace(netloc=f"***@{parts.netloc.rsplit('@', 1)[1]}").geturl() if "@" in parts.netloc else raw
 
 
 class Reader:
@@ -36,37 +55,49 @@ class Reader:
             raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
         return value
 
-    def integer(self, name: str, default: int, *, minimum: int) -> int:
+    def integer(self, name: str, default: int, *, minimum: int, maximum: int) -> int:
         raw = self._raw(name)
         if not raw:
             return default
         try:
             value = int(raw)
         except ValueError:
-            raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
+            raise SettingsError(f"{name} must be a whole number, got {raw[:40]!r}") from None
         if value < minimum:
             raise SettingsError(f"{name} must be at least {minimum}, got {value}")
+        if value > maximum:
+            raise SettingsError(f"{name} must be at most {maximum}, got {raw[:40]}")
         return value
 
-    def number(self, name: str, default: float) -> float:
+    def number(self, name: str, default: float, *, maximum: float) -> float:
         raw = self._raw(name)
         if not raw:
             return default
         try:
             value = float(raw)
         except ValueError:
-            raise SettingsError(f"{name} must be a number, got {raw!r}") from None
-        if not value > 0:
-            raise SettingsError(f"{name} must be greater than 0, got {raw!r}")
+            raise SettingsError(f"{name} must be a number, got {raw[:40]!r}") from None
+        if not (math.isfinite(value) and 0 < value <= maximum):
+            raise SettingsError(f"{name} must be greater than 0 and at most {maximum:g}, got {raw[:40]!r}")
         return value
 
     def redis_url(self, name: str) -> str:
         raw = self._raw(name)
         if not raw:
             raise SettingsError(f"{name} is required (e.g. redis://localhost:6379/0)")
-        if urlsplit(raw).scheme not in ("redis", "rediss", "unix"):
-            # The URL may carry a password: never echo it.
+        # The URL may carry a password: never echo it.
+        parts = urlsplit(raw)
+        if parts.scheme not in ("redis", "rediss", "unix"):
             raise SettingsError(f"{name} must start with redis://, rediss:// or unix://")
+        problem = _port_problem(parts)
+        if problem is None:
+            try:
+                parse_url(raw)  # what redis-py will make of it (database number, options)
+            except (ValueError, TypeError) as exc:
+                problem = str(exc).replace(raw, "the URL").splitlines()[0][:200] if parts.password is None else None
+                problem = problem or "redis-py cannot read it"
+        if problem:
+            raise SettingsError(f"{name} is not a usable Redis URL: {problem}")
         return raw
 
     def http_url(self, name: str, *, required: bool, example: str = "https://api.example.com") -> str:
@@ -76,8 +107,15 @@ class Reader:
                 raise SettingsError(f"{name} is required (e.g. {example})")
             return ""
         parts = urlsplit(raw)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise SettingsError(f"{name} must be an http(s) URL, got {raw!r}")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise SettingsError(f"{name} must be an http(s) URL, got {_without_credentials(raw)!r}")
+        if "@" in parts.netloc:
+            raise SettingsError(
+                f"{name} must not carry credentials (user:password@): the credential has its own setting"
+            )
+        problem = _port_problem(parts)
+        if problem:
+            raise SettingsError(f"{name} is not a usable URL: {problem}")
         if parts.query or parts.fragment:
             raise SettingsError(f"{name} must not have a query or fragment")
         return raw.rstrip("/")
@@ -115,7 +153,19 @@ class Reader:
 
     def mapping(self, name: str) -> EventMapping:
         raw = self._raw(name)
+        if raw:
+            path = Path(raw)
+            try:
+                if not path.is_file():
+                    raise SettingsError(f"{name}: cannot read {raw}: not a regular file")
+                if path.stat().st_size > MAX_MAPPING_BYTES:
+                    raise SettingsError(f"{name}: {raw} is larger than {MAX_MAPPING_BYTES} bytes")
+                path.read_bytes().decode("utf-8")
+            except UnicodeDecodeError:
+                raise SettingsError(f"{name}: {raw} is not a UTF-8 text (TOML) file") from None
+            except OSError as exc:
+                raise SettingsError(f"{name}: cannot read {raw}: {exc.strerror}") from None
         try:
             return load_mapping(Path(raw) if raw else None)
         except MappingError as exc:
-            raise SettingsError(f"{name}: {exc}") from None
+            raise SettingsError(f"{name}: {' '.join(str(exc).split())}") from None

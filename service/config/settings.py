@@ -23,6 +23,23 @@ from service.sources.registry import SOURCES
 # Stripe retries a webhook for up to 3 days; remember accepted ids longer than that.
 MIN_DEDUP_TTL_SECONDS = 3 * 24 * 3600
 DEFAULT_DEDUP_TTL_SECONDS = 7 * 24 * 3600
+# Upper bounds: every value must be one Redis, urllib3 and the OS accept (no inf, no 1e16).
+DAY = 24 * 3600
+MAX_DEDUP_TTL_SECONDS = 365 * DAY
+MAX_RETRY_BASE_SECONDS = 3600.0
+MAX_RETRY_MAX_DELAY_SECONDS = 7 * DAY
+MAX_RETRY_GIVE_UP_SECONDS = 30 * DAY
+MAX_TIMEOUT_SECONDS = 300.0
+MAX_TOLERANCE_SECONDS = DAY
+MAX_PORT = 65535
+MAX_WEB_WORKERS = 256
+MAX_WEB_THREADS = 1000
+MAX_RATE_LIMIT = 100_000.0
+MAX_CONCURRENCY = 100_000  # burst, calls in flight
+MAX_DLQ_ITEMS = 100_000_000
+MAX_DLQ_TTL_DAYS = 3650
+# An event time further ahead than this is refused: it would win last-writer-wins for good.
+DEFAULT_MAX_CLOCK_SKEW_SECONDS = 300
 # Retries: exponential backoff with full jitter, given up (dead-lettered) after a day.
 DEFAULT_RETRY_BASE_SECONDS = 2.0
 DEFAULT_RETRY_MAX_DELAY_SECONDS = 3600.0
@@ -68,6 +85,7 @@ class Settings:
     dlq_ttl_days: int = DEFAULT_DLQ_TTL_DAYS
     trace_per_user: int = 20  # per-user trace entries kept per destination (0: off); service/store/trace.py
     trace_ttl_days: int = 7
+    max_clock_skew_seconds: int = DEFAULT_MAX_CLOCK_SKEW_SECONDS
     metrics_dir: str = ""  # PROMETHEUS_MULTIPROC_DIR; `relay web` / `relay worker` pick one when unset
 
     @property
@@ -102,9 +120,18 @@ class Settings:
         needs_worker = role in ("worker", "all")
         destinations = reader.names("RELAY_DESTINATIONS", NAMES)
         identity_key = reader.text("RELAY_IDENTITY_KEY", "user_id")
+        max_skew = reader.integer(
+            "RELAY_MAX_CLOCK_SKEW_SECONDS", DEFAULT_MAX_CLOCK_SKEW_SECONDS, minimum=0, maximum=DAY
+        )
+        dedup_ttl = reader.integer(
+            "RELAY_DEDUP_TTL_SECONDS",
+            DEFAULT_DEDUP_TTL_SECONDS,
+            minimum=MIN_DEDUP_TTL_SECONDS,
+            maximum=MAX_DEDUP_TTL_SECONDS,
+        )
         settings = cls(
             redis_url=reader.redis_url("REDIS_URL"),
-            sources={name: _source(reader, name, identity_key) for name in SOURCES},
+            sources={name: _source(reader, name, identity_key, dedup_ttl - max_skew) for name in SOURCES},
             destinations=destinations,
             destination_settings={
                 name: _destination(reader, spec, required=needs_worker and name in destinations)
@@ -113,26 +140,32 @@ class Settings:
             identity_key=identity_key,
             mapping=reader.mapping("RELAY_MAPPING_FILE"),
             admin_token=reader.secret("RELAY_ADMIN_TOKEN", required=False),
-            dedup_ttl_seconds=reader.integer(
-                "RELAY_DEDUP_TTL_SECONDS", DEFAULT_DEDUP_TTL_SECONDS, minimum=MIN_DEDUP_TTL_SECONDS
+            dedup_ttl_seconds=dedup_ttl,
+            retry_base_seconds=reader.number(
+                "RELAY_RETRY_BASE_SECONDS", DEFAULT_RETRY_BASE_SECONDS, maximum=MAX_RETRY_BASE_SECONDS
             ),
-            retry_base_seconds=reader.number("RELAY_RETRY_BASE_SECONDS", DEFAULT_RETRY_BASE_SECONDS),
-            retry_max_delay_seconds=reader.number("RELAY_RETRY_MAX_DELAY_SECONDS", DEFAULT_RETRY_MAX_DELAY_SECONDS),
-            retry_give_up_seconds=reader.number("RELAY_RETRY_GIVE_UP_SECONDS", DEFAULT_RETRY_GIVE_UP_SECONDS),
-            port=reader.integer("PORT", DEFAULT_PORT, minimum=1),
-            web_workers=reader.integer("RELAY_WEB_WORKERS", DEFAULT_WEB_WORKERS, minimum=1),
-            web_threads=reader.integer("RELAY_WEB_THREADS", DEFAULT_WEB_THREADS, minimum=1),
+            retry_max_delay_seconds=reader.number(
+                "RELAY_RETRY_MAX_DELAY_SECONDS", DEFAULT_RETRY_MAX_DELAY_SECONDS, maximum=MAX_RETRY_MAX_DELAY_SECONDS
+            ),
+            retry_give_up_seconds=reader.number(
+                "RELAY_RETRY_GIVE_UP_SECONDS", DEFAULT_RETRY_GIVE_UP_SECONDS, maximum=MAX_RETRY_GIVE_UP_SECONDS
+            ),
+            port=reader.integer("PORT", DEFAULT_PORT, minimum=1, maximum=MAX_PORT),
+            web_workers=reader.integer("RELAY_WEB_WORKERS", DEFAULT_WEB_WORKERS, minimum=1, maximum=MAX_WEB_WORKERS),
+            web_threads=reader.integer("RELAY_WEB_THREADS", DEFAULT_WEB_THREADS, minimum=1, maximum=MAX_WEB_THREADS),
             log_level=reader.choice("RELAY_LOG_LEVEL", "INFO", LOG_LEVELS),
-            metrics_port=reader.integer("RELAY_METRICS_PORT", DEFAULT_METRICS_PORT, minimum=1),
-            dlq_max_items=reader.integer("RELAY_DLQ_MAX_ITEMS", DEFAULT_DLQ_MAX_ITEMS, minimum=1),
-            dlq_ttl_days=reader.integer("RELAY_DLQ_TTL_DAYS", DEFAULT_DLQ_TTL_DAYS, minimum=1),
+            metrics_port=reader.integer("RELAY_METRICS_PORT", DEFAULT_METRICS_PORT, minimum=1, maximum=MAX_PORT),
+            dlq_max_items=reader.integer(
+                "RELAY_DLQ_MAX_ITEMS", DEFAULT_DLQ_MAX_ITEMS, minimum=1, maximum=MAX_DLQ_ITEMS
+            ),
+            dlq_ttl_days=reader.integer(
+                "RELAY_DLQ_TTL_DAYS", DEFAULT_DLQ_TTL_DAYS, minimum=1, maximum=MAX_DLQ_TTL_DAYS
+            ),
+            max_clock_skew_seconds=max_skew,
             metrics_dir=reader.text("PROMETHEUS_MULTIPROC_DIR", ""),
-            trace_per_user=reader.integer("RELAY_TRACE_PER_USER", 20, minimum=0),
-            trace_ttl_days=reader.integer("RELAY_TRACE_TTL_DAYS", 7, minimum=1),
+            trace_per_user=reader.integer("RELAY_TRACE_PER_USER", 20, minimum=0, maximum=1000),
+            trace_ttl_days=reader.integer("RELAY_TRACE_TTL_DAYS", 7, minimum=1, maximum=365),
         )
-        for name, port in (("PORT", settings.port), ("RELAY_METRICS_PORT", settings.metrics_port)):
-            if port > 65535:
-                raise SettingsError(f"{name} must be at most 65535, got {port}")
         if needs_web and not settings.webhook_sources:
             wanted = ", ".join(spec.secret_env for spec in SOURCES.values())
             raise SettingsError(f"no webhook source is configured: set at least one of {wanted}")
@@ -141,11 +174,14 @@ class Settings:
         return settings
 
 
-def _source(reader: Reader, name: str, identity_key: str) -> SourceSettings:
+def _source(reader: Reader, name: str, identity_key: str, max_age: int) -> SourceSettings:
+    """A source that signs no time (Lemon Squeezy) takes events only while the dedup memory
+    surely holds their id (its lifetime less the clock skew an event time may have): an older
+    one could be a captured delivery replayed once its id is forgotten."""
     spec = SOURCES[name]
-    tolerance = spec.default_tolerance
+    tolerance = max_age
     if spec.tolerance_env is not None:
-        tolerance = reader.integer(spec.tolerance_env, spec.default_tolerance, minimum=1)
+        tolerance = reader.integer(spec.tolerance_env, spec.default_tolerance, minimum=1, maximum=MAX_TOLERANCE_SECONDS)
     return SourceSettings(reader.secret_list(spec.secret_env, spec.secret_problem), tolerance, identity_key)
 
 
@@ -154,11 +190,11 @@ def _destination(reader: Reader, spec: DestinationSpec, *, required: bool) -> De
         api_url=reader.http_url(spec.url_env, required=required and not spec.url_default, example=spec.url_example)
         or spec.url_default,
         credential=reader.secret(spec.credential_env, required=required),
-        rate_limit=reader.number(spec.rate_env, DEFAULT_RATE_LIMIT),
-        burst=reader.integer(spec.burst_env, DEFAULT_BURST, minimum=1),
-        max_in_flight=reader.integer(spec.in_flight_env, DEFAULT_MAX_IN_FLIGHT, minimum=1),
-        connect_timeout=reader.number(spec.connect_timeout_env, DEFAULT_CONNECT_TIMEOUT),
-        read_timeout=reader.number(spec.read_timeout_env, DEFAULT_READ_TIMEOUT),
+        rate_limit=reader.number(spec.rate_env, DEFAULT_RATE_LIMIT, maximum=MAX_RATE_LIMIT),
+        burst=reader.integer(spec.burst_env, DEFAULT_BURST, minimum=1, maximum=MAX_CONCURRENCY),
+        max_in_flight=reader.integer(spec.in_flight_env, DEFAULT_MAX_IN_FLIGHT, minimum=1, maximum=MAX_CONCURRENCY),
+        connect_timeout=reader.number(spec.connect_timeout_env, DEFAULT_CONNECT_TIMEOUT, maximum=MAX_TIMEOUT_SECONDS),
+        read_timeout=reader.number(spec.read_timeout_env, DEFAULT_READ_TIMEOUT, maximum=MAX_TIMEOUT_SECONDS),
     )
 
 

@@ -29,11 +29,29 @@ DELIVERY_JOB_TIMEOUT = 60
 # itself (bugs) take the same path, then end in the dead-letter queue as internal_error.
 RERUNS = 3
 FAILED_JOB_TTL = 14 * 24 * 3600  # rq keeps jobs that crashed unexpectedly this long
-JOB_ID_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+# An event id is kept as it is in its job id when that cannot be mistaken for another: rq's
+# characters only, starting with a letter or digit, and, if it has a `-`, its last `-` part
+# starting with a digit (Stripe, Paddle, Lemon Squeezy and most Standard Webhooks ids), because
+# the suffixes after it (-<destination>, -replay<N>, -a<N>, -t<hex>) all start with a letter.
+# Any other id is written escaped: `_` first, then `_u` `_h` `_d` `_c` for `_` `-` `.` `:` —
+# reversible, with no `-`, and never equal to a kept id (those never start with `_`).
+# Ids of jobs already queued stay as they were (the worker builds a retry's id from the id in hand).
+KEPT_EVENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+ESCAPES = {"_": "_u", "-": "_h", ".": "_d", ":": "_c"}
+EVENT_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,255}$")  # what intake accepts as an event id
+
+
+def job_event_id(event_id: str) -> str:
+    """The event id as written in job ids: collision-free and within rq's [A-Za-z0-9_-]."""
+    if KEPT_EVENT_ID.match(event_id) and ("-" not in event_id or event_id.rsplit("-", 1)[1][:1].isdigit()):
+        return event_id
+    if not EVENT_ID.match(event_id):
+        raise ValueError("event id outside [A-Za-z0-9_.:-]{1,255}")  # intake refuses such ids first
+    return "_" + "".join(ESCAPES.get(char, char) for char in event_id)
 
 
 def job_id_for(update: UserUpdate, attempt: int = 1, *, destination: str, replay: int | None = None) -> str:
-    base = JOB_ID_UNSAFE.sub("_", f"{update.source}-{update.event_id}")
+    base = f"{update.source}-{job_event_id(update.event_id)}"
     if destination != keys.UNPREFIXED_DESTINATION:
         base = f"{base}-{destination}"
     if replay is not None:

@@ -19,12 +19,18 @@ def build_app(settings: Settings | None = None, *, redis: Redis | None = None) -
     settings = settings or Settings.from_env(role="web")
     redis = redis if redis is not None else web_redis(settings.redis_url)
     app = Flask("relay")
-    app.config["MAX_CONTENT_LENGTH"] = errors.MAX_BODY_BYTES
+    app.config["MAX_CONTENT_LENGTH"] = errors.MAX_BODY_BYTES + 1  # the byte that tells a chunked body too large
     app.json.sort_keys = False  # type: ignore[attr-defined]
     store = Store.from_settings(redis, settings)
     app.extensions["relay.redis"] = redis
     app.extensions["relay.intake"] = {
-        name: Intake(build_source(name, settings.source(name)), store, settings.mapping, settings.identity_key)
+        name: Intake(
+            build_source(name, settings.source(name)),
+            store,
+            settings.mapping,
+            settings.identity_key,
+            max_clock_skew=settings.max_clock_skew_seconds,
+        )
         for name in settings.webhook_sources
     }
     app.extensions["relay.operators"] = {

@@ -52,12 +52,24 @@ def http_error(exc: HTTPException) -> tuple[dict[str, Any], int]:
     return {"error": {"code": code, "message": exc.description or exc.name}}, exc.code or 500
 
 
+def check_body_size() -> None:
+    """413 for a body over MAX_BODY_BYTES, however it is sent. Flask refuses a Content-Length over
+    its MAX_CONTENT_LENGTH (one byte more), but cuts a chunked body (no Content-Length) there
+    without a word; read up to that byte (cached for the view), it tells the body too large."""
+    length = request.content_length
+    if length is None and request.environ.get("wsgi.input_terminated"):
+        length = len(request.get_data())
+    if length is not None and length > MAX_BODY_BYTES:
+        raise e.PayloadTooLarge(f"request body is larger than {MAX_BODY_BYTES} bytes")
+
+
 def unexpected_error(exc: Exception) -> tuple[dict[str, Any], int]:
     log.exception("unexpected error on %s %s", request.method, request.path)
     return {"error": {"code": "internal_error", "message": "internal error"}}, 500
 
 
 def register(app: Flask) -> None:
+    app.before_request(check_body_size)
     app.register_error_handler(e.RelayError, relay_error)
     app.register_error_handler(HTTPException, http_error)
     app.register_error_handler(RedisError, redis_error)

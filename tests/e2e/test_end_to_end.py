@@ -262,6 +262,7 @@ def test_each_source_reaches_both_destinations(
     paddle["data"]["custom_data"] = {"user_id": "u_paddle"}
     lemon = load_fixture("pay.subscription_created.json", "lemon_squeezy")
     lemon["meta"]["custom_data"] = {"user_id": "u_lemon"}
+    lemon["data"]["attributes"]["updated_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 3600))
     standard = standard_event(
         "u_std", attributes={"email": "std@example.com", "first_name": "Std", "plan": "team"}, tags=["beta"]
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -12,7 +13,15 @@ from hypothesis import strategies as st
 
 from service import create_app
 from service.config import Settings
-from tests.conftest import lemonsqueezy_headers, paddle_headers, sign, standard_headers
+from tests.conftest import (
+    lemonsqueezy_headers,
+    load_fixture,
+    paddle_headers,
+    sign,
+    standard_event,
+    standard_headers,
+    stripe_event,
+)
 
 TOKEN = "fuzz-admin-token"
 
@@ -131,6 +140,62 @@ ENVELOPES = st.fixed_dictionaries(
 def test_fuzzed_signed_bodies_never_get_a_5xx(env: dict[str, str], redis: Any, source: str, body: bytes) -> None:
     if source in ("stripe", "standard"):
         assume(_is_utf8(body))  # the stripe and standardwebhooks packages sign text only
+    response = (
+        _app(env)
+        .test_client()
+        .post(f"/webhooks/{source}", data=body, headers=SIGNERS[source](body), content_type="application/json")
+    )
+    assert response.status_code in (200, 202, 400, 422), response.get_data(as_text=True)
+
+
+# Valid signed events with one value swapped for a hostile one (tests/integration/test_hardening.py
+# has one of each by name): deep nesting, lone surrogates, huge or non-finite numbers, long text.
+DEEP = "__deep__"
+HOSTILE_VALUES = st.sampled_from(
+    [DEEP, "\ud800", "a\udfffb", 10**15, -(10**15), 10**30, 1e30, float("nan"), float("inf"), "x" * 40_000, [], {}]
+)
+
+
+def _valid(source: str) -> dict[str, Any]:
+    now = int(time.time())
+    if source == "stripe":
+        obj = {"id": "cus_fz", "email": "a@example.com", "name": "A B", "metadata": {"user_id": "u1"}}
+        return stripe_event("customer.created", obj, event_id="evt_fz", created=now - 60)
+    if source == "standard":
+        return standard_event("u1", attributes={"plan": "pro", "seats": 3}, tags=["beta"])
+    if source == "paddle":
+        return {**load_fixture("pay.subscription.created.json", "paddle_billing"), "event_id": "evt_fz"}
+    event = load_fixture("pay.subscription_created.json", "lemon_squeezy")
+    event["data"]["attributes"]["updated_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - 60))
+    return event
+
+
+@st.composite
+def planted(draw: Any) -> tuple[str, bytes]:
+    source = draw(st.sampled_from(sorted(SIGNERS)))
+    event = _valid(source)
+    node: Any = event
+    for _ in range(draw(st.integers(0, 5))):
+        inner = [
+            k
+            for k, v in (node.items() if isinstance(node, dict) else enumerate(node))
+            if v and isinstance(v, dict | list)
+        ]
+        if not inner:
+            break
+        node = node[draw(st.sampled_from(inner))]
+    slots = list(node) if isinstance(node, dict) else list(range(len(node)))
+    if slots:
+        node[draw(st.sampled_from(slots))] = draw(HOSTILE_VALUES)
+    return source, json.dumps(event).replace(f'"{DEEP}"', "[" * 5000 + "]" * 5000).encode()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=planted())
+def test_signed_events_carrying_hostile_values_never_get_a_5xx(
+    env: dict[str, str], redis: Any, case: tuple[str, bytes]
+) -> None:
+    source, body = case
     response = (
         _app(env)
         .test_client()

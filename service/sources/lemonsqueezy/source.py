@@ -5,17 +5,23 @@
 Lemon Squeezy sends no event id. A delivery is identified by what it reports: the event name,
 the resource and the time that resource last changed (`<event>-<type>-<id>-<updated_at ms>`).
 A retried delivery carries the same body, so it gets the same id and is recognised as a duplicate.
+
+Nothing signed says when a delivery was sent, so a captured one verifies for ever. Once its id
+has left the dedup memory it would be taken again: an event whose `updated_at` is older than
+that memory (RELAY_DEDUP_TTL_SECONDS, the source's tolerance) is refused as expired.
 """
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Mapping as Headers
 from dataclasses import dataclass
 from typing import Any
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
-from service.core.errors import SignatureInvalid, SignatureMissing
+from service.core.errors import SignatureExpired, SignatureInvalid, SignatureMissing
 from service.sources.base import Described, Envelope, SourceSettings, SourceSpec, text_or_none
 from service.sources.extraction import identity
 from service.sources.lemonsqueezy.extract import EXTRACTORS
@@ -71,6 +77,22 @@ def event_id(event_name: str, data_type: str, data_id: str, updated_at_ms: int) 
     return f"{event_name}-{data_type}-{data_id}-{updated_at_ms}"
 
 
+def check_not_replayed(raw: bytes, max_age: int, now: float) -> None:
+    """Refuse a signed event older than the dedup memory (max_age 0: not checked). Part of the
+    signature check, as a signed time's age is for other providers: a dead-lettered event
+    replayed by an operator is not checked again. A body this cannot read is left to the schema."""
+    try:
+        attributes = json.loads(raw)["data"]["attributes"]
+        updated_at = _TIMES_SCHEMA.load(attributes)["updated_at"].timestamp()
+    except (ValueError, TypeError, KeyError, IndexError, ValidationError, OverflowError, RecursionError):
+        return
+    if max_age > 0 and updated_at < now - max_age:
+        raise SignatureExpired(
+            f"Lemon Squeezy event is older than the dedup window ({max_age} s, by data.attributes.updated_at): "
+            "refused as a possible replay"
+        )
+
+
 def read_envelope(payload: Any, identity_key: str) -> Envelope:
     if not isinstance(payload, dict):
         raise ValidationError({"_schema": ["A Lemon Squeezy webhook must be a JSON object."]})
@@ -98,6 +120,7 @@ class LemonSqueezySource:
 
     def verify(self, raw: bytes, headers: Headers[str, str]) -> None:
         verify_signature(raw, headers.get(HEADER), self.settings.secrets)
+        check_not_replayed(raw, self.settings.tolerance_seconds, time.time())
 
     def envelope(self, payload: Any, headers: Headers[str, str]) -> Envelope:
         return read_envelope(payload, self.settings.identity_key)

@@ -1,0 +1,42 @@
+"""PROMETHEUS_MULTIPROC_DIR: only prometheus-client's own files are ever deleted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service.devtools.embedded_redis import free_port
+from service.ops.metrics_dir import MetricsDirError, prepare_multiprocess_dir
+from tests.integration.test_cli import GOOD, relay
+
+METRIC_FILES = ["counter_12.db", "gauge_all_12.db", "gauge_livesum_7.db", "histogram_12.db", "summary_3.db"]
+
+
+def test_metric_files_of_an_earlier_run_are_deleted(tmp_path: Path) -> None:
+    for name in METRIC_FILES:
+        (tmp_path / name).write_bytes(b"\0" * 16)
+    prepare_multiprocess_dir(str(tmp_path))
+    assert tmp_path.is_dir() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("other", ["notes.txt", "counter_12.db.bak", "data.db", "sub/"])
+def test_a_directory_holding_anything_else_is_refused_and_left_alone(tmp_path: Path, other: str) -> None:
+    (tmp_path / "counter_12.db").write_bytes(b"\0")
+    (tmp_path / other).mkdir() if other.endswith("/") else (tmp_path / other).write_text("keep me")
+    with pytest.raises(MetricsDirError) as raised:
+        prepare_multiprocess_dir(str(tmp_path))
+    assert "\n" not in str(raised.value) and other.rstrip("/") in str(raised.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["counter_12.db", other.rstrip("/")])
+
+
+@pytest.mark.parametrize("command", ["web", "worker"])
+def test_relay_refuses_a_wrong_metrics_dir_in_one_line(tmp_path: Path, command: str) -> None:
+    (tmp_path / "important.txt").write_text("keep me")
+    result = relay(
+        command, env={**GOOD, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "RELAY_METRICS_PORT": str(free_port())}
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("relay: PROMETHEUS_MULTIPROC_DIR"), result.stderr
+    assert (tmp_path / "important.txt").read_text() == "keep me"
