@@ -83,13 +83,17 @@ def test_an_idle_worker_reruns_a_job_abandoned_by_a_dead_one(
     worker_env = {"PATH": os.environ["PATH"], **env}
     dying = _relay_worker(worker_env)
     started = StartedJobRegistry(queue=build_context(settings, "usercom").queues[keys.LIVE])
-    _wait(lambda: started.get_job_ids(cleanup=False) == ["stripe-evt_1"], timeout=20)
+    # Killed once its call hangs in the sandbox (the fault taken), not merely started.
+    _wait(lambda: started.get_job_ids(cleanup=False) == ["stripe-evt_1"] and not sandbox.state.faults, timeout=20)
     os.killpg(dying.pid, signal.SIGKILL)
     dying.wait()
     redis.delete(keys.USERCOM.user_lock("stripe", "u1"), f"rq:clean_registries:{keys.USERCOM.queue_name(keys.LIVE)}")
     idle = _relay_worker(worker_env)
     try:
-        time.sleep(3)  # the new worker has done its start-up maintenance and waits for a job
+        # The new worker has registered (its start-up maintenance is behind it) and waits for a job.
+        queue_workers = f"rq:workers:{keys.USERCOM.queue_name(keys.LIVE)}"
+        _wait(lambda: redis.scard(queue_workers) >= 1, timeout=30)
+        time.sleep(1)
         # Time passes: the dead worker's entry lapses (fast-forwarded, not waited for).
         member = redis.zrange(started.key, 0, -1)[0]
         redis.zadd(started.key, {member: time.time() - 1})
