@@ -27,6 +27,7 @@ from service.ops.metrics import DELIVERIES, DELIVERY_LATENCY
 from service.store import keys
 from workers.delivery.batch import return_taken, run_batch
 from workers.delivery.context import DeliveryContext, current, job_in_hand
+from workers.delivery.dropped import report_dropped
 from workers.delivery.outcomes import dead_letter, fields, put_back, retry_or_give_up
 from workers.ordering import Hold, UserBusy, merge
 from workers.ratelimit import Throttled
@@ -154,6 +155,7 @@ def _send(
         raise
     outcomes = [(update, "delivered"), *((item, "coalesced") for item in others)]
     settled = hold.settle(ctx.store, outcomes, memory, slots)[0]
+    report_dropped(ctx.client, update, others, user_id, lane, attempt)
     DELIVERIES.labels("delivered", lane, ctx.client.name).inc()
     if others:
         DELIVERIES.labels("coalesced", lane, ctx.client.name).inc(len(others))
