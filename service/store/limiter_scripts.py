@@ -151,7 +151,7 @@ def effective_rate(base: float | None, at_ms: float | None, now_ms: float, ceili
 INCREASE_FRACTION_PER_SECOND = 0.0025  # of the ceiling: from 0.9 R back to R in 40 s at ceiling R
 DECREASE_FACTOR = 0.9
 FLOOR_FRACTION = 0.02  # the effective rate never goes below 2 % of the ceiling
-JITTER_MS = 30  # slot-to-arrival variation absorbed by the sliding window
+JITTER_MS = 40  # slot-to-arrival variation absorbed by the sliding window
 
 
 def increase_per_second(ceiling: float) -> float:
