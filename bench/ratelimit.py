@@ -124,12 +124,17 @@ def report(args: argparse.Namespace, requests: list[dict], rates: list[float], d
         print(f"converged (last 429 before 10 s without one) {converged:.1f}s after the first call")
     if dropped_at is not None:
         late = [t for t in throttled if t >= dropped_at]
-        stop_after = (late[-1] - dropped_at) if late else 0.0
-        print(f"limit halved at {dropped_at - first:.1f}s: {len(late)} 429s after it, the last {stop_after:.1f}s after")
-        post = [t for t in ok if t >= (late[-1] if late else dropped_at)]
+        settled = converged_at(late, dropped_at) if late else 0.0
+        probes = [t for t in late if t > dropped_at + settled]
+        print(
+            f"limit halved at {dropped_at - first:.1f}s: 429s stopped {settled:.1f}s after it "
+            f"(last 429 before 10 s without one); then {len(probes)} probing 429s in the "
+            f"{calls[-1] - dropped_at - settled:.0f}s left (AIMD growing back over the limit)"
+        )
+        post = [t for t in ok if t >= dropped_at + settled]
         if len(post) > 1:
             rate = len(post) / (post[-1] - post[0])
-            print(f"after the last 429: {rate:.2f}/s = {rate / (args.rate / 2):.3f} x (R/2)")
+            print(f"after that: {rate:.2f}/s = {rate / (args.rate / 2):.3f} x (R/2)")
     print("effective rate every 5 s: " + ", ".join(f"{r:.1f}" for r in rates))
 
 
