@@ -173,9 +173,11 @@ class RateLimiter:
         self.effective_rate = rate
         ceiling = self.config.rate_per_second
         step = 0.05 * ceiling
-        if rate < self._logged_rate or (rate - self._logged_rate < step and not (rate == ceiling > self._logged_rate)):
-            if rate < self._logged_rate:
-                self._logged_rate = rate  # lowered by another process, which logged it
+        if rate < self._logged_rate:  # lowered by another process, which logged it
+            self._logged_rate = rate
+            return
+        back_at_ceiling = rate == ceiling > self._logged_rate
+        if rate - self._logged_rate < step and not back_at_ceiling:
             return
         self._logged_rate = rate
         log.info(
