@@ -1,5 +1,9 @@
 """One rate limiter for every worker process of every pod: GCRA in Redis, on Redis' clock.
 
+The configured rate (`USERCOM_RATE_LIMIT`) is a ceiling: the limiter keeps the receiver's sliding
+window (no `floor(rate)` slots within one second plus JITTER_MS), and each 429 lowers the effective
+rate for the whole cluster, which then grows back slowly (AIMD, service/store/limiter_scripts.py).
+
 Each User.com call first takes a slot: the script checks the cluster-wide pause a 429 set,
 the concurrency cap (`USERCOM_MAX_IN_FLIGHT` calls at once, leases that expire if a worker
 dies) and the GCRA schedule (`USERCOM_RATE_LIMIT` per second, `USERCOM_BURST` at once), and
@@ -10,6 +14,7 @@ one is handed back to the job, which is put back to run at that time instead of 
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,50 +25,17 @@ from dataclasses import dataclass
 from redis import Redis
 
 from service.store import keys
+from service.store.limiter_scripts import (
+    ACQUIRE_SCRIPT,
+    DECREASE_FACTOR,
+    FLOOR_FRACTION,
+    JITTER_MS,
+    PAUSE_SCRIPT,
+    PAUSED_SCRIPT,
+    increase_per_second,
+)
 
-# KEYS: tat (GCRA theoretical arrival time, ms), pause_until (ms), in_flight (zset token -> lease end ms)
-# ARGV: interval_ms, burst_tolerance_ms, max_in_flight, token, lease_ms, max_wait_ms
-# Returns {1, microseconds until the slot} when a slot is booked for the token (now, or at most
-# max_wait_ms ahead: the schedule moves on at once, so waiters never compete for the same slot and
-# none is lost to a late wake-up), else {0, microseconds to wait before asking again} (paused, at
-# the concurrency cap, or the next slot is further ahead than max_wait_ms).
-ACQUIRE_SCRIPT = """
-redis.replicate_commands()
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-local pause = tonumber(redis.call('GET', KEYS[2]) or '0')
-if pause > now then return {0, math.ceil((pause - now) * 1000)} end
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
-if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[3]) then
-    local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
-    return {0, math.ceil(math.max(1, math.min(50, tonumber(first[2]) - now)) * 1000)}
-end
-local interval = tonumber(ARGV[1])
-local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now)
-local wait = math.max(0, tat - tonumber(ARGV[2]) - now)
-if wait > tonumber(ARGV[6]) then return {0, math.ceil(wait * 1000)} end
-redis.call('SET', KEYS[1], tat + interval, 'PX', math.ceil(tat + interval - now + 1000))
-redis.call('ZADD', KEYS[3], now + wait + tonumber(ARGV[5]), ARGV[4])
-return {1, math.ceil(wait * 1000)}
-"""
-
-# KEYS: pause_until. Whether a 429 has paused every worker (on Redis' clock).
-PAUSED_SCRIPT = """
-local t = redis.call('TIME')
-return tonumber(redis.call('GET', KEYS[1]) or '0') > tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000 and 1 or 0
-"""
-
-# KEYS: pause_until, last_429. ARGV: pause_ms. Extends, never shortens, the cluster-wide pause.
-PAUSE_SCRIPT = """
-redis.replicate_commands()
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local until_ms = now + tonumber(ARGV[1])
-local current = tonumber(redis.call('GET', KEYS[1]) or '0')
-if until_ms > current then redis.call('SET', KEYS[1], until_ms, 'PX', tonumber(ARGV[1]) + 1000) end
-redis.call('SET', KEYS[2], now / 1000)
-return math.max(until_ms, current)
-"""
+log = logging.getLogger("relay.ratelimit")
 
 DEFAULT_PAUSE_SECONDS = 5.0  # a 429 without Retry-After
 MAX_SLEEP_SECONDS = 1.0  # longer waits go back to the queue
@@ -106,7 +78,11 @@ class RateLimiter:
             destination_keys.limiter_tat,
             destination_keys.limiter_paused_until,
             destination_keys.limiter_in_flight,
+            destination_keys.limiter_window,
+            destination_keys.limiter_rate,
         ]
+        self.effective_rate = config.rate_per_second  # as last seen by this process
+        self._logged_rate = config.rate_per_second
 
     @contextmanager
     def slot(self) -> Iterator[None]:
@@ -147,11 +123,14 @@ class RateLimiter:
 
     def _book(self, token: str) -> None:
         """Book a slot and sleep until it; a short wait to ask again (the cap, a pause) is slept too."""
-        interval_ms = 1000.0 / self.config.rate_per_second
-        args = [interval_ms, (self.config.burst - 1) * interval_ms, self.config.max_in_flight, token, LEASE_MS]
+        ceiling = self.config.rate_per_second
+        head = [ceiling, self.config.burst, self.config.max_in_flight, token, LEASE_MS]
+        tail = [JITTER_MS, increase_per_second(ceiling)]
         waited = 0.0
         while True:
-            booked, micros = self._acquire(keys=self._acquire_keys, args=[*args, (self.max_sleep - waited) * 1000])
+            max_wait_ms = (self.max_sleep - waited) * 1000
+            booked, micros, rate_milli = self._acquire(keys=self._acquire_keys, args=[*head, max_wait_ms, *tail])
+            self._saw_rate(int(rate_milli) / 1000)
             wait = int(micros) / 1e6
             if not booked and waited + wait > self.max_sleep:
                 raise Throttled(wait)
@@ -164,7 +143,47 @@ class RateLimiter:
                 self._release([token])
 
     def pause(self, seconds: float | None) -> float:
-        """A 429: every worker waits until then. Returns the pause's end (epoch seconds)."""
+        """A 429: every worker waits until then (Retry-After exactly, else DEFAULT_PAUSE_SECONDS), and
+        the effective rate is lowered once per episode. Returns the pause's end (epoch seconds)."""
         pause_ms = int(1000 * (seconds if seconds is not None else DEFAULT_PAUSE_SECONDS))
-        pause_keys = [self._keys.limiter_paused_until, self._keys.last_429]
-        return int(self._pause(keys=pause_keys, args=[pause_ms])) / 1000
+        pause_keys = [
+            self._keys.limiter_paused_until,
+            self._keys.last_429,
+            self._keys.limiter_rate,
+            self._keys.limiter_window,
+        ]
+        ceiling = self.config.rate_per_second
+        args = [pause_ms, ceiling, increase_per_second(ceiling), DECREASE_FACTOR, ceiling * FLOOR_FRACTION]
+        until_ms, lowered, old_milli, new_milli = self._pause(keys=pause_keys, args=args)
+        if lowered:
+            old, new = int(old_milli) / 1000, int(new_milli) / 1000
+            log.warning(
+                "%s rate lowered from %.2f/s to %.2f/s after a 429 (ceiling %g/s)",
+                self._keys.destination,
+                old,
+                new,
+                ceiling,
+                extra={"destination": self._keys.destination, "effective_rate": new},
+            )
+            self.effective_rate = self._logged_rate = new
+        return int(until_ms) / 1000
+
+    def _saw_rate(self, rate: float) -> None:
+        """Log the effective rate when it has grown back by a step (5 % of the ceiling) or to the ceiling."""
+        self.effective_rate = rate
+        ceiling = self.config.rate_per_second
+        step = 0.05 * ceiling
+        if rate < self._logged_rate:  # lowered by another process, which logged it
+            self._logged_rate = rate
+            return
+        back_at_ceiling = rate == ceiling > self._logged_rate
+        if rate - self._logged_rate < step and not back_at_ceiling:
+            return
+        self._logged_rate = rate
+        log.info(
+            "%s rate back up to %.2f/s (ceiling %g/s)",
+            self._keys.destination,
+            rate,
+            ceiling,
+            extra={"destination": self._keys.destination, "effective_rate": rate},
+        )

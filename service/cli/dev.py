@@ -65,6 +65,9 @@ def _wait_ready(url: str, children: list[subprocess.Popen[bytes]], timeout: floa
     raise RuntimeError(f"{url} did not become ready in {timeout:.0f}s")
 
 
+SANDBOX_FILE = "usercom-sandbox.json"
+
+
 def _port_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         try:
@@ -81,7 +84,8 @@ def run_dev(*, port: int, data_dir: Path) -> int:
     env = dict(os.environ)
     sandbox: SandboxServer | None = None
     if not (env.get("USERCOM_API_URL") and env.get("USERCOM_API_KEY")):
-        sandbox = SandboxServer(api_key=secrets.token_hex(32)).start()
+        # Its users are kept in the data dir, so the User.com ids the relay learned stay valid.
+        sandbox = SandboxServer(api_key=secrets.token_hex(32), data_file=data_dir / SANDBOX_FILE).start()
         env["USERCOM_API_URL"], env["USERCOM_API_KEY"] = sandbox.base_url, sandbox.state.api_key
     env.setdefault("STRIPE_WEBHOOK_SECRETS", DEV_STRIPE_SECRET)
     env.setdefault("RELAY_ADMIN_TOKEN", secrets.token_urlsafe(24))

@@ -35,6 +35,11 @@ USERCOM_REQUESTS = Counter(
 USERCOM_SECONDS = Histogram(
     "relay_usercom_request_duration_seconds", "User.com API call latency", ["endpoint"], buckets=LATENCY_BUCKETS
 )
+VALUES_DROPPED = Counter(
+    "relay_values_dropped_total",
+    "Values left out of a delivered update because the destination's rules would refuse them",
+    ["attribute", "reason"],
+)
 USERKIT_REQUESTS = Counter(
     "relay_userkit_requests_total", "UserKit API calls by endpoint and status", ["endpoint", "status"]
 )

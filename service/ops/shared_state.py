@@ -51,7 +51,11 @@ class SharedStateCollector(Collector):
             "relay_last_delivery_timestamp_seconds", "Time of the last successful delivery", labels=label
         )
         pause = GaugeMetricFamily("relay_ratelimit_pause_seconds", "Seconds left in a 429 pause", labels=label)
+        rate = GaugeMetricFamily(
+            "relay_ratelimit_effective_rate", "Calls per second the limiter allows now (AIMD)", labels=label
+        )
         for name, dest in status["destinations"].items():
+            rate.add_metric([name], dest["limiter"]["effective_rate_per_second"])
             for lane, values in dest["lanes"].items():
                 depth.add_metric([name, lane], values["depth"])
                 scheduled.add_metric([name, lane], values["scheduled"])
@@ -66,7 +70,7 @@ class SharedStateCollector(Collector):
             last.add_metric([name], dest["last_delivery_at"] or 0)
             paused_until = dest["limiter"]["paused_until"]
             pause.add_metric([name], max(0.0, paused_until - status["time"]) if paused_until else 0.0)
-        yield from (depth, scheduled, age, workers, dlq, dropped, events, in_flight, last, pause)
+        yield from (depth, scheduled, age, workers, dlq, dropped, events, in_flight, last, pause, rate)
 
 
 def shared_state_metrics(redis: Redis, settings: Settings) -> bytes:

@@ -18,6 +18,7 @@ from service.config import Settings
 from service.store import keys
 from service.store.jobs import DELIVERY_JOB_TIMEOUT
 from service.store.ledger import ledger_from
+from service.store.limiter_scripts import effective_rate, increase_per_second
 
 
 def version() -> str:
@@ -44,7 +45,7 @@ def collect_status(redis: Redis, settings: Settings, *, now: float | None = None
     results = _count_live_workers(redis, pipe.execute(), now)
     destinations = {}
     for name in settings.destinations:
-        size = len(keys.LANES) * 5 + 7
+        size = len(keys.LANES) * 5 + 8
         destinations[name] = _destination(results[:size], _limits(settings, name), now)
         results = results[size:]
     return {"version": version(), "time": now, "destinations": destinations}
@@ -70,6 +71,7 @@ def _queue_reads(pipe: Any, own: keys.Keys, now: float) -> None:
     pipe.get(own.last_429)
     pipe.get(own.limiter_paused_until)
     pipe.zcount(own.limiter_in_flight, now * 1000, "+inf")
+    pipe.hmget(own.limiter_rate, "base", "at")
 
 
 def _count_live_workers(redis: Redis, results: list[Any], now: float) -> list[Any]:
@@ -102,7 +104,9 @@ def _destination(results: list[Any], limits: dict[str, float], now: float) -> di
             "oldest_pending_age_seconds": round(max(0.0, now - oldest[0][1]), 3) if oldest else None,
         }
         workers[lane] = alive
-    raw_ledger, raw_reasons, dropped, last_delivery, last_429, paused_until_ms, in_flight = results
+    raw_ledger, raw_reasons, dropped, last_delivery, last_429, paused_until_ms, in_flight, (base, at) = results
+    ceiling = limits["rate_limit_per_second"]
+    rate = effective_rate(_number(base), _number(at), now * 1000, ceiling, increase_per_second(ceiling))
     paused_until = float(paused_until_ms) / 1000 if paused_until_ms is not None else None
     reasons = {k.decode(): int(v) for k, v in raw_reasons.items()}
     return {
@@ -112,6 +116,7 @@ def _destination(results: list[Any], limits: dict[str, float], now: float) -> di
         "limiter": {
             **limits,
             "in_flight": in_flight,
+            "effective_rate_per_second": round(rate, 3),  # AIMD: lowered by 429s, at most the limit
             "paused_until": paused_until if paused_until is not None and paused_until > now else None,
             "last_429_at": _number(last_429),
         },

@@ -90,6 +90,16 @@ class Keys:
     def limiter_in_flight(self) -> str:
         return f"{self.prefix}:limiter:in-flight"
 
+    # The limiter's sliding window (list of booked slot times, newest first) and its effective
+    # rate (hash base / at / hold_until: AIMD, lowered by each 429), service/store/limiter_scripts.py.
+    @property
+    def limiter_window(self) -> str:
+        return f"{self.prefix}:limiter:window"
+
+    @property
+    def limiter_rate(self) -> str:
+        return f"{self.prefix}:limiter:rate"
+
     @property
     def dlq(self) -> list[str]:
         """hash: id -> JSON item; zset: id by time of failure; hash: reason -> count; string: dropped"""

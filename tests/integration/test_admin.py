@@ -204,6 +204,7 @@ def test_status_after_a_known_sequence(admin: Any, ctx: DeliveryContext, sandbox
     assert status["lanes"]["replay"] == {"depth": 0, "scheduled": 0, "pending": 0, "oldest_pending_age_seconds": None}
     assert status["limiter"]["paused_until"] is None
     # u1 takes three calls (unknown: PUT 404, create, PUT); the first call for u2 is throttled.
+    sandbox.state.custom_attributes.add("plan")  # created in User.com already: the v2 PUT takes it
     sandbox.state.faults.extend([Fault(0), Fault(0), Fault(0), Fault(429, "7")])
     work(ctx, keys.LIVE)
     document = admin.get("/status").get_json()
@@ -216,6 +217,7 @@ def test_status_after_a_known_sequence(admin: Any, ctx: DeliveryContext, sandbox
     assert status["last_delivery_at"] >= before and status["limiter"]["last_429_at"] >= before
     assert status["limiter"]["paused_until"] >= time.time() + 5  # every worker waits for Retry-After
     assert status["limiter"]["rate_limit_per_second"] == 1000.0  # USERCOM_RATE_LIMIT in conftest
+    assert 500.0 <= status["limiter"]["effective_rate_per_second"] < 501  # halved by the 429, growing back
     assert status["workers"] == {"live": 0, "replay": 0}
     for secret in (SECRET, USERCOM_KEY, TOKEN):
         assert secret not in str(document)

@@ -60,6 +60,7 @@ def test_metrics_after_a_known_sequence(client: Any, post_event: Any) -> None:
     assert metrics[("relay_events_total", (("destination", "usercom"), ("state", "duplicates")))] == 1
     assert metrics[("relay_events_in_flight", (("destination", "usercom"),))] == 3
     assert metrics[("relay_ratelimit_pause_seconds", (("destination", "usercom"),))] == 0
+    assert metrics[("relay_ratelimit_effective_rate", (("destination", "usercom"),))] == 1000  # no 429: the ceiling
     assert ("relay_ingest_duration_seconds_bucket", (("le", "0.005"), ("source", "stripe"))) in metrics
 
 

@@ -28,6 +28,7 @@ from service.store import keys
 from service.store.trace import TraceEntry
 from workers.delivery.batch import return_taken, run_batch
 from workers.delivery.context import DeliveryContext, current, job_in_hand
+from workers.delivery.dropped import report_dropped
 from workers.delivery.outcomes import dead_letter, fields, put_back, retry_or_give_up
 from workers.ordering import Hold, UserBusy, merge
 from workers.ratelimit import Throttled
@@ -155,6 +156,7 @@ def _send(
         raise
     outcomes = [(update, "delivered"), *((item, "coalesced") for item in others)]
     endpoint, status = getattr(ctx.client, "last_call", None) or (None, None)
+    dropped = report_dropped(ctx.client, update, others, user_id, lane, attempt)
     trace = TraceEntry(
         kind="delivery",
         user_id=user_id,
@@ -164,6 +166,7 @@ def _send(
         attributes={**standard, **custom},
         tags=merged.tags,
         event_ids=[item.event_id for item in (update, *others)],
+        dropped=[{"name": d["attribute"], "reason": d["reason"], "event_id": d["event_id"]} for d in dropped],
     )
     settled = hold.settle(ctx.store, outcomes, memory, slots, trace)[0]
     DELIVERIES.labels("delivered", lane, ctx.client.name).inc()

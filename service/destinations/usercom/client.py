@@ -6,15 +6,24 @@ created (`POST /users/update_or_create/`, which answers its id) and then updated
 The ids learned are kept in Redis (the destination's memory of the user: read with the user's lease,
 written with the outcome); a 404 on one clears it. Updating by User.com's id also
 reaches users whose own id User.com cannot route (e.g. one containing "/").
+
+Custom attributes must exist in the account before the v2 update sends them (its 400 names those
+that do not), while the update by our id creates them: on that 400 the update is sent by our id
+instead, and the attribute is remembered as missing until then (later updates carrying it go by
+our id first). Values User.com's rules would refuse are left out and reported (rules.py).
 """
 
 from __future__ import annotations
 
+import logging
+from contextvars import ContextVar
 from typing import Any
 from urllib.parse import quote
 
 from service.destinations.base import Limiter, Rejected
+from service.destinations.dropped import DroppedValue
 from service.destinations.http_api import HttpApi
+from service.destinations.usercom.rules import missing_custom_attributes, screen
 from service.ops.metrics import USERCOM_REQUESTS, USERCOM_SECONDS
 from service.store import keys
 
@@ -29,6 +38,7 @@ def _endpoint(method: str, path: str) -> str:
 
 
 V2 = {"Accept": "*/*; version=2"}  # what PUT /users/<id>/ requires
+log = logging.getLogger("relay.usercom")
 
 
 class UsercomClient:
@@ -61,6 +71,13 @@ class UsercomClient:
             pool_size=pool_size,
             limiter=limiter,
         )
+        self._dropped: ContextVar[tuple[DroppedValue, ...]] = ContextVar(f"usercom_dropped_{id(self)}", default=())
+        self._missing: set[str] = set()  # custom attributes User.com said do not exist (yet)
+
+    @property
+    def last_dropped(self) -> list[DroppedValue]:
+        """What the last send() (in this thread or task) left out of its update, and why."""
+        return list(self._dropped.get())
 
     @property
     def last_call(self) -> tuple[str, int] | None:
@@ -78,25 +95,54 @@ class UsercomClient:
     ) -> str | None:
         """Update the user; create it first when User.com does not know it yet. Returns User.com's
         id for the user when newly learned, '' when the one known is no longer valid."""
+        standard, dropped = screen(standard)
+        self._dropped.set(tuple(dropped))
+        if not self.accepts(standard, custom, tags):
+            return None  # nothing User.com would take is left
         body: dict[str, Any] = {**standard, **custom}
         if tags:
             body["tags"] = tags
         learned: str | None = None
         if memory and memory.isdigit():
-            if self._put_by_usercom_id(memory, body) is not None:
+            if self._update_known(memory, user_id, body, custom) is not None:
                 return None
             learned = ""  # deleted or merged in User.com: forget it
-        answer = self._call("PUT", f"/users-by-id/{quote(user_id, safe='')}/", body, allow_404=True)
+        answer = self._put_by_custom_id(user_id, body, custom)
         if answer is not None:
             return _usercom_id(answer) or learned
         created = self._call("POST", "/users/update_or_create/", {**standard, "user_id": user_id})
         usercom_id = _usercom_id(created)
-        if usercom_id is None or self._put_by_usercom_id(usercom_id, body) is None:
+        if usercom_id is None or self._update_known(usercom_id, user_id, body, custom) is None:
             raise Rejected(f"user {user_id!r}: 404 right after update_or_create", status=404)
         return usercom_id
 
-    def _put_by_usercom_id(self, usercom_id: str, body: dict[str, Any]) -> Any:
-        return self._call("PUT", f"/users/{usercom_id}/", body, allow_404=True, headers=V2)
+    def _update_known(self, usercom_id: str, user_id: str, body: dict[str, Any], custom: dict[str, Any]) -> Any:
+        """The v2 update by User.com's id; custom attributes that do not exist yet go by our id, which
+        creates them. None when User.com does not know the user by either."""
+        missing = [name for name in custom if name in self._missing]
+        if not missing:
+            try:
+                return self._call("PUT", f"/users/{usercom_id}/", body, allow_404=True, headers=V2)
+            except Rejected as exc:
+                missing = missing_custom_attributes(exc.status, exc.body, custom)
+                if not missing:
+                    raise
+                self._missing.update(missing)
+                log.info("custom attributes %s do not exist in User.com yet: sending by user id", missing)
+        answer = self._put_by_custom_id(user_id, body, custom)
+        if answer is not None:
+            return answer
+        # Not reachable by our id (e.g. it contains "/"): the rest goes out, the new attributes are reported.
+        self._dropped.set((*self._dropped.get(), *(DroppedValue(name, "custom_attribute_missing") for name in missing)))
+        rest = {name: value for name, value in body.items() if name not in missing}
+        return self._call("PUT", f"/users/{usercom_id}/", rest, allow_404=True, headers=V2)
+
+    def _put_by_custom_id(self, user_id: str, body: dict[str, Any], custom: dict[str, Any]) -> Any:
+        """The update by our id (None: a 404); it creates missing custom attributes."""
+        answer = self._call("PUT", f"/users-by-id/{quote(user_id, safe='')}/", body, allow_404=True)
+        if answer is not None:
+            self._missing.difference_update(custom)  # they exist now
+        return answer
 
     def _call(
         self,

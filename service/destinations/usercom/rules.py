@@ -1,0 +1,63 @@
+"""User.com's documented rules for the values of an update (shared/seeds), checked before sending.
+
+A value that breaks one is left out of the update and reported (service/destinations/dropped.py);
+User.com would otherwise refuse the whole update with a 400:
+- email: the shape name@domain.tld (EMAIL);
+- phone_number: E.164, "+" then 7 to 15 digits (E164);
+- first_name, last_name: at most 40 characters (NAME_MAX_LENGTH);
+- a standard attribute User.com does not list (STANDARD_ATTRIBUTES) is not sent.
+A null value clears the attribute and is always sent.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from service.core.attributes import E164, EMAIL, NAME_MAX_LENGTH, STANDARD_ATTRIBUTES
+from service.destinations.dropped import DroppedValue
+
+
+def _problem(name: str, value: Any) -> str | None:
+    if name not in STANDARD_ATTRIBUTES:
+        return "unknown_attribute"
+    if value is None:
+        return None
+    if name == "email" and not (isinstance(value, str) and EMAIL.match(value)):
+        return "invalid_email"
+    if name == "phone_number" and not (isinstance(value, str) and E164.match(value)):
+        return "invalid_phone"
+    if name in ("first_name", "last_name") and not (isinstance(value, str) and len(value) <= NAME_MAX_LENGTH):
+        return "name_too_long"
+    return None
+
+
+def screen(standard: dict[str, Any]) -> tuple[dict[str, Any], list[DroppedValue]]:
+    """The standard attributes User.com accepts, and those left out (with the rule each breaks)."""
+    kept: dict[str, Any] = {}
+    dropped: list[DroppedValue] = []
+    for name, value in standard.items():
+        problem = _problem(name, value)
+        if problem is None:
+            kept[name] = value
+        else:
+            dropped.append(DroppedValue(name, problem))
+    return kept, dropped
+
+
+def missing_custom_attributes(status: int | None, body: str | None, custom: dict[str, Any]) -> list[str]:
+    """The custom attributes a v2 update's 400 names as not existing yet in the account; [] when the
+    400 is about anything else (every field it names must be one of ours, each said not to exist)."""
+    if status != 400 or not body or not custom:
+        return []
+    try:
+        errors = json.loads(body)
+    except ValueError:
+        return []
+    if not isinstance(errors, dict) or not errors:
+        return []
+    for name, messages in errors.items():
+        text = " ".join(messages) if isinstance(messages, list) else str(messages)
+        if name not in custom or "not exist" not in text:
+            return []
+    return list(errors)

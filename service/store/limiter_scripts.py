@@ -1,0 +1,158 @@
+"""The rate limiter's Lua scripts (workers/ratelimit.py), all on Redis' clock.
+
+The limiter keeps two promises to the destination, cluster-wide:
+- GCRA: slots `1 / rate` apart on average (with `burst` at once);
+- a sliding window: no `n = floor(rate)` slots closer together than one second plus
+  `jitter_ms`, so that however the few milliseconds between a slot and the request's arrival
+  vary, no one-second window at the receiver sees more than `n` calls.
+
+`rate` is the effective rate (AIMD), never above the configured ceiling: each 429 lowers it
+(multiplicatively, from the lower of the effective rate and the rate actually sent in the last
+second, at most halving it), once per congestion episode; it then grows back by
+`increase_per_s` every second, lazily, from the state {base, at} kept in one hash:
+effective(now) = min(ceiling, base + increase_per_s * (now - at) / 1000).
+Each script is headed by its KEYS and ARGV, read into named locals before any logic, and has
+one wrapper in workers/ratelimit.py.
+"""
+
+from __future__ import annotations
+
+# effective(now) of the hash `rate_key` (no hash: the ceiling).
+_EFFECTIVE_LUA = """
+local function effective(rate_key, now, ceiling, increase_per_s)
+    local state = redis.call('HMGET', rate_key, 'base', 'at')
+    if not state[1] then return ceiling end
+    local grown = tonumber(state[1]) + increase_per_s * math.max(0, now - tonumber(state[2])) / 1000
+    return math.min(ceiling, grown)
+end
+local function redis_now_ms()
+    local t = redis.call('TIME')
+    return tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+end
+"""
+
+# Book the next slot for a call.
+# KEYS: tat (GCRA theoretical arrival time, ms), pause_until (ms), in_flight (zset token -> lease
+#       end ms), window (list of booked slot times, newest first), rate (hash base/at/hold_until)
+# ARGV: ceiling (calls/s), burst, max_in_flight, token, lease_ms, max_wait_ms, jitter_ms,
+#       increase_per_s
+# (The window keeps at most 5,000 slots: above 5,000 calls/s only GCRA spaces them.)
+# Returns {1, microseconds until the slot, effective rate x 1000} when a slot is booked for the
+# token (now, or at most max_wait_ms ahead: the schedule moves on at once, so waiters never
+# compete for the same slot), else {0, microseconds to wait before asking again, rate x 1000}
+# (paused, at the concurrency cap, or the next slot is further ahead than max_wait_ms).
+ACQUIRE_SCRIPT = (
+    _EFFECTIVE_LUA
+    + """
+redis.replicate_commands()
+local tat_key = KEYS[1]
+local pause_key = KEYS[2]
+local in_flight_key = KEYS[3]
+local window_key = KEYS[4]
+local rate_key = KEYS[5]
+local ceiling = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local max_in_flight = tonumber(ARGV[3])
+local token = ARGV[4]
+local lease_ms = tonumber(ARGV[5])
+local max_wait_ms = tonumber(ARGV[6])
+local jitter_ms = tonumber(ARGV[7])
+local increase_per_s = tonumber(ARGV[8])
+
+local now = redis_now_ms()
+local rate = effective(rate_key, now, ceiling, increase_per_s)
+local rate_milli = math.floor(rate * 1000)
+local pause = tonumber(redis.call('GET', pause_key) or '0')
+if pause > now then return {0, math.ceil((pause - now) * 1000), rate_milli} end
+redis.call('ZREMRANGEBYSCORE', in_flight_key, '-inf', now)
+if redis.call('ZCARD', in_flight_key) >= max_in_flight then
+    local first = redis.call('ZRANGE', in_flight_key, 0, 0, 'WITHSCORES')
+    return {0, math.ceil(math.max(1, math.min(50, tonumber(first[2]) - now)) * 1000), rate_milli}
+end
+local interval = 1000 / rate
+local tat = math.max(tonumber(redis.call('GET', tat_key) or '0'), now)
+local slot = math.max(tat - (burst - 1) * interval, now)
+local per_window = math.max(1, math.floor(rate))
+local nth = redis.call('LINDEX', window_key, per_window - 1)
+if nth then slot = math.max(slot, tonumber(nth) + 1000 + jitter_ms) end
+local wait = slot - now
+if wait > max_wait_ms then return {0, math.ceil(wait * 1000), rate_milli} end
+local next_tat = math.max(tat, slot) + interval
+redis.call('SET', tat_key, next_tat, 'PX', math.ceil(next_tat - now + 1000))
+redis.call('LPUSH', window_key, slot)
+redis.call('LTRIM', window_key, 0, math.min(5000, math.max(1, math.floor(ceiling))) - 1)
+redis.call('PEXPIRE', window_key, math.ceil(wait + 1000 + jitter_ms + 1000))
+redis.call('ZADD', in_flight_key, slot + lease_ms, token)
+return {1, math.ceil(wait * 1000), rate_milli}
+"""
+)
+
+# Whether a 429 has paused every worker.
+# KEYS: pause_until (ms)
+# Returns 1 when paused, else 0.
+PAUSED_SCRIPT = """
+local pause_key = KEYS[1]
+local t = redis.call('TIME')
+return tonumber(redis.call('GET', pause_key) or '0') > tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000 and 1 or 0
+"""
+
+# A 429: pause every worker (extends, never shortens, the pause) and, once per congestion episode
+# (429s before hold_until belong to the episode already answered), lower the effective rate.
+# KEYS: pause_until (ms), last_429 (epoch seconds), rate (hash base/at/hold_until), window
+# ARGV: pause_ms, ceiling, increase_per_s, decrease (factor, e.g. 0.9), floor_rate (calls/s)
+# Returns {pause end ms, 1 if the rate was lowered now else 0, old rate x 1000, new rate x 1000}
+PAUSE_SCRIPT = (
+    _EFFECTIVE_LUA
+    + """
+redis.replicate_commands()
+local pause_key = KEYS[1]
+local last_429_key = KEYS[2]
+local rate_key = KEYS[3]
+local window_key = KEYS[4]
+local pause_ms = tonumber(ARGV[1])
+local ceiling = tonumber(ARGV[2])
+local increase_per_s = tonumber(ARGV[3])
+local decrease = tonumber(ARGV[4])
+local floor_rate = tonumber(ARGV[5])
+
+local exact_now = redis_now_ms()
+local now = math.floor(exact_now)
+local until_ms = now + pause_ms
+local current_pause = tonumber(redis.call('GET', pause_key) or '0')
+if until_ms > current_pause then redis.call('SET', pause_key, until_ms, 'PX', pause_ms + 1000) end
+redis.call('SET', last_429_key, now / 1000)
+local old = effective(rate_key, now, ceiling, increase_per_s)
+local hold_until = tonumber(redis.call('HGET', rate_key, 'hold_until') or '0')
+if now < hold_until then
+    return {math.max(until_ms, current_pause), 0, math.floor(old * 1000), math.floor(old * 1000)}
+end
+local sent = 0
+for _, slot in ipairs(redis.call('LRANGE', window_key, 0, math.min(5000, 2 * math.floor(old) + 10))) do
+    local at = tonumber(slot)
+    if at <= exact_now and at > exact_now - 1000 then sent = sent + 1 end
+    if at <= exact_now - 1000 then break end
+end
+local new = math.max(floor_rate, old / 2, decrease * math.min(old, math.max(sent, 1)))
+new = math.min(new, old)
+redis.call('HSET', rate_key, 'base', new, 'at', now, 'hold_until', math.max(until_ms, now + 1000))
+return {math.max(until_ms, current_pause), 1, math.floor(old * 1000), math.floor(new * 1000)}
+"""
+)
+
+
+def effective_rate(base: float | None, at_ms: float | None, now_ms: float, ceiling: float, increase: float) -> float:
+    """The same as the scripts' effective(): for readers of the state (status, metrics)."""
+    if base is None or at_ms is None:
+        return ceiling
+    return min(ceiling, base + increase * max(0.0, now_ms - at_ms) / 1000)
+
+
+# AIMD and window parameters (shared by the limiter and the readers of its state).
+INCREASE_FRACTION_PER_SECOND = 0.0025  # of the ceiling: from 0.9 R back to R in 40 s at ceiling R
+DECREASE_FACTOR = 0.9
+FLOOR_FRACTION = 0.02  # the effective rate never goes below 2 % of the ceiling
+JITTER_MS = 40  # slot-to-arrival variation absorbed by the sliding window
+
+
+def increase_per_second(ceiling: float) -> float:
+    return ceiling * INCREASE_FRACTION_PER_SECOND
