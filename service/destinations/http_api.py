@@ -12,6 +12,7 @@ import contextlib
 import json
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -73,7 +74,13 @@ class HttpApi:
         self._requests, self._seconds = requests, seconds
         self._limiter = limiter
         self._explain = explain  # error body -> a short reason for the message (and the DLQ)
-        self.last_call: tuple[str, int] | None = None  # (endpoint, status) of the last answer, for the trace
+        # (endpoint, status) of the last answer, for the trace: per thread, as a batch's deliveries
+        # share this client on several threads.
+        self._last_call: ContextVar[tuple[str, int] | None] = ContextVar(f"last_call_{id(self)}", default=None)
+
+    @property
+    def last_call(self) -> tuple[str, int] | None:
+        return self._last_call.get()
 
     def call(
         self,
@@ -101,7 +108,7 @@ class HttpApi:
             finally:
                 self._seconds.labels(endpoint).observe(time.perf_counter() - started)
         status = response.status
-        self.last_call = (endpoint, status)
+        self._last_call.set((endpoint, status))
         self._requests.labels(endpoint, str(status)).inc()
         if 200 <= status < 300:
             return response.json() if response.data else {}
