@@ -15,7 +15,7 @@ from typing import Any
 
 from marshmallow import Schema
 
-from service.core.attributes import EMAIL, NAME_MAX_LENGTH
+from service.core.attributes import NAME_MAX_LENGTH
 
 # Stripe amounts are in the currency's smallest unit; these currencies have none below the unit.
 ZERO_DECIMAL_CURRENCIES = frozenset("bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf".split())
@@ -82,8 +82,10 @@ def identity(metadata: dict[str, Any] | None, identity_key: str) -> str | None:
 
 
 def email_or_none(value: str | None) -> str | None:
+    """The address as the provider has it (None when empty). Its shape is the destination's rule to
+    check (service/destinations/usercom/rules.py): a bad one is reported there, never dropped here."""
     value = (value or "").strip()
-    return value if EMAIL.match(value) else None
+    return value or None
 
 
 def make_extractor(

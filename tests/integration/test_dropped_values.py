@@ -4,6 +4,7 @@ the user's trace, and the rest of the update is delivered."""
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -11,15 +12,27 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 from redis import Redis
+from rq import SimpleWorker
+from rq.serializers import JSONSerializer
 
+from service import create_app
 from service.config import Settings
 from service.destinations.usercom.rules import screen
+from service.destinations.userkit.client import screen as userkit_screen
 from service.devtools.usercom_sandbox import SandboxServer
-from tests.conftest import an_update
+from service.store import keys
+from tests.conftest import an_update, sign, stripe_event
 from workers.delivery.context import DeliveryContext, configure
 from workers.delivery.dropped import report_dropped
 from workers.delivery.job import deliver_update
 from workers.runner import build_context
+
+ADMIN = {"Authorization": "Bearer admin-token-for-dropped-values"}
+
+
+@pytest.fixture
+def settings(env: dict[str, str]) -> Settings:
+    return Settings.from_env({**env, "RELAY_ADMIN_TOKEN": ADMIN["Authorization"].split()[1]})
 
 
 @pytest.fixture
@@ -80,3 +93,30 @@ def test_dropped_values_are_listed_per_event_for_the_trace(ctx: DeliveryContext,
     ctx.client.send("u1", {**good.standard, **bad.standard}, {}, [], None)
     listed = report_dropped(ctx.client, good, [bad], "u1", "live", 1)
     assert listed == [{"event_id": "evt_bad", "attribute": "email", "reason": "invalid_email"}]
+
+
+def test_a_stripe_email_user_com_would_refuse_is_reported_not_lost(
+    ctx: DeliveryContext, settings: Settings, sandbox: SandboxServer
+) -> None:
+    """The finding as a new user met it: a customer.updated with "not-an-email" was logged as
+    delivered and the email stayed null, with no trace of why."""
+    before = dropped_count("email", "invalid_email")
+    obj = {"id": "cus_bad_email", "email": "not-an-email", "name": "Ada Lovelace", "metadata": {"user_id": "u_mail"}}
+    body = json.dumps(stripe_event("customer.updated", obj, event_id="evt_bad_email")).encode()
+    client = create_app(settings).test_client()
+    answer = client.post(
+        "/webhooks/stripe", data=body, headers={"Stripe-Signature": sign(body), "Content-Type": "application/json"}
+    )
+    assert answer.status_code == 202, answer.get_json()
+    SimpleWorker([ctx.queues[keys.LIVE]], connection=ctx.redis, serializer=JSONSerializer).work(burst=True)
+    user = sandbox.state.user_by_custom_id("u_mail")
+    assert user is not None and user["first_name"] == "Ada" and user["email"] is None
+    assert dropped_count("email", "invalid_email") == before + 1
+    [entry] = json.loads(client.get("/admin/users/u_mail/trace", headers=ADMIN).data)["entries"]
+    assert entry["dropped"] == [{"name": "email", "reason": "invalid_email", "event_id": "evt_bad_email"}]
+
+
+def test_userkit_leaves_out_a_malformed_email_or_phone() -> None:
+    kept, dropped = userkit_screen({"email": "not-an-email", "phone_number": "0207", "first_name": "Ada"})
+    assert kept == {"first_name": "Ada"}
+    assert [(d.attribute, d.reason) for d in dropped] == [("email", "invalid_email"), ("phone_number", "invalid_phone")]

@@ -10,14 +10,32 @@ from __future__ import annotations
 
 import base64
 import json
+from contextvars import ContextVar
 from typing import Any
 from urllib.parse import quote
 
+from service.core.attributes import E164, EMAIL
 from service.destinations.base import Limiter
+from service.destinations.dropped import DroppedValue
 from service.destinations.http_api import HttpApi
 from service.ops.metrics import USERKIT_REQUESTS, USERKIT_SECONDS
 
 ENDPOINT = "POST /v1/users/:id"
+
+
+def screen(standard: dict[str, Any]) -> tuple[dict[str, Any], list[DroppedValue]]:
+    """UserKit refuses a malformed email or phone with a 400 for the whole update: such a value is
+    left out and reported instead (service/destinations/dropped.py)."""
+    kept: dict[str, Any] = {}
+    dropped: list[DroppedValue] = []
+    for name, value in standard.items():
+        if name == "email" and value is not None and not (isinstance(value, str) and EMAIL.match(value)):
+            dropped.append(DroppedValue(name, "invalid_email"))
+        elif name == "phone_number" and value is not None and not (isinstance(value, str) and E164.match(value)):
+            dropped.append(DroppedValue(name, "invalid_phone"))
+        else:
+            kept[name] = value
+    return kept, dropped
 
 
 def userkit_body(standard: dict[str, Any]) -> dict[str, Any]:
@@ -69,6 +87,12 @@ class UserKitClient:
             limiter=limiter,
             explain=explain,
         )
+        self._dropped: ContextVar[tuple[DroppedValue, ...]] = ContextVar(f"userkit_dropped_{id(self)}", default=())
+
+    @property
+    def last_dropped(self) -> list[DroppedValue]:
+        """What the last send() (in this thread) left out of its update, and why."""
+        return list(self._dropped.get())
 
     @property
     def last_call(self) -> tuple[str, int] | None:
@@ -84,4 +108,8 @@ class UserKitClient:
     def send(
         self, user_id: str, standard: dict[str, Any], custom: dict[str, Any], tags: list[str], memory: str | None
     ) -> None:
-        self._api.call("POST", f"/v1/users/{quote(user_id, safe='')}", userkit_body(standard), endpoint=ENDPOINT)
+        standard, dropped = screen(standard)
+        self._dropped.set(tuple(dropped))
+        body = userkit_body(standard)
+        if body:
+            self._api.call("POST", f"/v1/users/{quote(user_id, safe='')}", body, endpoint=ENDPOINT)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from service.core.attributes import E164
 from service.sources.extraction import (
     MONTHS_IN_INTERVAL,
     Extracted,
@@ -28,7 +27,7 @@ def _customer(obj: dict[str, Any], event_time: int, key: str) -> Extracted:
         "email": email_or_none(obj.get("email")),
         "first_name": first,
         "last_name": last,
-        "phone_number": phone if E164.match(phone) else None,
+        "phone_number": phone or None,  # E.164 or not: the destination's rules say (and report it)
         "city": address.get("city") or None,
         "country": address.get("country") or None,
         "stripe_customer_id": obj["id"],
