@@ -21,6 +21,7 @@ from prometheus_client import Counter, Histogram
 from urllib3.exceptions import HTTPError
 
 from service.destinations.base import Limiter, Rejected, Retryable
+from service.destinations.dropped import DroppedValue
 
 MAX_BODY_KEPT = 2000  # characters of an error response kept for the dead-letter queue
 
@@ -127,3 +128,26 @@ class HttpApi:
         if self._explain is not None:
             message = f"{message}: {self._explain(text)}"
         raise Rejected(message, status=status, body=text)
+
+
+class ApiClient:
+    """What every destination client over an HttpApi shares: for the delivery in this thread (a
+    batch's deliveries share the client), its last call and the values its last send left out."""
+
+    def __init__(self, api: HttpApi) -> None:
+        self._api = api
+        self._dropped: ContextVar[tuple[DroppedValue, ...]] = ContextVar(f"dropped_{id(self)}", default=())
+
+    def _left_out(self, dropped: list[DroppedValue], *, also: bool = False) -> None:
+        """What this send leaves out (`also`: in addition to what it left out already)."""
+        self._dropped.set((*self._dropped.get(), *dropped) if also else tuple(dropped))
+
+    @property
+    def last_dropped(self) -> list[DroppedValue]:
+        """What the last send() in this thread left out of its update, and why."""
+        return list(self._dropped.get())
+
+    @property
+    def last_call(self) -> tuple[str, int] | None:
+        """(endpoint, status) of the last answer in this thread (the user's trace shows it)."""
+        return self._api.last_call

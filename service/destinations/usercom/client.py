@@ -16,13 +16,12 @@ our id first). Values User.com's rules would refuse are left out and reported (r
 from __future__ import annotations
 
 import logging
-from contextvars import ContextVar
 from typing import Any
 from urllib.parse import quote
 
 from service.destinations.base import Limiter, Rejected
 from service.destinations.dropped import DroppedValue
-from service.destinations.http_api import HttpApi
+from service.destinations.http_api import ApiClient, HttpApi
 from service.destinations.usercom.rules import missing_custom_attributes, screen
 from service.ops.metrics import USERCOM_REQUESTS, USERCOM_SECONDS
 from service.store import keys
@@ -41,7 +40,7 @@ V2 = {"Accept": "*/*; version=2"}  # what PUT /users/<id>/ requires
 log = logging.getLogger("relay.usercom")
 
 
-class UsercomClient:
+class UsercomClient(ApiClient):
     """The User.com destination (the default)."""
 
     name = "usercom"
@@ -56,33 +55,24 @@ class UsercomClient:
         pool_size: int = 10,
         limiter: Limiter | None = None,
     ) -> None:
-        self._api = HttpApi(
-            base_url=base_url,
-            headers={
-                "Authorization": f"Token {api_key}",
-                "Content-Type": "application/json",
-                "Accept": "application/json",
-            },
-            secrets=[api_key],
-            connect_timeout=connect_timeout,
-            read_timeout=read_timeout,
-            requests=USERCOM_REQUESTS,
-            seconds=USERCOM_SECONDS,
-            pool_size=pool_size,
-            limiter=limiter,
+        super().__init__(
+            HttpApi(
+                base_url=base_url,
+                headers={
+                    "Authorization": f"Token {api_key}",
+                    "Content-Type": "application/json",
+                    "Accept": "application/json",
+                },
+                secrets=[api_key],
+                connect_timeout=connect_timeout,
+                read_timeout=read_timeout,
+                requests=USERCOM_REQUESTS,
+                seconds=USERCOM_SECONDS,
+                pool_size=pool_size,
+                limiter=limiter,
+            )
         )
-        self._dropped: ContextVar[tuple[DroppedValue, ...]] = ContextVar(f"usercom_dropped_{id(self)}", default=())
         self._missing: set[str] = set()  # custom attributes User.com said do not exist (yet)
-
-    @property
-    def last_dropped(self) -> list[DroppedValue]:
-        """What the last send() (in this thread or task) left out of its update, and why."""
-        return list(self._dropped.get())
-
-    @property
-    def last_call(self) -> tuple[str, int] | None:
-        """(endpoint, status) of the last answer (the user's trace shows it)."""
-        return self._api.last_call
 
     def accepts(self, standard: dict[str, Any], custom: dict[str, Any], tags: list[str]) -> bool:
         return bool(standard or custom or tags)
@@ -96,7 +86,7 @@ class UsercomClient:
         """Update the user; create it first when User.com does not know it yet. Returns User.com's
         id for the user when newly learned, '' when the one known is no longer valid."""
         standard, dropped = screen(standard)
-        self._dropped.set(tuple(dropped))
+        self._left_out(dropped)
         if not self.accepts(standard, custom, tags):
             return None  # nothing User.com would take is left
         body: dict[str, Any] = {**standard, **custom}
@@ -133,7 +123,7 @@ class UsercomClient:
         if answer is not None:
             return answer
         # Not reachable by our id (e.g. it contains "/"): the rest goes out, the new attributes are reported.
-        self._dropped.set((*self._dropped.get(), *(DroppedValue(name, "custom_attribute_missing") for name in missing)))
+        self._left_out([DroppedValue(name, "custom_attribute_missing") for name in missing], also=True)
         rest = {name: value for name, value in body.items() if name not in missing}
         return self._call("PUT", f"/users/{usercom_id}/", rest, allow_404=True, headers=V2)
 

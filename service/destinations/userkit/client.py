@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import base64
 import json
-from contextvars import ContextVar
 from typing import Any
 from urllib.parse import quote
 
 from service.core.attributes import E164, EMAIL
 from service.destinations.base import Limiter
 from service.destinations.dropped import DroppedValue
-from service.destinations.http_api import HttpApi
+from service.destinations.http_api import ApiClient, HttpApi
 from service.ops.metrics import USERKIT_REQUESTS, USERKIT_SECONDS
 
 ENDPOINT = "POST /v1/users/:id"
@@ -61,7 +60,7 @@ def explain(text: str) -> str:
     return "; ".join(parts) or text[:200]
 
 
-class UserKitClient:
+class UserKitClient(ApiClient):
     name = "userkit"
 
     def __init__(
@@ -75,29 +74,20 @@ class UserKitClient:
         limiter: Limiter | None = None,
     ) -> None:
         basic = base64.b64encode(f"api:{app_secret}".encode()).decode()
-        self._api = HttpApi(
-            base_url=base_url,
-            headers={"Authorization": f"Basic {basic}", "Content-Type": "application/json"},
-            secrets=[app_secret, basic],
-            connect_timeout=connect_timeout,
-            read_timeout=read_timeout,
-            requests=USERKIT_REQUESTS,
-            seconds=USERKIT_SECONDS,
-            pool_size=pool_size,
-            limiter=limiter,
-            explain=explain,
+        super().__init__(
+            HttpApi(
+                base_url=base_url,
+                headers={"Authorization": f"Basic {basic}", "Content-Type": "application/json"},
+                secrets=[app_secret, basic],
+                connect_timeout=connect_timeout,
+                read_timeout=read_timeout,
+                requests=USERKIT_REQUESTS,
+                seconds=USERKIT_SECONDS,
+                pool_size=pool_size,
+                limiter=limiter,
+                explain=explain,
+            )
         )
-        self._dropped: ContextVar[tuple[DroppedValue, ...]] = ContextVar(f"userkit_dropped_{id(self)}", default=())
-
-    @property
-    def last_dropped(self) -> list[DroppedValue]:
-        """What the last send() (in this thread) left out of its update, and why."""
-        return list(self._dropped.get())
-
-    @property
-    def last_call(self) -> tuple[str, int] | None:
-        """(endpoint, status) of the last answer (the user's trace shows it)."""
-        return self._api.last_call
 
     def accepts(self, standard: dict[str, Any], custom: dict[str, Any], tags: list[str]) -> bool:
         return bool(userkit_body(standard))
@@ -109,7 +99,7 @@ class UserKitClient:
         self, user_id: str, standard: dict[str, Any], custom: dict[str, Any], tags: list[str], memory: str | None
     ) -> None:
         standard, dropped = screen(standard)
-        self._dropped.set(tuple(dropped))
+        self._left_out(dropped)
         body = userkit_body(standard)
         if body:
             self._api.call("POST", f"/v1/users/{quote(user_id, safe='')}", body, endpoint=ENDPOINT)
