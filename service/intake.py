@@ -25,10 +25,10 @@ from redis.exceptions import RedisError
 from service.config.settings import DEFAULT_MAX_CLOCK_SKEW_SECONDS
 from service.core.dead_letter import DeadLetter
 from service.core.errors import InvalidPayload, MalformedJson, RelayError, StoreUnavailable, UnsupportedMediaType
+from service.core.payload_shape import MAX_DEPTH, may_hold_surrogates, shape_problem
 from service.core.update import UserUpdate
 from service.mapping import Mapping
 from service.ops.metrics import INGEST_SECONDS, WEBHOOKS
-from service.payload_shape import MAX_DEPTH, may_hold_surrogates, shape_problem
 from service.sources.base import Described, Envelope, Source
 from service.store.jobs import EVENT_ID as SAFE_ID  # an event id fit for keys, job ids and the DLQ
 from service.store.ledger import Store
