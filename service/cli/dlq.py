@@ -9,6 +9,7 @@ from typing import Any
 
 from marshmallow import ValidationError
 
+from service.cli.redis_exit import redis_or_exit
 from service.config import settings_or_exit
 from service.core.dead_letter import TIME_FIELDS, DlqFilter
 from service.core.times import iso_seconds, shown
@@ -93,7 +94,11 @@ def table(items: list[dict[str, Any]]) -> str:
 def run(args: argparse.Namespace) -> int:
     settings = settings_or_exit("admin")
     redis = worker_redis(settings.redis_url)
-    operator = Operator(Store.from_settings(redis, settings, args.destination), settings)
+    with redis_or_exit("relay dlq", redis):
+        return _run(args, Operator(Store.from_settings(redis, settings, args.destination), settings))
+
+
+def _run(args: argparse.Namespace, operator: Operator) -> int:
     command = args.dlq_command
     if command == "list":
         items, total = operator.dlq.matching(_filter(args), offset=args.offset, limit=args.limit)

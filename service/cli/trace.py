@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Any
 
+from service.cli.redis_exit import redis_or_exit
 from service.config import settings_or_exit
 from service.core.times import iso_seconds, shown
 from service.destinations.registry import NAMES as DESTINATIONS
@@ -58,7 +59,9 @@ def table(entries: list[dict[str, Any]]) -> str:
 def run(args: argparse.Namespace) -> int:
     settings = settings_or_exit("admin")
     destination = args.destination or settings.destinations[0]
-    entries = read_trace(worker_redis(settings.redis_url), keys.Keys(destination), args.user_id)
+    redis = worker_redis(settings.redis_url)
+    with redis_or_exit("relay trace", redis):
+        entries = read_trace(redis, keys.Keys(destination), args.user_id)
     if args.json:
         shown_entries = [shown(entry, ("at",)) for entry in entries]
         print(json.dumps({"user_id": args.user_id, "destination": destination, "entries": shown_entries}))
