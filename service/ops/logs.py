@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import TextIO
 
+from service.core.times import iso
+
 # `extra=` keys that become fields of the line.
 FIELDS = ("source", "event_id", "event_type", "user_id", "lane", "attempt", "outcome", "reason", "status")
 REDACTED = "[redacted]"
@@ -28,7 +30,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "ts": iso(record.created),  # 2026-11-29T20:10:00.123Z
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": self.message(record),

@@ -43,6 +43,7 @@ def test_not_a_terminal_gives_json_without_colour_codes() -> None:
     logging.getLogger("relay.delivery").info("secret %s", SECRET, extra={"event_id": "evt_1", "user_id": "u1"})
     first, second = (json.loads(line) for line in stream.getvalue().splitlines())
     assert first["msg"] == "*** Listening on relay:usercom:live..." and first["logger"] == "rq.worker"
+    assert first["ts"].endswith("Z") and len(first["ts"]) == len("2026-11-29T20:10:00.123Z")
     assert "\x1b" not in stream.getvalue() and "\\u001b" not in stream.getvalue()
     assert (second["msg"], second["event_id"], second["user_id"]) == ("secret [redacted]", "evt_1", "u1")
 
