@@ -25,12 +25,13 @@ from service.store import keys
 from workers.lifeline import SUPERVISOR_PID_ENV
 
 POLL_SECONDS = 0.5
+METRICS_BIND_ENV = "RELAY_METRICS_BIND"  # the address the metrics listen on; `relay dev` sets 127.0.0.1
 
 
-def start_metrics_server(port: int) -> None:
+def start_metrics_server(port: int, address: str = "0.0.0.0") -> None:  # noqa: S104 - a pod's metrics are scraped
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)
-    start_http_server(port, registry=registry)
+    start_http_server(port, addr=address, registry=registry)
 
 
 def worker_argv(lane: str, destination: str, *, burst: bool) -> list[str]:
@@ -41,7 +42,15 @@ def worker_argv(lane: str, destination: str, *, burst: bool) -> list[str]:
 def supervise(*, concurrency: int, burst: bool, destinations: tuple[str, ...], metrics_port: int | None = None) -> int:
     """Run the workers; serve their added-up metrics on metrics_port (the pod's /metrics)."""
     if metrics_port is not None and not burst:
-        start_metrics_server(metrics_port)
+        address = os.environ.get(METRICS_BIND_ENV) or "0.0.0.0"  # noqa: S104
+        try:
+            start_metrics_server(metrics_port, address)
+        except OSError as exc:
+            print(
+                f"relay worker: cannot serve metrics on {address}:{metrics_port} ({METRICS_BIND_ENV}): {exc}",
+                file=sys.stderr,
+            )
+            return 2
     lanes = [keys.LIVE] * concurrency + [keys.REPLAY]
     env = {**os.environ, SUPERVISOR_PID_ENV: str(os.getpid())}
     children = [

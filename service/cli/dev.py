@@ -90,6 +90,7 @@ def run_dev(*, port: int, data_dir: Path) -> int:
     env.setdefault("STRIPE_WEBHOOK_SECRETS", DEV_STRIPE_SECRET)
     env.setdefault("RELAY_ADMIN_TOKEN", secrets.token_urlsafe(24))
     env.setdefault("RELAY_METRICS_PORT", str(free_port()))
+    env.setdefault("RELAY_METRICS_BIND", "127.0.0.1")  # worker metrics: this machine only
     redis = RedisProcess(data_dir / "redis")
     env["REDIS_URL"] = redis.url
     try:

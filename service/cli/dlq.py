@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import UTC, datetime
 from typing import Any
 
 from marshmallow import ValidationError
 
+from service.cli.redis_exit import redis_or_exit
 from service.config import settings_or_exit
-from service.core.dead_letter import DlqFilter
+from service.core.dead_letter import TIME_FIELDS, DlqFilter
+from service.core.times import iso_seconds, shown
 from service.destinations.registry import NAMES as DESTINATIONS
 from service.operator import REPLAYED, Operator
 from service.store.connection import worker_redis
@@ -70,10 +71,6 @@ def _filter(args: argparse.Namespace) -> DlqFilter:
         raise SystemExit(f"relay dlq: {exc.messages}") from None
 
 
-def _when(epoch: float | None) -> str:
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S") if epoch else "-"
-
-
 def table(items: list[dict[str, Any]]) -> str:
     def cells(item: dict[str, Any]) -> list[str]:
         return [
@@ -82,7 +79,7 @@ def table(items: list[dict[str, Any]]) -> str:
             item.get("event_type") or "-",
             item.get("user_id") or "-",
             str(item.get("attempts", 0)),
-            _when(item.get("last_failure_at")),
+            iso_seconds(item.get("last_failure_at")),
             str(item.get("last_status") or "-"),
             (item.get("message") or "").replace("\n", " "),
         ]
@@ -97,18 +94,23 @@ def table(items: list[dict[str, Any]]) -> str:
 def run(args: argparse.Namespace) -> int:
     settings = settings_or_exit("admin")
     redis = worker_redis(settings.redis_url)
-    operator = Operator(Store.from_settings(redis, settings, args.destination), settings)
+    with redis_or_exit("relay dlq", redis):
+        return _run(args, Operator(Store.from_settings(redis, settings, args.destination), settings))
+
+
+def _run(args: argparse.Namespace, operator: Operator) -> int:
     command = args.dlq_command
     if command == "list":
         items, total = operator.dlq.matching(_filter(args), offset=args.offset, limit=args.limit)
-        print(json.dumps({"items": items, "total": total}) if args.json else f"{table(items)}\n({total} matching)")
+        listed = {"items": [shown(i, TIME_FIELDS) for i in items], "total": total}
+        print(json.dumps(listed) if args.json else f"{table(items)}\n({total} matching)")
         return 0
     if command == "show":
         item = operator.dlq.get(args.id)
         if item is None:
             print(f"relay dlq: no item {args.id!r}", file=sys.stderr)
             return 1
-        print(json.dumps(item, indent=None if args.json else 2))
+        print(json.dumps(shown(item, TIME_FIELDS), indent=None if args.json else 2))
         return 0
     if bool(args.id) == bool(args.all):
         print(f"relay dlq {command}: give one item id, or --all (with filters)", file=sys.stderr)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-from datetime import UTC, datetime
 from typing import Any
 
+from service.cli.redis_exit import redis_or_exit
 from service.config import settings_or_exit
+from service.core.times import iso_seconds, shown
 from service.destinations.registry import NAMES as DESTINATIONS
 from service.store import keys
 from service.store.connection import worker_redis
@@ -36,7 +37,7 @@ def _sent(entry: dict[str, Any]) -> str:
 
 
 def row(entry: dict[str, Any]) -> tuple[str, ...]:
-    when = datetime.fromtimestamp(entry["at"], UTC).strftime("%Y-%m-%d %H:%M:%S")
+    when = iso_seconds(entry["at"])
     if entry["kind"] == "delivery":
         what, detail, status = "delivered", entry.get("endpoint") or "-", str(entry.get("status") or "-")
     else:
@@ -58,9 +59,12 @@ def table(entries: list[dict[str, Any]]) -> str:
 def run(args: argparse.Namespace) -> int:
     settings = settings_or_exit("admin")
     destination = args.destination or settings.destinations[0]
-    entries = read_trace(worker_redis(settings.redis_url), keys.Keys(destination), args.user_id)
+    redis = worker_redis(settings.redis_url)
+    with redis_or_exit("relay trace", redis):
+        entries = read_trace(redis, keys.Keys(destination), args.user_id)
     if args.json:
-        print(json.dumps({"user_id": args.user_id, "destination": destination, "entries": entries}))
+        shown_entries = [shown(entry, ("at",)) for entry in entries]
+        print(json.dumps({"user_id": args.user_id, "destination": destination, "entries": shown_entries}))
     elif not entries:
         off = " (RELAY_TRACE_PER_USER=0: tracing is off)" if settings.trace_per_user == 0 else ""
         print(f"no trace for user {args.user_id!r} at {destination}{off}")

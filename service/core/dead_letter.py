@@ -9,6 +9,8 @@ from typing import Any
 # Why an event is in a dead-letter queue; each destination adds `<destination>_rejected`.
 INVALID_PAYLOAD = "invalid_payload"
 OTHER_REASONS = ("retries_exhausted", "unresolved_identity", "internal_error")
+# Kept as epoch seconds; shown as ISO 8601 (with `<name>_unix`) by the admin API and the CLI.
+TIME_FIELDS = ("event_time", "first_failure_at", "last_failure_at")
 
 
 def rejected_by(destination: str) -> str:

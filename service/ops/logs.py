@@ -1,16 +1,25 @@
-"""One JSON object per log line, with event and user ids as fields, and secrets redacted."""
+"""Log lines with event and user ids as fields, and secrets redacted: one JSON object per line, or,
+when stderr is a terminal (`relay dev`), one readable line per event.
+
+rq colours parts of its worker messages (queue names, job ids) when stdout is a terminal; the
+escape codes are removed from every line, so JSON never carries them."""
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from typing import TextIO
+
+from service.core.times import iso
 
 # `extra=` keys that become fields of the line.
 FIELDS = ("source", "event_id", "event_type", "user_id", "lane", "attempt", "outcome", "reason", "status")
 REDACTED = "[redacted]"
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 class JsonFormatter(logging.Formatter):
@@ -21,15 +30,18 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "ts": iso(record.created),  # 2026-11-29T20:10:00.123Z
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": self.message(record),
         }
         entry.update({name: getattr(record, name) for name in FIELDS if hasattr(record, name)})
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return self.redact(json.dumps(entry, default=str))
+
+    def message(self, record: logging.LogRecord) -> str:
+        return ANSI_ESCAPE.sub("", record.getMessage())
 
     def redact(self, text: str) -> str:
         for secret in self.secrets:
@@ -37,9 +49,30 @@ class JsonFormatter(logging.Formatter):
         return text
 
 
-def configure_logging(level: str, secrets: Iterable[str] = ()) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter(secrets))
+class TextFormatter(JsonFormatter):
+    """`20:10:00.123 INFO  relay.delivery  delivered evt_1  event_id=evt_1 user_id=u1` (UTC)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        when = datetime.fromtimestamp(record.created, UTC).strftime("%H:%M:%S.%f")[:-3]
+        message = " ".join(self.message(record).split("\n"))
+        fields = " ".join(f"{name}={getattr(record, name)}" for name in FIELDS if hasattr(record, name))
+        line = f"{when} {record.levelname:<5} {record.name}  {message}" + (f"  {fields}" if fields else "")
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return self.redact(ANSI_ESCAPE.sub("", line))
+
+
+def is_terminal(stream: TextIO) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
+def configure_logging(level: str, secrets: Iterable[str] = (), stream: TextIO | None = None) -> None:
+    """Every log record goes through one handler on the root logger (so rq adds no colouring
+    handler of its own): readable lines on a terminal, JSON otherwise."""
+    stream = sys.stderr if stream is None else stream
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(TextFormatter(secrets) if is_terminal(stream) else JsonFormatter(secrets))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

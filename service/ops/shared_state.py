@@ -67,9 +67,9 @@ class SharedStateCollector(Collector):
             for state in ("received", "delivered", "coalesced", "ignored", "dead_lettered", "replayed", "duplicates"):
                 events.add_metric([name, state], dest["ledger"][state])
             in_flight.add_metric([name], dest["ledger"]["in_flight"])
-            last.add_metric([name], dest["last_delivery_at"] or 0)
-            paused_until = dest["limiter"]["paused_until"]
-            pause.add_metric([name], max(0.0, paused_until - status["time"]) if paused_until else 0.0)
+            last.add_metric([name], dest["last_delivery_at_unix"] or 0)
+            paused_until = dest["limiter"]["paused_until_unix"]
+            pause.add_metric([name], max(0.0, paused_until - status["time_unix"]) if paused_until else 0.0)
         yield from (depth, scheduled, age, workers, dlq, dropped, events, in_flight, last, pause, rate)
 
 

@@ -15,6 +15,7 @@ from rq.utils import utcparse
 from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
 from service.config import Settings
+from service.core.times import iso
 from service.store import keys
 from service.store.jobs import DELIVERY_JOB_TIMEOUT
 from service.store.ledger import ledger_from
@@ -48,7 +49,7 @@ def collect_status(redis: Redis, settings: Settings, *, now: float | None = None
         size = len(keys.LANES) * 5 + 8
         destinations[name] = _destination(results[:size], _limits(settings, name), now)
         results = results[size:]
-    return {"version": version(), "time": now, "destinations": destinations}
+    return {"version": version(), "time": iso(now), "time_unix": now, "destinations": destinations}
 
 
 def _limits(settings: Settings, destination: str) -> dict[str, float]:
@@ -108,6 +109,7 @@ def _destination(results: list[Any], limits: dict[str, float], now: float) -> di
     ceiling = limits["rate_limit_per_second"]
     rate = effective_rate(_number(base), _number(at), now * 1000, ceiling, increase_per_second(ceiling))
     paused_until = float(paused_until_ms) / 1000 if paused_until_ms is not None else None
+    paused_until = paused_until if paused_until is not None and paused_until > now else None
     reasons = {k.decode(): int(v) for k, v in raw_reasons.items()}
     return {
         "lanes": lanes,
@@ -117,9 +119,14 @@ def _destination(results: list[Any], limits: dict[str, float], now: float) -> di
             **limits,
             "in_flight": in_flight,
             "effective_rate_per_second": round(rate, 3),  # AIMD: lowered by 429s, at most the limit
-            "paused_until": paused_until if paused_until is not None and paused_until > now else None,
-            "last_429_at": _number(last_429),
+            **_time("paused_until", paused_until),
+            **_time("last_429_at", _number(last_429)),
         },
         "workers": workers,
-        "last_delivery_at": _number(last_delivery),
+        **_time("last_delivery_at", _number(last_delivery)),
     }
+
+
+def _time(name: str, epoch: float | None) -> dict[str, Any]:
+    """A time as ISO 8601 for people, and as `<name>_unix` epoch seconds for dashboards."""
+    return {name: iso(epoch), f"{name}_unix": epoch}

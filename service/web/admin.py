@@ -12,7 +12,9 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, request
 
+from service.core.dead_letter import TIME_FIELDS
 from service.core.errors import AdminDisabled, Conflict, InvalidRequest, NotFound, Unauthorized, load_request
+from service.core.times import shown
 from service.operator import GONE, NOT_MAPPED, REPLAYED, STILL_INVALID, Operator
 from service.store.trace import read_trace
 from service.web.schemas import DlqBulkRequest, DlqFilterSchema, DlqListQuery
@@ -71,12 +73,13 @@ def list_dlq() -> dict[str, Any]:
     dlq = _operator().dlq
     dlq.trim()
     items, total = dlq.matching(schema.to_filter(query), offset=query["offset"], limit=query["limit"])
-    return {"items": items, "total": total, "offset": query["offset"], "limit": query["limit"]}
+    shown_items = [shown(item, TIME_FIELDS) for item in items]
+    return {"items": shown_items, "total": total, "offset": query["offset"], "limit": query["limit"]}
 
 
 @bp.get("/dlq/<item_id>")
 def show_dlq(item_id: str) -> dict[str, Any]:
-    return _item(item_id)
+    return shown(_item(item_id), TIME_FIELDS)
 
 
 @bp.delete("/dlq/<item_id>")
@@ -111,5 +114,5 @@ def replay_bulk() -> tuple[dict[str, Any], int]:
 def user_trace(user_id: str) -> dict[str, Any]:
     """The user's latest deliveries and dead letters at the destination, newest first."""
     store = _operator().store
-    entries = read_trace(store.redis, store.keys, user_id)
+    entries = [shown(entry, ("at",)) for entry in read_trace(store.redis, store.keys, user_id)]
     return {"user_id": user_id, "destination": store.keys.destination, "entries": entries}

@@ -34,6 +34,16 @@ class Health(Schema):
     status = fields.String(required=True)
 
 
+def _when(description: str = "") -> fields.DateTime:
+    """A time shown as ISO 8601 in UTC with a `Z`, e.g. 2026-11-29T20:10:00.123Z."""
+    text = f"{description} (ISO 8601, UTC)".strip()
+    return fields.DateTime(allow_none=True, metadata={"description": text})
+
+
+def _unix(name: str) -> fields.Float:
+    return fields.Float(allow_none=True, metadata={"description": f"`{name}` as epoch seconds, for dashboards"})
+
+
 def _epoch(value: datetime | None) -> float | None:
     if value is None:
         return None
@@ -85,14 +95,17 @@ class DlqItem(Schema):
     source = fields.String(required=True)
     event_type = fields.String(allow_none=True)
     event_id = fields.String(allow_none=True)
-    event_time = fields.Integer(allow_none=True)
+    event_time = _when("when the event happened, by its source")
+    event_time_unix = _unix("event_time")
     message = fields.String()
     update = fields.Dict(allow_none=True, metadata={"description": "the normalized user update"})
     event = fields.Raw(allow_none=True, metadata={"description": "the original payload, when it was invalid"})
     user_id = fields.String(allow_none=True)
     attempts = fields.Integer()
-    first_failure_at = fields.Float(allow_none=True)
-    last_failure_at = fields.Float(allow_none=True)
+    first_failure_at = _when()
+    first_failure_at_unix = _unix("first_failure_at")
+    last_failure_at = _when()
+    last_failure_at_unix = _unix("last_failure_at")
     last_status = fields.Integer(allow_none=True)
     last_response = fields.String(allow_none=True, metadata={"description": "secrets removed"})
     destination = fields.String(validate=validate.OneOf(DESTINATIONS))
@@ -124,24 +137,39 @@ class Lane(Schema):
     oldest_pending_age_seconds = fields.Float(allow_none=True)
 
 
+class Limiter(Schema):
+    rate_limit_per_second = fields.Float(required=True)
+    burst = fields.Float(required=True)
+    max_in_flight = fields.Float(required=True)
+    in_flight = fields.Integer(required=True)
+    effective_rate_per_second = fields.Float(required=True, metadata={"description": "lowered by 429s (AIMD)"})
+    paused_until = _when("end of a 429 pause, while one lasts")
+    paused_until_unix = _unix("paused_until")
+    last_429_at = _when()
+    last_429_at_unix = _unix("last_429_at")
+
+
 class DestinationStatus(Schema):
     lanes = fields.Dict(keys=fields.String(), values=fields.Nested(Lane))
     ledger = fields.Dict(keys=fields.String(), values=fields.Integer())
     dlq = fields.Dict()
-    limiter = fields.Dict()
+    limiter = fields.Nested(Limiter)
     workers = fields.Dict()
-    last_delivery_at = fields.Float(allow_none=True)
+    last_delivery_at = _when()
+    last_delivery_at_unix = _unix("last_delivery_at")
 
 
 class Status(Schema):
     version = fields.String(required=True)
-    time = fields.Float(required=True)
+    time = fields.DateTime(required=True, metadata={"description": "when this document was read (ISO 8601, UTC)"})
+    time_unix = fields.Float(required=True, metadata={"description": "`time` as epoch seconds"})
     destinations = fields.Dict(keys=fields.String(), values=fields.Nested(DestinationStatus))
 
 
 class TraceEntry(Schema):
     kind = fields.String(required=True, validate=validate.OneOf(["delivery", "dead_letter"]))
-    at = fields.Float(required=True, metadata={"description": "epoch seconds"})
+    at = fields.DateTime(required=True, metadata={"description": "ISO 8601, UTC"})
+    at_unix = fields.Float(required=True, metadata={"description": "`at` as epoch seconds"})
     destination = fields.String(required=True)
     user_id = fields.String(required=True)
     event_ids = fields.List(fields.String(), metadata={"description": "the events merged into this delivery"})

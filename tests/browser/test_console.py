@@ -4,6 +4,7 @@ app on a real socket, a real Redis and the User.com sandbox. One screenshot per 
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Iterator
 from typing import Any
@@ -109,6 +110,10 @@ def test_console_pages(page: Page, relay: tuple[str, Settings], redis: Redis) ->
     expect(card.locator('[data-field="dlq-size"]')).to_have_text(str(status["dlq"]["size"]))
     expect(card.locator('[data-field="reason-usercom_rejected"]')).to_have_text("3")
     expect(card.locator("svg.chart")).to_be_visible()
+    # Times arrive as ISO 8601 (UTC) and are shown to the second.
+    assert status["last_delivery_at"].endswith("Z")
+    expect(card.locator('[data-field="last-delivery"]')).to_have_text(status["last_delivery_at"][:19] + "Z")
+    expect(page.locator("#refreshed")).to_have_text(re.compile(r"^Refreshed \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ,"))
     page.screenshot(path="/tmp/console-overview.png", full_page=True)
 
     # Dead letters: filter, open one, replay it (confirmed), see it leave the list.

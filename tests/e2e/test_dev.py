@@ -14,16 +14,17 @@ import urllib.request
 from pathlib import Path
 
 from service.devtools.embedded_redis import free_port
+from tests.integration.test_dev_logs import listeners
 
 RELAY = str(Path(sys.executable).with_name("relay"))
 
 
 def test_relay_dev_runs_the_printed_example_end_to_end(tmp_path: Path) -> None:
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "USERCOM_", "RELAY_", "STRIPE_"))}
     dev = subprocess.Popen(
         [RELAY, "dev", "--port", str(port), "--data-dir", str(tmp_path / "dev")],
-        env={**env, "RELAY_METRICS_PORT": str(free_port())},
+        env={**env, "RELAY_METRICS_PORT": str(metrics_port)},
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -62,6 +63,10 @@ def test_relay_dev_runs_the_printed_example_end_to_end(tmp_path: Path) -> None:
                 break
             assert time.monotonic() < deadline, f"the sample update never reached the sandbox: {users}"
             time.sleep(0.2)
+        while not listeners(metrics_port):  # the worker's metrics: on loopback only
+            assert time.monotonic() < deadline, "the worker metrics never listened"
+            time.sleep(0.2)
+        assert listeners(metrics_port) == {"0100007F"}
         busy = subprocess.run([RELAY, "dev", "--port", str(port)], env=env, capture_output=True, text=True, timeout=30)
         assert (
             busy.returncode == 2

@@ -214,8 +214,9 @@ def test_status_after_a_known_sequence(admin: Any, ctx: DeliveryContext, sandbox
     assert status["ledger"]["in_flight"] == 1
     assert status["lanes"]["live"]["depth"] == 0 and status["lanes"]["live"]["scheduled"] == 1
     assert status["lanes"]["live"]["pending"] == 1
-    assert status["last_delivery_at"] >= before and status["limiter"]["last_429_at"] >= before
-    assert status["limiter"]["paused_until"] >= time.time() + 5  # every worker waits for Retry-After
+    assert status["last_delivery_at_unix"] >= before and status["limiter"]["last_429_at_unix"] >= before
+    assert status["limiter"]["paused_until_unix"] >= time.time() + 5  # every worker waits for Retry-After
+    assert status["limiter"]["paused_until"].endswith("Z") and status["last_delivery_at"].endswith("Z")
     assert status["limiter"]["rate_limit_per_second"] == 1000.0  # USERCOM_RATE_LIMIT in conftest
     assert 500.0 <= status["limiter"]["effective_rate_per_second"] < 501  # halved by the 429, growing back
     assert status["workers"] == {"live": 0, "replay": 0}

@@ -8,7 +8,7 @@ use by custom id (the v2 update `PUT /users/<id>/` refuses one that does not exi
 400 naming it), and 429 with `Retry-After` when its optional rate limit is exceeded.
 
 A small control plane under `/__sandbox__/` (not part of User.com) lets a person or a test
-look at users and recorded requests, and inject failures.
+look at users and recorded requests, and inject failures; `GET /` lists it all.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, g, request
 
 from service.core.attributes import STANDARD_ATTRIBUTES
+from service.devtools.usercom_sandbox.index import index
 from service.devtools.usercom_sandbox.model import (
     ApiError,
     Fault,
@@ -53,6 +54,7 @@ def create_sandbox_app(state: SandboxState) -> Flask:
     app.after_request(_record_status)
     app.register_blueprint(bp, url_prefix=API_PREFIX)
     app.register_blueprint(control, url_prefix="/__sandbox__")
+    app.register_blueprint(index)  # GET /: what the sandbox serves, how to inject faults
     app.register_error_handler(ApiError, lambda e: (e.body, e.status, e.headers))
     app.register_error_handler(404, lambda e: ({"detail": "Not found."}, 404))
     app.register_error_handler(405, lambda e: ({"detail": f'Method "{request.method}" not allowed.'}, 405))

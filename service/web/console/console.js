@@ -23,7 +23,8 @@ function el(tag, attrs, ...children) {
 
 function token() { return sessionStorage.getItem(TOKEN_KEY) || ""; }
 function destination() { return document.getElementById("destination").value || ""; }
-function when(epoch) { return epoch ? new Date(epoch * 1000).toISOString().replace("T", " ").slice(0, 19) : "-"; }
+// Times come as ISO 8601 in UTC ("2026-11-29T20:10:00.123Z"): shown to the second.
+function when(iso) { return iso ? `${String(iso).slice(0, 19)}Z` : "-"; }
 
 async function api(method, path, body) {
   const headers = { Authorization: `Bearer ${token()}` };
@@ -125,8 +126,8 @@ function destinationCard(name, d) {
     el("div", { class: "card" }, el("h3", {}, "Dead letters"), dl([["total", d.dlq.size, "dlq-size"], ...reasons,
       ["dropped (retention)", d.dlq.dropped_by_retention, "dlq-dropped"]])),
     el("div", { class: "card" }, el("h3", {}, "Limiter"), dl([["per second", d.limiter.rate_limit_per_second],
-      ["in flight", d.limiter.in_flight, "limiter-in-flight"], ["paused until", when(d.limiter.paused_until)],
-      ["last 429", when(d.limiter.last_429_at)]])),
+      ["in flight", d.limiter.in_flight, "limiter-in-flight"], ["paused until", when(d.limiter.paused_until), "limiter-paused-until"],
+      ["last 429", when(d.limiter.last_429_at), "limiter-last-429"]])),
     el("div", { class: "card" }, el("h3", {}, "Workers alive"), dl(Object.entries(d.workers).map(([l, n]) => [l, n, `workers-${l}`])),
       el("h3", {}, "Last delivery"), el("span", { "data-field": "last-delivery" }, when(d.last_delivery_at))),
     chart(name)));
@@ -136,10 +137,10 @@ async function overview() {
   const status = await api("GET", "/status");
   for (const [name, d] of Object.entries(status.destinations)) {
     const history = (state.history[name] = state.history[name] || []);
-    history.push({ at: status.time, delivered: d.ledger.delivered });
+    history.push({ at: status.time_unix, delivered: d.ledger.delivered });
     if (history.length > HISTORY) history.shift();
   }
-  show(el("h1", {}, "Overview"), el("p", { id: "refreshed" }, `Refreshed ${when(status.time)} UTC, every ${REFRESH_MS / 1000} s.`),
+  show(el("h1", {}, "Overview"), el("p", { id: "refreshed" }, `Refreshed ${when(status.time)}, every ${REFRESH_MS / 1000} s.`),
     Object.entries(status.destinations).map(([name, d]) => destinationCard(name, d)));
 }
 

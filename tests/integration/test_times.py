@@ -1,0 +1,138 @@
+"""Times in /status, the admin API and the CLI are ISO 8601 in UTC (`Z`); numbers a dashboard
+computes with stay as `<name>_unix`. Redis keeps epoch seconds."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis import Redis
+
+from service import create_app
+from service.config import Settings
+from service.core.dead_letter import DeadLetter
+from service.core.times import iso, iso_seconds, shown
+from service.store import keys
+from service.store.ledger import Store
+from service.store.trace import TraceEntry
+from service.web.schemas import DlqItem, Status, UserTrace
+from tests.conftest import an_update
+
+RELAY = str(Path(sys.executable).with_name("relay"))
+TOKEN = "times-admin-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+FIRST, LAST, EVENT = 1_764_446_400.5, 1_764_447_000.123, 1_764_440_000  # 2025-11-29T20:00:00.500Z, ...
+
+
+def parsed(text: str) -> float:
+    assert text.endswith("Z"), text
+    return datetime.fromisoformat(text).astimezone(UTC).timestamp()
+
+
+def test_iso_is_utc_with_a_z_and_milliseconds() -> None:
+    assert iso(0.25) == "1970-01-01T00:00:00.250Z"
+    assert iso(LAST) == "2025-11-29T20:10:00.123Z"
+    assert iso(None) is None and iso_seconds(None) == "-"
+    assert iso_seconds(LAST) == "2025-11-29T20:10:00Z"
+    assert shown({"at": 5, "x": 1}, ("at", "missing")) == {"at": "1970-01-01T00:00:05.000Z", "at_unix": 5, "x": 1}
+    assert shown({"at": None}, ("at",)) == {"at": None, "at_unix": None}
+
+
+@pytest.fixture
+def app_settings(env: dict[str, str], redis: Redis) -> Settings:
+    return Settings.from_env({**env, "RELAY_ADMIN_TOKEN": TOKEN})
+
+
+def test_status_times_are_iso_with_unix_numbers(app_settings: Settings, redis: Redis) -> None:
+    client = create_app(app_settings).test_client()
+    empty = client.get("/status").get_json()
+    assert empty["destinations"]["usercom"]["last_delivery_at"] is None
+    assert empty["destinations"]["usercom"]["last_delivery_at_unix"] is None
+    now = time.time()
+    redis.set(keys.USERCOM.last_delivery, repr(LAST))
+    redis.set(keys.USERCOM.last_429, repr(FIRST))
+    redis.set(keys.USERCOM.limiter_paused_until, int((now + 600) * 1000))
+    document = client.get("/status").get_json()
+    assert Status().validate(document) == {}  # the OpenAPI schema says what /status sends
+    assert document["time_unix"] >= now and parsed(document["time"]) == pytest.approx(document["time_unix"], abs=1e-3)
+    status = document["destinations"]["usercom"]
+    assert (status["last_delivery_at"], status["last_delivery_at_unix"]) == ("2025-11-29T20:10:00.123Z", LAST)
+    limiter = status["limiter"]
+    assert (limiter["last_429_at"], limiter["last_429_at_unix"]) == ("2025-11-29T20:00:00.500Z", FIRST)
+    assert parsed(limiter["paused_until"]) == pytest.approx(limiter["paused_until_unix"], abs=1e-3)
+    assert limiter["paused_until_unix"] == pytest.approx(now + 600, abs=1)
+    # The metrics compute with the numbers.
+    metrics = client.get("/metrics").get_data(as_text=True)
+    lines = [line for line in metrics.splitlines() if line.startswith("relay_") and "{" in line]
+    value = {line.split("{")[0]: float(line.split()[-1]) for line in lines}
+    assert value["relay_last_delivery_timestamp_seconds"] == LAST
+    assert 500 < value["relay_ratelimit_pause_seconds"] <= 600
+
+
+@pytest.fixture
+def store(app_settings: Settings, redis: Redis) -> Store:
+    store = Store.from_settings(redis, app_settings)
+    update = an_update("evt_t", user_id="u_t", event_time=EVENT)
+    assert store.accept(update)
+    redis.delete(keys.USERCOM.rq_queue_key(keys.LIVE))
+    item = DeadLetter(
+        id="stripe-evt_t",
+        reason="retries_exhausted",
+        source="stripe",
+        event_type="invoice.paid",
+        event_id="evt_t",
+        event_time=EVENT,
+        message="gave up",
+        update=update.to_dict(),
+        user_id="u_t",
+        attempts=3,
+        first_failure_at=FIRST,
+        last_failure_at=LAST,
+        last_status=503,
+    )
+    store.dead_letter(item)
+    return store
+
+
+def relay(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": "/usr/bin:/bin", "REDIS_URL": settings.redis_url}
+    return subprocess.run([RELAY, *args], env=env, capture_output=True, text=True, timeout=60)
+
+
+def assert_item_times(item: dict[str, Any]) -> None:
+    assert DlqItem().validate(item) == {}
+    assert (item["first_failure_at"], item["first_failure_at_unix"]) == ("2025-11-29T20:00:00.500Z", FIRST)
+    assert (item["last_failure_at"], item["last_failure_at_unix"]) == ("2025-11-29T20:10:00.123Z", LAST)
+    assert (item["event_time"], item["event_time_unix"]) == (iso(EVENT), EVENT)
+
+
+def test_dead_letter_times_in_the_api_and_the_cli(app_settings: Settings, store: Store) -> None:
+    client = create_app(app_settings).test_client()
+    listed = client.get("/admin/dlq", headers=AUTH).get_json()["items"]
+    assert len(listed) == 1
+    assert_item_times(listed[0])
+    assert_item_times(client.get("/admin/dlq/stripe-evt_t", headers=AUTH).get_json())
+    assert_item_times(json.loads(relay(app_settings, "dlq", "show", "stripe-evt_t").stdout))
+    assert_item_times(json.loads(relay(app_settings, "dlq", "list", "--json").stdout)["items"][0])
+    assert "2025-11-29T20:10:00Z" in relay(app_settings, "dlq", "list").stdout
+    # Redis keeps the numbers (what the stored form always was).
+    kept = store.dead_letters()[0]
+    assert (kept["first_failure_at"], kept["last_failure_at"], kept["event_time"]) == (FIRST, LAST, EVENT)
+
+
+def test_trace_times_in_the_api_and_the_cli(app_settings: Settings, redis: Redis) -> None:
+    entry = TraceEntry(kind="delivery", user_id="u_t", destination="usercom", at=LAST, endpoint="PUT /users/1/")
+    redis.lpush(keys.USERCOM.trace("u_t"), entry.to_json())
+    client = create_app(app_settings).test_client()
+    body = client.get("/admin/users/u_t/trace", headers=AUTH).get_json()
+    assert UserTrace().validate(body) == {}
+    assert (body["entries"][0]["at"], body["entries"][0]["at_unix"]) == ("2025-11-29T20:10:00.123Z", LAST)
+    cli = json.loads(relay(app_settings, "trace", "u_t", "--json").stdout)
+    assert cli["entries"] == body["entries"]
+    assert relay(app_settings, "trace", "u_t").stdout.splitlines()[1].startswith("2025-11-29T20:10:00Z")
