@@ -88,6 +88,11 @@ class DeliveryWorker(SimpleWorker):
     when every remaining job is stranded with a dead worker and the queue is empty.
     """
 
+    # rq waits 1, 2, 4 ... up to 60 s between reconnection attempts while Redis is unreachable: after
+    # a Redis restart the workers would idle for up to a minute with a backlog waiting (seen in a
+    # loaded test run). Five seconds bounds that wait and still spares a Redis that is down.
+    max_connection_wait_time = 5.0
+
     def bootstrap(self, *args: Any, **kwargs: Any) -> None:
         # rq registers the worker, subscribes and starts the scheduler before it installs its own
         # SIGTERM handler and enters the try/finally that unregisters the worker. rq's handler

@@ -25,10 +25,21 @@ from service.store.ledger import Store
 from tests.conftest import an_update
 from workers.delivery.context import configure
 from workers.ordering import LEASE_MS
-from workers.runner import HEARTBEAT_MARGIN_SECONDS, MAINTENANCE_INTERVAL_SECONDS, build_context, run_worker
+from workers.runner import (
+    HEARTBEAT_MARGIN_SECONDS,
+    MAINTENANCE_INTERVAL_SECONDS,
+    DeliveryWorker,
+    build_context,
+    run_worker,
+)
 
 RELAY = str(Path(sys.executable).with_name("relay"))
 UPDATE = an_update(tags=["paying"])
+
+
+def test_workers_retry_an_unreachable_redis_every_few_seconds() -> None:
+    """Not rq's up-to-a-minute backoff: after a Redis restart the backlog waits seconds, not a minute."""
+    assert DeliveryWorker.max_connection_wait_time <= MAINTENANCE_INTERVAL_SECONDS
 
 
 def test_lease_expires_before_rq_reruns_an_abandoned_job() -> None:
