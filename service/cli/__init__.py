@@ -16,6 +16,7 @@ from service.destinations.registry import NAMES as DESTINATIONS
 from service.ops.metrics_dir import MetricsDirError, use_metrics_dir
 from service.ops.status import version
 from service.sources.registry import SOURCES
+from service.store import keys
 
 APP_TARGET = "service:create_app()"
 
@@ -139,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="deliver queued updates to the destinations (scheduler included)")
     worker.add_argument("--burst", action="store_true", help="exit once the queues are empty")
     worker.add_argument("--concurrency", type=_positive, default=1, help="live-lane worker processes (default 1)")
-    worker.add_argument("--lane", choices=["live", "replay"], help="run one worker process on this lane only")
+    worker.add_argument("--lane", choices=list(keys.LANES), help="run one worker process on this lane only")
     worker.add_argument(
         "--destination", choices=list(DESTINATIONS), help="with --lane: the destination (default: the first configured)"
     )
