@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from service.cli import backfill as backfill_cli
 from service.cli import dlq as dlq_cli
 from service.cli import trace as trace_cli
 from service.cli.connect import check_all, port_in_use
@@ -158,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     sign.set_defaults(func=cmd_sign)
     dlq_cli.add_parser(sub)
     trace_cli.add_parser(sub)
+    backfill_cli.add_parsers(sub)
     return parser
 
 
