@@ -67,6 +67,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
         use_metrics_dir(settings.metrics_dir, "worker")  # before the imports below define metrics
         from workers.supervisor import supervise
 
+        if settings.reconcile_interval_seconds:
+            from service.backfill import periodic
+
+            periodic.start(settings)  # RELAY_RECONCILE_INTERVAL: one instance cluster-wide (a Redis lock)
         return supervise(
             concurrency=args.concurrency,
             burst=args.burst,

@@ -37,6 +37,12 @@ def add_parsers(sub: Any) -> None:
     fill.add_argument("--undelivered-only", action="store_true", help="only events no endpoint acknowledged")
     _common(fill)
     fill.set_defaults(func=cmd_backfill)
+    rec = sub.add_parser("reconcile", help="find events the relay never received and feed them (backfill path)")
+    rec.add_argument("provider", choices=PROVIDERS)
+    rec.add_argument("--since", default="3d", help="how far back (default 3d; at most the dedup memory)")
+    rec.add_argument("--until", help="default: 5 minutes ago (younger events may still be on their way)")
+    _common(rec)
+    rec.set_defaults(func=cmd_reconcile)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -118,5 +124,36 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         if args.undelivered_only:
             again.append("--undelivered-only")
         reporter.note(f"interrupted; resume with: relay backfill {args.provider} {' '.join(again)}")
+        return 1
+    return 0
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    from service.backfill import events as backfill
+    from service.backfill.progress import Reporter
+    from service.backfill.reconcile import GRACE_SECONDS, check_reconcile_window, reconcile
+    from service.backfill.stripe_reader import ReadError
+
+    try:
+        now = time.time()
+        until = backfill.parse_time(args.until, now=now) if args.until else int(now - GRACE_SECONDS)
+        window = backfill.Window(backfill.parse_time(args.since, now=now), until)
+        settings, reader, feeder = open_run(args)
+        check_reconcile_window(window, settings.dedup_ttl_seconds, now)
+        types = backfill.event_types(None, list(settings.mapping.rules.get(args.provider, {})))
+    except (ValueError, ReadError) as exc:
+        print(f"relay: {exc}", file=sys.stderr)
+        return 2
+    reporter = Reporter(f"reconcile {args.provider}", quiet=args.json, total=100)
+    with stop_on_interrupt() as stop:
+        try:
+            summary = reconcile(reader, feeder, feeder.store.redis, window, types, stop=stop, reporter=reporter)
+        except ReadError as exc:
+            reporter.finish(backfill.summary(reader, feeder))
+            print(f"relay: {exc}", file=sys.stderr)
+            return 3
+    reporter.finish({**summary, "dry_run": args.dry_run})
+    if summary["interrupted"]:
+        reporter.note(f"interrupted; run `relay reconcile {args.provider} --since {window.since}` again")
         return 1
     return 0

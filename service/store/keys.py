@@ -43,6 +43,21 @@ def usercom_id(user_id: str) -> str:
     return f"{PREFIX}:usercom-id:{user_id}"
 
 
+def reconcile_last(source: str) -> str:
+    """string: JSON of the last reconcile run for the source (service/backfill/reconcile.py)."""
+    return f"{PREFIX}:reconcile:last:{source}"
+
+
+def reconcile_lock(source: str) -> str:
+    """string: held by the one `relay worker` running the periodic reconcile for the source."""
+    return f"{PREFIX}:reconcile:lock:{source}"
+
+
+def sync_checkpoint(source: str) -> str:
+    """hash: where an interrupted `relay sync` continues (service/backfill/sync.py)."""
+    return f"{PREFIX}:sync:checkpoint:{source}"
+
+
 def pending_member(source: str, event_id: str) -> str:
     return f"{source}:{event_id}"
 

@@ -137,6 +137,9 @@ class Status(Schema):
     version = fields.String(required=True)
     time = fields.Float(required=True)
     destinations = fields.Dict(keys=fields.String(), values=fields.Nested(DestinationStatus))
+    reconcile = fields.Dict(
+        metadata={"description": "per source: the last reconcile run (at, since, until, missing, healed), or null"}
+    )
 
 
 class TraceEntry(Schema):
