@@ -8,6 +8,7 @@ The key is a restricted, read-only one (STRIPE_API_KEY) and never appears in any
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -66,7 +67,8 @@ class StripeReader:
         service = getattr(self._client.v1, resource)
         while True:
             page = self._list(service, {**params, "limit": PAGE_SIZE, **({"starting_after": after} if after else {})})
-            data = [obj.to_dict() for obj in page.data]
+            # As Stripe sent them (to_dict() turns decimal strings into Decimal): what a webhook carries.
+            data = json.loads(page.last_response.body)["data"]
             if data:
                 yield data
             if not page.has_more or not data:

@@ -37,6 +37,12 @@ def add_parsers(sub: Any) -> None:
     fill.add_argument("--undelivered-only", action="store_true", help="only events no endpoint acknowledged")
     _common(fill)
     fill.set_defaults(func=cmd_backfill)
+    snap = sub.add_parser("sync", help="initial sync: every customer and subscription as of now (resumable)")
+    snap.add_argument("provider", choices=PROVIDERS)
+    snap.add_argument("--customers-only", action="store_true", help="customers only, no subscriptions")
+    snap.add_argument("--from-scratch", action="store_true", help="ignore the checkpoint of an interrupted sync")
+    _common(snap)
+    snap.set_defaults(func=cmd_sync)
     rec = sub.add_parser("reconcile", help="find events the relay never received and feed them (backfill path)")
     rec.add_argument("provider", choices=PROVIDERS)
     rec.add_argument("--since", default="3d", help="how far back (default 3d; at most the dedup memory)")
@@ -155,5 +161,40 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     reporter.finish({**summary, "dry_run": args.dry_run})
     if summary["interrupted"]:
         reporter.note(f"interrupted; run `relay reconcile {args.provider} --since {window.since}` again")
+        return 1
+    return 0
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from service.backfill.progress import Reporter
+    from service.backfill.stripe_reader import ReadError
+    from service.backfill.sync import sync
+
+    try:
+        if args.max_rps <= 0:
+            raise ValueError("--max-rps must be above 0")
+        _settings, reader, feeder = open_run(args)
+    except (ValueError, ReadError) as exc:
+        print(f"relay: {exc}", file=sys.stderr)
+        return 2
+    reporter = Reporter(f"sync {args.provider}", quiet=args.json)
+    with stop_on_interrupt() as stop:
+        try:
+            summary = sync(
+                reader,
+                feeder,
+                customers_only=args.customers_only,
+                from_scratch=args.from_scratch,
+                stop=stop,
+                reporter=reporter,
+            )
+        except ReadError as exc:
+            reporter.finish({**feeder.tally.as_dict(), "api_calls": reader.calls})
+            print(f"relay: {exc} (run it again: it continues from its checkpoint)", file=sys.stderr)
+            return 3
+    reporter.finish({**summary, "dry_run": args.dry_run})
+    if summary["interrupted"]:
+        only = " --customers-only" if args.customers_only else ""
+        reporter.note(f"interrupted; resume with: relay sync {args.provider}{only} (it continues from its checkpoint)")
         return 1
     return 0
