@@ -1,7 +1,7 @@
 """`relay worker`: one process per worker, so each has a single rq queue (atomic dequeue).
 
-Starts, for each destination, `--concurrency` workers on its live lane and one on its replay
-lane (so a slow destination never holds up another), forwards SIGTERM
+Starts, for each destination, `--concurrency` workers on its live lane and one on each other
+lane (replay, backfill: keys.LANES; so a slow destination never holds up another), forwards SIGTERM
 and SIGINT to them (rq's warm shutdown: the job in hand finishes), and stops them all if one
 exits on its own, exiting non-zero so that the orchestrator restarts the whole set. It exits only once every
 worker has (each stops its rq scheduler first). Killed outright (`kill -9`), it takes its workers
@@ -51,7 +51,7 @@ def supervise(*, concurrency: int, burst: bool, destinations: tuple[str, ...], m
                 file=sys.stderr,
             )
             return 2
-    lanes = [keys.LIVE] * concurrency + [keys.REPLAY]
+    lanes = [keys.LIVE] * concurrency + [lane for lane in keys.LANES if lane != keys.LIVE]
     env = {**os.environ, SUPERVISOR_PID_ENV: str(os.getpid())}
     children = [
         subprocess.Popen(worker_argv(lane, destination, burst=burst), start_new_session=True, env=env)

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from service.cli import backfill as backfill_cli
 from service.cli import dlq as dlq_cli
 from service.cli import trace as trace_cli
 from service.cli.connect import check_all, port_in_use
@@ -16,6 +17,7 @@ from service.destinations.registry import NAMES as DESTINATIONS
 from service.ops.metrics_dir import MetricsDirError, use_metrics_dir
 from service.ops.status import version
 from service.sources.registry import SOURCES
+from service.store import keys
 
 APP_TARGET = "service:create_app()"
 
@@ -65,6 +67,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
         use_metrics_dir(settings.metrics_dir, "worker")  # before the imports below define metrics
         from workers.supervisor import supervise
 
+        if settings.reconcile_interval_seconds:
+            from service.backfill import periodic
+
+            periodic.start(settings)  # RELAY_RECONCILE_INTERVAL: one instance cluster-wide (a Redis lock)
         return supervise(
             concurrency=args.concurrency,
             burst=args.burst,
@@ -139,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="deliver queued updates to the destinations (scheduler included)")
     worker.add_argument("--burst", action="store_true", help="exit once the queues are empty")
     worker.add_argument("--concurrency", type=_positive, default=1, help="live-lane worker processes (default 1)")
-    worker.add_argument("--lane", choices=["live", "replay"], help="run one worker process on this lane only")
+    worker.add_argument("--lane", choices=list(keys.LANES), help="run one worker process on this lane only")
     worker.add_argument(
         "--destination", choices=list(DESTINATIONS), help="with --lane: the destination (default: the first configured)"
     )
@@ -157,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     sign.set_defaults(func=cmd_sign)
     dlq_cli.add_parser(sub)
     trace_cli.add_parser(sub)
+    backfill_cli.add_parsers(sub)
     return parser
 
 

@@ -58,6 +58,8 @@ DEFAULT_DLQ_TTL_DAYS = 30
 # gunicorn gthread: an I/O-bound receiver; one process per core, a few threads each.
 DEFAULT_WEB_WORKERS = 2
 DEFAULT_WEB_THREADS = 4
+DEFAULT_STRIPE_API_BASE = "https://api.stripe.com"
+DEFAULT_PADDLE_API_BASE = "https://api.paddle.com"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 ROLES = ("web", "worker", "admin", "all")  # admin: `relay dlq`, which needs Redis only
@@ -87,13 +89,20 @@ class Settings:
     trace_ttl_days: int = 7
     max_clock_skew_seconds: int = DEFAULT_MAX_CLOCK_SKEW_SECONDS
     metrics_dir: str = ""  # PROMETHEUS_MULTIPROC_DIR; `relay web` / `relay worker` pick one when unset
+    # Reading back from the providers' APIs (`relay backfill|sync|reconcile`, service/backfill): read-only keys.
+    stripe_api_key: str = field(default="", repr=False)
+    stripe_api_base: str = DEFAULT_STRIPE_API_BASE
+    paddle_api_key: str = field(default="", repr=False)
+    paddle_api_base: str = DEFAULT_PADDLE_API_BASE
+    reconcile_interval_seconds: int = 0  # RELAY_RECONCILE_INTERVAL: 0 = off
 
     @property
     def secrets(self) -> tuple[str, ...]:
         """Every secret value, for redaction."""
         webhook_secrets = [s for source in self.sources.values() for s in source.secrets]
         credentials = [d.credential for d in self.destination_settings.values()]
-        return tuple(s for s in (*webhook_secrets, *credentials, self.admin_token) if s)
+        api_keys = (self.stripe_api_key, self.paddle_api_key)
+        return tuple(s for s in (*webhook_secrets, *credentials, self.admin_token, *api_keys) if s)
 
     @property
     def webhook_sources(self) -> tuple[str, ...]:
@@ -165,6 +174,11 @@ class Settings:
             metrics_dir=reader.text("PROMETHEUS_MULTIPROC_DIR", ""),
             trace_per_user=reader.integer("RELAY_TRACE_PER_USER", 20, minimum=0, maximum=1000),
             trace_ttl_days=reader.integer("RELAY_TRACE_TTL_DAYS", 7, minimum=1, maximum=365),
+            stripe_api_key=reader.secret("STRIPE_API_KEY", required=False),
+            stripe_api_base=reader.http_url("STRIPE_API_BASE", required=False) or DEFAULT_STRIPE_API_BASE,
+            paddle_api_key=reader.secret("PADDLE_API_KEY", required=False),
+            paddle_api_base=reader.http_url("PADDLE_API_BASE", required=False) or DEFAULT_PADDLE_API_BASE,
+            reconcile_interval_seconds=reader.integer("RELAY_RECONCILE_INTERVAL", 0, minimum=0, maximum=DAY),
         )
         if needs_web and not settings.webhook_sources:
             wanted = ", ".join(spec.secret_env for spec in SOURCES.values())

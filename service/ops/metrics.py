@@ -47,6 +47,12 @@ USERKIT_SECONDS = Histogram(
     "relay_userkit_request_duration_seconds", "UserKit API call latency", ["endpoint"], buckets=LATENCY_BUCKETS
 )
 
+RECONCILE_RUNS = Counter("relay_reconcile_runs_total", "Reconcile runs by source and outcome", ["source", "outcome"])
+RECONCILE_MISSING = Counter(
+    "relay_reconcile_missing_total", "Events the provider sent that the relay never received", ["source"]
+)
+RECONCILE_HEALED = Counter("relay_reconcile_healed_total", "Missing events fed through the backfill path", ["source"])
+
 
 def mark_process_dead(pid: int) -> None:
     if os.environ.get(MULTIPROC_ENV):

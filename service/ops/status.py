@@ -5,6 +5,7 @@ Workers are counted by heartbeat: rq keeps a killed worker in its registry until
 
 from __future__ import annotations
 
+import json
 import time
 from importlib import metadata
 from typing import Any
@@ -49,7 +50,28 @@ def collect_status(redis: Redis, settings: Settings, *, now: float | None = None
         size = len(keys.LANES) * 5 + 8
         destinations[name] = _destination(results[:size], _limits(settings, name), now)
         results = results[size:]
-    return {"version": version(), "time": iso(now), "time_unix": now, "destinations": destinations}
+    return {
+        "version": version(),
+        "time": iso(now),
+        "time_unix": now,
+        "destinations": destinations,
+        "reconcile": _reconcile(redis),
+    }
+
+
+RECONCILED_SOURCES = ("stripe",)
+
+
+def _reconcile(redis: Redis) -> dict[str, Any]:
+    """The last reconcile run per source (when, the window, missing and healed): null when none ran."""
+    raw = redis.mget([keys.reconcile_last(source) for source in RECONCILED_SOURCES])
+    runs = {source: json.loads(value) if value else None for source, value in zip(RECONCILED_SOURCES, raw, strict=True)}
+    for run in filter(None, runs.values()):
+        for name in ("at", "since", "until"):  # ISO 8601 UTC, the number beside it as <name>_unix
+            if isinstance(run.get(name), int | float):
+                run[f"{name}_unix"] = run[name]
+                run[name] = iso(run[name])
+    return runs
 
 
 def _limits(settings: Settings, destination: str) -> dict[str, float]:

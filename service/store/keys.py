@@ -16,11 +16,14 @@ PREFIX = "relay"
 RQ_QUEUES_SET = "rq:queues"
 RQ_JOB_KEY_PREFIX = "rq:job:"
 
-# Lanes: live traffic, and replays from the dead-letter queue, each its own rq queue and
-# worker so that a bulk replay never holds up live updates.
+# Lanes: live traffic, replays from the dead-letter queue, and events read back from the provider
+# (`relay backfill|sync|reconcile`), each its own rq queue and worker so that a bulk replay or
+# backfill never holds up live updates. A lane's updates are counted pending on the live lane.
 LIVE = "live"
 REPLAY = "replay"
-LANES = (LIVE, REPLAY)
+BACKFILL = "backfill"
+LANE_QUEUES = {LIVE: "relay-delivery", REPLAY: "relay-replay", BACKFILL: "relay-backfill"}
+LANES = tuple(LANE_QUEUES)
 # User.com came first: its keys carry no destination name (relay:ledger, queue relay-delivery).
 UNPREFIXED_DESTINATION = "usercom"
 
@@ -40,6 +43,21 @@ def usercom_id(user_id: str) -> str:
     return f"{PREFIX}:usercom-id:{user_id}"
 
 
+def reconcile_last(source: str) -> str:
+    """string: JSON of the last reconcile run for the source (service/backfill/reconcile.py)."""
+    return f"{PREFIX}:reconcile:last:{source}"
+
+
+def reconcile_lock(source: str) -> str:
+    """string: held by the one `relay worker` running the periodic reconcile for the source."""
+    return f"{PREFIX}:reconcile:lock:{source}"
+
+
+def sync_checkpoint(source: str) -> str:
+    """hash: where an interrupted `relay sync` continues (service/backfill/sync.py)."""
+    return f"{PREFIX}:sync:checkpoint:{source}"
+
+
 def pending_member(source: str, event_id: str) -> str:
     return f"{source}:{event_id}"
 
@@ -55,7 +73,7 @@ class Keys:
         return PREFIX if self.destination == UNPREFIXED_DESTINATION else f"{PREFIX}:{self.destination}"
 
     def queue_name(self, lane: str) -> str:
-        base = {LIVE: "relay-delivery", REPLAY: "relay-replay"}[lane]
+        base = LANE_QUEUES[lane]
         return base if self.destination == UNPREFIXED_DESTINATION else f"{base}-{self.destination}"
 
     def rq_queue_key(self, lane: str) -> str:

@@ -64,8 +64,8 @@ class Store:
         self.retention = retention
         self.keys = destination_keys
         self.fan_out = fan_out
-        live, replay = JobWriter(redis, keys.LIVE), JobWriter(redis, keys.REPLAY)
-        self._jobs = {keys.LIVE: live, keys.REPLAY: replay}
+        self._jobs = {lane: JobWriter(redis, lane) for lane in keys.LANES}
+        live, replay = self._jobs[keys.LIVE], self._jobs[keys.REPLAY]
         self._accept_job_script = redis.register_script(live.lua(ACCEPT_JOB_SCRIPT))
         self._ignore_script = redis.register_script(IGNORE_SCRIPT)
         self._reject_script = redis.register_script(REJECT_SCRIPT)
@@ -97,8 +97,9 @@ class Store:
     def dlq(self) -> DeadLetterQueue:
         return DeadLetterQueue(self.redis, self.retention, self.keys)
 
-    def accept(self, update: UserUpdate) -> bool:
-        """Queue the update for delivery to every destination; False if this event id was accepted before."""
+    def accept(self, update: UserUpdate, *, lane: str = keys.LIVE) -> bool:
+        """Queue the update for delivery to every destination; False if this event id was accepted before.
+        `lane`: whose rq queue (backfill: events read back from the provider); pending on the live lane."""
         update_json = json.dumps(update.to_dict(), separators=(",", ":"))
         # Parked at once, so that a backlog for one user goes out as one merged update.
         hint = update.hint
@@ -109,14 +110,14 @@ class Store:
                 AcceptJobFanOut(
                     ledger=dest.ledger,
                     job_key=keys.RQ_JOB_KEY_PREFIX + job_id,
-                    queue_key=dest.rq_queue_key(keys.LIVE),
+                    queue_key=dest.rq_queue_key(lane),
                     pending=dest.pending(keys.LIVE),
                     parked=dest.parked(update.source, hint or "-"),
                     job_id=job_id,
-                    origin=dest.queue_name(keys.LIVE),
+                    origin=dest.queue_name(lane),
                 )
             )
-        data, timestamp, description = self._jobs[keys.LIVE].args(update, update_json)
+        data, timestamp, description = self._jobs[lane].args(update, update_json)
         return self._run_accept_job(
             dedup_key=keys.dedup(update.source, update.event_id),
             queues_set=keys.RQ_QUEUES_SET,

@@ -164,6 +164,9 @@ class Status(Schema):
     time = fields.DateTime(required=True, metadata={"description": "when this document was read (ISO 8601, UTC)"})
     time_unix = fields.Float(required=True, metadata={"description": "`time` as epoch seconds"})
     destinations = fields.Dict(keys=fields.String(), values=fields.Nested(DestinationStatus))
+    reconcile = fields.Dict(
+        metadata={"description": "per source: the last reconcile run (at, since, until, missing, healed), or null"}
+    )
 
 
 class TraceEntry(Schema):

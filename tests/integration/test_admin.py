@@ -219,6 +219,6 @@ def test_status_after_a_known_sequence(admin: Any, ctx: DeliveryContext, sandbox
     assert status["limiter"]["paused_until"].endswith("Z") and status["last_delivery_at"].endswith("Z")
     assert status["limiter"]["rate_limit_per_second"] == 1000.0  # USERCOM_RATE_LIMIT in conftest
     assert 500.0 <= status["limiter"]["effective_rate_per_second"] < 501  # halved by the 429, growing back
-    assert status["workers"] == {"live": 0, "replay": 0}
+    assert status["workers"] == {"live": 0, "replay": 0, "backfill": 0}
     for secret in (SECRET, USERCOM_KEY, TOKEN):
         assert secret not in str(document)

@@ -25,8 +25,8 @@ ENV = {
     "USERCOM_API_URL": "https://acme.user.com/api/public",
     "USERCOM_API_KEY": "usercom-key-not-shown",
 }
-# --concurrency 2: two live workers and one replay worker, and one rq scheduler per queue.
-PROCESSES = 5
+# --concurrency 2: two live workers, one replay and one backfill worker, and one rq scheduler per queue.
+PROCESSES = 7
 
 
 def _parent(pid: int) -> int | None:
@@ -75,7 +75,11 @@ def supervisor(redis: Redis, redis_server: Any) -> Iterator[tuple[subprocess.Pop
     process = subprocess.Popen([RELAY, "worker", "--concurrency", "2"], env=env, stderr=subprocess.DEVNULL)
     wait_for(lambda: len(descendants(process.pid)) >= PROCESSES, "workers and schedulers did not start")
     wait_for(
-        lambda: redis.scard("rq:workers:relay-delivery") == 2 and redis.scard("rq:workers:relay-replay") == 1,
+        lambda: (
+            redis.scard("rq:workers:relay-delivery") == 2
+            and redis.scard("rq:workers:relay-replay") == 1
+            and redis.scard("rq:workers:relay-backfill") == 1
+        ),
         "workers did not register",
     )
     children = descendants(process.pid)
@@ -95,7 +99,7 @@ def test_a_killed_supervisor_takes_every_worker_and_scheduler_with_it(
     wait_for(lambda: not alive(children), f"still running after the supervisor died: {alive(children)}")
     settings = Settings.from_env({**ENV, "REDIS_URL": redis_server.url})
     workers = collect_status(redis, settings)["destinations"]["usercom"]["workers"]
-    assert workers == {"live": 0, "replay": 0}
+    assert workers == {"live": 0, "replay": 0, "backfill": 0}
 
 
 def test_a_scheduler_fork_holds_none_of_its_workers_sockets(
@@ -104,7 +108,7 @@ def test_a_scheduler_fork_holds_none_of_its_workers_sockets(
     process, _ = supervisor
     workers = {pid for pid in descendants(process.pid) if _parent(pid) == process.pid}
     schedulers = [(pid, _parent(pid)) for pid in descendants(process.pid) - workers]
-    assert len(schedulers) == 2
+    assert len(schedulers) == 3
     for scheduler, worker in schedulers:
         assert worker is not None
         # Right after the fork the child holds them all: it closes them before it starts scheduling.
@@ -117,4 +121,8 @@ def test_status_counts_a_worker_killed_without_deregistering_as_gone(redis: Redi
     redis.sadd("rq:workers:relay-delivery", stale, fresh)
     redis.hset(stale, "last_heartbeat", "2020-01-01T00:00:00.000000Z")
     redis.hset(fresh, "last_heartbeat", time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime()))
-    assert collect_status(redis, settings)["destinations"]["usercom"]["workers"] == {"live": 1, "replay": 0}
+    assert collect_status(redis, settings)["destinations"]["usercom"]["workers"] == {
+        "live": 1,
+        "replay": 0,
+        "backfill": 0,
+    }

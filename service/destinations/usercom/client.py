@@ -106,6 +106,12 @@ class UsercomClient(ApiClient):
             raise Rejected(f"user {user_id!r}: 404 right after update_or_create", status=404)
         return usercom_id
 
+    def mass_update_standard(self, attribute: str, value: str, ids: list[int]) -> Any:
+        """One standard attribute set to one value for many users by User.com id (mass_update.py plans it)."""
+        return self._call(
+            "PUT", "/users/mass_update_standard_attributes/", {"ids": ids, "attribute": attribute, "value": value}
+        )
+
     def _update_known(self, usercom_id: str, user_id: str, body: dict[str, Any], custom: dict[str, Any]) -> Any:
         """The v2 update by User.com's id; custom attributes that do not exist yet go by our id, which
         creates them. None when User.com does not know the user by either."""

@@ -1,0 +1,149 @@
+"""Initial sync under User.com's rate limit: `relay sync stripe` over N customers with subscriptions
+from the Stripe API double, User.com (the sandbox) limited to --rate calls/s, `relay web` and
+`relay worker` running, and live webhooks posted at a steady rate all along.
+
+Prints: User.com calls per synced user (goal <= 1.0 plus creations), wall time from the sync's
+start until everything is delivered against the rate-limit floor (users / rate), Redis memory
+(peak during the run), and live webhooks' 202 -> User.com p99 before and during the sync (goal:
+within 2x). The default is the issue's 20,000 customers (at 10/s: over half an hour); --customers
+makes a shorter run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Any
+
+import stripe
+import urllib3
+from redis import Redis
+
+from bench.harness import RELAY, backend, start, stop, wait_drained
+from bench.latency import wait_http
+from service.devtools.embedded_redis import free_port
+from service.devtools.stripe_api import StripeApiServer
+from tests.stripe_history import PLANS, STATUSES, customer, subscription
+
+SECRET = "whsec_sync_bench_0123456789"
+API_KEY = "rk_test_sync_bench_readonly"
+
+
+def post_live(port: int, users: list[str], rate: float, seconds: float, prefix: str) -> dict[str, float]:
+    """Signed customer.updated webhooks for the live users; user -> time its 202 came back."""
+    http = urllib3.PoolManager(retries=False, timeout=5, maxsize=2)
+    accepted: dict[str, float] = {}
+    began = time.perf_counter()
+    for n in range(int(rate * seconds)):
+        user = users[n % len(users)]
+        event = {
+            "id": f"evt_{prefix}_{n}",
+            "object": "event",
+            "created": int(time.time()),
+            "type": "customer.updated",
+            "data": {
+                "object": {"id": f"cus_live_{n}", "email": f"{prefix}{n}@example.com", "metadata": {"user_id": user}}
+            },
+        }
+        body = json.dumps(event)
+        pause = began + n / rate - time.perf_counter()
+        if pause > 0:
+            time.sleep(pause)
+        header = stripe.WebhookSignature.generate_signature_header(body, SECRET)
+        answer = http.request(
+            "POST",
+            f"http://127.0.0.1:{port}/webhooks/stripe",
+            body=body.encode(),
+            headers={"Content-Type": "application/json", "Stripe-Signature": header},
+        )
+        if answer.status == 202:
+            accepted[user] = time.time()
+    return accepted
+
+
+def p99(accepted: dict[str, float], requests: list[dict[str, Any]], ids: dict[str, int]) -> tuple[float, int]:
+    """A user's call goes by our id until User.com's id is learned, then by that one."""
+    latencies = []
+    for user, at in accepted.items():
+        paths = (f"/{user}/", f"/users/{ids.get(user)}/")
+        later = [r["at"] for r in requests if r["path"].endswith(paths) and r["at"] >= at]
+        if later:
+            latencies.append((min(later) - at) * 1000)
+    if len(latencies) < 2:
+        return float("nan"), len(latencies)
+    return statistics.quantiles(latencies, n=100)[98], len(latencies)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--customers", type=int, default=20_000, help="customers, each with a subscription")
+    parser.add_argument("--rate", type=float, default=10.0, help="User.com calls/s (default 10)")
+    parser.add_argument("--live-rate", type=float, default=1.0, help="live webhooks/s during the run (default 1)")
+    parser.add_argument("--baseline-seconds", type=float, default=20.0, help="live webhooks alone first")
+    args = parser.parse_args()
+    live_users = [f"live-{n}" for n in range(50)]
+    port = free_port()
+    api = StripeApiServer(API_KEY).start()
+    for n in range(args.customers):
+        api.state.customers.append(customer(n, created=1_700_000_000 + n))
+        plan, status = PLANS[n % 3], STATUSES[n % 3]
+        api.state.subscriptions.append(subscription(n, created=1_700_000_000 + n, plan=plan, status=status))
+    limits = {"USERCOM_RATE_LIMIT": str(args.rate), "USERCOM_BURST": "1", "USERCOM_MAX_IN_FLIGHT": "10"}
+    extra = {"STRIPE_WEBHOOK_SECRETS": SECRET, "STRIPE_API_KEY": API_KEY, "STRIPE_API_BASE": api.base_url, **limits}
+    with tempfile.TemporaryDirectory() as tmp, backend(tmp, users=args.customers, rate_limit=args.rate, **extra) as b:
+        b.sandbox.state.seed(live_users)
+        children = [
+            start(["web", "--bind", f"127.0.0.1:{port}"], b.env),
+            start(["worker", "--concurrency", "2"], b.env),
+        ]
+        redis = Redis.from_url(b.redis_server.url)
+        peak, sampling = [0], threading.Event()
+
+        def sample() -> None:
+            while not sampling.is_set():
+                peak[0] = max(peak[0], int(redis.info("memory")["used_memory"]))
+                time.sleep(0.5)
+
+        try:
+            wait_http(f"http://127.0.0.1:{port}/readyz")
+            time.sleep(2)
+            before = post_live(port, live_users, args.live_rate, args.baseline_seconds, "base")
+            wait_drained(b.store(), timeout=120)
+            ids = {u: b.sandbox.state.user_by_custom_id(u)["id"] for u in live_users}  # type: ignore[index]
+            baseline_p99, baseline_n = p99(before, b.sandbox.state.requests, ids)
+            calls_before = len(b.sandbox.state.requests)
+            threading.Thread(target=sample, daemon=True).start()
+            began = time.monotonic()
+            sync = subprocess.Popen([*RELAY, "sync", "stripe", "--json"], env=b.env, stdout=subprocess.PIPE, text=True)
+            during: dict[str, float] = {}
+            while sync.poll() is None or b.store().ledger()["in_flight"] > 0:
+                during.update(post_live(port, live_users, args.live_rate, 10, f"during{len(during)}"))
+            wall = time.monotonic() - began
+            sampling.set()
+            summary = json.loads((sync.stdout.read() if sync.stdout else "").strip().splitlines()[-1])
+        finally:
+            stop(*children)
+            api.stop()
+        requests = b.sandbox.state.requests[calls_before:]
+        synced = [r for r in requests if "/live-" not in r["path"] and r["method"] in ("PUT", "POST")]
+        creations = sum(1 for r in synced if r["path"].endswith("/update_or_create/"))
+        during_p99, during_n = p99(during, requests, ids)
+    users = args.customers
+    print(f"sync: {users} customers + {users} subscriptions read ({summary['api_calls']} Stripe calls), "
+          f"{summary['accepted']} updates queued; User.com limited to {args.rate:g}/s")  # fmt: skip
+    print(f"User.com calls per synced user: {len(synced) / users:.3f} (creations {creations}; goal <= 1.0 + creations)")
+    print(f"wall time to delivered: {wall:.1f} s vs the rate-limit floor {users / args.rate:.1f} s (users / rate)")
+    print(f"Redis used_memory peak during the run: {peak[0] / 1e6:.1f} MB")
+    print(f"live webhooks p99 202 -> User.com: {baseline_p99:.0f} ms alone ({baseline_n}), "
+          f"{during_p99:.0f} ms during the sync ({during_n}); goal within 2x")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

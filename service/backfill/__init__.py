@@ -1,0 +1,6 @@
+"""Reading billing truth back from the providers' APIs: backfill (events), sync (snapshots of
+customers and subscriptions) and reconcile (what the relay never received). Everything read
+goes through the webhook path from the point after the signature (service.intake.read_event,
+then the store's dedup and accept) on its own lane (keys.BACKFILL), below live traffic."""
+
+DEFAULT_MAX_RPS = 20.0  # API reads a second: well under Stripe's read limit (100/s live, 25/s test mode)

@@ -1,0 +1,135 @@
+"""`relay backfill stripe`: events read back from Stripe's Events API, fed like webhooks.
+
+Stripe keeps events for 30 days and retries a webhook for 3: past that, what the relay missed is
+only in GET /v1/events. Read newest first within [since, until] (created[gte]/created[lte]),
+only the types the mapping uses (types[], at most 20: Stripe's limit), optionally only those no
+endpoint acknowledged (delivery_success=false). Each page is fed before the next is read; a stop
+request (Ctrl-C) ends after the current page with the command that resumes (--until the oldest
+event time fed: the events at that second come again and are counted as duplicates).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from service.backfill.feed import Feeder
+from service.backfill.progress import Reporter
+from service.backfill.stripe_reader import ReadError, StripeReader
+
+STRIPE_EVENT_RETENTION_SECONDS = 30 * 24 * 3600
+MAX_TYPES = 20
+DURATION = re.compile(r"^(\d+)([smhd])$")
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_time(text: str, *, now: float | None = None) -> int:
+    """An ISO 8601 time, a duration back from now (90m, 36h, 7d) or unix seconds -> unix seconds."""
+    now = time.time() if now is None else now
+    text = text.strip()
+    if match := DURATION.match(text):
+        return int(now - int(match.group(1)) * UNITS[match.group(2)])
+    if text.isdigit():
+        return int(text)
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{text!r} is neither an ISO time, a duration (7d, 36h, 90m) nor unix seconds") from None
+    if moment.tzinfo is None:
+        raise ValueError(f"{text!r} has no time zone (add Z or +00:00)")
+    return int(moment.timestamp())
+
+
+def event_types(patterns: list[str] | None, mapped: list[str]) -> list[str]:
+    """Concrete type names for types[]: patterns (customer.*) matched against the mapped types;
+    none given: every mapped type (events of other types would only be ignored)."""
+    if not patterns:
+        wanted = sorted(mapped)
+    else:
+        wanted = sorted(
+            {
+                name
+                for pattern in patterns
+                for name in (fnmatch.filter(mapped, pattern) if "*" in pattern else [pattern])
+            }
+        )
+        if not wanted:
+            raise ValueError(f"--types {','.join(patterns)} matches none of the mapped types")
+    if len(wanted) > MAX_TYPES:
+        raise ValueError(f"{len(wanted)} event types: Stripe filters at most {MAX_TYPES} at once; narrow --types")
+    return wanted
+
+
+@dataclass(frozen=True)
+class Window:
+    since: int
+    until: int | None = None
+
+    def params(self) -> dict[str, Any]:
+        created: dict[str, int] = {"gte": self.since}
+        if self.until is not None:
+            created["lte"] = self.until
+        return {"created": created}
+
+    def done(self, oldest: int, now: float) -> float:
+        """How far a newest-first read has come, 0-100."""
+        top = self.until if self.until is not None else now
+        span = max(top - self.since, 1)
+        return max(0.0, min(100.0, (top - oldest) / span * 100))
+
+
+@dataclass
+class Result:
+    summary: dict[str, Any]
+    interrupted: bool
+    resume_until: int | None  # --until for the command that continues
+
+
+def backfill_events(
+    reader: StripeReader,
+    feeder: Feeder,
+    window: Window,
+    types: list[str],
+    *,
+    undelivered_only: bool = False,
+    stop: threading.Event | None = None,
+    reporter: Reporter | None = None,
+    on_page: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None = None,
+) -> Result:
+    """Feed every event of the window; `on_page` may narrow a page first (reconcile: the missing)."""
+    params = {**window.params(), "types": types}
+    if undelivered_only:
+        params["delivery_success"] = False
+    oldest: int | None = None
+    interrupted = False
+    for page in reader.pages("events", params):
+        chosen = on_page(page) if on_page else page
+        for event in chosen:
+            feeder.event(event)
+        oldest = int(page[-1]["created"])
+        if reporter:
+            reporter.update(summary(reader, feeder), window.done(oldest, time.time()))
+        if stop is not None and stop.is_set():
+            interrupted = True
+            break
+    return Result(summary(reader, feeder), interrupted, oldest if interrupted else None)
+
+
+def summary(reader: StripeReader, feeder: Feeder) -> dict[str, Any]:
+    return {**feeder.tally.as_dict(), "api_calls": reader.calls, "rate_limited": reader.rate_limited}
+
+
+def check_window(window: Window, now: float) -> str | None:
+    """A warning when part of the window is past what Stripe still keeps."""
+    if window.since < now - STRIPE_EVENT_RETENTION_SECONDS:
+        return "note: Stripe keeps events for 30 days; older ones cannot be read back (use `relay sync stripe`)"
+    return None
+
+
+__all__ = ["ReadError", "Result", "Window", "backfill_events", "check_window", "event_types", "parse_time"]

@@ -1,0 +1,72 @@
+"""Progress of a long run on the terminal (rich), and its summary table; nothing under --json.
+
+The bar shows objects read, accepted, duplicates, the read rate and, when the run knows how far
+it has to go (a time window read newest first), the ETA. Output goes to stderr; the summary
+table (or the --json document) to stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+
+class Reporter:
+    def __init__(self, title: str, *, quiet: bool, total: float | None = None) -> None:
+        self.title = title
+        self.quiet = quiet
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
+        if not quiet:
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                TextColumn(
+                    "{task.fields[read]} read, {task.fields[accepted]} accepted, {task.fields[dups]} duplicates"
+                ),
+                TextColumn("{task.fields[rate]}/s"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=False,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task(title, total=total, read=0, accepted=0, dups=0, rate="0")
+
+    def update(self, summary: dict[str, Any], completed: float | None = None) -> None:
+        if self._progress is None or self._task is None:
+            return
+        self._progress.update(
+            self._task,
+            completed=completed,
+            read=summary["read"],
+            accepted=summary["accepted"],
+            dups=summary["duplicate"],
+            rate=f"{summary['per_second']:.0f}",
+        )
+
+    def note(self, message: str) -> None:
+        """A line for the operator (interrupted, how to resume): stderr, even under --json."""
+        if self._progress is not None:
+            self._progress.console.print(message)
+        else:
+            print(message, file=sys.stderr)
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+        if self.quiet:
+            print(json.dumps(summary, sort_keys=True))
+            return
+        table = Table(title=self.title)
+        table.add_column("")
+        table.add_column("count", justify="right")
+        for name, value in summary.items():
+            if not isinstance(value, dict | list):
+                table.add_row(name, str(value))
+        Console().print(table)

@@ -1,0 +1,95 @@
+"""`relay reconcile stripe`: the events Stripe holds for a window that the relay never received.
+
+Stripe's event ids for the window (the mapped types) are compared with the relay's dedup memory
+(every event accepted, ignored or refused leaves its id there for RELAY_DEDUP_TTL_SECONDS); the
+missing ones are reported and fed through the backfill path. The window must fit in the dedup
+memory, else old ids would look missing (they would still be duplicates of nothing: harmless for
+the CRM, wrong for the report). Events younger than GRACE_SECONDS are left to their webhook.
+Each run is recorded in Redis (keys.reconcile_last) for /status, and counted in metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import Any
+
+from redis import Redis
+
+from service.backfill.events import Window, backfill_events
+from service.backfill.feed import Feeder
+from service.backfill.progress import Reporter
+from service.backfill.stripe_reader import StripeReader
+from service.ops.metrics import RECONCILE_HEALED, RECONCILE_MISSING, RECONCILE_RUNS
+from service.store import keys
+
+GRACE_SECONDS = 300  # an event this young may still be on its way as a webhook
+MISSING_IDS_KEPT = 20  # ids listed in the last run's record (the count is whole)
+
+
+def check_reconcile_window(window: Window, dedup_ttl: int, now: float) -> None:
+    if window.since < now - dedup_ttl:
+        raise ValueError(
+            f"--since reaches past the dedup memory ({dedup_ttl // 3600} h, RELAY_DEDUP_TTL_SECONDS): "
+            "older ids cannot be told apart; use `relay backfill` for those"
+        )
+
+
+def reconcile(
+    reader: StripeReader,
+    feeder: Feeder,
+    redis: Redis,
+    window: Window,
+    types: list[str],
+    *,
+    stop: threading.Event | None = None,
+    reporter: Reporter | None = None,
+) -> dict[str, Any]:
+    source = feeder.source_name
+    missing_ids: list[str] = []
+
+    def only_missing(page: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        pipe = redis.pipeline(transaction=False)
+        for event in page:
+            pipe.exists(keys.dedup(source, event["id"]))
+        missing = [event for event, seen in zip(page, pipe.execute(), strict=True) if not seen]
+        feeder.tally.missing += len(missing)
+        feeder.tally.counts["duplicate"] += len(page) - len(missing)  # received before: nothing to do
+        feeder.tally.read += len(page) - len(missing)
+        missing_ids.extend(event["id"] for event in missing[: max(0, MISSING_IDS_KEPT - len(missing_ids))])
+        return missing
+
+    started = time.time()
+    try:
+        result = backfill_events(reader, feeder, window, types, stop=stop, reporter=reporter, on_page=only_missing)
+    except Exception:
+        RECONCILE_RUNS.labels(source, "failed").inc()
+        raise
+    summary = {**result.summary, "healed": result.summary["accepted"], "interrupted": result.interrupted}
+    RECONCILE_RUNS.labels(source, "interrupted" if result.interrupted else "done").inc()
+    if not feeder.dry_run:
+        RECONCILE_MISSING.labels(source).inc(summary["missing"])
+        RECONCILE_HEALED.labels(source).inc(summary["healed"])
+        record = {
+            "at": started,
+            "since": window.since,
+            "until": window.until,
+            "missing": summary["missing"],
+            "healed": summary["healed"],
+            "missing_ids": missing_ids,
+            "seconds": summary["seconds"],
+            "interrupted": result.interrupted,
+        }
+        redis.set(keys.reconcile_last(source), json.dumps(record))
+    if summary["missing"]:
+        logging.getLogger(__name__).warning(
+            "reconcile %s: %d events never received, %d healed", source, summary["missing"], summary["healed"]
+        )
+    return summary
+
+
+def last_run(redis: Redis, source: str) -> dict[str, Any] | None:
+    raw = redis.get(keys.reconcile_last(source))
+    return json.loads(raw) if raw else None

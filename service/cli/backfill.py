@@ -1,0 +1,200 @@
+"""`relay backfill|sync|reconcile <provider>`: bring the CRM to billing truth from the provider's API.
+
+Each needs REDIS_URL and the provider's read-only API key (STRIPE_API_KEY); the key never appears
+in any output. Progress goes to stderr (rich), the summary table to stdout; --json prints one
+JSON document instead and no progress. Ctrl-C stops after the current page and prints how to
+resume; a second Ctrl-C stops at once. Exit codes: 0 done, 1 interrupted, 2 bad settings or input,
+3 the provider refused or failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from service.backfill import DEFAULT_MAX_RPS
+from service.config import Settings, settings_or_exit
+
+if TYPE_CHECKING:  # imported when a command runs: stripe and rich cost every other `relay` command start-up time
+    from service.backfill.feed import Feeder
+    from service.backfill.stripe_reader import StripeReader
+
+PROVIDERS = ["stripe"]
+
+
+def add_parsers(sub: Any) -> None:
+    fill = sub.add_parser("backfill", help="feed events read back from the provider's Events API (last 30 days)")
+    fill.add_argument("provider", choices=PROVIDERS, help="whose API (stripe)")
+    fill.add_argument("--since", required=True, help="ISO time, a duration back from now (7d, 36h) or unix seconds")
+    fill.add_argument("--until", help="same forms (default: now)")
+    fill.add_argument("--types", help="comma-separated event types, * allowed (default: every mapped type)")
+    fill.add_argument("--undelivered-only", action="store_true", help="only events no endpoint acknowledged")
+    _common(fill)
+    fill.set_defaults(func=cmd_backfill)
+    snap = sub.add_parser("sync", help="initial sync: every customer and subscription as of now (resumable)")
+    snap.add_argument("provider", choices=PROVIDERS, help="whose API (stripe)")
+    snap.add_argument("--customers-only", action="store_true", help="customers only, no subscriptions")
+    snap.add_argument("--from-scratch", action="store_true", help="ignore the checkpoint of an interrupted sync")
+    _common(snap)
+    snap.set_defaults(func=cmd_sync)
+    rec = sub.add_parser("reconcile", help="find events the relay never received and feed them (backfill path)")
+    rec.add_argument("provider", choices=PROVIDERS, help="whose API (stripe)")
+    rec.add_argument("--since", default="3d", help="how far back (default 3d; at most the dedup memory)")
+    rec.add_argument("--until", help="default: 5 minutes ago (younger events may still be on their way)")
+    _common(rec)
+    rec.set_defaults(func=cmd_reconcile)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dry-run", action="store_true", help="read and count, queue nothing")
+    parser.add_argument(
+        "--max-rps", type=float, default=DEFAULT_MAX_RPS, help=f"API reads/s (default {DEFAULT_MAX_RPS:g})"
+    )
+    parser.add_argument("--json", action="store_true", help="no progress; one line of JSON at the end")
+
+
+@contextlib.contextmanager
+def stop_on_interrupt() -> Iterator[threading.Event]:
+    """The first Ctrl-C (or SIGTERM) asks to stop after the current page; a second stops at once."""
+    stop = threading.Event()
+
+    def ask(signum: int, _frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = {sig: signal.signal(sig, ask) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def open_run(args: argparse.Namespace) -> tuple[Settings, StripeReader, Feeder]:
+    from service.backfill.feed import Feeder
+    from service.backfill.stripe_reader import StripeReader
+    from service.store.connection import worker_redis
+    from service.store.ledger import Store
+
+    settings = settings_or_exit("admin")
+    reader = StripeReader(settings.stripe_api_key, settings.stripe_api_base, max_rps=args.max_rps)
+    redis = worker_redis(settings.redis_url)
+    feeder = Feeder(settings, Store.from_settings(redis, settings), args.provider, dry_run=args.dry_run)
+    return settings, reader, feeder
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    from service.backfill import events as backfill
+    from service.backfill.progress import Reporter
+    from service.backfill.stripe_reader import ReadError
+
+    try:
+        now = time.time()
+        window = backfill.Window(
+            backfill.parse_time(args.since, now=now), backfill.parse_time(args.until, now=now) if args.until else None
+        )
+        if args.max_rps <= 0:
+            raise ValueError("--max-rps must be above 0")
+        settings, reader, feeder = open_run(args)
+        mapped = list(settings.mapping.rules.get(args.provider, {}))
+        types = backfill.event_types(args.types.split(",") if args.types else None, mapped)
+    except (ValueError, ReadError) as exc:
+        print(f"relay: {exc}", file=sys.stderr)
+        return 2
+    reporter = Reporter(f"backfill {args.provider}", quiet=args.json, total=100)
+    if warning := backfill.check_window(window, now):
+        reporter.note(warning)
+    with stop_on_interrupt() as stop:
+        try:
+            result = backfill.backfill_events(
+                reader, feeder, window, types, undelivered_only=args.undelivered_only, stop=stop, reporter=reporter
+            )
+        except ReadError as exc:
+            reporter.finish(backfill.summary(reader, feeder))
+            print(f"relay: {exc}", file=sys.stderr)
+            return 3
+    if not result.interrupted:
+        reporter.update(result.summary, 100)
+    reporter.finish({**result.summary, "dry_run": args.dry_run, "interrupted": result.interrupted})
+    if result.interrupted:
+        again = [f"--since {window.since}", f"--until {result.resume_until}"]
+        if args.types:
+            again.append(f"--types {args.types}")
+        if args.undelivered_only:
+            again.append("--undelivered-only")
+        reporter.note(f"interrupted; resume with: relay backfill {args.provider} {' '.join(again)}")
+        return 1
+    return 0
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    from service.backfill import events as backfill
+    from service.backfill.progress import Reporter
+    from service.backfill.reconcile import GRACE_SECONDS, check_reconcile_window, reconcile
+    from service.backfill.stripe_reader import ReadError
+
+    try:
+        now = time.time()
+        until = backfill.parse_time(args.until, now=now) if args.until else int(now - GRACE_SECONDS)
+        window = backfill.Window(backfill.parse_time(args.since, now=now), until)
+        settings, reader, feeder = open_run(args)
+        check_reconcile_window(window, settings.dedup_ttl_seconds, now)
+        types = backfill.event_types(None, list(settings.mapping.rules.get(args.provider, {})))
+    except (ValueError, ReadError) as exc:
+        print(f"relay: {exc}", file=sys.stderr)
+        return 2
+    reporter = Reporter(f"reconcile {args.provider}", quiet=args.json, total=100)
+    with stop_on_interrupt() as stop:
+        try:
+            summary = reconcile(reader, feeder, feeder.store.redis, window, types, stop=stop, reporter=reporter)
+        except ReadError as exc:
+            reporter.finish(backfill.summary(reader, feeder))
+            print(f"relay: {exc}", file=sys.stderr)
+            return 3
+    reporter.finish({**summary, "dry_run": args.dry_run})
+    if summary["interrupted"]:
+        reporter.note(f"interrupted; run `relay reconcile {args.provider} --since {window.since}` again")
+        return 1
+    return 0
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from service.backfill.progress import Reporter
+    from service.backfill.stripe_reader import ReadError
+    from service.backfill.sync import sync
+
+    try:
+        if args.max_rps <= 0:
+            raise ValueError("--max-rps must be above 0")
+        _settings, reader, feeder = open_run(args)
+    except (ValueError, ReadError) as exc:
+        print(f"relay: {exc}", file=sys.stderr)
+        return 2
+    reporter = Reporter(f"sync {args.provider}", quiet=args.json)
+    with stop_on_interrupt() as stop:
+        try:
+            summary = sync(
+                reader,
+                feeder,
+                customers_only=args.customers_only,
+                from_scratch=args.from_scratch,
+                stop=stop,
+                reporter=reporter,
+            )
+        except ReadError as exc:
+            reporter.finish({**feeder.tally.as_dict(), "api_calls": reader.calls})
+            print(f"relay: {exc} (run it again: it continues from its checkpoint)", file=sys.stderr)
+            return 3
+    reporter.finish({**summary, "dry_run": args.dry_run})
+    if summary["interrupted"]:
+        only = " --customers-only" if args.customers_only else ""
+        reporter.note(f"interrupted; resume with: relay sync {args.provider}{only} (it continues from its checkpoint)")
+        return 1
+    return 0

@@ -1,0 +1,194 @@
+"""`relay backfill stripe` against the Stripe API double, driven through the official stripe package:
+events the relay never received as webhooks are fed through the webhook path on the backfill
+lane; events it did receive are counted as duplicates and never queued twice; an old event read
+back late never overwrites newer state (last-writer-wins by event time)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from redis import Redis
+from rq import SimpleWorker
+from rq.serializers import JSONSerializer
+
+from service.backfill.events import Window, backfill_events
+from service.backfill.feed import Feeder
+from service.backfill.stripe_reader import StripeReader
+from service.cli import main
+from service.config import Settings
+from service.devtools.stripe_api import StripeApiServer
+from service.devtools.usercom_sandbox import SandboxServer
+from service.store import keys
+from service.store.ledger import Store
+from tests.stripe_history import final_plans, history
+from workers.delivery.context import configure
+from workers.runner import build_context
+
+API_KEY = "rk_test_backfill_readonly_51Hx"
+
+
+@pytest.fixture
+def stripe_api() -> Iterator[StripeApiServer]:
+    server = StripeApiServer(API_KEY).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def api_env(env: dict[str, str], stripe_api: StripeApiServer, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    full = {**env, "STRIPE_API_KEY": API_KEY, "STRIPE_API_BASE": stripe_api.base_url}
+    for name, value in full.items():
+        monkeypatch.setenv(name, value)
+    return full
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, Any]]:
+    code = main(list(argv))
+    out = capsys.readouterr().out.strip().splitlines()
+    return code, json.loads(out[-1]) if out else {}
+
+
+def drain(settings: Settings) -> None:
+    """Live lane first, then the backfill lane: older events read back late come after newer state."""
+    ctx = build_context(settings, "usercom")
+    configure(ctx)
+    for lane in (keys.LIVE, keys.BACKFILL):
+        SimpleWorker([ctx.queues[lane]], connection=ctx.redis, serializer=JSONSerializer).work(burst=True)
+
+
+def lose_a_third(
+    stripe_api: StripeApiServer, post_event: Callable[..., Any], events: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Every event is in Stripe; every third never reached the relay (and Stripe knows it)."""
+    lost = []
+    for n, event in enumerate(events):
+        delivered = n % 3 != 0
+        stripe_api.state.add_event(event, delivered=delivered)
+        if delivered:
+            assert post_event(event).status_code == 202
+        else:
+            lost.append(event)
+    return lost
+
+
+def test_backfill_brings_the_crm_to_the_state_of_the_whole_history(
+    api_env: dict[str, str],
+    stripe_api: StripeApiServer,
+    post_event: Callable[..., Any],
+    sandbox: SandboxServer,
+    redis: Redis,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    settings = Settings.from_env(api_env)
+    events = history(users=6, steps=4, start=int(time.time()) - 3600)
+    lost = lose_a_third(stripe_api, post_event, events)
+    code, summary = run(capsys, "backfill", "stripe", "--since", "2h", "--json")
+    assert code == 0
+    assert (summary["read"], summary["accepted"], summary["duplicate"]) == (
+        len(events),
+        len(lost),
+        len(events) - len(lost),
+    )
+    assert redis.llen(keys.USERCOM.rq_queue_key(keys.BACKFILL)) == len(lost)
+    drain(settings)
+    for user, (plan, status) in final_plans(events).items():
+        attributes = sandbox.state.user_by_custom_id(user)["attributes"]  # type: ignore[index]
+        assert (attributes["plan"], attributes["subscription_status"]) == (plan, status), user
+    ledger = Store.from_settings(redis, settings).ledger()
+    assert ledger["received"] == len(events) and ledger["in_flight"] == 0
+    assert ledger["delivered"] + ledger["coalesced"] == len(events) and ledger["dead_lettered"] == 0
+    # Again: everything is a duplicate, nothing is queued.
+    code, again = run(capsys, "backfill", "stripe", "--since", "2h", "--json")
+    assert (code, again["accepted"], again["duplicate"]) == (0, 0, len(events))
+    assert Store.from_settings(redis, settings).ledger()["received"] == len(events)
+
+
+def test_undelivered_only_asks_stripe_for_what_no_endpoint_acknowledged(
+    api_env: dict[str, str],
+    stripe_api: StripeApiServer,
+    post_event: Callable[..., Any],
+    redis: Redis,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    events = history(users=3, steps=2, start=int(time.time()) - 600)
+    lost = lose_a_third(stripe_api, post_event, events)
+    code, summary = run(
+        capsys,
+        "backfill",
+        "stripe",
+        "--since",
+        "1h",
+        "--types",
+        "customer.subscription.*",
+        "--undelivered-only",
+        "--json",
+    )
+    wanted = [e for e in lost if e["type"].startswith("customer.subscription.")]
+    assert (code, summary["read"], summary["accepted"], summary["duplicate"]) == (0, len(wanted), len(wanted), 0)
+    args = stripe_api.state.requests[-1]["args"]
+    assert args["delivery_success"] == ["false"] and "created[gte]" in args
+    mapped = Settings.from_env(api_env).mapping.rules["stripe"]
+    subscription_types = sorted(t for t in mapped if t.startswith("customer.subscription."))
+    assert sorted(v for k, vs in args.items() if k.startswith("types[") for v in vs) == subscription_types
+
+
+def test_dry_run_counts_and_queues_nothing(
+    api_env: dict[str, str], stripe_api: StripeApiServer, redis: Redis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for event in history(users=2, steps=1, start=int(time.time()) - 60):
+        stripe_api.state.add_event(event)
+    code, summary = run(capsys, "backfill", "stripe", "--since", "1h", "--dry-run", "--json")
+    assert (code, summary["accepted"], summary["dry_run"]) == (0, 4, True)
+    assert redis.llen(keys.USERCOM.rq_queue_key(keys.BACKFILL)) == 0 and not redis.keys("relay:dedup:*")
+
+
+def test_a_429_backs_off_and_the_read_goes_on(
+    api_env: dict[str, str], stripe_api: StripeApiServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for event in history(users=2, steps=1, start=int(time.time()) - 60):
+        stripe_api.state.add_event(event)
+    stripe_api.state.fail_next(429, "0", times=2)
+    code, summary = run(capsys, "backfill", "stripe", "--since", "1h", "--json")
+    assert (code, summary["accepted"], summary["rate_limited"], summary["api_calls"]) == (0, 4, 2, 3)
+
+
+def test_a_refused_key_stops_with_one_line_without_the_key(
+    api_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("STRIPE_API_KEY", "rk_test_not_the_right_key_42")
+    assert main(["backfill", "stripe", "--since", "1h", "--json"]) == 3
+    err = capsys.readouterr().err
+    assert "STRIPE_API_KEY" in err and "401" in err and "not_the_right_key" not in err
+
+
+@pytest.mark.parametrize("since", ["yesterday", "2026-01-01T00:00:00"])
+def test_a_bad_since_is_one_line_exit_2(
+    api_env: dict[str, str], since: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["backfill", "stripe", "--since", since]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_a_stop_ends_after_the_page_and_the_resume_command_finishes_the_work(
+    api_env: dict[str, str], stripe_api: StripeApiServer, redis: Redis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = Settings.from_env(api_env)
+    events = history(users=50, steps=2, start=int(time.time()) - 3600)  # 150 events: two pages
+    for event in events:
+        stripe_api.state.add_event(event)
+    stop = threading.Event()
+    stop.set()  # as Ctrl-C during the first page
+    feeder = Feeder(settings, Store.from_settings(redis, settings), "stripe")
+    reader = StripeReader(API_KEY, stripe_api.base_url, max_rps=1000)
+    since = int(time.time()) - 7200
+    types = sorted(settings.mapping.rules["stripe"])
+    result = backfill_events(reader, feeder, Window(since), types, stop=stop)
+    assert result.interrupted and result.summary["accepted"] == 100
+    assert result.resume_until == events[-100]["created"]
+    code, rest = run(capsys, "backfill", "stripe", "--since", str(since), "--until", str(result.resume_until), "--json")
+    assert (code, rest["accepted"], rest["duplicate"]) == (0, 50, 1)  # the boundary second comes again

@@ -1,0 +1,106 @@
+"""`relay reconcile stripe` and RELAY_RECONCILE_INTERVAL: events Stripe holds that the relay never
+received (answered 2xx but lost, or never sent) are found by id, reported and healed."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from prometheus_client import REGISTRY
+from redis import Redis
+
+from service.backfill import periodic
+from service.cli import main
+from service.config import Settings
+from service.devtools.stripe_api import StripeApiServer
+from service.store import keys
+from tests.integration.test_backfill import API_KEY, run
+from tests.stripe_history import history
+
+
+@pytest.fixture
+def stripe_api() -> Iterator[StripeApiServer]:
+    server = StripeApiServer(API_KEY).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def api_env(env: dict[str, str], stripe_api: StripeApiServer, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    full = {**env, "STRIPE_API_KEY": API_KEY, "STRIPE_API_BASE": stripe_api.base_url}
+    for name, value in full.items():
+        monkeypatch.setenv(name, value)
+    return full
+
+
+def silent_gaps(stripe_api: StripeApiServer, post_event: Callable[..., Any], users: int) -> list[str]:
+    """Stripe believes every event delivered; a third never reached the relay's store."""
+    lost = []
+    for n, event in enumerate(history(users=users, steps=2, start=int(time.time()) - 3600)):
+        stripe_api.state.add_event(event)
+        if n % 3 == 0:
+            lost.append(event["id"])
+        else:
+            assert post_event(event).status_code == 202
+    return lost
+
+
+def metric(name: str) -> float:
+    return REGISTRY.get_sample_value(name, {"source": "stripe"}) or 0.0
+
+
+def test_reconcile_reports_and_heals_what_never_arrived(
+    api_env: dict[str, str],
+    stripe_api: StripeApiServer,
+    post_event: Callable[..., Any],
+    client: Any,
+    redis: Redis,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    lost = silent_gaps(stripe_api, post_event, users=5)
+    missing_before = metric("relay_reconcile_missing_total")
+    code, summary = run(capsys, "reconcile", "stripe", "--since", "2h", "--json")
+    assert (code, summary["missing"], summary["healed"], summary["duplicate"]) == (
+        0,
+        len(lost),
+        len(lost),
+        2 * len(lost),
+    )
+    assert metric("relay_reconcile_missing_total") - missing_before == len(lost)
+    assert redis.llen(keys.USERCOM.rq_queue_key(keys.BACKFILL)) == len(lost)
+    status = client.get("/status").get_json()["reconcile"]["stripe"]
+    assert (status["missing"], status["healed"]) == (len(lost), len(lost))
+    assert sorted(status["missing_ids"]) == sorted(lost)
+    assert status["at"].endswith("Z") and status["at_unix"] > status["since_unix"]  # ISO 8601, number beside
+    code, again = run(capsys, "reconcile", "stripe", "--since", "2h", "--json")
+    assert (code, again["missing"], again["healed"]) == (0, 0, 0)
+
+
+def test_a_window_past_the_dedup_memory_is_refused(api_env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["reconcile", "stripe", "--since", "30d"]) == 2
+    assert "RELAY_DEDUP_TTL_SECONDS" in capsys.readouterr().err
+
+
+def test_periodic_reconcile_runs_once_per_interval_cluster_wide(
+    api_env: dict[str, str], stripe_api: StripeApiServer, post_event: Callable[..., Any], redis: Redis
+) -> None:
+    lost = silent_gaps(stripe_api, post_event, users=4)
+    settings = Settings.from_env({**api_env, "RELAY_RECONCILE_INTERVAL": "3600"})
+    first = periodic.run_once(settings, redis)
+    assert first is not None and (first["missing"], first["healed"]) == (len(lost), len(lost))
+    assert periodic.run_once(settings, redis) is None  # another worker (or this one) ran this interval
+    first_record = periodic.last_run(redis, "stripe")
+    assert first_record is not None
+    redis.delete(keys.reconcile_lock("stripe"))
+    second = periodic.run_once(settings, redis, now=time.time() + 60)
+    assert second is not None and second["missing"] == 0
+    # The next window starts where the last ended (less the grace overlap), not two intervals back.
+    record = periodic.last_run(redis, "stripe")
+    assert record is not None and record["since"] == first_record["until"] - periodic.GRACE_SECONDS
+
+
+def test_periodic_reconcile_is_off_by_default_and_needs_a_key(env: dict[str, str]) -> None:
+    assert periodic.start(Settings.from_env(env)) is None
+    assert periodic.start(Settings.from_env({**env, "RELAY_RECONCILE_INTERVAL": "600"})) is None

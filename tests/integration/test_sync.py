@@ -1,0 +1,113 @@
+"""`relay sync stripe`: customers and subscriptions read from the Stripe API double become the
+updates their events would make, stamped with the read time; twice sends nothing new; an
+interrupted sync continues from its Redis checkpoint; a webhook newer than the snapshot wins."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from redis import Redis
+
+from service.backfill.feed import Feeder
+from service.backfill.stripe_reader import StripeReader
+from service.backfill.sync import Checkpoint, sync
+from service.config import Settings
+from service.devtools.stripe_api import StripeApiServer
+from service.devtools.usercom_sandbox import SandboxServer
+from service.store import keys
+from service.store.ledger import Store
+from tests.conftest import stripe_event
+from tests.integration.test_backfill import API_KEY, drain, run
+from tests.stripe_history import customer, subscription
+
+
+@pytest.fixture
+def stripe_api() -> Iterator[StripeApiServer]:
+    server = StripeApiServer(API_KEY).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def api_env(env: dict[str, str], stripe_api: StripeApiServer, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    full = {**env, "STRIPE_API_KEY": API_KEY, "STRIPE_API_BASE": stripe_api.base_url}
+    for name, value in full.items():
+        monkeypatch.setenv(name, value)
+    return full
+
+
+def seed(stripe_api: StripeApiServer, users: int) -> None:
+    for n in range(users):
+        stripe_api.state.customers.append(customer(n, created=1_700_000_000 + n))
+        stripe_api.state.subscriptions.append(subscription(n, created=1_700_000_000 + n, plan="basic", status="active"))
+
+
+def usercom_calls(sandbox: SandboxServer) -> int:
+    return sum(1 for r in sandbox.state.requests if r["path"].startswith("/api/public/"))
+
+
+def test_sync_twice_sends_nothing_new_and_a_live_subscription_beats_the_one_it_replaced(
+    api_env: dict[str, str], stripe_api: StripeApiServer, sandbox: SandboxServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = Settings.from_env(api_env)
+    seed(stripe_api, users=5)
+    # user-0 moved from a canceled "legacy" subscription (created later) to its active one
+    stripe_api.state.subscriptions.append(
+        subscription(0, created=1_800_000_000, plan="legacy", status="canceled", item=1)
+    )
+    code, first = run(capsys, "sync", "stripe", "--json")
+    assert (code, first["accepted"], first["duplicate"], first["resumed"]) == (0, 11, 0, False)
+    drain(settings)
+    for n in range(5):
+        user = sandbox.state.user_by_custom_id(f"user-{n}")
+        assert user is not None and user["email"] == f"user{n}@example.com"
+        assert (user["attributes"]["plan"], user["attributes"]["subscription_status"]) == ("basic", "active")
+    calls = usercom_calls(sandbox)
+    code, second = run(capsys, "sync", "stripe", "--json")
+    assert (code, second["accepted"], second["duplicate"]) == (0, 0, 11)
+    drain(settings)
+    assert usercom_calls(sandbox) == calls
+
+
+def test_a_webhook_newer_than_the_snapshot_wins_an_older_one_does_not(
+    api_env: dict[str, str],
+    stripe_api: StripeApiServer,
+    sandbox: SandboxServer,
+    post_event: Callable[..., Any],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    settings = Settings.from_env(api_env)
+    seed(stripe_api, users=2)
+    before = int(time.time())
+    assert run(capsys, "sync", "stripe", "--json")[0] == 0
+    after = int(time.time())
+    newer = subscription(0, created=1, plan="team", status="active")
+    older = subscription(1, created=1, plan="pro", status="past_due")
+    assert post_event(stripe_event("customer.subscription.updated", newer, event_id="evt_new", created=after + 2))
+    assert post_event(stripe_event("customer.subscription.updated", older, event_id="evt_old", created=before - 100))
+    drain(settings)  # the live lane first: the snapshot on the backfill lane comes after both webhooks
+    attributes = {n: sandbox.state.user_by_custom_id(f"user-{n}")["attributes"] for n in (0, 1)}  # type: ignore[index]
+    assert attributes[0]["plan"] == "team"
+    assert (attributes[1]["plan"], attributes[1]["subscription_status"]) == ("basic", "active")
+
+
+def test_an_interrupted_sync_continues_from_its_checkpoint(
+    api_env: dict[str, str], stripe_api: StripeApiServer, redis: Redis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = Settings.from_env(api_env)
+    seed(stripe_api, users=150)
+    stop = threading.Event()
+    stop.set()  # as Ctrl-C during the first page
+    feeder = Feeder(settings, Store.from_settings(redis, settings), "stripe")
+    summary = sync(StripeReader(API_KEY, stripe_api.base_url, max_rps=1000), feeder, stop=stop)
+    assert summary["interrupted"] and summary["accepted"] == 100
+    assert Checkpoint(redis, "stripe").load() == ("customers", "cus_000050")  # newest first: 149 .. 50
+    code, rest = run(capsys, "sync", "stripe", "--json")
+    assert (code, rest["resumed"], rest["accepted"], rest["duplicate"]) == (0, True, 200, 0)
+    assert not redis.exists(keys.sync_checkpoint("stripe"))
+    ledger = Store.from_settings(redis, settings).ledger()
+    assert ledger["received"] == 300  # each customer and subscription once
