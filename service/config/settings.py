@@ -18,6 +18,7 @@ from service.destinations.registry import DESTINATIONS, NAMES
 from service.mapping import Mapping as EventMapping
 from service.mapping import load_mapping
 from service.sources.base import SourceSettings
+from service.sources.extraction import BUYER_SETTABLE_FIELDS
 from service.sources.registry import SOURCES
 
 # Stripe retries a webhook for up to 3 days; remember accepted ids longer than that.
@@ -59,6 +60,7 @@ DEFAULT_DLQ_TTL_DAYS = 30
 DEFAULT_WEB_WORKERS = 2
 DEFAULT_WEB_THREADS = 4
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+DURABLE_ACK_MODES = ("OFF", "FSYNC")  # read as upper case by Reader.choice; kept lower case
 
 ROLES = ("web", "worker", "admin", "all")  # admin: `relay dlq`, which needs Redis only
 
@@ -87,6 +89,8 @@ class Settings:
     trace_ttl_days: int = 7
     max_clock_skew_seconds: int = DEFAULT_MAX_CLOCK_SKEW_SECONDS
     metrics_dir: str = ""  # PROMETHEUS_MULTIPROC_DIR; `relay web` / `relay worker` pick one when unset
+    trusted_identity_fields: frozenset[str] = frozenset()  # buyer-settable fields that may name the user
+    durable_ack: str = "off"  # fsync: answer 2xx only once the write is on disk (service/store/durability.py)
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -165,6 +169,8 @@ class Settings:
             metrics_dir=reader.text("PROMETHEUS_MULTIPROC_DIR", ""),
             trace_per_user=reader.integer("RELAY_TRACE_PER_USER", 20, minimum=0, maximum=1000),
             trace_ttl_days=reader.integer("RELAY_TRACE_TTL_DAYS", 7, minimum=1, maximum=365),
+            trusted_identity_fields=_trusted_fields(reader.text("RELAY_TRUSTED_IDENTITY_FIELDS", "")),
+            durable_ack=reader.choice("RELAY_DURABLE_ACK", "off", DURABLE_ACK_MODES).lower(),
         )
         if needs_web and not settings.webhook_sources:
             wanted = ", ".join(spec.secret_env for spec in SOURCES.values())
@@ -183,6 +189,15 @@ def _source(reader: Reader, name: str, identity_key: str, max_age: int) -> Sourc
     if spec.tolerance_env is not None:
         tolerance = reader.integer(spec.tolerance_env, spec.default_tolerance, minimum=1, maximum=MAX_TOLERANCE_SECONDS)
     return SourceSettings(reader.secret_list(spec.secret_env, spec.secret_problem), tolerance, identity_key)
+
+
+def _trusted_fields(raw: str) -> frozenset[str]:
+    names = {part.strip().lower() for part in raw.split(",")} - {"", "none"}
+    unknown = sorted(names - set(BUYER_SETTABLE_FIELDS))
+    if unknown:
+        known = ", ".join(BUYER_SETTABLE_FIELDS)
+        raise SettingsError(f"RELAY_TRUSTED_IDENTITY_FIELDS must list fields from {known} (or none), got {raw!r}")
+    return frozenset(names)
 
 
 def _destination(reader: Reader, spec: DestinationSpec, *, required: bool) -> DestinationSettings:

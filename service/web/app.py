@@ -30,6 +30,7 @@ def build_app(settings: Settings | None = None, *, redis: Redis | None = None) -
             settings.mapping,
             settings.identity_key,
             max_clock_skew=settings.max_clock_skew_seconds,
+            trusted_identity_fields=settings.trusted_identity_fields,
         )
         for name in settings.webhook_sources
     }
