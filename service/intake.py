@@ -31,6 +31,7 @@ from service.ops.metrics import INGEST_SECONDS, WEBHOOKS
 from service.payload_shape import MAX_DEPTH, may_hold_surrogates, shape_problem
 from service.sources.base import Described, Envelope, Source
 from service.store.customer_map import IdentityConflict
+from service.store.durability import DurableAck
 from service.store.jobs import EVENT_ID as SAFE_ID  # an event id fit for keys, job ids and the DLQ
 from service.store.ledger import Store
 
@@ -99,6 +100,7 @@ class Intake:
         *,
         max_clock_skew: int = DEFAULT_MAX_CLOCK_SKEW_SECONDS,
         trusted_identity_fields: frozenset[str] = frozenset(),
+        durable: DurableAck | None = None,
     ) -> None:
         self.source = source
         self.store = store
@@ -106,6 +108,7 @@ class Intake:
         self.identity_key = identity_key
         self.max_clock_skew = max_clock_skew
         self.trusted = trusted_identity_fields
+        self.durable = durable or DurableAck(None)  # RELAY_DURABLE_ACK
 
     def receive(self, raw: bytes, content_type: str | None, headers: Headers[str, str]) -> Received:
         """Take one webhook; every outcome and error is counted and timed."""
@@ -114,6 +117,7 @@ class Intake:
         outcome = "internal_error"
         try:
             received = self._receive(raw, content_type, headers, seen)
+            self.durable.wait()  # RELAY_DURABLE_ACK=fsync: on disk before any 2xx
             outcome = received.outcome.value
             return received
         except RelayError as exc:
