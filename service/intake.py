@@ -23,13 +23,15 @@ from marshmallow import ValidationError
 from redis.exceptions import RedisError
 
 from service.config.settings import DEFAULT_MAX_CLOCK_SKEW_SECONDS
-from service.core.dead_letter import DeadLetter
+from service.core.dead_letter import IDENTITY_CONFLICT, DeadLetter
 from service.core.errors import InvalidPayload, MalformedJson, RelayError, StoreUnavailable, UnsupportedMediaType
 from service.core.payload_shape import MAX_DEPTH, may_hold_surrogates, shape_problem
 from service.core.update import UserUpdate
 from service.mapping import Mapping
 from service.ops.metrics import INGEST_SECONDS, WEBHOOKS
 from service.sources.base import Described, Envelope, Source
+from service.store.customer_map import IdentityConflict
+from service.store.durability import DurableAck
 from service.store.jobs import EVENT_ID as SAFE_ID  # an event id fit for keys, job ids and the DLQ
 from service.store.ledger import Store
 
@@ -40,6 +42,7 @@ class Outcome(StrEnum):
     ACCEPTED = "accepted"  # durably queued for delivery
     DUPLICATE = "duplicate"  # accepted before
     IGNORED = "ignored"  # valid, but the mapping does not use its type
+    IDENTITY_CONFLICT = "identity_conflict"  # kept in the dead-letter queue: its customer is another user's
 
 
 @dataclass(frozen=True)
@@ -49,14 +52,20 @@ class Received:
 
 
 def read_event(
-    source: Source, mapping: Mapping, identity_key: str, payload: Any, headers: Headers[str, str]
+    source: Source,
+    mapping: Mapping,
+    identity_key: str,
+    payload: Any,
+    headers: Headers[str, str],
+    trusted: frozenset[str] = frozenset(),
 ) -> tuple[Envelope, UserUpdate | None]:
     """The provider's envelope and the update the mapping makes of it (None: not mapped).
-    Raises marshmallow's ValidationError when either does not fit."""
+    Raises marshmallow's ValidationError when either does not fit. `trusted`: the buyer-settable
+    identity fields that may name the user (RELAY_TRUSTED_IDENTITY_FIELDS)."""
     envelope = source.envelope(payload, headers)
     check_envelope(envelope)
     try:
-        return envelope, mapping.to_update(source.name, envelope, identity_key)
+        return envelope, mapping.to_update(source.name, envelope, identity_key, trusted)
     except (ValueError, ArithmeticError) as exc:  # e.g. a timestamp past year 9999, a Decimal overflow
         raise ValidationError({"_schema": [f"A value is out of range ({type(exc).__name__})."]}) from None
 
@@ -90,12 +99,16 @@ class Intake:
         identity_key: str,
         *,
         max_clock_skew: int = DEFAULT_MAX_CLOCK_SKEW_SECONDS,
+        trusted_identity_fields: frozenset[str] = frozenset(),
+        durable: DurableAck | None = None,
     ) -> None:
         self.source = source
         self.store = store
         self.mapping = mapping
         self.identity_key = identity_key
         self.max_clock_skew = max_clock_skew
+        self.trusted = trusted_identity_fields
+        self.durable = durable or DurableAck(None)  # RELAY_DURABLE_ACK
 
     def receive(self, raw: bytes, content_type: str | None, headers: Headers[str, str]) -> Received:
         """Take one webhook; every outcome and error is counted and timed."""
@@ -104,6 +117,7 @@ class Intake:
         outcome = "internal_error"
         try:
             received = self._receive(raw, content_type, headers, seen)
+            self.durable.wait()  # RELAY_DURABLE_ACK=fsync: on disk before any 2xx
             outcome = received.outcome.value
             return received
         except RelayError as exc:
@@ -137,15 +151,18 @@ class Intake:
         if described.event_type and len(described.event_type) <= 100:
             seen["event_type"] = described.event_type  # signed by the provider: a bounded set of names
         try:
-            envelope, update = read_event(self.source, self.mapping, self.identity_key, payload, headers)
+            envelope, update = read_event(self.source, self.mapping, self.identity_key, payload, headers, self.trusted)
             check_event_time(envelope, time.time(), self.max_clock_skew)
         except ValidationError as exc:
             raise self._dead_letter_invalid(raw, payload, described, exc) from None
         if update is None:
             ignored = self.store.ignore(self.source.name, envelope.event_id)
             return Received(Outcome.IGNORED if ignored else Outcome.DUPLICATE, envelope.event_id)
-        if not self.store.accept(update):
-            return Received(Outcome.DUPLICATE, update.event_id)
+        try:
+            if not self.store.accept(update):
+                return Received(Outcome.DUPLICATE, update.event_id)
+        except IdentityConflict as exc:
+            return self._dead_letter_conflict(update, exc)
         log.info(
             "accepted %s %s",
             update.event_type,
@@ -159,6 +176,41 @@ class Intake:
             },
         )
         return Received(Outcome.ACCEPTED, update.event_id)
+
+    def _dead_letter_conflict(self, update: UserUpdate, exc: IdentityConflict) -> Received:
+        """Answered 2xx (a resent event would conflict again) but not delivered as either user: kept
+        in the dead-letter queue for an operator, counted in the ledger as dead-lettered."""
+        now = time.time()
+        message = f"{exc}; the event names user {update.user_id}: not re-pointed, not delivered"
+        item = DeadLetter(
+            id=f"{update.source}-{update.event_id}",
+            reason=IDENTITY_CONFLICT,
+            source=update.source,
+            event_type=update.event_type,
+            event_id=update.event_id,
+            event_time=update.event_time,
+            message=message,
+            update=update.to_dict(),
+            user_id=update.user_id,
+            first_failure_at=now,
+            last_failure_at=now,
+        )
+        if not self.store.reject(item, update.event_id):
+            return Received(Outcome.DUPLICATE, update.event_id)
+        log.warning(
+            "identity conflict %s %s: %s",
+            update.event_type,
+            update.event_id,
+            message,
+            extra={
+                "source": update.source,
+                "event_id": update.event_id,
+                "event_type": update.event_type,
+                "user_id": update.user_id,
+                "outcome": IDENTITY_CONFLICT,
+            },
+        )
+        return Received(Outcome.IDENTITY_CONFLICT, update.event_id)
 
     def _dead_letter_invalid(
         self, raw: bytes, payload: Any, described: Described, exc: ValidationError

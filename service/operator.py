@@ -47,7 +47,12 @@ class Operator:
             headers = {"webhook-id": item.get("event_id") or ""}
             try:
                 _, update = read_event(
-                    source, self.settings.mapping, self.settings.identity_key, item.get("event"), headers
+                    source,
+                    self.settings.mapping,
+                    self.settings.identity_key,
+                    item.get("event"),
+                    headers,
+                    self.settings.trusted_identity_fields,
                 )
             except ValidationError:
                 return STILL_INVALID

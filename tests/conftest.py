@@ -98,12 +98,20 @@ class Read:
 DEFAULT_MAPPING = load_mapping(None)
 
 
-def read(source: str, payload: Any, identity_key: str = "user_id", webhook_id: str = "") -> Read:
+def read(
+    source: str,
+    payload: Any,
+    identity_key: str = "user_id",
+    webhook_id: str = "",
+    trusted: frozenset[str] = frozenset(),
+) -> Read:
     """An event as intake reads it once its signature checked: the source's envelope, then the
-    default mapping (raises marshmallow's ValidationError when either does not fit)."""
+    default mapping (raises marshmallow's ValidationError when either does not fit). `trusted`:
+    the buyer-settable identity fields trusted (RELAY_TRUSTED_IDENTITY_FIELDS)."""
     spec = SOURCES[source]
     reader = spec.build(SourceSettings((), spec.default_tolerance, identity_key))
-    envelope, update = read_event(reader, DEFAULT_MAPPING, identity_key, payload, {"webhook-id": webhook_id})
+    headers = {"webhook-id": webhook_id}
+    envelope, update = read_event(reader, DEFAULT_MAPPING, identity_key, payload, headers, trusted)
     return Read(envelope.event_id, envelope.event_type, update)
 
 

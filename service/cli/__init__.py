@@ -18,6 +18,7 @@ from service.ops.metrics_dir import MetricsDirError, use_metrics_dir
 from service.ops.status import version
 from service.sources.registry import SOURCES
 from service.store import keys
+from service.store.durability import check_or_refusal
 
 APP_TARGET = "service:create_app()"
 
@@ -47,6 +48,10 @@ def gunicorn_argv(settings: Settings, bind: str) -> list[str]:
 
 def cmd_web(args: argparse.Namespace) -> int:
     settings = settings_or_exit("web")
+    refusal = check_or_refusal(settings.redis_url) if settings.durable_ack == "fsync" else None
+    if refusal:
+        print(f"relay: {refusal}", file=sys.stderr)
+        return 2
     bind = args.bind or f"0.0.0.0:{settings.port}"
     use_metrics_dir(settings.metrics_dir, "web")
     argv = gunicorn_argv(settings, bind)

@@ -18,6 +18,7 @@ from service.destinations.registry import DESTINATIONS, NAMES
 from service.mapping import Mapping as EventMapping
 from service.mapping import load_mapping
 from service.sources.base import SourceSettings
+from service.sources.extraction import BUYER_SETTABLE_FIELDS
 from service.sources.registry import SOURCES
 
 # Stripe retries a webhook for up to 3 days; remember accepted ids longer than that.
@@ -61,6 +62,7 @@ DEFAULT_WEB_THREADS = 4
 DEFAULT_STRIPE_API_BASE = "https://api.stripe.com"
 DEFAULT_PADDLE_API_BASE = "https://api.paddle.com"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+DURABLE_ACK_MODES = ("OFF", "FSYNC")  # read as upper case by Reader.choice; kept lower case
 
 ROLES = ("web", "worker", "admin", "all")  # admin: `relay dlq`, which needs Redis only
 
@@ -95,6 +97,8 @@ class Settings:
     paddle_api_key: str = field(default="", repr=False)
     paddle_api_base: str = DEFAULT_PADDLE_API_BASE
     reconcile_interval_seconds: int = 0  # RELAY_RECONCILE_INTERVAL: 0 = off
+    trusted_identity_fields: frozenset[str] = frozenset()  # buyer-settable fields that may name the user
+    durable_ack: str = "off"  # fsync: answer 2xx only once the write is on disk (service/store/durability.py)
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -179,6 +183,8 @@ class Settings:
             paddle_api_key=reader.secret("PADDLE_API_KEY", required=False),
             paddle_api_base=reader.http_url("PADDLE_API_BASE", required=False) or DEFAULT_PADDLE_API_BASE,
             reconcile_interval_seconds=reader.integer("RELAY_RECONCILE_INTERVAL", 0, minimum=0, maximum=DAY),
+            trusted_identity_fields=_trusted_fields(reader.text("RELAY_TRUSTED_IDENTITY_FIELDS", "")),
+            durable_ack=reader.choice("RELAY_DURABLE_ACK", "off", DURABLE_ACK_MODES).lower(),
         )
         if needs_web and not settings.webhook_sources:
             wanted = ", ".join(spec.secret_env for spec in SOURCES.values())
@@ -197,6 +203,15 @@ def _source(reader: Reader, name: str, identity_key: str, max_age: int) -> Sourc
     if spec.tolerance_env is not None:
         tolerance = reader.integer(spec.tolerance_env, spec.default_tolerance, minimum=1, maximum=MAX_TOLERANCE_SECONDS)
     return SourceSettings(reader.secret_list(spec.secret_env, spec.secret_problem), tolerance, identity_key)
+
+
+def _trusted_fields(raw: str) -> frozenset[str]:
+    names = {part.strip().lower() for part in raw.split(",")} - {"", "none"}
+    unknown = sorted(names - set(BUYER_SETTABLE_FIELDS))
+    if unknown:
+        known = ", ".join(BUYER_SETTABLE_FIELDS)
+        raise SettingsError(f"RELAY_TRUSTED_IDENTITY_FIELDS must list fields from {known} (or none), got {raw!r}")
+    return frozenset(names)
 
 
 def _destination(reader: Reader, spec: DestinationSpec, *, required: bool) -> DestinationSettings:

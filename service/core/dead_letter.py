@@ -8,7 +8,9 @@ from typing import Any
 
 # Why an event is in a dead-letter queue; each destination adds `<destination>_rejected`.
 INVALID_PAYLOAD = "invalid_payload"
-OTHER_REASONS = ("retries_exhausted", "unresolved_identity", "internal_error")
+# identity_conflict: the event names a user for a customer learned for another (never re-pointed).
+IDENTITY_CONFLICT = "identity_conflict"
+OTHER_REASONS = ("retries_exhausted", "unresolved_identity", IDENTITY_CONFLICT, "internal_error")
 # Kept as epoch seconds; shown as ISO 8601 (with `<name>_unix`) by the admin API and the CLI.
 TIME_FIELDS = ("event_time", "first_failure_at", "last_failure_at")
 
@@ -26,7 +28,7 @@ class DeadLetter:
     """One dead-lettered item: enough to understand the failure and replay it."""
 
     id: str
-    reason: str  # invalid_payload, <destination>_rejected, retries_exhausted, unresolved_identity, internal_error
+    reason: str  # invalid_payload, <destination>_rejected, or one of OTHER_REASONS
     source: str
     event_type: str | None
     event_id: str | None

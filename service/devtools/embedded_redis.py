@@ -41,10 +41,20 @@ def free_port() -> int:
 
 
 class RedisProcess:
-    def __init__(self, data_dir: Path, *, port: int | None = None, appendonly: bool = True) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        port: int | None = None,
+        appendonly: bool = True,
+        appendfsync: str = "everysec",
+        executable: str | None = None,  # default: find_redis_server()
+    ) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
         self.appendonly = appendonly
+        self.appendfsync = appendfsync
+        self.executable = executable
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -54,7 +64,7 @@ class RedisProcess:
     def start(self, timeout: float = 10.0) -> RedisProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         argv = [
-            find_redis_server(),
+            self.executable or find_redis_server(),
             "--port",
             str(self.port),
             "--bind",
@@ -66,7 +76,7 @@ class RedisProcess:
             "--appendonly",
             "yes" if self.appendonly else "no",
             "--appendfsync",
-            "everysec",
+            self.appendfsync,
             "--maxmemory-policy",
             "noeviction",
             "--logfile",

@@ -17,7 +17,7 @@ from marshmallow import ValidationError
 from service.core.attributes import CUSTOM_ATTRIBUTE_NAME, RESERVED_KEYS, STANDARD_ATTRIBUTES
 from service.core.update import UserUpdate
 from service.sources.base import Envelope
-from service.sources.extraction import Extracted, Extractor
+from service.sources.extraction import Extracted, Extractor, trusted_user_id
 from service.sources.registry import SOURCES as SOURCE_SPECS
 
 RULE_KEYS = frozenset({"extract", "standard", "custom", "set", "tags", "tags_if"})
@@ -59,9 +59,12 @@ class Mapping:
     def rule_for(self, source: str, event_type: str) -> Rule | None:
         return self.rules.get(source, {}).get(event_type)
 
-    def to_update(self, source: str, envelope: Envelope, identity_key: str) -> UserUpdate | None:
+    def to_update(
+        self, source: str, envelope: Envelope, identity_key: str, trusted: frozenset[str] = frozenset()
+    ) -> UserUpdate | None:
         """The update an event makes: None when its type is not mapped. Raises marshmallow's
-        ValidationError, with messages at the object's place in the payload."""
+        ValidationError, with messages at the object's place in the payload. `trusted`: the
+        buyer-settable identity fields that may name the user (RELAY_TRUSTED_IDENTITY_FIELDS)."""
         if envelope.direct:
             return envelope.update
         rule = self.rule_for(source, envelope.event_type)
@@ -82,7 +85,7 @@ class Mapping:
             event_id=envelope.event_id,
             event_type=envelope.event_type,
             event_time=envelope.event_time,
-            user_id=envelope.user_id or extracted.user_id,
+            user_id=trusted_user_id(envelope.user_id or extracted.user_id, envelope.claim or extracted.claim, trusted),
             customer_id=extracted.customer_id,
             standard=standard,
             custom=custom,

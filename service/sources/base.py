@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from marshmallow import Schema
 
 from service.core.update import UserUpdate
-from service.sources.extraction import Extractor
+from service.sources.extraction import Claim, Extractor
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,7 @@ class Envelope:
     obj: Any  # what the event is about, validated by the mapped extractor's schema
     path: tuple[str, ...]  # where obj sits in the payload, for error messages
     user_id: str | None = None  # identity carried by the envelope rather than the object
+    claim: Claim | None = None  # a user id the envelope carries from a buyer-settable field
     direct: bool = False  # the event says what to set itself (no mapping applies): `update`
     update: UserUpdate | None = None
 

@@ -29,11 +29,27 @@ MONTHS_IN_INTERVAL = {
 }
 
 
+# Identity fields a buyer can set (in a Payment Link URL, from the browser at checkout): an
+# attacker can name someone else's user id there. Used as the user id only when
+# RELAY_TRUSTED_IDENTITY_FIELDS names them (default: none). Stripe `metadata`, set server-side
+# through the Stripe API, is always trusted.
+BUYER_SETTABLE_FIELDS = ("stripe.client_reference_id", "paddle.custom_data", "lemonsqueezy.custom_data")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A user id read from a buyer-settable field (one of BUYER_SETTABLE_FIELDS)."""
+
+    field: str
+    user_id: str
+
+
 @dataclass(frozen=True)
 class Extracted:
     user_id: str | None  # the object's metadata[RELAY_IDENTITY_KEY], when present
     customer_id: str | None
     fields: dict[str, Any]
+    claim: Claim | None = None  # a user id from a buyer-settable field: trusted only when configured
 
 
 @dataclass(frozen=True)
@@ -79,6 +95,19 @@ def identity(metadata: dict[str, Any] | None, identity_key: str) -> str | None:
         return None
     value = str(value).strip()
     return value or None
+
+
+def claimed(field: str, data: dict[str, Any] | None, identity_key: str) -> Claim | None:
+    user_id = identity(data, identity_key)
+    return Claim(field, user_id) if user_id else None
+
+
+def trusted_user_id(user_id: str | None, claim: Claim | None, trusted: frozenset[str]) -> str | None:
+    """The event's user id: from a trusted field (metadata), else from a buyer-settable one the
+    operator trusts; an untrusted claim is left out (the customer's identity applies)."""
+    if user_id:
+        return user_id
+    return claim.user_id if claim is not None and claim.field in trusted else None
 
 
 def email_or_none(value: str | None) -> str | None:

@@ -22,6 +22,7 @@ from redis import Redis
 from service.core.dead_letter import DeadLetter, DlqFilter
 from service.core.update import UserUpdate
 from service.store import keys
+from service.store.customer_map import accepted
 from service.store.dlq import DeadLetterQueue, Retention
 from service.store.jobs import JobWriter, job_id_for
 from service.store.ledger_counts import Settled
@@ -98,8 +99,8 @@ class Store:
         return DeadLetterQueue(self.redis, self.retention, self.keys)
 
     def accept(self, update: UserUpdate, *, lane: str = keys.LIVE) -> bool:
-        """Queue the update for delivery to every destination; False if this event id was accepted before.
-        `lane`: whose rq queue (backfill: events read back from the provider); pending on the live lane."""
+        """Queue the update for every destination; False: accepted before (IdentityConflict:
+        customer_map.py). `lane`: whose rq queue (backfill: events read back from the provider)."""
         update_json = json.dumps(update.to_dict(), separators=(",", ":"))
         # Parked at once, so that a backlog for one user goes out as one merged update.
         hint = update.hint
@@ -280,7 +281,7 @@ class Store:
             *(dedup_ttl, data, timestamp, description, now, member, event_id, parked_update, customer_id, user_id),
             *(arg for dest in fan_out for arg in dest.script_args()),
         ]
-        return bool(self._accept_job_script(keys=script_keys, args=args))
+        return accepted(self._accept_job_script(keys=script_keys, args=args), customer_id)
 
     def _run_ignore(self, *, dedup_key: str, ledgers: list[str], dedup_ttl: int) -> bool:
         return bool(self._ignore_script(keys=[dedup_key, *ledgers], args=[dedup_ttl]))

@@ -72,9 +72,10 @@ end
 #       then per destination (_AcceptJobFanOut.script_keys): ledger, job_key, queue_key, pending (live lane), parked
 # ARGV: dedup_ttl, data, timestamp, description (JobWriter.args), now, member (of pending), event_id,
 #       parked_update (the update JSON to park, '' when intake cannot tell who it is for),
-#       customer_id, user_id (when both are given, the customer's user is learned),
+#       customer_id, user_id (when both are given, the customer's user is learned, never re-pointed),
 #       then per destination (_AcceptJobFanOut.script_args): job_id, origin (its rq queue's name)
 # Returns: 1 (accepted now) | 0 (a duplicate: counted as such in every ledger)
+#          | the user the customer is mapped to (an identity conflict: nothing written)
 ACCEPT_JOB_SCRIPT = (
     _JOB_LUA
     + _GROUPS_LUA
@@ -95,6 +96,12 @@ local parked_update = ARGV[8]
 local customer_id = ARGV[9]
 local user_id = ARGV[10]
 
+-- A customer learned for one user is never re-pointed to another (a buyer-settable field may name
+-- anyone): a new event naming another user for it writes nothing; the caller dead-letters it.
+if customer_id ~= '' and user_id ~= '' and redis.call('EXISTS', dedup_key) == 0 then
+    local mapped = redis.call('HGET', customer_map, customer_id)
+    if mapped and mapped ~= user_id then return mapped end
+end
 local first_seen = redis.call('SET', dedup_key, '1', 'NX', 'EX', dedup_ttl)
 for d = 1, group_count(KEYS, FIXED_KEYS, DESTINATION_KEYS) do
     local ledger, job_key, queue_key, pending, parked = group(KEYS, FIXED_KEYS, DESTINATION_KEYS, d)
@@ -109,7 +116,7 @@ for d = 1, group_count(KEYS, FIXED_KEYS, DESTINATION_KEYS) do
     end
 end
 if first_seen and customer_id ~= '' and user_id ~= '' then
-    redis.call('HSET', customer_map, customer_id, user_id)
+    redis.call('HSETNX', customer_map, customer_id, user_id)
 end
 return first_seen and 1 or 0
 """

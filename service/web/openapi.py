@@ -47,7 +47,11 @@ def _webhook(title: str, headers: tuple[tuple[str, str], ...], schema: str) -> d
         ],
         "requestBody": {"required": True, "content": {"application/json": {"schema": schema}}},
         "responses": {
-            "202": _ok("verified, valid and durably queued", "WebhookAnswer"),
+            "202": _ok(
+                "verified, valid and durably queued (`accepted`), or kept in the dead-letter queue because "
+                "its customer is mapped to another user (`identity_conflict`)",
+                "WebhookAnswer",
+            ),
             "200": _ok("already accepted (`duplicate`) or not mapped (`ignored`)", "WebhookAnswer"),
             "400": _error("body is not JSON (`malformed_json`)"),
             "401": _error("`signature_missing`, `signature_invalid` or `signature_expired`"),

@@ -26,7 +26,9 @@ class ErrorBody(Schema):
 
 
 class WebhookAnswer(Schema):
-    status = fields.String(required=True, validate=validate.OneOf(["accepted", "duplicate", "ignored"]))
+    status = fields.String(
+        required=True, validate=validate.OneOf(["accepted", "duplicate", "ignored", "identity_conflict"])
+    )
     event_id = fields.String(required=True)
 
 

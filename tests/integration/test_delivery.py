@@ -287,7 +287,13 @@ def _run_scheduled_now(ctx: DeliveryContext) -> None:
 def test_updates_waiting_for_one_user_go_in_one_put(ctx: DeliveryContext, sandbox: SandboxServer) -> None:
     sandbox.state.seed(["u1", "u2"])
     items = [
-        update(f"evt_{n}", user_id=f"u{1 + n % 2}", custom={"plan": f"p{n}", f"seen_{n}": True}, tags=[f"t{n}"])
+        update(
+            f"evt_{n}",
+            user_id=f"u{1 + n % 2}",
+            customer_id=f"cus_{1 + n % 2}",  # each user its own customer: one is never re-pointed
+            custom={"plan": f"p{n}", f"seen_{n}": True},
+            tags=[f"t{n}"],
+        )
         for n in range(10)
     ]
     items = [UserUpdate(**{**i.to_dict(), "event_time": 1000 + n}) for n, i in enumerate(items)]

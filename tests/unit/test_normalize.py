@@ -181,9 +181,14 @@ def test_checkout_session_completed() -> None:
     assert update.tags == ["checkout-completed"]
 
 
-def test_checkout_client_reference_id_is_an_identity() -> None:
-    obj = {"id": "cs_1", "client_reference_id": "u-7", "customer_details": {"email": "a@b.co"}}
-    assert normalize(stripe_event("checkout.session.completed", obj, event_id="evt_x")).user_id == "u-7"
+def test_checkout_client_reference_id_names_the_user_only_when_trusted() -> None:
+    obj = {"id": "cs_1", "customer": "cus_1", "client_reference_id": "u-7", "customer_details": {"email": "a@b.co"}}
+    event = stripe_event("checkout.session.completed", obj, event_id="evt_x")
+    assert normalize(event).user_id is None  # a Payment Link URL sets it: by default, the customer's identity
+    trusted = read("stripe", event, trusted=frozenset({"stripe.client_reference_id"})).update
+    assert trusted is not None and trusted.user_id == "u-7"
+    with_metadata = {**obj, "metadata": {"user_id": "u-1"}}  # set server-side: always trusted, and first
+    assert normalize(stripe_event("checkout.session.completed", with_metadata, event_id="evt_y")).user_id == "u-1"
 
 
 def test_charge_refunded() -> None:

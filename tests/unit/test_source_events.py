@@ -46,13 +46,15 @@ def test_paddle_subscription_created_from_the_real_payload() -> None:
     assert update.tags == ["subscriber"]
 
 
-def test_paddle_identity_from_custom_data_and_scheduled_cancel() -> None:
+def test_paddle_identity_from_custom_data_only_when_trusted_and_scheduled_cancel() -> None:
     payload = load_fixture("pay.subscription.created.json", "paddle_billing")
     payload["event_type"] = "subscription.updated"
     payload["data"]["custom_data"] = {"user_id": "u_77"}
     payload["data"]["scheduled_change"] = {"action": "cancel", "effective_at": "2023-09-11T08:07:35Z"}
     update = paddle(payload)
-    assert update.user_id == "u_77" and update.custom["cancel_at_period_end"] is True
+    assert update.user_id is None and update.custom["cancel_at_period_end"] is True  # the browser sets it
+    trusted = read("paddle", payload, trusted=frozenset({"paddle.custom_data"})).update
+    assert trusted is not None and trusted.user_id == "u_77"
 
 
 def test_paddle_customer_and_transaction() -> None:
@@ -146,11 +148,12 @@ def test_lemonsqueezy_event_id_is_stable_per_delivery_and_changes_with_the_resou
     assert later.event_id != first.event_id and later.event_time > first.event_time
 
 
-def test_lemonsqueezy_identity_from_checkout_custom_data() -> None:
+def test_lemonsqueezy_identity_from_checkout_custom_data_only_when_trusted() -> None:
     payload = load_fixture("pay.subscription_created.json", "lemon_squeezy")
     payload["meta"]["custom_data"] = {"user_id": "u_42"}
-    update = lemon(payload)
-    assert update.user_id == "u_42" and update.hint == "user:u_42"
+    assert lemon(payload).user_id is None  # the buyer sets it: by default, the customer's identity
+    update = read("lemonsqueezy", payload, trusted=frozenset({"lemonsqueezy.custom_data"})).update
+    assert update is not None and update.user_id == "u_42" and update.hint == "user:u_42"
 
 
 def test_lemonsqueezy_invalid_payload() -> None:

@@ -1,7 +1,8 @@
 """Lemon Squeezy: schemas for the `data.attributes` the relay reads, and their extractors.
 
-Identity: `meta.custom_data[RELAY_IDENTITY_KEY]` (checkout custom data, read by the envelope),
-else the Lemon Squeezy customer id. Amounts are integers in the currency's smallest unit.
+Identity: the Lemon Squeezy customer id, or the user learned for it. `meta.custom_data[RELAY_IDENTITY_KEY]`
+(checkout custom data, read by the envelope) can be set by the buyer: it names the user only when
+RELAY_TRUSTED_IDENTITY_FIELDS lists `lemonsqueezy.custom_data`. Amounts are integers in the currency's smallest unit.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
 from service.core.errors import SignatureExpired, SignatureInvalid, SignatureMissing
 from service.sources.base import Described, Envelope, SourceSettings, SourceSpec, text_or_none
-from service.sources.extraction import identity
+from service.sources.extraction import claimed
 from service.sources.lemonsqueezy.extract import EXTRACTORS
 from service.sources.signing import any_match, hex_digest, hmac_hex
 
@@ -108,7 +108,7 @@ def read_envelope(payload: Any, identity_key: str) -> Envelope:
         int(updated_at.timestamp()),
         {**data["attributes"], "id": data["id"]},
         ("data", "attributes"),
-        user_id=identity(meta.get("custom_data"), identity_key),
+        claim=claimed("lemonsqueezy.custom_data", meta.get("custom_data"), identity_key),  # set at checkout
     )
 
 

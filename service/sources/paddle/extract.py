@@ -1,7 +1,8 @@
 """Paddle Billing: schemas for the objects the relay reads, and their extractors.
 
-Identity: `custom_data[RELAY_IDENTITY_KEY]` (Paddle's slot for your own data), else the Paddle
-customer id (`ctm_...`). Amounts are strings in the currency's smallest unit.
+Identity: the Paddle customer id (`ctm_...`), or the user learned for it. `custom_data[RELAY_IDENTITY_KEY]`
+(Paddle's slot for your own data) can be set from the browser at checkout: it names the user only
+when RELAY_TRUSTED_IDENTITY_FIELDS lists `paddle.custom_data`. Amounts are strings in the currency's smallest unit.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from marshmallow import EXCLUDE, Schema, fields, validate
 
 from service.sources.extraction import (
     MONTHS_IN_INTERVAL,
+    Claim,
     Extracted,
     Extractor,
+    claimed,
     email_or_none,
-    identity,
     iso_utc,
     make_extractor,
     split_name,
@@ -109,6 +111,10 @@ class TransactionSchema(_Paddle):
     custom_data = _custom_data()
 
 
+def _claim(obj: dict[str, Any], key: str) -> Claim | None:
+    return claimed("paddle.custom_data", obj.get("custom_data"), key)
+
+
 def _seconds(moment: datetime | None) -> int | None:
     return int(moment.timestamp()) if moment is not None else None
 
@@ -143,7 +149,7 @@ def _subscription(obj: dict[str, Any], event_time: int, key: str) -> Extracted:
         "paddle_customer_id": obj["customer_id"],
         "paddle_subscription_id": obj["id"],
     }
-    return Extracted(identity(obj.get("custom_data"), key), obj["customer_id"], fields_)
+    return Extracted(None, obj["customer_id"], fields_, _claim(obj, key))
 
 
 def _customer(obj: dict[str, Any], event_time: int, key: str) -> Extracted:
@@ -154,7 +160,7 @@ def _customer(obj: dict[str, Any], event_time: int, key: str) -> Extracted:
         "last_name": last,
         "paddle_customer_id": obj["id"],
     }
-    return Extracted(identity(obj.get("custom_data"), key), obj["id"], fields_)
+    return Extracted(None, obj["id"], fields_, _claim(obj, key))
 
 
 def _transaction(obj: dict[str, Any], event_time: int, key: str) -> Extracted:
@@ -166,7 +172,7 @@ def _transaction(obj: dict[str, Any], event_time: int, key: str) -> Extracted:
         "paddle_customer_id": obj.get("customer_id"),
         "paddle_subscription_id": obj.get("subscription_id"),
     }
-    return Extracted(identity(obj.get("custom_data"), key), obj.get("customer_id"), fields_)
+    return Extracted(None, obj.get("customer_id"), fields_, _claim(obj, key))
 
 
 EXTRACTORS: dict[str, Extractor] = {

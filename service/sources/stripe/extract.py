@@ -9,6 +9,7 @@ from service.sources.extraction import (
     MONTHS_IN_INTERVAL,
     Extracted,
     Extractor,
+    claimed,
     email_or_none,
     identity,
     iso_utc,
@@ -108,9 +109,10 @@ def _checkout_session(obj: dict[str, Any], event_time: int, key: str) -> Extract
         "email": email_or_none(details.get("email") or obj.get("customer_email")),
         "stripe_customer_id": obj.get("customer"),
     }
-    # client_reference_id is Checkout's own slot for "your id for this user".
-    user = identity(obj.get("metadata"), key) or identity({"id": obj.get("client_reference_id")}, "id")
-    return Extracted(user, obj.get("customer"), fields)
+    # client_reference_id is Checkout's own slot for "your id for this user", but a Payment Link
+    # takes it from its URL: anyone can set it, so it is a claim (trusted only when configured).
+    claim = claimed("stripe.client_reference_id", {"id": obj.get("client_reference_id")}, "id")
+    return Extracted(identity(obj.get("metadata"), key), obj.get("customer"), fields, claim)
 
 
 def _charge(obj: dict[str, Any], event_time: int, key: str) -> Extracted:

@@ -1,0 +1,122 @@
+"""RELAY_DURABLE_ACK: when a 2xx may be answered to a webhook.
+
+`off` (the default): once Redis has the write in memory. Its append-only file is fsynced by the
+Redis policy (`appendfsync everysec` in deploy/): a Redis *process* kill loses nothing (the kernel
+has the file), but a node or volume crash can lose the last ~1-2 s of writes, events already
+answered 2xx that the provider never resends.
+
+`fsync`: only once the write is on disk. Either Redis fsyncs before every reply
+(`appendfsync always`: nothing to do per request), or, on Redis >= 7.2 (Valkey too), intake asks
+with WAITAOF after its write. WAITAOF waits for the writes *of its own connection*, and the web's
+pool hands any connection out: so the wait goes out on a connection of its own with a tiny write of
+its own first; the AOF is fsynced in order, so that write on disk means intake's write is too.
+WAITAOF answers [local, replicas] even on timeout: local 0 is not on disk, and intake answers 503
+(the provider sends the event again; it is a duplicate then, answered once that is on disk).
+
+A Redis that can do neither (AOF off, or Redis < 7.2 without `appendfsync always`) is refused at
+start: one line naming RELAY_DURABLE_ACK, exit 2 (service/cli).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+from redis import Redis
+from redis.exceptions import RedisError, ResponseError
+
+from service.store import keys
+
+# How long intake waits for the fsync before answering 503; `everysec` fsyncs about once a second.
+WAITAOF_TIMEOUT_MS = 2000
+# WAITAOF appeared in Redis 7.2 (Valkey reports redis_version 7.2.4 and has it).
+WAITAOF_SINCE = (7, 2)
+ALWAYS = "always"  # Redis fsyncs before replying: nothing to do per request
+WAITAOF = "waitaof"
+ACK_MARKER = f"{keys.PREFIX}:durable_ack"  # the waiting connection's own write (a counter)
+
+
+class DurabilityRefused(Exception):
+    """This Redis cannot put a write on disk before the relay answers: the message says why."""
+
+
+class NotOnDisk(RedisError):
+    """WAITAOF timed out: the event is in Redis but not yet on disk; intake answers 503."""
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(".")[:2] if part.isdigit())
+
+
+def fsync_mode(redis: Redis) -> str:
+    """How this Redis can honour RELAY_DURABLE_ACK=fsync: ALWAYS or WAITAOF; raises DurabilityRefused."""
+    persistence = redis.info("persistence")
+    if not int(persistence.get("aof_enabled", 0)):
+        raise DurabilityRefused("Redis has no append-only file (appendonly no): nothing is on disk per write")
+    try:
+        policy = str(redis.config_get("appendfsync").get("appendfsync", ""))
+    except ResponseError:  # a managed Redis may forbid CONFIG
+        policy = "unknown (CONFIG GET is refused)"
+    if policy == ALWAYS:
+        return ALWAYS
+    version = str(redis.info("server").get("redis_version", "0"))
+    if _version(version) >= WAITAOF_SINCE:
+        return WAITAOF
+    raise DurabilityRefused(
+        f"Redis {version} has no WAITAOF (7.2+) and its appendfsync is {policy}: "
+        "use Redis >= 7.2, or set appendfsync always"
+    )
+
+
+def check_or_refusal(url: str) -> str | None:
+    """For `relay web` at start: None when RELAY_DURABLE_ACK=fsync can be honoured, else one line."""
+    redis = Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        fsync_mode(redis)
+        return None
+    except DurabilityRefused as exc:
+        return f"RELAY_DURABLE_ACK=fsync cannot be honoured: {exc}"
+    except RedisError as exc:
+        return f"RELAY_DURABLE_ACK=fsync: cannot check Redis ({type(exc).__name__}); start Redis first"
+    finally:
+        redis.close()
+
+
+def on_disk(answer: list[int] | tuple[int, ...]) -> bool:
+    """WAITAOF 1 0 <timeout> answers [local fsynced, replicas fsynced], also on timeout."""
+    return len(answer) == 2 and int(answer[0]) >= 1
+
+
+@dataclass
+class DurableAck:
+    """Called by intake after its write, before it answers. `off`: nothing."""
+
+    url: str | None  # None: RELAY_DURABLE_ACK=off
+    timeout_ms: int = WAITAOF_TIMEOUT_MS
+    _mode: str | None = field(default=None, init=False)
+    _redis: Redis | None = field(default=None, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    def wait(self) -> None:
+        if self.url is None:
+            return
+        redis = self._connection()
+        if self._mode == WAITAOF:
+            pipe = redis.pipeline(transaction=False)  # one connection: its own write, then the wait
+            pipe.incr(ACK_MARKER)
+            pipe.execute_command("WAITAOF", 1, 0, self.timeout_ms)
+            if not on_disk(pipe.execute()[1]):
+                raise NotOnDisk(f"not fsynced within {self.timeout_ms} ms (WAITAOF)")
+
+    def _connection(self) -> Redis:
+        """The mode is found on first use, once per process (the start-up check told the operator)."""
+        with self._lock:
+            if self._redis is None:
+                seconds = self.timeout_ms / 1000 + 2  # longer than WAITAOF's own timeout
+                self._redis = Redis.from_url(str(self.url), socket_timeout=seconds, socket_connect_timeout=2)
+            if self._mode is None:
+                try:
+                    self._mode = fsync_mode(self._redis)
+                except DurabilityRefused as exc:
+                    raise NotOnDisk(f"RELAY_DURABLE_ACK=fsync cannot be honoured: {exc}") from None
+            return self._redis

