@@ -4,10 +4,8 @@ Every write that changes the ledger is one Lua script, so the ledger and what it
 change together or not at all: received = delivered + coalesced + ignored + dead_lettered
 + in flight holds at every instant.
 
-Accepting an event writes an rq job hash and pushes its id in the same script, the way rq's
-own unique-enqueue script does (rq.scripts.save_unique_job); the fields come from rq's
-`Job.to_dict()` (service.store.jobs), so workers read them as any rq job. One round trip instead of
-rq's several keeps the webhook endpoint near the cost of a bare RPUSH.
+Accepting an event writes an rq job hash (rq's own fields: service.store.jobs) and pushes its id
+in the same script, as rq.scripts.save_unique_job does: one round trip instead of rq's several.
 """
 
 from __future__ import annotations
