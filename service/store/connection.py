@@ -12,7 +12,7 @@ from redis.maint_notifications import MaintNotificationsConfig
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
-from service.config.sentinel import parse_sentinel_url
+from service.store.sentinel_url import parse_sentinel_url
 
 # The web answers 503 within about a second when Redis is gone: short timeouts, no retry.
 WEB_SOCKET_TIMEOUT = 0.5

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from service.config import Settings, SettingsError
-from service.config.sentinel import parse_sentinel_url
+from service.store.sentinel_url import parse_sentinel_url
 
 WEB = {"STRIPE_WEBHOOK_SECRETS": "whsec_x"}
 
@@ -23,7 +23,8 @@ def test_sentinels_replace_redis_url_and_keep_its_credentials() -> None:
     assert target.sentinels == (("10.0.0.1", 26379), ("redis-sentinel.ns.svc", 26380))
     assert (target.master, target.username, target.password, target.db) == ("relay", "relay", "p@ss", 2)
     assert target.sentinel_password == "s3nt"
-    alone = parse_sentinel_url(Settings.from_env({**WEB, "REDIS_SENTINELS": "h:1", "REDIS_SENTINEL_MASTER": "m"}).redis_url)
+    minimal = {**WEB, "REDIS_SENTINELS": "h:1", "REDIS_SENTINEL_MASTER": "m"}
+    alone = parse_sentinel_url(Settings.from_env(minimal, role="web").redis_url)
     assert alone is not None and (alone.password, alone.db) == (None, 0)
 
 
