@@ -1,4 +1,6 @@
-"""A client that stalls mid-body cannot hold `relay web`'s only thread: the body read has a deadline."""
+"""Slow clients cannot starve `relay web`: a client stalled mid-body loses its connection at the body
+deadline, and with the default worker class (gevent: one greenlet per connection) 50 clients stalled
+mid-headers or mid-body hold no thread at all while signed webhooks and /healthz are answered."""
 
 from __future__ import annotations
 
@@ -36,14 +38,17 @@ def answered(url: str, body: bytes | None = None, headers: dict[str, str] | None
 
 @pytest.fixture
 def web(redis_server: Any) -> Iterator[str]:
+    yield from start_web(redis_server, {"RELAY_WEB_WORKERS": "1", "RELAY_WEB_THREADS": "1"})
+
+
+@pytest.fixture
+def default_web(redis_server: Any) -> Iterator[str]:
+    yield from start_web(redis_server, {})  # the defaults: RELAY_WEB_WORKERS 2, RELAY_WEB_THREADS 4
+
+
+def start_web(redis_server: Any, extra: dict[str, str]) -> Iterator[str]:
     port = free_port()
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "REDIS_URL": redis_server.url,
-        "STRIPE_WEBHOOK_SECRETS": SECRET,
-        "RELAY_WEB_WORKERS": "1",
-        "RELAY_WEB_THREADS": "1",  # one thread: a stalled client would hold all of them
-    }
+    env = {"PATH": "/usr/bin:/bin", "REDIS_URL": redis_server.url, "STRIPE_WEBHOOK_SECRETS": SECRET, **extra}
     process = subprocess.Popen(
         [RELAY, "web", "--bind", f"127.0.0.1:{port}"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -84,3 +89,45 @@ def test_a_client_stalled_mid_body_does_not_hold_the_only_thread(web: str) -> No
         assert status < 500
     finally:
         slow.close()
+
+
+def stalled_in_headers(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall(b"POST /webhooks/stripe HTTP/1.1\r\nHost: x\r\nContent-Type: appl")
+    return sock
+
+
+def still_open(sock: socket.socket) -> bool:
+    """True while the server has neither closed nor answered the connection."""
+    sock.setblocking(False)
+    try:
+        sock.recv(1)  # b"": closed; data: answered
+        return False
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        sock.setblocking(True)
+
+
+SLOW_SOCKETS = 50
+
+
+def test_fifty_slow_clients_do_not_starve_webhooks_or_healthz(default_web: str) -> None:
+    """25 clients stalled mid-headers (no deadline applies there) and 25 mid-body: with gthread's
+    2 x 4 threads they would hold every thread and nothing else would be answered."""
+    port = int(default_web.rsplit(":", 1)[1])
+    slow = [stalled_in_headers(port) if i % 2 else stalled_client(port) for i in range(SLOW_SOCKETS)]
+    try:
+        started = time.monotonic()
+        assert answered(default_web + "/healthz") == 200
+        body = json.dumps({"id": "evt_slow50", "type": "ping", "created": int(time.time()), "data": {"object": {}}})
+        headers = {"Stripe-Signature": sign(body, SECRET), "Content-Type": "application/json"}
+        assert answered(default_web + "/webhooks/stripe", body.encode(), headers) < 500
+        print(f"healthz + webhook answered in {time.monotonic() - started:.3f} s with {SLOW_SOCKETS} slow sockets")
+        # Answered while the slow clients still hold their connections (not because they were dropped).
+        assert all(still_open(sock) for sock in slow[1::2])
+    finally:
+        for sock in slow:
+            sock.close()
