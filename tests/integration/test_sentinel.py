@@ -80,6 +80,7 @@ def test_intake_survives_a_master_failover_without_losing_an_acknowledged_event(
     http = urllib3.PoolManager(retries=False, timeout=5)
     acknowledged: list[str] = []
     answers: list[int] = []
+    unanswered: list[str] = []  # the client gave up first: accepted or not, unknown
 
     def post(n: int) -> int:
         event_id = f"evt_ha_{n}"
@@ -89,6 +90,7 @@ def test_intake_survives_a_master_failover_without_losing_an_acknowledged_event(
         try:
             answer = http.request("POST", f"{base}/webhooks/stripe", body=body, headers=headers)
         except urllib3.exceptions.HTTPError:
+            unanswered.append(event_id)
             return 0
         if 200 <= answer.status < 300:
             acknowledged.append(event_id)
@@ -116,9 +118,9 @@ def test_intake_survives_a_master_failover_without_losing_an_acknowledged_event(
         promoted: Redis = cluster["replica_client"]  # type: ignore[assignment]
         ledger_key = keys.Keys("usercom").ledger
         wait_until(
-            lambda: int(promoted.hget(ledger_key, "delivered") or 0) == len(acknowledged),
+            lambda: (ledger := promoted.hgetall(ledger_key)).get(b"delivered") == ledger.get(b"received"),
             90,
-            f"the worker to deliver all {len(acknowledged)} acknowledged events",
+            "the worker to deliver every accepted event",
         )
     finally:
         stop_relay(processes)
@@ -126,4 +128,5 @@ def test_intake_survives_a_master_failover_without_losing_an_acknowledged_event(
     missing = [e for e in acknowledged if not promoted.exists(keys.dedup("stripe", e))]
     assert missing == [], f"{len(missing)} acknowledged events lost of {len(acknowledged)}"
     ledger = {k.decode(): int(v) for k, v in promoted.hgetall(keys.Keys("usercom").ledger).items()}
-    assert ledger["received"] == len(acknowledged)
+    assert len(acknowledged) <= ledger["received"] <= len(acknowledged) + len(unanswered)
+    assert ledger["delivered"] == ledger["received"]
