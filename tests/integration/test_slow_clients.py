@@ -161,3 +161,15 @@ def test_fifty_slow_clients_do_not_starve_webhooks_or_healthz(default_web: str) 
         assert answered(default_web + "/webhooks/stripe", body.encode(), headers) < 500
         took = time.monotonic() - started
         print(f"answered in {took:.3f} s beside {SLOW_SOCKETS} slow sockets ({slow.replaced} renewed)")
+
+
+def test_a_client_stalled_mid_headers_is_disconnected(default_web: str) -> None:
+    """gevent bounds the wait for a request's headers by --keep-alive: a stalled client's connection ends."""
+    sock = stalled_in_headers(int(default_web.rsplit(":", 1)[1]))
+    try:
+        deadline = time.monotonic() + 60
+        while still_open(sock):
+            assert time.monotonic() < deadline, "the server kept a connection stalled mid-headers"
+            time.sleep(0.2)
+    finally:
+        sock.close()
