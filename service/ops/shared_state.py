@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from redis import Redis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
 from service.config import Settings
 from service.core.dead_letter import reasons
@@ -76,10 +76,10 @@ class SharedStateCollector(Collector):
 
 def redis_memory(redis: Redis) -> Iterator[GaugeMetricFamily]:
     """Redis used and max memory (INFO memory): with noeviction, writes fail once used reaches max.
-    Nothing when INFO is refused (a managed Redis may deny it)."""
+    Nothing when INFO is refused (a managed Redis may deny it) or Redis went away meanwhile."""
     try:
         info = redis.info("memory")
-    except ResponseError:
+    except RedisError:
         return
     used = GaugeMetricFamily("relay_redis_memory_used_bytes", "Memory Redis uses for data (INFO used_memory)")
     used.add_metric([], float(info.get("used_memory", 0)))
