@@ -26,9 +26,12 @@ APP_TARGET = "service:create_app()"
 def gunicorn_argv(settings: Settings, bind: str) -> list[str]:
     options = {
         "--bind": bind,
-        "--worker-class": "gthread",  # an I/O-bound receiver: threads wait on Redis, not on CPU
+        # gevent: one greenlet per connection, so slow clients (stalled mid-headers or mid-body) hold
+        # no thread; gthread's threads each wait on one client (tests/integration/test_slow_clients.py).
+        "--worker-class": "gevent",
+        "--worker-connections": "1000",
         "--workers": str(settings.web_workers),
-        "--threads": str(settings.web_threads),
+        "--threads": str(settings.web_threads),  # gthread only: unused by gevent
         "--keep-alive": "5",
         "--graceful-timeout": "30",
         "--log-level": settings.log_level.lower(),

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from service.config.reader import Reader, SettingsError
+from service.config.sentinel import redis_target
 from service.destinations.base import DestinationSettings, DestinationSpec
 from service.destinations.registry import DESTINATIONS, NAMES
 from service.mapping import Mapping as EventMapping
@@ -143,7 +144,7 @@ class Settings:
             maximum=MAX_DEDUP_TTL_SECONDS,
         )
         settings = cls(
-            redis_url=reader.redis_url("REDIS_URL"),
+            redis_url=redis_target(reader),  # REDIS_URL, or REDIS_SENTINELS (service/config/sentinel.py)
             sources={name: _source(reader, name, identity_key, dedup_ttl - max_skew) for name in SOURCES},
             destinations=destinations,
             destination_settings={

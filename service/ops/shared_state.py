@@ -71,6 +71,21 @@ class SharedStateCollector(Collector):
             paused_until = dest["limiter"]["paused_until_unix"]
             pause.add_metric([name], max(0.0, paused_until - status["time_unix"]) if paused_until else 0.0)
         yield from (depth, scheduled, age, workers, dlq, dropped, events, in_flight, last, pause, rate)
+        yield from redis_memory(self.redis)
+
+
+def redis_memory(redis: Redis) -> Iterator[GaugeMetricFamily]:
+    """Redis used and max memory (INFO memory): with noeviction, writes fail once used reaches max.
+    Nothing when INFO is refused (a managed Redis may deny it) or Redis went away meanwhile."""
+    try:
+        info = redis.info("memory")
+    except RedisError:
+        return
+    used = GaugeMetricFamily("relay_redis_memory_used_bytes", "Memory Redis uses for data (INFO used_memory)")
+    used.add_metric([], float(info.get("used_memory", 0)))
+    limit = GaugeMetricFamily("relay_redis_memory_max_bytes", "Redis maxmemory (0: no limit set)")
+    limit.add_metric([], float(info.get("maxmemory", 0)))
+    yield from (used, limit)
 
 
 def shared_state_metrics(redis: Redis, settings: Settings) -> bytes:

@@ -22,7 +22,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service import create_app
 from service.config import DEFAULT_METRICS_PORT, DEFAULT_PORT, Settings
-from service.store import keys
 from service.store.jobs import DELIVERY_JOB_TIMEOUT
 
 REPO = Path(__file__).resolve().parents[2]
@@ -113,7 +112,13 @@ def test_environment_names_are_settings_the_code_reads(rendered: list[dict[str, 
     names |= set(example["stringData"])
     assert names <= known, names - known
     # The ConfigMap's values are valid settings (secrets stand in for the placeholders).
-    stand_ins = {"USERCOM_API_KEY": "k", "STRIPE_WEBHOOK_SECRETS": "whsec_x", "RELAY_ADMIN_TOKEN": "t"}
+    stand_ins = {
+        "REDIS_URL": "redis://relay:pw@relay-redis:6379/0",  # a secret: it carries the Redis password
+        "USERCOM_API_KEY": "k",
+        "STRIPE_WEBHOOK_SECRETS": "whsec_x",
+        "RELAY_ADMIN_TOKEN": "t",
+    }
+    assert "REDIS_URL" not in config["data"], "the Redis URL carries a password: it belongs in the Secret"
     assert set(stand_ins) == set(example["stringData"])
     Settings.from_env({**config["data"], **stand_ins})
 
@@ -133,7 +138,12 @@ def test_workers_outlive_their_longest_job_and_never_scale_to_zero(rendered: lis
     assert worker["spec"]["replicas"] >= 1
     for scaled in find(rendered, "ScaledObject"):
         assert scaled["spec"]["minReplicaCount"] >= 1
-        assert scaled["spec"]["triggers"][0]["metadata"]["listName"] == keys.USERCOM.rq_queue_key(keys.LIVE)
+        # On the relay's Prometheus metric, not on Redis: KEDA needs no path to Redis nor its password.
+        triggers = scaled["spec"]["triggers"]
+        assert {t["type"] for t in triggers} == {"prometheus"}
+        queries = [t["metadata"]["query"] for t in triggers]
+        assert 'destination="usercom",lane="live"' in queries[0] and "relay_queue_depth" in queries[0]
+        assert {t["metadata"]["threshold"] for t in triggers} == {"200"}
 
 
 def test_redis_never_forgets_accepted_events(rendered: list[dict[str, Any]]) -> None:
@@ -144,11 +154,61 @@ def test_redis_never_forgets_accepted_events(rendered: list[dict[str, Any]]) -> 
         assert line in conf.splitlines()
 
 
+def _bytes(quantity: str) -> int:
+    units = {"mb": 2**20, "gb": 2**30, "Mi": 2**20, "Gi": 2**30}
+    number, unit = re.fullmatch(r"(\d+)([A-Za-z]+)", quantity).groups()  # type: ignore[union-attr]
+    return int(number) * units[unit]
+
+
+def test_redis_is_patched_bounded_and_needs_a_password(rendered: list[dict[str, Any]]) -> None:
+    [redis] = find(rendered, "StatefulSet", "relay-redis")
+    pod = redis["spec"]["template"]["spec"]
+    [main] = pod["containers"]
+    # 7.4.2 has CVE-2025-49844 (Lua use-after-free, fixed in 7.4.6) and CVE-2025-21605 (7.4.3).
+    major, minor, patch = (int(n) for n in re.fullmatch(r"redis:(\d+)\.(\d+)\.(\d+)", main["image"]).groups())  # type: ignore[union-attr]
+    assert (major, minor) > (7, 4) or (major, minor, patch) >= (7, 4, 6), main["image"]
+    conf = dict(
+        line.split(" ", 1)
+        for c in find(rendered, "ConfigMap")
+        if "redis.conf" in c["data"]
+        for line in c["data"]["redis.conf"].splitlines()
+        if line and not line.startswith("#")
+    )
+    # maxmemory under the container limit: noeviction refuses writes before the kernel OOM-kills Redis.
+    assert 0 < _bytes(conf["maxmemory"]) <= 0.8 * _bytes(main["resources"]["limits"]["memory"])
+    # The ACL file comes from a Secret (never rendered), mounted where redis.conf reads it.
+    mounts = {m["name"]: m["mountPath"] for m in main["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    [acl_volume] = [name for name, v in volumes.items() if v.get("secret", {}).get("secretName") == "relay-redis-acl"]
+    assert conf["aclfile"] == f"{mounts[acl_volume]}/users.acl"
+    users = {line.split()[1]: line.split()[2:] for line in (DEPLOY / "redis" / "users.acl").read_text().splitlines()}
+    assert users["default"] == ["off"]
+    assert "on" in users["relay"] and "><relay-redis-password>" in users["relay"]
+    assert "-@dangerous" in users["relay"] and "~*" not in users["relay"] and "+@all" not in users["relay"]
+    assert users["healthcheck"][-2:] == ["-@all", "+ping"]
+    assert "healthcheck" in " ".join(main["readinessProbe"]["exec"]["command"])
+
+
 def test_network_policies_limit_ingress_and_egress(rendered: list[dict[str, Any]]) -> None:
+    def namespaces(rule: dict[str, Any]) -> set[str]:
+        return {peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for peer in rule["from"]}
+
     [web] = find(rendered, "NetworkPolicy", "relay-web")
-    assert web["spec"]["ingress"] == [{"ports": [{"protocol": "TCP", "port": DEFAULT_PORT}]}]
+    # /status, /metrics and /admin share the webhook port: only the ingress controller (which
+    # routes /webhooks/ only) and monitoring may reach it, not any pod of the cluster.
+    [web_in] = web["spec"]["ingress"]
+    assert web_in["ports"] == [{"protocol": "TCP", "port": DEFAULT_PORT}]
+    assert namespaces(web_in) == {"ingress-nginx", "monitoring"}
     egress_ports = {p["port"] for rule in web["spec"]["egress"] for p in rule["ports"]}
-    assert egress_ports == {6379, 53, 443}
+    assert egress_ports == {6379, 53}, "the web calls no external API: no egress to 443"
+    [worker] = find(rendered, "NetworkPolicy", "relay-worker")
+    [worker_in] = worker["spec"]["ingress"]
+    assert namespaces(worker_in) == {"monitoring"}
+    assert worker_in["ports"] == [{"protocol": "TCP", "port": DEFAULT_METRICS_PORT}]
+    [redis] = find(rendered, "NetworkPolicy", "relay-redis")
+    [redis_in] = redis["spec"]["ingress"]
+    [peer] = redis_in["from"]
+    assert set(peer) == {"podSelector"}, "only relay pods reach Redis"
     for ingress in find(rendered, "Ingress"):
         paths = [p["path"] for rule in ingress["spec"]["rules"] for p in rule["http"]["paths"]]
         assert paths == ["/webhooks/"], "admin, status and metrics must not be public"
@@ -170,6 +230,8 @@ def test_alerts_and_dashboard_use_metrics_the_code_exposes(redis_server: Any, re
     exprs = [rule["expr"] for group in rules["spec"]["groups"] for rule in group["rules"]]
     dashboard = json.loads((DEPLOY / "monitoring" / "grafana-dashboard.json").read_text())
     exprs += [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    scaled = yaml.safe_load((DEPLOY / "overlays" / "prod" / "keda-scaledobject.yaml").read_text())
+    exprs += [trigger["metadata"]["query"] for trigger in scaled["spec"]["triggers"]]
     used = {name for expr in exprs for name in re.findall(r"\b(relay_[a-z_]+)", expr)}
     assert used, "no relay metric referenced"
     assert used <= exposed, used - exposed
@@ -180,6 +242,7 @@ def test_alerts_and_dashboard_use_metrics_the_code_exposes(redis_server: Any, re
         "RelayUsercomThrottledSustained",
         "RelayNoDeliveryWithBacklog",
         "RelayWebhookErrorRatio",
+        "RelayRedisMemoryHigh",
     } <= alerts
 
 

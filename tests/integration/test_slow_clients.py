@@ -1,4 +1,6 @@
-"""A client that stalls mid-body cannot hold `relay web`'s only thread: the body read has a deadline."""
+"""Slow clients cannot starve `relay web`: a client stalled mid-body loses its connection at the body
+deadline, and with the default worker class (gevent: one greenlet per connection) 50 clients stalled
+mid-headers or mid-body hold no thread at all while signed webhooks and /healthz are answered."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import json
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,14 +39,17 @@ def answered(url: str, body: bytes | None = None, headers: dict[str, str] | None
 
 @pytest.fixture
 def web(redis_server: Any) -> Iterator[str]:
+    yield from start_web(redis_server, {"RELAY_WEB_WORKERS": "1", "RELAY_WEB_THREADS": "1"})
+
+
+@pytest.fixture
+def default_web(redis_server: Any) -> Iterator[str]:
+    yield from start_web(redis_server, {})  # the defaults: RELAY_WEB_WORKERS 2, RELAY_WEB_THREADS 4
+
+
+def start_web(redis_server: Any, extra: dict[str, str]) -> Iterator[str]:
     port = free_port()
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "REDIS_URL": redis_server.url,
-        "STRIPE_WEBHOOK_SECRETS": SECRET,
-        "RELAY_WEB_WORKERS": "1",
-        "RELAY_WEB_THREADS": "1",  # one thread: a stalled client would hold all of them
-    }
+    env = {"PATH": "/usr/bin:/bin", "REDIS_URL": redis_server.url, "STRIPE_WEBHOOK_SECRETS": SECRET, **extra}
     process = subprocess.Popen(
         [RELAY, "web", "--bind", f"127.0.0.1:{port}"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -84,3 +90,86 @@ def test_a_client_stalled_mid_body_does_not_hold_the_only_thread(web: str) -> No
         assert status < 500
     finally:
         slow.close()
+
+
+def stalled_in_headers(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall(b"POST /webhooks/stripe HTTP/1.1\r\nHost: x\r\nContent-Type: appl")
+    return sock
+
+
+def still_open(sock: socket.socket) -> bool:
+    """True while the server has neither closed nor answered the connection."""
+    sock.setblocking(False)
+    try:
+        sock.recv(1)  # b"": closed; data: answered
+        return False
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        sock.setblocking(True)
+
+
+SLOW_SOCKETS = 50
+
+
+class SlowClients:
+    """`count` clients, half stalled mid-headers and half mid-body, kept at `count` by a thread that
+    replaces any the server closes (gevent ends a header read after --keep-alive, a body read at its
+    deadline), so the count holds however long the answers take on a loaded machine."""
+
+    def __init__(self, port: int, count: int) -> None:
+        self.port = port
+        self.sockets = [self.open(n) for n in range(count)]
+        self.replaced = 0
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self.keep, daemon=True)
+
+    def open(self, n: int) -> socket.socket:
+        return stalled_in_headers(self.port) if n % 2 else stalled_client(self.port)
+
+    def keep(self) -> None:
+        while not self.stopping.wait(0.1):
+            for n, sock in enumerate(self.sockets):
+                if not still_open(sock):
+                    sock.close()
+                    self.sockets[n] = self.open(n)
+                    self.replaced += 1
+
+    def __enter__(self) -> SlowClients:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        self.thread.join(timeout=30)
+        for sock in self.sockets:
+            sock.close()
+
+
+def test_fifty_slow_clients_do_not_starve_webhooks_or_healthz(default_web: str) -> None:
+    """With gthread's 2 x 4 threads, clients stalled mid-headers hold every thread (no deadline
+    applies there) and nothing else is answered; gevent gives each a greenlet."""
+    port = int(default_web.rsplit(":", 1)[1])
+    with SlowClients(port, SLOW_SOCKETS) as slow:
+        started = time.monotonic()
+        assert answered(default_web + "/healthz") == 200
+        body = json.dumps({"id": "evt_slow50", "type": "ping", "created": int(time.time()), "data": {"object": {}}})
+        headers = {"Stripe-Signature": sign(body, SECRET), "Content-Type": "application/json"}
+        assert answered(default_web + "/webhooks/stripe", body.encode(), headers) < 500
+        took = time.monotonic() - started
+        print(f"answered in {took:.3f} s beside {SLOW_SOCKETS} slow sockets ({slow.replaced} renewed)")
+
+
+def test_a_client_stalled_mid_headers_is_disconnected(default_web: str) -> None:
+    """gevent bounds the wait for a request's headers by --keep-alive: a stalled client's connection ends."""
+    sock = stalled_in_headers(int(default_web.rsplit(":", 1)[1]))
+    try:
+        deadline = time.monotonic() + 60
+        while still_open(sock):
+            assert time.monotonic() < deadline, "the server kept a connection stalled mid-headers"
+            time.sleep(0.2)
+    finally:
+        sock.close()

@@ -1,0 +1,107 @@
+"""redis-server processes with arguments of a test's own (an ACL file, a replica, a sentinel), and
+`relay web` / `relay worker` as subprocesses: for the ACL and Sentinel tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import urllib3
+from redis import Redis
+from redis.exceptions import RedisError
+
+from service.devtools.embedded_redis import find_redis_server, free_port
+
+RELAY = str(Path(sys.executable).with_name("relay"))
+
+
+def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll `condition` until it returns something truthy; errors count as not yet."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = condition()
+        except (RedisError, urllib3.exceptions.HTTPError, OSError):
+            value = None
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+class Server:
+    """One redis-server (or sentinel) child process on 127.0.0.1."""
+
+    def __init__(self, workdir: Path, args: list[str], *, port: int | None = None, sentinel: bool = False) -> None:
+        self.port = port or free_port()
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        if sentinel:  # a sentinel rewrites its config file: it must be its own, writable
+            conf = workdir / "sentinel.conf"
+            conf.write_text("\n".join(args) + "\n")
+            argv = [find_redis_server(), str(conf), "--sentinel"]
+        else:
+            argv = [find_redis_server(), *args]
+        argv += ["--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(workdir), "--logfile", "redis.log"]
+        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def log(self) -> str:
+        path = self.workdir / "redis.log"
+        return path.read_text() if path.exists() else ""
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def start_redis(workdir: Path, *args: str, port: int | None = None, **client: Any) -> tuple[Server, Redis]:
+    """A redis-server with append-only persistence, once it answers PING (with `client` credentials)."""
+    base = ["--save", "", "--appendonly", "yes", "--appendfsync", "everysec", "--maxmemory-policy", "noeviction"]
+    server = Server(workdir, [*base, *args], port=port)
+    redis = Redis(port=server.port, socket_timeout=5, socket_connect_timeout=5, **client)
+    wait_until(lambda: server.process.poll() is None and redis.ping(), 30, f"redis-server: {server.log()[-500:]}")
+    return server, redis
+
+
+def start_relay(tmp_path: Path, env: dict[str, str], *roles: str) -> tuple[str, dict[str, subprocess.Popen[bytes]]]:
+    """`relay web` (gunicorn) and/or `relay worker`; returns the web's base URL once /readyz answers 200."""
+    port = free_port()
+    full = {**os.environ, "RELAY_METRICS_PORT": str(free_port()), **env}
+    processes = {}
+    for role in roles:
+        argv = [RELAY, "web", "--bind", f"127.0.0.1:{port}"] if role == "web" else [RELAY, "worker"]
+        log = (tmp_path / f"{role}.log").open("wb")
+        processes[role] = subprocess.Popen(argv, env=full, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+    base = f"http://127.0.0.1:{port}"
+    if "web" in roles:
+        http = urllib3.PoolManager(retries=False, timeout=5)
+        wait_until(
+            lambda: http.request("GET", f"{base}/readyz").status == 200, 60, (tmp_path / "web.log").read_text()[-2000:]
+        )
+    return base, processes
+
+
+def stop_relay(processes: dict[str, subprocess.Popen[bytes]]) -> None:
+    for process in processes.values():
+        process.terminate()
+    for process in processes.values():
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

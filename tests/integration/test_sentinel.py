@@ -1,0 +1,132 @@
+"""Redis Sentinel: a master (min-replicas-to-write 1), a replica and three sentinels as real
+processes; `relay web` finds the master through REDIS_SENTINELS. The master is SIGKILLed: intake
+answers 503 (redis_unavailable) while the sentinels fail over, then accepts again on the promoted
+replica, and every event answered 2xx is there. `relay worker`, started then, finds the new master
+through the sentinels (its rq scheduler too) and delivers every acknowledged event. (A worker running
+when its Redis dies exits, as on any Redis loss, and its restart finds the master the same way; its
+jobs in hand wait for rq's abandoned-job recovery, which is too slow for this test.)"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import urllib3
+from redis import Redis
+
+from service.devtools.usercom_sandbox import SandboxServer
+from service.store import keys
+from tests.conftest import SECRET, USERCOM_KEY, sign, stripe_event
+from tests.integration.redis_launch import Server, start_redis, start_relay, stop_relay, wait_until
+
+MASTER = "relay-master"
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[dict[str, object]]:
+    master, master_client = start_redis(tmp_path / "master", "--min-replicas-to-write", "1")
+    replica, replica_client = start_redis(tmp_path / "replica", "--replicaof", "127.0.0.1", str(master.port))
+    wait_until(lambda: master_client.info("replication")["connected_slaves"] == 1, 30, "the replica to sync")
+    sentinels = [
+        Server(
+            tmp_path / f"sentinel{i}",
+            [
+                f"sentinel monitor {MASTER} 127.0.0.1 {master.port} 2",
+                f"sentinel down-after-milliseconds {MASTER} 1000",
+                f"sentinel failover-timeout {MASTER} 4000",
+                f"sentinel parallel-syncs {MASTER} 1",
+            ],
+            sentinel=True,
+        )
+        for i in range(3)
+    ]
+    clients = [Redis(port=s.port, socket_timeout=5) for s in sentinels]
+
+    def sentinels_ready() -> bool:
+        for client in clients:
+            info = client.sentinel_master(MASTER)
+            if int(info["num-slaves"]) < 1 or int(info["num-other-sentinels"]) < 2:
+                return False
+        return True
+
+    try:
+        wait_until(sentinels_ready, 60, "the sentinels to find the replica and each other")
+        yield {"master": master, "replica": replica, "replica_client": replica_client, "sentinels": sentinels}
+    finally:
+        for client in (*clients, master_client, replica_client):
+            client.close()
+        for server in (*sentinels, replica, master):
+            server.stop()
+
+
+def test_intake_survives_a_master_failover_without_losing_an_acknowledged_event(
+    tmp_path: Path, cluster: dict[str, object], sandbox: SandboxServer
+) -> None:
+    sentinels = cluster["sentinels"]
+    env = {
+        "REDIS_SENTINELS": ",".join(f"127.0.0.1:{s.port}" for s in sentinels),  # type: ignore[attr-defined]
+        "REDIS_SENTINEL_MASTER": MASTER,
+        "STRIPE_WEBHOOK_SECRETS": SECRET,
+        "USERCOM_API_URL": sandbox.base_url,
+        "USERCOM_API_KEY": USERCOM_KEY,
+        "USERCOM_RATE_LIMIT": "1000",
+        "USERCOM_BURST": "100",
+    }
+    base, processes = start_relay(tmp_path, env, "web")
+    http = urllib3.PoolManager(retries=False, timeout=5)
+    acknowledged: list[str] = []
+    answers: list[int] = []
+    unanswered: list[str] = []  # the client gave up first: accepted or not, unknown
+
+    def post(n: int) -> int:
+        event_id = f"evt_ha_{n}"
+        customer = {"id": f"cus_ha{n}", "email": "a@example.com", "metadata": {"user_id": f"u-ha-{n}"}}
+        body = json.dumps(stripe_event("customer.created", customer, event_id=event_id)).encode()
+        headers = {"Content-Type": "application/json", "Stripe-Signature": sign(body)}
+        try:
+            answer = http.request("POST", f"{base}/webhooks/stripe", body=body, headers=headers)
+        except urllib3.exceptions.HTTPError:
+            unanswered.append(event_id)
+            return 0
+        if 200 <= answer.status < 300:
+            acknowledged.append(event_id)
+        elif answer.status == 503:
+            assert json.loads(answer.data)["error"]["code"] == "redis_unavailable", answer.data
+        else:
+            raise AssertionError((answer.status, answer.data))
+        answers.append(answer.status)
+        return answer.status
+
+    try:
+        assert [post(n) for n in range(10)] == [202] * 10
+        cluster["master"].process.send_signal(signal.SIGKILL)  # type: ignore[attr-defined]
+        n = 10
+        deadline = time.monotonic() + 60
+        # 503 while the sentinels notice and promote the replica, then 202 again.
+        while not (503 in answers[10:] and answers[-1] == 202):
+            assert time.monotonic() < deadline, answers[10:]
+            post(n)
+            n += 1
+            time.sleep(0.05)
+        for m in range(n, n + 5):
+            assert post(m) == 202
+        processes.update(start_relay(tmp_path, env, "worker")[1])
+        promoted: Redis = cluster["replica_client"]  # type: ignore[assignment]
+        ledger_key = keys.Keys("usercom").ledger
+        wait_until(
+            lambda: (ledger := promoted.hgetall(ledger_key)).get(b"delivered") == ledger.get(b"received"),
+            90,
+            "the worker to deliver every accepted event",
+        )
+    finally:
+        stop_relay(processes)
+    assert promoted.info("replication")["role"] == "master"
+    missing = [e for e in acknowledged if not promoted.exists(keys.dedup("stripe", e))]
+    assert missing == [], f"{len(missing)} acknowledged events lost of {len(acknowledged)}"
+    ledger = {k.decode(): int(v) for k, v in promoted.hgetall(keys.Keys("usercom").ledger).items()}
+    assert len(acknowledged) <= ledger["received"] <= len(acknowledged) + len(unanswered)
+    assert ledger["delivered"] == ledger["received"]
