@@ -26,8 +26,14 @@ UNPREFIXED_DESTINATION = "usercom"
 
 
 def dedup(source: str, event_id: str) -> str:
-    """Set when an event is first accepted; lives RELAY_DEDUP_TTL_SECONDS."""
+    """Before per-user pending state: set when an event was first accepted, for RELAY_DEDUP_TTL_SECONDS.
+    Still consulted after an upgrade, until the last of them expires."""
     return f"{PREFIX}:dedup:{source}:{event_id}"
+
+
+def dedup_bucket_prefix(source: str) -> str:
+    """set: 8-byte digests of the event ids first accepted in one time bucket (service/store/ledger_dedup.py)."""
+    return f"{PREFIX}:dedup:{source}:b"
 
 
 def customer_map(source: str) -> str:
@@ -42,6 +48,11 @@ def usercom_id(user_id: str) -> str:
 
 def pending_member(source: str, event_id: str) -> str:
     return f"{source}:{event_id}"
+
+
+def pending_ref(source: str, hint: str) -> str:
+    """A user's member of Keys.pending(lane)."""
+    return f"u:{source}:{hint}"
 
 
 @dataclass(frozen=True)
@@ -106,11 +117,23 @@ class Keys:
         return [f"{self.prefix}:dlq:{name}" for name in ("items", "index", "reasons", "dropped")]
 
     def pending(self, lane: str) -> str:
-        """zset: "<source>:<event id>" by time accepted (or replayed), until its outcome is counted."""
+        """zset: users with something pending ("u:<source>:<hint>", pending_ref) by time first accepted;
+        before the upgrade, "<source>:<event id>" per event (still removed when such an event settles)."""
         return f"{self.prefix}:pending:{lane}"
 
+    def user_state(self, source: str, hint: str) -> str:
+        """hash: what is pending for one user (service/store/ledger_state.py): per attribute value and event
+        time with the event carrying it, tags, and the events merged in. It exists while a job is queued."""
+        return f"{self.prefix}:user:{source}:{hint}"
+
+    def in_hand(self, source: str, hint: str) -> str:
+        """hash: the user's state taken by the delivery job holding the user's lease, until its outcome is
+        counted; a re-run after the worker died finds it here."""
+        return f"{self.prefix}:in-hand:{source}:{hint}"
+
     def outcome(self, source: str, event_id: str) -> str:
-        """Set once an event's final outcome is counted, so a re-run job never counts twice."""
+        """Before the upgrade: set once an event's outcome was counted. Now written only for events queued
+        by the old per-event jobs (so their own job, run again, does not count them twice)."""
         return f"{self.prefix}:outcome:{source}:{event_id}"
 
     def user_lock(self, source: str, user_id: str) -> str:
