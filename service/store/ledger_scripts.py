@@ -243,6 +243,7 @@ return result
 """
 )
 
+
 @dataclass(frozen=True)
 class AcceptJobFanOut:
     """One destination's groups in ACCEPT_JOB_SCRIPT: its KEYS, then its ARGV."""

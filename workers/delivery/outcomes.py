@@ -121,4 +121,3 @@ def dead_letter_legacy(ctx: DeliveryContext, update: UserUpdate, reason: str, me
     ctx.store.dead_letter(item)
     DELIVERIES.labels("dead_lettered", keys.LIVE, ctx.client.name).inc()
     return "dead_lettered"
-
