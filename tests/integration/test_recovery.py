@@ -29,6 +29,13 @@ from workers.runner import HEARTBEAT_MARGIN_SECONDS, MAINTENANCE_INTERVAL_SECOND
 
 RELAY = str(Path(sys.executable).with_name("relay"))
 UPDATE = an_update(tags=["paying"])
+LIVE_QUEUE = keys.USERCOM.rq_queue_key(keys.LIVE)
+
+
+def queued_job(redis: Redis) -> str:
+    """The one job queued (a user's job id is random)."""
+    [job_id] = redis.lrange(LIVE_QUEUE, 0, -1)
+    return job_id.decode()
 
 
 def test_lease_expires_before_rq_reruns_an_abandoned_job() -> None:
@@ -40,6 +47,7 @@ def test_worker_killed_mid_job_loses_nothing(
 ) -> None:
     store = Store.from_settings(redis, settings)
     assert store.accept(UPDATE)
+    job_id = queued_job(redis)
     sandbox.state.faults.append(Fault(0, delay=30))  # the first User.com call hangs
     worker = subprocess.Popen(
         [RELAY, "worker", "--lane", "live"],
@@ -53,7 +61,7 @@ def test_worker_killed_mid_job_loses_nothing(
     deadline = time.monotonic() + 20
     # Killed only once its call hangs in the sandbox (the fault taken): a job started but not yet
     # calling would leave the hanging fault to the re-run, which would then time out and retry.
-    while started.get_job_ids() != ["stripe-evt_1"] or sandbox.state.faults:
+    while started.get_job_ids() != [job_id] or sandbox.state.faults:
         assert time.monotonic() < deadline, "the worker never started the job's call"
         time.sleep(0.05)
     os.killpg(worker.pid, signal.SIGKILL)
@@ -63,7 +71,7 @@ def test_worker_killed_mid_job_loses_nothing(
     # (its heartbeat lapsed). Both are fast-forwarded here instead of waited for.
     redis.delete(keys.USERCOM.user_lock("stripe", "u1"))
     started.cleanup(timestamp=time.time() + DELIVERY_JOB_TIMEOUT + HEARTBEAT_MARGIN_SECONDS + 1)
-    assert ctx.queues[keys.LIVE].job_ids == ["stripe-evt_1"], "requeued, not failed"
+    assert ctx.queues[keys.LIVE].job_ids == [job_id], "requeued, not failed"
     configure(ctx)
     run_worker(settings, lane=keys.LIVE, destination="usercom", burst=True)
     user = sandbox.state.user_by_custom_id("u1")
@@ -79,12 +87,13 @@ def test_an_idle_worker_reruns_a_job_abandoned_by_a_dead_one(
     """Maintenance must run while the queue is empty: there the last stranded jobs wait."""
     store = Store.from_settings(redis, settings)
     assert store.accept(UPDATE)
+    job_id = queued_job(redis)
     sandbox.state.faults.append(Fault(0, delay=30))
     worker_env = {"PATH": os.environ["PATH"], **env}
     dying = _relay_worker(worker_env)
     started = StartedJobRegistry(queue=build_context(settings, "usercom").queues[keys.LIVE])
     # Killed once its call hangs in the sandbox (the fault taken), not merely started.
-    _wait(lambda: started.get_job_ids(cleanup=False) == ["stripe-evt_1"] and not sandbox.state.faults, timeout=20)
+    _wait(lambda: started.get_job_ids(cleanup=False) == [job_id] and not sandbox.state.faults, timeout=20)
     os.killpg(dying.pid, signal.SIGKILL)
     dying.wait()
     redis.delete(keys.USERCOM.user_lock("stripe", "u1"), f"rq:clean_registries:{keys.USERCOM.queue_name(keys.LIVE)}")
@@ -119,15 +128,18 @@ def test_a_crashing_job_is_rerun_then_dead_lettered_once(
 ) -> None:
     store = Store.from_settings(redis, settings)
     assert store.accept(UPDATE)
-    # Data this code cannot read; every other field (reruns included) as accepted.
-    broken = json.dumps([DELIVER_FUNC, None, [{**UPDATE.to_dict(), "unexpected": 1}, 1, None, "live"], {}])
-    redis.hset("rq:job:stripe-evt_1", "data", broken)
+    job_id = queued_job(redis)
+    # A call this code cannot make (its arguments as queued, plus one it does not take); every
+    # other field (reruns included) as accepted.
+    payload = {"source": "stripe", "hint": "user:u1"}
+    broken = json.dumps([DELIVER_FUNC, None, [payload, 1, None, "live"], {"unexpected": 1}])
+    redis.hset(f"rq:job:{job_id}", "data", broken)
     run_worker(settings, lane=keys.LIVE, destination="usercom", burst=True)
     [item] = store.dead_letters()
     assert item["reason"] == "internal_error" and item["event_id"] == "evt_1"
     assert store.ledger()["dead_lettered"] == 1
     assert redis.zcard(f"rq:failed:{keys.USERCOM.queue_name(keys.LIVE)}") == 1
-    job = Job.fetch("stripe-evt_1", connection=redis, serializer=JSONSerializer)
+    job = Job.fetch(job_id, connection=redis, serializer=JSONSerializer)
     assert job.retries_left == 0  # every rerun used: run 1 + RERUNS times
     assert RERUNS >= 1
 
