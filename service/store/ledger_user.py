@@ -4,7 +4,7 @@ item of an update naming no user."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from service.core.dead_letter import DeadLetter
@@ -57,7 +57,7 @@ class SettleUser:
             *(store.dedup_ttl, f"{self.source}:", max_items, cutoff),
         ]
         for outcome in self.outcomes:
-            item = outcome.item
+            item = replace(outcome.item, destination=store.keys.destination) if outcome.item else None
             args += [
                 outcome.event_id,
                 outcome.outcome,
