@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from service.core.dead_letter import DeadLetter
 from service.core.update import UserUpdate
 from service.store import keys
-from service.store.trace import TraceEntry, trace_args
+from service.store.trace import TraceEntry, dead_letter_entry, trace_args
 
 if TYPE_CHECKING:
     from service.store.ledger import Store
@@ -33,10 +33,17 @@ class SettleUser:
     slots: list[str] = field(default_factory=list)
     trace: TraceEntry | None = None
 
+    def trace_user(self) -> str:
+        """Whose trace the delivery and the dead letters go to ('' for none)."""
+        if self.trace is not None:
+            return self.trace.user_id
+        return next((o.item.user_id for o in self.outcomes if o.item and o.item.user_id), "")
+
     def script_keys(self, store: Store) -> list[str]:
         own = store.keys
         lock = self.lease[0] if self.lease else own.ledger  # keys are passed either way; unused when not needed
-        trace_key, _ = trace_args(store.trace, own, self.trace)
+        user = self.trace_user()
+        trace_key = own.trace(user) if store.trace.enabled and user else ""
         return [
             *(own.ledger, own.last_delivery, lock, self.memory[0] if self.memory else own.ledger),
             *(own.limiter_in_flight, trace_key or own.ledger),
@@ -58,12 +65,14 @@ class SettleUser:
         ]
         for outcome in self.outcomes:
             item = replace(outcome.item, destination=store.keys.destination) if outcome.item else None
+            entry = dead_letter_entry(item, outcome.event_id) if item else None
             args += [
                 outcome.event_id,
                 outcome.outcome,
                 item.reason if item else "",
                 item.id if item else "",
                 item.to_json() if item else "",
+                trace_args(store.trace, store.keys, entry)[1],
             ]
         return args
 

@@ -19,7 +19,8 @@ from service.store.ledger_state import MERGE_LUA
 #       ref (the user's member of pending), outcome_prefix ("<prefix>:outcome:<source>:", for events of
 #       per-event jobs from before the upgrade), outcome_ttl, legacy_member_prefix ("<source>:"),
 #       max_items, cutoff (Retention.args),
-#       then per event: event_id, outcome, reason, dlq_id, item ('' unless dead_lettered)
+#       then per event: event_id, outcome, reason, dlq_id, item ('' unless dead_lettered), trace entry of
+#       the dead letter ('' for none)
 # Returns: nil (the lease was lost: nothing counted)
 #        | per event {counted: 1 | 0, accepted_at ('' when not counted now)}
 SETTLE_USER_SCRIPT = (
@@ -28,7 +29,7 @@ SETTLE_USER_SCRIPT = (
     + _TRACE_LUA
     + """
 local FIXED_KEYS = 12
-local FIXED_ARGS, EVENT_ARGS = 14, 5
+local FIXED_ARGS, EVENT_ARGS = 14, 6
 local ledger = KEYS[1]
 local last_delivery = KEYS[2]
 local lock = KEYS[3]
@@ -57,13 +58,16 @@ if token ~= '' and redis.call('GET', lock) ~= token then return false end
 for slot in string.gmatch(slots, '%S+') do redis.call('ZREM', limiter_in_flight, slot) end
 local result = {}
 for e = 1, group_count(ARGV, FIXED_ARGS, EVENT_ARGS) do
-    local event_id, outcome, reason, dlq_id, item = group(ARGV, FIXED_ARGS, EVENT_ARGS, e)
+    local event_id, outcome, reason, dlq_id, item, dead_trace = group(ARGV, FIXED_ARGS, EVENT_ARGS, e)
     local value = redis.call('HGET', in_hand, 'e:' .. event_id)
     if value then
         redis.call('HDEL', in_hand, 'e:' .. event_id)
         redis.call('HINCRBY', ledger, outcome, 1)
         if outcome == 'delivered' then redis.call('SET', last_delivery, now) end
-        if outcome == 'dead_lettered' then dlq_keep(dlq, dlq_id, item, reason, now, max_items, cutoff) end
+        if outcome == 'dead_lettered' then
+            dlq_keep(dlq, dlq_id, item, reason, now, max_items, cutoff)
+            trace_push(trace_key, dead_trace, trace_keep, trace_ttl)
+        end
         if string.sub(value, -2) == '|L' then
             redis.call('SET', outcome_prefix .. event_id, outcome, 'EX', outcome_ttl)
             for l = FIXED_KEYS + 1, #KEYS do redis.call('ZREM', KEYS[l], legacy_member_prefix .. event_id) end
