@@ -90,9 +90,38 @@ def send_user(ctx: DeliveryContext, hold: Hold, attempt: int, lane: str, slots: 
             if outcome.outcome == "delivered" and counted.accepted_at is not None:
                 DELIVERY_LATENCY.observe(max(0.0, ctx.clock() - counted.accepted_at))
     for event_id, exc in refused.items():
-        log.error("dead-lettered %s for user %s (%s_rejected): %s", event_id, hold.user_id, client.name, exc)
-    log.info("delivered user %s: %d events, %d refused", hold.user_id, len(outcomes), len(refused))
+        log.error(
+            "dead-lettered %s for user %s (%s_rejected): %s",
+            event_id,
+            hold.user_id,
+            client.name,
+            exc,
+            extra={**event_fields(hold, event_id, lane, attempt, "dead_lettered"), "status": exc.status},
+        )
+    if delivered:
+        log.info(
+            "delivered %s to user %s (attempt %d, %d more merged in)",
+            delivered,
+            hold.user_id,
+            attempt,
+            len(outcomes) - len(refused) - 1,
+            extra=event_fields(hold, delivered, lane, attempt, "delivered"),
+        )
     return "delivered" if delivered else ("dead_lettered" if refused else "coalesced")
+
+
+def event_fields(hold: Hold, event_id: str, lane: str, attempt: int, outcome: str) -> dict[str, object]:
+    """A log line's fields for one event of the user's delivery."""
+    event = hold.state.events.get(event_id)
+    return {
+        "source": hold.source,
+        "event_id": event_id,
+        "event_type": event.event_type if event else None,
+        "user_id": hold.user_id,
+        "lane": lane,
+        "attempt": attempt,
+        "outcome": outcome,
+    }
 
 
 def _settle_same(ctx: DeliveryContext, hold: Hold, outcome: str, lane: str) -> str:
