@@ -58,14 +58,13 @@ def test_worker_killed_mid_job_loses_nothing(
     )
     ctx = build_context(settings, "usercom")
     started = StartedJobRegistry(queue=ctx.queues[keys.LIVE])
-    deadline = time.monotonic() + 20
-    # Killed only once its call hangs in the sandbox (the fault taken): a job started but not yet
-    # calling would leave the hanging fault to the re-run, which would then time out and retry.
-    while started.get_job_ids() != [job_id] or sandbox.state.faults:
-        assert time.monotonic() < deadline, "the worker never started the job's call"
-        time.sleep(0.05)
-    os.killpg(worker.pid, signal.SIGKILL)
-    worker.wait()
+    try:
+        # Killed only once its call hangs in the sandbox (the fault taken): a job started but not yet
+        # calling would leave the hanging fault to the re-run, which would then time out and retry.
+        _wait(lambda: started.get_job_ids() == [job_id] and not sandbox.state.faults, timeout=30)
+    finally:  # never left running on the shared Redis, even when the wait fails
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
     assert sandbox.state.user_by_custom_id("u1") is None
     # Time passes: the user's lease expires, then rq's maintenance finds the job abandoned
     # (its heartbeat lapsed). Both are fast-forwarded here instead of waited for.
@@ -92,10 +91,12 @@ def test_an_idle_worker_reruns_a_job_abandoned_by_a_dead_one(
     worker_env = {"PATH": os.environ["PATH"], **env}
     dying = _relay_worker(worker_env)
     started = StartedJobRegistry(queue=build_context(settings, "usercom").queues[keys.LIVE])
-    # Killed once its call hangs in the sandbox (the fault taken), not merely started.
-    _wait(lambda: started.get_job_ids(cleanup=False) == [job_id] and not sandbox.state.faults, timeout=20)
-    os.killpg(dying.pid, signal.SIGKILL)
-    dying.wait()
+    try:
+        # Killed once its call hangs in the sandbox (the fault taken), not merely started.
+        _wait(lambda: started.get_job_ids(cleanup=False) == [job_id] and not sandbox.state.faults, timeout=30)
+    finally:
+        os.killpg(dying.pid, signal.SIGKILL)
+        dying.wait()
     redis.delete(keys.USERCOM.user_lock("stripe", "u1"), f"rq:clean_registries:{keys.USERCOM.queue_name(keys.LIVE)}")
     idle = _relay_worker(worker_env)
     try:
