@@ -32,7 +32,9 @@ from service.store.ledger_user import EventOutcome, SettleUser
 from service.store.ordering_scripts import CLAIM_SCRIPT, PARK_SCRIPT, RELEASE_SCRIPT, RENEW_SCRIPT, TAKE_SCRIPT
 from service.store.trace import TraceEntry
 
-LEASE_MS = 10_000  # renewed every third of it while the delivery runs
+# Renewed every third of it while the delivery runs; no longer than a job's heartbeat lives
+# (workers/heartbeat.py), so when rq re-runs a dead worker's job the user is free again.
+LEASE_MS = 6_000
 WAIT_FOR_LEASE_SECONDS = 2.0  # then the job is put back instead of holding the worker
 POLL_SECONDS = 0.01
 

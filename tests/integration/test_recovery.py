@@ -20,12 +20,13 @@ from service.config import Settings
 from service.devtools.embedded_redis import RedisProcess, free_port
 from service.devtools.usercom_sandbox import Fault, SandboxServer
 from service.store import keys
-from service.store.jobs import DELIVER_FUNC, DELIVERY_JOB_TIMEOUT, RERUNS
+from service.store.jobs import DELIVER_FUNC, RERUNS
 from service.store.ledger import Store
 from tests.conftest import an_update
 from workers.delivery.context import configure
+from workers.heartbeat import HEARTBEAT_TTL_SECONDS
 from workers.ordering import LEASE_MS
-from workers.runner import HEARTBEAT_MARGIN_SECONDS, MAINTENANCE_INTERVAL_SECONDS, build_context, run_worker
+from workers.runner import MAINTENANCE_INTERVAL_SECONDS, build_context, run_worker
 
 RELAY = str(Path(sys.executable).with_name("relay"))
 UPDATE = an_update(tags=["paying"])
@@ -39,7 +40,7 @@ def queued_job(redis: Redis) -> str:
 
 
 def test_lease_expires_before_rq_reruns_an_abandoned_job() -> None:
-    assert LEASE_MS / 1000 <= DELIVERY_JOB_TIMEOUT + HEARTBEAT_MARGIN_SECONDS
+    assert LEASE_MS / 1000 <= HEARTBEAT_TTL_SECONDS
 
 
 def test_worker_killed_mid_job_loses_nothing(
@@ -69,7 +70,7 @@ def test_worker_killed_mid_job_loses_nothing(
     # Time passes: the user's lease expires, then rq's maintenance finds the job abandoned
     # (its heartbeat lapsed). Both are fast-forwarded here instead of waited for.
     redis.delete(keys.USERCOM.user_lock("stripe", "u1"))
-    started.cleanup(timestamp=time.time() + DELIVERY_JOB_TIMEOUT + HEARTBEAT_MARGIN_SECONDS + 1)
+    started.cleanup(timestamp=time.time() + HEARTBEAT_TTL_SECONDS + 1)
     assert ctx.queues[keys.LIVE].job_ids == [job_id], "requeued, not failed"
     configure(ctx)
     run_worker(settings, lane=keys.LIVE, destination="usercom", burst=True)
@@ -112,6 +113,70 @@ def test_an_idle_worker_reruns_a_job_abandoned_by_a_dead_one(
         os.killpg(idle.pid, signal.SIGTERM)
         idle.wait(timeout=30)
     assert store.ledger()["delivered"] == 1
+
+
+def test_a_delivery_whose_worker_was_killed_is_rerun_by_another_worker_unaided(
+    env: dict[str, str], settings: Settings, redis: Redis, sandbox: SandboxServer
+) -> None:
+    """Nothing fast-forwarded: the dead worker's job heartbeat and the user's lease lapse by
+    themselves, and the other worker's maintenance runs the job again (seconds, not minutes;
+    the time is printed, and bench/chaos reports it under load)."""
+    store = Store.from_settings(redis, settings)
+    assert store.accept(UPDATE)
+    job_id = queued_job(redis)
+    sandbox.state.faults.append(Fault(0, delay=30))
+    worker_env = {"PATH": os.environ["PATH"], **env}
+    started = StartedJobRegistry(queue=build_context(settings, "usercom").queues[keys.LIVE])
+    dying = _relay_worker(worker_env)
+    survivor = None
+    try:
+        _wait(lambda: started.get_job_ids(cleanup=False) == [job_id] and not sandbox.state.faults, timeout=30)
+        survivor = _relay_worker(worker_env)
+        queue_workers = f"rq:workers:{keys.USERCOM.queue_name(keys.LIVE)}"
+        _wait(lambda: redis.scard(queue_workers) >= 2, timeout=30)  # both registered
+        os.killpg(dying.pid, signal.SIGKILL)
+        dying.wait()
+        killed_at = time.monotonic()
+        _wait(lambda: store.ledger()["in_flight"] == 0, timeout=120)
+        print(f"delivered {time.monotonic() - killed_at:.1f}s after its worker was SIGKILLed")
+    finally:
+        if dying.poll() is None:
+            os.killpg(dying.pid, signal.SIGKILL)
+            dying.wait()
+        if survivor is not None:
+            os.killpg(survivor.pid, signal.SIGTERM)
+            survivor.wait(timeout=30)
+    user = sandbox.state.user_by_custom_id("u1")
+    assert user is not None and user["attributes"] == {"plan": "pro"} and user["tags"] == ["paying"]
+    ledger = store.ledger()
+    assert (ledger["delivered"], ledger["dead_lettered"], ledger["in_flight"]) == (1, 0, 0)
+
+
+def test_a_running_job_keeps_its_heartbeat_so_it_is_never_taken_for_abandoned(
+    env: dict[str, str], settings: Settings, redis: Redis, sandbox: SandboxServer
+) -> None:
+    """The call hangs (until the client's 10 s read timeout) far longer than a heartbeat lives:
+    the job's started-registry entry is renewed meanwhile, so no maintenance pass re-runs it."""
+    store = Store.from_settings(redis, settings)
+    assert store.accept(UPDATE)
+    job_id = queued_job(redis)
+    sandbox.state.faults.append(Fault(0, delay=30))
+    started = StartedJobRegistry(queue=build_context(settings, "usercom").queues[keys.LIVE])
+    worker = _relay_worker({"PATH": os.environ["PATH"], **env})
+    seen_alive_late = 0
+    try:
+        _wait(lambda: started.get_job_ids(cleanup=False) == [job_id] and not sandbox.state.faults, timeout=30)
+        calling_since = time.monotonic()
+        while started.get_job_ids(cleanup=False) == [job_id]:  # until the call times out and the job ends
+            if time.monotonic() - calling_since > HEARTBEAT_TTL_SECONDS + 1:
+                assert started.get_expired_job_ids(time.time()) == [], "the running job looks abandoned"
+                seen_alive_late += 1
+            assert time.monotonic() - calling_since < 60, "the job never ended"
+            time.sleep(0.1)
+    finally:
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
+    assert seen_alive_late > 0, "the job ended before its first heartbeat would have lapsed"
 
 
 def _relay_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
