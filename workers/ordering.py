@@ -121,7 +121,11 @@ class Ordering:
                     self.keys.in_hand(update.source, hint),
                     self.keys.outcome(update.source, update.event_id),
                 ],
-                args=[f"e:{update.event_id}", event_value(update, time.time(), legacy=True), *update_fields(update)],
+                args=[
+                    f"e:{update.event_id}",
+                    event_value(update, time.time(), legacy=True),
+                    *update_fields(update, hint),
+                ],
             )
         )
 

@@ -10,6 +10,8 @@ the customer -> user identities learned from events.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from dataclasses import dataclass
 
 PREFIX = "relay"
@@ -48,6 +50,14 @@ def usercom_id(user_id: str) -> str:
 
 def pending_member(source: str, event_id: str) -> str:
     return f"{source}:{event_id}"
+
+
+def user_ref(source: str, hint: str) -> str:
+    """A user's short reference: 16 characters (base64url of a 96-bit digest of source and hint: two of
+    10 M users collide with probability ~6e-16). A delivery job carries it, whatever the length of the
+    user's ids, and the user's state keys are named by it; the state keeps the source and hint."""
+    digest = hashlib.blake2b(f"{source} {hint}".encode(), digest_size=12).digest()
+    return base64.urlsafe_b64encode(digest).decode()
 
 
 def pending_ref(source: str, hint: str) -> str:
@@ -123,13 +133,20 @@ class Keys:
 
     def user_state(self, source: str, hint: str) -> str:
         """hash: what is pending for one user (service/store/ledger_state.py): per attribute value and event
-        time with the event carrying it, tags, and the events merged in. It exists while a job is queued."""
-        return f"{self.prefix}:user:{source}:{hint}"
+        time with the event carrying it, tags, the events merged in, and the user's source and hint. It
+        exists while a job is queued. Named by the user's reference (user_ref)."""
+        return self.user_state_of(user_ref(source, hint))
+
+    def user_state_of(self, ref: str) -> str:
+        return f"{self.prefix}:user:{ref}"
 
     def in_hand(self, source: str, hint: str) -> str:
         """hash: the user's state taken by the delivery job holding the user's lease, until its outcome is
         counted; a re-run after the worker died finds it here."""
-        return f"{self.prefix}:in-hand:{source}:{hint}"
+        return self.in_hand_of(user_ref(source, hint))
+
+    def in_hand_of(self, ref: str) -> str:
+        return f"{self.prefix}:in-hand:{ref}"
 
     def outcome(self, source: str, event_id: str) -> str:
         """Before the upgrade: set once an event's outcome was counted. Now written only for events queued

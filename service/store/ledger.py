@@ -197,7 +197,7 @@ class Store:
         args = [
             *(item_id, job_id, self.keys.queue_name(keys.REPLAY), data, timestamp, description, now),
             *(keys.pending_ref(update.source, hint), f"e:{update.event_id}", event_value(update, now)),
-            *update_fields(update),
+            *update_fields(update, hint),
         ]
         return bool(self._replay_script(keys=script_keys, args=args))
 

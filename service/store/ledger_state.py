@@ -7,6 +7,7 @@ Fields:
   t:<tag>              "<event time>|<event id>": a tag, with the earliest event carrying it
   e:<event id>         "<accepted at>|<event time>|<event type>[|L]": an event merged in, until its outcome
                        is counted (L: queued by a per-event job from before the upgrade)
+  h                    "<source> <hint>": whose state it is (a delivery job carries only keys.user_ref)
 MERGE_LUA merges a field in Redis; `decode` reads a state back for delivery.
 """
 
@@ -18,11 +19,14 @@ from typing import Any
 
 from service.core.update import UserUpdate
 
+HINT_FIELD = "h"
 
-def update_fields(update: UserUpdate) -> list[str]:
-    """The update as state fields, flattened: field, value, field, value..."""
+
+def update_fields(update: UserUpdate, hint: str | None = None) -> list[str]:
+    """The update as state fields, flattened: field, value, field, value... (`hint`: the update's own unless
+    given), the user's source and hint first."""
     head = f"{update.event_time}|{update.event_id}"
-    out: list[str] = []
+    out: list[str] = [HINT_FIELD, f"{update.source} {hint or update.hint}"]
     for kind, values in (("s", update.standard), ("c", update.custom)):
         for name, value in values.items():
             out += [f"{kind}:{name}", f"{head}|{json.dumps(value, separators=(',', ':'))}"]
@@ -82,6 +86,14 @@ class PendingState:
         )
 
 
+def source_and_hint(value: bytes | None) -> tuple[str, str] | None:
+    """The HINT_FIELD of a state, read back."""
+    if value is None:
+        return None
+    source, _, hint = value.decode().partition(" ")
+    return source, hint
+
+
 def identity_of(hint: str) -> tuple[str | None, str | None]:
     """(user_id, customer_id) of a UserUpdate.hint."""
     kind, _, value = hint.partition(":")
@@ -107,7 +119,7 @@ def decode(raw: dict[bytes, bytes]) -> PendingState:
 
 
 # Merge one field into a state hash: per attribute the newest value, per tag the earliest carrier,
-# an event once. (state, field, value) -> nothing
+# an event once, the source and hint once. (state, field, value) -> nothing
 MERGE_LUA = """
 local function at_least_as_new(a, b)
     local ta, ia = string.match(a, '^([^|]*)|([^|]*)')
@@ -123,7 +135,7 @@ local function merge_field(state, name, value)
         redis.call('HSET', state, name, value)
     elseif kind == 't' then
         if not at_least_as_new(value, old) then redis.call('HSET', state, name, value) end
-    elseif kind ~= 'e' and at_least_as_new(value, old) then
+    elseif kind ~= 'e' and kind ~= 'h' and at_least_as_new(value, old) then
         redis.call('HSET', state, name, value)
     end
 end

@@ -162,7 +162,7 @@ def test_retry_job_delivers_when_usercom_recovers(ctx: DeliveryContext, sandbox:
     accept_and_work(ctx, update())
     [retry] = ScheduledJobRegistry(queue=ctx.queues[keys.LIVE]).get_job_ids()
     job = ctx.queues[keys.LIVE].fetch_job(retry)
-    assert job is not None and job.args[0] == {"source": "stripe", "hint": "user:u1"}
+    assert job is not None and job.args[0] == keys.user_ref("stripe", "user:u1")
     assert job.args[1:] == [2, pytest.approx(time.time(), abs=5), "live"]
     ScheduledJobRegistry(queue=ctx.queues[keys.LIVE]).remove(job)
     ctx.queues[keys.LIVE].enqueue_job(job)  # what the scheduler does when the time comes

@@ -197,8 +197,7 @@ def test_a_crashing_job_is_rerun_then_dead_lettered_once(
     job_id = queued_job(redis)
     # A call this code cannot make (its arguments as queued, plus one it does not take); every
     # other field (reruns included) as accepted.
-    payload = {"source": "stripe", "hint": "user:u1"}
-    broken = json.dumps([DELIVER_FUNC, None, [payload, 1, None, "live"], {"unexpected": 1}])
+    broken = json.dumps([DELIVER_FUNC, None, [keys.user_ref("stripe", "user:u1")], {"unexpected": 1}])
     redis.hset(f"rq:job:{job_id}", "data", broken)
     run_worker(settings, lane=keys.LIVE, destination="usercom", burst=True)
     [item] = store.dead_letters()

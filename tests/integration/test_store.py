@@ -45,7 +45,7 @@ def test_enqueued_job_reads_back_as_the_rq_job_rq_would_create(redis: Redis) -> 
     redis.hset(ours_id, mapping={b"data": ours[b"data"]})
     job = Job.fetch(job_id, connection=redis, serializer=JSONSerializer)
     assert job.func_name == "workers.delivery.job.deliver"
-    assert job.args == [{"source": "stripe", "hint": "user:u1"}, 1, None, "live"]
+    assert job.args == [keys.user_ref("stripe", "user:u1")]  # the state keeps who it is for
     assert job.get_status() == JobStatus.QUEUED
     assert job.failure_callback is on_job_failure
     assert redis.sismember("rq:queues", keys.USERCOM.rq_queue_key(keys.LIVE))
@@ -79,3 +79,16 @@ def test_settling_counts_each_event_once_and_needs_the_lease(redis: Redis) -> No
     ledger = store.ledger()
     assert (ledger["delivered"], ledger["coalesced"], ledger["in_flight"]) == (1, 1, 0)
     assert redis.zcard(keys.USERCOM.pending(keys.LIVE)) == 0
+
+
+def test_a_users_job_hash_stays_compact_whatever_the_ids(redis: Redis) -> None:
+    """The job carries a fixed-size reference, not the user's ids: every field within Redis' 64-byte
+    listpack limit, so a queued user costs ~0.4 KB of job hash instead of ~2 KB."""
+    long_ids = an_update(
+        "evt_01J9Z6Q4W7R2B5C8D1E4F7G0H3", source="lemonsqueezy", user_id="5f0c6a9e-1d2b-4c3a-9e8f-0123456789ab"
+    )
+    assert _store(redis).accept(long_ids)
+    [job_key] = redis.keys("rq:job:*")
+    assert redis.object("encoding", job_key) in (b"listpack", b"ziplist")  # (ziplist: Redis before 7)
+    [state_key] = redis.keys("relay:user:*")
+    assert redis.hget(state_key, "h") == b"lemonsqueezy user:5f0c6a9e-1d2b-4c3a-9e8f-0123456789ab"

@@ -44,7 +44,7 @@ def test_accepted_event_is_queued_as_an_rq_job(post_event: Any, redis: Redis) ->
     [job_id] = queue.job_ids  # one job for the user, whatever its events
     job = queue.fetch_job(job_id)
     assert job is not None and job.func_name == "workers.delivery.job.deliver"
-    assert job.args[0] == {"source": "stripe", "hint": "user:u1"}
+    assert job.args == [keys.user_ref("stripe", "user:u1")]
     state = decode(redis.hgetall(keys.USERCOM.user_state("stripe", "user:u1")))  # the update, merged in
     assert {name: value for name, (value, _, _) in state.standard.items()} == {
         "email": "ada@example.com",

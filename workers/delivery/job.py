@@ -29,7 +29,7 @@ from service.core.update import UserUpdate
 from service.destinations.base import Rejected, Retryable
 from service.ops.metrics import DELIVERIES
 from service.store import keys
-from service.store.ledger_state import identity_of
+from service.store.ledger_state import HINT_FIELD, identity_of, source_and_hint
 from service.store.ledger_user import EventOutcome
 from workers.delivery.batch import return_taken, run_batch
 from workers.delivery.context import DeliveryContext, current, job_in_hand
@@ -43,7 +43,7 @@ USER_BUSY_WAIT_SECONDS = 1.0
 
 
 def deliver(
-    payload: dict[str, Any], attempt: int = 1, first_failure_at: float | None = None, lane: str = keys.LIVE
+    payload: str | dict[str, Any], attempt: int = 1, first_failure_at: float | None = None, lane: str = keys.LIVE
 ) -> str:
     """rq entry point (referenced by name from service.store.jobs): this job's user, then the jobs
     queued behind it (workers/delivery/batch.py)."""
@@ -58,11 +58,31 @@ def deliver(
 
 
 def _deliver_payload(
-    ctx: DeliveryContext, payload: dict[str, Any], attempt: int, first_failure_at: float | None, lane: str
+    ctx: DeliveryContext,
+    payload: str | dict[str, Any],
+    attempt: int = 1,
+    first_failure_at: float | None = None,
+    lane: str = keys.LIVE,
 ) -> str:
-    if "event_id" in payload:  # a per-event job from before the upgrade
+    if isinstance(payload, dict) and "event_id" in payload:  # a per-event job from before the upgrade
         return deliver_update(ctx, UserUpdate.from_dict(payload), attempt, first_failure_at, lane)
-    return deliver_user(ctx, payload["source"], payload["hint"], attempt, first_failure_at, lane)
+    user = whose(ctx, payload)
+    if user is None:
+        return "settled"  # nothing pending or in hand: another job delivered it all
+    return deliver_user(ctx, *user, attempt, first_failure_at, lane)
+
+
+def whose(ctx: DeliveryContext, payload: str | dict[str, Any]) -> tuple[str, str] | None:
+    """The (source, hint) a user's job is for: read from the user's state or in-hand state (the job
+    carries the user's reference, keys.user_ref)."""
+    if isinstance(payload, dict):
+        return str(payload["source"]), str(payload["hint"])
+    own = ctx.store.keys
+    with ctx.redis.pipeline(transaction=False) as pipe:
+        pipe.hget(own.user_state_of(payload), HINT_FIELD)
+        pipe.hget(own.in_hand_of(payload), HINT_FIELD)
+        pending, in_hand = pipe.execute()
+    return source_and_hint(pending or in_hand)
 
 
 def _run_taken(ctx: DeliveryContext, job_id: str, args: list[Any]) -> str:
@@ -134,14 +154,19 @@ def on_job_failure(job: Job, connection: Redis, exc_type: type, exc: BaseExcepti
         log.warning("job %s failed (%s); rq runs it again (%d left)", job.id, exc_type.__name__, job.retries_left)
         return
     ctx = current()
-    raw = job.args[0] if job.args and isinstance(job.args[0], dict) else {}
+    first = job.args[0] if job.args else None
+    raw = first if isinstance(first, dict) else {}
     lane = keys.REPLAY if job.origin == ctx.store.keys.queue_name(keys.REPLAY) else keys.LIVE
     return_taken(ctx.redis, ctx.store.keys, lane, job.id)  # the jobs it took wait for other workers
     message = f"{exc_type.__name__}: {exc}"[:500]
     attempts = job.args[1] if len(job.args) > 1 and isinstance(job.args[1], int) else 1
-    if "hint" in raw and "source" in raw and "event_id" not in raw:
-        user_id = resolve_user(ctx.redis, raw["source"], raw["hint"])
-        with ctx.ordering.hold(raw["source"], raw["hint"], user_id) as hold:
+    if isinstance(first, str) or ("hint" in raw and "source" in raw and "event_id" not in raw):
+        user = whose(ctx, first) if isinstance(first, (str, dict)) else None
+        if user is None:
+            log.warning("job %s failed (%s) with nothing pending for its user", job.id, exc_type.__name__)
+            return
+        user_id = resolve_user(ctx.redis, *user)
+        with ctx.ordering.hold(*user, user_id) as hold:
             count = settle_all(ctx, hold, "internal_error", message, attempts, None, lane)
         log.error("dead-lettered %d events of job %s after an unexpected %s", count, job.id, exc_type.__name__)
         return
