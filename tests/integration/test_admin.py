@@ -209,6 +209,7 @@ def test_status_after_a_known_sequence(admin: Any, ctx: DeliveryContext, sandbox
     # u1 takes three calls (unknown: PUT 404, create, PUT); the first call for u2 is throttled.
     sandbox.state.custom_attributes.add("plan")  # created in User.com already: the v2 PUT takes it
     sandbox.state.faults.extend([Fault(0), Fault(0), Fault(0), Fault(429, "7")])
+    working = time.time()
     work(ctx, keys.LIVE)
     document = admin.get("/status").get_json()
     assert list(document["destinations"]) == ["usercom"] and document["version"] == "0.1.0"
@@ -220,7 +221,8 @@ def test_status_after_a_known_sequence(admin: Any, ctx: DeliveryContext, sandbox
     assert status["last_delivery_at"] >= before and status["limiter"]["last_429_at"] >= before
     assert status["limiter"]["paused_until"] >= time.time() + 5  # every worker waits for Retry-After
     assert status["limiter"]["rate_limit_per_second"] == 1000.0  # USERCOM_RATE_LIMIT in conftest
-    assert 500.0 <= status["limiter"]["effective_rate_per_second"] < 501  # halved by the 429, growing back
+    # halved by the 429, growing back by 0.25 % of the ceiling per second since (a loaded machine is slow)
+    assert 500.0 <= status["limiter"]["effective_rate_per_second"] < 501 + 2.5 * (time.time() - working)
     assert status["workers"] == {"live": 0, "replay": 0}
     for secret in (SECRET, USERCOM_KEY, TOKEN):
         assert secret not in str(document)
