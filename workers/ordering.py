@@ -1,38 +1,40 @@
-"""Per-user ordering and coalescing: one delivery per user at a time, merged updates, and
-last-writer-wins by event time.
+"""Per-user ordering: one delivery per user at a time, and last-writer-wins by event time.
 
-Stripe does not order deliveries and retries reorder them, so an older event can reach the
-worker after a newer one; and under backlog many events for one user wait together. Each job
-parks its update under its user and, in the same step, takes the user's lease (so two jobs never
-race each other to User.com) and every update parked for that user; it merges them (per
-attribute the value with the newest event time, tags united) and claims, per attribute, the
-right to write: only values not older than the last one sent are sent, and their event time is
-recorded in the same step (taken alone, an update is claimed with the lease). One PUT then
-carries what many events said, and its outcome is counted as the lease ends.
+Intake merges every update into its user's pending state (service/store/ledger_state.py: per
+attribute the newest value by event time, tags united, the events merged in) and queues the user
+once. A delivery job takes the user's lease and, in the same step, the pending state into its
+in-hand state (merged with what a previous run left there: its worker died, or a retry). It claims,
+per attribute, the right to write: only values not older than the last one sent go out, and their
+event time is recorded in the same step. One PUT carries what many events said; the outcome of each
+event is counted as the lease ends (Store.settle_user).
 
-Nothing is lost: an event's own job keeps running (put back, retried) until the event's outcome
-is counted, and parks its update again each time, so updates taken by a job that died come back.
+The lease is short and renewed while the delivery runs, so a user whose worker was SIGKILLed is
+free again within LEASE_MS; whatever it held in hand waits for the job's re-run (or the next job).
 """
 
 from __future__ import annotations
 
-import json
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import RedisError
 
 from service.core.update import UserUpdate
 from service.store import keys
 from service.store.ledger import Settled, Store
-from service.store.ordering_scripts import BEGIN_SCRIPT, CLAIM_SCRIPT, PARK_SCRIPT, RELEASE_SCRIPT
+from service.store.ledger_state import PendingState, decode, event_value, update_fields
+from service.store.ledger_user import EventOutcome, SettleUser
+from service.store.ordering_scripts import CLAIM_SCRIPT, PARK_SCRIPT, RELEASE_SCRIPT, RENEW_SCRIPT, TAKE_SCRIPT
 from service.store.trace import TraceEntry
 
-LEASE_MS = 60_000  # longer than one job's User.com calls with their timeouts
+# Renewed every third of it while the delivery runs; no longer than a job's heartbeat lives
+# (workers/heartbeat.py), so when rq re-runs a dead worker's job the user is free again.
+LEASE_MS = 6_000
 WAIT_FOR_LEASE_SECONDS = 2.0  # then the job is put back instead of holding the worker
 POLL_SECONDS = 0.01
 
@@ -41,98 +43,61 @@ class UserBusy(Exception):
     """Another job is delivering to this user; try again shortly."""
 
 
-@dataclass
-class Merged:
-    """Many updates for one user as one: per attribute the newest value, tags united."""
-
-    standard: dict[str, tuple[Any, int]] = field(default_factory=dict)  # name -> (value, event time)
-    custom: dict[str, tuple[Any, int]] = field(default_factory=dict)
-    tags: list[str] = field(default_factory=list)
-
-    def times(self) -> dict[str, int]:
-        return {name: t for name, (_, t) in (*self.standard.items(), *self.custom.items())}
-
-
-def merge(updates: list[UserUpdate]) -> Merged:
-    merged = Merged()
-    for update in sorted(updates, key=lambda u: (u.event_time, u.event_id)):  # later wins a tie
-        for target, values in ((merged.standard, update.standard), (merged.custom, update.custom)):
-            for name, value in values.items():
-                target[name] = (value, update.event_time)
-        merged.tags += [tag for tag in update.tags if tag not in merged.tags]
-    return merged
-
-
 class Hold:
-    """A user's lease, held, with the other updates taken for the user: claim what may be written, put
-    back on failure. The lease ends with the block, or earlier with the outcomes (`settle`)."""
+    """A user's lease, held, with the user's in-hand state: claim what may be written, count the
+    outcomes. The lease ends with the block, or earlier with the outcomes (`settle`)."""
 
     def __init__(
-        self,
-        ordering: Ordering,
-        source: str,
-        user_id: str,
-        hint: str,
-        token: str,
-        others: list[UserUpdate],
-        claimed: list[bytes] | None,
-        memory_key: str | None,
-        memory: str | None,
+        self, ordering: Ordering, source: str, hint: str, user_id: str, token: str, state: PendingState, memory: Any
     ) -> None:
         self._ordering = ordering
-        self._source = source
-        self._user_id = user_id
-        self._hint = hint
+        self.source = source
+        self.hint = hint
+        self.user_id = user_id
         self._token = token
-        self.others = others  # the other updates taken for the user, to merge with its own
-        self._claimed = claimed  # claimed with the lease, when the update was taken alone
-        self._memory_key = memory_key
+        self.state = state
         self.memory = memory  # what the destination keeps about the user (Destination.memory_key)
+        self.memory_key: str | None = None
         self.released = False
+
+    @property
+    def lock(self) -> str:
+        return self._ordering.keys.user_lock(self.source, self.user_id)
+
+    def claim(self, state: PendingState) -> set[str]:
+        """The attributes not superseded by a newer value already sent."""
+        ordering = self._ordering
+        allowed = ordering._run_claim(
+            lock=self.lock,
+            last_written=ordering.keys.last_written(self.source, self.user_id),
+            token=self._token,
+            lease_ms=LEASE_MS,
+            lww_ttl=ordering.memory_ttl,
+            pairs=list(state.times().items()),
+        )
+        if allowed is None:  # pragma: no cover - our own lease expired under us
+            raise UserBusy(f"lease on user {self.user_id} was lost")
+        return {name.decode() for name in allowed}
 
     def settle(
         self,
         store: Store,
-        outcomes: list[tuple[UserUpdate, str]],
+        outcomes: list[EventOutcome],
         memory: str | None = None,
         slots: list[str] | None = None,
         trace: TraceEntry | None = None,
-    ) -> list[Settled]:
-        """Count the outcomes (Store.settle), end the lease, keep the destination's new memory of
-        the user (None: unchanged, '': forget), release the call slots held and trace, in one step."""
-        lease = self._ordering.keys.user_lock(self._source, self._user_id), self._token
+    ) -> list[Settled] | None:
+        """Count the outcomes, end the lease, keep the destination's new memory of the user (None:
+        unchanged, '': forget), release the call slots held and trace, in one step."""
         keep = None
-        if memory is not None and self._memory_key is not None and memory != self.memory:
-            keep = (self._memory_key, memory, self._ordering.memory_ttl)
-        settled = store.settle(outcomes, lease, keep, slots, trace)
+        if memory is not None and self.memory_key is not None and memory != self.memory:
+            keep = (self.memory_key, memory, self._ordering.memory_ttl)
+        settle = SettleUser(self.source, self.hint, outcomes, (self.lock, self._token), keep, list(slots or []), trace)
+        settled = store.settle_user(settle)
         self.released = True
         if slots:
             slots.clear()
         return settled
-
-    def claim(self, merged: Merged) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The standard and custom attributes not superseded by a newer value already sent."""
-        allowed, self._claimed = self._claimed, None
-        if allowed is None:
-            ordering = self._ordering
-            allowed = ordering._run_claim(
-                lock=ordering.keys.user_lock(self._source, self._user_id),
-                last_written=ordering.keys.last_written(self._source, self._user_id),
-                token=self._token,
-                lease_ms=LEASE_MS,
-                lww_ttl=ordering.memory_ttl,
-                pairs=list(merged.times().items()),
-            )
-        if allowed is None:  # pragma: no cover - our own lease expired under us
-            raise UserBusy(f"lease on user {self._user_id} was lost")
-        names = {name.decode() for name in allowed}
-        return (
-            {k: v for k, (v, _) in merged.standard.items() if k in names},
-            {k: v for k, (v, _) in merged.custom.items() if k in names},
-        )
-
-    def restore(self, updates: list[UserUpdate]) -> None:
-        self._ordering.park(self._hint, updates)
 
 
 class Ordering:
@@ -143,67 +108,68 @@ class Ordering:
         self._claim_script = redis.register_script(CLAIM_SCRIPT)
         self._release_script = redis.register_script(RELEASE_SCRIPT)
         self._park_script = redis.register_script(PARK_SCRIPT)
-        self._begin_script = redis.register_script(BEGIN_SCRIPT)
+        self._take_script = redis.register_script(TAKE_SCRIPT)
+        self._renew_script = redis.register_script(RENEW_SCRIPT)
 
-    def park(self, hint: str, updates: list[UserUpdate]) -> int:
-        """Park updates under their intake hint (UserUpdate.hint), except those already settled."""
-        if not updates:
-            return 0
-        source = updates[0].source
-        return self._run_park(
-            parked=self.keys.parked(source, hint),
-            outcome_keys=[self.keys.outcome(u.source, u.event_id) for u in updates],
-            updates=[(u.event_id, _dumps(u)) for u in updates],
+    def park(self, update: UserUpdate, hint: str) -> bool:
+        """Park an update carried by a per-event job (queued before the upgrade) in its user's
+        pending state, unless its outcome is counted already or it is pending already."""
+        return bool(
+            self._park_script(
+                keys=[
+                    self.keys.user_state(update.source, hint),
+                    self.keys.in_hand(update.source, hint),
+                    self.keys.outcome(update.source, update.event_id),
+                ],
+                args=[
+                    f"e:{update.event_id}",
+                    event_value(update, time.time(), legacy=True),
+                    *update_fields(update, hint),
+                ],
+            )
         )
 
     @contextmanager
-    def hold(self, update: UserUpdate, user_id: str, hint: str, memory_key: str | None = None) -> Iterator[Hold | None]:
-        """Park the update under `hint` and hold its user's lease for the block, with every update
-        parked there; None when the update's outcome is counted already (nothing to do). Raises
-        UserBusy if another job keeps the lease too long (the update stays parked for it)."""
-        source = update.source
+    def hold(self, source: str, hint: str, user_id: str, memory_key: str | None = None) -> Iterator[Hold]:
+        """Hold the user's lease for the block, with everything pending for the user in hand. Raises
+        UserBusy if another job keeps the lease too long (what is pending stays for it)."""
         token = uuid.uuid4().hex
         lock = self.keys.user_lock(source, user_id)
-        last_written = self.keys.last_written(source, user_id)
-        update_json = _dumps(update)
-        pairs = list(merge([update]).times().items())
-
-        def begin() -> Any:
-            return self._run_begin(
-                parked=self.keys.parked(source, hint),
-                lock=lock,
-                outcome_key=self.keys.outcome(source, update.event_id),
-                last_written=last_written,
-                memory_key=memory_key or last_written,  # unused without a memory key
-                token=token,
-                lease_ms=LEASE_MS,
-                event_id=update.event_id,
-                update_json=update_json,
-                outcome_prefix=self.keys.outcome(source, ""),
-                lww_ttl=self.memory_ttl,
-                read_memory="1" if memory_key else "0",
-                pairs=pairs,
-            )
-
         deadline = time.monotonic() + WAIT_FOR_LEASE_SECONDS
-        while (taken := begin()) is None:
+        while (taken := self._run_take(source, hint, lock, memory_key, token)) is None:
             if time.monotonic() > deadline:
                 raise UserBusy(f"user {user_id} is being updated by another job")
             time.sleep(POLL_SECONDS)
-        if taken == 0:
-            yield None
-            return
-        others_json, claimed, memory_raw = taken
-        others = [UserUpdate.from_dict(json.loads(raw)) for raw in others_json]
+        fields, memory_raw = taken
+        raw = dict(zip(fields[::2], fields[1::2], strict=True))
         memory = memory_raw.decode() if memory_raw is not None else None
-        hold = Hold(self, source, user_id, hint, token, others, claimed, memory_key, memory)
+        hold = Hold(self, source, hint, user_id, token, decode(raw), memory)
+        hold.memory_key = memory_key
+        stop = threading.Event()
+        renewer = threading.Thread(target=self._renew, args=(lock, token, stop), daemon=True)
+        renewer.start()
         try:
             yield hold
         finally:
+            stop.set()
             if not hold.released:
-                self._run_release(lock=lock, token=token)
+                self._release_script(keys=[lock], args=[token])
+
+    def _renew(self, lock: str, token: str, stop: threading.Event) -> None:
+        while not stop.wait(LEASE_MS / 3000):
+            try:
+                if not self._renew_script(keys=[lock], args=[token, LEASE_MS]):
+                    return
+            except RedisError:
+                continue
 
     # One wrapper per script, its parameters in the order of the script's header: KEYS, then ARGV.
+
+    def _run_take(self, source: str, hint: str, lock: str, memory_key: str | None, token: str) -> Any:
+        return self._take_script(
+            keys=[self.keys.user_state(source, hint), self.keys.in_hand(source, hint), lock, memory_key or lock],
+            args=[token, LEASE_MS, "1" if memory_key else "0"],
+        )
 
     def _run_claim(
         self, *, lock: str, last_written: str, token: str, lease_ms: int, lww_ttl: int, pairs: list[tuple[str, int]]
@@ -212,40 +178,3 @@ class Ordering:
         return self._claim_script(
             keys=[lock, last_written], args=[token, lease_ms, lww_ttl, *(x for pair in pairs for x in pair)]
         )
-
-    def _run_release(self, *, lock: str, token: str) -> int:
-        return int(self._release_script(keys=[lock], args=[token]))
-
-    def _run_park(self, *, parked: str, outcome_keys: list[str], updates: list[tuple[str, str]]) -> int:
-        """`outcome_keys`, `updates` ((event_id, update_json)): one per update."""
-        return int(self._park_script(keys=[parked, *outcome_keys], args=[x for pair in updates for x in pair]))
-
-    def _run_begin(
-        self,
-        *,
-        parked: str,
-        lock: str,
-        outcome_key: str,
-        last_written: str,
-        memory_key: str,
-        token: str,
-        lease_ms: int,
-        event_id: str,
-        update_json: str,
-        outcome_prefix: str,
-        lww_ttl: int,
-        read_memory: str,
-        pairs: list[tuple[str, int]],
-    ) -> Any:
-        """`pairs`: the update's (attribute, event_time)."""
-        return self._begin_script(
-            keys=[parked, lock, outcome_key, last_written, memory_key],
-            args=[
-                *(token, lease_ms, event_id, update_json, outcome_prefix, lww_ttl, read_memory),
-                *(x for pair in pairs for x in pair),
-            ],
-        )
-
-
-def _dumps(update: UserUpdate) -> str:
-    return json.dumps(update.to_dict(), separators=(",", ":"))

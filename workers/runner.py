@@ -20,15 +20,16 @@ from rq import Queue, SimpleWorker
 from rq.exceptions import StopRequested
 from rq.job import Job
 from rq.serializers import JSONSerializer
+from rq.worker import WorkerStatus
 
 from service.config import Settings
 from service.destinations.base import Destination
 from service.destinations.registry import DESTINATIONS
 from service.store import keys
 from service.store.connection import worker_redis
-from service.store.jobs import DELIVERY_JOB_TIMEOUT
 from service.store.ledger import Store
 from workers.delivery.context import DeliveryContext, configure
+from workers.heartbeat import HEARTBEAT_TTL_SECONDS, heartbeat_while_running
 from workers.lifeline import die_with_supervisor, forks_die_with_this_process, stop_signals_deferred
 from workers.ordering import Ordering
 from workers.ratelimit import LimitConfig, RateLimiter
@@ -64,10 +65,11 @@ def build_context(settings: Settings, destination: str) -> DeliveryContext:
     )
 
 
-# Found abandoned within about half a minute of the job's timeout (rq's defaults: timeout + 60 s,
-# then a maintenance pass every 10 minutes, and only between jobs or after a 405 s idle wait).
-HEARTBEAT_MARGIN_SECONDS = 15
-MAINTENANCE_INTERVAL_SECONDS = 15
+# A job whose worker died is found abandoned HEARTBEAT_TTL_SECONDS after its last heartbeat (sent from
+# a thread while it runs: workers/heartbeat.py), at the next maintenance pass of any worker of its
+# queue: within about 6 + 5 s (rq's defaults: the job's timeout + 60 s, then a pass every 10 minutes,
+# and only between jobs or after a 405 s idle wait).
+MAINTENANCE_INTERVAL_SECONDS = 5
 MAINTENANCE_LOCK_SECONDS = 60
 
 
@@ -82,10 +84,11 @@ class DeliveryQueue(Queue):
 class DeliveryWorker(SimpleWorker):
     """rq's SimpleWorker (no fork per job) with faster recovery of jobs whose worker died.
 
-    A SimpleWorker cannot heartbeat while its job runs, so a job's started-registry entry must
-    outlive the job's timeout; a small margin instead of rq's 60 s lets maintenance find it soon.
-    An idle worker waits for a job at most one maintenance interval, so maintenance still runs
-    when every remaining job is stranded with a dead worker and the queue is empty.
+    A SimpleWorker sends no heartbeat while its job runs; here a thread does (workers/heartbeat.py),
+    so a job's started-registry entry lives only HEARTBEAT_TTL_SECONDS past its last beat and
+    maintenance finds a dead worker's job within seconds. An idle worker waits for a job at most
+    one maintenance interval, so maintenance still runs when every remaining job is stranded with
+    a dead worker and the queue is empty.
     """
 
     # rq waits 1, 2, 4 ... up to 60 s between reconnection attempts while Redis is unreachable: after
@@ -104,6 +107,14 @@ class DeliveryWorker(SimpleWorker):
         signal.signal(signal.SIGINT, self._stop_once_started)
         super().bootstrap(*args, **kwargs)
 
+    def _shutdown(self) -> None:
+        # An idle worker's stop is the StopRequested rq raises wherever the process is; raised inside
+        # code that swallows exceptions (redis-py's Connection.__del__ during garbage collection:
+        # `except Exception: pass`) it was lost, and the worker waited for jobs forever (a SIGTERMed
+        # pod hung until killed). Remembered first, the stop ends the loop at its next turn anyway.
+        self._stop_requested = True
+        super()._shutdown()
+
     def _stop_once_started(self, signum: int, frame: Any) -> None:
         if os.getpid() != self.pid and self.scheduler is not None:
             self.scheduler.request_stop()  # the scheduler's process, forked before it installs its handler
@@ -120,8 +131,15 @@ class DeliveryWorker(SimpleWorker):
         except StopRequested:
             self._stop_requested = True
 
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        """SimpleWorker.execute_job, with the job's heartbeat renewed from a thread while it runs."""
+        execution = self.prepare_execution(job)
+        with heartbeat_while_running(self, job, execution):
+            self.perform_job(job, queue, execution)
+        self.set_state(WorkerStatus.IDLE)
+
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
-        return int(job.timeout or DELIVERY_JOB_TIMEOUT) + HEARTBEAT_MARGIN_SECONDS
+        return HEARTBEAT_TTL_SECONDS
 
     @property
     def dequeue_timeout(self) -> int:

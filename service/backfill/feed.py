@@ -20,6 +20,7 @@ from service.intake import check_event_time, read_event
 from service.sources.registry import build_source
 from service.store import keys
 from service.store.ledger import Store
+from service.store.ledger_dedup import accepted_before
 
 OUTCOMES = ("accepted", "duplicate", "ignored", "invalid")
 
@@ -74,7 +75,7 @@ class Feeder:
 
     def update(self, update: UserUpdate, *, count: bool = True) -> str:
         if self.dry_run:
-            seen = self.store.redis.exists(keys.dedup(update.source, update.event_id))
+            [seen] = accepted_before(self.store.redis, update.source, [update.event_id], self.store.dedup_ttl)
             outcome = "duplicate" if seen else "accepted"
         else:
             outcome = "accepted" if self.store.accept(update, lane=keys.BACKFILL) else "duplicate"
@@ -84,7 +85,8 @@ class Feeder:
 
     def _ignore(self, event_id: str) -> str:
         if self.dry_run:
-            return "duplicate" if self.store.redis.exists(keys.dedup(self.source_name, event_id)) else "ignored"
+            [seen] = accepted_before(self.store.redis, self.source_name, [event_id], self.store.dedup_ttl)
+            return "duplicate" if seen else "ignored"
         return "ignored" if self.store.ignore(self.source_name, event_id) else "duplicate"
 
     def _reject(self, payload: dict[str, Any], exc: ValidationError) -> bool:

@@ -24,6 +24,7 @@ from service.backfill.progress import Reporter
 from service.backfill.stripe_reader import StripeReader
 from service.ops.metrics import RECONCILE_HEALED, RECONCILE_MISSING, RECONCILE_RUNS
 from service.store import keys
+from service.store.ledger_dedup import accepted_before
 
 GRACE_SECONDS = 300  # an event this young may still be on its way as a webhook
 MISSING_IDS_KEPT = 20  # ids listed in the last run's record (the count is whole)
@@ -51,10 +52,8 @@ def reconcile(
     missing_ids: list[str] = []
 
     def only_missing(page: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        pipe = redis.pipeline(transaction=False)
-        for event in page:
-            pipe.exists(keys.dedup(source, event["id"]))
-        missing = [event for event, seen in zip(page, pipe.execute(), strict=True) if not seen]
+        seen = accepted_before(redis, source, [event["id"] for event in page], feeder.store.dedup_ttl)
+        missing = [event for event, known in zip(page, seen, strict=True) if not known]
         feeder.tally.missing += len(missing)
         feeder.tally.counts["duplicate"] += len(page) - len(missing)  # received before: nothing to do
         feeder.tally.read += len(page) - len(missing)

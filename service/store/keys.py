@@ -10,6 +10,8 @@ the customer -> user identities learned from events.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from dataclasses import dataclass
 
 PREFIX = "relay"
@@ -29,8 +31,14 @@ UNPREFIXED_DESTINATION = "usercom"
 
 
 def dedup(source: str, event_id: str) -> str:
-    """Set when an event is first accepted; lives RELAY_DEDUP_TTL_SECONDS."""
+    """Before per-user pending state: set when an event was first accepted, for RELAY_DEDUP_TTL_SECONDS.
+    Still consulted after an upgrade, until the last of them expires."""
     return f"{PREFIX}:dedup:{source}:{event_id}"
+
+
+def dedup_bucket_prefix(source: str) -> str:
+    """set: 8-byte digests of the event ids first accepted in one time bucket (service/store/ledger_dedup.py)."""
+    return f"{PREFIX}:dedup:{source}:b"
 
 
 def customer_map(source: str) -> str:
@@ -60,6 +68,19 @@ def sync_checkpoint(source: str) -> str:
 
 def pending_member(source: str, event_id: str) -> str:
     return f"{source}:{event_id}"
+
+
+def user_ref(source: str, hint: str) -> str:
+    """A user's short reference: 16 characters (base64url of a 96-bit digest of source and hint: two of
+    10 M users collide with probability ~6e-16). A delivery job carries it, whatever the length of the
+    user's ids, and the user's state keys are named by it; the state keeps the source and hint."""
+    digest = hashlib.blake2b(f"{source} {hint}".encode(), digest_size=12).digest()
+    return base64.urlsafe_b64encode(digest).decode()
+
+
+def pending_ref(source: str, hint: str) -> str:
+    """A user's member of Keys.pending(lane)."""
+    return f"u:{source}:{hint}"
 
 
 @dataclass(frozen=True)
@@ -124,11 +145,30 @@ class Keys:
         return [f"{self.prefix}:dlq:{name}" for name in ("items", "index", "reasons", "dropped")]
 
     def pending(self, lane: str) -> str:
-        """zset: "<source>:<event id>" by time accepted (or replayed), until its outcome is counted."""
+        """zset: users with something pending ("u:<source>:<hint>", pending_ref) by time first accepted;
+        before the upgrade, "<source>:<event id>" per event (still removed when such an event settles)."""
         return f"{self.prefix}:pending:{lane}"
 
+    def user_state(self, source: str, hint: str) -> str:
+        """hash: what is pending for one user (service/store/ledger_state.py): per attribute value and event
+        time with the event carrying it, tags, the events merged in, and the user's source and hint. It
+        exists while a job is queued. Named by the user's reference (user_ref)."""
+        return self.user_state_of(user_ref(source, hint))
+
+    def user_state_of(self, ref: str) -> str:
+        return f"{self.prefix}:user:{ref}"
+
+    def in_hand(self, source: str, hint: str) -> str:
+        """hash: the user's state taken by the delivery job holding the user's lease, until its outcome is
+        counted; a re-run after the worker died finds it here."""
+        return self.in_hand_of(user_ref(source, hint))
+
+    def in_hand_of(self, ref: str) -> str:
+        return f"{self.prefix}:in-hand:{ref}"
+
     def outcome(self, source: str, event_id: str) -> str:
-        """Set once an event's final outcome is counted, so a re-run job never counts twice."""
+        """Before the upgrade: set once an event's outcome was counted. Now written only for events queued
+        by the old per-event jobs (so their own job, run again, does not count them twice)."""
         return f"{self.prefix}:outcome:{source}:{event_id}"
 
     def user_lock(self, source: str, user_id: str) -> str:

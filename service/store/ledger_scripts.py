@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from service.store.dlq import DLQ_LUA
+from service.store.ledger_dedup import DEDUP_LUA
+from service.store.ledger_state import MERGE_LUA
 
 # Count an outcome once per event (a re-run job must not count twice) and stop tracking it
 # as pending. (outcome_key, ledger_key, outcome, ttl, pending member, pending keys) ->
@@ -65,116 +67,139 @@ local function group(list, fixed, size, index)
 end
 """
 
-# Accept an event for delivery, once per event id (the dedup key makes everything after it happen
-# once): an rq job for each destination (fan-out), counted in each destination's ledger, and the
-# update parked for its user at once, so that a backlog for one user goes out as one merged update.
-# KEYS: dedup_key, queues_set (rq's set of queues), customer_map (the source's customer -> user),
-#       then per destination (_AcceptJobFanOut.script_keys): ledger, job_key, queue_key, pending (live lane), parked
-# ARGV: dedup_ttl, data, timestamp, description (JobWriter.args), now, member (of pending), event_id,
-#       parked_update (the update JSON to park, '' when intake cannot tell who it is for),
-#       customer_id, user_id (when both are given, the customer's user is learned, never re-pointed),
-#       then per destination (_AcceptJobFanOut.script_args): job_id, origin (its rq queue's name)
+# Accept an event for delivery, once per event id (the dedup check makes everything after it happen
+# once): merged into its user's pending state for each destination (fan-out), counted in each
+# destination's ledger, and, when the user had nothing pending there, one rq job queued for the user:
+# N events for a user cost one job and one state.
+# KEYS: dedup bucket_key, dedup legacy_key (DedupCheck.script_keys), queues_set (rq's set of queues),
+#       customer_map (the source's customer -> user),
+#       then per destination (AcceptJobFanOut.script_keys): ledger, job_key, queue_key, pending (live lane), state
+# ARGV: dedup prefix, digest, bucket, count, expire_at (DedupCheck.script_args), data, timestamp, description
+#       (JobWriter.user_args), now, ref (of pending), event_field, event_value, customer_id, user_id (when
+#       both are given, the customer's user is learned, never re-pointed), lane (of a new job: its queue
+#       is the fan-out's queue_key; `q` in the state remembers it),
+#       then per destination (AcceptJobFanOut.script_args): job_id, origin (its rq queue's name),
+#       then the update's state fields: field, value (service/store/ledger_state.py)
+# Returns 1 (accepted), 0 (a duplicate), or the user a customer is learned for when the event names
+# another one for it: nothing written (the caller dead-letters it as identity_conflict).
 # Returns: 1 (accepted now) | 0 (a duplicate: counted as such in every ledger)
 #          | the user the customer is mapped to (an identity conflict: nothing written)
 ACCEPT_JOB_SCRIPT = (
     _JOB_LUA
     + _GROUPS_LUA
+    + DEDUP_LUA
+    + MERGE_LUA
     + """
-local FIXED_KEYS, DESTINATION_KEYS = 3, 5
-local FIXED_ARGS, DESTINATION_ARGS = 10, 2
-local dedup_key = KEYS[1]
-local queues_set = KEYS[2]
-local customer_map = KEYS[3]
-local dedup_ttl = ARGV[1]
-local data = ARGV[2]
-local timestamp = ARGV[3]
-local description = ARGV[4]
-local now = ARGV[5]
-local member = ARGV[6]
-local event_id = ARGV[7]
-local parked_update = ARGV[8]
-local customer_id = ARGV[9]
-local user_id = ARGV[10]
+local FIXED_KEYS, DESTINATION_KEYS = 4, 5
+local FIXED_ARGS, DESTINATION_ARGS = 15, 2
+local bucket_key = KEYS[1]
+local legacy_key = KEYS[2]
+local queues_set = KEYS[3]
+local customer_map = KEYS[4]
+local prefix = ARGV[1]
+local digest = ARGV[2]
+local bucket = ARGV[3]
+local count = ARGV[4]
+local expire_at = ARGV[5]
+local data = ARGV[6]
+local timestamp = ARGV[7]
+local description = ARGV[8]
+local now = ARGV[9]
+local ref = ARGV[10]
+local event_field = ARGV[11]
+local event_value = ARGV[12]
+local customer_id = ARGV[13]
+local user_id = ARGV[14]
+local lane = ARGV[15]
 
+local destinations = group_count(KEYS, FIXED_KEYS, DESTINATION_KEYS)
+local first_field = FIXED_ARGS + destinations * DESTINATION_ARGS + 1
 -- A customer learned for one user is never re-pointed to another (a buyer-settable field may name
 -- anyone): a new event naming another user for it writes nothing; the caller dead-letters it.
-if customer_id ~= '' and user_id ~= '' and redis.call('EXISTS', dedup_key) == 0 then
+if customer_id ~= '' and user_id ~= '' and not seen(legacy_key, prefix, digest, bucket, count) then
     local mapped = redis.call('HGET', customer_map, customer_id)
     if mapped and mapped ~= user_id then return mapped end
 end
-local first_seen = redis.call('SET', dedup_key, '1', 'NX', 'EX', dedup_ttl)
-for d = 1, group_count(KEYS, FIXED_KEYS, DESTINATION_KEYS) do
-    local ledger, job_key, queue_key, pending, parked = group(KEYS, FIXED_KEYS, DESTINATION_KEYS, d)
+local fresh = first_seen(bucket_key, legacy_key, prefix, digest, bucket, count, expire_at)
+for d = 1, destinations do
+    local ledger, job_key, queue_key, pending, state = group(KEYS, FIXED_KEYS, DESTINATION_KEYS, d)
     local job_id, origin = group(ARGV, FIXED_ARGS, DESTINATION_ARGS, d)
-    if not first_seen then
+    if not fresh then
         redis.call('HINCRBY', ledger, 'duplicates', 1)
     else
         redis.call('HINCRBY', ledger, 'received', 1)
-        push_job(job_key, queue_key, queues_set, job_id, origin, data, timestamp, description)
-        redis.call('ZADD', pending, now, member)
-        if parked_update ~= '' then redis.call('HSET', parked, event_id, parked_update) end
+        local queued = redis.call('HGET', state, 'q')
+        if not queued or (lane == 'live' and queued ~= 'live') then
+            push_job(job_key, queue_key, queues_set, job_id, origin, data, timestamp, description)
+            redis.call('HSET', state, 'q', lane)
+            redis.call('ZADD', pending, 'NX', now, ref)
+        end
+        for i = first_field, #ARGV, 2 do merge_field(state, ARGV[i], ARGV[i + 1]) end
+        redis.call('HSET', state, event_field, event_value)
     end
 end
 if first_seen and customer_id ~= '' and user_id ~= '' then
     redis.call('HSETNX', customer_map, customer_id, user_id)
 end
-return first_seen and 1 or 0
+return fresh and 1 or 0
 """
 )
 
 # Accept an event that carries nothing to deliver, once per event id: counted as received and
 # ignored in each destination's ledger.
-# KEYS: dedup_key, then per destination: ledger
-# ARGV: dedup_ttl
+# KEYS: dedup bucket_key, dedup legacy_key, then per destination: ledger
+# ARGV: dedup prefix, digest, bucket, count, expire_at
 # Returns: 1 (accepted now) | 0 (a duplicate: counted as such in every ledger)
 IGNORE_SCRIPT = (
     _GROUPS_LUA
+    + DEDUP_LUA
     + """
-local FIXED_KEYS, DESTINATION_KEYS = 1, 1
-local dedup_key = KEYS[1]
-local dedup_ttl = ARGV[1]
+local FIXED_KEYS, DESTINATION_KEYS = 2, 1
+local bucket_key = KEYS[1]
+local legacy_key = KEYS[2]
 
-local first_seen = redis.call('SET', dedup_key, '1', 'NX', 'EX', dedup_ttl)
+local fresh = first_seen(bucket_key, legacy_key, ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
 for d = 1, group_count(KEYS, FIXED_KEYS, DESTINATION_KEYS) do
     local ledger = group(KEYS, FIXED_KEYS, DESTINATION_KEYS, d)
-    if not first_seen then
+    if not fresh then
         redis.call('HINCRBY', ledger, 'duplicates', 1)
     else
         redis.call('HINCRBY', ledger, 'received', 1)
         redis.call('HINCRBY', ledger, 'ignored', 1)
     end
 end
-return first_seen and 1 or 0
+return fresh and 1 or 0
 """
 )
 
 # Accept an event that cannot be delivered (e.g. an invalid payload), once per event id: counted
 # as received and dead-lettered in each destination's ledger, its item kept in each destination's
 # dead-letter queue (trimmed to retention).
-# KEYS: dedup_key, then per destination (_RejectFanOut.script_keys): ledger, dlq_items, dlq_index,
-#       dlq_reasons, dlq_dropped (Keys.dlq)
-# ARGV: dedup_ttl, dlq_id, reason, now, max_items, cutoff (Retention.args),
+# KEYS: dedup bucket_key, dedup legacy_key, then per destination (RejectFanOut.script_keys): ledger, dlq_items,
+#       dlq_index, dlq_reasons, dlq_dropped (Keys.dlq)
+# ARGV: dedup prefix, digest, bucket, count, expire_at, dlq_id, reason, now, max_items, cutoff (Retention.args),
 #       then per destination (_RejectFanOut.script_args): item (its JSON)
 # Returns: 1 (accepted now) | 0 (a duplicate: counted as such in every ledger)
 REJECT_SCRIPT = (
     DLQ_LUA
     + _GROUPS_LUA
+    + DEDUP_LUA
     + """
-local FIXED_KEYS, DESTINATION_KEYS = 1, 5
-local FIXED_ARGS, DESTINATION_ARGS = 6, 1
-local dedup_key = KEYS[1]
-local dedup_ttl = ARGV[1]
-local dlq_id = ARGV[2]
-local reason = ARGV[3]
-local now = ARGV[4]
-local max_items = ARGV[5]
-local cutoff = ARGV[6]
+local FIXED_KEYS, DESTINATION_KEYS = 2, 5
+local FIXED_ARGS, DESTINATION_ARGS = 10, 1
+local bucket_key = KEYS[1]
+local legacy_key = KEYS[2]
+local dlq_id = ARGV[6]
+local reason = ARGV[7]
+local now = ARGV[8]
+local max_items = ARGV[9]
+local cutoff = ARGV[10]
 
-local first_seen = redis.call('SET', dedup_key, '1', 'NX', 'EX', dedup_ttl)
+local fresh = first_seen(bucket_key, legacy_key, ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
 for d = 1, group_count(KEYS, FIXED_KEYS, DESTINATION_KEYS) do
     local ledger, dlq_items, dlq_index, dlq_reasons, dlq_dropped = group(KEYS, FIXED_KEYS, DESTINATION_KEYS, d)
     local item = group(ARGV, FIXED_ARGS, DESTINATION_ARGS, d)
-    if not first_seen then
+    if not fresh then
         redis.call('HINCRBY', ledger, 'duplicates', 1)
     else
         redis.call('HINCRBY', ledger, 'received', 1)
@@ -182,7 +207,7 @@ for d = 1, group_count(KEYS, FIXED_KEYS, DESTINATION_KEYS) do
         dlq_keep({dlq_items, dlq_index, dlq_reasons, dlq_dropped}, dlq_id, item, reason, now, max_items, cutoff)
     end
 end
-return first_seen and 1 or 0
+return fresh and 1 or 0
 """
 )
 
@@ -231,103 +256,6 @@ return result
 """
 )
 
-# Count the outcomes of one delivery (the update sent and those merged into it, or the updates
-# found to carry nothing), end the user's lease, keep what the destination learned and release the
-# delivery's rate-limit slots, and keep the user's trace entry of the delivery, in one step.
-# KEYS: ledger, last_delivery, pending_live, pending_replay, lock, memory_key, limiter_in_flight,
-#       trace_key (relay:trace:<destination>:<user id>), then per event: outcome_key
-# ARGV: outcome_ttl, now, token (of the lease; '' when no lease is held),
-#       memory_change ('' to leave the memory, else 'set:<value>' or 'del'), memory_ttl,
-#       slots (the call slots to release, space-separated tokens),
-#       trace_entry (its JSON, '' for none), trace_keep, trace_ttl,
-#       then per event: outcome, member (of pending)
-# Returns: per event {counted: 1 (counted now) | 0 (already counted),
-#                     accepted_at: when the event was accepted, as a string ('' when no longer pending)}
-SETTLE_SCRIPT = (
-    _OUTCOME_LUA
-    + _GROUPS_LUA
-    + _TRACE_LUA
-    + """
-local FIXED_KEYS, EVENT_KEYS = 8, 1
-local FIXED_ARGS, EVENT_ARGS = 9, 2
-local ledger = KEYS[1]
-local last_delivery = KEYS[2]
-local pending_live = KEYS[3]
-local pending_replay = KEYS[4]
-local lock = KEYS[5]
-local memory_key = KEYS[6]
-local limiter_in_flight = KEYS[7]
-local trace_key = KEYS[8]
-local outcome_ttl = ARGV[1]
-local now = ARGV[2]
-local token = ARGV[3]
-local memory_change = ARGV[4]
-local memory_ttl = ARGV[5]
-local slots = ARGV[6]
-local trace_entry = ARGV[7]
-local trace_keep = ARGV[8]
-local trace_ttl = ARGV[9]
-
-for slot in string.gmatch(slots, '%S+') do redis.call('ZREM', limiter_in_flight, slot) end
-local pending_keys = {pending_live, pending_replay}
-local result = {}
-for e = 1, group_count(KEYS, FIXED_KEYS, EVENT_KEYS) do
-    local outcome_key = group(KEYS, FIXED_KEYS, EVENT_KEYS, e)
-    local outcome, member = group(ARGV, FIXED_ARGS, EVENT_ARGS, e)
-    table.insert(result, count_outcome(outcome_key, ledger, outcome, outcome_ttl, member, pending_keys))
-    if outcome == 'delivered' then redis.call('SET', last_delivery, now) end
-end
-if token ~= '' and redis.call('GET', lock) == token then redis.call('DEL', lock) end
-if memory_change == 'del' then
-    redis.call('DEL', memory_key)
-elseif memory_change ~= '' then
-    redis.call('SET', memory_key, string.sub(memory_change, 5), 'EX', memory_ttl)
-end
-trace_push(trace_key, trace_entry, trace_keep, trace_ttl)
-return result
-"""
-)
-
-
-# Take an item out of the dead-letter queue and queue its update on the replay lane: the event
-# goes back to "in flight" (dead_lettered - 1) and its next outcome is counted afresh.
-# KEYS: dlq_items, dlq_index, dlq_reasons, dlq_dropped, ledger, outcome_key, job_key, queue_key (replay lane),
-#       queues_set, pending (replay lane)
-# ARGV: dlq_id, job_id, origin, data, timestamp, description (JobWriter.args), now, member (of pending)
-# Returns: 1 (replayed) | 0 (the item is gone: deleted or replayed meanwhile)
-REPLAY_SCRIPT = (
-    DLQ_LUA
-    + _JOB_LUA
-    + """
-local dlq_items = KEYS[1]
-local dlq_index = KEYS[2]
-local dlq_reasons = KEYS[3]
-local dlq_dropped = KEYS[4]
-local ledger = KEYS[5]
-local outcome_key = KEYS[6]
-local job_key = KEYS[7]
-local queue_key = KEYS[8]
-local queues_set = KEYS[9]
-local pending = KEYS[10]
-local dlq_id = ARGV[1]
-local job_id = ARGV[2]
-local origin = ARGV[3]
-local data = ARGV[4]
-local timestamp = ARGV[5]
-local description = ARGV[6]
-local now = ARGV[7]
-local member = ARGV[8]
-
-if not dlq_remove({dlq_items, dlq_index, dlq_reasons, dlq_dropped}, dlq_id) then return 0 end
-redis.call('HINCRBY', ledger, 'dead_lettered', -1)
-redis.call('HINCRBY', ledger, 'replayed', 1)
-redis.call('DEL', outcome_key)
-push_job(job_key, queue_key, queues_set, job_id, origin, data, timestamp, description)
-redis.call('ZADD', pending, now, member)
-return 1
-"""
-)
-
 
 @dataclass(frozen=True)
 class AcceptJobFanOut:
@@ -337,12 +265,12 @@ class AcceptJobFanOut:
     job_key: str
     queue_key: str
     pending: str
-    parked: str
+    state: str
     job_id: str
     origin: str
 
     def script_keys(self) -> list[str]:
-        return [self.ledger, self.job_key, self.queue_key, self.pending, self.parked]
+        return [self.ledger, self.job_key, self.queue_key, self.pending, self.state]
 
     def script_args(self) -> list[str]:
         return [self.job_id, self.origin]

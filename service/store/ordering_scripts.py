@@ -3,6 +3,8 @@ last-writer-wins claims, each headed by its KEYS and ARGV read into named locals
 
 from __future__ import annotations
 
+from service.store.ledger_state import MERGE_LUA
+
 # Last-writer-wins: of the (attribute, event time) pairs in ARGV from index `first_pair` on, the
 # attributes not older than the value last written, whose times are recorded now.
 CLAIM_LUA = """
@@ -54,71 +56,73 @@ if redis.call('GET', lock) == token then return redis.call('DEL', lock) end
 return 0
 """
 
-# Park the updates whose outcome is not counted yet.
-# KEYS: parked, then per update: outcome_key
-# ARGV: per update: event_id, update_json
-# Returns: parked (how many were parked)
-PARK_SCRIPT = """
-local parked = KEYS[1]
-
-local count = 0
-for u = 1, #KEYS - 1 do  -- update u: KEYS[1 + u]; ARGV[2u - 1], ARGV[2u]
-    local outcome_key = KEYS[1 + u]
-    local event_id, update_json = ARGV[2 * u - 1], ARGV[2 * u]
-    if redis.call('EXISTS', outcome_key) == 0 then
-        redis.call('HSET', parked, event_id, update_json)
-        count = count + 1
-    end
-end
-return count
-"""
-
-# Park the update, take the user's lease and every update parked for the user, leaving out those
-# whose outcome is counted meanwhile: without a backlog, one round trip.
-# KEYS: parked, lock, outcome_key (the update's), last_written, memory_key (the destination's memory of the user)
-# ARGV: token, lease_ms, event_id, update_json, outcome_prefix ("relay:outcome:<source>:"), lww_ttl,
-#       read_memory ('1' to read the memory), then the update's pairs: attribute, event_time
-# Returns: 0 (the update's own outcome is counted already)
-#        | nil (another job holds the user; the update stays parked for it)
-#        | {others (the JSON of each other update taken),
-#           claimed (the attributes claimed, as CLAIM_SCRIPT, when there were no others; else nil),
-#           memory (or nil)}
-BEGIN_SCRIPT = (
-    CLAIM_LUA
+# Park an update from a per-event job queued before the upgrade (its payload is the whole update) in
+# its user's pending state, unless its outcome was counted already (outcome key) or it is there.
+# KEYS: state, in_hand, outcome_key
+# ARGV: event_field, event_value, then the update's state fields: field, value
+# Returns: 1 (parked) | 0 (counted already, or pending already)
+PARK_SCRIPT = (
+    MERGE_LUA
     + """
-local FIRST_PAIR = 8
-local parked = KEYS[1]
-local lock = KEYS[2]
+local FIRST_FIELD = 3
+local state = KEYS[1]
+local in_hand = KEYS[2]
 local outcome_key = KEYS[3]
-local last_written = KEYS[4]
-local memory_key = KEYS[5]
-local token = ARGV[1]
-local lease_ms = ARGV[2]
-local event_id = ARGV[3]
-local update_json = ARGV[4]
-local outcome_prefix = ARGV[5]
-local lww_ttl = ARGV[6]
-local read_memory = ARGV[7]
+local event_field = ARGV[1]
+local event_value = ARGV[2]
 
-if redis.call('EXISTS', outcome_key) == 1 then
-    redis.call('HDEL', parked, event_id)
+if redis.call('EXISTS', outcome_key) == 1 then return 0 end
+if redis.call('HEXISTS', state, event_field) == 1 or redis.call('HEXISTS', in_hand, event_field) == 1 then
     return 0
 end
-redis.call('HSET', parked, event_id, update_json)
+for i = FIRST_FIELD, #ARGV, 2 do merge_field(state, ARGV[i], ARGV[i + 1]) end
+redis.call('HSET', state, event_field, event_value)
+return 1
+"""
+)
+
+# Take the user's lease and everything pending for the user: the state is merged into what a previous
+# run left in hand (its worker died, or its delivery is to be retried), or becomes the in-hand state.
+# From then on intake queues a new job for whatever arrives.
+# KEYS: state, in_hand, lock, memory_key (the destination's memory of the user)
+# ARGV: token, lease_ms, read_memory ('1' to read the memory)
+# Returns: nil (another job holds the user) | {in-hand fields (HGETALL), memory (or nil)}
+TAKE_SCRIPT = (
+    MERGE_LUA
+    + """
+local state = KEYS[1]
+local in_hand = KEYS[2]
+local lock = KEYS[3]
+local memory_key = KEYS[4]
+local token = ARGV[1]
+local lease_ms = ARGV[2]
+local read_memory = ARGV[3]
+
 local holder = redis.call('GET', lock)
 if holder and holder ~= token then return false end
 redis.call('SET', lock, token, 'PX', lease_ms)
-local all = redis.call('HGETALL', parked)
-redis.call('DEL', parked)
-local others = {}
-for i = 1, #all, 2 do
-    local other_id, other_json = all[i], all[i + 1]
-    if other_id ~= event_id and redis.call('EXISTS', outcome_prefix .. other_id) == 0 then
-        table.insert(others, other_json)
+if redis.call('EXISTS', state) == 1 then
+    if redis.call('EXISTS', in_hand) == 1 then
+        merge_hash(in_hand, state)
+        redis.call('DEL', state)
+    else
+        redis.call('RENAME', state, in_hand)
     end
 end
 local memory = read_memory == '1' and redis.call('GET', memory_key)
-if #others == 0 then return {others, claim(last_written, lww_ttl, FIRST_PAIR), memory} end
-return {others, false, memory}
+return {redis.call('HGETALL', in_hand), memory}
 """
 )
+
+# Extend our own lease while the delivery runs (never another job's).
+# KEYS: lock
+# ARGV: token, lease_ms
+# Returns: 1 (extended) | 0 (not ours any more)
+RENEW_SCRIPT = """
+local lock = KEYS[1]
+local token = ARGV[1]
+local lease_ms = ARGV[2]
+
+if redis.call('GET', lock) == token then return redis.call('PEXPIRE', lock, lease_ms) end
+return 0
+"""

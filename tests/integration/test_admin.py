@@ -15,6 +15,7 @@ from service.config import Settings
 from service.core.update import UserUpdate
 from service.devtools.usercom_sandbox import Fault, SandboxServer
 from service.store import keys
+from service.store.ledger_state import decode
 from service.store.limiter_scripts import INCREASE_FRACTION_PER_SECOND
 from tests.conftest import SECRET, USERCOM_KEY, stripe_event
 from workers.delivery.context import DeliveryContext, configure
@@ -154,7 +155,9 @@ def test_bulk_replay_dry_run_counts_first(admin: Any, ctx: DeliveryContext, sand
     assert ctx.redis.llen(keys.USERCOM.rq_queue_key(keys.REPLAY)) == 0
     real = admin.post("/admin/dlq/replay", json={"reason": "retries_exhausted"}, headers=AUTH)
     assert real.status_code == 202 and real.get_json()["outcomes"] == {"replayed": 2}
-    assert ctx.redis.llen(keys.USERCOM.rq_queue_key(keys.REPLAY)) == 2
+    # Both items are u1's: merged into the user's state, delivered by one job.
+    assert ctx.redis.llen(keys.USERCOM.rq_queue_key(keys.REPLAY)) == 1
+    assert set(decode(ctx.redis.hgetall(keys.USERCOM.user_state("stripe", "user:u1"))).events) == {"evt_a", "evt_b"}
     assert [i["event_id"] for i in ctx.store.dead_letters()] == ["evt_c"]
 
 

@@ -17,7 +17,7 @@ from rq.serializers import JSONSerializer
 from service.config import Settings
 from service.devtools.usercom_sandbox import SandboxServer
 from service.store import keys
-from service.store.jobs import delivery_job, job_id_for
+from service.store.jobs import delivery_job
 from tests.conftest import an_update
 from workers.delivery.batch import BATCH_MAX_JOBS, BATCH_SECONDS, BATCH_THREADS, batch_key, return_taken, run_batch
 from workers.delivery.context import DeliveryContext, configure
@@ -37,6 +37,11 @@ def ctx(settings: Settings, redis: Redis, sandbox: SandboxServer) -> Iterator[De
     context.redis.close()
 
 
+def queued(ctx: DeliveryContext) -> list[str]:
+    """The ids of the jobs queued, oldest first (one per user: each id is random)."""
+    return [raw.decode() for raw in ctx.redis.lrange(LIVE_QUEUE, 0, -1)]
+
+
 def one_job(ctx: DeliveryContext) -> None:
     SimpleWorker([ctx.queues[keys.LIVE]], connection=ctx.redis, serializer=JSONSerializer).work(burst=True, max_jobs=1)
 
@@ -44,10 +49,11 @@ def one_job(ctx: DeliveryContext) -> None:
 def test_one_job_runs_the_jobs_queued_behind_it(ctx: DeliveryContext, sandbox: SandboxServer) -> None:
     for n in range(BATCH_MAX_JOBS + 5):
         assert ctx.store.accept(an_update(f"evt_{n}", user_id=f"u{n}"))
+    ids = queued(ctx)
     one_job(ctx)  # rq runs one job; it takes the next BATCH_MAX_JOBS
-    assert ctx.redis.llen(LIVE_QUEUE) == 4
+    assert queued(ctx) == ids[BATCH_MAX_JOBS + 1 :]
     assert ctx.store.ledger()["delivered"] == BATCH_MAX_JOBS + 1
-    assert not ctx.redis.exists(keys.RQ_JOB_KEY_PREFIX + "stripe-evt_1")  # finished, not kept
+    assert not ctx.redis.exists(keys.RQ_JOB_KEY_PREFIX + ids[1])  # finished, not kept
     assert ctx.redis.keys("relay:batch:*") == []
     one_job(ctx)
     ledger = ctx.store.ledger()
@@ -61,10 +67,11 @@ def test_jobs_taken_by_a_job_whose_worker_died_are_run_by_its_rerun(
 ) -> None:
     for n in range(3):
         assert ctx.store.accept(an_update(f"evt_{n}", user_id=f"u{n}"))
-    # As if the worker running evt_0 had taken evt_1 and evt_2 and then died: rq reruns evt_0.
+    carrier = queued(ctx)[0]
+    # As if the worker running u0's job had taken u1's and u2's and then died: rq reruns u0's.
     for _ in (1, 2):
-        ctx.redis.lmove(LIVE_QUEUE, batch_key(keys.USERCOM, "stripe-evt_0"), "RIGHT", "LEFT")
-    assert ctx.redis.lrange(LIVE_QUEUE, 0, -1) == [b"stripe-evt_0"]
+        ctx.redis.lmove(LIVE_QUEUE, batch_key(keys.USERCOM, carrier), "RIGHT", "LEFT")
+    assert queued(ctx) == [carrier]
     one_job(ctx)
     ledger = ctx.store.ledger()
     assert (ledger["delivered"], ledger["in_flight"]) == (3, 0)
@@ -74,12 +81,13 @@ def test_jobs_taken_by_a_job_whose_worker_died_are_run_by_its_rerun(
 def test_after_the_last_rerun_taken_jobs_go_back_to_the_queue(ctx: DeliveryContext) -> None:
     for n in range(3):
         assert ctx.store.accept(an_update(f"evt_{n}", user_id=f"u{n}"))
-    carrier = Job.fetch("stripe-evt_0", connection=ctx.redis, serializer=JSONSerializer)
+    ids = queued(ctx)
+    carrier = Job.fetch(ids[0], connection=ctx.redis, serializer=JSONSerializer)
     for _ in (1, 2):
         ctx.redis.lmove(LIVE_QUEUE, batch_key(keys.USERCOM, carrier.id), "RIGHT", "LEFT")
     carrier.retries_left = 0
     on_job_failure(carrier, ctx.redis, RuntimeError, RuntimeError("boom"), None)
-    assert sorted(ctx.redis.lrange(LIVE_QUEUE, 0, -1)) == [b"stripe-evt_0", b"stripe-evt_1", b"stripe-evt_2"]
+    assert sorted(queued(ctx)) == sorted(ids)
     assert return_taken(ctx.redis, keys.USERCOM, keys.LIVE, carrier.id) == 0
 
 
@@ -97,11 +105,14 @@ def test_jobs_rq_wrote_itself_are_taken_too(ctx: DeliveryContext) -> None:
     first, second = an_update("evt_a", user_id="u1"), an_update("evt_b", user_id="u2")
     assert ctx.store.accept(first)
     assert ctx.store.accept(second)
+    first_id, second_id = queued(ctx)
     ctx.redis.delete(LIVE_QUEUE)
-    retry = delivery_job(ctx.redis, second, 2, 1.0, destination_keys=keys.USERCOM)
-    ctx.queues[keys.LIVE].enqueue_job(delivery_job(ctx.redis, first, destination_keys=keys.USERCOM))
+    retry = delivery_job(
+        ctx.redis, "stripe", "user:u2", 2, 1.0, job_id=f"{second_id}-a2", destination_keys=keys.USERCOM
+    )
+    own = delivery_job(ctx.redis, "stripe", "user:u1", job_id=first_id, destination_keys=keys.USERCOM)
+    ctx.queues[keys.LIVE].enqueue_job(own)
     ctx.queues[keys.LIVE].enqueue_job(retry)
-    assert retry.id == job_id_for(second, 2, destination="usercom")
     one_job(ctx)
     ledger = ctx.store.ledger()
     assert (ledger["delivered"], ledger["in_flight"]) == (2, 0)
@@ -111,8 +122,9 @@ def test_jobs_rq_wrote_itself_are_taken_too(ctx: DeliveryContext) -> None:
 def test_a_requeued_job_taken_by_another_gives_back_what_it_held(ctx: DeliveryContext) -> None:
     for n in range(3):
         assert ctx.store.accept(an_update(f"evt_{n}", user_id=f"u{n}"))
-    # evt_1's worker died holding evt_2; rq re-queued evt_1 behind evt_0; evt_0's job takes evt_1.
-    ctx.redis.lmove(LIVE_QUEUE, batch_key(keys.USERCOM, "stripe-evt_1"), "RIGHT", "LEFT")
+    second = queued(ctx)[1]
+    # u1's worker died holding u2's job; rq re-queued u1's behind u0's; u0's job takes u1's.
+    ctx.redis.lmove(LIVE_QUEUE, batch_key(keys.USERCOM, second), "RIGHT", "LEFT")
     one_job(ctx)
     ledger = ctx.store.ledger()
     assert (ledger["delivered"], ledger["in_flight"]) == (3, 0)
@@ -122,11 +134,12 @@ def test_a_requeued_job_taken_by_another_gives_back_what_it_held(ctx: DeliveryCo
 def test_a_job_failing_after_its_event_was_settled_is_not_dead_lettered(ctx: DeliveryContext) -> None:
     """rq can fail a finished job (e.g. cleaning up after a killed run); the event stays delivered."""
     assert ctx.store.accept(an_update("evt_0", user_id="u0"))
+    [job_id] = queued(ctx)
     one_job(ctx)
     ctx.queues[keys.LIVE].enqueue_job(
-        delivery_job(ctx.redis, an_update("evt_0", user_id="u0"), destination_keys=keys.USERCOM)
+        delivery_job(ctx.redis, "stripe", "user:u0", job_id=job_id, destination_keys=keys.USERCOM)
     )
-    job = Job.fetch("stripe-evt_0", connection=ctx.redis, serializer=JSONSerializer)
+    job = Job.fetch(job_id, connection=ctx.redis, serializer=JSONSerializer)
     job.retries_left = 0
     on_job_failure(job, ctx.redis, ValueError, ValueError("Execution not found in Redis"), None)
     assert ctx.store.dead_letters() == []
@@ -137,6 +150,7 @@ def test_a_job_failing_after_its_event_was_settled_is_not_dead_lettered(ctx: Del
 def test_a_job_that_ran_long_takes_no_more(ctx: DeliveryContext) -> None:
     for n in range(3):
         assert ctx.store.accept(an_update(f"evt_{n}", user_id=f"u{n}"))
+    ids = queued(ctx)
     ran: list[str] = []
 
     def run(job_id: str, args: list[Any]) -> str:
@@ -147,7 +161,7 @@ def test_a_job_that_ran_long_takes_no_more(ctx: DeliveryContext) -> None:
     assert run_batch(ctx.redis, keys.USERCOM, keys.LIVE, "x", run, started=late) == 0
     assert ran == [] and ctx.redis.llen(LIVE_QUEUE) == 3
     assert run_batch(ctx.redis, keys.USERCOM, keys.LIVE, "x", run, started=time.monotonic()) == 3
-    assert sorted(ran) == ["stripe-evt_0", "stripe-evt_1", "stripe-evt_2"]  # on several threads: any order
+    assert sorted(ran) == sorted(ids)  # on several threads: any order
 
 
 def test_a_batch_runs_its_jobs_side_by_side(ctx: DeliveryContext) -> None:

@@ -22,7 +22,7 @@ from service.store import keys
 from service.store.jobs import DELIVER_FUNC, ON_FAILURE_FUNC
 from tests.conftest import USERCOM_KEY
 from workers.delivery.context import DeliveryContext, configure
-from workers.delivery.job import deliver_update
+from workers.delivery.job import deliver_update, deliver_user
 from workers.ratelimit import RateLimiter
 from workers.runner import build_context, limit_config
 
@@ -139,8 +139,9 @@ def test_server_errors_schedule_a_retry(ctx: DeliveryContext, sandbox: SandboxSe
     started = time.time()
     accept_and_work(ctx, update())
     scheduled = ScheduledJobRegistry(queue=ctx.queues[keys.LIVE])
-    assert scheduled.get_job_ids() == ["stripe-evt_1-a2"]
-    at = scheduled.get_scheduled_time("stripe-evt_1-a2").timestamp()
+    [retry] = scheduled.get_job_ids()
+    assert retry.startswith("stripe-u") and retry.endswith("-a2")  # the user's job, attempt 2
+    at = scheduled.get_scheduled_time(retry).timestamp()
     assert int(started) <= at <= time.time() + ctx.settings.retry_base_seconds + 1
     assert ctx.store.dead_letters() == []
     assert ctx.store.ledger()["in_flight"] == 1
@@ -150,15 +151,19 @@ def test_429_is_never_retried_sooner_than_retry_after(ctx: DeliveryContext, sand
     sandbox.state.faults.append(Fault(429, "3"))
     started = time.time()
     accept_and_work(ctx, update())
-    at = ScheduledJobRegistry(queue=ctx.queues[keys.LIVE]).get_scheduled_time("stripe-evt_1-a2").timestamp()
+    registry = ScheduledJobRegistry(queue=ctx.queues[keys.LIVE])
+    [retry] = registry.get_job_ids()
+    at = registry.get_scheduled_time(retry).timestamp()
     assert at >= started + 3
 
 
 def test_retry_job_delivers_when_usercom_recovers(ctx: DeliveryContext, sandbox: SandboxServer) -> None:
     sandbox.state.faults.append(Fault(503))
     accept_and_work(ctx, update())
-    job = ctx.queues[keys.LIVE].fetch_job("stripe-evt_1-a2")
-    assert job is not None and job.args[1:] == [2, pytest.approx(time.time(), abs=5), "live"]
+    [retry] = ScheduledJobRegistry(queue=ctx.queues[keys.LIVE]).get_job_ids()
+    job = ctx.queues[keys.LIVE].fetch_job(retry)
+    assert job is not None and job.args[0] == keys.user_ref("stripe", "user:u1")
+    assert job.args[1:] == [2, pytest.approx(time.time(), abs=5), "live"]
     ScheduledJobRegistry(queue=ctx.queues[keys.LIVE]).remove(job)
     ctx.queues[keys.LIVE].enqueue_job(job)  # what the scheduler does when the time comes
     SimpleWorker([ctx.queues[keys.LIVE]], connection=ctx.redis, serializer=JSONSerializer).work(burst=True)
@@ -169,6 +174,7 @@ def test_retry_job_delivers_when_usercom_recovers(ctx: DeliveryContext, sandbox:
 def test_retries_end_in_the_dead_letter_queue(ctx: DeliveryContext, sandbox: SandboxServer) -> None:
     sandbox.state.faults.append(Fault(500))
     first_failure = time.time() - ctx.settings.retry_give_up_seconds
+    assert ctx.store.accept(update())
     assert deliver_update(ctx, update(), attempt=7, first_failure_at=first_failure) == "dead_lettered"
     [item] = ctx.store.dead_letters()
     assert item["reason"] == "retries_exhausted"
@@ -186,8 +192,11 @@ def test_network_errors_are_retried(settings: Settings, redis: Redis) -> None:
         role="worker",
     )
     ctx = build_context(closed, "usercom")
+    assert ctx.store.accept(update())
     assert deliver_update(ctx, update()) == "retry_scheduled"
-    assert ScheduledJobRegistry(queue=ctx.queues[keys.LIVE]).get_job_ids() == ["stripe-evt_1-a2"]
+    [retry] = ScheduledJobRegistry(queue=ctx.queues[keys.LIVE]).get_job_ids()
+    assert retry.endswith("-a2")
+    assert ctx.redis.exists(keys.USERCOM.in_hand("stripe", "user:u1"))  # kept for the retry
 
 
 def test_event_without_any_identity_is_dead_lettered(ctx: DeliveryContext, sandbox: SandboxServer) -> None:
@@ -222,32 +231,38 @@ def test_the_mapping_is_learned_at_intake_so_delivery_order_does_not_matter(
 def test_a_job_run_twice_counts_once_and_changes_nothing(ctx: DeliveryContext, sandbox: SandboxServer) -> None:
     item = update()
     assert ctx.store.accept(item)
-    assert deliver_update(ctx, item) == "delivered"
-    before = sandbox.state.user_by_custom_id("u1")
+    assert deliver_user(ctx, "stripe", "user:u1") == "delivered"
     calls_before = len(sandbox.state.requests)
-    assert deliver_update(ctx, item) == "settled"  # e.g. rq re-ran it after the worker died post-send
+    assert deliver_user(ctx, "stripe", "user:u1") == "settled"  # e.g. rq re-ran it after the worker died post-send
     assert len(sandbox.state.requests) == calls_before  # counted already: not sent again
-    # Killed after the PUT but before counting (the count is one atomic script: undo it whole).
-    ctx.redis.delete(keys.USERCOM.outcome("stripe", "evt_1"))
-    ctx.redis.hincrby(keys.USERCOM.ledger, "delivered", -1)
-    assert deliver_update(ctx, item) == "delivered"  # sent again: idempotent
-    after = sandbox.state.user_by_custom_id("u1")
-    assert after is not None and before is not None
-    assert {k: v for k, v in after.items() if k != "updated_at"} == {
-        k: v for k, v in before.items() if k != "updated_at"
-    }
     ledger = ctx.store.ledger()
     assert (ledger["received"], ledger["delivered"], ledger["in_flight"]) == (1, 1, 0)
+
+
+def test_a_state_left_in_hand_by_a_dead_worker_is_sent_by_the_rerun(
+    ctx: DeliveryContext, sandbox: SandboxServer
+) -> None:
+    sandbox.state.seed(["u1"])
+    assert ctx.store.accept(update("evt_1", custom={"plan": "pro"}))
+    # The worker took the state (and its lease lapsed), then died before counting.
+    ctx.redis.rename(keys.USERCOM.user_state("stripe", "user:u1"), keys.USERCOM.in_hand("stripe", "user:u1"))
+    assert ctx.store.accept(update("evt_2", custom={"plan": "team"}))  # a new job queued meanwhile
+    assert deliver_user(ctx, "stripe", "user:u1") == "delivered"
+    assert sandbox.state.user_by_custom_id("u1")["attributes"]["plan"] == "team"  # type: ignore[index]
+    ledger = ctx.store.ledger()
+    assert (ledger["received"], ledger["delivered"], ledger["coalesced"], ledger["in_flight"]) == (2, 1, 1, 0)
+    assert not ctx.redis.exists(keys.USERCOM.in_hand("stripe", "user:u1"))
 
 
 def test_crashing_job_is_dead_lettered_as_internal_error(ctx: DeliveryContext, redis: Redis) -> None:
     item = update()
     assert ctx.store.accept(item)
-    # Overwrite the queued job with data this code version cannot read.
+    [job_id] = ctx.queues[keys.LIVE].job_ids
+    # Overwrite the queued job with data this code version cannot read (a per-event job's payload).
     Job.create(
         DELIVER_FUNC,
         args=({**item.to_dict(), "unexpected": 1}, 1, None),
-        id="stripe-evt_1",
+        id=job_id,
         connection=redis,
         serializer=JSONSerializer,
         origin=keys.USERCOM.queue_name(keys.LIVE),
@@ -258,7 +273,6 @@ def test_crashing_job_is_dead_lettered_as_internal_error(ctx: DeliveryContext, r
     assert dead["reason"] == "internal_error"
     assert dead["event_id"] == "evt_1"
     assert redis.zcard(f"rq:failed:{keys.USERCOM.queue_name(keys.LIVE)}") == 1
-    assert ctx.store.ledger()["in_flight"] == 0
 
 
 def test_a_user_held_by_another_job_is_put_back_not_failed(ctx: DeliveryContext, sandbox: SandboxServer) -> None:
@@ -268,7 +282,7 @@ def test_a_user_held_by_another_job_is_put_back_not_failed(ctx: DeliveryContext,
     assert deliver_update(ctx, item, attempt=2) == "user_busy"
     [job_id] = ScheduledJobRegistry(queue=ctx.queues[keys.LIVE]).get_job_ids()
     job = ctx.queues[keys.LIVE].fetch_job(job_id)
-    assert job is not None and job_id.startswith("stripe-evt_1-t")
+    assert job is not None and job_id.startswith("stripe-u") and "-t" in job_id
     assert job.args[1:] == [2, None, "live"]  # same attempt, no failure clock started
     assert sandbox.state.requests == []
 
@@ -302,10 +316,12 @@ def test_updates_waiting_for_one_user_go_in_one_put(ctx: DeliveryContext, sandbo
     )  # User.com throttles: a backlog builds
     accept_and_work(ctx, *items)
     assert sandbox.state.requests == []
-    assert (
-        ctx.redis.hlen(keys.USERCOM.parked("stripe", "user:u1")) == 5
-        and ctx.redis.hlen(keys.USERCOM.parked("stripe", "user:u2")) == 5
-    )
+    # One job per user, not per event; the users' states hold the merged values and the 5 events each.
+    assert ctx.store.ledger()["received"] == 10
+    for user in ("u1", "u2"):
+        fields = ctx.redis.hkeys(keys.USERCOM.user_state("stripe", f"user:{user}"))
+        fields += ctx.redis.hkeys(keys.USERCOM.in_hand("stripe", f"user:{user}"))  # taken, then throttled
+        assert sum(1 for f in fields if f.startswith(b"e:")) == 5
     ctx.redis.delete(keys.USERCOM.limiter_paused_until)  # the pause ends
     _run_scheduled_now(ctx)
     SimpleWorker([ctx.queues[keys.LIVE]], connection=ctx.redis, serializer=JSONSerializer).work(burst=True)
@@ -322,13 +338,14 @@ def test_a_refused_merge_isolates_the_update_user_com_refuses(ctx: DeliveryConte
     sandbox.state.seed(["u1"])
     good = update("evt_good", custom={"plan": "pro"})
     bad = update("evt_bad", standard={"gender": 9}, custom={})
-    assert ctx.store.accept(good) and ctx.store.accept(bad)
-    assert ctx.redis.hexists(keys.USERCOM.parked("stripe", "user:u1"), "evt_bad")  # parked at intake
-    assert deliver_update(ctx, good) == "delivered"
-    assert deliver_update(ctx, bad) == "dead_lettered"
+    other = update("evt_other", standard={}, custom={"seats": 3}, tags=[])
+    assert ctx.store.accept(good) and ctx.store.accept(bad) and ctx.store.accept(other)
+    assert len(ctx.queues[keys.LIVE].job_ids) == 1  # one job for the user
+    assert deliver_user(ctx, "stripe", "user:u1") == "delivered"
     user = sandbox.state.user_by_custom_id("u1")
-    assert user is not None and user["attributes"] == {"plan": "pro"} and user["gender"] == "unknown"
+    assert user is not None and user["attributes"] == {"plan": "pro", "seats": 3} and user["gender"] == "unknown"
     [item] = ctx.store.dead_letters()
     assert (item["event_id"], item["reason"]) == ("evt_bad", "usercom_rejected")
+    assert item["update"]["standard"] == {"gender": 9}  # what it carried that was refused, for a replay
     ledger = ctx.store.ledger()
-    assert (ledger["delivered"], ledger["dead_lettered"], ledger["in_flight"]) == (1, 1, 0)
+    assert (ledger["delivered"], ledger["coalesced"], ledger["dead_lettered"], ledger["in_flight"]) == (1, 1, 1, 0)

@@ -16,6 +16,8 @@ from service.core.dead_letter import DeadLetter
 from service.core.update import UserUpdate
 from service.store import keys
 from service.store.ledger import Store
+from service.store.ledger_user import EventOutcome
+from workers.ordering import Ordering
 
 RELAY = str(Path(sys.executable).with_name("relay"))
 
@@ -23,6 +25,7 @@ RELAY = str(Path(sys.executable).with_name("relay"))
 @pytest.fixture
 def store(settings: Settings, redis: Redis) -> Store:
     store = Store.from_settings(redis, settings)
+    ordering = Ordering(redis, memory_ttl_seconds=3600, destination_keys=keys.USERCOM)
     for n, reason in enumerate(["usercom_rejected", "retries_exhausted", "usercom_rejected"]):
         update = UserUpdate(
             source="stripe",
@@ -35,21 +38,22 @@ def store(settings: Settings, redis: Redis) -> Store:
         )
         assert store.accept(update)
         redis.delete(keys.USERCOM.rq_queue_key(keys.LIVE))
-        store.dead_letter(
-            DeadLetter(
-                id=f"stripe-evt_{n}",
-                reason=reason,
-                source="stripe",
-                event_type="invoice.paid",
-                event_id=f"evt_{n}",
-                event_time=n,
-                message=f"problem {n}",
-                update=update.to_dict(),
-                user_id=f"u{n}",
-                attempts=n + 1,
-                last_status=400,
-            )
+        item = DeadLetter(
+            id=f"stripe-evt_{n}",
+            reason=reason,
+            source="stripe",
+            event_type="invoice.paid",
+            event_id=f"evt_{n}",
+            event_time=n,
+            message=f"problem {n}",
+            update=update.to_dict(),
+            user_id=f"u{n}",
+            attempts=n + 1,
+            last_status=400,
         )
+        # as a delivery job dead-letters it: taken from the user's pending state, counted with its item
+        with ordering.hold("stripe", f"user:u{n}", f"u{n}") as hold:
+            hold.settle(store, [EventOutcome(f"evt_{n}", "dead_lettered", item)])
     return store
 
 

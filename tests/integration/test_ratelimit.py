@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -129,9 +130,10 @@ def test_a_throttled_job_is_put_back_without_counting_a_failure(settings: Settin
     assert deliver_update(ctx, update, attempt=3) == "throttled"
     registry = ScheduledJobRegistry(queue=ctx.queues[keys.LIVE])
     [job_id] = registry.get_job_ids()
-    assert job_id.startswith("stripe-evt_1-t")
+    assert re.fullmatch(r"stripe-u[0-9a-f]{12}-j[0-9a-f]{12}-t[0-9a-f]{12}", job_id)  # the user's job, put back
     job = ctx.queues[keys.LIVE].fetch_job(job_id)
-    assert job is not None and job.args[1:] == [3, None, "live"]  # same attempt, no failure clock
+    assert job is not None and job.args[0] == keys.user_ref("stripe", "user:u1")
+    assert job.args[1:] == [3, None, "live"]  # same attempt, no failure clock
     assert registry.get_scheduled_time(job_id).timestamp() >= time.time() + 28
     assert ctx.store.ledger()["in_flight"] == 1 and ctx.store.dead_letters() == []
 

@@ -16,6 +16,7 @@ from service.config import Settings
 from service.devtools.embedded_redis import free_port
 from service.store import keys
 from service.store.ledger import Store
+from service.store.ledger_state import decode
 from service.web.errors import MAX_BODY_BYTES
 from tests.conftest import OLD_SECRET, SECRET, USERCOM_KEY, load_fixture, sign, stripe_event
 
@@ -40,13 +41,17 @@ def test_accepted_event_is_queued_as_an_rq_job(post_event: Any, redis: Redis) ->
     assert response.status_code == 202
     assert response.get_json() == {"status": "accepted", "event_id": "evt_1"}
     queue = Queue(keys.USERCOM.queue_name(keys.LIVE), connection=redis, serializer=JSONSerializer)
-    assert queue.job_ids == ["stripe-evt_1"]
-    job = queue.fetch_job("stripe-evt_1")
+    [job_id] = queue.job_ids  # one job for the user, whatever its events
+    job = queue.fetch_job(job_id)
     assert job is not None and job.func_name == "workers.delivery.job.deliver"
-    update = job.args[0]
-    assert update["user_id"] == "u1"
-    assert update["standard"] == {"email": "ada@example.com", "first_name": "Ada", "last_name": "Lovelace"}
-    assert update["tags"] == ["stripe-customer"]
+    assert job.args == [keys.user_ref("stripe", "user:u1")]
+    state = decode(redis.hgetall(keys.USERCOM.user_state("stripe", "user:u1")))  # the update, merged in
+    assert {name: value for name, (value, _, _) in state.standard.items()} == {
+        "email": "ada@example.com",
+        "first_name": "Ada",
+        "last_name": "Lovelace",
+    }
+    assert state.tag_list() == ["stripe-customer"] and set(state.events) == {"evt_1"}
 
 
 def test_dedup_remembers_accepted_ids_longer_than_stripe_retries(
@@ -57,7 +62,8 @@ def test_dedup_remembers_accepted_ids_longer_than_stripe_retries(
     assert again.status_code == 200
     assert again.get_json() == {"status": "duplicate", "event_id": "evt_1"}
     assert redis.llen(keys.USERCOM.rq_queue_key(keys.LIVE)) == 1
-    assert redis.ttl(keys.dedup("stripe", "evt_1")) > 3 * 24 * 3600
+    [bucket] = redis.keys(keys.dedup_bucket_prefix("stripe") + "*")  # the event id's digest, kept...
+    assert redis.ttl(bucket) > 3 * 24 * 3600  # ...longer than Stripe retries
     counts = ledger(redis, settings)
     assert (counts["received"], counts["in_flight"], counts["duplicates"]) == (1, 1, 1)
 

@@ -13,11 +13,12 @@ from rq import get_current_job
 
 from service.core.dead_letter import DeadLetter
 from service.core.update import UserUpdate
-from service.destinations.base import DeliveryError, Retryable
+from service.destinations.base import Retryable
 from service.ops.metrics import DELIVERIES
 from service.store import keys
-from service.store.jobs import delivery_job, job_id_for
+from service.store.jobs import delivery_job, user_job_id
 from workers.delivery.context import DeliveryContext, job_in_hand
+from workers.ordering import Hold
 
 log = logging.getLogger(__name__)
 JOB_SUFFIXES = re.compile(r"(-a\d+|-t[0-9a-f]{12})+$")
@@ -30,14 +31,9 @@ def backoff_delay(attempt: int, *, base: float, cap: float, jitter: float, retry
 
 
 def retry_or_give_up(
-    ctx: DeliveryContext,
-    update: UserUpdate,
-    user_id: str,
-    exc: Retryable,
-    attempt: int,
-    first_failure_at: float | None,
-    lane: str,
+    ctx: DeliveryContext, hold: Hold, exc: Retryable, attempt: int, first_failure_at: float | None, lane: str
 ) -> str:
+    """The state stays in hand for the retry job (or the next job for the user, whichever runs first)."""
     settings = ctx.settings
     now = ctx.clock()
     first = first_failure_at if first_failure_at is not None else now
@@ -49,47 +45,36 @@ def retry_or_give_up(
         retry_after=exc.retry_after,
     )
     if now + delay - first > settings.retry_give_up_seconds:
-        return dead_letter(
-            ctx, update, "retries_exhausted", exc, user_id=user_id, attempt=attempt, first_failure_at=first, lane=lane
-        )
+        from workers.delivery.send import settle_all  # send.py imports this module's `fields`
+
+        settle_all(ctx, hold, "retries_exhausted", exc, attempt, first, lane)
+        return "dead_lettered"
     # A re-run of this job schedules the same job id again: no duplicate retry.
+    job_id = f"{_base_job_id(ctx, hold.source, hold.hint)}-a{attempt + 1}"
     retry = delivery_job(
-        ctx.redis,
-        update,
-        attempt + 1,
-        first,
-        lane=lane,
-        job_id=_next_job_id(ctx, update, attempt),
-        destination_keys=ctx.store.keys,
+        ctx.redis, hold.source, hold.hint, attempt + 1, first, lane=lane, job_id=job_id, destination_keys=ctx.store.keys
     )
     # rq keeps whole seconds: round up so a Retry-After is never cut short.
     ctx.queues[lane].schedule_job(retry, datetime.fromtimestamp(math.ceil(now + delay), UTC))
     DELIVERIES.labels("retry_scheduled", lane, ctx.client.name).inc()
-    log.warning(
-        "retrying %s %s in %.1fs (attempt %d): %s",
-        update.event_type,
-        update.event_id,
-        delay,
-        attempt,
-        exc,
-        extra=fields(update, user_id, lane, attempt, "retry_scheduled"),
-    )
+    log.warning("retrying user %s in %.1fs (attempt %d): %s", hold.user_id, delay, attempt, exc)
     return "retry_scheduled"
 
 
 def put_back(
     ctx: DeliveryContext,
-    update: UserUpdate,
+    source: str,
+    hint: str,
     wait: float,
     attempt: int,
     first_failure_at: float | None,
     lane: str,
     why: str,
 ) -> str:
-    """No User.com slot soon, or another job holds the user: run again later, not a failed attempt."""
-    job_id = f"{_base_job_id(ctx, update)}-t{uuid.uuid4().hex[:12]}"
+    """No destination slot soon, or another job holds the user: run again later, not a failed attempt."""
+    job_id = f"{_base_job_id(ctx, source, hint)}-t{uuid.uuid4().hex[:12]}"
     job = delivery_job(
-        ctx.redis, update, attempt, first_failure_at, lane=lane, job_id=job_id, destination_keys=ctx.store.keys
+        ctx.redis, source, hint, attempt, first_failure_at, lane=lane, job_id=job_id, destination_keys=ctx.store.keys
     )
     ctx.queues[lane].schedule_job(job, datetime.fromtimestamp(math.ceil(ctx.clock() + wait), UTC))
     DELIVERIES.labels(why, lane, ctx.client.name).inc()
@@ -108,33 +93,18 @@ def fields(update: UserUpdate, user_id: str | None, lane: str, attempt: int, out
     }
 
 
-def _base_job_id(ctx: DeliveryContext, update: UserUpdate) -> str:
-    """The id of the job in hand without attempt or put-back suffixes (a replay keeps its own base)."""
+def _base_job_id(ctx: DeliveryContext, source: str, hint: str) -> str:
+    """The id of the job in hand without attempt or put-back suffixes."""
     current = get_current_job()
     in_hand = job_in_hand.get() or (current.id if current is not None else None)
     if in_hand is not None:
         return JOB_SUFFIXES.sub("", in_hand)
-    return job_id_for(update, destination=ctx.store.keys.destination)
+    return user_job_id(source, hint, ctx.store.keys.destination)
 
 
-def _next_job_id(ctx: DeliveryContext, update: UserUpdate, attempt: int) -> str:
-    return f"{_base_job_id(ctx, update)}-a{attempt + 1}"
-
-
-def dead_letter(
-    ctx: DeliveryContext,
-    update: UserUpdate,
-    reason: str,
-    error: str | DeliveryError,
-    *,
-    attempt: int,
-    first_failure_at: float | None,
-    user_id: str | None = None,
-    lane: str = keys.LIVE,
-) -> str:
-    """`error` is a plain message, or the destination's error whose status and (redacted) body are kept."""
+def dead_letter_legacy(ctx: DeliveryContext, update: UserUpdate, reason: str, message: str) -> str:
+    """An event of a per-event job from before the upgrade that cannot be parked (it names no user)."""
     now = ctx.clock()
-    status, body = (error.status, error.body) if isinstance(error, DeliveryError) else (None, None)
     item = DeadLetter(
         id=f"{update.source}-{update.event_id}",
         reason=reason,
@@ -142,23 +112,12 @@ def dead_letter(
         event_type=update.event_type,
         event_id=update.event_id,
         event_time=update.event_time,
-        message=str(error),
+        message=message,
         update=update.to_dict(),
-        user_id=user_id,
-        attempts=attempt,
-        first_failure_at=first_failure_at if first_failure_at is not None else now,
+        attempts=1,
+        first_failure_at=now,
         last_failure_at=now,
-        last_status=status,
-        last_response=body,
     )
     ctx.store.dead_letter(item)
-    DELIVERIES.labels("dead_lettered", lane, ctx.client.name).inc()
-    log.error(
-        "dead-lettered %s %s (%s): %s",
-        update.event_type,
-        update.event_id,
-        reason,
-        error,
-        extra={**fields(update, user_id, lane, attempt, "dead_lettered"), "reason": reason, "status": status},
-    )
+    DELIVERIES.labels("dead_lettered", keys.LIVE, ctx.client.name).inc()
     return "dead_lettered"

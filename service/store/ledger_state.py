@@ -1,0 +1,149 @@
+"""A user's pending state (Keys.user_state, Keys.in_hand): one Redis hash per (destination, user) into
+which intake merges every accepted update, so memory grows with users, not events.
+
+Fields:
+  s:<name> / c:<name>  "<event time>|<event id>|<value JSON>": a standard / custom attribute, the newest
+                       value by event time (a tie goes to the greater event id), and the event carrying it
+  t:<tag>              "<event time>|<event id>": a tag, with the earliest event carrying it
+  e:<event id>         "<accepted at>|<event time>|<event type>[|L]": an event merged in, until its outcome
+                       is counted (L: queued by a per-event job from before the upgrade)
+  h                    "<source> <hint>": whose state it is (a delivery job carries only keys.user_ref)
+  q                    the lane of the job queued for a pending state (a live event for a state whose
+                       job waits on another lane queues a live job too); not merged, not delivered
+MERGE_LUA merges a field in Redis; `decode` reads a state back for delivery.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from service.core.update import UserUpdate
+
+HINT_FIELD = "h"
+
+
+def update_fields(update: UserUpdate, hint: str | None = None) -> list[str]:
+    """The update as state fields, flattened: field, value, field, value... (`hint`: the update's own unless
+    given), the user's source and hint first."""
+    head = f"{update.event_time}|{update.event_id}"
+    out: list[str] = [HINT_FIELD, f"{update.source} {hint or update.hint}"]
+    for kind, values in (("s", update.standard), ("c", update.custom)):
+        for name, value in values.items():
+            out += [f"{kind}:{name}", f"{head}|{json.dumps(value, separators=(',', ':'))}"]
+    for tag in update.tags:
+        out += [f"t:{tag}", head]
+    return out
+
+
+def event_value(update: UserUpdate, accepted: float, *, legacy: bool = False) -> str:
+    return f"{int(accepted)}|{update.event_time}|{update.event_type}" + ("|L" if legacy else "")
+
+
+@dataclass(frozen=True)
+class Event:
+    event_id: str
+    accepted_at: float
+    event_time: int
+    event_type: str
+    legacy: bool
+
+
+@dataclass
+class PendingState:
+    """What is pending for one user, read back from its hash."""
+
+    standard: dict[str, tuple[Any, int, str]] = field(default_factory=dict)  # name -> (value, time, carrier)
+    custom: dict[str, tuple[Any, int, str]] = field(default_factory=dict)
+    tags: dict[str, tuple[int, str]] = field(default_factory=dict)  # tag -> (time, carrier)
+    events: dict[str, Event] = field(default_factory=dict)
+
+    def times(self) -> dict[str, int]:
+        return {name: t for name, (_, t, _) in (*self.standard.items(), *self.custom.items())}
+
+    def tag_list(self, carriers: set[str] | None = None) -> list[str]:
+        chosen = [(t, c, tag) for tag, (t, c) in self.tags.items() if carriers is None or c in carriers]
+        return [tag for _, _, tag in sorted(chosen)]
+
+    def carriers(self) -> set[str]:
+        """The events carrying a value or tag that goes out (the rest were superseded: coalesced)."""
+        found = {c for _, _, c in (*self.standard.values(), *self.custom.values())}
+        return (found | {c for _, c in self.tags.values()}) & set(self.events)
+
+    def update_of(self, source: str, hint: str, event_id: str) -> UserUpdate:
+        """An event's own part of the state, as an update (for its dead-letter item and a replay)."""
+        event = self.events[event_id]
+        user_id, customer_id = identity_of(hint)
+        return UserUpdate(
+            source=source,
+            event_id=event_id,
+            event_type=event.event_type,
+            event_time=event.event_time,
+            user_id=user_id,
+            customer_id=customer_id,
+            standard={k: v for k, (v, _, c) in self.standard.items() if c == event_id},
+            custom={k: v for k, (v, _, c) in self.custom.items() if c == event_id},
+            tags=self.tag_list({event_id}),
+        )
+
+
+def source_and_hint(value: bytes | None) -> tuple[str, str] | None:
+    """The HINT_FIELD of a state, read back."""
+    if value is None:
+        return None
+    source, _, hint = value.decode().partition(" ")
+    return source, hint
+
+
+def identity_of(hint: str) -> tuple[str | None, str | None]:
+    """(user_id, customer_id) of a UserUpdate.hint."""
+    kind, _, value = hint.partition(":")
+    return (value, None) if kind == "user" else (None, value)
+
+
+def decode(raw: dict[bytes, bytes]) -> PendingState:
+    state = PendingState()
+    for key, value in raw.items():
+        name, text = key.decode(), value.decode()
+        kind, rest = name[:2], name[2:]
+        if kind in ("s:", "c:"):
+            when, carrier, value_json = text.split("|", 2)
+            target = state.standard if kind == "s:" else state.custom
+            target[rest] = (json.loads(value_json), int(float(when)), carrier)
+        elif kind == "t:":
+            when, carrier = text.split("|", 1)
+            state.tags[rest] = (int(float(when)), carrier)
+        elif kind == "e:":
+            parts = text.split("|")
+            state.events[rest] = Event(rest, float(parts[0]), int(float(parts[1])), parts[2], parts[3:] == ["L"])
+    return state
+
+
+# Merge one field into a state hash: per attribute the newest value, per tag the earliest carrier,
+# an event once, the source and hint once. (state, field, value) -> nothing
+MERGE_LUA = """
+local function at_least_as_new(a, b)
+    local ta, ia = string.match(a, '^([^|]*)|([^|]*)')
+    local tb, ib = string.match(b, '^([^|]*)|([^|]*)')
+    ta, tb = tonumber(ta), tonumber(tb)
+    if ta ~= tb then return ta > tb end
+    return ia >= ib
+end
+local function merge_field(state, name, value)
+    if name == 'q' then return end  -- the lane of the job queued for a pending state: not data
+    local old = redis.call('HGET', state, name)
+    local kind = string.sub(name, 1, 1)
+    if not old then
+        redis.call('HSET', state, name, value)
+    elseif kind == 't' then
+        if not at_least_as_new(value, old) then redis.call('HSET', state, name, value) end
+    elseif kind ~= 'e' and kind ~= 'h' and at_least_as_new(value, old) then
+        redis.call('HSET', state, name, value)
+    end
+end
+local function merge_hash(target, source)
+    local all = redis.call('HGETALL', source)
+    for i = 1, #all, 2 do merge_field(target, all[i], all[i + 1]) end
+end
+"""
