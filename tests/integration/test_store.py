@@ -92,3 +92,18 @@ def test_a_users_job_hash_stays_compact_whatever_the_ids(redis: Redis) -> None:
     assert redis.object("encoding", job_key) in (b"listpack", b"ziplist")  # (ziplist: Redis before 7)
     [state_key] = redis.keys("relay:user:*")
     assert redis.hget(state_key, "h") == b"lemonsqueezy user:5f0c6a9e-1d2b-4c3a-9e8f-0123456789ab"
+
+
+def test_a_live_event_never_waits_behind_a_backfill_job(redis: Redis) -> None:
+    """Backfilled work runs below live traffic: a user whose pending state waits for a backfill job
+    gets a live job too when a live event arrives (the first to run delivers everything)."""
+    store = _store(redis)
+    assert store.accept(an_update(event_id="evt_old", custom={"plan": "old"}), lane=keys.BACKFILL)
+    assert store.accept(an_update(event_id="evt_old_2", custom={"plan": "older"}), lane=keys.BACKFILL)
+    assert redis.llen(keys.USERCOM.rq_queue_key(keys.BACKFILL)) == 1  # one job for the user
+    assert redis.llen(keys.USERCOM.rq_queue_key(keys.LIVE)) == 0
+    assert store.accept(an_update(event_id="evt_live", custom={"plan": "new"}))
+    assert redis.llen(keys.USERCOM.rq_queue_key(keys.LIVE)) == 1
+    assert store.accept(an_update(event_id="evt_live_2", custom={"plan": "newer"}))
+    assert redis.llen(keys.USERCOM.rq_queue_key(keys.LIVE)) == 1  # still one live job
+    assert store.ledger()["received"] == 4
