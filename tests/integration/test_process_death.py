@@ -73,20 +73,27 @@ def wait_for(condition: Any, what: str, seconds: float = 30) -> None:
 def supervisor(redis: Redis, redis_server: Any) -> Iterator[tuple[subprocess.Popen[bytes], set[int]]]:
     env = {**ENV, "REDIS_URL": redis_server.url, "RELAY_METRICS_PORT": str(free_port())}
     process = subprocess.Popen([RELAY, "worker", "--concurrency", "2"], env=env, stderr=subprocess.DEVNULL)
-    wait_for(lambda: len(descendants(process.pid)) >= PROCESSES, "workers and schedulers did not start")
-    wait_for(
-        lambda: (
-            redis.scard("rq:workers:relay-delivery") == 2
-            and redis.scard("rq:workers:relay-replay") == 1
-            and redis.scard("rq:workers:relay-backfill") == 1
-        ),
-        "workers did not register",
-    )
-    children = descendants(process.pid)
-    yield process, children
-    for pid in alive(children | {process.pid}):  # only what this test started, by pid
-        os.kill(pid, signal.SIGKILL)
-    process.wait(timeout=30)
+    children: set[int] = set()
+    try:
+        # Generous: on a loaded machine seven Python processes take a while to start.
+        wait_for(lambda: len(descendants(process.pid)) >= PROCESSES, "workers and schedulers did not start", 90)
+        wait_for(
+            lambda: (
+                redis.scard("rq:workers:relay-delivery") == 2
+                and redis.scard("rq:workers:relay-replay") == 1
+                and redis.scard("rq:workers:relay-backfill") == 1
+            ),
+            "workers did not register",
+            90,
+        )
+        children = descendants(process.pid)
+        yield process, children
+    finally:
+        # Killed whatever happened: a worker left running would take jobs from the shared Redis of
+        # every later test (one failed start here once failed 36 tests after it).
+        for pid in alive(children | descendants(process.pid) | {process.pid}):  # only what this test started
+            os.kill(pid, signal.SIGKILL)
+        process.wait(timeout=30)
 
 
 def test_a_killed_supervisor_takes_every_worker_and_scheduler_with_it(
