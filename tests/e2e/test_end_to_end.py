@@ -5,6 +5,7 @@ state, the dead-letter queue and the ledger are checked at the end."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -317,7 +318,28 @@ def test_sigterm_stops_web_and_worker_cleanly(relay: dict[str, Any]) -> None:
     for process in relay["processes"].values():
         process.send_signal(signal.SIGTERM)
     for name, process in relay["processes"].items():
-        assert process.wait(timeout=30) == 0, f"{name} exited with {process.returncode}"
+        try:
+            code = process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            # What every process of it was doing (relay prints its threads' stacks on SIGUSR1).
+            for pid in [process.pid, *_descendants(process.pid)]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGUSR1)
+            time.sleep(2)
+            log = (relay["logs"] / f"{name}.log").read_text()[-12000:]
+            pytest.fail(f"{name} did not stop within 30 s of SIGTERM; its stacks:\n{log}")
+        assert code == 0, f"{name} exited with {code}"
+
+
+def _descendants(pid: int) -> list[int]:
+    found, frontier = [], [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = Path(f"/proc/{parent}/task/{parent}/children")
+        kids = [int(c) for c in children.read_text().split()] if children.exists() else []
+        found += kids
+        frontier += kids
+    return found
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
