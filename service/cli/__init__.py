@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import faulthandler
 import os
 import signal
@@ -179,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     # `kill -USR1 <pid>` prints every thread's stack to stderr: what a process that will not stop is doing.
-    faulthandler.register(signal.SIGUSR1, all_threads=True, chain=False)
+    with contextlib.suppress(ValueError, OSError):  # a stderr with no file behind it (called in-process)
+        faulthandler.register(signal.SIGUSR1, all_threads=True, chain=False)
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

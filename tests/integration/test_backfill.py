@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -25,26 +25,10 @@ from service.devtools.stripe_api import StripeApiServer
 from service.devtools.usercom_sandbox import SandboxServer
 from service.store import keys
 from service.store.ledger import Store
+from tests.integration.conftest import API_KEY
 from tests.stripe_history import final_plans, history
 from workers.delivery.context import configure
 from workers.runner import build_context
-
-API_KEY = "rk_test_backfill_readonly_51Hx"
-
-
-@pytest.fixture
-def stripe_api() -> Iterator[StripeApiServer]:
-    server = StripeApiServer(API_KEY).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def api_env(env: dict[str, str], stripe_api: StripeApiServer, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    full = {**env, "STRIPE_API_KEY": API_KEY, "STRIPE_API_BASE": stripe_api.base_url}
-    for name, value in full.items():
-        monkeypatch.setenv(name, value)
-    return full
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, Any]]:

@@ -4,7 +4,7 @@ received (answered 2xx but lost, or never sent) are found by id, reported and he
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -16,23 +16,8 @@ from service.cli import main
 from service.config import Settings
 from service.devtools.stripe_api import StripeApiServer
 from service.store import keys
-from tests.integration.test_backfill import API_KEY, run
+from tests.integration.test_backfill import run
 from tests.stripe_history import history
-
-
-@pytest.fixture
-def stripe_api() -> Iterator[StripeApiServer]:
-    server = StripeApiServer(API_KEY).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def api_env(env: dict[str, str], stripe_api: StripeApiServer, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    full = {**env, "STRIPE_API_KEY": API_KEY, "STRIPE_API_BASE": stripe_api.base_url}
-    for name, value in full.items():
-        monkeypatch.setenv(name, value)
-    return full
 
 
 def silent_gaps(stripe_api: StripeApiServer, post_event: Callable[..., Any], users: int) -> list[str]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -21,23 +21,9 @@ from service.devtools.usercom_sandbox import SandboxServer
 from service.store import keys
 from service.store.ledger import Store
 from tests.conftest import stripe_event
-from tests.integration.test_backfill import API_KEY, drain, run
+from tests.integration.conftest import API_KEY
+from tests.integration.test_backfill import drain, run
 from tests.stripe_history import customer, subscription
-
-
-@pytest.fixture
-def stripe_api() -> Iterator[StripeApiServer]:
-    server = StripeApiServer(API_KEY).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def api_env(env: dict[str, str], stripe_api: StripeApiServer, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    full = {**env, "STRIPE_API_KEY": API_KEY, "STRIPE_API_BASE": stripe_api.base_url}
-    for name, value in full.items():
-        monkeypatch.setenv(name, value)
-    return full
 
 
 def seed(stripe_api: StripeApiServer, users: int) -> None:
