@@ -11,7 +11,7 @@ import random
 import tempfile
 import time
 
-from bench.harness import backend, start, stop, wait_drained
+from bench.harness import backend, start, stop, trace_cost, wait_drained
 from service.core.update import UserUpdate
 
 PLANS = ["starter", "pro", "team", "enterprise"]
@@ -58,6 +58,7 @@ def main() -> int:
             stop(workers)
         calls = sum(1 for r in b.sandbox.state.requests if r["at"] >= started)
         retained = int(store.redis.info("memory")["used_memory"]) - before
+        traces, trace_bytes = trace_cost(store.redis)
         ledger = store.ledger()
     print(f"{args.events} events for {args.users} users, workers stopped:")
     print(
@@ -70,6 +71,11 @@ def main() -> int:
         f"(goal: one per user); ledger {ledger}"
     )
     print(f"  retained after delivery: {retained / args.events:.0f} B per event   (goal <= 150)")
+    per_user = trace_bytes / traces if traces else 0
+    print(
+        f"  of which the per-user trace (RELAY_TRACE_PER_USER, default 20): {trace_bytes / 1e6:.2f} MB in "
+        f"{traces} lists, {per_user:.0f} B per user   (goal: about 2 KB per user at most)"
+    )
     return 0
 
 

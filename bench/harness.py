@@ -102,3 +102,12 @@ def wait_drained(store: Store, timeout: float) -> float:
             raise TimeoutError(f"backlog not drained in {timeout:.0f}s: {store.ledger()}")
         time.sleep(0.05)
     return time.monotonic() - started
+
+
+def trace_cost(redis: Redis) -> tuple[int, int]:
+    """The per-user trace's share of Redis memory after a run: (trace lists, bytes), by MEMORY USAGE."""
+    lists = list(redis.scan_iter(match="relay:trace:*", count=1000))
+    pipe = redis.pipeline(transaction=False)
+    for key in lists:
+        pipe.memory_usage(key, samples=0)
+    return len(lists), sum(size or 0 for size in pipe.execute())
