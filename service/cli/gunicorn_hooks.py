@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import signal
 import time
 from typing import Any
 
@@ -11,6 +13,12 @@ from service.ops.metrics import mark_process_dead
 
 
 def post_fork(server: Any, worker: Any) -> None:
+    # gunicorn installs a worker's own SIGTERM handler only once the worker has booted; a SIGTERM before
+    # that (a pod stopped just after it started) reached the master's inherited handler and was lost:
+    # the worker served on until the master killed it after the graceful timeout (30 s). Until its own
+    # handler is in place, a stop signal asks the worker to stop as gunicorn's would.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: setattr(worker, "alive", False))
     # The app's own log lines as JSON, secrets redacted; gunicorn's own lines stay as they are.
     settings = Settings.from_env(role="web")
     configure_logging(settings.log_level, settings.secrets)
@@ -34,13 +42,19 @@ class DeadlineSocket:
     def __init__(self, sock: Any, deadline: float) -> None:
         self.wrapped = sock
         self.deadline = deadline
+        self.timeout = sock.gettimeout()  # restored once the request is answered (post_request)
 
     def recv(self, size: int, *flags: int) -> bytes:
         remaining = self.deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError("request body not received in time")
-        self.wrapped.settimeout(remaining)
-        return bytes(self.wrapped.recv(size, *flags))
+        try:
+            if remaining <= 0:
+                raise TimeoutError
+            self.wrapped.settimeout(remaining)
+            return bytes(self.wrapped.recv(size, *flags))
+        except TimeoutError:
+            # A reset, for gunicorn: the connection is dropped quietly (a plain timeout is logged
+            # with a traceback as a "socket error").
+            raise ConnectionResetError(errno.ECONNRESET, "request body not received in time") from None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.wrapped, name)
@@ -54,3 +68,13 @@ def pre_request(worker: Any, req: Any) -> None:
     if isinstance(sock, DeadlineSocket):  # a kept-alive connection: a new deadline per request
         sock = sock.wrapped
     unreader.sock = DeadlineSocket(sock, time.monotonic() + BODY_READ_SECONDS)
+
+
+def post_request(worker: Any, req: Any, environ: Any, resp: Any) -> None:
+    # Between requests a kept-alive connection waits under gunicorn's keep-alive timeout, not under
+    # the last request's body deadline (which had passed, and ended every idle wait in a traceback).
+    unreader = getattr(req, "unreader", None)
+    sock = getattr(unreader, "sock", None)
+    if isinstance(sock, DeadlineSocket):
+        sock.wrapped.settimeout(sock.timeout)
+        unreader.sock = sock.wrapped
