@@ -144,6 +144,17 @@ def test_injected_faults_come_first(http: urllib3.PoolManager, sandbox: SandboxS
     assert [call(http, sandbox, "GET", "/users-by-id/u1/")[0] for _ in range(3)] == [503, 503, 404]
 
 
+@pytest.mark.parametrize("body", [b"not json", b"[]", b'{"count": 2}', b'{"status": "x"}'])
+def test_a_bad_fault_request_is_400_with_a_json_detail(
+    http: urllib3.PoolManager, sandbox: SandboxServer, body: bytes
+) -> None:
+    url = sandbox.base_url.replace("/api/public", "/__sandbox__/faults")
+    answer = http.request("POST", url, body=body, headers={"Content-Type": "application/json"})
+    assert answer.status == 400
+    assert "status" in json.loads(answer.data)["detail"]
+    assert not sandbox.state.faults
+
+
 def test_random_failures_follow_their_rates(http: urllib3.PoolManager, sandbox: SandboxServer) -> None:
     sandbox.state.failure_rates = {500: 0.25, 429: 0.25}
     statuses = [call(http, sandbox, "GET", "/users-by-id/u1/")[0] for _ in range(200)]

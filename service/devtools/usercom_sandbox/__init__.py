@@ -229,11 +229,15 @@ def list_requests() -> Any:
 @control.post("/faults")
 def add_faults() -> Any:
     """{"status": 500, "count": 2, "retry_after": "3", "delay": 0.5}: the next `count` API calls fail so."""
-    body = request.get_json(force=True)
+    body = request.get_json(force=True, silent=True)
+    try:
+        count = int(body.get("count", 1))
+        fault = Fault(int(body["status"]), body.get("retry_after"), float(body.get("delay", 0)))
+    except (AttributeError, KeyError, TypeError, ValueError):
+        raise ApiError(400, {"detail": 'Expected a JSON object like {"status": 500, "count": 2}.'}) from None
     state = _state()
     with state.lock:
-        for _ in range(int(body.get("count", 1))):
-            state.faults.append(Fault(int(body["status"]), body.get("retry_after"), float(body.get("delay", 0))))
+        state.faults.extend([fault] * count)
     return {"queued": len(state.faults)}
 
 
