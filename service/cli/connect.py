@@ -8,17 +8,17 @@ import socket
 from collections.abc import Callable
 
 import urllib3
-from redis import Redis
 from redis.exceptions import RedisError
 
 from service.config import Settings
+from service.store.connection import probe_redis
 
 CONNECT_TIMEOUT_SECONDS = 5.0
 
 
 def check_redis(url: str) -> str | None:
     """None when Redis answers PING, else why not (never the URL: it may carry a password)."""
-    client = Redis.from_url(url, socket_timeout=CONNECT_TIMEOUT_SECONDS, socket_connect_timeout=CONNECT_TIMEOUT_SECONDS)
+    client = probe_redis(url, CONNECT_TIMEOUT_SECONDS)
     try:
         client.ping()
         return None

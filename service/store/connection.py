@@ -95,5 +95,10 @@ def web_redis(url: str) -> Redis:
     )
 
 
+def probe_redis(url: str, timeout: float) -> Redis:
+    """A client for one check (`relay check-config --connect`), through the sentinels if the URL names them."""
+    return _redis(url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0))
+
+
 def worker_redis(url: str) -> Redis:
     return _redis(url, socket_timeout=WORKER_SOCKET_TIMEOUT, socket_connect_timeout=5.0)

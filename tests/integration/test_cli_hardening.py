@@ -41,6 +41,21 @@ def test_check_config_connect_says_what_is_unreachable_in_one_line_each() -> Non
     assert result.stderr.strip() == "relay: a dependency is unreachable"
 
 
+def test_check_config_connect_asks_the_sentinels_when_they_are_configured() -> None:
+    dead = free_port()
+    env = {
+        **GOOD,
+        "REDIS_SENTINELS": f"127.0.0.1:{dead}",
+        "REDIS_SENTINEL_MASTER": "relay",
+        "REDIS_SENTINEL_PASSWORD": "pw-x",
+    }
+    env.pop("REDIS_URL", None)
+    result = relay("check-config", "--connect", env=env)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "  redis: UNREACHABLE (MasterNotFoundError: " in result.stdout, result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr and "pw-x" not in result.stdout + result.stderr
+
+
 def test_a_worker_started_before_redis_waits_for_it(tmp_path: Path) -> None:
     port = free_port()
     env = {**GOOD, "REDIS_URL": f"redis://127.0.0.1:{port}/0"}
