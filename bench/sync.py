@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from typing import Any
 
 import stripe
@@ -138,6 +139,10 @@ def main() -> int:
     print(f"sync: {users} customers + {users} subscriptions read ({summary['api_calls']} Stripe calls), "
           f"{summary['accepted']} updates queued; User.com limited to {args.rate:g}/s")  # fmt: skip
     print(f"User.com calls per synced user: {len(synced) / users:.3f} (creations {creations}; goal <= 1.0 + creations)")
+    refused = Counter(r.get("status") for r in synced if r.get("status", 200) >= 300)
+    per_user = Counter(r["path"] for r in synced if r.get("status", 200) < 300)
+    print(f"  of which answered >= 300: {dict(refused) or 0}; users updated more than once: "
+          f"{sum(1 for n in per_user.values() if n > 1)}")  # fmt: skip
     print(f"wall time to delivered: {wall:.1f} s vs the rate-limit floor {users / args.rate:.1f} s (users / rate)")
     print(f"Redis used_memory peak during the run: {peak[0] / 1e6:.1f} MB")
     print(f"live webhooks p99 202 -> User.com: {baseline_p99:.0f} ms alone ({baseline_n}), "

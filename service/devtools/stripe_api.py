@@ -29,6 +29,7 @@ DEFAULT_LIMIT = 10
 MAX_TYPES = 20
 RANGE = re.compile(r"^created\[(gt|gte|lt|lte)\]$")
 TYPES = re.compile(r"^types\[\d*\]$")
+EXPAND = re.compile(r"^expand\[\d*\]$")
 OPERATORS = {
     "gt": lambda a, b: a > b,
     "gte": lambda a, b: a >= b,
@@ -202,6 +203,14 @@ def create_app(state: StripeApiState) -> Flask:
             subscriptions = [s for s in subscriptions if s.get("status") != "canceled"]
         elif status != "all":
             subscriptions = [s for s in subscriptions if s.get("status") == status]
+        expand = [v for k in request.args for v in request.args.getlist(k) if EXPAND.match(k)]
+        if unknown := [path for path in expand if path != "data.customer"]:
+            return _error(400, "invalid_request_error", f"This property cannot be expanded ({unknown[0]}).",
+                          "parameter_invalid", "expand")  # fmt: skip
+        if expand:
+            with state.lock:
+                by_id = {c["id"]: c for c in state.customers}
+            subscriptions = [{**s, "customer": by_id.get(s["customer"], s["customer"])} for s in subscriptions]
         return _page("/v1/subscriptions", subscriptions, "subscription")
 
     return app

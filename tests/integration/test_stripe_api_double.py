@@ -75,3 +75,18 @@ def test_subscriptions_default_hides_canceled(api: StripeApiServer) -> None:
     ]
     assert [s.id for s in client(api).v1.subscriptions.list().data] == ["sub_a"]
     assert [s.id for s in client(api).v1.subscriptions.list(params={"status": "all"}).data] == ["sub_b", "sub_a"]
+
+
+def test_subscriptions_expand_their_customer(api: StripeApiServer) -> None:
+    api.state.customers.append({"id": "cus_1", "object": "customer", "created": 1, "email": "a@example.com"})
+    api.state.subscriptions += [
+        {"id": "sub_a", "object": "subscription", "created": 1, "customer": "cus_1", "status": "active"},
+        {"id": "sub_b", "object": "subscription", "created": 2, "customer": "cus_gone", "status": "active"},
+    ]
+    page = client(api).v1.subscriptions.list(params={"expand": ["data.customer"]}).data
+    assert [(s.id, s.customer if isinstance(s.customer, str) else s.customer.email) for s in page] == [
+        ("sub_b", "cus_gone"),
+        ("sub_a", "a@example.com"),
+    ]
+    with pytest.raises(stripe.InvalidRequestError, match="cannot be expanded"):
+        client(api).v1.subscriptions.list(params={"expand": ["data.plan"]})

@@ -90,10 +90,46 @@ def test_an_interrupted_sync_continues_from_its_checkpoint(
     stop.set()  # as Ctrl-C during the first page
     feeder = Feeder(settings, Store.from_settings(redis, settings), "stripe")
     summary = sync(StripeReader(API_KEY, stripe_api.base_url, max_rps=1000), feeder, stop=stop)
-    assert summary["interrupted"] and summary["accepted"] == 100
-    assert Checkpoint(redis, "stripe").load() == ("customers", "cus_000050")  # newest first: 149 .. 50
+    # the first page: 100 subscriptions, each with its customer
+    assert summary["interrupted"] and summary["accepted"] == 200
+    assert Checkpoint(redis, "stripe").load() == ("subscriptions", "sub_000050_0")  # newest first: 149 .. 50
     code, rest = run(capsys, "sync", "stripe", "--json")
-    assert (code, rest["resumed"], rest["accepted"], rest["duplicate"]) == (0, True, 200, 0)
+    # the other 50 with theirs, then the customers: the 100 fed before the interruption are duplicates
+    assert (code, rest["resumed"], rest["accepted"], rest["duplicate"]) == (0, True, 100, 100)
     assert not redis.exists(keys.sync_checkpoint("stripe"))
     ledger = Store.from_settings(redis, settings).ledger()
     assert ledger["received"] == 300  # each customer and subscription once
+
+
+def test_a_checkpoint_from_the_old_phase_order_starts_over(
+    api_env: dict[str, str], stripe_api: StripeApiServer, redis: Redis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seed(stripe_api, users=3)
+    redis.hset(keys.sync_checkpoint("stripe"), mapping={"phase": "customers", "after": "cus_000001", "at": 1})
+    code, summary = run(capsys, "sync", "stripe", "--json")
+    assert (code, summary["resumed"], summary["accepted"]) == (0, False, 6)  # subscriptions were not skipped
+
+
+def test_each_user_is_sent_once_customer_and_subscription_together(
+    api_env: dict[str, str], stripe_api: StripeApiServer, sandbox: SandboxServer, redis: Redis
+) -> None:
+    settings = Settings.from_env(api_env)
+    seed(stripe_api, users=120)
+    stripe_api.state.customers.append(customer(999, created=1_700_000_999))  # no subscription
+    sandbox.state.seed([f"user-{n}" for n in (*range(120), 999)])  # existing users: one PUT per update
+
+    class DeliveringReader(StripeReader):
+        """Workers deliver everything pending between two pages, as they do during a long sync."""
+
+        def pages(self, resource: str, params: dict[str, Any], after: str | None = None) -> Any:
+            for page in super().pages(resource, params, after):
+                yield page
+                drain(settings)
+
+    reader = DeliveringReader(API_KEY, stripe_api.base_url, max_rps=1000)
+    summary = sync(reader, Feeder(settings, Store.from_settings(redis, settings), "stripe"))
+    assert (summary["accepted"], summary["duplicate"]) == (241, 0)
+    assert {r["path"] for r in stripe_api.state.requests} == {"/v1/subscriptions", "/v1/customers"}
+    writes = [r for r in sandbox.state.requests if r["method"] in ("PUT", "POST")]
+    assert len(writes) == 121  # one per user
+    assert sandbox.state.user_by_custom_id("user-999")["email"] == "user999@example.com"  # type: ignore[index]
