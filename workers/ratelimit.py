@@ -39,6 +39,11 @@ log = logging.getLogger("relay.ratelimit")
 
 DEFAULT_PAUSE_SECONDS = 5.0  # a 429 without Retry-After
 MAX_SLEEP_SECONDS = 1.0  # longer waits go back to the queue
+# A lane below live traffic (backfill) books only its next slot, never a second of them ahead: a live
+# call that comes meanwhile waits behind one such booking at most. Its worker serves nothing else, so
+# it may wait longer in place before its job goes back to the queue.
+BELOW_LIVE_SLOTS_AHEAD = 1
+BELOW_LIVE_MAX_SLEEP_SECONDS = 5.0
 LEASE_MS = 30_000  # a call's concurrency lease; expires if its worker dies
 
 
@@ -65,10 +70,12 @@ class RateLimiter:
         *,
         sleep: float = MAX_SLEEP_SECONDS,
         destination_keys: keys.Keys,
+        below_live: bool = False,
     ) -> None:
         self.redis = redis
         self.config = config
-        self.max_sleep = sleep
+        self.max_sleep = max(sleep, BELOW_LIVE_MAX_SLEEP_SECONDS) if below_live else sleep
+        self.below_live = below_live
         self._acquire = redis.register_script(ACQUIRE_SCRIPT)
         self._pause = redis.register_script(PAUSE_SCRIPT)
         self._paused = redis.register_script(PAUSED_SCRIPT)
@@ -129,6 +136,8 @@ class RateLimiter:
         waited = 0.0
         while True:
             max_wait_ms = (self.max_sleep - waited) * 1000
+            if self.below_live:
+                max_wait_ms = min(max_wait_ms, 1000 * BELOW_LIVE_SLOTS_AHEAD / self.effective_rate)
             booked, micros, rate_milli = self._acquire(keys=self._acquire_keys, args=[*head, max_wait_ms, *tail])
             self._saw_rate(int(rate_milli) / 1000)
             wait = int(micros) / 1e6

@@ -44,10 +44,11 @@ def build_destination(settings: Settings, destination: str, limiter: RateLimiter
     return DESTINATIONS[destination].client(settings.destination(destination), limiter)
 
 
-def build_context(settings: Settings, destination: str) -> DeliveryContext:
+def build_context(settings: Settings, destination: str, lane: str = keys.LIVE) -> DeliveryContext:
     redis = worker_redis(settings.redis_url)
     own = keys.Keys(destination)
-    limiter = RateLimiter(redis, limit_config(settings, destination), destination_keys=own)
+    below_live = lane == keys.BACKFILL
+    limiter = RateLimiter(redis, limit_config(settings, destination), destination_keys=own, below_live=below_live)
     # What is learned per user (last-written times, a destination's memory) is kept as long as an old event
     # can still come back (retry or replay).
     memory_ttl = settings.dedup_ttl_seconds + settings.dlq_ttl_days * 24 * 3600
@@ -180,7 +181,7 @@ def run_worker(
     waiting = worker_redis(settings.redis_url)
     wait_for_redis(waiting, f"{destination} {lane} worker")
     waiting.close()
-    context = build_context(settings, destination)
+    context = build_context(settings, destination, lane)
     forks_die_with_this_process()
     configure(context)
     worker = DeliveryWorker(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -158,3 +159,34 @@ def test_every_grant_is_recorded_even_a_fraction_of_a_millisecond_early(redis: R
         granted = take(lim)
         after = float(redis.get(keys.USERCOM.limiter_tat))
         assert (after > early) if granted else (after == early)
+
+
+def test_a_lane_below_live_books_only_its_next_slot(redis: Redis) -> None:
+    """Backfill never fills the schedule ahead: a live call waits behind one of its slots at most."""
+    below = RateLimiter(redis, LimitConfig(10, 1, 100), sleep=1.0, destination_keys=keys.USERCOM, below_live=True)
+    furthest = [0.0]
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            seconds, micros = redis.time()
+            tat = float(redis.get(keys.USERCOM.limiter_tat) or 0)
+            furthest[0] = max(furthest[0], tat - (seconds * 1000 + micros / 1000))
+
+    def call() -> None:
+        for _ in range(2):
+            with below.slot():
+                pass
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    callers = [threading.Thread(target=call) for _ in range(4)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join(timeout=60)
+    done.set()
+    watcher.join()
+    assert redis.llen(keys.USERCOM.limiter_window) == 8  # every call had its slot
+    # the booked slot plus one interval (the GCRA's next arrival): never a queue of slots
+    assert furthest[0] <= 2 * 100 + 5
