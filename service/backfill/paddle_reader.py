@@ -13,7 +13,7 @@ Paddle has no official Python client in our dependencies: plain HTTPS (urllib3) 
 - Errors: `{"error": {"type", "code", "detail"}}`; a bad, revoked or missing key is a 403
   (invalid_token, authentication_missing, authentication_malformed, forbidden); 429
   too_many_requests with Retry-After (seconds). Paddle allows 240 requests a minute per IP:
-  DEFAULT_MAX_RPS stays under it. The key never appears in any output.
+  PADDLE_MAX_RPS stays under it. The key never appears in any output.
 """
 
 from __future__ import annotations
@@ -28,14 +28,21 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import urllib3
 
+from service.backfill import PADDLE_MAX_RPS
 from service.backfill.stripe_reader import MAX_BACKOFF_SECONDS, MAX_RATE_LIMITED_TRIES, Pacer, ReadError
 from service.sources.base import iso_seconds
 
 PAGE_SIZE = 200  # Paddle's maximum for /events
-DEFAULT_MAX_RPS = 3.0  # Paddle: 240 requests a minute per IP (4/s), shared with anything else on the host
 PADDLE_EVENT_RETENTION_SECONDS = 90 * 24 * 3600
 REFUSED_KEY = frozenset({"invalid_token", "authentication_missing", "authentication_malformed", "forbidden"})
 TIMEOUT = urllib3.Timeout(connect=10, read=60)
+
+
+def retention_note(since: int, now: float) -> str | None:
+    """A warning when part of the window is past what Paddle still keeps."""
+    if since < now - PADDLE_EVENT_RETENTION_SECONDS:
+        return "note: Paddle keeps events for 90 days; older ones cannot be read back"
+    return None
 
 
 def rfc3339(seconds: int) -> str:
@@ -46,7 +53,7 @@ def rfc3339(seconds: int) -> str:
 class PaddleReader:
     api_key: str
     api_base: str
-    max_rps: float = DEFAULT_MAX_RPS
+    max_rps: float = PADDLE_MAX_RPS
     sleep: Callable[[float], None] = time.sleep
     calls: int = 0
     rate_limited: int = 0
