@@ -32,7 +32,7 @@ from service.backfill import PADDLE_MAX_RPS
 from service.backfill.stripe_reader import MAX_BACKOFF_SECONDS, MAX_RATE_LIMITED_TRIES, Pacer, ReadError
 from service.sources.base import iso_seconds
 
-PAGE_SIZE = 200  # Paddle's maximum for /events
+PAGE_SIZE = 200  # Paddle's maximum for /events, /customers and /subscriptions
 PADDLE_EVENT_RETENTION_SECONDS = 90 * 24 * 3600
 REFUSED_KEY = frozenset({"invalid_token", "authentication_missing", "authentication_malformed", "forbidden"})
 TIMEOUT = urllib3.Timeout(connect=10, read=60)
@@ -81,7 +81,7 @@ class PaddleReader:
             params["to"] = rfc3339(until + 1)  # `to` is RFC 3339; the second `until` itself is kept below
         if types:
             params["event_type"] = ",".join(types)
-        for page in self.pages("/events", params):
+        for page in self.pages("events", params):
             kept, past = [], False
             for event in page:
                 at = iso_seconds(event.get("occurred_at"))
@@ -98,11 +98,12 @@ class PaddleReader:
             if past:
                 return
 
-    def pages(self, path: str, params: dict[str, str]) -> Iterator[list[dict[str, Any]]]:
-        """Each page of a Paddle list endpoint, following meta.pagination.next until has_more is false."""
-        query = urlencode(params)
+    def pages(self, resource: str, params: dict[str, str], after: str | None = None) -> Iterator[list[dict[str, Any]]]:
+        """Each page of a Paddle list endpoint (events, customers, subscriptions), from after `after`,
+        following meta.pagination.next until has_more is false."""
+        query = urlencode({"per_page": str(PAGE_SIZE), **params, **({"after": after} if after else {})})
         while True:
-            body = self._get(f"{self.api_base}{path}?{query}")
+            body = self._get(f"{self.api_base}/{resource}?{query}")
             data, pagination = body.get("data") or [], (body.get("meta") or {}).get("pagination") or {}
             if data:
                 yield data

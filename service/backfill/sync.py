@@ -19,13 +19,14 @@ import hashlib
 import json
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from redis import Redis
 
 from service.backfill.feed import Feeder
 from service.backfill.progress import Reporter
-from service.backfill.stripe_reader import StripeReader
 from service.store import keys
 
 PHASES = ("customers", "subscriptions")
@@ -33,17 +34,34 @@ ENDED = frozenset({"canceled", "incomplete_expired"})
 EVENT_TYPES = {"customers": "customer.updated", "subscriptions": "customer.subscription.updated"}
 
 
+def digest(obj: dict[str, Any]) -> str:
+    """Of the object as read: the same object makes the same synthetic event id."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:20]
+
+
 def snapshot_event(phase: str, obj: dict[str, Any], read_at: int) -> dict[str, Any]:
-    digest = hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:20]
     stamp = read_at - 1 if phase == "subscriptions" and obj.get("status") in ENDED else read_at
     return {
-        "id": f"sync_{obj['id']}_{digest}",
+        "id": f"sync_{obj['id']}_{digest(obj)}",
         "object": "event",
         "type": EVENT_TYPES[phase],
         "created": stamp,
         "livemode": bool(obj.get("livemode", False)),
         "data": {"object": obj},
     }
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What a provider's sync reads: its list resources in order, the query of each, and the event
+    each object becomes (the provider's webhook envelope, so its own schemas and mapping apply)."""
+
+    phases: tuple[str, ...]
+    snapshot: Callable[[str, dict[str, Any], int], dict[str, Any]]
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+STRIPE = Shape(PHASES, snapshot_event, {"subscriptions": {"status": "all"}})
 
 
 class Checkpoint:
@@ -65,25 +83,26 @@ class Checkpoint:
 
 
 def sync(
-    reader: StripeReader,
+    reader: Any,  # StripeReader, PaddleReader: pages(resource, params, after=...), calls, rate_limited
     feeder: Feeder,
     *,
+    shape: Shape = STRIPE,
     customers_only: bool = False,
     from_scratch: bool = False,
     stop: threading.Event | None = None,
     reporter: Reporter | None = None,
 ) -> dict[str, Any]:
     checkpoint = Checkpoint(feeder.store.redis, feeder.source_name)
-    phases = PHASES[:1] if customers_only else PHASES
+    phases = shape.phases[:1] if customers_only else shape.phases
     resumed = None if from_scratch or feeder.dry_run else checkpoint.load()
     start_phase, after = resumed if resumed and resumed[0] in phases else (phases[0], None)
     interrupted = False
     for phase in phases[phases.index(start_phase) :]:
-        params = {"status": "all"} if phase == "subscriptions" else {}
+        params = shape.params.get(phase, {})
         for page in reader.pages(phase, params, after=after):
             read_at = int(time.time())
             for obj in page:
-                feeder.event(snapshot_event(phase, obj, read_at))
+                feeder.event(shape.snapshot(phase, obj, read_at))
             if not feeder.dry_run:
                 checkpoint.save(phase, page[-1]["id"])
             if reporter:
@@ -101,5 +120,5 @@ def sync(
     return {**_summary(reader, feeder), "resumed": resumed is not None, "interrupted": interrupted}
 
 
-def _summary(reader: StripeReader, feeder: Feeder) -> dict[str, Any]:
+def _summary(reader: Any, feeder: Feeder) -> dict[str, Any]:
     return {**feeder.tally.as_dict(), "api_calls": reader.calls, "rate_limited": reader.rate_limited}

@@ -1,8 +1,8 @@
 """`relay backfill|sync|reconcile <provider>`: bring the CRM to billing truth from the provider's API.
 
 Each needs REDIS_URL and the provider's read-only API key (STRIPE_API_KEY, PADDLE_API_KEY); the key
-never appears in any output. Paddle: backfill and reconcile (its GET /events), no --undelivered-only
-(its API has no delivery filter) and no sync. Progress goes to stderr (rich), the summary table to
+never appears in any output. Paddle: its GET /events, /customers and /subscriptions; no
+--undelivered-only (its events API has no delivery filter). Progress goes to stderr (rich), the summary table to
 stdout; --json prints one JSON document instead and no progress. Ctrl-C stops after the current page and prints how to
 resume; a second Ctrl-C stops at once. Exit codes: 0 done, 1 interrupted, 2 bad settings or input,
 3 the provider refused or failed.
@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # imported when a command runs: stripe and rich cost every ot
     from service.backfill.stripe_reader import StripeReader
 
 PROVIDERS = ["stripe", "paddle"]  # backfill and reconcile: each has an events list API
-SYNC_PROVIDERS = ["stripe"]  # Paddle's customers and subscriptions lists are not read yet (README)
+SYNC_PROVIDERS = ["stripe", "paddle"]
 
 
 def add_parsers(sub: Any) -> None:
@@ -43,7 +43,7 @@ def add_parsers(sub: Any) -> None:
     _common(fill)
     fill.set_defaults(func=cmd_backfill)
     snap = sub.add_parser("sync", help="initial sync: every customer and subscription as of now (resumable)")
-    snap.add_argument("provider", choices=SYNC_PROVIDERS, help="whose API (stripe)")
+    snap.add_argument("provider", choices=SYNC_PROVIDERS, help="whose API (stripe, paddle)")
     snap.add_argument("--customers-only", action="store_true", help="customers only, no subscriptions")
     snap.add_argument("--from-scratch", action="store_true", help="ignore the checkpoint of an interrupted sync")
     _common(snap)
@@ -197,10 +197,14 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 def cmd_sync(args: argparse.Namespace) -> int:
     from service.backfill.progress import Reporter
     from service.backfill.stripe_reader import ReadError
-    from service.backfill.sync import sync
+    from service.backfill.sync import STRIPE, sync
 
     try:
         _settings, reader, feeder = open_run(args)
+        if args.provider == "paddle":
+            from service.backfill.paddle_sync import PADDLE as shape
+        else:
+            shape = STRIPE
     except (ValueError, ReadError) as exc:
         print(f"relay: {exc}", file=sys.stderr)
         return 2
@@ -210,6 +214,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
             summary = sync(
                 reader,
                 feeder,
+                shape=shape,
                 customers_only=args.customers_only,
                 from_scratch=args.from_scratch,
                 stop=stop,

@@ -1,4 +1,5 @@
-"""A Paddle Billing API double on a real socket: `GET /events`, what `relay backfill|reconcile paddle` read.
+"""A Paddle Billing API double on a real socket: `GET /events`, `/customers`, `/subscriptions`, what
+`relay backfill|reconcile|sync paddle` read.
 
 Faithful to Paddle's documented behaviour (developer.paddle.com/api-reference: about/pagination,
 about/authentication, about/errors, about/rate-limiting, events/list-events):
@@ -13,7 +14,10 @@ about/authentication, about/errors, about/rate-limiting, events/list-events):
   `id[DESC]`, anything else 400. `after` is a cursor: the entities after that id in the chosen
   order, not including it. `next` is always returned: the request's own query with `after` set to
   the page's last id. Event ids sort by time (Paddle ids are ULIDs).
-- Filters: `event_type` (comma-separated) and `from` / `to` (RFC 3339, inclusive) on `occurred_at`.
+- Events: `event_type` (comma-separated) and `from` / `to` (RFC 3339, inclusive) on `occurred_at`.
+  The docs state no default order for events: id[ASC] here; the reader always sends id[DESC].
+- Customers and subscriptions: `status` (comma-separated); customers default to `active` (Paddle's
+  default scope), subscriptions to every status.
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ RATE_LIMITED = (
 class PaddleApiState:
     api_key: str
     events: list[dict[str, Any]] = field(default_factory=list)
+    customers: list[dict[str, Any]] = field(default_factory=list)
+    subscriptions: list[dict[str, Any]] = field(default_factory=list)
     requests: list[dict[str, Any]] = field(default_factory=list)
     faults: collections.deque[tuple[int, str | None]] = field(default_factory=collections.deque)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -78,7 +84,8 @@ def _moment(text: str) -> datetime | None:
     return moment if moment.tzinfo is not None else None
 
 
-def list_events(state: PaddleApiState) -> Any:
+def _page(resource: str, objects: list[dict[str, Any]], key: str) -> Any:
+    """Paddle's paging over `objects` (already filtered): per_page, order_by=id, the `after` cursor."""
     args = request.args
     raw_per_page = args.get("per_page", str(DEFAULT_PER_PAGE))
     if not raw_per_page.isdigit() or int(raw_per_page) < 1:
@@ -87,6 +94,26 @@ def list_events(state: PaddleApiState) -> Any:
     order_by = args.get("order_by", "id[ASC]")
     if order_by not in ORDERS:
         return _invalid("order_by", "must be id[ASC] or id[DESC]")
+    descending = ORDERS[order_by]
+    ordered = sorted(objects, key=lambda o: o[key], reverse=descending)
+    total = len(ordered)
+    if after := args.get("after"):
+        ordered = [o for o in ordered if (o[key] < after if descending else o[key] > after)]
+    data = ordered[:per_page]
+    query = {k: v for k, v in args.items() if k != "after"}
+    if data or after:
+        query["after"] = data[-1][key] if data else after
+    pagination = {
+        "per_page": per_page,
+        "next": f"{request.host_url.rstrip('/')}/{resource}?{urlencode(query)}",
+        "has_more": len(ordered) > per_page,
+        "estimated_total": total,
+    }
+    return {"data": data, "meta": {"request_id": str(uuid.uuid4()), "pagination": pagination}}
+
+
+def list_events(state: PaddleApiState) -> Any:
+    args = request.args
     bounds = {}
     for name in ("from", "to"):
         if name in args:
@@ -101,24 +128,17 @@ def list_events(state: PaddleApiState) -> Any:
         events = [e for e in events if datetime.fromisoformat(e["occurred_at"]) >= bounds["from"]]
     if "to" in bounds:
         events = [e for e in events if datetime.fromisoformat(e["occurred_at"]) <= bounds["to"]]
-    descending = ORDERS[order_by]
-    events.sort(key=lambda e: e["event_id"], reverse=descending)
-    total = len(events)
-    if after := args.get("after"):
-        events = [e for e in events if (e["event_id"] < after if descending else e["event_id"] > after)]
-    data = events[:per_page]
-    query = {k: v for k, v in args.items() if k != "after"}
-    if data:
-        query["after"] = data[-1]["event_id"]
-    elif after:
-        query["after"] = after
-    pagination = {
-        "per_page": per_page,
-        "next": f"{request.host_url.rstrip('/')}/events?{urlencode(query)}",
-        "has_more": len(events) > per_page,
-        "estimated_total": total,
-    }
-    return {"data": data, "meta": {"request_id": str(uuid.uuid4()), "pagination": pagination}}
+    return _page("events", events, "event_id")
+
+
+def list_scoped(state: PaddleApiState, resource: str, default_scope: set[str] | None) -> Any:
+    """Customers: `active` unless `status` says otherwise; subscriptions: every status by default."""
+    with state.lock:
+        objects = list(state.customers if resource == "customers" else state.subscriptions)
+    wanted = {s for s in request.args.get("status", "").split(",") if s} or default_scope
+    if wanted is not None:
+        objects = [o for o in objects if o.get("status") in wanted]
+    return _page(resource, objects, "id")
 
 
 def create_app(state: PaddleApiState) -> Flask:
@@ -151,6 +171,10 @@ def create_app(state: PaddleApiState) -> Flask:
         return None
 
     app.add_url_rule("/events", "list_events", lambda: list_events(state), methods=["GET"])
+    app.add_url_rule("/customers", "customers", lambda: list_scoped(state, "customers", {"active"}), methods=["GET"])
+    app.add_url_rule(
+        "/subscriptions", "subscriptions", lambda: list_scoped(state, "subscriptions", None), methods=["GET"]
+    )
 
     @app.errorhandler(404)
     def not_found(_exc: Exception) -> Any:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -23,25 +23,9 @@ from service.devtools.usercom_sandbox import SandboxServer
 from service.store import keys
 from service.store.ledger import Store
 from tests.conftest import paddle_headers
+from tests.integration.conftest import PADDLE_KEY
 from tests.integration.test_backfill import drain, run
 from tests.paddle_history import final_plans, history
-
-PADDLE_KEY = "pdl_sdbx_apikey_01jtest0readonly0events_Xy9"
-
-
-@pytest.fixture
-def paddle_api() -> Iterator[PaddleApiServer]:
-    server = PaddleApiServer(PADDLE_KEY).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def paddle_env(env: dict[str, str], paddle_api: PaddleApiServer, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    full = {**env, "PADDLE_API_KEY": PADDLE_KEY, "PADDLE_API_BASE": paddle_api.base_url}
-    for name, value in full.items():
-        monkeypatch.setenv(name, value)
-    return full
 
 
 @pytest.fixture
