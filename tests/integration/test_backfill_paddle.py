@@ -88,6 +88,7 @@ def test_paddle_backfill_brings_the_crm_to_the_state_of_the_whole_history(
 
 def test_paddle_reconcile_reports_and_heals_what_never_arrived(
     paddle_env: dict[str, str],
+    client: Any,
     paddle_api: PaddleApiServer,
     post_paddle: Callable[..., Any],
     sandbox: SandboxServer,
@@ -103,7 +104,8 @@ def test_paddle_reconcile_reports_and_heals_what_never_arrived(
         len(lost),
         len(events) - len(lost),
     )
-    record = json.loads(redis.get(keys.reconcile_last("paddle")) or b"{}")
+    record = client.get("/status").get_json()["reconcile"]["paddle"]
+    assert (record["missing"], record["healed"]) == (len(lost), len(lost))
     assert sorted(record["missing_ids"]) == sorted(e["event_id"] for e in lost)
     drain(Settings.from_env(paddle_env))
     for user, (plan, _status) in final_plans(events).items():
