@@ -24,8 +24,6 @@ from service.config import Settings, settings_or_exit
 
 if TYPE_CHECKING:  # imported when a command runs: stripe and rich cost every other `relay` command start-up time
     from service.backfill.feed import Feeder
-    from service.backfill.paddle_reader import PaddleReader
-    from service.backfill.stripe_reader import StripeReader
 
 PROVIDERS = ["stripe", "paddle"]  # backfill and reconcile: each has an events list API
 SYNC_PROVIDERS = ["stripe", "paddle"]
@@ -82,8 +80,9 @@ def stop_on_interrupt() -> Iterator[threading.Event]:
             signal.signal(sig, handler)
 
 
-def open_run(args: argparse.Namespace) -> tuple[Settings, Any, Feeder]:  # reader: _reader's
+def open_run(args: argparse.Namespace) -> tuple[Settings, Any, Feeder]:  # reader: reader_for's
     from service.backfill.feed import Feeder
+    from service.backfill.readers import reader_for
     from service.store.connection import worker_redis
     from service.store.ledger import Store
 
@@ -95,20 +94,10 @@ def open_run(args: argparse.Namespace) -> tuple[Settings, Any, Feeder]:  # reade
             "`relay reconcile paddle` finds the events the relay never received"
         )
     settings = settings_or_exit("admin")
-    reader = _reader(args, settings)
+    reader = reader_for(args.provider, settings, args.max_rps)
     redis = worker_redis(settings.redis_url)
     feeder = Feeder(settings, Store.from_settings(redis, settings), args.provider, dry_run=args.dry_run)
     return settings, reader, feeder
-
-
-def _reader(args: argparse.Namespace, settings: Settings) -> StripeReader | PaddleReader:
-    if args.provider == "paddle":
-        from service.backfill.paddle_reader import PaddleReader
-
-        return PaddleReader(settings.paddle_api_key, settings.paddle_api_base, max_rps=args.max_rps or PADDLE_MAX_RPS)
-    from service.backfill.stripe_reader import StripeReader
-
-    return StripeReader(settings.stripe_api_key, settings.stripe_api_base, max_rps=args.max_rps or DEFAULT_MAX_RPS)
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ import pytest
 import urllib3
 from redis import Redis
 
+from service.backfill import periodic
 from service.backfill.paddle_reader import PaddleReader
 from service.backfill.stripe_reader import ReadError
 from service.cli import main
@@ -193,3 +194,15 @@ def test_the_double_answers_as_paddle_documents(paddle_api: PaddleApiServer) -> 
 def test_the_reader_refuses_without_a_key_and_names_the_variable() -> None:
     with pytest.raises(ReadError, match="PADDLE_API_KEY is required"):
         PaddleReader("", "http://127.0.0.1:9")
+
+
+def test_periodic_reconcile_covers_paddle_when_its_key_is_set(
+    paddle_env: dict[str, str], paddle_api: PaddleApiServer, post_paddle: Callable[..., Any], redis: Redis
+) -> None:
+    lost = lose_a_third(paddle_api, post_paddle, history(users=3, steps=1, start=int(time.time()) - 3600))
+    settings = Settings.from_env({**paddle_env, "RELAY_RECONCILE_INTERVAL": "3600"})
+    assert periodic.SOURCES == ("stripe", "paddle")
+    first = periodic.run_once(settings, redis, source="paddle")
+    assert first is not None and (first["missing"], first["healed"]) == (len(lost), len(lost))
+    assert periodic.run_once(settings, redis, source="paddle") is None  # this interval's lock is taken
+    assert periodic.last_run(redis, "paddle") is not None and periodic.last_run(redis, "stripe") is None
