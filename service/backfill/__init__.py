@@ -4,3 +4,4 @@ goes through the webhook path from the point after the signature (service.intake
 then the store's dedup and accept) on its own lane (keys.BACKFILL), below live traffic."""
 
 DEFAULT_MAX_RPS = 20.0  # API reads a second: well under Stripe's read limit (100/s live, 25/s test mode)
+PADDLE_MAX_RPS = 3.0  # Paddle allows 240 requests a minute per IP (4/s), shared with all on that host

@@ -14,14 +14,14 @@ import fnmatch
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from service.backfill.feed import Feeder
 from service.backfill.progress import Reporter
-from service.backfill.stripe_reader import ReadError, StripeReader
+from service.backfill.stripe_reader import ReadError
 
 STRIPE_EVENT_RETENTION_SECONDS = 30 * 24 * 3600
 MAX_TYPES = 20
@@ -66,16 +66,23 @@ def event_types(patterns: list[str] | None, mapped: list[str]) -> list[str]:
     return wanted
 
 
+class EventReader(Protocol):
+    """A provider's events list (stripe_reader, paddle_reader): how it pages and filters is its own."""
+
+    calls: int
+    rate_limited: int
+
+    def event_pages(
+        self, since: int, until: int | None, types: list[str], *, undelivered_only: bool = False
+    ) -> Iterator[list[dict[str, Any]]]:
+        """Non-empty pages of events in [since, until] of the given types, newest first."""
+        ...
+
+
 @dataclass(frozen=True)
 class Window:
     since: int
     until: int | None = None
-
-    def params(self) -> dict[str, Any]:
-        created: dict[str, int] = {"gte": self.since}
-        if self.until is not None:
-            created["lte"] = self.until
-        return {"created": created}
 
     def done(self, oldest: int, now: float) -> float:
         """How far a newest-first read has come, 0-100."""
@@ -92,7 +99,7 @@ class Result:
 
 
 def backfill_events(
-    reader: StripeReader,
+    reader: EventReader,
     feeder: Feeder,
     window: Window,
     types: list[str],
@@ -103,16 +110,14 @@ def backfill_events(
     on_page: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None = None,
 ) -> Result:
     """Feed every event of the window; `on_page` may narrow a page first (reconcile: the missing)."""
-    params = {**window.params(), "types": types}
-    if undelivered_only:
-        params["delivery_success"] = False
     oldest: int | None = None
     interrupted = False
-    for page in reader.pages("events", params):
+    for page in reader.event_pages(window.since, window.until, types, undelivered_only=undelivered_only):
         chosen = on_page(page) if on_page else page
         for event in chosen:
             feeder.event(event)
-        oldest = int(page[-1]["created"])
+        # The provider's own envelope says when (Stripe: created; Paddle: occurred_at).
+        oldest = feeder.source.describe(page[-1], {}).event_time or window.since
         if reporter:
             reporter.update(summary(reader, feeder), window.done(oldest, time.time()))
         if stop is not None and stop.is_set():
@@ -121,7 +126,7 @@ def backfill_events(
     return Result(summary(reader, feeder), interrupted, oldest if interrupted else None)
 
 
-def summary(reader: StripeReader, feeder: Feeder) -> dict[str, Any]:
+def summary(reader: EventReader, feeder: Feeder) -> dict[str, Any]:
     return {**feeder.tally.as_dict(), "api_calls": reader.calls, "rate_limited": reader.rate_limited}
 
 
@@ -132,4 +137,6 @@ def check_window(window: Window, now: float) -> str | None:
     return None
 
 
-__all__ = ["ReadError", "Result", "Window", "backfill_events", "check_window", "event_types", "parse_time"]
+__all__ = [
+    "EventReader", "ReadError", "Result", "Window", "backfill_events", "check_window", "event_types", "parse_time",
+]  # fmt: skip

@@ -18,10 +18,9 @@ from typing import Any
 
 from redis import Redis
 
-from service.backfill.events import Window, backfill_events
+from service.backfill.events import EventReader, Window, backfill_events
 from service.backfill.feed import Feeder
 from service.backfill.progress import Reporter
-from service.backfill.stripe_reader import StripeReader
 from service.ops.metrics import RECONCILE_HEALED, RECONCILE_MISSING, RECONCILE_RUNS
 from service.store import keys
 from service.store.ledger_dedup import accepted_before
@@ -39,7 +38,7 @@ def check_reconcile_window(window: Window, dedup_ttl: int, now: float) -> None:
 
 
 def reconcile(
-    reader: StripeReader,
+    reader: EventReader,
     feeder: Feeder,
     redis: Redis,
     window: Window,
@@ -52,12 +51,14 @@ def reconcile(
     missing_ids: list[str] = []
 
     def only_missing(page: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        seen = accepted_before(redis, source, [event["id"] for event in page], feeder.store.dedup_ttl)
+        ids = [feeder.source.describe(event, {}).event_id or "" for event in page]  # Stripe: id; Paddle: event_id
+        seen = accepted_before(redis, source, ids, feeder.store.dedup_ttl)
         missing = [event for event, known in zip(page, seen, strict=True) if not known]
         feeder.tally.missing += len(missing)
         feeder.tally.counts["duplicate"] += len(page) - len(missing)  # received before: nothing to do
         feeder.tally.read += len(page) - len(missing)
-        missing_ids.extend(event["id"] for event in missing[: max(0, MISSING_IDS_KEPT - len(missing_ids))])
+        lost = [i for i, known in zip(ids, seen, strict=True) if not known]
+        missing_ids.extend(lost[: max(0, MISSING_IDS_KEPT - len(missing_ids))])
         return missing
 
     started = time.time()

@@ -62,6 +62,16 @@ class StripeReader:
         self._client = stripe.StripeClient(self.api_key, base_addresses={"api": self.api_base}, max_network_retries=0)
         self._pacer = Pacer(self.max_rps, sleep=self.sleep)
 
+    def event_pages(
+        self, since: int, until: int | None, types: list[str], *, undelivered_only: bool = False
+    ) -> Iterator[list[dict[str, Any]]]:
+        """GET /v1/events: created[gte|lte], types[] (at most 20), delivery_success=false if asked."""
+        created = {"gte": since, **({"lte": until} if until is not None else {})}
+        params: dict[str, Any] = {"created": created, "types": types}
+        if undelivered_only:
+            params["delivery_success"] = False
+        return self.pages("events", params)
+
     def pages(self, resource: str, params: dict[str, Any], after: str | None = None) -> Iterator[list[dict[str, Any]]]:
         """Each page of `resource` (events, customers, subscriptions) as plain dicts, newest first."""
         service = getattr(self._client.v1, resource)

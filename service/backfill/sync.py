@@ -1,4 +1,5 @@
-"""`relay sync stripe`: the CRM's first billing state, from Stripe's customers and subscriptions.
+"""`relay sync stripe|paddle`: the CRM's first billing state, from the provider's customers and
+subscriptions (each provider's `Shape`: Paddle's in service/backfill/paddle_sync.py).
 
 Each customer becomes the update a `customer.updated` event would make, each subscription (every
 status) the one a `customer.subscription.updated` would, through the same schemas and mapping,
@@ -11,7 +12,8 @@ Subscriptions are read first, each with its customer (`expand[]=data.customer`),
 fed just before its subscription: both land in the user's pending state together, so the user gets
 one call, not one per object (reading all customers first had a tenth of them delivered before their
 subscription arrived: a second call). Customers without a subscription follow; those already fed by
-this run are skipped (a set of ids: about 60 B per customer in the sync process).
+this run are skipped (a set of ids: about 60 B per customer in the sync process). Paddle's
+subscription list cannot include its customer: Paddle reads customers first, then subscriptions.
 
 The synthetic event id is `sync_<object id>_<digest of the object>`: a second run over unchanged
 objects makes the same ids, which the dedup memory answers as duplicates (nothing is sent again);
@@ -25,26 +27,30 @@ import hashlib
 import json
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from redis import Redis
 
 from service.backfill.feed import Feeder
 from service.backfill.progress import Reporter
-from service.backfill.stripe_reader import StripeReader
 from service.store import keys
 
 PHASES = ("subscriptions", "customers")
-ORDER = ",".join(PHASES)
 ENDED = frozenset({"canceled", "incomplete_expired"})
 EVENT_TYPES = {"customers": "customer.updated", "subscriptions": "customer.subscription.updated"}
 
 
+def digest(obj: dict[str, Any]) -> str:
+    """Of the object as read: the same object makes the same synthetic event id."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:20]
+
+
 def snapshot_event(phase: str, obj: dict[str, Any], read_at: int) -> dict[str, Any]:
-    digest = hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:20]
     stamp = read_at - 1 if phase == "subscriptions" and obj.get("status") in ENDED else read_at
     return {
-        "id": f"sync_{obj['id']}_{digest}",
+        "id": f"sync_{obj['id']}_{digest(obj)}",
         "object": "event",
         "type": EVENT_TYPES[phase],
         "created": stamp,
@@ -53,47 +59,64 @@ def snapshot_event(phase: str, obj: dict[str, Any], read_at: int) -> dict[str, A
     }
 
 
+@dataclass(frozen=True)
+class Shape:
+    """What a provider's sync reads: its list resources in order, the query of each, and the event
+    each object becomes (the provider's webhook envelope, so its own schemas and mapping apply)."""
+
+    phases: tuple[str, ...]
+    snapshot: Callable[[str, dict[str, Any], int], dict[str, Any]]
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+STRIPE = Shape(PHASES, snapshot_event, {"subscriptions": {"status": "all", "expand": ["data.customer"]}})
+
+
 class Checkpoint:
-    def __init__(self, redis: Redis, source: str) -> None:
+    def __init__(self, redis: Redis, source: str, phases: tuple[str, ...] = PHASES) -> None:
         self.redis = redis
         self.key = keys.sync_checkpoint(source)
+        self.order = ",".join(phases)
 
     def load(self) -> tuple[str, str | None] | None:
         """Where an interrupted sync stopped; None (start over: nothing is sent twice) without one, or
         for a checkpoint written by a relay that read the phases in another order."""
         raw = self.redis.hgetall(self.key)
-        if not raw or raw.get(b"order", b"").decode() != ORDER:
+        if not raw or raw.get(b"order", b"").decode() != self.order:
             return None
         return raw[b"phase"].decode(), (raw.get(b"after") or b"").decode() or None
 
     def save(self, phase: str, after: str | None) -> None:
-        self.redis.hset(self.key, mapping={"phase": phase, "after": after or "", "order": ORDER, "at": time.time()})
+        self.redis.hset(
+            self.key, mapping={"phase": phase, "after": after or "", "order": self.order, "at": time.time()}
+        )
 
     def clear(self) -> None:
         self.redis.delete(self.key)
 
 
 def sync(
-    reader: StripeReader,
+    reader: Any,  # StripeReader, PaddleReader: pages(resource, params, after=...), calls, rate_limited
     feeder: Feeder,
     *,
+    shape: Shape = STRIPE,
     customers_only: bool = False,
     from_scratch: bool = False,
     stop: threading.Event | None = None,
     reporter: Reporter | None = None,
 ) -> dict[str, Any]:
-    checkpoint = Checkpoint(feeder.store.redis, feeder.source_name)
-    phases = PHASES[1:] if customers_only else PHASES
+    checkpoint = Checkpoint(feeder.store.redis, feeder.source_name, shape.phases)
+    phases = ("customers",) if customers_only else shape.phases
     resumed = None if from_scratch or feeder.dry_run else checkpoint.load()
     start_phase, after = resumed if resumed and resumed[0] in phases else (phases[0], None)
     interrupted = False
     fed: set[str] = set()  # customers this run fed with their subscription
     for phase in phases[phases.index(start_phase) :]:
-        params = {"status": "all", "expand": ["data.customer"]} if phase == "subscriptions" else {}
+        params = shape.params.get(phase, {})
         for page in reader.pages(phase, params, after=after):
             read_at = int(time.time())
             for obj in page:
-                _feed(feeder, phase, obj, read_at, fed)
+                _feed(feeder, shape, phase, obj, read_at, fed)
             if not feeder.dry_run:
                 checkpoint.save(phase, page[-1]["id"])
             if reporter:
@@ -111,19 +134,19 @@ def sync(
     return {**_summary(reader, feeder), "resumed": resumed is not None, "interrupted": interrupted}
 
 
-def _feed(feeder: Feeder, phase: str, obj: dict[str, Any], read_at: int, fed: set[str]) -> None:
+def _feed(feeder: Feeder, shape: Shape, phase: str, obj: dict[str, Any], read_at: int, fed: set[str]) -> None:
     if phase == "customers":
         if obj["id"] not in fed:
-            feeder.event(snapshot_event(phase, obj, read_at))
+            feeder.event(shape.snapshot(phase, obj, read_at))
         return
     owner = obj.get("customer")
     if isinstance(owner, dict):  # expanded: fed once, just before the subscription
         obj = {**obj, "customer": owner["id"]}
         if owner["id"] not in fed and not owner.get("deleted"):
-            feeder.event(snapshot_event("customers", owner, read_at))
+            feeder.event(shape.snapshot("customers", owner, read_at))
             fed.add(owner["id"])
-    feeder.event(snapshot_event(phase, obj, read_at))
+    feeder.event(shape.snapshot(phase, obj, read_at))
 
 
-def _summary(reader: StripeReader, feeder: Feeder) -> dict[str, Any]:
+def _summary(reader: Any, feeder: Feeder) -> dict[str, Any]:
     return {**feeder.tally.as_dict(), "api_calls": reader.calls, "rate_limited": reader.rate_limited}

@@ -1,8 +1,9 @@
 """`relay backfill|sync|reconcile <provider>`: bring the CRM to billing truth from the provider's API.
 
-Each needs REDIS_URL and the provider's read-only API key (STRIPE_API_KEY); the key never appears
-in any output. Progress goes to stderr (rich), the summary table to stdout; --json prints one
-JSON document instead and no progress. Ctrl-C stops after the current page and prints how to
+Each needs REDIS_URL and the provider's read-only API key (STRIPE_API_KEY, PADDLE_API_KEY); the key
+never appears in any output. Paddle: its GET /events, /customers and /subscriptions; no
+--undelivered-only (its events API has no delivery filter). Progress goes to stderr (rich), the summary table to
+stdout; --json prints one JSON document instead and no progress. Ctrl-C stops after the current page and prints how to
 resume; a second Ctrl-C stops at once. Exit codes: 0 done, 1 interrupted, 2 bad settings or input,
 3 the provider refused or failed.
 """
@@ -18,33 +19,35 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from service.backfill import DEFAULT_MAX_RPS
+from service.backfill import DEFAULT_MAX_RPS, PADDLE_MAX_RPS
 from service.config import Settings, settings_or_exit
 
 if TYPE_CHECKING:  # imported when a command runs: stripe and rich cost every other `relay` command start-up time
     from service.backfill.feed import Feeder
-    from service.backfill.stripe_reader import StripeReader
 
-PROVIDERS = ["stripe"]
+PROVIDERS = ["stripe", "paddle"]  # backfill and reconcile: each has an events list API
+SYNC_PROVIDERS = ["stripe", "paddle"]
 
 
 def add_parsers(sub: Any) -> None:
     fill = sub.add_parser("backfill", help="feed events read back from the provider's Events API (last 30 days)")
-    fill.add_argument("provider", choices=PROVIDERS, help="whose API (stripe)")
+    fill.add_argument("provider", choices=PROVIDERS, help="whose API (stripe, paddle)")
     fill.add_argument("--since", required=True, help="ISO time, a duration back from now (7d, 36h) or unix seconds")
     fill.add_argument("--until", help="same forms (default: now)")
     fill.add_argument("--types", help="comma-separated event types, * allowed (default: every mapped type)")
-    fill.add_argument("--undelivered-only", action="store_true", help="only events no endpoint acknowledged")
+    fill.add_argument(
+        "--undelivered-only", action="store_true", help="only events no endpoint acknowledged (Stripe only)"
+    )
     _common(fill)
     fill.set_defaults(func=cmd_backfill)
     snap = sub.add_parser("sync", help="initial sync: every customer and subscription as of now (resumable)")
-    snap.add_argument("provider", choices=PROVIDERS, help="whose API (stripe)")
+    snap.add_argument("provider", choices=SYNC_PROVIDERS, help="whose API (stripe, paddle)")
     snap.add_argument("--customers-only", action="store_true", help="customers only, no subscriptions")
     snap.add_argument("--from-scratch", action="store_true", help="ignore the checkpoint of an interrupted sync")
     _common(snap)
     snap.set_defaults(func=cmd_sync)
     rec = sub.add_parser("reconcile", help="find events the relay never received and feed them (backfill path)")
-    rec.add_argument("provider", choices=PROVIDERS, help="whose API (stripe)")
+    rec.add_argument("provider", choices=PROVIDERS, help="whose API (stripe, paddle)")
     rec.add_argument("--since", default="3d", help="how far back (default 3d; at most the dedup memory)")
     rec.add_argument("--until", help="default: 5 minutes ago (younger events may still be on their way)")
     _common(rec)
@@ -54,7 +57,7 @@ def add_parsers(sub: Any) -> None:
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="read and count, queue nothing")
     parser.add_argument(
-        "--max-rps", type=float, default=DEFAULT_MAX_RPS, help=f"API reads/s (default {DEFAULT_MAX_RPS:g})"
+        "--max-rps", type=float, help=f"API reads/s (default: Stripe {DEFAULT_MAX_RPS:g}, Paddle {PADDLE_MAX_RPS:g})"
     )
     parser.add_argument("--json", action="store_true", help="no progress; one line of JSON at the end")
 
@@ -77,14 +80,21 @@ def stop_on_interrupt() -> Iterator[threading.Event]:
             signal.signal(sig, handler)
 
 
-def open_run(args: argparse.Namespace) -> tuple[Settings, StripeReader, Feeder]:
+def open_run(args: argparse.Namespace) -> tuple[Settings, Any, Feeder]:  # reader: reader_for's
     from service.backfill.feed import Feeder
-    from service.backfill.stripe_reader import StripeReader
+    from service.backfill.readers import reader_for
     from service.store.connection import worker_redis
     from service.store.ledger import Store
 
+    if args.max_rps is not None and args.max_rps <= 0:
+        raise ValueError("--max-rps must be above 0")
+    if getattr(args, "undelivered_only", False) and args.provider == "paddle":
+        raise ValueError(
+            "--undelivered-only: Paddle's events API has no delivery filter (Stripe's delivery_success); "
+            "`relay reconcile paddle` finds the events the relay never received"
+        )
     settings = settings_or_exit("admin")
-    reader = StripeReader(settings.stripe_api_key, settings.stripe_api_base, max_rps=args.max_rps)
+    reader = reader_for(args.provider, settings, args.max_rps)
     redis = worker_redis(settings.redis_url)
     feeder = Feeder(settings, Store.from_settings(redis, settings), args.provider, dry_run=args.dry_run)
     return settings, reader, feeder
@@ -100,8 +110,6 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         window = backfill.Window(
             backfill.parse_time(args.since, now=now), backfill.parse_time(args.until, now=now) if args.until else None
         )
-        if args.max_rps <= 0:
-            raise ValueError("--max-rps must be above 0")
         settings, reader, feeder = open_run(args)
         mapped = list(settings.mapping.rules.get(args.provider, {}))
         types = backfill.event_types(args.types.split(",") if args.types else None, mapped)
@@ -109,7 +117,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         print(f"relay: {exc}", file=sys.stderr)
         return 2
     reporter = Reporter(f"backfill {args.provider}", quiet=args.json, total=100)
-    if warning := backfill.check_window(window, now):
+    if warning := _retention_note(args.provider, window.since, now):
         reporter.note(warning)
     with stop_on_interrupt() as stop:
         try:
@@ -132,6 +140,16 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         reporter.note(f"interrupted; resume with: relay backfill {args.provider} {' '.join(again)}")
         return 1
     return 0
+
+
+def _retention_note(provider: str, since: int, now: float) -> str | None:
+    if provider == "paddle":
+        from service.backfill.paddle_reader import retention_note
+
+        return retention_note(since, now)
+    from service.backfill.events import Window, check_window
+
+    return check_window(Window(since), now)
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
@@ -168,12 +186,14 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 def cmd_sync(args: argparse.Namespace) -> int:
     from service.backfill.progress import Reporter
     from service.backfill.stripe_reader import ReadError
-    from service.backfill.sync import sync
+    from service.backfill.sync import STRIPE, sync
 
     try:
-        if args.max_rps <= 0:
-            raise ValueError("--max-rps must be above 0")
         _settings, reader, feeder = open_run(args)
+        if args.provider == "paddle":
+            from service.backfill.paddle_sync import PADDLE as shape
+        else:
+            shape = STRIPE
     except (ValueError, ReadError) as exc:
         print(f"relay: {exc}", file=sys.stderr)
         return 2
@@ -183,6 +203,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
             summary = sync(
                 reader,
                 feeder,
+                shape=shape,
                 customers_only=args.customers_only,
                 from_scratch=args.from_scratch,
                 stop=stop,

@@ -59,7 +59,7 @@ def collect_status(redis: Redis, settings: Settings, *, now: float | None = None
     }
 
 
-RECONCILED_SOURCES = ("stripe",)
+RECONCILED_SOURCES = ("stripe", "paddle")
 
 
 def _reconcile(redis: Redis) -> dict[str, Any]:

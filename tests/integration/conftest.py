@@ -1,5 +1,5 @@
-"""Fixtures of the integration tests that read back from Stripe's API: its double, and the
-environment pointing `relay backfill|sync|reconcile` at it."""
+"""Fixtures of the integration tests that read back from Stripe's and Paddle's APIs: their doubles,
+and the environment pointing `relay backfill|sync|reconcile` at them."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ from collections.abc import Iterator
 
 import pytest
 
+from service.devtools.paddle_api import PaddleApiServer
 from service.devtools.stripe_api import StripeApiServer
 
 API_KEY = "rk_test_backfill_readonly_51Hx"
+PADDLE_KEY = "pdl_sdbx_apikey_01jtest0readonly0events_Xy9"
 
 
 @pytest.fixture
@@ -22,6 +24,21 @@ def stripe_api() -> Iterator[StripeApiServer]:
 @pytest.fixture
 def api_env(env: dict[str, str], stripe_api: StripeApiServer, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     full = {**env, "STRIPE_API_KEY": API_KEY, "STRIPE_API_BASE": stripe_api.base_url}
+    for name, value in full.items():
+        monkeypatch.setenv(name, value)
+    return full
+
+
+@pytest.fixture
+def paddle_api() -> Iterator[PaddleApiServer]:
+    server = PaddleApiServer(PADDLE_KEY).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def paddle_env(env: dict[str, str], paddle_api: PaddleApiServer, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    full = {**env, "PADDLE_API_KEY": PADDLE_KEY, "PADDLE_API_BASE": paddle_api.base_url}
     for name, value in full.items():
         monkeypatch.setenv(name, value)
     return full

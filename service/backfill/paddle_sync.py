@@ -1,0 +1,40 @@
+"""`relay sync paddle`: the CRM's first billing state from Paddle's `GET /customers` and `GET /subscriptions`.
+
+The same sync as Stripe's (service.backfill.sync: checkpoint, resumable, twice sends nothing new),
+with Paddle's shape: each customer becomes the notification a `customer.updated` would be, each
+subscription a `subscription.updated`, `occurred_at` the time its page was read (a newer webhook
+still wins). Paddle scopes customers to `active` by default: `status=active,archived` reads them
+all; subscriptions are listed in every status by default. Read oldest id first (`order_by=id[ASC]`)
+so a checkpoint's `after` cursor continues where it stopped. A canceled subscription is stamped a
+second earlier, so a customer's live subscription wins over the one it replaced.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from service.backfill.paddle_reader import rfc3339
+from service.backfill.sync import Shape, digest
+
+EVENT_TYPES = {"customers": "customer.updated", "subscriptions": "subscription.updated"}
+ENDED = frozenset({"canceled"})
+
+
+def snapshot_event(phase: str, obj: dict[str, Any], read_at: int) -> dict[str, Any]:
+    stamp = read_at - 1 if phase == "subscriptions" and obj.get("status") in ENDED else read_at
+    return {
+        "event_id": f"sync_{obj['id']}_{digest(obj)}",
+        "event_type": EVENT_TYPES[phase],
+        "occurred_at": rfc3339(stamp),
+        "data": obj,
+    }
+
+
+PADDLE = Shape(
+    ("customers", "subscriptions"),
+    snapshot_event,
+    {
+        "customers": {"status": "active,archived", "order_by": "id[ASC]"},
+        "subscriptions": {"order_by": "id[ASC]"},
+    },
+)

@@ -1,0 +1,29 @@
+"""Which reader reads a provider's API, with its key, base URL and default read rate."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from service.backfill import DEFAULT_MAX_RPS, PADDLE_MAX_RPS
+from service.config import Settings
+
+if TYPE_CHECKING:
+    from service.backfill.paddle_reader import PaddleReader
+    from service.backfill.stripe_reader import StripeReader
+
+KEY_VARIABLES = {"stripe": "STRIPE_API_KEY", "paddle": "PADDLE_API_KEY"}
+
+
+def has_key(source: str, settings: Settings) -> bool:
+    return bool(settings.paddle_api_key if source == "paddle" else settings.stripe_api_key)
+
+
+def reader_for(source: str, settings: Settings, max_rps: float | None = None) -> StripeReader | PaddleReader:
+    """Imported on use: stripe (and urllib3 paging) cost nothing to a process that never reads back."""
+    if source == "paddle":
+        from service.backfill.paddle_reader import PaddleReader
+
+        return PaddleReader(settings.paddle_api_key, settings.paddle_api_base, max_rps=max_rps or PADDLE_MAX_RPS)
+    from service.backfill.stripe_reader import StripeReader
+
+    return StripeReader(settings.stripe_api_key, settings.stripe_api_base, max_rps=max_rps or DEFAULT_MAX_RPS)
