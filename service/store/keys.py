@@ -41,6 +41,12 @@ def dedup_bucket_prefix(source: str) -> str:
     return f"{PREFIX}:dedup:{source}:b"
 
 
+def dedup_shard(source: str, bucket: int, shard: int) -> str:
+    """set (an intset): 64-bit digests of the event ids first accepted in one time bucket whose digest falls
+    in one of SHARDS_PER_BUCKET shards (service/store/ledger_dedup.py). DEDUP_LUA builds the same name."""
+    return f"{dedup_bucket_prefix(source)}{bucket}:{shard:x}"
+
+
 def customer_map(source: str) -> str:
     """hash: the source's customer id -> user id learned from events carrying both."""
     return f"{PREFIX}:customers:{source}"
