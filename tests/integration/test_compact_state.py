@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+import yaml
 from redis import Redis
 from rq import SimpleWorker
 from rq.serializers import JSONSerializer
@@ -19,7 +20,7 @@ from service.store import keys
 from service.store.ledger_counts import Settled
 from service.store.ledger_state import EVENT_TYPES, Event, decode, event_of, event_value
 from service.store.ledger_user import EventOutcome, SettleUser
-from tests.conftest import an_update
+from tests.conftest import REPO, an_update
 from tests.integration.test_store import _store
 from workers.delivery.context import DeliveryContext, configure
 from workers.runner import build_context
@@ -114,3 +115,22 @@ def test_settling_reads_when_each_event_was_accepted(redis: Redis, written: str)
     assert settled == Settled(True, float(started))
     assert bool(redis.exists(store.keys.outcome("stripe", "evt_1"))) == legacy  # a per-event job's outcome key
     assert store.ledger()["delivered"] == 1 and not redis.exists(in_hand)
+
+
+def test_the_deployed_redis_keeps_a_state_with_long_values_a_listpack(redis: Redis) -> None:
+    conf = yaml.safe_load((REPO / "deploy" / "redis" / "redis.yaml").read_text().split("\n---\n")[0])
+    lines = dict(line.split(None, 1) for line in conf["data"]["redis.conf"].splitlines() if line and line[0] != "#")
+    store = _store(redis)
+    state = store.keys.user_state("stripe", "user:u1")
+    default = redis.config_get("hash-max-ziplist-value")["hash-max-ziplist-value"]
+    try:
+        for limit in (None, lines["hash-max-listpack-value"]):  # the embedded Redis (6.2) names it ziplist
+            redis.delete(state)
+            if limit:
+                redis.config_set("hash-max-ziplist-value", limit)
+            for n in range(20):  # Stripe-length ids, a long email: each attribute value is over 64 bytes
+                email = {"email": "firstname.lastname@company-name.example"}
+                assert store.accept(an_update(f"evt_1NG8Du2eZvKYlo2C{limit}{n:07d}", user_id="u1", standard=email))
+            assert redis.object("encoding", state) in ((b"ziplist", b"listpack") if limit else (b"hashtable",))
+    finally:
+        redis.config_set("hash-max-ziplist-value", default)  # the server is shared by the session's tests
