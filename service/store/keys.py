@@ -47,6 +47,12 @@ def dedup_shard(source: str, bucket: int, shard: int) -> str:
     return f"{dedup_bucket_prefix(source)}{bucket}:{shard:x}"
 
 
+def dedup_shards_since(source: str) -> str:
+    """string: the bucket of the first sharded dedup write; the per-bucket sets of 8-byte digests from before
+    are checked only up to the bucket after it (service/store/ledger_dedup.py)."""
+    return f"{PREFIX}:dedup:{source}:shards-since"
+
+
 def customer_map(source: str) -> str:
     """hash: the source's customer id -> user id learned from events carrying both."""
     return f"{PREFIX}:customers:{source}"

@@ -14,7 +14,11 @@ False positives (a new event refused as a repeat) need two ids with the same sha
 n^2 / 2^75: ~3e-9 for 10 M ids, ~3e-5 for 1 G ids.
 
 Kept from before this layout, and still checked until they expire: per-id keys (`relay:dedup:<source>:<event
-id>`, keys.dedup) and per-bucket sets of 8-byte string digests (`relay:dedup:<source>:b<bucket>`).
+id>`, keys.dedup) and per-bucket sets of 8-byte string digests (`relay:dedup:<source>:b<bucket>`). The first
+sharded write records which buckets can hold those sets (keys.dedup_shards_since, "<first> <last>"): the TTL's
+window if it finds any there, else only its own bucket; and the next one in both cases (pods not yet upgraded
+keep writing them during a rolling upgrade, which must end within a bucket: >= 1 hour). So a fresh install, and
+every install once the TTL has passed, reads 25 sets per accept, not 50.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ class DedupCheck:
 
     bucket_key: str  # the shard of the current bucket the id goes to
     legacy_key: str
+    since_key: str
     prefix: str
     legacy_digest: bytes  # the 8-byte digest of the per-bucket sets from before the shards
     bucket: int
@@ -48,18 +53,21 @@ class DedupCheck:
     member: int
 
     def script_keys(self) -> list[str]:
-        return [self.bucket_key, self.legacy_key]
+        return [self.bucket_key, self.legacy_key, self.since_key]
 
     def script_args(self) -> list[str | bytes | int]:
         shard = f"{self.shard:x}"
         return [self.prefix, self.legacy_digest, self.bucket, self.count, self.expire_at, shard, self.member]
 
-    def bucket_keys(self) -> list[tuple[str, bytes | int]]:
-        """Every (set, member) that holds the id if it was accepted within the TTL, both layouts."""
+    def bucket_keys(self, since: bytes | None) -> list[tuple[str, bytes | int]]:
+        """Every (set, member) that holds the id if it was accepted within the TTL, both layouts (`since`: the
+        value of since_key)."""
+        first, last = (int(n) for n in since.split()) if since else (self.bucket - self.count + 1, self.bucket)
         out: list[tuple[str, bytes | int]] = []
         for bucket in range(self.bucket - self.count + 1, self.bucket + 1):
             out.append((f"{self.prefix}{bucket}:{self.shard:x}", self.member))
-            out.append((f"{self.prefix}{bucket}", self.legacy_digest))
+            if first <= bucket <= last:
+                out.append((f"{self.prefix}{bucket}", self.legacy_digest))
         return out
 
 
@@ -82,6 +90,7 @@ def dedup_check(source: str, event_id: str, ttl: int, now: float) -> DedupCheck:
     return DedupCheck(
         bucket_key=keys.dedup_shard(source, bucket, shard),
         legacy_key=keys.dedup(source, event_id),
+        since_key=keys.dedup_shards_since(source),
         prefix=keys.dedup_bucket_prefix(source),
         legacy_digest=hashlib.blake2b(event_id.encode(), digest_size=8).digest(),
         bucket=bucket,
@@ -93,21 +102,43 @@ def dedup_check(source: str, event_id: str, ttl: int, now: float) -> DedupCheck:
 
 
 # True the first time an event id is seen within the TTL: its member is added to its shard of the current
-# bucket. (bucket_key, legacy_key, prefix, legacy_digest, bucket, count, expire_at, shard, member) -> boolean
+# bucket. (bucket_key, legacy_key, since_key, prefix, legacy_digest, bucket, count, expire_at, shard, member)
 DEDUP_LUA = """
 -- Whether the event id was accepted within the TTL (either layout), without remembering it.
-local function seen(legacy_key, prefix, legacy_digest, bucket, count, shard, member)
+local function seen(legacy_key, since_key, prefix, legacy_digest, bucket, count, shard, member)
     if redis.call('EXISTS', legacy_key) == 1 then return true end
-    for b = tonumber(bucket) - tonumber(count) + 1, tonumber(bucket) do
+    local last = tonumber(bucket)
+    local first = last - tonumber(count) + 1
+    local since = redis.call('GET', since_key)
+    local legacy_first, legacy_last = first, last
+    if since then
+        legacy_first, legacy_last = string.match(since, '^(.-) (.-)$')
+        legacy_first, legacy_last = tonumber(legacy_first), tonumber(legacy_last)
+    end
+    for b = first, last do
         if redis.call('SISMEMBER', prefix .. b .. ':' .. shard, member) == 1 then return true end
-        if redis.call('SISMEMBER', prefix .. b, legacy_digest) == 1 then return true end
+        if b >= legacy_first and b <= legacy_last and redis.call('SISMEMBER', prefix .. b, legacy_digest) == 1 then
+            return true
+        end
     end
     return false
 end
-local function first_seen(bucket_key, legacy_key, prefix, legacy_digest, bucket, count, expire_at, shard, member)
-    if seen(legacy_key, prefix, legacy_digest, bucket, count, shard, member) then return false end
+-- On the first sharded write: the buckets that can hold per-bucket digest sets of before ("<first> <last>").
+local function record_since(since_key, prefix, bucket, count)
+    if redis.call('EXISTS', since_key) == 1 then return end
+    local last = tonumber(bucket)
+    local first = last
+    for b = last - tonumber(count) + 1, last do
+        if redis.call('EXISTS', prefix .. b) == 1 then first = last - tonumber(count) + 1 end
+    end
+    redis.call('SET', since_key, first .. ' ' .. (last + 1))  -- no percent signs: ACCEPT_JOB_SCRIPT is formatted
+end
+local function first_seen(bucket_key, legacy_key, since_key, prefix, legacy_digest, bucket, count, expire_at, shard,
+                          member)
+    if seen(legacy_key, since_key, prefix, legacy_digest, bucket, count, shard, member) then return false end
     redis.call('SADD', bucket_key, member)
     redis.call('EXPIREAT', bucket_key, expire_at)
+    record_since(since_key, prefix, bucket, count)
     return true
 end
 """
@@ -117,14 +148,16 @@ def accepted_before(redis: Redis, source: str, event_ids: list[str], ttl: int, n
     """Whether each event id is in the dedup memory (read only, one round trip): what reconcile and
     a backfill's dry run ask, the same question the accept script's `seen` answers."""
     now = time.time() if now is None else now
+    since = redis.get(keys.dedup_shards_since(source))
     pipe = redis.pipeline(transaction=False)
     widths = []
     for event_id in event_ids:
         check = dedup_check(source, event_id, ttl, now)
         pipe.exists(check.legacy_key)
-        for key, member in check.bucket_keys():
+        reads = check.bucket_keys(since)
+        for key, member in reads:
             pipe.sismember(key, member)
-        widths.append(1 + 2 * check.count)
+        widths.append(1 + len(reads))
     answers = pipe.execute()
     out, at = [], 0
     for width in widths:
