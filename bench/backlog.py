@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import argparse
 import random
+import re
 import tempfile
 import time
+from typing import Any
+
+from redis import Redis
 
 from bench.harness import backend, start, stop, trace_cost, wait_drained
 from service.core.update import UserUpdate
@@ -37,11 +41,34 @@ def event(rng: random.Random, n: int, user: str) -> UserUpdate:
     )
 
 
+def breakdown(redis: Redis) -> list[tuple[str, int, int, str]]:
+    """MEMORY USAGE (all samples) of every key, summed by kind (its key's first parts, numbers blanked),
+    with the encodings seen: where pending memory goes."""
+    names = [key.decode() for key in redis.scan_iter(count=1000)]
+    pipe = redis.pipeline(transaction=False)
+    for key in names:
+        pipe.memory_usage(key, samples=0)
+        pipe.object("encoding", key)
+    answers = pipe.execute()
+    kinds: dict[str, list[Any]] = {}
+    for i, key in enumerate(names):
+        parts = key.split(":")
+        kind = ":".join(parts[:3] if parts[1] in ("dedup", "pending", "customers", "queue") else parts[:2])
+        kind = re.sub(r"\d+", "#", kind)
+        entry = kinds.setdefault(kind, [0, 0, set()])
+        entry[0] += 1
+        entry[1] += answers[2 * i] or 0
+        entry[2].add(answers[2 * i + 1].decode() if isinstance(answers[2 * i + 1], bytes) else str(answers[2 * i + 1]))
+    rows = [(kind, n, size, ",".join(sorted(enc))) for kind, (n, size, enc) in kinds.items()]
+    return sorted(rows, key=lambda row: -row[2])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--users", type=int, default=5_000)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--breakdown", action="store_true", help="MEMORY USAGE of every key, by kind, while pending")
     args = parser.parse_args()
     rng = random.Random(5)
     with tempfile.TemporaryDirectory() as tmp, backend(tmp, users=args.users) as b:
@@ -50,6 +77,7 @@ def main() -> int:
         for n in range(args.events):
             store.accept(event(rng, n, b.users[rng.randrange(args.users)]))
         pending = int(store.redis.info("memory")["used_memory"]) - before
+        parts = breakdown(store.redis) if args.breakdown else []
         started = time.time()
         workers = start(["worker", "--concurrency", str(args.workers)], b.env)
         try:
@@ -66,6 +94,11 @@ def main() -> int:
         f"({pending / 1e6:.1f} MB)   (goal <= 1,500 B/user + 120 B/event = "
         f"{(1500 * args.users + 120 * args.events) / 1e6:.1f} MB)"
     )
+    for kind, count, size, encodings in parts:
+        print(
+            f"    {kind:<34} {count:>7} keys {size / 1e6:6.2f} MB  {size / args.events:6.1f} B/event "
+            f"{size / args.users:7.1f} B/user  {encodings}"
+        )
     print(
         f"drained by {args.workers} worker processes in {elapsed:.1f}s: {calls} calls for {args.users} users "
         f"(goal: one per user); ledger {ledger}"

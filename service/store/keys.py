@@ -41,6 +41,18 @@ def dedup_bucket_prefix(source: str) -> str:
     return f"{PREFIX}:dedup:{source}:b"
 
 
+def dedup_shard(source: str, bucket: int, shard: int) -> str:
+    """set (an intset): 64-bit digests of the event ids first accepted in one time bucket whose digest falls
+    in one of SHARDS_PER_BUCKET shards (service/store/ledger_dedup.py). DEDUP_LUA builds the same name."""
+    return f"{dedup_bucket_prefix(source)}{bucket}:{shard:x}"
+
+
+def dedup_shards_since(source: str) -> str:
+    """string: the bucket of the first sharded dedup write; the per-bucket sets of 8-byte digests from before
+    are checked only up to the bucket after it (service/store/ledger_dedup.py)."""
+    return f"{PREFIX}:dedup:{source}:shards-since"
+
+
 def customer_map(source: str) -> str:
     """hash: the source's customer id -> user id learned from events carrying both."""
     return f"{PREFIX}:customers:{source}"

@@ -71,11 +71,11 @@ end
 # once): merged into its user's pending state for each destination (fan-out), counted in each
 # destination's ledger, and, when the user had nothing pending there, one rq job queued for the user:
 # N events for a user cost one job and one state.
-# KEYS: dedup bucket_key, dedup legacy_key (DedupCheck.script_keys), queues_set (rq's set of queues),
+# KEYS: dedup bucket_key, legacy_key, since_key (DedupCheck.script_keys), queues_set (rq's set of queues),
 #       customer_map (the source's customer -> user),
 #       then per destination (AcceptJobFanOut.script_keys): ledger, job_key, queue_key, pending (live lane), state
-# ARGV: dedup prefix, digest, bucket, count, expire_at (DedupCheck.script_args), data, timestamp, description
-#       (JobWriter.user_args), now, ref (of pending), event_field, event_value, customer_id, user_id (when
+# ARGV: dedup prefix, digest, bucket, count, expire_at, shard, member (DedupCheck.script_args), data, timestamp,
+#       description (JobWriter.user_args), now, ref (of pending), event_field, event_value, customer_id, user_id (when
 #       both are given, the customer's user is learned, never re-pointed), lane (of a new job: its queue
 #       is the fan-out's queue_key; `q` in the state remembers it),
 #       then per destination (AcceptJobFanOut.script_args): job_id, origin (its rq queue's name),
@@ -90,37 +90,43 @@ ACCEPT_JOB_SCRIPT = (
     + DEDUP_LUA
     + MERGE_LUA
     + """
-local FIXED_KEYS, DESTINATION_KEYS = 4, 5
-local FIXED_ARGS, DESTINATION_ARGS = 15, 2
+local FIXED_KEYS, DESTINATION_KEYS = 5, 5
+local FIXED_ARGS, DESTINATION_ARGS = 17, 2
 local bucket_key = KEYS[1]
 local legacy_key = KEYS[2]
-local queues_set = KEYS[3]
-local customer_map = KEYS[4]
+local since_key = KEYS[3]
+local queues_set = KEYS[4]
+local customer_map = KEYS[5]
 local prefix = ARGV[1]
 local digest = ARGV[2]
 local bucket = ARGV[3]
 local count = ARGV[4]
 local expire_at = ARGV[5]
-local data = ARGV[6]
-local timestamp = ARGV[7]
-local description = ARGV[8]
-local now = ARGV[9]
-local ref = ARGV[10]
-local event_field = ARGV[11]
-local event_value = ARGV[12]
-local customer_id = ARGV[13]
-local user_id = ARGV[14]
-local lane = ARGV[15]
+local shard = ARGV[6]
+local member = ARGV[7]
+local data = ARGV[8]
+local timestamp = ARGV[9]
+local description = ARGV[10]
+local now = ARGV[11]
+local ref = ARGV[12]
+local event_field = ARGV[13]
+local event_value = ARGV[14]
+local customer_id = ARGV[15]
+local user_id = ARGV[16]
+local lane = ARGV[17]
 
 local destinations = group_count(KEYS, FIXED_KEYS, DESTINATION_KEYS)
 local first_field = FIXED_ARGS + destinations * DESTINATION_ARGS + 1
 -- A customer learned for one user is never re-pointed to another (a buyer-settable field may name
 -- anyone): a new event naming another user for it writes nothing; the caller dead-letters it.
-if customer_id ~= '' and user_id ~= '' and not seen(legacy_key, prefix, digest, bucket, count) then
+local function seen_before()
+    return seen(legacy_key, since_key, prefix, digest, bucket, count, shard, member)
+end
+if customer_id ~= '' and user_id ~= '' and not seen_before() then
     local mapped = redis.call('HGET', customer_map, customer_id)
     if mapped and mapped ~= user_id then return mapped end
 end
-local fresh = first_seen(bucket_key, legacy_key, prefix, digest, bucket, count, expire_at)
+local fresh = first_seen(bucket_key, legacy_key, since_key, prefix, digest, bucket, count, expire_at, shard, member)
 for d = 1, destinations do
     local ledger, job_key, queue_key, pending, state = group(KEYS, FIXED_KEYS, DESTINATION_KEYS, d)
     local job_id, origin = group(ARGV, FIXED_ARGS, DESTINATION_ARGS, d)
@@ -138,7 +144,7 @@ for d = 1, destinations do
         redis.call('HSET', state, event_field, event_value)
     end
 end
-if first_seen and customer_id ~= '' and user_id ~= '' then
+if fresh and customer_id ~= '' and user_id ~= '' then
     redis.call('HSETNX', customer_map, customer_id, user_id)
 end
 return fresh and 1 or 0
@@ -147,18 +153,20 @@ return fresh and 1 or 0
 
 # Accept an event that carries nothing to deliver, once per event id: counted as received and
 # ignored in each destination's ledger.
-# KEYS: dedup bucket_key, dedup legacy_key, then per destination: ledger
-# ARGV: dedup prefix, digest, bucket, count, expire_at
+# KEYS: dedup bucket_key, legacy_key, since_key, then per destination: ledger
+# ARGV: dedup prefix, digest, bucket, count, expire_at, shard, member (DedupCheck.script_args)
 # Returns: 1 (accepted now) | 0 (a duplicate: counted as such in every ledger)
 IGNORE_SCRIPT = (
     _GROUPS_LUA
     + DEDUP_LUA
     + """
-local FIXED_KEYS, DESTINATION_KEYS = 2, 1
+local FIXED_KEYS, DESTINATION_KEYS = 3, 1
+local DEDUP_ARGS = 7
 local bucket_key = KEYS[1]
 local legacy_key = KEYS[2]
+local since_key = KEYS[3]
 
-local fresh = first_seen(bucket_key, legacy_key, ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
+local fresh = first_seen(bucket_key, legacy_key, since_key, unpack(ARGV, 1, DEDUP_ARGS))
 for d = 1, group_count(KEYS, FIXED_KEYS, DESTINATION_KEYS) do
     local ledger = group(KEYS, FIXED_KEYS, DESTINATION_KEYS, d)
     if not fresh then
@@ -175,9 +183,10 @@ return fresh and 1 or 0
 # Accept an event that cannot be delivered (e.g. an invalid payload), once per event id: counted
 # as received and dead-lettered in each destination's ledger, its item kept in each destination's
 # dead-letter queue (trimmed to retention).
-# KEYS: dedup bucket_key, dedup legacy_key, then per destination (RejectFanOut.script_keys): ledger, dlq_items,
+# KEYS: dedup bucket_key, legacy_key, since_key, then per destination (RejectFanOut.script_keys): ledger, dlq_items,
 #       dlq_index, dlq_reasons, dlq_dropped (Keys.dlq)
-# ARGV: dedup prefix, digest, bucket, count, expire_at, dlq_id, reason, now, max_items, cutoff (Retention.args),
+# ARGV: dedup prefix, digest, bucket, count, expire_at, shard, member, dlq_id, reason, now, max_items,
+#       cutoff (Retention.args),
 #       then per destination (_RejectFanOut.script_args): item (its JSON)
 # Returns: 1 (accepted now) | 0 (a duplicate: counted as such in every ledger)
 REJECT_SCRIPT = (
@@ -185,17 +194,19 @@ REJECT_SCRIPT = (
     + _GROUPS_LUA
     + DEDUP_LUA
     + """
-local FIXED_KEYS, DESTINATION_KEYS = 2, 5
-local FIXED_ARGS, DESTINATION_ARGS = 10, 1
+local FIXED_KEYS, DESTINATION_KEYS = 3, 5
+local FIXED_ARGS, DESTINATION_ARGS = 12, 1
+local DEDUP_ARGS = 7
 local bucket_key = KEYS[1]
 local legacy_key = KEYS[2]
-local dlq_id = ARGV[6]
-local reason = ARGV[7]
-local now = ARGV[8]
-local max_items = ARGV[9]
-local cutoff = ARGV[10]
+local since_key = KEYS[3]
+local dlq_id = ARGV[8]
+local reason = ARGV[9]
+local now = ARGV[10]
+local max_items = ARGV[11]
+local cutoff = ARGV[12]
 
-local fresh = first_seen(bucket_key, legacy_key, ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
+local fresh = first_seen(bucket_key, legacy_key, since_key, unpack(ARGV, 1, DEDUP_ARGS))
 for d = 1, group_count(KEYS, FIXED_KEYS, DESTINATION_KEYS) do
     local ledger, dlq_items, dlq_index, dlq_reasons, dlq_dropped = group(KEYS, FIXED_KEYS, DESTINATION_KEYS, d)
     local item = group(ARGV, FIXED_ARGS, DESTINATION_ARGS, d)

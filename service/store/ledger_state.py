@@ -5,8 +5,11 @@ Fields:
   s:<name> / c:<name>  "<event time>|<event id>|<value JSON>": a standard / custom attribute, the newest
                        value by event time (a tie goes to the greater event id), and the event carrying it
   t:<tag>              "<event time>|<event id>": a tag, with the earliest event carrying it
-  e:<event id>         "<accepted at>|<event time>|<event type>[|L]": an event merged in, until its outcome
-                       is counted (L: queued by a per-event job from before the upgrade)
+  e:<event id>         "[!]<accepted at>,<accepted at - event time>,<type>": an event merged in, until its
+                       outcome is counted; both numbers in base 36 (seconds), the type as `#<code>` (its index in
+                       EVENT_TYPES, base 36) or verbatim; `!`: queued by a per-event job from before the upgrade.
+                       ~45 B a field instead of ~80 B ("customer.subscription.updated" alone is 29 B). Written
+                       before: "<accepted at>|<event time>|<event type>[|L]", still read (decode, SETTLE_USER_SCRIPT).
   h                    "<source> <hint>": whose state it is (a delivery job carries only keys.user_ref)
   q                    the lane of the job queued for a pending state (a live event for a state whose
                        job waits on another lane queues a live job too); not merged, not delivered
@@ -22,6 +25,37 @@ from typing import Any
 from service.core.update import UserUpdate
 
 HINT_FIELD = "h"
+LEGACY_MARK = "!"
+# The event types stored as a code: APPEND ONLY (a code is an index here, and a state queued by an older
+# deployment is read with this table). A type not here is stored verbatim.
+EVENT_TYPES = (
+    "customer.created",
+    "customer.updated",
+    "customer.deleted",
+    "customer.subscription.created",
+    "customer.subscription.updated",
+    "customer.subscription.paused",
+    "customer.subscription.resumed",
+    "customer.subscription.deleted",
+    "customer.subscription.trial_will_end",
+    "invoice.paid",
+    "invoice.payment_failed",
+    "checkout.session.completed",
+    "charge.refunded",
+    "subscription.created",
+    "subscription.updated",
+    "subscription.canceled",
+    "transaction.completed",
+    "order_created",
+    "subscription_created",
+    "subscription_updated",
+    "subscription_expired",
+    "subscription_payment_success",
+    "subscription_payment_failed",
+    "subscription_payment_refunded",
+)
+_CODES = {name: n for n, name in enumerate(EVENT_TYPES)}
+_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
 
 
 def update_fields(update: UserUpdate, hint: str | None = None) -> list[str]:
@@ -37,8 +71,38 @@ def update_fields(update: UserUpdate, hint: str | None = None) -> list[str]:
     return out
 
 
+def base36(n: int) -> str:
+    if n < 0:
+        return "-" + base36(-n)
+    out = ""
+    while True:
+        n, digit = divmod(n, 36)
+        out = _DIGITS[digit] + out
+        if n == 0:
+            return out
+
+
 def event_value(update: UserUpdate, accepted: float, *, legacy: bool = False) -> str:
-    return f"{int(accepted)}|{update.event_time}|{update.event_type}" + ("|L" if legacy else "")
+    """An event's `e:` field value (the module's docstring)."""
+    at = int(accepted)
+    code = _CODES.get(update.event_type)
+    kind = update.event_type if code is None else f"#{base36(code)}"
+    if code is None and kind.startswith("#"):
+        kind = "#" + kind  # verbatim, not a code
+    return f"{LEGACY_MARK if legacy else ''}{base36(at)},{base36(at - update.event_time)},{kind}"
+
+
+def event_of(event_id: str, value: str) -> Event:
+    """An `e:` field read back, in either format."""
+    if "|" in value.split(",", 1)[0]:  # written before compact entries: "<accepted>|<event time>|<type>[|L]"
+        parts = value.split("|")
+        return Event(event_id, float(parts[0]), int(float(parts[1])), parts[2], parts[3:] == ["L"])
+    legacy = value.startswith(LEGACY_MARK)
+    at_text, delta, kind = value.removeprefix(LEGACY_MARK).split(",", 2)
+    at = int(at_text, 36)
+    if kind.startswith("#"):
+        kind = kind[1:] if kind.startswith("##") else EVENT_TYPES[int(kind[1:], 36)]
+    return Event(event_id, float(at), at - int(delta, 36), kind, legacy)
 
 
 @dataclass(frozen=True)
@@ -115,8 +179,7 @@ def decode(raw: dict[bytes, bytes]) -> PendingState:
             when, carrier = text.split("|", 1)
             state.tags[rest] = (int(float(when)), carrier)
         elif kind == "e:":
-            parts = text.split("|")
-            state.events[rest] = Event(rest, float(parts[0]), int(float(parts[1])), parts[2], parts[3:] == ["L"])
+            state.events[rest] = event_of(rest, text)
     return state
 
 

@@ -8,6 +8,17 @@ from service.store.dlq import DLQ_LUA
 from service.store.ledger_scripts import _GROUPS_LUA, _JOB_LUA, _TRACE_LUA
 from service.store.ledger_state import MERGE_LUA
 
+# An event's `e:` value (service/store/ledger_state.py, either format) -> when it was accepted (decimal
+# seconds, as a string), whether a per-event job from before the upgrade queued it
+EVENT_LUA = """
+local function accepted_and_legacy(value)
+    local old = string.match(value, '^(%d+)|')
+    if old then return old, string.sub(value, -2) == '|L' end
+    local at = string.match(value, '^!?([^,]*)')
+    return string.format('%d', tonumber(at, 36)), string.sub(value, 1, 1) == '!'
+end
+"""
+
 # Count the outcome of each event in the user's in-hand state once (an event counts when it leaves
 # the in-hand hash, so a re-run never counts twice), keep the dead-letter item of each one
 # dead-lettered, end the lease, keep what the destination learned, release the call slots and trace
@@ -27,6 +38,7 @@ SETTLE_USER_SCRIPT = (
     DLQ_LUA
     + _GROUPS_LUA
     + _TRACE_LUA
+    + EVENT_LUA
     + """
 local FIXED_KEYS = 12
 local FIXED_ARGS, EVENT_ARGS = 14, 6
@@ -68,11 +80,12 @@ for e = 1, group_count(ARGV, FIXED_ARGS, EVENT_ARGS) do
             dlq_keep(dlq, dlq_id, item, reason, now, max_items, cutoff)
             trace_push(trace_key, dead_trace, trace_keep, trace_ttl)
         end
-        if string.sub(value, -2) == '|L' then
+        local accepted, legacy = accepted_and_legacy(value)
+        if legacy then
             redis.call('SET', outcome_prefix .. event_id, outcome, 'EX', outcome_ttl)
             for l = FIXED_KEYS + 1, #KEYS do redis.call('ZREM', KEYS[l], legacy_member_prefix .. event_id) end
         end
-        table.insert(result, {1, string.match(value, '^([^|]*)')})
+        table.insert(result, {1, accepted})
     else
         table.insert(result, {0, ''})
     end
