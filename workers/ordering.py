@@ -8,13 +8,13 @@ per attribute, the right to write: only values not older than the last one sent 
 event time is recorded in the same step. One PUT carries what many events said; the outcome of each
 event is counted as the lease ends (Store.settle_user).
 
-The lease is short and renewed while the delivery runs, so a user whose worker was SIGKILLed is
-free again within LEASE_MS; whatever it held in hand waits for the job's re-run (or the next job).
+The lease is short and renewed while the delivery runs (one thread renews all of a process's
+leases: workers/lease_renewer.py), so a user whose worker was SIGKILLed is free again within
+LEASE_MS; whatever it held in hand waits for the job's re-run (or the next job).
 """
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,7 +22,6 @@ from contextlib import contextmanager
 from typing import Any
 
 from redis import Redis
-from redis.exceptions import RedisError
 
 from service.core.update import UserUpdate
 from service.store import keys
@@ -31,6 +30,7 @@ from service.store.ledger_state import PendingState, decode, event_value, update
 from service.store.ledger_user import EventOutcome, SettleUser
 from service.store.ordering_scripts import CLAIM_SCRIPT, PARK_SCRIPT, RELEASE_SCRIPT, RENEW_SCRIPT, TAKE_SCRIPT
 from service.store.trace import TraceEntry
+from workers.lease_renewer import LeaseRenewer
 
 # Renewed every third of it while the delivery runs; no longer than a job's heartbeat lives
 # (workers/heartbeat.py), so when rq re-runs a dead worker's job the user is free again.
@@ -109,7 +109,8 @@ class Ordering:
         self._release_script = redis.register_script(RELEASE_SCRIPT)
         self._park_script = redis.register_script(PARK_SCRIPT)
         self._take_script = redis.register_script(TAKE_SCRIPT)
-        self._renew_script = redis.register_script(RENEW_SCRIPT)
+        # One thread renews every lease this process holds (workers/lease_renewer.py).
+        self.renewer = LeaseRenewer(redis.register_script(RENEW_SCRIPT), lease_ms=LEASE_MS)
 
     def park(self, update: UserUpdate, hint: str) -> bool:
         """Park an update carried by a per-event job (queued before the upgrade) in its user's
@@ -145,23 +146,13 @@ class Ordering:
         memory = memory_raw.decode() if memory_raw is not None else None
         hold = Hold(self, source, hint, user_id, token, decode(raw), memory)
         hold.memory_key = memory_key
-        stop = threading.Event()
-        renewer = threading.Thread(target=self._renew, args=(lock, token, stop), daemon=True)
-        renewer.start()
+        self.renewer.add(lock, token)
         try:
             yield hold
         finally:
-            stop.set()
+            self.renewer.remove(lock, token)
             if not hold.released:
                 self._release_script(keys=[lock], args=[token])
-
-    def _renew(self, lock: str, token: str, stop: threading.Event) -> None:
-        while not stop.wait(LEASE_MS / 3000):
-            try:
-                if not self._renew_script(keys=[lock], args=[token, LEASE_MS]):
-                    return
-            except RedisError:
-                continue
 
     # One wrapper per script, its parameters in the order of the script's header: KEYS, then ARGV.
 
