@@ -28,6 +28,7 @@ from redis import Redis
 from service.store import keys
 from service.store.batch_scripts import NEXT_SCRIPT
 from service.store.jobs import DELIVER_FUNCS
+from service.store.ledger_state import HINT_FIELD
 
 log = logging.getLogger(__name__)
 BATCH_MAX_JOBS = 200
@@ -47,20 +48,21 @@ def run_batch(
     destination_keys: keys.Keys,
     lane: str,
     carrier_id: str,
-    run: Callable[[str, list[Any]], str],
+    run: Callable[[str, list[Any], bytes | None], str],
     *,
     started: float,
     clock: Callable[[], float] = time.monotonic,
 ) -> int:
     """Handle what a previous run of `carrier_id` left, then take queued jobs; returns how many ran.
-    `run(job_id, args)` delivers one job's update (the job's rq arguments) and says its outcome;
+    `run(job_id, args, hint)` delivers one job's update (the job's rq arguments; `hint`: its user's
+    hint field when the taking script read it, else None) and says its outcome;
     `started` is when the taking job began (clock time).
     Taking stops at a job that is throttled: the ones behind it would be too."""
     batch = _Batch(redis, destination_keys, lane, carrier_id)
     done = 0
     for raw in redis.lrange(batch.taken_key, 0, -1):
         job_id = raw.decode()
-        outcome = batch.run_one(job_id, redis.hget(keys.RQ_JOB_KEY_PREFIX + job_id, "data"), run)
+        outcome = batch.run_one(job_id, redis.hget(keys.RQ_JOB_KEY_PREFIX + job_id, "data"), None, run)
         if outcome is None:
             return done
         batch.next(finished=job_id, take=False)
@@ -106,9 +108,12 @@ class _Batch:
         self.queue_key = destination_keys.rq_queue_key(lane)
         self.taken_key = batch_key(destination_keys, carrier_id)
         self._next_script = redis.register_script(NEXT_SCRIPT)
+        self._state_prefix = destination_keys.user_state_of("")
+        self._in_hand_prefix = destination_keys.in_hand_of("")
 
-    def next(self, *, finished: str | None, take: bool) -> tuple[str, bytes | None] | None:
-        """Finish the job just handled, if any, and take the next queued job, if asked: its id and data."""
+    def next(self, *, finished: str | None, take: bool) -> tuple[str, bytes | None, bytes | None] | None:
+        """Finish the job just handled, if any, and take the next queued job, if asked: its id, data and
+        user's hint field (None when not read)."""
         taken = self._run_next(
             queue=self.queue_key,
             taken=self.taken_key,
@@ -118,8 +123,11 @@ class _Batch:
             job_key_prefix=keys.RQ_JOB_KEY_PREFIX,
             finished_id=finished or "",
             take="1" if take else "0",
+            state_prefix=self._state_prefix,
+            in_hand_prefix=self._in_hand_prefix,
+            hint_field=HINT_FIELD,
         )
-        return None if taken is None else (taken[0].decode(), taken[1] or None)
+        return None if taken is None else (taken[0].decode(), taken[1] or None, taken[2] or None)
 
     def _run_next(
         self,
@@ -131,20 +139,26 @@ class _Batch:
         job_key_prefix: str,
         finished_id: str,
         take: str,
+        state_prefix: str,
+        in_hand_prefix: str,
+        hint_field: str,
     ) -> list[bytes] | None:
         """NEXT_SCRIPT, its parameters in the order of its header: KEYS, then ARGV."""
         return self._next_script(
-            keys=[queue, taken, finished_job_key, finished_batch], args=[job_key_prefix, finished_id, take]
+            keys=[queue, taken, finished_job_key, finished_batch],
+            args=[job_key_prefix, finished_id, take, state_prefix, in_hand_prefix, hint_field],
         )
 
-    def run_one(self, job_id: str, data: bytes | None, run: Callable[[str, list[Any]], str]) -> str | None:
+    def run_one(
+        self, job_id: str, data: bytes | None, hint: bytes | None, run: Callable[[str, list[Any], bytes | None], str]
+    ) -> str | None:
         """The job's outcome, or None when it went back to the queue instead."""
         call = _call_of(data)
         if not (isinstance(call, list) and len(call) == 4 and call[0] in DELIVER_FUNCS):
             _give_back(self.redis, self.queue_key, self.taken_key, job_id)  # not ours to run (or gone): rq decides
             return None
         try:
-            return run(job_id, call[2])
+            return run(job_id, call[2], hint)
         except Exception:
             log.exception("taken job %s failed; it goes back to its queue for rq to run", job_id)
             _give_back(self.redis, self.queue_key, self.taken_key, job_id)
