@@ -31,6 +31,7 @@ from service.store.ledger_user import EventOutcome, SettleUser
 from service.store.ordering_scripts import CLAIM_SCRIPT, PARK_SCRIPT, RELEASE_SCRIPT, RENEW_SCRIPT, TAKE_SCRIPT
 from service.store.trace import TraceEntry
 from workers.lease_renewer import LeaseRenewer
+from workers.scripts_at_once import ScriptCall, run_at_once
 
 # Renewed every third of it while the delivery runs; no longer than a job's heartbeat lives
 # (workers/heartbeat.py), so when rq re-runs a dead worker's job the user is free again.
@@ -64,10 +65,12 @@ class Hold:
     def lock(self) -> str:
         return self._ordering.keys.user_lock(self.source, self.user_id)
 
-    def claim(self, state: PendingState) -> set[str]:
-        """The attributes not superseded by a newer value already sent."""
+    def claim(self, state: PendingState, *also: ScriptCall) -> tuple[set[str] | None, list[Any]]:
+        """The attributes not superseded by a newer value already sent (None: our lease was lost, as
+        UserBusy), and the answers of the scripts `also` sent in the same round trip (after the claim:
+        e.g. the call's slot booked)."""
         ordering = self._ordering
-        allowed = ordering._run_claim(
+        claim = ordering.claim_call(
             lock=self.lock,
             last_written=ordering.keys.last_written(self.source, self.user_id),
             token=self._token,
@@ -75,9 +78,8 @@ class Hold:
             lww_ttl=ordering.memory_ttl,
             pairs=list(state.times().items()),
         )
-        if allowed is None:  # pragma: no cover - our own lease expired under us
-            raise UserBusy(f"lease on user {self.user_id} was lost")
-        return {name.decode() for name in allowed}
+        allowed, *answers = run_at_once(ordering.redis, [claim, *also])
+        return None if allowed is None else {name.decode() for name in allowed}, answers
 
     def settle(
         self,
@@ -162,10 +164,12 @@ class Ordering:
             args=[token, LEASE_MS, "1" if memory_key else "0"],
         )
 
-    def _run_claim(
+    def claim_call(
         self, *, lock: str, last_written: str, token: str, lease_ms: int, lww_ttl: int, pairs: list[tuple[str, int]]
-    ) -> list[bytes] | None:
+    ) -> ScriptCall:
         """`pairs`: (attribute, event_time)."""
-        return self._claim_script(
-            keys=[lock, last_written], args=[token, lease_ms, lww_ttl, *(x for pair in pairs for x in pair)]
+        return ScriptCall(
+            self._claim_script,
+            [lock, last_written],
+            [token, lease_ms, lww_ttl, *(x for pair in pairs for x in pair)],
         )

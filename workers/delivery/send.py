@@ -15,7 +15,7 @@ from service.store.ledger_user import EventOutcome
 from service.store.trace import TraceEntry
 from workers.delivery.context import DeliveryContext
 from workers.delivery.dropped import report_dropped
-from workers.ordering import Hold
+from workers.ordering import Hold, UserBusy
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,11 @@ def send_user(ctx: DeliveryContext, hold: Hold, attempt: int, lane: str, slots: 
     all_custom = {k: v for k, (v, _, _) in state.custom.items()}
     if not client.accepts(all_standard, all_custom, state.tag_list()):
         return _settle_same(ctx, hold, "ignored", lane)
-    allowed = hold.claim(state)
+    booking = ctx.limiter.booking()  # the call's slot, booked with the claim: a round trip less
+    allowed, [booked] = hold.claim(state, booking)
+    ctx.limiter.booked(booking, booked)  # held (released with the outcome) even if no call comes
+    if allowed is None:  # pragma: no cover - our own lease expired under us
+        raise UserBusy(f"lease on user {hold.user_id} was lost")
     standard = {k: (v, c) for k, (v, _, c) in state.standard.items() if k in allowed}
     custom = {k: (v, c) for k, (v, _, c) in state.custom.items() if k in allowed}
     carriers = sorted({c for _, c in (*standard.values(), *custom.values())} | {c for _, c in state.tags.values()})
