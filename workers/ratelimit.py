@@ -77,6 +77,8 @@ class RateLimiter:
         self._held: ContextVar[list[str] | None] = ContextVar(f"held_slots_{id(self)}", default=None)
         # (token, answer) of a first booking attempt made with the delivery's claim (`booking`)
         self._booked: ContextVar[tuple[str, list[Any]] | None] = ContextVar(f"booked_{id(self)}", default=None)
+        # slots of calls done, released with this thread's next booking (`release_with_next`)
+        self._pending_release: ContextVar[list[str] | None] = ContextVar(f"pending_release_{id(self)}", default=None)
         self._keys = destination_keys
         self._acquire_keys = [
             destination_keys.limiter_tat,
@@ -100,7 +102,7 @@ class RateLimiter:
             if held is not None and token in held:
                 held.remove(token)
         if held:  # an earlier call of the same delivery: one slot per delivery at a time
-            self._release(held)
+            self.release_with_next(held)
         if booked is None:
             token, first = uuid.uuid4().hex, None
         self._book(token, first)
@@ -128,6 +130,25 @@ class RateLimiter:
             self._booked.set(None)
             self._release(held)
 
+    def release_with_next(self, tokens: list[str]) -> None:
+        """Release these slots (calls done) with this thread's next booking (a round trip less); what
+        no booking took is returned by `unreleased`, for the caller to release with a write of its own."""
+        pending = self._pending_release.get()
+        if pending is None:
+            pending = []
+            self._pending_release.set(pending)
+        pending += tokens
+        tokens.clear()
+
+    def unreleased(self) -> list[str]:
+        """The slots given to `release_with_next` that no booking released yet (taken back)."""
+        pending = self._pending_release.get() or []
+        taken, pending[:] = list(pending), []
+        return taken
+
+    def release(self, tokens: list[str]) -> None:
+        self._release(tokens)
+
     def _release(self, tokens: list[str]) -> None:
         if tokens:
             self.redis.zrem(self._keys.limiter_in_flight, *tokens)
@@ -137,7 +158,8 @@ class RateLimiter:
         """The first attempt to book the next call's slot, to send along with other scripts (one round
         trip: workers/scripts_at_once.py); hand its answer to `booked` before the call. Inside
         `released_later`, the slot, once booked, is held by the block whether or not a call uses it."""
-        return ScriptCall(self._acquire, self._acquire_keys, self._acquire_args(uuid.uuid4().hex, 0.0))
+        args = self._acquire_args(uuid.uuid4().hex, 0.0, self.unreleased())
+        return ScriptCall(self._acquire, self._acquire_keys, args)
 
     def booked(self, booking: ScriptCall, answer: list[Any]) -> None:
         """The answer to `booking`: the next call of this delivery (thread) starts from it."""
@@ -147,12 +169,12 @@ class RateLimiter:
         if held is not None and answer[0]:
             held.append(token)  # released with the outcome, even if no call comes
 
-    def _acquire_args(self, token: str, waited: float) -> list[Any]:
+    def _acquire_args(self, token: str, waited: float, release: list[str]) -> list[Any]:
         ceiling = self.config.rate_per_second
         max_wait_ms = (self.max_sleep - waited) * 1000
         return [
             *(ceiling, self.config.burst, self.config.max_in_flight, token, LEASE_MS, max_wait_ms),
-            *(JITTER_MS, increase_per_second(ceiling)),
+            *(JITTER_MS, increase_per_second(ceiling), " ".join(release)),
         ]
 
     def _book(self, token: str, first: list[Any] | None = None) -> None:
@@ -163,7 +185,8 @@ class RateLimiter:
             if first is not None:
                 answer, first = first, None
             else:
-                answer = self._acquire(keys=self._acquire_keys, args=self._acquire_args(token, waited))
+                args = self._acquire_args(token, waited, self.unreleased())
+                answer = self._acquire(keys=self._acquire_keys, args=args)
             booked, micros, rate_milli = answer
             self._saw_rate(int(rate_milli) / 1000)
             wait = int(micros) / 1e6

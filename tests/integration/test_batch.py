@@ -201,8 +201,7 @@ def test_taking_a_users_job_reads_whose_it_is_in_the_same_step(ctx: DeliveryCont
     ctx.redis.rpush(LIVE_QUEUE, intake_id)
     ctx.queues[keys.LIVE].enqueue_job(retry)
     batch = _Batch(ctx.redis, keys.USERCOM, keys.LIVE, "x")
-    first, second = batch.next(finished=None, take=True), batch.next(finished=None, take=True)
-    assert first is not None and second is not None
+    first, second = batch.next(finished=[], take=2, spread=1)
     assert (first[0], source_and_hint(first[2])) == (intake_id, ("stripe", "user:u1"))
     assert (second[0], second[2]) == (retry.id, None)
     return_taken(ctx.redis, keys.USERCOM, keys.LIVE, "x")

@@ -33,6 +33,7 @@ from service.store.ledger_state import HINT_FIELD, identity_of, source_and_hint
 from service.store.ledger_user import EventOutcome
 from workers.delivery.batch import return_taken, run_batch
 from workers.delivery.context import DeliveryContext, current, job_in_hand
+from workers.delivery.group import deliver_group
 from workers.delivery.outcomes import dead_letter_legacy, put_back, retry_or_give_up
 from workers.delivery.send import send_user, settle_all
 from workers.ordering import UserBusy
@@ -53,7 +54,8 @@ def deliver(
     running = get_current_job()
     if running is not None and outcome != "throttled":
         run = lambda job_id, args, hint: _run_taken(ctx, job_id, args, hint)  # noqa: E731
-        run_batch(ctx.redis, ctx.store.keys, lane, running.id, run, started=started)
+        run_group = lambda jobs: deliver_group(ctx, jobs)  # noqa: E731
+        run_batch(ctx.redis, ctx.store.keys, lane, running.id, run, started=started, run_group=run_group)
     return outcome
 
 
