@@ -64,8 +64,13 @@ def main() -> int:
         f"trace (RELAY_TRACE_PER_USER={args.trace_per_user}): {trace_bytes / max(1, traces):.0f} B per user in Redis; "
         "its time cost: compare with --trace-per-user 0"
     )
+    # Without the workers' start-up (their imports compete for the CPU) and the last, short-queue stretch.
+    middle = calls[len(calls) // 10 : len(calls) * 9 // 10]
+    steady = (len(middle) - 1) / (middle[-1] - middle[0])
+    print(f"steady: {steady:.0f} updates/s over the middle 80% of the calls")
     if capacity:
         print(f"the double alone serves {capacity:.0f} PUT/s to wrk: ratio {rate / capacity:.2f}   (goal >= 0.8)")
+        print(f"steady ratio {steady / capacity:.2f}")
     else:
         print("wrk not found: the double's own capacity was not measured (apt-get install wrk)")
     return 0

@@ -8,13 +8,13 @@ per attribute, the right to write: only values not older than the last one sent 
 event time is recorded in the same step. One PUT carries what many events said; the outcome of each
 event is counted as the lease ends (Store.settle_user).
 
-The lease is short and renewed while the delivery runs, so a user whose worker was SIGKILLed is
-free again within LEASE_MS; whatever it held in hand waits for the job's re-run (or the next job).
+The lease is short and renewed while the delivery runs (one thread renews all of a process's
+leases: workers/lease_renewer.py), so a user whose worker was SIGKILLed is free again within
+LEASE_MS; whatever it held in hand waits for the job's re-run (or the next job).
 """
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,15 +22,17 @@ from contextlib import contextmanager
 from typing import Any
 
 from redis import Redis
-from redis.exceptions import RedisError
 
 from service.core.update import UserUpdate
 from service.store import keys
 from service.store.ledger import Settled, Store
 from service.store.ledger_state import PendingState, decode, event_value, update_fields
 from service.store.ledger_user import EventOutcome, SettleUser
+from service.store.ledger_user_scripts import SETTLE_USER_SCRIPT
 from service.store.ordering_scripts import CLAIM_SCRIPT, PARK_SCRIPT, RELEASE_SCRIPT, RENEW_SCRIPT, TAKE_SCRIPT
 from service.store.trace import TraceEntry
+from workers.lease_renewer import LeaseRenewer
+from workers.scripts_at_once import ScriptCall, run_at_once
 
 # Renewed every third of it while the delivery runs; no longer than a job's heartbeat lives
 # (workers/heartbeat.py), so when rq re-runs a dead worker's job the user is free again.
@@ -64,10 +66,16 @@ class Hold:
     def lock(self) -> str:
         return self._ordering.keys.user_lock(self.source, self.user_id)
 
-    def claim(self, state: PendingState) -> set[str]:
-        """The attributes not superseded by a newer value already sent."""
+    def claim(self, state: PendingState, *also: ScriptCall) -> tuple[set[str] | None, list[Any]]:
+        """The attributes not superseded by a newer value already sent (None: our lease was lost, as
+        UserBusy), and the answers of the scripts `also` sent in the same round trip (after the claim:
+        e.g. the call's slot booked)."""
+        allowed, *answers = run_at_once(self._ordering.redis, [self.claim_call(state), *also])
+        return None if allowed is None else {name.decode() for name in allowed}, answers
+
+    def claim_call(self, state: PendingState) -> ScriptCall:
         ordering = self._ordering
-        allowed = ordering._run_claim(
+        return ordering.claim_call(
             lock=self.lock,
             last_written=ordering.keys.last_written(self.source, self.user_id),
             token=self._token,
@@ -75,9 +83,6 @@ class Hold:
             lww_ttl=ordering.memory_ttl,
             pairs=list(state.times().items()),
         )
-        if allowed is None:  # pragma: no cover - our own lease expired under us
-            raise UserBusy(f"lease on user {self.user_id} was lost")
-        return {name.decode() for name in allowed}
 
     def settle(
         self,
@@ -89,15 +94,24 @@ class Hold:
     ) -> list[Settled] | None:
         """Count the outcomes, end the lease, keep the destination's new memory of the user (None:
         unchanged, '': forget), release the call slots held and trace, in one step."""
-        keep = None
-        if memory is not None and self.memory_key is not None and memory != self.memory:
-            keep = (self.memory_key, memory, self._ordering.memory_ttl)
-        settle = SettleUser(self.source, self.hint, outcomes, (self.lock, self._token), keep, list(slots or []), trace)
-        settled = store.settle_user(settle)
+        settled = store.settle_user(self.settlement(outcomes, memory, slots, trace))
         self.released = True
         if slots:
             slots.clear()
         return settled
+
+    def settlement(
+        self,
+        outcomes: list[EventOutcome],
+        memory: str | None = None,
+        slots: list[str] | None = None,
+        trace: TraceEntry | None = None,
+    ) -> SettleUser:
+        """What `settle` counts (Store.settle_user), for counting several users' at once (Ordering.settle_many)."""
+        keep = None
+        if memory is not None and self.memory_key is not None and memory != self.memory:
+            keep = (self.memory_key, memory, self._ordering.memory_ttl)
+        return SettleUser(self.source, self.hint, outcomes, (self.lock, self._token), keep, list(slots or []), trace)
 
 
 class Ordering:
@@ -109,7 +123,9 @@ class Ordering:
         self._release_script = redis.register_script(RELEASE_SCRIPT)
         self._park_script = redis.register_script(PARK_SCRIPT)
         self._take_script = redis.register_script(TAKE_SCRIPT)
-        self._renew_script = redis.register_script(RENEW_SCRIPT)
+        self._settle_script = redis.register_script(SETTLE_USER_SCRIPT)  # Store.settle_user's, for settle_many
+        # One thread renews every lease this process holds (workers/lease_renewer.py).
+        self.renewer = LeaseRenewer(redis.register_script(RENEW_SCRIPT), lease_ms=LEASE_MS)
 
     def park(self, update: UserUpdate, hint: str) -> bool:
         """Park an update carried by a per-event job (queued before the upgrade) in its user's
@@ -129,6 +145,65 @@ class Ordering:
             )
         )
 
+    def take_many(self, users: list[tuple[str, str, str, str | None]]) -> list[Hold | None]:
+        """Take several users' leases and states in one round trip, without waiting: per user (source, hint,
+        user id, memory key) its Hold, or None when another job holds the user (or the same user came
+        twice). The holds are renewed until settled or let go (`let_go`)."""
+        tokens = [uuid.uuid4().hex for _ in users]
+        locks = [self.keys.user_lock(source, user_id) for source, _, user_id, _ in users]
+        calls = [
+            self._take_call(source, hint, lock, memory_key, token)
+            for (source, hint, _, memory_key), lock, token in zip(users, locks, tokens, strict=True)
+        ]
+        answers = run_at_once(self.redis, calls)
+        return [
+            None if taken is None else self._held(source, hint, user_id, memory_key, token, taken)
+            for (source, hint, user_id, memory_key), token, taken in zip(users, tokens, answers, strict=True)
+        ]
+
+    def claim_many(self, claims: list[tuple[Hold, ScriptCall | None]]) -> list[tuple[set[str] | None, Any]]:
+        """Several held users' claims (Hold.claim), each with a script of its own sent along, if any (a
+        call slot booked), in one round trip: per user (allowed, that script's answer or None)."""
+        calls: list[ScriptCall] = []
+        for hold, also in claims:
+            calls += [hold.claim_call(hold.state), *([also] if also else [])]
+        answers = iter(run_at_once(self.redis, calls))
+        result: list[tuple[set[str] | None, Any]] = []
+        for _, also in claims:
+            allowed = next(answers)
+            result.append((None if allowed is None else {n.decode() for n in allowed}, next(answers) if also else None))
+        return result
+
+    def settle_many(self, store: Store, settles: list[tuple[Hold, SettleUser]]) -> list[list[Settled] | None]:
+        """Count several users' outcomes, each as Hold.settle does, in one round trip."""
+        calls = [ScriptCall(self._settle_script, s.script_keys(store), s.script_args(store)) for _, s in settles]
+        answers = run_at_once(self.redis, calls)
+        for hold, _ in settles:
+            hold.released = True
+            self.renewer.remove(hold.lock, hold._token)
+        return [
+            None if answer is None else [Settled(bool(counted), float(at) if at else None) for counted, at in answer]
+            for answer in answers
+        ]
+
+    def let_go(self, holds: list[Hold | None]) -> None:
+        """End the leases of the holds not settled (what they took stays in hand for the next job)."""
+        for hold in holds:
+            if hold is not None:
+                self.renewer.remove(hold.lock, hold._token)
+                if not hold.released:
+                    self._release_script(keys=[hold.lock], args=[hold._token])
+                    hold.released = True
+
+    def _held(self, source: str, hint: str, user_id: str, memory_key: str | None, token: str, taken: Any) -> Hold:
+        fields, memory_raw = taken
+        raw = dict(zip(fields[::2], fields[1::2], strict=True))
+        memory = memory_raw.decode() if memory_raw is not None else None
+        hold = Hold(self, source, hint, user_id, token, decode(raw), memory)
+        hold.memory_key = memory_key
+        self.renewer.add(hold.lock, token)
+        return hold
+
     @contextmanager
     def hold(self, source: str, hint: str, user_id: str, memory_key: str | None = None) -> Iterator[Hold]:
         """Hold the user's lease for the block, with everything pending for the user in hand. Raises
@@ -140,41 +215,33 @@ class Ordering:
             if time.monotonic() > deadline:
                 raise UserBusy(f"user {user_id} is being updated by another job")
             time.sleep(POLL_SECONDS)
-        fields, memory_raw = taken
-        raw = dict(zip(fields[::2], fields[1::2], strict=True))
-        memory = memory_raw.decode() if memory_raw is not None else None
-        hold = Hold(self, source, hint, user_id, token, decode(raw), memory)
-        hold.memory_key = memory_key
-        stop = threading.Event()
-        renewer = threading.Thread(target=self._renew, args=(lock, token, stop), daemon=True)
-        renewer.start()
+        hold = self._held(source, hint, user_id, memory_key, token, taken)
         try:
             yield hold
         finally:
-            stop.set()
+            self.renewer.remove(lock, token)
             if not hold.released:
                 self._release_script(keys=[lock], args=[token])
-
-    def _renew(self, lock: str, token: str, stop: threading.Event) -> None:
-        while not stop.wait(LEASE_MS / 3000):
-            try:
-                if not self._renew_script(keys=[lock], args=[token, LEASE_MS]):
-                    return
-            except RedisError:
-                continue
 
     # One wrapper per script, its parameters in the order of the script's header: KEYS, then ARGV.
 
     def _run_take(self, source: str, hint: str, lock: str, memory_key: str | None, token: str) -> Any:
-        return self._take_script(
-            keys=[self.keys.user_state(source, hint), self.keys.in_hand(source, hint), lock, memory_key or lock],
-            args=[token, LEASE_MS, "1" if memory_key else "0"],
+        call = self._take_call(source, hint, lock, memory_key, token)
+        return call.script(keys=call.keys, args=call.args)
+
+    def _take_call(self, source: str, hint: str, lock: str, memory_key: str | None, token: str) -> ScriptCall:
+        return ScriptCall(
+            self._take_script,
+            [self.keys.user_state(source, hint), self.keys.in_hand(source, hint), lock, memory_key or lock],
+            [token, LEASE_MS, "1" if memory_key else "0"],
         )
 
-    def _run_claim(
+    def claim_call(
         self, *, lock: str, last_written: str, token: str, lease_ms: int, lww_ttl: int, pairs: list[tuple[str, int]]
-    ) -> list[bytes] | None:
+    ) -> ScriptCall:
         """`pairs`: (attribute, event_time)."""
-        return self._claim_script(
-            keys=[lock, last_written], args=[token, lease_ms, lww_ttl, *(x for pair in pairs for x in pair)]
+        return ScriptCall(
+            self._claim_script,
+            [lock, last_written],
+            [token, lease_ms, lww_ttl, *(x for pair in pairs for x in pair)],
         )

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Any
 
 from redis import Redis
 
@@ -34,6 +35,7 @@ from service.store.limiter_scripts import (
     PAUSED_SCRIPT,
     increase_per_second,
 )
+from workers.scripts_at_once import ScriptCall
 
 log = logging.getLogger("relay.ratelimit")
 
@@ -80,6 +82,10 @@ class RateLimiter:
         self._pause = redis.register_script(PAUSE_SCRIPT)
         self._paused = redis.register_script(PAUSED_SCRIPT)
         self._held: ContextVar[list[str] | None] = ContextVar(f"held_slots_{id(self)}", default=None)
+        # (token, answer) of a first booking attempt made with the delivery's claim (`booking`)
+        self._booked: ContextVar[tuple[str, list[Any]] | None] = ContextVar(f"booked_{id(self)}", default=None)
+        # slots of calls done, released with this thread's next booking (`release_with_next`)
+        self._pending_release: ContextVar[list[str] | None] = ContextVar(f"pending_release_{id(self)}", default=None)
         self._keys = destination_keys
         self._acquire_keys = [
             destination_keys.limiter_tat,
@@ -96,10 +102,17 @@ class RateLimiter:
         """Hold one call's slot; raises Throttled when the wait would exceed max_sleep. Inside
         `released_later`, a call that returns keeps its slot for the caller to release."""
         held = self._held.get()
+        booked = self._booked.get()
+        if booked is not None:  # booked with the delivery's claim (booking)
+            self._booked.set(None)
+            token, first = booked
+            if held is not None and token in held:
+                held.remove(token)
         if held:  # an earlier call of the same delivery: one slot per delivery at a time
-            self._release(held)
-        token = uuid.uuid4().hex
-        self._book(token)
+            self.release_with_next(held)
+        if booked is None:
+            token, first = uuid.uuid4().hex, None
+        self._book(token, first)
         try:
             yield
         except BaseException:
@@ -121,24 +134,69 @@ class RateLimiter:
             yield held
         finally:
             self._held.reset(reset)
+            self._booked.set(None)
             self._release(held)
+
+    def release_with_next(self, tokens: list[str]) -> None:
+        """Release these slots (calls done) with this thread's next booking (a round trip less); what
+        no booking took is returned by `unreleased`, for the caller to release with a write of its own."""
+        pending = self._pending_release.get()
+        if pending is None:
+            pending = []
+            self._pending_release.set(pending)
+        pending += tokens
+        tokens.clear()
+
+    def unreleased(self) -> list[str]:
+        """The slots given to `release_with_next` that no booking released yet (taken back)."""
+        pending = self._pending_release.get() or []
+        taken, pending[:] = list(pending), []
+        return taken
+
+    def release(self, tokens: list[str]) -> None:
+        self._release(tokens)
 
     def _release(self, tokens: list[str]) -> None:
         if tokens:
             self.redis.zrem(self._keys.limiter_in_flight, *tokens)
             tokens.clear()
 
-    def _book(self, token: str) -> None:
-        """Book a slot and sleep until it; a short wait to ask again (the cap, a pause) is slept too."""
+    def booking(self) -> ScriptCall:
+        """The first attempt to book the next call's slot, to send along with other scripts (one round
+        trip: workers/scripts_at_once.py); hand its answer to `booked` before the call. Inside
+        `released_later`, the slot, once booked, is held by the block whether or not a call uses it."""
+        args = self._acquire_args(uuid.uuid4().hex, 0.0, self.unreleased())
+        return ScriptCall(self._acquire, self._acquire_keys, args)
+
+    def booked(self, booking: ScriptCall, answer: list[Any]) -> None:
+        """The answer to `booking`: the next call of this delivery (thread) starts from it."""
+        token = booking.args[3]
+        self._booked.set((token, answer))
+        held = self._held.get()
+        if held is not None and answer[0]:
+            held.append(token)  # released with the outcome, even if no call comes
+
+    def _acquire_args(self, token: str, waited: float, release: list[str]) -> list[Any]:
         ceiling = self.config.rate_per_second
-        head = [ceiling, self.config.burst, self.config.max_in_flight, token, LEASE_MS]
-        tail = [JITTER_MS, increase_per_second(ceiling)]
+        max_wait_ms = (self.max_sleep - waited) * 1000
+        if self.below_live:
+            max_wait_ms = min(max_wait_ms, 1000 * BELOW_LIVE_SLOTS_AHEAD / self.effective_rate)
+        return [
+            *(ceiling, self.config.burst, self.config.max_in_flight, token, LEASE_MS, max_wait_ms),
+            *(JITTER_MS, increase_per_second(ceiling), " ".join(release)),
+        ]
+
+    def _book(self, token: str, first: list[Any] | None = None) -> None:
+        """Book a slot and sleep until it; a short wait to ask again (the cap, a pause) is slept too.
+        `first`: the answer to a first attempt already made (`booking`)."""
         waited = 0.0
         while True:
-            max_wait_ms = (self.max_sleep - waited) * 1000
-            if self.below_live:
-                max_wait_ms = min(max_wait_ms, 1000 * BELOW_LIVE_SLOTS_AHEAD / self.effective_rate)
-            booked, micros, rate_milli = self._acquire(keys=self._acquire_keys, args=[*head, max_wait_ms, *tail])
+            if first is not None:
+                answer, first = first, None
+            else:
+                args = self._acquire_args(token, waited, self.unreleased())
+                answer = self._acquire(keys=self._acquire_keys, args=args)
+            booked, micros, rate_milli = answer
             self._saw_rate(int(rate_milli) / 1000)
             wait = int(micros) / 1e6
             if not booked and waited + wait > self.max_sleep:

@@ -73,6 +73,8 @@ class HttpApi:
         self._headers = headers
         self._secrets = secrets
         self._requests, self._seconds = requests, seconds
+        self._counters: dict[tuple[str, str], Any] = {}
+        self._timers: dict[str, Any] = {}
         self._limiter = limiter
         self._explain = explain  # error body -> a short reason for the message (and the DLQ)
         # (endpoint, status) of the last answer, for the trace: per thread, as a batch's deliveries
@@ -82,6 +84,19 @@ class HttpApi:
     @property
     def last_call(self) -> tuple[str, int] | None:
         return self._last_call.get()
+
+    def _counter(self, endpoint: str, status: str) -> Any:
+        """The request counter of (endpoint, status), looked up once (labels() costs a lock and a dict)."""
+        child = self._counters.get((endpoint, status))
+        if child is None:
+            child = self._counters[(endpoint, status)] = self._requests.labels(endpoint, status)
+        return child
+
+    def _timer(self, endpoint: str) -> Any:
+        child = self._timers.get(endpoint)
+        if child is None:
+            child = self._timers[endpoint] = self._seconds.labels(endpoint)
+        return child
 
     def call(
         self,
@@ -104,13 +119,13 @@ class HttpApi:
                     headers={**self._headers, **headers} if headers else self._headers,
                 )
             except HTTPError as exc:
-                self._requests.labels(endpoint, type(exc).__name__).inc()
+                self._counter(endpoint, type(exc).__name__).inc()
                 raise Retryable(f"{method} {path}: {type(exc).__name__}") from exc
             finally:
-                self._seconds.labels(endpoint).observe(time.perf_counter() - started)
+                self._timer(endpoint).observe(time.perf_counter() - started)
         status = response.status
         self._last_call.set((endpoint, status))
-        self._requests.labels(endpoint, str(status)).inc()
+        self._counter(endpoint, str(status)).inc()
         if 200 <= status < 300:
             return response.json() if response.data else {}
         if status == 404 and allow_404:

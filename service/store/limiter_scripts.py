@@ -35,7 +35,7 @@ end
 # KEYS: tat (GCRA theoretical arrival time, ms), pause_until (ms), in_flight (zset token -> lease
 #       end ms), window (list of booked slot times, newest first), rate (hash base/at/hold_until)
 # ARGV: ceiling (calls/s), burst, max_in_flight, token, lease_ms, max_wait_ms, jitter_ms,
-#       increase_per_s
+#       increase_per_s, release (tokens of calls done, space-separated, released first: a round trip less)
 # (The window keeps at most 5,000 slots: above 5,000 calls/s only GCRA spaces them.)
 # Returns {1, microseconds until the slot, effective rate x 1000} when a slot is booked for the
 # token (now, or at most max_wait_ms ahead: the schedule moves on at once, so waiters never
@@ -58,7 +58,9 @@ local lease_ms = tonumber(ARGV[5])
 local max_wait_ms = tonumber(ARGV[6])
 local jitter_ms = tonumber(ARGV[7])
 local increase_per_s = tonumber(ARGV[8])
+local release = ARGV[9]
 
+for done in string.gmatch(release, '%S+') do redis.call('ZREM', in_flight_key, done) end
 local now = redis_now_ms()
 local rate = effective(rate_key, now, ceiling, increase_per_s)
 local rate_milli = math.floor(rate * 1000)

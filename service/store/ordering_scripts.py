@@ -114,15 +114,21 @@ return {redis.call('HGETALL', in_hand), memory}
 """
 )
 
-# Extend our own lease while the delivery runs (never another job's).
-# KEYS: lock
-# ARGV: token, lease_ms
-# Returns: 1 (extended) | 0 (not ours any more)
+# Extend the leases a worker process holds while their deliveries run (never another job's).
+# KEYS: lock, ... (one per lease held)
+# ARGV: lease_ms, then one token per lock, in the order of KEYS
+# Returns: {1 (extended) | 0 (not ours any more), ...} in the order of KEYS
 RENEW_SCRIPT = """
-local lock = KEYS[1]
-local token = ARGV[1]
-local lease_ms = ARGV[2]
+local FIRST_TOKEN = 2
+local lease_ms = ARGV[1]
 
-if redis.call('GET', lock) == token then return redis.call('PEXPIRE', lock, lease_ms) end
-return 0
+local result = {}
+for i, lock in ipairs(KEYS) do
+    if redis.call('GET', lock) == ARGV[FIRST_TOKEN + i - 1] then
+        result[i] = redis.call('PEXPIRE', lock, lease_ms)
+    else
+        result[i] = 0
+    end
+end
+return result
 """

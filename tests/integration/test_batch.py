@@ -18,8 +18,17 @@ from service.config import Settings
 from service.devtools.usercom_sandbox import SandboxServer
 from service.store import keys
 from service.store.jobs import delivery_job
+from service.store.ledger_state import source_and_hint
 from tests.conftest import an_update
-from workers.delivery.batch import BATCH_MAX_JOBS, BATCH_SECONDS, BATCH_THREADS, batch_key, return_taken, run_batch
+from workers.delivery.batch import (
+    BATCH_MAX_JOBS,
+    BATCH_SECONDS,
+    BATCH_THREADS,
+    _Batch,
+    batch_key,
+    return_taken,
+    run_batch,
+)
 from workers.delivery.context import DeliveryContext, configure
 from workers.delivery.job import on_job_failure
 from workers.ratelimit import RateLimiter
@@ -153,7 +162,7 @@ def test_a_job_that_ran_long_takes_no_more(ctx: DeliveryContext) -> None:
     ids = queued(ctx)
     ran: list[str] = []
 
-    def run(job_id: str, args: list[Any]) -> str:
+    def run(job_id: str, args: list[Any], hint: bytes | None) -> str:
         ran.append(job_id)
         return "delivered"
 
@@ -172,9 +181,29 @@ def test_a_batch_runs_its_jobs_side_by_side(ctx: DeliveryContext) -> None:
         assert ctx.store.accept(an_update(f"evt_{n}", user_id=f"u{n}"))
     together = threading.Barrier(BATCH_THREADS, timeout=5)
 
-    def run(job_id: str, args: list[Any]) -> str:
+    def run(job_id: str, args: list[Any], hint: bytes | None) -> str:
         together.wait()
         return "delivered"
 
     assert run_batch(ctx.redis, keys.USERCOM, keys.LIVE, "x", run, started=time.monotonic()) == BATCH_THREADS
     assert ctx.redis.llen(LIVE_QUEUE) == 0 and ctx.redis.keys("relay:batch:*") == []
+
+
+def test_taking_a_users_job_reads_whose_it_is_in_the_same_step(ctx: DeliveryContext) -> None:
+    """A job intake wrote comes with its user's hint (no round trip to find it); one rq wrote
+    (compressed) comes without, and is delivered all the same."""
+    assert ctx.store.accept(an_update("evt_a", user_id="u1"))
+    [intake_id] = queued(ctx)
+    ctx.redis.delete(LIVE_QUEUE)
+    retry = delivery_job(
+        ctx.redis, "stripe", "user:u1", 2, 1.0, job_id=f"{intake_id}-a2", destination_keys=keys.USERCOM
+    )
+    ctx.redis.rpush(LIVE_QUEUE, intake_id)
+    ctx.queues[keys.LIVE].enqueue_job(retry)
+    batch = _Batch(ctx.redis, keys.USERCOM, keys.LIVE, "x")
+    first, second = batch.next(finished=[], take=2, spread=1)
+    assert (first[0], source_and_hint(first[2])) == (intake_id, ("stripe", "user:u1"))
+    assert (second[0], second[2]) == (retry.id, None)
+    return_taken(ctx.redis, keys.USERCOM, keys.LIVE, "x")
+    one_job(ctx)
+    assert ctx.store.ledger()["delivered"] == 1 and ctx.store.ledger()["in_flight"] == 0

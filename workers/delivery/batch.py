@@ -28,6 +28,7 @@ from redis import Redis
 from service.store import keys
 from service.store.batch_scripts import NEXT_SCRIPT
 from service.store.jobs import DELIVER_FUNCS
+from service.store.ledger_state import HINT_FIELD
 
 log = logging.getLogger(__name__)
 BATCH_MAX_JOBS = 200
@@ -36,10 +37,19 @@ BATCH_MAX_JOBS = 200
 BATCH_SECONDS = 5.0
 # Jobs of a batch run on this many threads, so one's wait for Redis or the API overlaps another's work.
 BATCH_THREADS = 4
+# A thread takes up to this many jobs at once (workers/delivery/group.py delivers their users together).
+GROUP_SIZE = 8
 
 
 def batch_key(destination_keys: keys.Keys, job_id: str) -> str:
     return f"{destination_keys.prefix}:batch:{job_id}"
+
+
+Taken = tuple[str, bytes | None, bytes | None]  # a job taken: its id, data and user's hint field (or None)
+RunOne = Callable[[str, list[Any], bytes | None], str]
+# Jobs of users whose hint the taking script read, delivered together: their Redis calls share round
+# trips (workers/delivery/group.py). Returns each job's outcome, in order.
+RunGroup = Callable[[list[tuple[str, list[Any], bytes]]], list[str]]
 
 
 def run_batch(
@@ -47,23 +57,26 @@ def run_batch(
     destination_keys: keys.Keys,
     lane: str,
     carrier_id: str,
-    run: Callable[[str, list[Any]], str],
+    run: RunOne,
     *,
     started: float,
     clock: Callable[[], float] = time.monotonic,
+    run_group: RunGroup | None = None,
 ) -> int:
     """Handle what a previous run of `carrier_id` left, then take queued jobs; returns how many ran.
-    `run(job_id, args)` delivers one job's update (the job's rq arguments) and says its outcome;
-    `started` is when the taking job began (clock time).
-    Taking stops at a job that is throttled: the ones behind it would be too."""
+    `run(job_id, args, hint)` delivers one job's update (the job's rq arguments; `hint`: its user's
+    hint field when the taking script read it, else None) and says its outcome; `run_group`, when
+    given, delivers several users' jobs together (each thread takes up to GROUP_SIZE jobs at once,
+    fewer when the queue is short, so the threads share it); `started` is when the taking job began
+    (clock time). Taking stops at a job that is throttled: the ones behind it would be too."""
     batch = _Batch(redis, destination_keys, lane, carrier_id)
     done = 0
     for raw in redis.lrange(batch.taken_key, 0, -1):
         job_id = raw.decode()
-        outcome = batch.run_one(job_id, redis.hget(keys.RQ_JOB_KEY_PREFIX + job_id, "data"), run)
+        [outcome] = batch.run_many([(job_id, redis.hget(keys.RQ_JOB_KEY_PREFIX + job_id, "data"), None)], run, None)
         if outcome is None:
             return done
-        batch.next(finished=job_id, take=False)
+        batch.next(finished=[job_id], take=0)
         done += 1
         if outcome == "throttled":
             return done
@@ -71,27 +84,29 @@ def run_batch(
     lock = threading.Lock()
     budget = BATCH_MAX_JOBS - done
     stop = False
+    group_size = GROUP_SIZE if run_group is not None else 1
 
     def taker() -> int:
         """Take and run jobs until the batch is full, the queue empty, time up or a job throttled
         (or given back)."""
         nonlocal budget, stop
-        ran, finished = 0, None
+        ran = 0
+        finished: list[str] = []
         while True:
             with lock:
-                more = not stop and budget > 0 and clock() < deadline
-                if more:
-                    budget -= 1
-            if not more and finished is None:
+                want = 0 if stop or clock() >= deadline else min(group_size, budget)
+                budget -= want
+            if not want and not finished:
                 return ran
-            taken = batch.next(finished=finished, take=more)
-            if taken is None:  # the queue is empty (for now: others may still give jobs back)
+            taken = batch.next(finished=finished, take=want)
+            with lock:
+                budget += want - len(taken)
+            if not taken:  # the queue is empty (for now: others may still give jobs back)
                 return ran
-            result = batch.run_one(*taken, run)
-            stop = stop or result in (None, "throttled")
-            finished = None if result is None else taken[0]
-            if result is not None:
-                ran += 1
+            results = batch.run_many(taken, run, run_group)
+            finished = [job_id for (job_id, _, _), result in zip(taken, results, strict=True) if result is not None]
+            ran += len(finished)
+            stop = stop or any(result in (None, "throttled") for result in results)
 
     with ThreadPoolExecutor(max_workers=BATCH_THREADS, thread_name_prefix="batch") as pool:
         return done + sum(f.result() for f in [pool.submit(taker) for _ in range(BATCH_THREADS)])
@@ -106,45 +121,74 @@ class _Batch:
         self.queue_key = destination_keys.rq_queue_key(lane)
         self.taken_key = batch_key(destination_keys, carrier_id)
         self._next_script = redis.register_script(NEXT_SCRIPT)
+        self._state_prefix = destination_keys.user_state_of("")
+        self._in_hand_prefix = destination_keys.in_hand_of("")
 
-    def next(self, *, finished: str | None, take: bool) -> tuple[str, bytes | None] | None:
-        """Finish the job just handled, if any, and take the next queued job, if asked: its id and data."""
+    def next(self, *, finished: list[str], take: int, spread: int = BATCH_THREADS) -> list[Taken]:
+        """Finish the jobs just handled and take up to `take` queued jobs (no more than a `spread`th of
+        the queue, at least one): each job's id, data and user's hint field (None when not read)."""
         taken = self._run_next(
             queue=self.queue_key,
             taken=self.taken_key,
-            # keys are passed either way; unused without a finished job
-            finished_job_key=keys.RQ_JOB_KEY_PREFIX + finished if finished else self.taken_key,
-            finished_batch=batch_key(self.destination_keys, finished) if finished else self.taken_key,
             job_key_prefix=keys.RQ_JOB_KEY_PREFIX,
-            finished_id=finished or "",
-            take="1" if take else "0",
+            batch_prefix=batch_key(self.destination_keys, ""),
+            take=take,
+            spread=spread,
+            state_prefix=self._state_prefix,
+            in_hand_prefix=self._in_hand_prefix,
+            hint_field=HINT_FIELD,
+            finished_ids=finished,
         )
-        return None if taken is None else (taken[0].decode(), taken[1] or None)
+        return [(job_id.decode(), data or None, hint or None) for job_id, data, hint in taken]
 
     def _run_next(
         self,
         *,
         queue: str,
         taken: str,
-        finished_job_key: str,
-        finished_batch: str,
         job_key_prefix: str,
-        finished_id: str,
-        take: str,
-    ) -> list[bytes] | None:
+        batch_prefix: str,
+        take: int,
+        spread: int,
+        state_prefix: str,
+        in_hand_prefix: str,
+        hint_field: str,
+        finished_ids: list[str],
+    ) -> list[list[bytes]]:
         """NEXT_SCRIPT, its parameters in the order of its header: KEYS, then ARGV."""
         return self._next_script(
-            keys=[queue, taken, finished_job_key, finished_batch], args=[job_key_prefix, finished_id, take]
+            keys=[queue, taken],
+            args=[job_key_prefix, batch_prefix, take, spread, state_prefix, in_hand_prefix, hint_field, *finished_ids],
         )
 
-    def run_one(self, job_id: str, data: bytes | None, run: Callable[[str, list[Any]], str]) -> str | None:
-        """The job's outcome, or None when it went back to the queue instead."""
-        call = _call_of(data)
-        if not (isinstance(call, list) and len(call) == 4 and call[0] in DELIVER_FUNCS):
-            _give_back(self.redis, self.queue_key, self.taken_key, job_id)  # not ours to run (or gone): rq decides
-            return None
+    def run_many(self, taken: list[Taken], run: RunOne, run_group: RunGroup | None) -> list[str | None]:
+        """Each job's outcome, or None when it went back to the queue instead. Users' jobs whose hint
+        is known go to `run_group` together (all back to the queue if it raises), others to `run`."""
+        results: list[str | None] = [None] * len(taken)
+        group: list[tuple[int, str, list[Any], bytes]] = []
+        for n, (job_id, data, hint) in enumerate(taken):
+            call = _call_of(data)
+            if not (isinstance(call, list) and len(call) == 4 and call[0] in DELIVER_FUNCS):
+                _give_back(self.redis, self.queue_key, self.taken_key, job_id)  # not ours to run (or gone): rq decides
+            elif run_group is not None and hint is not None and call[2] and isinstance(call[2][0], str):
+                group.append((n, job_id, call[2], hint))
+            else:
+                results[n] = self._run_one(job_id, call[2], hint, run)
+        if group:
+            try:
+                outcomes = run_group([(job_id, args, hint) for _, job_id, args, hint in group])
+            except Exception:
+                log.exception("taken jobs %s failed; they go back to their queue", [g[1] for g in group])
+                for _, job_id, _, _ in group:
+                    _give_back(self.redis, self.queue_key, self.taken_key, job_id)
+            else:
+                for (n, *_), outcome in zip(group, outcomes, strict=True):
+                    results[n] = outcome
+        return results
+
+    def _run_one(self, job_id: str, args: list[Any], hint: bytes | None, run: RunOne) -> str | None:
         try:
-            return run(job_id, call[2])
+            return run(job_id, args, hint)
         except Exception:
             log.exception("taken job %s failed; it goes back to its queue for rq to run", job_id)
             _give_back(self.redis, self.queue_key, self.taken_key, job_id)

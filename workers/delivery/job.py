@@ -33,6 +33,7 @@ from service.store.ledger_state import HINT_FIELD, identity_of, source_and_hint
 from service.store.ledger_user import EventOutcome
 from workers.delivery.batch import return_taken, run_batch
 from workers.delivery.context import DeliveryContext, current, job_in_hand
+from workers.delivery.group import deliver_group
 from workers.delivery.outcomes import dead_letter_legacy, put_back, retry_or_give_up
 from workers.delivery.send import send_user, settle_all
 from workers.ordering import UserBusy
@@ -52,8 +53,9 @@ def deliver(
     outcome = _deliver_payload(ctx, payload, attempt, first_failure_at, lane)
     running = get_current_job()
     if running is not None and outcome != "throttled":
-        run = lambda job_id, args: _run_taken(ctx, job_id, args)  # noqa: E731
-        run_batch(ctx.redis, ctx.store.keys, lane, running.id, run, started=started)
+        run = lambda job_id, args, hint: _run_taken(ctx, job_id, args, hint)  # noqa: E731
+        run_group = lambda jobs: deliver_group(ctx, jobs)  # noqa: E731
+        run_batch(ctx.redis, ctx.store.keys, lane, running.id, run, started=started, run_group=run_group)
     return outcome
 
 
@@ -63,10 +65,12 @@ def _deliver_payload(
     attempt: int = 1,
     first_failure_at: float | None = None,
     lane: str = keys.LIVE,
+    hint: bytes | None = None,
 ) -> str:
+    """`hint`: the user's hint field when already read (workers/delivery/batch.py), else None."""
     if isinstance(payload, dict) and "event_id" in payload:  # a per-event job from before the upgrade
         return deliver_update(ctx, UserUpdate.from_dict(payload), attempt, first_failure_at, lane)
-    user = whose(ctx, payload)
+    user = source_and_hint(hint) if hint is not None and isinstance(payload, str) else whose(ctx, payload)
     if user is None:
         return "settled"  # nothing pending or in hand: another job delivered it all
     return deliver_user(ctx, *user, attempt, first_failure_at, lane)
@@ -85,10 +89,10 @@ def whose(ctx: DeliveryContext, payload: str | dict[str, Any]) -> tuple[str, str
     return source_and_hint(pending or in_hand)
 
 
-def _run_taken(ctx: DeliveryContext, job_id: str, args: list[Any]) -> str:
+def _run_taken(ctx: DeliveryContext, job_id: str, args: list[Any], hint: bytes | None = None) -> str:
     token = job_in_hand.set(job_id)
     try:
-        return _deliver_payload(ctx, args[0], *args[1:])
+        return _deliver_payload(ctx, args[0], *args[1:], hint=hint)
     finally:
         job_in_hand.reset(token)
 

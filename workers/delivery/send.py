@@ -5,30 +5,66 @@ events carrying a refused value are dead-lettered. Then each event's outcome, co
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from service.core.dead_letter import DeadLetter
 from service.core.update import UserUpdate
 from service.destinations.base import DeliveryError, Rejected
 from service.ops.metrics import DELIVERIES, DELIVERY_LATENCY
+from service.store.ledger import Settled
 from service.store.ledger_user import EventOutcome
 from service.store.trace import TraceEntry
 from workers.delivery.context import DeliveryContext
 from workers.delivery.dropped import report_dropped
-from workers.ordering import Hold
+from workers.ordering import Hold, UserBusy
 
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class Sent:
+    """A user's delivery sent, its outcomes still to count (Hold.settle, or Ordering.settle_many)."""
+
+    outcomes: list[EventOutcome]
+    memory: str | None
+    trace: TraceEntry | None
+    refused: dict[str, Rejected]
+    delivered: str | None
+
+
 def send_user(ctx: DeliveryContext, hold: Hold, attempt: int, lane: str, slots: list[str]) -> str:
     """Raises Retryable / Throttled with the state left in hand (a retry or the next job sends it)."""
+    nothing = prepare(ctx, hold, lane)
+    if nothing is not None:
+        return nothing
+    booking = ctx.limiter.booking()  # the call's slot, booked with the claim: a round trip less
+    allowed, [booked] = hold.claim(hold.state, booking)
+    ctx.limiter.booked(booking, booked)  # held (released with the outcome) even if no call comes
+    sent = send_allowed(ctx, hold, allowed, attempt, lane)
+    if isinstance(sent, str):
+        return sent
+    settled = hold.settle(ctx.store, sent.outcomes, sent.memory, slots, sent.trace) or []
+    return report(ctx, hold, sent, settled, attempt, lane)
+
+
+def prepare(ctx: DeliveryContext, hold: Hold, lane: str) -> str | None:
+    """None when the state in hand has something for the destination; else its outcome, counted."""
     state = hold.state
-    client = ctx.client
     all_standard = {k: v for k, (v, _, _) in state.standard.items()}
     all_custom = {k: v for k, (v, _, _) in state.custom.items()}
-    if not client.accepts(all_standard, all_custom, state.tag_list()):
+    if not ctx.client.accepts(all_standard, all_custom, state.tag_list()):
         return _settle_same(ctx, hold, "ignored", lane)
-    allowed = hold.claim(state)
+    return None
+
+
+def send_allowed(ctx: DeliveryContext, hold: Hold, allowed: set[str] | None, attempt: int, lane: str) -> Sent | str:
+    """Send what the claim allowed (`allowed`: None when the lease was lost: UserBusy), isolating refused
+    values. Returns what to count, or the outcome when nothing was to be sent (counted then)."""
+    if allowed is None:  # pragma: no cover - our own lease expired under us
+        raise UserBusy(f"lease on user {hold.user_id} was lost")
+    state = hold.state
+    client = ctx.client
     standard = {k: (v, c) for k, (v, _, c) in state.standard.items() if k in allowed}
     custom = {k: (v, c) for k, (v, _, c) in state.custom.items() if k in allowed}
     carriers = sorted({c for _, c in (*standard.values(), *custom.values())} | {c for _, c in state.tags.values()})
@@ -83,7 +119,13 @@ def send_user(ctx: DeliveryContext, hold: Hold, attempt: int, lane: str, slots: 
         event_ids=[o.event_id for o in outcomes if o.outcome != "dead_lettered"],
         dropped=[{"name": d["attribute"], "reason": d["reason"], "event_id": d["event_id"]} for d in dropped],
     )
-    settled = hold.settle(ctx.store, outcomes, memory, slots, trace if sent else None) or []
+    return Sent(outcomes, memory, trace if sent else None, refused, delivered)
+
+
+def report(ctx: DeliveryContext, hold: Hold, sent: Sent, settled: list[Settled], attempt: int, lane: str) -> str:
+    """Metrics and logs of a user's delivery once counted (`settled`: per event, as the ledger said)."""
+    client = ctx.client
+    outcomes, refused, delivered = sent.outcomes, sent.refused, sent.delivered
     for outcome, counted in zip(outcomes, settled, strict=False):
         if counted.counted:
             DELIVERIES.labels(outcome.outcome, lane, client.name).inc()
@@ -98,7 +140,7 @@ def send_user(ctx: DeliveryContext, hold: Hold, attempt: int, lane: str, slots: 
             exc,
             extra={**event_fields(hold, event_id, lane, attempt, "dead_lettered"), "status": exc.status},
         )
-    if delivered:
+    if delivered and log.isEnabledFor(logging.INFO):
         log.info(
             "delivered %s to user %s (attempt %d, %d more merged in)",
             delivered,

@@ -1,0 +1,142 @@
+"""Several users delivered together (workers/delivery/group.py): each user's guarantees hold as if it
+were delivered alone: a refused value dead-letters only its carrier events, a busy user waits for its
+lease, a worker killed midway loses nothing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from redis import Redis
+from rq.registry import StartedJobRegistry
+
+from service.config import Settings
+from service.devtools.embedded_redis import free_port
+from service.devtools.usercom_sandbox import Fault, SandboxServer
+from service.store import keys
+from service.store.ledger import Store
+from tests.conftest import an_update
+from tests.integration.test_recovery import RELAY
+from workers.delivery.batch import _Batch, _call_of
+from workers.delivery.context import DeliveryContext, configure
+from workers.delivery.group import deliver_group
+from workers.heartbeat import HEARTBEAT_TTL_SECONDS
+from workers.runner import build_context, run_worker
+
+USERS = [f"u{n}" for n in range(12)]
+
+
+@pytest.fixture
+def ctx(settings: Settings, redis: Redis, sandbox: SandboxServer) -> Iterator[DeliveryContext]:
+    sandbox.state.seed(USERS)
+    context = build_context(settings, "usercom")
+    configure(context)
+    yield context
+    context.redis.close()
+
+
+def take_all(ctx: DeliveryContext) -> list[tuple[str, list[Any], bytes]]:
+    """Every queued job, taken as a batch thread takes them: (id, rq arguments, user's hint field)."""
+    batch = _Batch(ctx.redis, keys.USERCOM, keys.LIVE, "carrier")
+    taken = batch.next(finished=[], take=100, spread=1)
+    jobs = []
+    for job_id, data, hint in taken:
+        assert hint is not None
+        jobs.append((job_id, _call_of(data)[2], hint))
+    return jobs
+
+
+def test_a_value_refused_in_a_group_dead_letters_only_its_carrier_events(
+    ctx: DeliveryContext, sandbox: SandboxServer
+) -> None:
+    assert ctx.store.accept(an_update("evt_a", user_id="u0"))
+    assert ctx.store.accept(an_update("evt_bad", user_id="u1", standard={"gender": 9}, custom={}, tags=[]))
+    assert ctx.store.accept(an_update("evt_good", user_id="u1", custom={"seats": 3}, tags=[]))
+    assert ctx.store.accept(an_update("evt_c", user_id="u2"))
+    jobs = take_all(ctx)
+    assert len(jobs) == 3
+    assert deliver_group(ctx, jobs) == ["delivered", "delivered", "delivered"]
+    [item] = ctx.store.dead_letters()
+    assert (item["event_id"], item["reason"]) == ("evt_bad", "usercom_rejected")
+    for user in ("u0", "u2"):
+        delivered = sandbox.state.user_by_custom_id(user)
+        assert delivered is not None and delivered["attributes"] == {"plan": "pro"}
+    u1 = sandbox.state.user_by_custom_id("u1")
+    assert u1 is not None and u1["attributes"] == {"seats": 3} and u1["gender"] == "unknown"
+    ledger = ctx.store.ledger()
+    assert (ledger["delivered"], ledger["dead_lettered"], ledger["in_flight"]) == (3, 1, 0)
+    assert ctx.redis.zcard(keys.USERCOM.limiter_in_flight) == 0  # every call's slot released
+    assert ctx.redis.keys("relay:lock:*") == []
+
+
+def test_a_user_another_job_holds_is_put_back_and_the_others_delivered(
+    ctx: DeliveryContext, sandbox: SandboxServer
+) -> None:
+    for user in ("u0", "u1", "u2"):
+        assert ctx.store.accept(an_update(f"evt_{user}", user_id=user))
+    jobs = take_all(ctx)
+    lock = keys.USERCOM.user_lock("stripe", "u1")
+    ctx.redis.set(lock, "another-job", px=60_000)
+    assert deliver_group(ctx, jobs) == ["delivered", "user_busy", "delivered"]
+    assert sandbox.state.user_by_custom_id("u1")["attributes"] == {}  # type: ignore[index]
+    assert ctx.store.ledger()["in_flight"] == 1  # u1's update waits for its put-back job
+    ctx.redis.delete(lock)
+    assert len(ctx.queues[keys.LIVE].scheduled_job_registry.get_job_ids()) == 1
+
+
+def test_the_same_user_twice_in_a_group_is_delivered_once(ctx: DeliveryContext, sandbox: SandboxServer) -> None:
+    assert ctx.store.accept(an_update("evt_1", user_id="u0"))
+    [job] = take_all(ctx)
+    assert deliver_group(ctx, [job, (f"{job[0]}-a2", job[1], job[2])]) == ["delivered", "settled"]
+    puts = [r for r in sandbox.state.requests if r["method"] == "PUT"]
+    assert len(puts) == 1
+    assert ctx.store.ledger()["delivered"] == 1 and ctx.store.ledger()["in_flight"] == 0
+
+
+def test_a_worker_killed_amid_its_groups_loses_none_of_their_users(
+    env: dict[str, str], settings: Settings, redis: Redis, sandbox: SandboxServer
+) -> None:
+    sandbox.state.seed(USERS)
+    store = Store.from_settings(redis, settings)
+    for n, user in enumerate(USERS):
+        assert store.accept(an_update(f"evt_{n}", user_id=user))
+    # The carrier's own user answers, then the batch threads take their groups; one call hangs there.
+    sandbox.state.faults.extend([Fault(0), Fault(0), Fault(0, delay=30)])
+    worker = subprocess.Popen(
+        [RELAY, "worker", "--lane", "live"],
+        env={"PATH": os.environ["PATH"], **env, "RELAY_METRICS_PORT": str(free_port())},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    ctx = build_context(settings, "usercom")
+    started = StartedJobRegistry(queue=ctx.queues[keys.LIVE])
+    try:
+        deadline = time.monotonic() + 30
+        while sandbox.state.faults or len(started.get_job_ids()) != 1:
+            assert time.monotonic() < deadline, "the worker never reached the hanging call"
+            time.sleep(0.1)
+        time.sleep(0.5)  # the other threads' groups go on meanwhile
+    finally:
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
+    assert store.ledger()["in_flight"] > 0
+    [taken] = redis.keys("relay:batch:*")
+    assert redis.llen(taken) > 1  # the killed job held other users' jobs
+    # Time passes: the leases expire, then rq's maintenance finds the job abandoned (fast-forwarded).
+    for lock in redis.keys("relay:lock:*"):
+        redis.delete(lock)
+    started.cleanup(timestamp=time.time() + HEARTBEAT_TTL_SECONDS + 1)
+    configure(ctx)
+    run_worker(settings, lane=keys.LIVE, destination="usercom", burst=True)
+    for user in USERS:
+        delivered = sandbox.state.user_by_custom_id(user)
+        assert delivered is not None and delivered["attributes"] == {"plan": "pro"}, user
+    ledger = store.ledger()
+    assert (ledger["delivered"], ledger["dead_lettered"], ledger["in_flight"]) == (len(USERS), 0, 0)
+    assert redis.keys("relay:batch:*") == []
