@@ -1,46 +1,90 @@
-"""Mass update of a standard attribute: used if, and only if, it makes fewer User.com calls than
-one per user (shared/seeds/usercom_mass_update_standard_attributes.txt), against the sandbox."""
+"""Mass update of a standard attribute: used for users delivered together if, and only if, it makes
+fewer User.com calls than one per user (shared/seeds/usercom_mass_update_standard_attributes.txt),
+against the sandbox."""
 
 from __future__ import annotations
 
-from service.destinations.usercom.client import UsercomClient
-from service.destinations.usercom.mass_update import Pending, plan, send_burst
-from service.devtools.usercom_sandbox import SandboxServer
-from tests.conftest import USERCOM_KEY
+from collections.abc import Iterator
+
+import pytest
+from redis import Redis
+
+from service.config import Settings
+from service.core.update import UserUpdate
+from service.destinations.usercom.mass_update import Pending, plan
+from service.devtools.usercom_sandbox import Fault, SandboxServer
+from service.store import keys
+from service.store.trace import read_trace
+from tests.conftest import an_update
+from tests.integration.test_group import take_all
+from workers.delivery.context import DeliveryContext, configure
+from workers.delivery.group import deliver_group
+from workers.runner import build_context
 
 
-def client(sandbox: SandboxServer) -> UsercomClient:
-    return UsercomClient(base_url=sandbox.base_url, api_key=USERCOM_KEY, connect_timeout=3, read_timeout=10)
+@pytest.fixture
+def ctx(settings: Settings, redis: Redis, sandbox: SandboxServer) -> Iterator[DeliveryContext]:
+    context = build_context(settings, "usercom")
+    configure(context)
+    yield context
+    context.redis.close()
 
 
-def known_users(sandbox: SandboxServer, count: int) -> list[tuple[str, int]]:
-    ids = [f"user-{n}" for n in range(count)]
-    sandbox.state.seed(ids)
-    return [(user_id, sandbox.state.user_by_custom_id(user_id)["id"]) for user_id in ids]  # type: ignore[index]
+def known_users(ctx: DeliveryContext, sandbox: SandboxServer, count: int) -> list[str]:
+    """Users User.com has, whose User.com ids the relay learned (as from earlier answers)."""
+    users = [f"user-{n}" for n in range(count)]
+    sandbox.state.seed(users)
+    for user in users:
+        ctx.redis.set(keys.usercom_id(user), sandbox.state.user_by_custom_id(user)["id"])  # type: ignore[index]
+    return users
 
 
 def calls(sandbox: SandboxServer) -> list[str]:
     return [r["method"] + " " + r["path"] for r in sandbox.state.requests if r["path"].startswith("/api/public/")]
 
 
-def test_many_users_with_the_same_value_go_in_one_mass_call(sandbox: SandboxServer) -> None:
-    users = known_users(sandbox, 40)
-    burst = [Pending(user_id, usercom_id, {"country": "Poland"}) for user_id, usercom_id in users]
-    chosen = send_burst(client(sandbox), burst)
-    assert chosen.calls == 1 and calls(sandbox) == ["PUT /api/public/users/mass_update_standard_attributes/"]
-    assert all(sandbox.state.user_by_custom_id(u)["country"] == "Poland" for u, _ in users)  # type: ignore[index]
+def deliver_together(ctx: DeliveryContext, updates: list[UserUpdate]) -> list[str]:
+    for update in updates:
+        assert ctx.store.accept(update)
+    return deliver_group(ctx, take_all(ctx))
 
 
-def test_distinct_values_keep_one_call_per_user(sandbox: SandboxServer) -> None:
-    users = known_users(sandbox, 5)
-    burst = [
-        Pending(user_id, usercom_id, {"country": "Poland", "email": f"{user_id}@example.com"})
-        for user_id, usercom_id in users
-    ]
-    chosen = send_burst(client(sandbox), burst)
-    assert chosen.mass == [] and chosen.calls == 5
+def only_standard(n: int, user: str, standard: dict[str, str]) -> UserUpdate:
+    return an_update(f"evt_{n}", user_id=user, standard=standard, custom={}, tags=[])
+
+
+def test_users_getting_the_same_value_are_updated_by_one_mass_call(
+    ctx: DeliveryContext, sandbox: SandboxServer
+) -> None:
+    users = known_users(ctx, sandbox, 6)
+    outcomes = deliver_together(ctx, [only_standard(n, u, {"country": "Poland"}) for n, u in enumerate(users)])
+    assert outcomes == ["delivered"] * 6
+    assert calls(sandbox) == ["PUT /api/public/users/mass_update_standard_attributes/"]
+    assert all(sandbox.state.user_by_custom_id(u)["country"] == "Poland" for u in users)  # type: ignore[index]
+    ledger = ctx.store.ledger()
+    assert (ledger["delivered"], ledger["in_flight"]) == (6, 0)
+    assert ctx.redis.zcard(keys.USERCOM.limiter_in_flight) == 0
+    entry = read_trace(ctx.redis, keys.USERCOM, "user-3")[0]
+    assert entry["endpoint"] == "PUT /users/mass_update_standard_attributes/"
+
+
+def test_distinct_values_keep_one_call_per_user(ctx: DeliveryContext, sandbox: SandboxServer) -> None:
+    users = known_users(ctx, sandbox, 5)
+    updates = [only_standard(n, u, {"country": "Poland", "email": f"{u}@example.com"}) for n, u in enumerate(users)]
+    assert deliver_together(ctx, updates) == ["delivered"] * 5
     assert not any("mass_update" in call for call in calls(sandbox)) and len(calls(sandbox)) == 5
     assert sandbox.state.user_by_custom_id("user-3")["email"] == "user-3@example.com"  # type: ignore[index]
+
+
+def test_a_failed_mass_call_leaves_its_users_to_their_own_calls(ctx: DeliveryContext, sandbox: SandboxServer) -> None:
+    users = known_users(ctx, sandbox, 4)
+    sandbox.state.faults.append(Fault(500))  # the mass call
+    outcomes = deliver_together(ctx, [only_standard(n, u, {"country": "Spain"}) for n, u in enumerate(users)])
+    assert outcomes == ["delivered"] * 4
+    assert calls(sandbox)[0] == "PUT /api/public/users/mass_update_standard_attributes/"
+    assert len(calls(sandbox)) == 1 + 4
+    assert all(sandbox.state.user_by_custom_id(u)["country"] == "Spain" for u in users)  # type: ignore[index]
+    assert ctx.store.ledger()["delivered"] == 4
 
 
 def test_the_plan_only_takes_groups_that_save_calls() -> None:

@@ -9,8 +9,8 @@ failing or busy ends as it would alone (put back, dead-lettered, retried); what 
 hand until its outcome is counted, so a worker killed midway loses nothing (the jobs stay in the
 batch's list and the taking job's re-run delivers them, one by one).
 
-This is where a planner could group several users' calls (a mass update): the calls step sees
-every user's claimed values before any call goes out.
+Where several users' whole update is the same standard value, one mass update replaces their calls
+(workers/delivery/mass.py), between the claims and the users' own calls.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from service.store import keys
 from service.store.ledger_state import source_and_hint
 from service.store.ledger_user import SettleUser
 from workers.delivery.context import DeliveryContext, job_in_hand
+from workers.delivery.mass import ENDPOINT as MASS_ENDPOINT
+from workers.delivery.mass import send_mass, worth_planning
 from workers.delivery.outcomes import put_back, retry_or_give_up
 from workers.delivery.send import Sent, prepare, report, send_allowed
 from workers.ordering import Hold, UserBusy
@@ -78,11 +80,16 @@ def _deliver_held(ctx: DeliveryContext, group: list[_Job]) -> None:
                 job.outcome = prepare(ctx, hold, job.lane)  # None: something to send
         if job.outcome is None:
             ready.append((job, hold))
-    # The first user's call slot is booked with the claims; each next one's booking releases the slot
-    # of the call before (a thread holds one at a time, as the concurrency cap counts calls), and the
-    # count releases the last.
-    bookings: list[ScriptCall | None] = [ctx.limiter.booking() if n == 0 else None for n in range(len(ready))]
+    # The first user's call slot is booked with the claims (unless mass updates come first: mass.py);
+    # each next one's booking releases the slot of the call before (a thread holds one at a time, as
+    # the concurrency cap counts calls), and the count releases the last.
+    mass = worth_planning(ctx, [hold for _, hold in ready])
+    bookings: list[ScriptCall | None] = [
+        ctx.limiter.booking() if n == 0 and not mass else None for n in range(len(ready))
+    ]
     claims = ctx.ordering.claim_many([(hold, booking) for (_, hold), booking in zip(ready, bookings, strict=True)])
+    claimed = [(hold, allowed) for (_, hold), (allowed, _) in zip(ready, claims, strict=True) if allowed is not None]
+    covered = send_mass(ctx, claimed) if mass else set()
     to_count: list[tuple[_Job, Hold, Sent, SettleUser]] = []
     for (job, hold), booking, (allowed, booked) in zip(ready, bookings, claims, strict=True):
         with _in_hand(job.job_id):
@@ -90,7 +97,8 @@ def _deliver_held(ctx: DeliveryContext, group: list[_Job]) -> None:
                 with ctx.limiter.released_later() as slots:
                     if booking is not None:
                         ctx.limiter.booked(booking, booked)
-                    sent = send_allowed(ctx, hold, allowed, job.attempt, job.lane)
+                    applied_by = MASS_ENDPOINT if hold.user_id in covered else None
+                    sent = send_allowed(ctx, hold, allowed, job.attempt, job.lane, applied_by)
                     if isinstance(sent, str):
                         job.outcome = sent
                         continue

@@ -58,9 +58,12 @@ def prepare(ctx: DeliveryContext, hold: Hold, lane: str) -> str | None:
     return None
 
 
-def send_allowed(ctx: DeliveryContext, hold: Hold, allowed: set[str] | None, attempt: int, lane: str) -> Sent | str:
+def send_allowed(
+    ctx: DeliveryContext, hold: Hold, allowed: set[str] | None, attempt: int, lane: str, applied_by: str | None = None
+) -> Sent | str:
     """Send what the claim allowed (`allowed`: None when the lease was lost: UserBusy), isolating refused
-    values. Returns what to count, or the outcome when nothing was to be sent (counted then)."""
+    values. Returns what to count, or the outcome when nothing was to be sent (counted then).
+    `applied_by`: the call that applied this whole update already (a mass update): nothing is sent."""
     if allowed is None:  # pragma: no cover - our own lease expired under us
         raise UserBusy(f"lease on user {hold.user_id} was lost")
     state = hold.state
@@ -86,7 +89,8 @@ def send_allowed(ctx: DeliveryContext, hold: Hold, allowed: set[str] | None, att
         if not client.accepts(std, cus, tags):
             return
         try:
-            memory = client.send(hold.user_id, std, cus, tags, memory)
+            if applied_by is None:
+                memory = client.send(hold.user_id, std, cus, tags, memory)
             sent.update(std)
             sent.update(cus)
         except Rejected as exc:
@@ -107,7 +111,7 @@ def send_allowed(ctx: DeliveryContext, hold: Hold, allowed: set[str] | None, att
         else:
             outcomes.append(EventOutcome(event_id, "delivered" if event_id == delivered else "coalesced"))
     dropped = report_dropped(client, updates[0], updates[1:], hold.user_id, lane, attempt) if updates else []
-    endpoint, status = getattr(client, "last_call", None) or (None, None)
+    endpoint, status = (applied_by, 200) if applied_by else getattr(client, "last_call", None) or (None, None)
     trace = TraceEntry(
         kind="delivery",
         user_id=hold.user_id,

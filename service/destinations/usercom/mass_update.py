@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
+
+from service.destinations.usercom.rules import screen
 
 PATH = "/users/mass_update_standard_attributes/"
 # The seed's allowed attributes, less user_id (our identity: never mass-assigned).
@@ -52,6 +54,8 @@ def _signature(update: Pending) -> frozenset[tuple[str, str]] | None:
         return None
     if not all(name in MASS_ATTRIBUTES and isinstance(value, str) for name, value in update.standard.items()):
         return None
+    if screen(update.standard)[1]:  # a value User.com's rules refuse goes by the user's own call (reported)
+        return None
     return frozenset(update.standard.items())
 
 
@@ -75,22 +79,3 @@ def plan(updates: list[Pending]) -> Plan:
     mass = [(name, value, sorted(members)) for (name, value), members in sorted(ids.items())]
     candidate = Plan(mass, [u for u in updates if u.user_id not in covered])
     return candidate if candidate.calls < len(updates) else Plan([], list(updates))
-
-
-class Caller(Protocol):
-    def mass_update_standard(self, attribute: str, value: str, ids: list[int]) -> Any: ...
-
-    def send(
-        self, user_id: str, standard: dict[str, Any], custom: dict[str, Any], tags: list[str], memory: str | None
-    ) -> str | None: ...
-
-
-def send_burst(client: Caller, updates: list[Pending]) -> Plan:
-    """Deliver a burst with the planned calls; the plan made (its `calls` is what was sent)."""
-    chosen = plan(updates)
-    for attribute, value, ids in chosen.mass:
-        client.mass_update_standard(attribute, value, ids)
-    for update in chosen.per_user:
-        memory = str(update.usercom_id) if update.usercom_id is not None else None
-        client.send(update.user_id, update.standard, update.custom, list(update.tags), memory)
-    return chosen
