@@ -135,7 +135,8 @@ def _put_back(ctx: DeliveryContext, job: _Job, wait: float, why: str) -> str:
 
 def _job(job_id: str, args: list[Any], hint: bytes) -> _Job:
     user = source_and_hint(hint)
-    assert user is not None
+    if user is None:  # the batch hands over only jobs whose user it read: a bug if not
+        raise ValueError(f"job {job_id}: its user's reference cannot be read")
     attempt = args[1] if len(args) > 1 else 1
     first_failure_at = args[2] if len(args) > 2 else None
     lane = args[3] if len(args) > 3 else keys.LIVE
