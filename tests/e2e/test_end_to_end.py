@@ -90,6 +90,12 @@ def relay(tmp_path: Path, sandbox: SandboxServer) -> Iterator[dict[str, Any]]:
 
 
 @pytest.fixture
+def relay_quick_keepalive(tmp_path: Path, sandbox: SandboxServer) -> Iterator[dict[str, Any]]:
+    """As `relay`, with a 1 s keep-alive: a stop waits for an idle kept-alive connection that long."""
+    yield from _relay(tmp_path, sandbox, {"RELAY_WEB_KEEPALIVE_SECONDS": "1"})
+
+
+@pytest.fixture
 def userkit() -> Iterator[UserKitServer]:
     server = UserKitServer(app_secret=USERKIT_SECRET).start()
     yield server
@@ -317,7 +323,8 @@ def test_each_source_reaches_both_destinations(
                 assert part not in text, f"{name} log leaks a secret"
 
 
-def test_sigterm_stops_web_and_worker_cleanly(relay: dict[str, Any]) -> None:
+def test_sigterm_stops_web_and_worker_cleanly(relay_quick_keepalive: dict[str, Any]) -> None:
+    relay = relay_quick_keepalive
     # A client keeps its connection alive, idle, across the stop: the web still stops (once that
     # connection's keep-alive time is out) and the idle connection ends quietly.
     assert relay["http"].request("GET", relay["base"] + "/healthz").status == 200
