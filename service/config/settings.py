@@ -62,6 +62,9 @@ DEFAULT_DLQ_TTL_DAYS = 30
 DEFAULT_WEB_WORKERS = 2
 DEFAULT_WEB_THREADS = 4
 DEFAULT_WEB_KEEPALIVE_SECONDS = 5
+# How often a worker runs rq's maintenance (finds jobs whose worker died): workers/runner.py.
+DEFAULT_MAINTENANCE_INTERVAL_SECONDS = 5
+MAX_MAINTENANCE_INTERVAL_SECONDS = 600
 DEFAULT_STRIPE_API_BASE = "https://api.stripe.com"
 DEFAULT_PADDLE_API_BASE = "https://api.paddle.com"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -87,6 +90,7 @@ class Settings:
     web_workers: int = DEFAULT_WEB_WORKERS
     web_threads: int = DEFAULT_WEB_THREADS
     web_keepalive_seconds: int = DEFAULT_WEB_KEEPALIVE_SECONDS  # gunicorn --keep-alive (also bounds a header read)
+    maintenance_interval_seconds: int = DEFAULT_MAINTENANCE_INTERVAL_SECONDS
     log_level: str = "INFO"
     metrics_port: int = DEFAULT_METRICS_PORT
     dlq_max_items: int = DEFAULT_DLQ_MAX_ITEMS
@@ -175,6 +179,12 @@ class Settings:
                 DEFAULT_WEB_KEEPALIVE_SECONDS,
                 minimum=1,
                 maximum=MAX_WEB_KEEPALIVE_SECONDS,
+            ),
+            maintenance_interval_seconds=reader.integer(
+                "RELAY_MAINTENANCE_INTERVAL_SECONDS",
+                DEFAULT_MAINTENANCE_INTERVAL_SECONDS,
+                minimum=1,
+                maximum=MAX_MAINTENANCE_INTERVAL_SECONDS,
             ),
             log_level=reader.choice("RELAY_LOG_LEVEL", "INFO", LOG_LEVELS),
             metrics_port=reader.integer("RELAY_METRICS_PORT", DEFAULT_METRICS_PORT, minimum=1, maximum=MAX_PORT),

@@ -95,7 +95,9 @@ def test_an_idle_worker_reruns_a_job_abandoned_by_a_dead_one(
     assert store.accept(UPDATE)
     job_id = queued_job(redis)
     sandbox.state.faults.append(Fault(0, delay=30))
-    worker_env = {"PATH": os.environ["PATH"], **env}
+    # Maintenance every second (RELAY_MAINTENANCE_INTERVAL_SECONDS), not every 5: what is tested is
+    # that an idle worker runs it at all (rq's own idle wait is 405 s).
+    worker_env = {"PATH": os.environ["PATH"], **env, "RELAY_MAINTENANCE_INTERVAL_SECONDS": "1"}
     dying = _relay_worker(worker_env)
     started = StartedJobRegistry(queue=build_context(settings, "usercom").queues[keys.LIVE])
     try:
@@ -114,7 +116,7 @@ def test_an_idle_worker_reruns_a_job_abandoned_by_a_dead_one(
         # Time passes: the dead worker's entry lapses (fast-forwarded, not waited for).
         member = redis.zrange(started.key, 0, -1)[0]
         redis.zadd(started.key, {member: time.time() - 1})
-        _wait(lambda: sandbox.state.user_by_custom_id("u1") is not None, timeout=MAINTENANCE_INTERVAL_SECONDS + 10)
+        _wait(lambda: sandbox.state.user_by_custom_id("u1") is not None, timeout=MAINTENANCE_INTERVAL_SECONDS + 30)
     finally:
         os.killpg(idle.pid, signal.SIGTERM)
         idle.wait(timeout=30)

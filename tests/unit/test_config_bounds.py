@@ -38,6 +38,8 @@ SECRETS = ("hunter2", "secret-api-key", "whsec_one", "s3cr3t-pass")
         ("RELAY_WEB_WORKERS", "100000"),
         ("RELAY_WEB_KEEPALIVE_SECONDS", "0"),
         ("RELAY_WEB_KEEPALIVE_SECONDS", "301"),
+        ("RELAY_MAINTENANCE_INTERVAL_SECONDS", "0"),
+        ("RELAY_MAINTENANCE_INTERVAL_SECONDS", "601"),
         ("USERCOM_BURST", "9" * 20),
         ("STRIPE_TOLERANCE_SECONDS", "9" * 20),
         ("PORT", "70000"),
@@ -72,10 +74,11 @@ def test_values_at_the_bounds_are_taken() -> None:
             "USERCOM_READ_TIMEOUT_SECONDS": "300",
             "PORT": "65535",
             "RELAY_WEB_KEEPALIVE_SECONDS": "300",
+            "RELAY_MAINTENANCE_INTERVAL_SECONDS": "600",
         }
     )
     assert settings.dedup_ttl_seconds == 365 * 24 * 3600
-    assert settings.web_keepalive_seconds == 300
+    assert (settings.web_keepalive_seconds, settings.maintenance_interval_seconds) == (300, 600)
     assert settings.destination("usercom").read_timeout == 300.0
 
 
