@@ -151,6 +151,7 @@ def _relay(tmp_path: Path, sandbox: SandboxServer, extra_env: dict[str, str]) ->
             pass
         assert time.monotonic() < deadline, (tmp_path / "web.log").read_text()
         time.sleep(0.1)
+    close_connections(http)  # the tests start on fresh connections (the web may close an idle one)
     redis = Redis.from_url(redis_server.url)
     settings = Settings.from_env(env)
     yield {

@@ -24,6 +24,7 @@ def test_each_worker_runs_maintenance_as_often_as_configured(
         return False
 
     monkeypatch.setattr(runner.DeliveryWorker, "work", work)
+    monkeypatch.setattr(runner, "forks_die_with_this_process", lambda: None)  # no fork handler left in pytest
     extra = {} if configured is None else {"RELAY_MAINTENANCE_INTERVAL_SECONDS": configured}
     settings = Settings.from_env({**env, **extra})
     runner.run_worker(settings, lane=keys.LIVE, destination="usercom", burst=True)
