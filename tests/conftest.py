@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import standardwebhooks
 import stripe
+import urllib3
 from redis import Redis
 
 from service import create_app
@@ -145,6 +146,18 @@ def lemonsqueezy_headers(body: bytes, secret: str = LEMONSQUEEZY_SECRET) -> dict
 
 def standard_event(user_id: str = "u1", event_time: str = "2026-11-23T10:00:00Z", **data: Any) -> dict[str, Any]:
     return {"type": "user.updated", "timestamp": event_time, "data": {"user_id": user_id, **data}}
+
+
+def close_connections(http: urllib3.PoolManager) -> None:
+    """Close every connection `http` keeps alive, as a load balancer drains a pod before stopping it.
+
+    urllib3 2's PoolManager.clear() forgets its pools without closing them: the web then held each
+    idle connection until its keep-alive timeout ran out (5 s more in every teardown)."""
+    for key in list(http.pools.keys()):
+        pool = http.pools.get(key)
+        if pool is not None:
+            pool.close()
+    http.clear()
 
 
 @pytest.fixture(scope="session")

@@ -23,6 +23,7 @@ from rq.serializers import JSONSerializer
 from rq.worker import WorkerStatus
 
 from service.config import Settings
+from service.config.settings import DEFAULT_MAINTENANCE_INTERVAL_SECONDS
 from service.destinations.base import Destination
 from service.destinations.registry import DESTINATIONS
 from service.store import keys
@@ -70,7 +71,7 @@ def build_context(settings: Settings, destination: str, lane: str = keys.LIVE) -
 # a thread while it runs: workers/heartbeat.py), at the next maintenance pass of any worker of its
 # queue: within about 6 + 5 s (rq's defaults: the job's timeout + 60 s, then a pass every 10 minutes,
 # and only between jobs or after a 405 s idle wait).
-MAINTENANCE_INTERVAL_SECONDS = 5
+MAINTENANCE_INTERVAL_SECONDS = DEFAULT_MAINTENANCE_INTERVAL_SECONDS  # RELAY_MAINTENANCE_INTERVAL_SECONDS
 MAINTENANCE_LOCK_SECONDS = 60
 
 
@@ -144,7 +145,7 @@ class DeliveryWorker(SimpleWorker):
 
     @property
     def dequeue_timeout(self) -> int:
-        return MAINTENANCE_INTERVAL_SECONDS
+        return int(self.maintenance_interval)  # an idle worker still runs maintenance this often
 
 
 REDIS_WAIT_MAX_SECONDS = 30.0
@@ -188,7 +189,7 @@ def run_worker(
         [context.queues[lane]],
         connection=context.redis,
         serializer=JSONSerializer,
-        maintenance_interval=MAINTENANCE_INTERVAL_SECONDS,
+        maintenance_interval=settings.maintenance_interval_seconds,
     )
     logging.getLogger("rq.worker").setLevel(logging.WARNING)
     return worker.work(burst=burst, with_scheduler=True, logging_level=log_level)

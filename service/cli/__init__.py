@@ -35,7 +35,7 @@ def gunicorn_argv(settings: Settings, bind: str) -> list[str]:
         "--worker-connections": "1000",
         "--workers": str(settings.web_workers),
         "--threads": str(settings.web_threads),  # gthread only: unused by gevent
-        "--keep-alive": "5",
+        "--keep-alive": str(settings.web_keepalive_seconds),
         "--graceful-timeout": "30",
         "--log-level": settings.log_level.lower(),
     }

@@ -36,6 +36,7 @@ MAX_TOLERANCE_SECONDS = DAY
 MAX_PORT = 65535
 MAX_WEB_WORKERS = 256
 MAX_WEB_THREADS = 1000
+MAX_WEB_KEEPALIVE_SECONDS = 300
 MAX_RATE_LIMIT = 100_000.0
 MAX_CONCURRENCY = 100_000  # burst, calls in flight
 MAX_DLQ_ITEMS = 100_000_000
@@ -60,6 +61,10 @@ DEFAULT_DLQ_TTL_DAYS = 30
 # gunicorn gthread: an I/O-bound receiver; one process per core, a few threads each.
 DEFAULT_WEB_WORKERS = 2
 DEFAULT_WEB_THREADS = 4
+DEFAULT_WEB_KEEPALIVE_SECONDS = 5
+# How often a worker runs rq's maintenance (finds jobs whose worker died): workers/runner.py.
+DEFAULT_MAINTENANCE_INTERVAL_SECONDS = 5
+MAX_MAINTENANCE_INTERVAL_SECONDS = 600
 DEFAULT_STRIPE_API_BASE = "https://api.stripe.com"
 DEFAULT_PADDLE_API_BASE = "https://api.paddle.com"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -84,6 +89,8 @@ class Settings:
     port: int = DEFAULT_PORT
     web_workers: int = DEFAULT_WEB_WORKERS
     web_threads: int = DEFAULT_WEB_THREADS
+    web_keepalive_seconds: int = DEFAULT_WEB_KEEPALIVE_SECONDS  # gunicorn --keep-alive (also bounds a header read)
+    maintenance_interval_seconds: int = DEFAULT_MAINTENANCE_INTERVAL_SECONDS
     log_level: str = "INFO"
     metrics_port: int = DEFAULT_METRICS_PORT
     dlq_max_items: int = DEFAULT_DLQ_MAX_ITEMS
@@ -167,6 +174,18 @@ class Settings:
             port=reader.integer("PORT", DEFAULT_PORT, minimum=1, maximum=MAX_PORT),
             web_workers=reader.integer("RELAY_WEB_WORKERS", DEFAULT_WEB_WORKERS, minimum=1, maximum=MAX_WEB_WORKERS),
             web_threads=reader.integer("RELAY_WEB_THREADS", DEFAULT_WEB_THREADS, minimum=1, maximum=MAX_WEB_THREADS),
+            web_keepalive_seconds=reader.integer(
+                "RELAY_WEB_KEEPALIVE_SECONDS",
+                DEFAULT_WEB_KEEPALIVE_SECONDS,
+                minimum=1,
+                maximum=MAX_WEB_KEEPALIVE_SECONDS,
+            ),
+            maintenance_interval_seconds=reader.integer(
+                "RELAY_MAINTENANCE_INTERVAL_SECONDS",
+                DEFAULT_MAINTENANCE_INTERVAL_SECONDS,
+                minimum=1,
+                maximum=MAX_MAINTENANCE_INTERVAL_SECONDS,
+            ),
             log_level=reader.choice("RELAY_LOG_LEVEL", "INFO", LOG_LEVELS),
             metrics_port=reader.integer("RELAY_METRICS_PORT", DEFAULT_METRICS_PORT, minimum=1, maximum=MAX_PORT),
             dlq_max_items=reader.integer(

@@ -33,6 +33,7 @@ from tests.conftest import (
     SECRET,
     SOURCE_ENV,
     USERCOM_KEY,
+    close_connections,
     lemonsqueezy_headers,
     load_fixture,
     paddle_headers,
@@ -86,6 +87,12 @@ def events() -> list[dict[str, Any]]:
 @pytest.fixture
 def relay(tmp_path: Path, sandbox: SandboxServer) -> Iterator[dict[str, Any]]:
     yield from _relay(tmp_path, sandbox, {})
+
+
+@pytest.fixture
+def relay_quick_keepalive(tmp_path: Path, sandbox: SandboxServer) -> Iterator[dict[str, Any]]:
+    """As `relay`, with a 1 s keep-alive: a stop waits for an idle kept-alive connection that long."""
+    yield from _relay(tmp_path, sandbox, {"RELAY_WEB_KEEPALIVE_SECONDS": "1"})
 
 
 @pytest.fixture
@@ -144,6 +151,7 @@ def _relay(tmp_path: Path, sandbox: SandboxServer, extra_env: dict[str, str]) ->
             pass
         assert time.monotonic() < deadline, (tmp_path / "web.log").read_text()
         time.sleep(0.1)
+    close_connections(http)  # the tests start on fresh connections (the web may close an idle one)
     redis = Redis.from_url(redis_server.url)
     settings = Settings.from_env(env)
     yield {
@@ -155,9 +163,10 @@ def _relay(tmp_path: Path, sandbox: SandboxServer, extra_env: dict[str, str]) ->
         "settings": settings,
         "worker_metrics": f"http://127.0.0.1:{env['RELAY_METRICS_PORT']}/metrics",
     }
-    http.clear()  # a kept-alive connection would hold the web's graceful stop for its keep-alive time
+    close_connections(http)  # a kept-alive connection would hold the web's graceful stop for its keep-alive time
     for process in processes.values():
-        process.send_signal(signal.SIGTERM)
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
     for process in processes.values():
         process.wait(timeout=30)
     for log in logs.values():
@@ -315,8 +324,11 @@ def test_each_source_reaches_both_destinations(
                 assert part not in text, f"{name} log leaks a secret"
 
 
-def test_sigterm_stops_web_and_worker_cleanly(relay: dict[str, Any]) -> None:
-    relay["http"].clear()  # as a load balancer drains its connections before the pod stops
+def test_sigterm_stops_web_and_worker_cleanly(relay_quick_keepalive: dict[str, Any]) -> None:
+    relay = relay_quick_keepalive
+    # A client keeps its connection alive, idle, across the stop: the web still stops (once that
+    # connection's keep-alive time is out) and the idle connection ends quietly.
+    assert relay["http"].request("GET", relay["base"] + "/healthz").status == 200
     for process in relay["processes"].values():
         process.send_signal(signal.SIGTERM)
     for name, process in relay["processes"].items():

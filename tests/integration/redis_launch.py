@@ -16,6 +16,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from service.devtools.embedded_redis import find_redis_server, free_port
+from tests.conftest import close_connections
 
 RELAY = str(Path(sys.executable).with_name("relay"))
 
@@ -93,6 +94,7 @@ def start_relay(tmp_path: Path, env: dict[str, str], *roles: str) -> tuple[str, 
         wait_until(
             lambda: http.request("GET", f"{base}/readyz").status == 200, 60, (tmp_path / "web.log").read_text()[-2000:]
         )
+        close_connections(http)
     return base, processes
 
 

@@ -69,46 +69,74 @@ def wait_for(condition: Any, what: str, seconds: float = 30) -> None:
         time.sleep(0.1)
 
 
-@pytest.fixture
-def supervisor(redis: Redis, redis_server: Any) -> Iterator[tuple[subprocess.Popen[bytes], set[int]]]:
-    env = {**ENV, "REDIS_URL": redis_server.url, "RELAY_METRICS_PORT": str(free_port())}
-    process = subprocess.Popen([RELAY, "worker", "--concurrency", "2"], env=env, stderr=subprocess.DEVNULL)
-    children: set[int] = set()
-    try:
+class Supervisor:
+    """One `relay worker --concurrency 2` shared by the module's tests, started again (on an emptied
+    Redis) for a test that finds the last one killed by the test before it."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.redis = Redis.from_url(url)
+        self.process: subprocess.Popen[bytes] | None = None
+        self.children: set[int] = set()
+
+    def running(self) -> tuple[subprocess.Popen[bytes], set[int]]:
+        if self.process is None or self.process.poll() is not None:
+            self.kill()
+            self.start()
+        assert self.process is not None
+        return self.process, self.children
+
+    def start(self) -> None:
+        self.redis.flushall()  # no worker registered by an earlier test counts
+        env = {**ENV, "REDIS_URL": self.url, "RELAY_METRICS_PORT": str(free_port())}
+        self.process = process = subprocess.Popen(
+            [RELAY, "worker", "--concurrency", "2"], env=env, stderr=subprocess.DEVNULL
+        )
         # Generous: on a loaded machine seven Python processes take a while to start.
         wait_for(lambda: len(descendants(process.pid)) >= PROCESSES, "workers and schedulers did not start", 90)
         wait_for(
             lambda: (
-                redis.scard("rq:workers:relay-delivery") == 2
-                and redis.scard("rq:workers:relay-replay") == 1
-                and redis.scard("rq:workers:relay-backfill") == 1
+                self.redis.scard("rq:workers:relay-delivery") == 2
+                and self.redis.scard("rq:workers:relay-replay") == 1
+                and self.redis.scard("rq:workers:relay-backfill") == 1
             ),
             "workers did not register",
             90,
         )
-        children = descendants(process.pid)
-        yield process, children
-    finally:
+        self.children = descendants(process.pid)
+
+    def kill(self) -> None:
         # Killed whatever happened: a worker left running would take jobs from the shared Redis of
         # every later test (one failed start here once failed 36 tests after it).
-        for pid in alive(children | descendants(process.pid) | {process.pid}):  # only what this test started
+        if self.process is None:
+            return
+        for pid in alive(self.children | descendants(self.process.pid) | {self.process.pid}):  # only ours
             os.kill(pid, signal.SIGKILL)
-        process.wait(timeout=30)
+        self.process.wait(timeout=30)
+        self.process, self.children = None, set()
 
 
-def test_a_killed_supervisor_takes_every_worker_and_scheduler_with_it(
-    supervisor: tuple[subprocess.Popen[bytes], set[int]], redis_server: Any, redis: Redis
-) -> None:
-    process, children = supervisor
-    assert len(children) == PROCESSES
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=30)
-    wait_for(lambda: not alive(children), f"still running after the supervisor died: {alive(children)}")
-    settings = Settings.from_env({**ENV, "REDIS_URL": redis_server.url})
-    workers = collect_status(redis, settings)["destinations"]["usercom"]["workers"]
-    assert workers == {"live": 0, "replay": 0, "backfill": 0}
+@pytest.fixture(scope="module")
+def supervisors(redis_server: Any) -> Iterator[Supervisor]:
+    shared = Supervisor(redis_server.url)
+    try:
+        yield shared
+    finally:
+        shared.kill()
+        shared.redis.flushall()
+        shared.redis.close()
 
 
+@pytest.fixture
+def supervisor(supervisors: Supervisor) -> Iterator[tuple[subprocess.Popen[bytes], set[int]]]:
+    try:
+        yield supervisors.running()
+    except BaseException:
+        supervisors.kill()  # a failed start leaves nothing behind
+        raise
+
+
+# The test that kills the supervisor comes after the one that only looks at it: both share one.
 def test_a_scheduler_fork_holds_none_of_its_workers_sockets(
     supervisor: tuple[subprocess.Popen[bytes], set[int]],
 ) -> None:
@@ -120,6 +148,19 @@ def test_a_scheduler_fork_holds_none_of_its_workers_sockets(
         assert worker is not None
         # Right after the fork the child holds them all: it closes them before it starts scheduling.
         wait_for(lambda s=scheduler, w=worker: not sockets(s) & sockets(w), "the scheduler holds its worker's sockets")
+
+
+def test_a_killed_supervisor_takes_every_worker_and_scheduler_with_it(
+    supervisor: tuple[subprocess.Popen[bytes], set[int]], supervisors: Supervisor, redis_server: Any
+) -> None:
+    process, children = supervisor
+    assert len(children) == PROCESSES
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    wait_for(lambda: not alive(children), f"still running after the supervisor died: {alive(children)}")
+    settings = Settings.from_env({**ENV, "REDIS_URL": redis_server.url})
+    workers = collect_status(supervisors.redis, settings)["destinations"]["usercom"]["workers"]
+    assert workers == {"live": 0, "replay": 0, "backfill": 0}
 
 
 def test_status_counts_a_worker_killed_without_deregistering_as_gone(redis: Redis, redis_server: Any) -> None:

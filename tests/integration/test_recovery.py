@@ -95,7 +95,9 @@ def test_an_idle_worker_reruns_a_job_abandoned_by_a_dead_one(
     assert store.accept(UPDATE)
     job_id = queued_job(redis)
     sandbox.state.faults.append(Fault(0, delay=30))
-    worker_env = {"PATH": os.environ["PATH"], **env}
+    # Maintenance every second (RELAY_MAINTENANCE_INTERVAL_SECONDS), not every 5: what is tested is
+    # that an idle worker runs it at all (rq's own idle wait is 405 s).
+    worker_env = {"PATH": os.environ["PATH"], **env, "RELAY_MAINTENANCE_INTERVAL_SECONDS": "1"}
     dying = _relay_worker(worker_env)
     started = StartedJobRegistry(queue=build_context(settings, "usercom").queues[keys.LIVE])
     try:
@@ -107,14 +109,14 @@ def test_an_idle_worker_reruns_a_job_abandoned_by_a_dead_one(
     redis.delete(keys.USERCOM.user_lock("stripe", "u1"), f"rq:clean_registries:{keys.USERCOM.queue_name(keys.LIVE)}")
     idle = _relay_worker(worker_env)
     try:
-        # The new worker has registered (its start-up maintenance is behind it) and waits for a job.
+        # The new worker waits for a job, its start-up maintenance behind it: rq marks a worker idle
+        # only once that pass is done (the dead worker's entry, still registered, stays "busy").
         queue_workers = f"rq:workers:{keys.USERCOM.queue_name(keys.LIVE)}"
-        _wait(lambda: redis.scard(queue_workers) >= 1, timeout=30)
-        time.sleep(1)
+        _wait(lambda: b"idle" in {redis.hget(w, "state") for w in redis.smembers(queue_workers)}, timeout=30)
         # Time passes: the dead worker's entry lapses (fast-forwarded, not waited for).
         member = redis.zrange(started.key, 0, -1)[0]
         redis.zadd(started.key, {member: time.time() - 1})
-        _wait(lambda: sandbox.state.user_by_custom_id("u1") is not None, timeout=MAINTENANCE_INTERVAL_SECONDS + 10)
+        _wait(lambda: sandbox.state.user_by_custom_id("u1") is not None, timeout=MAINTENANCE_INTERVAL_SECONDS + 30)
     finally:
         os.killpg(idle.pid, signal.SIGTERM)
         idle.wait(timeout=30)
@@ -126,12 +128,14 @@ def test_a_delivery_whose_worker_was_killed_is_rerun_by_another_worker_unaided(
 ) -> None:
     """Nothing fast-forwarded: the dead worker's job heartbeat and the user's lease lapse by
     themselves, and the other worker's maintenance runs the job again (seconds, not minutes;
-    the time is printed, and bench/chaos reports it under load)."""
+    the time is printed, and bench/chaos reports it with the default 5 s maintenance interval under
+    load). Maintenance runs every second here (RELAY_MAINTENANCE_INTERVAL_SECONDS): the heartbeat and
+    the lease still lapse on their own."""
     store = Store.from_settings(redis, settings)
     assert store.accept(UPDATE)
     job_id = queued_job(redis)
     sandbox.state.faults.append(Fault(0, delay=30))
-    worker_env = {"PATH": os.environ["PATH"], **env}
+    worker_env = {"PATH": os.environ["PATH"], **env, "RELAY_MAINTENANCE_INTERVAL_SECONDS": "1"}
     started = StartedJobRegistry(queue=build_context(settings, "usercom").queues[keys.LIVE])
     dying = _relay_worker(worker_env)
     survivor = None
@@ -161,14 +165,16 @@ def test_a_delivery_whose_worker_was_killed_is_rerun_by_another_worker_unaided(
 def test_a_running_job_keeps_its_heartbeat_so_it_is_never_taken_for_abandoned(
     env: dict[str, str], settings: Settings, redis: Redis, sandbox: SandboxServer
 ) -> None:
-    """The call hangs (until the client's 10 s read timeout) far longer than a heartbeat lives:
-    the job's started-registry entry is renewed meanwhile, so no maintenance pass re-runs it."""
+    """The call hangs (until the client's read timeout, 3 s past a heartbeat's life) longer than a
+    heartbeat lives: the job's started-registry entry is renewed meanwhile, so no maintenance pass
+    re-runs it."""
     store = Store.from_settings(redis, settings)
     assert store.accept(UPDATE)
     job_id = queued_job(redis)
     sandbox.state.faults.append(Fault(0, delay=30))
     started = StartedJobRegistry(queue=build_context(settings, "usercom").queues[keys.LIVE])
-    worker = _relay_worker({"PATH": os.environ["PATH"], **env})
+    read_timeout = str(HEARTBEAT_TTL_SECONDS + 3)  # not the 10 s default: only the heartbeat's life matters
+    worker = _relay_worker({"PATH": os.environ["PATH"], **env, "USERCOM_READ_TIMEOUT_SECONDS": read_timeout})
     seen_alive_late = 0
     try:
         _wait(lambda: started.get_job_ids(cleanup=False) == [job_id] and not sandbox.state.faults, timeout=30)

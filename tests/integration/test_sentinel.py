@@ -21,7 +21,7 @@ from redis import Redis
 from service.devtools.usercom_sandbox import SandboxServer
 from service.store import keys
 from service.store.ledger_dedup import accepted_before
-from tests.conftest import SECRET, USERCOM_KEY, sign, stripe_event
+from tests.conftest import SECRET, USERCOM_KEY, close_connections, sign, stripe_event
 from tests.integration.redis_launch import Server, start_redis, start_relay, stop_relay, wait_until
 
 MASTER = "relay-master"
@@ -124,6 +124,7 @@ def test_intake_survives_a_master_failover_without_losing_an_acknowledged_event(
             "the worker to deliver every accepted event",
         )
     finally:
+        close_connections(http)  # else the web's stop waits out each kept-alive connection
         stop_relay(processes)
     assert promoted.info("replication")["role"] == "master"
     known = accepted_before(promoted, "stripe", acknowledged, 7 * 24 * 3600)

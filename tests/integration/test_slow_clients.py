@@ -37,9 +37,12 @@ def answered(url: str, body: bytes | None = None, headers: dict[str, str] | None
     return int(response.status)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def web(redis_server: Any) -> Iterator[str]:
-    yield from start_web(redis_server, {"RELAY_WEB_WORKERS": "1", "RELAY_WEB_THREADS": "1"})
+    # One process, one thread; a 1 s keep-alive (RELAY_WEB_KEEPALIVE_SECONDS), so a header wait
+    # ends after 1 s rather than the default 5 s. Kept for the module: its tests leave no state.
+    extra = {"RELAY_WEB_WORKERS": "1", "RELAY_WEB_THREADS": "1", "RELAY_WEB_KEEPALIVE_SECONDS": "1"}
+    yield from start_web(redis_server, extra)
 
 
 @pytest.fixture
@@ -163,9 +166,9 @@ def test_fifty_slow_clients_do_not_starve_webhooks_or_healthz(default_web: str) 
         print(f"answered in {took:.3f} s beside {SLOW_SOCKETS} slow sockets ({slow.replaced} renewed)")
 
 
-def test_a_client_stalled_mid_headers_is_disconnected(default_web: str) -> None:
+def test_a_client_stalled_mid_headers_is_disconnected(web: str) -> None:
     """gevent bounds the wait for a request's headers by --keep-alive: a stalled client's connection ends."""
-    sock = stalled_in_headers(int(default_web.rsplit(":", 1)[1]))
+    sock = stalled_in_headers(int(web.rsplit(":", 1)[1]))
     try:
         deadline = time.monotonic() + 60
         while still_open(sock):

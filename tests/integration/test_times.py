@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from redis import Redis
 
 from service import create_app
@@ -69,8 +70,10 @@ def test_status_times_are_iso_with_unix_numbers(app_settings: Settings, redis: R
     assert limiter["paused_until_unix"] == pytest.approx(now + 600, abs=1)
     # The metrics compute with the numbers.
     metrics = client.get("/metrics").get_data(as_text=True)
-    lines = [line for line in metrics.splitlines() if line.startswith("relay_") and "{" in line]
-    value = {line.split("{")[0]: float(line.split()[-1]) for line in lines}
+    # Parsed as Prometheus does: a label value from an earlier test may hold characters that
+    # str.splitlines() or str.split() would break a line at.
+    families = text_string_to_metric_families(metrics)
+    value = {s.name: s.value for family in families for s in family.samples if s.labels}
     assert value["relay_last_delivery_timestamp_seconds"] == LAST
     assert 500 < value["relay_ratelimit_pause_seconds"] <= 600
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from service.cli import gunicorn_argv
 from service.config import Settings, SettingsError
 
 BASE = {
@@ -35,6 +36,10 @@ SECRETS = ("hunter2", "secret-api-key", "whsec_one", "s3cr3t-pass")
         ("RELAY_DLQ_TTL_DAYS", "99999999999"),
         ("RELAY_DLQ_MAX_ITEMS", "9" * 30),
         ("RELAY_WEB_WORKERS", "100000"),
+        ("RELAY_WEB_KEEPALIVE_SECONDS", "0"),
+        ("RELAY_WEB_KEEPALIVE_SECONDS", "301"),
+        ("RELAY_MAINTENANCE_INTERVAL_SECONDS", "0"),
+        ("RELAY_MAINTENANCE_INTERVAL_SECONDS", "601"),
         ("USERCOM_BURST", "9" * 20),
         ("STRIPE_TOLERANCE_SECONDS", "9" * 20),
         ("PORT", "70000"),
@@ -68,7 +73,21 @@ def test_values_at_the_bounds_are_taken() -> None:
             "RELAY_RETRY_GIVE_UP_SECONDS": "2592000",
             "USERCOM_READ_TIMEOUT_SECONDS": "300",
             "PORT": "65535",
+            "RELAY_WEB_KEEPALIVE_SECONDS": "300",
+            "RELAY_MAINTENANCE_INTERVAL_SECONDS": "600",
         }
     )
     assert settings.dedup_ttl_seconds == 365 * 24 * 3600
+    assert (settings.web_keepalive_seconds, settings.maintenance_interval_seconds) == (300, 600)
     assert settings.destination("usercom").read_timeout == 300.0
+
+
+def test_the_web_keep_alive_reaches_gunicorn() -> None:
+    """RELAY_WEB_KEEPALIVE_SECONDS is gunicorn's --keep-alive (5 s unless set)."""
+
+    def keep_alive(env: dict[str, str]) -> str:
+        argv = gunicorn_argv(Settings.from_env(env), "127.0.0.1:8000")
+        return argv[argv.index("--keep-alive") + 1]
+
+    assert keep_alive(BASE) == "5"
+    assert keep_alive({**BASE, "RELAY_WEB_KEEPALIVE_SECONDS": "1"}) == "1"
