@@ -65,6 +65,14 @@ def test_metrics_after_a_known_sequence(client: Any, post_event: Any) -> None:
     assert ("relay_ingest_duration_seconds_bucket", (("le", "0.005"), ("source", "stripe"))) in metrics
 
 
+def test_an_unmapped_event_type_is_counted_as_other(client: Any, post_event: Any) -> None:
+    """A signed sender's arbitrary type names no series of its own."""
+    before = webhooks("ignored", "other")
+    assert post_event(stripe_event("made.up.type\u2028x", {"id": "x_1"}, event_id="evt_odd")).status_code == 200
+    assert webhooks("ignored", "other") - before == 1
+    assert "made.up.type" not in scrape(client).__repr__()
+
+
 def test_metrics_say_when_redis_is_down(settings: Any) -> None:
     from service import create_app
     from service.config import Settings
