@@ -237,9 +237,11 @@ def report(
     relay_runs: dict[str, list[dict[str, float]]],
     accepted_runs: dict[str, list[float]],
 ) -> None:
+    argv = gunicorn_argv(settings, "127.0.0.1:0")
+    worker_class = argv[argv.index("--worker-class") + 1]
     print(f"durable ack: {args.durable_ack} ({DURABLE_MODES[args.durable_ack]}), redis-server: {redis_version}")
     print(
-        f"gunicorn {settings.web_workers} gevent workers (both servers, same options), "
+        f"gunicorn {settings.web_workers} {worker_class} workers (both servers, same options), "
         f"wrk 2 threads x {CONNECTIONS} connections, {args.rounds} rounds of {args.seconds}s, "
         f"{CUSTOMERS} distinct customers; load average {os.getloadavg()[0]:.2f} at the end"
     )
