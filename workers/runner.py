@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 from rq import Queue, SimpleWorker
 from rq.exceptions import StopRequested
 from rq.job import Job
+from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
 from rq.worker import WorkerStatus
 
@@ -29,6 +30,7 @@ from service.destinations.registry import DESTINATIONS
 from service.store import keys
 from service.store.connection import worker_redis
 from service.store.ledger import Store
+from service.store.scheduler_scripts import FREE_STALE_LOCK_SCRIPT, SCHEDULER_LOCK_TTL_SECONDS, SCHEDULER_STALE_SECONDS
 from workers.delivery.context import DeliveryContext, configure
 from workers.heartbeat import HEARTBEAT_TTL_SECONDS, heartbeat_while_running
 from workers.lifeline import die_with_supervisor, forks_die_with_this_process, stop_signals_deferred
@@ -132,6 +134,16 @@ class DeliveryWorker(SimpleWorker):
                 super()._start_scheduler(*args, **kwargs)
         except StopRequested:
             self._stop_requested = True
+
+    def run_maintenance_tasks(self) -> None:
+        """rq's maintenance, after freeing the scheduler lock of a scheduler that died holding it: rq's
+        maintenance then starts this worker's scheduler on the queue (it retries while it has none)."""
+        free = self.connection.register_script(FREE_STALE_LOCK_SCRIPT)
+        stale_at = SCHEDULER_LOCK_TTL_SECONDS - SCHEDULER_STALE_SECONDS
+        for queue in self.queues:
+            if free(keys=[RQScheduler.get_locking_key(queue.name)], args=[stale_at]):
+                log.warning("freed the scheduler lock of queue %s: its scheduler died holding it", queue.name)
+        super().run_maintenance_tasks()
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         """SimpleWorker.execute_job, with the job's heartbeat renewed from a thread while it runs."""
