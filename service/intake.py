@@ -82,6 +82,24 @@ def _is_json(content_type: str | None) -> bool:
     return media_type == "application/json" or (media_type.startswith("application/") and media_type.endswith("+json"))
 
 
+def conflict_item(update: UserUpdate, exc: IdentityConflict) -> DeadLetter:
+    """The dead-letter item of an event that would re-point a learned customer to another user."""
+    now = time.time()
+    return DeadLetter(
+        id=f"{update.source}-{update.event_id}",
+        reason=IDENTITY_CONFLICT,
+        source=update.source,
+        event_type=update.event_type,
+        event_id=update.event_id,
+        event_time=update.event_time,
+        message=f"{exc}; the event names user {update.user_id}: not re-pointed, not delivered",
+        update=update.to_dict(),
+        user_id=update.user_id,
+        first_failure_at=now,
+        last_failure_at=now,
+    )
+
+
 def check_event_time(envelope: Envelope, now: float, max_clock_skew: int) -> None:
     """An event time from the future would win last-writer-wins against every later event."""
     if envelope.event_time > now + max_clock_skew:
@@ -188,28 +206,14 @@ class Intake:
     def _dead_letter_conflict(self, update: UserUpdate, exc: IdentityConflict) -> Received:
         """Answered 2xx (a resent event would conflict again) but not delivered as either user: kept
         in the dead-letter queue for an operator, counted in the ledger as dead-lettered."""
-        now = time.time()
-        message = f"{exc}; the event names user {update.user_id}: not re-pointed, not delivered"
-        item = DeadLetter(
-            id=f"{update.source}-{update.event_id}",
-            reason=IDENTITY_CONFLICT,
-            source=update.source,
-            event_type=update.event_type,
-            event_id=update.event_id,
-            event_time=update.event_time,
-            message=message,
-            update=update.to_dict(),
-            user_id=update.user_id,
-            first_failure_at=now,
-            last_failure_at=now,
-        )
+        item = conflict_item(update, exc)
         if not self.store.reject(item, update.event_id):
             return Received(Outcome.DUPLICATE, update.event_id)
         log.warning(
             "identity conflict %s %s: %s",
             update.event_type,
             update.event_id,
-            message,
+            item.message,
             extra={
                 "source": update.source,
                 "event_id": update.event_id,

@@ -16,9 +16,10 @@ from marshmallow import ValidationError
 from service.config import Settings
 from service.core.dead_letter import DeadLetter
 from service.core.update import UserUpdate
-from service.intake import check_event_time, read_event
+from service.intake import check_event_time, conflict_item, read_event
 from service.sources.registry import build_source
 from service.store import keys
+from service.store.customer_map import IdentityConflict
 from service.store.ledger import Store
 from service.store.ledger_dedup import accepted_before
 
@@ -62,26 +63,48 @@ class Feeder:
 
     def event(self, payload: dict[str, Any]) -> str:
         """Feed one event as the provider's API gave it; its outcome (one of OUTCOMES)."""
+        return self.events_together([payload])[0]
+
+    def events_together(self, payloads: list[dict[str, Any]]) -> list[str]:
+        """Feed events of one user read together (a sync's customer and its subscription), accepted in
+        one transaction so that no delivery goes out between them; their outcomes."""
+        read = [self._read(payload) for payload in payloads]
+        answers = iter(self._accept([r for r in read if isinstance(r, UserUpdate)]))
+        outcomes = [next(answers) if isinstance(r, UserUpdate) else r for r in read]
+        for outcome in outcomes:
+            self.tally.add(outcome)
+        return outcomes
+
+    def _read(self, payload: dict[str, Any]) -> str | UserUpdate:
+        """The event's update, or its outcome when it has none to accept."""
         try:
             envelope, update = read_event(self.source, self.settings.mapping, self.settings.identity_key, payload, {})
             check_event_time(envelope, time.time(), self.settings.max_clock_skew_seconds)
         except ValidationError as exc:
-            outcome = "invalid" if self.dry_run or self._reject(payload, exc) else "duplicate"
-            self.tally.add(outcome)
-            return outcome
-        outcome = self._ignore(envelope.event_id) if update is None else self.update(update, count=False)
-        self.tally.add(outcome)
-        return outcome
+            return "invalid" if self.dry_run or self._reject(payload, exc) else "duplicate"
+        return self._ignore(envelope.event_id) if update is None else update
 
-    def update(self, update: UserUpdate, *, count: bool = True) -> str:
+    def _accept(self, updates: list[UserUpdate]) -> list[str]:
+        if not updates:
+            return []
         if self.dry_run:
-            [seen] = accepted_before(self.store.redis, update.source, [update.event_id], self.store.dedup_ttl)
-            outcome = "duplicate" if seen else "accepted"
+            seen = accepted_before(
+                self.store.redis, self.source_name, [u.event_id for u in updates], self.store.dedup_ttl
+            )
+            return ["duplicate" if s else "accepted" for s in seen]
+        if len(updates) == 1:
+            try:
+                answers: list[bool | IdentityConflict] = [self.store.accept(updates[0], lane=keys.BACKFILL)]
+            except IdentityConflict as exc:
+                answers = [exc]
         else:
-            outcome = "accepted" if self.store.accept(update, lane=keys.BACKFILL) else "duplicate"
-        if count:
-            self.tally.add(outcome)
-        return outcome
+            answers = self.store.accept_together(updates, lane=keys.BACKFILL)
+        return [self._outcome(update, answer) for update, answer in zip(updates, answers, strict=True)]
+
+    def _outcome(self, update: UserUpdate, answer: bool | IdentityConflict) -> str:
+        if isinstance(answer, IdentityConflict):  # dead-lettered, as intake does
+            return "invalid" if self.store.reject(conflict_item(update, answer), update.event_id) else "duplicate"
+        return "accepted" if answer else "duplicate"
 
     def _ignore(self, event_id: str) -> str:
         if self.dry_run:

@@ -9,11 +9,12 @@ stamped with the time its page was read: a webhook newer than the snapshot still
 over the ones it replaced.
 
 Subscriptions are read first, each with its customer (`expand[]=data.customer`), and a customer is
-fed just before its subscription: both land in the user's pending state together, so the user gets
-one call, not one per object (reading all customers first had a tenth of them delivered before their
-subscription arrived: a second call). Customers without a subscription follow; those already fed by
-this run are skipped (a set of ids: about 60 B per customer in the sync process). Paddle's
-subscription list cannot include its customer: Paddle reads customers first, then subscriptions.
+fed with its subscription, both accepted in one transaction (Store.accept_together): they land in
+the user's pending state together, so the user gets one call, not one per object (reading all
+customers first had a tenth of them delivered before their subscription arrived: a second call).
+Customers without a subscription follow; those already fed by this run are skipped (a set of ids:
+about 60 B per customer in the sync process). Paddle's subscription list cannot include its
+customer: Paddle reads customers first, then subscriptions.
 
 The synthetic event id is `sync_<object id>_<digest of the object>`: a second run over unchanged
 objects makes the same ids, which the dedup memory answers as duplicates (nothing is sent again);
@@ -140,12 +141,13 @@ def _feed(feeder: Feeder, shape: Shape, phase: str, obj: dict[str, Any], read_at
             feeder.event(shape.snapshot(phase, obj, read_at))
         return
     owner = obj.get("customer")
-    if isinstance(owner, dict):  # expanded: fed once, just before the subscription
+    together = []
+    if isinstance(owner, dict):  # expanded: fed once, with the subscription
         obj = {**obj, "customer": owner["id"]}
         if owner["id"] not in fed and not owner.get("deleted"):
-            feeder.event(shape.snapshot("customers", owner, read_at))
+            together.append(shape.snapshot("customers", owner, read_at))
             fed.add(owner["id"])
-    feeder.event(shape.snapshot(phase, obj, read_at))
+    feeder.events_together([*together, shape.snapshot(phase, obj, read_at)])
 
 
 def _summary(reader: Any, feeder: Feeder) -> dict[str, Any]:

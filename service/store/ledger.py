@@ -19,7 +19,7 @@ from redis import Redis
 from service.core.dead_letter import DeadLetter, DlqFilter
 from service.core.update import UserUpdate
 from service.store import keys
-from service.store.customer_map import accepted
+from service.store.customer_map import IdentityConflict, accepted
 from service.store.dlq import DeadLetterQueue, Retention
 from service.store.jobs import JobWriter, user_job_id
 from service.store.ledger_counts import Settled
@@ -103,9 +103,34 @@ class Store:
         to (backfill: events read back from the provider); a live event for a user whose job waits on
         another lane queues a live job too, so live traffic never waits behind a backfill. Raises
         IdentityConflict (customer_map.py) when the event would re-point a learned customer."""
-        hint = update.hint
-        if hint is None:
+        if update.hint is None:
             return self.reject(unresolved(update), update.event_id)
+        script_keys, args = self._accept_call(update, update.hint, lane)
+        return accepted(self._accept_job_script(keys=script_keys, args=args), update.customer_id or "")
+
+    def accept_together(self, updates: list[UserUpdate], *, lane: str = keys.LIVE) -> list[bool | IdentityConflict]:
+        """Each update accepted as `accept` does, all in one transaction (MULTI/EXEC): no delivery takes
+        a user's state between them, so updates read together (a sync's customer and its subscription)
+        leave in one call. Per update: accepted, a duplicate, or the IdentityConflict `accept` raises."""
+        answers: dict[int, bool | IdentityConflict] = {}
+        queued: list[int] = []
+        pipe = self.redis.pipeline(transaction=True)
+        for n, update in enumerate(updates):
+            if update.hint is None:
+                answers[n] = self.reject(unresolved(update), update.event_id)
+                continue
+            script_keys, args = self._accept_call(update, update.hint, lane)
+            self._accept_job_script(keys=script_keys, args=args, client=pipe)
+            queued.append(n)
+        for n, answer in zip(queued, pipe.execute() if queued else [], strict=True):
+            try:
+                answers[n] = accepted(answer, updates[n].customer_id or "")
+            except IdentityConflict as exc:
+                answers[n] = exc
+        return [answers[n] for n in range(len(updates))]
+
+    def _accept_call(self, update: UserUpdate, hint: str, lane: str) -> tuple[list[str], list[Any]]:
+        """ACCEPT_JOB_SCRIPT's keys and arguments for the update (`hint`: the user it names)."""
         now = time.time()
         check = dedup_check(update.source, update.event_id, self.dedup_ttl, now)
         data, timestamp, description = self._jobs[lane].user_args(update.source, hint)
@@ -132,7 +157,7 @@ class Store:
             *update_fields(update),
         ]
         script_keys += [key for dest in fan_out for key in dest.script_keys()]
-        return accepted(self._accept_job_script(keys=script_keys, args=args), update.customer_id or "")
+        return script_keys, args
 
     def ignore(self, source: str, event_id: str) -> bool:
         check = dedup_check(source, event_id, self.dedup_ttl, time.time())

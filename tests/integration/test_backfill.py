@@ -24,7 +24,9 @@ from service.config import Settings
 from service.devtools.stripe_api import StripeApiServer
 from service.devtools.usercom_sandbox import SandboxServer
 from service.store import keys
+from service.store.customer_map import IdentityConflict
 from service.store.ledger import Store
+from tests.conftest import an_update, stripe_event
 from tests.integration.conftest import API_KEY
 from tests.stripe_history import final_plans, history
 from workers.delivery.context import configure
@@ -179,3 +181,38 @@ def test_a_stop_ends_after_the_page_and_the_resume_command_finishes_the_work(
     assert result.resume_until == events[-100]["created"]
     code, rest = run(capsys, "backfill", "stripe", "--since", str(since), "--until", str(result.resume_until), "--json")
     assert (code, rest["accepted"], rest["duplicate"]) == (0, 50, 1)  # the boundary second comes again
+
+
+def test_an_event_read_back_that_would_re_point_a_customer_is_dead_lettered_not_a_crash(
+    api_env: dict[str, str], redis: Redis
+) -> None:
+    settings = Settings.from_env(api_env)
+    feeder = Feeder(settings, Store.from_settings(redis, settings), "stripe")
+    owner = {"id": "cus_shared", "object": "customer", "email": "a@example.com", "metadata": {"user_id": "alice"}}
+    other = {**owner, "metadata": {"user_id": "mallory"}}
+    now = int(time.time())
+    first = stripe_event("customer.updated", owner, event_id="evt_learn", created=now)
+    second = stripe_event("customer.updated", other, event_id="evt_repoint", created=now)
+    assert feeder.event(first) == "accepted"
+    assert feeder.events_together([second]) == ["invalid"]
+    [item] = feeder.store.dead_letters()
+    assert (item["event_id"], item["reason"]) == ("evt_repoint", "identity_conflict")
+    assert feeder.tally.counts["invalid"] == 1
+    ledger = feeder.store.ledger()
+    assert (ledger["received"], ledger["dead_lettered"]) == (2, 1)
+
+
+def test_updates_accepted_together_are_one_transaction_with_each_answer(api_env: dict[str, str], redis: Redis) -> None:
+    store = Store.from_settings(redis, Settings.from_env(api_env))
+    assert store.accept(an_update("evt_learn", user_id="alice", customer_id="cus_1"))
+    answers = store.accept_together(
+        [
+            an_update("evt_a", user_id="bob", customer_id="cus_2"),
+            an_update("evt_learn", user_id="alice", customer_id="cus_1"),  # a duplicate
+            an_update("evt_b", user_id="mallory", customer_id="cus_1"),  # would re-point cus_1
+            an_update("evt_c", user_id="bob", customer_id="cus_2"),
+        ],
+        lane=keys.BACKFILL,
+    )
+    assert answers[:2] == [True, False] and isinstance(answers[2], IdentityConflict) and answers[3] is True
+    assert redis.llen(keys.USERCOM.rq_queue_key(keys.BACKFILL)) == 1  # bob, queued once
