@@ -85,6 +85,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--customers", type=int, default=20_000, help="customers, each with a subscription")
     parser.add_argument("--rate", type=float, default=10.0, help="User.com calls/s (default 10)")
+    parser.add_argument("--burst", type=int, default=1, help="USERCOM_BURST (default 1, the relay's default)")
     parser.add_argument("--live-rate", type=float, default=1.0, help="live webhooks/s during the run (default 1)")
     parser.add_argument("--baseline-seconds", type=float, default=20.0, help="live webhooks alone first")
     args = parser.parse_args()
@@ -95,7 +96,7 @@ def main() -> int:
         api.state.customers.append(customer(n, created=1_700_000_000 + n))
         plan, status = PLANS[n % 3], STATUSES[n % 3]
         api.state.subscriptions.append(subscription(n, created=1_700_000_000 + n, plan=plan, status=status))
-    limits = {"USERCOM_RATE_LIMIT": str(args.rate), "USERCOM_BURST": "1", "USERCOM_MAX_IN_FLIGHT": "10"}
+    limits = {"USERCOM_RATE_LIMIT": str(args.rate), "USERCOM_BURST": str(args.burst), "USERCOM_MAX_IN_FLIGHT": "10"}
     extra = {"STRIPE_WEBHOOK_SECRETS": SECRET, "STRIPE_API_KEY": API_KEY, "STRIPE_API_BASE": api.base_url, **limits}
     with tempfile.TemporaryDirectory() as tmp, backend(tmp, users=args.customers, rate_limit=args.rate, **extra) as b:
         b.sandbox.state.seed(live_users)

@@ -41,10 +41,13 @@ log = logging.getLogger("relay.ratelimit")
 
 DEFAULT_PAUSE_SECONDS = 5.0  # a 429 without Retry-After
 MAX_SLEEP_SECONDS = 1.0  # longer waits go back to the queue
-# A lane below live traffic (backfill) books only its next slot, never a second of them ahead: a live
-# call that comes meanwhile waits behind one such booking at most. Its worker serves nothing else, so
-# it may wait longer in place before its job goes back to the queue.
-BELOW_LIVE_SLOTS_AHEAD = 1
+# A lane below live traffic (backfill) books a slot only when it is due (it sleeps until then without
+# holding one: a live call that comes meanwhile goes first), books as if the burst were 1, and leaves
+# BELOW_LIVE_RESERVE slots of each second to live calls: with a burst of 2 or more a live call then
+# finds a slot at once instead of waiting behind the backfill's spacing. Its worker serves nothing
+# else, so it may wait longer in place before its job goes back to the queue.
+BELOW_LIVE_SLOTS_AHEAD = 0
+BELOW_LIVE_RESERVE = 1
 BELOW_LIVE_MAX_SLEEP_SECONDS = 5.0
 LEASE_MS = 30_000  # a call's concurrency lease; expires if its worker dies
 
@@ -179,11 +182,13 @@ class RateLimiter:
     def _acquire_args(self, token: str, waited: float, release: list[str]) -> list[Any]:
         ceiling = self.config.rate_per_second
         max_wait_ms = (self.max_sleep - waited) * 1000
-        if self.below_live:
+        burst, reserve = self.config.burst, 0
+        if self.below_live:  # its next slot only, no burst credit, and room left in each second
             max_wait_ms = min(max_wait_ms, 1000 * BELOW_LIVE_SLOTS_AHEAD / self.effective_rate)
+            burst, reserve = 1, BELOW_LIVE_RESERVE
         return [
-            *(ceiling, self.config.burst, self.config.max_in_flight, token, LEASE_MS, max_wait_ms),
-            *(JITTER_MS, increase_per_second(ceiling), " ".join(release)),
+            *(ceiling, burst, self.config.max_in_flight, token, LEASE_MS, max_wait_ms),
+            *(JITTER_MS, increase_per_second(ceiling), " ".join(release), reserve),
         ]
 
     def _book(self, token: str, first: list[Any] | None = None) -> None:

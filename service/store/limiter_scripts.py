@@ -35,7 +35,8 @@ end
 # KEYS: tat (GCRA theoretical arrival time, ms), pause_until (ms), in_flight (zset token -> lease
 #       end ms), window (list of booked slot times, newest first), rate (hash base/at/hold_until)
 # ARGV: ceiling (calls/s), burst, max_in_flight, token, lease_ms, max_wait_ms, jitter_ms,
-#       increase_per_s, release (tokens of calls done, space-separated, released first: a round trip less)
+#       increase_per_s, release (tokens of calls done, space-separated, released first: a round trip less),
+#       reserve (slots of each one-second window this caller leaves to others: a lane below live)
 # (The window keeps at most 5,000 slots: above 5,000 calls/s only GCRA spaces them.)
 # Returns {1, microseconds until the slot, effective rate x 1000} when a slot is booked for the
 # token (now, or at most max_wait_ms ahead: the schedule moves on at once, so waiters never
@@ -59,6 +60,7 @@ local max_wait_ms = tonumber(ARGV[6])
 local jitter_ms = tonumber(ARGV[7])
 local increase_per_s = tonumber(ARGV[8])
 local release = ARGV[9]
+local reserve = tonumber(ARGV[10])
 
 for done in string.gmatch(release, '%S+') do redis.call('ZREM', in_flight_key, done) end
 local now = redis_now_ms()
@@ -75,7 +77,7 @@ local interval = 1000 / rate
 local tat = math.max(tonumber(redis.call('GET', tat_key) or '0'), now)
 local slot = math.max(tat - (burst - 1) * interval, now)
 local per_window = math.max(1, math.floor(rate))
-local nth = redis.call('LINDEX', window_key, per_window - 1)
+local nth = redis.call('LINDEX', window_key, math.max(1, per_window - reserve) - 1)
 if nth then slot = math.max(slot, tonumber(nth) + 1000 + jitter_ms) end
 local wait = slot - now
 if wait > max_wait_ms then return {0, math.ceil(wait * 1000), rate_milli} end

@@ -14,6 +14,7 @@ from rq.registry import ScheduledJobRegistry
 
 from service.config import Settings
 from service.store import keys
+from service.store.limiter_scripts import JITTER_MS
 from tests.conftest import an_update
 from workers.delivery.job import deliver_update
 from workers.ratelimit import LimitConfig, RateLimiter, Throttled
@@ -190,3 +191,17 @@ def test_a_lane_below_live_books_only_its_next_slot(redis: Redis) -> None:
     assert redis.llen(keys.USERCOM.limiter_window) == 8  # every call had its slot
     # the booked slot plus one interval (the GCRA's next arrival): never a queue of slots
     assert furthest[0] <= 2 * 100 + 5
+
+
+def test_a_lane_below_live_leaves_a_slot_of_every_second_to_live_calls(redis: Redis) -> None:
+    below = RateLimiter(redis, LimitConfig(4, 4, 100), sleep=1.0, destination_keys=keys.USERCOM, below_live=True)
+    booked: list[float] = []
+    for _ in range(5):
+        with below.slot():
+            booked.append(float(redis.lindex(keys.USERCOM.limiter_window, 0)))
+    # 3 of the 4 slots a second at most (no burst either): the 4th after a slot is a second later
+    for earlier, later in zip(booked, booked[3:], strict=False):
+        assert later - earlier >= 1000 + JITTER_MS
+    live = RateLimiter(redis, LimitConfig(4, 4, 100), sleep=0.0, destination_keys=keys.USERCOM)
+    with live.slot():  # the slot left: at once (sleep=0 raises Throttled on any wait)
+        pass
