@@ -22,7 +22,7 @@ from service.store import keys
 from service.store.ledger import Store
 from tests.conftest import an_update
 from tests.integration.test_recovery import RELAY
-from workers.delivery.batch import _Batch, _call_of
+from workers.delivery.batch import BATCH_THREADS, _Batch, _call_of
 from workers.delivery.context import DeliveryContext, configure
 from workers.delivery.group import deliver_group
 from workers.heartbeat import HEARTBEAT_TTL_SECONDS
@@ -105,8 +105,9 @@ def test_a_worker_killed_amid_its_groups_loses_none_of_their_users(
     store = Store.from_settings(redis, settings)
     for n, user in enumerate(USERS):
         assert store.accept(an_update(f"evt_{n}", user_id=user))
-    # The carrier's own user answers, then the batch threads take their groups; one call hangs there.
-    sandbox.state.faults.extend([Fault(0), Fault(0), Fault(0, delay=30)])
+    # The carrier's own user answers, then each batch thread takes its group and its first call hangs
+    # there (so the killed job holds every thread's group, however the threads shared the queue).
+    sandbox.state.faults.extend([Fault(0), *[Fault(0, delay=30)] * BATCH_THREADS])
     worker = subprocess.Popen(
         [RELAY, "worker", "--lane", "live"],
         env={"PATH": os.environ["PATH"], **env, "RELAY_METRICS_PORT": str(free_port())},
@@ -121,13 +122,12 @@ def test_a_worker_killed_amid_its_groups_loses_none_of_their_users(
         while sandbox.state.faults or len(started.get_job_ids()) != 1:
             assert time.monotonic() < deadline, "the worker never reached the hanging call"
             time.sleep(0.1)
-        time.sleep(0.5)  # the other threads' groups go on meanwhile
     finally:
         os.killpg(worker.pid, signal.SIGKILL)
         worker.wait()
     assert store.ledger()["in_flight"] > 0
     [taken] = redis.keys("relay:batch:*")
-    assert redis.llen(taken) > 1  # the killed job held other users' jobs
+    assert redis.llen(taken) >= BATCH_THREADS  # the killed job held other users' jobs: each thread's group
     # Time passes: the leases expire, then rq's maintenance finds the job abandoned (fast-forwarded).
     for lock in redis.keys("relay:lock:*"):
         redis.delete(lock)
