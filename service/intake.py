@@ -100,6 +100,26 @@ def conflict_item(update: UserUpdate, exc: IdentityConflict) -> DeadLetter:
     )
 
 
+def invalid_item(
+    source: str, key: str, event_id: str | None, described: Described, payload: Any, exc: ValidationError, message: str
+) -> DeadLetter:
+    """The dead-letter item of an event its schema refuses (`key`: its event id, or what stands for it)."""
+    now = time.time()
+    return DeadLetter(
+        id=f"{source}-{key}",
+        reason="invalid_payload",
+        source=source,
+        event_type=described.event_type,
+        event_id=event_id,
+        event_time=described.event_time,
+        message=message,
+        event=payload,
+        first_failure_at=now,
+        last_failure_at=now,
+        last_response=json.dumps(exc.messages)[:4000],
+    )
+
+
 def check_event_time(envelope: Envelope, now: float, max_clock_skew: int) -> None:
     """An event time from the future would win last-writer-wins against every later event."""
     if envelope.event_time > now + max_clock_skew:
@@ -231,26 +251,14 @@ class Intake:
         source = self.source.name
         event_id = described.event_id if described.event_id and SAFE_ID.match(described.event_id) else None
         event_type = described.event_type
-        digest = hashlib.sha256(raw).hexdigest()[:32]
-        now = time.time()
-        item = DeadLetter(
-            id=f"{source}-{event_id or digest}",
-            reason="invalid_payload",
-            source=source,
-            event_type=event_type,
-            event_id=event_id,
-            event_time=described.event_time,
-            message="payload does not fit the schema",
-            event=payload,
-            first_failure_at=now,
-            last_failure_at=now,
-            last_response=json.dumps(exc.messages)[:4000],
+        key = event_id or hashlib.sha256(raw).hexdigest()[:32]
+        self.store.reject(
+            invalid_item(source, key, event_id, described, payload, exc, "payload does not fit the schema"), key
         )
-        self.store.reject(item, event_id or digest)
         log.warning(
             "invalid payload %s %s: %s",
             event_type,
-            event_id or digest,
+            key,
             exc.messages,
             extra={"source": source, "event_id": event_id, "event_type": event_type, "outcome": "invalid_payload"},
         )

@@ -6,7 +6,6 @@ never overwrites newer state. An event that does not fit is dead-lettered, as at
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,9 +13,8 @@ from typing import Any
 from marshmallow import ValidationError
 
 from service.config import Settings
-from service.core.dead_letter import DeadLetter
 from service.core.update import UserUpdate
-from service.intake import check_event_time, conflict_item, read_event
+from service.intake import check_event_time, conflict_item, invalid_item, read_event
 from service.sources.registry import build_source
 from service.store import keys
 from service.store.customer_map import IdentityConflict
@@ -115,18 +113,6 @@ class Feeder:
     def _reject(self, payload: dict[str, Any], exc: ValidationError) -> bool:
         described = self.source.describe(payload, {})
         event_id = described.event_id or f"unknown-{int(time.time() * 1000)}"
-        now = time.time()
-        item = DeadLetter(
-            id=f"{self.source_name}-{event_id}",
-            reason="invalid_payload",
-            source=self.source_name,
-            event_type=described.event_type,
-            event_id=event_id,
-            event_time=described.event_time,
-            message="payload read back from the provider's API does not fit the schema",
-            event=payload,
-            first_failure_at=now,
-            last_failure_at=now,
-            last_response=json.dumps(exc.messages)[:4000],
-        )
+        message = "payload read back from the provider's API does not fit the schema"
+        item = invalid_item(self.source_name, event_id, event_id, described, payload, exc, message)
         return self.store.reject(item, event_id)
