@@ -4,6 +4,7 @@ environment, a backlog of updates, worker processes, and waiting for the backlog
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -14,6 +15,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import stripe
+import urllib3
 from redis import Redis
 
 from service.config import Settings
@@ -113,3 +116,43 @@ def trace_cost(redis: Redis) -> tuple[int, int]:
     for key in lists:
         pipe.memory_usage(key, samples=0)
     return len(lists), sum(size or 0 for size in pipe.execute())
+
+
+@dataclass(frozen=True)
+class Webhook:
+    """One signed customer.updated webhook for `user`."""
+
+    user: str
+    event_id: str
+    customer_id: str
+    email: str
+
+
+def post_paced(port: int, secret: str, webhooks: list[Webhook], rate: float) -> dict[str, float]:
+    """Post the webhooks to `relay web` at `rate` per second, signed with the official stripe package;
+    user -> when its (last) 202 came back."""
+    http = urllib3.PoolManager(retries=False, timeout=5, maxsize=4)
+    accepted: dict[str, float] = {}
+    began = time.perf_counter()
+    for n, hook in enumerate(webhooks):
+        event = {
+            "id": hook.event_id,
+            "object": "event",
+            "created": int(time.time()),
+            "type": "customer.updated",
+            "data": {"object": {"id": hook.customer_id, "email": hook.email, "metadata": {"user_id": hook.user}}},
+        }
+        body = json.dumps(event)
+        header = stripe.WebhookSignature.generate_signature_header(body, secret)
+        pause = began + n / rate - time.perf_counter()
+        if pause > 0:
+            time.sleep(pause)
+        answer = http.request(
+            "POST",
+            f"http://127.0.0.1:{port}/webhooks/stripe",
+            body=body.encode(),
+            headers={"Content-Type": "application/json", "Stripe-Signature": header},
+        )
+        if answer.status == 202:
+            accepted[hook.user] = time.time()
+    return accepted

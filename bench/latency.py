@@ -7,15 +7,13 @@ Prints p50/p90/p99/max beside the goal (p99 <= 25 ms).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
 
-import stripe
 import urllib3
 
-from bench.harness import backend, start, stop, wait_drained
+from bench.harness import Webhook, backend, post_paced, start, stop, wait_drained
 from service.devtools.embedded_redis import free_port
 
 SECRET = "whsec_latency_bench_0123456789"
@@ -50,31 +48,8 @@ def main() -> int:
         try:
             wait_http(f"http://127.0.0.1:{port}/readyz")
             time.sleep(2)  # workers registered and idle
-            http = urllib3.PoolManager(retries=False, timeout=5, maxsize=4)
-            began = time.perf_counter()
-            for n, user in enumerate(b.users):
-                event = {
-                    "id": f"evt_lat_{n}",
-                    "object": "event",
-                    "created": int(time.time()),
-                    "type": "customer.updated",
-                    "data": {
-                        "object": {"id": f"cus_{n}", "email": f"{user}@example.com", "metadata": {"user_id": user}}
-                    },
-                }
-                body = json.dumps(event)
-                header = stripe.WebhookSignature.generate_signature_header(body, SECRET)
-                pause = began + n / args.rate - time.perf_counter()
-                if pause > 0:
-                    time.sleep(pause)
-                response = http.request(
-                    "POST",
-                    f"http://127.0.0.1:{port}/webhooks/stripe",
-                    body=body.encode(),
-                    headers={"Content-Type": "application/json", "Stripe-Signature": header},
-                )
-                if response.status == 202:
-                    accepted_at[user] = time.time()
+            hooks = [Webhook(u, f"evt_lat_{n}", f"cus_{n}", f"{u}@example.com") for n, u in enumerate(b.users)]
+            accepted_at.update(post_paced(port, SECRET, hooks, args.rate))
             wait_drained(b.store(), timeout=60)
         finally:
             stop(*children)

@@ -22,11 +22,9 @@ import time
 from collections import Counter
 from typing import Any
 
-import stripe
-import urllib3
 from redis import Redis
 
-from bench.harness import RELAY, backend, start, stop, wait_drained
+from bench.harness import RELAY, Webhook, backend, post_paced, start, stop, wait_drained
 from bench.latency import wait_http
 from service.devtools.embedded_redis import free_port
 from service.devtools.stripe_api import StripeApiServer
@@ -38,34 +36,11 @@ API_KEY = "rk_test_sync_bench_readonly"
 
 def post_live(port: int, users: list[str], rate: float, seconds: float, prefix: str) -> dict[str, float]:
     """Signed customer.updated webhooks for the live users; user -> time its 202 came back."""
-    http = urllib3.PoolManager(retries=False, timeout=5, maxsize=2)
-    accepted: dict[str, float] = {}
-    began = time.perf_counter()
-    for n in range(int(rate * seconds)):
-        user = users[n % len(users)]
-        event = {
-            "id": f"evt_{prefix}_{n}",
-            "object": "event",
-            "created": int(time.time()),
-            "type": "customer.updated",
-            "data": {
-                "object": {"id": f"cus_live_{n}", "email": f"{prefix}{n}@example.com", "metadata": {"user_id": user}}
-            },
-        }
-        body = json.dumps(event)
-        pause = began + n / rate - time.perf_counter()
-        if pause > 0:
-            time.sleep(pause)
-        header = stripe.WebhookSignature.generate_signature_header(body, SECRET)
-        answer = http.request(
-            "POST",
-            f"http://127.0.0.1:{port}/webhooks/stripe",
-            body=body.encode(),
-            headers={"Content-Type": "application/json", "Stripe-Signature": header},
-        )
-        if answer.status == 202:
-            accepted[user] = time.time()
-    return accepted
+    hooks = [
+        Webhook(users[n % len(users)], f"evt_{prefix}_{n}", f"cus_live_{n}", f"{prefix}{n}@example.com")
+        for n in range(int(rate * seconds))
+    ]
+    return post_paced(port, SECRET, hooks, rate)
 
 
 def p99(accepted: dict[str, float], requests: list[dict[str, Any]], ids: dict[str, int]) -> tuple[float, int]:
