@@ -42,14 +42,22 @@ log = logging.getLogger("relay.ratelimit")
 DEFAULT_PAUSE_SECONDS = 5.0  # a 429 without Retry-After
 MAX_SLEEP_SECONDS = 1.0  # longer waits go back to the queue
 # A lane below live traffic (backfill) books a slot only when it is due (it sleeps until then without
-# holding one: a live call that comes meanwhile goes first), books as if the burst were 1, and leaves
-# BELOW_LIVE_RESERVE slots of each second to live calls: with a burst of 2 or more a live call then
-# finds a slot at once instead of waiting behind the backfill's spacing. Its worker serves nothing
-# else, so it may wait longer in place before its job goes back to the queue.
+# holding one: a live call that comes meanwhile goes first), books as if the burst were 1, spaces its
+# calls on a schedule of its own that live calls do not wait behind (limiter_scripts.py), and leaves
+# a share of each second's slots to live calls (BELOW_LIVE_RESERVE_SHARE, at least
+# BELOW_LIVE_RESERVE_MIN: the window is a second plus JITTER_MS, so live calls at 1/s may have two in
+# it): a live call then finds a slot at once. Its worker serves nothing else, so it may wait longer
+# in place before its job goes back to the queue.
 BELOW_LIVE_SLOTS_AHEAD = 0
-BELOW_LIVE_RESERVE = 1
+BELOW_LIVE_RESERVE_SHARE = 0.2
+BELOW_LIVE_RESERVE_MIN = 2
 BELOW_LIVE_MAX_SLEEP_SECONDS = 5.0
 LEASE_MS = 30_000  # a call's concurrency lease; expires if its worker dies
+
+
+def below_live_reserve(rate: float) -> int:
+    """Slots of each one-second window a lane below live leaves to live calls."""
+    return max(BELOW_LIVE_RESERVE_MIN, int(BELOW_LIVE_RESERVE_SHARE * int(rate)))
 
 
 class Throttled(Exception):
@@ -96,6 +104,7 @@ class RateLimiter:
             destination_keys.limiter_in_flight,
             destination_keys.limiter_window,
             destination_keys.limiter_rate,
+            destination_keys.limiter_tat_below_live if below_live else destination_keys.limiter_tat,
         ]
         self.effective_rate = config.rate_per_second  # as last seen by this process
         self._logged_rate = config.rate_per_second
@@ -185,7 +194,7 @@ class RateLimiter:
         burst, reserve = self.config.burst, 0
         if self.below_live:  # its next slot only, no burst credit, and room left in each second
             max_wait_ms = min(max_wait_ms, 1000 * BELOW_LIVE_SLOTS_AHEAD / self.effective_rate)
-            burst, reserve = 1, BELOW_LIVE_RESERVE
+            burst, reserve = 1, below_live_reserve(self.effective_rate)
         return [
             *(ceiling, burst, self.config.max_in_flight, token, LEASE_MS, max_wait_ms),
             *(JITTER_MS, increase_per_second(ceiling), " ".join(release), reserve),

@@ -134,6 +134,12 @@ class Keys:
         return f"{self.prefix}:limiter:tat"
 
     @property
+    def limiter_tat_below_live(self) -> str:
+        """string: the GCRA arrival time of a lane below live (backfill): it spaces its own calls
+        and follows live calls, but live calls never wait behind its spacing"""
+        return f"{self.prefix}:limiter:tat-below-live"
+
+    @property
     def limiter_paused_until(self) -> str:
         return f"{self.prefix}:limiter:paused-until"
 

@@ -1,7 +1,10 @@
 """The rate limiter's Lua scripts (workers/ratelimit.py), all on Redis' clock.
 
 The limiter keeps two promises to the destination, cluster-wide:
-- GCRA: slots `1 / rate` apart on average (with `burst` at once);
+- GCRA: slots `1 / rate` apart on average (with `burst` at once). A lane below live (backfill)
+  spaces its own calls and follows live ones, but a live call never waits behind its spacing:
+  right after a backfill call one live call may go at once. The window below still holds, and
+  the backfill leaves room in it for live calls (workers/ratelimit.py);
 - a sliding window: no `n = floor(rate)` slots closer together than one second plus
   `jitter_ms`, so that however the few milliseconds between a slot and the request's arrival
   vary, no one-second window at the receiver sees more than `n` calls.
@@ -32,8 +35,10 @@ end
 """
 
 # Book the next slot for a call.
-# KEYS: tat (GCRA theoretical arrival time, ms), pause_until (ms), in_flight (zset token -> lease
-#       end ms), window (list of booked slot times, newest first), rate (hash base/at/hold_until)
+# KEYS: tat (GCRA theoretical arrival time of live calls, ms), pause_until (ms), in_flight (zset token
+#       -> lease end ms), window (list of booked slot times, newest first), rate (hash base/at/hold_until),
+#       own_tat (the arrival time this caller advances: tat itself for live calls; a lane below live
+#       keeps its own, so that its spacing never delays a live call, and respects both)
 # ARGV: ceiling (calls/s), burst, max_in_flight, token, lease_ms, max_wait_ms, jitter_ms,
 #       increase_per_s, release (tokens of calls done, space-separated, released first: a round trip less),
 #       reserve (slots of each one-second window this caller leaves to others: a lane below live)
@@ -51,6 +56,7 @@ local pause_key = KEYS[2]
 local in_flight_key = KEYS[3]
 local window_key = KEYS[4]
 local rate_key = KEYS[5]
+local own_tat_key = KEYS[6]
 local ceiling = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local max_in_flight = tonumber(ARGV[3])
@@ -74,7 +80,8 @@ if redis.call('ZCARD', in_flight_key) >= max_in_flight then
     return {0, math.ceil(math.max(1, math.min(50, tonumber(first[2]) - now)) * 1000), rate_milli}
 end
 local interval = 1000 / rate
-local tat = math.max(tonumber(redis.call('GET', tat_key) or '0'), now)
+local live_tat = tonumber(redis.call('GET', tat_key) or '0')
+local tat = math.max(live_tat, tonumber(redis.call('GET', own_tat_key) or '0'), now)
 local slot = math.max(tat - (burst - 1) * interval, now)
 local per_window = math.max(1, math.floor(rate))
 local nth = redis.call('LINDEX', window_key, math.max(1, per_window - reserve) - 1)
@@ -82,7 +89,7 @@ if nth then slot = math.max(slot, tonumber(nth) + 1000 + jitter_ms) end
 local wait = slot - now
 if wait > max_wait_ms then return {0, math.ceil(wait * 1000), rate_milli} end
 local next_tat = math.max(tat, slot) + interval
-redis.call('SET', tat_key, next_tat, 'PX', math.ceil(next_tat - now + 1000))
+redis.call('SET', own_tat_key, next_tat, 'PX', math.ceil(next_tat - now + 1000))
 redis.call('LPUSH', window_key, slot)
 redis.call('LTRIM', window_key, 0, math.min(5000, math.max(1, math.floor(ceiling))) - 1)
 redis.call('PEXPIRE', window_key, math.ceil(wait + 1000 + jitter_ms + 1000))

@@ -17,7 +17,7 @@ from service.store import keys
 from service.store.limiter_scripts import JITTER_MS
 from tests.conftest import an_update
 from workers.delivery.job import deliver_update
-from workers.ratelimit import LimitConfig, RateLimiter, Throttled
+from workers.ratelimit import LimitConfig, RateLimiter, Throttled, below_live_reserve
 from workers.runner import build_context, limit_config
 
 
@@ -171,7 +171,7 @@ def test_a_lane_below_live_books_only_its_next_slot(redis: Redis) -> None:
     def watch() -> None:
         while not done.is_set():
             seconds, micros = redis.time()
-            tat = float(redis.get(keys.USERCOM.limiter_tat) or 0)
+            tat = float(redis.get(keys.USERCOM.limiter_tat_below_live) or 0)
             furthest[0] = max(furthest[0], tat - (seconds * 1000 + micros / 1000))
 
     def call() -> None:
@@ -193,15 +193,34 @@ def test_a_lane_below_live_books_only_its_next_slot(redis: Redis) -> None:
     assert furthest[0] <= 2 * 100 + 5
 
 
-def test_a_lane_below_live_leaves_a_slot_of_every_second_to_live_calls(redis: Redis) -> None:
-    below = RateLimiter(redis, LimitConfig(4, 4, 100), sleep=1.0, destination_keys=keys.USERCOM, below_live=True)
+def test_a_lane_below_live_leaves_a_share_of_every_second_to_live_calls(redis: Redis) -> None:
+    below = RateLimiter(redis, LimitConfig(10, 10, 100), sleep=1.0, destination_keys=keys.USERCOM, below_live=True)
+    assert below_live_reserve(10) == 2
     booked: list[float] = []
-    for _ in range(5):
+    for _ in range(9):
         with below.slot():
             booked.append(float(redis.lindex(keys.USERCOM.limiter_window, 0)))
-    # 3 of the 4 slots a second at most (no burst either): the 4th after a slot is a second later
-    for earlier, later in zip(booked, booked[3:], strict=False):
+    # 8 of the 10 slots a second at most (no burst either): the 9th after a slot is a second later
+    for earlier, later in zip(booked, booked[8:], strict=False):
         assert later - earlier >= 1000 + JITTER_MS
-    live = RateLimiter(redis, LimitConfig(4, 4, 100), sleep=0.0, destination_keys=keys.USERCOM)
-    with live.slot():  # the slot left: at once (sleep=0 raises Throttled on any wait)
-        pass
+    live = limiter(redis, rate=10, burst=2, sleep=0.0)  # raises Throttled on any wait
+    for _ in range(2):  # the two slots left: at once
+        with live.slot():
+            pass
+
+
+def test_a_live_call_never_waits_behind_the_spacing_of_a_lane_below_live(redis: Redis) -> None:
+    """At a burst of 1 a backfill call used to push the next live call an interval (100 ms) back;
+    live calls follow their own spacing, and the backfill follows theirs."""
+    below = RateLimiter(redis, LimitConfig(10, 1, 100), sleep=1.0, destination_keys=keys.USERCOM, below_live=True)
+    live = limiter(redis, rate=10, burst=1, sleep=0.0)  # raises Throttled on any wait
+    for _ in range(3):
+        with below.slot():
+            pass
+        with live.slot():  # right after a backfill call: at once
+            pass
+        live_slot = float(redis.lindex(keys.USERCOM.limiter_window, 0))
+        assert not take(live)  # live calls keep their own spacing
+        with below.slot():  # the backfill's next call comes an interval after the live one
+            pass
+        assert float(redis.lindex(keys.USERCOM.limiter_window, 0)) >= live_slot + 100
