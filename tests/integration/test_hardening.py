@@ -54,7 +54,7 @@ def client_with(env: dict[str, str], **overrides: str) -> Any:
 # 3. event times from the future
 
 
-@pytest.mark.parametrize("when", ["9999-01-01T00:00:00Z", iso(time.time() + HOUR)])
+@pytest.mark.parametrize("when", ["9999-01-01T00:00:00Z", iso(time.time() + HOUR)], ids=["year-9999", "an-hour-ahead"])
 def test_a_standard_event_from_the_future_is_refused_and_dead_lettered(
     client: Any, redis: Redis, settings: Settings, when: str
 ) -> None:
