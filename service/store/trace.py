@@ -69,18 +69,20 @@ class TraceEntry:
             entry["attributes"] = {}
         else:
             entry.update(dead_letter_id=_cut(self.dead_letter_id or ""), reason=self.reason)
-        text = _dump(entry)
-        left_out = 0
-        for name, value in self.attributes.items():
-            candidate = {**entry, "attributes": {**entry["attributes"], _cut(name): _cut_value(value)}}
-            if len(_dump(candidate)) > MAX_ENTRY_BYTES - 40:
+        # The entry's length is counted as attributes are added (each `"name":value`, a comma
+        # between them), not dumped again for each one.
+        size, left_out, attributes = len(_dump(entry)), 0, entry.get("attributes")
+        for name, value in self.attributes.items() if attributes is not None else ():
+            key, kept = _cut(name), _cut_value(value)
+            added = len(_dump(key)) + 1 + len(_dump(kept)) + (1 if attributes else 0)
+            if size + added > MAX_ENTRY_BYTES - 40:
                 left_out += 1
                 continue
-            entry, text = candidate, _dump(candidate)
+            attributes[key] = kept
+            size += added
         if left_out:
             entry["attributes_left_out"] = left_out
-            text = _dump(entry)
-        return text
+        return _dump(entry)
 
 
 def dead_letter_entry(item: DeadLetter, event_id: str) -> TraceEntry:
