@@ -17,14 +17,13 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from service.backfill.feed import Feeder
 from service.backfill.progress import Reporter
 from service.backfill.stripe_reader import ReadError
 
 STRIPE_EVENT_RETENTION_SECONDS = 30 * 24 * 3600
-MAX_TYPES = 20
 DURATION = re.compile(r"^(\d+)([smhd])$")
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -46,9 +45,9 @@ def parse_time(text: str, *, now: float | None = None) -> int:
     return int(moment.timestamp())
 
 
-def event_types(patterns: list[str] | None, mapped: list[str]) -> list[str]:
-    """Concrete type names for types[]: patterns (customer.*) matched against the mapped types;
-    none given: every mapped type (events of other types would only be ignored)."""
+def event_types(patterns: list[str] | None, mapped: list[str], reader: EventReader) -> list[str]:
+    """Concrete type names for the reader's type filter: patterns (customer.*) matched against the
+    mapped types; none given: every mapped type (events of other types would only be ignored)."""
     if not patterns:
         wanted = sorted(mapped)
     else:
@@ -61,8 +60,11 @@ def event_types(patterns: list[str] | None, mapped: list[str]) -> list[str]:
         )
         if not wanted:
             raise ValueError(f"--types {','.join(patterns)} matches none of the mapped types")
-    if len(wanted) > MAX_TYPES:
-        raise ValueError(f"{len(wanted)} event types: Stripe filters at most {MAX_TYPES} at once; narrow --types")
+    if reader.types_at_most is not None and len(wanted) > reader.types_at_most:
+        raise ValueError(
+            f"{len(wanted)} event types: {reader.provider}'s events API filters at most {reader.types_at_most} "
+            "at once; narrow --types"
+        )
     return wanted
 
 
@@ -71,6 +73,8 @@ class EventReader(Protocol):
 
     calls: int
     rate_limited: int
+    provider: ClassVar[str]  # as users write it: "Stripe"
+    types_at_most: ClassVar[int | None]  # how many types its filter takes at once (None: no limit known)
 
     def event_pages(
         self, since: int, until: int | None, types: list[str], *, undelivered_only: bool = False

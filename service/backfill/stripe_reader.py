@@ -12,7 +12,7 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import stripe
 
@@ -46,6 +46,8 @@ class Pacer:
 
 @dataclass
 class StripeReader:
+    provider: ClassVar[str] = "Stripe"
+    types_at_most: ClassVar[int | None] = 20  # types[]
     api_key: str
     api_base: str
     max_rps: float = DEFAULT_MAX_RPS
