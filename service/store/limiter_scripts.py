@@ -80,8 +80,8 @@ if redis.call('ZCARD', in_flight_key) >= max_in_flight then
     return {0, math.ceil(math.max(1, math.min(50, tonumber(first[2]) - now)) * 1000), rate_milli}
 end
 local interval = 1000 / rate
-local live_tat = tonumber(redis.call('GET', tat_key) or '0')
-local tat = math.max(live_tat, tonumber(redis.call('GET', own_tat_key) or '0'), now)
+local tat = math.max(tonumber(redis.call('GET', tat_key) or '0'), now)
+if own_tat_key ~= tat_key then tat = math.max(tat, tonumber(redis.call('GET', own_tat_key) or '0')) end
 local slot = math.max(tat - (burst - 1) * interval, now)
 local per_window = math.max(1, math.floor(rate))
 local nth = redis.call('LINDEX', window_key, math.max(1, per_window - reserve) - 1)
