@@ -2,7 +2,7 @@
 
 Stripe keeps events for 30 days and retries a webhook for 3: past that, what the relay missed is
 only in GET /v1/events. Read newest first within [since, until] (created[gte]/created[lte]),
-only the types the mapping uses (types[], at most 20: Stripe's limit), optionally only those no
+only the types the mapping uses (types[]; past Stripe's 20, kept by the reader), optionally only those no
 endpoint acknowledged (delivery_success=false). Each page is fed before the next is read; a stop
 request (Ctrl-C) ends after the current page with the command that resumes (--until the oldest
 event time fed: the events at that second come again and are counted as duplicates).
@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, ClassVar, Protocol
+from typing import Any, Protocol
 
 from service.backfill.feed import Feeder
 from service.backfill.progress import Reporter
@@ -45,9 +45,9 @@ def parse_time(text: str, *, now: float | None = None) -> int:
     return int(moment.timestamp())
 
 
-def event_types(patterns: list[str] | None, mapped: list[str], reader: EventReader) -> list[str]:
-    """Concrete type names for the reader's type filter: patterns (customer.*) matched against the
-    mapped types; none given: every mapped type (events of other types would only be ignored)."""
+def event_types(patterns: list[str] | None, mapped: list[str]) -> list[str]:
+    """Concrete type names for types[]: patterns (customer.*) matched against the mapped types;
+    none given: every mapped type (events of other types would only be ignored)."""
     if not patterns:
         wanted = sorted(mapped)
     else:
@@ -60,11 +60,6 @@ def event_types(patterns: list[str] | None, mapped: list[str], reader: EventRead
         )
         if not wanted:
             raise ValueError(f"--types {','.join(patterns)} matches none of the mapped types")
-    if reader.types_at_most is not None and len(wanted) > reader.types_at_most:
-        raise ValueError(
-            f"{len(wanted)} event types: {reader.provider}'s events API filters at most {reader.types_at_most} "
-            "at once; narrow --types"
-        )
     return wanted
 
 
@@ -73,8 +68,6 @@ class EventReader(Protocol):
 
     calls: int
     rate_limited: int
-    provider: ClassVar[str]  # as users write it: "Stripe"
-    types_at_most: ClassVar[int | None]  # how many types its filter takes at once (None: no limit known)
 
     def event_pages(
         self, since: int, until: int | None, types: list[str], *, undelivered_only: bool = False

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import urllib3
@@ -51,8 +51,6 @@ def rfc3339(seconds: int) -> str:
 
 @dataclass
 class PaddleReader:
-    provider: ClassVar[str] = "Paddle"
-    types_at_most: ClassVar[int | None] = None  # event_type: no limit documented
     api_key: str
     api_base: str
     max_rps: float = PADDLE_MAX_RPS

@@ -51,7 +51,7 @@ def run_once(settings: Settings, redis: Redis, *, now: float | None = None, sour
         return None
     reader = reader_for(source, settings)
     feeder = Feeder(settings, Store.from_settings(redis, settings), source)
-    types = sorted(settings.mapping.rules.get(source, {}))[:20]
+    types = sorted(settings.mapping.rules.get(source, {}))
     return reconcile(reader, feeder, redis, window_for(redis, settings, now, source), types)
 
 

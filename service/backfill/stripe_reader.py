@@ -12,7 +12,7 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 import stripe
 
@@ -44,10 +44,11 @@ class Pacer:
         self._next = now + 1.0 / self.rate
 
 
+TYPES_AT_MOST = 20  # types[] of GET /v1/events
+
+
 @dataclass
 class StripeReader:
-    provider: ClassVar[str] = "Stripe"
-    types_at_most: ClassVar[int | None] = 20  # types[]
     api_key: str
     api_base: str
     max_rps: float = DEFAULT_MAX_RPS
@@ -67,12 +68,19 @@ class StripeReader:
     def event_pages(
         self, since: int, until: int | None, types: list[str], *, undelivered_only: bool = False
     ) -> Iterator[list[dict[str, Any]]]:
-        """GET /v1/events: created[gte|lte], types[] (at most 20), delivery_success=false if asked."""
+        """GET /v1/events: created[gte|lte], types[], delivery_success=false if asked. Stripe filters at
+        most TYPES_AT_MOST types: for more, every event is read and the types are kept here."""
         created = {"gte": since, **({"lte": until} if until is not None else {})}
-        params: dict[str, Any] = {"created": created, "types": types}
+        params: dict[str, Any] = {"created": created}
+        if len(types) <= TYPES_AT_MOST:
+            params["types"] = types
         if undelivered_only:
             params["delivery_success"] = False
-        return self.pages("events", params)
+        pages = self.pages("events", params)
+        if "types" in params or not types:
+            return pages
+        wanted = set(types)
+        return (kept for page in pages if (kept := [event for event in page if event.get("type") in wanted]))
 
     def pages(self, resource: str, params: dict[str, Any], after: str | None = None) -> Iterator[list[dict[str, Any]]]:
         """Each page of `resource` (events, customers, subscriptions) as plain dicts, newest first."""

@@ -112,7 +112,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         )
         settings, reader, feeder = open_run(args)
         mapped = list(settings.mapping.rules.get(args.provider, {}))
-        types = backfill.event_types(args.types.split(",") if args.types else None, mapped, reader)
+        types = backfill.event_types(args.types.split(",") if args.types else None, mapped)
     except (ValueError, ReadError) as exc:
         print(f"relay: {exc}", file=sys.stderr)
         return 2
@@ -164,7 +164,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         window = backfill.Window(backfill.parse_time(args.since, now=now), until)
         settings, reader, feeder = open_run(args)
         check_reconcile_window(window, settings.dedup_ttl_seconds, now)
-        types = backfill.event_types(None, list(settings.mapping.rules.get(args.provider, {})), reader)
+        types = backfill.event_types(None, list(settings.mapping.rules.get(args.provider, {})))
     except (ValueError, ReadError) as exc:
         print(f"relay: {exc}", file=sys.stderr)
         return 2

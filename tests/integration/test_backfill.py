@@ -216,3 +216,20 @@ def test_updates_accepted_together_are_one_transaction_with_each_answer(api_env:
     )
     assert answers[:2] == [True, False] and isinstance(answers[2], IdentityConflict) and answers[3] is True
     assert redis.llen(keys.USERCOM.rq_queue_key(keys.BACKFILL)) == 1  # bob, queued once
+
+
+def test_more_types_than_stripe_filters_are_read_unfiltered_and_kept_by_the_reader(
+    stripe_api: StripeApiServer,
+) -> None:
+    events = history(users=30, steps=2, start=int(time.time()) - 600)  # 90 events, 3 types
+    for event in events:
+        stripe_api.state.add_event(event)
+    reader = StripeReader(API_KEY, stripe_api.base_url, max_rps=1000)
+    kinds = sorted({e["type"] for e in events})
+    few, many = kinds[:2], [*kinds[:2], *(f"invoice.type_{n}" for n in range(20))]  # 2 and 22 types
+    since = int(time.time()) - 3600
+    wanted = [e["id"] for e in reversed(events) if e["type"] in few]
+    assert [e["id"] for page in reader.event_pages(since, None, few) for e in page] == wanted
+    assert any(k.startswith("types[") for k in stripe_api.state.requests[-1]["args"])
+    assert [e["id"] for page in reader.event_pages(since, None, many) for e in page] == wanted
+    assert not any(k.startswith("types[") for k in stripe_api.state.requests[-1]["args"])  # Stripe's 400 otherwise

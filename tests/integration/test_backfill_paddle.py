@@ -15,9 +15,8 @@ import urllib3
 from redis import Redis
 
 from service.backfill import periodic
-from service.backfill.events import event_types
 from service.backfill.paddle_reader import PaddleReader
-from service.backfill.stripe_reader import ReadError, StripeReader
+from service.backfill.stripe_reader import ReadError
 from service.cli import main
 from service.config import Settings
 from service.devtools.paddle_api import PaddleApiServer
@@ -207,15 +206,3 @@ def test_periodic_reconcile_covers_paddle_when_its_key_is_set(
     assert first is not None and (first["missing"], first["healed"]) == (len(lost), len(lost))
     assert periodic.run_once(settings, redis, source="paddle") is None  # this interval's lock is taken
     assert periodic.last_run(redis, "paddle") is not None and periodic.last_run(redis, "stripe") is None
-
-
-def test_the_twenty_type_limit_is_stripes_not_paddles() -> None:
-    many = [f"subscription.type_{n}" for n in range(25)]
-    paddle = PaddleReader(api_key=PADDLE_KEY, api_base="http://127.0.0.1:9")
-    assert event_types(None, many, paddle) == sorted(many)
-    stripe_reader = StripeReader(api_key="rk_test_x", api_base="http://127.0.0.1:9")
-    with pytest.raises(ValueError, match=r"25 event types: Stripe's events API filters at most 20 at once"):
-        event_types(None, many, stripe_reader)
-    assert event_types(["subscription.type_1*"], many, stripe_reader) == sorted(
-        [f"subscription.type_{n}" for n in (1, *range(10, 20))]
-    )
