@@ -46,18 +46,14 @@ MAX_SLEEP_SECONDS = 1.0  # longer waits go back to the queue
 # calls on a schedule of its own that live calls do not wait behind (limiter_scripts.py), and leaves
 # a share of each second's slots to live calls (BELOW_LIVE_RESERVE_SHARE, at least
 # BELOW_LIVE_RESERVE_MIN: the window is a second plus JITTER_MS, so live calls at 1/s may have two in
-# it): a live call then finds a slot at once. Its worker serves nothing else, so it may wait longer
-# in place before its job goes back to the queue.
+# it; the lane keeps one slot of each window however low the rate): a live call then finds a slot
+# at once. Its worker serves nothing else, so it may wait longer in place before its job goes back
+# to the queue.
 BELOW_LIVE_SLOTS_AHEAD = 0
 BELOW_LIVE_RESERVE_SHARE = 0.2
 BELOW_LIVE_RESERVE_MIN = 2
 BELOW_LIVE_MAX_SLEEP_SECONDS = 5.0
 LEASE_MS = 30_000  # a call's concurrency lease; expires if its worker dies
-
-
-def below_live_reserve(rate: float) -> int:
-    """Slots of each one-second window a lane below live leaves to live calls."""
-    return max(BELOW_LIVE_RESERVE_MIN, int(BELOW_LIVE_RESERVE_SHARE * int(rate)))
 
 
 class Throttled(Exception):
@@ -191,13 +187,13 @@ class RateLimiter:
     def _acquire_args(self, token: str, waited: float, release: list[str]) -> list[Any]:
         ceiling = self.config.rate_per_second
         max_wait_ms = (self.max_sleep - waited) * 1000
-        burst, reserve = self.config.burst, 0
+        burst, reserve = self.config.burst, (0.0, 0)
         if self.below_live:  # its next slot only, no burst credit, and room left in each second
             max_wait_ms = min(max_wait_ms, 1000 * BELOW_LIVE_SLOTS_AHEAD / self.effective_rate)
-            burst, reserve = 1, below_live_reserve(self.effective_rate)
+            burst, reserve = 1, (BELOW_LIVE_RESERVE_SHARE, BELOW_LIVE_RESERVE_MIN)
         return [
             *(ceiling, burst, self.config.max_in_flight, token, LEASE_MS, max_wait_ms),
-            *(JITTER_MS, increase_per_second(ceiling), " ".join(release), reserve),
+            *(JITTER_MS, increase_per_second(ceiling), " ".join(release), *reserve),
         ]
 
     def _book(self, token: str, first: list[Any] | None = None) -> None:

@@ -7,7 +7,8 @@ The limiter keeps two promises to the destination, cluster-wide:
   the backfill leaves room in it for live calls (workers/ratelimit.py);
 - a sliding window: no `n = floor(rate)` slots closer together than one second plus
   `jitter_ms`, so that however the few milliseconds between a slot and the request's arrival
-  vary, no one-second window at the receiver sees more than `n` calls.
+  vary, no one-second window at the receiver sees more than `n` calls (below 1/s: no two slots
+  closer than `1 / rate` plus `jitter_ms`, whichever lane booked them).
 
 `rate` is the effective rate (AIMD), never above the configured ceiling: each 429 lowers it
 (multiplicatively, from the lower of the effective rate and the rate actually sent in the last
@@ -41,7 +42,8 @@ end
 #       keeps its own, so that its spacing never delays a live call, and respects both)
 # ARGV: ceiling (calls/s), burst, max_in_flight, token, lease_ms, max_wait_ms, jitter_ms,
 #       increase_per_s, release (tokens of calls done, space-separated, released first: a round trip less),
-#       reserve (slots of each one-second window this caller leaves to others: a lane below live)
+#       reserve_share, reserve_min (of each one-second window's floor(rate) slots, the share, at
+#       least reserve_min, this caller leaves to others: a lane below live; 0, 0 for live calls)
 # (The window keeps at most 5,000 slots: above 5,000 calls/s only GCRA spaces them.)
 # Returns {1, microseconds until the slot, effective rate x 1000} when a slot is booked for the
 # token (now, or at most max_wait_ms ahead: the schedule moves on at once, so waiters never
@@ -66,7 +68,8 @@ local max_wait_ms = tonumber(ARGV[6])
 local jitter_ms = tonumber(ARGV[7])
 local increase_per_s = tonumber(ARGV[8])
 local release = ARGV[9]
-local reserve = tonumber(ARGV[10])
+local reserve_share = tonumber(ARGV[10])
+local reserve_min = tonumber(ARGV[11])
 
 for done in string.gmatch(release, '%S+') do redis.call('ZREM', in_flight_key, done) end
 local now = redis_now_ms()
@@ -84,8 +87,10 @@ local tat = math.max(tonumber(redis.call('GET', tat_key) or '0'), now)
 if own_tat_key ~= tat_key then tat = math.max(tat, tonumber(redis.call('GET', own_tat_key) or '0')) end
 local slot = math.max(tat - (burst - 1) * interval, now)
 local per_window = math.max(1, math.floor(rate))
+local reserve = math.max(reserve_min, math.floor(reserve_share * per_window))
 local nth = redis.call('LINDEX', window_key, math.max(1, per_window - reserve) - 1)
-if nth then slot = math.max(slot, tonumber(nth) + 1000 + jitter_ms) end
+-- below 1/s the window is one interval wide: one slot per 1 / rate across both lanes
+if nth then slot = math.max(slot, tonumber(nth) + math.max(1000, interval) + jitter_ms) end
 local wait = slot - now
 if wait > max_wait_ms then return {0, math.ceil(wait * 1000), rate_milli} end
 local next_tat = math.max(tat, slot) + interval

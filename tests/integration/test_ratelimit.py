@@ -17,7 +17,7 @@ from service.store import keys
 from service.store.limiter_scripts import JITTER_MS
 from tests.conftest import an_update
 from workers.delivery.job import deliver_update
-from workers.ratelimit import LimitConfig, RateLimiter, Throttled, below_live_reserve
+from workers.ratelimit import LimitConfig, RateLimiter, Throttled
 from workers.runner import build_context, limit_config
 
 
@@ -195,7 +195,6 @@ def test_a_lane_below_live_books_only_its_next_slot(redis: Redis) -> None:
 
 def test_a_lane_below_live_leaves_a_share_of_every_second_to_live_calls(redis: Redis) -> None:
     below = RateLimiter(redis, LimitConfig(10, 10, 100), sleep=1.0, destination_keys=keys.USERCOM, below_live=True)
-    assert below_live_reserve(10) == 2
     booked: list[float] = []
     for _ in range(9):
         with below.slot():
@@ -224,3 +223,15 @@ def test_a_live_call_never_waits_behind_the_spacing_of_a_lane_below_live(redis: 
         with below.slot():  # the backfill's next call comes an interval after the live one
             pass
         assert float(redis.lindex(keys.USERCOM.limiter_window, 0)) >= live_slot + 100
+
+
+def test_below_one_call_a_second_both_lanes_together_keep_the_rate(redis: Redis) -> None:
+    """At 0.5/s (a rate AIMD lowered) the one-second window let a live call follow a backfill call
+    at once, and the two lanes together sent more than the rate; the window is 1 / rate wide then."""
+    below = RateLimiter(redis, LimitConfig(0.5, 1, 100), sleep=5.0, destination_keys=keys.USERCOM, below_live=True)
+    live = limiter(redis, rate=0.5, burst=1, sleep=0.0)
+    with below.slot():
+        pass
+    with pytest.raises(Throttled) as caught, live.slot():
+        pass
+    assert caught.value.wait >= 2.0  # the backfill's slot + 1 / rate (+ jitter)
