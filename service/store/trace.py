@@ -63,18 +63,22 @@ class TraceEntry:
             "user_id": _cut(self.user_id),
             "event_ids": [_cut(e) for e in self.event_ids[:20]],
         }
-        if self.kind == "delivery":
-            entry.update(endpoint=self.endpoint, status=self.status, tags=[_cut(t) for t in self.tags[:20]])
-            entry["dropped"] = [{k: _cut(str(v)) for k, v in d.items()} for d in self.dropped[:10]]
-            entry["attributes"] = {}
-        else:
+        if self.kind != "delivery":
             entry.update(dead_letter_id=_cut(self.dead_letter_id or ""), reason=self.reason)
+            return _dump(entry)
+        entry.update(endpoint=self.endpoint, status=self.status, tags=[_cut(t) for t in self.tags[:20]])
+        entry["dropped"] = [{k: _cut(str(v)) for k, v in d.items()} for d in self.dropped[:10]]
+        attributes: dict[str, Any] = {}
+        entry["attributes"] = attributes
         # The entry's length is counted as attributes are added (each `"name":value`, a comma
         # between them), not dumped again for each one.
-        size, left_out, attributes = len(_dump(entry)), 0, entry.get("attributes")
-        for name, value in self.attributes.items() if attributes is not None else ():
+        size, left_out = len(_dump(entry)), 0
+        for name, value in self.attributes.items():
             key, kept = _cut(name), _cut_value(value)
-            added = len(_dump(key)) + 1 + len(_dump(kept)) + (1 if attributes else 0)
+            if key in attributes:  # two long names cut to the same: the later value replaces the earlier
+                added = len(_dump(kept)) - len(_dump(attributes[key]))
+            else:
+                added = len(_dump(key)) + 1 + len(_dump(kept)) + (1 if attributes else 0)
             if size + added > MAX_ENTRY_BYTES - 40:
                 left_out += 1
                 continue

@@ -39,3 +39,13 @@ def test_an_entry_keeps_what_fits_and_counts_what_it_leaves_out(attributes: dict
     assert size(base) <= BUDGET
     for name in left_out:  # it did not fit then, so it does not fit beside all that was kept either
         assert size({**base, "attributes": {**kept, name: stored(attributes[name])}}) > BUDGET
+
+
+def test_two_long_names_cut_to_the_same_keep_the_later_value_within_the_budget() -> None:
+    prefix = "x" * 200
+    attributes = {f"{prefix}a": "first", f"{prefix}b": "second", **{f"a{n}": "v" * 100 for n in range(15)}}
+    text = TraceEntry(kind="delivery", user_id="u1", destination="usercom", attributes=attributes).to_json()
+    entry = json.loads(text)
+    assert entry["attributes"]["x" * 119 + "…"] == "second"
+    # all fit (1,923 of 1,960 bytes) when the replaced name is not counted twice
+    assert len(entry["attributes"]) == 16 and "attributes_left_out" not in entry
