@@ -115,9 +115,20 @@ class DeliveryWorker(SimpleWorker):
         # An idle worker's stop is the StopRequested rq raises wherever the process is; raised inside
         # code that swallows exceptions (redis-py's Connection.__del__ during garbage collection:
         # `except Exception: pass`) it was lost, and the worker waited for jobs forever (a SIGTERMed
-        # pod hung until killed). Remembered first, the stop ends the loop at its next turn anyway.
+        # pod hung until killed). Remembered first, the stop ends the loop at its next turn anyway
+        # (should_run_maintenance_tasks).
         self._stop_requested = True
         super()._shutdown()
+
+    @property
+    def should_run_maintenance_tasks(self) -> bool:
+        """Asked at the top of each turn of both of rq's loops, with no job in hand: a stop that was
+        requested ends the worker here. rq's own check is in the outer loop only, and an idle worker
+        never leaves the inner one (it waits for a job again after each dequeue timeout): a stop
+        swallowed on its way left it waiting for jobs forever (seen in a loaded test run)."""
+        if self._stop_requested:
+            raise StopRequested()
+        return bool(super().should_run_maintenance_tasks)
 
     def _stop_once_started(self, signum: int, frame: Any) -> None:
         if os.getpid() != self.pid and self.scheduler is not None:

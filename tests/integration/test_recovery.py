@@ -8,11 +8,13 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from redis import Redis
+from rq.exceptions import StopRequested
 from rq.job import Job
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
@@ -269,4 +271,13 @@ def test_a_stop_swallowed_on_its_way_still_stops_an_idle_worker(settings: Settin
     worker = DeliveryWorker([ctx.queues[keys.LIVE]], connection=ctx.redis, serializer=JSONSerializer)
     with contextlib.suppress(Exception):  # what the swallowing code does to it
         worker._shutdown()
-    assert worker._stop_requested, "the loop stops at its next turn"
+    stopped = threading.Event()
+
+    def wait_for_jobs() -> None:  # where an idle worker is: rq's inner loop, dequeue after dequeue
+        with contextlib.suppress(StopRequested):
+            worker.dequeue_job_and_maintain_ttl(timeout=1)
+            return  # a job or the end of an idle time: neither is a stop
+        stopped.set()
+
+    threading.Thread(target=wait_for_jobs, daemon=True).start()
+    assert stopped.wait(timeout=15), "the idle worker kept waiting for jobs"
