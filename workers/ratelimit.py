@@ -49,7 +49,6 @@ MAX_SLEEP_SECONDS = 1.0  # longer waits go back to the queue
 # it; the lane keeps one slot of each window however low the rate): a live call then finds a slot
 # at once. Its worker serves nothing else, so it may wait longer in place before its job goes back
 # to the queue.
-BELOW_LIVE_SLOTS_AHEAD = 0
 BELOW_LIVE_RESERVE_SHARE = 0.2
 BELOW_LIVE_RESERVE_MIN = 2
 BELOW_LIVE_MAX_SLEEP_SECONDS = 5.0
@@ -189,7 +188,7 @@ class RateLimiter:
         max_wait_ms = (self.max_sleep - waited) * 1000
         burst, reserve = self.config.burst, (0.0, 0)
         if self.below_live:  # its next slot only, no burst credit, and room left in each second
-            max_wait_ms = min(max_wait_ms, 1000 * BELOW_LIVE_SLOTS_AHEAD / self.effective_rate)
+            max_wait_ms = 0.0  # a slot due now, or none: it sleeps until then without holding one
             burst, reserve = 1, (BELOW_LIVE_RESERVE_SHARE, BELOW_LIVE_RESERVE_MIN)
         return [
             *(ceiling, burst, self.config.max_in_flight, token, LEASE_MS, max_wait_ms),
