@@ -9,6 +9,7 @@ first pauses every worker of the destination until its Retry-After); any other 4
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import time
 from collections.abc import Callable
@@ -16,12 +17,11 @@ from contextvars import ContextVar
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-import urllib3
 from prometheus_client import Counter, Histogram
-from urllib3.exceptions import HTTPError
 
 from service.destinations.base import Limiter, Rejected, Retryable
 from service.destinations.dropped import DroppedValue
+from service.destinations.keepalive import KeepAlivePool
 
 MAX_BODY_KEPT = 2000  # characters of an error response kept for the dead-letter queue
 
@@ -62,14 +62,9 @@ class HttpApi:
         limiter: Limiter | None = None,
         explain: Callable[[str], str] | None = None,
     ) -> None:
-        # One pool for the one host (PoolManager would parse the URL and look up its pool per call).
-        self._http = urllib3.connection_from_url(
-            base_url,
-            maxsize=pool_size,
-            retries=False,
-            timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
+        self._http = KeepAlivePool(
+            base_url, connect_timeout=connect_timeout, read_timeout=read_timeout, max_idle=pool_size
         )
-        self._prefix = (urllib3.util.parse_url(base_url).path or "").rstrip("/")
         self._headers = headers
         self._secrets = secrets
         self._requests, self._seconds = requests, seconds
@@ -112,13 +107,13 @@ class HttpApi:
         with self._limiter.slot() if self._limiter else contextlib.nullcontext():
             started = time.perf_counter()
             try:
-                response = self._http.urlopen(
+                response = self._http.request(
                     method,
-                    self._prefix + path,
-                    body=json.dumps(body).encode(),
-                    headers={**self._headers, **headers} if headers else self._headers,
+                    self._http.prefix + path,
+                    json.dumps(body).encode(),
+                    {**self._headers, **headers} if headers else self._headers,
                 )
-            except HTTPError as exc:
+            except (OSError, http.client.HTTPException) as exc:
                 self._counter(endpoint, type(exc).__name__).inc()
                 raise Retryable(f"{method} {path}: {type(exc).__name__}") from exc
             finally:
@@ -127,10 +122,10 @@ class HttpApi:
         self._last_call.set((endpoint, status))
         self._counter(endpoint, str(status)).inc()
         if 200 <= status < 300:
-            return response.json() if response.data else {}
+            return json.loads(response.body) if response.body else {}
         if status == 404 and allow_404:
             return None
-        text = redact(response.data.decode("utf-8", "replace"), self._secrets)[:MAX_BODY_KEPT]
+        text = redact(response.body.decode("utf-8", "replace"), self._secrets)[:MAX_BODY_KEPT]
         message = f"{method} {path} -> {status}"
         if status == 429:
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
