@@ -25,6 +25,7 @@ class EchoServer(ThreadingHTTPServer):
     closed = 0  # ended by the server
     close_after_each = False  # close each connection after its answer, without saying so
     together: threading.Barrier | None = None  # answer only once this many requests are in
+    counting = threading.Lock()  # handlers run on threads of their own
 
 
 class Echo(BaseHTTPRequestHandler):
@@ -33,11 +34,13 @@ class Echo(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
-        self.server.connections += 1
+        with self.server.counting:
+            self.server.connections += 1
 
     def finish(self) -> None:
         super().finish()
-        self.server.closed += 1
+        with self.server.counting:
+            self.server.closed += 1
 
     def do_PUT(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
