@@ -155,7 +155,7 @@ class Intake:
         outcome = "internal_error"
         try:
             received = self._receive(raw, content_type, headers, seen)
-            self.durable.wait()  # RELAY_DURABLE_ACK=fsync: on disk before any 2xx
+            self.durable.wait()  # RELAY_DURABLE_ACK: on disk, or on a replica, before any 2xx
             outcome = received.outcome.value
             return received
         except RelayError as exc:

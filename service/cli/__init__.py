@@ -54,7 +54,7 @@ def gunicorn_argv(settings: Settings, bind: str) -> list[str]:
 
 def cmd_web(args: argparse.Namespace) -> int:
     settings = settings_or_exit("web")
-    refusal = check_or_refusal(settings.redis_url) if settings.durable_ack == "fsync" else None
+    refusal = check_or_refusal(settings.redis_url, settings.durable_ack) if settings.durable_ack != "off" else None
     if refusal:
         print(f"relay: {refusal}", file=sys.stderr)
         return 2

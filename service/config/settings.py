@@ -68,7 +68,7 @@ MAX_MAINTENANCE_INTERVAL_SECONDS = 600
 DEFAULT_STRIPE_API_BASE = "https://api.stripe.com"
 DEFAULT_PADDLE_API_BASE = "https://api.paddle.com"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-DURABLE_ACK_MODES = ("OFF", "FSYNC")  # read as upper case by Reader.choice; kept lower case
+DURABLE_ACK_MODES = ("OFF", "FSYNC", "REPLICA")  # read as upper case by Reader.choice; kept lower case
 
 ROLES = ("web", "worker", "admin", "all")  # admin: `relay dlq`, which needs Redis only
 
@@ -106,7 +106,8 @@ class Settings:
     paddle_api_base: str = DEFAULT_PADDLE_API_BASE
     reconcile_interval_seconds: int = 0  # RELAY_RECONCILE_INTERVAL: 0 = off
     trusted_identity_fields: frozenset[str] = frozenset()  # buyer-settable fields that may name the user
-    durable_ack: str = "off"  # fsync: answer 2xx only once the write is on disk (service/store/durability.py)
+    # fsync / replica: answer 2xx only once the write is on disk / on a replica (service/store/durability.py)
+    durable_ack: str = "off"
 
     @property
     def secrets(self) -> tuple[str, ...]:

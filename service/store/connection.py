@@ -100,5 +100,11 @@ def probe_redis(url: str, timeout: float) -> Redis:
     return _redis(url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0))
 
 
+def waiting_redis(url: str, timeout: float) -> Redis:
+    """A client whose calls may wait up to `timeout` (RELAY_DURABLE_ACK's WAIT / WAITAOF), through the
+    sentinels if the URL names them."""
+    return _redis(url, socket_timeout=timeout, socket_connect_timeout=2, retry=Retry(NoBackoff(), 0))
+
+
 def worker_redis(url: str) -> Redis:
     return _redis(url, socket_timeout=WORKER_SOCKET_TIMEOUT, socket_connect_timeout=5.0)

@@ -15,6 +15,13 @@ WAITAOF answers [local, replicas] even on timeout: local 0 is not on disk, and i
 
 A Redis that can do neither (AOF off, or Redis < 7.2 without `appendfsync always`) is refused at
 start: one line naming RELAY_DURABLE_ACK, exit 2 (service/cli).
+
+`replica`: only once a replica has the write (WAIT 1, on a connection of its own after a write of
+its own, as above: the replication stream is in order too). A failover then promotes a replica that
+has every answered event (Sentinel promotes the replica furthest along), where `off` and `fsync` may
+lose the last writes the dead master had not yet sent to a replica. No replica acknowledging within
+the timeout is answered 503, as is a Redis without a replica at start (refused). Keep two replicas or
+more: after a failover, the promoted one needs another replica before it is answered 2xx again.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from redis import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from service.store import keys
+from service.store.connection import waiting_redis
 
 # How long intake waits for the fsync before answering 503; `everysec` fsyncs about once a second.
 WAITAOF_TIMEOUT_MS = 2000
@@ -33,6 +41,7 @@ WAITAOF_TIMEOUT_MS = 2000
 WAITAOF_SINCE = (7, 2)
 ALWAYS = "always"  # Redis fsyncs before replying: nothing to do per request
 WAITAOF = "waitaof"
+FSYNC, REPLICA = "fsync", "replica"  # RELAY_DURABLE_ACK's modes besides off
 ACK_MARKER = f"{keys.PREFIX}:durable_ack"  # the waiting connection's own write (a counter)
 
 
@@ -40,8 +49,8 @@ class DurabilityRefused(Exception):
     """This Redis cannot put a write on disk before the relay answers: the message says why."""
 
 
-class NotOnDisk(RedisError):
-    """WAITAOF timed out: the event is in Redis but not yet on disk; intake answers 503."""
+class NotDurable(RedisError):
+    """The wait timed out: the event is in Redis but not yet on disk (or on a replica); intake answers 503."""
 
 
 def _version(text: str) -> tuple[int, ...]:
@@ -68,16 +77,31 @@ def fsync_mode(redis: Redis) -> str:
     )
 
 
-def check_or_refusal(url: str) -> str | None:
-    """For `relay web` at start: None when RELAY_DURABLE_ACK=fsync can be honoured, else one line."""
-    redis = Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+def replica_mode(redis: Redis) -> str:
+    """REPLICA when this Redis is a master with a replica connected; raises DurabilityRefused."""
+    replication = redis.info("replication")
+    if replication.get("role") != "master" or not int(replication.get("connected_slaves", 0)):
+        raise DurabilityRefused(
+            f"Redis (role {replication.get('role')}) has no replica connected: nothing can be on a replica"
+        )
+    return REPLICA
+
+
+def mode_of(redis: Redis, wanted: str) -> str:
+    """How this Redis honours RELAY_DURABLE_ACK=`wanted` (fsync or replica); raises DurabilityRefused."""
+    return replica_mode(redis) if wanted == REPLICA else fsync_mode(redis)
+
+
+def check_or_refusal(url: str, wanted: str = FSYNC) -> str | None:
+    """For `relay web` at start: None when RELAY_DURABLE_ACK=`wanted` can be honoured, else one line."""
+    redis = waiting_redis(url, 5)
     try:
-        fsync_mode(redis)
+        mode_of(redis, wanted)
         return None
     except DurabilityRefused as exc:
-        return f"RELAY_DURABLE_ACK=fsync cannot be honoured: {exc}"
+        return f"RELAY_DURABLE_ACK={wanted} cannot be honoured: {exc}"
     except RedisError as exc:
-        return f"RELAY_DURABLE_ACK=fsync: cannot check Redis ({type(exc).__name__}); start Redis first"
+        return f"RELAY_DURABLE_ACK={wanted}: cannot check Redis ({type(exc).__name__}); start Redis first"
     finally:
         redis.close()
 
@@ -92,6 +116,7 @@ class DurableAck:
     """Called by intake after its write, before it answers. `off`: nothing."""
 
     url: str | None  # None: RELAY_DURABLE_ACK=off
+    wanted: str = FSYNC  # or REPLICA
     timeout_ms: int = WAITAOF_TIMEOUT_MS
     _mode: str | None = field(default=None, init=False)
     _redis: Redis | None = field(default=None, init=False, repr=False)
@@ -101,22 +126,27 @@ class DurableAck:
         if self.url is None:
             return
         redis = self._connection()
+        if self._mode == ALWAYS:
+            return
+        pipe = redis.pipeline(transaction=False)  # one connection: its own write, then the wait
+        pipe.incr(ACK_MARKER)
         if self._mode == WAITAOF:
-            pipe = redis.pipeline(transaction=False)  # one connection: its own write, then the wait
-            pipe.incr(ACK_MARKER)
             pipe.execute_command("WAITAOF", 1, 0, self.timeout_ms)
             if not on_disk(pipe.execute()[1]):
-                raise NotOnDisk(f"not fsynced within {self.timeout_ms} ms (WAITAOF)")
+                raise NotDurable(f"not fsynced within {self.timeout_ms} ms (WAITAOF)")
+        else:
+            pipe.execute_command("WAIT", 1, self.timeout_ms)
+            if int(pipe.execute()[1]) < 1:
+                raise NotDurable(f"no replica acknowledged within {self.timeout_ms} ms (WAIT)")
 
     def _connection(self) -> Redis:
         """The mode is found on first use, once per process (the start-up check told the operator)."""
         with self._lock:
             if self._redis is None:
-                seconds = self.timeout_ms / 1000 + 2  # longer than WAITAOF's own timeout
-                self._redis = Redis.from_url(str(self.url), socket_timeout=seconds, socket_connect_timeout=2)
+                self._redis = waiting_redis(str(self.url), self.timeout_ms / 1000 + 2)  # beyond the wait's own
             if self._mode is None:
                 try:
-                    self._mode = fsync_mode(self._redis)
+                    self._mode = mode_of(self._redis, self.wanted)
                 except DurabilityRefused as exc:
-                    raise NotOnDisk(f"RELAY_DURABLE_ACK=fsync cannot be honoured: {exc}") from None
+                    raise NotDurable(f"RELAY_DURABLE_ACK={self.wanted} cannot be honoured: {exc}") from None
             return self._redis

