@@ -21,7 +21,7 @@ from service.ops.metrics_dir import MetricsDirError, use_metrics_dir
 from service.ops.status import version
 from service.sources.registry import SOURCES
 from service.store import keys
-from service.store.durability import check_or_refusal
+from service.store.durability import check_or_refusal, failover_warning
 
 APP_TARGET = "service:create_app()"
 
@@ -58,6 +58,9 @@ def cmd_web(args: argparse.Namespace) -> int:
     if refusal:
         print(f"relay: {refusal}", file=sys.stderr)
         return 2
+    warning = failover_warning(settings.redis_url, settings.durable_ack)
+    if warning:
+        print(f"relay: warning: {warning}", file=sys.stderr)
     bind = args.bind or f"0.0.0.0:{settings.port}"
     use_metrics_dir(settings.metrics_dir, "web")
     argv = gunicorn_argv(settings, bind)
@@ -107,6 +110,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     for destination in settings.destinations:
         print(f"  {destination}: {settings.destination(destination).api_url or '(not set)'}")
     print(f"  identity key: {settings.identity_key}")
+    warning = failover_warning(settings.redis_url, settings.durable_ack)
+    print(f"  durable ack: {settings.durable_ack}" + (f" (warning: {warning})" if warning else ""))
     for source, rules in settings.mapping.rules.items():
         print(f"  mapped {source} events ({len(rules)}): {', '.join(sorted(rules))}")
     if args.connect:

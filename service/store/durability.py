@@ -34,6 +34,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from service.store import keys
 from service.store.connection import waiting_redis
+from service.store.sentinel_url import parse_sentinel_url
 
 # How long intake waits for the fsync before answering 503; `everysec` fsyncs about once a second.
 WAITAOF_TIMEOUT_MS = 2000
@@ -74,6 +75,16 @@ def fsync_mode(redis: Redis) -> str:
     raise DurabilityRefused(
         f"Redis {version} has no WAITAOF (7.2+) and its appendfsync is {policy}: "
         "use Redis >= 7.2, or set appendfsync always"
+    )
+
+
+def failover_warning(url: str, wanted: str) -> str | None:
+    """One line when the events answered last before a Sentinel failover may be lost (not `replica`)."""
+    if wanted == REPLICA or parse_sentinel_url(url) is None:
+        return None
+    return (
+        f"RELAY_DURABLE_ACK={wanted} with REDIS_SENTINELS: events answered just before a failover may be "
+        "lost (replication is asynchronous); set RELAY_DURABLE_ACK=replica"
     )
 
 

@@ -47,6 +47,15 @@ def test_bad_configuration_stops_with_one_line(command: list[str]) -> None:
     assert len(lines) == 1 and lines[0].startswith("relay: configuration error: ")
 
 
+def test_check_config_warns_when_a_sentinel_failover_may_lose_answered_events() -> None:
+    sentinel = {**GOOD, "REDIS_SENTINELS": "127.0.0.1:1,127.0.0.1:2", "REDIS_SENTINEL_MASTER": "relay"}
+    for env, warned in ((GOOD, False), (sentinel, True), ({**sentinel, "RELAY_DURABLE_ACK": "replica"}, False)):
+        result = relay("check-config", env=env)
+        assert result.returncode == 0, result.stderr
+        line = next(line for line in result.stdout.splitlines() if "durable ack:" in line)
+        assert ("set RELAY_DURABLE_ACK=replica" in line) is warned, line
+
+
 def test_web_only_needs_web_settings() -> None:
     env = {k: v for k, v in GOOD.items() if not k.startswith("USERCOM")}
     assert relay("check-config", "--role", "web", env=env).returncode == 0
