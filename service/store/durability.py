@@ -47,7 +47,7 @@ ACK_MARKER = f"{keys.PREFIX}:durable_ack"  # the waiting connection's own write 
 
 
 class DurabilityRefused(Exception):
-    """This Redis cannot put a write on disk before the relay answers: the message says why."""
+    """This Redis cannot honour RELAY_DURABLE_ACK (no disk, or no replica, before the answer): the message says why."""
 
 
 class NotDurable(RedisError):
