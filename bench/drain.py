@@ -1,11 +1,13 @@
 """Drain rate: N queued updates for distinct users, 2 worker processes, an unthrottled User.com
 double. Prints updates applied per second beside what the double itself serves to wrk (the
-same PUT, 16 connections) in the same run, and the ratio (goals: >= 1,000/s and >= 0.8x).
+same PUT, 16 connections) in the same run, and the ratio (goals: >= 1,000/s and >= 0.8x); the CPU
+each kind of process spends per delivery, and what 0.8x would leave for it on this machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import subprocess
@@ -13,7 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.harness import API_KEY, backend, start, stop, trace_cost, wait_drained
+from bench.harness import API_KEY, backend, start, stop, trace_cost
+from service.store.ledger import Store
 
 WRK_PUT = """
 wrk.method = "PUT"
@@ -34,6 +37,47 @@ def double_capacity(tmp: str, url: str) -> float | None:
     return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
 
 
+def cpu_seconds(supervisor: int, redis_pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) so far of the workers (`relay worker`'s supervisor and its children),
+    redis-server and this process (the User.com double, and the bench's own polling)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    seconds = {"workers": 0.0, "redis": 0.0, "double": 0.0}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        pid, parent, used = int(entry.name), int(fields[1]), (int(fields[11]) + int(fields[12])) / tick
+        if supervisor in (pid, parent):
+            seconds["workers"] += used
+        elif pid == redis_pid:
+            seconds["redis"] += used
+        elif pid == os.getpid():
+            seconds["double"] += used
+    return seconds
+
+
+def wait_and_measure(store: Store, supervisor: int, redis_pid: int, total: int) -> tuple[float, dict[str, float], int]:
+    """Seconds until drained; CPU seconds per process kind and deliveries between 10 % and 90 % drained
+    (the workers' start-up and the short-queue end left out)."""
+    started = time.monotonic()
+    marks: list[tuple[int, dict[str, float]]] = []
+    while (in_flight := store.ledger()["in_flight"]) > 0:
+        done = total - in_flight
+        if (not marks and done >= total // 10) or (len(marks) == 1 and done >= total * 9 // 10):
+            marks.append((done, cpu_seconds(supervisor, redis_pid)))
+        if time.monotonic() - started > 600:
+            raise TimeoutError(f"backlog not drained in 600s: {store.ledger()}")
+        time.sleep(0.02)
+    elapsed = time.monotonic() - started
+    if len(marks) < 2:
+        return elapsed, {}, 0
+    (first, before), (last, after) = marks
+    return elapsed, {kind: after[kind] - before[kind] for kind in before}, last - first
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--updates", type=int, default=5000, help="queued updates, one per user (default 5000)")
@@ -49,7 +93,8 @@ def main() -> int:
         queued_at = time.time()  # wrk's calls are recorded too: only later ones count
         workers = start(["worker", "--concurrency", str(args.workers)], b.env)
         try:
-            elapsed = wait_drained(store, timeout=600)
+            redis_pid = b.redis_server.process.pid  # type: ignore[union-attr]
+            elapsed, cpu, measured = wait_and_measure(store, workers.pid, redis_pid, args.updates)
         finally:
             stop(workers)
         calls = sorted(r["at"] for r in b.sandbox.state.requests if r["at"] >= queued_at)
@@ -68,9 +113,16 @@ def main() -> int:
     middle = calls[len(calls) // 10 : len(calls) * 9 // 10]
     steady = (len(middle) - 1) / (middle[-1] - middle[0])
     print(f"steady: {steady:.0f} updates/s over the middle 80% of the calls")
+    if measured:
+        parts = ", ".join(f"{kind} {cpu[kind] / measured * 1e6:.0f}" for kind in cpu)
+        total = sum(cpu.values()) / measured * 1e6
+        print(f"CPU per delivery (10-90 % drained, {measured} deliveries): {parts} µs; {total:.0f} µs in all")
     if capacity:
         print(f"the double alone serves {capacity:.0f} PUT/s to wrk: ratio {rate / capacity:.2f}   (goal >= 0.8)")
         print(f"steady ratio {steady / capacity:.2f}")
+        cores = os.cpu_count() or 1
+        budget = cores / (0.8 * capacity) * 1e6
+        print(f"0.8x on this machine's {cores} cores leaves {budget:.0f} µs of CPU a delivery in all (the double too)")
     else:
         print("wrk not found: the double's own capacity was not measured (apt-get install wrk)")
     return 0
