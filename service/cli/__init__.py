@@ -16,9 +16,9 @@ from service.cli import dlq as dlq_cli
 from service.cli import trace as trace_cli
 from service.cli.connect import check_all, port_in_use
 from service.config import Settings, settings_or_exit
+from service.core.version import version
 from service.destinations.registry import NAMES as DESTINATIONS
 from service.ops.metrics_dir import MetricsDirError, use_metrics_dir
-from service.ops.status import version
 from service.sources.registry import SOURCES
 from service.store import keys
 from service.store.durability import check_or_refusal, failover_warning

@@ -19,6 +19,7 @@ from typing import Any
 
 from prometheus_client import Counter, Histogram
 
+from service.core.version import version
 from service.destinations.base import Limiter, Rejected, Retryable
 from service.destinations.dropped import DroppedValue
 from service.destinations.keepalive import KeepAlivePool
@@ -65,7 +66,7 @@ class HttpApi:
         self._http = KeepAlivePool(
             base_url, connect_timeout=connect_timeout, read_timeout=read_timeout, max_idle=pool_size
         )
-        self._headers = headers
+        self._headers = {"User-Agent": f"relay/{version()}", **headers}
         self._secrets = secrets
         self._requests, self._seconds = requests, seconds
         self._counters: dict[tuple[str, str], Any] = {}

@@ -35,9 +35,11 @@ class KeepAlivePool:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {base_url!r}")
+        https = parts.scheme == "https"
         self.prefix = parts.path.rstrip("/")
-        self._host, self._port = parts.hostname, parts.port
-        self._context = ssl.create_default_context() if parts.scheme == "https" else None
+        # The port always given: http.client would read "::1" alone as host ":" and port 1.
+        self._host, self._port = parts.hostname, parts.port or (443 if https else 80)
+        self._context = ssl.create_default_context() if https else None
         self._connect_timeout, self._read_timeout = connect_timeout, read_timeout
         self._max_idle = max_idle
         self._idle: list[http.client.HTTPConnection] = []
@@ -86,8 +88,8 @@ class KeepAlivePool:
         return connection
 
     def _give_back(self, connection: http.client.HTTPConnection) -> None:
-        with self._lock:
-            if len(self._idle) < self._max_idle:
+        with self._lock:  # once closed (close.alive false), nothing is kept
+            if self.close.alive and len(self._idle) < self._max_idle:
                 self._idle.append(connection)
                 return
         connection.close()

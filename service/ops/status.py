@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import time
-from importlib import metadata
 from typing import Any
 
 from redis import Redis
@@ -17,18 +16,11 @@ from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
 from service.config import Settings
 from service.core.times import iso
+from service.core.version import version
 from service.store import keys
 from service.store.jobs import DELIVERY_JOB_TIMEOUT
 from service.store.ledger import ledger_from
 from service.store.limiter_scripts import effective_rate, increase_per_second
-
-
-def version() -> str:
-    try:
-        return metadata.version("relay")
-    except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
-        return "unknown"
-
 
 # A busy worker heartbeats before each job (which may run DELIVERY_JOB_TIMEOUT), an idle one every 15 s.
 LIVE_WORKER_SECONDS = DELIVERY_JOB_TIMEOUT + 30

@@ -7,7 +7,7 @@ from typing import Any
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 
-from service.ops.status import version
+from service.core.version import version
 from service.sources.registry import SOURCES
 from service.web import schemas as s
 from service.web.schemas import DESTINATION_HELP, DESTINATIONS

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import threading
 
+from service.core.version import version
 from service.destinations.http_api import HttpApi
 from service.devtools.usercom_sandbox import SandboxServer
 from service.ops.metrics import USERCOM_REQUESTS, USERCOM_SECONDS
 from tests.conftest import USERCOM_KEY
 
 
-def test_each_thread_sees_its_own_last_call(sandbox: SandboxServer) -> None:
-    """A batch's deliveries share one client on several threads: the trace of one must never show
-    another's endpoint and status."""
-    api = HttpApi(
+def _api(sandbox: SandboxServer) -> HttpApi:
+    return HttpApi(
         base_url=sandbox.base_url,
         headers={"Authorization": f"Token {USERCOM_KEY}", "Content-Type": "application/json"},
         secrets=[USERCOM_KEY],
@@ -22,6 +21,12 @@ def test_each_thread_sees_its_own_last_call(sandbox: SandboxServer) -> None:
         requests=USERCOM_REQUESTS,
         seconds=USERCOM_SECONDS,
     )
+
+
+def test_each_thread_sees_its_own_last_call(sandbox: SandboxServer) -> None:
+    """A batch's deliveries share one client on several threads: the trace of one must never show
+    another's endpoint and status."""
+    api = _api(sandbox)
     first_done, second_done = threading.Event(), threading.Event()
     seen: dict[str, object] = {}
 
@@ -44,3 +49,10 @@ def test_each_thread_sees_its_own_last_call(sandbox: SandboxServer) -> None:
         thread.join(60)
     assert seen["first"] == ("PUT /users-by-id/:id/", 404)
     assert seen["second"][0] == "POST /users/update_or_create/"  # type: ignore[index]
+
+
+def test_calls_say_they_come_from_relay_and_which_version(sandbox: SandboxServer) -> None:
+    """An API's front end (WAF, CDN) may refuse a request without a User-Agent."""
+    api = _api(sandbox)
+    api.call("POST", "/users/update_or_create/", {"user_id": "u1"}, endpoint="POST /users/update_or_create/")
+    assert [r["user_agent"] for r in sandbox.state.requests] == [f"relay/{version()}"]

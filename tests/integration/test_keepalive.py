@@ -4,10 +4,12 @@ server on a socket: kept alive, replaced when the server closed them while idle,
 from __future__ import annotations
 
 import json
+import socket
 import ssl
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -27,6 +29,11 @@ class EchoServer(ThreadingHTTPServer):
     together: threading.Barrier | None = None  # answer only once this many requests are in
     counting = threading.Lock()  # handlers run on threads of their own
 
+    def shutdown_request(self, request: socket.socket) -> None:  # type: ignore[override]
+        super().shutdown_request(request)  # closed: the client can see it
+        with self.counting:
+            self.closed += 1
+
 
 class Echo(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -36,11 +43,6 @@ class Echo(BaseHTTPRequestHandler):
         super().setup()
         with self.server.counting:
             self.server.connections += 1
-
-    def finish(self) -> None:
-        super().finish()
-        with self.server.counting:
-            self.server.closed += 1
 
     def do_PUT(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
@@ -102,11 +104,9 @@ def test_calls_at_once_each_have_a_connection_and_no_more_than_max_idle_stay_ope
     server, url = echo
     server.together = threading.Barrier(2)  # neither call is answered before the other is in
     pool = KeepAlivePool(url, connect_timeout=3, read_timeout=10, max_idle=1)
-    calls = [threading.Thread(target=_put, args=(pool, n)) for n in range(2)]
-    for call in calls:
-        call.start()
-    for call in calls:
-        call.join(30)
+    with ThreadPoolExecutor(max_workers=2) as calls:
+        answers = list(calls.map(lambda n: _put(pool, n), range(2), timeout=30))
+    assert answers == [{"got": {"n": 0}}, {"got": {"n": 1}}]
     assert server.connections == 2
     _wait(lambda: server.closed == 1)  # the second given back was closed: one may stay idle
     server.together = None
@@ -133,6 +133,20 @@ def test_a_dropped_pool_closes_its_idle_connections(echo: tuple[EchoServer, str]
     pool = KeepAlivePool(url, connect_timeout=3, read_timeout=10)
     _put(pool, 1)
     del pool
+    _wait(lambda: server.closed == 1)
+
+
+def test_a_closed_pool_keeps_no_connection_given_back_later(echo: tuple[EchoServer, str]) -> None:
+    """A call still running when its pool is closed does not leave its connection open."""
+    server, url = echo
+    server.together = threading.Barrier(2)
+    pool = KeepAlivePool(url, connect_timeout=3, read_timeout=10)
+    with ThreadPoolExecutor(max_workers=1) as call:
+        answer = call.submit(_put, pool, 1)
+        _wait(lambda: server.connections == 1)
+        pool.close()
+        server.together.wait(10)  # the call is answered after the close
+        assert answer.result(30) == {"got": {"n": 1}}
     _wait(lambda: server.closed == 1)
 
 

@@ -75,6 +75,7 @@ def _record() -> None:
             "raw_path": request.environ.get("REQUEST_URI", request.full_path).split("?")[0],
             "at": time.time(),
             "body": request.get_json(silent=True),
+            "user_agent": request.headers.get("User-Agent"),
         }
         with state.lock:
             state.requests.append(entry)
