@@ -18,10 +18,14 @@ start: one line naming RELAY_DURABLE_ACK, exit 2 (service/cli).
 
 `replica`: only once a replica has the write (WAIT 1, on a connection of its own after a write of
 its own, as above: the replication stream is in order too). A failover then promotes a replica that
-has every answered event (Sentinel promotes the replica furthest along), where `off` and `fsync` may
-lose the last writes the dead master had not yet sent to a replica. No replica acknowledging within
-the timeout is answered 503, as is a Redis without a replica at start (refused). Keep two replicas or
-more: after a failover, the promoted one needs another replica before it is answered 2xx again.
+has the answered events (Sentinel promotes the replica furthest along, best effort), where `off` and
+`fsync` lose the last writes the dead master had not yet sent to a replica. No replica acknowledging
+within the timeout is answered 503, so is everything while the master has no replica (a warning at
+start). Keep two replicas or more: after a failover, the promoted one needs another replica before
+it is answered 2xx again. What WAIT cannot cover (Redis' own caveats): a master that restarts from
+its AOF before the sentinels fail over (node crash, `everysec`) and resyncs its replicas from what it
+kept; a partition where intake still writes to the old master while the waiting connection already
+reaches the new one (`min-replicas-to-write 1` with `min-replicas-max-lag` bounds how long).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import threading
 from dataclasses import dataclass, field
 
 from redis import Redis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ConnectionError, RedisError, ResponseError
 
 from service.store import keys
 from service.store.connection import waiting_redis
@@ -42,7 +46,7 @@ WAITAOF_TIMEOUT_MS = 2000
 WAITAOF_SINCE = (7, 2)
 ALWAYS = "always"  # Redis fsyncs before replying: nothing to do per request
 WAITAOF = "waitaof"
-FSYNC, REPLICA = "fsync", "replica"  # RELAY_DURABLE_ACK's modes besides off
+OFF, FSYNC, REPLICA = "off", "fsync", "replica"  # RELAY_DURABLE_ACK's values
 ACK_MARKER = f"{keys.PREFIX}:durable_ack"  # the waiting connection's own write (a counter)
 
 
@@ -89,18 +93,35 @@ def failover_warning(url: str, wanted: str) -> str | None:
 
 
 def replica_mode(redis: Redis) -> str:
-    """REPLICA when this Redis is a master with a replica connected; raises DurabilityRefused."""
-    replication = redis.info("replication")
-    if replication.get("role") != "master" or not int(replication.get("connected_slaves", 0)):
-        raise DurabilityRefused(
-            f"Redis (role {replication.get('role')}) has no replica connected: nothing can be on a replica"
-        )
+    """REPLICA when this Redis is a master; raises DurabilityRefused. A master without a replica for
+    now (just after a failover) is not refused: its answers are 503 until one acknowledges."""
+    role = redis.info("replication").get("role")
+    if role != "master":
+        raise DurabilityRefused(f"Redis is a {role}, not a master")
     return REPLICA
 
 
 def mode_of(redis: Redis, wanted: str) -> str:
     """How this Redis honours RELAY_DURABLE_ACK=`wanted` (fsync or replica); raises DurabilityRefused."""
-    return replica_mode(redis) if wanted == REPLICA else fsync_mode(redis)
+    if wanted == REPLICA:
+        return replica_mode(redis)
+    if wanted == FSYNC:
+        return fsync_mode(redis)
+    raise ValueError(f"RELAY_DURABLE_ACK={wanted!r} waits for nothing")
+
+
+def replicas_warning(url: str) -> str | None:
+    """For `relay web` at start with RELAY_DURABLE_ACK=replica: one line when no replica is connected."""
+    redis = waiting_redis(url, 5)
+    try:
+        connected = int(redis.info("replication").get("connected_slaves", 0))
+    except RedisError:  # the start-up check said why
+        return None
+    finally:
+        redis.close()
+    if connected:
+        return None
+    return "RELAY_DURABLE_ACK=replica: Redis has no replica connected; webhooks are answered 503 until one is"
 
 
 def check_or_refusal(url: str, wanted: str = FSYNC) -> str | None:
@@ -141,14 +162,17 @@ class DurableAck:
             return
         pipe = redis.pipeline(transaction=False)  # one connection: its own write, then the wait
         pipe.incr(ACK_MARKER)
-        if self._mode == WAITAOF:
-            pipe.execute_command("WAITAOF", 1, 0, self.timeout_ms)
-            if not on_disk(pipe.execute()[1]):
-                raise NotDurable(f"not fsynced within {self.timeout_ms} ms (WAITAOF)")
-        else:
-            pipe.execute_command("WAIT", 1, self.timeout_ms)
-            if int(pipe.execute()[1]) < 1:
-                raise NotDurable(f"no replica acknowledged within {self.timeout_ms} ms (WAIT)")
+        wait = ("WAITAOF", 1, 0) if self._mode == WAITAOF else ("WAIT", 1)
+        pipe.execute_command(*wait, self.timeout_ms)
+        try:
+            answer = pipe.execute()[1]
+        except ConnectionError:  # a failover, maybe: the next master's persistence is found anew
+            self._mode = None
+            raise
+        if self._mode == WAITAOF and not on_disk(answer):
+            raise NotDurable(f"not fsynced within {self.timeout_ms} ms (WAITAOF)")
+        if self._mode == REPLICA and int(answer) < 1:
+            raise NotDurable(f"no replica acknowledged within {self.timeout_ms} ms (WAIT)")
 
     def _connection(self) -> Redis:
         """The mode is found on first use, once per process (the start-up check told the operator)."""

@@ -10,7 +10,7 @@ from service.intake import Intake
 from service.operator import Operator
 from service.sources.registry import build_source
 from service.store.connection import web_redis
-from service.store.durability import DurableAck
+from service.store.durability import OFF, DurableAck
 from service.store.ledger import Store
 from service.web import admin, console_app, errors, ops, webhooks
 from service.web.openapi import build_spec
@@ -23,7 +23,7 @@ def build_app(settings: Settings | None = None, *, redis: Redis | None = None) -
     app.config["MAX_CONTENT_LENGTH"] = errors.MAX_BODY_BYTES + 1  # the byte that tells a chunked body too large
     app.json.sort_keys = False  # type: ignore[attr-defined]
     store = Store.from_settings(redis, settings)
-    durable = DurableAck(settings.redis_url if settings.durable_ack != "off" else None, settings.durable_ack)
+    durable = DurableAck(settings.redis_url if settings.durable_ack != OFF else None, settings.durable_ack)
     app.extensions["relay.redis"] = redis
     app.extensions["relay.intake"] = {
         name: Intake(

@@ -22,7 +22,7 @@ from service import create_app
 from service.config import Settings
 from service.config.reader import SettingsError
 from service.devtools.embedded_redis import RedisProcess, free_port
-from service.store.durability import ALWAYS, WAITAOF, check_or_refusal, fsync_mode, on_disk
+from service.store.durability import ALWAYS, WAITAOF, check_or_refusal, fsync_mode, on_disk, replicas_warning
 from tests.conftest import sign, stripe_event
 from tests.integration.redis_launch import start_redis, wait_until
 
@@ -117,23 +117,28 @@ def test_bad_durability_and_trust_settings_name_their_variable(env: dict[str, st
 
 
 def test_replica_before_every_answer(env: dict[str, str], tmp_path: Path) -> None:
-    """RELAY_DURABLE_ACK=replica: no 2xx before a replica has the event (WAIT 1). A Redis without a
-    replica is refused at start; a replica that stops acknowledging (SIGSTOP) turns answers into 503
-    (the provider resends: a duplicate then, answered once the replica has it)."""
+    """RELAY_DURABLE_ACK=replica: no 2xx before a replica has the event (WAIT 1). A master without a
+    replica (for now: just after a failover) is warned about at start and answered 503; a replica is
+    refused; a replica that stops acknowledging (SIGSTOP) turns answers into 503 (the provider
+    resends: a duplicate then, answered once the replica has it)."""
     master, master_client = start_redis(tmp_path / "master")
     replica = None
     try:
         url = f"redis://127.0.0.1:{master.port}/0"
-        refusal = check_or_refusal(url, "replica")
-        assert refusal is not None and "RELAY_DURABLE_ACK=replica cannot be honoured" in refusal
-        assert "no replica connected" in refusal
-        replica, _ = start_redis(tmp_path / "replica", "--replicaof", "127.0.0.1", str(master.port))
-        wait_until(lambda: master_client.info("replication")["connected_slaves"] == 1, 30, "the replica to sync")
         assert check_or_refusal(url, "replica") is None
+        assert "has no replica connected" in str(replicas_warning(url))
         settings = Settings.from_env({**env, "REDIS_URL": url, "RELAY_DURABLE_ACK": "replica"})
         client = create_app(settings).test_client()
+        alone = post(client, "evt_r0")
+        assert alone.status_code == 503 and alone.get_json()["error"]["code"] == "redis_unavailable"
+        replica, _ = start_redis(tmp_path / "replica", "--replicaof", "127.0.0.1", str(master.port))
+        wait_until(lambda: master_client.info("replication")["connected_slaves"] == 1, 30, "the replica to sync")
+        assert replicas_warning(url) is None
+        refusal = check_or_refusal(f"redis://127.0.0.1:{replica.port}/0", "replica")
+        assert refusal == "RELAY_DURABLE_ACK=replica cannot be honoured: Redis is a slave, not a master"
+        assert post(client, "evt_r0").status_code == 200  # resent: kept before, answered once replicated
         assert post(client, "evt_r1").status_code == 202
-        assert master_client.info("commandstats")["cmdstat_wait"]["calls"] == 1
+        assert master_client.info("commandstats")["cmdstat_wait"]["calls"] == 3
         replica.process.send_signal(signal.SIGSTOP)  # it stops acknowledging
         try:
             refused = post(client, "evt_r2")
