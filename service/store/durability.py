@@ -31,10 +31,11 @@ reaches the new one (`min-replicas-to-write 1` with `min-replicas-max-lag` bound
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 
 from redis import Redis
-from redis.exceptions import ConnectionError, RedisError, ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from service.store import keys
 from service.store.connection import waiting_redis
@@ -42,6 +43,7 @@ from service.store.sentinel_url import parse_sentinel_url
 
 # How long intake waits for the fsync before answering 503; `everysec` fsyncs about once a second.
 WAITAOF_TIMEOUT_MS = 2000
+ALWAYS_RECHECK_SECONDS = 10.0  # see DurableAck.recheck_seconds
 # WAITAOF appeared in Redis 7.2 (Valkey reports redis_version 7.2.4 and has it).
 WAITAOF_SINCE = (7, 2)
 ALWAYS = "always"  # Redis fsyncs before replying: nothing to do per request
@@ -150,13 +152,19 @@ class DurableAck:
     url: str | None  # None: RELAY_DURABLE_ACK=off
     wanted: str = FSYNC  # or REPLICA
     timeout_ms: int = WAITAOF_TIMEOUT_MS
+    # `appendfsync always` needs no wait, so no round trip would notice another server answering
+    # (a failover, with other persistence: redis-py reconnects silently): it is checked again so often.
+    recheck_seconds: float = ALWAYS_RECHECK_SECONDS
     _mode: str | None = field(default=None, init=False)
+    _found_at: float = field(default=0.0, init=False)
     _redis: Redis | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def wait(self) -> None:
         if self.url is None:
             return
+        if self._mode == ALWAYS and time.monotonic() - self._found_at > self.recheck_seconds:
+            self._mode = None  # found again now
         redis = self._connection()
         if self._mode == ALWAYS:
             return
@@ -164,24 +172,21 @@ class DurableAck:
         pipe.incr(ACK_MARKER)
         wait = ("WAITAOF", 1, 0) if self._mode == WAITAOF else ("WAIT", 1)
         pipe.execute_command(*wait, self.timeout_ms)
-        try:
-            answer = pipe.execute()[1]
-        except ConnectionError:  # a failover, maybe: the next master's persistence is found anew
-            self._mode = None
-            raise
+        answer = pipe.execute()[1]
         if self._mode == WAITAOF and not on_disk(answer):
             raise NotDurable(f"not fsynced within {self.timeout_ms} ms (WAITAOF)")
         if self._mode == REPLICA and int(answer) < 1:
             raise NotDurable(f"no replica acknowledged within {self.timeout_ms} ms (WAIT)")
 
     def _connection(self) -> Redis:
-        """The mode is found on first use, once per process (the start-up check told the operator)."""
+        """The mode is found on first use (the start-up check told the operator), and again when found
+        `appendfsync always` that long ago."""
         with self._lock:
             if self._redis is None:
                 self._redis = waiting_redis(str(self.url), self.timeout_ms / 1000 + 2)  # beyond the wait's own
             if self._mode is None:
                 try:
-                    self._mode = mode_of(self._redis, self.wanted)
+                    self._mode, self._found_at = mode_of(self._redis, self.wanted), time.monotonic()
                 except DurabilityRefused as exc:
                     raise NotDurable(f"RELAY_DURABLE_ACK={self.wanted} cannot be honoured: {exc}") from None
             return self._redis

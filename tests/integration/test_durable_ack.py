@@ -22,7 +22,16 @@ from service import create_app
 from service.config import Settings
 from service.config.reader import SettingsError
 from service.devtools.embedded_redis import RedisProcess, free_port
-from service.store.durability import ALWAYS, WAITAOF, check_or_refusal, fsync_mode, on_disk, replicas_warning
+from service.store.durability import (
+    ALWAYS,
+    FSYNC,
+    WAITAOF,
+    DurableAck,
+    check_or_refusal,
+    fsync_mode,
+    on_disk,
+    replicas_warning,
+)
 from tests.conftest import sign, stripe_event
 from tests.integration.redis_launch import start_redis, wait_until
 
@@ -152,3 +161,21 @@ def test_replica_before_every_answer(env: dict[str, str], tmp_path: Path) -> Non
         for server in (replica, master):
             if server is not None:
                 server.stop()
+
+
+def test_appendfsync_always_is_checked_again_in_case_another_server_answers(
+    servers: list[RedisProcess], tmp_path: Path
+) -> None:
+    """A failover may bring a server with other persistence on the same address: `appendfsync always`
+    (nothing to wait for) replaced by an `everysec` one, where WAITAOF is needed again. redis-py
+    reconnects silently, so only checking again finds it."""
+    port = free_port()
+    always = start(servers, tmp_path / "always", port=port, appendfsync="always")
+    durable = DurableAck(always.url, FSYNC, recheck_seconds=0.1)
+    durable.wait()  # found: appendfsync always, nothing to do per answer
+    always.stop()
+    everysec = start(servers, tmp_path / "valkey", port=port, executable=VALKEY)
+    time.sleep(0.2)
+    durable.wait()  # past the re-check: found again, and waited for
+    with Redis.from_url(everysec.url) as redis:
+        assert redis.info("commandstats")["cmdstat_waitaof"]["calls"] == 1
