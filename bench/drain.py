@@ -15,8 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.harness import API_KEY, backend, start, stop, trace_cost
-from service.store.ledger import Store
+from bench.harness import API_KEY, backend, start, stop, trace_cost, wait_drained
 
 WRK_PUT = """
 wrk.method = "PUT"
@@ -41,7 +40,7 @@ def cpu_seconds(supervisor: int, redis_pid: int) -> dict[str, float]:
     """CPU seconds (user + system) so far of the workers (`relay worker`'s supervisor and its children),
     redis-server and this process (the User.com double, and the bench's own polling)."""
     tick = os.sysconf("SC_CLK_TCK")
-    seconds = {"workers": 0.0, "redis": 0.0, "double": 0.0}
+    seconds = {"workers": 0.0, "redis": 0.0, "double + bench": 0.0}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -55,27 +54,31 @@ def cpu_seconds(supervisor: int, redis_pid: int) -> dict[str, float]:
         elif pid == redis_pid:
             seconds["redis"] += used
         elif pid == os.getpid():
-            seconds["double"] += used
+            seconds["double + bench"] += used
     return seconds
 
 
-def wait_and_measure(store: Store, supervisor: int, redis_pid: int, total: int) -> tuple[float, dict[str, float], int]:
-    """Seconds until drained; CPU seconds per process kind and deliveries between 10 % and 90 % drained
-    (the workers' start-up and the short-queue end left out)."""
-    started = time.monotonic()
-    marks: list[tuple[int, dict[str, float]]] = []
-    while (in_flight := store.ledger()["in_flight"]) > 0:
-        done = total - in_flight
-        if (not marks and done >= total // 10) or (len(marks) == 1 and done >= total * 9 // 10):
-            marks.append((done, cpu_seconds(supervisor, redis_pid)))
-        if time.monotonic() - started > 600:
-            raise TimeoutError(f"backlog not drained in 600s: {store.ledger()}")
-        time.sleep(0.02)
-    elapsed = time.monotonic() - started
-    if len(marks) < 2:
-        return elapsed, {}, 0
-    (first, before), (last, after) = marks
-    return elapsed, {kind: after[kind] - before[kind] for kind in before}, last - first
+class CpuMarks:
+    """CPU seconds per kind of process at 10 % and at 90 % drained (the workers' start-up and the
+    short-queue end left out), as wait_drained polls."""
+
+    def __init__(self, supervisor: int, redis_pid: int, total: int) -> None:
+        self.supervisor, self.redis_pid, self.total = supervisor, redis_pid, total
+        self.marks: list[tuple[int, dict[str, float]]] = []
+
+    def __call__(self, in_flight: int) -> None:
+        done = self.total - in_flight
+        due = self.total // 10 if not self.marks else self.total * 9 // 10
+        if len(self.marks) < 2 and done >= due:
+            self.marks.append((done, cpu_seconds(self.supervisor, self.redis_pid)))
+
+    def per_delivery(self) -> tuple[dict[str, float], int]:
+        """µs of CPU per delivery by kind, and over how many deliveries ({} and 0 if not measured)."""
+        if len(self.marks) < 2:
+            return {}, 0
+        (first, before), (last, after) = self.marks
+        count = last - first
+        return {kind: (after[kind] - before[kind]) / count * 1e6 for kind in before}, count
 
 
 def main() -> int:
@@ -93,8 +96,8 @@ def main() -> int:
         queued_at = time.time()  # wrk's calls are recorded too: only later ones count
         workers = start(["worker", "--concurrency", str(args.workers)], b.env)
         try:
-            redis_pid = b.redis_server.process.pid  # type: ignore[union-attr]
-            elapsed, cpu, measured = wait_and_measure(store, workers.pid, redis_pid, args.updates)
+            marks = CpuMarks(workers.pid, b.redis_server.process.pid, args.updates)  # type: ignore[union-attr]
+            elapsed = wait_drained(store, timeout=600, on_poll=marks)
         finally:
             stop(workers)
         calls = sorted(r["at"] for r in b.sandbox.state.requests if r["at"] >= queued_at)
@@ -113,10 +116,12 @@ def main() -> int:
     middle = calls[len(calls) // 10 : len(calls) * 9 // 10]
     steady = (len(middle) - 1) / (middle[-1] - middle[0])
     print(f"steady: {steady:.0f} updates/s over the middle 80% of the calls")
+    cpu, measured = marks.per_delivery()
     if measured:
-        parts = ", ".join(f"{kind} {cpu[kind] / measured * 1e6:.0f}" for kind in cpu)
-        total = sum(cpu.values()) / measured * 1e6
-        print(f"CPU per delivery (10-90 % drained, {measured} deliveries): {parts} µs; {total:.0f} µs in all")
+        parts = ", ".join(f"{kind} {cpu[kind]:.0f}" for kind in cpu)
+        print(
+            f"CPU per delivery (10-90 % drained, {measured} deliveries): {parts} µs; {sum(cpu.values()):.0f} µs in all"
+        )
     if capacity:
         print(f"the double alone serves {capacity:.0f} PUT/s to wrk: ratio {rate / capacity:.2f}   (goal >= 0.8)")
         print(f"steady ratio {steady / capacity:.2f}")

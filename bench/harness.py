@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,10 +99,13 @@ def stop(*children: subprocess.Popen[bytes]) -> None:
         child.wait(timeout=60)
 
 
-def wait_drained(store: Store, timeout: float) -> float:
-    """Seconds until nothing is in flight; raises TimeoutError past `timeout`."""
+def wait_drained(store: Store, timeout: float, on_poll: Callable[[int], None] | None = None) -> float:
+    """Seconds until nothing is in flight; raises TimeoutError past `timeout`. `on_poll` is told what
+    is still in flight at each look (every 50 ms)."""
     started = time.monotonic()
-    while store.ledger()["in_flight"] > 0:
+    while (in_flight := store.ledger()["in_flight"]) > 0:
+        if on_poll is not None:
+            on_poll(in_flight)
         if time.monotonic() - started > timeout:
             raise TimeoutError(f"backlog not drained in {timeout:.0f}s: {store.ledger()}")
         time.sleep(0.05)
