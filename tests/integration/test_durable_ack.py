@@ -75,6 +75,11 @@ def test_relay_web_refuses_fsync_on_a_redis_that_cannot_honour_it(
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "RELAY_DURABLE_ACK=fsync cannot be honoured" in lines[0] and expected in lines[0]
+    checked = subprocess.run(
+        [RELAY, "check-config", "--connect"], env=run_env, capture_output=True, text=True, timeout=60
+    )
+    assert checked.returncode == 1  # proved before a deploy too
+    assert any("durable ack: NOT HONOURED" in line and expected in line for line in checked.stdout.splitlines())
 
 
 def test_appendfsync_always_honours_fsync_on_redis_6_2(
@@ -136,6 +141,11 @@ def test_replica_before_every_answer(env: dict[str, str], tmp_path: Path) -> Non
         url = f"redis://127.0.0.1:{master.port}/0"
         assert check_or_refusal(url, "replica") is None
         assert "has no replica connected" in str(replicas_warning(url))
+        run_env = {**env, "REDIS_URL": url, "RELAY_DURABLE_ACK": "replica", "PATH": "/usr/bin:/bin"}
+        checked = subprocess.run(
+            [RELAY, "check-config", "--connect"], env=run_env, capture_output=True, text=True, timeout=60
+        )
+        assert checked.returncode == 0 and "durable ack: warning: RELAY_DURABLE_ACK=replica" in checked.stdout
         settings = Settings.from_env({**env, "REDIS_URL": url, "RELAY_DURABLE_ACK": "replica"})
         client = create_app(settings).test_client()
         alone = post(client, "evt_r0")
