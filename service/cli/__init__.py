@@ -21,7 +21,7 @@ from service.destinations.registry import NAMES as DESTINATIONS
 from service.ops.metrics_dir import MetricsDirError, use_metrics_dir
 from service.sources.registry import SOURCES
 from service.store import keys
-from service.store.durability import OFF, REPLICA, check_or_refusal, failover_warning, replicas_warning
+from service.store.durability import OFF, check_at_start, failover_warning
 
 APP_TARGET = "service:create_app()"
 
@@ -54,14 +54,13 @@ def gunicorn_argv(settings: Settings, bind: str) -> list[str]:
 
 def cmd_web(args: argparse.Namespace) -> int:
     settings = settings_or_exit("web")
-    refusal = check_or_refusal(settings.redis_url, settings.durable_ack) if settings.durable_ack != OFF else None
+    refusal, replicas = (
+        check_at_start(settings.redis_url, settings.durable_ack) if settings.durable_ack != OFF else (None, None)
+    )
     if refusal:
         print(f"relay: {refusal}", file=sys.stderr)
         return 2
-    warnings = [failover_warning(settings.redis_url, settings.durable_ack)]
-    if settings.durable_ack == REPLICA:
-        warnings.append(replicas_warning(settings.redis_url))
-    for warning in filter(None, warnings):
+    for warning in filter(None, [failover_warning(settings.redis_url, settings.durable_ack), replicas]):
         print(f"relay: warning: {warning}", file=sys.stderr)
     bind = args.bind or f"0.0.0.0:{settings.port}"
     use_metrics_dir(settings.metrics_dir, "web")

@@ -12,7 +12,7 @@ from redis.exceptions import RedisError
 
 from service.config import Settings
 from service.store.connection import probe_redis
-from service.store.durability import OFF, REPLICA, check_or_refusal, replicas_warning
+from service.store.durability import OFF, check_at_start
 
 CONNECT_TIMEOUT_SECONDS = 5.0
 
@@ -49,8 +49,7 @@ def check_all(settings: Settings, say: Callable[[str], None]) -> bool:
     say(f"  redis: {'reachable' if problem is None else f'UNREACHABLE ({problem})'}")
     ok = ok and problem is None
     if problem is None and settings.durable_ack != OFF:
-        refusal = check_or_refusal(settings.redis_url, settings.durable_ack)
-        warning = replicas_warning(settings.redis_url) if settings.durable_ack == REPLICA else None
+        refusal, warning = check_at_start(settings.redis_url, settings.durable_ack)
         say(f"  durable ack: {'honoured' if refusal is None else f'NOT HONOURED ({refusal})'}")
         if refusal is None and warning:
             say(f"  durable ack: warning: {warning}")

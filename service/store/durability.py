@@ -112,30 +112,22 @@ def mode_of(redis: Redis, wanted: str) -> str:
     raise ValueError(f"RELAY_DURABLE_ACK={wanted!r} waits for nothing")
 
 
-def replicas_warning(url: str) -> str | None:
-    """For `relay web` at start with RELAY_DURABLE_ACK=replica: one line when no replica is connected."""
-    redis = waiting_redis(url, 5)
-    try:
-        connected = int(redis.info("replication").get("connected_slaves", 0))
-    except RedisError:  # the start-up check said why
-        return None
-    finally:
-        redis.close()
-    if connected:
-        return None
-    return "RELAY_DURABLE_ACK=replica: Redis has no replica connected; webhooks are answered 503 until one is"
-
-
-def check_or_refusal(url: str, wanted: str = FSYNC) -> str | None:
-    """For `relay web` at start: None when RELAY_DURABLE_ACK=`wanted` can be honoured, else one line."""
+def check_at_start(url: str, wanted: str) -> tuple[str | None, str | None]:
+    """For `relay web` and `relay check-config --connect`: (one line refusing RELAY_DURABLE_ACK=`wanted`,
+    or None; one line of warning, or None: `replica` with no replica connected for now)."""
     redis = waiting_redis(url, 5)
     try:
         mode_of(redis, wanted)
-        return None
+        if wanted == REPLICA and not int(redis.info("replication").get("connected_slaves", 0)):
+            return (
+                None,
+                "RELAY_DURABLE_ACK=replica: Redis has no replica connected; webhooks are answered 503 until one is",
+            )
+        return None, None
     except DurabilityRefused as exc:
-        return f"RELAY_DURABLE_ACK={wanted} cannot be honoured: {exc}"
+        return f"RELAY_DURABLE_ACK={wanted} cannot be honoured: {exc}", None
     except RedisError as exc:
-        return f"RELAY_DURABLE_ACK={wanted}: cannot check Redis ({type(exc).__name__}); start Redis first"
+        return f"RELAY_DURABLE_ACK={wanted}: cannot check Redis ({type(exc).__name__}); start Redis first", None
     finally:
         redis.close()
 

@@ -27,10 +27,9 @@ from service.store.durability import (
     FSYNC,
     WAITAOF,
     DurableAck,
-    check_or_refusal,
+    check_at_start,
     fsync_mode,
     on_disk,
-    replicas_warning,
 )
 from tests.conftest import sign, stripe_event
 from tests.integration.redis_launch import start_redis, wait_until
@@ -88,7 +87,7 @@ def test_appendfsync_always_honours_fsync_on_redis_6_2(
     server = start(servers, tmp_path / "redis", appendfsync="always")
     with Redis.from_url(server.url) as redis:
         assert fsync_mode(redis) == ALWAYS
-    assert check_or_refusal(server.url) is None
+    assert check_at_start(server.url, "fsync") == (None, None)
     client = create_app(Settings.from_env({**env, "REDIS_URL": server.url, "RELAY_DURABLE_ACK": "fsync"}))
     assert post(client.test_client(), "evt_always").status_code == 202
 
@@ -98,7 +97,7 @@ def test_waitaof_before_every_answer_on_redis_7_2(
 ) -> None:
     server = start(servers, tmp_path / "valkey", executable=VALKEY)  # everysec, as deploy/ runs it
     redis = Redis.from_url(server.url)
-    assert fsync_mode(redis) == WAITAOF and check_or_refusal(server.url) is None
+    assert fsync_mode(redis) == WAITAOF and check_at_start(server.url, "fsync") == (None, None)
     client = create_app(Settings.from_env({**env, "REDIS_URL": server.url, "RELAY_DURABLE_ACK": "fsync"})).test_client()
     answers = [post(client, f"evt_{n}").status_code for n in range(3)] + [post(client, "evt_0").status_code]
     assert answers == [202, 202, 202, 200]  # a duplicate too is answered once on disk
@@ -139,8 +138,9 @@ def test_replica_before_every_answer(env: dict[str, str], tmp_path: Path) -> Non
     replica = None
     try:
         url = f"redis://127.0.0.1:{master.port}/0"
-        assert check_or_refusal(url, "replica") is None
-        assert "has no replica connected" in str(replicas_warning(url))
+        refusal, warning = check_at_start(url, "replica")
+        assert refusal is None
+        assert "has no replica connected" in str(warning)
         run_env = {**env, "REDIS_URL": url, "RELAY_DURABLE_ACK": "replica", "PATH": "/usr/bin:/bin"}
         checked = subprocess.run(
             [RELAY, "check-config", "--connect"], env=run_env, capture_output=True, text=True, timeout=60
@@ -152,8 +152,8 @@ def test_replica_before_every_answer(env: dict[str, str], tmp_path: Path) -> Non
         assert alone.status_code == 503 and alone.get_json()["error"]["code"] == "redis_unavailable"
         replica, _ = start_redis(tmp_path / "replica", "--replicaof", "127.0.0.1", str(master.port))
         wait_until(lambda: master_client.info("replication")["connected_slaves"] == 1, 30, "the replica to sync")
-        assert replicas_warning(url) is None
-        refusal = check_or_refusal(f"redis://127.0.0.1:{replica.port}/0", "replica")
+        assert check_at_start(url, "replica") == (None, None)
+        refusal, _ = check_at_start(f"redis://127.0.0.1:{replica.port}/0", "replica")
         assert refusal == "RELAY_DURABLE_ACK=replica cannot be honoured: Redis is a slave, not a master"
         assert post(client, "evt_r0").status_code == 200  # resent: kept before, answered once replicated
         assert post(client, "evt_r1").status_code == 202
