@@ -10,6 +10,13 @@ dies) and the GCRA schedule (`USERCOM_RATE_LIMIT` per second, `USERCOM_BURST` at
 either books the next slot for the caller (now, or up to a second ahead: the caller sleeps until
 it, and re-checks the pause if it slept) or says how long to wait. A short wait is slept; a long
 one is handed back to the job, which is put back to run at that time instead of holding its worker.
+
+A thread delivering a group of users (workers/delivery/group.py) books the slots of its next calls
+with the first, while they are due now (a run: `booking(further=n)`), and its calls then go one
+after another without a round trip each, under the first call's lease (one call in flight at a
+time). A run is used only while fresh (RUN_FRESH_SECONDS: the sliding window's JITTER_MS absorbs
+that much between a slot and its call) and until a 429 pauses this process; whatever it did not use
+is given back (`end_run`).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from service.store.limiter_scripts import (
     ACQUIRE_SCRIPT,
     DECREASE_FACTOR,
     FLOOR_FRACTION,
+    GIVE_BACK_SCRIPT,
     JITTER_MS,
     PAUSE_SCRIPT,
     PAUSED_SCRIPT,
@@ -53,6 +61,8 @@ BELOW_LIVE_RESERVE_SHARE = 0.2
 BELOW_LIVE_RESERVE_MIN = 2
 BELOW_LIVE_MAX_SLEEP_SECONDS = 5.0
 LEASE_MS = 30_000  # a call's concurrency lease; expires if its worker dies
+# A run's slots are used within this long of their booking, or not at all (booked again then).
+RUN_FRESH_SECONDS = 0.015
 
 
 class Throttled(Exception):
@@ -61,6 +71,18 @@ class Throttled(Exception):
     def __init__(self, wait: float) -> None:
         super().__init__(f"rate limited: next slot in {wait:.2f}s")
         self.wait = wait
+
+
+@dataclass
+class _Run:
+    """Slots booked with a thread's call for its next calls (ACQUIRE's `further`)."""
+
+    token: str  # the first call's lease: the run's calls, one at a time, are in flight under it
+    left: int
+    slot: str  # their time on Redis' clock (ms, as the script wrote it), to give unused ones back
+    fresh_until: float  # time.monotonic()
+    pauses: int  # the limiter's 429 count when booked: a later one ends the run
+    ended: bool = False
 
 
 @dataclass(frozen=True)
@@ -85,6 +107,7 @@ class RateLimiter:
         self.max_sleep = max(sleep, BELOW_LIVE_MAX_SLEEP_SECONDS) if below_live else sleep
         self.below_live = below_live
         self._acquire = redis.register_script(ACQUIRE_SCRIPT)
+        self._give_back = redis.register_script(GIVE_BACK_SCRIPT)
         self._pause = redis.register_script(PAUSE_SCRIPT)
         self._paused = redis.register_script(PAUSED_SCRIPT)
         self._held: ContextVar[list[str] | None] = ContextVar(f"held_slots_{id(self)}", default=None)
@@ -92,6 +115,8 @@ class RateLimiter:
         self._booked: ContextVar[tuple[str, list[Any]] | None] = ContextVar(f"booked_{id(self)}", default=None)
         # slots of calls done, released with this thread's next booking (`release_with_next`)
         self._pending_release: ContextVar[list[str] | None] = ContextVar(f"pending_release_{id(self)}", default=None)
+        self._run: ContextVar[_Run | None] = ContextVar(f"run_{id(self)}", default=None)
+        self._pauses = 0  # 429s this process saw (pause): each ends every thread's run
         self._keys = destination_keys
         self._acquire_keys = [
             destination_keys.limiter_tat,
@@ -110,6 +135,7 @@ class RateLimiter:
         `released_later`, a call that returns keeps its slot for the caller to release."""
         held = self._held.get()
         booked = self._booked.get()
+        run = self._run.get()
         if booked is not None:  # booked with the delivery's claim (booking)
             self._booked.set(None)
             token, first = booked
@@ -117,9 +143,21 @@ class RateLimiter:
                 held.remove(token)
         if held:  # an earlier call of the same delivery: one slot per delivery at a time
             self.release_with_next(held)
+        if booked is None and held is not None and run is not None and self._usable(run):
+            run.left -= 1  # booked already: no round trip
+            with self._call(run.token, held):
+                yield
+            return
         if booked is None:
             token, first = uuid.uuid4().hex, None
         self._book(token, first)
+        with self._call(token, held):
+            yield
+
+    @contextmanager
+    def _call(self, token: str, held: list[str] | None) -> Iterator[None]:
+        """A call under its slot's `token`: released if it raises, else kept in `held` (the
+        delivery releases it with its outcome), or released at once outside released_later."""
         try:
             yield
         except BaseException:
@@ -129,6 +167,9 @@ class RateLimiter:
             self._release([token])
         else:
             held.append(token)
+
+    def _usable(self, run: _Run) -> bool:
+        return not run.ended and run.left > 0 and run.pauses == self._pauses and time.monotonic() < run.fresh_until
 
     @contextmanager
     def released_later(self) -> Iterator[list[str]]:
@@ -151,7 +192,7 @@ class RateLimiter:
         if pending is None:
             pending = []
             self._pending_release.set(pending)
-        pending += tokens
+        pending += (token for token in tokens if token not in pending)  # a run's calls share one
         tokens.clear()
 
     def unreleased(self) -> list[str]:
@@ -165,14 +206,19 @@ class RateLimiter:
 
     def _release(self, tokens: list[str]) -> None:
         if tokens:
+            run = self._run.get()
+            if run is not None and run.token in tokens:
+                run.ended = True  # its lease is gone: its next calls book slots of their own
             self.redis.zrem(self._keys.limiter_in_flight, *tokens)
             tokens.clear()
 
-    def booking(self) -> ScriptCall:
+    def booking(self, further: int = 0) -> ScriptCall:
         """The first attempt to book the next call's slot, to send along with other scripts (one round
         trip: workers/scripts_at_once.py); hand its answer to `booked` before the call. Inside
-        `released_later`, the slot, once booked, is held by the block whether or not a call uses it."""
-        args = self._acquire_args(uuid.uuid4().hex, 0.0, self.unreleased())
+        `released_later`, the slot, once booked, is held by the block whether or not a call uses it.
+        `further`: book up to this many more slots due now, a run for this thread's next calls (each
+        inside a `released_later` block of its own); `end_run` gives back what they did not use."""
+        args = self._acquire_args(uuid.uuid4().hex, 0.0, self.unreleased(), further)
         return ScriptCall(self._acquire, self._acquire_keys, args)
 
     def booked(self, booking: ScriptCall, answer: list[Any]) -> None:
@@ -182,17 +228,29 @@ class RateLimiter:
         held = self._held.get()
         if held is not None and answer[0]:
             held.append(token)  # released with the outcome, even if no call comes
+        if answer[0] and len(answer) > 3 and int(answer[3]) > 0:
+            fresh_until = time.monotonic() + RUN_FRESH_SECONDS
+            self._run.set(_Run(token, int(answer[3]), answer[4].decode(), fresh_until, self._pauses))
 
-    def _acquire_args(self, token: str, waited: float, release: list[str]) -> list[Any]:
+    def end_run(self) -> None:
+        """Give back the slots of this thread's run that no call used (the calls are done)."""
+        run = self._run.get()
+        self._run.set(None)
+        if run is not None and run.left > 0:
+            tat, window, rate = self._keys.limiter_tat, self._keys.limiter_window, self._keys.limiter_rate
+            ceiling = self.config.rate_per_second
+            self._give_back(keys=[tat, window, rate], args=[run.left, run.slot, ceiling, increase_per_second(ceiling)])
+
+    def _acquire_args(self, token: str, waited: float, release: list[str], further: int = 0) -> list[Any]:
         ceiling = self.config.rate_per_second
         max_wait_ms = (self.max_sleep - waited) * 1000
         burst, reserve = self.config.burst, (0.0, 0)
         if self.below_live:  # its next slot only, no burst credit, and room left in each second
             max_wait_ms = 0.0  # a slot due now, or none: it sleeps until then without holding one
-            burst, reserve = 1, (BELOW_LIVE_RESERVE_SHARE, BELOW_LIVE_RESERVE_MIN)
+            burst, reserve, further = 1, (BELOW_LIVE_RESERVE_SHARE, BELOW_LIVE_RESERVE_MIN), 0
         return [
             *(ceiling, burst, self.config.max_in_flight, token, LEASE_MS, max_wait_ms),
-            *(JITTER_MS, increase_per_second(ceiling), " ".join(release), *reserve),
+            *(JITTER_MS, increase_per_second(ceiling), " ".join(release), *reserve, further),
         ]
 
     def _book(self, token: str, first: list[Any] | None = None) -> None:
@@ -205,7 +263,7 @@ class RateLimiter:
             else:
                 args = self._acquire_args(token, waited, self.unreleased())
                 answer = self._acquire(keys=self._acquire_keys, args=args)
-            booked, micros, rate_milli = answer
+            booked, micros, rate_milli = answer[:3]
             self._saw_rate(int(rate_milli) / 1000)
             wait = int(micros) / 1e6
             if not booked and waited + wait > self.max_sleep:
@@ -228,6 +286,7 @@ class RateLimiter:
             self._keys.limiter_rate,
             self._keys.limiter_window,
         ]
+        self._pauses += 1  # this process's runs end: their next calls book (and find the pause)
         ceiling = self.config.rate_per_second
         args = [pause_ms, ceiling, increase_per_second(ceiling), DECREASE_FACTOR, ceiling * FLOOR_FRACTION]
         until_ms, lowered, old_milli, new_milli = self._pause(keys=pause_keys, args=args)

@@ -43,12 +43,16 @@ end
 # ARGV: ceiling (calls/s), burst, max_in_flight, token, lease_ms, max_wait_ms, jitter_ms,
 #       increase_per_s, release (tokens of calls done, space-separated, released first: a round trip less),
 #       reserve_share, reserve_min (of each one-second window's floor(rate) slots, the share, at
-#       least reserve_min, this caller leaves to others: a lane below live; 0, 0 for live calls)
+#       least reserve_min, this caller leaves to others: a lane below live; 0, 0 for live calls),
+#       further (when the slot is due now, up to this many more slots due now are booked with it, for
+#       the same caller's next calls, one after another: they share the token's lease, as the caller
+#       has one call in flight at a time; 0 for one slot)
 # (The window keeps at most 5,000 slots: above 5,000 calls/s only GCRA spaces them.)
-# Returns {1, microseconds until the slot, effective rate x 1000} when a slot is booked for the
-# token (now, or at most max_wait_ms ahead: the schedule moves on at once, so waiters never
-# compete for the same slot), else {0, microseconds to wait before asking again, rate x 1000}
-# (paused, at the concurrency cap, or the next slot is further ahead than max_wait_ms).
+# Returns {1, microseconds until the slot, effective rate x 1000, further slots booked, their time
+# (ms, as text)} when a slot is booked for the token (now, or at most max_wait_ms ahead: the
+# schedule moves on at once, so waiters never compete for the same slot), else {0, microseconds to
+# wait before asking again, rate x 1000} (paused, at the concurrency cap, or the next slot is
+# further ahead than max_wait_ms).
 ACQUIRE_SCRIPT = (
     _EFFECTIVE_LUA
     + """
@@ -70,6 +74,7 @@ local increase_per_s = tonumber(ARGV[8])
 local release = ARGV[9]
 local reserve_share = tonumber(ARGV[10])
 local reserve_min = tonumber(ARGV[11])
+local further = tonumber(ARGV[12] or '0')
 
 for done in string.gmatch(release, '%S+') do redis.call('ZREM', in_flight_key, done) end
 local now = redis_now_ms()
@@ -94,12 +99,50 @@ if nth then slot = math.max(slot, tonumber(nth) + math.max(1000, interval) + jit
 local wait = slot - now
 if wait > max_wait_ms then return {0, math.ceil(wait * 1000), rate_milli} end
 local next_tat = math.max(tat, slot) + interval
-redis.call('SET', own_tat_key, next_tat, 'PX', math.ceil(next_tat - now + 1000))
 redis.call('LPUSH', window_key, slot)
+local booked = 0
+-- further slots: each as the first would be, while one is due now (wait 0: slot is now)
+while wait == 0 and booked < further do
+    local next_slot = math.max(next_tat - (burst - 1) * interval, now)
+    nth = redis.call('LINDEX', window_key, math.max(1, per_window - reserve) - 1)
+    if nth then next_slot = math.max(next_slot, tonumber(nth) + math.max(1000, interval) + jitter_ms) end
+    if next_slot > now then break end
+    redis.call('LPUSH', window_key, now)
+    next_tat = next_tat + interval
+    booked = booked + 1
+end
+redis.call('SET', own_tat_key, next_tat, 'PX', math.ceil(next_tat - now + 1000))
 redis.call('LTRIM', window_key, 0, math.min(5000, math.max(1, math.floor(ceiling))) - 1)
 redis.call('PEXPIRE', window_key, math.ceil(wait + 1000 + jitter_ms + 1000))
 redis.call('ZADD', in_flight_key, slot + lease_ms, token)
-return {1, math.ceil(wait * 1000), rate_milli}
+return {1, math.ceil(wait * 1000), rate_milli, booked, string.format('%.17g', now)}
+"""
+)
+
+# Give back further slots booked (ACQUIRE's `further`) that no call used: their window entries go,
+# and the schedule moves back by their intervals (never before now), as if never booked.
+# KEYS: tat (of live calls), window, rate
+# ARGV: count, their time (ms, as ACQUIRE returned it), ceiling, increase_per_s
+# Returns the number of window entries removed.
+GIVE_BACK_SCRIPT = (
+    _EFFECTIVE_LUA
+    + """
+redis.replicate_commands()
+local tat_key = KEYS[1]
+local window_key = KEYS[2]
+local rate_key = KEYS[3]
+local count = tonumber(ARGV[1])
+local slot = tonumber(ARGV[2])
+local ceiling = tonumber(ARGV[3])
+local increase_per_s = tonumber(ARGV[4])
+
+local now = redis_now_ms()
+local tat = tonumber(redis.call('GET', tat_key) or '0')
+if tat > now then
+    local interval = 1000 / effective(rate_key, now, ceiling, increase_per_s)
+    redis.call('SET', tat_key, math.max(now, tat - count * interval), 'KEEPTTL')
+end
+return redis.call('LREM', window_key, count, slot)
 """
 )
 

@@ -15,6 +15,7 @@ import pytest
 from redis import Redis
 from rq.registry import StartedJobRegistry
 
+import workers.ratelimit
 from service.config import Settings
 from service.devtools.embedded_redis import free_port
 from service.devtools.usercom_sandbox import Fault, SandboxServer
@@ -72,6 +73,31 @@ def test_a_value_refused_in_a_group_dead_letters_only_its_carrier_events(
     assert (ledger["delivered"], ledger["dead_lettered"], ledger["in_flight"]) == (3, 1, 0)
     assert ctx.redis.zcard(keys.USERCOM.limiter_in_flight) == 0  # every call's slot released
     assert ctx.redis.keys("relay:lock:*") == []
+
+
+def test_a_group_books_its_users_calls_with_the_first(
+    ctx: DeliveryContext, sandbox: SandboxServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # workers/ratelimit.py: a run. The first call's slot comes with the claims; the others' with it
+    # (fresh for the whole test: a busy machine may take longer than a worker would).
+    monkeypatch.setattr(workers.ratelimit, "RUN_FRESH_SECONDS", 60.0)
+    acquire = ctx.limiter._acquire
+
+    class Counted:
+        sha, calls = acquire.sha, 0
+
+        def __call__(self, **kwargs: Any) -> Any:
+            self.calls += 1
+            return acquire(**kwargs)
+
+    counted = ctx.limiter._acquire = Counted()  # type: ignore[assignment]
+    ctx.redis.script_load(acquire.script)  # else the booking's first run loads it through the wrapper
+    for user in USERS[:6]:
+        assert ctx.store.accept(an_update(f"evt_{user}", user_id=user))
+    assert deliver_group(ctx, take_all(ctx)) == ["delivered"] * 6
+    assert counted.calls == 0  # no call booked a slot of its own
+    assert ctx.redis.llen(keys.USERCOM.limiter_window) == 6 == len(sandbox.state.requests)
+    assert ctx.redis.zcard(keys.USERCOM.limiter_in_flight) == 0
 
 
 def test_a_user_another_job_holds_is_put_back_and_the_others_delivered(

@@ -80,16 +80,41 @@ def _deliver_held(ctx: DeliveryContext, group: list[_Job]) -> None:
                 job.outcome = prepare(ctx, hold, job.lane)  # None: something to send
         if job.outcome is None:
             ready.append((job, hold))
-    # The first user's call slot is booked with the claims (unless mass updates come first: mass.py);
-    # each next one's booking releases the slot of the call before (a thread holds one at a time, as
-    # the concurrency cap counts calls), and the count releases the last.
+    # The first user's call slot is booked with the claims (unless mass updates come first: mass.py),
+    # and with it, while due now, the next users' (a run, workers/ratelimit.py: their calls then need
+    # no round trip each, and what they leave is given back); a call without a slot books its own,
+    # which releases the slot of the call before (a thread holds one at a time, as the concurrency
+    # cap counts calls), and the count releases the last.
     mass = worth_planning(ctx, [hold for _, hold in ready])
     bookings: list[ScriptCall | None] = [
-        ctx.limiter.booking() if n == 0 and not mass else None for n in range(len(ready))
+        ctx.limiter.booking(further=len(ready) - 1) if n == 0 and not mass else None for n in range(len(ready))
     ]
     claims = ctx.ordering.claim_many([(hold, booking) for (_, hold), booking in zip(ready, bookings, strict=True)])
     claimed = [(hold, allowed) for (_, hold), (allowed, _) in zip(ready, claims, strict=True) if allowed is not None]
     covered = send_mass(ctx, claimed) if mass else set()
+    try:
+        to_count = _send_each(ctx, ready, bookings, claims, covered)
+    finally:
+        ctx.limiter.end_run()
+    done = ctx.limiter.unreleased()
+    if not to_count:
+        ctx.limiter.release(done)
+        return
+    to_count[-1][3].slots.extend(done)
+    counted = ctx.ordering.settle_many(ctx.store, [(hold, settle) for _, hold, _, settle in to_count])
+    for (job, hold, sent, _), settled in zip(to_count, counted, strict=True):
+        with _in_hand(job.job_id):
+            job.outcome = report(ctx, hold, sent, settled or [], job.attempt, job.lane)
+
+
+def _send_each(
+    ctx: DeliveryContext,
+    ready: list[tuple[_Job, Hold]],
+    bookings: list[ScriptCall | None],
+    claims: list[tuple[set[str] | None, Any]],
+    covered: set[str],
+) -> list[tuple[_Job, Hold, Sent, SettleUser]]:
+    """Each claimed user's calls, in turn: what to count, the outcome of the others set."""
     to_count: list[tuple[_Job, Hold, Sent, SettleUser]] = []
     for (job, hold), booking, (allowed, booked) in zip(ready, bookings, claims, strict=True):
         with _in_hand(job.job_id):
@@ -112,15 +137,7 @@ def _deliver_held(ctx: DeliveryContext, group: list[_Job]) -> None:
                 job.outcome = retry_or_give_up(ctx, hold, exc, job.attempt, job.first_failure_at, job.lane)
             except UserBusy:
                 job.outcome = _put_back(ctx, job, USER_BUSY_WAIT_SECONDS, "user_busy")
-    done = ctx.limiter.unreleased()
-    if not to_count:
-        ctx.limiter.release(done)
-        return
-    to_count[-1][3].slots.extend(done)
-    counted = ctx.ordering.settle_many(ctx.store, [(hold, settle) for _, hold, _, settle in to_count])
-    for (job, hold, sent, _), settled in zip(to_count, counted, strict=True):
-        with _in_hand(job.job_id):
-            job.outcome = report(ctx, hold, sent, settled or [], job.attempt, job.lane)
+    return to_count
 
 
 def _holds(group: list[_Job]) -> Iterator[tuple[_Job, Hold]]:
