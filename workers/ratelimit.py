@@ -15,8 +15,8 @@ A thread delivering a group of users (workers/delivery/group.py) books the slots
 with the first, while they are due now (a run: `booking(further=n)`), and its calls then go one
 after another without a round trip each, under the first call's lease (one call in flight at a
 time). A run is used only while fresh (RUN_FRESH_SECONDS: the sliding window's JITTER_MS absorbs
-that much between a slot and its call) and until a 429 pauses this process; whatever it did not use
-is given back (`end_run`).
+the time between a slot and its call's arrival) and until a 429 pauses this process; whatever it
+did not use is given back (`end_run`).
 """
 
 from __future__ import annotations
@@ -61,8 +61,10 @@ BELOW_LIVE_RESERVE_SHARE = 0.2
 BELOW_LIVE_RESERVE_MIN = 2
 BELOW_LIVE_MAX_SLEEP_SECONDS = 5.0
 LEASE_MS = 30_000  # a call's concurrency lease; expires if its worker dies
-# A run's slots are used within this long of their booking, or not at all (booked again then).
-RUN_FRESH_SECONDS = 0.015
+# A run's slots are used within this long of their booking, or not at all (booked again then): of
+# the JITTER_MS (40 ms) a call may arrive after its slot, this leaves 15 ms for the call to go out.
+# (15 ms left most runs half used on a busy 2-core machine: 0.42 bookings a delivery, against 0.19.)
+RUN_FRESH_SECONDS = 0.025
 
 
 class Throttled(Exception):

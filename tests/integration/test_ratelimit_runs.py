@@ -18,7 +18,7 @@ WINDOW, IN_FLIGHT, TAT = keys.USERCOM.limiter_window, keys.USERCOM.limiter_in_fl
 
 @pytest.fixture(autouse=True)
 def fresh_for_the_test(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A run stays fresh for 15 ms: long enough for a worker's calls, not for a test on a busy
+    """A run stays fresh for 25 ms: long enough for a worker's calls, not for a test on a busy
     machine (test_a_run_goes_stale checks freshness itself)."""
     monkeypatch.setattr(workers.ratelimit, "RUN_FRESH_SECONDS", 60.0)
 
