@@ -1,7 +1,11 @@
 """Drain rate: N queued updates for distinct users, 2 worker processes, an unthrottled User.com
 double. Prints updates applied per second beside what the double itself serves to wrk (the
-same PUT, 16 connections) in the same run, and the ratio (goals: >= 1,000/s and >= 0.8x); the CPU
+same PUT, 16 connections) just before, and the ratio (goals: >= 1,000/s and >= 0.8x); the CPU
 each kind of process spends per delivery, and what 0.8x would leave for it on this machine.
+
+Each round is wrk, then a fresh backlog drained by fresh workers, so the pair sees the same load
+on a shared machine; the figures reported are the medians of the rounds (one round's ratio varied
+by 0.1 from run to run).
 """
 
 from __future__ import annotations
@@ -10,12 +14,14 @@ import argparse
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from bench.harness import API_KEY, backend, start, stop, trace_cost, wait_drained
+from bench.harness import API_KEY, Backend, backend, start, stop, trace_cost, wait_drained
 
 WRK_PUT = """
 wrk.method = "PUT"
@@ -81,50 +87,83 @@ class CpuMarks:
         return {kind: (after[kind] - before[kind]) / count * 1e6 for kind in before}, count
 
 
+@dataclass
+class Round:
+    capacity: float | None  # what the double serves to wrk just before
+    rate: float  # updates/s from the first call to the last
+    steady: float  # over the middle 80 % of the calls
+    elapsed: float  # counting the workers' start-up
+    cpu: dict[str, float]  # µs per delivery by kind of process, 10-90 % drained
+
+
+def drain_round(b: Backend, tmp: str, round_: int, updates: int, workers: int) -> Round:
+    """wrk on the double, then `updates` queued and drained by `workers` fresh worker processes."""
+    capacity = double_capacity(tmp, f"{b.sandbox.base_url}/users-by-id/user-0/")
+    store = b.queue_updates(round_)
+    queued_at = time.time()  # wrk's calls are recorded too: only later ones count
+    supervisor = start(["worker", "--concurrency", str(workers)], b.env)
+    try:
+        marks = CpuMarks(supervisor.pid, b.redis_server.process.pid, updates)  # type: ignore[union-attr]
+        elapsed = wait_drained(store, timeout=600, on_poll=marks)
+    finally:
+        stop(supervisor)
+    calls = sorted(r["at"] for r in b.sandbox.state.requests if r["at"] >= queued_at)
+    # Without the workers' start-up (their imports compete for the CPU) and the last, short-queue stretch.
+    middle = calls[len(calls) // 10 : len(calls) * 9 // 10]
+    return Round(
+        capacity,
+        (len(calls) - 1) / (calls[-1] - calls[0]),
+        (len(middle) - 1) / (middle[-1] - middle[0]),
+        elapsed,
+        marks.per_delivery()[0],
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--updates", type=int, default=5000, help="queued updates, one per user (default 5000)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    parser.add_argument("--rounds", type=int, default=3, help="wrk-then-drain rounds; medians reported (default 3)")
     parser.add_argument(
         "--trace-per-user", type=int, default=20, help="RELAY_TRACE_PER_USER (default 20; 0: measure without the trace)"
     )
     args = parser.parse_args()
     trace = {"RELAY_TRACE_PER_USER": str(args.trace_per_user)}
     with tempfile.TemporaryDirectory() as tmp, backend(tmp, users=args.updates, **trace) as b:
-        capacity = double_capacity(tmp, f"{b.sandbox.base_url}/users-by-id/user-0/")
-        store = b.queue_updates()
-        queued_at = time.time()  # wrk's calls are recorded too: only later ones count
-        workers = start(["worker", "--concurrency", str(args.workers)], b.env)
-        try:
-            marks = CpuMarks(workers.pid, b.redis_server.process.pid, args.updates)  # type: ignore[union-attr]
-            elapsed = wait_drained(store, timeout=600, on_poll=marks)
-        finally:
-            stop(workers)
-        calls = sorted(r["at"] for r in b.sandbox.state.requests if r["at"] >= queued_at)
-        traces, trace_bytes = trace_cost(store.redis)
-    rate = (len(calls) - 1) / (calls[-1] - calls[0])
+        rounds = [drain_round(b, tmp, n, args.updates, args.workers) for n in range(args.rounds)]
+        traces, trace_bytes = trace_cost(b.store().redis)
     print(f"{args.updates} updates for distinct users, {args.workers} worker processes, unthrottled double")
+    print("round  double (wrk) PUT/s  drained/s  steady/s  ratio  steady ratio  CPU µs a delivery (10-90 % drained)")
+    for n, r in enumerate(rounds, 1):
+        cpu = ", ".join(f"{kind} {r.cpu[kind]:.0f}" for kind in r.cpu) + f"; {sum(r.cpu.values()):.0f} in all"
+        double, ratio, steady = "-", "-", "-"
+        if r.capacity:
+            double, ratio, steady = f"{r.capacity:.0f}", f"{r.rate / r.capacity:.2f}", f"{r.steady / r.capacity:.2f}"
+        print(f"{n:<6} {double:>18} {r.rate:>10.0f} {r.steady:>9.0f} {ratio:>6} {steady:>13}  {cpu}")
+    rate = statistics.median(r.rate for r in rounds)
+    started = statistics.median(args.updates / r.elapsed for r in rounds)
     print(
-        f"drained at {rate:.0f} updates/s from the first call to the last ({calls[-1] - calls[0]:.1f}s, "
-        f"{len(calls)} calls); {args.updates / elapsed:.0f}/s counting worker start-up   (goal >= 1000/s)"
+        f"median: drained at {rate:.0f} updates/s from the first call to the last; "
+        f"{started:.0f}/s counting worker start-up   (goal >= 1000/s)"
     )
     print(
         f"trace (RELAY_TRACE_PER_USER={args.trace_per_user}): {trace_bytes / max(1, traces):.0f} B per user in Redis; "
         "its time cost: compare with --trace-per-user 0"
     )
-    # Without the workers' start-up (their imports compete for the CPU) and the last, short-queue stretch.
-    middle = calls[len(calls) // 10 : len(calls) * 9 // 10]
-    steady = (len(middle) - 1) / (middle[-1] - middle[0])
-    print(f"steady: {steady:.0f} updates/s over the middle 80% of the calls")
-    cpu, measured = marks.per_delivery()
+    measured = [r for r in rounds if r.cpu]
     if measured:
+        cpu = {kind: statistics.median(r.cpu[kind] for r in measured) for kind in measured[0].cpu}
         parts = ", ".join(f"{kind} {cpu[kind]:.0f}" for kind in cpu)
+        print(f"median CPU per delivery: {parts} µs; {sum(cpu.values()):.0f} µs in all")
+    paired = [r for r in rounds if r.capacity]
+    if paired:
+        capacity = statistics.median(r.capacity for r in paired if r.capacity)
+        ratio = statistics.median(r.rate / r.capacity for r in paired if r.capacity)
+        steady = statistics.median(r.steady / r.capacity for r in paired if r.capacity)
         print(
-            f"CPU per delivery (10-90 % drained, {measured} deliveries): {parts} µs; {sum(cpu.values()):.0f} µs in all"
+            f"median ratio to what the double serves to wrk just before (median {capacity:.0f} PUT/s): "
+            f"{ratio:.2f}, steady {steady:.2f}   (goal >= 0.8)"
         )
-    if capacity:
-        print(f"the double alone serves {capacity:.0f} PUT/s to wrk: ratio {rate / capacity:.2f}   (goal >= 0.8)")
-        print(f"steady ratio {steady / capacity:.2f}")
         cores = os.cpu_count() or 1
         budget = cores / (0.8 * capacity) * 1e6
         print(f"0.8x on this machine's {cores} cores leaves {budget:.0f} µs of CPU a delivery in all (the double too)")

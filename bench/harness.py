@@ -41,16 +41,16 @@ class Backend:
     def store(self) -> Store:
         return Store.from_settings(Redis.from_url(self.redis_server.url), Settings.from_env(self.env, role="worker"))
 
-    def queue_updates(self) -> Store:
-        """One update per user, queued as intake would queue it."""
+    def queue_updates(self, round_: int = 0) -> Store:
+        """One update per user, queued as intake would queue it; each round's newer than the last."""
         store = self.store()
         for n, user in enumerate(self.users):
             store.accept(
                 UserUpdate(
                     source="stripe",
-                    event_id=f"evt_{n}",
+                    event_id=f"evt_{round_}_{n}" if round_ else f"evt_{n}",
                     event_type="customer.updated",
-                    event_time=n,
+                    event_time=round_ * len(self.users) + n,
                     user_id=user,
                     customer_id=None,
                     custom={"plan": "pro"},
