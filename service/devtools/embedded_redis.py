@@ -13,7 +13,9 @@ import time
 from pathlib import Path
 
 from redis import Redis
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+from redis.retry import Retry
 
 
 class RedisNotFound(RuntimeError):
@@ -40,6 +42,22 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+PORT_ATTEMPTS = 3
+
+
+class PortTaken(RuntimeError):
+    """redis-server could not bind its port: something else has it."""
+
+
+def _last_error(log: Path) -> str:
+    """The last two lines of redis-server's log (why it stopped), without their pid and time prefix."""
+    try:
+        lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return "; ".join(line.split(" # ", 1)[-1].strip() for line in lines[-2:])
+
+
 class RedisProcess:
     def __init__(
         self,
@@ -52,6 +70,9 @@ class RedisProcess:
     ) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
+        # A port free_port() found can be taken before redis-server binds it (any socket may get it
+        # meanwhile): then another is tried. A port the caller named is not changed.
+        self._port_chosen = port is None
         self.appendonly = appendonly
         self.appendfsync = appendfsync
         self.executable = executable
@@ -62,7 +83,20 @@ class RedisProcess:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> RedisProcess:
+        attempts = PORT_ATTEMPTS if self._port_chosen else 1
+        for attempt in range(1, attempts + 1):
+            try:
+                return self._start(timeout)
+            except PortTaken:
+                if attempt == attempts:
+                    raise
+                self.port = free_port()
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _start(self, timeout: float) -> RedisProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = self.data_dir / "redis.log"
+        log.unlink(missing_ok=True)  # its last lines say why a start failed
         argv = [
             self.executable or find_redis_server(),
             "--port",
@@ -85,21 +119,24 @@ class RedisProcess:
         # Own session: a Ctrl-C meant for the parent must not stop Redis before its clients.
         self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
         deadline = time.monotonic() + timeout
-        client = Redis(port=self.port, socket_timeout=0.5, socket_connect_timeout=0.5)
-        while True:
-            if self.process.poll() is not None:
-                error = self.process.stderr.read().decode() if self.process.stderr else ""
-                raise RuntimeError(f"redis-server exited at start (port {self.port}): {error.strip()}")
-            try:
-                client.ping()
-                break
-            except RedisError:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"redis-server did not answer on port {self.port}") from None
-                time.sleep(0.05)
-        client.close()
-        return self
+        # No retries of its own: each look is one ping (redis-py's default retries a silent port for 9 s).
+        client = Redis(port=self.port, socket_timeout=0.5, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
+        with client:
+            while True:
+                if self.process.poll() is not None:
+                    error = self.process.stderr.read().decode() if self.process.stderr else ""
+                    self.stop()  # closes its pipe
+                    error = error.strip() or _last_error(log)
+                    failure = PortTaken if "Address already in use" in error else RuntimeError
+                    raise failure(f"redis-server exited at start (port {self.port}): {error}")
+                try:
+                    client.ping()
+                    return self
+                except RedisError:
+                    if time.monotonic() > deadline:
+                        self.stop()
+                        raise RuntimeError(f"redis-server did not answer on port {self.port}") from None
+                    time.sleep(0.05)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
