@@ -68,11 +68,14 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=4, help="worker processes (default 4)")
     parser.add_argument("--ceiling", type=float, default=1.0, help="relay limit = ceiling x R (default 1)")
     parser.add_argument("--drop-after", type=float, default=None, help="seconds in, the double's limit halves")
+    parser.add_argument(
+        "--burst", type=int, default=1, help="USERCOM_BURST (default 1; above 1 a worker books runs of slots)"
+    )
     args = parser.parse_args()
     relay_rate = args.rate * args.ceiling
     limit = {
         "USERCOM_RATE_LIMIT": str(relay_rate),
-        "USERCOM_BURST": "1",
+        "USERCOM_BURST": str(args.burst),
         "USERCOM_MAX_IN_FLIGHT": str(args.workers),
     }
     dropped_at: float | None = None
