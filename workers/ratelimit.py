@@ -12,11 +12,12 @@ it, and re-checks the pause if it slept) or says how long to wait. A short wait 
 one is handed back to the job, which is put back to run at that time instead of holding its worker.
 
 A thread delivering a group of users (workers/delivery/group.py) books the slots of its next calls
-with the first, while they are due now (a run: `booking(further=n)`), and its calls then go one
-after another without a round trip each, under the first call's lease (one call in flight at a
-time). A run is used only while fresh (RUN_FRESH_SECONDS: the sliding window's JITTER_MS absorbs
-the time between a slot and its call's arrival) and until a 429 pauses this process; whatever it
-did not use is given back (`end_run`).
+with the first, while they are due now (a run: `booking(further=n)`; half the burst and half the
+window at most), and its calls then go one after another without a round trip each, under the
+first call's lease (one call in flight at a time). A run is used only while fresh
+(RUN_FRESH_SECONDS from its booking: the sliding window's JITTER_MS absorbs the time between a
+slot and its call's arrival), until a 429 pauses this process, and until a call fails; whatever it
+did not use is given back with the next booking, or by `end_run` after the group's calls.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import RedisError
 
 from service.store import keys
 from service.store.limiter_scripts import (
@@ -81,10 +83,15 @@ class _Run:
 
     token: str  # the first call's lease: the run's calls, one at a time, are in flight under it
     left: int
-    slot: str  # their time on Redis' clock (ms, as the script wrote it), to give unused ones back
     fresh_until: float  # time.monotonic()
     pauses: int  # the limiter's 429 count when booked: a later one ends the run
+    slots: list[bytes]  # their time, the arrival time after them, the interval (as ACQUIRE said)
     ended: bool = False
+
+    def give_back(self) -> list[Any]:
+        """ACQUIRE's give_back arguments for the slots left (none are left afterwards)."""
+        count, self.left = self.left, 0
+        return [count, *self.slots] if count else []
 
 
 @dataclass(frozen=True)
@@ -118,6 +125,8 @@ class RateLimiter:
         # slots of calls done, released with this thread's next booking (`release_with_next`)
         self._pending_release: ContextVar[list[str] | None] = ContextVar(f"pending_release_{id(self)}", default=None)
         self._run: ContextVar[_Run | None] = ContextVar(f"run_{id(self)}", default=None)
+        # (token, when, the 429 count then) of the booking in hand: a run counts from its sending
+        self._booking: ContextVar[tuple[str, float, int] | None] = ContextVar(f"booking_{id(self)}", default=None)
         self._pauses = 0  # 429s this process saw (pause): each ends every thread's run
         self._keys = destination_keys
         self._acquire_keys = [
@@ -145,14 +154,17 @@ class RateLimiter:
                 held.remove(token)
         if held:  # an earlier call of the same delivery: one slot per delivery at a time
             self.release_with_next(held)
-        if booked is None and held is not None and run is not None and self._usable(run):
-            run.left -= 1  # booked already: no round trip
-            with self._call(run.token, held):
-                yield
-            return
+        give_back: list[Any] = []
+        if booked is None and held is not None and run is not None:
+            if self._usable(run):
+                run.left -= 1  # booked already: no round trip
+                with self._call(run.token, held):
+                    yield
+                return
+            give_back = run.give_back()  # stale or ended: given back with this call's booking
         if booked is None:
             token, first = uuid.uuid4().hex, None
-        self._book(token, first)
+        self._book(token, first, give_back)
         with self._call(token, held):
             yield
 
@@ -220,8 +232,9 @@ class RateLimiter:
         `released_later`, the slot, once booked, is held by the block whether or not a call uses it.
         `further`: book up to this many more slots due now, a run for this thread's next calls (each
         inside a `released_later` block of its own); `end_run` gives back what they did not use."""
-        args = self._acquire_args(uuid.uuid4().hex, 0.0, self.unreleased(), further)
-        return ScriptCall(self._acquire, self._acquire_keys, args)
+        token = uuid.uuid4().hex
+        self._booking.set((token, time.monotonic(), self._pauses))
+        return ScriptCall(self._acquire, self._acquire_keys, self._acquire_args(token, 0.0, self.unreleased(), further))
 
     def booked(self, booking: ScriptCall, answer: list[Any]) -> None:
         """The answer to `booking`: the next call of this delivery (thread) starts from it."""
@@ -230,20 +243,29 @@ class RateLimiter:
         held = self._held.get()
         if held is not None and answer[0]:
             held.append(token)  # released with the outcome, even if no call comes
-        if answer[0] and len(answer) > 3 and int(answer[3]) > 0:
-            fresh_until = time.monotonic() + RUN_FRESH_SECONDS
-            self._run.set(_Run(token, int(answer[3]), answer[4].decode(), fresh_until, self._pauses))
+        sent = self._booking.get()
+        self._booking.set(None)
+        if answer[0] and len(answer) > 3 and int(answer[3]) > 0 and sent is not None and sent[0] == token:
+            _, sent_at, pauses = sent  # counted from the booking's sending, and a 429 since ends it
+            self._run.set(_Run(token, int(answer[3]), sent_at + RUN_FRESH_SECONDS, pauses, list(answer[4:7])))
 
     def end_run(self) -> None:
-        """Give back the slots of this thread's run that no call used (the calls are done)."""
+        """Give back the slots of this thread's run that no call used (the calls are done). Only a
+        saving: when Redis cannot be reached they stay booked, and the delivery goes on."""
         run = self._run.get()
         self._run.set(None)
-        if run is not None and run.left > 0:
-            tat, window, rate = self._keys.limiter_tat, self._keys.limiter_window, self._keys.limiter_rate
-            ceiling = self.config.rate_per_second
-            self._give_back(keys=[tat, window, rate], args=[run.left, run.slot, ceiling, increase_per_second(ceiling)])
+        give_back = run.give_back() if run is not None else []
+        if give_back:
+            try:
+                self._give_back(keys=[self._keys.limiter_tat, self._keys.limiter_window], args=give_back)
+            except RedisError as exc:
+                log.warning(
+                    "%s: a run's %d unused slots were not given back: %s", self._keys.destination, give_back[0], exc
+                )
 
-    def _acquire_args(self, token: str, waited: float, release: list[str], further: int = 0) -> list[Any]:
+    def _acquire_args(
+        self, token: str, waited: float, release: list[str], further: int = 0, give_back: list[Any] | None = None
+    ) -> list[Any]:
         ceiling = self.config.rate_per_second
         max_wait_ms = (self.max_sleep - waited) * 1000
         burst, reserve = self.config.burst, (0.0, 0)
@@ -253,18 +275,20 @@ class RateLimiter:
         return [
             *(ceiling, burst, self.config.max_in_flight, token, LEASE_MS, max_wait_ms),
             *(JITTER_MS, increase_per_second(ceiling), " ".join(release), *reserve, further),
+            *(give_back or [0, "", 0, 0]),
         ]
 
-    def _book(self, token: str, first: list[Any] | None = None) -> None:
+    def _book(self, token: str, first: list[Any] | None = None, give_back: list[Any] | None = None) -> None:
         """Book a slot and sleep until it; a short wait to ask again (the cap, a pause) is slept too.
-        `first`: the answer to a first attempt already made (`booking`)."""
+        `first`: the answer to a first attempt already made (`booking`); `give_back`: a run's unused
+        slots, given back with the first attempt."""
         waited = 0.0
         while True:
             if first is not None:
                 answer, first = first, None
             else:
-                args = self._acquire_args(token, waited, self.unreleased())
-                answer = self._acquire(keys=self._acquire_keys, args=args)
+                args = self._acquire_args(token, waited, self.unreleased(), 0, give_back)
+                answer, give_back = self._acquire(keys=self._acquire_keys, args=args), None
             booked, micros, rate_milli = answer[:3]
             self._saw_rate(int(rate_milli) / 1000)
             wait = int(micros) / 1e6

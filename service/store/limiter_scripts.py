@@ -35,6 +35,19 @@ local function redis_now_ms()
 end
 """
 
+# Give back `count` slots of a run (ACQUIRE's `further`) that no call used: their window entries
+# (all at `slot`) go, and the schedule moves back by their intervals, but only by what of the run's
+# claim is still ahead (`run_end`: the arrival time right after the run): a run given back late
+# gives no credit time has already spent.
+_GIVE_BACK_LUA = """
+local function give_back(tat_key, window_key, count, slot, run_end, interval, now)
+    local tat = tonumber(redis.call('GET', tat_key) or '0')
+    local credit = math.min(count * interval, math.max(0, run_end - now))
+    if credit > 0 and tat > now then redis.call('SET', tat_key, math.max(now, tat - credit), 'KEEPTTL') end
+    redis.call('LREM', window_key, count, slot)
+end
+"""
+
 # Book the next slot for a call.
 # KEYS: tat (GCRA theoretical arrival time of live calls, ms), pause_until (ms), in_flight (zset token
 #       -> lease end ms), window (list of booked slot times, newest first), rate (hash base/at/hold_until),
@@ -44,17 +57,21 @@ end
 #       increase_per_s, release (tokens of calls done, space-separated, released first: a round trip less),
 #       reserve_share, reserve_min (of each one-second window's floor(rate) slots, the share, at
 #       least reserve_min, this caller leaves to others: a lane below live; 0, 0 for live calls),
-#       further (when the slot is due now, up to this many more slots due now are booked with it, for
-#       the same caller's next calls, one after another: they share the token's lease, as the caller
-#       has one call in flight at a time; 0 for one slot)
+#       further (when the slot is due now, up to this many more slots due now are booked with it, a
+#       run for the same caller's next calls, one after another: they share the token's lease, as the
+#       caller has one call in flight at a time; 0 for one slot. A run takes no more than half the
+#       burst and half the window, so other callers still find slots at once),
+#       give_back_count, give_back_slot, give_back_run_end, give_back_interval (a run's unused slots,
+#       given back first: _GIVE_BACK_LUA; 0, '', 0, 0 for none)
 # (The window keeps at most 5,000 slots: above 5,000 calls/s only GCRA spaces them.)
-# Returns {1, microseconds until the slot, effective rate x 1000, further slots booked, their time
-# (ms, as text)} when a slot is booked for the token (now, or at most max_wait_ms ahead: the
-# schedule moves on at once, so waiters never compete for the same slot), else {0, microseconds to
-# wait before asking again, rate x 1000} (paused, at the concurrency cap, or the next slot is
-# further ahead than max_wait_ms).
+# Returns {1, microseconds until the slot, effective rate x 1000, further slots booked, and as text:
+# their time, the arrival time right after them, the interval (ms)} when a slot is booked for the
+# token (now, or at most max_wait_ms ahead: the schedule moves on at once, so waiters never compete
+# for the same slot), else {0, microseconds to wait before asking again, rate x 1000} (paused, at
+# the concurrency cap, or the next slot is further ahead than max_wait_ms).
 ACQUIRE_SCRIPT = (
     _EFFECTIVE_LUA
+    + _GIVE_BACK_LUA
     + """
 redis.replicate_commands()
 local tat_key = KEYS[1]
@@ -75,9 +92,16 @@ local release = ARGV[9]
 local reserve_share = tonumber(ARGV[10])
 local reserve_min = tonumber(ARGV[11])
 local further = tonumber(ARGV[12] or '0')
+local give_back_count = tonumber(ARGV[13] or '0')
+local give_back_slot = tonumber(ARGV[14] or '0')
+local give_back_run_end = tonumber(ARGV[15] or '0')
+local give_back_interval = tonumber(ARGV[16] or '0')
 
 for done in string.gmatch(release, '%S+') do redis.call('ZREM', in_flight_key, done) end
 local now = redis_now_ms()
+if give_back_count > 0 then
+    give_back(tat_key, window_key, give_back_count, give_back_slot, give_back_run_end, give_back_interval, now)
+end
 local rate = effective(rate_key, now, ceiling, increase_per_s)
 local rate_milli = math.floor(rate * 1000)
 local pause = tonumber(redis.call('GET', pause_key) or '0')
@@ -101,10 +125,13 @@ if wait > max_wait_ms then return {0, math.ceil(wait * 1000), rate_milli} end
 local next_tat = math.max(tat, slot) + interval
 redis.call('LPUSH', window_key, slot)
 local booked = 0
--- further slots: each as the first would be, while one is due now (wait 0: slot is now)
+-- further slots: each as the first would be, while one is due now (wait 0: slot is now), with
+-- half the burst and half the window left to other callers
+local run_burst = burst - math.floor(burst / 2)
+local run_window = math.max(1, per_window - math.max(reserve, math.floor(per_window / 2)))
 while wait == 0 and booked < further do
-    local next_slot = math.max(next_tat - (burst - 1) * interval, now)
-    nth = redis.call('LINDEX', window_key, math.max(1, per_window - reserve) - 1)
+    local next_slot = math.max(next_tat - (run_burst - 1) * interval, now)
+    nth = redis.call('LINDEX', window_key, run_window - 1)
     if nth then next_slot = math.max(next_slot, tonumber(nth) + math.max(1000, interval) + jitter_ms) end
     if next_slot > now then break end
     redis.call('LPUSH', window_key, now)
@@ -115,34 +142,28 @@ redis.call('SET', own_tat_key, next_tat, 'PX', math.ceil(next_tat - now + 1000))
 redis.call('LTRIM', window_key, 0, math.min(5000, math.max(1, math.floor(ceiling))) - 1)
 redis.call('PEXPIRE', window_key, math.ceil(wait + 1000 + jitter_ms + 1000))
 redis.call('ZADD', in_flight_key, slot + lease_ms, token)
-return {1, math.ceil(wait * 1000), rate_milli, booked, string.format('%.17g', now)}
+return {1, math.ceil(wait * 1000), rate_milli, booked, string.format('%.17g', now),
+        string.format('%.17g', next_tat), string.format('%.17g', interval)}
 """
 )
 
-# Give back further slots booked (ACQUIRE's `further`) that no call used: their window entries go,
-# and the schedule moves back by their intervals (never before now), as if never booked.
-# KEYS: tat (of live calls), window, rate
-# ARGV: count, their time (ms, as ACQUIRE returned it), ceiling, increase_per_s
-# Returns the number of window entries removed.
+# Give back a run's slots no call used (_GIVE_BACK_LUA).
+# KEYS: tat (of live calls), window
+# ARGV: count, their time, the arrival time right after the run, the interval (ms; all as ACQUIRE
+#       returned them)
 GIVE_BACK_SCRIPT = (
-    _EFFECTIVE_LUA
+    _GIVE_BACK_LUA
     + """
 redis.replicate_commands()
 local tat_key = KEYS[1]
 local window_key = KEYS[2]
-local rate_key = KEYS[3]
 local count = tonumber(ARGV[1])
 local slot = tonumber(ARGV[2])
-local ceiling = tonumber(ARGV[3])
-local increase_per_s = tonumber(ARGV[4])
+local run_end = tonumber(ARGV[3])
+local interval = tonumber(ARGV[4])
 
-local now = redis_now_ms()
-local tat = tonumber(redis.call('GET', tat_key) or '0')
-if tat > now then
-    local interval = 1000 / effective(rate_key, now, ceiling, increase_per_s)
-    redis.call('SET', tat_key, math.max(now, tat - count * interval), 'KEEPTTL')
-end
-return redis.call('LREM', window_key, count, slot)
+local t = redis.call('TIME')
+give_back(tat_key, window_key, count, slot, run_end, interval, tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000)
 """
 )
 

@@ -3,13 +3,18 @@ with `further`), used without a round trip each, one lease for them all, given b
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
 from redis import Redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 import workers.ratelimit
+from service.devtools.embedded_redis import free_port
 from service.store import keys
+from service.store.limiter_scripts import GIVE_BACK_SCRIPT
 from workers.ratelimit import LimitConfig, RateLimiter, Throttled
 from workers.scripts_at_once import run_at_once
 
@@ -75,23 +80,33 @@ def test_a_run_books_the_next_calls_with_the_first_and_they_share_its_lease(redi
     assert redis.zcard(IN_FLIGHT) == 0 and redis.llen(WINDOW) == 5
 
 
-def test_a_run_is_no_longer_than_the_burst_and_the_window_allow(redis: Redis) -> None:
-    lim = limiter(redis, rate=3, burst=3)
-    assert book_run(redis, lim, further=5)[3] == 2  # three calls a second in all
-    assert not call(limiter(redis, rate=3, burst=3))  # none left for another thread
-    assert call(lim) and call(lim)  # the run's two
-    assert not call(lim)
-    lim.end_run()
-    assert redis.llen(WINDOW) == 3
+@pytest.mark.parametrize(("rate", "burst"), [(100, 4), (4, 8)], ids=["the-burst", "the-window"])
+def test_a_run_takes_no_more_than_half_the_burst_and_the_window(redis: Redis, rate: float, burst: int) -> None:
+    # 4 slots at once: in the burst (100/s, burst 4), or in the window (4/s, burst 8)
+    lim, other = limiter(redis, rate=rate, burst=burst), limiter(redis, rate=rate, burst=burst)
+    assert book_run(redis, lim, further=5)[3] == 1  # the first slot and one more: half
+    assert call(other) and call(other)  # another thread still finds the other half at once
+    assert call(lim)  # the run's
+    assert not call(lim) and not call(other)
 
 
 def test_slots_of_a_run_no_call_used_are_given_back(redis: Redis) -> None:
-    lim, other = limiter(redis, rate=2, burst=2), limiter(redis, rate=2, burst=2)
-    book_run(redis, lim, further=1)
-    assert not call(other)  # the run holds this second's other slot
+    lim, other = limiter(redis, rate=4, burst=4), limiter(redis, rate=4, burst=4)
+    assert book_run(redis, lim, further=1)[3] == 1
+    assert call(other) and call(other)
+    assert not call(other)  # the run holds this second's last slot
     lim.end_run()
-    assert redis.llen(WINDOW) == 1
+    assert redis.llen(WINDOW) == 3
     assert call(other)  # given back: as if never booked
+
+
+def test_a_run_given_back_late_gives_no_credit_time_has_spent(redis: Redis) -> None:
+    lim, other = limiter(redis, rate=10, burst=4), limiter(redis, rate=10, burst=4)
+    assert book_run(redis, lim, further=1)[3] == 1  # its unused slot was due 100 ms after the first
+    time.sleep(0.3)  # the schedule is idle again: its claim is spent
+    assert [call(other) for _ in range(5)] == [True] * 4 + [False]  # the whole burst, and no more
+    lim.end_run()
+    assert not call(other)  # giving it back now must not make room for a fifth at once
 
 
 def test_a_429_this_process_sees_ends_every_run(redis: Redis) -> None:
@@ -105,13 +120,40 @@ def test_a_429_this_process_sees_ends_every_run(redis: Redis) -> None:
     assert redis.llen(WINDOW) == 1  # the three unused slots given back
 
 
-def test_a_run_goes_stale(redis: Redis, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Its calls must reach the destination close to their slots: a run not used at once is not used.
+def test_a_run_goes_stale_and_is_given_back_with_the_next_booking(
+    redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its calls must reach the destination close to their slots: a run not used at once is not used,
+    # and its slots are given back by the next call's booking (no round trip of its own).
     monkeypatch.setattr(workers.ratelimit, "RUN_FRESH_SECONDS", 0.0)
     lim = limiter(redis)
     book_run(redis, lim, further=3)
     asked = counting(lim)
+    assert redis.llen(WINDOW) == 4
     assert call(lim) and asked == [1]
+    assert redis.llen(WINDOW) == 2  # the first call's slot and this one's: the run's three went back
+
+
+def test_a_429_between_booking_a_run_and_its_answer_ends_it(redis: Redis) -> None:
+    lim = limiter(redis)
+    booking = lim.booking(further=3)
+    [answer] = run_at_once(redis, [booking])
+    lim.pause(5.0)  # another thread's call, while this one's booking was on its way
+    with lim.released_later() as slots:
+        lim.booked(booking, answer)
+        with lim.slot():  # booked before the pause
+            pass
+        lim.release_with_next(slots)
+    assert not call(lim)  # asked Redis, and found the pause
+
+
+def test_a_run_not_given_back_for_want_of_redis_leaves_the_delivery_going(redis: Redis) -> None:
+    lim = limiter(redis)
+    book_run(redis, lim, further=3)
+    nowhere = Redis(port=free_port(), retry=Retry(NoBackoff(), 0))  # refused at once
+    lim._give_back = nowhere.register_script(GIVE_BACK_SCRIPT)
+    lim.end_run()  # logged, not raised: the slots stay booked
+    assert redis.llen(WINDOW) == 4
 
 
 def test_a_call_that_fails_ends_the_run_with_its_lease(redis: Redis) -> None:
@@ -123,3 +165,19 @@ def test_a_call_that_fails_ends_the_run_with_its_lease(redis: Redis) -> None:
     assert redis.zcard(IN_FLIGHT) == 0  # the shared lease released with the failed call
     assert call(lim) and asked == [1]  # so the next call books a slot (and a lease) of its own
     assert redis.zcard(IN_FLIGHT) == 1
+
+
+def test_a_run_is_fresh_from_its_booking_not_from_its_answer(redis: Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The claims sent along with the booking (and a busy process) delay the answer: that time counts.
+    monkeypatch.setattr(workers.ratelimit, "RUN_FRESH_SECONDS", 0.05)
+    lim = limiter(redis)
+    booking = lim.booking(further=3)
+    [answer] = run_at_once(redis, [booking])
+    time.sleep(0.1)
+    with lim.released_later() as slots:
+        lim.booked(booking, answer)
+        with lim.slot():
+            pass
+        lim.release_with_next(slots)
+    asked = counting(lim)
+    assert call(lim) and asked == [1]
