@@ -11,8 +11,10 @@ median of the pairs' ratios.
 
 `--durable-ack` measures RELAY_DURABLE_ACK (service/store/durability.py): `off` (the default,
 appendfsync everysec), `always` (RELAY_DURABLE_ACK=fsync on a Redis with appendfsync always) or
-`waitaof` (RELAY_DURABLE_ACK=fsync, WAITAOF on Valkey 8's server, everysec). `--valkey` runs the
-other modes on Valkey's server too, for a like-for-like comparison with `waitaof`.
+`waitaof` (RELAY_DURABLE_ACK=fsync, WAITAOF on Valkey 8's server, everysec) or `replica`
+(RELAY_DURABLE_ACK=replica: WAIT for a replica, a second server on this machine, so its CPU counts
+too). `--valkey` runs the other modes on Valkey's server too, for a like-for-like comparison with
+`waitaof`.
 """
 
 from __future__ import annotations
@@ -96,6 +98,7 @@ DURABLE_MODES = {
     "off": "RELAY_DURABLE_ACK=off, appendfsync everysec",
     "always": "RELAY_DURABLE_ACK=fsync, appendfsync always",
     "waitaof": "RELAY_DURABLE_ACK=fsync, appendfsync everysec, WAITAOF per request",
+    "replica": "RELAY_DURABLE_ACK=replica, appendfsync everysec, WAIT for one replica per request",
 }
 
 
@@ -103,12 +106,15 @@ DURABLE_MODES = {
 class BenchRedis:
     process: RedisProcess
     version: str
+    replica: RedisProcess | None = None
 
     @property
     def url(self) -> str:
         return self.process.url
 
     def stop(self) -> None:
+        if self.replica is not None:
+            self.replica.stop()
         self.process.stop()
 
 
@@ -119,7 +125,25 @@ def durable_redis(path: Path, mode: str, valkey: bool) -> tuple[BenchRedis, dict
     with Redis.from_url(process.url) as redis:
         info = redis.info("server")
     version = f"valkey {info['valkey_version']}" if "valkey_version" in info else f"redis {info['redis_version']}"
+    if mode == "replica":
+        return BenchRedis(process, version, start_replica(path.with_name("replica"), process)), {
+            "RELAY_DURABLE_ACK": "replica"
+        }
     return BenchRedis(process, version), ({} if mode == "off" else {"RELAY_DURABLE_ACK": "fsync"})
+
+
+def start_replica(path: Path, master: RedisProcess) -> RedisProcess:
+    """A replica of `master` (same server), once its link to the master is up."""
+    replica = RedisProcess(path, executable=master.executable).start()
+    with Redis.from_url(replica.url) as redis:
+        redis.replicaof("127.0.0.1", master.port)
+        deadline = time.monotonic() + 30
+        while redis.info("replication").get("master_link_status") != "up":
+            if time.monotonic() > deadline:
+                replica.stop()
+                raise RuntimeError("the replica did not reach its master in 30 s")
+            time.sleep(0.1)
+    return replica
 
 
 def write_requests(path: Path, count: int, prefix: str, kind: str) -> None:
