@@ -152,7 +152,8 @@ return {1, math.ceil(wait * 1000), rate_milli, booked, string.format('%.17g', no
 # ARGV: count, their time, the arrival time right after the run, the interval (ms; all as ACQUIRE
 #       returned them)
 GIVE_BACK_SCRIPT = (
-    _GIVE_BACK_LUA
+    _EFFECTIVE_LUA  # for redis_now_ms
+    + _GIVE_BACK_LUA
     + """
 redis.replicate_commands()
 local tat_key = KEYS[1]
@@ -162,8 +163,7 @@ local slot = tonumber(ARGV[2])
 local run_end = tonumber(ARGV[3])
 local interval = tonumber(ARGV[4])
 
-local t = redis.call('TIME')
-give_back(tat_key, window_key, count, slot, run_end, interval, tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000)
+give_back(tat_key, window_key, count, slot, run_end, interval, redis_now_ms())
 """
 )
 
