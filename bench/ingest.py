@@ -174,8 +174,15 @@ def start_gunicorn(argv: list[str], env: dict[str, str], url: str, cwd: Path) ->
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after gunicorn's graceful timeout (30 s): the bench always ends, and
+    always stops its Redis after."""
     process.terminate()
-    process.wait(timeout=30)
+    try:
+        process.wait(timeout=35)
+    except subprocess.TimeoutExpired:
+        print(f"warning: {process.args[:3]}... did not stop within 35 s of SIGTERM: killed", file=sys.stderr)
+        process.kill()
+        process.wait()
 
 
 def wrk(url: str, seconds: int, lua: Path | None, lua_args: list[str]) -> dict[str, float]:
