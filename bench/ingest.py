@@ -126,9 +126,8 @@ def durable_redis(path: Path, mode: str, valkey: bool) -> tuple[BenchRedis, dict
         info = redis.info("server")
     version = f"valkey {info['valkey_version']}" if "valkey_version" in info else f"redis {info['redis_version']}"
     if mode == "replica":
-        return BenchRedis(process, version, start_replica(path.with_name("replica"), process)), {
-            "RELAY_DURABLE_ACK": "replica"
-        }
+        replica = start_replica(path.with_name("replica"), process)
+        return BenchRedis(process, version, replica), {"RELAY_DURABLE_ACK": "replica"}
     return BenchRedis(process, version), ({} if mode == "off" else {"RELAY_DURABLE_ACK": "fsync"})
 
 
