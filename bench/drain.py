@@ -110,13 +110,12 @@ def drain_round(b: Backend, tmp: str, round_: int, updates: int, workers: int) -
     calls = sorted(r["at"] for r in b.sandbox.state.requests if r["at"] >= queued_at)
     # Without the workers' start-up (their imports compete for the CPU) and the last, short-queue stretch.
     middle = calls[len(calls) // 10 : len(calls) * 9 // 10]
-    return Round(
-        capacity,
-        (len(calls) - 1) / (calls[-1] - calls[0]),
-        (len(middle) - 1) / (middle[-1] - middle[0]),
-        elapsed,
-        marks.per_delivery()[0],
-    )
+    return Round(capacity, per_second(calls), per_second(middle), elapsed, marks.per_delivery()[0])
+
+
+def per_second(times: list[float]) -> float:
+    """Calls a second from the first of these (sorted) call times to the last."""
+    return (len(times) - 1) / (times[-1] - times[0])
 
 
 def main() -> int:

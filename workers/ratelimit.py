@@ -246,7 +246,7 @@ class RateLimiter:
             held.append(token)  # released with the outcome, even if no call comes
         sent = self._booking.get()
         self._booking.set(None)
-        if answer[0] and len(answer) > 3 and int(answer[3]) > 0 and sent is not None and sent[0] == token:
+        if answer[0] and int(answer[3]) > 0 and sent is not None and sent[0] == token:
             _, sent_at, pauses = sent  # counted from the booking's sending, and a 429 since ends it
             self._run.set(_Run(token, int(answer[3]), sent_at + RUN_FRESH_SECONDS, pauses, list(answer[4:7])))
 

@@ -114,12 +114,18 @@ end
 local interval = 1000 / rate
 local tat = math.max(tonumber(redis.call('GET', tat_key) or '0'), now)
 if own_tat_key ~= tat_key then tat = math.max(tat, tonumber(redis.call('GET', own_tat_key) or '0')) end
-local slot = math.max(tat - (burst - 1) * interval, now)
+-- The earliest slot after arrival time `at` with `credit` slots of burst, when the window may already
+-- hold `in_window` slots: GCRA's, and no sooner than a second (plus jitter) after the in_window-th
+-- newest (below 1/s the window is one interval wide: one slot per 1 / rate across both lanes).
+local function earliest(at, credit, in_window)
+    local earliest_slot = math.max(at - (credit - 1) * interval, now)
+    local nth = redis.call('LINDEX', window_key, in_window - 1)
+    if nth then earliest_slot = math.max(earliest_slot, tonumber(nth) + math.max(1000, interval) + jitter_ms) end
+    return earliest_slot
+end
 local per_window = math.max(1, math.floor(rate))
 local reserve = math.max(reserve_min, math.floor(reserve_share * per_window))
-local nth = redis.call('LINDEX', window_key, math.max(1, per_window - reserve) - 1)
--- below 1/s the window is one interval wide: one slot per 1 / rate across both lanes
-if nth then slot = math.max(slot, tonumber(nth) + math.max(1000, interval) + jitter_ms) end
+local slot = earliest(tat, burst, math.max(1, per_window - reserve))
 local wait = slot - now
 if wait > max_wait_ms then return {0, math.ceil(wait * 1000), rate_milli} end
 local next_tat = math.max(tat, slot) + interval
@@ -130,10 +136,7 @@ local booked = 0
 local run_burst = burst - math.floor(burst / 2)
 local run_window = math.max(1, per_window - math.max(reserve, math.floor(per_window / 2)))
 while wait == 0 and booked < further do
-    local next_slot = math.max(next_tat - (run_burst - 1) * interval, now)
-    nth = redis.call('LINDEX', window_key, run_window - 1)
-    if nth then next_slot = math.max(next_slot, tonumber(nth) + math.max(1000, interval) + jitter_ms) end
-    if next_slot > now then break end
+    if earliest(next_tat, run_burst, run_window) > now then break end
     redis.call('LPUSH', window_key, now)
     next_tat = next_tat + interval
     booked = booked + 1
