@@ -129,7 +129,7 @@ class HttpApi:
         text = redact(response.body.decode("utf-8", "replace"), self._secrets)[:MAX_BODY_KEPT]
         message = f"{method} {path} -> {status}"
         if status == 429:
-            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            retry_after = parse_retry_after(response.headers.get("retry-after"))
             if self._limiter is not None:
                 # Every worker waits: nobody calls again before the pause the API asked for.
                 retry_after = max(0.0, self._limiter.pause(retry_after) - time.time())

@@ -3,7 +3,9 @@ server on a socket: kept alive, replaced when the server closed them while idle,
 
 from __future__ import annotations
 
+import http.client
 import json
+import re
 import socket
 import ssl
 import threading
@@ -16,9 +18,10 @@ from pathlib import Path
 import pytest
 import trustme
 
-from service.destinations.keepalive import KeepAlivePool
+from service.destinations.keepalive import Answer, KeepAlivePool
 
 HEADERS = {"Content-Type": "application/json"}
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
 
 
 class EchoServer(ThreadingHTTPServer):
@@ -177,3 +180,154 @@ def test_https_is_verified_against_the_trusted_authorities(
     trusting = KeepAlivePool(url, connect_timeout=3, read_timeout=10)
     assert _put(trusting, 2) == {"got": {"n": 2}}
     trusting.close()
+
+
+class ScriptedServer:
+    """A server on a real socket that reads each request whole and answers with the next of
+    `answers` byte for byte, so a test gives any framing: chunked, to the close, cut short."""
+
+    def __init__(self, answers: list[bytes | None]) -> None:
+        self.answers = answers  # None: close the connection instead of answering; b"": say nothing
+        self.hold = threading.Event()  # set: a connection held silent (b"") is let go
+        self.requests: list[bytes] = []
+        self.connections = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        with self._listener:
+            while self.answers:
+                conn, _ = self._listener.accept()
+                self.connections += 1
+                with conn:
+                    while self.answers and (request := self._read_request(conn)) is not None:
+                        self.requests.append(request)
+                        answer = self.answers.pop(0)
+                        if answer is None:
+                            break
+                        if not answer:
+                            self.hold.wait(10)
+                            break
+                        conn.sendall(answer)
+                        framed = b"content-length" in answer.lower() or b"transfer-encoding" in answer.lower()
+                        if b"connection: close" in answer.lower() or not framed:
+                            break  # the answer ends with the connection
+
+    @staticmethod
+    def _read_request(conn: socket.socket) -> bytes | None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return None
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = int(re.search(rb"content-length: (\d+)", head.lower()).group(1))  # type: ignore[union-attr]
+        while len(body) < length:
+            body += conn.recv(65536)
+        return data
+
+
+def _scripted(*answers: bytes | None) -> tuple[ScriptedServer, KeepAlivePool]:
+    server = ScriptedServer(list(answers))
+    return server, KeepAlivePool(server.url, connect_timeout=3, read_timeout=5)
+
+
+def _call(pool: KeepAlivePool) -> Answer:
+    return pool.request("PUT", "/users/1/", b'{"n": 1}', HEADERS)
+
+
+def test_a_chunked_answer_is_read_whole_and_its_connection_kept() -> None:
+    chunked = b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{"a"\r\n3\r\n: 1\r\n1\r\n}\r\n0\r\n\r\n'
+    server, pool = _scripted(chunked, chunked)
+    assert [json.loads(_call(pool).body) for _ in range(2)] == [{"a": 1}, {"a": 1}]
+    assert server.connections == 1
+    pool.close()
+
+
+def test_a_body_without_length_runs_to_the_close_and_the_next_call_opens_a_new_connection() -> None:
+    server, pool = _scripted(b'HTTP/1.1 200 OK\r\n\r\n{"to": "the close"}', OK)
+    assert json.loads(_call(pool).body) == {"to": "the close"}
+    assert _call(pool).status == 200
+    assert server.connections == 2
+    pool.close()
+
+
+def test_an_answer_saying_connection_close_is_not_kept() -> None:
+    server, pool = _scripted(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}", OK)
+    assert _call(pool).body == b"{}"
+    assert _call(pool).status == 200
+    assert server.connections == 2
+    pool.close()
+
+
+def test_an_answer_cut_short_or_missing_fails_the_call() -> None:
+    """What a delivery must retry, never read as a (shorter) answer."""
+    _, pool = _scripted(b'HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{"cut": ')
+    with pytest.raises(http.client.IncompleteRead):
+        _call(pool)
+    _, pool = _scripted(None)
+    with pytest.raises(http.client.RemoteDisconnected):
+        _call(pool)
+    _, pool = _scripted(b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n{"cut": ')
+    with pytest.raises(http.client.IncompleteRead):
+        _call(pool)
+
+
+def test_a_malformed_answer_fails_the_call_and_its_connection_is_dropped() -> None:
+    server, pool = _scripted(b"SMTP ready\r\n\r\n", OK)
+    with pytest.raises(http.client.HTTPException):
+        _call(pool)
+    assert _call(pool).status == 200
+    assert server.connections == 2
+
+
+def test_an_interim_answer_is_skipped_and_headers_are_read_by_lower_case_name() -> None:
+    _, pool = _scripted(
+        b"HTTP/1.1 100 Continue\r\n\r\n"
+        b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 7\r\nVary: a\r\nvary: b\r\nContent-Length: 2\r\n\r\n{}",
+    )
+    answer = _call(pool)
+    assert (answer.status, answer.headers["retry-after"], answer.headers["vary"]) == (429, "7", "a, b")
+    pool.close()
+
+
+def test_more_than_one_answer_to_one_request_drops_the_connection() -> None:
+    """An answer nobody asked for would be read as the next request's: the connection is out of step."""
+    server, pool = _scripted(OK + OK, OK)
+    assert _call(pool).status == 200
+    assert _call(pool).status == 200
+    assert server.connections == 2
+    pool.close()
+
+
+def test_a_request_a_path_or_header_would_split_is_refused_before_anything_is_sent() -> None:
+    server, pool = _scripted(OK)
+    with pytest.raises(ValueError, match="space or control"):
+        pool.request("PUT", "/users/1/ HTTP/1.1\r\nX-Injected: 1", b"{}", HEADERS)
+    with pytest.raises(ValueError, match="split the request"):
+        pool.request("PUT", "/users/1/", b"{}", {"X-Note": "a\r\nX-Injected: 1"})
+    assert _call(pool).status == 200
+    assert server.requests == [server.requests[0]] and b"Injected" not in server.requests[0]
+    pool.close()
+
+
+def test_the_request_names_its_host_and_asks_for_no_content_coding() -> None:
+    """Without Accept-Encoding a server may compress the answer, which nothing here would undo."""
+    server, pool = _scripted(OK)
+    _call(pool)
+    head = server.requests[0].split(b"\r\n\r\n")[0].split(b"\r\n")
+    port = server.url.rsplit(":", 1)[1]
+    assert head[0] == b"PUT /users/1/ HTTP/1.1"
+    assert f"Host: 127.0.0.1:{port}".encode() in head
+    assert b"Accept-Encoding: identity" in head and b"Content-Length: 8" in head
+    pool.close()
+
+
+def test_a_server_that_does_not_answer_in_time_fails_the_call() -> None:
+    server = ScriptedServer([b""])
+    pool = KeepAlivePool(server.url, connect_timeout=3, read_timeout=0.2)
+    with pytest.raises(TimeoutError):
+        _call(pool)
+    server.hold.set()
