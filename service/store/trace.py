@@ -68,6 +68,10 @@ class TraceEntry:
             return _dump(entry)
         entry.update(endpoint=self.endpoint, status=self.status, tags=[_cut(t) for t in self.tags[:20]])
         entry["dropped"] = [{k: _cut(str(v)) for k, v in d.items()} for d in self.dropped[:10]]
+        entry["attributes"] = {_cut(name): _cut_value(value) for name, value in self.attributes.items()}
+        whole = _dump(entry)
+        if len(whole) <= MAX_ENTRY_BYTES - 40:
+            return whole  # the usual entry: everything fits
         attributes: dict[str, Any] = {}
         entry["attributes"] = attributes
         # The entry's length is counted as attributes are added (each `"name":value`, a comma

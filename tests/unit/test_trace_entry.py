@@ -49,3 +49,13 @@ def test_two_long_names_cut_to_the_same_keep_the_later_value_within_the_budget()
     assert entry["attributes"]["x" * 119 + "…"] == "second"
     # all fit (1,923 of 1,960 bytes) when the replaced name is not counted twice
     assert len(entry["attributes"]) == 16 and "attributes_left_out" not in entry
+
+
+def test_an_entry_too_large_whole_keeps_the_first_attributes_that_fit() -> None:
+    attributes = {f"a{n:02d}": "v" * 100 for n in range(40)}  # about 4,500 bytes in all
+    text = TraceEntry(kind="delivery", user_id="u1", destination="usercom", attributes=attributes).to_json()
+    entry = json.loads(text)
+    assert len(text) <= MAX_ENTRY_BYTES
+    kept = list(entry["attributes"])
+    assert 0 < len(kept) < 40 and kept == [f"a{n:02d}" for n in range(len(kept))]
+    assert entry["attributes_left_out"] == 40 - len(kept)
