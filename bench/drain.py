@@ -1,7 +1,8 @@
 """Drain rate: N queued updates for distinct users, 2 worker processes, an unthrottled User.com
 double. Prints updates applied per second beside what the double itself serves to wrk (the
 same PUT, 16 connections) just before, and the ratio (goals: >= 1,000/s and >= 0.8x); the CPU
-each kind of process spends per delivery, and what 0.8x would leave for it on this machine.
+each kind of process spends per delivery, how many of the cores it keeps busy, and what 0.8x would
+leave for it on this machine.
 
 Each round is wrk, then a fresh backlog drained by fresh workers, so the pair sees the same load
 on a shared machine; the figures reported are the medians of the rounds (one round's ratio varied
@@ -21,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.harness import API_KEY, Backend, backend, start, stop, trace_cost, wait_drained
+from bench.harness import API_KEY, Backend, backend, cpu_seconds, start, stop, trace_cost, wait_drained
 
 WRK_PUT = """
 wrk.method = "PUT"
@@ -42,28 +43,6 @@ def double_capacity(tmp: str, url: str) -> float | None:
     return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
 
 
-def cpu_seconds(supervisor: int, redis_pid: int) -> dict[str, float]:
-    """CPU seconds (user + system) so far of the workers (`relay worker`'s supervisor and its children),
-    redis-server and this process (the User.com double, and the bench's own polling)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    seconds = {"workers": 0.0, "redis": 0.0, "double + bench": 0.0}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:  # gone meanwhile
-            continue
-        pid, parent, used = int(entry.name), int(fields[1]), (int(fields[11]) + int(fields[12])) / tick
-        if supervisor in (pid, parent):
-            seconds["workers"] += used
-        elif pid == redis_pid:
-            seconds["redis"] += used
-        elif pid == os.getpid():
-            seconds["double + bench"] += used
-    return seconds
-
-
 class CpuMarks:
     """CPU seconds per kind of process at 10 % and at 90 % drained (the workers' start-up and the
     short-queue end left out), as wait_drained polls."""
@@ -76,7 +55,8 @@ class CpuMarks:
         done = self.total - in_flight
         due = self.total // 10 if not self.marks else self.total * 9 // 10
         if len(self.marks) < 2 and done >= due:
-            self.marks.append((done, cpu_seconds(self.supervisor, self.redis_pid)))
+            roots = {"workers": self.supervisor, "redis": self.redis_pid, "double + bench": os.getpid()}
+            self.marks.append((done, cpu_seconds(roots, children_of=("workers",))))
 
     def per_delivery(self) -> tuple[dict[str, float], int]:
         """µs of CPU per delivery by kind, and over how many deliveries ({} and 0 if not measured)."""
@@ -153,7 +133,11 @@ def main() -> int:
     if measured:
         cpu = {kind: statistics.median(r.cpu[kind] for r in measured) for kind in measured[0].cpu}
         parts = ", ".join(f"{kind} {cpu[kind]:.0f}" for kind in cpu)
-        print(f"median CPU per delivery: {parts} µs; {sum(cpu.values()):.0f} µs in all")
+        busy = statistics.median(r.steady * sum(r.cpu.values()) / 1e6 for r in measured)
+        print(
+            f"median CPU per delivery: {parts} µs; {sum(cpu.values()):.0f} µs in all; "
+            f"{busy:.2f} of {os.cpu_count()} cores busy while draining"
+        )
     paired = [r for r in rounds if r.capacity]
     if paired:
         capacity = statistics.median(r.capacity for r in paired if r.capacity)

@@ -99,6 +99,26 @@ def stop(*children: subprocess.Popen[bytes]) -> None:
         child.wait(timeout=60)
 
 
+def cpu_seconds(roots: dict[str, int], children_of: tuple[str, ...] = ()) -> dict[str, float]:
+    """CPU seconds (user + system) so far of each named process, and of its children for the names
+    in `children_of` (a gunicorn master's workers, a worker supervisor's workers)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    seconds = dict.fromkeys(roots, 0.0)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        pid, parent, used = int(entry.name), int(fields[1]), (int(fields[11]) + int(fields[12])) / tick
+        for name, root in roots.items():
+            if pid == root or (parent == root and name in children_of):
+                seconds[name] += used
+                break
+    return seconds
+
+
 def wait_drained(store: Store, timeout: float, on_poll: Callable[[int], None] | None = None) -> float:
     """Seconds until nothing is in flight; raises TimeoutError past `timeout`. `on_poll` is told what
     is still in flight at each look (every 50 ms)."""

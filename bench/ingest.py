@@ -7,7 +7,8 @@ not from response counts. Every request carries a distinct event id, so none is 
 
 Each round runs, per event kind (`--event`: customer, subscription or both), a hello-world run
 then a relay run, so each pair sees the same load on a shared machine; the ratio reported is the
-median of the pairs' ratios.
+median of the pairs' ratios. Beside it: the CPU each server (and Redis) spends a request, and what
+0.6x would leave for all of it on this machine.
 
 `--durable-ack` measures RELAY_DURABLE_ACK (service/store/durability.py): `off` (the default,
 appendfsync everysec), `always` (RELAY_DURABLE_ACK=fsync on a Redis with appendfsync always) or
@@ -37,6 +38,7 @@ import stripe
 import urllib3
 from redis import Redis
 
+from bench.harness import cpu_seconds
 from service.cli import gunicorn_argv
 from service.config import Settings
 from service.devtools.embedded_redis import RedisProcess, free_port
@@ -184,6 +186,16 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
+def cpu_parts(hello: dict[str, float], relay: dict[str, float], *, served: float, accepted: float) -> str:
+    """µs of CPU a request: hello's server; the relay's server and Redis (and replica), per webhook accepted."""
+    parts = ", ".join(f"{name} {seconds / accepted * 1e6:.0f}" for name, seconds in relay.items())
+    return f"hello {hello['server'] / served * 1e6:.0f}; relay {parts}"
+
+
+def spent(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {name: after[name] - before[name] for name in before}
+
+
 def wrk(url: str, seconds: int, lua: Path | None, lua_args: list[str]) -> dict[str, float]:
     argv = ["wrk", "-t2", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency"]
     if lua is not None:
@@ -231,6 +243,13 @@ def main() -> int:
         hello_runs: dict[str, list[dict[str, float]]] = {kind: [] for kind in kinds}
         relay_runs: dict[str, list[dict[str, float]]] = {kind: [] for kind in kinds}
         accepted_runs: dict[str, list[float]] = {kind: [] for kind in kinds}
+        # CPU seconds of each run, by process: the server (gunicorn's master and workers), Redis.
+        hello_cpu: dict[str, list[dict[str, float]]] = {kind: [] for kind in kinds}
+        relay_cpu: dict[str, list[dict[str, float]]] = {kind: [] for kind in kinds}
+        hello_roots = {"server": servers[0].pid}
+        relay_roots = {"server": servers[1].pid, "redis": redis_server.process.process.pid}  # type: ignore[union-attr]
+        if redis_server.replica is not None:
+            relay_roots["replica"] = redis_server.replica.process.pid  # type: ignore[union-attr]
         try:
             wrk(hello_url, 2, None, [])  # warm-up both
             for kind in kinds:
@@ -240,12 +259,16 @@ def main() -> int:
             for round_ in range(args.rounds):
                 for kind in kinds:
                     # Each relay run right after its own hello run: the pair sees the same machine load.
+                    before_cpu = cpu_seconds(hello_roots, children_of=("server",))
                     hello_runs[kind].append(wrk(hello_url, args.seconds, None, []))
+                    hello_cpu[kind].append(spent(before_cpu, cpu_seconds(hello_roots, children_of=("server",))))
                     # Fresh events each round, signed just before use: none is ever sent twice.
                     events = tmp / f"round{round_}-{kind}.tsv"
                     write_requests(events, 12_000 * args.seconds, f"r{round_}", kind)
                     before = store.ledger()
+                    before_cpu = cpu_seconds(relay_roots, children_of=("server",))
                     relay_runs[kind].append(wrk(relay_url, args.seconds, lua, [str(events), "2"]))
+                    relay_cpu[kind].append(spent(before_cpu, cpu_seconds(relay_roots, children_of=("server",))))
                     after = store.ledger()
                     accepted_runs[kind].append((after["received"] - before["received"]) / args.seconds)
                     if after["duplicates"] != before["duplicates"]:
@@ -254,7 +277,7 @@ def main() -> int:
             for server in servers:
                 stop(server)
             redis_server.stop()
-    report(args, settings, redis_server.version, kinds, hello_runs, relay_runs, accepted_runs)
+    report(args, settings, redis_server.version, kinds, hello_runs, relay_runs, accepted_runs, hello_cpu, relay_cpu)
     return 0
 
 
@@ -266,6 +289,8 @@ def report(
     hello_runs: dict[str, list[dict[str, float]]],
     relay_runs: dict[str, list[dict[str, float]]],
     accepted_runs: dict[str, list[float]],
+    hello_cpu: dict[str, list[dict[str, float]]],
+    relay_cpu: dict[str, list[dict[str, float]]],
 ) -> None:
     argv = gunicorn_argv(settings, "127.0.0.1:0")
     worker_class = argv[argv.index("--worker-class") + 1]
@@ -279,13 +304,16 @@ def report(
         print(f"-- {kind} events ({EVENTS[kind].name})")
         print(
             f"{'round':<6} {'hello req/s':>12} {'relay accepted/s':>17} {'ratio':>6} {'hello p99':>10} "
-            f"{'relay p50':>10} {'relay p99':>10}"
+            f"{'relay p50':>10} {'relay p99':>10}  CPU µs a request (servers and Redis)"
         )
-        runs = zip(hello_runs[kind], relay_runs[kind], accepted_runs[kind], strict=True)
-        for i, (h, r, a) in enumerate(runs, start=1):
+        runs = zip(
+            hello_runs[kind], relay_runs[kind], accepted_runs[kind], hello_cpu[kind], relay_cpu[kind], strict=True
+        )
+        for i, (h, r, a, hello_spent, relay_spent) in enumerate(runs, start=1):
+            cpu = cpu_parts(hello_spent, relay_spent, served=h["rps"] * args.seconds, accepted=a * args.seconds)
             print(
                 f"{i:<6} {h['rps']:>12.0f} {a:>17.0f} {a / h['rps']:>6.2f} {h['p99_ms']:>8.2f}ms "
-                f"{r['p50_ms']:>8.2f}ms {r['p99_ms']:>8.2f}ms"
+                f"{r['p50_ms']:>8.2f}ms {r['p99_ms']:>8.2f}ms  {cpu}"
             )
     for kind in kinds:
         hello = statistics.median(r["rps"] for r in hello_runs[kind])
@@ -295,6 +323,21 @@ def report(
         print(
             f"median {kind}: hello {hello:.0f} req/s, relay {accepted:.0f} accepted/s, ratio {ratio:.2f} (of pairs), "
             f"relay p99 {relay_p99:.2f} ms   (goal: ratio >= 0.60 with p99 <= 10 ms)"
+        )
+        hello_server = statistics.median(
+            c["server"] / (h["rps"] * args.seconds) * 1e6
+            for c, h in zip(hello_cpu[kind], hello_runs[kind], strict=True)
+        )
+        relay_all = statistics.median(
+            sum(c.values()) / (a * args.seconds) * 1e6
+            for c, a in zip(relay_cpu[kind], accepted_runs[kind], strict=True)
+        )
+        cores = os.cpu_count() or 1
+        budget = cores / (0.6 * hello) * 1e6
+        print(
+            f"  0.6x on this machine's {cores} cores leaves {budget:.0f} µs of CPU a webhook in all (wrk too), "
+            f"of which the web server alone takes {hello_server:.0f} (hello's); the relay takes "
+            f"{relay_all:.0f} µs (its server and Redis)"
         )
 
 
