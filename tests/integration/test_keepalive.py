@@ -308,6 +308,8 @@ def test_a_request_a_path_or_header_would_split_is_refused_before_anything_is_se
         pool.request("PUT", "/users/1/ HTTP/1.1\r\nX-Injected: 1", b"{}", HEADERS)
     with pytest.raises(ValueError, match="split the request"):
         pool.request("PUT", "/users/1/", b"{}", {"X-Note": "a\r\nX-Injected: 1"})
+    with pytest.raises(ValueError, match="HEAD"):  # would wait for the body its answer announces
+        pool.request("HEAD", "/users/1/", b"", {})
     assert _call(pool).status == 200
     assert server.requests == [server.requests[0]] and b"Injected" not in server.requests[0]
     pool.close()
