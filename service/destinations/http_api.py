@@ -123,7 +123,10 @@ class HttpApi:
         self._last_call.set((endpoint, status))
         self._counter(endpoint, str(status)).inc()
         if 200 <= status < 300:
-            return json.loads(response.body) if response.body else {}
+            try:
+                return json.loads(response.body) if response.body else {}
+            except ValueError:  # e.g. a proxy's page: what the call did is unknown, and sending again is safe
+                raise Retryable(f"{method} {path} -> {status}: the answer is not JSON", status=status) from None
         if status == 404 and allow_404:
             return None
         text = redact(response.body.decode("utf-8", "replace"), self._secrets)[:MAX_BODY_KEPT]

@@ -28,15 +28,20 @@ from urllib.parse import urlsplit
 import httptools
 
 READ_SIZE = 1 << 16
+# What an answer may hold, as http.client allowed (100 headers), and a body far beyond any API answer:
+# past them the call fails instead of holding the worker and its memory.
+MAX_HEADERS, MAX_HEADER_BYTES, MAX_BODY_BYTES = 100, 1 << 16, 1 << 24
 # What a request line or a header may not hold (http.client refuses the same): a request split in two.
 _UNSAFE_IN_LINE = re.compile(r"[\x00-\x20\x7f]")
-_UNSAFE_IN_HEADER = re.compile(r"[\x00\r\n]")
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an RFC 9110 token
+_UNSAFE_IN_VALUE = re.compile(r"[\x00\r\n]")
+_SET_HERE = frozenset({"host", "content-length", "transfer-encoding"})  # the request's framing
 
 
 @dataclass(frozen=True)
 class Answer:
     status: int
-    headers: dict[str, str]  # names lower-cased; a repeated header's values joined with ", "
+    headers: dict[str, str]  # names lower-cased; a repeated header: its first value (as http.client's get)
     body: bytes
 
 
@@ -61,7 +66,8 @@ class KeepAlivePool:
 
     def request(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> Answer:
         """The answer, read whole; raises OSError or http.client.HTTPException when the call fails,
-        ValueError for a path or header that would split the request (nothing is sent)."""
+        ValueError for a request this cannot make (nothing is sent). `read_timeout` bounds each read,
+        not the whole answer (as http.client's timeout did)."""
         request = self._request_bytes(method, path, body, headers)
         sock = self._take()
         try:
@@ -77,14 +83,16 @@ class KeepAlivePool:
         return answer
 
     def _request_bytes(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> bytes:
-        if method == "HEAD":  # its answer announces a body it does not carry: the framing here would wait for it
+        if method.upper() == "HEAD":  # its answer announces a body it does not carry: this would wait for it
             raise ValueError("HEAD is not supported: nothing here asks for headers alone")
         if _UNSAFE_IN_LINE.search(method) or _UNSAFE_IN_LINE.search(path):
             raise ValueError(f"a method or path with a space or control character: {method} {path!r}")
         lines = [f"{method} {path} HTTP/1.1", self._host_line, "Accept-Encoding: identity"]
         for name, value in headers.items():
-            if _UNSAFE_IN_HEADER.search(name) or _UNSAFE_IN_HEADER.search(value) or ":" in name:
+            if not _HEADER_NAME.fullmatch(name) or _UNSAFE_IN_VALUE.search(value):
                 raise ValueError(f"header {name!r}: a name or value that would split the request")
+            if name.lower() in _SET_HERE:
+                raise ValueError(f"header {name!r}: set here, from the URL and the body")
             lines.append(f"{name}: {value}")
         lines.append(f"Content-Length: {len(body)}\r\n\r\n")
         return "\r\n".join(lines).encode("latin-1") + body
@@ -104,7 +112,8 @@ class KeepAlivePool:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # the request goes out at once
             if self._context is not None:  # the handshake within the connect timeout too
-                sock = self._context.wrap_socket(sock, server_hostname=self._host)
+                # A close without TLS's close_notify fails the read: a forged FIN cannot cut an answer short.
+                sock = self._context.wrap_socket(sock, server_hostname=self._host, suppress_ragged_eofs=False)
             sock.settimeout(self._read_timeout)  # connected: each send and read may wait this long
         except BaseException:
             sock.close()
@@ -125,6 +134,7 @@ class _Reading:
     def __init__(self, parser_of: list[httptools.HttpResponseParser]) -> None:
         self._parser_of = parser_of
         self.headers: dict[str, str] = {}
+        self.header_count = self.header_bytes = self.body_bytes = 0
         self.chunks: list[bytes] = []
         self.started = self.headed = False
         self.status = 0
@@ -136,18 +146,24 @@ class _Reading:
         self.started = True
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self.extra:
+        if self.extra or self.headed:  # another answer's, or a chunked body's trailer
             return
-        key = name.decode("latin-1").lower()
-        text = value.decode("latin-1")
-        self.headers[key] = f"{self.headers[key]}, {text}" if key in self.headers else text
+        self.header_count += 1
+        self.header_bytes += len(name) + len(value)
+        if self.header_count > MAX_HEADERS or self.header_bytes > MAX_HEADER_BYTES:
+            raise http.client.HTTPException(f"more than {MAX_HEADERS} headers or {MAX_HEADER_BYTES} bytes of them")
+        self.headers.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
 
     def on_headers_complete(self) -> None:
         self.headed = True
 
     def on_body(self, data: bytes) -> None:
-        if not self.extra:
-            self.chunks.append(data)
+        if self.extra:
+            return
+        self.body_bytes += len(data)
+        if self.body_bytes > MAX_BODY_BYTES:
+            raise http.client.HTTPException(f"an answer's body over {MAX_BODY_BYTES} bytes")
+        self.chunks.append(data)
 
     def on_message_complete(self) -> None:
         if self.extra:
@@ -156,13 +172,15 @@ class _Reading:
         status = parser.get_status_code()
         if 100 <= status < 200 and status != 101:  # interim (100 Continue, 103 Early Hints): the answer follows
             self.headers, self.chunks, self.headed = {}, [], False
+            self.header_count = self.header_bytes = self.body_bytes = 0
             return
         # Read here: llhttp resets what this depends on once the message is done.
         self.status, self.keep = status, parser.should_keep_alive()
 
     def runs_to_close(self) -> bool:
         """A body with neither Content-Length nor chunked framing ends where the connection does."""
-        return self.headed and "content-length" not in self.headers and "transfer-encoding" not in self.headers
+        chunked = self.headers.get("transfer-encoding", "").lower().endswith("chunked")
+        return self.headed and "content-length" not in self.headers and not chunked
 
 
 def _read_answer(sock: socket.socket) -> tuple[Answer, bool]:
@@ -182,6 +200,11 @@ def _read_answer(sock: socket.socket) -> tuple[Answer, bool]:
         try:
             parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:  # (101 Switching Protocols)
+            if reading.keep is not None and reading.status != 101:  # whole, then bytes nobody asked for
+                reading.extra = True
+                break
+            if isinstance(exc.__context__, http.client.HTTPException):  # a limit above, from a callback
+                raise exc.__context__ from None
             raise http.client.HTTPException(f"a malformed answer: {exc}") from None
     if reading.status == 101:
         raise http.client.HTTPException("the server switched protocols, which nothing asked for")

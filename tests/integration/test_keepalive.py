@@ -1,5 +1,7 @@
-"""The destinations' HTTP connections (service/destinations/keepalive.py), against a real HTTP/1.1
-server on a socket: kept alive, replaced when the server closed them while idle, TLS verified."""
+"""The destinations' HTTP connections (service/destinations/keepalive.py), against real servers on
+sockets: kept alive, replaced when the server closed them while idle, TLS verified; answers framed
+every way HTTP/1.1 allows, cut short, malformed or oversized (a scripted server), and the request
+refused before sending when it could be split."""
 
 from __future__ import annotations
 
@@ -18,7 +20,11 @@ from pathlib import Path
 import pytest
 import trustme
 
+from service.destinations import keepalive
+from service.destinations.base import Retryable
+from service.destinations.http_api import HttpApi
 from service.destinations.keepalive import Answer, KeepAlivePool
+from service.ops.metrics import USERCOM_REQUESTS, USERCOM_SECONDS
 
 HEADERS = {"Content-Type": "application/json"}
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
@@ -186,19 +192,22 @@ class ScriptedServer:
     """A server on a real socket that reads each request whole and answers with the next of
     `answers` byte for byte, so a test gives any framing: chunked, to the close, cut short."""
 
-    def __init__(self, answers: list[bytes | None]) -> None:
+    def __init__(self, answers: list[bytes | None], context: ssl.SSLContext | None = None) -> None:
         self.answers = answers  # None: close the connection instead of answering; b"": say nothing
         self.hold = threading.Event()  # set: a connection held silent (b"") is let go
         self.requests: list[bytes] = []
         self.connections = 0
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
-        threading.Thread(target=self._serve, daemon=True).start()
+        self.url = self.url.replace("http://127.0.0.1", "https://localhost") if context is not None else self.url
+        threading.Thread(target=self._serve, args=(context,), daemon=True).start()
 
-    def _serve(self) -> None:
+    def _serve(self, context: ssl.SSLContext | None) -> None:
         with self._listener:
             while self.answers:
                 conn, _ = self._listener.accept()
+                if context is not None:  # closed below without TLS's close_notify, as a forged FIN would be
+                    conn = context.wrap_socket(conn, server_side=True)
                 self.connections += 1
                 with conn:
                     while self.answers and (request := self._read_request(conn)) is not None:
@@ -283,13 +292,15 @@ def test_a_malformed_answer_fails_the_call_and_its_connection_is_dropped() -> No
     assert server.connections == 2
 
 
-def test_an_interim_answer_is_skipped_and_headers_are_read_by_lower_case_name() -> None:
+def test_an_interim_answer_is_skipped_and_headers_are_read_by_lower_case_name_first_value() -> None:
+    """A repeated header reads as its first value, as http.client's did: two `Retry-After: 7` must
+    not read as "7, 7", which is no pause at all."""
     _, pool = _scripted(
         b"HTTP/1.1 100 Continue\r\n\r\n"
         b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 7\r\nVary: a\r\nvary: b\r\nContent-Length: 2\r\n\r\n{}",
     )
     answer = _call(pool)
-    assert (answer.status, answer.headers["retry-after"], answer.headers["vary"]) == (429, "7", "a, b")
+    assert (answer.status, answer.headers["retry-after"], answer.headers["vary"]) == (429, "7", "a")
     pool.close()
 
 
@@ -333,3 +344,75 @@ def test_a_server_that_does_not_answer_in_time_fails_the_call() -> None:
     with pytest.raises(TimeoutError):
         _call(pool)
     server.hold.set()
+
+
+def test_an_answer_then_bytes_nobody_asked_for_is_kept_and_its_connection_dropped() -> None:
+    """The answer is whole: the call succeeds (a failure would send the delivery again); what follows
+    it could be read as the next call's answer, so the connection goes."""
+    server, pool = _scripted(OK + b"XYZ", OK)
+    assert _call(pool).body == b"{}"
+    assert _call(pool).status == 200
+    assert server.connections == 2
+    pool.close()
+
+
+def test_a_chunked_body_s_trailer_is_not_read_as_a_header() -> None:
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\nRetry-After: 9\r\n\r\n"
+    _, pool = _scripted(chunked)
+    answer = _call(pool)
+    assert (answer.body, "retry-after" in answer.headers) == (b"{}", False)
+    pool.close()
+
+
+def test_an_answer_with_too_many_headers_fails_at_once_instead_of_holding_the_worker() -> None:
+    flood = b"HTTP/1.1 200 OK\r\n" + b"a: b\r\n" * 50_000 + b"Content-Length: 2\r\n\r\n{}"
+    _, pool = _scripted(flood)
+    with pytest.raises(http.client.HTTPException, match="headers"):
+        _call(pool)
+
+
+def test_headers_that_are_not_tokens_or_that_frame_the_request_are_refused() -> None:
+    server, pool = _scripted(OK)
+    for name in (" X-Folded", "", "X Space", "Content-Length", "transfer-encoding", "Host"):
+        with pytest.raises(ValueError, match="header"):
+            pool.request("PUT", "/users/1/", b"{}", {name: "1"})
+    assert _call(pool).status == 200 and len(server.requests) == 1
+    pool.close()
+
+
+def test_an_https_answer_cut_by_a_close_without_close_notify_fails_the_call(
+    tls_ca: trustme.CA, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over TLS a body that runs to the close is whole only when the server ends TLS itself: a bare
+    TCP close (anyone on the path can forge one) fails the call, to be retried."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls_ca.issue_cert("localhost").configure_cert(context)
+    server = ScriptedServer([b'HTTP/1.1 200 OK\r\n\r\n{"cut": '], context)
+    ca_file = tmp_path / "ca.pem"
+    tls_ca.cert_pem.write_to_path(str(ca_file))
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
+    pool = KeepAlivePool(server.url, connect_timeout=3, read_timeout=5)
+    with pytest.raises(ssl.SSLEOFError):
+        _call(pool)
+
+
+def test_a_2xx_answer_that_is_not_json_is_retried_not_raised_as_a_bug() -> None:
+    server, _ = _scripted(b"HTTP/1.1 200 OK\r\nContent-Length: 15\r\n\r\n<html>ok</html>")
+    api = HttpApi(
+        base_url=server.url,
+        headers={"Content-Type": "application/json"},
+        secrets=[],
+        connect_timeout=3,
+        read_timeout=5,
+        requests=USERCOM_REQUESTS,
+        seconds=USERCOM_SECONDS,
+    )
+    with pytest.raises(Retryable, match="not JSON"):
+        api.call("PUT", "/users/1/", {"n": 1}, endpoint="users")
+
+
+def test_an_answer_s_body_past_the_limit_fails_the_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(keepalive, "MAX_BODY_BYTES", 10)
+    _, pool = _scripted(b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n" + b"x" * 11)
+    with pytest.raises(http.client.HTTPException, match="body over 10 bytes"):
+        _call(pool)
