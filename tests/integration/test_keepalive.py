@@ -206,22 +206,29 @@ class ScriptedServer:
         with self._listener:
             while self.answers:
                 conn, _ = self._listener.accept()
-                if context is not None:  # closed below without TLS's close_notify, as a forged FIN would be
-                    conn = context.wrap_socket(conn, server_side=True)
                 self.connections += 1
-                with conn:
-                    while self.answers and (request := self._read_request(conn)) is not None:
-                        self.requests.append(request)
-                        answer = self.answers.pop(0)
-                        if answer is None:
-                            break
-                        if not answer:
-                            self.hold.wait(10)
-                            break
-                        conn.sendall(answer)
-                        framed = b"content-length" in answer.lower() or b"transfer-encoding" in answer.lower()
-                        if b"connection: close" in answer.lower() or not framed:
-                            break  # the answer ends with the connection
+                try:
+                    if context is not None:  # closed below without TLS's close_notify, as a forged FIN would be
+                        conn = context.wrap_socket(conn, server_side=True)
+                    self._answer(conn)
+                except OSError:  # a client that gives up mid-answer (a test of a limit) is not the server's failure
+                    pass
+                finally:
+                    conn.close()
+
+    def _answer(self, conn: socket.socket) -> None:
+        while self.answers and (request := self._read_request(conn)) is not None:
+            self.requests.append(request)
+            answer = self.answers.pop(0)
+            if answer is None:
+                return
+            if not answer:
+                self.hold.wait(10)
+                return
+            conn.sendall(answer)
+            framed = b"content-length" in answer.lower() or b"transfer-encoding" in answer.lower()
+            if b"connection: close" in answer.lower() or not framed:
+                return  # the answer ends with the connection
 
     @staticmethod
     def _read_request(conn: socket.socket) -> bytes | None:
