@@ -131,8 +131,8 @@ class KeepAlivePool:
 class _Reading:
     """httptools' callbacks for one answer: its headers, its body, and whether it is complete."""
 
-    def __init__(self, parser_of: list[httptools.HttpResponseParser]) -> None:
-        self._parser_of = parser_of
+    def __init__(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
         self.headers: dict[str, str] = {}
         self.header_count = self.header_bytes = self.body_bytes = 0
         self.chunks: list[bytes] = []
@@ -168,14 +168,13 @@ class _Reading:
     def on_message_complete(self) -> None:
         if self.extra:
             return
-        parser = self._parser_of[0]
-        status = parser.get_status_code()
+        status = self.parser.get_status_code()
         if 100 <= status < 200 and status != 101:  # interim (100 Continue, 103 Early Hints): the answer follows
             self.headers, self.chunks, self.headed = {}, [], False
             self.header_count = self.header_bytes = self.body_bytes = 0
             return
         # Read here: llhttp resets what this depends on once the message is done.
-        self.status, self.keep = status, parser.should_keep_alive()
+        self.status, self.keep = status, self.parser.should_keep_alive()
 
     def runs_to_close(self) -> bool:
         """A body with neither Content-Length nor chunked framing ends where the connection does."""
@@ -185,22 +184,19 @@ class _Reading:
 
 def _read_answer(sock: socket.socket) -> tuple[Answer, bool]:
     """The next answer on `sock`, read whole, and whether the connection may carry another request."""
-    parser_of: list[httptools.HttpResponseParser] = []
-    reading = _Reading(parser_of)
-    parser = httptools.HttpResponseParser(reading)
-    parser_of.append(parser)
+    reading = _Reading()
     while reading.keep is None:
         data = sock.recv(READ_SIZE)
         if not data:
             if reading.runs_to_close():
-                return Answer(parser.get_status_code(), reading.headers, b"".join(reading.chunks)), False
+                return Answer(reading.parser.get_status_code(), reading.headers, b"".join(reading.chunks)), False
             if not reading.started:
                 raise http.client.RemoteDisconnected("the server closed the connection without an answer")
             raise http.client.IncompleteRead(b"".join(reading.chunks))
         try:
-            parser.feed_data(data)
+            reading.parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:  # (101 Switching Protocols)
-            if reading.keep is not None and reading.status != 101:  # whole, then bytes nobody asked for
+            if reading.keep is not None:  # whole, then bytes nobody asked for
                 reading.extra = True
                 break
             if isinstance(exc.__context__, http.client.HTTPException):  # a limit above, from a callback
