@@ -250,6 +250,18 @@ class RateLimiter:
             _, sent_at, pauses = sent  # counted from the booking's sending, and a 429 since ends it
             self._run.set(_Run(token, int(answer[3]), sent_at + RUN_FRESH_SECONDS, pauses, list(answer[4:7])))
 
+    def unanswered(self, booking: ScriptCall) -> None:
+        """`booking` went to Redis but its answer was lost (the round trip failed): if it ran, its
+        slot's lease would hold a place under the in-flight cap until it expires. Released, best-effort."""
+        token = booking.args[3]
+        self._booking.set(None)
+        try:
+            self.redis.zrem(self._keys.limiter_in_flight, token)
+        except RedisError as exc:
+            log.warning(
+                "%s: a booking whose answer was lost holds its slot until it expires: %s", self._keys.destination, exc
+            )
+
     def end_run(self) -> None:
         """Give back the slots of this thread's run that no call used (the calls are done). Only a
         saving: when Redis cannot be reached they stay booked, and the delivery goes on."""

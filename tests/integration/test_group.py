@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from rq.registry import StartedJobRegistry
 
 import workers.ratelimit
@@ -166,3 +167,22 @@ def test_a_worker_killed_amid_its_groups_loses_none_of_their_users(
     ledger = store.ledger()
     assert (ledger["delivered"], ledger["dead_lettered"], ledger["in_flight"]) == (len(USERS), 0, 0)
     assert redis.keys("relay:batch:*") == []
+
+
+def test_claims_whose_answer_is_lost_leave_no_slot_held_under_the_in_flight_cap(
+    ctx: DeliveryContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The round trip that books the first call's slot with the claims ran in Redis, but its answer
+    never came back: the slot's lease would have held a place under USERCOM_MAX_IN_FLIGHT for 30 s."""
+    claim_many = ctx.ordering.claim_many
+
+    def answer_lost(*args: Any, **kwargs: Any) -> Any:
+        claim_many(*args, **kwargs)
+        raise RedisConnectionError("the connection dropped before the answer")
+
+    monkeypatch.setattr(ctx.ordering, "claim_many", answer_lost)
+    for user in USERS[:3]:
+        assert ctx.store.accept(an_update(f"evt_{user}", user_id=user))
+    with pytest.raises(RedisConnectionError):
+        deliver_group(ctx, take_all(ctx))
+    assert ctx.redis.zcard(keys.USERCOM.limiter_in_flight) == 0

@@ -20,6 +20,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from service.destinations.base import Retryable
 from service.store import keys
 from service.store.ledger_state import source_and_hint
@@ -89,7 +91,12 @@ def _deliver_held(ctx: DeliveryContext, group: list[_Job]) -> None:
     bookings: list[ScriptCall | None] = [
         ctx.limiter.booking(further=len(ready) - 1) if n == 0 and not mass else None for n in range(len(ready))
     ]
-    claims = ctx.ordering.claim_many([(hold, booking) for (_, hold), booking in zip(ready, bookings, strict=True)])
+    try:
+        claims = ctx.ordering.claim_many([(hold, booking) for (_, hold), booking in zip(ready, bookings, strict=True)])
+    except RedisError:
+        if bookings and bookings[0] is not None:
+            ctx.limiter.unanswered(bookings[0])
+        raise
     claimed = [(hold, allowed) for (_, hold), (allowed, _) in zip(ready, claims, strict=True) if allowed is not None]
     covered = send_mass(ctx, claimed) if mass else set()
     try:
