@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from service.devtools.embedded_redis import find_redis_server, free_port
 from tests.conftest import close_connections
 
 RELAY = str(Path(sys.executable).with_name("relay"))
+PORT_ATTEMPTS = 3
 
 
 def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -70,12 +72,26 @@ class Server:
 
 
 def start_redis(workdir: Path, *args: str, port: int | None = None, **client: Any) -> tuple[Server, Redis]:
-    """A redis-server with append-only persistence, once it answers PING (with `client` credentials)."""
+    """A redis-server with append-only persistence, once it answers as itself (with `client`
+    credentials, which may read INFO). A port free_port found, but something took before the server
+    could bind it, is replaced by another (up to PORT_ATTEMPTS) unless the port was given."""
     base = ["--save", "", "--appendonly", "yes", "--appendfsync", "everysec", "--maxmemory-policy", "noeviction"]
-    server = Server(workdir, [*base, *args], port=port)
-    redis = Redis(port=server.port, socket_timeout=5, socket_connect_timeout=5, **client)
-    wait_until(lambda: server.process.poll() is None and redis.ping(), 30, f"redis-server: {server.log()[-500:]}")
-    return server, redis
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        (workdir / "redis.log").unlink(missing_ok=True)  # this attempt's reasons only
+        server = Server(workdir, [*base, *args], port=port)
+        redis = Redis(port=server.port, socket_timeout=5, socket_connect_timeout=5, **client)
+        wait_until(functools.partial(_answers_or_exited, redis, server), 30, "redis-server")
+        if server.process.poll() is None:
+            return server, redis
+        redis.close()
+        if port is not None or "Address already in use" not in server.log() or attempt == PORT_ATTEMPTS:
+            break
+    raise AssertionError(f"redis-server exited: {server.log()[-500:]}")
+
+
+def _answers_or_exited(redis: Redis, server: Server) -> bool:
+    """The server exited, or answers as itself: not another on the same port (the one that took it first)."""
+    return server.process.poll() is not None or redis.info("server")["process_id"] == server.process.pid
 
 
 def start_relay(tmp_path: Path, env: dict[str, str], *roles: str) -> tuple[str, dict[str, subprocess.Popen[bytes]]]:
