@@ -15,7 +15,9 @@ from collections.abc import Callable
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Queue, SimpleWorker
 from rq.exceptions import StopRequested
 from rq.job import Job
@@ -157,10 +159,20 @@ class DeliveryWorker(SimpleWorker):
         super().run_maintenance_tasks()
 
     def execute_job(self, job: Job, queue: Queue) -> None:
-        """SimpleWorker.execute_job, with the job's heartbeat renewed from a thread while it runs."""
-        execution = self.prepare_execution(job)
-        with heartbeat_while_running(self, job, execution):
-            self.perform_job(job, queue, execution)
+        """SimpleWorker.execute_job, with the job's heartbeat renewed from a thread while it runs.
+
+        Redis gone in the middle (rq's own bookkeeping after the job, or its failure handling): rq's
+        loop would end on the error, and the worker process with it, silently (seen in a loaded test
+        run: a Redis restart left a pod without live delivery). The job stays in the started registry,
+        and maintenance hands it on once its heartbeat lapses; this worker waits for Redis (backing off
+        as rq does between its own reconnections) and goes on."""
+        try:
+            execution = self.prepare_execution(job)
+            with heartbeat_while_running(self, job, execution):
+                self.perform_job(job, queue, execution)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            log.warning("job %s: redis became unreachable (%s); waiting for it", job.id, type(exc).__name__)
+            wait_for_redis(self.connection, f"worker {self.name}", max_delay=self.max_connection_wait_time)
         self.set_state(WorkerStatus.IDLE)
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
@@ -175,8 +187,14 @@ REDIS_WAIT_MAX_SECONDS = 30.0
 log = logging.getLogger(__name__)
 
 
-def wait_for_redis(redis: Redis, who: str = "worker", *, sleep: Callable[[float], None] = time.sleep) -> int:
-    """Return once Redis answers; until then one log line per attempt, backing off to 30 s.
+def wait_for_redis(
+    redis: Redis,
+    who: str = "worker",
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    max_delay: float = REDIS_WAIT_MAX_SECONDS,
+) -> int:
+    """Return once Redis answers; until then one log line per attempt, backing off to `max_delay`.
     A worker started before Redis (or during its failover) waits instead of crashing."""
     attempt, delay = 1, 1.0
     while True:
@@ -188,7 +206,7 @@ def wait_for_redis(redis: Redis, who: str = "worker", *, sleep: Callable[[float]
                 "%s: redis is not reachable (%s); attempt %d, next in %.0f s", who, type(exc).__name__, attempt, delay
             )
         sleep(delay)
-        attempt, delay = attempt + 1, min(delay * 2, REDIS_WAIT_MAX_SECONDS)
+        attempt, delay = attempt + 1, min(delay * 2, max_delay)
 
 
 def run_worker(
@@ -200,7 +218,8 @@ def run_worker(
     log_level: str = "INFO",
 ) -> bool:
     """One worker process on one destination's lane. One queue per worker: rq's multi-queue
-    dequeue is not atomic. It and its rq scheduler (a fork) stop when their parent dies."""
+    dequeue is not atomic. It and its rq scheduler (a fork) stop when their parent dies. True when
+    it ended as asked (a stop, or a burst done); False when rq's loop gave up on an error."""
     die_with_supervisor()
     waiting = worker_redis(settings.redis_url)
     wait_for_redis(waiting, f"{destination} {lane} worker")
@@ -215,4 +234,7 @@ def run_worker(
         maintenance_interval=settings.maintenance_interval_seconds,
     )
     logging.getLogger("rq.worker").setLevel(logging.WARNING)
-    return worker.work(burst=burst, with_scheduler=True, logging_level=log_level)
+    worker.work(burst=burst, with_scheduler=True, logging_level=log_level)
+    # rq's loop also ends on an error it does not handle (it logs it): then the process must not end
+    # as if asked to (exit 0: the supervisor would go on without it, a pod silently short of a worker).
+    return burst or worker._stop_requested

@@ -97,8 +97,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     configure_logging(settings.log_level, settings.secrets)
     destination = args.destination or settings.destinations[0]
-    run_worker(settings, lane=args.lane, destination=destination, burst=args.burst, log_level=settings.log_level)
-    return 0
+    ended_as_asked = run_worker(
+        settings, lane=args.lane, destination=destination, burst=args.burst, log_level=settings.log_level
+    )
+    return 0 if ended_as_asked else 1  # non-zero: the supervisor stops the set, and the orchestrator restarts it
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

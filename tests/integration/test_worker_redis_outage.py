@@ -1,0 +1,73 @@
+"""A worker survives Redis going away in the middle of a job (workers/runner.py): rq's loop ends on
+an error it does not handle, and the worker process with it, silently. A loaded test run showed it:
+Redis restarted while a job did its bookkeeping, and the pod was left without live delivery."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis import Redis
+from rq import Queue
+from rq.job import JobStatus
+from rq.serializers import JSONSerializer
+
+from service.config import Settings
+from service.devtools.embedded_redis import RedisProcess
+from workers.runner import DeliveryWorker, run_worker
+
+OUTAGE_SECONDS = 1.5
+_server: list[RedisProcess] = []  # the Redis the job stops: the job runs in the worker's process
+
+
+def stop_redis_once() -> str:
+    """A job whose own work ends with Redis gone: rq's bookkeeping after it meets the outage."""
+    if _server:
+        server = _server.pop()
+        server.stop()
+        threading.Timer(OUTAGE_SECONDS, server.start).start()
+    return "stopped"
+
+
+def answer() -> str:
+    return "taken after the outage"
+
+
+def test_a_redis_outage_during_a_job_leaves_the_worker_taking_jobs(tmp_path: Path) -> None:
+    server = RedisProcess(tmp_path / "redis").start()
+    redis = Redis.from_url(server.url)
+    try:
+        queue = Queue("outage", connection=redis, serializer=JSONSerializer)
+        worker = DeliveryWorker([queue], connection=redis, serializer=JSONSerializer, maintenance_interval=1)
+        worker.max_connection_wait_time = 0.5
+        _server.append(server)
+        queue.enqueue(stop_redis_once)
+        after = queue.enqueue(answer)
+        worker.work(burst=True, with_scheduler=False)  # until the queue is empty, or the loop gives up
+        assert after.get_status() == JobStatus.FINISHED
+        assert after.return_value() == "taken after the outage"
+    finally:
+        redis.close()
+        server.stop()
+
+
+def test_a_worker_whose_loop_gave_up_says_so_to_its_supervisor(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """rq's loop also ends on any error it does not handle (it logs it and returns). The process then
+    exits non-zero (service/cli: `relay worker --lane`), so the supervisor stops the set and the
+    orchestrator restarts it, rather than going on one worker short; a stop or a burst done is 0."""
+    outcome = {"stop": False}
+
+    def work(self: DeliveryWorker, **_: Any) -> bool:
+        self._stop_requested = outcome["stop"]
+        return True
+
+    monkeypatch.setattr(DeliveryWorker, "work", work)
+    assert run_worker(settings, destination="usercom") is False  # gave up
+    outcome["stop"] = True
+    assert run_worker(settings, destination="usercom") is True  # stopped as asked
+    outcome["stop"] = False
+    assert run_worker(settings, destination="usercom", burst=True) is True  # a burst done
