@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -233,9 +234,11 @@ def test_redis_restart_keeps_accepted_events_and_workers_resume(tmp_path: Path, 
         "RELAY_METRICS_PORT": str(free_port()),
     }
     settings = Settings.from_env(env, role="worker")
-    worker = subprocess.Popen(
-        [RELAY, "worker"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
+    log = tmp_path / "worker.log"  # what the workers said, shown if the test fails
+    with log.open("wb") as out:
+        worker = subprocess.Popen(
+            [RELAY, "worker"], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         store = Store.from_settings(Redis.from_url(redis_server.url), settings)
         assert store.accept(an_update("evt_before", user_id="before"))
@@ -247,8 +250,8 @@ def test_redis_restart_keeps_accepted_events_and_workers_resume(tmp_path: Path, 
         assert store.ledger()["delivered"] == 1, "the ledger survived the restart"
         assert not store.accept(an_update("evt_before", user_id="before")), "so did the dedup memory"
         assert store.accept(an_update("evt_after", user_id="after"))
-        _wait(lambda: store.ledger()["in_flight"] == 0, timeout=30)  # workers reconnected by themselves
-        assert worker.poll() is None
+        _wait(lambda: store.ledger()["in_flight"] == 0, timeout=30, what=lambda: log.read_text()[-3000:])
+        assert worker.poll() is None  # workers reconnected by themselves
         assert sandbox.state.user_by_custom_id("after") is not None
     finally:
         os.killpg(worker.pid, signal.SIGTERM)
@@ -256,10 +259,10 @@ def test_redis_restart_keeps_accepted_events_and_workers_resume(tmp_path: Path, 
         redis_server.stop()
 
 
-def _wait(condition: Any, timeout: float = 15) -> None:
+def _wait(condition: Any, timeout: float = 15, what: Callable[[], str] = lambda: "") -> None:
     deadline = time.monotonic() + timeout
     while not condition():
-        assert time.monotonic() < deadline, "timed out"
+        assert time.monotonic() < deadline, f"timed out; {what()}"
         time.sleep(0.1)
 
 
