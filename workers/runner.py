@@ -172,7 +172,12 @@ class DeliveryWorker(SimpleWorker):
                 self.perform_job(job, queue, execution)
         except (RedisConnectionError, RedisTimeoutError) as exc:
             log.warning("job %s: redis became unreachable (%s); waiting for it", job.id, type(exc).__name__)
-            wait_for_redis(self.connection, f"worker {self.name}", max_delay=self.max_connection_wait_time)
+            wait_for_redis(
+                self.connection,
+                f"worker {self.name}",
+                max_delay=self.max_connection_wait_time,
+                stopped=lambda: self._stop_requested,  # SIGTERM meanwhile: end instead (rq's loop does)
+            )
         self.set_state(WorkerStatus.IDLE)
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
@@ -193,11 +198,13 @@ def wait_for_redis(
     *,
     sleep: Callable[[float], None] = time.sleep,
     max_delay: float = REDIS_WAIT_MAX_SECONDS,
+    stopped: Callable[[], bool] = lambda: False,
 ) -> int:
-    """Return once Redis answers; until then one log line per attempt, backing off to `max_delay`.
-    A worker started before Redis (or during its failover) waits instead of crashing."""
+    """Return once Redis answers (or `stopped()` says to give up); until then one log line per
+    attempt, backing off to `max_delay`. A worker started before Redis (or during its failover)
+    waits instead of crashing."""
     attempt, delay = 1, 1.0
-    while True:
+    while not stopped():
         try:
             redis.ping()
             return attempt
@@ -207,6 +214,7 @@ def wait_for_redis(
             )
         sleep(delay)
         attempt, delay = attempt + 1, min(delay * 2, max_delay)
+    return attempt
 
 
 def run_worker(

@@ -10,13 +10,15 @@ from typing import Any
 
 import pytest
 from redis import Redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from rq import Queue
 from rq.job import JobStatus
 from rq.serializers import JSONSerializer
 
 from service.config import Settings
-from service.devtools.embedded_redis import RedisProcess
-from workers.runner import DeliveryWorker, run_worker
+from service.devtools.embedded_redis import RedisProcess, free_port
+from workers.runner import DeliveryWorker, run_worker, wait_for_redis
 
 OUTAGE_SECONDS = 1.5
 _server: list[RedisProcess] = []  # the Redis the job stops: the job runs in the worker's process
@@ -71,3 +73,17 @@ def test_a_worker_whose_loop_gave_up_says_so_to_its_supervisor(
     assert run_worker(settings, destination="usercom") is True  # stopped as asked
     outcome["stop"] = False
     assert run_worker(settings, destination="usercom", burst=True) is True  # a burst done
+
+
+def test_waiting_for_an_unreachable_redis_backs_off_to_its_bound_and_ends_on_a_stop() -> None:
+    """Inside a job the wait ends when the worker is told to stop (SIGTERM): with Redis down for good,
+    the pod would otherwise wait for its SIGKILL."""
+    nowhere = Redis(port=free_port(), retry=Retry(NoBackoff(), 0))  # refused at once
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        assert len(slept) < 10, "the stop was not heeded"
+
+    assert wait_for_redis(nowhere, sleep=sleep, max_delay=5, stopped=lambda: len(slept) >= 6) == 7
+    assert slept == [1, 2, 4, 5, 5, 5]
