@@ -101,6 +101,7 @@ class DeliveryWorker(SimpleWorker):
     # a Redis restart the workers would idle for up to a minute with a backlog waiting (seen in a
     # loaded test run). Five seconds bounds that wait and still spares a Redis that is down.
     max_connection_wait_time = 5.0
+    drained = False  # the queue was found empty (how a burst worker's loop ends)
 
     def bootstrap(self, *args: Any, **kwargs: Any) -> None:
         # rq registers the worker, subscribes and starts the scheduler before it installs its own
@@ -180,6 +181,13 @@ class DeliveryWorker(SimpleWorker):
             )
         self.set_state(WorkerStatus.IDLE)
 
+    def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
+        """rq's: a burst worker's loop ends when this finds the queue empty (None): remembered, so that
+        an end for any other reason (an error rq's loop does not handle) can be told from it."""
+        result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+        self.drained = result is None
+        return result
+
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         return HEARTBEAT_TTL_SECONDS
 
@@ -245,4 +253,4 @@ def run_worker(
     worker.work(burst=burst, with_scheduler=True, logging_level=log_level)
     # rq's loop also ends on an error it does not handle (it logs it): then the process must not end
     # as if asked to (exit 0: the supervisor would go on without it, a pod silently short of a worker).
-    return burst or worker._stop_requested
+    return bool(worker._stop_requested or (burst and worker.drained))

@@ -18,6 +18,7 @@ from rq.serializers import JSONSerializer
 
 from service.config import Settings
 from service.devtools.embedded_redis import RedisProcess, free_port
+from service.store import keys
 from workers.runner import DeliveryWorker, run_worker, wait_for_redis
 
 OUTAGE_SECONDS = 1.5
@@ -56,23 +57,35 @@ def test_a_redis_outage_during_a_job_leaves_the_worker_taking_jobs(tmp_path: Pat
 
 
 def test_a_worker_whose_loop_gave_up_says_so_to_its_supervisor(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch
+    settings: Settings, redis: Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """rq's loop also ends on any error it does not handle (it logs it and returns). The process then
     exits non-zero (service/cli: `relay worker --lane`), so the supervisor stops the set and the
-    orchestrator restarts it, rather than going on one worker short; a stop or a burst done is 0."""
-    outcome = {"stop": False}
+    orchestrator restarts it, rather than going on one worker short. A stop, or a burst that found
+    the queue empty, is 0; a burst whose loop gave up is not (`relay worker --burst` fails)."""
+    assert run_worker(settings, destination="usercom", burst=True) is True  # a burst done: the queue empty
 
-    def work(self: DeliveryWorker, **_: Any) -> bool:
-        self._stop_requested = outcome["stop"]
-        return True
+    turns = 0
 
-    monkeypatch.setattr(DeliveryWorker, "work", work)
-    assert run_worker(settings, destination="usercom") is False  # gave up
-    outcome["stop"] = True
+    def gives_up_after_a_job(self: DeliveryWorker, burst: bool) -> None:
+        nonlocal turns
+        turns += 1
+        if turns > 1:
+            raise RuntimeError("an error rq's loop does not handle")
+
+    monkeypatch.setattr(DeliveryWorker, "check_for_suspension", gives_up_after_a_job)
+    job = Queue(keys.USERCOM.queue_name(keys.LIVE), connection=redis, serializer=JSONSerializer).enqueue(answer)
+    assert run_worker(settings, destination="usercom", burst=True) is False  # rq logged it and quit
+    assert job.get_status() == JobStatus.FINISHED  # the queue was not found empty: the loop gave up
+    monkeypatch.undo()
+    stop_at_once = DeliveryWorker.bootstrap
+
+    def bootstrap(self: DeliveryWorker, *args: Any, **kwargs: Any) -> None:
+        stop_at_once(self, *args, **kwargs)
+        self._stop_requested = True  # as SIGTERM, arriving before the loop's first turn
+
+    monkeypatch.setattr(DeliveryWorker, "bootstrap", bootstrap)
     assert run_worker(settings, destination="usercom") is True  # stopped as asked
-    outcome["stop"] = False
-    assert run_worker(settings, destination="usercom", burst=True) is True  # a burst done
 
 
 def test_waiting_for_an_unreachable_redis_backs_off_to_its_bound_and_ends_on_a_stop() -> None:
