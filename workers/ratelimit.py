@@ -256,7 +256,7 @@ class RateLimiter:
         token = booking.args[3]
         self._booking.set(None)
         try:
-            self.redis.zrem(self._keys.limiter_in_flight, token)
+            self._release([token])
         except RedisError as exc:
             log.warning(
                 "%s: a booking whose answer was lost holds its slot until it expires: %s", self._keys.destination, exc
