@@ -156,16 +156,19 @@ class RateLimiter:
         if held:  # an earlier call of the same delivery: one slot per delivery at a time
             self.release_with_next(held)
         give_back: list[Any] = []
+        further = 0
         if booked is None and held is not None and run is not None:
             if self._usable(run):
                 run.left -= 1  # booked already: no round trip
                 with self._call(run.token, held):
                     yield
                 return
+            if self._renewable(run):  # only stale: its next calls are booked again with this one
+                further = run.left - 1
             give_back = run.give_back()  # stale or ended: given back with this call's booking
         if booked is None:
             token, first = uuid.uuid4().hex, None
-        self._book(token, first, give_back)
+        self._book(token, first, give_back, further)
         with self._call(token, held):
             yield
 
@@ -184,7 +187,11 @@ class RateLimiter:
             held.append(token)
 
     def _usable(self, run: _Run) -> bool:
-        return not run.ended and run.left > 0 and run.pauses == self._pauses and time.monotonic() < run.fresh_until
+        return self._renewable(run) and time.monotonic() < run.fresh_until
+
+    def _renewable(self, run: _Run) -> bool:
+        """Not ended by a failed call or a 429 (its calls book their own slots then), nor used up."""
+        return not run.ended and run.left > 0 and run.pauses == self._pauses
 
     @contextmanager
     def released_later(self) -> Iterator[list[str]]:
@@ -291,17 +298,24 @@ class RateLimiter:
             *(give_back or [0, "", 0, 0]),
         ]
 
-    def _book(self, token: str, first: list[Any] | None = None, give_back: list[Any] | None = None) -> None:
+    def _book(
+        self, token: str, first: list[Any] | None = None, give_back: list[Any] | None = None, further: int = 0
+    ) -> None:
         """Book a slot and sleep until it; a short wait to ask again (the cap, a pause) is slept too.
         `first`: the answer to a first attempt already made (`booking`); `give_back`: a run's unused
-        slots, given back with the first attempt."""
+        slots, given back with the first attempt; `further`: a run's stale slots booked again, due now,
+        as a new run under this call's lease (a round trip for the rest of the run, not one a call)."""
         waited = 0.0
         while True:
             if first is not None:
                 answer, first = first, None
             else:
-                args = self._acquire_args(token, waited, self.unreleased(), 0, give_back)
+                args = self._acquire_args(token, waited, self.unreleased(), further, give_back)
+                sent = (time.monotonic(), self._pauses)
                 answer, give_back = self._acquire(keys=self._acquire_keys, args=args), None
+                if further and answer[0] and int(answer[3]) > 0:
+                    fresh_until = sent[0] + RUN_FRESH_SECONDS
+                    self._run.set(_Run(token, int(answer[3]), fresh_until, sent[1], list(answer[4:7])))
             booked, micros, rate_milli = answer[:3]
             self._saw_rate(int(rate_milli) / 1000)
             wait = int(micros) / 1e6

@@ -124,14 +124,29 @@ def test_a_run_goes_stale_and_is_given_back_with_the_next_booking(
     redis: Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Its calls must reach the destination close to their slots: a run not used at once is not used,
-    # and its slots are given back by the next call's booking (no round trip of its own).
+    # and its slots are given back by the next call's booking (no round trip of its own), which books
+    # the rest of the run again, due now: one round trip for them, not one a call.
     monkeypatch.setattr(workers.ratelimit, "RUN_FRESH_SECONDS", 0.0)
     lim = limiter(redis)
     book_run(redis, lim, further=3)
+    monkeypatch.setattr(workers.ratelimit, "RUN_FRESH_SECONDS", 60.0)
     asked = counting(lim)
     assert redis.llen(WINDOW) == 4
     assert call(lim) and asked == [1]
-    assert redis.llen(WINDOW) == 2  # the first call's slot and this one's: the run's three went back
+    assert redis.llen(WINDOW) == 4  # the first call's slot, this one's and two more: the run's three went back
+    assert call(lim) and call(lim) and asked == [1]  # the run booked again
+    assert redis.zcard(IN_FLIGHT) == 1  # under this call's lease
+    assert call(lim) and asked == [1, 1]  # used up
+
+
+def test_a_run_ended_by_a_429_is_not_booked_again(redis: Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    lim = limiter(redis, rate=1000, burst=100)
+    monkeypatch.setattr(workers.ratelimit, "RUN_FRESH_SECONDS", 0.0)
+    book_run(redis, lim, further=3)
+    lim.pause(0.0)  # a 429 this process saw, its pause already over
+    asked = counting(lim)
+    assert call(lim) and asked == [1]
+    assert redis.llen(WINDOW) == 2  # the first call's slot and this one's, no run
 
 
 def test_a_429_between_booking_a_run_and_its_answer_ends_it(redis: Redis) -> None:
