@@ -42,6 +42,7 @@ from tests.conftest import (
     standard_headers,
     stripe_event,
 )
+from tests.integration.redis_launch import start_relay
 
 USERKIT_SECRET = "uk_e2e_app_secret_9876543210"
 RELAY = str(Path(sys.executable).with_name("relay"))
@@ -119,7 +120,6 @@ def relay_to_both(tmp_path: Path, sandbox: SandboxServer, userkit: UserKitServer
 def _relay(tmp_path: Path, sandbox: SandboxServer, extra_env: dict[str, str]) -> Iterator[dict[str, Any]]:
     """web (gunicorn) and `relay worker` as subprocesses, on their own Redis."""
     redis_server = RedisProcess(tmp_path / "redis").start()
-    port = free_port()
     env = {
         **os.environ,
         "REDIS_URL": redis_server.url,
@@ -133,25 +133,8 @@ def _relay(tmp_path: Path, sandbox: SandboxServer, extra_env: dict[str, str]) ->
         "RELAY_METRICS_PORT": str(free_port()),
         **extra_env,
     }
-    logs = {name: (tmp_path / f"{name}.log").open("wb") for name in ("web", "worker")}
-    processes = {
-        "web": subprocess.Popen(
-            [RELAY, "web", "--bind", f"127.0.0.1:{port}"], env=env, stdout=logs["web"], stderr=subprocess.STDOUT
-        ),
-        "worker": subprocess.Popen([RELAY, "worker"], env=env, stdout=logs["worker"], stderr=subprocess.STDOUT),
-    }
+    base, processes = start_relay(tmp_path, env, "web", "worker")
     http = urllib3.PoolManager(retries=False, timeout=5)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if http.request("GET", f"{base}/readyz").status == 200:
-                break
-        except urllib3.exceptions.HTTPError:
-            pass
-        assert time.monotonic() < deadline, (tmp_path / "web.log").read_text()
-        time.sleep(0.1)
-    close_connections(http)  # the tests start on fresh connections (the web may close an idle one)
     redis = Redis.from_url(redis_server.url)
     settings = Settings.from_env(env)
     yield {
@@ -169,8 +152,6 @@ def _relay(tmp_path: Path, sandbox: SandboxServer, extra_env: dict[str, str]) ->
             process.send_signal(signal.SIGTERM)
     for process in processes.values():
         process.wait(timeout=30)
-    for log in logs.values():
-        log.close()
     redis.close()
     redis_server.stop()
 

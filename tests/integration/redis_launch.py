@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import subprocess
 import sys
 import time
@@ -95,23 +96,38 @@ def _answers_or_exited(redis: Redis, server: Server) -> bool:
 
 
 def start_relay(tmp_path: Path, env: dict[str, str], *roles: str) -> tuple[str, dict[str, subprocess.Popen[bytes]]]:
-    """`relay web` (gunicorn) and/or `relay worker`; returns the web's base URL once /readyz answers 200."""
-    port = free_port()
+    """`relay web` (gunicorn) and/or `relay worker`, logging to <role>.log in `tmp_path`; returns the
+    web's base URL once /readyz answers 200 (start_web)."""
     full = {**os.environ, "RELAY_METRICS_PORT": str(free_port()), **env}
-    processes = {}
-    for role in roles:
-        argv = [RELAY, "web", "--bind", f"127.0.0.1:{port}"] if role == "web" else [RELAY, "worker"]
-        log = (tmp_path / f"{role}.log").open("wb")
-        processes[role] = subprocess.Popen(argv, env=full, stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-    base = f"http://127.0.0.1:{port}"
+    processes, base = {}, ""
+    if "worker" in roles:
+        with (tmp_path / "worker.log").open("wb") as log:
+            processes["worker"] = subprocess.Popen([RELAY, "worker"], env=full, stdout=log, stderr=subprocess.STDOUT)
     if "web" in roles:
-        http = urllib3.PoolManager(retries=False, timeout=5)
-        wait_until(
-            lambda: http.request("GET", f"{base}/readyz").status == 200, 60, (tmp_path / "web.log").read_text()[-2000:]
-        )
-        close_connections(http)
+        processes["web"], base = start_web(tmp_path / "web.log", full)
     return base, processes
+
+
+def start_web(log: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
+    """`relay web` logging to `log`, and its base URL once /readyz answers 200. It binds a port of
+    the system's choosing, read from its own log: no other process's port (one a free_port() found
+    could be taken before the bind) can answer for it."""
+    with log.open("wb") as out:
+        web = subprocess.Popen([RELAY, "web", "--bind", "127.0.0.1:0"], env=env, stdout=out, stderr=subprocess.STDOUT)
+    port = wait_until(lambda: _listening_port(log, web), 60, "gunicorn's listening line")
+    base = f"http://127.0.0.1:{port}"
+    http = urllib3.PoolManager(retries=False, timeout=5)
+    wait_until(lambda: http.request("GET", f"{base}/readyz").status == 200, 60, f"/readyz; {log}")
+    close_connections(http)
+    return web, base
+
+
+def _listening_port(log: Path, web: subprocess.Popen[bytes]) -> int | None:
+    """The port gunicorn says it listens on (None until it says so); fails if it exited first."""
+    text = log.read_text(errors="replace")
+    found = re.search(r"Listening at: http://127\.0\.0\.1:(\d+)", text)
+    assert found or web.poll() is None, f"relay web exited ({web.returncode}): {text[-2000:]}"
+    return int(found.group(1)) if found else None
 
 
 def stop_relay(processes: dict[str, subprocess.Popen[bytes]]) -> None:

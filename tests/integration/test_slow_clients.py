@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -17,8 +16,8 @@ from typing import Any
 import pytest
 import urllib3
 
-from service.devtools.embedded_redis import free_port
 from tests.conftest import sign
+from tests.integration import redis_launch
 
 RELAY = str(Path(sys.executable).with_name("relay"))
 SECRET = "whsec_slow_client_test"
@@ -38,33 +37,21 @@ def answered(url: str, body: bytes | None = None, headers: dict[str, str] | None
 
 
 @pytest.fixture(scope="module")
-def web(redis_server: Any) -> Iterator[str]:
+def web(redis_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     # One process, one thread; a 1 s keep-alive (RELAY_WEB_KEEPALIVE_SECONDS), so a header wait
     # ends after 1 s rather than the default 5 s. Kept for the module: its tests leave no state.
     extra = {"RELAY_WEB_WORKERS": "1", "RELAY_WEB_THREADS": "1", "RELAY_WEB_KEEPALIVE_SECONDS": "1"}
-    yield from start_web(redis_server, extra)
+    yield from start_web(tmp_path_factory.mktemp("web"), redis_server, extra)
 
 
 @pytest.fixture
-def default_web(redis_server: Any) -> Iterator[str]:
-    yield from start_web(redis_server, {})  # the defaults: RELAY_WEB_WORKERS 2, RELAY_WEB_THREADS 4
+def default_web(redis_server: Any, tmp_path: Path) -> Iterator[str]:
+    yield from start_web(tmp_path, redis_server, {})  # the defaults: RELAY_WEB_WORKERS 2, RELAY_WEB_THREADS 4
 
 
-def start_web(redis_server: Any, extra: dict[str, str]) -> Iterator[str]:
-    port = free_port()
+def start_web(tmp_path: Path, redis_server: Any, extra: dict[str, str]) -> Iterator[str]:
     env = {"PATH": "/usr/bin:/bin", "REDIS_URL": redis_server.url, "STRIPE_WEBHOOK_SECRETS": SECRET, **extra}
-    process = subprocess.Popen(
-        [RELAY, "web", "--bind", f"127.0.0.1:{port}"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            answered(base + "/healthz")
-            break
-        except (OSError, urllib3.exceptions.HTTPError):
-            assert time.monotonic() < deadline, "relay web did not start"
-            time.sleep(0.1)
+    process, base = redis_launch.start_web(tmp_path / "web.log", env)
     yield base
     process.terminate()
     process.wait(timeout=30)
