@@ -21,6 +21,7 @@ import select
 import socket
 import ssl
 import threading
+import time
 import weakref
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -66,13 +67,16 @@ class KeepAlivePool:
 
     def request(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> Answer:
         """The answer, read whole; raises OSError or http.client.HTTPException when the call fails,
-        ValueError for a request this cannot make (nothing is sent). `read_timeout` bounds each read,
-        not the whole answer (as http.client's timeout did)."""
+        ValueError for a request this cannot make (nothing is sent). `read_timeout` bounds the whole
+        call once connected, writing the request and reading its answer whole (TimeoutError past it):
+        not each read, as http.client's did, which a server trickling its answer could hold forever."""
         request = self._request_bytes(method, path, body, headers)
         sock = self._take()
         try:
+            deadline = time.monotonic() + self._read_timeout
+            sock.settimeout(self._read_timeout)
             sock.sendall(request)
-            answer, keep = _read_answer(sock)
+            answer, keep = _read_answer(sock, deadline)
         except BaseException:
             sock.close()
             raise
@@ -114,7 +118,6 @@ class KeepAlivePool:
             if self._context is not None:  # the handshake within the connect timeout too
                 # A close without TLS's close_notify fails the read: a forged FIN cannot cut an answer short.
                 sock = self._context.wrap_socket(sock, server_hostname=self._host, suppress_ragged_eofs=False)
-            sock.settimeout(self._read_timeout)  # connected: each send and read may wait this long
         except BaseException:
             sock.close()
             raise
@@ -182,10 +185,15 @@ class _Reading:
         return self.headed and "content-length" not in self.headers and not chunked
 
 
-def _read_answer(sock: socket.socket) -> tuple[Answer, bool]:
-    """The next answer on `sock`, read whole, and whether the connection may carry another request."""
+def _read_answer(sock: socket.socket, deadline: float) -> tuple[Answer, bool]:
+    """The next answer on `sock`, read whole by `deadline` (time.monotonic()), and whether the
+    connection may carry another request."""
     reading = _Reading()
     while reading.keep is None:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the answer was not read whole within the read timeout")
+        sock.settimeout(left)
         data = sock.recv(READ_SIZE)
         if not data:
             if reading.runs_to_close():

@@ -192,8 +192,11 @@ class ScriptedServer:
     """A server on a real socket that reads each request whole and answers with the next of
     `answers` byte for byte, so a test gives any framing: chunked, to the close, cut short."""
 
-    def __init__(self, answers: list[bytes | None], context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self, answers: list[bytes | None], context: ssl.SSLContext | None = None, trickle: float = 0.0
+    ) -> None:
         self.answers = answers  # None: close the connection instead of answering; b"": say nothing
+        self.trickle = trickle  # > 0: each answer is sent a byte at a time, this many seconds apart
         self.hold = threading.Event()  # set: a connection held silent (b"") is let go
         self.requests: list[bytes] = []
         self.connections = 0
@@ -225,7 +228,12 @@ class ScriptedServer:
             if not answer:
                 self.hold.wait(10)
                 return
-            conn.sendall(answer)
+            if self.trickle:
+                for n in range(len(answer)):
+                    conn.sendall(answer[n : n + 1])
+                    time.sleep(self.trickle)
+            else:
+                conn.sendall(answer)
             framed = b"content-length" in answer.lower() or b"transfer-encoding" in answer.lower()
             if b"connection: close" in answer.lower() or not framed:
                 return  # the answer ends with the connection
@@ -351,6 +359,16 @@ def test_a_server_that_does_not_answer_in_time_fails_the_call() -> None:
     with pytest.raises(TimeoutError):
         _call(pool)
     server.hold.set()
+
+
+def test_an_answer_trickled_slower_than_the_read_timeout_fails_the_call() -> None:
+    """The read timeout bounds the whole answer, not each read: a server sending a byte every 20 ms
+    would otherwise hold the call (and its worker) as long as it likes."""
+    server = ScriptedServer([OK], trickle=0.02)  # OK's 40 bytes take 0.8 s
+    pool = KeepAlivePool(server.url, connect_timeout=3, read_timeout=0.3)
+    with pytest.raises(TimeoutError):
+        _call(pool)
+    pool.close()
 
 
 def test_an_answer_then_bytes_nobody_asked_for_is_kept_and_its_connection_dropped() -> None:
