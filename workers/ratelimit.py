@@ -17,7 +17,9 @@ window at most), and its calls then go one after another without a round trip ea
 first call's lease (one call in flight at a time). A run is used only while fresh
 (RUN_FRESH_SECONDS from its booking: the sliding window's JITTER_MS absorbs the time between a
 slot and its call's arrival), until a 429 pauses this process, and until a call fails; whatever it
-did not use is given back with the next booking, or by `end_run` after the group's calls.
+did not use is given back with the next booking, or by `end_run` after the group's calls. A run
+that only went stale is booked again by its next call, due now, along with that call's own slot
+and in the same script that gives the stale slots back.
 """
 
 from __future__ import annotations
