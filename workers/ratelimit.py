@@ -19,7 +19,9 @@ first call's lease (one call in flight at a time). A run is used only while fres
 slot and its call's arrival), until a 429 pauses this process, and until a call fails; whatever it
 did not use is given back with the next booking, or by `end_run` after the group's calls. A run
 that only went stale is booked again by its next call, due now, along with that call's own slot
-and in the same script that gives the stale slots back.
+and in the same script that gives the stale slots back: as many slots as it served calls while
+fresh (none when its calls are slower than its freshness, as against a distant API: they would sit
+unused, held from other callers).
 """
 
 from __future__ import annotations
@@ -90,6 +92,13 @@ class _Run:
     pauses: int  # the limiter's 429 count when its booking was sent: a later one ends the run
     slots: list[bytes]  # their time, the arrival time after them, the interval (as ACQUIRE said)
     ended: bool = False
+    used: int = 0  # calls it served
+
+    def renewal(self) -> int:
+        """How many slots to book again with the next call, once stale: as many as it served while
+        fresh (calls that fast will use them), no more than it has left; none when it served none
+        (calls slower than its freshness would leave them unused, held from other callers)."""
+        return min(self.left - 1, self.used)
 
     def give_back(self) -> list[Any]:
         """ACQUIRE's give_back arguments for the slots left (none are left afterwards)."""
@@ -158,19 +167,20 @@ class RateLimiter:
         if held:  # an earlier call of the same delivery: one slot per delivery at a time
             self.release_with_next(held)
         give_back: list[Any] = []
-        further = 0
+        renew: tuple[int, int] | None = None
         if booked is None and held is not None and run is not None:
             if self._usable(run):
                 run.left -= 1  # booked already: no round trip
+                run.used += 1
                 with self._call(run.token, held):
                     yield
                 return
             if self._renewable(run):  # only stale: its next calls are booked again with this one
-                further = run.left - 1
+                renew = (run.renewal(), run.pauses)
             give_back = run.give_back()  # stale or ended: given back with this call's booking
         if booked is None:
             token, first = uuid.uuid4().hex, None
-        self._book(token, first, give_back, further)
+        self._book(token, first, give_back, renew)
         with self._call(token, held):
             yield
 
@@ -301,23 +311,30 @@ class RateLimiter:
         ]
 
     def _book(
-        self, token: str, first: list[Any] | None = None, give_back: list[Any] | None = None, further: int = 0
+        self,
+        token: str,
+        first: list[Any] | None = None,
+        give_back: list[Any] | None = None,
+        renew: tuple[int, int] | None = None,
     ) -> None:
         """Book a slot and sleep until it; a short wait to ask again (the cap, a pause) is slept too.
         `first`: the answer to a first attempt already made (`booking`); `give_back`: a run's unused
-        slots, given back with the first attempt; `further`: a run's stale slots booked again, due now,
-        as a new run under this call's lease (a round trip for the rest of the run, not one a call)."""
+        slots, given back with the first attempt; `renew`: (how many, the 429 count it was decided
+        under) of a stale run's slots to book again with the first attempt, due now, as a new run
+        under this call's lease (a round trip for the rest of the run, not one a call). A 429 this
+        process saw since the decision ends the new run at once."""
+        further, pauses = renew or (0, 0)
         waited = 0.0
         while True:
             if first is not None:
                 answer, first = first, None
             else:
                 args = self._acquire_args(token, waited, self.unreleased(), further, give_back)
-                sent = (time.monotonic(), self._pauses)
+                sent_at = time.monotonic()
                 answer, give_back = self._acquire(keys=self._acquire_keys, args=args), None
                 if further and answer[0] and int(answer[3]) > 0:
-                    fresh_until = sent[0] + RUN_FRESH_SECONDS
-                    self._run.set(_Run(token, int(answer[3]), fresh_until, sent[1], list(answer[4:7])))
+                    fresh_until = sent_at + RUN_FRESH_SECONDS
+                    self._run.set(_Run(token, int(answer[3]), fresh_until, pauses, list(answer[4:7])))
             booked, micros, rate_milli = answer[:3]
             self._saw_rate(int(rate_milli) / 1000)
             wait = int(micros) / 1e6
@@ -345,6 +362,7 @@ class RateLimiter:
         ceiling = self.config.rate_per_second
         args = [pause_ms, ceiling, increase_per_second(ceiling), DECREASE_FACTOR, ceiling * FLOOR_FRACTION]
         until_ms, lowered, old_milli, new_milli = self._pause(keys=pause_keys, args=args)
+        self._pauses += 1  # and a run booked while the pause was being set, before Redis held it
         if lowered:
             old, new = int(old_milli) / 1000, int(new_milli) / 1000
             log.warning(

@@ -4,6 +4,7 @@ with `further`), used without a round trip each, one lease for them all, given b
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -124,29 +125,88 @@ def test_a_run_goes_stale_and_is_given_back_with_the_next_booking(
     redis: Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Its calls must reach the destination close to their slots: a run not used at once is not used,
-    # and its slots are given back by the next call's booking (no round trip of its own), which books
-    # the rest of the run again, due now: one round trip for them, not one a call.
+    # and its slots are given back by the next call's booking (no round trip of its own). It served
+    # no call while fresh (calls slower than its freshness, as against a distant API): none is
+    # booked again, to sit unused while other callers want them.
     monkeypatch.setattr(workers.ratelimit, "RUN_FRESH_SECONDS", 0.0)
     lim = limiter(redis)
     book_run(redis, lim, further=3)
-    monkeypatch.setattr(workers.ratelimit, "RUN_FRESH_SECONDS", 60.0)
     asked = counting(lim)
     assert redis.llen(WINDOW) == 4
     assert call(lim) and asked == [1]
-    assert redis.llen(WINDOW) == 4  # the first call's slot, this one's and two more: the run's three went back
-    assert call(lim) and call(lim) and asked == [1]  # the run booked again
+    assert redis.llen(WINDOW) == 2  # the first call's slot and this one's: the run's three went back
+
+
+def clock(monkeypatch: pytest.MonkeyPatch, sleep: Any = time.sleep) -> list[float]:
+    """The limiter's monotonic clock, moved by the test (and its sleep, if given)."""
+    now = [1000.0]
+    monkeypatch.setattr(workers.ratelimit, "time", SimpleNamespace(monotonic=lambda: now[0], sleep=sleep))
+    return now
+
+
+def test_a_stale_run_is_booked_again_for_as_many_calls_as_it_served(
+    redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = clock(monkeypatch)
+    lim = limiter(redis)
+    book_run(redis, lim, further=5)
+    asked = counting(lim)
+    assert call(lim) and call(lim) and asked == []  # two calls served while fresh
+    now[0] += 100.0  # stale (the module fixture keeps runs fresh for 60 s), three slots left
+    assert call(lim) and asked == [1]
+    # the three went back; this call's slot and two more (as many as the run served) booked again
+    assert redis.llen(WINDOW) == 3 + 3
+    assert call(lim) and call(lim) and asked == [1]  # the new run's
     assert redis.zcard(IN_FLIGHT) == 1  # under this call's lease
     assert call(lim) and asked == [1, 1]  # used up
 
 
 def test_a_run_ended_by_a_429_is_not_booked_again(redis: Redis, monkeypatch: pytest.MonkeyPatch) -> None:
-    lim = limiter(redis, rate=1000, burst=100)
-    monkeypatch.setattr(workers.ratelimit, "RUN_FRESH_SECONDS", 0.0)
+    now = clock(monkeypatch)
+    lim = limiter(redis)
     book_run(redis, lim, further=3)
+    assert call(lim)  # served while fresh
     lim.pause(0.0)  # a 429 this process saw, its pause already over
+    now[0] += 100.0  # stale
     asked = counting(lim)
     assert call(lim) and asked == [1]
-    assert redis.llen(WINDOW) == 2  # the first call's slot and this one's, no run
+    assert redis.llen(WINDOW) == 3  # the two slots served and this one's: no run booked again
+
+
+def test_a_429_while_a_renewal_waits_leaves_no_run_to_use(redis: Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The renewal's first answer: at the concurrency cap, wait. Another thread of this process sees a
+    # 429 meanwhile: the retry books this call's slot alone, and no run serves a call after the 429.
+    lim = RateLimiter(redis, LimitConfig(1000, 100, 2), sleep=1.0, destination_keys=keys.USERCOM)
+
+    def sleep_through_a_429(seconds: float) -> None:
+        lim.pause(0.0)
+        time.sleep(seconds)
+
+    now = clock(monkeypatch, sleep=sleep_through_a_429)
+    book_run(redis, lim, further=5)
+    assert call(lim)  # served while fresh
+    now[0] += 100.0  # stale
+    seconds, micros = redis.time()
+    at_cap_until = seconds * 1000 + micros / 1000 + 30  # two other calls in flight for 30 ms: the cap
+    redis.zadd(IN_FLIGHT, {"other-1": at_cap_until, "other-2": at_cap_until})
+    asked = counting(lim)
+    assert call(lim) and asked == [1, 1]  # asked, waited, asked again
+    assert call(lim) and asked == [1, 1, 1]  # no run: the next call books its own slot
+
+
+def test_a_run_booked_while_a_429s_pause_is_being_set_ends_with_it(redis: Redis) -> None:
+    # Another thread books a run after this one counted its 429, before Redis holds the pause.
+    lim = limiter(redis)
+    pause_script = lim._pause
+
+    def run_booked_meanwhile(**kwargs: Any) -> Any:
+        book_run(redis, lim, further=3)
+        return pause_script(**kwargs)
+
+    lim._pause = run_booked_meanwhile  # type: ignore[method-assign]
+    lim.pause(0.0)
+    asked = counting(lim)
+    assert call(lim) and asked == [1]  # not served by that run: it asked Redis
 
 
 def test_a_429_between_booking_a_run_and_its_answer_ends_it(redis: Redis) -> None:
