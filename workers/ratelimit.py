@@ -89,7 +89,7 @@ class _Run:
     token: str  # the first call's lease: the run's calls, one at a time, are in flight under it
     left: int
     fresh_until: float  # time.monotonic()
-    pauses: int  # the limiter's 429 count when its booking was sent: a later one ends the run
+    pauses: int  # the limiter's 429 count when its booking was sent (a renewal: decided): a later one ends it
     slots: list[bytes]  # their time, the arrival time after them, the interval (as ACQUIRE said)
     ended: bool = False
     used: int = 0  # calls it served
