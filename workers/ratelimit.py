@@ -270,15 +270,23 @@ class RateLimiter:
             self._run.set(_Run(token, int(answer[3]), sent_at + RUN_FRESH_SECONDS, pauses, list(answer[4:7])))
 
     def unanswered(self, booking: ScriptCall) -> None:
-        """`booking` went to Redis but its answer was lost (the round trip failed): if it ran, its
-        slot's lease would hold a place under the in-flight cap until it expires. Released, best-effort."""
-        token = booking.args[3]
+        """`booking` went to Redis but its answer was lost (the round trip failed)."""
         self._booking.set(None)
+        self._answer_lost(booking.args)
+
+    def _answer_lost(self, args: list[Any]) -> None:
+        """An ACQUIRE with these arguments went to Redis, and its answer was lost. If it ran, its slot's
+        lease holds a place under the in-flight cap until it expires; if not, neither were the leases
+        it was to release (of calls done, no longer known to this thread). All released, best-effort."""
+        tokens = [args[3], *args[8].split()]  # the slot's token; the tokens to release, space-separated
         try:
-            self._release([token])
+            self._release(tokens)
         except RedisError as exc:
             log.warning(
-                "%s: a booking whose answer was lost holds its slot until it expires: %s", self._keys.destination, exc
+                "%s: %d slots of a booking whose answer was lost stay held until they expire: %s",
+                self._keys.destination,
+                len(tokens),
+                exc,
             )
 
     def end_run(self) -> None:
@@ -331,7 +339,11 @@ class RateLimiter:
             else:
                 args = self._acquire_args(token, waited, self.unreleased(), further, give_back)
                 sent_at = time.monotonic()
-                answer, give_back = self._acquire(keys=self._acquire_keys, args=args), None
+                try:
+                    answer, give_back = self._acquire(keys=self._acquire_keys, args=args), None
+                except RedisError:
+                    self._answer_lost(args)
+                    raise
                 if further and answer[0] and int(answer[3]) > 0:
                     fresh_until = sent_at + RUN_FRESH_SECONDS
                     self._run.set(_Run(token, int(answer[3]), fresh_until, pauses, list(answer[4:7])))

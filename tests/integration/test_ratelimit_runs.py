@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from redis import Redis
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
 
 import workers.ratelimit
@@ -207,6 +208,26 @@ def test_a_run_booked_while_a_429s_pause_is_being_set_ends_with_it(redis: Redis)
     lim.pause(0.0)
     asked = counting(lim)
     assert call(lim) and asked == [1]  # not served by that run: it asked Redis
+
+
+@pytest.mark.parametrize("ran", [True, False], ids=["ran-in-redis", "never-ran"])
+def test_a_booking_whose_answer_is_lost_leaves_no_lease_held(redis: Redis, ran: bool) -> None:
+    # The call before's lease was to be released by this booking; if the booking ran, it took a lease
+    # of its own. Either would hold a place under USERCOM_MAX_IN_FLIGHT until it expires (30 s).
+    lim = limiter(redis)
+    assert call(lim)
+    assert redis.zcard(IN_FLIGHT) == 1  # the first call's, released with the next booking
+    acquire = lim._acquire
+
+    def answer_lost(**kwargs: Any) -> Any:
+        if ran:
+            acquire(**kwargs)
+        raise RedisConnectionError("the connection dropped before the answer")
+
+    lim._acquire = answer_lost  # type: ignore[method-assign]
+    with pytest.raises(RedisConnectionError), lim.released_later(), lim.slot():
+        pass
+    assert redis.zcard(IN_FLIGHT) == 0
 
 
 def test_a_429_between_booking_a_run_and_its_answer_ends_it(redis: Redis) -> None:
