@@ -33,6 +33,7 @@ import time
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
+from typing import Any
 
 import stripe
 import urllib3
@@ -192,8 +193,12 @@ def cpu_parts(hello: dict[str, float], relay: dict[str, float], *, served: float
     return f"hello {hello['server'] / served * 1e6:.0f}; relay {parts}"
 
 
-def spent(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    return {name: after[name] - before[name] for name in before}
+def wrk_spending(roots: dict[str, int], *args: Any) -> tuple[dict[str, float], dict[str, float]]:
+    """wrk(*args), and the CPU seconds each of `roots` spent meanwhile (the server: with its workers)."""
+    before = cpu_seconds(roots, children_of=("server",))
+    run = wrk(*args)
+    after = cpu_seconds(roots, children_of=("server",))
+    return run, {name: after[name] - before[name] for name in roots}
 
 
 def wrk(url: str, seconds: int, lua: Path | None, lua_args: list[str]) -> dict[str, float]:
@@ -259,16 +264,16 @@ def main() -> int:
             for round_ in range(args.rounds):
                 for kind in kinds:
                     # Each relay run right after its own hello run: the pair sees the same machine load.
-                    before_cpu = cpu_seconds(hello_roots, children_of=("server",))
-                    hello_runs[kind].append(wrk(hello_url, args.seconds, None, []))
-                    hello_cpu[kind].append(spent(before_cpu, cpu_seconds(hello_roots, children_of=("server",))))
+                    run, cpu = wrk_spending(hello_roots, hello_url, args.seconds, None, [])
+                    hello_runs[kind].append(run)
+                    hello_cpu[kind].append(cpu)
                     # Fresh events each round, signed just before use: none is ever sent twice.
                     events = tmp / f"round{round_}-{kind}.tsv"
                     write_requests(events, 12_000 * args.seconds, f"r{round_}", kind)
                     before = store.ledger()
-                    before_cpu = cpu_seconds(relay_roots, children_of=("server",))
-                    relay_runs[kind].append(wrk(relay_url, args.seconds, lua, [str(events), "2"]))
-                    relay_cpu[kind].append(spent(before_cpu, cpu_seconds(relay_roots, children_of=("server",))))
+                    run, cpu = wrk_spending(relay_roots, relay_url, args.seconds, lua, [str(events), "2"])
+                    relay_runs[kind].append(run)
+                    relay_cpu[kind].append(cpu)
                     after = store.ledger()
                     accepted_runs[kind].append((after["received"] - before["received"]) / args.seconds)
                     if after["duplicates"] != before["duplicates"]:

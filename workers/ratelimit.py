@@ -265,8 +265,14 @@ class RateLimiter:
             held.append(token)  # released with the outcome, even if no call comes
         sent = self._booking.get()
         self._booking.set(None)
-        if answer[0] and int(answer[3]) > 0 and sent is not None and sent[0] == token:
+        if sent is not None and sent[0] == token:
             _, sent_at, pauses = sent  # counted from the booking's sending, and a 429 since ends it
+            self._start_run(token, answer, sent_at, pauses)
+
+    def _start_run(self, token: str, answer: list[Any], sent_at: float, pauses: int) -> None:
+        """The run an ACQUIRE answer booked for this thread's next calls, if it booked any (`further`),
+        fresh from `sent_at` (when the script was sent) and ended by any 429 after `pauses`."""
+        if answer[0] and int(answer[3]) > 0:
             self._run.set(_Run(token, int(answer[3]), sent_at + RUN_FRESH_SECONDS, pauses, list(answer[4:7])))
 
     def unanswered(self, booking: ScriptCall) -> None:
@@ -344,9 +350,8 @@ class RateLimiter:
                 except RedisError:
                     self._answer_lost(args)
                     raise
-                if further and answer[0] and int(answer[3]) > 0:
-                    fresh_until = sent_at + RUN_FRESH_SECONDS
-                    self._run.set(_Run(token, int(answer[3]), fresh_until, pauses, list(answer[4:7])))
+                if further:
+                    self._start_run(token, answer, sent_at, pauses)
             booked, micros, rate_milli = answer[:3]
             self._saw_rate(int(rate_milli) / 1000)
             wait = int(micros) / 1e6
