@@ -13,14 +13,14 @@ import time
 import urllib.request
 from pathlib import Path
 
-from service.devtools.embedded_redis import free_port
 from tests.integration.test_dev_logs import listeners
+from tests.ports import unused_port
 
 RELAY = str(Path(sys.executable).with_name("relay"))
 
 
 def test_relay_dev_runs_the_printed_example_end_to_end(tmp_path: Path) -> None:
-    port, metrics_port = free_port(), free_port()
+    port, metrics_port = unused_port(), unused_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "USERCOM_", "RELAY_", "STRIPE_"))}
     dev = subprocess.Popen(
         [RELAY, "dev", "--port", str(port), "--data-dir", str(tmp_path / "dev")],

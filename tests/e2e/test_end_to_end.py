@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis import Redis
 
 from service.config import Settings
-from service.devtools.embedded_redis import RedisProcess, free_port
+from service.devtools.embedded_redis import RedisProcess
 from service.devtools.usercom_sandbox import SandboxServer
 from service.devtools.userkit_sandbox import UserKitServer
 from service.store import keys
@@ -43,6 +43,7 @@ from tests.conftest import (
     stripe_event,
 )
 from tests.integration.redis_launch import start_relay
+from tests.ports import unused_port
 
 USERKIT_SECRET = "uk_e2e_app_secret_9876543210"
 RELAY = str(Path(sys.executable).with_name("relay"))
@@ -130,7 +131,7 @@ def _relay(tmp_path: Path, sandbox: SandboxServer, extra_env: dict[str, str]) ->
         "RELAY_LOG_LEVEL": "DEBUG",
         "USERCOM_RATE_LIMIT": "1000",
         "USERCOM_BURST": "100",
-        "RELAY_METRICS_PORT": str(free_port()),
+        "RELAY_METRICS_PORT": str(unused_port()),
         **extra_env,
     }
     base, processes = start_relay(tmp_path, env, "web", "worker")

@@ -17,8 +17,9 @@ import urllib3
 from redis import Redis
 from redis.exceptions import RedisError
 
-from service.devtools.embedded_redis import find_redis_server, free_port
+from service.devtools.embedded_redis import find_redis_server
 from tests.conftest import close_connections
+from tests.ports import unused_port
 
 RELAY = str(Path(sys.executable).with_name("relay"))
 PORT_ATTEMPTS = 3
@@ -42,7 +43,7 @@ class Server:
     """One redis-server (or sentinel) child process on 127.0.0.1."""
 
     def __init__(self, workdir: Path, args: list[str], *, port: int | None = None, sentinel: bool = False) -> None:
-        self.port = port or free_port()
+        self.port = port or unused_port()
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         if sentinel:  # a sentinel rewrites its config file: it must be its own, writable
@@ -74,7 +75,7 @@ class Server:
 
 def start_redis(workdir: Path, *args: str, port: int | None = None, **client: Any) -> tuple[Server, Redis]:
     """A redis-server with append-only persistence, once it answers as itself (with `client`
-    credentials, which may read INFO). A port free_port found, but something took before the server
+    credentials, which may read INFO). A port unused_port found, but something took before the server
     could bind it, is replaced by another (up to PORT_ATTEMPTS) unless the port was given."""
     base = ["--save", "", "--appendonly", "yes", "--appendfsync", "everysec", "--maxmemory-policy", "noeviction"]
     for attempt in range(1, PORT_ATTEMPTS + 1):
@@ -98,7 +99,7 @@ def _answers_or_exited(redis: Redis, server: Server) -> bool:
 def start_relay(tmp_path: Path, env: dict[str, str], *roles: str) -> tuple[str, dict[str, subprocess.Popen[bytes]]]:
     """`relay web` (gunicorn) and/or `relay worker`, logging to <role>.log in `tmp_path`; returns the
     web's base URL once /readyz answers 200 (start_web)."""
-    full = {**os.environ, "RELAY_METRICS_PORT": str(free_port()), **env}
+    full = {**os.environ, "RELAY_METRICS_PORT": str(unused_port()), **env}
     processes, base = {}, ""
     if "worker" in roles:
         with (tmp_path / "worker.log").open("wb") as log:
@@ -110,7 +111,7 @@ def start_relay(tmp_path: Path, env: dict[str, str], *roles: str) -> tuple[str, 
 
 def start_web(log: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
     """`relay web` logging to `log`, and its base URL once /readyz answers 200. It binds a port of
-    the system's choosing, read from its own log: no other process's port (one a free_port() found
+    the system's choosing, read from its own log: no other process's port (a port found free beforehand
     could be taken before the bind) can answer for it."""
     with log.open("wb") as out:
         web = subprocess.Popen([RELAY, "web", "--bind", "127.0.0.1:0"], env=env, stdout=out, stderr=subprocess.STDOUT)

@@ -14,7 +14,7 @@ import pytest
 import stripe
 from redis import Redis
 
-from service.devtools.embedded_redis import free_port
+from tests.ports import unused_port
 
 RELAY = str(Path(sys.executable).with_name("relay"))
 GOOD = {
@@ -72,7 +72,7 @@ def test_sign_prints_a_header_stripe_accepts(tmp_path: Path) -> None:
 
 
 def test_worker_supervisor_runs_both_lanes_and_stops_on_sigterm(redis_server: Any) -> None:
-    env = {**GOOD, "REDIS_URL": redis_server.url, "RELAY_METRICS_PORT": str(free_port())}
+    env = {**GOOD, "REDIS_URL": redis_server.url, "RELAY_METRICS_PORT": str(unused_port())}
     process = subprocess.Popen([RELAY, "worker", "--concurrency", "2"], env=env, stderr=subprocess.DEVNULL)
     client = Redis.from_url(redis_server.url)
     deadline = time.monotonic() + 20
@@ -86,7 +86,7 @@ def test_worker_supervisor_runs_both_lanes_and_stops_on_sigterm(redis_server: An
 
 
 def test_worker_supervisor_exits_non_zero_when_a_worker_dies(redis_server: Any) -> None:
-    env = {**GOOD, "REDIS_URL": redis_server.url, "RELAY_METRICS_PORT": str(free_port())}
+    env = {**GOOD, "REDIS_URL": redis_server.url, "RELAY_METRICS_PORT": str(unused_port())}
     process = subprocess.Popen([RELAY, "worker"], env=env, stderr=subprocess.PIPE, text=True)
     client = Redis.from_url(redis_server.url)
     deadline = time.monotonic() + 20

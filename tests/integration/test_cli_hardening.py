@@ -11,9 +11,10 @@ from typing import Any
 
 from redis import Redis
 
-from service.devtools.embedded_redis import RedisProcess, free_port
+from service.devtools.embedded_redis import RedisProcess
 from service.devtools.usercom_sandbox import SandboxServer
 from tests.integration.test_cli import GOOD, RELAY, relay
+from tests.ports import unused_port
 
 
 def test_check_config_connect_reaches_redis_and_each_destination(redis_server: Any, sandbox: SandboxServer) -> None:
@@ -26,7 +27,7 @@ def test_check_config_connect_reaches_redis_and_each_destination(redis_server: A
 
 
 def test_check_config_connect_says_what_is_unreachable_in_one_line_each() -> None:
-    dead = free_port()
+    dead = unused_port()
     env = {
         **GOOD,
         "REDIS_URL": f"redis://:pw-not-shown@127.0.0.1:{dead}/0",
@@ -42,7 +43,7 @@ def test_check_config_connect_says_what_is_unreachable_in_one_line_each() -> Non
 
 
 def test_check_config_connect_asks_the_sentinels_when_they_are_configured() -> None:
-    dead = free_port()
+    dead = unused_port()
     env = {
         **GOOD,
         "REDIS_SENTINELS": f"127.0.0.1:{dead}",
@@ -57,7 +58,7 @@ def test_check_config_connect_asks_the_sentinels_when_they_are_configured() -> N
 
 
 def test_a_worker_started_before_redis_waits_for_it(tmp_path: Path) -> None:
-    port = free_port()
+    port = unused_port()
     env = {**GOOD, "REDIS_URL": f"redis://127.0.0.1:{port}/0"}
     process = subprocess.Popen(
         [RELAY, "worker", "--lane", "live", "--burst"], env=env, stderr=subprocess.PIPE, text=True

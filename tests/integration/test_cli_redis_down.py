@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from service.devtools.embedded_redis import free_port
+from tests.ports import unused_port
 
 RELAY = str(Path(sys.executable).with_name("relay"))
 PASSWORD = "pw-never-printed"
@@ -28,7 +28,7 @@ PASSWORD = "pw-never-printed"
     ],
 )
 def test_redis_down_is_one_line_and_a_non_zero_exit(args: list[str]) -> None:
-    port = free_port()  # nothing listens there
+    port = unused_port()  # nothing listens there
     env = {"PATH": "/usr/bin:/bin", "REDIS_URL": f"redis://admin:{PASSWORD}@127.0.0.1:{port}/0"}
     result = subprocess.run([RELAY, *args], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1

@@ -16,11 +16,11 @@ from rq.serializers import JSONSerializer
 
 from service.config import Settings
 from service.core.update import UserUpdate
-from service.devtools.embedded_redis import free_port
 from service.devtools.usercom_sandbox import Fault, SandboxServer
 from service.store import keys
 from service.store.jobs import DELIVER_FUNC, ON_FAILURE_FUNC
 from tests.conftest import USERCOM_KEY
+from tests.ports import unused_port
 from workers.delivery.context import DeliveryContext, configure
 from workers.delivery.job import deliver_update, deliver_user
 from workers.ratelimit import RateLimiter
@@ -186,7 +186,7 @@ def test_network_errors_are_retried(settings: Settings, redis: Redis) -> None:
     closed = Settings.from_env(
         {
             "REDIS_URL": settings.redis_url,
-            "USERCOM_API_URL": f"http://127.0.0.1:{free_port()}/api/public",
+            "USERCOM_API_URL": f"http://127.0.0.1:{unused_port()}/api/public",
             "USERCOM_API_KEY": USERCOM_KEY,
         },
         role="worker",

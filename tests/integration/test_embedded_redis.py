@@ -45,13 +45,13 @@ def test_a_port_named_but_taken_fails_with_redis_servers_reason(tmp_path: Path, 
 def test_the_suite_s_own_launcher_replaces_a_port_another_redis_took_and_never_answers_as_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """tests/integration/redis_launch.py: the port free_port found is taken by another redis-server
+    """tests/integration/redis_launch.py: the port unused_port found is taken by another redis-server
     before this one binds it. That one answers PING on the port: without checking whose answer it
     is, a test would run against another test's server."""
     squatter, squatter_client = redis_launch.start_redis(tmp_path / "squatter")
     try:
         found = iter([squatter.port, embedded_redis.free_port()])
-        monkeypatch.setattr(redis_launch, "free_port", lambda: next(found))
+        monkeypatch.setattr(redis_launch, "unused_port", lambda: next(found))
         server, client = redis_launch.start_redis(tmp_path / "mine")
         try:
             assert server.port != squatter.port

@@ -18,12 +18,12 @@ from rq.registry import StartedJobRegistry
 
 import workers.ratelimit
 from service.config import Settings
-from service.devtools.embedded_redis import free_port
 from service.devtools.usercom_sandbox import Fault, SandboxServer
 from service.store import keys
 from service.store.ledger import Store
 from tests.conftest import an_update
 from tests.integration.test_recovery import RELAY
+from tests.ports import unused_port
 from workers.delivery.batch import BATCH_THREADS, _Batch, _call_of
 from workers.delivery.context import DeliveryContext, configure
 from workers.delivery.group import deliver_group
@@ -137,7 +137,7 @@ def test_a_worker_killed_amid_its_groups_loses_none_of_their_users(
     sandbox.state.faults.extend([Fault(0), *[Fault(0, delay=30)] * BATCH_THREADS])
     worker = subprocess.Popen(
         [RELAY, "worker", "--lane", "live"],
-        env={"PATH": os.environ["PATH"], **env, "RELAY_METRICS_PORT": str(free_port())},
+        env={"PATH": os.environ["PATH"], **env, "RELAY_METRICS_PORT": str(unused_port())},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,

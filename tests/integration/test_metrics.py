@@ -76,10 +76,10 @@ def test_an_unmapped_event_type_is_counted_as_other(client: Any, post_event: Any
 def test_metrics_say_when_redis_is_down(settings: Any) -> None:
     from service import create_app
     from service.config import Settings
-    from service.devtools.embedded_redis import free_port
+    from tests.ports import unused_port
 
     dead = Settings.from_env(
-        {"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "STRIPE_WEBHOOK_SECRETS": "whsec_x"}, role="web"
+        {"REDIS_URL": f"redis://127.0.0.1:{unused_port()}/0", "STRIPE_WEBHOOK_SECRETS": "whsec_x"}, role="web"
     )
     metrics = scrape(create_app(dead).test_client())
     assert metrics[("relay_redis_up", ())] == 0

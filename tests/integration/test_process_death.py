@@ -15,8 +15,8 @@ import pytest
 from redis import Redis
 
 from service.config import Settings
-from service.devtools.embedded_redis import free_port
 from service.ops.status import collect_status
+from tests.ports import unused_port
 
 RELAY = str(Path(sys.executable).with_name("relay"))
 ENV = {
@@ -88,7 +88,7 @@ class Supervisor:
 
     def start(self) -> None:
         self.redis.flushall()  # no worker registered by an earlier test counts
-        env = {**ENV, "REDIS_URL": self.url, "RELAY_METRICS_PORT": str(free_port())}
+        env = {**ENV, "REDIS_URL": self.url, "RELAY_METRICS_PORT": str(unused_port())}
         self.process = process = subprocess.Popen(
             [RELAY, "worker", "--concurrency", "2"], env=env, stderr=subprocess.DEVNULL
         )

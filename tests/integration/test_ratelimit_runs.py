@@ -14,9 +14,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
 
 import workers.ratelimit
-from service.devtools.embedded_redis import free_port
 from service.store import keys
 from service.store.limiter_scripts import GIVE_BACK_SCRIPT
+from tests.ports import unused_port
 from workers.ratelimit import LimitConfig, RateLimiter, Throttled
 from workers.scripts_at_once import run_at_once
 
@@ -246,7 +246,7 @@ def test_a_429_between_booking_a_run_and_its_answer_ends_it(redis: Redis) -> Non
 def test_a_run_not_given_back_for_want_of_redis_leaves_the_delivery_going(redis: Redis) -> None:
     lim = limiter(redis)
     book_run(redis, lim, further=3)
-    nowhere = Redis(port=free_port(), retry=Retry(NoBackoff(), 0))  # refused at once
+    nowhere = Redis(port=unused_port(), retry=Retry(NoBackoff(), 0))  # refused at once
     lim._give_back = nowhere.register_script(GIVE_BACK_SCRIPT)
     lim.end_run()  # logged, not raised: the slots stay booked
     assert redis.llen(WINDOW) == 4

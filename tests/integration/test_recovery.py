@@ -21,12 +21,13 @@ from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 
 from service.config import Settings
-from service.devtools.embedded_redis import RedisProcess, free_port
+from service.devtools.embedded_redis import RedisProcess
 from service.devtools.usercom_sandbox import Fault, SandboxServer
 from service.store import keys
 from service.store.jobs import DELIVER_FUNC, RERUNS
 from service.store.ledger import Store
 from tests.conftest import an_update
+from tests.ports import unused_port
 from workers.delivery.context import configure
 from workers.heartbeat import HEARTBEAT_TTL_SECONDS
 from workers.ordering import LEASE_MS
@@ -61,7 +62,7 @@ def test_worker_killed_mid_job_loses_nothing(
     sandbox.state.faults.append(Fault(0, delay=30))  # the first User.com call hangs
     worker = subprocess.Popen(
         [RELAY, "worker", "--lane", "live"],
-        env={"PATH": os.environ["PATH"], **env, "RELAY_METRICS_PORT": str(free_port())},
+        env={"PATH": os.environ["PATH"], **env, "RELAY_METRICS_PORT": str(unused_port())},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -197,7 +198,7 @@ def test_a_running_job_keeps_its_heartbeat_so_it_is_never_taken_for_abandoned(
 def _relay_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [RELAY, "worker", "--lane", "live"],
-        env={**env, "RELAY_METRICS_PORT": str(free_port())},
+        env={**env, "RELAY_METRICS_PORT": str(unused_port())},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -231,7 +232,7 @@ def test_redis_restart_keeps_accepted_events_and_workers_resume(tmp_path: Path, 
         "REDIS_URL": redis_server.url,
         "USERCOM_API_URL": sandbox.base_url,
         "USERCOM_API_KEY": sandbox.state.api_key,
-        "RELAY_METRICS_PORT": str(free_port()),
+        "RELAY_METRICS_PORT": str(unused_port()),
     }
     settings = Settings.from_env(env, role="worker")
     log = tmp_path / "worker.log"  # what the workers said, shown if the test fails

@@ -13,12 +13,12 @@ from rq.serializers import JSONSerializer
 
 from service import create_app
 from service.config import Settings
-from service.devtools.embedded_redis import free_port
 from service.store import keys
 from service.store.ledger import Store
 from service.store.ledger_state import decode
 from service.web.errors import MAX_BODY_BYTES
 from tests.conftest import OLD_SECRET, SECRET, USERCOM_KEY, load_fixture, sign, stripe_event
+from tests.ports import unused_port
 
 CUSTOMER = {"id": "cus_1", "email": "ada@example.com", "name": "Ada Lovelace", "metadata": {"user_id": "u1"}}
 
@@ -144,7 +144,7 @@ def test_non_object_json_is_422(post_event: Any) -> None:
 
 def test_redis_down_is_503_quickly_and_never_2xx(settings: Settings) -> None:
     dead = Settings.from_env(
-        {"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "STRIPE_WEBHOOK_SECRETS": SECRET}, role="web"
+        {"REDIS_URL": f"redis://127.0.0.1:{unused_port()}/0", "STRIPE_WEBHOOK_SECRETS": SECRET}, role="web"
     )
     client = create_app(dead).test_client()
     body = json.dumps(event()).encode()

@@ -17,8 +17,9 @@ from rq.job import JobStatus
 from rq.serializers import JSONSerializer
 
 from service.config import Settings
-from service.devtools.embedded_redis import RedisProcess, free_port
+from service.devtools.embedded_redis import RedisProcess
 from service.store import keys
+from tests.ports import unused_port
 from workers.runner import DeliveryWorker, run_worker, wait_for_redis
 
 OUTAGE_SECONDS = 1.5
@@ -91,7 +92,7 @@ def test_a_worker_whose_loop_gave_up_says_so_to_its_supervisor(
 def test_waiting_for_an_unreachable_redis_backs_off_to_its_bound_and_ends_on_a_stop() -> None:
     """Inside a job the wait ends when the worker is told to stop (SIGTERM): with Redis down for good,
     the pod would otherwise wait for its SIGKILL."""
-    nowhere = Redis(port=free_port(), retry=Retry(NoBackoff(), 0))  # refused at once
+    nowhere = Redis(port=unused_port(), retry=Retry(NoBackoff(), 0))  # refused at once
     slept: list[float] = []
 
     def sleep(seconds: float) -> None:

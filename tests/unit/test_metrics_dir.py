@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from service.devtools.embedded_redis import free_port
 from service.ops.metrics_dir import MetricsDirError, prepare_multiprocess_dir
 from tests.integration.test_cli import GOOD, relay
+from tests.ports import unused_port
 
 METRIC_FILES = ["counter_12.db", "gauge_all_12.db", "gauge_livesum_7.db", "histogram_12.db", "summary_3.db"]
 
@@ -34,7 +34,7 @@ def test_a_directory_holding_anything_else_is_refused_and_left_alone(tmp_path: P
 def test_relay_refuses_a_wrong_metrics_dir_in_one_line(tmp_path: Path, command: str) -> None:
     (tmp_path / "important.txt").write_text("keep me")
     result = relay(
-        command, env={**GOOD, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "RELAY_METRICS_PORT": str(free_port())}
+        command, env={**GOOD, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "RELAY_METRICS_PORT": str(unused_port())}
     )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
