@@ -58,12 +58,17 @@ def read_event(
     payload: Any,
     headers: Headers[str, str],
     trusted: frozenset[str] = frozenset(),
+    *,
+    max_clock_skew: int,
 ) -> tuple[Envelope, UserUpdate | None]:
     """The provider's envelope and the update the mapping makes of it (None: not mapped).
-    Raises marshmallow's ValidationError when either does not fit. `trusted`: the buyer-settable
-    identity fields that may name the user (RELAY_TRUSTED_IDENTITY_FIELDS)."""
+    Raises marshmallow's ValidationError when either does not fit, or when the event is dated more
+    than `max_clock_skew` seconds ahead (RELAY_MAX_CLOCK_SKEW_SECONDS): every way in (a webhook, a
+    backfill, a replay of an invalid payload) refuses it. `trusted`: the buyer-settable identity
+    fields that may name the user (RELAY_TRUSTED_IDENTITY_FIELDS)."""
     envelope = source.envelope(payload, headers)
     check_envelope(envelope)
+    check_event_time(envelope, time.time(), max_clock_skew)
     try:
         return envelope, mapping.to_update(source.name, envelope, identity_key, trusted)
     except (ValueError, ArithmeticError) as exc:  # e.g. a timestamp past year 9999, a Decimal overflow
@@ -197,8 +202,15 @@ class Intake:
         if described.event_type:
             seen["event_type"] = self._type_label(described.event_type)
         try:
-            envelope, update = read_event(self.source, self.mapping, self.identity_key, payload, headers, self.trusted)
-            check_event_time(envelope, time.time(), self.max_clock_skew)
+            envelope, update = read_event(
+                self.source,
+                self.mapping,
+                self.identity_key,
+                payload,
+                headers,
+                self.trusted,
+                max_clock_skew=self.max_clock_skew,
+            )
         except ValidationError as exc:
             raise self._dead_letter_invalid(raw, payload, described, exc) from None
         if update is None:

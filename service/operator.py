@@ -20,6 +20,7 @@ REPLAYED = "replayed"  # its update is queued on the replay lane
 GONE = "gone"  # deleted or replayed by someone else meanwhile
 STILL_INVALID = "still_invalid"  # an invalid payload that the current schema still refuses
 NOT_MAPPED = "not_mapped"  # an invalid payload that is now valid, but its type is no longer mapped
+UNRESOLVED = "unresolved_identity"  # its update names no user and no customer: there is no one to deliver it to
 
 
 @dataclass(frozen=True)
@@ -53,11 +54,14 @@ class Operator:
                     item.get("event"),
                     headers,
                     self.settings.trusted_identity_fields,
+                    max_clock_skew=self.settings.max_clock_skew_seconds,
                 )
             except ValidationError:
                 return STILL_INVALID
             if update is None:
                 return NOT_MAPPED
+        if update.hint is None:  # kept for an operator, who can only delete it: replay would invent a user
+            return UNRESOLVED
         return REPLAYED if self.store.replay(item["id"], update) else GONE
 
     def replay_matching(self, flt: DlqFilter, *, dry_run: bool, limit: int | None = None) -> dict[str, Any]:

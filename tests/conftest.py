@@ -24,6 +24,7 @@ from redis import Redis
 
 from service import create_app
 from service.config import Settings
+from service.config.settings import DEFAULT_MAX_CLOCK_SKEW_SECONDS
 from service.core.update import UserUpdate
 from service.devtools.embedded_redis import RedisProcess
 from service.devtools.usercom_sandbox import SandboxServer
@@ -112,7 +113,8 @@ def read(
     spec = SOURCES[source]
     reader = spec.build(SourceSettings((), spec.default_tolerance, identity_key))
     headers = {"webhook-id": webhook_id}
-    envelope, update = read_event(reader, DEFAULT_MAPPING, identity_key, payload, headers, trusted)
+    skew = DEFAULT_MAX_CLOCK_SKEW_SECONDS
+    envelope, update = read_event(reader, DEFAULT_MAPPING, identity_key, payload, headers, trusted, max_clock_skew=skew)
     return Read(envelope.event_id, envelope.event_type, update)
 
 

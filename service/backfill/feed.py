@@ -14,7 +14,7 @@ from marshmallow import ValidationError
 
 from service.config import Settings
 from service.core.update import UserUpdate
-from service.intake import check_event_time, conflict_item, invalid_item, read_event
+from service.intake import conflict_item, invalid_item, read_event
 from service.sources.registry import build_source
 from service.store import keys
 from service.store.customer_map import IdentityConflict
@@ -76,8 +76,14 @@ class Feeder:
     def _read(self, payload: dict[str, Any]) -> str | UserUpdate:
         """The event's update, or its outcome when it has none to accept."""
         try:
-            envelope, update = read_event(self.source, self.settings.mapping, self.settings.identity_key, payload, {})
-            check_event_time(envelope, time.time(), self.settings.max_clock_skew_seconds)
+            envelope, update = read_event(
+                self.source,
+                self.settings.mapping,
+                self.settings.identity_key,
+                payload,
+                {},
+                max_clock_skew=self.settings.max_clock_skew_seconds,
+            )
         except ValidationError as exc:
             return "invalid" if self.dry_run or self._reject(payload, exc) else "duplicate"
         return self._ignore(envelope.event_id) if update is None else update

@@ -14,7 +14,7 @@ request bodies.
     │   ├── InvalidPayload            invalid_payload (kept in the dead-letter queue)
     │   ├── InvalidRequest            invalid_request
     │   ├── Unauthorized              unauthorized
-    │   └── Conflict                  still_invalid | not_mapped (the operation's own code)
+    │   └── Conflict                  still_invalid | not_mapped | unresolved_identity (the operation's own code)
     ├── NotFound                      not_found
     │   ├── SourceNotConfigured       source_not_configured
     │   └── AdminDisabled             admin_disabled

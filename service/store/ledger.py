@@ -210,8 +210,11 @@ class Store:
 
     def replay(self, item_id: str, update: UserUpdate) -> bool:
         """Merge a dead-lettered item's update into its user's pending state, queuing the user on the
-        replay lane when nothing was pending; False if the item is gone."""
-        hint = update.hint or f"customer:{update.customer_id or '-'}"
+        replay lane when nothing was pending; False if the item is gone. The update must name its user
+        or customer (Operator.replay refuses one that names neither)."""
+        hint = update.hint
+        if hint is None:
+            raise ValueError(f"event {update.event_id} names no user or customer: it cannot be replayed")
         job_id = user_job_id(update.source, hint, self.keys.destination)
         data, timestamp, description = self._jobs[keys.REPLAY].user_args(update.source, hint)
         now = time.time()

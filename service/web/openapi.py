@@ -148,7 +148,7 @@ def build_spec() -> dict[str, Any]:
                     "parameters": [item_id],
                     "responses": {
                         "202": _ok("queued for replay", "ReplayAnswer"),
-                        "409": _error("`still_invalid` or `not_mapped`"),
+                        "409": _error("`still_invalid`, `not_mapped` or `unresolved_identity`"),
                     },
                 }
             )

@@ -186,6 +186,44 @@ def test_invalid_payload_replays_only_once_it_fits(admin: Any, admin_settings: S
     assert response.status_code == 409 and response.get_json()["error"]["code"] == "still_invalid"
 
 
+def test_a_future_dated_event_stays_refused_when_replayed(
+    admin: Any, admin_settings: Settings, ctx: DeliveryContext
+) -> None:
+    """Refused at intake for being dated ahead of the clock; a replay must not let it win last-writer-wins
+    against every later event."""
+    import json
+
+    from tests.conftest import sign
+
+    ahead = int(time.time()) + admin_settings.max_clock_skew_seconds + 3600
+    event = stripe_event("customer.updated", {"id": "cus_1", "metadata": {"user_id": "u1"}}, event_id="evt_ahead")
+    body = json.dumps({**event, "created": ahead}).encode()
+    headers = {"Stripe-Signature": sign(body, SECRET)}
+    posted = admin.post("/webhooks/stripe", data=body, headers=headers, content_type="application/json")
+    assert posted.status_code == 422
+    response = admin.post("/admin/dlq/stripe-evt_ahead/replay", headers=AUTH)
+    assert response.status_code == 409 and response.get_json()["error"]["code"] == "still_invalid"
+    assert ctx.redis.llen(keys.USERCOM.rq_queue_key(keys.REPLAY)) == 0
+    assert [i["event_id"] for i in ctx.store.dead_letters()] == ["evt_ahead"]
+
+
+def test_an_update_naming_no_user_is_never_replayed_to_an_invented_one(
+    admin: Any, ctx: DeliveryContext, sandbox: SandboxServer
+) -> None:
+    """Dead-lettered at intake as unresolved_identity: a replay has no one to deliver it to."""
+    for n in range(2):
+        assert ctx.store.accept(update(f"evt_nobody{n}", user="", plan=f"p{n}")) is True
+    one = admin.post("/admin/dlq/stripe-evt_nobody0/replay", headers=AUTH)
+    assert one.status_code == 409 and one.get_json()["error"]["code"] == "unresolved_identity"
+    bulk = admin.post("/admin/dlq/replay", json={"reason": "unresolved_identity"}, headers=AUTH)
+    assert bulk.get_json()["outcomes"] == {"unresolved_identity": 2}
+    work(ctx, keys.REPLAY)
+    assert [r for r in sandbox.state.requests if r["path"].startswith("/api/")] == []
+    assert [i["event_id"] for i in ctx.store.dead_letters()] == ["evt_nobody0", "evt_nobody1"]
+    ledger = ctx.store.ledger()
+    assert (ledger["dead_lettered"], ledger["delivered"], ledger["in_flight"]) == (2, 0, 0)
+
+
 def test_retention_drops_the_oldest_and_counts_them(admin: Any, ctx: DeliveryContext, sandbox: SandboxServer) -> None:
     for n in range(6):
         dead_letter(ctx, sandbox, update(f"evt_{n}"))
