@@ -34,6 +34,7 @@ from service.store.customer_map import IdentityConflict
 from service.store.durability import DurableAck
 from service.store.jobs import EVENT_ID as SAFE_ID  # an event id fit for keys, job ids and the DLQ
 from service.store.ledger import Store
+from service.store.ledger_user import unresolved
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class Outcome(StrEnum):
     DUPLICATE = "duplicate"  # accepted before
     IGNORED = "ignored"  # valid, but the mapping does not use its type
     IDENTITY_CONFLICT = "identity_conflict"  # kept in the dead-letter queue: its customer is another user's
+    UNRESOLVED_IDENTITY = "unresolved_identity"  # kept in the dead-letter queue: it names no user and no customer
 
 
 @dataclass(frozen=True)
@@ -216,11 +218,13 @@ class Intake:
         if update is None:
             ignored = self.store.ignore(self.source.name, envelope.event_id)
             return Received(Outcome.IGNORED if ignored else Outcome.DUPLICATE, envelope.event_id)
+        if update.hint is None:
+            return self._dead_letter_kept(update, unresolved(update), Outcome.UNRESOLVED_IDENTITY)
         try:
             if not self.store.accept(update):
                 return Received(Outcome.DUPLICATE, update.event_id)
         except IdentityConflict as exc:
-            return self._dead_letter_conflict(update, exc)
+            return self._dead_letter_kept(update, conflict_item(update, exc), Outcome.IDENTITY_CONFLICT)
         log.info(
             "accepted %s %s",
             update.event_type,
@@ -235,14 +239,14 @@ class Intake:
         )
         return Received(Outcome.ACCEPTED, update.event_id)
 
-    def _dead_letter_conflict(self, update: UserUpdate, exc: IdentityConflict) -> Received:
-        """Answered 2xx (a resent event would conflict again) but not delivered as either user: kept
-        in the dead-letter queue for an operator, counted in the ledger as dead-lettered."""
-        item = conflict_item(update, exc)
+    def _dead_letter_kept(self, update: UserUpdate, item: DeadLetter, outcome: Outcome) -> Received:
+        """Answered 2xx (the same event resent would end the same way) but delivered to no one: kept in
+        the dead-letter queue for an operator, counted in the ledger as dead-lettered."""
         if not self.store.reject(item, update.event_id):
             return Received(Outcome.DUPLICATE, update.event_id)
         log.warning(
-            "identity conflict %s %s: %s",
+            "%s %s %s: %s",
+            outcome.value.replace("_", " "),
             update.event_type,
             update.event_id,
             item.message,
@@ -251,10 +255,10 @@ class Intake:
                 "event_id": update.event_id,
                 "event_type": update.event_type,
                 "user_id": update.user_id,
-                "outcome": IDENTITY_CONFLICT,
+                "outcome": outcome.value,
             },
         )
-        return Received(Outcome.IDENTITY_CONFLICT, update.event_id)
+        return Received(outcome, update.event_id)
 
     def _dead_letter_invalid(
         self, raw: bytes, payload: Any, described: Described, exc: ValidationError

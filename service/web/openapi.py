@@ -49,7 +49,8 @@ def _webhook(title: str, headers: tuple[tuple[str, str], ...], schema: str) -> d
         "responses": {
             "202": _ok(
                 "verified, valid and durably queued (`accepted`), or kept in the dead-letter queue because "
-                "its customer is mapped to another user (`identity_conflict`)",
+                "its customer is mapped to another user (`identity_conflict`) or it names no user and no "
+                "customer (`unresolved_identity`)",
                 "WebhookAnswer",
             ),
             "200": _ok("already accepted (`duplicate`) or not mapped (`ignored`)", "WebhookAnswer"),

@@ -11,7 +11,13 @@ from service.intake import Intake, Outcome
 from service.sources.registry import SOURCES
 
 bp = Blueprint("webhooks", __name__)
-STATUS = {Outcome.ACCEPTED: 202, Outcome.DUPLICATE: 200, Outcome.IGNORED: 200, Outcome.IDENTITY_CONFLICT: 202}
+STATUS = {
+    Outcome.ACCEPTED: 202,
+    Outcome.DUPLICATE: 200,
+    Outcome.IGNORED: 200,
+    Outcome.IDENTITY_CONFLICT: 202,
+    Outcome.UNRESOLVED_IDENTITY: 202,
+}
 
 
 def webhook(source: str) -> tuple[dict[str, Any], int]:

@@ -167,3 +167,20 @@ def test_paddle_custom_data_from_the_browser_never_names_the_user(
     relay.work()
     assert_victim_untouched(sandbox)
     assert sandbox.state.user_by_custom_id("ctm_attacker") is not None
+
+
+def test_an_event_naming_no_one_is_answered_as_kept_not_accepted(
+    env: dict[str, str], relays: list[Relay], sandbox: SandboxServer
+) -> None:
+    relay = Relay(env)
+    relays.append(relay)
+    refund = {"id": "ch_1", "object": "charge", "amount_refunded": 500, "currency": "usd", "customer": None}
+    answer = relay.post("charge.refunded", refund, "evt_nobody")
+    assert answer.status_code == 202 and answer.get_json()["status"] == "unresolved_identity"
+    resent = relay.post("charge.refunded", refund, "evt_nobody")
+    assert resent.status_code == 200 and resent.get_json()["status"] == "duplicate"
+    relay.work()
+    assert [r for r in sandbox.state.requests if r["path"].startswith("/api/")] == []
+    listed = relay.client.get("/admin/dlq?reason=unresolved_identity", headers=AUTH).get_json()
+    assert [item["event_id"] for item in listed["items"]] == ["evt_nobody"]
+    assert relay.ledger_balances() and relay.ctx.store.ledger()["dead_lettered"] == 1
