@@ -12,17 +12,27 @@ from typing import Any
 
 
 def iso(epoch: float | None) -> str | None:
-    """`2026-11-29T20:10:00.123Z` (milliseconds), or None for no time."""
-    if epoch is None:
-        return None
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """`2026-11-29T20:10:00.123Z` (milliseconds), or None for no time, or one no date can show (a
+    provider's `created` in milliseconds, kept in a dead letter: its number is still shown beside)."""
+    when = _utc(epoch)
+    return None if when is None else when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def iso_seconds(epoch: float | None) -> str:
-    """`2026-11-29T20:10:00Z` for a table cell; `-` for no time."""
+    """`2026-11-29T20:10:00Z` for a table cell; `-` for no time; the number itself past year 9999."""
+    when = _utc(epoch)
+    if when is None:
+        return "-" if epoch is None else str(epoch)
+    return when.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _utc(epoch: float | None) -> datetime | None:
     if epoch is None:
-        return "-"
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        return None
+    try:
+        return datetime.fromtimestamp(epoch, UTC)
+    except (ValueError, OverflowError, OSError):  # out of datetime's range (years 1-9999), or NaN
+        return None
 
 
 def shown(record: dict[str, Any], names: Iterable[str]) -> dict[str, Any]:

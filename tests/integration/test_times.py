@@ -23,7 +23,7 @@ from service.store import keys
 from service.store.ledger import Store
 from service.store.trace import TraceEntry
 from service.web.schemas import DlqItem, Status, UserTrace
-from tests.conftest import an_update
+from tests.conftest import an_update, sign, stripe_event
 
 RELAY = str(Path(sys.executable).with_name("relay"))
 TOKEN = "times-admin-token"
@@ -43,6 +43,9 @@ def test_iso_is_utc_with_a_z_and_milliseconds() -> None:
     assert iso_seconds(LAST) == "2025-11-29T20:10:00Z"
     assert shown({"at": 5, "x": 1}, ("at", "missing")) == {"at": "1970-01-01T00:00:05.000Z", "at_unix": 5, "x": 1}
     assert shown({"at": None}, ("at",)) == {"at": None, "at_unix": None}
+    # Past what a date can show (a provider's `created` in milliseconds): no date, the number kept.
+    assert shown({"at": 10**12}, ("at",)) == {"at": None, "at_unix": 10**12}
+    assert iso(float("nan")) is None and iso_seconds(10**12) == str(10**12)
 
 
 @pytest.fixture
@@ -127,6 +130,25 @@ def test_dead_letter_times_in_the_api_and_the_cli(app_settings: Settings, store:
     # Redis keeps the numbers (what the stored form always was).
     kept = store.dead_letters()[0]
     assert (kept["first_failure_at"], kept["last_failure_at"], kept["event_time"]) == (FIRST, LAST, EVENT)
+
+
+def test_a_dead_letter_dated_past_year_9999_is_listed_and_shown(app_settings: Settings) -> None:
+    """Refused for its time (a Stripe `created` in milliseconds) and kept: every listing still works."""
+    client = create_app(app_settings).test_client()
+    event = stripe_event("customer.updated", {"id": "cus_1", "metadata": {"user_id": "u1"}}, event_id="evt_ms")
+    body = json.dumps({**event, "created": 10**12}).encode()
+    headers = {"Stripe-Signature": sign(body)}
+    assert (
+        client.post("/webhooks/stripe", data=body, headers=headers, content_type="application/json").status_code == 422
+    )
+    listed = client.get("/admin/dlq", headers=AUTH)
+    assert listed.status_code == 200
+    [item] = listed.get_json()["items"]
+    assert (item["event_time"], item["event_time_unix"]) == (None, 10**12) and DlqItem().validate(item) == {}
+    assert client.get("/admin/dlq/stripe-evt_ms", headers=AUTH).status_code == 200
+    for args in (("list",), ("list", "--json"), ("show", "stripe-evt_ms")):
+        run = relay(app_settings, "dlq", *args)
+        assert (run.returncode, run.stderr) == (0, ""), args
 
 
 def test_trace_times_in_the_api_and_the_cli(app_settings: Settings, redis: Redis) -> None:
