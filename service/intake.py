@@ -190,7 +190,9 @@ class Intake:
             raise UnsupportedMediaType("Content-Type must be application/json")
         self.source.verify(raw, headers)
         try:
-            payload = json.loads(raw)
+            # UTF-8 only (RFC 8259 8.1): json.loads(bytes) would also read UTF-16/32, whose escapes the
+            # lone-surrogate check (may_hold_surrogates) does not see. A leading BOM is ignored, as before.
+            payload = json.loads(raw.decode("utf-8-sig"))
         except RecursionError:
             payload, problem = None, f"nests deeper than {MAX_DEPTH} levels"
         except (ValueError, UnicodeDecodeError):

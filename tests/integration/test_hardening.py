@@ -138,6 +138,22 @@ def period_end(value: int) -> dict[str, Any]:
     return event
 
 
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-32"])
+def test_a_body_in_another_unicode_encoding_is_malformed_and_writes_nothing(
+    client: Any, redis: Redis, settings: Settings, encoding: str
+) -> None:
+    """json.loads would read UTF-16/32 bytes, where a lone surrogate's escape hides from the check for it."""
+    event = lemon(time.time())
+    event["meta"]["custom_data"] = {"user_id": "u\ud800x"}
+    response = post(client, "lemonsqueezy", json.dumps(event).encode(encoding))
+    assert response.status_code == 400 and code(response) == "malformed_json"
+    assert Store.from_settings(redis, settings).ledger()["received"] == 0
+
+
+def test_a_utf8_body_with_a_byte_order_mark_is_still_read(client: Any) -> None:
+    assert post(client, "lemonsqueezy", b"\xef\xbb\xbf" + json.dumps(lemon(time.time())).encode()).status_code == 202
+
+
 DEEP = "[" * 5000 + "]" * 5000
 HOSTILE: dict[str, tuple[str, bytes]] = {
     "nested 5000 deep": (
