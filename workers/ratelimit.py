@@ -27,6 +27,7 @@ unused, held from other callers).
 from __future__ import annotations
 
 import logging
+import math
 import time
 import uuid
 from collections.abc import Iterator
@@ -38,6 +39,7 @@ from typing import Any
 from redis import Redis
 from redis.exceptions import RedisError
 
+from service.config.settings import DEFAULT_RETRY_MAX_DELAY_SECONDS
 from service.store import keys
 from service.store.limiter_scripts import (
     ACQUIRE_SCRIPT,
@@ -66,7 +68,14 @@ MAX_SLEEP_SECONDS = 1.0  # longer waits go back to the queue
 BELOW_LIVE_RESERVE_SHARE = 0.2
 BELOW_LIVE_RESERVE_MIN = 2
 BELOW_LIVE_MAX_SLEEP_SECONDS = 5.0
-LEASE_MS = 30_000  # a call's concurrency lease; expires if its worker dies
+LEASE_MS = 30_000  # a call's concurrency lease at least; expires if its worker dies
+LEASE_MARGIN_MS = 5_000  # beyond the longest call (LimitConfig.lease_ms)
+
+
+def lease_ms_for(longest_call_seconds: float) -> int:
+    return max(LEASE_MS, math.ceil(longest_call_seconds * 1000) + LEASE_MARGIN_MS)
+
+
 # A run's slots are used within this long of their booking, or not at all (booked again then): of
 # the JITTER_MS (40 ms) a call may arrive after its slot, this leaves 15 ms for the call to go out.
 # (bench/drain, 2 cores: 0.37 bookings a delivery, against 1 without runs; 15 ms, counted from the
@@ -111,6 +120,12 @@ class LimitConfig:
     rate_per_second: float
     burst: int
     max_in_flight: int
+    # A call's concurrency lease must outlast the longest call (connect + read timeout): a call still
+    # waiting for its answer when its lease expired would no longer count, and one more would start.
+    lease_ms: int = LEASE_MS
+    # The longest pause a 429's Retry-After may ask for (RELAY_RETRY_MAX_DELAY_SECONDS): a proxy's odd
+    # answer must not stop every worker of the destination for days.
+    max_pause_seconds: float = DEFAULT_RETRY_MAX_DELAY_SECONDS
 
 
 class RateLimiter:
@@ -319,7 +334,7 @@ class RateLimiter:
             max_wait_ms = 0.0  # a slot due now, or none: it sleeps until then without holding one
             burst, reserve, further = 1, (BELOW_LIVE_RESERVE_SHARE, BELOW_LIVE_RESERVE_MIN), 0
         return [
-            *(ceiling, burst, self.config.max_in_flight, token, LEASE_MS, max_wait_ms),
+            *(ceiling, burst, self.config.max_in_flight, token, self.config.lease_ms, max_wait_ms),
             *(JITTER_MS, increase_per_second(ceiling), " ".join(release), *reserve, further),
             *(give_back or [0, "", 0, 0]),
         ]
@@ -368,7 +383,17 @@ class RateLimiter:
     def pause(self, seconds: float | None) -> float:
         """A 429: every worker waits until then (Retry-After exactly, else DEFAULT_PAUSE_SECONDS), and
         the effective rate is lowered once per episode. Returns the pause's end (epoch seconds)."""
-        pause_ms = int(1000 * (seconds if seconds is not None else DEFAULT_PAUSE_SECONDS))
+        wanted = seconds if seconds is not None else DEFAULT_PAUSE_SECONDS
+        if wanted > self.config.max_pause_seconds:
+            log.warning(
+                "%s asked for a %.0f s pause (Retry-After): pausing %.0f s (RELAY_RETRY_MAX_DELAY_SECONDS)",
+                self._keys.destination,
+                wanted,
+                self.config.max_pause_seconds,
+                extra={"destination": self._keys.destination},
+            )
+            wanted = self.config.max_pause_seconds
+        pause_ms = int(1000 * wanted)
         pause_keys = [
             self._keys.limiter_paused_until,
             self._keys.last_429,

@@ -37,12 +37,18 @@ from workers.delivery.context import DeliveryContext, configure
 from workers.heartbeat import HEARTBEAT_TTL_SECONDS, heartbeat_while_running
 from workers.lifeline import die_with_supervisor, forks_die_with_this_process, stop_signals_deferred
 from workers.ordering import Ordering
-from workers.ratelimit import LimitConfig, RateLimiter
+from workers.ratelimit import LimitConfig, RateLimiter, lease_ms_for
 
 
 def limit_config(settings: Settings, destination: str) -> LimitConfig:
     limits = settings.destination(destination)
-    return LimitConfig(limits.rate_limit, limits.burst, limits.max_in_flight)
+    return LimitConfig(
+        limits.rate_limit,
+        limits.burst,
+        limits.max_in_flight,
+        lease_ms=lease_ms_for(limits.connect_timeout + limits.read_timeout),
+        max_pause_seconds=settings.retry_max_delay_seconds,
+    )
 
 
 def build_destination(settings: Settings, destination: str, limiter: RateLimiter) -> Destination:

@@ -122,6 +122,23 @@ def test_429_pauses_every_worker_and_is_never_shortened(redis: Redis) -> None:
     assert float(redis.get(keys.USERCOM.last_429)) == pytest.approx(time.time(), abs=2)
 
 
+def test_a_429_asking_for_days_pauses_no_longer_than_the_retry_cap(redis: Redis) -> None:
+    lim = RateLimiter(redis, LimitConfig(1000, 100, 100, max_pause_seconds=5), destination_keys=keys.USERCOM)
+    assert lim.pause(864_000) == pytest.approx(time.time() + 5, abs=1)
+
+
+def test_a_call_s_lease_outlasts_its_longest_call(settings: Settings, redis: Redis) -> None:
+    """USERCOM_MAX_IN_FLIGHT counts a call until its lease ends: a 60 s read timeout needs more than 30 s."""
+    slow = Settings.from_env({**_env(settings), "USERCOM_READ_TIMEOUT_SECONDS": "60"})
+    config = limit_config(slow, "usercom")
+    assert config.max_pause_seconds == slow.retry_max_delay_seconds
+    lim = RateLimiter(redis, config, destination_keys=keys.USERCOM)
+    with lim.released_later(), lim.slot():
+        [(_, lease_end_ms)] = redis.zrange(keys.USERCOM.limiter_in_flight, 0, -1, withscores=True)
+    longest = slow.destination("usercom").connect_timeout + 60
+    assert lease_end_ms / 1000 - time.time() > longest
+
+
 def test_a_throttled_job_is_put_back_without_counting_a_failure(settings: Settings, redis: Redis) -> None:
     ctx = build_context(
         Settings.from_env({**_env(settings), "USERCOM_RATE_LIMIT": "1", "USERCOM_BURST": "1"}), "usercom"

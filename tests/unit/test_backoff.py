@@ -18,3 +18,7 @@ def test_full_jitter_draws_between_zero_and_the_ceiling(jitter: float) -> None:
 def test_never_sooner_than_retry_after() -> None:
     assert backoff_delay(1, base=2, cap=60, jitter=0.1, retry_after=30) == 30
     assert backoff_delay(6, base=2, cap=60, jitter=1.0, retry_after=5) == 60
+
+
+def test_never_later_than_the_cap_whatever_retry_after_asks() -> None:
+    assert backoff_delay(1, base=2, cap=60, jitter=0.1, retry_after=864_000) == 60

@@ -25,9 +25,10 @@ JOB_SUFFIXES = re.compile(r"(-a\d+|-t[0-9a-f]{12})+$")
 
 
 def backoff_delay(attempt: int, *, base: float, cap: float, jitter: float, retry_after: float | None) -> float:
-    """Exponential backoff with full jitter; never sooner than a Retry-After asked for."""
+    """Exponential backoff with full jitter; never sooner than a Retry-After asked for, never later than
+    `cap` whatever it asked for."""
     ceiling = min(cap, base * 2 ** (attempt - 1))
-    return max(ceiling * jitter, retry_after or 0.0)
+    return max(ceiling * jitter, min(retry_after or 0.0, cap))
 
 
 def retry_or_give_up(
