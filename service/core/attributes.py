@@ -33,6 +33,6 @@ STANDARD_ATTRIBUTES = frozenset(
 # Keys of an update body that are not attributes.
 RESERVED_KEYS = frozenset({"tags", "id", "custom_id", "user_id", "company_custom_id", "attributes"})
 NAME_MAX_LENGTH = 40  # first_name / last_name limit, documented
-E164 = re.compile(r"^\+[1-9]\d{6,14}$")
-CUSTOM_ATTRIBUTE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+E164 = re.compile(r"^\+[1-9]\d{6,14}\Z")
+CUSTOM_ATTRIBUTE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}\Z")
+EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+\Z")

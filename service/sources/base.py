@@ -14,10 +14,20 @@ from collections.abc import Mapping as Headers
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from marshmallow import Schema
+from marshmallow import Schema, ValidationError, validate
 
 from service.core.update import UserUpdate
 from service.sources.extraction import Claim, Extractor
+
+
+class WholeMatch(validate.Regexp):
+    """validate.Regexp matched against the whole value: its `re.match` lets a `$` match before a final
+    newline (`evt_1\n` was an event id of its own). The pattern stays as written for the OpenAPI document."""
+
+    def __call__(self, value: Any) -> Any:
+        if self.regex.fullmatch(value) is None:
+            raise ValidationError(self._format_error(value))
+        return value
 
 
 @dataclass(frozen=True)

@@ -40,9 +40,9 @@ FAILED_JOB_TTL = 14 * 24 * 3600  # rq keeps jobs that crashed unexpectedly this 
 # Any other id is written escaped: `_` first, then `_u` `_h` `_d` `_c` for `_` `-` `.` `:` —
 # reversible, with no `-`, and never equal to a kept id (those never start with `_`).
 # Ids of jobs already queued stay as they were (the worker builds a retry's id from the id in hand).
-KEPT_EVENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+KEPT_EVENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*\Z")
 ESCAPES = {"_": "_u", "-": "_h", ".": "_d", ":": "_c"}
-EVENT_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,255}$")  # what intake accepts as an event id
+EVENT_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,255}\Z")  # what intake accepts as an event id
 
 
 def job_event_id(event_id: str) -> str:

@@ -173,6 +173,11 @@ HOSTILE: dict[str, tuple[str, bytes]] = {
     "a period end past year 9999": ("stripe", json.dumps(period_end(10**15)).encode()),
     "an int user id of 40 digits": ("stripe", json.dumps(customer(user_id=10**40)).encode()),
     "a 40,000-character string": ("stripe", json.dumps(customer(note="x" * 40_000)).encode()),
+    # `$` also matches before a final newline: every pattern must match the whole value.
+    "an event id with a trailing newline": ("stripe", json.dumps({**customer(), "id": "evt_shape\n"}).encode()),
+    "an email with a trailing newline": ("standard", (STANDARD_AT % '{"email":"a@b.co\\n"}').encode()),
+    "a phone with a trailing newline": ("standard", (STANDARD_AT % '{"phone_number":"+48123456789\\n"}').encode()),
+    "an attribute name with a trailing newline": ("standard", (STANDARD_AT % '{"plan\\n":"pro"}').encode()),
 }
 
 

@@ -19,17 +19,17 @@ from collections.abc import Mapping as Headers
 from dataclasses import dataclass
 from typing import Any
 
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
+from marshmallow import EXCLUDE, Schema, ValidationError, fields
 
 from service.core.errors import SignatureExpired, SignatureInvalid, SignatureMissing
-from service.sources.base import Described, Envelope, SourceSettings, SourceSpec, text_or_none
+from service.sources.base import Described, Envelope, SourceSettings, SourceSpec, WholeMatch, text_or_none
 from service.sources.extraction import claimed
 from service.sources.lemonsqueezy.extract import EXTRACTORS
 from service.sources.signing import any_match, hex_digest, hmac_hex
 
 NAME = "lemonsqueezy"
 HEADER = "X-Signature"
-NAME_RULE = validate.Regexp(r"^[a-z0-9_-]{1,100}$", error="Must be a Lemon Squeezy name (a-z, 0-9, _ or -).")
+NAME_RULE = WholeMatch(r"^[a-z0-9_-]{1,100}$", error="Must be a Lemon Squeezy name (a-z, 0-9, _ or -).")
 
 
 class _Lenient(Schema):
@@ -48,7 +48,7 @@ class TimesSchema(_Lenient):
 
 class LemonSqueezyDataSchema(_Lenient):
     type = fields.String(required=True, validate=NAME_RULE)
-    id = fields.String(required=True, validate=validate.Regexp(r"^[A-Za-z0-9_-]{1,100}$"))
+    id = fields.String(required=True, validate=WholeMatch(r"^[A-Za-z0-9_-]{1,100}$"))
     attributes = fields.Dict(required=True)
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from marshmallow import EXCLUDE, Schema, fields, validate
 
+from service.sources.base import WholeMatch
 from service.sources.extraction import (
     MONTHS_IN_INTERVAL,
     Claim,
@@ -26,7 +27,7 @@ from service.sources.extraction import (
     to_major,
 )
 
-PADDLE_ID = validate.Regexp(r"^[A-Za-z0-9_]{1,255}$", error="Not a Paddle id.")
+PADDLE_ID = WholeMatch(r"^[A-Za-z0-9_]{1,255}$", error="Not a Paddle id.")
 INTERVALS = validate.OneOf(["day", "week", "month", "year"])
 
 

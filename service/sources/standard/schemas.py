@@ -30,9 +30,10 @@ from service.core.attributes import (
     RESERVED_KEYS,
     STANDARD_ATTRIBUTES,
 )
+from service.sources.base import WholeMatch
 
 EVENT_TYPE = "user.updated"
-WEBHOOK_ID = validate.Regexp(r"^[A-Za-z0-9_.:-]{1,255}$", error="webhook-id must be 1-255 of A-Z a-z 0-9 _ . : -")
+WEBHOOK_ID = WholeMatch(r"^[A-Za-z0-9_.:-]{1,255}$", error="webhook-id must be 1-255 of A-Z a-z 0-9 _ . : -")
 
 
 class Scalar(fields.Field):

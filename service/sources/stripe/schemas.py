@@ -12,7 +12,9 @@ from typing import Any
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
-STRIPE_ID = validate.Regexp(r"^[A-Za-z0-9_]{1,255}$", error="Not a Stripe id.")
+from service.sources.base import WholeMatch
+
+STRIPE_ID = WholeMatch(r"^[A-Za-z0-9_]{1,255}$", error="Not a Stripe id.")
 
 
 class _Stripe(Schema):
