@@ -1,12 +1,13 @@
-"""Per-user ordering: one delivery per user at a time, and last-writer-wins by event time.
+"""Per-user ordering: one delivery per user at a time, and last-writer-wins by (event time, event id).
 
 Intake merges every update into its user's pending state (service/store/ledger_state.py: per
 attribute the newest value by event time, tags united, the events merged in) and queues the user
 once. A delivery job takes the user's lease and, in the same step, the pending state into its
 in-hand state (merged with what a previous run left there: its worker died, or a retry). It claims,
-per attribute, the right to write: only values not older than the last one sent go out, and their
-event time is recorded in the same step. One PUT carries what many events said; the outcome of each
-event is counted as the lease ends (Store.settle_user).
+per attribute, the right to write: only values at least as new as the last one sent go out, in the
+merge's order (event time, then event id: two events of one second end the same whether merged or sent
+apart), and their event time and id are recorded in the same step. One PUT carries what many events
+said; the outcome of each event is counted as the lease ends (Store.settle_user).
 
 The lease is short and renewed while the delivery runs (one thread renews all of a process's
 leases: workers/lease_renewer.py), so a user whose worker was SIGKILLed is free again within
@@ -81,7 +82,7 @@ class Hold:
             token=self._token,
             lease_ms=LEASE_MS,
             lww_ttl=ordering.memory_ttl,
-            pairs=list(state.times().items()),
+            pairs=list(state.order_keys().items()),
         )
 
     def settle(
@@ -237,9 +238,9 @@ class Ordering:
         )
 
     def claim_call(
-        self, *, lock: str, last_written: str, token: str, lease_ms: int, lww_ttl: int, pairs: list[tuple[str, int]]
+        self, *, lock: str, last_written: str, token: str, lease_ms: int, lww_ttl: int, pairs: list[tuple[str, str]]
     ) -> ScriptCall:
-        """`pairs`: (attribute, event_time)."""
+        """`pairs`: (attribute, "<event time>|<event id>" of the value to write: PendingState.order_keys)."""
         return ScriptCall(
             self._claim_script,
             [lock, last_written],

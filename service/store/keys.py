@@ -198,7 +198,8 @@ class Keys:
         return f"{self.prefix}:parked:{source}:{hint}"
 
     def last_written(self, source: str, user_id: str) -> str:
-        """hash: attribute -> event time of the value last sent (last-writer-wins by event time)."""
+        """hash: attribute -> event time of the value last sent, and "#<attribute>" -> "<event time>|<event
+        id>" of it (last-writer-wins by event time, then event id: ordering_scripts.CLAIM_LUA)."""
         return f"{self.prefix}:lww:{source}:{user_id}"
 
     def trace(self, user_id: str) -> str:

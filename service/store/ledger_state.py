@@ -126,6 +126,11 @@ class PendingState:
     def times(self) -> dict[str, int]:
         return {name: t for name, (_, t, _) in (*self.standard.items(), *self.custom.items())}
 
+    def order_keys(self) -> dict[str, str]:
+        """Per attribute, "<event time>|<carrier event id>": what the delivery-side claim compares and
+        records (ordering_scripts.CLAIM_LUA), in the order the merge keeps (ORDER_LUA)."""
+        return {name: f"{t}|{c}" for name, (_, t, c) in (*self.standard.items(), *self.custom.items())}
+
     def tag_list(self, carriers: set[str] | None = None) -> list[str]:
         chosen = [(t, c, tag) for tag, (t, c) in self.tags.items() if carriers is None or c in carriers]
         return [tag for _, _, tag in sorted(chosen)]
@@ -183,16 +188,29 @@ def decode(raw: dict[bytes, bytes]) -> PendingState:
     return state
 
 
-# Merge one field into a state hash: per attribute the newest value, per tag the earliest carrier,
-# an event once, the source and hint once. (state, field, value) -> nothing
-MERGE_LUA = """
+# The one order of values, by (event time, event id), for the merge here and the delivery-side claim
+# (ordering_scripts.CLAIM_LUA), so two events of one second end the same whether merged or sent apart.
+# Reads "<time>|<event id>[|...]", or a bare "<time>" (a last-written time from before ids were kept there:
+# that time with the lowest id). (a, b) -> whether a is at least as new as b
+ORDER_LUA = """
+local function order_key(value)
+    local t, id = string.match(value, '^([^|]*)|([^|]*)')
+    if t == nil then return tonumber(value), '' end
+    return tonumber(t), id
+end
 local function at_least_as_new(a, b)
-    local ta, ia = string.match(a, '^([^|]*)|([^|]*)')
-    local tb, ib = string.match(b, '^([^|]*)|([^|]*)')
-    ta, tb = tonumber(ta), tonumber(tb)
+    local ta, ia = order_key(a)
+    local tb, ib = order_key(b)
     if ta ~= tb then return ta > tb end
     return ia >= ib
 end
+"""
+
+# Merge one field into a state hash: per attribute the newest value, per tag the earliest carrier,
+# an event once, the source and hint once. (state, field, value) -> nothing
+MERGE_LUA = (
+    ORDER_LUA
+    + """
 local function merge_field(state, name, value)
     if name == 'q' then return end  -- the lane of the job queued for a pending state: not data
     local old = redis.call('HGET', state, name)
@@ -210,3 +228,4 @@ local function merge_hash(target, source)
     for i = 1, #all, 2 do merge_field(target, all[i], all[i + 1]) end
 end
 """
+)

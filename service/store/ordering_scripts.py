@@ -3,18 +3,32 @@ last-writer-wins claims, each headed by its KEYS and ARGV read into named locals
 
 from __future__ import annotations
 
-from service.store.ledger_state import MERGE_LUA
+from service.store.ledger_state import MERGE_LUA, ORDER_LUA
 
-# Last-writer-wins: of the (attribute, event time) pairs in ARGV from index `first_pair` on, the
-# attributes not older than the value last written, whose times are recorded now.
-CLAIM_LUA = """
+# Last-writer-wins: of the (attribute, "<event time>|<event id>") pairs in ARGV from index `first_pair` on,
+# the attributes at least as new as the value last written, in the merge's order (ORDER_LUA: a tie in
+# time to the greater event id; the same event again, a retry, passes), whose keys are recorded now.
+# Per attribute the hash keeps the bare "<time>" under the attribute's own name, as releases before ids
+# were kept read and write it (so workers of both releases can run side by side during an upgrade), and
+# "<time>|<event id>" under "#<attribute>", which counts only while its time is still the bare one (a
+# worker of the earlier release may have written a newer time since): else the bare time, lowest id.
+CLAIM_LUA = (
+    ORDER_LUA
+    + """
+local function last_key(last_written, attribute)
+    local time = redis.call('HGET', last_written, attribute)
+    if not time then return nil end
+    local pair = redis.call('HGET', last_written, '#' .. attribute)
+    if pair and string.match(pair, '^([^|]*)|') == time then return pair end
+    return time
+end
 local function claim(last_written, lww_ttl, first_pair)
     local fresh = {}
     for i = first_pair, #ARGV, 2 do
-        local attribute, event_time = ARGV[i], ARGV[i + 1]
-        local last = tonumber(redis.call('HGET', last_written, attribute) or '-1')
-        if last <= tonumber(event_time) then
-            redis.call('HSET', last_written, attribute, event_time)
+        local attribute, key = ARGV[i], ARGV[i + 1]
+        local last = last_key(last_written, attribute)
+        if not last or at_least_as_new(key, last) then
+            redis.call('HSET', last_written, attribute, string.match(key, '^([^|]*)|'), '#' .. attribute, key)
             table.insert(fresh, attribute)
         end
     end
@@ -22,10 +36,11 @@ local function claim(last_written, lww_ttl, first_pair)
     return fresh
 end
 """
+)
 
 # Claim, with the user's lease, the attributes that may be written.
 # KEYS: lock, last_written
-# ARGV: token, lease_ms, lww_ttl, then pairs: attribute, event_time
+# ARGV: token, lease_ms, lww_ttl, then pairs: attribute, "<event time>|<event id>"
 # Returns: nil (another job holds the user) | {attribute, ...} (those that may be written)
 CLAIM_SCRIPT = (
     CLAIM_LUA
