@@ -26,23 +26,31 @@ from service.backfill.stripe_reader import ReadError
 STRIPE_EVENT_RETENTION_SECONDS = 30 * 24 * 3600
 DURATION = re.compile(r"^(\d+)([smhd])$")
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+EARLIEST = 946_684_800  # 2000-01-01T00:00:00Z: no provider's API holds anything older
+AHEAD_SECONDS = 86_400  # a time up to a day ahead is taken (clocks differ); further is a typo, not a window
 
 
 def parse_time(text: str, *, now: float | None = None) -> int:
-    """An ISO 8601 time, a duration back from now (90m, 36h, 7d) or unix seconds -> unix seconds."""
+    """An ISO 8601 time, a duration back from now (90m, 36h, 7d) or unix seconds -> unix seconds,
+    between EARLIEST and a day from now: a time past those is a typo, and a provider's API (or
+    Paddle's RFC 3339, years 1-9999) cannot take it."""
     now = time.time() if now is None else now
     text = text.strip()
     if match := DURATION.match(text):
-        return int(now - int(match.group(1)) * UNITS[match.group(2)])
-    if text.isdigit():
-        return int(text)
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"{text!r} is neither an ISO time, a duration (7d, 36h, 90m) nor unix seconds") from None
-    if moment.tzinfo is None:
-        raise ValueError(f"{text!r} has no time zone (add Z or +00:00)")
-    return int(moment.timestamp())
+        seconds = int(now) - int(match.group(1)) * UNITS[match.group(2)]  # int: a huge count cannot overflow
+    elif text.isdigit():
+        seconds = int(text)
+    else:
+        try:
+            moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"{text!r} is neither an ISO time, a duration (7d, 36h, 90m) nor unix seconds") from None
+        if moment.tzinfo is None:
+            raise ValueError(f"{text!r} has no time zone (add Z or +00:00)")
+        seconds = int(moment.timestamp())
+    if not EARLIEST <= seconds <= now + AHEAD_SECONDS:
+        raise ValueError(f"{text!r} is before 2000-01-01 or more than a day from now")
+    return seconds
 
 
 def event_types(patterns: list[str] | None, mapped: list[str]) -> list[str]:
@@ -86,6 +94,17 @@ class Window:
         top = self.until if self.until is not None else now
         span = max(top - self.since, 1)
         return max(0.0, min(100.0, (top - oldest) / span * 100))
+
+
+def read_window(since: str, until: str | None, *, now: float, default_until: int | None = None) -> Window:
+    """The window --since and --until name (--until: default_until when not given, else up to now);
+    a window that ends before it starts would read nothing and say done, so it is refused."""
+    start = parse_time(since, now=now)
+    end = parse_time(until, now=now) if until else default_until
+    if start >= (now if end is None else end):
+        bound = f"--until {until}" if until else "now" if end is None else "the default --until (see --help)"
+        raise ValueError(f"--since {since} is not before {bound}: the window is empty")
+    return Window(start, end)
 
 
 @dataclass
@@ -136,4 +155,5 @@ def check_window(window: Window, now: float) -> str | None:
 
 __all__ = [
     "EventReader", "ReadError", "Result", "Window", "backfill_events", "check_window", "event_types", "parse_time",
+    "read_window",
 ]  # fmt: skip

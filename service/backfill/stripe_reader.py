@@ -27,6 +27,11 @@ class ReadError(Exception):
     """A read from the provider's API that cannot go on; the message is one line, without the key."""
 
 
+class CursorGone(ReadError):
+    """The list no longer holds the object `starting_after` names (deleted, or out of the list's
+    filter): Stripe answers 400 resource_missing, param starting_after, however often it is asked."""
+
+
 @dataclass
 class Pacer:
     """At most `rate` calls a second: each call waits for its slot."""
@@ -112,6 +117,8 @@ class StripeReader:
                     f"Stripe refused STRIPE_API_KEY ({exc.http_status}): use a restricted key with read access"
                 ) from None
             except stripe.InvalidRequestError as exc:
+                if exc.code == "resource_missing" and exc.param == "starting_after":
+                    raise CursorGone(f"Stripe no longer lists {params['starting_after']}: {exc.user_message}") from None
                 raise ReadError(
                     f"Stripe refused the request ({exc.http_status}, {exc.param}): {exc.user_message}"
                 ) from None

@@ -20,6 +20,9 @@ The synthetic event id is `sync_<object id>_<digest of the object>`: a second ru
 objects makes the same ids, which the dedup memory answers as duplicates (nothing is sent again);
 a changed object makes a new id. A checkpoint in Redis (keys.sync_checkpoint: phase and the last
 id fed) is written after every page, so an interrupted or crashed sync continues where it stopped.
+When the list no longer holds that object (a customer deleted since: Stripe refuses it as the
+cursor), the read goes on from the object's own `created` second instead (Shape.reread, kept in
+the checkpoint); the objects of that second read before come again and dedup answers them.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +39,7 @@ from redis import Redis
 
 from service.backfill.feed import Feeder
 from service.backfill.progress import Reporter
+from service.backfill.stripe_reader import CursorGone
 from service.store import keys
 
 PHASES = ("subscriptions", "customers")
@@ -68,9 +72,17 @@ class Shape:
     phases: tuple[str, ...]
     snapshot: Callable[[str, dict[str, Any], int], dict[str, Any]]
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The query that reads on from an object without naming it as the cursor, for when the list
+    # no longer holds it (CursorGone). By default none: the phase is read again from its start.
+    reread: Callable[[dict[str, Any]], dict[str, Any]] = lambda _obj: {}
 
 
-STRIPE = Shape(PHASES, snapshot_event, {"subscriptions": {"status": "all", "expand": ["data.customer"]}})
+def created_up_to(obj: dict[str, Any]) -> dict[str, Any]:
+    """Stripe lists newest first: what follows an object was created in its second or before."""
+    return {"created": {"lte": obj["created"]}}
+
+
+STRIPE = Shape(PHASES, snapshot_event, {"subscriptions": {"status": "all", "expand": ["data.customer"]}}, created_up_to)
 
 
 class Checkpoint:
@@ -87,10 +99,14 @@ class Checkpoint:
             return None
         return raw[b"phase"].decode(), (raw.get(b"after") or b"").decode() or None
 
-    def save(self, phase: str, after: str | None) -> None:
-        self.redis.hset(
-            self.key, mapping={"phase": phase, "after": after or "", "order": self.order, "at": time.time()}
-        )
+    def reread(self) -> dict[str, Any]:
+        """The query saved with the cursor (Shape.reread of its object); {} without one."""
+        raw = self.redis.hget(self.key, "reread")
+        return json.loads(raw) if raw else {}
+
+    def save(self, phase: str, after: str | None, reread: dict[str, Any] | None = None) -> None:
+        mapping = {"phase": phase, "after": after or "", "reread": json.dumps(reread or {}), "order": self.order}
+        self.redis.hset(self.key, mapping={**mapping, "at": time.time()})
 
     def clear(self) -> None:
         self.redis.delete(self.key)
@@ -110,16 +126,16 @@ def sync(
     phases = ("customers",) if customers_only else shape.phases
     resumed = None if from_scratch or feeder.dry_run else checkpoint.load()
     start_phase, after = resumed if resumed and resumed[0] in phases else (phases[0], None)
+    reread = checkpoint.reread() if after else {}
     interrupted = False
     fed: set[str] = set()  # customers this run fed with their subscription
     for phase in phases[phases.index(start_phase) :]:
-        params = shape.params.get(phase, {})
-        for page in reader.pages(phase, params, after=after):
+        for page in _pages(reader, shape, phase, after, reread):
             read_at = int(time.time())
             for obj in page:
                 _feed(feeder, shape, phase, obj, read_at, fed)
             if not feeder.dry_run:
-                checkpoint.save(phase, page[-1]["id"])
+                checkpoint.save(phase, page[-1]["id"], shape.reread(page[-1]))
             if reporter:
                 reporter.update(_summary(reader, feeder))
             if stop is not None and stop.is_set():
@@ -127,12 +143,30 @@ def sync(
                 break
         if interrupted:
             break
-        after = None
+        after, reread = None, {}
         if not feeder.dry_run and phase != phases[-1]:
             checkpoint.save(phases[phases.index(phase) + 1], None)
     if not interrupted and not feeder.dry_run:
         checkpoint.clear()
     return {**_summary(reader, feeder), "resumed": resumed is not None, "interrupted": interrupted}
+
+
+def _pages(
+    reader: Any, shape: Shape, phase: str, after: str | None, reread: dict[str, Any]
+) -> Iterator[list[dict[str, Any]]]:
+    """The pages of `phase` after the object `after`; when the list no longer holds it, those that
+    `reread` (Shape.reread of that object) selects. Each fallback follows a page read since, so a
+    cursor that is gone is never asked for twice."""
+    params = shape.params.get(phase, {})
+    query = params
+    while True:
+        try:
+            for page in reader.pages(phase, query, after):
+                yield page
+                after, reread = page[-1]["id"], shape.reread(page[-1])
+            return
+        except CursorGone:
+            query, after, reread = {**params, **reread}, None, {}
 
 
 def _feed(feeder: Feeder, shape: Shape, phase: str, obj: dict[str, Any], read_at: int, fed: set[str]) -> None:

@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from service.backfill import DEFAULT_MAX_RPS, PADDLE_MAX_RPS
+from service.backfill import DEFAULT_MAX_RPS, MAX_RPS, MIN_RPS, PADDLE_MAX_RPS
 from service.config import Settings, settings_or_exit
 
 if TYPE_CHECKING:  # imported when a command runs: stripe and rich cost every other `relay` command start-up time
@@ -86,8 +86,8 @@ def open_run(args: argparse.Namespace) -> tuple[Settings, Any, Feeder]:  # reade
     from service.store.connection import worker_redis
     from service.store.ledger import Store
 
-    if args.max_rps is not None and args.max_rps <= 0:
-        raise ValueError("--max-rps must be above 0")
+    if args.max_rps is not None and not MIN_RPS <= args.max_rps <= MAX_RPS:  # nan too
+        raise ValueError(f"--max-rps {args.max_rps:g}: give {MIN_RPS:g} to {MAX_RPS:g} reads a second")
     if getattr(args, "undelivered_only", False) and args.provider == "paddle":
         raise ValueError(
             "--undelivered-only: Paddle's events API has no delivery filter (Stripe's delivery_success); "
@@ -107,9 +107,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
     try:
         now = time.time()
-        window = backfill.Window(
-            backfill.parse_time(args.since, now=now), backfill.parse_time(args.until, now=now) if args.until else None
-        )
+        window = backfill.read_window(args.since, args.until, now=now)
         settings, reader, feeder = open_run(args)
         mapped = list(settings.mapping.rules.get(args.provider, {}))
         types = backfill.event_types(args.types.split(",") if args.types else None, mapped)
@@ -160,8 +158,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
     try:
         now = time.time()
-        until = backfill.parse_time(args.until, now=now) if args.until else int(now - GRACE_SECONDS)
-        window = backfill.Window(backfill.parse_time(args.since, now=now), until)
+        window = backfill.read_window(args.since, args.until, now=now, default_until=int(now - GRACE_SECONDS))
         settings, reader, feeder = open_run(args)
         check_reconcile_window(window, settings.dedup_ttl_seconds, now)
         types = backfill.event_types(None, list(settings.mapping.rules.get(args.provider, {})))

@@ -3,12 +3,15 @@
 Faithful to Stripe's documented list semantics (https://docs.stripe.com/api/pagination):
 `GET /v1/events`, `/v1/customers`, `/v1/subscriptions` answer `{"object": "list", "url", "has_more",
 "data"}`, newest first; `limit` 1-100 (default 10); `starting_after` / `ending_before` cursors (an
-unknown id is a 400 `resource_missing`); `created` exact or `created[gt|gte|lt|lte]`. Events also
-take `type` (`*` wildcard), `types[]` (up to 20, not with `type`) and `delivery_success`
-(false: events some webhook endpoint has not acknowledged). Subscriptions take `customer` and
-`status` (default: every status but canceled; `all`: every one). Auth is `Authorization: Bearer
-<key>`: a missing or wrong key is a 401 in Stripe's error shape. Queued faults answer first
-(e.g. 429 with Retry-After); every request is recorded.
+id the filtered list does not hold, such as a deleted customer, is a 400 `resource_missing` with
+that param, however often it is asked: stripe/stripe-go#1030, stripe/stripe-node#2368); `created`
+exact or `created[gt|gte|lt|lte]`. Events also take `type` (`*` wildcard), `types[]` (up to 20,
+not with `type`) and `delivery_success` (false: events some webhook endpoint has not
+acknowledged). Subscriptions take `customer` and `status` (default: every status but canceled;
+`all`: every one). A deleted customer is no longer listed; expanded, it is a stub with
+`deleted: true`. Auth is `Authorization: Bearer <key>`: a missing or wrong key is a 401 in
+Stripe's error shape. Queued faults answer first (e.g. 429 with Retry-After); every request is
+recorded.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ class StripeApiState:
     events: list[dict[str, Any]] = field(default_factory=list)  # in the order they happened
     undelivered: set[str] = field(default_factory=set)  # event ids some webhook endpoint never acknowledged
     customers: list[dict[str, Any]] = field(default_factory=list)
+    deleted_customers: set[str] = field(default_factory=set)
     subscriptions: list[dict[str, Any]] = field(default_factory=list)
     requests: list[dict[str, Any]] = field(default_factory=list)
     faults: collections.deque[tuple[int, str | None]] = field(default_factory=collections.deque)
@@ -54,6 +58,11 @@ class StripeApiState:
             self.events.append(event)
             if not delivered:
                 self.undelivered.add(event["id"])
+
+    def delete_customer(self, customer_id: str) -> None:
+        with self.lock:
+            self.customers[:] = [c for c in self.customers if c["id"] != customer_id]
+            self.deleted_customers.add(customer_id)
 
     def fail_next(self, status: int, retry_after: str | None = None, times: int = 1) -> None:
         with self.lock:
@@ -209,7 +218,8 @@ def create_app(state: StripeApiState) -> Flask:
                           "parameter_invalid", "expand")  # fmt: skip
         if expand:
             with state.lock:
-                by_id = {c["id"]: c for c in state.customers}
+                by_id = {c: {"id": c, "object": "customer", "deleted": True} for c in state.deleted_customers}
+                by_id.update({c["id"]: c for c in state.customers})
             subscriptions = [{**s, "customer": by_id.get(s["customer"], s["customer"])} for s in subscriptions]
         return _page("/v1/subscriptions", subscriptions, "subscription")
 
