@@ -127,9 +127,20 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_sign(args: argparse.Namespace) -> int:
     """Print the signature header(s) a source would send for a file: handy with curl while testing.
-    A single header prints as its value alone (`-H "Stripe-Signature: $(relay sign ...)"`)."""
+    A single header prints as its value alone (`-H "Stripe-Signature: $(relay sign ...)"`).
+    A secret the relay would refuse, or a file it cannot read, is one line and exit 2."""
 
-    headers = SOURCES[args.source].sign(Path(args.file).read_bytes(), args.secret, int(time.time()))
+    spec = SOURCES[args.source]
+    problem = spec.secret_problem(args.secret) if spec.secret_problem else None
+    if problem:
+        print(f"relay sign: --secret is not usable: {problem}", file=sys.stderr)
+        return 2
+    try:
+        payload = Path(args.file).read_bytes()
+    except OSError as exc:
+        print(f"relay sign: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+        return 2
+    headers = spec.sign(payload, args.secret, int(time.time()))
     if len(headers) == 1:
         print(next(iter(headers.values())))
     else:

@@ -62,13 +62,49 @@ def add_parser(sub: Any) -> None:
     dlq.set_defaults(func=run)
 
 
+# The filter options, by the field each sets.
+FILTERS = {
+    "reason": "--reason",
+    "event_type": "--event-type",
+    "user_id": "--user",
+    "since": "--since",
+    "until": "--until",
+}
+EXIT_USAGE = 2  # as argparse exits on a bad argument
+
+
+class UsageError(ValueError):
+    """An argument the command cannot use: one line naming it, exit EXIT_USAGE."""
+
+
+def _given(args: argparse.Namespace) -> dict[str, str]:
+    return {field: getattr(args, field) for field in FILTERS if getattr(args, field, None) is not None}
+
+
 def _filter(args: argparse.Namespace) -> DlqFilter:
-    raw = {k: getattr(args, k) for k in ("reason", "event_type", "user_id", "since", "until") if getattr(args, k)}
     schema = DlqFilterSchema()
     try:
-        return schema.to_filter(schema.load(raw))
+        return schema.to_filter(schema.load(_given(args)))
     except ValidationError as exc:
-        raise SystemExit(f"relay dlq: {exc.messages}") from None
+        problems = exc.normalized_messages().items()
+        raise UsageError("; ".join(f"{FILTERS[field]}: {' '.join(texts)}" for field, texts in problems)) from None
+
+
+def _checked_filter(args: argparse.Namespace, destinations: tuple[str, ...]) -> DlqFilter:
+    """The filter the arguments give, once each argument is known to be used as asked (before Redis)."""
+    if args.destination and args.destination not in destinations:
+        raise UsageError(f"--destination {args.destination} is not in RELAY_DESTINATIONS ({', '.join(destinations)})")
+    if args.dlq_command == "list" and args.limit < 1:
+        raise UsageError("--limit must be at least 1")
+    if args.dlq_command == "list" and args.offset < 0:
+        raise UsageError("--offset must be at least 0")
+    if args.dlq_command in ("replay", "purge"):
+        if bool(args.id) == bool(args.all):
+            raise UsageError("give one item id, or --all (with filters)")
+        if args.id and (given := _given(args)):
+            options = ", ".join(FILTERS[field] for field in given)
+            raise UsageError(f"{options}: filters apply to --all, not to one item id")
+    return _filter(args)
 
 
 def table(items: list[dict[str, Any]]) -> str:
@@ -93,15 +129,20 @@ def table(items: list[dict[str, Any]]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_or_exit("admin")
+    try:
+        chosen = _checked_filter(args, settings.destinations)
+    except UsageError as exc:
+        print(f"relay dlq {args.dlq_command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     redis = worker_redis(settings.redis_url)
     with redis_or_exit("relay dlq", redis):
-        return _run(args, Operator(Store.from_settings(redis, settings, args.destination), settings))
+        return _run(args, Operator(Store.from_settings(redis, settings, args.destination), settings), chosen)
 
 
-def _run(args: argparse.Namespace, operator: Operator) -> int:
+def _run(args: argparse.Namespace, operator: Operator, chosen: DlqFilter) -> int:
     command = args.dlq_command
     if command == "list":
-        items, total = operator.dlq.matching(_filter(args), offset=args.offset, limit=args.limit)
+        items, total = operator.dlq.matching(chosen, offset=args.offset, limit=args.limit)
         listed = {"items": [shown(i, TIME_FIELDS) for i in items], "total": total}
         print(json.dumps(listed) if args.json else f"{table(items)}\n({total} matching)")
         return 0
@@ -112,12 +153,9 @@ def _run(args: argparse.Namespace, operator: Operator) -> int:
             return 1
         print(json.dumps(shown(item, TIME_FIELDS), indent=None if args.json else 2))
         return 0
-    if bool(args.id) == bool(args.all):
-        print(f"relay dlq {command}: give one item id, or --all (with filters)", file=sys.stderr)
-        return 2
     if args.all:
         act = operator.replay_matching if command == "replay" else operator.purge_matching
-        result = act(_filter(args), dry_run=args.dry_run)
+        result = act(chosen, dry_run=args.dry_run)
         print(json.dumps(result) if args.json else ", ".join(f"{k}: {v}" for k, v in result.items()))
         return 0
     item = operator.dlq.get(args.id)

@@ -15,13 +15,20 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 EXIT_UNREACHABLE = 1
 
 
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def redis_address(redis: Redis) -> str:
-    """`host:port` (or the unix socket's path) of a client: no user name, no password."""
+    """`host:port`, the unix socket's path, or the sentinels and master name (REDIS_SENTINELS: the
+    master's address is only known once they answer): no user name, no password."""
     kwargs = redis.connection_pool.connection_kwargs
     if kwargs.get("path"):
         return str(kwargs["path"])
-    host = str(kwargs.get("host", "localhost"))
-    return f"[{host}]:{kwargs.get('port', 6379)}" if ":" in host else f"{host}:{kwargs.get('port', 6379)}"
+    if kwargs.get("sentinels"):
+        sentinels = ",".join(_host_port(host, port) for host, port in kwargs["sentinels"])
+        return f"sentinels {sentinels} (master {kwargs['master_name']})"
+    return _host_port(str(kwargs.get("host", "localhost")), kwargs.get("port", 6379))
 
 
 def problem(command: str, redis: Redis, exc: RedisError) -> str:

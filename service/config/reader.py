@@ -29,9 +29,21 @@ def _port_problem(parts: SplitResult) -> str | None:
     return "its port must be a number from 1 to 65535" if port == 0 else None
 
 
-def _without_credentials(raw: str) -> str:
-    parts = urlsplit(raw)
-    return parts._replace(netloc=f"***@{parts.netloc.rsplit('@', 1)[1]}").geturl() if "@" in parts.netloc else raw
+def _split(name: str, what: str, raw: str) -> SplitResult:
+    """urlsplit's ValueError (an unbalanced `[`, a bracketed host that is no IP address) as one line
+    naming the variable; its own message is not shown, as it may quote the URL's user part."""
+    try:
+        return urlsplit(raw)
+    except ValueError:
+        raise SettingsError(
+            f"{name} is not a usable {what}: its host cannot be read (an IPv6 address goes in [ ], e.g. [::1])"
+        ) from None
+
+
+def _masked(raw: str) -> str:
+    """A malformed URL as an error may show it: all before its last `@` is hidden, since a password
+    can sit there even when urlsplit sees no user part (`admin:pw@host`, `https:/admin:pw@host`)."""
+    return f"***@{raw.rsplit('@', 1)[1]}" if "@" in raw else raw
 
 
 class Reader:
@@ -86,7 +98,7 @@ class Reader:
         if not raw:
             raise SettingsError(f"{name} is required (e.g. redis://localhost:6379/0)")
         # The URL may carry a password: never echo it.
-        parts = urlsplit(raw)
+        parts = _split(name, "Redis URL", raw)
         if parts.scheme not in ("redis", "rediss", "unix"):
             raise SettingsError(f"{name} must start with redis://, rediss:// or unix://")
         problem = _port_problem(parts)
@@ -106,9 +118,9 @@ class Reader:
             if required:
                 raise SettingsError(f"{name} is required (e.g. {example})")
             return ""
-        parts = urlsplit(raw)
+        parts = _split(name, "URL", raw)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise SettingsError(f"{name} must be an http(s) URL, got {_without_credentials(raw)!r}")
+            raise SettingsError(f"{name} must be an http(s) URL, got {_masked(raw)!r}")
         if "@" in parts.netloc:
             raise SettingsError(
                 f"{name} must not carry credentials (user:password@): the credential has its own setting"

@@ -71,6 +71,51 @@ def test_sign_prints_a_header_stripe_accepts(tmp_path: Path) -> None:
     assert stripe.WebhookSignature.verify_header(payload.read_text(), header, "whsec_cli_test", tolerance=60)
 
 
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("REDIS_URL", "redis://:pw-not-shown@[::1:6379/0"),
+        ("USERCOM_API_URL", "https://[::1/api/public"),
+        ("STRIPE_API_BASE", "https://admin:pw-not-shown@[fe80::1"),
+        ("PADDLE_API_BASE", "http://[::1"),
+    ],
+)
+def test_a_url_setting_with_an_unbalanced_bracket_stops_with_one_line(name: str, value: str) -> None:
+    result = relay("check-config", env={**GOOD, name: value})
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        f"relay: configuration error: {name} is not a usable {'Redis URL' if name == 'REDIS_URL' else 'URL'}: "
+        "its host cannot be read (an IPv6 address goes in [ ], e.g. [::1])"
+    ]
+    assert "pw-not-shown" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (
+            ["--secret", "whsec_cli_test", "missing.json"],
+            "relay sign: cannot read missing.json: No such file or directory",
+        ),
+        (["--secret", "whsec_cli_test", "."], "relay sign: cannot read .: Is a directory"),
+        (["--secret", "sk_live_pasted", "event.json"], "relay sign: --secret is not usable: a Stripe signing secret"),
+        (["--source", "standard", "--secret", "sk_live_pasted", "event.json"], "relay sign: --secret is not usable: "),
+        (
+            ["--source", "standard", "--secret", "whsec_not*base64", "event.json"],
+            "relay sign: --secret is not usable: ",
+        ),
+    ],
+)
+def test_sign_with_a_file_or_secret_it_cannot_use_is_one_line_and_exit_2(
+    tmp_path: Path, args: list[str], line: str
+) -> None:
+    (tmp_path / "event.json").write_text('{"id": "evt_1"}')
+    result = subprocess.run([RELAY, "sign", *args], cwd=tmp_path, env=GOOD, capture_output=True, text=True, timeout=30)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith(line), result.stderr
+    assert args[args.index("--secret") + 1] not in result.stderr  # never echoed
+
+
 def test_worker_supervisor_runs_both_lanes_and_stops_on_sigterm(redis_server: Any) -> None:
     env = {**GOOD, "REDIS_URL": redis_server.url, "RELAY_METRICS_PORT": str(unused_port())}
     process = subprocess.Popen([RELAY, "worker", "--concurrency", "2"], env=env, stderr=subprocess.DEVNULL)

@@ -41,3 +41,22 @@ def test_a_unix_socket_is_named_by_its_path(tmp_path: Path) -> None:
     env = {"PATH": "/usr/bin:/bin", "REDIS_URL": f"unix://{socket}"}
     result = subprocess.run([RELAY, "dlq", "list"], env=env, capture_output=True, text=True, timeout=120)
     assert (result.returncode, result.stderr.strip()) == (1, f"relay dlq: redis is not reachable at {socket}")
+
+
+@pytest.mark.parametrize("args", [["dlq", "list"], ["trace", "u1"]])
+def test_sentinels_are_named_as_configured(args: list[str]) -> None:
+    ports = unused_port(), unused_port()
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "REDIS_SENTINELS": f"127.0.0.1:{ports[0]},127.0.0.1:{ports[1]}",
+        "REDIS_SENTINEL_MASTER": "relay-master",
+        "REDIS_SENTINEL_PASSWORD": "sentinel-pw-never-printed",
+        "REDIS_URL": f"redis://admin:{PASSWORD}@ignored:6379/0",
+    }
+    result = subprocess.run([RELAY, *args], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"relay {args[0]}: redis is not reachable at sentinels 127.0.0.1:{ports[0]},127.0.0.1:{ports[1]} "
+        "(master relay-master)"
+    ]
+    assert "never-printed" not in result.stderr

@@ -91,3 +91,29 @@ def test_show_replay_and_purge(settings: Settings, store: Store, redis: Redis) -
     assert purged["deleted"] == 2
     assert store.dead_letters() == []
     assert dlq(settings, "purge").returncode == 2  # neither an id nor --all
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["list", "--limit", "0"], "relay dlq list: --limit must be at least 1"),
+        (["list", "--limit", "-1"], "relay dlq list: --limit must be at least 1"),
+        (["list", "--offset", "-2", "--limit", "1"], "relay dlq list: --offset must be at least 0"),
+        (["list", "--since", "yesterday"], "relay dlq list: --since: Not a valid datetime."),
+        (["list", "--reason", "nope"], "relay dlq list: --reason: Must be one of: invalid_payload, "),
+        (["--destination", "userkit", "list"], "relay dlq list: --destination userkit is not in RELAY_DESTINATIONS"),
+        (
+            ["purge", "stripe-evt_1", "--reason", "usercom_rejected"],
+            "relay dlq purge: --reason: filters apply to --all",
+        ),
+        (["replay", "stripe-evt_1", "--user", "u2"], "relay dlq replay: --user: filters apply to --all"),
+    ],
+)
+def test_an_argument_it_cannot_use_as_asked_is_one_line_and_exit_2(
+    settings: Settings, store: Store, redis: Redis, args: list[str], line: str
+) -> None:
+    result = dlq(settings, *args)
+    assert (result.returncode, result.stdout) == (2, ""), result.stdout + result.stderr
+    assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith(line), result.stderr
+    assert len(store.dead_letters()) == 3  # nothing purged
+    assert redis.llen(keys.USERCOM.rq_queue_key(keys.REPLAY)) == 0  # nothing replayed

@@ -107,3 +107,22 @@ def test_destinations_and_what_each_needs() -> None:
     )
     both = settings(RELAY_DESTINATIONS="usercom,userkit,usercom", USERKIT_APP_SECRET="uk", USERKIT_RATE_LIMIT="2")
     assert both.destinations == ("usercom", "userkit") and both.destination("userkit").rate_limit == 2.0
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("USERCOM_API_URL", "admin:hunter2@acme.user.com/api", "must be an http(s) URL, got '***@acme.user.com/api'"),
+        ("USERCOM_API_URL", "https:/admin:hunter2@acme.user.com", "must be an http(s) URL, got '***@acme.user.com'"),
+        ("STRIPE_API_BASE", "sk_live_hunter2@api.stripe.com", "must be an http(s) URL, got '***@api.stripe.com'"),
+        ("REDIS_URL", "redis://:hunter2@[::1:6379/0", "is not a usable Redis URL: its host cannot be read"),
+        ("USERCOM_API_URL", "https://[::1/api/public", "is not a usable URL: its host cannot be read"),
+        ("PADDLE_API_BASE", "http://admin:hunter2@[not-ipv6]/", "is not a usable URL: its host cannot be read"),
+    ],
+)
+def test_a_malformed_url_is_one_line_naming_it_and_never_its_password(name: str, value: str, message: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        settings(**{name: value})
+    text = str(caught.value)
+    assert text.startswith(f"{name} {message}"), text
+    assert "\n" not in text and "hunter2" not in text
