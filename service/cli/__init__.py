@@ -78,6 +78,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    from service.ops.logs import configure_logging
+
+    configure_logging(settings.log_level, settings.secrets)  # the supervisor's own lines too (periodic reconcile)
     if args.lane is None:
         use_metrics_dir(settings.metrics_dir, "worker")  # before the imports below define metrics
         from workers.supervisor import supervise
@@ -92,10 +95,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
             destinations=settings.destinations,
             metrics_port=settings.metrics_port,
         )
-    from service.ops.logs import configure_logging
     from workers.runner import run_worker
 
-    configure_logging(settings.log_level, settings.secrets)
     destination = args.destination or settings.destinations[0]
     ended_as_asked = run_worker(
         settings, lane=args.lane, destination=destination, burst=args.burst, log_level=settings.log_level

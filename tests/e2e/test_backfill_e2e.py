@@ -95,3 +95,11 @@ def test_relay_worker_reconciles_on_its_own_when_the_interval_is_set(
         assert (status["missing"], status["healed"]) == (len(events), len(events))
         for n in range(3):
             assert sandbox.state.user_by_custom_id(f"user-{n}") is not None
+        # The run's line, from the supervisor's thread, is JSON like every other line of the worker.
+        lines = [
+            json.loads(line) for line in (tmp_path / "worker.log").read_text().splitlines() if '"reconcile' in line
+        ]
+        assert any(
+            e["level"] == "info" and e["msg"] == f"reconcile stripe: {len(events)} missing, {len(events)} healed"
+            for e in lines
+        )
