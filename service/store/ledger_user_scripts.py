@@ -22,7 +22,7 @@ end
 # Count the outcome of each event in the user's in-hand state once (an event counts when it leaves
 # the in-hand hash, so a re-run never counts twice), keep the dead-letter item of each one
 # dead-lettered, end the lease, keep what the destination learned, release the call slots and trace
-# it, in one step. Nothing happens when the lease was lost (another job took the user over).
+# it, in one step. Nothing happens when another job holds the user's lease (it took the user over).
 # KEYS: ledger, last_delivery, lock, memory_key, limiter_in_flight, trace_key, in_hand, state,
 #       dlq_items, dlq_index, dlq_reasons, dlq_dropped, then per lane: pending
 # ARGV: token ('' when no lease is held), now, memory_change ('' to leave the memory, else 'set:<value>'
@@ -32,7 +32,7 @@ end
 #       max_items, cutoff (Retention.args),
 #       then per event: event_id, outcome, reason, dlq_id, item ('' unless dead_lettered), trace entry of
 #       the dead letter ('' for none)
-# Returns: nil (the lease was lost: nothing counted)
+# Returns: nil (another job holds the lease: nothing counted)
 #        | per event {counted: 1 | 0, accepted_at ('' when not counted now)}
 SETTLE_USER_SCRIPT = (
     DLQ_LUA
@@ -66,7 +66,12 @@ local legacy_member_prefix = ARGV[12]
 local max_items = ARGV[13]
 local cutoff = ARGV[14]
 
-if token ~= '' and redis.call('GET', lock) ~= token then return false end
+-- Another job holds the user (it took the state over: it counts it). A lease that lapsed with no one taking
+-- it (Redis slow or restarted during the call) still counts: the call was made, and nothing else will.
+if token ~= '' then
+    local holder = redis.call('GET', lock)
+    if holder and holder ~= token then return false end
+end
 for slot in string.gmatch(slots, '%S+') do redis.call('ZREM', limiter_in_flight, slot) end
 local result = {}
 for e = 1, group_count(ARGV, FIXED_ARGS, EVENT_ARGS) do

@@ -81,6 +81,20 @@ def test_settling_counts_each_event_once_and_needs_the_lease(redis: Redis) -> No
     assert redis.zcard(keys.USERCOM.pending(keys.LIVE)) == 0
 
 
+def test_a_lease_that_lapsed_with_no_one_taking_it_still_counts(redis: Redis) -> None:
+    """Redis slow or restarted during the call: the lease expired, no other job took the user. The call
+    was made and nothing else would count it: left uncounted, the events stayed in flight for good."""
+    store = _store(redis)
+    assert store.accept(UPDATE)
+    redis.rename(keys.USERCOM.user_state("stripe", "user:u1"), keys.USERCOM.in_hand("stripe", "user:u1"))
+    settled = store.settle_user(SettleUser("stripe", "user:u1", [EventOutcome("evt_1", "delivered")], ("lock", "ours")))
+    assert settled is not None and [s.counted for s in settled] == [True]
+    ledger = store.ledger()
+    assert (ledger["delivered"], ledger["in_flight"]) == (1, 0)
+    assert not redis.exists(keys.USERCOM.in_hand("stripe", "user:u1"))
+    assert redis.zcard(keys.USERCOM.pending(keys.LIVE)) == 0
+
+
 def test_a_users_job_hash_stays_compact_whatever_the_ids(redis: Redis) -> None:
     """The job carries a fixed-size reference, not the user's ids: every field within Redis' 64-byte
     listpack limit, so a queued user costs ~0.4 KB of job hash instead of ~2 KB."""
