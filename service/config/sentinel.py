@@ -6,10 +6,10 @@ into one URL (service/store/sentinel_url.py) that Settings.redis_url carries."""
 from __future__ import annotations
 
 import re
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, quote_plus, unquote, urlsplit
 
 from service.config.reader import Reader, SettingsError
-from service.store.sentinel_url import SentinelTarget, host_ports, sentinel_url
+from service.store.sentinel_url import SentinelTarget, host_ports, parse_sentinel_url, sentinel_url
 
 _MASTER = re.compile(r"[A-Za-z0-9._-]{1,100}")
 
@@ -37,3 +37,16 @@ def redis_target(reader: Reader) -> str:
         username = unquote(parts.username) if parts.username else None
         password = unquote(parts.password) if parts.password else None
     return sentinel_url(SentinelTarget(sentinels, master, username, password, int(db), sentinel_password))
+
+
+def redis_passwords(url: str) -> tuple[str, ...]:
+    """The passwords a Redis URL (or the sentinel URL redis_target makes) carries, as written and as
+    meant (percent-decoded): what log redaction must hide."""
+    target = parse_sentinel_url(url)
+    if target is not None:
+        found = [target.password, target.sentinel_password]
+        found += [form(p, safe="") for p in found if p for form in (quote, quote_plus)]
+    else:
+        raw = urlsplit(url).password
+        found = [raw, unquote(raw)] if raw else []
+    return tuple(dict.fromkeys(p for p in found if p))

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from service.config.reader import Reader, SettingsError
-from service.config.sentinel import redis_target
+from service.config.sentinel import redis_passwords, redis_target
 from service.destinations.base import DestinationSettings, DestinationSpec
 from service.destinations.registry import DESTINATIONS, NAMES
 from service.mapping import Mapping as EventMapping
@@ -75,7 +75,7 @@ ROLES = ("web", "worker", "admin", "all")  # admin: `relay dlq`, which needs Red
 
 @dataclass(frozen=True, kw_only=True)
 class Settings:
-    redis_url: str
+    redis_url: str = field(repr=False)  # may carry a password
     sources: dict[str, SourceSettings] = field(default_factory=dict)  # every known source; on when it has secrets
     destinations: tuple[str, ...] = (NAMES[0],)  # the configured ones, in order
     destination_settings: dict[str, DestinationSettings] = field(default_factory=dict)
@@ -115,7 +115,8 @@ class Settings:
         webhook_secrets = [s for source in self.sources.values() for s in source.secrets]
         credentials = [d.credential for d in self.destination_settings.values()]
         api_keys = (self.stripe_api_key, self.paddle_api_key)
-        return tuple(s for s in (*webhook_secrets, *credentials, self.admin_token, *api_keys) if s)
+        every = (*webhook_secrets, *credentials, self.admin_token, *api_keys, *redis_passwords(self.redis_url))
+        return tuple(s for s in every if s)
 
     @property
     def webhook_sources(self) -> tuple[str, ...]:

@@ -36,6 +36,23 @@ def test_repr_never_shows_secrets() -> None:
 
 
 @pytest.mark.parametrize(
+    ("env", "passwords"),
+    [
+        ({"REDIS_URL": "redis://:p%40ss@redis:6379/0"}, ["p%40ss", "p@ss"]),
+        (
+            {"REDIS_URL": "redis://:master-pw@x/0", "REDIS_SENTINELS": "s1:26379", "REDIS_SENTINEL_MASTER": "m",
+             "REDIS_SENTINEL_PASSWORD": "sentinel/pw"},
+            ["master-pw", "sentinel/pw", "sentinel%2Fpw"],
+        ),
+    ],
+)  # fmt: skip
+def test_redis_passwords_are_secrets_redacted_and_never_in_repr(env: dict[str, str], passwords: list[str]) -> None:
+    s = settings(**env)
+    assert all(p in s.secrets for p in passwords)
+    assert not any(p in repr(s) for p in passwords)
+
+
+@pytest.mark.parametrize(
     ("name", "value", "message"),
     [
         ("REDIS_URL", "", "REDIS_URL is required"),
