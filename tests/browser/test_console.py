@@ -138,7 +138,7 @@ def test_console_pages(page: Page, relay: tuple[str, Settings], redis: Redis) ->
     page.click("#f-apply")
     expect(page.locator("#dlq-table tbody tr")).to_have_count(2)
     page.click("#bulk-replay")
-    expect(page.locator("#confirm-text")).to_have_text("Replay 2 dead letter(s) matching these filters?")
+    expect(page.locator("#confirm-text")).to_have_text("Replay ALL dead letters at usercom (no filter): 2 item(s)?")
     page.screenshot(path="/tmp/console-bulk.png", full_page=True)
     page.click("#confirm-no")
     expect(page.locator("#dlq-table tbody tr")).to_have_count(2)
@@ -157,6 +157,61 @@ def test_console_pages(page: Page, relay: tuple[str, Settings], redis: Redis) ->
     expect(row).to_contain_text('email="u1@example.com"')
     expect(row).to_contain_text("evt_ok")
     page.screenshot(path="/tmp/console-trace.png", full_page=True)
+
+
+def dlq_ids(redis: Redis) -> set[str]:
+    return {item_id.decode() for item_id in redis.hkeys(keys.USERCOM.dlq[0])}
+
+
+def test_bulk_replay_acts_on_the_filters_the_form_shows(page: Page, relay: tuple[str, Settings], redis: Redis) -> None:
+    base_url, _ = relay
+    sign_in(page, base_url)
+    page.click('a[href="#/dlq"]')
+    rows = page.locator("#dlq-table tbody tr")
+    expect(rows).to_have_count(3)
+    assert dlq_ids(redis) == {"stripe-evt_bad", "stripe-evt_bad2", "stripe-evt_bad3"}
+
+    # Typed, never applied with Filter: the dialog names the filter, the list shows what it takes.
+    page.fill("#f-user", "u3")
+    page.click("#bulk-replay")
+    expect(page.locator("#confirm-text")).to_have_text('Replay 1 dead letter(s) at usercom matching user_id="u3"?')
+    expect(rows).to_have_count(1)
+    expect(page.locator('tr[data-id="stripe-evt_bad2"]')).to_have_count(1)
+    page.click("#confirm-yes")
+    expect(page.locator("#flash")).to_contain_text('Replayed: {"replayed":1}')
+    expect(rows).to_have_count(0)
+    assert dlq_ids(redis) == {"stripe-evt_bad", "stripe-evt_bad3"}
+    assert redis.llen(keys.USERCOM.rq_queue_key(keys.REPLAY)) == 1
+
+    # A filter typed over the applied one wins too; nothing matches, cancel changes nothing.
+    page.fill("#f-user", "")
+    page.fill("#f-reason", "invalid_payload")
+    page.click("#bulk-replay")
+    expect(page.locator("#confirm-text")).to_have_text(
+        'Replay 0 dead letter(s) at usercom matching reason="invalid_payload"?'
+    )
+    page.click("#confirm-no")
+    expect(rows).to_have_count(0)
+
+    # Fields cleared (but the last Filter still applied): the dialog says plainly it is everything.
+    page.fill("#f-reason", "")
+    page.click("#bulk-replay")
+    expect(page.locator("#confirm-text")).to_have_text("Replay ALL dead letters at usercom (no filter): 2 item(s)?")
+    expect(rows).to_have_count(2)
+    page.click("#confirm-no")
+    assert dlq_ids(redis) == {"stripe-evt_bad", "stripe-evt_bad3"}
+    assert redis.llen(keys.USERCOM.rq_queue_key(keys.REPLAY)) == 1
+
+    # A filter the admin API refuses is reported beside the form, nothing is replayed, and the
+    # filter can be corrected there.
+    page.fill("#f-reason", "no_such_reason")
+    page.click("#bulk-replay")
+    expect(page.locator("#bulk-error")).to_contain_text("reason: Must be one of")
+    expect(page.locator("#confirm")).to_be_hidden()
+    assert dlq_ids(redis) == {"stripe-evt_bad", "stripe-evt_bad3"}
+    page.fill("#f-reason", "")
+    page.click("#f-apply")
+    expect(rows).to_have_count(2)
 
 
 def test_console_says_when_the_admin_api_is_disabled(page: Page, env: dict[str, str], redis: Redis) -> None:

@@ -35,9 +35,16 @@ async function api(method, path, body) {
     const code = (data.error && data.error.code) || String(answer.status);
     const error = new Error((data.error && data.error.message) || code);
     error.code = code;
+    error.details = data.error && data.error.details;
     throw error;
   }
   return data;
+}
+
+// An API error for people: its message, then the field messages of an invalid request.
+function explain(error) {
+  const fields = Object.entries(error.details || {}).map(([name, v]) => `${name}: ${Array.isArray(v) ? v.join(" ") : JSON.stringify(v)}`);
+  return fields.length ? `${error.message} (${fields.join("; ")})` : error.message;
 }
 
 function withDestination(path) {
@@ -145,12 +152,29 @@ async function overview() {
 }
 
 // Dead letters: filters, paging, bulk replay (dry run first).
+// The filters as the form shows them (empty fields left out): what Filter applies and what
+// bulk replay acts on, so the list, the dry run's count and the replay always agree.
+function formFilters() {
+  const filters = {};
+  for (const input of document.querySelectorAll("form.filters input")) if (input.value) filters[input.name] = input.value;
+  return filters;
+}
+
+function sameFilters(a, b) {
+  const keys = Object.keys(a);
+  return keys.length === Object.keys(b).length && keys.every((k) => a[k] === b[k]);
+}
+
+// As in: reason="invalid_payload", user_id="u2" (values quoted, so a stray space shows).
+function describeFilters(filters) {
+  return Object.entries(filters).map(([name, value]) => `${name}=${JSON.stringify(value)}`).join(", ");
+}
+
 function filterForm() {
   const field = (id, name, placeholder) => el("label", {}, `${name} `, el("input", { id, name, placeholder, value: state.filters[name] || "" }));
   return el("form", { class: "filters", onsubmit: (event) => {
     event.preventDefault();
-    state.filters = {};
-    for (const input of event.target.querySelectorAll("input")) if (input.value) state.filters[input.name] = input.value;
+    state.filters = formFilters();
     state.dlqOffset = 0;
     route();
   } }, field("f-reason", "reason", "retries_exhausted"), field("f-event-type", "event_type", "invoice.paid"),
@@ -159,24 +183,53 @@ function filterForm() {
 }
 
 async function bulkReplay() {
-  const filters = Object.keys(state.filters).length ? { ...state.filters } : { all: true };
-  const dry = await api("POST", withDestination("/admin/dlq/replay"), { ...filters, dry_run: true });
-  if (!(await confirmAction(`Replay ${dry.matched} dead letter(s) matching these filters?`))) return;
-  const done = await api("POST", withDestination("/admin/dlq/replay"), filters);
-  state.flash = `Replayed: ${JSON.stringify(done.outcomes)}`;
+  // Act on what the form shows, never on filters applied earlier: apply them first, so the
+  // list below the dialog is the one the replay will take.
+  const shown = formFilters();
+  if (!sameFilters(shown, state.filters)) {
+    state.filters = shown;
+    state.dlqOffset = 0;
+    await route();
+    if (!document.getElementById("dlq-table")) return; // the list failed to load: route() shows why
+  }
+  const filters = { ...state.filters };
+  const body = Object.keys(filters).length ? filters : { all: true };
+  const where = destination() ? ` at ${destination()}` : "";
+  const error = (message) => { document.getElementById("bulk-error").textContent = message; };
+  try {
+    const dry = await api("POST", withDestination("/admin/dlq/replay"), { ...body, dry_run: true });
+    const text = body.all
+      ? `Replay ALL dead letters${where} (no filter): ${dry.matched} item(s)?`
+      : `Replay ${dry.matched} dead letter(s)${where} matching ${describeFilters(filters)}?`;
+    if (!(await confirmAction(text))) return;
+    const done = await api("POST", withDestination("/admin/dlq/replay"), body);
+    state.flash = `Replayed: ${JSON.stringify(done.outcomes)}`;
+  } catch (failure) {
+    if (failure.code === "unauthorized") return loginPage("Signed out: the token was refused.");
+    return error(`Bulk replay failed: ${explain(failure)}`);
+  }
   route();
 }
 
 async function dlqPage() {
   const query = new URLSearchParams({ ...state.filters, offset: state.dlqOffset, limit: PAGE });
-  const page = await api("GET", withDestination(`/admin/dlq?${query}`));
+  let page;
+  try {
+    page = await api("GET", withDestination(`/admin/dlq?${query}`));
+  } catch (error) {
+    if (error.code === "unauthorized") throw error;
+    // Keep the form, so a filter the API refuses can be corrected here.
+    return show(el("h1", {}, "Dead letters"), filterForm(),
+      el("p", { id: "bulk-error", class: "error" }, `The list could not be loaded: ${explain(error)}`));
+  }
   const rows = page.items.map((item) => el("tr", { "data-id": item.id },
     el("td", { class: "id" }, el("a", { href: `#/dlq/${encodeURIComponent(item.id)}` }, item.id)),
     el("td", {}, item.reason), el("td", {}, item.event_type), el("td", {}, item.user_id),
     el("td", {}, item.attempts), el("td", {}, when(item.last_failure_at)), el("td", {}, item.last_status), el("td", {}, item.message)));
   const move = (delta) => () => { state.dlqOffset = Math.max(0, state.dlqOffset + delta); route(); };
   const last = Math.min(page.total, page.offset + page.items.length);
-  show(el("h1", {}, "Dead letters"), filterForm(), state.flash ? el("p", { id: "flash" }, state.flash) : "",
+  show(el("h1", {}, "Dead letters"), filterForm(), el("p", { id: "bulk-error", class: "error" }, ""),
+    state.flash ? el("p", { id: "flash" }, state.flash) : "",
     el("table", { id: "dlq-table" }, el("thead", {}, el("tr", {}, ["id", "reason", "event type", "user", "tries", "last failure", "status", "message"].map((h) => el("th", {}, h)))),
       el("tbody", {}, rows)),
     el("p", {}, el("span", { id: "dlq-total" }, `${page.items.length ? page.offset + 1 : 0}–${last} of ${page.total}`), " ",
