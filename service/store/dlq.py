@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,17 +131,19 @@ class DeadLetterQueue:
     def matching(
         self, flt: DlqFilter, *, offset: int = 0, limit: int | None = None
     ) -> tuple[list[dict[str, Any]], int]:
-        """Items matching the filter, oldest failure first: (page, total matching)."""
-        low = "-inf" if flt.since is None else flt.since
-        high = "+inf" if flt.until is None else flt.until
+        """Items matching the filter, oldest failure first: (page, total matching).
+
+        The queue may change during the scan (retention, workers, other operators); every item that
+        stays in it throughout is seen exactly once, so a bulk replay or purge misses none.
+        """
         page: list[dict[str, Any]] = []
         total = 0
-        start = 0
-        while True:
-            ids = self.redis.zrangebyscore(self._index, low, high, start=start, num=self.PAGE_SCAN)
+        seen: set[bytes] = set()  # an item dead-lettered again meanwhile moves ahead of the scan
+        for ids in self._id_pages(flt):
+            ids = [item_id for item_id in ids if item_id not in seen]
             if not ids:
-                break
-            start += len(ids)
+                continue
+            seen.update(ids)
             for raw in self.redis.hmget(self._items, ids):
                 if raw is None:
                     continue
@@ -151,6 +154,31 @@ class DeadLetterQueue:
                     page.append(item)
                 total += 1
         return page, total
+
+    def _id_pages(self, flt: DlqFilter) -> Iterator[list[bytes]]:
+        """The index's ids within the filter's times, a page per round trip, oldest first.
+
+        Pages continue from a score, never from a position: removing an item ahead of the scan
+        (retention trimming a full queue, another operator's replay) shifts every position after
+        it, and the item at a page boundary would never be seen. A full page stops short of its
+        last score, which the next page starts at; a page of one score is followed by every id
+        of that score at once, then by what lies beyond it.
+        """
+        low: float | str = "-inf" if flt.since is None else flt.since
+        high: float | str = "+inf" if flt.until is None else flt.until
+        while True:
+            entries = self.redis.zrangebyscore(self._index, low, high, start=0, num=self.PAGE_SCAN, withscores=True)
+            if len(entries) < self.PAGE_SCAN:
+                yield [item_id for item_id, _ in entries]
+                return
+            last = entries[-1][1]
+            before = [item_id for item_id, score in entries if score < last]
+            if before:
+                yield before
+                low = last
+            else:
+                yield self.redis.zrangebyscore(self._index, last, last)
+                low = f"({last!r}"
 
     def summary(self) -> dict[str, Any]:
         reasons = {k.decode(): int(v) for k, v in self.redis.hgetall(self._reasons).items()}

@@ -1,0 +1,169 @@
+"""A DLQ scan (listing, bulk replay, bulk purge) while the queue changes under it, against a real Redis.
+
+The scan reads the index in pages, one round trip each. A client that runs the other party's change
+right after a page is read makes the interleaving deterministic: no timing, no threads.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from redis import Redis
+
+from service.config import Settings
+from service.core.dead_letter import DeadLetter, DlqFilter
+from service.core.update import UserUpdate
+from service.devtools.embedded_redis import RedisProcess
+from service.operator import REPLAYED, Operator
+from service.store.dlq import DeadLetterQueue
+from service.store.ledger import Store
+
+
+class InterleavingRedis(Redis):
+    """A client that calls `after_page` after each read of the DLQ index it makes."""
+
+    after_page: Callable[[], None] = staticmethod(lambda: None)
+
+    def zrangebyscore(self, *args: Any, **kwargs: Any) -> Any:
+        page = super().zrangebyscore(*args, **kwargs)
+        self.after_page()
+        return page
+
+
+@pytest.fixture
+def scanner(redis_server: RedisProcess, redis: Redis) -> Iterator[InterleavingRedis]:
+    client = InterleavingRedis.from_url(redis_server.url, socket_timeout=5)
+    yield client
+    client.close()
+
+
+def dead_letter(n: int, at: float, *, tag: str = "old") -> DeadLetter:
+    update = UserUpdate(
+        source="stripe",
+        event_id=f"{tag}{n:04d}",
+        event_type="invoice.paid",
+        event_time=n,
+        user_id=f"u{n}",
+        customer_id=None,
+        custom={"plan": "pro"},
+    )
+    return DeadLetter(
+        id=f"stripe-{tag}{n:04d}",
+        reason="usercom_rejected",
+        source="stripe",
+        event_type="invoice.paid",
+        event_id=f"{tag}{n:04d}",
+        event_time=n,
+        message="m",
+        update=update.to_dict(),
+        user_id=f"u{n}",
+        first_failure_at=at,
+        last_failure_at=at,
+    )
+
+
+def fill(store: Store, count: int) -> list[str]:
+    """`count` dead letters, oldest first, one second apart (well within the retention age)."""
+    now = time.time()
+    for n in range(count):
+        assert store.reject(dead_letter(n, now - count + n), f"old{n:04d}")
+    return [f"stripe-old{n:04d}" for n in range(count)]
+
+
+def left(redis: Redis, store: Store) -> list[str]:
+    return [item_id.decode() for item_id in redis.zrange(store.keys.dlq[1], 0, -1)]
+
+
+def test_purge_all_leaves_nothing_when_retention_drops_the_oldest_meanwhile(
+    env: dict[str, str], redis: Redis, scanner: InterleavingRedis
+) -> None:
+    settings = Settings.from_env({**env, "RELAY_DLQ_MAX_ITEMS": "1000"})
+    worker = Store.from_settings(redis, settings)
+    fill(worker, 1000)
+    fresh = iter([dead_letter(0, time.time(), tag="new")])
+
+    def a_worker_dead_letters_one_more() -> None:  # once: the queue is full, retention drops old0000
+        for item in fresh:
+            assert worker.reject(item, item.event_id or "")
+
+    scanner.after_page = a_worker_dead_letters_one_more
+    result = Operator(Store.from_settings(scanner, settings), settings).purge_matching(DlqFilter(), dry_run=False)
+
+    assert left(redis, worker) == []
+    assert result["matched"] == result["selected"] == result["deleted"] == 1000  # old0001..old0999 and new0000
+
+
+def test_replay_all_replays_every_item_when_another_operator_replays_one_meanwhile(
+    settings: Settings, redis: Redis, scanner: InterleavingRedis
+) -> None:
+    other = Operator(Store.from_settings(redis, settings), settings)
+    fill(other.store, 1000)
+    first = other.dlq.get("stripe-old0000")
+    assert first is not None
+    once = iter([first])
+
+    def another_operator_replays_the_oldest() -> None:
+        for item in once:
+            assert other.replay(item) == REPLAYED
+
+    scanner.after_page = another_operator_replays_the_oldest
+    result = Operator(Store.from_settings(scanner, settings), settings).replay_matching(DlqFilter(), dry_run=False)
+
+    assert left(redis, other.store) == []
+    assert result["matched"] == 999  # old0000 was taken before its item was read
+    assert result["outcomes"] == {REPLAYED: 999}
+
+
+@pytest.mark.parametrize("sizes", [[3, 4, 1, 9, 2, 5, 4], [12], [1] * 15, [4, 4, 4, 4]])
+def test_scan_sees_every_item_that_stays_once_whatever_the_ties_and_changes(
+    settings: Settings, redis: Redis, scanner: InterleavingRedis, sizes: list[int]
+) -> None:
+    """Failure times shared by several items (the index's score ties) across page boundaries, while
+    after each page another party deletes the oldest item or dead-letters again one already read."""
+    store = Store.from_settings(redis, settings)
+    ids = fill(store, sum(sizes))
+    base = time.time() - 10_000
+    position = 0
+    for group, size in enumerate(sizes):
+        redis.zadd(store.keys.dlq[1], {ids[n]: base + group for n in range(position, position + size)}, xx=True)
+        position += size
+    scan = DeadLetterQueue(scanner, store.retention, store.keys)
+    scan.PAGE_SCAN = 4
+    removed: list[str] = []
+    changes = iter(range(1000))
+
+    def another_party_changes_the_queue() -> None:
+        oldest = left(redis, store)[:2]
+        if next(changes) % 2 == 0 and oldest:
+            assert store.dlq().delete(oldest[0])
+            removed.append(oldest[0])
+        elif oldest:  # dead-lettered again: the same id moves to the end of the queue
+            item = store.dlq().get(oldest[-1])
+            assert item is not None and store.reject(DeadLetter(**item), f"again-{oldest[-1]}")
+
+    scanner.after_page = another_party_changes_the_queue
+    items, total = scan.matching(DlqFilter())
+
+    seen = [item["id"] for item in items]
+    assert set(ids) - set(removed) <= set(seen)
+    assert len(seen) == len(set(seen)) == total
+    assert len(removed) >= 2
+
+
+def test_listing_pages_are_unchanged(settings: Settings, redis: Redis) -> None:
+    store = Store.from_settings(redis, settings)
+    ids = fill(store, 1203)
+    dlq = store.dlq()
+
+    items, total = dlq.matching(DlqFilter(), offset=498, limit=7)
+    assert total == 1203 and [item["id"] for item in items] == ids[498:505]
+    items, total = dlq.matching(DlqFilter(user_id="u1000"))
+    assert total == 1 and [item["id"] for item in items] == ["stripe-old1000"]
+    items, total = dlq.matching(DlqFilter(), offset=1200)
+    assert total == 1203 and [item["id"] for item in items] == ids[1200:]
+    since, until = (redis.zscore(store.keys.dlq[1], ids[n]) for n in (100, 1100))
+    items, total = dlq.matching(DlqFilter(since=since, until=until), offset=2)
+    assert total == 1001 and [item["id"] for item in items] == ids[102:1101]
