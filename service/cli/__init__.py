@@ -132,6 +132,9 @@ def cmd_sign(args: argparse.Namespace) -> int:
     A secret the relay would refuse, or a file it cannot read, is one line and exit 2."""
 
     spec = SOURCES[args.source]
+    if not args.secret.isprintable() or any("\udc80" <= c <= "\udcff" for c in args.secret):
+        print("relay sign: --secret is not valid UTF-8", file=sys.stderr)  # bytes argv could not decode
+        return 2
     problem = spec.secret_problem(args.secret) if spec.secret_problem else None
     if problem:
         print(f"relay sign: --secret is not usable: {problem}", file=sys.stderr)

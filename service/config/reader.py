@@ -53,7 +53,12 @@ class Reader:
         self._env = env
 
     def _raw(self, name: str) -> str:
-        return self._env.get(name, "").strip()
+        value = self._env.get(name, "").strip()
+        try:
+            value.encode()
+        except UnicodeEncodeError:  # bytes that are not UTF-8 (os.environ keeps them as lone surrogates)
+            raise SettingsError(f"{name} is not valid UTF-8") from None
+        return value
 
     def text(self, name: str, default: str) -> str:
         value = self._raw(name) or default

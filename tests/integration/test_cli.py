@@ -104,6 +104,7 @@ def test_a_url_setting_with_an_unbalanced_bracket_stops_with_one_line(name: str,
             ["--source", "standard", "--secret", "whsec_not*base64", "event.json"],
             "relay sign: --secret is not usable: ",
         ),
+        (["--secret", "whsec_\udcff", "event.json"], "relay sign: --secret is not valid UTF-8"),  # byte 0xff
     ],
 )
 def test_sign_with_a_file_or_secret_it_cannot_use_is_one_line_and_exit_2(

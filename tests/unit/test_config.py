@@ -143,3 +143,11 @@ def test_a_malformed_url_is_one_line_naming_it_and_never_its_password(name: str,
     text = str(caught.value)
     assert text.startswith(f"{name} {message}"), text
     assert "\n" not in text and "hunter2" not in text
+
+
+@pytest.mark.parametrize("name", ["STRIPE_WEBHOOK_SECRETS", "USERCOM_API_KEY", "REDIS_URL", "RELAY_LOG_LEVEL"])
+def test_a_value_that_is_not_utf8_is_one_line_naming_it(name: str) -> None:
+    """os.environ keeps bytes that are not UTF-8 as lone surrogates: never encodable, never a secret to send."""
+    not_utf8 = b"whsec_\xff\xfe".decode("utf-8", "surrogateescape")
+    with pytest.raises(SettingsError, match=f"^{name} is not valid UTF-8$"):
+        settings(**{name: not_utf8})
