@@ -233,7 +233,9 @@ def test_retention_drops_the_oldest_and_counts_them(admin: Any, ctx: DeliveryCon
     assert status["ledger"]["dead_lettered"] == 6
 
 
-def test_status_after_a_known_sequence(admin: Any, ctx: DeliveryContext, sandbox: SandboxServer) -> None:
+def test_status_after_a_known_sequence(
+    admin: Any, admin_settings: Settings, ctx: DeliveryContext, sandbox: SandboxServer
+) -> None:
     before = time.time()
     assert admin.get("/status").get_json()["destinations"]["usercom"]["last_delivery_at"] is None
     assert ctx.store.accept(update("evt_1"))
@@ -257,7 +259,9 @@ def test_status_after_a_known_sequence(admin: Any, ctx: DeliveryContext, sandbox
     assert status["lanes"]["live"]["depth"] == 0 and status["lanes"]["live"]["scheduled"] == 1
     assert status["lanes"]["live"]["pending"] == 1
     assert status["last_delivery_at_unix"] >= before and status["limiter"]["last_429_at_unix"] >= before
-    assert status["limiter"]["paused_until_unix"] >= time.time() + 5  # every worker waits for Retry-After
+    # Every worker waits for Retry-After (7 s), at most RELAY_RETRY_MAX_DELAY_SECONDS (4 s in the tests).
+    pause = status["limiter"]["paused_until_unix"] - status["limiter"]["last_429_at_unix"]
+    assert pause == pytest.approx(admin_settings.retry_max_delay_seconds, abs=0.5)
     assert status["limiter"]["paused_until"].endswith("Z") and status["last_delivery_at"].endswith("Z")
     assert status["limiter"]["rate_limit_per_second"] == 1000.0  # USERCOM_RATE_LIMIT in conftest
     # Halved by the 429, then growing back by a fraction of the ceiling per second since it.
