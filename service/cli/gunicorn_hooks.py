@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import errno
+import json
 import signal
 import time
 from typing import Any
+
+from gunicorn import util
 
 from service.config import Settings
 from service.ops.logs import configure_logging
@@ -22,6 +25,28 @@ def post_fork(server: Any, worker: Any) -> None:
     # The app's own log lines as JSON, secrets redacted; gunicorn's own lines stay as they are.
     settings = Settings.from_env(role="web")
     configure_logging(settings.log_level, settings.secrets)
+    # What gunicorn answers itself (a request it cannot parse) in the app's error shape, not an HTML page.
+    util.write_error = write_json_error
+
+
+# gunicorn's own error answers (gunicorn.workers.base.Worker.handle_error), as the app's: a stable code and
+# a fixed message, which never quotes the request (its line or headers may carry a token).
+GUNICORN_ERRORS = {
+    400: ("malformed_request", "the request is not valid HTTP/1.1 (request line, header fields or chunked body)"),
+    403: ("forbidden", "the request is forbidden"),
+    414: ("request_line_too_long", "the request line is too long"),
+    417: ("expectation_failed", "the Expect header names an expectation the server cannot meet"),
+    431: ("header_fields_too_large", "the request's header fields are too many or too large"),
+    501: ("unsupported_transfer_coding", "the request's Transfer-Encoding is not supported"),
+}
+
+
+def write_json_error(sock: Any, status_int: int, reason: str, mesg: str) -> None:
+    """gunicorn.util.write_error's replacement: the same status line, a JSON body."""
+    code, message = GUNICORN_ERRORS.get(status_int, ("internal_error", "internal error"))
+    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    head = f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+    util.write_nonblock(sock, f"{head}Content-Length: {len(body)}\r\n\r\n".encode("latin1") + body)
 
 
 def child_exit(server: Any, worker: Any) -> None:

@@ -6,6 +6,7 @@ request bodies.
     ├── RequestError                  the caller's request cannot be taken as it is
     │   ├── UnsupportedMediaType      unsupported_media_type
     │   ├── MalformedJson             malformed_json
+    │   ├── MalformedRequest          malformed_request (not HTTP/1.1 the server can read: a chunk size)
     │   ├── PayloadTooLarge           payload_too_large
     │   ├── SignatureError            no configured secret vouches for the request
     │   │   ├── SignatureMissing      signature_missing
@@ -53,6 +54,10 @@ class UnsupportedMediaType(RequestError):
 
 class MalformedJson(RequestError):
     code = "malformed_json"
+
+
+class MalformedRequest(RequestError):
+    code = "malformed_request"
 
 
 class PayloadTooLarge(RequestError):

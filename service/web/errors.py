@@ -8,6 +8,7 @@ import logging
 from typing import Any
 
 from flask import Flask, request
+from gunicorn.http.errors import ParseException
 from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 
@@ -63,6 +64,11 @@ def check_body_size() -> None:
         raise e.PayloadTooLarge(f"request body is larger than {MAX_BODY_BYTES} bytes")
 
 
+def malformed_body(exc: ParseException) -> tuple[dict[str, Any], int]:
+    """gunicorn reads a chunked body as the app asks for it: a chunk it cannot parse ends up here."""
+    return relay_error(e.MalformedRequest("the request body is not valid HTTP/1.1 chunked encoding"))
+
+
 def unexpected_error(exc: Exception) -> tuple[dict[str, Any], int]:
     log.exception("unexpected error on %s %s", request.method, request.path)
     return {"error": {"code": "internal_error", "message": "internal error"}}, 500
@@ -73,4 +79,5 @@ def register(app: Flask) -> None:
     app.register_error_handler(e.RelayError, relay_error)
     app.register_error_handler(HTTPException, http_error)
     app.register_error_handler(RedisError, redis_error)
+    app.register_error_handler(ParseException, malformed_body)
     app.register_error_handler(Exception, unexpected_error)

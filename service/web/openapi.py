@@ -54,7 +54,7 @@ def _webhook(title: str, headers: tuple[tuple[str, str], ...], schema: str) -> d
                 "WebhookAnswer",
             ),
             "200": _ok("already accepted (`duplicate`) or not mapped (`ignored`)", "WebhookAnswer"),
-            "400": _error("body is not JSON (`malformed_json`)"),
+            "400": _error("body not JSON or not UTF-8 (`malformed_json`), or not readable HTTP (`malformed_request`)"),
             "401": _error("`signature_missing`, `signature_invalid` or `signature_expired`"),
             "404": _error("the source has no secret configured (`source_not_configured`)"),
             "413": _error("body over 1 MiB (`payload_too_large`)"),
