@@ -1,17 +1,31 @@
-"""Fixtures of the integration tests that read back from Stripe's and Paddle's APIs: their doubles,
-and the environment pointing `relay backfill|sync|reconcile` at them."""
+"""Fixtures of the integration tests: a delivery context on the test Redis (`ctx`), and, for the tests
+that read back from Stripe's and Paddle's APIs, their doubles and the environment pointing
+`relay backfill|sync|reconcile` at them."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 import pytest
+from redis import Redis
 
+from service.config import Settings
 from service.devtools.paddle_api import PaddleApiServer
 from service.devtools.stripe_api import StripeApiServer
+from workers.delivery.context import DeliveryContext, configure
+from workers.runner import build_context
 
 API_KEY = "rk_test_backfill_readonly_51Hx"
 PADDLE_KEY = "pdl_sdbx_apikey_01jtest0readonly0events_Xy9"
+
+
+@pytest.fixture
+def ctx(settings: Settings, redis: Redis) -> Iterator[DeliveryContext]:
+    """What a User.com delivery worker holds, configured as the worker process configures it."""
+    context = build_context(settings, "usercom")
+    configure(context)
+    yield context
+    context.redis.close()
 
 
 @pytest.fixture

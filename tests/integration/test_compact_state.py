@@ -5,7 +5,6 @@ value dead-lettered with exactly the event that carried it."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 import yaml
@@ -13,7 +12,6 @@ from redis import Redis
 from rq import SimpleWorker
 from rq.serializers import JSONSerializer
 
-from service.config import Settings
 from service.core.update import UserUpdate
 from service.devtools.usercom_sandbox import SandboxServer
 from service.store import keys
@@ -22,8 +20,7 @@ from service.store.ledger_state import EVENT_TYPES, Event, decode, event_of, eve
 from service.store.ledger_user import EventOutcome, SettleUser
 from tests.conftest import REPO, an_update
 from tests.integration.test_store import _store
-from workers.delivery.context import DeliveryContext, configure
-from workers.runner import build_context
+from workers.delivery.context import DeliveryContext
 
 NOW = 1_795_991_243.7
 
@@ -55,14 +52,6 @@ def test_entries_of_the_previous_format_read_back() -> None:
         "evt_1": Event("evt_1", 1795991243.0, 1_700_000_000, "invoice.paid", False),
         "evt_2": Event("evt_2", 1795991244.0, 17, "a,b", True),
     }
-
-
-@pytest.fixture
-def ctx(settings: Settings, redis: Redis) -> Iterator[DeliveryContext]:
-    context = build_context(settings, "usercom")
-    configure(context)
-    yield context
-    context.redis.close()
 
 
 def _to_previous_format(redis: Redis, state: str, updates: list[UserUpdate]) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,18 +20,10 @@ from service.store import keys
 from service.store.jobs import DELIVER_FUNC, ON_FAILURE_FUNC
 from tests.conftest import USERCOM_KEY
 from tests.ports import unused_port
-from workers.delivery.context import DeliveryContext, configure
+from workers.delivery.context import DeliveryContext
 from workers.delivery.job import deliver_update, deliver_user
 from workers.ratelimit import RateLimiter
 from workers.runner import build_context, limit_config
-
-
-@pytest.fixture
-def ctx(settings: Settings, redis: Redis) -> Iterator[DeliveryContext]:
-    context = build_context(settings, "usercom")
-    configure(context)
-    yield context
-    context.redis.close()
 
 
 def update(

@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
-from redis import Redis
 from rq import SimpleWorker
 from rq.serializers import JSONSerializer
 
@@ -22,10 +20,9 @@ from service.destinations.userkit.client import screen as userkit_screen
 from service.devtools.usercom_sandbox import SandboxServer
 from service.store import keys
 from tests.conftest import an_update, sign, stripe_event
-from workers.delivery.context import DeliveryContext, configure
+from workers.delivery.context import DeliveryContext
 from workers.delivery.dropped import report_dropped
 from workers.delivery.job import deliver_update
-from workers.runner import build_context
 
 ADMIN = {"Authorization": "Bearer admin-token-for-dropped-values"}
 
@@ -33,14 +30,6 @@ ADMIN = {"Authorization": "Bearer admin-token-for-dropped-values"}
 @pytest.fixture
 def settings(env: dict[str, str]) -> Settings:
     return Settings.from_env({**env, "RELAY_ADMIN_TOKEN": ADMIN["Authorization"].split()[1]})
-
-
-@pytest.fixture
-def ctx(settings: Settings, redis: Redis) -> Iterator[DeliveryContext]:
-    context = build_context(settings, "usercom")
-    configure(context)
-    yield context
-    context.redis.close()
 
 
 def dropped_count(attribute: str, reason: str) -> float:

@@ -6,29 +6,14 @@ workers of both releases run side by side during an upgrade."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-from redis import Redis
-
-from service.config import Settings
 from service.core.update import UserUpdate
 from service.devtools.usercom_sandbox import Fault, SandboxServer
 from tests.integration.test_group import take_all
-from workers.delivery.context import DeliveryContext, configure
+from workers.delivery.context import DeliveryContext
 from workers.delivery.group import deliver_group
 from workers.delivery.job import deliver_user
-from workers.runner import build_context
 
 SECOND = 1_700_000_000
-
-
-@pytest.fixture
-def ctx(settings: Settings, redis: Redis) -> Iterator[DeliveryContext]:
-    context = build_context(settings, "usercom")
-    configure(context)
-    yield context
-    context.redis.close()
 
 
 def plan(event_id: str, value: str, user_id: str = "u1", event_time: int = SECOND, **custom: object) -> UserUpdate:

@@ -3,27 +3,13 @@ update by our id creates it; the relay recovers and never dead-letters for it. A
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
 import urllib3
-from redis import Redis
 
-from service.config import Settings
 from service.devtools.usercom_sandbox import SandboxServer
 from service.store import keys
 from tests.conftest import an_update
-from workers.delivery.context import DeliveryContext, configure
+from workers.delivery.context import DeliveryContext
 from workers.delivery.job import deliver_update
-from workers.runner import build_context
-
-
-@pytest.fixture
-def ctx(settings: Settings, redis: Redis) -> Iterator[DeliveryContext]:
-    context = build_context(settings, "usercom")
-    configure(context)
-    yield context
-    context.redis.close()
 
 
 def calls(sandbox: SandboxServer) -> list[tuple[str, str, int]]:
