@@ -108,6 +108,8 @@ class Feeder:
     def _outcome(self, update: UserUpdate, answer: bool | IdentityConflict) -> str:
         if isinstance(answer, IdentityConflict):  # dead-lettered, as intake does
             return "invalid" if self.store.reject(conflict_item(update, answer), update.event_id) else "duplicate"
+        if update.hint is None:  # naming no user and no customer, the store kept it in the dead-letter queue
+            return "invalid" if answer else "duplicate"
         return "accepted" if answer else "duplicate"
 
     def _ignore(self, event_id: str) -> str:

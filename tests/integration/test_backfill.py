@@ -202,6 +202,20 @@ def test_an_event_read_back_that_would_re_point_a_customer_is_dead_lettered_not_
     assert (ledger["received"], ledger["dead_lettered"]) == (2, 1)
 
 
+def test_an_event_read_back_naming_no_one_is_counted_as_kept_not_accepted(
+    api_env: dict[str, str], redis: Redis
+) -> None:
+    settings = Settings.from_env(api_env)
+    feeder = Feeder(settings, Store.from_settings(redis, settings), "stripe")
+    refund = {"id": "ch_1", "object": "charge", "amount_refunded": 500, "currency": "usd", "customer": None}
+    event = stripe_event("charge.refunded", refund, event_id="evt_nobody", created=int(time.time()))
+    assert feeder.event(event) == "invalid"
+    assert feeder.event(event) == "duplicate"
+    [item] = feeder.store.dead_letters()
+    assert (item["event_id"], item["reason"]) == ("evt_nobody", "unresolved_identity")
+    assert (feeder.tally.counts["invalid"], feeder.tally.counts["accepted"]) == (1, 0)
+
+
 def test_updates_accepted_together_are_one_transaction_with_each_answer(api_env: dict[str, str], redis: Redis) -> None:
     store = Store.from_settings(redis, Settings.from_env(api_env))
     assert store.accept(an_update("evt_learn", user_id="alice", customer_id="cus_1"))
