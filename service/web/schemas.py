@@ -9,6 +9,7 @@ from marshmallow import EXCLUDE, RAISE, Schema, fields, validate
 
 from service.core.dead_letter import DlqFilter, reasons
 from service.destinations.registry import NAMES as DESTINATIONS
+from service.intake import Outcome
 
 DESTINATION_HELP = "whose dead-letter queue (default: the first of RELAY_DESTINATIONS)"
 
@@ -26,9 +27,7 @@ class ErrorBody(Schema):
 
 
 class WebhookAnswer(Schema):
-    status = fields.String(
-        required=True, validate=validate.OneOf(["accepted", "duplicate", "ignored", "identity_conflict"])
-    )
+    status = fields.String(required=True, validate=validate.OneOf([outcome.value for outcome in Outcome]))
     event_id = fields.String(required=True)
 
 

@@ -20,6 +20,7 @@ from service import create_app
 from service.config import Settings
 from service.devtools.usercom_sandbox import SandboxServer
 from service.store import keys
+from service.web.schemas import WebhookAnswer
 from tests.conftest import paddle_headers, sign, stripe_event
 from workers.delivery.context import DeliveryContext, configure
 from workers.runner import build_context
@@ -177,6 +178,7 @@ def test_an_event_naming_no_one_is_answered_as_kept_not_accepted(
     refund = {"id": "ch_1", "object": "charge", "amount_refunded": 500, "currency": "usd", "customer": None}
     answer = relay.post("charge.refunded", refund, "evt_nobody")
     assert answer.status_code == 202 and answer.get_json()["status"] == "unresolved_identity"
+    assert WebhookAnswer().validate(answer.get_json()) == {}  # as the OpenAPI document says
     resent = relay.post("charge.refunded", refund, "evt_nobody")
     assert resent.status_code == 200 and resent.get_json()["status"] == "duplicate"
     relay.work()
