@@ -39,9 +39,14 @@ def redis_target(reader: Reader) -> str:
     return sentinel_url(SentinelTarget(sentinels, master, username, password, int(db), sentinel_password))
 
 
+# A password shorter than this is not redacted: replacing every "0" or "pw" in a log line would mangle
+# the line (its times, its ids) and still not hide a password that short.
+MIN_REDACTED_PASSWORD = 8
+
+
 def redis_passwords(url: str) -> tuple[str, ...]:
     """The passwords a Redis URL (or the sentinel URL redis_target makes) carries, as written and as
-    meant (percent-decoded): what log redaction must hide."""
+    meant (percent-decoded), of MIN_REDACTED_PASSWORD characters or more: what log redaction must hide."""
     target = parse_sentinel_url(url)
     if target is not None:
         found = [target.password, target.sentinel_password]
@@ -49,4 +54,4 @@ def redis_passwords(url: str) -> tuple[str, ...]:
     else:
         raw = urlsplit(url).password
         found = [raw, unquote(raw)] if raw else []
-    return tuple(dict.fromkeys(p for p in found if p))
+    return tuple(dict.fromkeys(p for p in found if p and len(p) >= MIN_REDACTED_PASSWORD))
