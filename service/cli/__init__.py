@@ -16,6 +16,7 @@ from service.cli import dlq as dlq_cli
 from service.cli import trace as trace_cli
 from service.cli.connect import check_all, port_in_use
 from service.config import Settings, settings_or_exit
+from service.config.reader import is_utf8
 from service.core.version import version
 from service.destinations.registry import NAMES as DESTINATIONS
 from service.ops.metrics_dir import MetricsDirError, use_metrics_dir
@@ -132,8 +133,8 @@ def cmd_sign(args: argparse.Namespace) -> int:
     A secret the relay would refuse, or a file it cannot read, is one line and exit 2."""
 
     spec = SOURCES[args.source]
-    if not args.secret.isprintable() or any("\udc80" <= c <= "\udcff" for c in args.secret):
-        print("relay sign: --secret is not valid UTF-8", file=sys.stderr)  # bytes argv could not decode
+    if not is_utf8(args.secret):
+        print("relay sign: --secret is not valid UTF-8", file=sys.stderr)
         return 2
     problem = spec.secret_problem(args.secret) if spec.secret_problem else None
     if problem:

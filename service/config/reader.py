@@ -46,6 +46,16 @@ def _masked(raw: str) -> str:
     return f"***@{raw.rsplit('@', 1)[1]}" if "@" in raw else raw
 
 
+def is_utf8(value: str) -> bool:
+    """False for a value the environment or argv gave as bytes that are not UTF-8 (Python keeps them as
+    lone surrogates, which no later encode survives)."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class Reader:
     """Reads one variable at a time and names it in every error."""
 
@@ -54,10 +64,8 @@ class Reader:
 
     def _raw(self, name: str) -> str:
         value = self._env.get(name, "").strip()
-        try:
-            value.encode()
-        except UnicodeEncodeError:  # bytes that are not UTF-8 (os.environ keeps them as lone surrogates)
-            raise SettingsError(f"{name} is not valid UTF-8") from None
+        if not is_utf8(value):
+            raise SettingsError(f"{name} is not valid UTF-8")
         return value
 
     def text(self, name: str, default: str) -> str:
