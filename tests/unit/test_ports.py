@@ -27,3 +27,13 @@ def test_a_port_something_listens_on_is_skipped(monkeypatch: pytest.MonkeyPatch)
         monkeypatch.setattr(ports, "_WALK", iter([taken, free]))
         monkeypatch.setattr(ports, "_RANGE", range(2))
         assert ports.unused_port() == free
+
+
+def test_xdist_workers_take_shares_no_two_of_them_hold(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "2")
+    shares = []
+    for worker in ("gw0", "gw1"):
+        monkeypatch.setenv("PYTEST_XDIST_WORKER", worker)
+        shares.append(set(ports._share(range(20_000, 20_010))))
+    assert shares[0] and shares[1] and not shares[0] & shares[1]
+    assert shares[0] | shares[1] == set(range(20_000, 20_010))
