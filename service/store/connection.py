@@ -50,6 +50,9 @@ class SentinelMasterConnection(Connection):
             "socket_connect_timeout": timeout,
             "password": self.sentinel_password,
             "maint_notifications_config": NO_MAINT_NOTIFICATIONS,
+            # One try per sentinel, then the next one: redis-py's default retries a sentinel that is down
+            # with a growing backoff (4 s for one refused port) before asking the next.
+            "retry": Retry(NoBackoff(), 0),
         }
         sentinel = Sentinel(list(self.sentinels), sentinel_kwargs=options)
         try:

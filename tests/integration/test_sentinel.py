@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,9 +22,11 @@ from pathlib import Path
 import pytest
 import urllib3
 from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from service.devtools.usercom_sandbox import SandboxServer
 from service.store import keys
+from service.store.connection import SentinelMasterConnection
 from service.store.ledger_dedup import accepted_before
 from tests.conftest import SECRET, USERCOM_KEY, close_connections, sign, stripe_event
 from tests.integration.redis_launch import Server, start_redis, start_relay, stop_relay, wait_until
@@ -174,3 +178,26 @@ def test_intake_survives_a_master_failover_without_losing_an_acknowledged_event(
         stop_relay(processes)
         for server in restarted:
             server.stop()
+
+
+def test_a_sentinel_that_is_down_is_asked_once_then_the_next() -> None:
+    """redis-py's default retries a sentinel that drops every connection, with a growing backoff, before
+    the next sentinel is asked: seconds of a failover, or of `relay dlq` telling Redis is unreachable."""
+    accepted: list[int] = []
+    with socket.create_server(("127.0.0.1", 0)) as down:
+
+        def drop_every_connection() -> None:
+            while True:
+                try:
+                    connection, _ = down.accept()
+                except OSError:  # closed: the test is over
+                    return
+                accepted.append(1)
+                connection.close()
+
+        threading.Thread(target=drop_every_connection, daemon=True).start()
+        sentinels = (("127.0.0.1", down.getsockname()[1]),)
+        connection = SentinelMasterConnection(sentinels=sentinels, master_name="relay-master")
+        with pytest.raises(RedisConnectionError):
+            connection.connect()
+        assert len(accepted) == 1
