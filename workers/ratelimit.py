@@ -49,6 +49,7 @@ from service.store.limiter_scripts import (
     JITTER_MS,
     PAUSE_SCRIPT,
     PAUSED_SCRIPT,
+    SHORTEN_PAUSE_SCRIPT,
     increase_per_second,
 )
 from workers.scripts_at_once import ScriptCall
@@ -379,6 +380,21 @@ class RateLimiter:
                 return
             if booked:  # a 429 paused every worker while this one slept: its slot is given up
                 self._release([token])
+
+    def shorten_pause(self) -> bool:
+        """End a pause set longer than a 429 may ask for now (config.max_pause_seconds) at that length: one
+        set before the cap, or under a larger cap. A worker calls this as it starts; True if it did."""
+        shortened = self.redis.register_script(SHORTEN_PAUSE_SCRIPT)(
+            keys=[self._keys.limiter_paused_until], args=[int(self.config.max_pause_seconds * 1000)]
+        )
+        if shortened:
+            log.warning(
+                "%s was paused for longer than RELAY_RETRY_MAX_DELAY_SECONDS (%.0f s): the pause ends then",
+                self._keys.destination,
+                self.config.max_pause_seconds,
+                extra={"destination": self._keys.destination},
+            )
+        return bool(shortened)
 
     def pause(self, seconds: float | None) -> float:
         """A 429: every worker waits until then (Retry-After exactly, else DEFAULT_PAUSE_SECONDS), and

@@ -247,6 +247,7 @@ def run_worker(
     wait_for_redis(waiting, f"{destination} {lane} worker")
     waiting.close()
     context = build_context(settings, destination, lane)
+    context.limiter.shorten_pause()  # one set before RELAY_RETRY_MAX_DELAY_SECONDS capped them
     forks_die_with_this_process()
     configure(context)
     worker = DeliveryWorker(

@@ -179,6 +179,22 @@ local t = redis.call('TIME')
 return tonumber(redis.call('GET', pause_key) or '0') > tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000 and 1 or 0
 """
 
+# A pause ending later than the longest one a 429 may ask for now (the worker's RELAY_RETRY_MAX_DELAY_SECONDS),
+# set by a release without the cap (one Retry-After asked for days) or under a larger one, ends then
+# instead: each worker runs this as it starts.
+# KEYS: pause_until (ms)
+# ARGV: max_pause_ms
+# Returns 1 when the pause was shortened, else 0.
+SHORTEN_PAUSE_SCRIPT = """
+local pause_key = KEYS[1]
+local max_pause_ms = tonumber(ARGV[1])
+local t = redis.call('TIME')
+local latest = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + max_pause_ms
+if tonumber(redis.call('GET', pause_key) or '0') <= latest then return 0 end
+redis.call('SET', pause_key, latest, 'PX', max_pause_ms + 1000)
+return 1
+"""
+
 # A 429: pause every worker (extends, never shortens, the pause) and, once per congestion episode
 # (429s before hold_until belong to the episode already answered), lower the effective rate.
 # KEYS: pause_until (ms), last_429 (epoch seconds), rate (hash base/at/hold_until), window

@@ -18,7 +18,7 @@ from service.store.limiter_scripts import JITTER_MS
 from tests.conftest import an_update
 from workers.delivery.job import deliver_update
 from workers.ratelimit import LimitConfig, RateLimiter, Throttled
-from workers.runner import build_context, limit_config
+from workers.runner import build_context, limit_config, run_worker
 
 
 def limiter(redis: Redis, rate: float = 10, burst: int = 1, in_flight: int = 100, sleep: float = 0.0) -> RateLimiter:
@@ -125,6 +125,25 @@ def test_429_pauses_every_worker_and_is_never_shortened(redis: Redis) -> None:
 def test_a_429_asking_for_days_pauses_no_longer_than_the_retry_cap(redis: Redis) -> None:
     lim = RateLimiter(redis, LimitConfig(1000, 100, 100, max_pause_seconds=5), destination_keys=keys.USERCOM)
     assert lim.pause(864_000) == pytest.approx(time.time() + 5, abs=1)
+
+
+def test_a_pause_set_before_the_cap_ends_at_the_cap_once_a_worker_starts(redis: Redis) -> None:
+    uncapped = RateLimiter(redis, LimitConfig(1000, 100, 100, max_pause_seconds=864_000), destination_keys=keys.USERCOM)
+    uncapped.pause(864_000)  # ten days, as a release without the cap kept a Retry-After
+    capped = RateLimiter(redis, LimitConfig(1000, 100, 100, max_pause_seconds=5), destination_keys=keys.USERCOM)
+    assert capped.shorten_pause() is True
+    assert int(redis.get(keys.USERCOM.limiter_paused_until)) / 1000 == pytest.approx(time.time() + 5, abs=1)
+    assert capped.shorten_pause() is False  # within the cap: left as it is
+    with pytest.raises(Throttled), capped.slot():  # and still paused until then
+        pass
+
+
+def test_a_worker_shortens_such_a_pause_as_it_starts(settings: Settings, redis: Redis) -> None:
+    uncapped = RateLimiter(redis, LimitConfig(1000, 100, 100, max_pause_seconds=864_000), destination_keys=keys.USERCOM)
+    uncapped.pause(864_000)
+    assert run_worker(settings, destination="usercom", burst=True) is True  # the queue is empty: it ends
+    ends = int(redis.get(keys.USERCOM.limiter_paused_until)) / 1000
+    assert ends == pytest.approx(time.time() + settings.retry_max_delay_seconds, abs=2)
 
 
 def test_a_call_s_lease_outlasts_its_longest_call(settings: Settings, redis: Redis) -> None:
