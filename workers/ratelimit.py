@@ -147,6 +147,7 @@ class RateLimiter:
         self._give_back = redis.register_script(GIVE_BACK_SCRIPT)
         self._pause = redis.register_script(PAUSE_SCRIPT)
         self._paused = redis.register_script(PAUSED_SCRIPT)
+        self._shorten_pause = redis.register_script(SHORTEN_PAUSE_SCRIPT)
         self._held: ContextVar[list[str] | None] = ContextVar(f"held_slots_{id(self)}", default=None)
         # (token, answer) of a first booking attempt made with the delivery's claim (`booking`)
         self._booked: ContextVar[tuple[str, list[Any]] | None] = ContextVar(f"booked_{id(self)}", default=None)
@@ -384,9 +385,8 @@ class RateLimiter:
     def shorten_pause(self) -> bool:
         """End a pause set longer than a 429 may ask for now (config.max_pause_seconds) at that length: one
         set before the cap, or under a larger cap. A worker calls this as it starts; True if it did."""
-        shortened = self.redis.register_script(SHORTEN_PAUSE_SCRIPT)(
-            keys=[self._keys.limiter_paused_until], args=[int(self.config.max_pause_seconds * 1000)]
-        )
+        max_pause_ms = int(self.config.max_pause_seconds * 1000)
+        shortened = self._shorten_pause(keys=[self._keys.limiter_paused_until], args=[max_pause_ms])
         if shortened:
             log.warning(
                 "%s was paused for longer than RELAY_RETRY_MAX_DELAY_SECONDS (%.0f s): the pause ends then",
