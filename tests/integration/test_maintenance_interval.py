@@ -29,3 +29,12 @@ def test_each_worker_runs_maintenance_as_often_as_configured(
     settings = Settings.from_env({**env, **extra})
     runner.run_worker(settings, lane=keys.LIVE, destination="usercom", burst=True)
     assert seen == [(expected, expected)]
+
+
+def test_the_cleaning_lock_a_killed_worker_leaves_lapses_within_two_intervals(settings: Settings, redis: Redis) -> None:
+    """A worker SIGKILLed while cleaning keeps everyone from re-running dead workers' jobs until its
+    lock lapses: within two maintenance intervals, not rq's 15 minutes (nor the minute it was here)."""
+    queue = runner.build_context(settings, "usercom").queues[keys.LIVE]
+    assert queue.acquire_maintenance_lock()  # and never released: its worker is killed now
+    assert not queue.acquire_maintenance_lock()
+    assert 0 < redis.ttl(queue.registry_cleaning_key) <= 2 * runner.MAINTENANCE_INTERVAL_SECONDS
