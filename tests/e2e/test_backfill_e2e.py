@@ -18,7 +18,7 @@ from service.devtools.stripe_api import StripeApiServer
 from service.devtools.usercom_sandbox import SandboxServer
 from service.store import keys
 from service.store.ledger import Store
-from tests.e2e.test_end_to_end import RELAY, _relay, post, wait_settled
+from tests.e2e.test_end_to_end import RELAY, post, running_relay, wait_settled
 from tests.stripe_history import final_plans, history
 
 API_KEY = "rk_test_e2e_readonly_7f3a"
@@ -39,7 +39,7 @@ def test_a_third_lost_then_backfilled_ends_in_the_state_of_the_whole_history(
     tmp_path: Path, sandbox: SandboxServer, stripe_api: StripeApiServer
 ) -> None:
     events = history(users=8, steps=4, start=int(time.time()) - 3600)
-    for relay in _relay(tmp_path, sandbox, api_env(stripe_api)):
+    with running_relay(tmp_path, sandbox, api_env(stripe_api)) as relay:
         lost = 0
         for n, event in enumerate(events):
             stripe_api.state.add_event(event, delivered=n % 3 != 0)
@@ -83,7 +83,7 @@ def test_relay_worker_reconciles_on_its_own_when_the_interval_is_set(
     events = history(users=3, steps=1, start=int(time.time()) - 3600)
     for event in events:
         stripe_api.state.add_event(event)  # Stripe believes them delivered; the relay never saw one
-    for relay in _relay(tmp_path, sandbox, api_env(stripe_api, RELAY_RECONCILE_INTERVAL="3600")):
+    with running_relay(tmp_path, sandbox, api_env(stripe_api, RELAY_RECONCILE_INTERVAL="3600")) as relay:
         redis = relay["redis"]
         deadline = time.monotonic() + 60
         while not redis.exists(keys.reconcile_last("stripe")):

@@ -18,7 +18,7 @@ from service.devtools.paddle_api import PaddleApiServer
 from service.devtools.usercom_sandbox import SandboxServer
 from service.store.ledger import Store
 from tests.conftest import paddle_headers
-from tests.e2e.test_end_to_end import RELAY, _relay, wait_settled
+from tests.e2e.test_end_to_end import RELAY, running_relay, wait_settled
 from tests.paddle_history import final_plans, history
 
 API_KEY = "pdl_sdbx_apikey_01je2e0readonly_Zq4"
@@ -53,7 +53,7 @@ def test_a_third_of_paddle_lost_then_backfilled_ends_in_the_state_of_the_whole_h
 ) -> None:
     events = history(users=8, steps=4, start=int(time.time()) - 3600)
     env = {"PADDLE_API_KEY": API_KEY, "PADDLE_API_BASE": paddle_api.base_url}
-    for relay in _relay(tmp_path, sandbox, env):
+    with running_relay(tmp_path, sandbox, env) as relay:
         lost = []
         for n, event in enumerate(events):
             paddle_api.state.add_event(event)

@@ -138,23 +138,29 @@ def _relay(tmp_path: Path, sandbox: SandboxServer, extra_env: dict[str, str]) ->
     http = urllib3.PoolManager(retries=False, timeout=5)
     redis = Redis.from_url(redis_server.url)
     settings = Settings.from_env(env)
-    yield {
-        "base": base,
-        "http": http,
-        "redis": redis,
-        "logs": tmp_path,
-        "processes": processes,
-        "settings": settings,
-        "worker_metrics": f"http://127.0.0.1:{env['RELAY_METRICS_PORT']}/metrics",
-    }
-    close_connections(http)  # a kept-alive connection would hold the web's graceful stop for its keep-alive time
-    for process in processes.values():
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-    for process in processes.values():
-        process.wait(timeout=30)
-    redis.close()
-    redis_server.stop()
+    try:
+        yield {
+            "base": base,
+            "http": http,
+            "redis": redis,
+            "logs": tmp_path,
+            "processes": processes,
+            "settings": settings,
+            "worker_metrics": f"http://127.0.0.1:{env['RELAY_METRICS_PORT']}/metrics",
+        }
+    finally:  # also when the test using it fails: nothing is left running
+        close_connections(http)  # a kept-alive connection would hold the web's graceful stop for its keep-alive
+        for process in processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in processes.values():
+            process.wait(timeout=30)
+        redis.close()
+        redis_server.stop()
+
+
+# _relay for a test body: `with running_relay(...) as relay:` stops it all as the block ends, failed or not.
+running_relay = contextlib.contextmanager(_relay)
 
 
 def post(relay: dict[str, Any], body: bytes, secret: str = SECRET) -> Any:
