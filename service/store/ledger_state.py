@@ -123,9 +123,6 @@ class PendingState:
     tags: dict[str, tuple[int, str]] = field(default_factory=dict)  # tag -> (time, carrier)
     events: dict[str, Event] = field(default_factory=dict)
 
-    def times(self) -> dict[str, int]:
-        return {name: t for name, (_, t, _) in (*self.standard.items(), *self.custom.items())}
-
     def order_keys(self) -> dict[str, str]:
         """Per attribute, "<event time>|<carrier event id>": what the delivery-side claim compares and
         records (ordering_scripts.CLAIM_LUA), in the order the merge keeps (ORDER_LUA)."""

@@ -51,7 +51,6 @@ def test_newest_value_per_attribute_wins_whatever_the_order(redis: Redis) -> Non
         assert _values(merged.standard) == {"email": ("new@x.co", 200), "city": ("Oslo", 100)}
         assert _values(merged.custom) == {"plan": ("b", 200), "mrr": (5, 200)}
         assert merged.tag_list() == ["subscriber", "paying"]
-        assert merged.times() == {"email": 200, "city": 100, "plan": 200, "mrr": 200}
         assert set(merged.events) == {"evt_1", "evt_2"}
 
 
