@@ -12,11 +12,9 @@ from redis.exceptions import AuthenticationError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from service.store.sentinel_url import host_port
+
 EXIT_UNREACHABLE = 1
-
-
-def _host_port(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def redis_address(redis: Redis) -> str:
@@ -26,9 +24,9 @@ def redis_address(redis: Redis) -> str:
     if kwargs.get("path"):
         return str(kwargs["path"])
     if kwargs.get("sentinels"):
-        sentinels = ",".join(_host_port(host, port) for host, port in kwargs["sentinels"])
+        sentinels = ",".join(host_port(host, port) for host, port in kwargs["sentinels"])
         return f"sentinels {sentinels} (master {kwargs['master_name']})"
-    return _host_port(str(kwargs.get("host", "localhost")), kwargs.get("port", 6379))
+    return host_port(str(kwargs.get("host", "localhost")), kwargs.get("port", 6379))
 
 
 def problem(command: str, redis: Redis, exc: RedisError) -> str:

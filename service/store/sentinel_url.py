@@ -36,11 +36,16 @@ def host_ports(raw: str) -> tuple[tuple[str, int], ...]:
     return tuple(found)
 
 
+def host_port(host: str, port: int) -> str:
+    """`host:port`, an IPv6 host in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def sentinel_url(target: SentinelTarget) -> str:
     auth = ""
     if target.password is not None:
         auth = f"{quote(target.username or '', safe='')}:{quote(target.password, safe='')}@"
-    hosts = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in target.sentinels)
+    hosts = ",".join(host_port(h, p) for h, p in target.sentinels)
     query = {"master": target.master}
     if target.sentinel_password:
         query["sentinel_password"] = target.sentinel_password
