@@ -13,10 +13,10 @@ from redis import Redis
 
 from service.config import Settings
 from service.core.dead_letter import DeadLetter
-from service.core.update import UserUpdate
 from service.store import keys
 from service.store.ledger import Store
 from service.store.ledger_user import EventOutcome
+from tests.conftest import an_update
 from workers.ordering import Ordering
 
 RELAY = str(Path(sys.executable).with_name("relay"))
@@ -27,15 +27,7 @@ def store(settings: Settings, redis: Redis) -> Store:
     store = Store.from_settings(redis, settings)
     ordering = Ordering(redis, memory_ttl_seconds=3600, destination_keys=keys.USERCOM)
     for n, reason in enumerate(["usercom_rejected", "retries_exhausted", "usercom_rejected"]):
-        update = UserUpdate(
-            source="stripe",
-            event_id=f"evt_{n}",
-            event_type="invoice.paid",
-            event_time=n,
-            user_id=f"u{n}",
-            customer_id=None,
-            custom={"plan": "pro"},
-        )
+        update = an_update(f"evt_{n}", event_time=n, user_id=f"u{n}")
         assert store.accept(update)
         redis.delete(keys.USERCOM.rq_queue_key(keys.LIVE))
         item = DeadLetter(

@@ -15,11 +15,11 @@ from redis import Redis
 
 from service.config import Settings
 from service.core.dead_letter import DeadLetter, DlqFilter
-from service.core.update import UserUpdate
 from service.devtools.embedded_redis import RedisProcess
 from service.operator import REPLAYED, Operator
 from service.store.dlq import DeadLetterQueue
 from service.store.ledger import Store
+from tests.conftest import an_update
 
 
 class InterleavingRedis(Redis):
@@ -41,15 +41,7 @@ def scanner(redis_server: RedisProcess, redis: Redis) -> Iterator[InterleavingRe
 
 
 def dead_letter(n: int, at: float, *, tag: str = "old") -> DeadLetter:
-    update = UserUpdate(
-        source="stripe",
-        event_id=f"{tag}{n:04d}",
-        event_type="invoice.paid",
-        event_time=n,
-        user_id=f"u{n}",
-        customer_id=None,
-        custom={"plan": "pro"},
-    )
+    update = an_update(f"{tag}{n:04d}", event_time=n, user_id=f"u{n}")
     return DeadLetter(
         id=f"stripe-{tag}{n:04d}",
         reason="usercom_rejected",

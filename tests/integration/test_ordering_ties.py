@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from service.core.update import UserUpdate
 from service.devtools.usercom_sandbox import Fault, SandboxServer
+from tests.conftest import an_update
 from tests.integration.test_group import take_all
 from workers.delivery.context import DeliveryContext
 from workers.delivery.group import deliver_group
@@ -16,16 +17,9 @@ from workers.delivery.job import deliver_user
 SECOND = 1_700_000_000
 
 
-def plan(event_id: str, value: str, user_id: str = "u1", event_time: int = SECOND, **custom: object) -> UserUpdate:
-    return UserUpdate(
-        source="stripe",
-        event_id=event_id,
-        event_type="customer.subscription.updated",
-        event_time=event_time,
-        user_id=user_id,
-        customer_id=None,
-        custom={"plan": value, **custom},
-    )
+def plan(event_id: str, value: str, user_id: str = "u1", event_time: int = SECOND, **more: object) -> UserUpdate:
+    fields = {"event_type": "customer.subscription.updated", "event_time": event_time, "user_id": user_id}
+    return an_update(event_id, **fields, custom={"plan": value, **more})
 
 
 def attributes(sandbox: SandboxServer, user_id: str = "u1") -> dict[str, object]:
