@@ -16,6 +16,7 @@ from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from rq.registry import StartedJobRegistry
 
+import workers.delivery.group
 import workers.ratelimit
 from service.config import Settings
 from service.devtools.usercom_sandbox import Fault, SandboxServer
@@ -114,6 +115,31 @@ def test_a_user_another_job_holds_is_put_back_and_the_others_delivered(
     assert ctx.store.ledger()["in_flight"] == 1  # u1's update waits for its put-back job
     ctx.redis.delete(lock)
     assert len(ctx.queues[keys.LIVE].scheduled_job_registry.get_job_ids()) == 1
+
+
+def test_users_whose_call_would_start_past_the_groups_time_are_put_back_with_their_updates(
+    ctx: DeliveryContext, sandbox: SandboxServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An API slow on every call must not hold a group (and its carrier job) for each user's timeouts
+    in turn: once the group has run GROUP_SEND_SECONDS, the users not called yet are put back."""
+    monkeypatch.setattr(workers.delivery.group, "GROUP_SEND_SECONDS", 0.3)
+    for user in ("u0", "u1", "u2"):
+        assert ctx.store.accept(an_update(f"evt_{user}", user_id=user))
+    jobs = take_all(ctx)
+    sandbox.state.faults.append(Fault(0, delay=0.6))  # the first call answers, late
+    assert deliver_group(ctx, jobs) == ["delivered", "deferred", "deferred"]
+    assert [r["method"] for r in sandbox.state.requests].count("PUT") == 1
+    assert ctx.store.ledger()["in_flight"] == 2  # their updates wait, in hand, for the put-back jobs
+    queue = ctx.queues[keys.LIVE]
+    assert len(queue.scheduled_job_registry.get_job_ids()) == 2
+    for job_id in queue.scheduled_job_registry.get_job_ids():  # their time has come (fast-forwarded)
+        job = queue.fetch_job(job_id)
+        queue.scheduled_job_registry.remove(job)
+        queue.enqueue_job(job)
+    run_worker(ctx.settings, lane=keys.LIVE, destination="usercom", burst=True)
+    for user in ("u1", "u2"):
+        assert sandbox.state.user_by_custom_id(user)["attributes"] == {"plan": "pro"}  # type: ignore[index]
+    assert ctx.store.ledger()["in_flight"] == 0
 
 
 def test_the_same_user_twice_in_a_group_is_delivered_once(ctx: DeliveryContext, sandbox: SandboxServer) -> None:

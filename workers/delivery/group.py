@@ -15,6 +15,7 @@ Where several users' whole update is the same standard value, one mass update re
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,6 +37,11 @@ from workers.ratelimit import Throttled
 from workers.scripts_at_once import ScriptCall
 
 USER_BUSY_WAIT_SECONDS = 1.0
+# A user's call not started this long after the group's first one is put back (outcome `deferred`):
+# against an API that lets every call time out (3 + 10 s by default), a group of 16 would otherwise
+# hold its carrier job past rq's 60 s timeout. Taking stops after 5 s (batch.py), the call under
+# way ends within its timeouts: the job ends well within its own.
+GROUP_SEND_SECONDS = 30.0
 
 
 @dataclass
@@ -123,8 +129,12 @@ def _send_each(
 ) -> list[tuple[_Job, Hold, Sent, SettleUser]]:
     """Each claimed user's calls, in turn: what to count, the outcome of the others set."""
     to_count: list[tuple[_Job, Hold, Sent, SettleUser]] = []
+    deadline = time.monotonic() + GROUP_SEND_SECONDS
     for (job, hold), booking, (allowed, booked) in zip(ready, bookings, claims, strict=True):
         with _in_hand(job.job_id):
+            if time.monotonic() > deadline:  # never the first user: its slot may be booked already
+                job.outcome = _put_back(ctx, job, 0.0, "deferred")
+                continue
             try:
                 with ctx.limiter.released_later() as slots:
                     if booking is not None:
