@@ -14,6 +14,7 @@ from rq import SimpleWorker
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
+import workers.delivery.batch
 from service.config import Settings
 from service.devtools.usercom_sandbox import SandboxServer
 from service.store import keys
@@ -21,7 +22,6 @@ from service.store.jobs import delivery_job
 from service.store.ledger_state import source_and_hint
 from tests.conftest import an_update
 from workers.delivery.batch import (
-    BATCH_MAX_JOBS,
     BATCH_SECONDS,
     BATCH_THREADS,
     _Batch,
@@ -39,7 +39,7 @@ LIVE_QUEUE = keys.USERCOM.rq_queue_key(keys.LIVE)
 
 @pytest.fixture
 def ctx(settings: Settings, redis: Redis, sandbox: SandboxServer) -> Iterator[DeliveryContext]:
-    sandbox.state.seed([f"u{n}" for n in range(BATCH_MAX_JOBS + 10)])
+    sandbox.state.seed([f"u{n}" for n in range(50)])
     context = build_context(settings, "usercom")
     configure(context)
     yield context
@@ -55,20 +55,24 @@ def one_job(ctx: DeliveryContext) -> None:
     SimpleWorker([ctx.queues[keys.LIVE]], connection=ctx.redis, serializer=JSONSerializer).work(burst=True, max_jobs=1)
 
 
-def test_one_job_runs_the_jobs_queued_behind_it(ctx: DeliveryContext, sandbox: SandboxServer) -> None:
-    for n in range(BATCH_MAX_JOBS + 5):
+def test_one_job_runs_the_jobs_queued_behind_it(
+    ctx: DeliveryContext, sandbox: SandboxServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cap = 40  # BATCH_MAX_JOBS, smaller: the same behaviour with fewer deliveries
+    monkeypatch.setattr(workers.delivery.batch, "BATCH_MAX_JOBS", cap)
+    for n in range(cap + 5):
         assert ctx.store.accept(an_update(f"evt_{n}", user_id=f"u{n}"))
     ids = queued(ctx)
-    one_job(ctx)  # rq runs one job; it takes the next BATCH_MAX_JOBS
-    assert queued(ctx) == ids[BATCH_MAX_JOBS + 1 :]
-    assert ctx.store.ledger()["delivered"] == BATCH_MAX_JOBS + 1
+    one_job(ctx)  # rq runs one job; it takes the next `cap`
+    assert queued(ctx) == ids[cap + 1 :]
+    assert ctx.store.ledger()["delivered"] == cap + 1
     assert not ctx.redis.exists(keys.RQ_JOB_KEY_PREFIX + ids[1])  # finished, not kept
     assert ctx.redis.keys("relay:batch:*") == []
     one_job(ctx)
     ledger = ctx.store.ledger()
-    assert (ledger["delivered"], ledger["in_flight"]) == (BATCH_MAX_JOBS + 5, 0)
+    assert (ledger["delivered"], ledger["in_flight"]) == (cap + 5, 0)
     puts = [r for r in sandbox.state.requests if r["method"] == "PUT"]
-    assert len(puts) == BATCH_MAX_JOBS + 5  # each once
+    assert len(puts) == cap + 5  # each once
 
 
 def test_jobs_taken_by_a_job_whose_worker_died_are_run_by_its_rerun(
