@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
+from service.cli.dlq import EXIT_USAGE
 from service.cli.redis_exit import redis_or_exit
 from service.config import settings_or_exit
 from service.core.times import iso_seconds, shown
@@ -59,6 +61,10 @@ def table(entries: list[dict[str, Any]]) -> str:
 def run(args: argparse.Namespace) -> int:
     settings = settings_or_exit("admin")
     destination = args.destination or settings.destinations[0]
+    if destination not in settings.destinations:  # as the admin API refuses it (400)
+        configured = ", ".join(settings.destinations)
+        print(f"relay trace: --destination {destination} is not in RELAY_DESTINATIONS ({configured})", file=sys.stderr)
+        return EXIT_USAGE
     redis = worker_redis(settings.redis_url)
     with redis_or_exit("relay trace", redis):
         entries = read_trace(redis, keys.Keys(destination), args.user_id)

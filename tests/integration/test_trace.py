@@ -129,6 +129,10 @@ def test_the_trace_is_guarded_like_the_admin_api(ctx: DeliveryContext) -> None:
     client = create_app(ctx.settings).test_client()
     assert client.get("/admin/users/u1/trace").status_code == 401
     assert client.get("/admin/users/u1/trace?destination=nope", headers=AUTH).status_code == 400
+    assert client.get("/admin/users/u1/trace?destination=userkit", headers=AUTH).status_code == 400
+    refused = relay(ctx, "trace", "u1", "--destination", "userkit")  # usercom alone is configured
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert refused.stderr == "relay trace: --destination userkit is not in RELAY_DESTINATIONS (usercom)\n"
 
 
 def test_zero_turns_the_trace_off(env: dict[str, str], redis: Redis) -> None:
