@@ -145,20 +145,23 @@ def _print_banner(port: int, settings: Settings, data_dir: Path, sandbox: Sandbo
     secret = settings.source_secrets("stripe")[0]
     endpoint = f"http://127.0.0.1:{port}/webhooks/stripe"
     relay = shlex.quote(str(Path(sys.executable).with_name("relay")))
-    shown_secret = secret if secret == DEV_STRIPE_SECRET else "$STRIPE_WEBHOOK_SECRET"
+    # A secret of your own is not printed: the shell reads the first of STRIPE_WEBHOOK_SECRETS instead.
+    own = secret != DEV_STRIPE_SECRET
+    shown_secret = '"${STRIPE_WEBHOOK_SECRETS%%,*}"' if own else secret
     # The sandbox's key is made up for this run; a real User.com key is never printed.
     usercom_key = sandbox.state.api_key if sandbox is not None else "$USERCOM_API_KEY"
     lines = [
         "",
         "relay dev is running",
         f"  post Stripe webhooks to  {endpoint}",
-        f"  stripe signing secret    {shown_secret}",
+        f"  stripe signing secret    {'the first of $STRIPE_WEBHOOK_SECRETS' if own else secret}",
+        f"  admin token              {settings.admin_token}",
         f"  health                   http://127.0.0.1:{port}/healthz  /readyz",
         f"  status, metrics, API     http://127.0.0.1:{port}/status  /metrics  /openapi.json",
         f"  worker metrics           http://127.0.0.1:{settings.metrics_port}/metrics",
         f"  dead-letter queue        curl -H 'Authorization: Bearer {settings.admin_token}' "
         f"http://127.0.0.1:{port}/admin/dlq",
-        f"  console                  http://127.0.0.1:{port}/console  (sign in with the admin token)",
+        f"  console                  http://127.0.0.1:{port}/console  (sign in with the admin token above)",
         "",
         "use this instance from another terminal (relay dlq, relay trace, a second relay worker):",
         f"  export REDIS_URL={settings.redis_url} RELAY_ADMIN_TOKEN={settings.admin_token} \\",
