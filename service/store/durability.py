@@ -162,7 +162,11 @@ class DurableAck:
         pipe.incr(ACK_MARKER)
         wait = ("WAITAOF", 1, 0) if self._mode == WAITAOF else ("WAIT", 1)
         pipe.execute_command(*wait, self.timeout_ms)
-        answer = pipe.execute()[1]
+        try:
+            answer = pipe.execute()[1]
+        except ResponseError as exc:  # e.g. WAITAOF with the AOF turned off since: found again next time
+            self._mode = None
+            raise NotDurable(f"RELAY_DURABLE_ACK={self.wanted} cannot be honoured: {exc}") from None
         if self._mode == WAITAOF and not on_disk(answer):
             raise NotDurable(f"not fsynced within {self.timeout_ms} ms (WAITAOF)")
         if self._mode == REPLICA and int(answer) < 1:

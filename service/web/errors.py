@@ -5,14 +5,16 @@ StoreUnavailable here, and only here."""
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from flask import Flask, request
 from gunicorn.http.errors import ParseException
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from werkzeug.exceptions import HTTPException
 
 from service.core import errors as e
+from service.store.durability import NotDurable
 
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 1024 * 1024  # Stripe events are far smaller; anything above is refused with 413
@@ -41,7 +43,23 @@ def relay_error(exc: e.RelayError) -> tuple[dict[str, Any], int]:
     return exc.body(), status_of(exc)
 
 
+# The error codes of a Redis that refuses a command (its messages quote no data of ours).
+REDIS_REFUSALS = re.compile(r"\b(OOM|READONLY|NOREPLICAS|MISCONF|BUSY|LOADING|MASTERDOWN|NOSCRIPT|NOPERM)\b")
+
+
 def redis_error(exc: RedisError) -> tuple[dict[str, Any], int]:
+    if isinstance(exc, NotDurable):  # Redis answered: the wait RELAY_DURABLE_ACK asks for did not end in time
+        log.error("not durable in time: %s", exc)
+        return relay_error(
+            e.StoreUnavailable(
+                "the event is in Redis but not yet on disk or a replica (RELAY_DURABLE_ACK); retry later, "
+                "and it is answered once it is"
+            )
+        )
+    if isinstance(exc, ResponseError):  # reached, and it refused: out of memory (OOM), a replica (READONLY)...
+        code = next(iter(REDIS_REFUSALS.findall(str(exc))), "error")  # a script's error quotes it within
+        log.error("redis refused the request: %s", code)
+        return relay_error(e.StoreUnavailable(f"redis refused the request ({code}); retry later"))
     log.error("redis unavailable: %s", type(exc).__name__)
     return relay_error(e.StoreUnavailable("redis is not reachable; retry later"))
 

@@ -108,6 +108,7 @@ def test_waitaof_before_every_answer_on_redis_7_2(
     redis.config_set("appendonly", "no")  # the AOF gone: WAITAOF cannot succeed, no 2xx
     refused = post(client, "evt_late")
     assert refused.status_code == 503 and refused.get_json()["error"]["code"] == "redis_unavailable"
+    assert "not yet on disk or a replica (RELAY_DURABLE_ACK)" in refused.get_json()["error"]["message"]
     redis.close()
 
 
@@ -190,6 +191,7 @@ def test_replica_before_every_answer(env: dict[str, str], tmp_path: Path) -> Non
         finally:
             replica.process.send_signal(signal.SIGCONT)
         assert refused.status_code == 503 and refused.get_json()["error"]["code"] == "redis_unavailable"
+        assert "not yet on disk or a replica" in refused.get_json()["error"]["message"]
         assert post(client, "evt_r2").status_code == 200  # resent: a duplicate, answered once replicated
         assert post(client, "evt_r3").status_code == 202
     finally:

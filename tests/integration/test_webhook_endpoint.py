@@ -160,6 +160,22 @@ def test_redis_down_is_503_quickly_and_never_2xx(settings: Settings) -> None:
     assert client.get("/healthz").status_code == 200
 
 
+def test_redis_out_of_memory_is_503_saying_so_and_nothing_is_written(
+    post_event: Any, redis: Redis, settings: Settings
+) -> None:
+    before = redis.config_get("maxmemory*")
+    redis.config_set("maxmemory-policy", "noeviction")
+    redis.config_set("maxmemory", 1)  # every write refused, as when Redis is full
+    try:
+        response = post_event(json.dumps(event()).encode())
+    finally:
+        redis.config_set("maxmemory", before["maxmemory"])
+        redis.config_set("maxmemory-policy", before["maxmemory-policy"])
+    assert response.status_code == 503 and error_code(response) == "redis_unavailable"
+    assert response.get_json()["error"]["message"] == "redis refused the request (OOM); retry later"
+    assert ledger(redis, settings)["received"] == 0
+
+
 def test_health_and_readiness(client: Any) -> None:
     assert client.get("/healthz").get_json() == {"status": "ok"}
     assert client.get("/readyz").get_json() == {"status": "ready"}
