@@ -75,10 +75,10 @@ def relay(env: dict[str, str], redis: Redis) -> Iterator[tuple[str, Settings]]:
     settings = Settings.from_env({**env, "RELAY_ADMIN_TOKEN": TOKEN})
     ctx = build_context(settings, "usercom")
     configure(ctx)
-    for item in (update("evt_ok", "u1"), update("evt_bad", "u2", gender=9)):
+    for item in (update("evt_ok", "u1"), update("evt_bad", "u2", company_id="co_missing")):
         assert ctx.store.accept(item)
     for event_id, user in (("evt_bad2", "u3"), ("evt_bad3", "u4")):
-        assert ctx.store.accept(update(event_id, user, gender=9))
+        assert ctx.store.accept(update(event_id, user, company_id="co_missing"))
     SimpleWorker([ctx.queues[keys.LIVE]], connection=ctx.redis, serializer=JSONSerializer).work(burst=True)
     assert ctx.store.ledger()["dead_lettered"] == 3
     server = BackgroundServer(create_app(settings)).start()

@@ -67,7 +67,10 @@ def test_a_queued_state_is_delivered_and_a_refused_value_dead_lettered_with_its_
     ctx: DeliveryContext, redis: Redis, sandbox: SandboxServer, previous_format: bool
 ) -> None:
     refused = an_update(
-        "evt_refused", event_type="customer.subscription.updated", event_time=1_700_000_100, standard={"gender": 9}
+        "evt_refused",
+        event_type="customer.subscription.updated",
+        event_time=1_700_000_100,
+        standard={"company_id": "co_missing"},
     )
     kept = an_update("evt_kept", event_type="vendor.thing.changed", event_time=1_700_000_200, custom={"plan": "team"})
     assert ctx.store.accept(refused) and ctx.store.accept(kept)
@@ -80,7 +83,7 @@ def test_a_queued_state_is_delivered_and_a_refused_value_dead_lettered_with_its_
     [item] = ctx.store.dead_letters()
     assert item["event_id"] == "evt_refused" and item["reason"] == "usercom_rejected"
     assert (item["event_type"], item["event_time"]) == ("customer.subscription.updated", 1_700_000_100)
-    assert UserUpdate.from_dict(item["update"]).standard == {"gender": 9}
+    assert UserUpdate.from_dict(item["update"]).standard == {"company_id": "co_missing"}
     assert UserUpdate.from_dict(item["update"]).custom == {}
     ledger = ctx.store.ledger()
     assert (ledger["received"], ledger["delivered"], ledger["dead_lettered"], ledger["in_flight"]) == (2, 1, 1, 0)

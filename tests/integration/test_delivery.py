@@ -111,12 +111,13 @@ def test_a_usercom_id_that_404s_is_forgotten(ctx: DeliveryContext, sandbox: Sand
 
 
 def test_usercom_400_is_dead_lettered_with_status_and_body(ctx: DeliveryContext, sandbox: SandboxServer) -> None:
-    # (A value the documented rules refuse is left out instead: test_dropped_values.py.)
-    accept_and_work(ctx, update(standard={"gender": 9}))
+    # (A value the documented rules refuse is left out instead: test_dropped_values.py. A company the
+    # account does not have is refused by User.com alone.)
+    accept_and_work(ctx, update(standard={"company_id": "co_missing"}))
     [item] = ctx.store.dead_letters()
     assert item["reason"] == "usercom_rejected"
     assert item["last_status"] == 400
-    assert "is not a valid choice" in item["last_response"]
+    assert "object does not exist" in item["last_response"]
     assert item["user_id"] == "u1"
     assert item["update"]["event_id"] == "evt_1"
     assert USERCOM_KEY not in str(item)
@@ -328,7 +329,7 @@ def test_updates_waiting_for_one_user_go_in_one_put(ctx: DeliveryContext, sandbo
 def test_a_refused_merge_isolates_the_update_user_com_refuses(ctx: DeliveryContext, sandbox: SandboxServer) -> None:
     sandbox.state.seed(["u1"])
     good = update("evt_good", custom={"plan": "pro"})
-    bad = update("evt_bad", standard={"gender": 9}, custom={})
+    bad = update("evt_bad", standard={"company_id": "co_missing"}, custom={})
     other = update("evt_other", standard={}, custom={"seats": 3}, tags=[])
     assert ctx.store.accept(good) and ctx.store.accept(bad) and ctx.store.accept(other)
     assert len(ctx.queues[keys.LIVE].job_ids) == 1  # one job for the user
@@ -337,6 +338,6 @@ def test_a_refused_merge_isolates_the_update_user_com_refuses(ctx: DeliveryConte
     assert user is not None and user["attributes"] == {"plan": "pro", "seats": 3} and user["gender"] == "unknown"
     [item] = ctx.store.dead_letters()
     assert (item["event_id"], item["reason"]) == ("evt_bad", "usercom_rejected")
-    assert item["update"]["standard"] == {"gender": 9}  # what it carried that was refused, for a replay
+    assert item["update"]["standard"] == {"company_id": "co_missing"}  # what it carried that was refused, for a replay
     ledger = ctx.store.ledger()
     assert (ledger["delivered"], ledger["coalesced"], ledger["dead_lettered"], ledger["in_flight"]) == (1, 1, 1, 0)

@@ -45,6 +45,15 @@ def dropped_count(attribute: str, reason: str) -> float:
         ("first_name", "x" * 41, "name_too_long"),
         ("last_name", "y" * 41, "name_too_long"),
         ("favourite_colour", "blue", "unknown_attribute"),
+        ("gender", "robot", "invalid_choice"),
+        ("gender", 4, "invalid_choice"),
+        ("gender", True, "invalid_choice"),
+        ("status", "admin", "invalid_choice"),
+        ("unsubscribed", "yes", "not_a_boolean"),
+        ("notifications", 1, "not_a_boolean"),
+        ("score", "10", "not_an_integer"),
+        ("score", 1.5, "not_an_integer"),
+        ("country", 48, "not_a_string"),
     ],
 )
 def test_a_value_the_rules_refuse_is_left_out_counted_logged_and_the_rest_delivered(
@@ -73,6 +82,21 @@ def test_a_value_the_rules_refuse_is_left_out_counted_logged_and_the_rest_delive
 def test_null_clears_and_valid_values_pass() -> None:
     standard = {"email": "ada@example.com", "phone_number": "+442071234567", "first_name": "A" * 40, "city": None}
     assert screen(standard) == (standard, [])
+    typed = {"gender": 3, "status": 2, "unsubscribed": False, "notifications": True, "score": 0}
+    assert screen(typed) == (typed, [])
+
+
+def test_the_words_user_com_reads_choices_back_as_are_sent_as_their_codes(
+    ctx: DeliveryContext, sandbox: SandboxServer
+) -> None:
+    sandbox.state.seed(["u1"])
+    item = an_update("evt_words", standard={"gender": "female", "status": "user"}, custom={})
+    assert ctx.store.accept(item)
+    assert deliver_update(ctx, item) == "delivered"
+    [sent] = [r["body"] for r in sandbox.state.requests]
+    assert sent == {"gender": 3, "status": 2}
+    user = sandbox.state.user_by_custom_id("u1")
+    assert user is not None and (user["gender"], user["status"]) == ("female", "user")
 
 
 def test_dropped_values_are_listed_per_event_for_the_trace(ctx: DeliveryContext, sandbox: SandboxServer) -> None:

@@ -58,7 +58,9 @@ def test_a_value_refused_in_a_group_dead_letters_only_its_carrier_events(
     ctx: DeliveryContext, sandbox: SandboxServer
 ) -> None:
     assert ctx.store.accept(an_update("evt_a", user_id="u0"))
-    assert ctx.store.accept(an_update("evt_bad", user_id="u1", standard={"gender": 9}, custom={}, tags=[]))
+    assert ctx.store.accept(
+        an_update("evt_bad", user_id="u1", standard={"company_id": "co_missing"}, custom={}, tags=[])
+    )
     assert ctx.store.accept(an_update("evt_good", user_id="u1", custom={"seats": 3}, tags=[]))
     assert ctx.store.accept(an_update("evt_c", user_id="u2"))
     jobs = take_all(ctx)

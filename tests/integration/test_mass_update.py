@@ -97,3 +97,9 @@ def test_the_plan_only_takes_groups_that_save_calls() -> None:
     assert {u.user_id for u in chosen.per_user} == {u.user_id for u in pair + unknown + custom}
     assert chosen.calls == 2 + 2 + 5 + 5 < 15
     assert plan(pair).mass == [] and plan(pair).calls == 2  # no saving: one call per user
+
+
+def test_a_choice_given_as_a_word_is_no_mass_value() -> None:
+    """Its own call sends it as its code (gender 2); the mass endpoint's string would be the word."""
+    words = [Pending(f"g{n}", n, {"gender": "male"}) for n in range(5)]
+    assert plan(words).mass == [] and plan(words).calls == 5

@@ -75,7 +75,7 @@ def api_trace(ctx: DeliveryContext, user_id: str) -> dict[str, Any]:
 
 def test_a_delivery_and_a_dead_letter_are_traced(ctx: DeliveryContext) -> None:
     work(ctx, update("evt_1"), update("evt_2", custom={"plan": "team"}))
-    work(ctx, update("evt_bad", standard={"gender": 9}))  # User.com refuses: 400
+    work(ctx, update("evt_bad", standard={"company_id": "co_missing"}))  # User.com refuses: 400
     body = api_trace(ctx, "u1")
     assert body["destination"] == "usercom"
     dead, *deliveries = body["entries"]  # newest first
@@ -137,7 +137,7 @@ def test_the_trace_is_guarded_like_the_admin_api(ctx: DeliveryContext) -> None:
 
 def test_zero_turns_the_trace_off(env: dict[str, str], redis: Redis) -> None:
     ctx = next(context(env, RELAY_TRACE_PER_USER="0"))
-    work(ctx, update("evt_1"), update("evt_bad", user_id="u2", standard={"gender": 9}))
+    work(ctx, update("evt_1"), update("evt_bad", user_id="u2", standard={"company_id": "co_missing"}))
     assert ctx.store.ledger()["delivered"] == 1 and ctx.store.ledger()["dead_lettered"] == 1
     assert api_trace(ctx, "u1")["entries"] == [] and api_trace(ctx, "u2")["entries"] == []
     assert redis.keys("relay:trace:*") == []

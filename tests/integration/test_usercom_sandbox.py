@@ -82,6 +82,7 @@ def test_update_or_create_then_update_by_custom_id(http: urllib3.PoolManager, sa
         ({"tags": "vip"}, "tags"),
         ({"nested": {"a": 1}}, "nested"),
         ({"gender": 9}, "gender"),
+        ({"company_id": "co_missing"}, "company_id"),
     ],
 )
 def test_invalid_values_are_400_with_field_messages(
@@ -90,6 +91,13 @@ def test_invalid_values_are_400_with_field_messages(
     create(http, sandbox)
     status, errors, _ = call(http, sandbox, "PUT", "/users-by-id/u1/", body)
     assert status == 400 and isinstance(errors[field], list)
+
+
+def test_company_id_names_a_company_of_the_account(http: urllib3.PoolManager, sandbox: SandboxServer) -> None:
+    create(http, sandbox)
+    sandbox.state.companies.add("co_1")
+    assert call(http, sandbox, "PUT", "/users-by-id/u1/", {"company_id": "co_1"})[0] == 200
+    assert sandbox.state.user_by_custom_id("u1")["company_id"] == "co_1"  # type: ignore[index]
 
 
 def test_update_or_create_takes_standard_attributes_only(http: urllib3.PoolManager, sandbox: SandboxServer) -> None:

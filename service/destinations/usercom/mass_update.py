@@ -52,11 +52,12 @@ class Plan:
 def _signature(update: Pending) -> frozenset[tuple[str, str]] | None:
     if update.usercom_id is None or update.custom or update.tags or not update.standard:
         return None
-    if not all(name in MASS_ATTRIBUTES and isinstance(value, str) for name, value in update.standard.items()):
+    standard, dropped = screen(update.standard)  # as the user's own call would send it (a choice's code)
+    if dropped:  # a value User.com's rules refuse goes by the user's own call (reported)
         return None
-    if screen(update.standard)[1]:  # a value User.com's rules refuse goes by the user's own call (reported)
+    if not all(name in MASS_ATTRIBUTES and isinstance(value, str) for name, value in standard.items()):
         return None
-    return frozenset(update.standard.items())
+    return frozenset(standard.items())
 
 
 def plan(updates: list[Pending]) -> Plan:

@@ -33,6 +33,7 @@ from service.devtools.usercom_sandbox.model import (
     public,
     random_fault,
     split,
+    unknown_company,
     validate_standard,
 )
 from service.devtools.wsgi_server import BackgroundServer
@@ -140,7 +141,7 @@ def _body() -> dict[str, Any]:
 def user_by_custom_id(custom_id: str) -> Any:
     state = _state()
     if request.method == "PUT":
-        standard, custom, tags = split(_body(), custom_allowed=True)
+        standard, custom, tags = split(_body(), custom_allowed=True, companies=state.companies)
     with state.lock:
         user_id = state.by_custom_id.get(custom_id)
         if user_id is None:
@@ -161,7 +162,7 @@ def update_user_v2(user_id: int) -> Any:
     body = _body()
     custom_id = body.pop("custom_id", None)
     body.pop("company_custom_id", None)
-    standard, custom, tags = split(body, custom_allowed=True)
+    standard, custom, tags = split(body, custom_allowed=True, companies=state.companies)
     with state.lock:
         user = state.users.get(user_id)
         if user is None:
@@ -184,7 +185,8 @@ def update_or_create() -> Any:
     custom_id = body.get("user_id")
     if not isinstance(custom_id, str) or not custom_id:
         raise ApiError(400, {"user_id": ["This field is required."]})
-    standard, _, _ = split({k: v for k, v in body.items() if k != "user_id"}, custom_allowed=False)
+    body = {k: v for k, v in body.items() if k != "user_id"}
+    standard, _, _ = split(body, custom_allowed=False, companies=state.companies)
     with state.lock:
         existing = state.by_custom_id.get(custom_id)
         user = state.users[existing] if existing is not None else new_user(state, custom_id)
@@ -202,7 +204,9 @@ def mass_update() -> Any:
         raise ApiError(400, {"ids": ["A list of integers is required."]})
     if attribute not in STANDARD_ATTRIBUTES or attribute == "user_id":
         raise ApiError(400, {"attribute": [f'"{attribute}" is not a valid choice.']})
-    problem = validate_standard(attribute, value)
+    problem = validate_standard(attribute, value) or (
+        attribute == "company_id" and unknown_company(value, state.companies)
+    )
     if problem:
         raise ApiError(400, {"value": [problem]})
     with state.lock:

@@ -53,6 +53,9 @@ class SandboxState:
     ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1001))
     # Custom attributes that exist in the account: the v2 update refuses any other (seeds).
     custom_attributes: set[str] = field(default_factory=set)
+    # Companies of the account: `company_id` adds the user "as employee to company with given
+    # company_id" (seeds), so it must name one (inferred: a REST framework refuses an unknown key).
+    companies: set[str] = field(default_factory=set)
     path: Path | None = None  # users and attributes are kept here across restarts, when set
     dirty: bool = False
 
@@ -132,7 +135,15 @@ def validate_standard(name: str, value: Any) -> str | None:
     return None
 
 
-def split(body: dict[str, Any], *, custom_allowed: bool) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+def unknown_company(value: Any, companies: set[str]) -> str | None:
+    if value is None or str(value) in companies:
+        return None
+    return f'Invalid pk "{value}" - object does not exist.'
+
+
+def split(
+    body: dict[str, Any], *, custom_allowed: bool, companies: set[str]
+) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
     errors: dict[str, list[str]] = {}
     standard: dict[str, Any] = {}
     custom: dict[str, Any] = {}
@@ -144,6 +155,8 @@ def split(body: dict[str, Any], *, custom_allowed: bool) -> tuple[dict[str, Any]
             continue
         if name in STANDARD_ATTRIBUTES:
             problem = validate_standard(name, value)
+            if not problem and name == "company_id":
+                problem = unknown_company(value, companies)
             if problem:
                 errors[name] = [problem]
             standard[name] = value
