@@ -15,7 +15,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class DroppedValue:
     attribute: str
-    reason: str  # invalid_email | invalid_phone | name_too_long | unknown_attribute | custom_attribute_missing
+    reason: str  # invalid_email, invalid_choice, not_a_string... (README: relay_values_dropped_total)
 
     def as_dict(self) -> dict[str, str]:
         return {"attribute": self.attribute, "reason": self.reason}

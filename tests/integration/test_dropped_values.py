@@ -104,7 +104,7 @@ def test_dropped_values_are_listed_per_event_for_the_trace(ctx: DeliveryContext,
     good = an_update("evt_good", standard={"city": "Paris"}, custom={})
     bad = an_update("evt_bad", standard={"email": "nope"}, custom={})
     ctx.client.send("u1", {**good.standard, **bad.standard}, {}, [], None)
-    listed = report_dropped(ctx.client, good, [bad], "u1", "live", 1)
+    listed = report_dropped(ctx.client.last_dropped, good, [bad], "u1", "live", 1)
     assert listed == [{"event_id": "evt_bad", "attribute": "email", "reason": "invalid_email"}]
 
 

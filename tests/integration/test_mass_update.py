@@ -103,3 +103,18 @@ def test_a_choice_given_as_a_word_is_no_mass_value() -> None:
     """Its own call sends it as its code (gender 2); the mass endpoint's string would be the word."""
     words = [Pending(f"g{n}", n, {"gender": "male"}) for n in range(5)]
     assert plan(words).mass == [] and plan(words).calls == 5
+
+
+def test_users_covered_by_a_mass_call_report_nothing_left_out(ctx: DeliveryContext, sandbox: SandboxServer) -> None:
+    """Only the user whose own call left a value out reports it: not the users after it on the thread,
+    whose update the mass call applied (review finding: they repeated its dropped email)."""
+    users = known_users(ctx, sandbox, 4)
+    bad = only_standard(0, users[0], {"email": "not-an-email", "city": "Paris"})
+    covered = [only_standard(n, u, {"country": "USA"}) for n, u in enumerate(users[1:], 1)]
+    assert deliver_together(ctx, [bad, *covered]) == ["delivered"] * 4
+    assert "PUT /api/public/users/mass_update_standard_attributes/" in calls(sandbox)
+    [own] = read_trace(ctx.redis, keys.USERCOM, users[0])
+    assert own["dropped"] == [{"name": "email", "reason": "invalid_email", "event_id": "evt_0"}]
+    for user in users[1:]:
+        [entry] = read_trace(ctx.redis, keys.USERCOM, user)
+        assert entry["dropped"] == [], user

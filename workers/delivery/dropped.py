@@ -5,9 +5,9 @@ carried it, and the list is returned for the user's trace."""
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from service.core.update import UserUpdate
+from service.destinations.dropped import DroppedValue
 from service.ops.metrics import VALUES_DROPPED
 from workers.delivery.outcomes import fields
 
@@ -15,11 +15,11 @@ log = logging.getLogger("relay.delivery.dropped")
 
 
 def report_dropped(
-    client: Any, update: UserUpdate, others: list[UserUpdate], user_id: str, lane: str, attempt: int
+    left_out: list[DroppedValue], update: UserUpdate, others: list[UserUpdate], user_id: str, lane: str, attempt: int
 ) -> list[dict[str, str]]:
-    """What the client's last send left out: [{event_id, attribute, reason}], counted and logged."""
+    """What the user's calls left out: [{event_id, attribute, reason}], counted and logged."""
     reported: list[dict[str, str]] = []
-    for value in getattr(client, "last_dropped", ()):
+    for value in left_out:
         VALUES_DROPPED.labels(value.attribute, value.reason).inc()
         carriers = [u for u in (update, *others) if value.attribute in u.standard or value.attribute in u.custom]
         for carrier in carriers or [update]:

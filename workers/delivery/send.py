@@ -11,6 +11,7 @@ from typing import Any
 from service.core.dead_letter import DeadLetter
 from service.core.update import UserUpdate
 from service.destinations.base import DeliveryError, Rejected
+from service.destinations.dropped import DroppedValue
 from service.ops.metrics import DELIVERIES, DELIVERY_LATENCY
 from service.store.ledger import Settled
 from service.store.ledger_user import EventOutcome
@@ -78,6 +79,7 @@ def send_allowed(
         return _settle_same(ctx, hold, "coalesced", lane)
     refused: dict[str, Rejected] = {}
     sent: dict[str, Any] = {}
+    left_out: list[DroppedValue] = []  # by every call that went through (a halving makes several)
     memory = hold.memory
 
     def send(part: list[str]) -> None:
@@ -91,6 +93,7 @@ def send_allowed(
         try:
             if applied_by is None:
                 memory = client.send(hold.user_id, std, cus, tags, memory)
+                left_out.extend(v for v in getattr(client, "last_dropped", ()) if v not in left_out)
             sent.update(std)
             sent.update(cus)
         except Rejected as exc:
@@ -110,7 +113,7 @@ def send_allowed(
             outcomes.append(EventOutcome(event_id, "dead_lettered", item))
         else:
             outcomes.append(EventOutcome(event_id, "delivered" if event_id == delivered else "coalesced"))
-    dropped = report_dropped(client, updates[0], updates[1:], hold.user_id, lane, attempt) if updates else []
+    dropped = report_dropped(left_out, updates[0], updates[1:], hold.user_id, lane, attempt) if updates else []
     endpoint, status = (applied_by, 200) if applied_by else getattr(client, "last_call", None) or (None, None)
     trace = TraceEntry(
         kind="delivery",
