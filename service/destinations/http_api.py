@@ -139,6 +139,8 @@ class HttpApi:
             raise Retryable(message, status=status, body=text, retry_after=retry_after)
         if status >= 500:
             raise Retryable(message, status=status, body=text)
+        if status in (401, 403):  # the key, not the update, is refused: retried (with backoff) once it is fixed
+            raise Retryable(f"{message}: the API key is refused (check it)", status=status, body=text)
         if self._explain is not None:
             message = f"{message}: {self._explain(text)}"
         raise Rejected(message, status=status, body=text)

@@ -20,7 +20,7 @@ from service.store import keys
 from service.store.jobs import DELIVER_FUNC, ON_FAILURE_FUNC
 from tests.conftest import USERCOM_KEY
 from tests.ports import unused_port
-from workers.delivery.context import DeliveryContext
+from workers.delivery.context import DeliveryContext, configure
 from workers.delivery.job import deliver_update, deliver_user
 from workers.ratelimit import RateLimiter
 from workers.runner import build_context, limit_config
@@ -108,6 +108,26 @@ def test_a_usercom_id_that_404s_is_forgotten(ctx: DeliveryContext, sandbox: Sand
     assert calls(sandbox) == [("PUT", "/users/999999/"), ("PUT", "/users-by-id/u1/")]
     real = sandbox.state.user_by_custom_id("u1")
     assert real is not None and int(ctx.redis.get(keys.usercom_id("u1"))) == real["id"]
+
+
+def test_a_refused_api_key_is_retried_not_dead_lettered(
+    ctx: DeliveryContext, env: dict[str, str], sandbox: SandboxServer
+) -> None:
+    """A 401 says the key is wrong, not the update: halving the update to find a refused value would
+    call again and again, and dead-letter every event."""
+    sandbox.state.seed(["u1"])
+    for n in range(3):
+        assert ctx.store.accept(update(f"evt_{n}", custom={f"field_{n}": n}))
+    wrong = build_context(Settings.from_env({**env, "USERCOM_API_KEY": "w" * 64}), "usercom")
+    configure(wrong)
+    assert deliver_user(wrong, "stripe", "user:u1") == "retry_scheduled"
+    assert [r["status"] for r in sandbox.state.requests] == [401]  # one call, no halving
+    assert ctx.store.dead_letters() == [] and ctx.store.ledger()["in_flight"] == 3
+    wrong.redis.close()
+    configure(ctx)
+    assert deliver_user(ctx, "stripe", "user:u1") == "delivered"  # the key fixed: the retry delivers
+    user = sandbox.state.user_by_custom_id("u1")
+    assert user is not None and user["attributes"] == {"field_0": 0, "field_1": 1, "field_2": 2}
 
 
 def test_usercom_400_is_dead_lettered_with_status_and_body(ctx: DeliveryContext, sandbox: SandboxServer) -> None:
