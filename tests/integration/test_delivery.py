@@ -130,6 +130,24 @@ def test_a_refused_api_key_is_retried_not_dead_lettered(
     assert user is not None and user["attributes"] == {"field_0": 0, "field_1": 1, "field_2": 2}
 
 
+def test_a_halved_update_keeps_using_the_known_user_com_id(ctx: DeliveryContext, sandbox: SandboxServer) -> None:
+    """After one half of a refused merge went through, the other half is sent by User.com's id too
+    (a send that learns nothing new left the delivery without the id it had)."""
+    sandbox.state.seed(["u1"])
+    real = sandbox.state.user_by_custom_id("u1")
+    assert real is not None
+    ctx.redis.set(keys.usercom_id("u1"), real["id"])
+    good = [update(f"evt_{n}", standard={name: "x"}, custom={}, tags=[]) for n, name in enumerate(("city", "region"))]
+    bad = update("evt_bad", standard={"company_id": "co_missing"}, custom={}, tags=[])
+    for item in (*good, bad):
+        assert ctx.store.accept(item)
+    assert deliver_user(ctx, "stripe", "user:u1") == "delivered"
+    went = [r["path"] for r in sandbox.state.requests if r["status"] == 200]
+    assert went and all(path == f"/api/public/users/{real['id']}/" for path in went), went
+    [item] = ctx.store.dead_letters()
+    assert item["event_id"] == "evt_bad"
+
+
 def test_usercom_400_is_dead_lettered_with_status_and_body(ctx: DeliveryContext, sandbox: SandboxServer) -> None:
     # (A value the documented rules refuse is left out instead: test_dropped_values.py. A company the
     # account does not have is refused by User.com alone.)

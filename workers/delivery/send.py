@@ -92,7 +92,8 @@ def send_allowed(
             return
         try:
             if applied_by is None:
-                memory = client.send(hold.user_id, std, cus, tags, memory)
+                changed = client.send(hold.user_id, std, cus, tags, memory)
+                memory = memory if changed is None else changed  # None: as it was, for the next call too
                 left_out.extend(v for v in getattr(client, "last_dropped", ()) if v not in left_out)
             sent.update(std)
             sent.update(cus)
