@@ -63,6 +63,12 @@ def usercom_id(user_id: str) -> str:
     return f"{PREFIX}:usercom-id:{user_id}"
 
 
+def userkit_name(user_id: str) -> str:
+    """string: JSON of the first and last name last sent to UserKit for our user id, which UserKit keeps
+    as one full name (service/destinations/userkit)."""
+    return f"{PREFIX}:userkit-name:{user_id}"
+
+
 def reconcile_last(source: str) -> str:
     """string: JSON of the last reconcile run for the source (service/backfill/reconcile.py)."""
     return f"{PREFIX}:reconcile:last:{source}"

@@ -15,7 +15,7 @@ from rq.serializers import JSONSerializer
 from service import create_app
 from service.config import Settings
 from service.core.update import UserUpdate
-from service.destinations.userkit.client import explain, userkit_body
+from service.destinations.userkit.client import explain, userkit_body, whole_name
 from service.devtools.usercom_sandbox import SandboxServer
 from service.devtools.userkit_sandbox import UserKitServer
 from service.store import keys
@@ -163,3 +163,30 @@ def test_userkit_body_and_error_explanations() -> None:
     )
     assert explain(body) == "invalid_username (username): Invalid username; invalid_email (email): Invalid email"
     assert explain("<html>bad gateway</html>") == "<html>bad gateway</html>"
+
+
+def test_userkit_keeps_the_whole_name_when_an_update_names_one_part(
+    both: Settings, redis: Redis, userkit: UserKitServer
+) -> None:
+    """UserKit keeps one full name: a later update of the last name alone must not leave just "King"."""
+    store = Store.from_settings(redis, both)
+    assert store.accept(person())
+    drain(both, "userkit")
+    assert store.accept(an_update("evt_2", event_time=1_700_000_100, standard={"last_name": "King"}, custom={}))
+    drain(both, "userkit")
+    assert [call["body"].get("name") for call in userkit.state.requests] == ["Ada Lovelace", "Ada King"]
+    assert userkit.state.users["u1"]["name"] == "Ada King"
+    assert store.accept(an_update("evt_3", event_time=1_700_000_200, standard={"email": "ada@king.example"}))
+    drain(both, "userkit")
+    assert "name" not in userkit.state.requests[-1]["body"]  # an update naming no part sends no name
+    assert userkit.state.users["u1"]["name"] == "Ada King"
+
+
+def test_whole_name_completes_a_part_from_what_was_sent_before() -> None:
+    first = whole_name({"first_name": "Ada", "last_name": "Lovelace"}, None)
+    assert first == ({"first_name": "Ada", "last_name": "Lovelace"}, '{"first_name": "Ada", "last_name": "Lovelace"}')
+    later = whole_name({"last_name": "King"}, first[1])
+    assert later == ({"first_name": "Ada", "last_name": "King"}, '{"first_name": "Ada", "last_name": "King"}')
+    assert whole_name({"email": "a@b.co"}, first[1]) == ({"email": "a@b.co"}, None)  # no part named: as it was
+    assert whole_name({"last_name": "Lovelace"}, first[1])[1] is None  # nothing new to remember
+    assert whole_name({"first_name": None}, '{"first_name": "Ada"}') == ({"first_name": None}, "")  # cleared

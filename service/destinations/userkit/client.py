@@ -18,6 +18,7 @@ from service.destinations.base import Limiter
 from service.destinations.dropped import DroppedValue
 from service.destinations.http_api import ApiClient, HttpApi
 from service.ops.metrics import USERKIT_REQUESTS, USERKIT_SECONDS
+from service.store import keys
 
 ENDPOINT = "POST /v1/users/:id"
 
@@ -37,11 +38,29 @@ def screen(standard: dict[str, Any]) -> tuple[dict[str, Any], list[DroppedValue]
     return kept, dropped
 
 
+NAME_PARTS = ("first_name", "last_name")
+
+
 def userkit_body(standard: dict[str, Any]) -> dict[str, Any]:
     """User.com-style standard attributes -> UserKit's fields."""
-    name = " ".join(str(standard[k]) for k in ("first_name", "last_name") if standard.get(k))
+    name = " ".join(str(standard[k]) for k in NAME_PARTS if standard.get(k))
     body = {"name": name, "email": standard.get("email"), "phone": standard.get("phone_number")}
     return {k: v for k, v in body.items() if v}
+
+
+def whole_name(standard: dict[str, Any], memory: str | None) -> tuple[dict[str, Any], str | None]:
+    """UserKit keeps one full name: an update naming one part of it is completed with the other part
+    as last sent (`memory`, JSON), so {last_name: King} after Ada Lovelace sends "Ada King", not
+    "King". Returns the update so completed and what to remember (None: as it was; '': nothing)."""
+    if not any(part in standard for part in NAME_PARTS):
+        return standard, None
+    try:
+        known = json.loads(memory) if memory else {}
+    except ValueError:
+        known = {}
+    parts = {k: v for k, v in {**known, **{k: standard[k] for k in NAME_PARTS if k in standard}}.items() if v}
+    remembered = json.dumps(parts, sort_keys=True) if parts else ""
+    return {**standard, **parts}, None if remembered == (memory or "") else remembered
 
 
 def explain(text: str) -> str:
@@ -92,14 +111,17 @@ class UserKitClient(ApiClient):
     def accepts(self, standard: dict[str, Any], custom: dict[str, Any], tags: list[str]) -> bool:
         return bool(userkit_body(standard))
 
-    def memory_key(self, user_id: str) -> None:
-        return None  # UserKit users are addressed by our own id
+    def memory_key(self, user_id: str) -> str:
+        return keys.userkit_name(user_id)  # the name's parts last sent: UserKit keeps them as one
 
     def send(
         self, user_id: str, standard: dict[str, Any], custom: dict[str, Any], tags: list[str], memory: str | None
-    ) -> None:
+    ) -> str | None:
+        """Returns the name's parts to remember when they changed (whole_name), else None."""
         standard, dropped = screen(standard)
         self._left_out(dropped)
+        standard, remembered = whole_name(standard, memory)
         body = userkit_body(standard)
         if body:
             self._api.call("POST", f"/v1/users/{quote(user_id, safe='')}", body, endpoint=ENDPOINT)
+        return remembered
