@@ -25,6 +25,7 @@ from service.store import keys
 from service.store.durability import OFF, check_at_start, failover_warning
 
 APP_TARGET = "service:create_app()"
+GRACEFUL_TIMEOUT_SECONDS = 30  # requests in hand at SIGTERM (deploy/base/web.yaml's grace covers it)
 
 
 def gunicorn_argv(settings: Settings, bind: str) -> list[str]:
@@ -37,7 +38,7 @@ def gunicorn_argv(settings: Settings, bind: str) -> list[str]:
         "--workers": str(settings.web_workers),
         "--threads": str(settings.web_threads),  # gthread only: unused by gevent
         "--keep-alive": str(settings.web_keepalive_seconds),
-        "--graceful-timeout": "30",
+        "--graceful-timeout": str(GRACEFUL_TIMEOUT_SECONDS),
         "--log-level": settings.log_level.lower(),
     }
     # No control socket: gunicornc is unused, and $HOME is read-only in the container.

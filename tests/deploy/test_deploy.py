@@ -21,6 +21,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from service import create_app
+from service.cli import GRACEFUL_TIMEOUT_SECONDS
 from service.config import DEFAULT_METRICS_PORT, DEFAULT_PORT, Settings
 from service.store.jobs import DELIVERY_JOB_TIMEOUT
 
@@ -130,6 +131,15 @@ def test_no_secret_carries_a_real_looking_value(rendered: list[dict[str, Any]]) 
     for config in find(rendered, "ConfigMap"):
         text = json.dumps(config["data"])
         assert not re.search(r"whsec_[A-Za-z0-9]{8,}|\b[0-9a-f]{32,}\b|sk_(live|test)_", text), config["metadata"]
+
+
+def test_the_web_stops_listening_only_after_routing_to_it_stopped(rendered: list[dict[str, Any]]) -> None:
+    [web] = find(rendered, "Deployment", "relay-web")
+    pod = web["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    sleep = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert sleep[0] == "sleep" and int(sleep[1]) >= 5  # endpoints and the ingress catch up meanwhile
+    assert pod["terminationGracePeriodSeconds"] > int(sleep[1]) + GRACEFUL_TIMEOUT_SECONDS
 
 
 def test_workers_outlive_their_longest_job_and_never_scale_to_zero(rendered: list[dict[str, Any]]) -> None:
