@@ -56,13 +56,13 @@ def gunicorn_argv(settings: Settings, bind: str) -> list[str]:
 
 def cmd_web(args: argparse.Namespace) -> int:
     settings = settings_or_exit("web")
-    refusal, replicas = (
+    refusal, unchecked = (
         check_at_start(settings.redis_url, settings.durable_ack) if settings.durable_ack != OFF else (None, None)
     )
     if refusal:
         print(f"relay: {refusal}", file=sys.stderr)
         return 2
-    for warning in filter(None, [failover_warning(settings.redis_url, settings.durable_ack), replicas]):
+    for warning in filter(None, [failover_warning(settings.redis_url, settings.durable_ack), unchecked]):
         print(f"relay: warning: {warning}", file=sys.stderr)
     bind = args.bind or f"0.0.0.0:{settings.port}"
     use_metrics_dir(settings.metrics_dir, "web")

@@ -125,8 +125,14 @@ def check_at_start(url: str, wanted: str) -> tuple[str | None, str | None]:
         return None, None
     except DurabilityRefused as exc:
         return f"RELAY_DURABLE_ACK={wanted} cannot be honoured: {exc}", None
-    except RedisError as exc:
-        return f"RELAY_DURABLE_ACK={wanted}: cannot check Redis ({type(exc).__name__}); start Redis first", None
+    except RedisError as exc:  # unreachable for now: checked again at the first webhook (DurableAck)
+        # A warning, not a refusal: a web pod started during a Redis outage (a rollout, a scale-up) would
+        # otherwise exit and back off, and come back minutes after Redis does.
+        return (
+            None,
+            f"RELAY_DURABLE_ACK={wanted}: Redis cannot be checked now ({type(exc).__name__}); "
+            "webhooks are answered 503 until it can",
+        )
     finally:
         redis.close()
 

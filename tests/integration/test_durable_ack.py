@@ -84,6 +84,16 @@ def test_relay_web_refuses_fsync_on_a_redis_that_cannot_honour_it(
     assert any("durable ack: NOT HONOURED" in line and expected in line for line in checked.stdout.splitlines())
 
 
+def test_relay_web_starts_with_a_warning_while_redis_is_down() -> None:
+    """A web pod started during a Redis outage serves (503 until Redis is back) rather than exiting
+    and backing off; the mode is found at the first webhook."""
+    refusal, warning = check_at_start(f"redis://127.0.0.1:{unused_port()}/0", "fsync")
+    assert refusal is None
+    assert warning == (
+        "RELAY_DURABLE_ACK=fsync: Redis cannot be checked now (ConnectionError); webhooks are answered 503 until it can"
+    )
+
+
 def test_appendfsync_always_honours_fsync_on_redis_6_2(
     env: dict[str, str], servers: list[RedisProcess], tmp_path: Path
 ) -> None:
