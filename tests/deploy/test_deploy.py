@@ -270,7 +270,7 @@ def test_dockerfile_is_production_shaped() -> None:
     assert not any(re.search(r"\b(gcc|build-essential|apt-get install)\b", line) for line in final)
     entrypoint = json.loads(next(line for line in final if line.startswith("ENTRYPOINT")).split(" ", 1)[1])
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
-    assert entrypoint == ["relay"] and scripts["relay"] == "service.cli:main"
+    assert entrypoint == ["relay"] and scripts["relay"] == "service.entry:main"
     exposed = {int(p) for line in final if line.startswith("EXPOSE") for p in line.split()[1:]}
     assert exposed == {DEFAULT_PORT, DEFAULT_METRICS_PORT}
     assert any("--require-hashes" in line and "requirements.lock" in line for line in instructions)

@@ -39,6 +39,18 @@ def test_check_config_summarizes_without_secrets() -> None:
         assert secret not in result.stdout + result.stderr
 
 
+def test_commands_that_serve_no_metrics_write_no_metric_files(tmp_path: Path) -> None:
+    """`kubectl exec ... relay check-config` (or dlq, trace) inherits the pod's PROMETHEUS_MULTIPROC_DIR:
+    it must leave no file there among the live processes', and not fail where the directory is absent."""
+    shared = tmp_path / "metrics"
+    shared.mkdir()
+    ran = relay("check-config", env={**GOOD, "PROMETHEUS_MULTIPROC_DIR": str(shared)})
+    assert ran.returncode == 0, ran.stderr
+    assert list(shared.iterdir()) == []
+    absent = relay("check-config", env={**GOOD, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "absent")})
+    assert absent.returncode == 0 and absent.stderr == "", absent.stderr
+
+
 @pytest.mark.parametrize("command", [["check-config"], ["web"], ["worker"]])
 def test_bad_configuration_stops_with_one_line(command: list[str]) -> None:
     result = relay(*command, env={**GOOD, "STRIPE_TOLERANCE_SECONDS": "soon", "USERCOM_API_URL": "nope"})

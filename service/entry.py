@@ -1,0 +1,23 @@
+"""The `relay` command's entry point, run before anything defines a metric.
+
+prometheus-client writes a file per process into PROMETHEUS_MULTIPROC_DIR as soon as a metric is
+defined (at import). Only the processes that serve metrics (`relay web`, `relay worker`, `relay dev`)
+keep that directory; every other command (`relay dlq` run with `kubectl exec`, `check-config` in a Job
+without the pod's volume) keeps its metrics in memory: it neither leaves files of a process that is
+gone among a live pod's nor fails where the directory does not exist.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+SERVING_METRICS = frozenset({"web", "worker", "dev"})
+
+
+def main() -> int:
+    if sys.argv[1:2] == [] or sys.argv[1] not in SERVING_METRICS:
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    from service.cli import main as relay
+
+    return relay()
