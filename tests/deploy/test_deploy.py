@@ -142,6 +142,15 @@ def test_the_web_stops_listening_only_after_routing_to_it_stopped(rendered: list
     assert pod["terminationGracePeriodSeconds"] > int(sleep[1]) + GRACEFUL_TIMEOUT_SECONDS
 
 
+def test_an_autoscaled_deployment_leaves_its_count_to_the_autoscaler(rendered: list[dict[str, Any]]) -> None:
+    """A `replicas` beside an HPA resets the scale at every `kubectl apply`."""
+    autoscalers = find(rendered, "HorizontalPodAutoscaler")
+    assert autoscalers
+    for hpa in autoscalers:
+        [target] = find(rendered, "Deployment", hpa["spec"]["scaleTargetRef"]["name"])
+        assert "replicas" not in target["spec"], target["metadata"]["name"]
+
+
 def test_workers_outlive_their_longest_job_and_never_scale_to_zero(rendered: list[dict[str, Any]]) -> None:
     [worker] = find(rendered, "Deployment", "relay-worker")
     assert worker["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > DELIVERY_JOB_TIMEOUT
