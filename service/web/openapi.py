@@ -24,7 +24,9 @@ def _ok(description: str, schema: str | None) -> dict[str, Any]:
 
 
 def _admin(operation: dict[str, Any]) -> dict[str, Any]:
-    operation.setdefault("responses", {}).update(
+    responses = operation.setdefault("responses", {})
+    responses.setdefault("400", _error("a `destination` not in RELAY_DESTINATIONS (`invalid_request`)"))
+    responses.update(
         {
             "401": _error("missing or wrong bearer token (`unauthorized`)"),
             "404": _error("unknown item (`not_found`), or the admin API is disabled (`admin_disabled`)"),
