@@ -30,8 +30,16 @@ STANDARD_ATTRIBUTES = frozenset(
         "user_id",
     }
 )
-# Keys of an update body that are not attributes.
-RESERVED_KEYS = frozenset({"tags", "id", "custom_id", "user_id", "company_custom_id", "attributes"})
+# Keys of an update body that are not attributes, and the fields of User.com's user record (seeds: the
+# answer of an update), which the body's top level would set or refuse rather than create as custom
+# attributes.
+RESERVED_KEYS = frozenset(
+    {
+        "tags", "id", "custom_id", "user_id", "company_custom_id", "attributes",
+        "browser", "browser_language", "chat_id", "companies", "created_at", "first_seen", "key", "last_contacted",
+        "last_ip", "last_seen", "lists", "name", "os_type", "page_views", "resolution", "updated_at",
+    }
+)  # fmt: skip
 NAME_MAX_LENGTH = 40  # first_name / last_name limit, documented
 E164 = re.compile(r"^\+[1-9]\d{6,14}\Z")
 CUSTOM_ATTRIBUTE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}\Z")

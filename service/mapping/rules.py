@@ -140,7 +140,10 @@ def _rule(source: str, event_type: str, body: Any) -> Rule:
         raise MappingError(f"{where} set must be a table")
     for attr in [*custom.values(), *constants]:
         if not CUSTOM_ATTRIBUTE_NAME.match(attr) or attr in STANDARD_ATTRIBUTES or attr in RESERVED_KEYS:
-            raise MappingError(f"{where}: {attr!r} is not a valid custom attribute name (a-z, 0-9, _)")
+            raise MappingError(
+                f"{where}: {attr!r} is not a valid custom attribute name (a-z, 0-9, _; not a standard "
+                "attribute nor a field of User.com's user record such as name or created_at)"
+            )
     tags = body.get("tags", [])
     if not isinstance(tags, list) or not all(isinstance(t, str) and t.strip() for t in tags):
         raise MappingError(f"{where} tags must be a list of non-empty strings")

@@ -120,6 +120,16 @@ def test_invalid_payload_is_422_and_dead_lettered_under_its_source(
     assert redis.llen(keys.USERCOM.rq_queue_key(keys.LIVE)) == 0
 
 
+def test_a_custom_attribute_named_as_a_field_of_the_user_record_is_422(client: Any) -> None:
+    """`name`, `created_at`, `page_views`... at the body's top level would set (or be refused as) fields of
+    User.com's user record, not create custom attributes."""
+    payload = standard_event(attributes={"page_views": 3, "plan": "pro"})
+    response = post(client, "standard", payload, lambda b: standard_headers(b, "msg_record"))
+    assert response.status_code == 422, response.get_json()
+    details = response.get_json()["error"]["details"]
+    assert "page_views" in json.dumps(details) and "plan" not in json.dumps(details)
+
+
 def test_unmapped_types_are_ignored(client: Any, redis: Redis) -> None:
     other = {**STANDARD, "type": "user.deleted"}
     response = post(client, "standard", other, lambda body: standard_headers(body, "msg_other"))

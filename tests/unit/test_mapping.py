@@ -87,6 +87,7 @@ def test_values_missing_from_the_event_are_not_sent() -> None:
         ('[stripe."a"]\nextract = "customer"\ncustom = { nope = "x" }', "unknown field 'nope'"),
         ('[stripe."a"]\nextract = "customer"\ncustom = { email = "Bad Name" }', "not a valid custom attribute"),
         ('[stripe."a"]\nextract = "customer"\nset = { email = "x" }', "not a valid custom attribute"),
+        ('[stripe."a"]\nextract = "customer"\ncustom = { email = "created_at" }', "a field of User.com's user record"),
         ('[stripe."a"]\nextract = "customer"\ntags = "one"', "tags must be a list"),
         ('[stripe."a"]\nextract = "customer"\ntags_if = { t = "trialing" }', "unknown field 'trialing'"),
         ('[stripe."a"]\nextract = "customer"\nspelling = 1', "unknown key"),

@@ -57,7 +57,10 @@ class UserDataSchema(Schema):
             elif CUSTOM_ATTRIBUTE_NAME.match(name) and name not in RESERVED_KEYS:
                 problem = None
             else:
-                problem = "Not a User.com standard attribute nor a custom attribute name (a-z, 0-9, _)."
+                problem = (
+                    "Not a User.com standard attribute nor a custom attribute name (a-z, 0-9, _; not a field "
+                    "of User.com's user record such as name or created_at)."
+                )
             if problem:
                 errors[name] = [problem]
         if errors:
