@@ -127,6 +127,13 @@ def test_mass_update_standard_attribute(http: urllib3.PoolManager, sandbox: Sand
     assert call(http, sandbox, "GET", "/users-by-id/u2/")[1]["country"] == "USA"
     bad = {"ids": ids, "attribute": "plan", "value": "x"}
     assert call(http, sandbox, "PUT", "/users/mass_update_standard_attributes/", bad)[0] == 400
+    coded = {"ids": ids, "attribute": "gender", "value": "3"}  # "value | string": a code as text
+    assert call(http, sandbox, "PUT", "/users/mass_update_standard_attributes/", coded)[0] == 200
+    assert call(http, sandbox, "GET", "/users-by-id/u1/")[1]["gender"] == "female"
+    flag = {"ids": ids, "attribute": "unsubscribed", "value": "true"}
+    assert call(http, sandbox, "PUT", "/users/mass_update_standard_attributes/", flag)[0] == 200
+    untyped = {"ids": ids, "attribute": "gender", "value": 3}
+    assert call(http, sandbox, "PUT", "/users/mass_update_standard_attributes/", untyped)[0] == 400
 
 
 def test_rate_limit_answers_429_with_retry_after(http: urllib3.PoolManager) -> None:

@@ -33,6 +33,7 @@ from service.devtools.usercom_sandbox.model import (
     public,
     random_fault,
     split,
+    typed,
     unknown_company,
     validate_standard,
 )
@@ -204,9 +205,12 @@ def mass_update() -> Any:
         raise ApiError(400, {"ids": ["A list of integers is required."]})
     if attribute not in STANDARD_ATTRIBUTES or attribute == "user_id":
         raise ApiError(400, {"attribute": [f'"{attribute}" is not a valid choice.']})
-    problem = validate_standard(attribute, value) or (
-        attribute == "company_id" and unknown_company(value, state.companies)
-    )
+    if not isinstance(value, str):  # seeds: "value | string", whatever the attribute's own type
+        raise ApiError(400, {"value": ["Not a valid string."]})
+    value = typed(attribute, value)
+    problem = validate_standard(attribute, value)
+    if not problem and attribute == "company_id":
+        problem = unknown_company(value, state.companies)
     if problem:
         raise ApiError(400, {"value": [problem]})
     with state.lock:

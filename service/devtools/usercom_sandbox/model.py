@@ -135,6 +135,16 @@ def validate_standard(name: str, value: Any) -> str | None:
     return None
 
 
+def typed(name: str, text: str) -> Any:
+    """A mass update's string value as the attribute's own type ("2" -> 2, "true" -> True); as it is
+    when it does not read as one (refused then by validate_standard)."""
+    if name in ("gender", "status", "score") and text.lstrip("-").isdigit():
+        return int(text)
+    if name in BOOLEAN_ATTRIBUTES and text in ("true", "false"):
+        return text == "true"
+    return text
+
+
 def unknown_company(value: Any, companies: set[str]) -> str | None:
     if value is None or str(value) in companies:
         return None
