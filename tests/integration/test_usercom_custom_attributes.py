@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import urllib3
 
-from service.devtools.usercom_sandbox import SandboxServer
+from service.devtools.usercom_sandbox import Fault, SandboxServer
 from service.store import keys
 from tests.conftest import an_update
 from workers.delivery.context import DeliveryContext
@@ -46,6 +46,25 @@ def test_a_refused_new_attribute_goes_by_our_id_and_is_never_dead_lettered(
     assert sandbox.state.user_by_custom_id("u1")["attributes"] == {"seats": 3}  # type: ignore[index]
     assert "seats" in sandbox.state.custom_attributes  # created by the update by our id
     assert ctx.store.dead_letters() == [] and ctx.store.ledger()["delivered"] == 1
+
+
+def test_a_400_in_other_words_goes_by_our_id_too_and_a_real_refusal_stays_one(
+    ctx: DeliveryContext, sandbox: SandboxServer
+) -> None:
+    """No error body is documented for an attribute not created yet: a 400 that names no standard
+    field (here `{"detail": ...}`) is tried by our id, which creates custom attributes."""
+    sandbox.state.seed(["u1"])
+    usercom_id = sandbox.state.user_by_custom_id("u1")["id"]  # type: ignore[index]
+    ctx.redis.set(keys.usercom_id("u1"), usercom_id)
+    sandbox.state.faults.append(Fault(400))  # {"detail": "Injected failure 400."}
+    assert deliver(ctx, "evt_1", "u1", seats=3) == "delivered"
+    assert calls(sandbox) == [("PUT", f"/users/{usercom_id}/", 400), ("PUT", "/users-by-id/u1/", 200)]
+    assert sandbox.state.user_by_custom_id("u1")["attributes"] == {"seats": 3}  # type: ignore[index]
+    sandbox.state.requests.clear()
+    refused = an_update("evt_2", user_id="u1", standard={"company_id": "co_missing"}, custom={"seats": 4})
+    assert ctx.store.accept(refused)
+    assert deliver_update(ctx, refused) == "dead_lettered"  # names a standard field: no call by our id
+    assert calls(sandbox) == [("PUT", f"/users/{usercom_id}/", 400)]
 
 
 def test_once_created_the_attribute_goes_by_v2_for_everyone(ctx: DeliveryContext, sandbox: SandboxServer) -> None:

@@ -22,7 +22,7 @@ from urllib.parse import quote
 from service.destinations.base import Limiter, Rejected
 from service.destinations.dropped import DroppedValue
 from service.destinations.http_api import ApiClient, HttpApi
-from service.destinations.usercom.rules import missing_custom_attributes, screen
+from service.destinations.usercom.rules import missing_custom_attributes, perhaps_custom_attributes, screen
 from service.ops.metrics import USERCOM_REQUESTS, USERCOM_SECONDS
 from service.store import keys
 
@@ -121,6 +121,13 @@ class UsercomClient(ApiClient):
                 return self._call("PUT", f"/users/{usercom_id}/", body, allow_404=True, headers=V2)
             except Rejected as exc:
                 missing = missing_custom_attributes(exc.status, exc.body, custom)
+                if not missing and perhaps_custom_attributes(exc.status, exc.body, custom):
+                    # In words not known here: sent by our id, which creates them (a refusal of
+                    # anything else is refused there too, and stays one).
+                    answer = self._put_by_custom_id(user_id, body, custom)
+                    if answer is None:
+                        raise
+                    return answer
                 if not missing:
                     raise
                 self._missing.update(missing)

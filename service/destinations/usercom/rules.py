@@ -84,3 +84,18 @@ def missing_custom_attributes(status: int | None, body: str | None, custom: dict
         if name not in custom or "not exist" not in text:
             return []
     return list(errors)
+
+
+def perhaps_custom_attributes(status: int | None, body: str | None, custom: dict[str, Any]) -> bool:
+    """Whether a v2 update's 400 may be about custom attributes not created yet, in words
+    missing_custom_attributes does not know: any 400 of an update carrying custom attributes, unless
+    it names standard fields (or tags) only."""
+    if status != 400 or not custom:
+        return False
+    try:
+        errors = json.loads(body or "")
+    except ValueError:
+        return True
+    if not isinstance(errors, dict) or not errors:
+        return True
+    return not all(name in STANDARD_ATTRIBUTES or name == "tags" for name in errors)
