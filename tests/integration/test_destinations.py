@@ -190,3 +190,5 @@ def test_whole_name_completes_a_part_from_what_was_sent_before() -> None:
     assert whole_name({"email": "a@b.co"}, first[1]) == ({"email": "a@b.co"}, None)  # no part named: as it was
     assert whole_name({"last_name": "Lovelace"}, first[1])[1] is None  # nothing new to remember
     assert whole_name({"first_name": None}, '{"first_name": "Ada"}') == ({"first_name": None}, "")  # cleared
+    for unreadable in ("not json", "[1, 2]"):  # what was kept cannot be read: this update's parts alone
+        assert whole_name({"last_name": "King"}, unreadable) == ({"last_name": "King"}, '{"last_name": "King"}')

@@ -58,6 +58,8 @@ def whole_name(standard: dict[str, Any], memory: str | None) -> tuple[dict[str, 
         known = json.loads(memory) if memory else {}
     except ValueError:
         known = {}
+    if not isinstance(known, dict):
+        known = {}
     parts = {k: v for k, v in {**known, **{k: standard[k] for k in NAME_PARTS if k in standard}}.items() if v}
     remembered = json.dumps(parts, sort_keys=True) if parts else ""
     return {**standard, **parts}, None if remembered == (memory or "") else remembered
