@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 from redis import Redis
 
+import workers.delivery.group
 from service.config import Settings
 from service.core.update import UserUpdate
 from service.destinations.usercom.mass_update import Pending, plan
@@ -118,3 +119,28 @@ def test_users_covered_by_a_mass_call_report_nothing_left_out(ctx: DeliveryConte
     for user in users[1:]:
         [entry] = read_trace(ctx.redis, keys.USERCOM, user)
         assert entry["dropped"] == [], user
+
+
+def test_mass_calls_count_in_the_groups_time(
+    ctx: DeliveryContext, sandbox: SandboxServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mass call that takes the group's time leaves the next one unmade: its users are put back."""
+    monkeypatch.setattr(workers.delivery.group, "GROUP_SEND_SECONDS", 0.3)
+    users = known_users(ctx, sandbox, 4)
+    sandbox.state.faults.append(Fault(500, delay=0.6))  # the first mass call fails, late
+    updates = [only_standard(n, u, {"country": "PL", "city": "Krakow"}) for n, u in enumerate(users)]
+    assert deliver_together(ctx, updates) == ["deferred"] * 4
+    assert calls(sandbox) == ["PUT /api/public/users/mass_update_standard_attributes/"]
+    assert ctx.store.ledger()["in_flight"] == 4 and ctx.store.dead_letters() == []
+
+
+def test_users_a_mass_call_covered_are_not_put_back_for_the_groups_time(
+    ctx: DeliveryContext, sandbox: SandboxServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(workers.delivery.group, "GROUP_SEND_SECONDS", 0.3)
+    users = known_users(ctx, sandbox, 4)
+    own = only_standard(0, users[0], {"city": "Paris"})
+    covered = [only_standard(n, u, {"country": "USA"}) for n, u in enumerate(users[1:], 1)]
+    sandbox.state.faults.extend([Fault(0), Fault(0, delay=0.6)])  # the mass call, then user 0's own, late
+    assert deliver_together(ctx, [own, *covered]) == ["delivered"] * 4
+    assert ctx.store.ledger()["in_flight"] == 0

@@ -37,10 +37,10 @@ from workers.ratelimit import Throttled
 from workers.scripts_at_once import ScriptCall
 
 USER_BUSY_WAIT_SECONDS = 1.0
-# A user's call not started this long after the group's first one is put back (outcome `deferred`):
-# against an API that lets every call time out (3 + 10 s by default), a group of 16 would otherwise
-# hold its carrier job past rq's 60 s timeout. Taking stops after 5 s (batch.py), the call under
-# way ends within its timeouts: the job ends well within its own.
+# A call (a user's own, or a mass update) not started this long after the group's claims is not made:
+# its users are put back (outcome `deferred`). Against an API that lets every call time out (3 + 10 s
+# by default), a group of 16 would otherwise hold its carrier job past rq's 60 s timeout. Taking stops
+# after 5 s (batch.py), the call under way ends within its timeouts: the job ends within its own.
 GROUP_SEND_SECONDS = 30.0
 
 
@@ -104,9 +104,10 @@ def _deliver_held(ctx: DeliveryContext, group: list[_Job]) -> None:
             ctx.limiter.unanswered(bookings[0])
         raise
     claimed = [(hold, allowed) for (_, hold), (allowed, _) in zip(ready, claims, strict=True) if allowed is not None]
-    covered = send_mass(ctx, claimed) if mass else set()
+    deadline = time.monotonic() + GROUP_SEND_SECONDS
+    covered = send_mass(ctx, claimed, deadline) if mass else set()
     try:
-        to_count = _send_each(ctx, ready, bookings, claims, covered)
+        to_count = _send_each(ctx, ready, bookings, claims, covered, deadline)
     finally:
         ctx.limiter.end_run()
     done = ctx.limiter.unreleased()
@@ -126,13 +127,15 @@ def _send_each(
     bookings: list[ScriptCall | None],
     claims: list[tuple[set[str] | None, Any]],
     covered: set[str],
+    deadline: float,
 ) -> list[tuple[_Job, Hold, Sent, SettleUser]]:
-    """Each claimed user's calls, in turn: what to count, the outcome of the others set."""
+    """Each claimed user's calls, in turn: what to count, the outcome of the others set. A user whose
+    call would start after `deadline` is put back, unless a mass call applied its update already or
+    its slot was booked with the claims (the first user's, when no mass call came first)."""
     to_count: list[tuple[_Job, Hold, Sent, SettleUser]] = []
-    deadline = time.monotonic() + GROUP_SEND_SECONDS
     for (job, hold), booking, (allowed, booked) in zip(ready, bookings, claims, strict=True):
         with _in_hand(job.job_id):
-            if time.monotonic() > deadline:  # never the first user: its slot may be booked already
+            if booking is None and hold.user_id not in covered and time.monotonic() > deadline:
                 job.outcome = _put_back(ctx, job, 0.0, "deferred")
                 continue
             try:

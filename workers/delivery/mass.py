@@ -15,6 +15,7 @@ answers (kept for RELAY_DLQ_TTL_DAYS at most) are used.
 from __future__ import annotations
 
 import logging
+import time
 
 from service.destinations.base import DeliveryError
 from service.destinations.usercom.mass_update import PATH, Pending, plan
@@ -47,14 +48,18 @@ def worth_planning(ctx: DeliveryContext, holds: list[Hold]) -> bool:
     return bool(plan([pending_of(hold) for hold in holds]).mass)
 
 
-def send_mass(ctx: DeliveryContext, claimed: list[tuple[Hold, set[str]]]) -> set[str]:
-    """Send the planned mass updates; the user ids whose whole update went in them."""
+def send_mass(ctx: DeliveryContext, claimed: list[tuple[Hold, set[str]]], deadline: float) -> set[str]:
+    """Send the planned mass updates; the user ids whose whole update went in them. None is sent
+    after `deadline` (time.monotonic(): the group's time, group.py), its users go on their own."""
     chosen = plan([pending_of(hold, allowed) for hold, allowed in claimed])
     if not chosen.mass:
         return set()
     by_id = {int(hold.memory): hold.user_id for hold, _ in claimed if hold.memory and hold.memory.isdigit()}
     failed: set[int] = set()
     for attribute, value, ids in chosen.mass:
+        if time.monotonic() > deadline:
+            failed.update(ids)
+            continue
         try:
             with ctx.limiter.slot():
                 ctx.client.mass_update_standard(attribute, value, ids)  # type: ignore[attr-defined]
