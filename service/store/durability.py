@@ -59,6 +59,11 @@ class NotDurable(RedisError):
     """The wait timed out: the event is in Redis but not yet on disk (or on a replica); intake answers 503."""
 
 
+class NotHonoured(NotDurable):
+    """The Redis in use cannot honour the mode at all (found after start: it was unreachable then, or
+    its persistence changed since): intake answers 503 and /readyz fails until it can."""
+
+
 def _version(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in text.split(".")[:2] if part.isdigit())
 
@@ -172,11 +177,17 @@ class DurableAck:
             answer = pipe.execute()[1]
         except ResponseError as exc:  # e.g. WAITAOF with the AOF turned off since: found again next time
             self._mode = None
-            raise NotDurable(f"RELAY_DURABLE_ACK={self.wanted} cannot be honoured: {exc}") from None
+            raise NotHonoured(f"RELAY_DURABLE_ACK={self.wanted} cannot be honoured: {exc}") from None
         if self._mode == WAITAOF and not on_disk(answer):
             raise NotDurable(f"not fsynced within {self.timeout_ms} ms (WAITAOF)")
         if self._mode == REPLICA and int(answer) < 1:
             raise NotDurable(f"no replica acknowledged within {self.timeout_ms} ms (WAIT)")
+
+    def check(self) -> None:
+        """For /readyz: raises NotHonoured when the Redis in use cannot honour the mode (found now, if
+        not found yet), or a RedisError when it cannot be reached."""
+        if self.url is not None:
+            self._connection()
 
     def _connection(self) -> Redis:
         """The mode is found on first use (the start-up check told the operator), and again when found
@@ -190,6 +201,6 @@ class DurableAck:
             try:
                 mode = mode_of(redis, self.wanted)
             except DurabilityRefused as exc:
-                raise NotDurable(f"RELAY_DURABLE_ACK={self.wanted} cannot be honoured: {exc}") from None
+                raise NotHonoured(f"RELAY_DURABLE_ACK={self.wanted} cannot be honoured: {exc}") from None
             self._mode, self._found_at = mode, time.monotonic()
         return redis

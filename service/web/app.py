@@ -25,6 +25,7 @@ def build_app(settings: Settings | None = None, *, redis: Redis | None = None) -
     store = Store.from_settings(redis, settings)
     durable = DurableAck(settings.redis_url if settings.durable_ack != OFF else None, settings.durable_ack)
     app.extensions["relay.redis"] = redis
+    app.extensions["relay.durable"] = durable
     app.extensions["relay.intake"] = {
         name: Intake(
             build_source(name, settings.source(name)),

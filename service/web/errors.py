@@ -14,7 +14,7 @@ from redis.exceptions import RedisError, ResponseError
 from werkzeug.exceptions import HTTPException
 
 from service.core import errors as e
-from service.store.durability import NotDurable
+from service.store.durability import NotDurable, NotHonoured
 
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 1024 * 1024  # Stripe events are far smaller; anything above is refused with 413
@@ -48,6 +48,9 @@ REDIS_REFUSALS = re.compile(r"\b(OOM|READONLY|NOREPLICAS|MISCONF|BUSY|LOADING|MA
 
 
 def redis_error(exc: RedisError) -> tuple[dict[str, Any], int]:
+    if isinstance(exc, NotHonoured):  # no 2xx can come until Redis (or the setting) is changed
+        log.error("%s", exc)
+        return relay_error(e.StoreUnavailable(f"{exc}; webhooks are answered 503 until it can be"))
     if isinstance(exc, NotDurable):  # Redis answered: the wait RELAY_DURABLE_ACK asks for did not end in time
         log.error("not durable in time: %s", exc)
         return relay_error(

@@ -98,7 +98,11 @@ def build_spec() -> dict[str, Any]:
     unreachable = {"503": _error("Redis unreachable (`redis_unavailable`)")}
     ops = [
         ("/healthz", "Process alive (never checks Redis)", {"200": _ok("alive", "Health")}),
-        ("/readyz", "Ready: Redis reachable", {"200": _ok("ready", "Health"), **unreachable}),
+        (
+            "/readyz",
+            "Ready: Redis reachable (and honouring RELAY_DURABLE_ACK)",
+            {"200": _ok("ready", "Health"), **unreachable},
+        ),
         ("/status", "Status for the monitoring dashboard", {"200": _ok("status", "Status"), **unreachable}),
         (
             "/metrics",

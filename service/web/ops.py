@@ -40,4 +40,5 @@ def healthz() -> dict[str, str]:
 @bp.get("/readyz")
 def readyz() -> dict[str, str]:
     current_app.extensions["relay.redis"].ping()  # a RedisError is a 503 (service/web/errors.py)
+    current_app.extensions["relay.durable"].check()  # RELAY_DURABLE_ACK honoured (nothing to check when off)
     return {"status": "ready"}

@@ -94,6 +94,19 @@ def test_relay_web_starts_with_a_warning_while_redis_is_down() -> None:
     )
 
 
+def test_a_web_started_unchecked_finds_a_redis_that_cannot_honour_fsync_not_ready(
+    env: dict[str, str], servers: list[RedisProcess], tmp_path: Path
+) -> None:
+    """Started while Redis was unreachable (no check at start), then a Redis without disk persistence:
+    /readyz fails and webhooks are answered 503 saying why, none 2xx."""
+    server = start(servers, tmp_path / "redis", appendonly=False)
+    client = create_app(Settings.from_env({**env, "REDIS_URL": server.url, "RELAY_DURABLE_ACK": "fsync"})).test_client()
+    ready = client.get("/readyz")
+    assert ready.status_code == 503 and "cannot be honoured" in ready.get_json()["error"]["message"]
+    refused = post(client, "evt_never")
+    assert refused.status_code == 503 and "cannot be honoured" in refused.get_json()["error"]["message"]
+
+
 def test_appendfsync_always_honours_fsync_on_redis_6_2(
     env: dict[str, str], servers: list[RedisProcess], tmp_path: Path
 ) -> None:
@@ -118,7 +131,9 @@ def test_waitaof_before_every_answer_on_redis_7_2(
     redis.config_set("appendonly", "no")  # the AOF gone: WAITAOF cannot succeed, no 2xx
     refused = post(client, "evt_late")
     assert refused.status_code == 503 and refused.get_json()["error"]["code"] == "redis_unavailable"
-    assert "not yet on disk or a replica (RELAY_DURABLE_ACK)" in refused.get_json()["error"]["message"]
+    message = refused.get_json()["error"]["message"]
+    assert message.startswith("RELAY_DURABLE_ACK=fsync cannot be honoured: ") and message.endswith("until it can be")
+    assert client.get("/readyz").status_code == 503  # the pod says so, rather than promising a later 2xx
     redis.close()
 
 
