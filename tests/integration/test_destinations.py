@@ -180,6 +180,10 @@ def test_userkit_keeps_the_whole_name_when_an_update_names_one_part(
     drain(both, "userkit")
     assert "name" not in userkit.state.requests[-1]["body"]  # an update naming no part sends no name
     assert userkit.state.users["u1"]["name"] == "Ada King"
+    cleared = an_update("evt_4", event_time=1_700_000_300, standard={"first_name": None}, custom={}, tags=[])
+    assert store.accept(cleared)
+    drain(both, "userkit")
+    assert userkit.state.users["u1"]["name"] == "King"  # a part cleared alone is gone from the whole name
 
 
 def test_whole_name_completes_a_part_from_what_was_sent_before() -> None:

@@ -111,7 +111,8 @@ class UserKitClient(ApiClient):
         )
 
     def accepts(self, standard: dict[str, Any], custom: dict[str, Any], tags: list[str]) -> bool:
-        return bool(userkit_body(standard))
+        # A name part cleared alone changes the full name UserKit keeps (whole_name).
+        return bool(userkit_body(standard)) or any(part in standard for part in NAME_PARTS)
 
     def memory_key(self, user_id: str) -> str:
         return keys.userkit_name(user_id)  # the name's parts last sent: UserKit keeps them as one
