@@ -44,7 +44,7 @@ def relay_error(exc: e.RelayError) -> tuple[dict[str, Any], int]:
 
 
 # The error codes of a Redis that refuses a command (its messages quote no data of ours).
-REDIS_REFUSALS = re.compile(r"\b(OOM|READONLY|NOREPLICAS|MISCONF|BUSY|LOADING|MASTERDOWN|NOSCRIPT|NOPERM)\b")
+REDIS_REFUSALS = re.compile(r"\b(OOM|READONLY|NOREPLICAS|MISCONF|BUSY|MASTERDOWN|NOSCRIPT|NOPERM)\b")
 
 
 def redis_error(exc: RedisError) -> tuple[dict[str, Any], int]:

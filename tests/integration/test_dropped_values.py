@@ -48,6 +48,7 @@ def dropped_count(attribute: str, reason: str) -> float:
         ("gender", "robot", "invalid_choice"),
         ("gender", 4, "invalid_choice"),
         ("gender", True, "invalid_choice"),
+        ("gender", 2.0, "invalid_choice"),
         ("status", "admin", "invalid_choice"),
         ("unsubscribed", "yes", "not_a_boolean"),
         ("notifications", 1, "not_a_boolean"),

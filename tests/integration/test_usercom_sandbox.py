@@ -134,6 +134,9 @@ def test_mass_update_standard_attribute(http: urllib3.PoolManager, sandbox: Sand
     assert call(http, sandbox, "PUT", "/users/mass_update_standard_attributes/", flag)[0] == 200
     untyped = {"ids": ids, "attribute": "gender", "value": 3}
     assert call(http, sandbox, "PUT", "/users/mass_update_standard_attributes/", untyped)[0] == 400
+    for odd in ("²", "--5", "2.0"):  # not an integer's digits: refused, never a 500
+        body = {"ids": ids, "attribute": "score", "value": odd}
+        assert call(http, sandbox, "PUT", "/users/mass_update_standard_attributes/", body)[0] == 400
 
 
 def test_rate_limit_answers_429_with_retry_after(http: urllib3.PoolManager) -> None:

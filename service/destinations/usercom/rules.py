@@ -35,8 +35,8 @@ def _problem(name: str, value: Any) -> str | None:
         return "unknown_attribute"
     if value is None:
         return None
-    if name in CHOICES:
-        valid = not isinstance(value, bool) and value in CHOICES[name].values()
+    if name in CHOICES:  # an int code (2.0 would go out as "2.0", which a choice field refuses)
+        valid = type(value) is int and value in CHOICES[name].values()
         return None if valid else "invalid_choice"
     if name in BOOLEANS:
         return None if isinstance(value, bool) else "not_a_boolean"

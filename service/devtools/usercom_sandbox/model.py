@@ -7,6 +7,7 @@ import collections
 import itertools
 import json
 import random
+import re
 import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -138,7 +139,7 @@ def validate_standard(name: str, value: Any) -> str | None:
 def typed(name: str, text: str) -> Any:
     """A mass update's string value as the attribute's own type ("2" -> 2, "true" -> True); as it is
     when it does not read as one (refused then by validate_standard)."""
-    if name in ("gender", "status", "score") and text.lstrip("-").isdigit():
+    if name in ("gender", "status", "score") and re.fullmatch(r"-?[0-9]+", text):
         return int(text)
     if name in BOOLEAN_ATTRIBUTES and text in ("true", "false"):
         return text == "true"
