@@ -181,6 +181,7 @@ def redis(redis_server: RedisProcess) -> Iterator[Redis]:
 @pytest.fixture
 def sandbox() -> Iterator[SandboxServer]:
     server = SandboxServer(api_key=USERCOM_KEY).start()
+    server.state.companies = set()  # as an account without companies: any company_id is refused
     yield server
     server.stop()
 

@@ -56,7 +56,8 @@ class SandboxState:
     custom_attributes: set[str] = field(default_factory=set)
     # Companies of the account: `company_id` adds the user "as employee to company with given
     # company_id" (seeds), so it must name one (inferred: a REST framework refuses an unknown key).
-    companies: set[str] = field(default_factory=set)
+    # None (`relay dev`): any company is taken, as no call creates one here.
+    companies: set[str] | None = None
     path: Path | None = None  # users and attributes are kept here across restarts, when set
     dirty: bool = False
 
@@ -146,14 +147,14 @@ def typed(name: str, text: str) -> Any:
     return text
 
 
-def unknown_company(value: Any, companies: set[str]) -> str | None:
-    if value is None or str(value) in companies:
+def unknown_company(value: Any, companies: set[str] | None) -> str | None:
+    if value is None or companies is None or str(value) in companies:
         return None
     return f'Invalid pk "{value}" - object does not exist.'
 
 
 def split(
-    body: dict[str, Any], *, custom_allowed: bool, companies: set[str]
+    body: dict[str, Any], *, custom_allowed: bool, companies: set[str] | None
 ) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
     errors: dict[str, list[str]] = {}
     standard: dict[str, Any] = {}
