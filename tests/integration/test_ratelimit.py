@@ -34,11 +34,11 @@ def take(lim: RateLimiter) -> bool:
 
 
 def test_burst_then_one_slot_per_interval(redis: Redis) -> None:
-    lim = limiter(redis, rate=10, burst=3)
+    lim = limiter(redis, rate=5, burst=3)  # the next slot 200 ms on: time enough for a loaded machine's calls
     assert [take(lim) for _ in range(4)] == [True, True, True, False]
     with pytest.raises(Throttled) as caught, lim.slot():
         pass
-    assert 0 < caught.value.wait <= 0.1
+    assert 0 < caught.value.wait <= 0.2
 
 
 def test_rate_holds_across_processes_sharing_redis(redis_server: Any, redis: Redis) -> None:
