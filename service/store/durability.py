@@ -64,6 +64,11 @@ class NotHonoured(NotDurable):
     its persistence changed since): intake answers 503 and /readyz fails until it can."""
 
 
+def cannot_honour(wanted: str, why: Exception) -> str:
+    """The one line saying this Redis cannot honour RELAY_DURABLE_ACK=`wanted`, and why."""
+    return f"RELAY_DURABLE_ACK={wanted} cannot be honoured: {why}"
+
+
 def _version(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in text.split(".")[:2] if part.isdigit())
 
@@ -129,7 +134,7 @@ def check_at_start(url: str, wanted: str) -> tuple[str | None, str | None]:
             )
         return None, None
     except DurabilityRefused as exc:
-        return f"RELAY_DURABLE_ACK={wanted} cannot be honoured: {exc}", None
+        return cannot_honour(wanted, exc), None
     except RedisError as exc:  # unreachable for now: checked again at the first webhook (DurableAck)
         # A warning, not a refusal: a web pod started during a Redis outage (a rollout, a scale-up) would
         # otherwise exit and back off, and come back minutes after Redis does.
@@ -177,7 +182,7 @@ class DurableAck:
             answer = pipe.execute()[1]
         except ResponseError as exc:  # e.g. WAITAOF with the AOF turned off since: found again next time
             self._mode = None
-            raise NotHonoured(f"RELAY_DURABLE_ACK={self.wanted} cannot be honoured: {exc}") from None
+            raise NotHonoured(cannot_honour(self.wanted, exc)) from None
         if self._mode == WAITAOF and not on_disk(answer):
             raise NotDurable(f"not fsynced within {self.timeout_ms} ms (WAITAOF)")
         if self._mode == REPLICA and int(answer) < 1:
@@ -201,6 +206,6 @@ class DurableAck:
             try:
                 mode = mode_of(redis, self.wanted)
             except DurabilityRefused as exc:
-                raise NotHonoured(f"RELAY_DURABLE_ACK={self.wanted} cannot be honoured: {exc}") from None
+                raise NotHonoured(cannot_honour(self.wanted, exc)) from None
             self._mode, self._found_at = mode, time.monotonic()
         return redis
