@@ -91,6 +91,50 @@ def test_jobs_taken_by_a_job_whose_worker_died_are_run_by_its_rerun(
     assert ctx.redis.keys("relay:batch:*") == []
 
 
+def test_a_rerun_throttled_gives_back_what_its_killed_run_had_taken(ctx: DeliveryContext, settings: Settings) -> None:
+    """The rerun of a carrier finds the destination paused: its own user waits for a slot, and the jobs
+    its killed run had taken go back to the queue, not left in a list no job reads again."""
+    for n in range(3):
+        assert ctx.store.accept(an_update(f"evt_{n}", user_id=f"u{n}"))
+    carrier, *taken = queued(ctx)
+    for _ in taken:
+        ctx.redis.lmove(LIVE_QUEUE, batch_key(keys.USERCOM, carrier), "RIGHT", "LEFT")
+    limiter = RateLimiter(ctx.redis, limit_config(settings, "usercom"), destination_keys=keys.USERCOM)
+    limiter.pause(30)
+    one_job(ctx)
+    assert queued(ctx) == taken
+    assert ctx.redis.keys("relay:batch:*") == []
+    ctx.redis.delete(keys.USERCOM.limiter_paused_until)
+    one_job(ctx)
+    ledger = ctx.store.ledger()
+    assert (ledger["delivered"], ledger["in_flight"]) == (2, 1)  # u0 waits for its put-back job
+
+
+@pytest.mark.parametrize("stop", ["throttled", "time up"])
+def test_a_rerun_hands_back_what_it_cannot_finish(ctx: DeliveryContext, stop: str) -> None:
+    """Handling what a killed run had taken stops at a throttled job, or once the batch's time is up
+    (every call of the API timing out would otherwise outlast rq's job timeout): the rest is queued."""
+    for n in range(4):
+        assert ctx.store.accept(an_update(f"evt_{n}", user_id=f"u{n}"))
+    ids = queued(ctx)
+    for _ in ids:
+        ctx.redis.lmove(LIVE_QUEUE, batch_key(keys.USERCOM, "x"), "LEFT", "RIGHT")
+    now = [0.0]
+    ran: list[str] = []
+
+    def run(job_id: str, args: list[Any], hint: bytes | None) -> str:
+        ran.append(job_id)
+        if stop == "time up":
+            now[0] += BATCH_SECONDS
+            return "delivered"
+        return "throttled"
+
+    assert run_batch(ctx.redis, keys.USERCOM, keys.LIVE, "x", run, started=0.0, clock=lambda: now[0]) == 1
+    assert ran == ids[:1]
+    assert queued(ctx) == ids[1:]  # in their order, at the head of the queue
+    assert ctx.redis.keys("relay:batch:*") == []
+
+
 def test_after_the_last_rerun_taken_jobs_go_back_to_the_queue(ctx: DeliveryContext) -> None:
     for n in range(3):
         assert ctx.store.accept(an_update(f"evt_{n}", user_id=f"u{n}"))

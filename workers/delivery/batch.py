@@ -4,11 +4,11 @@ delivery) is paid once per batch instead of once per event.
 
 Taken jobs are moved atomically (LMOVE) from the queue into a list kept under the taking job's
 id, and removed from it only once handled, so nothing is lost if the worker dies meanwhile:
-rq runs the taking job again (at-least-once), and it first handles what its list still holds;
-after its last run the list goes back to the queue (`return_taken`), as it does when the
-re-queued taking job is itself taken by another one. A taken job that raises is
-put back on the queue for rq to run as usual. Deliveries are idempotent and counted once per
-event, so handling a job twice changes nothing.
+rq runs the taking job again (at-least-once), and it first handles what its list still holds (until
+a job is throttled or the batch's time is up: the rest goes back to the queue); after its last run
+the list goes back to the queue (`return_taken`), as it does when the re-queued taking job is itself
+taken by another one. A taken job that raises is put back on the queue for rq to run as usual.
+Deliveries are idempotent and counted once per event, so handling a job twice changes nothing.
 """
 
 from __future__ import annotations
@@ -73,17 +73,20 @@ def run_batch(
     fewer when the queue is short, so the threads share it); `started` is when the taking job began
     (clock time). Taking stops at a job that is throttled: the ones behind it would be too."""
     batch = _Batch(redis, destination_keys, lane, carrier_id)
+    deadline = started + BATCH_SECONDS  # counted from the start of the taking job itself
     done = 0
     for raw in redis.lrange(batch.taken_key, 0, -1):
+        if clock() >= deadline:  # what a killed run had taken waits in the queue for the next job
+            batch.give_back_all()
+            return done
         job_id = raw.decode()
         [outcome] = batch.run_many([(job_id, redis.hget(keys.RQ_JOB_KEY_PREFIX + job_id, "data"), None)], run, None)
-        if outcome is None:
+        if outcome is not None:
+            batch.next(finished=[job_id], take=0)
+            done += 1
+        if outcome in (None, "throttled"):  # the rest would be throttled too: they wait in the queue
+            batch.give_back_all()
             return done
-        batch.next(finished=[job_id], take=0)
-        done += 1
-        if outcome == "throttled":
-            return done
-    deadline = started + BATCH_SECONDS  # counted from the start of the taking job itself
     lock = threading.Lock()
     budget = BATCH_MAX_JOBS - done
     stop = False
@@ -163,6 +166,10 @@ class _Batch:
             keys=[queue, taken],
             args=[job_key_prefix, batch_prefix, take, spread, state_prefix, in_hand_prefix, hint_field, *finished_ids],
         )
+
+    def give_back_all(self) -> None:
+        """Every job still held goes back to the head of the queue."""
+        _return_list(self.redis, self.taken_key, self.queue_key)
 
     def run_many(self, taken: list[Taken], run: RunOne, run_group: RunGroup | None) -> list[str | None]:
         """Each job's outcome, or None when it went back to the queue instead. Users' jobs whose hint

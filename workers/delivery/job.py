@@ -52,10 +52,14 @@ def deliver(
     started = time.monotonic()
     outcome = _deliver_payload(ctx, payload, attempt, first_failure_at, lane)
     running = get_current_job()
-    if running is not None and outcome != "throttled":
-        run = lambda job_id, args, hint: _run_taken(ctx, job_id, args, hint)  # noqa: E731
-        run_group = lambda jobs: deliver_group(ctx, jobs)  # noqa: E731
-        run_batch(ctx.redis, ctx.store.keys, lane, running.id, run, started=started, run_group=run_group)
+    if running is None:
+        return outcome
+    if outcome == "throttled":  # the queue behind would be too; what a killed run of this job took waits there
+        return_taken(ctx.redis, ctx.store.keys, lane, running.id)
+        return outcome
+    run = lambda job_id, args, hint: _run_taken(ctx, job_id, args, hint)  # noqa: E731
+    run_group = lambda jobs: deliver_group(ctx, jobs)  # noqa: E731
+    run_batch(ctx.redis, ctx.store.keys, lane, running.id, run, started=started, run_group=run_group)
     return outcome
 
 
