@@ -12,12 +12,22 @@ from __future__ import annotations
 import os
 import sys
 
+from service.ops.metrics_dir import MULTIPROC_ENV, MetricsDirError, prepare_multiprocess_dir
+
 SERVING_METRICS = frozenset({"web", "worker", "dev"})
 
 
 def main() -> int:
     if sys.argv[1:2] == [] or sys.argv[1] not in SERVING_METRICS:
-        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        os.environ.pop(MULTIPROC_ENV, None)
+    elif os.environ.get(MULTIPROC_ENV):
+        # Ready (made, emptied of an earlier run's files) before the imports below define metrics: a
+        # directory that does not exist failed there with a traceback, and one refused got a file first.
+        try:
+            prepare_multiprocess_dir(os.environ[MULTIPROC_ENV])
+        except MetricsDirError as exc:
+            print(f"relay: {exc}", file=sys.stderr)
+            return 2
     from service.cli import main as relay
 
     return relay()

@@ -20,6 +20,9 @@ class MetricsDirError(Exception):
     """The directory cannot be used; the message is one line."""
 
 
+_prepared: set[str] = set()  # by this process: metric files there now are its own
+
+
 def prepare_multiprocess_dir(path: str) -> None:
     """Start from an empty directory: files of processes from an earlier run would be added in.
 
@@ -27,6 +30,8 @@ def prepare_multiprocess_dir(path: str) -> None:
     wrong directory by mistake, the relay refuses to start rather than delete anything. The
     directory itself stays (in Kubernetes it is an emptyDir mount point).
     """
+    if path in _prepared:
+        return
     directory = Path(path)
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -42,6 +47,7 @@ def prepare_multiprocess_dir(path: str) -> None:
         )
     for entry in entries:
         entry.unlink(missing_ok=True)
+    _prepared.add(path)
 
 
 def use_metrics_dir(configured: str, role: str) -> None:

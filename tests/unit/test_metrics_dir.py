@@ -40,3 +40,26 @@ def test_relay_refuses_a_wrong_metrics_dir_in_one_line(tmp_path: Path, command: 
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("relay: PROMETHEUS_MULTIPROC_DIR"), result.stderr
     assert (tmp_path / "important.txt").read_text() == "keep me"
+    assert [p.name for p in tmp_path.iterdir()] == ["important.txt"]  # refused before a metric wrote its file
+
+
+@pytest.mark.parametrize("command", ["web", "worker"])
+def test_relay_names_a_metrics_dir_it_cannot_make_in_one_line(tmp_path: Path, command: str) -> None:
+    (tmp_path / "a-file").write_text("")
+    where = tmp_path / "a-file" / "metrics"
+    result = relay(
+        command, env={**GOOD, "PROMETHEUS_MULTIPROC_DIR": str(where), "RELAY_METRICS_PORT": str(unused_port())}
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"relay: PROMETHEUS_MULTIPROC_DIR {where} cannot be used: Not a directory"
+    ]
+
+
+def test_a_directory_prepared_once_keeps_this_process_files(tmp_path: Path) -> None:
+    """`relay` prepares the directory before metrics are defined, and `relay web`/`worker` ask again
+    after: the files this process wrote meanwhile are its live metrics, not an earlier run's."""
+    prepare_multiprocess_dir(str(tmp_path))
+    (tmp_path / "counter_1.db").write_bytes(b"\0" * 16)
+    prepare_multiprocess_dir(str(tmp_path))
+    assert [p.name for p in tmp_path.iterdir()] == ["counter_1.db"]
