@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import standardwebhooks
 import stripe
 from redis import Redis
 
@@ -127,6 +129,27 @@ def test_sign_with_a_file_or_secret_it_cannot_use_is_one_line_and_exit_2(
     assert (result.returncode, result.stdout) == (2, "")
     assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith(line), result.stderr
     assert args[args.index("--secret") + 1] not in result.stderr  # never echoed
+
+
+def test_sign_standard_gives_each_payload_its_own_webhook_id(tmp_path: Path) -> None:
+    """The webhook-id is the event id: signed alike, every payload after the first was a duplicate."""
+    secret = "whsec_" + base64.b64encode(b"relay-cli-test-secret-32-bytes!!").decode()
+    (tmp_path / "event.json").write_text('{"type": "user.updated", "timestamp": "2026-11-29T00:00:00Z", "data": {}}')
+    signed = []
+    for _ in range(2):
+        result = subprocess.run(
+            [RELAY, "sign", "--source", "standard", "--secret", secret, "event.json"],
+            cwd=tmp_path,
+            env=GOOD,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        headers = dict(line.split(": ", 1) for line in result.stdout.splitlines())
+        standardwebhooks.Webhook(secret).verify((tmp_path / "event.json").read_text(), headers)  # raises if not
+        signed.append(headers["webhook-id"])
+    assert signed[0] != signed[1]
 
 
 def test_worker_supervisor_runs_both_lanes_and_stops_on_sigterm(redis_server: Any) -> None:

@@ -12,6 +12,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import secrets
 from collections.abc import Mapping as Headers
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -84,7 +85,10 @@ def verify_signature(
     return timestamp
 
 
-def sign(payload: bytes, secret: str, timestamp: int, msg_id: str = "msg_relay_sign") -> dict[str, str]:
+def sign(payload: bytes, secret: str, timestamp: int, msg_id: str | None = None) -> dict[str, str]:
+    """The headers a sender sends; `msg_id` (the event id) is a new one unless given: the same id twice
+    is a duplicate."""
+    msg_id = msg_id or f"msg_{secrets.token_hex(12)}"
     digest = hmac.new(webhook_key(secret), f"{msg_id}.{timestamp}.".encode() + payload, hashlib.sha256).digest()
     return {
         "webhook-id": msg_id,
