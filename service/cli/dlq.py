@@ -33,9 +33,7 @@ COLUMNS = [
 
 def add_parser(sub: Any) -> None:
     dlq = sub.add_parser("dlq", help="inspect, replay and purge the dead-letter queue")
-    dlq.add_argument(
-        "--destination", choices=list(DESTINATIONS), help="whose dead-letter queue (default: the first configured)"
-    )
+    destination(dlq, None)
     commands = dlq.add_subparsers(dest="dlq_command", required=True)
 
     def filters(parser: argparse.ArgumentParser) -> None:
@@ -47,19 +45,31 @@ def add_parser(sub: Any) -> None:
         parser.add_argument("--json", action="store_true", help="machine-readable output (one line of JSON)")
 
     listing = commands.add_parser("list", help="items, oldest failure first")
+    destination(listing, argparse.SUPPRESS)  # after the command too; before it when not given here
     filters(listing)
     listing.add_argument("--limit", type=int, default=50, help="at most this many items (default 50)")
     listing.add_argument("--offset", type=int, default=0, help="skip this many matching items first (default 0)")
     show = commands.add_parser("show", help="one item in full (indented JSON)")
     show.add_argument("id", help="the item's id, as `relay dlq list` prints it")
+    destination(show, argparse.SUPPRESS)
     show.add_argument("--json", action="store_true", help="compact JSON on one line (default: indented)")
     for name, verb in (("replay", "replay on the replay lane"), ("purge", "delete")):
         command = commands.add_parser(name, help=f"{verb}: one item, or every item matching --all and filters")
         command.add_argument("id", nargs="?", help="one item's id (or --all)")
         command.add_argument("--all", action="store_true", help="every item matching the filters")
         command.add_argument("--dry-run", action="store_true", help="only count")
+        destination(command, argparse.SUPPRESS)
         filters(command)
     dlq.set_defaults(func=run)
+
+
+def destination(parser: argparse.ArgumentParser, default: Any) -> None:
+    parser.add_argument(
+        "--destination",
+        choices=list(DESTINATIONS),
+        default=default,
+        help="whose dead-letter queue (default: the first configured)",
+    )
 
 
 # The filter options, by the field each sets.

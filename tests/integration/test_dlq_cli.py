@@ -94,6 +94,11 @@ def test_show_replay_and_purge(settings: Settings, store: Store, redis: Redis) -
         (["list", "--since", "yesterday"], "relay dlq list: --since: Not a valid datetime."),
         (["list", "--reason", "nope"], "relay dlq list: --reason: Must be one of: invalid_payload, "),
         (["--destination", "userkit", "list"], "relay dlq list: --destination userkit is not in RELAY_DESTINATIONS"),
+        (["list", "--destination", "userkit"], "relay dlq list: --destination userkit is not in RELAY_DESTINATIONS"),
+        (
+            ["replay", "--all", "--destination", "userkit"],
+            "relay dlq replay: --destination userkit is not in RELAY_DESTINATIONS",
+        ),
         (
             ["purge", "stripe-evt_1", "--reason", "usercom_rejected"],
             "relay dlq purge: --reason: filters apply to --all",
