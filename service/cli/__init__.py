@@ -160,11 +160,22 @@ def cmd_dev(args: argparse.Namespace) -> int:
     return run_dev(port=args.port, data_dir=Path(args.data_dir))
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
+def _whole(text: str, low: int, high: int | None = None) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < low or (high is not None and value > high):
+        raise argparse.ArgumentTypeError(f"must be {low}-{high}" if high is not None else f"must be at least {low}")
     return value
+
+
+def _positive(text: str) -> int:
+    return _whole(text, 1)
+
+
+def _port(text: str) -> int:
+    return _whole(text, 1, 65535)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -172,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"relay {version()}", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True)
     dev = sub.add_parser("dev", help="run everything locally: Redis, web, worker and a User.com sandbox")
-    dev.add_argument("--port", type=int, default=8000, help="web port (default 8000)")
+    dev.add_argument("--port", type=_port, default=8000, help="web port (default 8000)")
     dev.add_argument("--data-dir", default=".relay-dev", help="where the dev Redis keeps its data")
     dev.set_defaults(func=cmd_dev)
     web = sub.add_parser("web", help="serve the webhook endpoints with gunicorn")

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from redis import Redis
 
 from service import create_app
@@ -114,3 +115,21 @@ def test_bulk_replay_needs_a_filter_or_all(env: dict[str, str], redis: Redis) ->
 def test_root_lists_where_to_go(client: Any) -> None:
     links = client.get("/").get_json()["links"]
     assert links == {"console": "/console", "status": "/status", "metrics": "/metrics", "openapi": "/openapi.json"}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["dev", "--port", "70000"], "argument --port: must be 1-65535"),
+        (["dev", "--port", "0"], "argument --port: must be 1-65535"),  # was: 30 s of waiting for port 0
+        (["worker", "--concurrency", "abc"], "argument --concurrency: 'abc' is not a whole number"),
+        (["worker", "--concurrency", "0"], "argument --concurrency: must be at least 1"),
+    ],
+)
+def test_a_number_argument_out_of_range_is_named_in_one_line(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(args)
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"relay {args[0]}: error: {message}"
