@@ -1,4 +1,4 @@
-"""Processes die with their parent (Linux `PR_SET_PDEATHSIG`).
+"""Worker processes die with their parent (Linux `PR_SET_PDEATHSIG`: service/ops/parent_death.py).
 
 A `kill -9` of `relay worker` (or of one worker) gives its children no chance to clean up: without
 this they run on, re-parented to PID 1, and a fork still holding the dead process's Redis socket keeps
@@ -9,31 +9,17 @@ intermediate list, where nobody works it.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import gc
 import os
 import signal
-import sys
 from collections.abc import Iterator
 
 from redis import ConnectionPool
 
-PR_SET_PDEATHSIG = 1
+from service.ops.parent_death import die_with_parent
+
 SUPERVISOR_PID_ENV = "RELAY_SUPERVISOR_PID"
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
-
-
-def die_with_parent(expected_parent: int, signum: int = signal.SIGTERM) -> None:
-    """Have the kernel send `signum` to this process when its parent dies; exit now if it already has.
-
-    `expected_parent` closes the race between the fork and this call: a parent that died in between
-    has re-parented this process already."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_PDEATHSIG, int(signum), 0, 0, 0) != 0:  # pragma: no cover - EINVAL only
-            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-    if os.getppid() != expected_parent:
-        os._exit(1)
 
 
 def die_with_supervisor() -> None:

@@ -8,6 +8,7 @@ post webhooks, a signed curl example and where to see the result. Ctrl-C stops e
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import secrets
@@ -18,12 +19,14 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from service.config import Settings, SettingsError
 from service.devtools.embedded_redis import RedisNotFound, RedisProcess, free_port
 from service.devtools.usercom_sandbox import SandboxServer
+from service.ops.parent_death import dies_with_this_process
 
 DEV_STRIPE_SECRET = "whsec_relay_dev_only_not_a_real_secret"  # noqa: S105 - dev only, printed on purpose
 SAMPLE_USER = "dev-user-1"
@@ -69,7 +72,10 @@ SANDBOX_FILE = "usercom-sandbox.json"
 
 
 def _port_free(port: int) -> bool:
+    """Nothing listens there (a connection of the last run waiting out TIME-WAIT does not count: the
+    web binds with SO_REUSEADDR too)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:
@@ -77,10 +83,38 @@ def _port_free(port: int) -> bool:
     return True
 
 
+LOCK_FILE = "relay-dev.lock"
+
+
+@contextlib.contextmanager
+def _data_dir_lock(data_dir: Path) -> Iterator[bool]:
+    """Holds `data_dir` for this run (False: another `relay dev` holds it). Two runs on one data dir
+    would run two Redis servers on one append-only file."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with (data_dir / LOCK_FILE).open("a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True  # released when the file closes, also when this process is killed
+
+
 def run_dev(*, port: int, data_dir: Path) -> int:
     if not _port_free(port):
         print(f"relay dev: port {port} is in use; choose another with --port", file=sys.stderr)
         return 2
+    with _data_dir_lock(data_dir) as held:
+        if not held:
+            print(
+                f"relay dev: another relay dev is running on {data_dir}; stop it or choose another --data-dir",
+                file=sys.stderr,
+            )
+            return 2
+        return _run(port, data_dir)
+
+
+def _run(port: int, data_dir: Path) -> int:
     env = dict(os.environ)
     sandbox: SandboxServer | None = None
     if not (env.get("USERCOM_API_URL") and env.get("USERCOM_API_KEY")):
@@ -91,7 +125,7 @@ def run_dev(*, port: int, data_dir: Path) -> int:
     env.setdefault("RELAY_ADMIN_TOKEN", secrets.token_urlsafe(24))
     env.setdefault("RELAY_METRICS_PORT", str(free_port()))
     env.setdefault("RELAY_METRICS_BIND", "127.0.0.1")  # worker metrics: this machine only
-    redis = RedisProcess(data_dir / "redis")
+    redis = RedisProcess(data_dir / "redis", die_with_parent=True)
     env["REDIS_URL"] = redis.url
     try:
         settings = Settings.from_env(env, role="all")
@@ -101,9 +135,15 @@ def run_dev(*, port: int, data_dir: Path) -> int:
         return 2
     relay = [sys.executable, "-m", "service.cli"]
     # Own sessions: Ctrl-C reaches only this process, which then stops web and worker before Redis.
+    # Killed (kill -9), it cannot: they are sent SIGTERM by the kernel then (dies_with_this_process).
     children = [
-        subprocess.Popen([*relay, "web", "--bind", f"127.0.0.1:{port}"], env=env, start_new_session=True),
-        subprocess.Popen([*relay, "worker"], env=env, start_new_session=True),
+        subprocess.Popen(
+            [*relay, "web", "--bind", f"127.0.0.1:{port}"],
+            env=env,
+            start_new_session=True,
+            preexec_fn=dies_with_this_process(),  # prctl only, looked up before the fork
+        ),
+        subprocess.Popen([*relay, "worker"], env=env, start_new_session=True, preexec_fn=dies_with_this_process()),
     ]
     stopping = False
 
@@ -112,6 +152,7 @@ def run_dev(*, port: int, data_dir: Path) -> int:
         stopping = True
 
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, stop)  # its terminal closed
     try:
         _wait_ready(f"http://127.0.0.1:{port}/readyz", children)
         _print_banner(port, settings, data_dir, sandbox)

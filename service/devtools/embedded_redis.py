@@ -17,6 +17,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
+from service.ops.parent_death import dies_with_this_process
+
 
 class RedisNotFound(RuntimeError):
     pass
@@ -67,6 +69,7 @@ class RedisProcess:
         appendonly: bool = True,
         appendfsync: str = "everysec",
         executable: str | None = None,  # default: find_redis_server()
+        die_with_parent: bool = False,  # sent SIGTERM when this process dies (start it from the main thread)
     ) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
@@ -76,6 +79,7 @@ class RedisProcess:
         self.appendonly = appendonly
         self.appendfsync = appendfsync
         self.executable = executable
+        self.die_with_parent = die_with_parent
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -117,7 +121,13 @@ class RedisProcess:
             "redis.log",
         ]
         # Own session: a Ctrl-C meant for the parent must not stop Redis before its clients.
-        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        self.process = subprocess.Popen(
+            argv,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            preexec_fn=dies_with_this_process() if self.die_with_parent else None,
+        )
         deadline = time.monotonic() + timeout
         # No retries of its own: each look is one ping (redis-py's default retries a silent port for 9 s).
         client = Redis(port=self.port, socket_timeout=0.5, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))

@@ -3,16 +3,24 @@ reaches the sandbox."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
+import pytest
+from redis import Redis
+from redis.exceptions import RedisError
+
+from service.cli.dev import _port_free
 from tests.integration.test_dev_logs import listeners
 from tests.ports import unused_port
 
@@ -81,3 +89,91 @@ def test_relay_dev_runs_the_printed_example_end_to_end(tmp_path: Path) -> None:
             dev.wait()
         if dev.stdout is not None:
             dev.stdout.close()
+
+
+def carrying(marker: str) -> list[int]:
+    """Live processes whose environment holds `marker` (a zombie's reads as empty)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                environ = (entry / "environ").read_bytes()
+            except OSError:  # gone meanwhile, or not ours
+                continue
+            if marker.encode() in environ.split(b"\0"):
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGHUP], ids=["kill -9", "terminal closed"])
+def test_relay_dev_stopped_any_way_leaves_nothing_running(tmp_path: Path, signum: int) -> None:
+    """Its Redis, web and worker run in sessions of their own (Ctrl-C reaches relay dev alone): killed,
+    or its terminal closed, they were left running and holding their ports. A second relay dev on the
+    same data dir is refused meanwhile (two Redis servers on one append-only file)."""
+    marker = f"RELAY_DEV_TEST_MARK={uuid.uuid4().hex}"
+    port = unused_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "USERCOM_", "RELAY_", "STRIPE_"))}
+    env = {**env, "RELAY_METRICS_PORT": str(unused_port()), marker.split("=")[0]: marker.split("=")[1]}
+    data_dir = tmp_path / "dev"
+    redis_url = None
+    dev = subprocess.Popen(
+        [RELAY, "dev", "--port", str(port), "--data-dir", str(data_dir)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert dev.stdout is not None
+        banner = ""
+        for line in dev.stdout:
+            banner += line
+            if line.startswith("Ctrl-C stops everything"):
+                break
+        redis_url = re.search(r"export REDIS_URL=(\S+)", banner)
+        assert redis_url is not None, banner
+        assert len(carrying(marker)) >= 3  # relay dev, web, worker and their children (Redis rewrites its environ)
+        second = subprocess.run(
+            [RELAY, "dev", "--port", str(unused_port()), "--data-dir", str(data_dir)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert (second.returncode, second.stderr.strip()) == (
+            2,
+            f"relay dev: another relay dev is running on {data_dir}; stop it or choose another --data-dir",
+        )
+        os.kill(dev.pid, signum)
+        dev.wait(timeout=60)
+        deadline = time.monotonic() + 60
+        redis_port = int(redis_url.group(1).rsplit(":", 1)[1].split("/")[0])
+        while carrying(marker) or listeners(redis_port):
+            assert time.monotonic() < deadline, f"left running: {carrying(marker)}, Redis {listeners(redis_port)}"
+            time.sleep(0.2)
+        assert not listeners(port)
+    finally:
+        for pid in carrying(marker):
+            os.kill(pid, signal.SIGKILL)
+        if redis_url is not None:
+            with contextlib.suppress(RedisError), Redis.from_url(redis_url.group(1)) as redis:
+                redis.shutdown(nosave=True)
+        if dev.poll() is None:
+            dev.kill()
+            dev.wait()
+        if dev.stdout is not None:
+            dev.stdout.close()
+
+
+def test_a_port_its_last_run_left_in_time_wait_is_free() -> None:
+    """Restarted just after Ctrl-C, relay dev found its port "in use" while only TIME-WAIT remained."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            served, _ = listener.accept()
+            served.close()  # the server closes first: its side of the connection waits in TIME-WAIT
+            client.recv(1)
+    assert _port_free(port)
+    with socket.create_server(("127.0.0.1", port)):  # a listener is still found
+        assert not _port_free(port)
