@@ -128,6 +128,7 @@ def test_a_stripe_email_user_com_would_refuse_is_reported_not_lost(
     assert dropped_count("email", "invalid_email") == before + 1
     [entry] = json.loads(client.get("/admin/users/u_mail/trace", headers=ADMIN).data)["entries"]
     assert entry["dropped"] == [{"name": "email", "reason": "invalid_email", "event_id": "evt_bad_email"}]
+    assert entry["attributes"]["first_name"] == "Ada" and "email" not in entry["attributes"]  # what was sent
 
 
 def test_userkit_leaves_out_a_malformed_email_or_phone() -> None:

@@ -122,7 +122,7 @@ def send_allowed(
         destination=ctx.store.keys.destination,
         endpoint=endpoint,
         status=status,
-        attributes=sent,
+        attributes={name: value for name, value in sent.items() if name not in {d.attribute for d in left_out}},
         tags=state.tag_list({c for c in carriers if c not in refused}),
         event_ids=[o.event_id for o in outcomes if o.outcome != "dead_lettered"],
         dropped=[{"name": d["attribute"], "reason": d["reason"], "event_id": d["event_id"]} for d in dropped],
