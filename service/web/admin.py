@@ -2,6 +2,12 @@
 
 Disabled (404, `admin_disabled`) when no token is configured. Views only translate: the
 operations are plain functions in service.operator.
+
+Item and user ids are `<path:...>`: a WSGI server decodes %2F to "/" before routing, and user ids
+may hold "/" ("org/42"), as may the event id of a dead letter a backfill filed. No route is made
+ambiguous: `POST /dlq/replay` (bulk) is matched before `POST /dlq/<id>/replay` (an id ending in
+"/replay" is still its own: `POST /dlq/x/replay/replay`), and `/users/<id>/trace` is the only route
+under /users.
 """
 
 from __future__ import annotations
@@ -77,19 +83,19 @@ def list_dlq() -> dict[str, Any]:
     return {"items": shown_items, "total": total, "offset": query["offset"], "limit": query["limit"]}
 
 
-@bp.get("/dlq/<item_id>")
+@bp.get("/dlq/<path:item_id>")
 def show_dlq(item_id: str) -> dict[str, Any]:
     return shown(_item(item_id), TIME_FIELDS)
 
 
-@bp.delete("/dlq/<item_id>")
+@bp.delete("/dlq/<path:item_id>")
 def delete_dlq(item_id: str) -> Response:
     if not _operator().dlq.delete(item_id):
         raise NotFound(f"no dead-letter item {item_id!r}")
     return Response(status=204)
 
 
-@bp.post("/dlq/<item_id>/replay")
+@bp.post("/dlq/<path:item_id>/replay")
 def replay_one(item_id: str) -> tuple[dict[str, Any], int]:
     outcome = _operator().replay(_item(item_id))
     if outcome == REPLAYED:
@@ -114,7 +120,7 @@ def replay_bulk() -> tuple[dict[str, Any], int]:
     return result, 200 if body["dry_run"] else 202
 
 
-@bp.get("/users/<user_id>/trace")
+@bp.get("/users/<path:user_id>/trace")
 def user_trace(user_id: str) -> dict[str, Any]:
     """The user's latest deliveries and dead letters at the destination, newest first."""
     store = _operator().store

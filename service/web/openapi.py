@@ -39,6 +39,12 @@ def _admin(operation: dict[str, Any]) -> dict[str, Any]:
     return {**operation, "tags": ["admin"], "security": [{"adminToken": []}]}
 
 
+def _path_id(name: str, what: str) -> dict[str, Any]:
+    """An id routed with `<path:...>`: a "/" in it may be sent as it is or as %2F (decoded before routing)."""
+    description = f'{what}; it may hold "/", sent as it is or as `%2F`'
+    return {"in": "path", "name": name, "required": True, "schema": {"type": "string"}, "description": description}
+
+
 def _webhook(title: str, headers: tuple[tuple[str, str], ...], schema: str) -> dict[str, Any]:
     return {
         "tags": ["webhooks"],
@@ -114,7 +120,7 @@ def build_spec() -> dict[str, Any]:
     ops.append(("/", "Where to go: the console, /status, /metrics, /openapi.json", {"200": _ok("links", None)}))
     ops.append(("/console", "The operator's console (HTML; signs in with the admin token)", {"200": _ok("HTML", None)}))
     ops.append(("/console/{name}", "The console's static files (JS, CSS)", {"200": _ok("the file", None)}))
-    name = [{"in": "path", "name": "name", "required": True, "schema": {"type": "string"}}]
+    name = [_path_id("name", "the file's name (`console.js`)")]
     for path, summary, responses in ops:
         operation = {"tags": ["ops"], "summary": summary, "responses": responses}
         spec.path(path=path, operations={"get": {**operation, **({"parameters": name} if "{name}" in path else {})}})
@@ -130,7 +136,7 @@ def build_spec() -> dict[str, Any]:
             )
         },
     )
-    item_id = {"in": "path", "name": "item_id", "required": True, "schema": {"type": "string"}}
+    item_id = _path_id("item_id", "the item's id, `<source>-<event id>` (`stripe-evt_1`)")
     spec.path(
         path="/admin/dlq/{item_id}",
         operations={
@@ -177,7 +183,7 @@ def build_spec() -> dict[str, Any]:
             )
         },
     )
-    user_id = {"in": "path", "name": "user_id", "required": True, "schema": {"type": "string"}}
+    user_id = _path_id("user_id", "the user id (`u_42`, `org/42`)")
     spec.path(
         path="/admin/users/{user_id}/trace",
         operations={

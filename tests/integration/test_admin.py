@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import urllib3
+from marshmallow import ValidationError
 from redis import Redis
 from rq import SimpleWorker
 from rq.serializers import JSONSerializer
@@ -14,10 +17,13 @@ from service import create_app
 from service.config import Settings
 from service.core.update import UserUpdate
 from service.devtools.usercom_sandbox import Fault, SandboxServer
+from service.devtools.wsgi_server import BackgroundServer
+from service.intake import invalid_item
+from service.sources.base import Described
 from service.store import keys
 from service.store.ledger_state import decode
 from service.store.limiter_scripts import INCREASE_FRACTION_PER_SECOND
-from tests.conftest import SECRET, USERCOM_KEY, stripe_event
+from tests.conftest import SECRET, USERCOM_KEY, close_connections, stripe_event
 from workers.delivery.context import DeliveryContext, configure
 from workers.delivery.job import deliver_update
 from workers.runner import build_context
@@ -41,6 +47,21 @@ def ctx(admin_settings: Settings, redis: Redis) -> DeliveryContext:
     context = build_context(admin_settings, "usercom")
     configure(context)
     return context
+
+
+@pytest.fixture
+def served(admin_settings: Settings, redis: Redis) -> Iterator[str]:
+    """The app on a real socket: the path reaches it as a WSGI server decodes it (%2F is "/")."""
+    server = BackgroundServer(create_app(admin_settings)).start()
+    yield server.base_url
+    server.stop()
+
+
+@pytest.fixture
+def http() -> Iterator[urllib3.PoolManager]:
+    pool = urllib3.PoolManager(retries=False, timeout=10)
+    yield pool
+    close_connections(pool)
 
 
 def update(event_id: str, *, user: str = "u1", event_time: int = 100, **custom: Any) -> UserUpdate:
@@ -271,3 +292,50 @@ def test_status_after_a_known_sequence(
     assert status["workers"] == {"live": 0, "replay": 0, "backfill": 0}
     for secret in (SECRET, USERCOM_KEY, TOKEN):
         assert secret not in str(document)
+
+
+def test_the_trace_of_a_user_whose_id_holds_a_slash_is_reachable(
+    served: str, http: urllib3.PoolManager, ctx: DeliveryContext, sandbox: SandboxServer
+) -> None:
+    """User ids may hold "/" (metadata.user_id = "org/42"): encoded (%2F) or not, it names the user."""
+    assert ctx.store.accept(update("evt_ok", user="org/42"))
+    work(ctx, keys.LIVE)
+    dead_letter(ctx, sandbox, update("evt_bad", user="org/42"))
+    assert ctx.store.accept(update("evt_other", user="org"))
+    work(ctx, keys.LIVE)
+    for path in ("/admin/users/org%2F42/trace", "/admin/users/org/42/trace"):
+        response = http.request("GET", served + path, headers=AUTH)
+        assert response.status == 200, (path, response.data)
+        trace = response.json()
+        assert (trace["user_id"], trace["destination"]) == ("org/42", "usercom")
+        assert [(e["kind"], e["event_ids"]) for e in trace["entries"]] == [
+            ("dead_letter", ["evt_bad"]),
+            ("delivery", ["evt_ok"]),
+        ]
+    deeper = http.request("GET", served + "/admin/users/org%2F42%2Ftrace/trace", headers=AUTH)  # "org/42/trace"
+    assert deeper.status == 200 and deeper.json()["user_id"] == "org/42/trace" and deeper.json()["entries"] == []
+
+
+def test_dead_letters_whose_id_holds_a_slash_are_shown_replayed_and_deleted(
+    served: str, http: urllib3.PoolManager, ctx: DeliveryContext, sandbox: SandboxServer
+) -> None:
+    """An id is `<source>-<event id>`: a backfill files an invalid event under the id the provider's API
+    gave it, "/" included; intake's event ids may hold ':' and '.'."""
+    payload = {"id": "evt/1", "type": "customer.updated", "data": {"object": {"email": 42}}}
+    described = Described("evt/1", "customer.updated", 100)
+    refused = ValidationError({"data": ["Not valid."]})
+    assert ctx.store.reject(invalid_item("stripe", "evt/1", "evt/1", described, payload, refused, "invalid"), "evt/1")
+    dead_letter(ctx, sandbox, update("evt_a.b:c"), status=503)
+    base = served + "/admin/dlq/"
+    for item_id, path in (("stripe-evt/1", "stripe-evt%2F1"), ("stripe-evt_a.b:c", "stripe-evt_a.b:c")):
+        shown = http.request("GET", base + path, headers=AUTH)
+        assert shown.status == 200 and shown.json()["id"] == item_id, shown.data
+    still_invalid = http.request("POST", base + "stripe-evt%2F1/replay", headers=AUTH)
+    assert still_invalid.status == 409 and still_invalid.json()["error"]["code"] == "still_invalid"
+    replayed = http.request("POST", base + "stripe-evt_a.b:c/replay", headers=AUTH)
+    assert replayed.status == 202 and replayed.json() == {"id": "stripe-evt_a.b:c", "status": "replayed"}
+    assert http.request("DELETE", base + "stripe-evt%2F1", headers=AUTH).status == 204
+    assert http.request("GET", base + "stripe-evt%2F1", headers=AUTH).status == 404
+    assert ctx.store.dead_letters() == []
+    bulk = http.request("POST", base + "replay", json={"all": True, "dry_run": True}, headers=AUTH)  # still bulk
+    assert bulk.status == 200 and bulk.json()["matched"] == 0
