@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import re
 import shutil
+import signal
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
+from marshmallow import ValidationError
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 from redis import Redis
 from rq import SimpleWorker
@@ -18,7 +21,10 @@ from rq.serializers import JSONSerializer
 from service import create_app
 from service.config import Settings
 from service.core.update import UserUpdate
+from service.devtools.embedded_redis import RedisProcess
 from service.devtools.wsgi_server import BackgroundServer
+from service.intake import invalid_item
+from service.sources.base import Described
 from service.store import keys
 from workers.delivery.context import configure
 from workers.runner import build_context
@@ -222,3 +228,89 @@ def test_console_says_when_the_admin_api_is_disabled(page: Page, env: dict[str, 
         page.screenshot(path="/tmp/console-disabled.png", full_page=True)
     finally:
         server.stop()
+
+
+@contextmanager
+def redis_paused(redis_server: RedisProcess) -> Iterator[None]:
+    """The Redis the web uses stopped (SIGSTOP), as a hung server: connections open, no answer."""
+    assert redis_server.process is not None
+    redis_server.process.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        redis_server.process.send_signal(signal.SIGCONT)
+
+
+STALE = re.compile(r"\bstale\b")
+WHEN = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
+
+
+def test_the_overview_says_when_its_refresh_fails_and_when_it_recovers(
+    page: Page, relay: tuple[str, Settings], redis_server: RedisProcess
+) -> None:
+    base_url, _ = relay
+    sign_in(page, base_url)
+    warning, refreshed = page.locator("#refresh-error"), page.locator("#refreshed")
+    card = page.locator('section.destination[data-name="usercom"]')
+    expect(refreshed).to_have_text(re.compile(rf"^Refreshed {WHEN}, every 3 s\.$"))
+    expect(warning).to_have_count(0)
+    with redis_paused(redis_server):
+        # /status answers 503 with {"error": {"code": "redis_unavailable", "message": ...}}: the page says so.
+        expect(warning).to_have_text(
+            re.compile(
+                rf"^Refresh failed at {WHEN}: redis is not reachable; retry later \(HTTP 503 redis_unavailable\); "
+                rf"showing data from ({WHEN})\.$"
+            )
+        )
+        expect(card).to_have_class(STALE)
+        expect(card.locator("h2")).to_contain_text("(stale: as of ")
+        expect(refreshed).to_have_text(re.compile(rf"^Last refreshed {WHEN}; retrying every 3 s\.$"))
+        last = re.findall(WHEN, refreshed.inner_text())[0]  # the time of the figures still shown
+        assert warning.inner_text().endswith(f"showing data from {last}.")
+        expect(card.locator('[data-field="dlq-size"]')).to_have_text("3")
+        page.screenshot(path="/tmp/console-overview-stale.png", full_page=True)
+    expect(warning).to_have_count(0)
+    expect(card).not_to_have_class(STALE)
+    expect(refreshed).to_have_text(re.compile(rf"^Refreshed {WHEN}, every 3 s\.$"))
+
+
+def test_ids_that_hold_a_slash_reach_their_trace_and_dead_letter(
+    page: Page, relay: tuple[str, Settings], redis_server: RedisProcess
+) -> None:
+    """User ids may hold "/" ("org/42"), and so may the event id of a dead letter a backfill filed."""
+    base_url, settings = relay
+    ctx = build_context(settings, "usercom")
+    configure(ctx)
+    assert ctx.store.accept(update("evt_slash", "org/42"))
+    SimpleWorker([ctx.queues[keys.LIVE]], connection=ctx.redis, serializer=JSONSerializer).work(burst=True)
+    payload = {"id": "evt/1", "type": "customer.updated", "data": {"object": {"email": 42}}}
+    item = invalid_item(
+        "stripe", "evt/1", "evt/1", Described("evt/1", "customer.updated", 100), payload, ValidationError("x"), "bad"
+    )
+    assert ctx.store.reject(item, "evt/1")
+    ctx.redis.close()
+    sign_in(page, base_url)
+
+    page.click('a[href="#/trace"]')
+    page.fill("#trace-user", "org/42")
+    with redis_paused(redis_server):  # a trace that cannot be read keeps its form, to try again
+        page.click("#trace-go")
+        expect(page.locator("#trace-error")).to_have_text(
+            'The trace of "org/42" could not be loaded: redis is not reachable; retry later'
+        )
+    expect(page.locator("#trace-user")).to_have_value("org/42")
+    page.click("#trace-go")
+    row = page.locator("#trace-table tbody tr")
+    expect(row).to_have_count(1)
+    expect(row).to_contain_text("evt_slash")
+    expect(row).to_contain_text('email="org/42@example.com"')
+    expect(page.locator("main")).to_contain_text("1 entries for org/42 at usercom")
+    expect(page.locator("#trace-error")).to_have_count(0)
+
+    page.click('a[href="#/dlq"]')
+    page.click('tr[data-id="stripe-evt/1"] a')
+    expect(page.locator("#item-json")).to_contain_text('"id": "stripe-evt/1"')
+    page.click("#delete")
+    page.click("#confirm-yes")
+    expect(page.locator("#flash")).to_contain_text("Delete: stripe-evt/1")
+    expect(page.locator('tr[data-id="stripe-evt/1"]')).to_have_count(0)

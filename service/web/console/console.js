@@ -4,10 +4,13 @@
 
 const TOKEN_KEY = "relay.adminToken";
 const REFRESH_MS = 3000;
+const REFRESH_TIMEOUT_MS = 10000; // a refresh with no answer by then counts as failed
 const HISTORY = 100; // samples kept for the deliveries chart (5 minutes at 3 s)
 const PAGE = 20;
 const main = document.getElementById("main");
-const state = { timer: null, history: {}, dlqOffset: 0, filters: {} };
+// view: bumped by every route(), so an answer that comes after the page was left is not shown.
+// status: the last /status that answered, shown (marked stale) while refreshes fail.
+const state = { timer: null, view: 0, history: {}, status: null, dlqOffset: 0, filters: {} };
 
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
@@ -26,15 +29,26 @@ function destination() { return document.getElementById("destination").value || 
 // Times come as ISO 8601 in UTC ("2026-11-29T20:10:00.123Z"): shown to the second.
 function when(iso) { return iso ? `${String(iso).slice(0, 19)}Z` : "-"; }
 
-async function api(method, path, body) {
+// Throws an Error with .code (the API's error code, else the HTTP status, else "no_answer") and
+// .status (the HTTP status; none when nothing answered). `timeout` (ms): give up waiting then.
+async function api(method, path, body, timeout) {
   const headers = { Authorization: `Bearer ${token()}` };
   if (body !== undefined) headers["Content-Type"] = "application/json";
-  const answer = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  const signal = timeout ? AbortSignal.timeout(timeout) : undefined;
+  let answer;
+  try {
+    answer = await fetch(path, { method, headers, signal, body: body === undefined ? undefined : JSON.stringify(body) });
+  } catch (failure) {
+    const error = new Error(failure.name === "TimeoutError" ? `no answer within ${timeout / 1000} s` : failure.message);
+    error.code = "no_answer";
+    throw error;
+  }
   const data = answer.status === 204 ? {} : await answer.json().catch(() => ({}));
   if (!answer.ok) {
     const code = (data.error && data.error.code) || String(answer.status);
-    const error = new Error((data.error && data.error.message) || code);
+    const error = new Error((data.error && data.error.message) || `HTTP ${answer.status} ${answer.statusText}`.trim());
     error.code = code;
+    error.status = answer.status;
     error.details = data.error && data.error.details;
     throw error;
   }
@@ -64,8 +78,12 @@ function confirmAction(text) {
 
 function show(...nodes) { main.replaceChildren(...nodes.flat(Infinity).map((n) => (n instanceof Node ? n : document.createTextNode(String(n))))); }
 
+// Leave the current page: no refresh runs on, no late answer is shown.
+function leave() { clearTimeout(state.timer); state.view += 1; }
+
 // Sign-in, and the page shown when the admin API is off.
 function loginPage(message) {
+  leave();
   document.getElementById("nav").hidden = true;
   const input = el("input", { id: "token", type: "password", placeholder: "RELAY_ADMIN_TOKEN", size: "40" });
   const form = el("form", { id: "login-form", onsubmit: (event) => {
@@ -78,6 +96,7 @@ function loginPage(message) {
 }
 
 function disabledPage() {
+  leave();
   document.getElementById("nav").hidden = true;
   show(el("div", { id: "disabled", class: "notice" }, el("h2", {}, "The admin API is disabled"),
     el("p", {}, "This relay has no RELAY_ADMIN_TOKEN set, so the console cannot show or change anything. "
@@ -92,13 +111,17 @@ async function start() {
     if (error.code === "unauthorized") return loginPage(token() ? "That token was refused." : "");
     return loginPage(`The relay did not answer: ${error.message}`);
   }
-  const status = await api("GET", "/status");
+  // Without /status (Redis down) the list waits for the overview's first refresh that answers.
+  await api("GET", "/status").then(listDestinations, () => {});
+  document.getElementById("nav").hidden = false;
+  route();
+}
+
+function listDestinations(status) {
   const select = document.getElementById("destination");
   if (!select.options.length) {
     for (const name of Object.keys(status.destinations)) select.append(el("option", { value: name }, name));
   }
-  document.getElementById("nav").hidden = false;
-  route();
 }
 
 // Overview: every destination, refreshed every few seconds.
@@ -124,10 +147,11 @@ function chart(name) {
   return el("div", { class: "card" }, el("h3", {}, `Deliveries per ${REFRESH_MS / 1000} s (max ${top})`), svg);
 }
 
-function destinationCard(name, d) {
+function destinationCard(name, d, stale) {
   const lanes = Object.entries(d.lanes).map(([lane, l]) => [`${lane} depth / pending`, `${l.depth} / ${l.pending}`, `lane-${lane}`]);
   const reasons = Object.entries(d.dlq.by_reason).map(([reason, count]) => [reason, count, `reason-${reason}`]);
-  return el("section", { class: "destination", "data-name": name }, el("h2", {}, name), el("div", { class: "cards" },
+  return el("section", { class: stale ? "destination stale" : "destination", "data-name": name },
+    el("h2", {}, name, stale ? el("span", { class: "stale-mark" }, ` (stale: as of ${when(stale)})`) : ""), el("div", { class: "cards" },
     el("div", { class: "card" }, el("h3", {}, "Ledger"), dl(Object.entries(d.ledger))),
     el("div", { class: "card" }, el("h3", {}, "Lanes"), dl(lanes)),
     el("div", { class: "card" }, el("h3", {}, "Dead letters"), dl([["total", d.dlq.size, "dlq-size"], ...reasons,
@@ -140,15 +164,54 @@ function destinationCard(name, d) {
     chart(name)));
 }
 
-async function overview() {
-  const status = await api("GET", "/status");
+// A refresh that fails never passes silently: the page says when and why, keeps the last figures
+// marked stale, and the next refresh that answers clears it. Throws only when signed out (401).
+async function overview(view) {
+  let status;
+  try {
+    status = await api("GET", "/status", undefined, REFRESH_TIMEOUT_MS);
+  } catch (error) {
+    if (error.code === "unauthorized") throw error;
+    if (view === state.view) showOverview(state.status, refreshFailure(error));
+    return;
+  }
+  if (view !== state.view) return;
+  listDestinations(status);
   for (const [name, d] of Object.entries(status.destinations)) {
     const history = (state.history[name] = state.history[name] || []);
     history.push({ at: status.time_unix, delivered: d.ledger.delivered });
     if (history.length > HISTORY) history.shift();
   }
-  show(el("h1", {}, "Overview"), el("p", { id: "refreshed" }, `Refreshed ${when(status.time)}, every ${REFRESH_MS / 1000} s.`),
-    Object.entries(status.destinations).map(([name, d]) => destinationCard(name, d)));
+  state.status = status;
+  showOverview(status, "");
+}
+
+// As in: "Refresh failed at <time>: redis is not reachable; retry later (HTTP 503 redis_unavailable); showing data from <time>."
+function refreshFailure(error) {
+  const why = error.status ? `${explain(error)} (HTTP ${error.status}${error.code === String(error.status) ? "" : ` ${error.code}`})`
+    : `the relay did not answer (${error.message})`;
+  const data = state.status ? `showing data from ${when(state.status.time)}` : "no data to show yet";
+  return `Refresh failed at ${when(new Date().toISOString())}: ${why}; ${data}.`;
+}
+
+function showOverview(status, failure) {
+  const stale = failure && status ? status.time : null;
+  const every = `every ${REFRESH_MS / 1000} s`;
+  show(el("h1", {}, "Overview"), failure ? el("p", { id: "refresh-error", class: "error", role: "alert" }, failure) : "",
+    status ? el("p", { id: "refreshed", class: stale ? "stale" : "" },
+      stale ? `Last refreshed ${when(status.time)}; retrying ${every}.` : `Refreshed ${when(status.time)}, ${every}.`) : "",
+    status ? Object.entries(status.destinations).map(([name, d]) => destinationCard(name, d, stale)) : "");
+}
+
+function refreshLater(view) {
+  state.timer = setTimeout(async () => {
+    try {
+      await overview(view);
+    } catch (error) {
+      return view === state.view ? failed(error) : undefined;
+    }
+    if (view === state.view) refreshLater(view);
+  }, REFRESH_MS);
 }
 
 // Dead letters: filters, paging, bulk replay (dry run first).
@@ -269,10 +332,20 @@ async function tracePage(user) {
   const input = el("input", { id: "trace-user", placeholder: "user id", value: user || "" });
   const form = el("form", { class: "filters", onsubmit: (event) => {
     event.preventDefault();
-    location.hash = `#/trace/${encodeURIComponent(input.value)}`;
+    const target = `#/trace/${encodeURIComponent(input.value)}`;
+    if (location.hash === target) route(); // the same user again (after a failure): no hashchange comes
+    else location.hash = target;
   } }, input, el("button", { id: "trace-go", type: "submit" }, "Show trace"));
   if (!user) return show(el("h1", {}, "User trace"), form);
-  const trace = await api("GET", withDestination(`/admin/users/${encodeURIComponent(user)}/trace`));
+  let trace;
+  try {
+    trace = await api("GET", withDestination(`/admin/users/${encodeURIComponent(user)}/trace`));
+  } catch (error) {
+    if (error.code === "unauthorized") throw error;
+    // Keep the form, so the user id can be corrected or tried again here.
+    return show(el("h1", {}, "User trace"), form,
+      el("p", { id: "trace-error", class: "error" }, `The trace of ${JSON.stringify(user)} could not be loaded: ${explain(error)}`));
+  }
   const sent = (e) => [...Object.entries(e.attributes || {}).map(([k, v]) => `${k}=${JSON.stringify(v)}`),
     ...(e.tags || []).map((t) => `+tag:${t}`), ...(e.dropped || []).map((d) => `dropped ${d.name}: ${d.reason}`)].join(" ");
   const rows = trace.entries.map((e) => el("tr", { class: e.kind },
@@ -285,22 +358,27 @@ async function tracePage(user) {
       el("tbody", {}, rows)));
 }
 
+function failed(error) {
+  if (error.code === "unauthorized") return loginPage("Signed out: the token was refused.");
+  show(el("p", { class: "error" }, `Error: ${error.message}`));
+}
+
 async function route() {
-  clearInterval(state.timer);
+  leave();
+  const view = state.view;
   const [, page, arg] = (location.hash || "#/overview").match(/^#\/([^/]*)\/?(.*)$/) || [];
   try {
     if (page === "dlq" && arg) return await itemPage(decodeURIComponent(arg));
     if (page === "dlq") return await dlqPage();
     if (page === "trace") return await tracePage(decodeURIComponent(arg || ""));
-    await overview();
-    state.timer = setInterval(() => overview().catch(() => {}), REFRESH_MS);
+    await overview(view);
+    if (view === state.view) refreshLater(view);
   } catch (error) {
-    if (error.code === "unauthorized") return loginPage("Signed out: the token was refused.");
-    show(el("p", { class: "error" }, `Error: ${error.message}`));
+    if (view === state.view) failed(error);
   }
 }
 
 window.addEventListener("hashchange", () => { if (!document.getElementById("nav").hidden) route(); });
 document.getElementById("destination").onchange = () => route();
-document.getElementById("logout").onclick = () => { sessionStorage.removeItem(TOKEN_KEY); clearInterval(state.timer); loginPage(""); };
+document.getElementById("logout").onclick = () => { sessionStorage.removeItem(TOKEN_KEY); loginPage(""); };
 start();
