@@ -21,6 +21,20 @@ GONE = "gone"  # deleted or replayed by someone else meanwhile
 STILL_INVALID = "still_invalid"  # an invalid payload that the current schema still refuses
 NOT_MAPPED = "not_mapped"  # an invalid payload that is now valid, but its type is no longer mapped
 UNRESOLVED = "unresolved_identity"  # its update names no user and no customer: there is no one to deliver it to
+# Why an item was not replayed, in words (the admin API's 409, `relay dlq replay`).
+REFUSALS = {
+    STILL_INVALID: "the payload still does not fit the schema",
+    NOT_MAPPED: "its event type is not mapped",
+    UNRESOLVED: "its update names no user and no customer: there is no one to deliver it to",
+}
+
+
+@dataclass(frozen=True)
+class Replay:
+    """What replaying one item did: an outcome above, and for STILL_INVALID the schema's messages."""
+
+    outcome: str
+    details: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -33,7 +47,12 @@ class Operator:
         return self.store.dlq()
 
     def replay(self, item: dict[str, Any]) -> str:
-        """Queue the item's update on the replay lane, keeping its event time (so LWW still applies).
+        """Queue the item's update on the replay lane, keeping its event time (so LWW still applies);
+        returns the outcome (see `replay_explained`)."""
+        return self.replay_explained(item).outcome
+
+    def replay_explained(self, item: dict[str, Any]) -> Replay:
+        """`replay`, with the schema's messages when the payload still does not fit.
 
         An invalid payload is normalized again first: after a fix to the schema or the mapping,
         replaying is how the events refused meanwhile get delivered.
@@ -42,7 +61,7 @@ class Operator:
             update = UserUpdate.from_dict(item["update"])
         else:
             if item.get("source") not in SOURCES:
-                return STILL_INVALID
+                return Replay(STILL_INVALID, {"source": [f"Unknown source {item.get('source')!r}."]})
             source = build_source(item["source"], self.settings.source(item["source"]))
             # The event id a transport carried in a header (Standard Webhooks) is kept as event_id.
             headers = {"webhook-id": item.get("event_id") or ""}
@@ -56,13 +75,13 @@ class Operator:
                     self.settings.trusted_identity_fields,
                     max_clock_skew=self.settings.max_clock_skew_seconds,
                 )
-            except ValidationError:
-                return STILL_INVALID
+            except ValidationError as exc:
+                return Replay(STILL_INVALID, exc.normalized_messages())
             if update is None:
-                return NOT_MAPPED
+                return Replay(NOT_MAPPED)
         if update.hint is None:  # kept for an operator, who can only delete it: replay would invent a user
-            return UNRESOLVED
-        return REPLAYED if self.store.replay(item["id"], update) else GONE
+            return Replay(UNRESOLVED)
+        return Replay(REPLAYED if self.store.replay(item["id"], update) else GONE)
 
     def replay_matching(self, flt: DlqFilter, *, dry_run: bool, limit: int | None = None) -> dict[str, Any]:
         items, matched = self.dlq.matching(flt, limit=limit)

@@ -14,7 +14,7 @@ from service.config import settings_or_exit
 from service.core.dead_letter import TIME_FIELDS, DlqFilter
 from service.core.times import iso_seconds, shown
 from service.destinations.registry import NAMES as DESTINATIONS
-from service.operator import REPLAYED, Operator
+from service.operator import REFUSALS, REPLAYED, Operator
 from service.store.connection import worker_redis
 from service.store.ledger import Store
 from service.web.schemas import DlqFilterSchema
@@ -167,7 +167,8 @@ def _run(args: argparse.Namespace, operator: Operator, chosen: DlqFilter) -> int
         act = operator.replay_matching if command == "replay" else operator.purge_matching
         result = act(chosen, dry_run=args.dry_run)
         print(json.dumps(result) if args.json else ", ".join(f"{k}: {v}" for k, v in result.items()))
-        return 0
+        not_replayed = sum(n for outcome, n in result.get("outcomes", {}).items() if outcome != REPLAYED)
+        return 1 if not_replayed else 0  # a script sees that some items stay (relay dlq list says which)
     item = operator.dlq.get(args.id)
     if item is None:
         print(f"relay dlq: no item {args.id!r}", file=sys.stderr)
@@ -175,6 +176,15 @@ def _run(args: argparse.Namespace, operator: Operator, chosen: DlqFilter) -> int
     if args.dry_run:
         print(f"would {command} {args.id}")
         return 0
-    outcome = operator.replay(item) if command == "replay" else ("deleted" if operator.dlq.delete(args.id) else "gone")
-    print(json.dumps({"id": args.id, "status": outcome}) if args.json else f"{args.id}: {outcome}")
-    return 0 if outcome in (REPLAYED, "deleted") else 1
+    if command == "purge":
+        outcome = "deleted" if operator.dlq.delete(args.id) else "gone"
+        print(json.dumps({"id": args.id, "status": outcome}) if args.json else f"{args.id}: {outcome}")
+        return 0 if outcome == "deleted" else 1
+    replay = operator.replay_explained(item)
+    answer: dict[str, Any] = {"id": args.id, "status": replay.outcome}
+    if replay.outcome in REFUSALS:
+        answer.update(message=REFUSALS[replay.outcome], **({"details": replay.details} if replay.details else {}))
+    line = ": ".join([args.id, replay.outcome, *([answer["message"]] if "message" in answer else [])])
+    details = f"\n  {json.dumps(replay.details)}" if replay.details else ""
+    print(json.dumps(answer) if args.json else line + details)
+    return 0 if replay.outcome == REPLAYED else 1

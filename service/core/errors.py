@@ -93,8 +93,8 @@ class Unauthorized(RequestError):
 
 
 class Conflict(RequestError):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
+    def __init__(self, code: str, message: str, *, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message, details=details)
         self.code = code
 
 

@@ -21,7 +21,7 @@ from flask import Blueprint, Response, current_app, request
 from service.core.dead_letter import TIME_FIELDS
 from service.core.errors import AdminDisabled, Conflict, InvalidRequest, NotFound, Unauthorized, load_request
 from service.core.times import shown
-from service.operator import GONE, NOT_MAPPED, REPLAYED, STILL_INVALID, UNRESOLVED, Operator
+from service.operator import GONE, REFUSALS, REPLAYED, Operator
 from service.store.trace import read_trace
 from service.web.schemas import DlqBulkRequest, DlqFilterSchema, DlqListQuery
 
@@ -97,17 +97,12 @@ def delete_dlq(item_id: str) -> Response:
 
 @bp.post("/dlq/<path:item_id>/replay")
 def replay_one(item_id: str) -> tuple[dict[str, Any], int]:
-    outcome = _operator().replay(_item(item_id))
-    if outcome == REPLAYED:
-        return {"id": item_id, "status": outcome}, 202
-    if outcome == GONE:
+    replay = _operator().replay_explained(_item(item_id))
+    if replay.outcome == REPLAYED:
+        return {"id": item_id, "status": replay.outcome}, 202
+    if replay.outcome == GONE:
         raise NotFound(f"no dead-letter item {item_id!r}")
-    messages = {
-        STILL_INVALID: "the payload still does not fit the schema",
-        NOT_MAPPED: "its event type is not mapped",
-        UNRESOLVED: "its update names no user and no customer: there is no one to deliver it to",
-    }
-    raise Conflict(outcome, messages[outcome])
+    raise Conflict(replay.outcome, REFUSALS[replay.outcome], details=replay.details)
 
 
 @bp.post("/dlq/replay")

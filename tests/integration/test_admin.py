@@ -205,6 +205,7 @@ def test_invalid_payload_replays_only_once_it_fits(admin: Any, admin_settings: S
     )
     response = admin.post("/admin/dlq/stripe-evt_bad/replay", headers=AUTH)
     assert response.status_code == 409 and response.get_json()["error"]["code"] == "still_invalid"
+    assert "email" in json.dumps(response.get_json()["error"]["details"])  # which field, not only that
 
 
 def test_a_future_dated_event_stays_refused_when_replayed(
@@ -224,6 +225,7 @@ def test_a_future_dated_event_stays_refused_when_replayed(
     assert posted.status_code == 422
     response = admin.post("/admin/dlq/stripe-evt_ahead/replay", headers=AUTH)
     assert response.status_code == 409 and response.get_json()["error"]["code"] == "still_invalid"
+    assert "ahead of the relay's clock" in json.dumps(response.get_json()["error"]["details"])
     assert ctx.redis.llen(keys.USERCOM.rq_queue_key(keys.REPLAY)) == 0
     assert [i["event_id"] for i in ctx.store.dead_letters()] == ["evt_ahead"]
 

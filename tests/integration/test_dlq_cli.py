@@ -9,14 +9,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from marshmallow import ValidationError
 from redis import Redis
 
 from service.config import Settings
 from service.core.dead_letter import DeadLetter
+from service.intake import invalid_item
+from service.sources.base import Described
 from service.store import keys
 from service.store.ledger import Store
 from service.store.ledger_user import EventOutcome
-from tests.conftest import an_update
+from tests.conftest import an_update, stripe_event
 from workers.ordering import Ordering
 
 RELAY = str(Path(sys.executable).with_name("relay"))
@@ -114,3 +117,24 @@ def test_an_argument_it_cannot_use_as_asked_is_one_line_and_exit_2(
     assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith(line), result.stderr
     assert len(store.dead_letters()) == 3  # nothing purged
     assert redis.llen(keys.USERCOM.rq_queue_key(keys.REPLAY)) == 0  # nothing replayed
+
+
+def test_a_replay_refused_says_why_and_exits_1(settings: Settings, store: Store) -> None:
+    """A single replay said only `still_invalid`; a bulk one exited 0 with every item still refused."""
+    event = stripe_event("customer.updated", {"id": "cus_1", "email": 42}, event_id="evt_bad")
+    refused = ValidationError({"data": {"object": {"email": ["Not a valid string."]}}})
+    item = invalid_item(
+        "stripe", "evt_bad", "evt_bad", Described("evt_bad", "customer.updated", 1), event, refused, "no"
+    )
+    assert store.reject(item, "evt_bad")
+    one = dlq(settings, "replay", "stripe-evt_bad")
+    assert one.returncode == 1
+    line, details = one.stdout.splitlines()
+    assert line == "stripe-evt_bad: still_invalid: the payload still does not fit the schema"
+    assert "email" in json.loads(details)["data"]["object"]
+    as_json = json.loads(dlq(settings, "replay", "stripe-evt_bad", "--json").stdout)
+    assert as_json["status"] == "still_invalid" and "email" in as_json["details"]["data"]["object"]
+    bulk = dlq(settings, "replay", "--all", "--reason", "invalid_payload", "--json")
+    assert bulk.returncode == 1 and json.loads(bulk.stdout)["outcomes"] == {"still_invalid": 1}
+    replayed = dlq(settings, "replay", "--all", "--reason", "retries_exhausted")
+    assert replayed.returncode == 0, replayed.stdout
