@@ -20,14 +20,14 @@ from service.store.ledger import Store
 from service.web.schemas import DlqFilterSchema
 
 COLUMNS = [
-    ("id", 0),  # as wide as the longest id: an id is never cut
+    ("id", 0),  # 0: as wide as the longest: an id and the message are never cut, others end in … when cut
     ("reason", 19),
     ("event_type", 30),
     ("user", 18),
     ("tries", 5),
     ("last failure", 20),
     ("status", 6),
-    ("message", 40),
+    ("message", 0),
 ]
 
 
@@ -132,9 +132,11 @@ def table(items: list[dict[str, Any]]) -> str:
 
     rows = [[name.upper() for name, _ in COLUMNS], *(cells(i) for i in items)]
     widths = [width or max(len(row[n]) for row in rows) for n, (_, width) in enumerate(COLUMNS)]
-    return "\n".join(
-        "  ".join(text[:width].ljust(width) for text, width in zip(row, widths, strict=True)).rstrip() for row in rows
-    )
+
+    def fit(text: str, width: int) -> str:
+        return (text if len(text) <= width else text[: width - 1] + "…").ljust(width)
+
+    return "\n".join("  ".join(map(fit, row, widths)).rstrip() for row in rows)
 
 
 def run(args: argparse.Namespace) -> int:

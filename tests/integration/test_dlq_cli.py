@@ -138,3 +138,23 @@ def test_a_replay_refused_says_why_and_exits_1(settings: Settings, store: Store)
     assert bulk.returncode == 1 and json.loads(bulk.stdout)["outcomes"] == {"still_invalid": 1}
     replayed = dlq(settings, "replay", "--all", "--reason", "retries_exhausted")
     assert replayed.returncode == 0, replayed.stdout
+
+
+def test_list_shows_the_whole_message_and_marks_a_cut_cell(settings: Settings, store: Store) -> None:
+    """The message was cut at 40 characters with nothing to say so ("... is mapped to user dev")."""
+    message = "customer cus_dev_1 is mapped to user dev-user-1; the event names user someone-else entirely"
+    user = "a-user-id-longer-than-its-column"
+    item = DeadLetter(
+        id="stripe-evt_long",
+        reason="identity_conflict",
+        source="stripe",
+        event_type="invoice.paid",
+        event_id="evt_long",
+        event_time=1,
+        message=message,
+        user_id=user,
+    )
+    assert store.reject(item, "evt_long")
+    [row] = [line for line in dlq(settings, "list").stdout.splitlines() if line.startswith("stripe-evt_long")]
+    assert row.endswith(message)
+    assert user[:17] + "…" in row and user not in row
