@@ -167,6 +167,15 @@ class Intake:
             return received
         except RelayError as exc:
             outcome = exc.code
+            if not isinstance(exc, InvalidPayload):  # logged with the dead letter it leaves
+                # A wrong secret (or a sender's bug) is seen in the logs, not only in a metric.
+                log.warning(
+                    "refused a %s webhook: %s (%s)",
+                    self.source.name,
+                    exc.message,
+                    exc.code,
+                    extra={"source": self.source.name, "outcome": exc.code},
+                )
             raise
         except RedisError:
             outcome = StoreUnavailable.code

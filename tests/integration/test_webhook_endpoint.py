@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import time
 from typing import Any
 
+import pytest
 from redis import Redis
 from rq import Queue
 from rq.serializers import JSONSerializer
@@ -88,14 +90,26 @@ def test_malformed_json_is_400(post_event: Any, redis: Redis) -> None:
     assert redis.dbsize() == 0
 
 
-def test_bad_signatures_are_401_with_distinct_codes(post_event: Any, redis: Redis) -> None:
+def test_bad_signatures_are_401_with_distinct_codes(
+    post_event: Any, redis: Redis, caplog: pytest.LogCaptureFixture
+) -> None:
     body = json.dumps(event()).encode()
-    assert error_code(post_event(body, signature=None)) == "signature_missing"
-    response = post_event(body, secret="whsec_wrong")
-    assert response.status_code == 401 and error_code(response) == "signature_invalid"
-    expired = post_event(body, signature=sign(body, timestamp=int(time.time()) - 600))
-    assert expired.status_code == 401 and error_code(expired) == "signature_expired"
+    with caplog.at_level(logging.WARNING, logger="service.intake"):
+        assert error_code(post_event(body, signature=None)) == "signature_missing"
+        response = post_event(body, secret="whsec_wrong")
+        assert response.status_code == 401 and error_code(response) == "signature_invalid"
+        expired = post_event(body, signature=sign(body, timestamp=int(time.time()) - 600))
+        assert expired.status_code == 401 and error_code(expired) == "signature_expired"
     assert redis.dbsize() == 0
+    # Each refusal is logged (a wrong secret shows in the logs), never with a secret.
+    refusals = [r for r in caplog.records if r.name == "service.intake"]
+    assert [getattr(r, "outcome", None) for r in refusals] == [
+        "signature_missing",
+        "signature_invalid",
+        "signature_expired",
+    ]
+    assert all(r.levelno == logging.WARNING and getattr(r, "source", None) == "stripe" for r in refusals)
+    assert not any(secret in r.getMessage() for r in refusals for secret in (SECRET, OLD_SECRET, "whsec_wrong"))
 
 
 def test_oversized_body_is_413(post_event: Any, redis: Redis) -> None:
