@@ -36,13 +36,13 @@ def read_all(fd: int) -> str:
     return b"".join(chunks).decode()
 
 
-def burst_worker(env: dict[str, str], *, stderr_terminal: bool) -> tuple[str, str]:
+def burst_worker(env: dict[str, str], *, stderr_terminal: bool, level: str = "INFO") -> tuple[str, str]:
     """`relay worker --lane live --burst` with stdout on a terminal (so rq colours its messages)."""
     leader, follower = pty.openpty()
     try:
         process = subprocess.Popen(
             [RELAY, "worker", "--lane", "live", "--burst"],
-            env={**env, "RELAY_LOG_LEVEL": "INFO"},
+            env={**env, "RELAY_LOG_LEVEL": level},
             stdin=subprocess.DEVNULL,
             stdout=follower,
             stderr=follower if stderr_terminal else subprocess.PIPE,
@@ -64,6 +64,16 @@ def test_logs_are_json_without_colour_codes_when_stderr_is_not_a_terminal(env: d
     listening = [e for e in entries if "Listening on" in e["msg"]]
     assert listening and listening[0]["msg"] == "*** Listening on relay-delivery..."  # no escape codes around it
     assert "\\u001b" not in stderr and "\x1b" not in stderr
+
+
+def test_rq_registry_cleaning_is_logged_at_debug_only(env: dict[str, str]) -> None:
+    """rq logs it at INFO every maintenance interval, per worker: an idle relay dev printed ~300 lines in
+    8 minutes. Its start and stop lines stay at INFO."""
+    for level, shown in (("INFO", False), ("DEBUG", True)):
+        _, stderr = burst_worker(env, stderr_terminal=False, level=level)
+        messages = [json.loads(line)["msg"] for line in stderr.splitlines()]
+        assert any("started with PID" in m for m in messages), stderr
+        assert any("cleaning registries" in m for m in messages) is shown, (level, messages)
 
 
 def test_logs_are_readable_lines_on_a_terminal(env: dict[str, str]) -> None:
