@@ -4,8 +4,9 @@ Stripe keeps events for 30 days and retries a webhook for 3: past that, what the
 only in GET /v1/events. Read newest first within [since, until] (created[gte]/created[lte]),
 only the types the mapping uses (types[]; past Stripe's 20, kept by the reader), optionally only those no
 endpoint acknowledged (delivery_success=false). Each page is fed before the next is read; a stop
-request (Ctrl-C) ends after the current page with the command that resumes (--until the oldest
-event time fed: the events at that second come again and are counted as duplicates).
+request (Ctrl-C) ends after the current page, or at once while waiting to read the next, with the
+command that resumes (--until the oldest event time fed: the events at that second come again and
+are counted as duplicates). Redis failing part-way ends the run with StoreLost, which says the same.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from redis.exceptions import RedisError
+
 from service.backfill.feed import Feeder
 from service.backfill.progress import Reporter
-from service.backfill.stripe_reader import ReadError
+from service.backfill.stripe_reader import Interrupted, ReadError
 
 STRIPE_EVENT_RETENTION_SECONDS = 30 * 24 * 3600
 DURATION = re.compile(r"^(\d+)([smhd])$")
@@ -54,21 +57,20 @@ def parse_time(text: str, *, now: float | None = None) -> int:
 
 
 def event_types(patterns: list[str] | None, mapped: list[str]) -> list[str]:
-    """Concrete type names for types[]: patterns (customer.*) matched against the mapped types;
-    none given: every mapped type (events of other types would only be ignored)."""
-    if not patterns:
-        wanted = sorted(mapped)
-    else:
-        wanted = sorted(
-            {
-                name
-                for pattern in patterns
-                for name in (fnmatch.filter(mapped, pattern) if "*" in pattern else [pattern])
-            }
+    """Concrete type names for types[]: each entry (customer.*, or a name) matched against the mapped
+    types; none given: every mapped type (events of other types would only be ignored). An entry that
+    matches none is refused: it would read nothing (or what the mapping ignores) and say done."""
+    entries = [pattern.strip() for pattern in patterns or [] if pattern.strip()]
+    if not entries:
+        return sorted(mapped)
+    matched = {pattern: fnmatch.filter(mapped, pattern) for pattern in entries}
+    if unknown := [pattern for pattern, names in matched.items() if not names]:
+        known = ", ".join(sorted(mapped)) or "none"
+        raise ValueError(
+            f"--types {','.join(unknown)}: no event type the mapping knows matches (it knows {known}; "
+            "`relay check-config` lists them, RELAY_MAPPING_FILE sets them)"
         )
-        if not wanted:
-            raise ValueError(f"--types {','.join(patterns)} matches none of the mapped types")
-    return wanted
+    return sorted({name for names in matched.values() for name in names})
 
 
 class EventReader(Protocol):
@@ -111,7 +113,17 @@ def read_window(since: str, until: str | None, *, now: float, default_until: int
 class Result:
     summary: dict[str, Any]
     interrupted: bool
-    resume_until: int | None  # --until for the command that continues
+    resume_until: int | None  # --until for the command that continues (None: the window's own)
+
+
+class StoreLost(Exception):
+    """Redis failed part-way through a run: what was fed before is kept, and a run with --until
+    `resume_until` (None: the window's own) continues; `cause` is redis-py's error."""
+
+    def __init__(self, cause: RedisError, resume_until: int | None) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.resume_until = resume_until
 
 
 def backfill_events(
@@ -128,18 +140,24 @@ def backfill_events(
     """Feed every event of the window; `on_page` may narrow a page first (reconcile: the missing)."""
     oldest: int | None = None
     interrupted = False
-    for page in reader.event_pages(window.since, window.until, types, undelivered_only=undelivered_only):
-        chosen = on_page(page) if on_page else page
-        for event in chosen:
-            feeder.event(event)
-        # The provider's own envelope says when (Stripe: created; Paddle: occurred_at).
-        oldest = feeder.source.describe(page[-1], {}).event_time or window.since
-        if reporter:
-            reporter.update(summary(reader, feeder), window.done(oldest, time.time()))
-        if stop is not None and stop.is_set():
-            interrupted = True
-            break
-    return Result(summary(reader, feeder), interrupted, oldest if interrupted else None)
+    try:
+        for page in reader.event_pages(window.since, window.until, types, undelivered_only=undelivered_only):
+            chosen = on_page(page) if on_page else page
+            for event in chosen:
+                feeder.event(event)
+            # The provider's own envelope says when (Stripe: created; Paddle: occurred_at).
+            oldest = feeder.source.describe(page[-1], {}).event_time or window.since
+            if reporter:
+                reporter.update(summary(reader, feeder), window.done(oldest, time.time()))
+            if stop is not None and stop.is_set():
+                interrupted = True
+                break
+    except Interrupted:  # asked while the reader waited for its next read
+        interrupted = True
+    except RedisError as exc:  # a page part-fed is read again: what it fed comes back as duplicates
+        raise StoreLost(exc, window.until if oldest is None else oldest) from exc
+    resume_until = (window.until if oldest is None else oldest) if interrupted else None
+    return Result(summary(reader, feeder), interrupted, resume_until)
 
 
 def summary(reader: EventReader, feeder: Feeder) -> dict[str, Any]:
@@ -154,6 +172,6 @@ def check_window(window: Window, now: float) -> str | None:
 
 
 __all__ = [
-    "EventReader", "ReadError", "Result", "Window", "backfill_events", "check_window", "event_types", "parse_time",
-    "read_window",
+    "EventReader", "ReadError", "Result", "StoreLost", "Window", "backfill_events", "check_window", "event_types",
+    "parse_time", "read_window",
 ]  # fmt: skip

@@ -95,7 +95,8 @@ class Feeder:
             seen = accepted_before(
                 self.store.redis, self.source_name, [u.event_id for u in updates], self.store.dedup_ttl
             )
-            return ["duplicate" if s else "accepted" for s in seen]
+            would = ["invalid" if u.hint is None else "accepted" for u in updates]  # as _outcome: naming no one
+            return ["duplicate" if s else outcome for s, outcome in zip(seen, would, strict=True)]
         if len(updates) == 1:
             try:
                 answers: list[bool | IdentityConflict] = [self.store.accept(updates[0], lane=keys.BACKFILL)]

@@ -19,7 +19,7 @@ Paddle has no official Python client in our dependencies: plain HTTPS (urllib3) 
 from __future__ import annotations
 
 import json
-import time
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,7 +29,13 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import urllib3
 
 from service.backfill import PADDLE_MAX_RPS
-from service.backfill.stripe_reader import MAX_BACKOFF_SECONDS, MAX_RATE_LIMITED_TRIES, Pacer, ReadError
+from service.backfill.stripe_reader import (
+    MAX_BACKOFF_SECONDS,
+    MAX_RATE_LIMITED_TRIES,
+    Pacer,
+    ReadError,
+    pause_until,
+)
 from service.sources.base import iso_seconds
 
 PAGE_SIZE = 200  # Paddle's maximum for /events, /customers and /subscriptions
@@ -54,18 +60,20 @@ class PaddleReader:
     api_key: str
     api_base: str
     max_rps: float = PADDLE_MAX_RPS
-    sleep: Callable[[float], None] = time.sleep
+    stop: threading.Event = field(default_factory=threading.Event)  # set: the next wait raises Interrupted
     calls: int = 0
     rate_limited: int = 0
     _http: urllib3.PoolManager = field(init=False, repr=False)
     _pacer: Pacer = field(init=False, repr=False)
+    _pause: Callable[[float], None] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.api_key:
             raise ReadError("PADDLE_API_KEY is required (an API key with read permission on events)")
         self.api_base = self.api_base.rstrip("/")
         self._http = urllib3.PoolManager(retries=False, timeout=TIMEOUT)
-        self._pacer = Pacer(self.max_rps, sleep=self.sleep)
+        self._pause = pause_until(self.stop)
+        self._pacer = Pacer(self.max_rps, sleep=self._pause)
 
     def event_pages(
         self, since: int, until: int | None, types: list[str], *, undelivered_only: bool = False
@@ -132,7 +140,7 @@ class PaddleReader:
             if answer.status == 429:
                 self.rate_limited += 1
                 wait = _retry_after(answer.headers.get("Retry-After")) or delay
-                self.sleep(min(wait, MAX_BACKOFF_SECONDS))
+                self._pause(min(wait, MAX_BACKOFF_SECONDS))
                 delay = min(delay * 2, MAX_BACKOFF_SECONDS)
                 continue
             if answer.status in (401, 403) or code in REFUSED_KEY:

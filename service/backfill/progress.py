@@ -2,7 +2,9 @@
 
 The bar shows objects read, accepted, duplicates, the read rate and, when the run knows how far
 it has to go (a time window read newest first), the ETA. Output goes to stderr; the summary
-table (or the --json document) to stdout.
+table (or the --json document) to stdout. A dry run queues nothing: what a run would accept is
+shown as `would_queue`, in place of `accepted` in the bar and the table (which has no `healed`
+row either); --json keeps `accepted` and `healed`, the names scripts read, and adds `would_queue`.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from rich.table import Table
 
 
 class Reporter:
-    def __init__(self, title: str, *, quiet: bool, total: float | None = None) -> None:
+    def __init__(self, title: str, *, quiet: bool, total: float | None = None, dry_run: bool = False) -> None:
         self.title = title
         self.quiet = quiet
+        self.dry_run = dry_run
         self._progress: Progress | None = None
         self._task: TaskID | None = None
         if not quiet:
@@ -27,7 +30,9 @@ class Reporter:
                 TextColumn("[bold]{task.description}"),
                 BarColumn(),
                 TextColumn(
-                    "{task.fields[read]} read, {task.fields[accepted]} accepted, {task.fields[dups]} duplicates"
+                    "{task.fields[read]} read, {task.fields[accepted]} "
+                    + ("would queue" if dry_run else "accepted")
+                    + ", {task.fields[dups]} duplicates"
                 ),
                 TextColumn("{task.fields[rate]}/s"),
                 TimeElapsedColumn(),
@@ -61,12 +66,14 @@ class Reporter:
         if self._progress is not None:
             self._progress.stop()
         if self.quiet:
-            print(json.dumps(summary, sort_keys=True))
+            extra = {"would_queue": summary["accepted"]} if self.dry_run and "accepted" in summary else {}
+            print(json.dumps({**summary, **extra}, sort_keys=True))
             return
         table = Table(title=self.title)
         table.add_column("")
         table.add_column("count", justify="right")
         for name, value in summary.items():
-            if not isinstance(value, dict | list):
-                table.add_row(name, str(value))
+            if isinstance(value, dict | list) or (self.dry_run and name == "healed"):
+                continue
+            table.add_row("would_queue" if self.dry_run and name == "accepted" else name, str(value))
         Console().print(table)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING
 
 from service.backfill import DEFAULT_MAX_RPS, PADDLE_MAX_RPS
@@ -18,12 +19,18 @@ def has_key(source: str, settings: Settings) -> bool:
     return bool(settings.paddle_api_key if source == "paddle" else settings.stripe_api_key)
 
 
-def reader_for(source: str, settings: Settings, max_rps: float | None = None) -> StripeReader | PaddleReader:
-    """Imported on use: stripe (and urllib3 paging) cost nothing to a process that never reads back."""
+def reader_for(
+    source: str, settings: Settings, max_rps: float | None = None, stop: threading.Event | None = None
+) -> StripeReader | PaddleReader:
+    """Imported on use: stripe (and urllib3 paging) cost nothing to a process that never reads back.
+    `stop` (Ctrl-C) ends the reader's waits between reads at once."""
+    stop = threading.Event() if stop is None else stop
     if source == "paddle":
         from service.backfill.paddle_reader import PaddleReader
 
-        return PaddleReader(settings.paddle_api_key, settings.paddle_api_base, max_rps=max_rps or PADDLE_MAX_RPS)
+        rate = max_rps or PADDLE_MAX_RPS
+        return PaddleReader(settings.paddle_api_key, settings.paddle_api_base, max_rps=rate, stop=stop)
     from service.backfill.stripe_reader import StripeReader
 
-    return StripeReader(settings.stripe_api_key, settings.stripe_api_base, max_rps=max_rps or DEFAULT_MAX_RPS)
+    rate = max_rps or DEFAULT_MAX_RPS
+    return StripeReader(settings.stripe_api_key, settings.stripe_api_base, max_rps=rate, stop=stop)

@@ -85,7 +85,11 @@ def reconcile(
         redis.set(keys.reconcile_last(source), json.dumps(record))
     if summary["missing"]:
         logging.getLogger(__name__).warning(
-            "reconcile %s: %d events never received, %d healed", source, summary["missing"], summary["healed"]
+            "reconcile %s: %d events never received, %d %s",
+            source,
+            summary["missing"],
+            summary["healed"],
+            "would be queued (dry run)" if feeder.dry_run else "healed",
         )
     return summary
 

@@ -2,13 +2,16 @@
 
 Stripe lists newest first; `starting_after=<last id>` continues, `has_more` says whether to.
 Reads are paced under `max_rps`; a 429 backs off (Retry-After when Stripe sends one, else
-exponential) and the same page is asked again. A refused key (401/403) stops with one line.
+exponential) and the same page is asked again. Both waits end at once when `stop` is set (Ctrl-C):
+the reader raises Interrupted instead of reading again, however long the wait (at --max-rps 0.01,
+100 s). A refused key (401/403) stops with one line.
 The key is a restricted, read-only one (STRIPE_API_KEY) and never appears in any output.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -27,9 +30,23 @@ class ReadError(Exception):
     """A read from the provider's API that cannot go on; the message is one line, without the key."""
 
 
+class Interrupted(Exception):
+    """A stop was asked while the reader waited for its next read: nothing more was read."""
+
+
 class CursorGone(ReadError):
     """The list no longer holds the object `starting_after` names (deleted, or out of the list's
     filter): Stripe answers 400 resource_missing, param starting_after, however often it is asked."""
+
+
+def pause_until(stop: threading.Event) -> Callable[[float], None]:
+    """A sleep that `stop` ends at once by raising Interrupted: no read follows a stop asked during the wait."""
+
+    def pause(seconds: float) -> None:
+        if stop.wait(seconds):
+            raise Interrupted
+
+    return pause
 
 
 @dataclass
@@ -57,18 +74,20 @@ class StripeReader:
     api_key: str
     api_base: str
     max_rps: float = DEFAULT_MAX_RPS
-    sleep: Callable[[float], None] = time.sleep
+    stop: threading.Event = field(default_factory=threading.Event)  # set: the next wait raises Interrupted
     calls: int = 0
     rate_limited: int = 0
     _client: stripe.StripeClient = field(init=False, repr=False)
     _pacer: Pacer = field(init=False, repr=False)
+    _pause: Callable[[float], None] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.api_key:
             raise ReadError("STRIPE_API_KEY is required (a restricted key with read access to events and customers)")
         # No retries inside the library: 429s and failures are handled here, visibly.
         self._client = stripe.StripeClient(self.api_key, base_addresses={"api": self.api_base}, max_network_retries=0)
-        self._pacer = Pacer(self.max_rps, sleep=self.sleep)
+        self._pause = pause_until(self.stop)
+        self._pacer = Pacer(self.max_rps, sleep=self._pause)
 
     def event_pages(
         self, since: int, until: int | None, types: list[str], *, undelivered_only: bool = False
@@ -110,7 +129,7 @@ class StripeReader:
             except stripe.RateLimitError as exc:
                 self.rate_limited += 1
                 wait = _retry_after(exc) or delay
-                self.sleep(min(wait, MAX_BACKOFF_SECONDS))
+                self._pause(min(wait, MAX_BACKOFF_SECONDS))
                 delay = min(delay * 2, MAX_BACKOFF_SECONDS)
             except (stripe.AuthenticationError, stripe.PermissionError) as exc:
                 raise ReadError(

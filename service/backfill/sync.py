@@ -19,7 +19,8 @@ customer: Paddle reads customers first, then subscriptions.
 The synthetic event id is `sync_<object id>_<digest of the object>`: a second run over unchanged
 objects makes the same ids, which the dedup memory answers as duplicates (nothing is sent again);
 a changed object makes a new id. A checkpoint in Redis (keys.sync_checkpoint: phase and the last
-id fed) is written after every page, so an interrupted or crashed sync continues where it stopped.
+id fed) is written after every page, so an interrupted or crashed sync (or one whose Redis went away)
+continues where it stopped; a stop asked while the reader waits to read (Ctrl-C) ends the run at once.
 When the list no longer holds that object (a customer deleted since: Stripe refuses it as the
 cursor), the read goes on from the object's own `created` second instead (Shape.reread, kept in
 the checkpoint); the objects of that second read before come again and dedup answers them.
@@ -39,7 +40,7 @@ from redis import Redis
 
 from service.backfill.feed import Feeder
 from service.backfill.progress import Reporter
-from service.backfill.stripe_reader import CursorGone
+from service.backfill.stripe_reader import CursorGone, Interrupted
 from service.store import keys
 
 PHASES = ("subscriptions", "customers")
@@ -129,23 +130,26 @@ def sync(
     reread = checkpoint.reread() if after else {}
     interrupted = False
     fed: set[str] = set()  # customers this run fed with their subscription
-    for phase in phases[phases.index(start_phase) :]:
-        for page in _pages(reader, shape, phase, after, reread):
-            read_at = int(time.time())
-            for obj in page:
-                _feed(feeder, shape, phase, obj, read_at, fed)
-            if not feeder.dry_run:
-                checkpoint.save(phase, page[-1]["id"], shape.reread(page[-1]))
-            if reporter:
-                reporter.update(_summary(reader, feeder))
-            if stop is not None and stop.is_set():
-                interrupted = True
+    try:
+        for phase in phases[phases.index(start_phase) :]:
+            for page in _pages(reader, shape, phase, after, reread):
+                read_at = int(time.time())
+                for obj in page:
+                    _feed(feeder, shape, phase, obj, read_at, fed)
+                if not feeder.dry_run:
+                    checkpoint.save(phase, page[-1]["id"], shape.reread(page[-1]))
+                if reporter:
+                    reporter.update(_summary(reader, feeder))
+                if stop is not None and stop.is_set():
+                    interrupted = True
+                    break
+            if interrupted:
                 break
-        if interrupted:
-            break
-        after, reread = None, {}
-        if not feeder.dry_run and phase != phases[-1]:
-            checkpoint.save(phases[phases.index(phase) + 1], None)
+            after, reread = None, {}
+            if not feeder.dry_run and phase != phases[-1]:
+                checkpoint.save(phases[phases.index(phase) + 1], None)
+    except Interrupted:  # asked while the reader waited for its next read: the checkpoint has the last page fed
+        interrupted = True
     if not interrupted and not feeder.dry_run:
         checkpoint.clear()
     return {**_summary(reader, feeder), "resumed": resumed is not None, "interrupted": interrupted}

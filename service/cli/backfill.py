@@ -3,9 +3,11 @@
 Each needs REDIS_URL and the provider's read-only API key (STRIPE_API_KEY, PADDLE_API_KEY); the key
 never appears in any output. Paddle: its GET /events, /customers and /subscriptions; no
 --undelivered-only (its events API has no delivery filter). Progress goes to stderr (rich), the summary table to
-stdout; --json prints one JSON document instead and no progress. Ctrl-C stops after the current page and prints how to
-resume; a second Ctrl-C stops at once. Exit codes: 0 done, 1 interrupted, 2 bad settings or input,
-3 the provider refused or failed.
+stdout; --json prints one JSON document instead and no progress (a dry run's says `would_queue`). Ctrl-C stops after the
+current page, or at once while waiting for the next read (--max-rps), and prints how to resume; a second Ctrl-C stops
+at once. Redis is reached before the provider is read: a run that could not store what it reads reads nothing. Exit
+codes: 0 done, 1 interrupted (Ctrl-C, or Redis lost during the run: one line says so and how to resume), 2 bad settings
+or input (Redis not reachable at the start among them), 3 the provider refused or failed.
 """
 
 from __future__ import annotations
@@ -19,14 +21,21 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from redis.exceptions import RedisError
+
 from service.backfill import DEFAULT_MAX_RPS, MAX_RPS, MIN_RPS, PADDLE_MAX_RPS
+from service.cli.redis_exit import problem
 from service.config import Settings, settings_or_exit
 
 if TYPE_CHECKING:  # imported when a command runs: stripe and rich cost every other `relay` command start-up time
     from service.backfill.feed import Feeder
+    from service.backfill.progress import Reporter
 
 PROVIDERS = ["stripe", "paddle"]  # backfill and reconcile: each has an events list API
 SYNC_PROVIDERS = ["stripe", "paddle"]
+EXIT_INTERRUPTED = 1  # Ctrl-C, or Redis lost during the run: what was fed is kept, the run can be resumed
+EXIT_BAD_INPUT = 2  # bad settings or input, Redis not reachable at the start: nothing was read
+EXIT_PROVIDER = 3  # the provider refused or failed
 
 
 def add_parsers(sub: Any) -> None:
@@ -63,9 +72,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 @contextlib.contextmanager
-def stop_on_interrupt() -> Iterator[threading.Event]:
-    """The first Ctrl-C (or SIGTERM) asks to stop after the current page; a second stops at once."""
-    stop = threading.Event()
+def stop_on_interrupt(stop: threading.Event) -> Iterator[threading.Event]:
+    """The first Ctrl-C (or SIGTERM) sets `stop`: the run stops after the current page, or at once if its
+    reader waits to read (`stop` is the reader's too); a second stops at once."""
 
     def ask(signum: int, _frame: Any) -> None:
         if stop.is_set():
@@ -80,12 +89,8 @@ def stop_on_interrupt() -> Iterator[threading.Event]:
             signal.signal(sig, handler)
 
 
-def open_run(args: argparse.Namespace) -> tuple[Settings, Any, Feeder]:  # reader: reader_for's
-    from service.backfill.feed import Feeder
-    from service.backfill.readers import reader_for
-    from service.store.connection import worker_redis
-    from service.store.ledger import Store
-
+def checked_settings(args: argparse.Namespace) -> Settings:
+    """The settings, once the arguments that need none are known to be usable (ValueError otherwise)."""
     if args.max_rps is not None and not MIN_RPS <= args.max_rps <= MAX_RPS:  # nan too
         raise ValueError(f"--max-rps {args.max_rps:g}: give {MIN_RPS:g} to {MAX_RPS:g} reads a second")
     if getattr(args, "undelivered_only", False) and args.provider == "paddle":
@@ -93,11 +98,40 @@ def open_run(args: argparse.Namespace) -> tuple[Settings, Any, Feeder]:  # reade
             "--undelivered-only: Paddle's events API has no delivery filter (Stripe's delivery_success); "
             "`relay reconcile paddle` finds the events the relay never received"
         )
-    settings = settings_or_exit("admin")
-    reader = reader_for(args.provider, settings, args.max_rps)
+    return settings_or_exit("admin")
+
+
+def open_run(command: str, args: argparse.Namespace, settings: Settings, stop: threading.Event) -> tuple[Any, Feeder]:
+    """The reader (reader_for's) and the feeder, once Redis answers: a run that could not store what it
+    reads must not read it. Redis not answering is one line (no password) and exit EXIT_BAD_INPUT."""
+    from service.backfill.feed import Feeder
+    from service.backfill.readers import reader_for
+    from service.store.connection import worker_redis
+    from service.store.ledger import Store
+
+    reader = reader_for(args.provider, settings, args.max_rps, stop)  # no key: ReadError, before any I/O
     redis = worker_redis(settings.redis_url)
-    feeder = Feeder(settings, Store.from_settings(redis, settings), args.provider, dry_run=args.dry_run)
-    return settings, reader, feeder
+    try:
+        redis.ping()
+    except RedisError as exc:
+        print(problem(f"relay {command}", redis, exc), file=sys.stderr)
+        raise SystemExit(EXIT_BAD_INPUT) from None
+    return reader, Feeder(settings, Store.from_settings(redis, settings), args.provider, dry_run=args.dry_run)
+
+
+def redis_lost(
+    command: str, feeder: Feeder, exc: Exception, reporter: Reporter, summary: dict[str, Any], then: str
+) -> int:
+    """Redis failed part-way (a RedisError, or StoreLost naming one): the summary of what was done, then
+    one line saying so and what to do (for a dry run, nothing: it queued nothing)."""
+    from service.backfill.events import StoreLost
+
+    cause = exc.cause if isinstance(exc, StoreLost) else exc
+    reporter.finish(summary)
+    then = "nothing was queued (dry run)" if feeder.dry_run else then
+    line = problem(f"relay {command}", feeder.store.redis, cause)
+    print(f"{line} (lost during the run); {then}", file=sys.stderr)
+    return EXIT_INTERRUPTED
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
@@ -105,19 +139,21 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     from service.backfill.progress import Reporter
     from service.backfill.stripe_reader import ReadError
 
+    stop = threading.Event()
     try:
         now = time.time()
         window = backfill.read_window(args.since, args.until, now=now)
-        settings, reader, feeder = open_run(args)
+        settings = checked_settings(args)
         mapped = list(settings.mapping.rules.get(args.provider, {}))
         types = backfill.event_types(args.types.split(",") if args.types else None, mapped)
+        reader, feeder = open_run("backfill", args, settings, stop)
     except (ValueError, ReadError) as exc:
         print(f"relay: {exc}", file=sys.stderr)
-        return 2
-    reporter = Reporter(f"backfill {args.provider}", quiet=args.json, total=100)
+        return EXIT_BAD_INPUT
+    reporter = Reporter(f"backfill {args.provider}", quiet=args.json, total=100, dry_run=args.dry_run)
     if warning := _retention_note(args.provider, window.since, now):
         reporter.note(warning)
-    with stop_on_interrupt() as stop:
+    with stop_on_interrupt(stop):
         try:
             result = backfill.backfill_events(
                 reader, feeder, window, types, undelivered_only=args.undelivered_only, stop=stop, reporter=reporter
@@ -125,19 +161,29 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         except ReadError as exc:
             reporter.finish(backfill.summary(reader, feeder))
             print(f"relay: {exc}", file=sys.stderr)
-            return 3
+            return EXIT_PROVIDER
+        except backfill.StoreLost as exc:
+            again = f"resume with: {_backfill_again(args, window.since, exc.resume_until or int(now))}"
+            return redis_lost("backfill", feeder, exc, reporter, backfill.summary(reader, feeder), again)
     if not result.interrupted:
         reporter.update(result.summary, 100)
     reporter.finish({**result.summary, "dry_run": args.dry_run, "interrupted": result.interrupted})
-    if result.interrupted:
-        again = [f"--since {window.since}", f"--until {result.resume_until}"]
-        if args.types:
-            again.append(f"--types {args.types}")
-        if args.undelivered_only:
-            again.append("--undelivered-only")
-        reporter.note(f"interrupted; resume with: relay backfill {args.provider} {' '.join(again)}")
-        return 1
+    if result.interrupted:  # resume_until None: interrupted before a page was fed, the window is as asked
+        reporter.note(
+            f"interrupted; resume with: {_backfill_again(args, window.since, result.resume_until or int(now))}"
+        )
+        return EXIT_INTERRUPTED
     return 0
+
+
+def _backfill_again(args: argparse.Namespace, since: int, until: int) -> str:
+    """The command that feeds the rest of the window: up to `until`, the oldest event time fed."""
+    again = [f"--since {since}", f"--until {until}"]
+    if args.types:
+        again.append(f"--types {args.types}")
+    if args.undelivered_only:
+        again.append("--undelivered-only")
+    return f"relay backfill {args.provider} {' '.join(again)}"
 
 
 def _retention_note(provider: str, since: int, now: float) -> str | None:
@@ -156,27 +202,32 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     from service.backfill.reconcile import GRACE_SECONDS, check_reconcile_window, reconcile
     from service.backfill.stripe_reader import ReadError
 
+    stop = threading.Event()
     try:
         now = time.time()
         window = backfill.read_window(args.since, args.until, now=now, default_until=int(now - GRACE_SECONDS))
-        settings, reader, feeder = open_run(args)
+        settings = checked_settings(args)
         check_reconcile_window(window, settings.dedup_ttl_seconds, now)
         types = backfill.event_types(None, list(settings.mapping.rules.get(args.provider, {})))
+        reader, feeder = open_run("reconcile", args, settings, stop)
     except (ValueError, ReadError) as exc:
         print(f"relay: {exc}", file=sys.stderr)
-        return 2
-    reporter = Reporter(f"reconcile {args.provider}", quiet=args.json, total=100)
-    with stop_on_interrupt() as stop:
+        return EXIT_BAD_INPUT
+    reporter = Reporter(f"reconcile {args.provider}", quiet=args.json, total=100, dry_run=args.dry_run)
+    again = f"run `relay reconcile {args.provider} --since {window.since}` again"
+    with stop_on_interrupt(stop):
         try:
             summary = reconcile(reader, feeder, feeder.store.redis, window, types, stop=stop, reporter=reporter)
         except ReadError as exc:
             reporter.finish(backfill.summary(reader, feeder))
             print(f"relay: {exc}", file=sys.stderr)
-            return 3
+            return EXIT_PROVIDER
+        except (backfill.StoreLost, RedisError) as exc:  # RedisError: writing the run's record for /status
+            return redis_lost("reconcile", feeder, exc, reporter, backfill.summary(reader, feeder), again)
     reporter.finish({**summary, "dry_run": args.dry_run})
     if summary["interrupted"]:
-        reporter.note(f"interrupted; run `relay reconcile {args.provider} --since {window.since}` again")
-        return 1
+        reporter.note(f"interrupted; {again}")
+        return EXIT_INTERRUPTED
     return 0
 
 
@@ -185,17 +236,20 @@ def cmd_sync(args: argparse.Namespace) -> int:
     from service.backfill.stripe_reader import ReadError
     from service.backfill.sync import STRIPE, sync
 
+    stop = threading.Event()
     try:
-        _settings, reader, feeder = open_run(args)
+        reader, feeder = open_run("sync", args, checked_settings(args), stop)
         if args.provider == "paddle":
             from service.backfill.paddle_sync import PADDLE as shape
         else:
             shape = STRIPE
     except (ValueError, ReadError) as exc:
         print(f"relay: {exc}", file=sys.stderr)
-        return 2
-    reporter = Reporter(f"sync {args.provider}", quiet=args.json)
-    with stop_on_interrupt() as stop:
+        return EXIT_BAD_INPUT
+    reporter = Reporter(f"sync {args.provider}", quiet=args.json, dry_run=args.dry_run)
+    only = " --customers-only" if args.customers_only else ""
+    again = f"resume with: relay sync {args.provider}{only} (it continues from its checkpoint)"
+    with stop_on_interrupt(stop):
         try:
             summary = sync(
                 reader,
@@ -209,10 +263,13 @@ def cmd_sync(args: argparse.Namespace) -> int:
         except ReadError as exc:
             reporter.finish({**feeder.tally.as_dict(), "api_calls": reader.calls})
             print(f"relay: {exc} (run it again: it continues from its checkpoint)", file=sys.stderr)
-            return 3
+            return EXIT_PROVIDER
+        except RedisError as exc:
+            return redis_lost(
+                "sync", feeder, exc, reporter, {**feeder.tally.as_dict(), "api_calls": reader.calls}, again
+            )
     reporter.finish({**summary, "dry_run": args.dry_run})
     if summary["interrupted"]:
-        only = " --customers-only" if args.customers_only else ""
-        reporter.note(f"interrupted; resume with: relay sync {args.provider}{only} (it continues from its checkpoint)")
-        return 1
+        reporter.note(f"interrupted; {again}")
+        return EXIT_INTERRUPTED
     return 0

@@ -6,6 +6,7 @@ back late never overwrites newer state (last-writer-wins by event time)."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -134,6 +135,50 @@ def test_dry_run_counts_and_queues_nothing(
     code, summary = run(capsys, "backfill", "stripe", "--since", "1h", "--dry-run", "--json")
     assert (code, summary["accepted"], summary["dry_run"]) == (0, 4, True)
     assert redis.llen(keys.USERCOM.rq_queue_key(keys.BACKFILL)) == 0 and not redis.keys("relay:dedup:*")
+
+
+def test_a_dry_run_says_what_it_would_queue_not_what_it_accepted(
+    api_env: dict[str, str],
+    stripe_api: StripeApiServer,
+    redis: Redis,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = int(time.time())
+    for event in history(users=2, steps=1, start=now - 60):
+        stripe_api.state.add_event(event)
+    refund = {"id": "ch_1", "object": "charge", "amount_refunded": 500, "currency": "usd", "customer": None}
+    stripe_api.state.add_event(stripe_event("charge.refunded", refund, event_id="evt_nobody", created=now - 30))
+    code, summary = run(capsys, "backfill", "stripe", "--since", "1h", "--dry-run", "--json")
+    # Naming no one, the refund would be dead-lettered, not queued; `accepted` stays for the scripts that read it.
+    assert (code, summary["would_queue"], summary["invalid"], summary["accepted"]) == (0, 4, 1, 4)
+    code, found = run(capsys, "reconcile", "stripe", "--since", "1h", "--until", str(now), "--dry-run", "--json")
+    assert (code, found["missing"], found["would_queue"], found["healed"]) == (0, 5, 4, 4)
+    assert "5 events never received, 4 would be queued (dry run)" in caplog.text
+    assert main(["backfill", "stripe", "--since", "1h", "--dry-run"]) == 0
+    out, err = capsys.readouterr()
+    rows = dict(re.findall(r"^│ (\w+)\s+│\s+(\S+) │$", out, re.MULTILINE))
+    assert (rows["would_queue"], rows["dry_run"]) == ("4", "True") and "accepted" not in rows
+    assert "4 would queue" in err and "accepted" not in err  # the progress bar
+    assert main(["reconcile", "stripe", "--since", "1h", "--until", str(now), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "would_queue" in out and "healed" not in out
+    assert redis.llen(keys.USERCOM.rq_queue_key(keys.BACKFILL)) == 0 and not redis.keys("relay:dedup:*")
+    assert not redis.keys("relay:dlq:*")
+
+
+def test_types_take_mapped_names_and_patterns(
+    api_env: dict[str, str], stripe_api: StripeApiServer, redis: Redis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for event in history(users=2, steps=1, start=int(time.time()) - 60):
+        stripe_api.state.add_event(event)
+    types = "customer.updated, customer.subscription.*"
+    code, summary = run(capsys, "backfill", "stripe", "--since", "1h", "--types", types, "--json")
+    assert (code, summary["read"]) == (0, 4)
+    mapped = Settings.from_env(api_env).mapping.rules["stripe"]
+    wanted = sorted(t for t in mapped if t == "customer.updated" or t.startswith("customer.subscription."))
+    args = stripe_api.state.requests[-1]["args"]
+    assert sorted(v for k, vs in args.items() if k.startswith("types[") for v in vs) == wanted
 
 
 def test_a_429_backs_off_and_the_read_goes_on(

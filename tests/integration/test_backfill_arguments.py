@@ -31,6 +31,9 @@ REFUSED = [
     ("backfill", "stripe", "--since", "7d", "--max-rps", "inf"),
     ("backfill", "stripe", "--since", "7d", "--max-rps", "1e-300"),
     ("reconcile", "paddle", "--max-rps", "5000"),
+    ("backfill", "stripe", "--since", "7d", "--types", "foo.bar"),  # no such mapped type: would read nothing
+    ("backfill", "stripe", "--since", "7d", "--types", "customer.*,foo.*"),  # one entry matching none
+    ("backfill", "paddle", "--since", "7d", "--types", "customer.subscription.updated"),  # Stripe's, not Paddle's
 ]
 
 
@@ -63,6 +66,9 @@ def test_an_argument_that_cannot_make_a_sensible_read_is_one_line_exit_2_before_
         (("--since", "999999999999"), "'999999999999' is before 2000-01-01 or more than a day from now"),
         (("--since", "1d", "--until", "7d"), "--since 1d is not before --until 7d"),
         (("--since", "7d", "--max-rps", "nan"), "--max-rps nan: give 0.01 to 1000 reads a second"),
+        (("--since", "7d", "--types", "invoice.*,foo.bar"), "--types foo.bar: no event type the mapping knows"),
+        (("--since", "7d", "--types", "foo.bar"), "it knows charge.refunded, checkout.session.completed, "),
+        (("--since", "7d", "--types", "foo.bar"), "`relay check-config` lists them"),
     ],
 )
 def test_the_refusal_names_the_value(

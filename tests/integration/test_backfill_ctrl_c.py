@@ -1,0 +1,85 @@
+"""Ctrl-C while `relay backfill|sync` waits to read again (the --max-rps gap between pages, or a 429's
+Retry-After) ends the wait at once: the run ends as an interrupted run does (the summary, how to
+resume, exit 1), not when the wait is over. A real `relay` process and a real SIGINT."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import time
+
+from redis import Redis
+
+from service.devtools.paddle_api import PaddleApiServer
+from service.devtools.stripe_api import StripeApiServer
+from tests.integration.redis_launch import RELAY, wait_until
+from tests.integration.test_backfill_redis_down import provider_env
+from tests.paddle_history import history as paddle_history
+from tests.stripe_history import customer, history, subscription
+
+STOPS_WITHIN = 10.0  # seconds; every wait below is 60 s or more
+
+
+def ctrl_c_once_read(argv: list[str], env: dict[str, str], api: StripeApiServer | PaddleApiServer) -> tuple[str, str]:
+    """Run `relay`, send one SIGINT once the provider has answered a read, and wait for the end."""
+    with subprocess.Popen(
+        [RELAY, *argv, "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as run:
+        try:
+            wait_until(lambda: api.state.requests, timeout=60, what="the first read")
+            time.sleep(0.5)  # into the wait: a SIGINT sooner ends the run after its page all the same
+            run.send_signal(signal.SIGINT)
+            out, err = run.communicate(timeout=STOPS_WITHIN)
+        finally:
+            run.kill()
+    assert run.returncode == 1, err
+    return out, err
+
+
+def test_ctrl_c_in_the_gap_between_pages_ends_a_sync_at_once(
+    env: dict[str, str], redis: Redis, stripe_api: StripeApiServer, paddle_api: PaddleApiServer
+) -> None:
+    start = int(time.time()) - 3600
+    for n in range(150):  # two pages of subscriptions
+        stripe_api.state.customers.append(customer(n, created=start + n))
+        stripe_api.state.subscriptions.append(subscription(n, created=start + n, plan="basic", status="active"))
+    argv = ["sync", "stripe", "--from-scratch", "--max-rps", "0.01"]  # a read every 100 s
+    out, err = ctrl_c_once_read(argv, provider_env(stripe_api, paddle_api, env["REDIS_URL"]), stripe_api)
+    assert err.splitlines()[-1] == "interrupted; resume with: relay sync stripe (it continues from its checkpoint)"
+    summary = json.loads(out)
+    assert (summary["interrupted"], summary["api_calls"], summary["accepted"]) == (True, 1, 200)
+    assert len(stripe_api.state.requests) == 1
+
+
+def test_ctrl_c_in_the_gap_between_pages_ends_a_backfill_at_once_with_its_resume_command(
+    env: dict[str, str], redis: Redis, stripe_api: StripeApiServer, paddle_api: PaddleApiServer
+) -> None:
+    start = int(time.time()) - 3600
+    events = history(users=50, steps=2, start=start)  # 150 events: two pages
+    for event in events:
+        stripe_api.state.add_event(event)
+    argv = ["backfill", "stripe", "--since", str(start - 60), "--max-rps", "0.01"]
+    out, err = ctrl_c_once_read(argv, provider_env(stripe_api, paddle_api, env["REDIS_URL"]), stripe_api)
+    resume = f"relay backfill stripe --since {start - 60} --until {events[-100]['created']}"
+    assert err.splitlines()[-1] == f"interrupted; resume with: {resume}"
+    assert (json.loads(out)["accepted"], len(stripe_api.state.requests)) == (100, 1)
+
+
+def test_ctrl_c_while_a_429_is_waited_out_ends_the_run_before_any_page(
+    env: dict[str, str], redis: Redis, stripe_api: StripeApiServer, paddle_api: PaddleApiServer
+) -> None:
+    start = int(time.time()) - 3600
+    for event in paddle_history(users=2, steps=1, start=start):
+        paddle_api.state.add_event(event)
+    paddle_api.state.fail_next(429, "100")  # waited out for 60 s (MAX_BACKOFF_SECONDS)
+    started = int(time.time())
+    argv = ["backfill", "paddle", "--since", str(start - 60)]
+    out, err = ctrl_c_once_read(argv, provider_env(stripe_api, paddle_api, env["REDIS_URL"]), paddle_api)
+    resumed = re.fullmatch(
+        rf"interrupted; resume with: relay backfill paddle --since {start - 60} --until (\d+)", err.splitlines()[-1]
+    )
+    assert resumed is not None and started - 1 <= int(resumed.group(1)) <= time.time()  # the window as asked
+    summary = json.loads(out)
+    assert (summary["read"], summary["rate_limited"], len(paddle_api.state.requests)) == (0, 1, 1)
