@@ -224,3 +224,6 @@ def main(argv: list[str] | None = None) -> int:
     except MetricsDirError as exc:
         print(f"relay: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C where a command does not stop cleanly itself (or a second one)
+        print(f"\nrelay {args.command}: stopped (Ctrl-C)", file=sys.stderr)
+        return 128 + signal.SIGINT

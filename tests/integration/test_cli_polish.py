@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -133,3 +135,20 @@ def test_a_number_argument_out_of_range_is_named_in_one_line(
         build_parser().parse_args(args)
     assert exited.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1] == f"relay {args[0]}: error: {message}"
+
+
+def test_ctrl_c_while_a_command_waits_is_one_line_not_a_traceback() -> None:
+    """`relay dlq list` waiting on a Redis that does not answer, Ctrl-C'd (a backfill's second Ctrl-C
+    ends the same way)."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts connections, never answers
+        env = {"PATH": "/usr/bin:/bin", "REDIS_URL": f"redis://127.0.0.1:{silent.getsockname()[1]}/0"}
+        with subprocess.Popen([RELAY, "dlq", "list"], env=env, stderr=subprocess.PIPE, text=True) as run:
+            try:
+                silent.settimeout(30)
+                connection = silent.accept()[0]  # it has connected: it waits for an answer now
+                run.send_signal(signal.SIGINT)
+                _, err = run.communicate(timeout=30)
+                connection.close()
+            finally:
+                run.kill()
+    assert (run.returncode, err.strip()) == (130, "relay dlq: stopped (Ctrl-C)")
