@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -83,6 +84,24 @@ def _port_free(port: int) -> bool:
     return True
 
 
+def _stale_sandbox(url: str) -> str | None:
+    """USERCOM_API_URL on this machine with nothing listening: most likely the `export` line of an
+    earlier relay dev, whose sandbox is gone; every update would fail to connect."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+        return None
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return None  # the settings say what is wrong with it
+    with contextlib.suppress(OSError), socket.create_connection((parts.hostname, port), timeout=1):
+        return None
+    return (
+        f"USERCOM_API_URL {url} answers nothing (the export line of an earlier relay dev?): "
+        "unset USERCOM_API_URL USERCOM_API_KEY to run with a sandbox"
+    )
+
+
 LOCK_FILE = "relay-dev.lock"
 
 
@@ -116,6 +135,9 @@ def run_dev(*, port: int, data_dir: Path) -> int:
 
 def _run(port: int, data_dir: Path) -> int:
     env = dict(os.environ)
+    if stale := _stale_sandbox(env.get("USERCOM_API_URL", "")):
+        print(f"relay dev: {stale}", file=sys.stderr)
+        return 2
     sandbox: SandboxServer | None = None
     if not (env.get("USERCOM_API_URL") and env.get("USERCOM_API_KEY")):
         # Its users are kept in the data dir, so the User.com ids the relay learned stay valid.

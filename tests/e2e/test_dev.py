@@ -177,3 +177,19 @@ def test_a_port_its_last_run_left_in_time_wait_is_free() -> None:
     assert _port_free(port)
     with socket.create_server(("127.0.0.1", port)):  # a listener is still found
         assert not _port_free(port)
+
+
+def test_a_sandbox_left_in_the_shell_by_an_earlier_export_is_named(tmp_path: Path) -> None:
+    """After `export USERCOM_API_URL=...` from a banner, a later relay dev used the dead sandbox's address
+    as "your User.com account": every update failed to connect."""
+    gone = f"http://127.0.0.1:{unused_port()}/api/public"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "USERCOM_", "RELAY_", "STRIPE_"))}
+    env = {**env, "USERCOM_API_URL": gone, "USERCOM_API_KEY": "from-an-earlier-run"}
+    argv = [RELAY, "dev", "--port", str(unused_port()), "--data-dir", str(tmp_path / "dev")]
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30)
+    assert (result.returncode, result.stderr.strip()) == (
+        2,
+        f"relay dev: USERCOM_API_URL {gone} answers nothing (the export line of an earlier relay dev?): "
+        "unset USERCOM_API_URL USERCOM_API_KEY to run with a sandbox",
+    )
+    assert not (tmp_path / "dev" / "redis").exists()  # refused before anything started
