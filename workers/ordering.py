@@ -111,15 +111,18 @@ class Hold:
         """What `settle` counts (Store.settle_user), for counting several users' at once (Ordering.settle_many)."""
         keep = None
         if memory is not None and self.memory_key is not None and memory != self.memory:
-            keep = (self.memory_key, memory, self._ordering.memory_ttl)
+            keep = (self.memory_key, memory, self._ordering.destination_memory_ttl)
         return SettleUser(self.source, self.hint, outcomes, (self.lock, self._token), keep, list(slots or []), trace)
 
 
 class Ordering:
-    def __init__(self, redis: Redis, *, memory_ttl_seconds: int, destination_keys: keys.Keys) -> None:
+    def __init__(
+        self, redis: Redis, *, memory_ttl_seconds: int, destination_keys: keys.Keys, memory_expires: bool = True
+    ) -> None:
         self.redis = redis
         self.keys = destination_keys
-        self.memory_ttl = memory_ttl_seconds  # of last-written times and of destinations' memories
+        self.memory_ttl = memory_ttl_seconds  # of last-written times, and of a destination's memory (0: none)
+        self.destination_memory_ttl = memory_ttl_seconds if memory_expires else 0
         self._claim_script = redis.register_script(CLAIM_SCRIPT)
         self._release_script = redis.register_script(RELEASE_SCRIPT)
         self._park_script = redis.register_script(PARK_SCRIPT)

@@ -63,17 +63,20 @@ def build_context(settings: Settings, destination: str, lane: str = keys.LIVE) -
     # What is learned per user (last-written times, a destination's memory) is kept as long as an old event
     # can still come back (retry or replay).
     memory_ttl = settings.dedup_ttl_seconds + settings.dlq_ttl_days * 24 * 3600
+    client = build_destination(settings, destination, limiter)
     return DeliveryContext(
         settings=settings,
         redis=redis,
         store=Store.from_settings(redis, settings, destination),
-        client=build_destination(settings, destination, limiter),
+        client=client,
         limiter=limiter,
         queues={
             lane: DeliveryQueue(own.queue_name(lane), connection=redis, serializer=JSONSerializer)
             for lane in keys.LANES
         },
-        ordering=Ordering(redis, memory_ttl_seconds=memory_ttl, destination_keys=own),
+        ordering=Ordering(
+            redis, memory_ttl_seconds=memory_ttl, destination_keys=own, memory_expires=client.memory_expires
+        ),
     )
 
 

@@ -42,6 +42,10 @@ class Destination(Protocol):
         """Whether the update carries anything this destination stores."""
         ...
 
+    # Whether that memory may be forgotten after a while (an id learned again by the next call), or is
+    # what the destination itself keeps for good and must be kept as long (UserKit's whole name).
+    memory_expires: bool
+
     def memory_key(self, user_id: str) -> str | None:
         """The Redis key of what the destination keeps about the user between deliveries (e.g. the
         destination's own id for it), read with the user's lease; None when it keeps nothing."""

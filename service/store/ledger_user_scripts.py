@@ -107,7 +107,11 @@ end
 if memory_change == 'del' then
     redis.call('DEL', memory_key)
 elseif memory_change ~= '' then
-    redis.call('SET', memory_key, string.sub(memory_change, 5), 'EX', memory_ttl)
+    if memory_ttl == '0' then
+        redis.call('SET', memory_key, string.sub(memory_change, 5))
+    else
+        redis.call('SET', memory_key, string.sub(memory_change, 5), 'EX', memory_ttl)
+    end
 end
 trace_push(trace_key, trace_entry, trace_keep, trace_ttl)
 return result

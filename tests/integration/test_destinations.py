@@ -176,6 +176,9 @@ def test_userkit_keeps_the_whole_name_when_an_update_names_one_part(
     drain(both, "userkit")
     assert [call["body"].get("name") for call in userkit.state.requests] == ["Ada Lovelace", "Ada King"]
     assert userkit.state.users["u1"]["name"] == "Ada King"
+    # Kept for good, as UserKit keeps the name: a part changed after months without a name change (an
+    # annual plan) would otherwise be sent alone again.
+    assert redis.ttl(keys.userkit_name("u1")) == -1
     assert store.accept(an_update("evt_3", event_time=1_700_000_200, standard={"email": "ada@king.example"}))
     drain(both, "userkit")
     assert "name" not in userkit.state.requests[-1]["body"]  # an update naming no part sends no name

@@ -44,6 +44,7 @@ class UsercomClient(ApiClient):
     """The User.com destination (the default)."""
 
     name = "usercom"
+    memory_expires = True  # its id for the user: found again by our id when forgotten
 
     def __init__(
         self,

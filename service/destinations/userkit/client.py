@@ -83,6 +83,7 @@ def explain(text: str) -> str:
 
 class UserKitClient(ApiClient):
     name = "userkit"
+    memory_expires = False  # the name's parts: UserKit keeps the whole name for good
 
     def __init__(
         self,
