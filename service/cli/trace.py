@@ -43,7 +43,8 @@ def row(entry: dict[str, Any]) -> tuple[str, ...]:
     if entry["kind"] == "delivery":
         what, detail, status = "delivered", entry.get("endpoint") or "-", str(entry.get("status") or "-")
     else:
-        what, detail, status = "dead letter", f"{entry.get('reason')} ({entry.get('dead_letter_id')})", "-"
+        what, detail = "dead letter", f"{entry.get('reason')} ({entry.get('dead_letter_id')})"
+        status = str(entry.get("status") or "-")
     events = ",".join(entry.get("event_ids", [])) or "-"
     sent = _sent(entry) if entry["kind"] == "delivery" else "-"
     return when, what, detail, status, events, sent

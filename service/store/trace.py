@@ -64,7 +64,7 @@ class TraceEntry:
             "event_ids": [_cut(e) for e in self.event_ids[:20]],
         }
         if self.kind != "delivery":
-            entry.update(dead_letter_id=_cut(self.dead_letter_id or ""), reason=self.reason)
+            entry.update(dead_letter_id=_cut(self.dead_letter_id or ""), reason=self.reason, status=self.status)
             return _dump(entry)
         entry.update(endpoint=self.endpoint, status=self.status, tags=[_cut(t) for t in self.tags[:20]])
         entry["dropped"] = [{k: _cut(str(v)) for k, v in d.items()} for d in self.dropped[:10]]
@@ -101,6 +101,7 @@ def dead_letter_entry(item: DeadLetter, event_id: str) -> TraceEntry:
         event_ids=[event_id],
         dead_letter_id=item.id,
         reason=item.reason,
+        status=item.last_status,  # the destination's answer that refused it, if one did
     )
 
 

@@ -85,6 +85,7 @@ def test_a_delivery_and_a_dead_letter_are_traced(ctx: DeliveryContext) -> None:
         "stripe-evt_bad",
         ["evt_bad"],
     )
+    assert dead["status"] == 400  # User.com's answer, as the dead letter's last_status
     first = deliveries[-1]
     assert first["kind"] == "delivery" and first["status"] == 200
     assert first["endpoint"].startswith(("PUT /users/", "PUT /users-by-id/"))
@@ -100,6 +101,8 @@ def test_a_delivery_and_a_dead_letter_are_traced(ctx: DeliveryContext) -> None:
     lines = table.stdout.splitlines()
     assert lines[0].split()[:2] == ["TIME", "WHAT"]
     assert "dead letter" in lines[1] and "usercom_rejected (stripe-evt_bad)" in lines[1]
+    at = lines[0].index("STATUS")  # columns are aligned: the status under its header
+    assert lines[1][at:].split()[0] == "400"
     assert "delivered" in lines[-1] and 'email="ada@example.com"' in lines[-1] and "+tag:vip" in lines[-1]
 
 

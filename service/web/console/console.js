@@ -350,7 +350,7 @@ async function tracePage(user) {
     ...(e.tags || []).map((t) => `+tag:${t}`), ...(e.dropped || []).map((d) => `dropped ${d.name}: ${d.reason}`)].join(" ");
   const rows = trace.entries.map((e) => el("tr", { class: e.kind },
     el("td", {}, when(e.at)), el("td", {}, e.kind === "delivery" ? "delivered" : "dead letter"),
-    el("td", {}, e.kind === "delivery" ? e.endpoint : e.reason), el("td", {}, e.kind === "delivery" ? e.status : ""),
+    el("td", {}, e.kind === "delivery" ? e.endpoint : e.reason), el("td", {}, e.status ?? ""),
     el("td", {}, (e.event_ids || []).join(", ")),
     el("td", {}, e.kind === "delivery" ? sent(e) : el("a", { href: `#/dlq/${encodeURIComponent(e.dead_letter_id)}` }, e.dead_letter_id))));
   show(el("h1", {}, "User trace"), form, el("p", {}, `${trace.entries.length} entries for ${trace.user_id} at ${trace.destination}, newest first.`),
