@@ -214,11 +214,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The parser of the (sub)command `args` chose (`relay dlq list`'s for `relay dlq list ...`)."""
+    for action in parser._actions:  # argparse keeps its subcommands there only
+        if isinstance(action, argparse._SubParsersAction) and getattr(args, action.dest, None) in action.choices:
+            return _command_parser(action.choices[getattr(args, action.dest)], args)
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     # `kill -USR1 <pid>` prints every thread's stack to stderr: what a process that will not stop is doing.
     with contextlib.suppress(ValueError, OSError):  # a stderr with no file behind it (called in-process)
         faulthandler.register(signal.SIGUSR1, all_threads=True, chain=False)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # refused by the command's own parser: its usage, not relay's
+        _command_parser(parser, args).error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return int(args.func(args) or 0)
     except MetricsDirError as exc:

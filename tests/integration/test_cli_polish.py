@@ -16,7 +16,7 @@ import pytest
 from redis import Redis
 
 from service import create_app
-from service.cli import build_parser
+from service.cli import build_parser, main
 from service.config import Settings
 from service.core.dead_letter import DeadLetter
 from service.core.update import UserUpdate
@@ -152,3 +152,24 @@ def test_ctrl_c_while_a_command_waits_is_one_line_not_a_traceback() -> None:
             finally:
                 run.kill()
     assert (run.returncode, err.strip()) == (130, "relay dlq: stopped (Ctrl-C)")
+
+
+@pytest.mark.parametrize(
+    ("args", "command"),
+    [
+        (["backfill", "stripe", "--since", "7d", "--bogus"], "relay backfill"),
+        (["dlq", "list", "--nope"], "relay dlq list"),
+    ],
+)
+def test_an_unknown_option_is_refused_with_its_commands_usage(
+    args: list[str], command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It printed relay's own usage, which lists no option of the command."""
+    with pytest.raises(SystemExit) as exited:
+        main(args)
+    err = capsys.readouterr().err
+    assert exited.value.code == 2
+    assert (
+        err.startswith(f"usage: {command} ")
+        and err.splitlines()[-1] == f"{command}: error: unrecognized arguments: {args[-1]}"
+    )
