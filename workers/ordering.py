@@ -1,4 +1,5 @@
-"""Per-user ordering: one delivery per user at a time, and last-writer-wins by (event time, event id).
+"""Per-user ordering: one delivery per user at a time, and last-writer-wins by (event time, event id),
+whichever source the user's events come from.
 
 Intake merges every update into its user's pending state (service/store/ledger_state.py: per
 attribute the newest value by event time, tags united, the events merged in) and queues the user
@@ -25,6 +26,7 @@ from typing import Any
 from redis import Redis
 
 from service.core.update import UserUpdate
+from service.sources.registry import SOURCES
 from service.store import keys
 from service.store.ledger import Settled, Store
 from service.store.ledger_state import PendingState, decode, event_value, update_fields
@@ -65,7 +67,7 @@ class Hold:
 
     @property
     def lock(self) -> str:
-        return self._ordering.keys.user_lock(self.source, self.user_id)
+        return self._ordering.keys.user_lock(self.user_id)
 
     def claim(self, state: PendingState, *also: ScriptCall) -> tuple[set[str] | None, list[Any]]:
         """The attributes not superseded by a newer value already sent (None: our lease was lost, as
@@ -79,6 +81,7 @@ class Hold:
         return ordering.claim_call(
             lock=self.lock,
             last_written=ordering.keys.last_written(self.source, self.user_id),
+            others=[ordering.keys.last_written(s, self.user_id) for s in SOURCES if s != self.source],
             token=self._token,
             lease_ms=LEASE_MS,
             lww_ttl=ordering.memory_ttl,
@@ -154,7 +157,7 @@ class Ordering:
         user id, memory key) its Hold, or None when another job holds the user (or the same user came
         twice). The holds are renewed until settled or let go (`let_go`)."""
         tokens = [uuid.uuid4().hex for _ in users]
-        locks = [self.keys.user_lock(source, user_id) for source, _, user_id, _ in users]
+        locks = [self.keys.user_lock(user_id) for _, _, user_id, _ in users]
         calls = [
             self._take_call(source, hint, lock, memory_key, token)
             for (source, hint, _, memory_key), lock, token in zip(users, locks, tokens, strict=True)
@@ -213,7 +216,7 @@ class Ordering:
         """Hold the user's lease for the block, with everything pending for the user in hand. Raises
         UserBusy if another job keeps the lease too long (what is pending stays for it)."""
         token = uuid.uuid4().hex
-        lock = self.keys.user_lock(source, user_id)
+        lock = self.keys.user_lock(user_id)
         deadline = time.monotonic() + WAIT_FOR_LEASE_SECONDS
         while (taken := self._run_take(source, hint, lock, memory_key, token)) is None:
             if time.monotonic() > deadline:
@@ -241,11 +244,20 @@ class Ordering:
         )
 
     def claim_call(
-        self, *, lock: str, last_written: str, token: str, lease_ms: int, lww_ttl: int, pairs: list[tuple[str, str]]
+        self,
+        *,
+        lock: str,
+        last_written: str,
+        others: list[str],
+        token: str,
+        lease_ms: int,
+        lww_ttl: int,
+        pairs: list[tuple[str, str]],
     ) -> ScriptCall:
-        """`pairs`: (attribute, "<event time>|<event id>" of the value to write: PendingState.order_keys)."""
+        """`pairs`: (attribute, "<event time>|<event id>" of the value to write: PendingState.order_keys);
+        `others`: the last_written of the user's other sources (read, not written)."""
         return ScriptCall(
             self._claim_script,
-            [lock, last_written],
+            [lock, last_written, *others],
             [token, lease_ms, lww_ttl, *(x for pair in pairs for x in pair)],
         )

@@ -195,9 +195,10 @@ class Keys:
         by the old per-event jobs (so their own job, run again, does not count them twice)."""
         return f"{self.prefix}:outcome:{source}:{event_id}"
 
-    def user_lock(self, source: str, user_id: str) -> str:
-        """One delivery per user at a time, so the destination sees a user's updates in order."""
-        return f"{self.prefix}:lock:{source}:{user_id}"
+    def user_lock(self, user_id: str) -> str:
+        """One delivery per user at a time, whichever source its events came from, so the destination
+        sees a user's updates in order (releases before locked per source: `lock:<source>:<user>`)."""
+        return f"{self.prefix}:user-lock:{user_id}"
 
     def parked(self, source: str, hint: str) -> str:
         """hash: event id -> update JSON, updates waiting for one merged delivery (UserUpdate.hint)."""

@@ -12,6 +12,9 @@ from service.store.ledger_state import MERGE_LUA, ORDER_LUA
 # were kept read and write it (so workers of both releases can run side by side during an upgrade), and
 # "<time>|<event id>" under "#<attribute>", which counts only while its time is still the bare one (a
 # worker of the earlier release may have written a newer time since): else the bare time, lowest id.
+# The hashes of the user's other sources count too (`others`, those that exist): an attribute ends with
+# its newest value whichever source sent it; each source records in its own hash (as releases before
+# did: they read their own).
 CLAIM_LUA = (
     ORDER_LUA
     + """
@@ -22,11 +25,19 @@ local function last_key(last_written, attribute)
     if pair and string.match(pair, '^([^|]*)|') == time then return pair end
     return time
 end
-local function claim(last_written, lww_ttl, first_pair)
+local function claim(last_written, lww_ttl, first_pair, others)
+    local hashes = {last_written}
+    for _, other in ipairs(others) do
+        if redis.call('EXISTS', other) == 1 then table.insert(hashes, other) end
+    end
     local fresh = {}
     for i = first_pair, #ARGV, 2 do
         local attribute, key = ARGV[i], ARGV[i + 1]
-        local last = last_key(last_written, attribute)
+        local last = nil
+        for _, hash in ipairs(hashes) do
+            local recorded = last_key(hash, attribute)
+            if recorded and (not last or at_least_as_new(recorded, last)) then last = recorded end
+        end
         if not last or at_least_as_new(key, last) then
             redis.call('HSET', last_written, attribute, string.match(key, '^([^|]*)|'), '#' .. attribute, key)
             table.insert(fresh, attribute)
@@ -39,7 +50,7 @@ end
 )
 
 # Claim, with the user's lease, the attributes that may be written.
-# KEYS: lock, last_written
+# KEYS: lock, last_written (this source's), then the last_written of the user's other sources
 # ARGV: token, lease_ms, lww_ttl, then pairs: attribute, "<event time>|<event id>"
 # Returns: nil (another job holds the user) | {attribute, ...} (those that may be written)
 CLAIM_SCRIPT = (
@@ -52,10 +63,13 @@ local token = ARGV[1]
 local lease_ms = ARGV[2]
 local lww_ttl = ARGV[3]
 
+local others = {}
+for k = 3, #KEYS do table.insert(others, KEYS[k]) end
+
 local holder = redis.call('GET', lock)
 if holder and holder ~= token then return false end
 redis.call('SET', lock, token, 'PX', lease_ms)
-return claim(last_written, lww_ttl, FIRST_PAIR)
+return claim(last_written, lww_ttl, FIRST_PAIR, others)
 """
 )
 

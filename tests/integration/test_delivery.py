@@ -308,7 +308,7 @@ def test_crashing_job_is_dead_lettered_as_internal_error(ctx: DeliveryContext, r
 def test_a_user_held_by_another_job_is_put_back_not_failed(ctx: DeliveryContext, sandbox: SandboxServer) -> None:
     item = update()
     assert ctx.store.accept(item)
-    ctx.redis.set(keys.USERCOM.user_lock("stripe", "u1"), "another-job", px=60_000)
+    ctx.redis.set(keys.USERCOM.user_lock("u1"), "another-job", px=60_000)
     assert deliver_update(ctx, item, attempt=2) == "user_busy"
     [job_id] = ScheduledJobRegistry(queue=ctx.queues[keys.LIVE]).get_job_ids()
     job = ctx.queues[keys.LIVE].fetch_job(job_id)

@@ -76,7 +76,7 @@ def test_a_value_refused_in_a_group_dead_letters_only_its_carrier_events(
     ledger = ctx.store.ledger()
     assert (ledger["delivered"], ledger["dead_lettered"], ledger["in_flight"]) == (3, 1, 0)
     assert ctx.redis.zcard(keys.USERCOM.limiter_in_flight) == 0  # every call's slot released
-    assert ctx.redis.keys("relay:lock:*") == []
+    assert ctx.redis.keys("relay:user-lock:*") == []
 
 
 def test_a_group_books_its_users_calls_with_the_first(
@@ -110,7 +110,7 @@ def test_a_user_another_job_holds_is_put_back_and_the_others_delivered(
     for user in ("u0", "u1", "u2"):
         assert ctx.store.accept(an_update(f"evt_{user}", user_id=user))
     jobs = take_all(ctx)
-    lock = keys.USERCOM.user_lock("stripe", "u1")
+    lock = keys.USERCOM.user_lock("u1")
     ctx.redis.set(lock, "another-job", px=60_000)
     assert deliver_group(ctx, jobs) == ["delivered", "user_busy", "delivered"]
     assert sandbox.state.user_by_custom_id("u1")["attributes"] == {}  # type: ignore[index]
@@ -184,7 +184,7 @@ def test_a_worker_killed_amid_its_groups_loses_none_of_their_users(
     [taken] = redis.keys("relay:batch:*")
     assert redis.llen(taken) >= BATCH_THREADS  # the killed job held other users' jobs: each thread's group
     # Time passes: the leases expire, then rq's maintenance finds the job abandoned (fast-forwarded).
-    for lock in redis.keys("relay:lock:*"):
+    for lock in redis.keys("relay:user-lock:*"):
         redis.delete(lock)
     started.cleanup(timestamp=time.time() + HEARTBEAT_TTL_SECONDS + 1)
     configure(ctx)

@@ -28,7 +28,7 @@ def test_one_renewal_extends_every_lease_still_ours_and_drops_the_lost(redis: Re
 
 def test_a_hold_registers_its_lease_until_the_block_ends(redis: Redis) -> None:
     ordering = an_ordering(redis)
-    lock = keys.USERCOM.user_lock("stripe", "u1")
+    lock = keys.USERCOM.user_lock("u1")
     threads_before = threading.active_count()
     with ordering.hold("stripe", "u:u1", "u1") as hold:
         assert ordering.renewer.held() == {lock: hold._token}

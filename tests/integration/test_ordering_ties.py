@@ -119,3 +119,33 @@ def test_workers_of_the_earlier_release_read_and_write_beside_this_one(
     assert ctx.store.accept(plan("evt_a", "A", event_time=SECOND + 5))
     assert deliver_user(ctx, "stripe", "user:u1") == "delivered"
     assert attributes(sandbox) == {"plan": "A"}
+
+
+def test_an_older_value_from_another_source_never_overwrites_a_newer_one(
+    ctx: DeliveryContext, sandbox: SandboxServer
+) -> None:
+    """The user's Stripe customer and the user's own system (Standard Webhooks) set the same attribute:
+    last-writer-wins compared their times only within each source, so the older one, sent last, won."""
+    newer = an_update("evt_new", event_time=SECOND, standard={"email": "new@example.com"}, custom={"plan": "team"})
+    older = an_update(
+        "msg_old", source="standard", event_time=SECOND - 900, standard={"email": "old@example.com"}, custom={}
+    )
+    assert ctx.store.accept(newer)
+    assert deliver_user(ctx, "stripe", "user:u1") == "delivered"
+    assert ctx.store.accept(older)
+    assert deliver_user(ctx, "standard", "user:u1") == "coalesced"  # nothing in it is newer
+    user = sandbox.state.user_by_custom_id("u1")
+    assert user is not None and user["email"] == "new@example.com"
+    newest = an_update("msg_newest", source="standard", event_time=SECOND + 1, standard={"email": "b@example.com"})
+    assert ctx.store.accept(newest)
+    assert deliver_user(ctx, "standard", "user:u1") == "delivered"  # a newer one from either source goes out
+    assert sandbox.state.user_by_custom_id("u1")["email"] == "b@example.com"  # type: ignore[index]
+
+
+def test_one_delivery_per_user_whichever_source(ctx: DeliveryContext) -> None:
+    """Two sources' jobs for one user at once could each send, the older value last."""
+    assert ctx.store.accept(an_update("evt_1"))
+    assert ctx.store.accept(an_update("msg_1", source="standard"))
+    with ctx.ordering.hold("stripe", "user:u1", "u1"):
+        [other] = ctx.ordering.take_many([("standard", "user:u1", "u1", None)])
+        assert other is None  # busy: it waits for the Stripe delivery to end

@@ -79,7 +79,7 @@ def test_worker_killed_mid_job_loses_nothing(
     assert sandbox.state.user_by_custom_id("u1") is None
     # Time passes: the user's lease expires, then rq's maintenance finds the job abandoned
     # (its heartbeat lapsed). Both are fast-forwarded here instead of waited for.
-    redis.delete(keys.USERCOM.user_lock("stripe", "u1"))
+    redis.delete(keys.USERCOM.user_lock("u1"))
     started.cleanup(timestamp=time.time() + HEARTBEAT_TTL_SECONDS + 1)
     assert ctx.queues[keys.LIVE].job_ids == [job_id], "requeued, not failed"
     configure(ctx)
@@ -110,7 +110,7 @@ def test_an_idle_worker_reruns_a_job_abandoned_by_a_dead_one(
     finally:
         os.killpg(dying.pid, signal.SIGKILL)
         dying.wait()
-    redis.delete(keys.USERCOM.user_lock("stripe", "u1"), f"rq:clean_registries:{keys.USERCOM.queue_name(keys.LIVE)}")
+    redis.delete(keys.USERCOM.user_lock("u1"), f"rq:clean_registries:{keys.USERCOM.queue_name(keys.LIVE)}")
     idle = _relay_worker(worker_env)
     try:
         # The new worker waits for a job, its start-up maintenance behind it: rq marks a worker idle
