@@ -18,6 +18,7 @@ from service.core.update import UserUpdate
 from service.devtools.usercom_sandbox import Fault, SandboxServer
 from service.store import keys
 from service.store.jobs import DELIVER_FUNC, ON_FAILURE_FUNC
+from service.store.trace import read_trace
 from tests.conftest import USERCOM_KEY
 from tests.ports import unused_port
 from workers.delivery.context import DeliveryContext, configure
@@ -81,6 +82,17 @@ def test_known_user_takes_one_put_and_tags_only_add(ctx: DeliveryContext, sandbo
     assert user is not None
     assert user["tags"] == ["subscriber", "paying"]
     assert user["attributes"] == {"plan": "team"}
+
+
+def test_an_update_of_tags_alone_is_a_delivery(ctx: DeliveryContext, sandbox: SandboxServer) -> None:
+    """A call carrying only tags was counted coalesced ("merged into another delivery"), untraced."""
+    accept_and_work(ctx, update("evt_tags", standard={}, custom={}, tags=["beta"]))
+    user = sandbox.state.user_by_custom_id("u1")
+    assert user is not None and user["tags"] == ["beta"]
+    ledger = ctx.store.ledger()
+    assert (ledger["delivered"], ledger["coalesced"], ledger["in_flight"]) == (1, 0, 0)
+    [entry] = read_trace(ctx.redis, keys.USERCOM, "u1")
+    assert (entry["kind"], entry["tags"], entry["event_ids"]) == ("delivery", ["beta"], ["evt_tags"])
 
 
 def test_user_ids_are_escaped_in_paths(ctx: DeliveryContext, sandbox: SandboxServer) -> None:

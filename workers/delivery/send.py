@@ -79,11 +79,12 @@ def send_allowed(
         return _settle_same(ctx, hold, "coalesced", lane)
     refused: dict[str, Rejected] = {}
     sent: dict[str, Any] = {}
+    went_out = False  # a call went through (it may carry tags alone)
     left_out: list[DroppedValue] = []  # by every call that went through (a halving makes several)
     memory = hold.memory
 
     def send(part: list[str]) -> None:
-        nonlocal memory
+        nonlocal memory, went_out
         chosen = set(part)
         std = {k: v for k, (v, c) in standard.items() if c in chosen}
         cus = {k: v for k, (v, c) in custom.items() if c in chosen}
@@ -97,6 +98,7 @@ def send_allowed(
                 left_out.extend(v for v in getattr(client, "last_dropped", ()) if v not in left_out)
             sent.update(std)
             sent.update(cus)
+            went_out = True
         except Rejected as exc:
             if len(part) == 1:
                 refused[part[0]] = exc
@@ -106,7 +108,7 @@ def send_allowed(
 
     send(carriers)
     updates = [state.update_of(hold.source, hold.hint, c) for c in carriers if c not in refused]
-    delivered = max(updates, key=lambda u: (u.event_time, u.event_id)).event_id if sent and updates else None
+    delivered = max(updates, key=lambda u: (u.event_time, u.event_id)).event_id if went_out and updates else None
     outcomes = []
     for event_id in state.events:
         if event_id in refused:
@@ -127,7 +129,7 @@ def send_allowed(
         event_ids=[o.event_id for o in outcomes if o.outcome != "dead_lettered"],
         dropped=[{"name": d["attribute"], "reason": d["reason"], "event_id": d["event_id"]} for d in dropped],
     )
-    return Sent(outcomes, memory, trace if sent else None, refused, delivered)
+    return Sent(outcomes, memory, trace if went_out else None, refused, delivered)
 
 
 def report(ctx: DeliveryContext, hold: Hold, sent: Sent, settled: list[Settled], attempt: int, lane: str) -> str:
