@@ -7,6 +7,10 @@ endpoint acknowledged (delivery_success=false). Each page is fed before the next
 request (Ctrl-C) ends after the current page, or at once while waiting to read the next, with the
 command that resumes (--until the oldest event time fed: the events at that second come again and
 are counted as duplicates). Redis failing part-way ends the run with StoreLost, which says the same.
+Dedup remembers an event id for RELAY_DEDUP_TTL_SECONDS (7 days by default) and Stripe keeps 30 days:
+a window reaching past that memory feeds the older events the relay received already once more (they
+are delivered again; last-writer-wins still keeps newer state). Re-feeding history can be the point,
+so it is not refused: the run says so in one line before it reads (dedup_note).
 """
 
 from __future__ import annotations
@@ -136,8 +140,12 @@ def backfill_events(
     stop: threading.Event | None = None,
     reporter: Reporter | None = None,
     on_page: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None = None,
+    warn_past_dedup: bool = True,
 ) -> Result:
-    """Feed every event of the window; `on_page` may narrow a page first (reconcile: the missing)."""
+    """Feed every event of the window; `on_page` may narrow a page first (reconcile: the missing).
+    `warn_past_dedup`: say so (on `reporter`) before reading when the window reaches past the dedup memory."""
+    if reporter and warn_past_dedup and (note := dedup_note(window, feeder.store.dedup_ttl, time.time())):
+        reporter.note(note)
     oldest: int | None = None
     interrupted = False
     try:
@@ -164,6 +172,17 @@ def summary(reader: EventReader, feeder: Feeder) -> dict[str, Any]:
     return {**feeder.tally.as_dict(), "api_calls": reader.calls, "rate_limited": reader.rate_limited}
 
 
+def dedup_note(window: Window, dedup_ttl: int, now: float) -> str | None:
+    """A warning when part of the window is older than the dedup memory: events the relay received
+    before that are no longer known, so they are accepted and delivered again."""
+    if window.since < now - dedup_ttl:
+        return (
+            f"warning: --since reaches past the dedup memory ({dedup_ttl // 3600} h, RELAY_DEDUP_TTL_SECONDS): "
+            "events older than that which the relay received already are fed (and delivered) again"
+        )
+    return None
+
+
 def check_window(window: Window, now: float) -> str | None:
     """A warning when part of the window is past what Stripe still keeps."""
     if window.since < now - STRIPE_EVENT_RETENTION_SECONDS:
@@ -172,6 +191,6 @@ def check_window(window: Window, now: float) -> str | None:
 
 
 __all__ = [
-    "EventReader", "ReadError", "Result", "StoreLost", "Window", "backfill_events", "check_window", "event_types",
-    "parse_time", "read_window",
+    "EventReader", "ReadError", "Result", "StoreLost", "Window", "backfill_events", "check_window", "dedup_note",
+    "event_types", "parse_time", "read_window",
 ]  # fmt: skip

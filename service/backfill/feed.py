@@ -1,6 +1,7 @@
 """One event read back from a provider, taken the way a webhook is after its signature check:
 the source's envelope and object schemas, the mapping, then one atomic store write (dedup:
-an event accepted before is a duplicate, never queued twice), on the backfill lane.
+an event accepted within RELAY_DEDUP_TTL_SECONDS is a duplicate, never queued twice; one older
+than that memory is taken again: events.dedup_note), on the backfill lane.
 Last-writer-wins by event time is held at delivery, per attribute: an old event read back now
 never overwrites newer state. An event that does not fit is dead-lettered, as at intake."""
 

@@ -5,8 +5,10 @@ with Paddle's shape: each customer becomes the notification a `customer.updated`
 subscription a `subscription.updated`, `occurred_at` the time its page was read (a newer webhook
 still wins). Paddle scopes customers to `active` by default: `status=active,archived` reads them
 all; subscriptions are listed in every status by default. Read oldest id first (`order_by=id[ASC]`)
-so a checkpoint's `after` cursor continues where it stopped. A canceled subscription is stamped a
-second earlier, so a customer's live subscription wins over the one it replaced.
+so a checkpoint's `after` cursor continues where it stopped. A canceled subscription is stamped with
+its `canceled_at` (service.backfill.sync.ended_stamp), older than any page's read time, so a
+customer's live subscription wins over the one it replaced whichever page each is on (a newer id
+is read later: a read time would let it win).
 """
 
 from __future__ import annotations
@@ -14,14 +16,17 @@ from __future__ import annotations
 from typing import Any
 
 from service.backfill.paddle_reader import rfc3339
-from service.backfill.sync import Shape, digest
+from service.backfill.sync import Shape, digest, ended_stamp
+from service.sources.base import iso_seconds
+from service.sources.paddle.extract import ENDED_STATUSES
 
 EVENT_TYPES = {"customers": "customer.updated", "subscriptions": "subscription.updated"}
-ENDED = frozenset({"canceled"})
 
 
 def snapshot_event(phase: str, obj: dict[str, Any], read_at: int) -> dict[str, Any]:
-    stamp = read_at - 1 if phase == "subscriptions" and obj.get("status") in ENDED else read_at
+    stamp = read_at
+    if phase == "subscriptions" and obj.get("status") in ENDED_STATUSES:
+        stamp = ended_stamp(iso_seconds(obj.get("canceled_at")), read_at)
     return {
         "event_id": f"sync_{obj['id']}_{digest(obj)}",
         "event_type": EVENT_TYPES[phase],

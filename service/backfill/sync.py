@@ -5,8 +5,12 @@ Each customer becomes the update a `customer.updated` event would make, each sub
 status) the one a `customer.subscription.updated` would, through the same schemas and mapping,
 stamped with the time its page was read: a webhook newer than the snapshot still wins
 (last-writer-wins by event time), an older one never overwrites it. An ended subscription
-(canceled, incomplete_expired) is stamped a second earlier, so a customer's live subscription wins
-over the ones it replaced.
+(canceled, incomplete_expired) is stamped with the time it ended (ended_at, else canceled_at; at
+most a second before its read; without either, that second): when its state became true, and
+older than the read time of any page, so a customer's live subscription wins over the ones it
+replaced whichever page each is on (a read time would let a page read a second later outrank an
+earlier one's). A webhook about the ended one from before its end still loses to it. The stamp is
+not part of the event id: a second run still makes the same ids.
 
 Subscriptions are read first, each with its customer (`expand[]=data.customer`), and a customer is
 fed with its subscription, both accepted in one transaction (Store.accept_together): they land in
@@ -41,10 +45,10 @@ from redis import Redis
 from service.backfill.feed import Feeder
 from service.backfill.progress import Reporter
 from service.backfill.stripe_reader import CursorGone, Interrupted
+from service.sources.stripe.extract import ENDED_STATUSES
 from service.store import keys
 
 PHASES = ("subscriptions", "customers")
-ENDED = frozenset({"canceled", "incomplete_expired"})
 EVENT_TYPES = {"customers": "customer.updated", "subscriptions": "customer.subscription.updated"}
 
 
@@ -53,8 +57,21 @@ def digest(obj: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:20]
 
 
+def ended_stamp(ended_at: int | None, read_at: int) -> int:
+    """An ended subscription's event time: when it ended, but before `read_at` (a provider clock ahead
+    must not put it past a live subscription read in the same second); without an end time, the
+    second before its read."""
+    return read_at - 1 if ended_at is None else min(ended_at, read_at - 1)
+
+
+def _seconds(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def snapshot_event(phase: str, obj: dict[str, Any], read_at: int) -> dict[str, Any]:
-    stamp = read_at - 1 if phase == "subscriptions" and obj.get("status") in ENDED else read_at
+    stamp = read_at
+    if phase == "subscriptions" and obj.get("status") in ENDED_STATUSES:
+        stamp = ended_stamp(_seconds(obj.get("ended_at")) or _seconds(obj.get("canceled_at")), read_at)
     return {
         "id": f"sync_{obj['id']}_{digest(obj)}",
         "object": "event",

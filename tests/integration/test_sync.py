@@ -133,3 +133,48 @@ def test_each_user_is_sent_once_customer_and_subscription_together(
     writes = [r for r in sandbox.state.requests if r["method"] in ("PUT", "POST")]
     assert len(writes) == 121  # one per user
     assert sandbox.state.user_by_custom_id("user-999")["email"] == "user999@example.com"  # type: ignore[index]
+
+
+def test_a_live_subscription_beats_an_ended_one_read_on_a_later_page(
+    api_env: dict[str, str],
+    stripe_api: StripeApiServer,
+    sandbox: SandboxServer,
+    redis: Redis,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    settings = Settings.from_env(api_env)
+    stripe_api.state.customers.extend(customer(n, created=1_700_000_000 + n) for n in (0, 1))
+    ended = subscription(0, created=1_600_000_000, plan="legacy", status="canceled", item=1)
+    ended.update(canceled_at=1_650_000_000, ended_at=1_650_000_000)
+    # newest first, 100 a page: user-0's live subscription opens page 1, the one it replaced ends page 2
+    between = [subscription(1, created=1_700_000_000 + i, plan="basic", status="active", item=i) for i in range(149)]
+    live = subscription(0, created=1_800_000_000, plan="team", status="active")
+    stripe_api.state.subscriptions.extend([ended, *between, live])
+    # --max-rps 0.5: page 2 is read two seconds after page 1, so its read time is a later second
+    code, summary = run(capsys, "sync", "stripe", "--json", "--max-rps", "0.5")
+    assert (code, summary["accepted"], summary["api_calls"]) == (0, 153, 3)
+    drain(settings)
+    user = sandbox.state.user_by_custom_id("user-0")
+    assert user is not None
+    assert (user["attributes"]["subscription_status"], user["attributes"]["plan"]) == ("active", "team")
+    assert user["attributes"]["mrr"] == 20.0 and "subscriber" in user["tags"]
+
+
+def test_a_customer_whose_only_subscription_ended_has_no_mrr_and_is_no_subscriber(
+    api_env: dict[str, str],
+    stripe_api: StripeApiServer,
+    sandbox: SandboxServer,
+    redis: Redis,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    settings = Settings.from_env(api_env)
+    stripe_api.state.customers.extend(customer(n, created=1_700_000_000 + n) for n in (0, 1))
+    canceled = subscription(0, created=1_700_000_000, plan="pro", status="canceled")
+    expired = subscription(1, created=1_700_000_001, plan="pro", status="incomplete_expired")
+    stripe_api.state.subscriptions.extend([canceled, expired])
+    assert run(capsys, "sync", "stripe", "--json")[0] == 0
+    drain(settings)
+    for n, status in ((0, "canceled"), (1, "incomplete_expired")):
+        user = sandbox.state.user_by_custom_id(f"user-{n}")
+        assert user is not None and user["attributes"]["subscription_status"] == status
+        assert user["attributes"]["mrr"] == 0 and "subscriber" not in user["tags"]

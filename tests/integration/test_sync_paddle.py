@@ -71,3 +71,30 @@ def test_an_interrupted_paddle_sync_continues_from_its_checkpoint(
     assert (code, rest["resumed"], rest["accepted"], rest["duplicate"]) == (0, True, 300, 0)
     assert not redis.exists(keys.sync_checkpoint("paddle"))
     assert Store.from_settings(redis, settings).ledger()["received"] == 500  # each customer and subscription once
+
+
+def test_a_live_paddle_subscription_beats_an_ended_one_read_on_a_later_page(
+    paddle_env: dict[str, str],
+    paddle_api: PaddleApiServer,
+    sandbox: SandboxServer,
+    redis: Redis,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    settings = Settings.from_env(paddle_env)
+    paddle_api.state.customers.extend(customer(n) for n in (0, 1))
+    # oldest id first, 200 a page: the live subscription opens page 1, the canceled one (a newer id) ends page 2
+    live = subscription(0, plan="team", status="active")
+    between = [subscription(1, plan="basic", status="active") for _ in range(200)]
+    for i, other in enumerate(between):
+        other["id"] = f"sub_000001_{i:03d}"
+    ended = subscription(0, plan="legacy", status="canceled")
+    ended.update(id="sub_999999", canceled_at="2023-08-01T00:00:00.000000Z")
+    paddle_api.state.subscriptions.extend([live, *between, ended])
+    # --max-rps 0.5: page 2 is read two seconds after page 1, so its read time is a later second
+    code, summary = run(capsys, "sync", "paddle", "--json", "--max-rps", "0.5")
+    assert (code, summary["accepted"], summary["api_calls"]) == (0, 204, 3)
+    drain(settings)
+    user = sandbox.state.user_by_custom_id(customer_id(0))
+    assert user is not None
+    assert (user["attributes"]["subscription_status"], user["attributes"]["plan"]) == ("active", "team")
+    assert user["attributes"]["mrr"] == 432.0 and "subscriber" in user["tags"]

@@ -134,6 +134,15 @@ def test_trialing_yearly_zero_decimal_subscription() -> None:
     assert update.tags == ["subscriber", "trial"]
 
 
+@pytest.mark.parametrize("status", ["canceled", "incomplete_expired"])
+def test_an_ended_subscription_updated_has_no_mrr_and_is_no_subscriber(status: str) -> None:
+    event = wrapped("customer.subscription.updated", "pay-data.subscription.updated.json")
+    event["data"]["object"]["status"] = status  # the fixture's own is canceled; its price bills 300 cents x 2
+    update = normalize(event)
+    assert (update.custom["subscription_status"], update.custom["mrr"]) == (status, 0)
+    assert update.tags == []
+
+
 def test_subscription_deleted_zeroes_mrr_and_tags_churned() -> None:
     update = normalize(wrapped("customer.subscription.deleted", "pay-data.subscription.deleted.json"))
     assert update.custom == {"subscription_status": "canceled", "mrr": 0}

@@ -46,6 +46,15 @@ def test_paddle_subscription_created_from_the_real_payload() -> None:
     assert update.tags == ["subscriber"]
 
 
+def test_a_canceled_paddle_subscription_updated_has_no_mrr_and_is_no_subscriber() -> None:
+    payload = load_fixture("pay.subscription.created.json", "paddle_billing")
+    payload["event_type"] = "subscription.updated"
+    payload["data"].update(status="canceled", canceled_at="2023-09-11T08:07:35Z")
+    update = paddle(payload)
+    assert (update.custom["subscription_status"], update.custom["mrr"]) == ("canceled", 0)
+    assert update.tags == []
+
+
 def test_paddle_identity_from_custom_data_only_when_trusted_and_scheduled_cancel() -> None:
     payload = load_fixture("pay.subscription.created.json", "paddle_billing")
     payload["event_type"] = "subscription.updated"

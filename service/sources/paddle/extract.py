@@ -29,6 +29,9 @@ from service.sources.extraction import (
 
 PADDLE_ID = WholeMatch(r"^[A-Za-z0-9_]{1,255}$", error="Not a Paddle id.")
 INTERVALS = validate.OneOf(["day", "week", "month", "year"])
+# A subscription in these statuses has ended: it bills nothing (mrr 0) and no longer makes a subscriber,
+# however it arrives (subscription.updated, a sync's snapshot).
+ENDED_STATUSES = frozenset({"canceled"})
 
 
 class _Paddle(Schema):
@@ -138,15 +141,17 @@ def _subscription(obj: dict[str, Any], event_time: int, key: str) -> Extracted:
     interval, count = cycle.get("interval"), cycle.get("frequency", 1)
     currency = obj.get("currency_code")
     period = obj.get("current_billing_period") or {}
+    ended = obj["status"] in ENDED_STATUSES
     fields_ = {
         "subscription_status": obj["status"],
         "plan": price.get("name") or price.get("description") or price.get("id"),
         "plan_interval": interval if count == 1 or interval is None else f"{count} {interval}s",
-        "mrr": to_major(monthly_amount(obj["items"]), currency),
+        "mrr": 0.0 if ended else to_major(monthly_amount(obj["items"]), currency),
         "currency": currency.lower() if currency else None,
         "current_period_end": iso_utc(_seconds(period.get("ends_at"))),
         "cancel_at_period_end": (obj.get("scheduled_change") or {}).get("action") == "cancel",
         "trialing": obj["status"] == "trialing",
+        "subscribed": not ended,
         "paddle_customer_id": obj["customer_id"],
         "paddle_subscription_id": obj["id"],
     }

@@ -19,6 +19,10 @@ from service.sources.extraction import (
 )
 from service.sources.stripe import schemas as s
 
+# A subscription in these statuses has ended: it bills nothing (mrr 0) and no longer makes a subscriber,
+# however it arrives (customer.subscription.updated, a sync's snapshot).
+ENDED_STATUSES = frozenset({"canceled", "incomplete_expired"})
+
 
 def _customer(obj: dict[str, Any], event_time: int, key: str) -> Extracted:
     first, last = split_name(obj.get("name"))
@@ -71,16 +75,18 @@ def _subscription(obj: dict[str, Any], event_time: int, key: str) -> Extracted:
     item_period_ends = [i["current_period_end"] for i in items if i.get("current_period_end") is not None]
     period_end = obj.get("current_period_end") or (max(item_period_ends) if item_period_ends else None)
     interval, count = _interval(price)
+    ended = obj["status"] in ENDED_STATUSES
     fields = {
         "subscription_status": obj["status"],
         "plan": price.get("nickname") or price.get("lookup_key") or price.get("id"),
         "plan_interval": interval if count == 1 or interval is None else f"{count} {interval}s",
-        "mrr": to_major(monthly_amount(items), currency),
+        "mrr": 0.0 if ended else to_major(monthly_amount(items), currency),
         "currency": currency.lower() if currency else None,
         "current_period_end": iso_utc(period_end),
         "cancel_at_period_end": obj.get("cancel_at_period_end"),
         "trial_end": iso_utc(obj.get("trial_end")),
         "trialing": obj["status"] == "trialing",
+        "subscribed": not ended,
         "stripe_customer_id": obj["customer"],
         "stripe_subscription_id": obj["id"],
     }
