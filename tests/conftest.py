@@ -187,7 +187,9 @@ def sandbox() -> Iterator[SandboxServer]:
 
 
 @pytest.fixture
-def env(redis_server: RedisProcess, sandbox: SandboxServer) -> dict[str, str]:
+def env(redis: Redis, redis_server: RedisProcess, sandbox: SandboxServer) -> dict[str, str]:
+    """The settings of a relay on the test's Redis, emptied first (`redis`): no test sees another's
+    dedup memory, last-written times or checkpoints, in whatever order xdist runs them."""
     return {
         "REDIS_URL": redis_server.url,
         "STRIPE_WEBHOOK_SECRETS": f"{SECRET},{OLD_SECRET}",
