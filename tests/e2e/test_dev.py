@@ -27,25 +27,36 @@ from tests.ports import unused_port
 RELAY = str(Path(sys.executable).with_name("relay"))
 
 
-def test_relay_dev_runs_the_printed_example_end_to_end(tmp_path: Path) -> None:
-    port, metrics_port = unused_port(), unused_port()
+def clean_env(**more: str) -> dict[str, str]:
+    """This environment without the relay's own settings (relay dev chooses them), and `more`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "USERCOM_", "RELAY_", "STRIPE_"))}
+    return {**env, **more}
+
+
+def start_dev(port: int, data_dir: Path, env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
+    """`relay dev` in a session of its own, and its banner once printed (it is running then)."""
     dev = subprocess.Popen(
-        [RELAY, "dev", "--port", str(port), "--data-dir", str(tmp_path / "dev")],
-        env={**env, "RELAY_METRICS_PORT": str(metrics_port)},
+        [RELAY, "dev", "--port", str(port), "--data-dir", str(data_dir)],
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
         start_new_session=True,
     )
+    banner = ""
+    assert dev.stdout is not None
+    for line in dev.stdout:
+        banner += line
+        if line.startswith("Ctrl-C stops everything"):
+            break
+    return dev, banner
+
+
+def test_relay_dev_runs_the_printed_example_end_to_end(tmp_path: Path) -> None:
+    port, metrics_port = unused_port(), unused_port()
+    env = clean_env()
+    dev, text = start_dev(port, tmp_path / "dev", {**env, "RELAY_METRICS_PORT": str(metrics_port)})
     try:
-        assert dev.stdout is not None
-        banner: list[str] = []
-        for line in dev.stdout:
-            banner.append(line)
-            if line.startswith("Ctrl-C stops everything"):
-                break
-        text = "".join(banner)
         assert "relay dev is running" in text, text
         curl = re.search(r"(curl -sS http://127\.0\.0\.1:\d+/webhooks/stripe .*?--data-binary @\S+)", text, re.S)
         assert curl is not None, text
@@ -112,25 +123,12 @@ def test_relay_dev_stopped_any_way_leaves_nothing_running(tmp_path: Path, signum
     same data dir is refused meanwhile (two Redis servers on one append-only file)."""
     marker = f"RELAY_DEV_TEST_MARK={uuid.uuid4().hex}"
     port = unused_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "USERCOM_", "RELAY_", "STRIPE_"))}
-    env = {**env, "RELAY_METRICS_PORT": str(unused_port()), marker.split("=")[0]: marker.split("=")[1]}
+    name, value = marker.split("=")
+    env = clean_env(RELAY_METRICS_PORT=str(unused_port()), **{name: value})
     data_dir = tmp_path / "dev"
     redis_url = None
-    dev = subprocess.Popen(
-        [RELAY, "dev", "--port", str(port), "--data-dir", str(data_dir)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        start_new_session=True,
-    )
+    dev, banner = start_dev(port, data_dir, env)
     try:
-        assert dev.stdout is not None
-        banner = ""
-        for line in dev.stdout:
-            banner += line
-            if line.startswith("Ctrl-C stops everything"):
-                break
         redis_url = re.search(r"export REDIS_URL=(\S+)", banner)
         assert redis_url is not None, banner
         assert len(carrying(marker)) >= 3  # relay dev, web, worker and their children (Redis rewrites its environ)
@@ -183,8 +181,7 @@ def test_a_sandbox_left_in_the_shell_by_an_earlier_export_is_named(tmp_path: Pat
     """After `export USERCOM_API_URL=...` from a banner, a later relay dev used the dead sandbox's address
     as "your User.com account": every update failed to connect."""
     gone = f"http://127.0.0.1:{unused_port()}/api/public"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "USERCOM_", "RELAY_", "STRIPE_"))}
-    env = {**env, "USERCOM_API_URL": gone, "USERCOM_API_KEY": "from-an-earlier-run"}
+    env = clean_env(USERCOM_API_URL=gone, USERCOM_API_KEY="from-an-earlier-run")
     argv = [RELAY, "dev", "--port", str(unused_port()), "--data-dir", str(tmp_path / "dev")]
     result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30)
     assert (result.returncode, result.stderr.strip()) == (
