@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import shlex
 import signal
 import sys
 import threading
@@ -177,12 +178,17 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
 
 def _backfill_again(args: argparse.Namespace, since: int, until: int) -> str:
-    """The command that feeds the rest of the window: up to `until`, the oldest event time fed."""
+    """The command that feeds the rest of the window (up to `until`, the oldest event time fed) as this
+    one was asked, ready for a shell."""
     again = [f"--since {since}", f"--until {until}"]
     if args.types:
-        again.append(f"--types {args.types}")
+        again.append(f"--types {shlex.quote(args.types)}")  # customer.* unquoted is a shell glob
     if args.undelivered_only:
         again.append("--undelivered-only")
+    if args.max_rps is not None:
+        again.append(f"--max-rps {args.max_rps:g}")
+    if args.dry_run:
+        again.append("--dry-run")
     return f"relay backfill {args.provider} {' '.join(again)}"
 
 

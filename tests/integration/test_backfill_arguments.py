@@ -4,12 +4,14 @@ never paces, or an empty window reported (and recorded for /status) as done."""
 
 from __future__ import annotations
 
+import shlex
 import time
 
 import pytest
 from redis import Redis
 
-from service.cli import main
+from service.cli import build_parser, main
+from service.cli.backfill import _backfill_again
 from service.devtools.paddle_api import PaddleApiServer
 from service.devtools.stripe_api import StripeApiServer
 from tests.paddle_history import history as paddle_history
@@ -76,3 +78,15 @@ def test_the_refusal_names_the_value(
 ) -> None:
     assert main(["backfill", "stripe", *argv]) == 2
     assert says in capsys.readouterr().err
+
+
+def test_the_resume_command_is_the_run_as_asked_ready_for_a_shell() -> None:
+    """It dropped --max-rps and --dry-run, and left `customer.*` for the shell to expand."""
+    asked = build_parser().parse_args(
+        ["backfill", "stripe", "--since", "7d", "--types", "customer.*,invoice paid", "--max-rps", "2.5", "--dry-run"]
+    )
+    again = _backfill_again(asked, 100, 200)
+    assert again == (
+        "relay backfill stripe --since 100 --until 200 --types 'customer.*,invoice paid' --max-rps 2.5 --dry-run"
+    )
+    assert shlex.split(again)[shlex.split(again).index("--types") + 1] == "customer.*,invoice paid"

@@ -62,7 +62,7 @@ def test_ctrl_c_in_the_gap_between_pages_ends_a_backfill_at_once_with_its_resume
         stripe_api.state.add_event(event)
     argv = ["backfill", "stripe", "--since", str(start - 60), "--max-rps", "0.01"]
     out, err = ctrl_c_once_read(argv, provider_env(stripe_api, paddle_api, env["REDIS_URL"]), stripe_api)
-    resume = f"relay backfill stripe --since {start - 60} --until {events[-100]['created']}"
+    resume = f"relay backfill stripe --since {start - 60} --until {events[-100]['created']} --max-rps 0.01"
     assert err.splitlines()[-1] == f"interrupted; resume with: {resume}"
     assert (json.loads(out)["accepted"], len(stripe_api.state.requests)) == (100, 1)
 

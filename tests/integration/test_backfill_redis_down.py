@@ -75,7 +75,11 @@ def page_checkpointed(redis: Redis, _settings: Settings) -> bool:
 
 
 LOST = [
-    (["backfill", "stripe"], "resume with: relay backfill stripe --since {since} --until {until}", page_received),
+    (
+        ["backfill", "stripe"],
+        "resume with: relay backfill stripe --since {since} --until {until} --max-rps 0.5",
+        page_received,
+    ),
     (["reconcile", "stripe"], "run `relay reconcile stripe --since {since}` again", page_received),
     (["sync", "stripe"], "resume with: relay sync stripe (it continues from its checkpoint)", page_checkpointed),
 ]
