@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 
-from service.ops.metrics_dir import MULTIPROC_ENV, MetricsDirError, prepare_multiprocess_dir
+from service.ops.metrics_dir import MULTIPROC_ENV, MetricsDirError, check_multiprocess_dir
 
 SERVING_METRICS = frozenset({"web", "worker", "dev"})
 
@@ -21,10 +21,11 @@ def main() -> int:
     if sys.argv[1:2] == [] or sys.argv[1] not in SERVING_METRICS:
         os.environ.pop(MULTIPROC_ENV, None)
     elif os.environ.get(MULTIPROC_ENV):
-        # Ready (made, emptied of an earlier run's files) before the imports below define metrics: a
-        # directory that does not exist failed there with a traceback, and one refused got a file first.
+        # Usable (made if need be, nothing else in it) before the imports below define metrics: a directory
+        # that cannot be made failed there with a traceback, and one refused got a metric file first.
+        # Nothing is deleted here: `relay worker --help`, or a second worker refused, leaves live files be.
         try:
-            prepare_multiprocess_dir(os.environ[MULTIPROC_ENV])
+            check_multiprocess_dir(os.environ[MULTIPROC_ENV])
         except MetricsDirError as exc:
             print(f"relay: {exc}", file=sys.stderr)
             return 2

@@ -6,6 +6,7 @@ this module must not import it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import tempfile
@@ -20,18 +21,10 @@ class MetricsDirError(Exception):
     """The directory cannot be used; the message is one line."""
 
 
-_prepared: set[str] = set()  # by this process: metric files there now are its own
-
-
-def prepare_multiprocess_dir(path: str) -> None:
-    """Start from an empty directory: files of processes from an earlier run would be added in.
-
-    Only metric files go, and only from a directory that holds nothing else: pointed at the
-    wrong directory by mistake, the relay refuses to start rather than delete anything. The
-    directory itself stays (in Kubernetes it is an emptyDir mount point).
-    """
-    if path in _prepared:
-        return
+def check_multiprocess_dir(path: str) -> list[Path]:
+    """Make the directory if need be and list it; MetricsDirError when it cannot be used or holds
+    anything but prometheus-client's files (pointed at the wrong directory by mistake, the relay
+    refuses to start rather than delete anything there). Deletes nothing."""
     directory = Path(path)
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -45,9 +38,32 @@ def prepare_multiprocess_dir(path: str) -> None:
             f"{MULTIPROC_ENV} {path} holds files that are not prometheus-client metric files ({shown}); "
             "point it at an empty directory of its own"
         )
-    for entry in entries:
-        entry.unlink(missing_ok=True)
-    _prepared.add(path)
+    return entries
+
+
+def prepare_multiprocess_dir(path: str) -> None:
+    """Start from a directory without an earlier run's files (they would be added in): every metric
+    file goes but this process's own, written as its modules defined their metrics (a file of the same
+    pid from before this process started is an earlier run's: a restarted container reuses pids). The
+    directory itself stays (in Kubernetes it is an emptyDir mount point)."""
+    own, started = f"_{os.getpid()}.db", _process_start()
+    for entry in check_multiprocess_dir(path):
+        with contextlib.suppress(FileNotFoundError):
+            if not (entry.name.endswith(own) and (started is None or entry.stat().st_ctime >= started)):
+                entry.unlink()
+
+
+def _process_start() -> float | None:
+    """When this process started, in epoch seconds (Linux: /proc), else None. Boot time is whole
+    seconds: up to a second early, while an earlier process's file is older than that."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])  # field 22, starttime
+        boot = next(
+            int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime")
+        )
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    return boot + ticks / os.sysconf("SC_CLK_TCK") - 1
 
 
 def use_metrics_dir(configured: str, role: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -56,10 +58,24 @@ def test_relay_names_a_metrics_dir_it_cannot_make_in_one_line(tmp_path: Path, co
     ]
 
 
-def test_a_directory_prepared_once_keeps_this_process_files(tmp_path: Path) -> None:
-    """`relay` prepares the directory before metrics are defined, and `relay web`/`worker` ask again
-    after: the files this process wrote meanwhile are its live metrics, not an earlier run's."""
-    prepare_multiprocess_dir(str(tmp_path))
+def test_this_process_own_files_stay_an_earlier_runs_go(tmp_path: Path) -> None:
+    """`relay worker` readies the directory after its modules defined their metrics: the files this
+    process wrote meanwhile are its live metrics, the rest an earlier run's."""
+    (tmp_path / f"counter_{os.getpid()}.db").write_bytes(b"\0" * 16)
     (tmp_path / "counter_1.db").write_bytes(b"\0" * 16)
     prepare_multiprocess_dir(str(tmp_path))
-    assert [p.name for p in tmp_path.iterdir()] == ["counter_1.db"]
+    assert [p.name for p in tmp_path.iterdir()] == [f"counter_{os.getpid()}.db"]
+
+
+@pytest.mark.parametrize("args", [["worker"], ["worker", "--help"], ["web", "--help"]])
+def test_a_command_that_does_not_start_leaves_the_live_files_be(tmp_path: Path, args: list[str]) -> None:
+    """The pod's directory holds the live processes' files: `kubectl exec ... relay worker --help`, or a
+    second worker refused for its metrics port, deleted them."""
+    (tmp_path / "counter_4242.db").write_bytes(b"\0" * 16)
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))  # noqa: S104 - where the worker's metrics server would listen
+        taken.listen()
+        env = {**GOOD, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "RELAY_METRICS_PORT": str(taken.getsockname()[1])}
+        result = relay(*args, env=env)
+    assert result.returncode == (0 if "--help" in args else 2), result.stderr
+    assert (tmp_path / "counter_4242.db").read_bytes() == b"\0" * 16  # still there, as it was
