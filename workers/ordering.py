@@ -113,8 +113,11 @@ class Hold:
     ) -> SettleUser:
         """What `settle` counts (Store.settle_user), for counting several users' at once (Ordering.settle_many)."""
         keep = None
-        if memory is not None and self.memory_key is not None and memory != self.memory:
-            keep = (self.memory_key, memory, self._ordering.destination_memory_ttl)
+        ttl = self._ordering.destination_memory_ttl
+        # A memory kept for good (ttl 0) is written again unchanged: one from a release that gave it a TTL
+        # loses it at the user's next delivery.
+        if memory is not None and self.memory_key is not None and (memory != self.memory or (ttl == 0 and memory)):
+            keep = (self.memory_key, memory, ttl)
         return SettleUser(self.source, self.hint, outcomes, (self.lock, self._token), keep, list(slots or []), trace)
 
 

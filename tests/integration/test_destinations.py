@@ -179,10 +179,12 @@ def test_userkit_keeps_the_whole_name_when_an_update_names_one_part(
     # Kept for good, as UserKit keeps the name: a part changed after months without a name change (an
     # annual plan) would otherwise be sent alone again.
     assert redis.ttl(keys.userkit_name("u1")) == -1
+    redis.expire(keys.userkit_name("u1"), 3600)  # as the release before left every name it kept
     assert store.accept(an_update("evt_3", event_time=1_700_000_200, standard={"email": "ada@king.example"}))
     drain(both, "userkit")
     assert "name" not in userkit.state.requests[-1]["body"]  # an update naming no part sends no name
     assert userkit.state.users["u1"]["name"] == "Ada King"
+    assert redis.ttl(keys.userkit_name("u1")) == -1  # kept for good from the user's next delivery on
     cleared = an_update("evt_4", event_time=1_700_000_300, standard={"first_name": None}, custom={}, tags=[])
     assert store.accept(cleared)
     drain(both, "userkit")
