@@ -135,7 +135,8 @@ def run_dev(*, port: int, data_dir: Path) -> int:
 
 def _run(port: int, data_dir: Path) -> int:
     env = dict(os.environ)
-    if stale := _stale_sandbox(env.get("USERCOM_API_URL", "")):
+    # Only both set mean "your User.com account": with one of them, relay dev runs its own sandbox.
+    if env.get("USERCOM_API_KEY") and (stale := _stale_sandbox(env.get("USERCOM_API_URL", ""))):
         print(f"relay dev: {stale}", file=sys.stderr)
         return 2
     sandbox: SandboxServer | None = None

@@ -190,3 +190,20 @@ def test_a_sandbox_left_in_the_shell_by_an_earlier_export_is_named(tmp_path: Pat
         "unset USERCOM_API_URL USERCOM_API_KEY to run with a sandbox",
     )
     assert not (tmp_path / "dev" / "redis").exists()  # refused before anything started
+
+
+def test_a_url_without_its_key_is_no_account_and_not_refused(tmp_path: Path) -> None:
+    """A sandbox runs unless both USERCOM_API_URL and USERCOM_API_KEY are set: the URL alone is no reason
+    to refuse."""
+    gone = f"http://127.0.0.1:{unused_port()}/api/public"
+    port = unused_port()
+    dev, banner = start_dev(
+        port, tmp_path / "dev", clean_env(USERCOM_API_URL=gone, RELAY_METRICS_PORT=str(unused_port()))
+    )
+    try:
+        assert "relay dev is running" in banner and "/__sandbox__/users" in banner
+    finally:
+        os.killpg(dev.pid, signal.SIGINT)
+        dev.wait(timeout=60)
+        if dev.stdout is not None:
+            dev.stdout.close()
