@@ -187,7 +187,8 @@ def _run(port: int, data_dir: Path) -> int:
         print(f"relay dev: {exc}", file=sys.stderr)
         return 1
     finally:
-        print("\nrelay dev: stopping...", file=sys.stderr)
+        with contextlib.suppress(OSError):  # a closed terminal (SIGHUP) refuses writes: stop all the same
+            print("\nrelay dev: stopping...", file=sys.stderr)
         for child in children:
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pty
 import re
 import signal
 import socket
@@ -207,3 +208,33 @@ def test_a_url_without_its_key_is_no_account_and_not_refused(tmp_path: Path) -> 
         dev.wait(timeout=60)
         if dev.stdout is not None:
             dev.stdout.close()
+
+
+def test_relay_dev_whose_terminal_closed_stops_as_ctrl_c_does(tmp_path: Path) -> None:
+    """Its terminal gone, every write fails (EIO): the line that opens the stop raised, and the rest of it
+    (web and worker stopped before Redis) never ran."""
+    leader, follower = pty.openpty()
+    dev = subprocess.Popen(
+        [RELAY, "dev", "--port", str(unused_port()), "--data-dir", str(tmp_path / "dev")],
+        env=clean_env(RELAY_METRICS_PORT=str(unused_port())),
+        stdin=subprocess.DEVNULL,
+        stdout=follower,
+        stderr=follower,
+        start_new_session=True,
+    )
+    os.close(follower)
+    try:
+        seen = b""
+        while b"Ctrl-C stops everything" not in seen:
+            chunk = os.read(leader, 65536)
+            assert chunk, seen.decode(errors="replace")
+            seen += chunk
+    finally:
+        os.close(leader)  # the terminal is gone
+        dev.send_signal(signal.SIGHUP)
+        try:
+            code = dev.wait(timeout=60)
+        finally:
+            if dev.poll() is None:
+                os.killpg(dev.pid, signal.SIGKILL)
+    assert code == 0  # stopped as Ctrl-C stops it, not with a traceback
