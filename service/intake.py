@@ -28,6 +28,7 @@ from service.core.errors import InvalidPayload, MalformedJson, RelayError, Store
 from service.core.payload_shape import MAX_DEPTH, may_hold_surrogates, shape_problem
 from service.core.update import UserUpdate
 from service.mapping import Mapping
+from service.ops.logs import EverySeconds
 from service.ops.metrics import INGEST_SECONDS, WEBHOOKS
 from service.sources.base import Described, Envelope, Source
 from service.store.customer_map import IdentityConflict
@@ -37,6 +38,8 @@ from service.store.ledger import Store
 from service.store.ledger_user import unresolved
 
 log = logging.getLogger(__name__)
+REFUSAL_LOG_SECONDS = 10.0
+REFUSALS = EverySeconds(REFUSAL_LOG_SECONDS)  # the refusals logged (InvalidPayload: with its dead letter)
 
 
 class Outcome(StrEnum):
@@ -167,13 +170,18 @@ class Intake:
             return received
         except RelayError as exc:
             outcome = exc.code
-            if not isinstance(exc, InvalidPayload):  # logged with the dead letter it leaves
-                # A wrong secret (or a sender's bug) is seen in the logs, not only in a metric.
+            # A wrong secret (or a sender's bug) is seen in the logs, not only in a metric; once every
+            # REFUSAL_LOG_SECONDS per source and code, with the count since (the endpoint is public).
+            if (
+                not isinstance(exc, InvalidPayload)
+                and (held := REFUSALS.take((self.source.name, exc.code))) is not None
+            ):
                 log.warning(
-                    "refused a %s webhook: %s (%s)",
+                    "refused a %s webhook: %s (%s)%s",
                     self.source.name,
                     exc.message,
                     exc.code,
+                    f"; {held} more like it since the last such line" if held else "",
                     extra={"source": self.source.name, "outcome": exc.code},
                 )
             raise

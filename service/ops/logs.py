@@ -10,7 +10,9 @@ import json
 import logging
 import re
 import sys
-from collections.abc import Iterable
+import threading
+import time
+from collections.abc import Callable, Hashable, Iterable
 from datetime import UTC, datetime
 from typing import TextIO
 
@@ -76,3 +78,25 @@ def configure_logging(level: str, secrets: Iterable[str] = (), stream: TextIO | 
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+
+
+class EverySeconds:
+    """Lets one line of a kind through every `seconds` (a public endpoint's refusals must not flood the
+    logs), counting the ones held back meanwhile."""
+
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.seconds = seconds
+        self.clock = clock
+        self._last: dict[Hashable, tuple[float, int]] = {}  # kind -> (when let through, held back since)
+        self._lock = threading.Lock()
+
+    def take(self, kind: Hashable) -> int | None:
+        """None: hold this one back; else how many of its kind were held back since the last one."""
+        now = self.clock()
+        with self._lock:
+            last = self._last.get(kind)
+            if last is not None and now - last[0] < self.seconds:
+                self._last[kind] = (last[0], last[1] + 1)
+                return None
+            self._last[kind] = (now, 0)
+            return last[1] if last is not None else 0

@@ -13,8 +13,10 @@ from redis import Redis
 from rq import Queue
 from rq.serializers import JSONSerializer
 
+import service.intake
 from service import create_app
 from service.config import Settings
+from service.ops.logs import EverySeconds
 from service.store import keys
 from service.store.ledger import Store
 from service.store.ledger_state import decode
@@ -91,8 +93,9 @@ def test_malformed_json_is_400(post_event: Any, redis: Redis) -> None:
 
 
 def test_bad_signatures_are_401_with_distinct_codes(
-    post_event: Any, redis: Redis, caplog: pytest.LogCaptureFixture
+    post_event: Any, redis: Redis, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(service.intake, "REFUSALS", EverySeconds(10))  # none of an earlier test's counted
     body = json.dumps(event()).encode()
     with caplog.at_level(logging.WARNING, logger="service.intake"):
         assert error_code(post_event(body, signature=None)) == "signature_missing"
@@ -110,6 +113,25 @@ def test_bad_signatures_are_401_with_distinct_codes(
     ]
     assert all(r.levelno == logging.WARNING and getattr(r, "source", None) == "stripe" for r in refusals)
     assert not any(secret in r.getMessage() for r in refusals for secret in (SECRET, OLD_SECRET, "whsec_wrong"))
+
+
+def test_refusals_are_logged_once_a_while_with_how_many_came_since(
+    post_event: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A public endpoint: a flood of bad signatures must not flood the logs."""
+    now = [0.0]
+    monkeypatch.setattr(service.intake, "REFUSALS", EverySeconds(10, clock=lambda: now[0]))
+    body = json.dumps(event()).encode()
+    with caplog.at_level(logging.WARNING, logger="service.intake"):
+        for _ in range(3):
+            assert post_event(body, secret="whsec_wrong").status_code == 401
+        assert error_code(post_event(body, signature=None)) == "signature_missing"  # another kind: its own line
+        now[0] = 10.0
+        assert post_event(body, secret="whsec_wrong").status_code == 401
+    lines = [r.getMessage() for r in caplog.records if r.name == "service.intake"]
+    assert len(lines) == 3, lines
+    assert lines[0].endswith("(signature_invalid)") and lines[1].endswith("(signature_missing)")
+    assert lines[2].endswith("(signature_invalid); 2 more like it since the last such line")
 
 
 def test_oversized_body_is_413(post_event: Any, redis: Redis) -> None:
