@@ -41,7 +41,7 @@ def _admin(operation: dict[str, Any]) -> dict[str, Any]:
 
 def _path_id(name: str, what: str) -> dict[str, Any]:
     """An id routed with `<path:...>`: a "/" in it may be sent as it is or as %2F (decoded before routing)."""
-    description = f'{what}; it may hold "/", sent as it is or as `%2F`'
+    description = f'{what}; it may hold "/" (not as its first character), sent as it is or as `%2F`'
     return {"in": "path", "name": name, "required": True, "schema": {"type": "string"}, "description": description}
 
 
