@@ -120,6 +120,15 @@ class Result:
     resume_until: int | None  # --until for the command that continues (None: the window's own)
 
 
+class ReadFailed(ReadError):
+    """The provider refused or failed part-way through a run: what was fed before is kept, and a run
+    with --until `resume_until` (None: the window's own) continues."""
+
+    def __init__(self, message: str, resume_until: int | None) -> None:
+        super().__init__(message)
+        self.resume_until = resume_until
+
+
 class StoreLost(Exception):
     """Redis failed part-way through a run: what was fed before is kept, and a run with --until
     `resume_until` (None: the window's own) continues; `cause` is redis-py's error."""
@@ -164,6 +173,8 @@ def backfill_events(
         interrupted = True
     except RedisError as exc:  # a page part-fed is read again: what it fed comes back as duplicates
         raise StoreLost(exc, window.until if oldest is None else oldest) from exc
+    except ReadError as exc:  # the provider failed part-way: what was fed is kept
+        raise ReadFailed(str(exc), window.until if oldest is None else oldest) from exc
     resume_until = (window.until if oldest is None else oldest) if interrupted else None
     return Result(summary(reader, feeder), interrupted, resume_until)
 
@@ -191,6 +202,6 @@ def check_window(window: Window, now: float) -> str | None:
 
 
 __all__ = [
-    "EventReader", "ReadError", "Result", "StoreLost", "Window", "backfill_events", "check_window", "dedup_note",
-    "event_types", "parse_time", "read_window",
+    "EventReader", "ReadError", "ReadFailed", "Result", "StoreLost", "Window", "backfill_events", "check_window",
+    "dedup_note", "event_types", "parse_time", "read_window",
 ]  # fmt: skip

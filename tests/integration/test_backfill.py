@@ -29,6 +29,7 @@ from service.store.customer_map import IdentityConflict
 from service.store.ledger import Store
 from tests.conftest import an_update, stripe_event
 from tests.integration.conftest import API_KEY
+from tests.integration.redis_launch import wait_until
 from tests.stripe_history import final_plans, history
 from workers.delivery.context import configure
 from workers.runner import build_context
@@ -198,6 +199,25 @@ def test_a_refused_key_stops_with_one_line_without_the_key(
     assert main(["backfill", "stripe", "--since", "1h", "--json"]) == 3
     err = capsys.readouterr().err
     assert "STRIPE_API_KEY" in err and "401" in err and "not_the_right_key" not in err
+
+
+def test_a_provider_failing_part_way_says_how_to_resume(
+    api_env: dict[str, str], stripe_api: StripeApiServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Exit 3 said why, not how to go on from what was fed (as Ctrl-C and a lost Redis do)."""
+    start = int(time.time()) - 3600
+    events = history(users=50, steps=2, start=start)  # 150 events: two pages
+    for event in events:
+        stripe_api.state.add_event(event)
+
+    def fail_the_second_read() -> None:
+        wait_until(lambda: stripe_api.state.requests, timeout=60, what="the first read")
+        stripe_api.state.fail_next(500)
+
+    threading.Thread(target=fail_the_second_read, daemon=True).start()
+    code = main(["backfill", "stripe", "--since", str(start - 60), "--max-rps", "0.25", "--json"])  # 4 s a read
+    resume = f"relay backfill stripe --since {start - 60} --until {events[-100]['created']} --max-rps 0.25"
+    assert (code, capsys.readouterr().err.splitlines()[-1]) == (3, f"relay: Stripe answered 500; resume with: {resume}")
 
 
 @pytest.mark.parametrize("since", ["yesterday", "2026-01-01T00:00:00"])
