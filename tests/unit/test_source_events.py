@@ -147,6 +147,16 @@ def test_lemonsqueezy_real_payloads(
     assert update.customer_id == str(payload["data"]["attributes"]["customer_id"])
 
 
+@pytest.mark.parametrize(
+    ("status", "tags"), [("expired", []), ("cancelled", ["subscriber"]), ("active", ["subscriber"])]
+)
+def test_an_expired_lemonsqueezy_subscription_updated_is_no_subscriber(status: str, tags: list[str]) -> None:
+    """Cancelled runs until its period ends; expired has ended (subscription_expired tags it churned)."""
+    payload = load_fixture("pay.subscription_updated.json", "lemon_squeezy")
+    payload["data"]["attributes"]["status"] = status
+    assert lemon(payload).tags == tags
+
+
 def test_lemonsqueezy_event_id_is_stable_per_delivery_and_changes_with_the_resource() -> None:
     payload = load_fixture("pay.subscription_updated.json", "lemon_squeezy")
     first = lemon(payload)

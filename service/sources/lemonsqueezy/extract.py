@@ -87,6 +87,8 @@ def _subscription(obj: dict[str, Any], event_time: int, key: str) -> Extracted:
         "trial_end": iso_utc(_seconds(obj.get("trial_ends_at"))),
         "cancel_at_period_end": obj.get("cancelled"),
         "trialing": obj["status"] == "on_trial",
+        # "cancelled" still runs until its period ends (ends_at); "expired" has ended
+        "subscribed": obj["status"] != "expired",
         "lemonsqueezy_subscription_id": obj["id"],
     }
     return Extracted(None, _customer_id(obj), fields_)
