@@ -185,6 +185,10 @@ def test_userkit_keeps_the_whole_name_when_an_update_names_one_part(
     assert "name" not in userkit.state.requests[-1]["body"]  # an update naming no part sends no name
     assert userkit.state.users["u1"]["name"] == "Ada King"
     assert redis.ttl(keys.userkit_name("u1")) == -1  # kept for good from the user's next delivery on
+    redis.expire(keys.userkit_name("u1"), 3600)
+    assert store.accept(an_update("evt_paid", event_time=1_700_000_250, standard={}, tags=["paying"]))
+    drain(both, "userkit")  # nothing UserKit keeps (ignored there): the memory is kept for good all the same
+    assert redis.ttl(keys.userkit_name("u1")) == -1
     cleared = an_update("evt_4", event_time=1_700_000_300, standard={"first_name": None}, custom={}, tags=[])
     assert store.accept(cleared)
     drain(both, "userkit")

@@ -178,7 +178,8 @@ def event_fields(hold: Hold, event_id: str, lane: str, attempt: int, outcome: st
 
 def _settle_same(ctx: DeliveryContext, hold: Hold, outcome: str, lane: str) -> str:
     """Nothing to send: `ignored` (nothing the destination stores) or `coalesced` (all superseded)."""
-    hold.settle(ctx.store, [EventOutcome(event_id, outcome) for event_id in hold.state.events])
+    # The memory as it was: one kept for good is written again (Hold.settlement), whatever the events were.
+    hold.settle(ctx.store, [EventOutcome(event_id, outcome) for event_id in hold.state.events], hold.memory)
     DELIVERIES.labels(outcome, lane, ctx.client.name).inc(len(hold.state.events))
     return outcome
 
