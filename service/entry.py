@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 
-from service.ops.metrics_dir import MULTIPROC_ENV, MetricsDirError, check_multiprocess_dir
+from service.ops.metrics_dir import MULTIPROC_ENV, MetricsDirError, forget_this_pid_from_before
 
 SERVING_METRICS = frozenset({"web", "worker", "dev"})
 
@@ -22,10 +22,11 @@ def main() -> int:
         os.environ.pop(MULTIPROC_ENV, None)
     elif os.environ.get(MULTIPROC_ENV):
         # Usable (made if need be, nothing else in it) before the imports below define metrics: a directory
-        # that cannot be made failed there with a traceback, and one refused got a metric file first.
-        # Nothing is deleted here: `relay worker --help`, or a second worker refused, leaves live files be.
+        # that cannot be made failed there with a traceback, and one refused got a metric file first. Only
+        # files of this pid from an earlier process go here: `relay worker --help`, or a second worker
+        # refused, leaves the live processes' files be.
         try:
-            check_multiprocess_dir(os.environ[MULTIPROC_ENV])
+            forget_this_pid_from_before(os.environ[MULTIPROC_ENV])
         except MetricsDirError as exc:
             print(f"relay: {exc}", file=sys.stderr)
             return 2

@@ -84,7 +84,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     configure_logging(settings.log_level, settings.secrets)  # the supervisor's own lines too (periodic reconcile)
     if args.lane is None:
-        use_metrics_dir(settings.metrics_dir, "worker")  # before the imports below define metrics
+        # before the imports below define metrics; a burst run serves none: a directory of its own, not the
+        # pod's (`kubectl exec ... relay worker --burst` emptied the live workers' files)
+        use_metrics_dir("" if args.burst else settings.metrics_dir, "worker")
         from workers.supervisor import supervise
 
         if settings.reconcile_interval_seconds:

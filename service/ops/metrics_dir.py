@@ -41,6 +41,23 @@ def check_multiprocess_dir(path: str) -> list[Path]:
     return entries
 
 
+def _earlier_run(entry: Path, own: str, started: float | None) -> bool:
+    """A metric file not of this process: another pid's, or this pid's from before it started."""
+    return not (entry.name.endswith(own) and (started is None or entry.stat().st_ctime >= started))
+
+
+def forget_this_pid_from_before(path: str) -> None:
+    """Before any metric is defined: delete the files with this process's pid that an earlier process
+    left (a restarted container reuses pids); prometheus-client would open them and carry on from
+    their values, then `prepare_multiprocess_dir` would delete them under it. Checks the directory
+    first (MetricsDirError); deletes nothing of any other pid."""
+    own, started = f"_{os.getpid()}.db", _process_start()
+    for entry in check_multiprocess_dir(path):
+        with contextlib.suppress(FileNotFoundError):
+            if entry.name.endswith(own) and _earlier_run(entry, own, started):
+                entry.unlink()
+
+
 def prepare_multiprocess_dir(path: str) -> None:
     """Start from a directory without an earlier run's files (they would be added in): every metric
     file goes but this process's own, written as its modules defined their metrics (a file of the same
@@ -49,7 +66,7 @@ def prepare_multiprocess_dir(path: str) -> None:
     own, started = f"_{os.getpid()}.db", _process_start()
     for entry in check_multiprocess_dir(path):
         with contextlib.suppress(FileNotFoundError):
-            if not (entry.name.endswith(own) and (started is None or entry.stat().st_ctime >= started)):
+            if _earlier_run(entry, own, started):
                 entry.unlink()
 
 

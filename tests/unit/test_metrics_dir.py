@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from service.ops.metrics_dir import MetricsDirError, prepare_multiprocess_dir
+from service.ops import metrics_dir
+from service.ops.metrics_dir import MetricsDirError, forget_this_pid_from_before, prepare_multiprocess_dir
 from tests.integration.test_cli import GOOD, relay
 from tests.ports import unused_port
 
@@ -79,3 +82,27 @@ def test_a_command_that_does_not_start_leaves_the_live_files_be(tmp_path: Path, 
         result = relay(*args, env=env)
     assert result.returncode == (0 if "--help" in args else 2), result.stderr
     assert (tmp_path / "counter_4242.db").read_bytes() == b"\0" * 16  # still there, as it was
+
+
+def test_this_pids_files_from_an_earlier_process_go_before_any_metric_is_defined(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restarted container reuses pids: prometheus-client would open the earlier process's file and
+    carry on from its values, then the directory's preparation would delete it under it."""
+    mine, other = tmp_path / f"histogram_{os.getpid()}.db", tmp_path / "histogram_4242.db"
+    mine.write_bytes(b"\0" * 16)
+    other.write_bytes(b"\0" * 16)
+    forget_this_pid_from_before(str(tmp_path))
+    assert mine.exists() and other.exists()  # written since this process started: its own
+    monkeypatch.setattr(metrics_dir, "_process_start", lambda: time.time() + 60)  # as if it started after them
+    forget_this_pid_from_before(str(tmp_path))
+    assert not mine.exists() and other.exists()  # another pid's: a live process's, maybe
+
+
+def test_a_burst_worker_leaves_the_pods_files_be(tmp_path: Path, redis_server: Any) -> None:
+    """`kubectl exec ... relay worker --burst` serves no metrics, and emptied the live workers' files."""
+    (tmp_path / "counter_4242.db").write_bytes(b"\0" * 16)
+    env = {**GOOD, "REDIS_URL": redis_server.url, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    result = relay("worker", "--burst", env=env)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "counter_4242.db").read_bytes() == b"\0" * 16
