@@ -121,10 +121,10 @@ class Result:
 
 
 class ReadFailed(ReadError):
-    """The provider refused or failed part-way through a run: what was fed before is kept, and a run
-    with --until `resume_until` (None: the window's own) continues."""
+    """The provider refused or failed after pages were fed: they are kept, and a run with --until
+    `resume_until` (the oldest event time fed) continues."""
 
-    def __init__(self, message: str, resume_until: int | None) -> None:
+    def __init__(self, message: str, resume_until: int) -> None:
         super().__init__(message)
         self.resume_until = resume_until
 
@@ -174,7 +174,9 @@ def backfill_events(
     except RedisError as exc:  # a page part-fed is read again: what it fed comes back as duplicates
         raise StoreLost(exc, window.until if oldest is None else oldest) from exc
     except ReadError as exc:  # the provider failed part-way: what was fed is kept
-        raise ReadFailed(str(exc), window.until if oldest is None else oldest) from exc
+        if oldest is None:
+            raise
+        raise ReadFailed(str(exc), oldest) from exc
     resume_until = (window.until if oldest is None else oldest) if interrupted else None
     return Result(summary(reader, feeder), interrupted, resume_until)
 

@@ -161,8 +161,9 @@ def cmd_backfill(args: argparse.Namespace) -> int:
             )
         except ReadError as exc:
             reporter.finish(backfill.summary(reader, feeder))
-            resume = exc.resume_until if isinstance(exc, backfill.ReadFailed) else None
-            again = f"; resume with: {_backfill_again(args, window.since, resume)}" if resume else ""
+            again = ""
+            if isinstance(exc, backfill.ReadFailed):  # pages were fed: go on from there
+                again = f"; resume with: {_backfill_again(args, window.since, exc.resume_until)}"
             print(f"relay: {exc}{again}", file=sys.stderr)
             return EXIT_PROVIDER
         except backfill.StoreLost as exc:

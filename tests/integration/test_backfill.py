@@ -199,6 +199,7 @@ def test_a_refused_key_stops_with_one_line_without_the_key(
     assert main(["backfill", "stripe", "--since", "1h", "--json"]) == 3
     err = capsys.readouterr().err
     assert "STRIPE_API_KEY" in err and "401" in err and "not_the_right_key" not in err
+    assert "resume with" not in err  # nothing was fed: the same command again is no resume
 
 
 def test_a_provider_failing_part_way_says_how_to_resume(
