@@ -20,7 +20,7 @@ import sys
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +56,14 @@ def sample_event() -> dict[str, Any]:
     }
 
 
-def _wait_ready(url: str, children: list[subprocess.Popen[bytes]], timeout: float = 30.0) -> None:
+def _wait_ready(
+    url: str, children: list[subprocess.Popen[bytes]], stopped: Callable[[], bool], timeout: float = 30.0
+) -> None:
+    """Until `url` answers 200, or `stopped()` (asked to stop meanwhile)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if stopped():
+            return
         for child in children:
             if child.poll() is not None:
                 raise RuntimeError(f"{shlex.join(map(str, child.args))} exited with {child.returncode}")  # type: ignore[arg-type]
@@ -134,6 +139,15 @@ def run_dev(*, port: int, data_dir: Path) -> int:
 
 
 def _run(port: int, data_dir: Path) -> int:
+    stopping = False
+
+    def stop(*_: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    # From the start: a SIGTERM or a closed terminal (SIGHUP) while starting stops it as well, not kills it.
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, stop)
     env = dict(os.environ)
     # Only both set mean "your User.com account": with one of them, relay dev runs its own sandbox.
     if env.get("USERCOM_API_KEY") and (stale := _stale_sandbox(env.get("USERCOM_API_URL", ""))):
@@ -168,17 +182,11 @@ def _run(port: int, data_dir: Path) -> int:
         ),
         subprocess.Popen([*relay, "worker"], env=env, start_new_session=True, preexec_fn=dies_with_this_process()),
     ]
-    stopping = False
-
-    def stop(*_: Any) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGHUP, stop)  # its terminal closed
     try:
-        _wait_ready(f"http://127.0.0.1:{port}/readyz", children)
-        _print_banner(port, settings, data_dir, sandbox)
+        _wait_ready(f"http://127.0.0.1:{port}/readyz", children, lambda: stopping)
+        if not stopping:
+            with contextlib.suppress(OSError):  # its terminal closed meanwhile: stopping follows
+                _print_banner(port, settings, data_dir, sandbox)
         while not stopping and all(child.poll() is None for child in children):
             time.sleep(0.5)
     except KeyboardInterrupt:

@@ -210,12 +210,14 @@ def test_a_url_without_its_key_is_no_account_and_not_refused(tmp_path: Path) -> 
             dev.stdout.close()
 
 
-def test_relay_dev_whose_terminal_closed_stops_as_ctrl_c_does(tmp_path: Path) -> None:
+@pytest.mark.parametrize("when", ["running", "starting"])
+def test_relay_dev_whose_terminal_closed_stops_as_ctrl_c_does(tmp_path: Path, when: str) -> None:
     """Its terminal gone, every write fails (EIO): the line that opens the stop raised, and the rest of it
-    (web and worker stopped before Redis) never ran."""
+    (web and worker stopped before Redis) never ran; closed while starting, it printed its banner (EIO)."""
     leader, follower = pty.openpty()
+    data_dir = tmp_path / "dev"
     dev = subprocess.Popen(
-        [RELAY, "dev", "--port", str(unused_port()), "--data-dir", str(tmp_path / "dev")],
+        [RELAY, "dev", "--port", str(unused_port()), "--data-dir", str(data_dir)],
         env=clean_env(RELAY_METRICS_PORT=str(unused_port())),
         stdin=subprocess.DEVNULL,
         stdout=follower,
@@ -224,8 +226,13 @@ def test_relay_dev_whose_terminal_closed_stops_as_ctrl_c_does(tmp_path: Path) ->
     )
     os.close(follower)
     try:
+        if when == "starting":  # its Redis is up: web and worker are starting
+            deadline = time.monotonic() + 60
+            while not (data_dir / "redis" / "redis.log").exists():
+                assert time.monotonic() < deadline and dev.poll() is None, "relay dev never started its Redis"
+                time.sleep(0.05)
         seen = b""
-        while b"Ctrl-C stops everything" not in seen:
+        while when == "running" and b"Ctrl-C stops everything" not in seen:
             chunk = os.read(leader, 65536)
             assert chunk, seen.decode(errors="replace")
             seen += chunk
