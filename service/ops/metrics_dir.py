@@ -41,21 +41,12 @@ def check_multiprocess_dir(path: str) -> list[Path]:
     return entries
 
 
-def _earlier_run(entry: Path, own: str, started: float | None) -> bool:
-    """A metric file not of this process: another pid's, or this pid's from before it started."""
-    return not (entry.name.endswith(own) and (started is None or entry.stat().st_ctime >= started))
-
-
 def forget_this_pid_from_before(path: str) -> None:
     """Before any metric is defined: delete the files with this process's pid that an earlier process
     left (a restarted container reuses pids); prometheus-client would open them and carry on from
     their values, then `prepare_multiprocess_dir` would delete them under it. Checks the directory
     first (MetricsDirError); deletes nothing of any other pid."""
-    own, started = f"_{os.getpid()}.db", _process_start()
-    for entry in check_multiprocess_dir(path):
-        with contextlib.suppress(FileNotFoundError):
-            if entry.name.endswith(own) and _earlier_run(entry, own, started):
-                entry.unlink()
+    _delete_earlier_runs(path, other_pids=False)
 
 
 def prepare_multiprocess_dir(path: str) -> None:
@@ -63,10 +54,18 @@ def prepare_multiprocess_dir(path: str) -> None:
     file goes but this process's own, written as its modules defined their metrics (a file of the same
     pid from before this process started is an earlier run's: a restarted container reuses pids). The
     directory itself stays (in Kubernetes it is an emptyDir mount point)."""
+    _delete_earlier_runs(path, other_pids=True)
+
+
+def _delete_earlier_runs(path: str, *, other_pids: bool) -> None:
+    """Delete this pid's files from before this process started, and (`other_pids`) every other pid's."""
     own, started = f"_{os.getpid()}.db", _process_start()
     for entry in check_multiprocess_dir(path):
         with contextlib.suppress(FileNotFoundError):
-            if _earlier_run(entry, own, started):
+            if entry.name.endswith(own):
+                if started is not None and entry.stat().st_ctime < started:
+                    entry.unlink()
+            elif other_pids:
                 entry.unlink()
 
 
