@@ -118,13 +118,14 @@ def send_allowed(
             outcomes.append(EventOutcome(event_id, "delivered" if event_id == delivered else "coalesced"))
     dropped = report_dropped(left_out, updates[0], updates[1:], hold.user_id, lane, attempt) if updates else []
     endpoint, status = (applied_by, 200) if applied_by else getattr(client, "last_call", None) or (None, None)
+    not_sent = {d.attribute for d in left_out}
     trace = TraceEntry(
         kind="delivery",
         user_id=hold.user_id,
         destination=ctx.store.keys.destination,
         endpoint=endpoint,
         status=status,
-        attributes={name: value for name, value in sent.items() if name not in {d.attribute for d in left_out}},
+        attributes={name: value for name, value in sent.items() if name not in not_sent},
         tags=state.tag_list({c for c in carriers if c not in refused}),
         event_ids=[o.event_id for o in outcomes if o.outcome != "dead_lettered"],
         dropped=[{"name": d["attribute"], "reason": d["reason"], "event_id": d["event_id"]} for d in dropped],
