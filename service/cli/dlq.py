@@ -183,10 +183,11 @@ def _run(args: argparse.Namespace, operator: Operator, chosen: DlqFilter) -> int
         print(json.dumps({"id": args.id, "status": outcome}) if args.json else f"{args.id}: {outcome}")
         return 0 if outcome == "deleted" else 1
     replay = operator.replay_explained(item)
-    answer: dict[str, Any] = {"id": args.id, "status": replay.outcome}
-    if replay.outcome in REFUSALS:
-        answer.update(message=REFUSALS[replay.outcome], **({"details": replay.details} if replay.details else {}))
-    line = ": ".join([args.id, replay.outcome, *([answer["message"]] if "message" in answer else [])])
-    details = f"\n  {json.dumps(replay.details)}" if replay.details else ""
-    print(json.dumps(answer) if args.json else line + details)
+    message = REFUSALS.get(replay.outcome)
+    if args.json:
+        extra = {"message": message, "details": replay.details}
+        print(json.dumps({"id": args.id, "status": replay.outcome, **{k: v for k, v in extra.items() if v}}))
+    else:
+        details = f"\n  {json.dumps(replay.details)}" if replay.details else ""
+        print(": ".join(filter(None, [args.id, replay.outcome, message])) + details)
     return 0 if replay.outcome == REPLAYED else 1
