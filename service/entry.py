@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 
-from service.ops.metrics_dir import MULTIPROC_ENV, MetricsDirError, forget_this_pid_from_before
+from service.ops.metrics_dir import MULTIPROC_ENV, MetricsDirError, forget_this_pid_from_before, temporary_metrics_dir
 
 SERVING_METRICS = frozenset({"web", "worker", "dev"})
 
@@ -30,6 +30,10 @@ def main() -> int:
         except MetricsDirError as exc:
             print(f"relay: {exc}", file=sys.stderr)
             return 2
+    elif sys.argv[1] == "worker":
+        # It forks its workers (workers/supervisor.py) once the imports below have defined the metrics: in
+        # multiprocess mode from the start, as prometheus-client asks, or the forks would count in memory.
+        os.environ[MULTIPROC_ENV] = temporary_metrics_dir("worker")
     from service.cli import main as relay
 
     return relay()

@@ -87,17 +87,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
         # before the imports below define metrics; a burst run serves none: a directory of its own, not the
         # pod's (`kubectl exec ... relay worker --burst` emptied the live workers' files)
         use_metrics_dir("" if args.burst else settings.metrics_dir, "worker")
+        from service.backfill import periodic
         from workers.supervisor import supervise
 
-        if settings.reconcile_interval_seconds:
-            from service.backfill import periodic
-
-            periodic.start(settings)  # RELAY_RECONCILE_INTERVAL: one instance cluster-wide (a Redis lock)
         return supervise(
+            settings,
             concurrency=args.concurrency,
             burst=args.burst,
-            destinations=settings.destinations,
             metrics_port=settings.metrics_port,
+            then=lambda: periodic.start(settings),  # RELAY_RECONCILE_INTERVAL: one instance cluster-wide (a Redis lock)
         )
     from workers.runner import run_worker
 

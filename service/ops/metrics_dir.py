@@ -6,9 +6,11 @@ this module must not import it.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -80,6 +82,13 @@ def _process_start() -> float | None:
     except (OSError, ValueError, IndexError, StopIteration):
         return None
     return boot + ticks / os.sysconf("SC_CLK_TCK") - 1
+
+
+def temporary_metrics_dir(role: str) -> str:
+    """A fresh directory for this process and the processes it forks, removed when it exits."""
+    directory = tempfile.mkdtemp(prefix=f"relay-{role}-metrics-")
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    return directory
 
 
 def use_metrics_dir(configured: str, role: str) -> None:

@@ -152,17 +152,25 @@ def test_sign_standard_gives_each_payload_its_own_webhook_id(tmp_path: Path) -> 
     assert signed[0] != signed[1]
 
 
-def test_worker_supervisor_runs_both_lanes_and_stops_on_sigterm(redis_server: Any) -> None:
-    env = {**GOOD, "REDIS_URL": redis_server.url, "RELAY_METRICS_PORT": str(unused_port())}
+def test_worker_supervisor_runs_both_lanes_and_stops_on_sigterm(redis_server: Any, tmp_path: Path) -> None:
+    """Its workers are forks of it (its imports are not made again); with PROMETHEUS_MULTIPROC_DIR unset
+    it picks a directory of its own for their metrics, removed when it stops."""
+    env = {**GOOD, "REDIS_URL": redis_server.url, "RELAY_METRICS_PORT": str(unused_port()), "TMPDIR": str(tmp_path)}
     process = subprocess.Popen([RELAY, "worker", "--concurrency", "2"], env=env, stderr=subprocess.DEVNULL)
     client = Redis.from_url(redis_server.url)
     deadline = time.monotonic() + 20
     while client.scard("rq:workers:relay-delivery") < 2 or client.scard("rq:workers:relay-replay") < 1:
         assert time.monotonic() < deadline, "workers did not register"
         time.sleep(0.1)
+    workers = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+    assert len(workers) == 4  # two live workers, one replay and one backfill worker
+    supervisor_argv = Path(f"/proc/{process.pid}/cmdline").read_bytes()
+    assert {Path(f"/proc/{pid}/cmdline").read_bytes() for pid in workers} == {supervisor_argv}  # forked, not started
+    [metrics_dir] = tmp_path.glob("relay-worker-metrics-*")  # PROMETHEUS_MULTIPROC_DIR unset: one of its own
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 0
     assert client.scard("rq:workers:relay-delivery") == 0 and client.scard("rq:workers:relay-replay") == 0
+    assert not metrics_dir.exists()
     client.close()
 
 
