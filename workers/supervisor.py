@@ -8,10 +8,10 @@ worker has (each stops its rq scheduler first). Killed outright (`kill -9`), it 
 with it: each asks the kernel for a SIGTERM when the supervisor dies (workers.lifeline).
 
 The workers are forked once the supervisor has imported their code, before it starts any thread or
-opens any socket: a worker started as a new `relay worker --lane ...` process imported it all again
-(~0.75 s of CPU each on a 2-core CI machine, five processes per pod), and forked they share the
-imported modules' memory. Each starts a session of its own, as a started process did, so a stop
-reaches it and its rq scheduler together.
+opens any socket; they start once it serves their metrics (or end quietly if it cannot). A worker
+started as a new `relay worker --lane ...` process imported it all again (~0.75 s of CPU each on a
+2-core CI machine, four per pod), and forked they share the imported modules' memory. Each starts a
+session of its own, as a started process did, so a stop reaches it and its rq scheduler together.
 """
 
 from __future__ import annotations
@@ -59,15 +59,16 @@ class Worker:
         return self.returncode
 
 
-def fork_worker(settings: Settings, lane: str, destination: str, *, burst: bool) -> Worker:
-    """One worker process on `destination`'s `lane`, forked from this one."""
+def fork_worker(settings: Settings, lane: str, destination: str, *, burst: bool, gate: tuple[int, int]) -> Worker:
+    """One worker process on `destination`'s `lane`, forked from this one. It waits for a byte on the
+    `gate` pipe (read end, write end) before it starts, and ends quietly if the pipe closes instead."""
     sys.stdout.flush()
     sys.stderr.flush()
     session_made, told = os.pipe()
     pid = os.fork()
     if pid == 0:
         os.close(session_made)
-        _worker_main(settings, lane, destination, burst, told)
+        _worker_main(settings, lane, destination, burst, told, gate)
     os.close(told)
     # Returns once the worker leads its own session (or died): a stop sent to its group from now on reaches it.
     with os.fdopen(session_made, "rb") as pipe:
@@ -75,12 +76,18 @@ def fork_worker(settings: Settings, lane: str, destination: str, *, burst: bool)
     return Worker(pid)
 
 
-def _worker_main(settings: Settings, lane: str, destination: str, burst: bool, told: int) -> NoReturn:
+def _worker_main(
+    settings: Settings, lane: str, destination: str, burst: bool, told: int, gate: tuple[int, int]
+) -> NoReturn:
     """The forked worker: its own session, then rq's loop; it never returns into the supervisor's code."""
     code = 1
     try:
         os.setsid()
         os.close(told)
+        os.close(gate[1])
+        if not os.read(gate[0], 1):  # the supervisor did not start (its metrics port): nothing to say
+            os._exit(0)
+        os.close(gate[0])
         if directory := os.environ.get(MULTIPROC_ENV):
             forget_this_pid_from_before(directory)  # before its first metric: a file of its pid from before
         ended_as_asked = run_worker(
@@ -88,7 +95,7 @@ def _worker_main(settings: Settings, lane: str, destination: str, burst: bool, t
         )
         code = 0 if ended_as_asked else 1  # non-zero: the supervisor stops the set, and the orchestrator restarts it
     except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
     except BaseException:
         traceback.print_exc()
     finally:
@@ -104,15 +111,19 @@ def supervise(
     concurrency: int,
     burst: bool,
     metrics_port: int | None = None,
-    then: Callable[[], object] = lambda: None,
+    then: Callable[[], object] | None = None,
 ) -> int:
     """Run the workers; serve their added-up metrics on metrics_port (the pod's /metrics). `then` runs
     once they are forked (a thread of the supervisor's: none may exist when it forks)."""
     os.environ[SUPERVISOR_PID_ENV] = str(os.getpid())
     lanes = [keys.LIVE] * concurrency + [lane for lane in keys.LANES if lane != keys.LIVE]
+    gate = os.pipe()
     children = [
-        fork_worker(settings, lane, destination, burst=burst) for destination in settings.destinations for lane in lanes
+        fork_worker(settings, lane, destination, burst=burst, gate=gate)
+        for destination in settings.destinations
+        for lane in lanes
     ]
+    os.close(gate[0])
     if metrics_port is not None and not burst:
         address = os.environ.get(METRICS_BIND_ENV) or "0.0.0.0"  # noqa: S104
         try:
@@ -122,11 +133,14 @@ def supervise(
                 f"relay worker: cannot serve metrics on {address}:{metrics_port} ({METRICS_BIND_ENV}): {exc}",
                 file=sys.stderr,
             )
-            _signal_all(children)
+            os.close(gate[1])  # the workers end without a word
             for child in children:
                 os.waitpid(child.pid, 0)
             return 2
-    then()
+    os.write(gate[1], b"." * len(children))  # one byte each: start
+    os.close(gate[1])
+    if then is not None:
+        then()
     stopping = crashed = False
     reaped: set[int] = set()
 

@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 from service.cli import backfill as backfill_cli
@@ -87,15 +88,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
         # before the imports below define metrics; a burst run serves none: a directory of its own, not the
         # pod's (`kubectl exec ... relay worker --burst` emptied the live workers' files)
         use_metrics_dir("" if args.burst else settings.metrics_dir, "worker")
-        from service.backfill import periodic
         from workers.supervisor import supervise
 
+        then = None
+        if settings.reconcile_interval_seconds:  # RELAY_RECONCILE_INTERVAL: one instance cluster-wide (a Redis lock)
+            from service.backfill import periodic
+
+            then = partial(periodic.start, settings)
         return supervise(
-            settings,
-            concurrency=args.concurrency,
-            burst=args.burst,
-            metrics_port=settings.metrics_port,
-            then=lambda: periodic.start(settings),  # RELAY_RECONCILE_INTERVAL: one instance cluster-wide (a Redis lock)
+            settings, concurrency=args.concurrency, burst=args.burst, metrics_port=settings.metrics_port, then=then
         )
     from workers.runner import run_worker
 
