@@ -67,6 +67,8 @@ def fork_worker(settings: Settings, lane: str, destination: str, *, burst: bool,
     session_made, told = os.pipe()
     pid = os.fork()
     if pid == 0:
+        for signum in (signal.SIGTERM, signal.SIGINT):  # not the supervisor's handler: a stop ends it, until rq's
+            signal.signal(signum, signal.SIG_DFL)
         os.close(session_made)
         _worker_main(settings, lane, destination, burst, told, gate)
     os.close(told)
@@ -117,30 +119,7 @@ def supervise(
     once they are forked (a thread of the supervisor's: none may exist when it forks)."""
     os.environ[SUPERVISOR_PID_ENV] = str(os.getpid())
     lanes = [keys.LIVE] * concurrency + [lane for lane in keys.LANES if lane != keys.LIVE]
-    gate = os.pipe()
-    children = [
-        fork_worker(settings, lane, destination, burst=burst, gate=gate)
-        for destination in settings.destinations
-        for lane in lanes
-    ]
-    os.close(gate[0])
-    if metrics_port is not None and not burst:
-        address = os.environ.get(METRICS_BIND_ENV) or "0.0.0.0"  # noqa: S104
-        try:
-            start_metrics_server(metrics_port, address)
-        except OSError as exc:
-            print(
-                f"relay worker: cannot serve metrics on {address}:{metrics_port} ({METRICS_BIND_ENV}): {exc}",
-                file=sys.stderr,
-            )
-            os.close(gate[1])  # the workers end without a word
-            for child in children:
-                os.waitpid(child.pid, 0)
-            return 2
-    os.write(gate[1], b"." * len(children))  # one byte each: start
-    os.close(gate[1])
-    if then is not None:
-        then()
+    children: list[Worker] = []
     stopping = crashed = False
     reaped: set[int] = set()
 
@@ -149,8 +128,35 @@ def supervise(
         stopping = True
         _signal_all(children)
 
+    # Before the first fork: a stop that comes while they are forked (the workers start within
+    # milliseconds) is a stop as asked, not the default action, which would end this process at once.
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    gate = os.pipe()
+    for destination in settings.destinations:
+        for lane in lanes:
+            if not stopping:
+                children.append(fork_worker(settings, lane, destination, burst=burst, gate=gate))
+    os.close(gate[0])
+    refusal = None
+    if metrics_port is not None and not burst and not stopping:
+        address = os.environ.get(METRICS_BIND_ENV) or "0.0.0.0"  # noqa: S104
+        try:
+            start_metrics_server(metrics_port, address)
+        except OSError as exc:
+            refusal = f"relay worker: cannot serve metrics on {address}:{metrics_port} ({METRICS_BIND_ENV}): {exc}"
+    if refusal or stopping:
+        os.close(gate[1])  # the workers end without a word
+        for child in children:
+            os.waitpid(child.pid, 0)
+        if refusal:
+            print(refusal, file=sys.stderr)
+            return 2
+        return 0
+    os.write(gate[1], b"." * len(children))  # one byte each: start
+    os.close(gate[1])
+    if then is not None:
+        then()
     while True:
         codes = [child.poll() for child in children]
         for child, code in zip(children, codes, strict=True):

@@ -174,6 +174,24 @@ def test_worker_supervisor_runs_both_lanes_and_stops_on_sigterm(redis_server: An
     client.close()
 
 
+def test_a_worker_supervisor_stopped_while_it_forks_stops_as_asked(redis_server: Any, tmp_path: Path) -> None:
+    """SIGTERM as soon as its first worker exists (it forks the others and starts its metrics server within
+    milliseconds, and a forked worker needs no imports: it may be registered by then): exit 0, no process
+    left, nothing said, never the default action's death by signal."""
+    env = {**GOOD, "REDIS_URL": redis_server.url, "RELAY_METRICS_PORT": str(unused_port()), "TMPDIR": str(tmp_path)}
+    process = subprocess.Popen([RELAY, "worker"], env=env, stderr=subprocess.PIPE, text=True)
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+    deadline = time.monotonic() + 20
+    while not (children.exists() and children.read_text().split()):
+        assert process.poll() is None and time.monotonic() < deadline, "no worker was forked"
+    forked = children.read_text().split()
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr
+    assert not [pid for pid in forked if Path(f"/proc/{pid}").exists()]
+    assert "Traceback" not in stderr
+
+
 def test_worker_supervisor_exits_non_zero_when_a_worker_dies(redis_server: Any) -> None:
     env = {**GOOD, "REDIS_URL": redis_server.url, "RELAY_METRICS_PORT": str(unused_port())}
     process = subprocess.Popen([RELAY, "worker"], env=env, stderr=subprocess.PIPE, text=True)
