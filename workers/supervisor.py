@@ -87,7 +87,7 @@ def _worker_main(
         os.setsid()
         os.close(told)
         os.close(gate[1])
-        if not os.read(gate[0], 1):  # the supervisor did not start (its metrics port): nothing to say
+        if not os.read(gate[0], 1):  # not to start (a stop, or a metrics port it cannot bind): nothing to say
             os._exit(0)
         os.close(gate[0])
         if directory := os.environ.get(MULTIPROC_ENV):
