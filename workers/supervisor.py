@@ -10,7 +10,7 @@ with it: each asks the kernel for a SIGTERM when the supervisor dies (workers.li
 The workers are forked once the supervisor has imported their code, before it starts any thread or
 opens any socket; they start once it serves their metrics (or end quietly if it cannot). A worker
 started as a new `relay worker --lane ...` process imported it all again (~0.75 s of CPU each on a
-2-core CI machine, four per pod), and forked they share the imported modules' memory. Each starts a
+2-core CI machine, four per pod), and forked they start from its memory (copy-on-write). Each starts a
 session of its own, as a started process did, so a stop reaches it and its rq scheduler together.
 """
 
