@@ -48,15 +48,21 @@ def stop_signals_deferred() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # runs the handler of one that came meanwhile
 
 
+def stop_signals_default() -> None:
+    """In a forked child: SIGTERM and SIGINT do what they do by default (end it), whatever handler the
+    parent had installed or held them with (stop_signals_deferred)."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
 def forks_die_with_this_process() -> None:
     """In a worker: every process it forks from now on (rq's scheduler) dies with it and drops its sockets."""
     parent = os.getpid()
 
     def in_child() -> None:
         # No handler of the worker's (rq's warm shutdown) may run here: a stop for the child kills it.
-        for signum in STOP_SIGNALS:
-            signal.signal(signum, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        stop_signals_default()
         die_with_parent(parent)
         close_inherited()
 

@@ -31,7 +31,7 @@ from service.config import Settings
 from service.ops.metrics import mark_process_dead
 from service.ops.metrics_dir import MULTIPROC_ENV, forget_this_pid_from_before
 from service.store import keys
-from workers.lifeline import SUPERVISOR_PID_ENV
+from workers.lifeline import SUPERVISOR_PID_ENV, stop_signals_default
 from workers.runner import run_worker
 
 POLL_SECONDS = 0.5
@@ -67,8 +67,7 @@ def fork_worker(settings: Settings, lane: str, destination: str, *, burst: bool,
     session_made, told = os.pipe()
     pid = os.fork()
     if pid == 0:
-        for signum in (signal.SIGTERM, signal.SIGINT):  # not the supervisor's handler: a stop ends it, until rq's
-            signal.signal(signum, signal.SIG_DFL)
+        stop_signals_default()  # not the supervisor's handler: a stop ends it, until rq's is installed
         os.close(session_made)
         _worker_main(settings, lane, destination, burst, told, gate)
     os.close(told)
