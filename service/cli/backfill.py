@@ -258,6 +258,10 @@ def cmd_sync(args: argparse.Namespace) -> int:
     reporter = Reporter(f"sync {args.provider}", quiet=args.json, dry_run=args.dry_run)
     only = " --customers-only" if args.customers_only else ""
     again = f"resume with: relay sync {args.provider}{only} (it continues from its checkpoint)"
+
+    def so_far() -> dict[str, Any]:  # the summary of a run that ended part-way
+        return {**feeder.tally.as_dict(), "api_calls": reader.calls}
+
     with stop_on_interrupt(stop):
         try:
             summary = sync(
@@ -270,13 +274,11 @@ def cmd_sync(args: argparse.Namespace) -> int:
                 reporter=reporter,
             )
         except ReadError as exc:
-            reporter.finish({**feeder.tally.as_dict(), "api_calls": reader.calls})
+            reporter.finish(so_far())
             print(f"relay: {exc} (run it again: it continues from its checkpoint)", file=sys.stderr)
             return EXIT_PROVIDER
         except RedisError as exc:
-            return redis_lost(
-                "sync", feeder, exc, reporter, {**feeder.tally.as_dict(), "api_calls": reader.calls}, again
-            )
+            return redis_lost("sync", feeder, exc, reporter, so_far(), again)
     reporter.finish({**summary, "dry_run": args.dry_run})
     if summary["interrupted"]:
         reporter.note(f"interrupted; {again}")
