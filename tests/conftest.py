@@ -32,6 +32,7 @@ from service.intake import read_event
 from service.mapping import load_mapping
 from service.sources.base import SourceSettings
 from service.sources.registry import SOURCES
+from service.store import keys
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("RELAY_SHARED_DIR", REPO.parent / "shared"))
@@ -74,6 +75,12 @@ def stripe_event(
         "type": event_type,
         "data": {"object": obj},
     }
+
+
+def newest_slot(redis: Redis, window: str = keys.USERCOM.limiter_window) -> float:
+    """The time (ms) of the newest slot in a limiter's window."""
+    [(_, at)] = redis.zrevrange(window, 0, 0, withscores=True)
+    return float(at)
 
 
 def an_update(event_id: str = "evt_1", **fields: Any) -> UserUpdate:

@@ -14,10 +14,12 @@ one is handed back to the job, which is put back to run at that time instead of 
 A thread delivering a group of users (workers/delivery/group.py) books the slots of its next calls
 with the first, while they are due now (a run: `booking(further=n)`; half the burst and half the
 window at most), and its calls then go one after another without a round trip each, under the
-first call's lease (one call in flight at a time). A run is used only while fresh
-(RUN_FRESH_SECONDS from its booking: the sliding window's JITTER_MS absorbs the time between a
-slot and its call's arrival), until a 429 pauses this process, and until a call fails; whatever it
-did not use is given back with the next booking, or by `end_run` after the group's calls. A run
+first call's lease (one call in flight at a time). The run's n-th slot is entered in the window at
+n x the thread's pace after its booking (its calls' spacing so far, with a margin: `spacing`), and
+its call may come any time until RUN_FRESH_SECONDS after that (the sliding window's JITTER_MS
+absorbs the time between a slot and its call's arrival); a call later than that finds the run
+stale. A run is used until then, until a 429 pauses this process, and until a call fails; whatever
+it did not use is given back with the next booking, or by `end_run` after the group's calls. A run
 that only went stale is booked again by its next call, due now, along with that call's own slot
 and in the same script that gives the stale slots back: as many slots as it served calls while
 fresh (none when its calls are slower than its freshness, as against a distant API: they would sit
@@ -33,7 +35,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from redis import Redis
@@ -77,11 +79,23 @@ def lease_ms_for(longest_call_seconds: float) -> int:
     return max(LEASE_MS, math.ceil(longest_call_seconds * 1000) + LEASE_MARGIN_MS)
 
 
-# A run's slots are used within this long of their booking, or not at all (booked again then): of
-# the JITTER_MS (40 ms) a call may arrive after its slot, this leaves 15 ms for the call to go out.
-# (bench/drain, 2 cores: 0.37 bookings a delivery, against 1 without runs; 15 ms, counted from the
-# answer then, left most runs half used.)
+# A run's slots are used within this long of their time in the window, or not at all (booked again
+# then): of the JITTER_MS (40 ms) a call may arrive after its slot, this leaves 15 ms for the call to
+# go out. (bench/drain, 2 cores: 0.37 bookings a delivery, against 1 without runs; 15 ms, counted
+# from the answer then, left most runs half used.)
 RUN_FRESH_SECONDS = 0.025
+# A run's slots are spaced at its threads' pace (an average of the time between a thread's calls,
+# each gap weighing PACE_WEIGHT; gaps over a second are not a pace) times PACE_MARGIN, so that its calls
+# keep to their slots however the gaps vary; at most MAX_SPACING_SECONDS apart: the window counts a
+# run's slots from its booking until a second after the last, held from other callers meanwhile,
+# and calls slower than that are not worth a run (they go stale: none is booked again).
+PACE_WEIGHT = 0.2
+PACE_MARGIN = 3.0
+MAX_PACE_SECONDS = 1.0
+MAX_SPACING_SECONDS = 0.05
+# A run serves no call this long after its booking, however its slots are spaced: a 429 another
+# process saw reaches this one's runs only through the pause, so this bounds their calls after it.
+RUN_MAX_SECONDS = 0.1
 
 
 class Throttled(Exception):
@@ -97,12 +111,23 @@ class _Run:
     """Slots booked with a thread's call for its next calls (ACQUIRE's `further`)."""
 
     token: str  # the first call's lease: the run's calls, one at a time, are in flight under it
-    left: int
-    fresh_until: float  # time.monotonic()
+    booked: int  # slots booked for its calls (in the window as `<token>:<n>`, n from 1)
+    sent_at: float  # time.monotonic() when its booking was sent
+    spacing: float  # seconds between its slots' times in the window
     pauses: int  # the limiter's 429 count when its booking was sent (a renewal: decided): a later one ends it
-    slots: list[bytes]  # their time, the arrival time after them, the interval (as ACQUIRE said)
+    schedule: list[bytes]  # the arrival time after its slots, the interval (ms, as ACQUIRE said)
     ended: bool = False
     used: int = 0  # calls it served
+    left: int = field(init=False)  # slots not used (nor given back) yet
+
+    def __post_init__(self) -> None:
+        self.left = self.booked
+
+    def fresh(self, now: float) -> bool:
+        """Whether its next slot may still be used: its call would reach the API within the jitter
+        of the slot's time, and within RUN_MAX_SECONDS of the booking."""
+        since = now - self.sent_at
+        return since < min((self.used + 1) * self.spacing + RUN_FRESH_SECONDS, RUN_MAX_SECONDS)
 
     def renewal(self) -> int:
         """How many slots to book again with the next call, once stale: as many as it served while
@@ -113,7 +138,7 @@ class _Run:
     def give_back(self) -> list[Any]:
         """ACQUIRE's give_back arguments for the slots left (none are left afterwards)."""
         count, self.left = self.left, 0
-        return [count, *self.slots] if count else []
+        return [count, self.token, self.booked, *self.schedule] if count else []
 
 
 @dataclass(frozen=True)
@@ -154,8 +179,14 @@ class RateLimiter:
         # slots of calls done, released with this thread's next booking (`release_with_next`)
         self._pending_release: ContextVar[list[str] | None] = ContextVar(f"pending_release_{id(self)}", default=None)
         self._run: ContextVar[_Run | None] = ContextVar(f"run_{id(self)}", default=None)
-        # (token, when, the 429 count then) of the booking in hand: a run counts from its sending
-        self._booking: ContextVar[tuple[str, float, int] | None] = ContextVar(f"booking_{id(self)}", default=None)
+        # (token, when, the 429 count then, its run's spacing) of the booking in hand: a run counts from its sending
+        self._booking: ContextVar[tuple[str, float, int, float] | None] = ContextVar(
+            f"booking_{id(self)}", default=None
+        )
+        # this thread's last call (time.monotonic()), and the pace of this process's threads: seconds
+        # between a thread's calls (PACE_WEIGHT), kept across batches (each has threads of its own)
+        self._last_call: ContextVar[float | None] = ContextVar(f"last_call_{id(self)}", default=None)
+        self._pace = 0.0
         self._pauses = 0  # 429s this process saw (pause): each ends every thread's run
         self._keys = destination_keys
         self._acquire_keys = [
@@ -176,6 +207,7 @@ class RateLimiter:
         held = self._held.get()
         booked = self._booked.get()
         run = self._run.get()
+        self._keep_pace()
         if booked is not None:  # booked with the delivery's claim (booking)
             self._booked.set(None)
             token, first = booked
@@ -216,7 +248,19 @@ class RateLimiter:
             held.append(token)
 
     def _usable(self, run: _Run) -> bool:
-        return self._renewable(run) and time.monotonic() < run.fresh_until
+        return self._renewable(run) and run.fresh(time.monotonic())
+
+    def _keep_pace(self) -> None:
+        """Count the time since this thread's last call in the threads' pace (a run's spacing)."""
+        now, last = time.monotonic(), self._last_call.get()
+        self._last_call.set(now)
+        if last is not None and now - last < MAX_PACE_SECONDS:
+            gap, pace = now - last, self._pace  # threads may race here: one gap more or less counted
+            self._pace = gap if pace == 0 else pace + PACE_WEIGHT * (gap - pace)
+
+    def _spacing(self) -> float:
+        """Seconds between a run's slots booked now: the threads' pace, with a margin."""
+        return min(MAX_SPACING_SECONDS, PACE_MARGIN * self._pace)
 
     def _renewable(self, run: _Run) -> bool:
         """Not ended by a failed call or a 429 (its calls book their own slots then), nor used up."""
@@ -269,9 +313,10 @@ class RateLimiter:
         `released_later`, the slot, once booked, is held by the block whether or not a call uses it.
         `further`: book up to this many more slots due now, a run for this thread's next calls (each
         inside a `released_later` block of its own); `end_run` gives back what they did not use."""
-        token = uuid.uuid4().hex
-        self._booking.set((token, time.monotonic(), self._pauses))
-        return ScriptCall(self._acquire, self._acquire_keys, self._acquire_args(token, 0.0, self.unreleased(), further))
+        token, spacing = uuid.uuid4().hex, self._spacing()
+        self._booking.set((token, time.monotonic(), self._pauses, spacing))
+        args = self._acquire_args(token, 0.0, self.unreleased(), further, spacing=spacing)
+        return ScriptCall(self._acquire, self._acquire_keys, args)
 
     def booked(self, booking: ScriptCall, answer: list[Any]) -> None:
         """The answer to `booking`: the next call of this delivery (thread) starts from it."""
@@ -283,14 +328,14 @@ class RateLimiter:
         sent = self._booking.get()
         self._booking.set(None)
         if sent is not None and sent[0] == token:
-            _, sent_at, pauses = sent  # counted from the booking's sending, and a 429 since ends it
-            self._start_run(token, answer, sent_at, pauses)
+            _, sent_at, pauses, spacing = sent  # counted from the booking's sending, and a 429 since ends it
+            self._start_run(token, answer, sent_at, pauses, spacing)
 
-    def _start_run(self, token: str, answer: list[Any], sent_at: float, pauses: int) -> None:
+    def _start_run(self, token: str, answer: list[Any], sent_at: float, pauses: int, spacing: float) -> None:
         """The run an ACQUIRE answer booked for this thread's next calls, if it booked any (`further`),
-        fresh from `sent_at` (when the script was sent) and ended by any 429 after `pauses`."""
+        its slots `spacing` apart from `sent_at` (when the script was sent), ended by any 429 after `pauses`."""
         if answer[0] and int(answer[3]) > 0:
-            self._run.set(_Run(token, int(answer[3]), sent_at + RUN_FRESH_SECONDS, pauses, list(answer[4:7])))
+            self._run.set(_Run(token, int(answer[3]), sent_at, spacing, pauses, list(answer[5:7])))
 
     def unanswered(self, booking: ScriptCall) -> None:
         """`booking` went to Redis but its answer was lost (the round trip failed)."""
@@ -327,7 +372,13 @@ class RateLimiter:
                 )
 
     def _acquire_args(
-        self, token: str, waited: float, release: list[str], further: int = 0, give_back: list[Any] | None = None
+        self,
+        token: str,
+        waited: float,
+        release: list[str],
+        further: int = 0,
+        give_back: list[Any] | None = None,
+        spacing: float = 0.0,
     ) -> list[Any]:
         ceiling = self.config.rate_per_second
         max_wait_ms = (self.max_sleep - waited) * 1000
@@ -338,7 +389,8 @@ class RateLimiter:
         return [
             *(ceiling, burst, self.config.max_in_flight, token, self.config.lease_ms, max_wait_ms),
             *(JITTER_MS, increase_per_second(ceiling), " ".join(release), *reserve, further),
-            *(give_back or [0, "", 0, 0]),
+            *(give_back or [0, "", 0, 0, 0]),
+            round(spacing * 1000, 3),
         ]
 
     def _book(
@@ -355,12 +407,13 @@ class RateLimiter:
         under this call's lease (a round trip for the rest of the run, not one a call). A 429 this
         process saw since the decision ends the new run at once."""
         further, pauses = renew or (0, 0)
+        spacing = self._spacing() if further else 0.0
         waited = 0.0
         while True:
             if first is not None:
                 answer, first = first, None
             else:
-                args = self._acquire_args(token, waited, self.unreleased(), further, give_back)
+                args = self._acquire_args(token, waited, self.unreleased(), further, give_back, spacing)
                 sent_at = time.monotonic()
                 try:
                     answer, give_back = self._acquire(keys=self._acquire_keys, args=args), None
@@ -368,7 +421,7 @@ class RateLimiter:
                     self._answer_lost(args)
                     raise
                 if further:
-                    self._start_run(token, answer, sent_at, pauses)
+                    self._start_run(token, answer, sent_at, pauses, spacing)
             booked, micros, rate_milli = answer[:3]
             self._saw_rate(int(rate_milli) / 1000)
             wait = int(micros) / 1e6

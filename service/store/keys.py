@@ -153,11 +153,12 @@ class Keys:
     def limiter_in_flight(self) -> str:
         return f"{self.prefix}:limiter:in-flight"
 
-    # The limiter's sliding window (list of booked slot times, newest first) and its effective
-    # rate (hash base / at / hold_until: AIMD, lowered by each 429), service/store/limiter_scripts.py.
+    # The limiter's sliding window (sorted set of booked slots by time) and its effective rate (hash
+    # base / at / hold_until: AIMD, lowered by each 429), service/store/limiter_scripts.py. The
+    # release before kept the window as a list under `limiter:window` (a rolling upgrade: docs/delivery.md).
     @property
     def limiter_window(self) -> str:
-        return f"{self.prefix}:limiter:window"
+        return f"{self.prefix}:limiter:slots"
 
     @property
     def limiter_rate(self) -> str:

@@ -35,22 +35,22 @@ local function redis_now_ms()
 end
 """
 
-# Give back `count` slots of a run (ACQUIRE's `further`) that no call used: their window entries
-# (all at `slot`) go, and the schedule moves back by their intervals, but only by what of the run's
-# claim is still ahead (`run_end`: the arrival time right after the run): a run given back late
-# gives no credit time has already spent.
+# Give back the last `count` of the `booked` slots of a run (ACQUIRE's `further`, booked with `token`)
+# that no call used: their window entries (`<token>:<n>`) go, and the schedule moves back by their
+# intervals, but only by what of the run's claim is still ahead (`run_end`: the arrival time right
+# after the run): a run given back late gives no credit time has already spent.
 _GIVE_BACK_LUA = """
-local function give_back(tat_key, window_key, count, slot, run_end, interval, now)
+local function give_back(tat_key, window_key, count, token, booked, run_end, interval, now)
     local tat = tonumber(redis.call('GET', tat_key) or '0')
     local credit = math.min(count * interval, math.max(0, run_end - now))
     if credit > 0 and tat > now then redis.call('SET', tat_key, math.max(now, tat - credit), 'KEEPTTL') end
-    redis.call('LREM', window_key, count, slot)
+    for n = booked - count + 1, booked do redis.call('ZREM', window_key, token .. ':' .. n) end
 end
 """
 
 # Book the next slot for a call.
 # KEYS: tat (GCRA theoretical arrival time of live calls, ms), pause_until (ms), in_flight (zset token
-#       -> lease end ms), window (list of booked slot times, newest first), rate (hash base/at/hold_until),
+#       -> lease end ms), window (zset of booked slots -> their time, ms), rate (hash base/at/hold_until),
 #       own_tat (the arrival time this caller advances: tat itself for live calls; a lane below live
 #       keeps its own, so that its spacing never delays a live call, and respects both)
 # ARGV: ceiling (calls/s), burst, max_in_flight, token, lease_ms, max_wait_ms, jitter_ms,
@@ -61,9 +61,15 @@ end
 #       run for the same caller's next calls, one after another: they share the token's lease, as the
 #       caller has one call in flight at a time; 0 for one slot. A run takes no more than half the
 #       burst and half the window, so other callers still find slots at once),
-#       give_back_count, give_back_slot, give_back_run_end, give_back_interval (a run's unused slots,
-#       given back first: _GIVE_BACK_LUA; 0, '', 0, 0 for none)
+#       give_back_count, give_back_token, give_back_booked, give_back_run_end, give_back_interval (a
+#       run's unused slots, given back first: _GIVE_BACK_LUA; 0, '', 0, 0, 0 for none),
+#       spacing (ms: the run's n-th slot is entered in the window at now + n x spacing, the caller's
+#       pace, and its call may come any time until then plus the jitter; 0: all now)
 # (The window keeps at most 5,000 slots: above 5,000 calls/s only GCRA spaces them.)
+# A slot is checked against the window at the earliest its call may arrive (its time; now for a
+# run's) and entered at the latest but the jitter (its time; now + n x spacing for a run's), so any
+# later booking counts it at least as new as it is: with every entry newer than a second ago (plus
+# the jitter) counted, future ones too, no second at the receiver holds more than floor(rate).
 # Returns {1, microseconds until the slot, effective rate x 1000, further slots booked, and as text:
 # their time, the arrival time right after them, the interval (ms)} when a slot is booked for the
 # token (now, or at most max_wait_ms ahead: the schedule moves on at once, so waiters never compete
@@ -93,14 +99,17 @@ local reserve_share = tonumber(ARGV[10])
 local reserve_min = tonumber(ARGV[11])
 local further = tonumber(ARGV[12] or '0')
 local give_back_count = tonumber(ARGV[13] or '0')
-local give_back_slot = tonumber(ARGV[14] or '0')
-local give_back_run_end = tonumber(ARGV[15] or '0')
-local give_back_interval = tonumber(ARGV[16] or '0')
+local give_back_token = ARGV[14] or ''
+local give_back_booked = tonumber(ARGV[15] or '0')
+local give_back_run_end = tonumber(ARGV[16] or '0')
+local give_back_interval = tonumber(ARGV[17] or '0')
+local spacing = tonumber(ARGV[18] or '0')
 
 for done in string.gmatch(release, '%S+') do redis.call('ZREM', in_flight_key, done) end
 local now = redis_now_ms()
 if give_back_count > 0 then
-    give_back(tat_key, window_key, give_back_count, give_back_slot, give_back_run_end, give_back_interval, now)
+    give_back(tat_key, window_key, give_back_count, give_back_token, give_back_booked, give_back_run_end,
+              give_back_interval, now)
 end
 local rate = effective(rate_key, now, ceiling, increase_per_s)
 local rate_milli = math.floor(rate * 1000)
@@ -119,7 +128,7 @@ if own_tat_key ~= tat_key then tat = math.max(tat, tonumber(redis.call('GET', ow
 -- newest (below 1/s the window is one interval wide: one slot per 1 / rate across both lanes).
 local function earliest(at, credit, in_window)
     local earliest_slot = math.max(at - (credit - 1) * interval, now)
-    local nth = redis.call('LINDEX', window_key, in_window - 1)
+    local nth = redis.call('ZREVRANGE', window_key, in_window - 1, in_window - 1, 'WITHSCORES')[2]
     if nth then earliest_slot = math.max(earliest_slot, tonumber(nth) + math.max(1000, interval) + jitter_ms) end
     return earliest_slot
 end
@@ -129,21 +138,22 @@ local slot = earliest(tat, burst, math.max(1, per_window - reserve))
 local wait = slot - now
 if wait > max_wait_ms then return {0, math.ceil(wait * 1000), rate_milli} end
 local next_tat = math.max(tat, slot) + interval
-redis.call('LPUSH', window_key, slot)
+redis.call('ZADD', window_key, slot, token)
 local booked = 0
 -- further slots: each as the first would be, while one is due now (wait 0: slot is now), with
--- half the burst and half the window left to other callers
+-- half the burst and half the window left to other callers; the n-th entered at now + n x spacing
 local run_burst = burst - math.floor(burst / 2)
 local run_window = math.max(1, per_window - math.max(reserve, math.floor(per_window / 2)))
 while wait == 0 and booked < further do
     if earliest(next_tat, run_burst, run_window) > now then break end
-    redis.call('LPUSH', window_key, now)
-    next_tat = next_tat + interval
     booked = booked + 1
+    redis.call('ZADD', window_key, now + booked * spacing, token .. ':' .. booked)
+    next_tat = next_tat + interval
 end
 redis.call('SET', own_tat_key, next_tat, 'PX', math.ceil(next_tat - now + 1000))
-redis.call('LTRIM', window_key, 0, math.min(5000, math.max(1, math.floor(ceiling))) - 1)
-redis.call('PEXPIRE', window_key, math.ceil(wait + 1000 + jitter_ms + 1000))
+redis.call('ZREMRANGEBYRANK', window_key, 0, -math.min(5000, math.max(1, math.floor(ceiling))) - 1)
+local newest = tonumber(redis.call('ZREVRANGE', window_key, 0, 0, 'WITHSCORES')[2])
+redis.call('PEXPIRE', window_key, math.ceil(newest - now + 1000 + jitter_ms + 1000))
 redis.call('ZADD', in_flight_key, slot + lease_ms, token)
 return {1, math.ceil(wait * 1000), rate_milli, booked, string.format('%.17g', now),
         string.format('%.17g', next_tat), string.format('%.17g', interval)}
@@ -152,8 +162,8 @@ return {1, math.ceil(wait * 1000), rate_milli, booked, string.format('%.17g', no
 
 # Give back a run's slots no call used (_GIVE_BACK_LUA).
 # KEYS: tat (of live calls), window
-# ARGV: count, their time, the arrival time right after the run, the interval (ms; all as ACQUIRE
-#       returned them)
+# ARGV: count, the run's token, how many it booked, the arrival time right after the run, the
+#       interval (ms; the last two as ACQUIRE returned them)
 GIVE_BACK_SCRIPT = (
     _EFFECTIVE_LUA  # for redis_now_ms
     + _GIVE_BACK_LUA
@@ -162,11 +172,12 @@ redis.replicate_commands()
 local tat_key = KEYS[1]
 local window_key = KEYS[2]
 local count = tonumber(ARGV[1])
-local slot = tonumber(ARGV[2])
-local run_end = tonumber(ARGV[3])
-local interval = tonumber(ARGV[4])
+local token = ARGV[2]
+local booked = tonumber(ARGV[3])
+local run_end = tonumber(ARGV[4])
+local interval = tonumber(ARGV[5])
 
-give_back(tat_key, window_key, count, slot, run_end, interval, redis_now_ms())
+give_back(tat_key, window_key, count, token, booked, run_end, interval, redis_now_ms())
 """
 )
 
@@ -225,12 +236,7 @@ local hold_until = tonumber(redis.call('HGET', rate_key, 'hold_until') or '0')
 if now < hold_until then
     return {math.max(until_ms, current_pause), 0, math.floor(old * 1000), math.floor(old * 1000)}
 end
-local sent = 0
-for _, slot in ipairs(redis.call('LRANGE', window_key, 0, math.min(5000, 2 * math.floor(old) + 10))) do
-    local at = tonumber(slot)
-    if at <= exact_now and at > exact_now - 1000 then sent = sent + 1 end
-    if at <= exact_now - 1000 then break end
-end
+local sent = redis.call('ZCOUNT', window_key, '(' .. (exact_now - 1000), exact_now)
 local new = math.max(floor_rate, old / 2, decrease * math.min(old, math.max(sent, 1)))
 new = math.min(new, old)
 redis.call('HSET', rate_key, 'base', new, 'at', now, 'hold_until', math.max(until_ms, now + 1000))

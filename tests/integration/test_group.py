@@ -100,7 +100,7 @@ def test_a_group_books_its_users_calls_with_the_first(
         assert ctx.store.accept(an_update(f"evt_{user}", user_id=user))
     assert deliver_group(ctx, take_all(ctx)) == ["delivered"] * 6
     assert counted.calls == 0  # no call booked a slot of its own
-    assert ctx.redis.llen(keys.USERCOM.limiter_window) == 6 == len(sandbox.state.requests)
+    assert ctx.redis.zcard(keys.USERCOM.limiter_window) == 6 == len(sandbox.state.requests)
     assert ctx.redis.zcard(keys.USERCOM.limiter_in_flight) == 0
 
 

@@ -15,7 +15,7 @@ from rq.registry import ScheduledJobRegistry
 from service.config import Settings
 from service.store import keys
 from service.store.limiter_scripts import JITTER_MS
-from tests.conftest import an_update
+from tests.conftest import an_update, newest_slot
 from workers.delivery.job import deliver_update
 from workers.ratelimit import LimitConfig, RateLimiter, Throttled
 from workers.runner import build_context, limit_config, run_worker
@@ -224,7 +224,7 @@ def test_a_lane_below_live_books_only_its_next_slot(redis: Redis) -> None:
         caller.join(timeout=60)
     done.set()
     watcher.join()
-    assert redis.llen(keys.USERCOM.limiter_window) == 8  # every call had its slot
+    assert redis.zcard(keys.USERCOM.limiter_window) == 8  # every call had its slot
     # the booked slot plus one interval (the GCRA's next arrival): never a queue of slots
     assert furthest[0] <= 2 * 100 + 5
 
@@ -234,7 +234,7 @@ def test_a_lane_below_live_leaves_a_share_of_every_second_to_live_calls(redis: R
     booked: list[float] = []
     for _ in range(9):
         with below.slot():
-            booked.append(float(redis.lindex(keys.USERCOM.limiter_window, 0)))
+            booked.append(newest_slot(redis))
     # 8 of the 10 slots a second at most (no burst either): the 9th after a slot is a second later
     for earlier, later in zip(booked, booked[8:], strict=False):
         assert later - earlier >= 1000 + JITTER_MS
@@ -254,11 +254,11 @@ def test_a_live_call_never_waits_behind_the_spacing_of_a_lane_below_live(redis: 
             pass
         with live.slot():  # right after a backfill call: at once
             pass
-        live_slot = float(redis.lindex(keys.USERCOM.limiter_window, 0))
+        live_slot = newest_slot(redis)
         assert not take(live)  # live calls keep their own spacing
         with below.slot():  # the backfill's next call comes an interval after the live one
             pass
-        assert float(redis.lindex(keys.USERCOM.limiter_window, 0)) >= live_slot + 100
+        assert newest_slot(redis) >= live_slot + 100
 
 
 def test_below_one_call_a_second_both_lanes_together_keep_the_rate(redis: Redis) -> None:

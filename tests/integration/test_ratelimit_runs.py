@@ -3,6 +3,7 @@ with `further`), used without a round trip each, one lease for them all, given b
 
 from __future__ import annotations
 
+import itertools
 import time
 from types import SimpleNamespace
 from typing import Any
@@ -71,7 +72,7 @@ def test_a_run_books_the_next_calls_with_the_first_and_they_share_its_lease(redi
     lim = limiter(redis)
     answer = book_run(redis, lim, further=3)
     asked = counting(lim)
-    assert answer[3] == 3 and redis.llen(WINDOW) == 4  # four slots in the window, booked at once
+    assert answer[3] == 3 and redis.zcard(WINDOW) == 4  # four slots in the window, booked at once
     for _ in range(3):
         assert call(lim)
         assert redis.zcard(IN_FLIGHT) == 1  # one call in flight at a time: the first's lease
@@ -79,7 +80,7 @@ def test_a_run_books_the_next_calls_with_the_first_and_they_share_its_lease(redi
     assert call(lim) and asked == [1]  # the run used up: the next call books its own
     lim.end_run()
     lim.release(lim.unreleased())
-    assert redis.zcard(IN_FLIGHT) == 0 and redis.llen(WINDOW) == 5
+    assert redis.zcard(IN_FLIGHT) == 0 and redis.zcard(WINDOW) == 5
 
 
 @pytest.mark.parametrize(("rate", "burst"), [(5, 4), (4, 8)], ids=["the-burst", "the-window"])
@@ -100,7 +101,7 @@ def test_slots_of_a_run_no_call_used_are_given_back(redis: Redis) -> None:
     assert call(other) and call(other)
     assert not call(other)  # the run holds this second's last slot
     lim.end_run()
-    assert redis.llen(WINDOW) == 3
+    assert redis.zcard(WINDOW) == 3
     assert call(other)  # given back: as if never booked
 
 
@@ -121,7 +122,7 @@ def test_a_429_this_process_sees_ends_every_run(redis: Redis) -> None:
     assert not call(lim)  # asked Redis, and found the pause
     assert asked == [1]
     lim.end_run()
-    assert redis.llen(WINDOW) == 1  # the three unused slots given back
+    assert redis.zcard(WINDOW) == 1  # the three unused slots given back
 
 
 def test_a_run_goes_stale_and_is_given_back_with_the_next_booking(
@@ -135,9 +136,9 @@ def test_a_run_goes_stale_and_is_given_back_with_the_next_booking(
     lim = limiter(redis)
     book_run(redis, lim, further=3)
     asked = counting(lim)
-    assert redis.llen(WINDOW) == 4
+    assert redis.zcard(WINDOW) == 4
     assert call(lim) and asked == [1]
-    assert redis.llen(WINDOW) == 2  # the first call's slot and this one's: the run's three went back
+    assert redis.zcard(WINDOW) == 2  # the first call's slot and this one's: the run's three went back
 
 
 def clock(monkeypatch: pytest.MonkeyPatch, sleep: Any = time.sleep) -> list[float]:
@@ -158,10 +159,83 @@ def test_a_stale_run_is_booked_again_for_as_many_calls_as_it_served(
     now[0] += 100.0  # stale (the module fixture keeps runs fresh for 60 s), three slots left
     assert call(lim) and asked == [1]
     # the three went back; this call's slot and two more (as many as the run served) booked again
-    assert redis.llen(WINDOW) == 3 + 3
+    assert redis.zcard(WINDOW) == 3 + 3
     assert call(lim) and call(lim) and asked == [1]  # the new run's
     assert redis.zcard(IN_FLIGHT) == 1  # under this call's lease
     assert call(lim) and asked == [1, 1]  # used up
+
+
+def run_slots(redis: Redis) -> list[float]:
+    """The times (ms) of the run's slots in the window (`<token>:<n>`), in order."""
+    slots = {member.decode(): at for member, at in redis.zrange(WINDOW, 0, -1, withscores=True)}
+    return [slots[member] for member in sorted((m for m in slots if ":" in m), key=lambda m: int(m.split(":")[1]))]
+
+
+def keep_pace(lim: RateLimiter, now: list[float], seconds: float) -> None:
+    """Three calls `seconds` apart: the thread's pace; the clock then moved on by as much."""
+    for _ in range(3):
+        assert call(lim)
+        now[0] += seconds
+
+
+PACE = 0.01  # seconds between a thread's calls, in these tests
+
+
+def spacing() -> float:
+    """Seconds between a run's slots at PACE: with the margin, no more than the cap."""
+    return min(workers.ratelimit.MAX_SPACING_SECONDS, workers.ratelimit.PACE_MARGIN * PACE)
+
+
+def test_a_run_s_slots_follow_the_thread_s_pace_past_one_slot_s_freshness(
+    redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(workers.ratelimit, "RUN_FRESH_SECONDS", 0.025)
+    now = clock(monkeypatch)
+    lim = limiter(redis)
+    keep_pace(lim, now, PACE)
+    book_run(redis, lim, further=4)
+    slots = run_slots(redis)
+    assert [round(b - a, 1) for a, b in itertools.pairwise(slots)] == [round(spacing() * 1000, 1)] * 3
+    asked = counting(lim)
+    for _ in range(4):  # at the pace: the last comes 40 ms after the booking, each before its slot's time
+        now[0] += PACE
+        assert call(lim)
+    assert asked == []
+    assert call(lim) and asked == [1]  # used up
+
+
+def test_a_run_s_call_later_than_its_slot_s_time_finds_the_run_stale(
+    redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(workers.ratelimit, "RUN_FRESH_SECONDS", 0.025)
+    now = clock(monkeypatch)
+    lim = limiter(redis)
+    keep_pace(lim, now, PACE)
+    book_run(redis, lim, further=4)
+    asked = counting(lim)
+    now[0] += spacing() + 0.025 + 0.001  # its first slot's time, and the 25 ms a call may come after it
+    assert call(lim) and asked == [1]
+    assert len(run_slots(redis)) == 0  # the four went back: it served no call, none is booked again
+
+
+def test_a_run_serves_no_call_past_its_longest_life_however_its_slots_are_spaced(
+    redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A 429 another process saw reaches this one's runs only through the pause: their calls after it
+    # are bounded by how long a run lives.
+    monkeypatch.setattr(workers.ratelimit, "RUN_FRESH_SECONDS", 0.025)
+    monkeypatch.setattr(workers.ratelimit, "MAX_SPACING_SECONDS", 1.0)
+    now = clock(monkeypatch)
+    lim = limiter(redis)
+    keep_pace(lim, now, 0.03)  # its slots 90 ms apart: the 4th at 360 ms
+    book_run(redis, lim, further=8)
+    asked = counting(lim)
+    served = 0
+    while not asked:
+        now[0] += 0.03
+        assert call(lim)
+        served += 1
+    assert served - 1 == int(workers.ratelimit.RUN_MAX_SECONDS / 0.03)  # the calls within its life
 
 
 def test_a_run_ended_by_a_429_is_not_booked_again(redis: Redis, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -173,7 +247,7 @@ def test_a_run_ended_by_a_429_is_not_booked_again(redis: Redis, monkeypatch: pyt
     now[0] += 100.0  # stale
     asked = counting(lim)
     assert call(lim) and asked == [1]
-    assert redis.llen(WINDOW) == 3  # the two slots served and this one's: no run booked again
+    assert redis.zcard(WINDOW) == 3  # the two slots served and this one's: no run booked again
 
 
 def test_a_429_while_a_renewal_waits_leaves_no_run_to_use(redis: Redis, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -251,7 +325,7 @@ def test_a_run_not_given_back_for_want_of_redis_leaves_the_delivery_going(redis:
     nowhere = Redis(port=unused_port(), retry=Retry(NoBackoff(), 0))  # refused at once
     lim._give_back = nowhere.register_script(GIVE_BACK_SCRIPT)
     lim.end_run()  # logged, not raised: the slots stay booked
-    assert redis.llen(WINDOW) == 4
+    assert redis.zcard(WINDOW) == 4
 
 
 def test_a_call_that_fails_ends_the_run_with_its_lease(redis: Redis) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -9,6 +10,7 @@ from redis import Redis
 
 from service.store import keys
 from service.store.limiter_scripts import JITTER_MS, effective_rate, increase_per_second
+from tests.conftest import newest_slot
 from workers.ratelimit import LimitConfig, RateLimiter, Throttled
 
 OWN = keys.USERCOM
@@ -49,18 +51,45 @@ def test_no_sliding_second_holds_more_than_the_rate_even_with_arrival_jitter(red
     lim = limiter(redis, rate=rate, burst=rate, sleep=3.0)
     with ThreadPoolExecutor(max_workers=4) as pool:
         assert all(pool.map(lambda _: take(lim), range(2 * rate + 1)))
-    slots = sorted(float(s) for s in redis.lrange(OWN.limiter_window, 0, -1))
+    slots = [at for _, at in redis.zrange(OWN.limiter_window, 0, -1, withscores=True)]
     assert len(slots) == rate  # the window keeps the last `rate` slots
     # Re-book on a fresh key set to see them all: every slot and the R-th after it.
     redis.flushall()
     booked: list[float] = []
     for _ in range(2 * rate + 1):
         assert take(lim)
-        booked.append(float(redis.lindex(OWN.limiter_window, 0)))
+        booked.append(newest_slot(redis))
     for earlier, later in zip(booked, booked[rate:], strict=False):
         assert later - earlier >= 1000 + JITTER_MS
     # So an arrival up to JITTER_MS late for one call and on time for the R-th after it still
     # leaves a full second between them: no 1 s window at the receiver sees more than R.
+
+
+def test_a_run_spaced_ahead_counts_in_the_window_until_its_last_call_may_arrive(redis: Redis) -> None:
+    # A run's n-th call may come any time from its booking until n x spacing later (plus the jitter):
+    # its slot is in the window at the latest, so the calls booked after it wait for a second after
+    # that, not after the booking. Every call placed the worst way within its bounds, no one-second
+    # window at the receiver may hold more than the rate. (Slot times are kept to 0.1 ms: Lua's
+    # number format.)
+    rate, spacing_ms = 20, 50.0
+    lim = limiter(redis, rate=rate, burst=rate, sleep=3.0)  # books slots up to 3 s ahead, without sleeping
+
+    def book(further: int) -> list[tuple[float, float]]:
+        """(earliest, latest) arrival of each call booked now."""
+        args = lim._acquire_args(uuid.uuid4().hex, 0.0, [], further, spacing=spacing_ms / 1000)
+        answer = lim._acquire(keys=lim._acquire_keys, args=args)
+        assert answer[0]
+        now = float(answer[4])
+        slot = now + int(answer[1]) / 1000
+        run = [(now, now + n * spacing_ms + JITTER_MS) for n in range(1, int(answer[3]) + 1)]
+        return [(slot, slot + JITTER_MS), *run]
+
+    calls = book(further=9)
+    assert len(calls) == 10  # half the window
+    for _ in range(30):
+        calls += book(further=0)
+    busiest = max(sum(1 for first, last in calls if first < at + 999.9 and last >= at) for _, at in calls)
+    assert busiest == rate
 
 
 def test_a_429_lowers_the_rate_once_per_episode_and_never_below_half(redis: Redis) -> None:
@@ -103,7 +132,7 @@ def test_the_rate_grows_back_additively_up_to_the_ceiling(redis: Redis) -> None:
 
 def test_aimd_converges_under_an_unknown_limit_and_keeps_most_of_it(redis: Redis) -> None:
     # A receiver whose limit is 10/s while the relay is configured at 40/s. Each round sends one
-    # second's worth at the effective rate (the window list is what was sent); above the limit the
+    # second's worth at the effective rate (the window is what was sent); above the limit the
     # receiver answers 429 to the first call over it. Time is moved on by shifting the rate's clock, not by sleeping.
     ceiling, limit = 40.0, 10
     lim = limiter(redis, rate=ceiling, burst=100)
@@ -115,7 +144,7 @@ def test_aimd_converges_under_an_unknown_limit_and_keeps_most_of_it(redis: Redis
         now = redis_ms(redis)
         sent = min(int(rate), limit + 1)  # the receiver says no to the call over its limit
         redis.delete(OWN.limiter_window)
-        redis.lpush(OWN.limiter_window, *[now - 900 + i * (900 / sent) for i in range(sent)])
+        redis.zadd(OWN.limiter_window, {f"sent-{i}": now - 900 + i * (900 / sent) for i in range(sent)})
         calls += sent
         if sent > limit:
             throttled += 1
