@@ -15,15 +15,15 @@ A thread delivering a group of users (workers/delivery/group.py) books the slots
 with the first, while they are due now (a run: `booking(further=n)`; half the burst and half the
 window at most), and its calls then go one after another without a round trip each, under the
 first call's lease (one call in flight at a time). The run's n-th slot is entered in the window at
-n x the thread's pace after its booking (its calls' spacing so far, with a margin: `spacing`), and
-its call may come any time until RUN_FRESH_SECONDS after that (the sliding window's JITTER_MS
-absorbs the time between a slot and its call's arrival); a call later than that finds the run
-stale. A run is used until then, until a 429 pauses this process, and until a call fails; whatever
-it did not use is given back with the next booking, or by `end_run` after the group's calls. A run
-that only went stale is booked again by its next call, due now, along with that call's own slot
-and in the same script that gives the stale slots back: as many slots as it served calls while
-fresh (none when its calls are slower than its freshness, as against a distant API: they would sit
-unused, held from other callers).
+n x the pace of this process's calls after its booking (the time between a thread's calls, with a
+margin: `_spacing`), and its call may come any time until RUN_FRESH_SECONDS after that (the sliding
+window's JITTER_MS absorbs the time between a slot and its call's arrival) and RUN_MAX_SECONDS after
+the booking; a call later than that finds the run stale. A run is used until then, until a 429
+pauses this process, and until a call fails; whatever it did not use is given back with the next
+booking, or by `end_run` after the group's calls. A run that only went stale is booked again by its
+next call, due now, along with that call's own slot and in the same script that gives the stale
+slots back: as many slots as it served calls while fresh (none when its calls are slower than its
+freshness, as against a distant API: they would sit unused, held from other callers).
 """
 
 from __future__ import annotations
