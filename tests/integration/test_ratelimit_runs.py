@@ -171,11 +171,19 @@ def run_slots(redis: Redis) -> list[float]:
     return [slots[member] for member in sorted((m for m in slots if ":" in m), key=lambda m: int(m.split(":")[1]))]
 
 
-def keep_pace(lim: RateLimiter, now: list[float], seconds: float) -> None:
-    """Three calls `seconds` apart: the thread's pace; the clock then moved on by as much."""
+def paced_run(
+    redis: Redis, monkeypatch: pytest.MonkeyPatch, pace: float, further: int
+) -> tuple[RateLimiter, list[float]]:
+    """A limiter whose calls came `pace` seconds apart (three of them), and a run it then booked, its
+    slots fresh for RUN_FRESH_SECONDS as in production; with the test's clock."""
+    monkeypatch.setattr(workers.ratelimit, "RUN_FRESH_SECONDS", 0.025)
+    now = clock(monkeypatch)
+    lim = limiter(redis)
     for _ in range(3):
         assert call(lim)
-        now[0] += seconds
+        now[0] += pace
+    book_run(redis, lim, further=further)
+    return lim, now
 
 
 PACE = 0.01  # seconds between a thread's calls, in these tests
@@ -189,11 +197,7 @@ def spacing() -> float:
 def test_a_run_s_slots_follow_the_thread_s_pace_past_one_slot_s_freshness(
     redis: Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(workers.ratelimit, "RUN_FRESH_SECONDS", 0.025)
-    now = clock(monkeypatch)
-    lim = limiter(redis)
-    keep_pace(lim, now, PACE)
-    book_run(redis, lim, further=4)
+    lim, now = paced_run(redis, monkeypatch, PACE, further=4)
     slots = run_slots(redis)
     assert [round(b - a, 1) for a, b in itertools.pairwise(slots)] == [round(spacing() * 1000, 1)] * 3
     asked = counting(lim)
@@ -207,11 +211,7 @@ def test_a_run_s_slots_follow_the_thread_s_pace_past_one_slot_s_freshness(
 def test_a_run_s_call_later_than_its_slot_s_time_finds_the_run_stale(
     redis: Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(workers.ratelimit, "RUN_FRESH_SECONDS", 0.025)
-    now = clock(monkeypatch)
-    lim = limiter(redis)
-    keep_pace(lim, now, PACE)
-    book_run(redis, lim, further=4)
+    lim, now = paced_run(redis, monkeypatch, PACE, further=4)
     asked = counting(lim)
     now[0] += spacing() + 0.025 + 0.001  # its first slot's time, and the 25 ms a call may come after it
     assert call(lim) and asked == [1]
@@ -223,12 +223,8 @@ def test_a_run_serves_no_call_past_its_longest_life_however_its_slots_are_spaced
 ) -> None:
     # A 429 another process saw reaches this one's runs only through the pause: their calls after it
     # are bounded by how long a run lives.
-    monkeypatch.setattr(workers.ratelimit, "RUN_FRESH_SECONDS", 0.025)
     monkeypatch.setattr(workers.ratelimit, "MAX_SPACING_SECONDS", 1.0)
-    now = clock(monkeypatch)
-    lim = limiter(redis)
-    keep_pace(lim, now, 0.03)  # its slots 90 ms apart: the 4th at 360 ms
-    book_run(redis, lim, further=8)
+    lim, now = paced_run(redis, monkeypatch, 0.03, further=8)  # its slots 90 ms apart: the 4th at 360 ms
     asked = counting(lim)
     served = 0
     while not asked:
