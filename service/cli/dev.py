@@ -75,6 +75,7 @@ def _wait_ready(
 
 
 SANDBOX_FILE = "usercom-sandbox.json"
+SANDBOX_KEEPS_REQUESTS = 10_000  # the newest calls the sandbox lists (GET /__sandbox__/requests)
 
 
 def _port_free(port: int) -> bool:
@@ -156,7 +157,9 @@ def _run(port: int, data_dir: Path) -> int:
     sandbox: SandboxServer | None = None
     if not (env.get("USERCOM_API_URL") and env.get("USERCOM_API_KEY")):
         # Its users are kept in the data dir, so the User.com ids the relay learned stay valid.
-        sandbox = SandboxServer(api_key=secrets.token_hex(32), data_file=data_dir / SANDBOX_FILE).start()
+        sandbox = SandboxServer(
+            api_key=secrets.token_hex(32), data_file=data_dir / SANDBOX_FILE, keep_requests=SANDBOX_KEEPS_REQUESTS
+        ).start()
         env["USERCOM_API_URL"], env["USERCOM_API_KEY"] = sandbox.base_url, sandbox.state.api_key
     env.setdefault("STRIPE_WEBHOOK_SECRETS", DEV_STRIPE_SECRET)
     env.setdefault("RELAY_ADMIN_TOKEN", secrets.token_urlsafe(24))

@@ -83,6 +83,9 @@ def test_relay_dev_runs_the_printed_example_end_to_end(tmp_path: Path) -> None:
                 break
             assert time.monotonic() < deadline, f"the sample update never reached the sandbox: {users}"
             time.sleep(0.2)
+        with urllib.request.urlopen(users_url.group(1).removesuffix("/__sandbox__/users"), timeout=5) as response:  # noqa: S310
+            listed = json.loads(response.read())["control"]["GET /__sandbox__/requests"]
+        assert listed.startswith("the newest 10000 calls")  # a long session's memory stays bounded
         while not listeners(metrics_port):  # the worker's metrics: on loopback only
             assert time.monotonic() < deadline, "the worker metrics never listened"
             time.sleep(0.2)

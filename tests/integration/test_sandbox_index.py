@@ -50,3 +50,20 @@ def test_the_documented_fault_example_makes_the_next_calls_fail(sandbox: Sandbox
         status, headers, _ = call(user, key=USERCOM_KEY)
         assert (status, headers.get("Retry-After")) == (429, "3")
     assert call(user, key=USERCOM_KEY)[0] == 404  # then it answers normally: no such user
+
+
+def test_a_sandbox_that_keeps_the_newest_calls_lists_those_and_forgets_older_ones() -> None:
+    # `relay dev`'s sandbox runs for hours: the calls it records (with their bodies) must not grow
+    # its memory without end.
+    sandbox = SandboxServer(api_key=USERCOM_KEY, keep_requests=3).start()
+    try:
+        for n in range(8):
+            call(f"{sandbox.base_url}/users-by-id/user-{n}/", key=USERCOM_KEY)
+        root = sandbox.base_url.removesuffix(API_PREFIX)
+        _, _, page = call(f"{root}/__sandbox__/requests")
+        assert [r["path"] for r in page["requests"]] == [f"{API_PREFIX}/users-by-id/user-{n}/" for n in (5, 6, 7)]
+        assert len(sandbox.state.requests) < 2 * 3  # trimmed as it goes, not only when listed
+        _, _, index = call(f"{root}/")
+        assert index["control"]["GET /__sandbox__/requests"].startswith("the newest 3 calls made to the API")
+    finally:
+        sandbox.stop()

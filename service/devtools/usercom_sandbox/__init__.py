@@ -81,6 +81,8 @@ def _record() -> None:
         }
         with state.lock:
             state.requests.append(entry)
+            if state.keep_requests is not None and len(state.requests) >= 2 * state.keep_requests:
+                del state.requests[: -state.keep_requests]  # a long session's memory stays bounded
         g.sandbox_entry = entry
 
 
@@ -232,7 +234,8 @@ def list_users() -> Any:
 def list_requests() -> Any:
     state = _state()
     with state.lock:
-        return {"requests": list(state.requests)}
+        kept = state.requests[-state.keep_requests :] if state.keep_requests is not None else state.requests
+        return {"requests": list(kept)}
 
 
 @control.post("/faults")
@@ -253,7 +256,8 @@ def add_faults() -> Any:
 class SandboxServer(BackgroundServer):
     """The sandbox on a real socket, served from a background thread. With `data_file`, users and
     custom attributes are loaded from it and saved to it (within a second of a change, and on stop),
-    so the ids a relay learned stay valid across restarts."""
+    so the ids a relay learned stay valid across restarts. With `keep_requests`, only the newest
+    calls are kept (`relay dev`: a long session's memory stays bounded); else all of them."""
 
     path = API_PREFIX
 
@@ -265,8 +269,9 @@ class SandboxServer(BackgroundServer):
         port: int = 0,
         rate_limit: float | None = None,
         data_file: Path | None = None,
+        keep_requests: int | None = None,
     ) -> None:
-        self.state = SandboxState(api_key=api_key, rate_limit=rate_limit, path=data_file)
+        self.state = SandboxState(api_key=api_key, rate_limit=rate_limit, path=data_file, keep_requests=keep_requests)
         self.state.load()
         self._stopping = threading.Event()
         self._saver = threading.Thread(target=self._save_every_second, name="sandbox-save", daemon=True)

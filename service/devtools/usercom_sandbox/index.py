@@ -10,7 +10,7 @@ index = Blueprint("sandbox_index", __name__)
 
 CONTROL = {
     "GET /__sandbox__/users": "every user the sandbox holds (custom id, attributes, tags)",
-    "GET /__sandbox__/requests": "every call made to the API, in order: method, path, body, status, at",
+    "GET /__sandbox__/requests": "{calls} made to the API, in order: method, path, body, status, at",
     "POST /__sandbox__/faults": "make the next API calls fail: see `faults`",
 }
 FAULTS = {
@@ -30,6 +30,8 @@ def home() -> dict[str, Any]:
     from service.devtools.usercom_sandbox import API_PREFIX  # the package imports this module
 
     root = request.host_url.rstrip("/")
+    keep = current_app.extensions["sandbox"].keep_requests
+    kept = "every call" if keep is None else f"the newest {keep} calls"
     endpoints = sorted(
         f"{method} {rule.rule}"
         for rule in current_app.url_map.iter_rules()
@@ -44,7 +46,7 @@ def home() -> dict[str, Any]:
             "auth": "Authorization: Token <key> (USERCOM_API_KEY, as `relay dev` prints it)",
             "endpoints": endpoints,
         },
-        "control": CONTROL,
+        "control": {**CONTROL, "GET /__sandbox__/requests": CONTROL["GET /__sandbox__/requests"].format(calls=kept)},
         "faults": {
             **FAULTS,
             "curl": (

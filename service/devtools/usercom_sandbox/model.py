@@ -49,6 +49,7 @@ class SandboxState:
     users: dict[int, dict[str, Any]] = field(default_factory=dict)
     by_custom_id: dict[str, int] = field(default_factory=dict)
     requests: list[dict[str, Any]] = field(default_factory=list)
+    keep_requests: int | None = None  # the newest this many calls are kept in `requests` (None: all)
     faults: collections.deque[Fault] = field(default_factory=collections.deque)
     recent: collections.deque[float] = field(default_factory=collections.deque)
     ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1001))
