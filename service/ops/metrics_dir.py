@@ -92,7 +92,9 @@ def temporary_metrics_dir(role: str) -> str:
 
 
 def use_metrics_dir(configured: str, role: str) -> None:
-    """Multiprocess mode for this process and its children, in a freshly emptied directory."""
-    directory = configured or tempfile.mkdtemp(prefix=f"relay-{role}-metrics-")
+    """Multiprocess mode for this process and its children, in a freshly emptied directory (none
+    configured: a temporary one, removed when this process exits; `relay web` execs gunicorn, so its
+    stays)."""
+    directory = configured or temporary_metrics_dir(role)
     prepare_multiprocess_dir(directory)
     os.environ[MULTIPROC_ENV] = directory

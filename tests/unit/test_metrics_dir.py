@@ -100,9 +100,14 @@ def test_this_pids_files_from_an_earlier_process_go_before_any_metric_is_defined
 
 
 def test_a_burst_worker_leaves_the_pods_files_be(tmp_path: Path, redis_server: Any) -> None:
-    """`kubectl exec ... relay worker --burst` serves no metrics, and emptied the live workers' files."""
-    (tmp_path / "counter_4242.db").write_bytes(b"\0" * 16)
-    env = {**GOOD, "REDIS_URL": redis_server.url, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    """`kubectl exec ... relay worker --burst` serves no metrics, and emptied the live workers' files. Its
+    own directory (a temporary one) is gone once it ends."""
+    pod, temporary = tmp_path / "pod", tmp_path / "tmp"
+    pod.mkdir()
+    temporary.mkdir()
+    (pod / "counter_4242.db").write_bytes(b"\0" * 16)
+    env = {**GOOD, "REDIS_URL": redis_server.url, "PROMETHEUS_MULTIPROC_DIR": str(pod), "TMPDIR": str(temporary)}
     result = relay("worker", "--burst", env=env)
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "counter_4242.db").read_bytes() == b"\0" * 16
+    assert (pod / "counter_4242.db").read_bytes() == b"\0" * 16
+    assert list(temporary.iterdir()) == []
