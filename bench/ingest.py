@@ -10,6 +10,11 @@ then a relay run, so each pair sees the same load on a shared machine; the ratio
 median of the pairs' ratios. Beside it: the CPU each server (and Redis) spends a request, and what
 0.6x would leave for all of it on this machine.
 
+`--floor` also runs, in each pair, what this stack allows at best: a Flask view on the same gunicorn
+settings that checks the signature (the official `stripe` package), parses the JSON and makes one
+small Redis script call (dedup and a count), nothing of the relay's. Its ratio is the most any relay
+built on Flask, gevent and redis-py could reach on the machine.
+
 `--durable-ack` measures RELAY_DURABLE_ACK (service/store/durability.py): `off` (the default,
 appendfsync everysec), `always` (RELAY_DURABLE_ACK=fsync on a Redis with appendfsync always) or
 `waitaof` (RELAY_DURABLE_ACK=fsync, WAITAOF on Valkey 8's server, everysec) or `replica`
@@ -92,6 +97,46 @@ def create_app():
     @app.get("/")
     def hello():
         return "Hello, World!"
+
+    return app
+"""
+
+# The stack's floor (--floor): signature, JSON, one Redis script call; counted in Redis, like the relay.
+FLOOR_COUNT = "floor:ledger"  # FLOOR_APP's COUNT
+FLOOR_APP = """
+import json
+import os
+
+import stripe
+from flask import Flask, request
+from redis import Redis
+
+COUNT = "floor:ledger"
+SCRIPT = (
+    "if not redis.call('SET', KEYS[1], 1, 'NX', 'EX', 3600) then return 0 end; "
+    "redis.call('HINCRBY', KEYS[2], 'received', 1); return 1"
+)
+
+
+def create_app():
+    app = Flask("floor")
+    accept = Redis.from_url(os.environ["REDIS_URL"]).register_script(SCRIPT)
+    secret = os.environ["STRIPE_WEBHOOK_SECRETS"]
+
+    @app.post("/webhooks/stripe")
+    def webhook():
+        raw = request.get_data()
+        try:
+            stripe.WebhookSignature.verify_header(raw.decode(), request.headers["Stripe-Signature"], secret)
+        except stripe.SignatureVerificationError:
+            return {"code": "invalid_signature"}, 401
+        event = json.loads(raw)
+        fresh = accept(keys=["floor:seen:" + event["id"], COUNT], args=[])
+        return {"status": "accepted" if fresh else "duplicate", "event_id": event["id"]}, 202 if fresh else 200
+
+    @app.get("/")
+    def ready():
+        return "ready"
 
     return app
 """
@@ -222,6 +267,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="alternating hello/relay rounds (default 3)")
     parser.add_argument("--durable-ack", choices=DURABLE_MODES, default="off", help="RELAY_DURABLE_ACK mode")
     parser.add_argument("--valkey", action="store_true", help="run Redis as Valkey 8's server (waitaof does)")
+    parser.add_argument("--floor", action="store_true", help="also run the stack's floor in each pair (see above)")
     parser.add_argument(
         "--event", choices=[*EVENTS, "both"], default="both", help="which event kind(s) to send (default both)"
     )
@@ -237,17 +283,23 @@ def main() -> int:
         lua = tmp / "post.lua"
         lua.write_text(WRK_LUA)
         (tmp / "hello_app.py").write_text(HELLO_APP)
+        (tmp / "floor_app.py").write_text(FLOOR_APP)
         hello_url, relay_url = f"http://127.0.0.1:{free_port()}/", f"http://127.0.0.1:{free_port()}/"
         hello_argv = [*gunicorn_argv(settings, hello_url[7:-1])[:-1], "hello_app:create_app()"]
         servers = [
             start_gunicorn(hello_argv, env, hello_url, tmp),
             start_gunicorn(gunicorn_argv(settings, relay_url[7:-1]), env, relay_url + "healthz", REPO),
         ]
+        floor_url = f"http://127.0.0.1:{free_port()}/"
+        if args.floor:
+            floor_argv = [*gunicorn_argv(settings, floor_url[7:-1])[:-1], "floor_app:create_app()"]
+            servers.append(start_gunicorn(floor_argv, env, floor_url, tmp))
         store = Store.from_settings(Redis.from_url(redis_server.url), settings)
         kinds = list(EVENTS) if args.event == "both" else [args.event]
         hello_runs: dict[str, list[dict[str, float]]] = {kind: [] for kind in kinds}
         relay_runs: dict[str, list[dict[str, float]]] = {kind: [] for kind in kinds}
         accepted_runs: dict[str, list[float]] = {kind: [] for kind in kinds}
+        floor_runs: dict[str, list[tuple[float, dict[str, float]]]] = {kind: [] for kind in kinds}
         # CPU seconds of each run, by process: the server (gunicorn's master and workers), Redis.
         hello_cpu: dict[str, list[dict[str, float]]] = {kind: [] for kind in kinds}
         relay_cpu: dict[str, list[dict[str, float]]] = {kind: [] for kind in kinds}
@@ -278,11 +330,24 @@ def main() -> int:
                     accepted_runs[kind].append((after["received"] - before["received"]) / args.seconds)
                     if after["duplicates"] != before["duplicates"]:
                         print("warning: some requests were duplicates (event list too short)", file=sys.stderr)
+                    if args.floor:  # the same events, to the floor (its own dedup keys)
+                        counted = int(store.redis.hget(FLOOR_COUNT, "received") or 0)
+                        run = wrk(floor_url, args.seconds, lua, [str(events), "2"])
+                        fresh = int(store.redis.hget(FLOOR_COUNT, "received") or 0) - counted
+                        floor_runs[kind].append((fresh / args.seconds, run))
         finally:
             for server in servers:
                 stop(server)
             redis_server.stop()
     report(args, settings, redis_server.version, kinds, hello_runs, relay_runs, accepted_runs, hello_cpu, relay_cpu)
+    for kind in kinds if args.floor else []:
+        runs = zip(floor_runs[kind], hello_runs[kind], strict=True)
+        pairs = [(accepted / hello["rps"], run) for (accepted, run), hello in runs]
+        print(
+            f"floor {kind} (signature, JSON, one Redis script; nothing of the relay's): ratio "
+            f"{statistics.median(r for r, _ in pairs):.2f} (of pairs: {', '.join(f'{r:.2f}' for r, _ in pairs)}), "
+            f"p99 {statistics.median(run['p99_ms'] for _, run in pairs):.2f} ms: the most this stack allows here"
+        )
     return 0
 
 
