@@ -13,6 +13,7 @@ from gunicorn import util
 from service.config import Settings
 from service.ops.logs import configure_logging
 from service.ops.metrics import mark_process_dead
+from service.ops.metrics_dir import remove_temporary_metrics_dir
 
 
 def post_fork(server: Any, worker: Any) -> None:
@@ -52,6 +53,12 @@ def write_json_error(sock: Any, status_int: int, reason: str, mesg: str) -> None
 def child_exit(server: Any, worker: Any) -> None:
     # A gunicorn worker's metric files stay (its counts still count) but its live gauges go.
     mark_process_dead(worker.pid)
+
+
+def on_exit(server: Any) -> None:
+    # The metrics directory `relay web` made when none was configured (it exec'd gunicorn: no exit handler
+    # of its own runs); a configured one stays.
+    remove_temporary_metrics_dir()
 
 
 # A request's body must arrive within this long: a client that stalls (or trickles) mid-body otherwise

@@ -15,6 +15,9 @@ import tempfile
 from pathlib import Path
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# Set by `relay web` to the temporary directory it made: gunicorn's arbiter, which it becomes (exec), has
+# none of its exit handlers, and removes the directory at its own exit (gunicorn_hooks.on_exit).
+TEMPORARY_ENV = "RELAY_TEMPORARY_METRICS_DIR"
 # What prometheus-client writes there: <type>_<pid>.db (gauges also name their mode).
 METRIC_FILE = re.compile(r"^(counter|gauge_[a-z]+|histogram|summary)_\d+\.db$")
 
@@ -93,8 +96,20 @@ def temporary_metrics_dir(role: str) -> str:
 
 def use_metrics_dir(configured: str, role: str) -> None:
     """Multiprocess mode for this process and its children, in a freshly emptied directory (none
-    configured: a temporary one, removed when this process exits; `relay web` execs gunicorn, so its
-    stays)."""
+    configured: a temporary one, removed when this process exits, or by `remove_temporary_metrics_dir`
+    once it has exec'd)."""
     directory = configured or temporary_metrics_dir(role)
     prepare_multiprocess_dir(directory)
     os.environ[MULTIPROC_ENV] = directory
+    if configured:  # not ours to remove, even when a parent made it (relay dev's children share none)
+        os.environ.pop(TEMPORARY_ENV, None)
+    else:
+        os.environ[TEMPORARY_ENV] = directory
+
+
+def remove_temporary_metrics_dir() -> None:
+    """Remove the temporary directory `use_metrics_dir` made for this process before it exec'd (relay web:
+    gunicorn's arbiter, at its exit), if it is still the one in use; nothing otherwise."""
+    directory = os.environ.get(TEMPORARY_ENV)
+    if directory and directory == os.environ.get(MULTIPROC_ENV):
+        shutil.rmtree(directory, ignore_errors=True)

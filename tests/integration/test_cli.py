@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import standardwebhooks
 import stripe
+import urllib3
 from redis import Redis
 
 from tests.ports import unused_port
@@ -172,6 +173,38 @@ def test_worker_supervisor_runs_both_lanes_and_stops_on_sigterm(redis_server: An
     assert client.scard("rq:workers:relay-delivery") == 0 and client.scard("rq:workers:relay-replay") == 0
     assert not metrics_dir.exists()
     client.close()
+
+
+def test_relay_web_removes_the_metrics_directory_it_made_when_it_stops(redis_server: Any, tmp_path: Path) -> None:
+    """With PROMETHEUS_MULTIPROC_DIR unset it makes one of its own, then becomes gunicorn (exec): gunicorn
+    removes it at exit. A configured one stays, with its files."""
+    port = unused_port()
+    env = {**GOOD, "REDIS_URL": redis_server.url, "TMPDIR": str(tmp_path)}
+    configured = tmp_path / "configured"
+    http = urllib3.PoolManager(retries=False, timeout=1)
+    for run_env in (env, {**env, "PROMETHEUS_MULTIPROC_DIR": str(configured)}):
+        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+        process = subprocess.Popen([RELAY, "web", "--bind", f"127.0.0.1:{port}"], env=run_env, **quiet)
+        try:
+            deadline = time.monotonic() + 30
+            while not answers(http, f"http://127.0.0.1:{port}/healthz"):
+                assert process.poll() is None and time.monotonic() < deadline, "relay web did not start"
+                time.sleep(0.1)
+            made = list(tmp_path.glob("relay-web-metrics-*"))
+            assert len(made) == (0 if "PROMETHEUS_MULTIPROC_DIR" in run_env else 1)
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=40) == 0
+        finally:
+            process.kill()
+        assert not any(directory.exists() for directory in made)
+    assert list(configured.iterdir())  # the configured directory and its files stay
+
+
+def answers(http: urllib3.PoolManager, url: str) -> bool:
+    try:
+        return http.request("GET", url).status == 200
+    except urllib3.exceptions.HTTPError:
+        return False
 
 
 def test_a_worker_supervisor_stopped_while_it_forks_stops_as_asked(redis_server: Any, tmp_path: Path) -> None:
