@@ -102,7 +102,7 @@ def create_app():
 """
 
 # The stack's floor (--floor): signature, JSON, one Redis script call; counted in Redis, like the relay.
-FLOOR_COUNT = "floor:ledger"  # FLOOR_APP's COUNT
+FLOOR_COUNT = "floor:ledger"  # the floor's server is given it in its environment
 FLOOR_APP = """
 import json
 import os
@@ -111,7 +111,6 @@ import stripe
 from flask import Flask, request
 from redis import Redis
 
-COUNT = "floor:ledger"
 SCRIPT = (
     "if not redis.call('SET', KEYS[1], 1, 'NX', 'EX', 3600) then return 0 end; "
     "redis.call('HINCRBY', KEYS[2], 'received', 1); return 1"
@@ -121,6 +120,7 @@ SCRIPT = (
 def create_app():
     app = Flask("floor")
     accept = Redis.from_url(os.environ["REDIS_URL"]).register_script(SCRIPT)
+    count = os.environ["FLOOR_COUNT"]
     secret = os.environ["STRIPE_WEBHOOK_SECRETS"]
 
     @app.post("/webhooks/stripe")
@@ -131,7 +131,7 @@ def create_app():
         except stripe.SignatureVerificationError:
             return {"code": "invalid_signature"}, 401
         event = json.loads(raw)
-        fresh = accept(keys=["floor:seen:" + event["id"], COUNT], args=[])
+        fresh = accept(keys=["floor:seen:" + event["id"], count], args=[])
         return {"status": "accepted" if fresh else "duplicate", "event_id": event["id"]}, 202 if fresh else 200
 
     @app.get("/")
@@ -293,7 +293,7 @@ def main() -> int:
         floor_url = f"http://127.0.0.1:{free_port()}/"
         if args.floor:
             floor_argv = [*gunicorn_argv(settings, floor_url[7:-1])[:-1], "floor_app:create_app()"]
-            servers.append(start_gunicorn(floor_argv, env, floor_url, tmp))
+            servers.append(start_gunicorn(floor_argv, {**env, "FLOOR_COUNT": FLOOR_COUNT}, floor_url, tmp))
         store = Store.from_settings(Redis.from_url(redis_server.url), settings)
         kinds = list(EVENTS) if args.event == "both" else [args.event]
         hello_runs: dict[str, list[dict[str, float]]] = {kind: [] for kind in kinds}

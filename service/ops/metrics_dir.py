@@ -101,7 +101,7 @@ def use_metrics_dir(configured: str, role: str) -> None:
     directory = configured or temporary_metrics_dir(role)
     prepare_multiprocess_dir(directory)
     os.environ[MULTIPROC_ENV] = directory
-    if configured:  # not ours to remove, even when a parent made it (relay dev's children share none)
+    if configured:  # never removed, even when the process that configured it had made it
         os.environ.pop(TEMPORARY_ENV, None)
     else:
         os.environ[TEMPORARY_ENV] = directory
