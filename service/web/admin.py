@@ -58,7 +58,7 @@ def _json_object() -> dict[str, Any]:
         return {}
     try:
         body = json.loads(request.get_data())
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser can follow
         raise InvalidRequest("request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise InvalidRequest("request body must be a JSON object")

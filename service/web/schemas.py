@@ -51,6 +51,15 @@ def _epoch(value: datetime | None) -> float | None:
     return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
 
 
+class JsonBoolean(fields.Boolean):
+    """true or false, as JSON writes them: not 1, "yes" or "true"."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self.make_error("invalid", input=value)
+        return value
+
+
 class DlqFilterSchema(Schema):
     """Filters shared by listing, bulk replay and purge; times are ISO 8601 (UTC if no zone)."""
 
@@ -82,9 +91,12 @@ class DlqListQuery(DlqFilterSchema):
 class DlqBulkRequest(DlqFilterSchema):
     """At least one filter, or `all: true`: an empty body never replays the whole queue."""
 
-    all = fields.Boolean(load_default=False, metadata={"description": "every item (required when no filter is given)"})
-    dry_run = fields.Boolean(load_default=False, metadata={"description": "only count what would be affected"})
-    limit = fields.Integer(validate=validate.Range(min=1), metadata={"description": "at most this many, oldest first"})
+    # JSON's own types only: "yes" or 1 must not stand for true (all: true replays the whole queue), nor 1.5 for 1.
+    all = JsonBoolean(load_default=False, metadata={"description": "every item (required when no filter is given)"})
+    dry_run = JsonBoolean(load_default=False, metadata={"description": "only count what would be affected"})
+    limit = fields.Integer(
+        strict=True, validate=validate.Range(min=1), metadata={"description": "at most this many, oldest first"}
+    )
 
 
 class DlqItem(Schema):

@@ -182,7 +182,21 @@ def test_bulk_replay_dry_run_counts_first(admin: Any, ctx: DeliveryContext, sand
     assert [i["event_id"] for i in ctx.store.dead_letters()] == ["evt_c"]
 
 
-@pytest.mark.parametrize("body", [b"{not json", b"[1]", b'{"dry_run": "maybe"}', b'{"reason": 3}'])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"{not json",
+        b"[1]",
+        b'{"dry_run": "maybe"}',
+        b'{"reason": 3}',
+        b"[" * 1000 + b"]" * 1000,  # nests past Python's recursion limit
+        b'{"all": "yes"}',  # a boolean in JSON is true or false, never a word or a number that stands for one
+        b'{"all": 1}',
+        b'{"reason": "retries_exhausted", "dry_run": 0}',
+        b'{"all": true, "limit": 1.5}',
+        b'{"all": true, "limit": "2"}',
+    ],
+)
 def test_bulk_replay_refuses_unclear_requests(
     admin: Any, ctx: DeliveryContext, sandbox: SandboxServer, body: bytes
 ) -> None:
