@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import signal
 import time
 from typing import Any
@@ -11,9 +12,19 @@ from typing import Any
 from gunicorn import util
 
 from service.config import Settings
-from service.ops.logs import configure_logging
+from service.ops.logs import RedactSecrets, configure_logging
 from service.ops.metrics import mark_process_dead
 from service.ops.metrics_dir import remove_temporary_metrics_dir
+
+# gunicorn's own loggers: their lines are gunicorn's format, not the app's, and may quote a request's header line.
+GUNICORN_LOGGERS = ("gunicorn.error", "gunicorn.access")
+
+
+def on_starting(server: Any) -> None:
+    # In the arbiter, before it forks: its workers inherit the filter.
+    redact = RedactSecrets(Settings.from_env(role="web").secrets)
+    for name in GUNICORN_LOGGERS:
+        logging.getLogger(name).addFilter(redact)
 
 
 def post_fork(server: Any, worker: Any) -> None:

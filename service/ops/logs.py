@@ -51,6 +51,22 @@ class JsonFormatter(logging.Formatter):
         return text
 
 
+class RedactSecrets(logging.Filter):
+    """Secrets out of the records of a logger whose lines the app does not format: gunicorn's own, which
+    quote what a client sent (a header line without a colon, `Authorization Bearer <token>`, whole)."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        super().__init__()
+        self.formatter = JsonFormatter(secrets)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = self.formatter.redact(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
+
+
 class TextFormatter(JsonFormatter):
     """`20:10:00.123 INFO  relay.delivery  delivered evt_1  event_id=evt_1 user_id=u1` (UTC)."""
 

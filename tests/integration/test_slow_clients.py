@@ -209,3 +209,17 @@ def test_a_request_gunicorn_cannot_parse_is_answered_in_json(web: str, case: str
     error = json.loads(body)["error"]
     assert error["code"] in ("malformed_request", "request_line_too_long", "header_fields_too_large")
     assert SECRET_LOOKING not in body.decode() and "aaaa" not in error["message"]
+
+
+def test_gunicorn_lines_that_quote_a_request_have_the_secrets_redacted(redis_server: Any, tmp_path: Path) -> None:
+    """gunicorn logs a header line it cannot parse whole, in its own format (`curl -H "Authorization Bearer
+    $TOKEN"` sends one); the admin token in it is redacted like in the app's own lines."""
+    token = "admin-token-typed-without-its-colon-0123456789"
+    web = start_web(tmp_path, redis_server, {"RELAY_ADMIN_TOKEN": token})
+    port = int(next(web).rsplit(":", 1)[1])
+    request = f"GET /admin/dlq HTTP/1.1\r\nHost: x\r\nAuthorization Bearer {token}\r\n\r\n"
+    assert exchange(port, request.encode())[0] == 400
+    next(web, None)  # stops it
+    log = (tmp_path / "web.log").read_text()
+    assert "Invalid HTTP Header: 'Authorization Bearer [redacted]'" in log
+    assert token not in log
