@@ -222,7 +222,7 @@ class Store:
             *self.keys.dlq,
             *(self.keys.ledger, self.keys.outcome(update.source, update.event_id), keys.RQ_JOB_KEY_PREFIX + job_id),
             *(self.keys.rq_queue_key(keys.REPLAY), keys.RQ_QUEUES_SET, self.keys.pending(keys.REPLAY)),
-            self.keys.user_state(update.source, hint),
+            *(self.keys.user_state(update.source, hint), self.keys.in_hand(update.source, hint)),
         ]
         args = [
             *(item_id, job_id, self.keys.queue_name(keys.REPLAY), data, timestamp, description, now),

@@ -120,9 +120,11 @@ return result
 
 # Take an item out of the dead-letter queue and merge its update into its user's pending state, queuing
 # the user on the replay lane when nothing was pending: the event goes back to "in flight"
-# (dead_lettered - 1) and its next outcome is counted afresh.
+# (dead_lettered - 1) and its next outcome is counted afresh. An event pending already under the same id
+# (an invalid payload's dead letter is kept under a digest of its body: the same event, sent again and
+# accepted since) is not merged a second time: the replayed copy is counted coalesced into it at once.
 # KEYS: dlq_items, dlq_index, dlq_reasons, dlq_dropped, ledger, outcome_key (from before the upgrade),
-#       job_key, queue_key (replay lane), queues_set, pending (replay lane), state
+#       job_key, queue_key (replay lane), queues_set, pending (replay lane), state, in_hand
 # ARGV: dlq_id, job_id, origin, data, timestamp, description (JobWriter.user_args), now, ref,
 #       event_field, event_value, then the update's state fields: field, value
 # Returns: 1 (replayed) | 0 (the item is gone: deleted or replayed meanwhile)
@@ -140,6 +142,7 @@ local queue_key = KEYS[8]
 local queues_set = KEYS[9]
 local pending = KEYS[10]
 local state = KEYS[11]
+local in_hand = KEYS[12]
 local dlq_id = ARGV[1]
 local job_id = ARGV[2]
 local origin = ARGV[3]
@@ -155,6 +158,10 @@ if not dlq_remove(dlq, dlq_id) then return 0 end
 redis.call('HINCRBY', ledger, 'dead_lettered', -1)
 redis.call('HINCRBY', ledger, 'replayed', 1)
 redis.call('DEL', outcome_key)
+if redis.call('HEXISTS', state, event_field) == 1 or redis.call('HEXISTS', in_hand, event_field) == 1 then
+    redis.call('HINCRBY', ledger, 'coalesced', 1)
+    return 1
+end
 if redis.call('EXISTS', state) == 0 then
     push_job(job_key, queue_key, queues_set, job_id, origin, data, timestamp, description)
     redis.call('ZADD', pending, 'NX', now, ref)

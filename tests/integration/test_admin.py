@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -23,7 +24,7 @@ from service.sources.base import Described
 from service.store import keys
 from service.store.ledger_state import decode
 from service.store.limiter_scripts import INCREASE_FRACTION_PER_SECOND
-from tests.conftest import SECRET, USERCOM_KEY, close_connections, stripe_event
+from tests.conftest import SECRET, USERCOM_KEY, close_connections, sign, stripe_event
 from workers.delivery.context import DeliveryContext, configure
 from workers.delivery.job import deliver_update
 from workers.runner import build_context
@@ -207,10 +208,6 @@ def test_bulk_replay_refuses_unclear_requests(
 
 
 def test_invalid_payload_replays_only_once_it_fits(admin: Any, admin_settings: Settings, redis: Redis) -> None:
-    import json
-
-    from tests.conftest import sign
-
     broken = stripe_event("customer.updated", {"id": "cus_1", "email": 42}, event_id="evt_bad")
     body = json.dumps(broken).encode()
     headers = {"Stripe-Signature": sign(body, SECRET)}
@@ -227,10 +224,6 @@ def test_a_future_dated_event_stays_refused_when_replayed(
 ) -> None:
     """Refused at intake for being dated ahead of the clock; a replay must not let it win last-writer-wins
     against every later event."""
-    import json
-
-    from tests.conftest import sign
-
     ahead = int(time.time()) + admin_settings.max_clock_skew_seconds + 3600
     event = stripe_event("customer.updated", {"id": "cus_1", "metadata": {"user_id": "u1"}}, event_id="evt_ahead")
     body = json.dumps({**event, "created": ahead}).encode()
@@ -355,3 +348,39 @@ def test_dead_letters_whose_id_holds_a_slash_are_shown_replayed_and_deleted(
     assert ctx.store.dead_letters() == []
     bulk = http.request("POST", base + "replay", json={"all": True, "dry_run": True}, headers=AUTH)  # still bulk
     assert bulk.status == 200 and bulk.json()["matched"] == 0
+
+
+def post_event(client: Any, event: dict[str, Any]) -> int:
+    body = json.dumps(event)
+    headers = {"Stripe-Signature": sign(body, SECRET)}
+    return int(client.post("/webhooks/stripe", data=body, headers=headers, content_type="application/json").status_code)
+
+
+def test_replaying_an_event_pending_already_counts_it_once(
+    admin: Any, ctx: DeliveryContext, sandbox: SandboxServer
+) -> None:
+    """An invalid payload's dead letter is kept under a digest of its body (no event id can be read from
+    it). Sent again and accepted since under its own id, the same event is pending when the dead letter is
+    replayed: it goes out once, the replayed copy counts as coalesced, and the ledger ends balanced."""
+    event = stripe_event("customer.updated", {"id": "cus_1", "metadata": {"user_id": "u1"}}, event_id="evt_twice")
+    described = Described(None, "customer.updated", event["created"])
+    refused = ValidationError({"_schema": ["Refused by the schema of the day."]})
+    assert ctx.store.reject(invalid_item("stripe", "0123abcd", None, described, event, refused, "invalid"), "0123abcd")
+    assert post_event(admin, event) == 202
+    assert ctx.store.ledger()["in_flight"] == 1
+    for lane in (None, keys.LIVE):  # replayed while its state waits, then while a delivery holds it in hand
+        if lane == keys.LIVE:
+            event["id"] = "evt_twice_in_hand"
+            assert ctx.store.reject(invalid_item("stripe", "4567ef", None, described, event, refused, "x"), "4567ef")
+            assert post_event(admin, event) == 202
+            ctx.redis.rename(keys.USERCOM.user_state("stripe", "user:u1"), keys.USERCOM.in_hand("stripe", "user:u1"))
+        item_id = "stripe-0123abcd" if lane is None else "stripe-4567ef"
+        assert admin.post(f"/admin/dlq/{item_id}/replay", headers=AUTH).status_code == 202
+        assert ctx.redis.llen(keys.USERCOM.rq_queue_key(keys.REPLAY)) == 0  # nothing queued twice
+        pending = {**ctx.redis.hgetall(keys.USERCOM.user_state("stripe", "user:u1"))}
+        pending.update(ctx.redis.hgetall(keys.USERCOM.in_hand("stripe", "user:u1")))
+        assert ctx.store.ledger()["in_flight"] == len(decode(pending).events)
+    work(ctx, keys.LIVE)
+    ledger = ctx.store.ledger()
+    assert (ledger["received"], ledger["coalesced"] + ledger["delivered"], ledger["in_flight"]) == (4, 4, 0)
+    assert (ledger["dead_lettered"], ledger["replayed"]) == (0, 2)
