@@ -28,7 +28,9 @@ from tests.ports import unused_port
 from workers.delivery.batch import BATCH_THREADS, _Batch, _call_of
 from workers.delivery.context import DeliveryContext, configure
 from workers.delivery.group import deliver_group
+from workers.delivery.job import deliver_user
 from workers.heartbeat import HEARTBEAT_TTL_SECONDS
+from workers.ordering import Hold
 from workers.runner import build_context, run_worker
 
 USERS = [f"u{n}" for n in range(12)]
@@ -213,4 +215,22 @@ def test_claims_whose_answer_is_lost_leave_no_slot_held_under_the_in_flight_cap(
         assert ctx.store.accept(an_update(f"evt_{user}", user_id=user))
     with pytest.raises(RedisConnectionError):
         deliver_group(ctx, take_all(ctx))
+    assert ctx.redis.zcard(keys.USERCOM.limiter_in_flight) == 0
+
+
+def test_a_lone_users_claim_whose_answer_is_lost_leaves_no_slot_held(
+    ctx: DeliveryContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same for a user delivered alone (deliver_user: a job's own user), whose call's slot is booked
+    with its claim too."""
+    claim = Hold.claim
+
+    def answer_lost(hold: Hold, *args: Any) -> Any:
+        claim(hold, *args)
+        raise RedisConnectionError("the connection dropped before the answer")
+
+    monkeypatch.setattr(Hold, "claim", answer_lost)
+    assert ctx.store.accept(an_update("evt_alone", user_id="alone"))
+    with pytest.raises(RedisConnectionError):
+        deliver_user(ctx, "stripe", "user:alone")
     assert ctx.redis.zcard(keys.USERCOM.limiter_in_flight) == 0

@@ -8,6 +8,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from service.core.dead_letter import DeadLetter
 from service.core.update import UserUpdate
 from service.destinations.base import DeliveryError, Rejected
@@ -40,7 +42,11 @@ def send_user(ctx: DeliveryContext, hold: Hold, attempt: int, lane: str, slots: 
     if nothing is not None:
         return nothing
     booking = ctx.limiter.booking()  # the call's slot, booked with the claim: a round trip less
-    allowed, [booked] = hold.claim(hold.state, booking)
+    try:
+        allowed, [booked] = hold.claim(hold.state, booking)
+    except RedisError:  # the booking may have run: its slot's lease, and those it was to release, let go
+        ctx.limiter.unanswered(booking)
+        raise
     ctx.limiter.booked(booking, booked)  # held (released with the outcome) even if no call comes
     sent = send_allowed(ctx, hold, allowed, attempt, lane)
     if isinstance(sent, str):
