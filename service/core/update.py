@@ -36,3 +36,16 @@ class UserUpdate:
 
 
 _FIELDS = tuple(f.name for f in fields(UserUpdate))
+USER_ID_MAX_LENGTH = 255
+
+
+def user_id_problem(user_id: str) -> str | None:
+    """Why an id an event names its user by cannot be one (one short sentence), or None: it is a key in
+    Redis, a path segment at the destination and a filter in the dead-letter queue."""
+    if not user_id.strip():
+        return "The user id is blank."
+    if len(user_id) > USER_ID_MAX_LENGTH:
+        return f"The user id is longer than {USER_ID_MAX_LENGTH} characters."
+    if any(ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F for ch in user_id):
+        return "The user id holds a control character (a line break, a tab...)."
+    return None

@@ -15,7 +15,7 @@ from typing import Any
 from marshmallow import ValidationError
 
 from service.core.attributes import CUSTOM_ATTRIBUTE_NAME, RESERVED_KEYS, STANDARD_ATTRIBUTES
-from service.core.update import UserUpdate
+from service.core.update import UserUpdate, user_id_problem
 from service.sources.base import Envelope
 from service.sources.extraction import Extracted, Extractor, trusted_user_id
 from service.sources.registry import SOURCES as SOURCE_SPECS
@@ -73,19 +73,22 @@ class Mapping:
         extractor = EXTRACTORS[source][rule.extract]
         try:
             obj = extractor.schema.load(envelope.obj)
+            extracted = extractor.extract(obj, envelope.event_time, identity_key)
+            user_id = trusted_user_id(envelope.user_id or extracted.user_id, envelope.claim or extracted.claim, trusted)
+            if user_id is not None and (problem := user_id_problem(user_id)):
+                raise ValidationError({identity_key: [problem]})
         except ValidationError as exc:
             messages: Any = exc.messages
             for key in reversed(envelope.path):
                 messages = {key: messages}
             raise ValidationError(messages) from None
-        extracted = extractor.extract(obj, envelope.event_time, identity_key)
         standard, custom, tags = rule.apply(extracted)
         return UserUpdate(
             source=source,
             event_id=envelope.event_id,
             event_type=envelope.event_type,
             event_time=envelope.event_time,
-            user_id=trusted_user_id(envelope.user_id or extracted.user_id, envelope.claim or extracted.claim, trusted),
+            user_id=user_id,
             customer_id=extracted.customer_id,
             standard=standard,
             custom=custom,

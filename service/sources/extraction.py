@@ -13,9 +13,10 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from marshmallow import Schema
+from marshmallow import Schema, ValidationError
 
 from service.core.attributes import NAME_MAX_LENGTH
+from service.core.update import user_id_problem
 
 # Stripe amounts are in the currency's smallest unit; these currencies have none below the unit.
 ZERO_DECIMAL_CURRENCIES = frozenset("bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf".split())
@@ -90,16 +91,25 @@ def split_name(name: str | None) -> tuple[str | None, str | None]:
 
 
 def identity(metadata: dict[str, Any] | None, identity_key: str) -> str | None:
+    """The user id under `identity_key` (an integer as its digits), None when there is none; raises
+    ValidationError when it cannot be one (an object, a list, a number with a fraction)."""
     value = (metadata or {}).get(identity_key)
     if value is None or isinstance(value, bool):
         return None
+    if not isinstance(value, str | int):
+        raise ValidationError({identity_key: [f"A user id is a string or an integer, not {type(value).__name__}."]})
     value = str(value).strip()
     return value or None
 
 
 def claimed(field: str, data: dict[str, Any] | None, identity_key: str) -> Claim | None:
-    user_id = identity(data, identity_key)
-    return Claim(field, user_id) if user_id else None
+    """A buyer-settable field's user id; none when it cannot be one (whoever set it must not make the
+    event refused: untrusted, it is not used anyway)."""
+    try:
+        user_id = identity(data, identity_key)
+    except ValidationError:
+        return None
+    return Claim(field, user_id) if user_id and not user_id_problem(user_id) else None
 
 
 def trusted_user_id(user_id: str | None, claim: Claim | None, trusted: frozenset[str]) -> str | None:

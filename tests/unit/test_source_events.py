@@ -216,7 +216,10 @@ def test_standard_other_event_types_are_not_mapped() -> None:
         ),
         (standard_event(attributes={"user_id": "other"}), {"data": {"attributes": {"user_id": ["Not a User.com"]}}}),
         ({"type": "user.updated", "data": {"user_id": "u1"}}, {"timestamp": ["Missing data"]}),
-        (standard_event(user_id=""), {"data": {"user_id": ["Length must be"]}}),
+        (standard_event(user_id=""), {"data": {"user_id": ["The user id is blank"]}}),
+        (standard_event(user_id="   "), {"data": {"user_id": ["The user id is blank"]}}),
+        (standard_event(user_id="u\n1"), {"data": {"user_id": ["The user id holds a control character"]}}),
+        (standard_event(user_id="u" * 256), {"data": {"user_id": ["The user id is longer than 255"]}}),
     ],
 )
 def test_standard_invalid_events_name_the_field(event: dict[str, Any], where: dict[str, Any]) -> None:
@@ -230,3 +233,29 @@ def _matches(messages: Any, expected: Any) -> bool:
     if isinstance(expected, dict):
         return isinstance(messages, dict) and all(_matches(messages.get(k), v) for k, v in expected.items())
     return isinstance(messages, list) and any(str(m).startswith(expected[0]) for m in messages)
+
+
+@pytest.mark.parametrize("bad", [{"a": 1}, ["u1"], 1.5, "u\n1", "u" * 256])
+def test_a_user_id_that_cannot_be_one_is_refused_from_metadata_and_ignored_from_a_buyer_s_field(bad: Any) -> None:
+    """From Stripe metadata (set server-side): the event is invalid, with the reason. From a field a buyer
+    sets (Lemon Squeezy's checkout custom_data): left out, the customer's identity applies, even trusted."""
+    event = {
+        "id": "evt_odd_id",
+        "type": "customer.updated",
+        "created": 1700000000,
+        "data": {"object": {"id": "cus_1", "object": "customer", "metadata": {"user_id": bad}}},
+    }
+    with pytest.raises(ValidationError) as caught:
+        read("stripe", event)
+    assert list(caught.value.messages["data"]["object"]) == ["user_id"], caught.value.messages
+    payload = load_fixture("pay.subscription_created.json", "lemon_squeezy")
+    payload["meta"]["custom_data"] = {"user_id": bad}
+    update = read("lemonsqueezy", payload, trusted=frozenset({"lemonsqueezy.custom_data"})).update
+    assert update is not None and update.user_id is None and update.customer_id is not None
+
+
+def test_a_user_id_given_as_an_integer_is_its_digits() -> None:
+    payload = load_fixture("pay.subscription_created.json", "lemon_squeezy")
+    payload["meta"]["custom_data"] = {"user_id": 42}
+    update = read("lemonsqueezy", payload, trusted=frozenset({"lemonsqueezy.custom_data"})).update
+    assert update is not None and update.user_id == "42"

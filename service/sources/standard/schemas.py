@@ -30,6 +30,7 @@ from service.core.attributes import (
     RESERVED_KEYS,
     STANDARD_ATTRIBUTES,
 )
+from service.core.update import user_id_problem
 from service.sources.base import WholeMatch
 
 EVENT_TYPE = "user.updated"
@@ -44,9 +45,14 @@ class Scalar(fields.Field):
 
 
 class UserDataSchema(Schema):
-    user_id = fields.String(required=True, validate=validate.Length(min=1, max=255))
+    user_id = fields.String(required=True)
     attributes = fields.Dict(keys=fields.String(), values=Scalar(), load_default=dict)
     tags = fields.List(fields.String(validate=validate.Length(min=1, max=255)), load_default=list)
+
+    @validates("user_id")
+    def _check_user_id(self, user_id: str, **_: Any) -> None:
+        if problem := user_id_problem(user_id):
+            raise ValidationError(problem)
 
     @validates("attributes")
     def _check_attributes(self, attributes: dict[str, Any], **_: Any) -> None:
