@@ -60,6 +60,10 @@ class MalformedRequest(RequestError):
     code = "malformed_request"
 
 
+class IncompleteBody(RequestError):
+    code = "incomplete_body"
+
+
 class PayloadTooLarge(RequestError):
     code = "payload_too_large"
 

@@ -11,7 +11,7 @@ from typing import Any
 from flask import Flask, request
 from gunicorn.http.errors import ParseException
 from redis.exceptions import RedisError, ResponseError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import ClientDisconnected, HTTPException
 
 from service.core import errors as e
 from service.store.durability import NotDurable, NotHonoured
@@ -90,6 +90,13 @@ def malformed_body(exc: ParseException) -> tuple[dict[str, Any], int]:
     return relay_error(e.MalformedRequest("the request body is not valid HTTP/1.1 chunked encoding"))
 
 
+def incomplete_body(exc: ClientDisconnected) -> tuple[dict[str, Any], int]:
+    """The body ended short of its Content-Length or chunk size, or stopped coming (the body deadline)."""
+    return relay_error(
+        e.IncompleteBody("the request body is shorter than it says, or did not arrive within the body deadline")
+    )
+
+
 def unexpected_error(exc: Exception) -> tuple[dict[str, Any], int]:
     log.exception("unexpected error on %s %s", request.method, request.path)
     return {"error": {"code": "internal_error", "message": "internal error"}}, 500
@@ -98,6 +105,7 @@ def unexpected_error(exc: Exception) -> tuple[dict[str, Any], int]:
 def register(app: Flask) -> None:
     app.before_request(check_body_size)
     app.register_error_handler(e.RelayError, relay_error)
+    app.register_error_handler(ClientDisconnected, incomplete_body)
     app.register_error_handler(HTTPException, http_error)
     app.register_error_handler(RedisError, redis_error)
     app.register_error_handler(ParseException, malformed_body)

@@ -143,6 +143,20 @@ def test_oversized_body_is_413(post_event: Any, redis: Redis) -> None:
     assert redis.dbsize() == 0
 
 
+def test_a_body_shorter_than_its_content_length_is_400_incomplete_body(client: Any, redis: Redis) -> None:
+    """The sender stopped (or its body did not all arrive in time): a clear code, nothing written."""
+    body = json.dumps(event()).encode()
+    response = client.post(
+        "/webhooks/stripe",
+        data=body,
+        headers={"Stripe-Signature": sign(body), "Content-Type": "application/json"},
+        environ_overrides={"CONTENT_LENGTH": str(len(body) + 10)},
+    )
+    assert response.status_code == 400
+    assert error_code(response) == "incomplete_body"
+    assert redis.dbsize() == 0
+
+
 def test_non_json_content_type_is_415(post_event: Any, redis: Redis) -> None:
     response = post_event(event(), content_type="application/x-www-form-urlencoded")
     assert response.status_code == 415
