@@ -236,9 +236,7 @@ local hold_until = tonumber(redis.call('HGET', rate_key, 'hold_until') or '0')
 if now < hold_until then
     return {math.max(until_ms, current_pause), 0, math.floor(old * 1000), math.floor(old * 1000)}
 end
--- Sent in the last second: a run's slots are dated ahead of its calls (booking + n x spacing), which may
--- have gone out already; the window's count, as a booking reads it (its unused slots are given back).
-local sent = redis.call('ZCOUNT', window_key, '(' .. (exact_now - 1000), '+inf')
+local sent = redis.call('ZCOUNT', window_key, '(' .. (exact_now - 1000), exact_now)
 local new = math.max(floor_rate, old / 2, decrease * math.min(old, math.max(sent, 1)))
 new = math.min(new, old)
 redis.call('HSET', rate_key, 'base', new, 'at', now, 'hold_until', math.max(until_ms, now + 1000))

@@ -349,20 +349,3 @@ def test_a_run_is_fresh_from_its_booking_not_from_its_answer(redis: Redis, monke
         lim.release_with_next(slots)
     asked = counting(lim)
     assert call(lim) and asked == [1]
-
-
-def test_a_429_counts_the_calls_a_run_made_among_those_sent(redis: Redis, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A 429 lowers the rate to 0.9 x the calls of the last second. A run's slots are entered ahead of its
-    calls (booking + n x spacing), which come earlier: they count as sent too, not only those dated up to now."""
-    monkeypatch.setattr(workers.ratelimit, "RUN_MAX_SECONDS", 60.0)  # the test's calls, however slow
-    lim = limiter(redis, rate=20, burst=20)
-    lim._pace = 0.02  # a run's slots 50 ms apart: its tenth 450 ms ahead of its booking
-    book_run(redis, lim, further=9)
-    for _ in range(9):
-        assert call(lim)
-    other = limiter(redis, rate=20, burst=20)  # another process's 10 calls: 20 in all, the limit
-    for _ in range(10):
-        assert call(other)
-    assert not call(other)
-    other.pause(0)
-    assert other.effective_rate == pytest.approx(0.9 * 20, abs=0.01)
