@@ -144,6 +144,7 @@ class Store:
                     queue_key=dest.rq_queue_key(lane),
                     pending=dest.pending(keys.LIVE),
                     state=dest.user_state(update.source, hint),
+                    in_hand=dest.in_hand(update.source, hint),
                     job_id=job_id,
                     origin=dest.queue_name(lane),
                 )

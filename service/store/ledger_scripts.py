@@ -70,10 +70,13 @@ end
 # Accept an event for delivery, once per event id (the dedup check makes everything after it happen
 # once): merged into its user's pending state for each destination (fan-out), counted in each
 # destination's ledger, and, when the user had nothing pending there, one rq job queued for the user:
-# N events for a user cost one job and one state.
+# N events for a user cost one job and one state. An event pending already under the same id (replayed
+# from a dead letter kept under a digest of its body, or read back by a backfill past the dedup memory) is
+# not merged a second time: this copy is counted coalesced into it.
 # KEYS: dedup bucket_key, legacy_key, since_key (DedupCheck.script_keys), queues_set (rq's set of queues),
 #       customer_map (the source's customer -> user),
-#       then per destination (AcceptJobFanOut.script_keys): ledger, job_key, queue_key, pending (live lane), state
+#       then per destination (AcceptJobFanOut.script_keys): ledger, job_key, queue_key, pending (live lane), state,
+#       in_hand
 # ARGV: dedup prefix, digest, bucket, count, expire_at, shard, member (DedupCheck.script_args), data, timestamp,
 #       description (JobWriter.user_args), now, ref (of pending), event_field, event_value, customer_id, user_id (when
 #       both are given, the customer's user is learned, never re-pointed), lane (of a new job: its queue
@@ -90,7 +93,7 @@ ACCEPT_JOB_SCRIPT = (
     + DEDUP_LUA
     + MERGE_LUA
     + """
-local FIXED_KEYS, DESTINATION_KEYS = 5, 5
+local FIXED_KEYS, DESTINATION_KEYS = 5, 6
 local FIXED_ARGS, DESTINATION_ARGS = 17, 2
 local bucket_key = KEYS[1]
 local legacy_key = KEYS[2]
@@ -128,10 +131,13 @@ if customer_id ~= '' and user_id ~= '' and not seen_before() then
 end
 local fresh = first_seen(bucket_key, legacy_key, since_key, prefix, digest, bucket, count, expire_at, shard, member)
 for d = 1, destinations do
-    local ledger, job_key, queue_key, pending, state = group(KEYS, FIXED_KEYS, DESTINATION_KEYS, d)
+    local ledger, job_key, queue_key, pending, state, in_hand = group(KEYS, FIXED_KEYS, DESTINATION_KEYS, d)
     local job_id, origin = group(ARGV, FIXED_ARGS, DESTINATION_ARGS, d)
     if not fresh then
         redis.call('HINCRBY', ledger, 'duplicates', 1)
+    elseif redis.call('HEXISTS', state, event_field) == 1 or redis.call('HEXISTS', in_hand, event_field) == 1 then
+        redis.call('HINCRBY', ledger, 'received', 1)
+        redis.call('HINCRBY', ledger, 'coalesced', 1)
     else
         redis.call('HINCRBY', ledger, 'received', 1)
         local queued = redis.call('HGET', state, 'q')
@@ -277,11 +283,12 @@ class AcceptJobFanOut:
     queue_key: str
     pending: str
     state: str
+    in_hand: str
     job_id: str
     origin: str
 
     def script_keys(self) -> list[str]:
-        return [self.ledger, self.job_key, self.queue_key, self.pending, self.state]
+        return [self.ledger, self.job_key, self.queue_key, self.pending, self.state, self.in_hand]
 
     def script_args(self) -> list[str]:
         return [self.job_id, self.origin]

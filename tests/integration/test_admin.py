@@ -384,3 +384,26 @@ def test_replaying_an_event_pending_already_counts_it_once(
     ledger = ctx.store.ledger()
     assert (ledger["received"], ledger["coalesced"] + ledger["delivered"], ledger["in_flight"]) == (4, 4, 0)
     assert (ledger["dead_lettered"], ledger["replayed"]) == (0, 2)
+
+
+def test_an_event_accepted_while_the_same_is_pending_counts_once(
+    admin: Any, ctx: DeliveryContext, sandbox: SandboxServer
+) -> None:
+    """The other order: the dead letter kept under a digest is replayed first, then the provider's copy
+    arrives under its own id (the dedup memory never saw that id; a backfill reading an event back past
+    the dedup memory is the same case). The copy is counted coalesced into the pending event."""
+    event = stripe_event("customer.updated", {"id": "cus_1", "metadata": {"user_id": "u1"}}, event_id="evt_again")
+    described = Described(None, "customer.updated", event["created"])
+    refused = ValidationError({"_schema": ["Refused by the schema of the day."]})
+    assert ctx.store.reject(invalid_item("stripe", "89abcdef", None, described, event, refused, "invalid"), "89abcdef")
+    assert admin.post("/admin/dlq/stripe-89abcdef/replay", headers=AUTH).status_code == 202
+    state, in_hand = keys.USERCOM.user_state("stripe", "user:u1"), keys.USERCOM.in_hand("stripe", "user:u1")
+    ctx.redis.rename(state, in_hand)  # a delivery holds it (a retry waits): the copy counts against it there too
+    assert post_event(admin, event) == 202
+    ledger = ctx.store.ledger()
+    assert (ledger["received"], ledger["coalesced"], ledger["in_flight"]) == (2, 1, 1)
+    assert ctx.redis.llen(keys.USERCOM.rq_queue_key(keys.LIVE)) == 0  # no second job: one event pending
+    work(ctx, keys.REPLAY)
+    ledger = ctx.store.ledger()
+    assert (ledger["delivered"], ledger["coalesced"], ledger["in_flight"]) == (1, 1, 0)
+    assert sandbox.state.user_by_custom_id("u1") is not None
