@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -46,6 +47,6 @@ def user_id_problem(user_id: str) -> str | None:
         return "The user id is blank."
     if len(user_id) > USER_ID_MAX_LENGTH:
         return f"The user id is longer than {USER_ID_MAX_LENGTH} characters."
-    if any(ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F for ch in user_id):
-        return "The user id holds a control character (a line break, a tab...)."
+    if any(unicodedata.category(ch) in ("Cc", "Cf") for ch in user_id):
+        return "The user id holds a control or format character (a line break, a tab, a direction override...)."
     return None

@@ -12,7 +12,7 @@ from service.sources.registry import build_source
 from service.store.connection import web_redis
 from service.store.durability import OFF, DurableAck
 from service.store.ledger import Store
-from service.web import admin, console_app, errors, ops, webhooks
+from service.web import admin, console_app, errors, headers, ops, webhooks
 from service.web.openapi import build_spec
 
 
@@ -47,4 +47,5 @@ def build_app(settings: Settings | None = None, *, redis: Redis | None = None) -
     for blueprint in (webhooks.bp, ops.bp, admin.bp, console_app.bp):
         app.register_blueprint(blueprint)
     errors.register(app)
+    headers.register(app)
     return app

@@ -407,3 +407,19 @@ def test_an_event_accepted_while_the_same_is_pending_counts_once(
     ledger = ctx.store.ledger()
     assert (ledger["delivered"], ledger["coalesced"], ledger["in_flight"]) == (1, 1, 0)
     assert sandbox.state.user_by_custom_id("u1") is not None
+
+
+@pytest.mark.parametrize(
+    "path", ["/console", "/console/console.js", "/admin/dlq", "/admin/nothing", "/status", "/healthz"]
+)
+def test_every_answer_forbids_framing_and_sniffing_and_what_operators_read_is_not_cached(admin: Any, path: str) -> None:
+    """The console cannot be framed by another page (its buttons under that page's clicks), runs only its
+    own files, and what it and the admin API show stays out of caches; errors (a 404) carry the same."""
+    with admin.get(path, headers=AUTH) as response:  # a static file's answer holds the file open
+        headers = response.headers
+    assert "frame-ancestors 'none'" in headers["Content-Security-Policy"]
+    assert "default-src 'self'" in headers["Content-Security-Policy"]
+    assert headers["X-Frame-Options"] == "DENY"
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert headers["Referrer-Policy"] == "no-referrer"
+    assert (headers.get("Cache-Control") == "no-store") == (path != "/healthz")

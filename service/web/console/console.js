@@ -85,7 +85,9 @@ function leave() { clearTimeout(state.timer); state.view += 1; }
 function loginPage(message) {
   leave();
   document.getElementById("nav").hidden = true;
-  const input = el("input", { id: "token", type: "password", placeholder: "RELAY_ADMIN_TOKEN", size: "40" });
+  const input = el("input", {
+    id: "token", type: "password", placeholder: "RELAY_ADMIN_TOKEN", size: "40", autocomplete: "off",
+  });
   const form = el("form", { id: "login-form", onsubmit: (event) => {
     event.preventDefault();
     sessionStorage.setItem(TOKEN_KEY, input.value);
