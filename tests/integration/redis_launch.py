@@ -105,7 +105,11 @@ def start_relay(tmp_path: Path, env: dict[str, str], *roles: str) -> tuple[str, 
         with (tmp_path / "worker.log").open("wb") as log:
             processes["worker"] = subprocess.Popen([RELAY, "worker"], env=full, stdout=log, stderr=subprocess.STDOUT)
     if "web" in roles:
-        processes["web"], base = start_web(tmp_path / "web.log", full)
+        try:
+            processes["web"], base = start_web(tmp_path / "web.log", full)
+        except BaseException:  # the worker started: stopped, not left running after the suite
+            stop_relay(processes)
+            raise
     return base, processes
 
 
@@ -115,10 +119,15 @@ def start_web(log: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], 
     could be taken before the bind) can answer for it."""
     with log.open("wb") as out:
         web = subprocess.Popen([RELAY, "web", "--bind", "127.0.0.1:0"], env=env, stdout=out, stderr=subprocess.STDOUT)
-    port = wait_until(lambda: _listening_port(log, web), 60, "gunicorn's listening line")
-    base = f"http://127.0.0.1:{port}"
-    http = urllib3.PoolManager(retries=False, timeout=5)
-    wait_until(lambda: http.request("GET", f"{base}/readyz").status == 200, 60, f"/readyz; {log}")
+    try:
+        port = wait_until(lambda: _listening_port(log, web), 60, "gunicorn's listening line")
+        base = f"http://127.0.0.1:{port}"
+        http = urllib3.PoolManager(retries=False, timeout=5)
+        wait_until(lambda: http.request("GET", f"{base}/readyz").status == 200, 60, f"/readyz; {log}")
+    except BaseException:  # not left running after the suite
+        web.kill()
+        web.wait()
+        raise
     close_connections(http)
     return web, base
 
