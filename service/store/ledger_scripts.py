@@ -135,7 +135,7 @@ for d = 1, destinations do
     local job_id, origin = group(ARGV, FIXED_ARGS, DESTINATION_ARGS, d)
     if not fresh then
         redis.call('HINCRBY', ledger, 'duplicates', 1)
-    elseif redis.call('HEXISTS', state, event_field) == 1 or redis.call('HEXISTS', in_hand, event_field) == 1 then
+    elseif pending_already(state, in_hand, event_field) then
         redis.call('HINCRBY', ledger, 'received', 1)
         redis.call('HINCRBY', ledger, 'coalesced', 1)
     else

@@ -220,6 +220,10 @@ local function merge_field(state, name, value)
         redis.call('HSET', state, name, value)
     end
 end
+-- Whether an event is pending for the user already: merged in (the state) or taken by a delivery (in hand).
+local function pending_already(state, in_hand, event_field)
+    return redis.call('HEXISTS', state, event_field) == 1 or redis.call('HEXISTS', in_hand, event_field) == 1
+end
 local function merge_hash(target, source)
     local all = redis.call('HGETALL', source)
     for i = 1, #all, 2 do merge_field(target, all[i], all[i + 1]) end

@@ -158,7 +158,7 @@ if not dlq_remove(dlq, dlq_id) then return 0 end
 redis.call('HINCRBY', ledger, 'dead_lettered', -1)
 redis.call('HINCRBY', ledger, 'replayed', 1)
 redis.call('DEL', outcome_key)
-if redis.call('HEXISTS', state, event_field) == 1 or redis.call('HEXISTS', in_hand, event_field) == 1 then
+if pending_already(state, in_hand, event_field) then
     redis.call('HINCRBY', ledger, 'coalesced', 1)
     return 1
 end

@@ -101,7 +101,7 @@ local event_field = ARGV[1]
 local event_value = ARGV[2]
 
 if redis.call('EXISTS', outcome_key) == 1 then return 0 end
-if redis.call('HEXISTS', state, event_field) == 1 or redis.call('HEXISTS', in_hand, event_field) == 1 then
+if pending_already(state, in_hand, event_field) then
     return 0
 end
 for i = FIRST_FIELD, #ARGV, 2 do merge_field(state, ARGV[i], ARGV[i + 1]) end
