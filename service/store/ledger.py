@@ -221,7 +221,7 @@ class Store:
         now = time.time()
         script_keys = [
             *self.keys.dlq,
-            *(self.keys.ledger, self.keys.outcome(update.source, update.event_id), keys.RQ_JOB_KEY_PREFIX + job_id),
+            *(self.keys.ledger, keys.RQ_JOB_KEY_PREFIX + job_id),
             *(self.keys.rq_queue_key(keys.REPLAY), keys.RQ_QUEUES_SET, self.keys.pending(keys.REPLAY)),
             *(self.keys.user_state(update.source, hint), self.keys.in_hand(update.source, hint)),
         ]

@@ -123,8 +123,10 @@ return result
 # (dead_lettered - 1) and its next outcome is counted afresh. An event pending already under the same id
 # (an invalid payload's dead letter is kept under a digest of its body: the same event, sent again and
 # accepted since) is not merged a second time: the replayed copy is counted coalesced into it at once.
-# KEYS: dlq_items, dlq_index, dlq_reasons, dlq_dropped, ledger, outcome_key (from before the upgrade),
-#       job_key, queue_key (replay lane), queues_set, pending (replay lane), state, in_hand
+# The outcome key a per-event job from before the upgrade set stays: a re-run of that job, once the
+# replayed copy is delivered, must find the event counted (Ordering.park), not deliver it again.
+# KEYS: dlq_items, dlq_index, dlq_reasons, dlq_dropped, ledger, job_key, queue_key (replay lane), queues_set,
+#       pending (replay lane), state, in_hand
 # ARGV: dlq_id, job_id, origin, data, timestamp, description (JobWriter.user_args), now, ref,
 #       event_field, event_value, then the update's state fields: field, value
 # Returns: 1 (replayed) | 0 (the item is gone: deleted or replayed meanwhile)
@@ -136,13 +138,12 @@ REPLAY_USER_SCRIPT = (
 local FIRST_FIELD = 11
 local dlq = {KEYS[1], KEYS[2], KEYS[3], KEYS[4]}
 local ledger = KEYS[5]
-local outcome_key = KEYS[6]
-local job_key = KEYS[7]
-local queue_key = KEYS[8]
-local queues_set = KEYS[9]
-local pending = KEYS[10]
-local state = KEYS[11]
-local in_hand = KEYS[12]
+local job_key = KEYS[6]
+local queue_key = KEYS[7]
+local queues_set = KEYS[8]
+local pending = KEYS[9]
+local state = KEYS[10]
+local in_hand = KEYS[11]
 local dlq_id = ARGV[1]
 local job_id = ARGV[2]
 local origin = ARGV[3]
@@ -157,7 +158,6 @@ local event_value = ARGV[10]
 if not dlq_remove(dlq, dlq_id) then return 0 end
 redis.call('HINCRBY', ledger, 'dead_lettered', -1)
 redis.call('HINCRBY', ledger, 'replayed', 1)
-redis.call('DEL', outcome_key)
 if pending_already(state, in_hand, event_field) then
     redis.call('HINCRBY', ledger, 'coalesced', 1)
     return 1

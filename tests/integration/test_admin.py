@@ -423,3 +423,22 @@ def test_every_answer_forbids_framing_and_sniffing_and_what_operators_read_is_no
     assert headers["X-Content-Type-Options"] == "nosniff"
     assert headers["Referrer-Policy"] == "no-referrer"
     assert (headers.get("Cache-Control") == "no-store") == (path != "/healthz")
+
+
+def test_a_per_event_job_run_again_after_its_dead_letter_was_replayed_sends_nothing(
+    admin: Any, ctx: DeliveryContext, sandbox: SandboxServer
+) -> None:
+    """A job queued before the upgrade (one event's whole update) dead-letters its event, counted by the
+    event's outcome key, and its worker dies before rq marks it done. The operator replays the dead letter,
+    which is delivered; rq's re-run of the old job must find the event counted, not send it again."""
+    old = update("evt_old")
+    ctx.redis.hincrby(keys.USERCOM.ledger, "received", 1)  # what the per-event release counted at intake
+    sandbox.state.faults.append(Fault(400))
+    assert deliver_update(ctx, old) == "dead_lettered"
+    assert admin.post("/admin/dlq/stripe-evt_old/replay", headers=AUTH).status_code == 202
+    work(ctx, keys.REPLAY)
+    calls = len(sandbox.state.requests)
+    deliver_update(ctx, old)  # rq's re-run
+    assert len(sandbox.state.requests) == calls
+    ledger = ctx.store.ledger()
+    assert (ledger["received"], ledger["delivered"], ledger["in_flight"]) == (1, 1, 0)
