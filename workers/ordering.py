@@ -155,6 +155,14 @@ class Ordering:
             )
         )
 
+    def pending(self, source: str, hint: str, event_id: str) -> bool:
+        """Whether the event is pending for the user: in its state, or in hand."""
+        field = f"e:{event_id}"
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hexists(self.keys.user_state(source, hint), field)
+            pipe.hexists(self.keys.in_hand(source, hint), field)
+            return any(pipe.execute())
+
     def take_many(self, users: list[tuple[str, str, str, str | None]]) -> list[Hold | None]:
         """Take several users' leases and states in one round trip, without waiting: per user (source, hint,
         user id, memory key) its Hold, or None when another job holds the user (or the same user came

@@ -12,6 +12,7 @@ import urllib3
 from marshmallow import ValidationError
 from redis import Redis
 from rq import SimpleWorker
+from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from service import create_app
@@ -22,11 +23,12 @@ from service.devtools.wsgi_server import BackgroundServer
 from service.intake import invalid_item
 from service.sources.base import Described
 from service.store import keys
+from service.store.jobs import DELIVER_FUNC, job_id_for
 from service.store.ledger_state import decode
 from service.store.limiter_scripts import INCREASE_FRACTION_PER_SECOND
 from tests.conftest import SECRET, USERCOM_KEY, close_connections, sign, stripe_event
 from workers.delivery.context import DeliveryContext, configure
-from workers.delivery.job import deliver_update
+from workers.delivery.job import deliver_update, on_job_failure
 from workers.runner import build_context
 
 TOKEN = "admin-token-for-tests-0123456789"
@@ -442,3 +444,37 @@ def test_a_per_event_job_run_again_after_its_dead_letter_was_replayed_sends_noth
     assert len(sandbox.state.requests) == calls
     ledger = ctx.store.ledger()
     assert (ledger["received"], ledger["delivered"], ledger["in_flight"]) == (1, 1, 0)
+
+
+def test_a_per_event_job_failing_for_good_after_parking_its_event_counts_it_once(
+    ctx: DeliveryContext, sandbox: SandboxServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job queued before the upgrade parks its event in its user's state, then fails on every run (a
+    bug). After its last run the event is dead-lettered with what is pending for the user, once: the
+    user's next delivery neither sends nor counts it again."""
+    old = update("evt_parked", plan="starter")
+    ctx.redis.hincrby(keys.USERCOM.ledger, "received", 1)  # what the per-event release counted at intake
+
+    def broken(*_: Any, **__: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(ctx.client, "send", broken)
+        with pytest.raises(RuntimeError):
+            deliver_update(ctx, old)
+    job = Job.create(
+        DELIVER_FUNC,
+        args=(old.to_dict(), 1, None, keys.LIVE),
+        connection=ctx.redis,
+        serializer=JSONSerializer,
+        id=job_id_for(old, destination="usercom"),
+        origin=keys.USERCOM.queue_name(keys.LIVE),
+    )
+    job.retries_left = 0  # its last run
+    on_job_failure(job, ctx.redis, RuntimeError, RuntimeError("a bug"), None)
+    assert [item["event_id"] for item in ctx.store.dead_letters()] == ["evt_parked"]
+    assert ctx.store.accept(update("evt_next", event_time=200, plan="pro"))
+    work(ctx, keys.LIVE)
+    assert sandbox.state.user_by_custom_id("u1")["attributes"] == {"plan": "pro"}  # type: ignore[index]
+    ledger = ctx.store.ledger()
+    assert (ledger["received"], ledger["dead_lettered"], ledger["delivered"], ledger["in_flight"]) == (2, 1, 1, 0)

@@ -173,10 +173,13 @@ def on_job_failure(job: Job, connection: Redis, exc_type: type, exc: BaseExcepti
         if user is None:
             log.warning("job %s failed (%s) with nothing pending for its user", job.id, exc_type.__name__)
             return
-        user_id = resolve_user(ctx.redis, *user)
-        with ctx.ordering.hold(*user, user_id) as hold:
-            count = settle_all(ctx, hold, "internal_error", message, attempts, None, lane)
-        log.error("dead-lettered %d events of job %s after an unexpected %s", count, job.id, exc_type.__name__)
+        _dead_letter_user(ctx, user, job.id, exc_type, message, attempts, lane)
+        return
+    # A job from before the upgrade whose event it parked in its user's state (Ordering.park): counted with
+    # the user's events, as they are; counted apart, it would be counted again when the user is delivered.
+    parked = _parked_user(ctx, raw)
+    if parked is not None:
+        _dead_letter_user(ctx, parked, job.id, exc_type, message, attempts, lane)
         return
     now = ctx.clock()
     item = DeadLetter(
@@ -198,6 +201,29 @@ def on_job_failure(job: Job, connection: Redis, exc_type: type, exc: BaseExcepti
         return
     DELIVERIES.labels("dead_lettered", lane, ctx.client.name).inc()
     log.error("dead-lettered job %s after an unexpected %s", job.id, exc_type.__name__)
+
+
+def _dead_letter_user(
+    ctx: DeliveryContext, user: tuple[str, str], job_id: str, exc_type: type, message: str, attempts: int, lane: str
+) -> None:
+    """Everything pending for the user, dead-lettered (internal_error) under its lease."""
+    user_id = resolve_user(ctx.redis, *user)
+    with ctx.ordering.hold(*user, user_id) as hold:
+        count = settle_all(ctx, hold, "internal_error", message, attempts, None, lane)
+    log.error("dead-lettered %d events of job %s after an unexpected %s", count, job_id, exc_type.__name__)
+
+
+def _parked_user(ctx: DeliveryContext, raw: dict[str, Any]) -> tuple[str, str] | None:
+    """The (source, hint) of a per-event job's update when its event is parked in its user's state (or
+    in hand); None otherwise (never parked, or counted already)."""
+    try:
+        update = UserUpdate.from_dict(raw)
+    except TypeError:  # not an update's fields
+        return None
+    hint = update.hint
+    if hint is None or not ctx.ordering.pending(update.source, hint, update.event_id):
+        return None
+    return update.source, hint
 
 
 __all__ = ["EventOutcome", "Rejected", "deliver", "deliver_update", "deliver_user", "on_job_failure"]
