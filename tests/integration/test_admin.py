@@ -358,6 +358,14 @@ def post_event(client: Any, event: dict[str, Any]) -> int:
     return int(client.post("/webhooks/stripe", data=body, headers=headers, content_type="application/json").status_code)
 
 
+def refused_under_a_digest(ctx: DeliveryContext, event: dict[str, Any], digest: str) -> None:
+    """Keep `event` as intake keeps an invalid payload it could read no event id from: under a digest of its
+    body (here: as if the schema of the day had refused it)."""
+    described = Described(None, "customer.updated", event["created"])
+    refused = ValidationError({"_schema": ["Refused by the schema of the day."]})
+    assert ctx.store.reject(invalid_item("stripe", digest, None, described, event, refused, "invalid"), digest)
+
+
 def test_replaying_an_event_pending_already_counts_it_once(
     admin: Any, ctx: DeliveryContext, sandbox: SandboxServer
 ) -> None:
@@ -365,15 +373,13 @@ def test_replaying_an_event_pending_already_counts_it_once(
     it). Sent again and accepted since under its own id, the same event is pending when the dead letter is
     replayed: it goes out once, the replayed copy counts as coalesced, and the ledger ends balanced."""
     event = stripe_event("customer.updated", {"id": "cus_1", "metadata": {"user_id": "u1"}}, event_id="evt_twice")
-    described = Described(None, "customer.updated", event["created"])
-    refused = ValidationError({"_schema": ["Refused by the schema of the day."]})
-    assert ctx.store.reject(invalid_item("stripe", "0123abcd", None, described, event, refused, "invalid"), "0123abcd")
+    refused_under_a_digest(ctx, event, "0123abcd")
     assert post_event(admin, event) == 202
     assert ctx.store.ledger()["in_flight"] == 1
     for lane in (None, keys.LIVE):  # replayed while its state waits, then while a delivery holds it in hand
         if lane == keys.LIVE:
             event["id"] = "evt_twice_in_hand"
-            assert ctx.store.reject(invalid_item("stripe", "4567ef", None, described, event, refused, "x"), "4567ef")
+            refused_under_a_digest(ctx, event, "4567ef")
             assert post_event(admin, event) == 202
             ctx.redis.rename(keys.USERCOM.user_state("stripe", "user:u1"), keys.USERCOM.in_hand("stripe", "user:u1"))
         item_id = "stripe-0123abcd" if lane is None else "stripe-4567ef"
@@ -395,9 +401,7 @@ def test_an_event_accepted_while_the_same_is_pending_counts_once(
     arrives under its own id (the dedup memory never saw that id; a backfill reading an event back past
     the dedup memory is the same case). The copy is counted coalesced into the pending event."""
     event = stripe_event("customer.updated", {"id": "cus_1", "metadata": {"user_id": "u1"}}, event_id="evt_again")
-    described = Described(None, "customer.updated", event["created"])
-    refused = ValidationError({"_schema": ["Refused by the schema of the day."]})
-    assert ctx.store.reject(invalid_item("stripe", "89abcdef", None, described, event, refused, "invalid"), "89abcdef")
+    refused_under_a_digest(ctx, event, "89abcdef")
     assert admin.post("/admin/dlq/stripe-89abcdef/replay", headers=AUTH).status_code == 202
     state, in_hand = keys.USERCOM.user_state("stripe", "user:u1"), keys.USERCOM.in_hand("stripe", "user:u1")
     ctx.redis.rename(state, in_hand)  # a delivery holds it (a retry waits): the copy counts against it there too
