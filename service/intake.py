@@ -26,14 +26,13 @@ from service.config.settings import DEFAULT_MAX_CLOCK_SKEW_SECONDS
 from service.core.dead_letter import IDENTITY_CONFLICT, DeadLetter
 from service.core.errors import InvalidPayload, MalformedJson, RelayError, StoreUnavailable, UnsupportedMediaType
 from service.core.payload_shape import MAX_DEPTH, may_hold_surrogates, shape_problem
-from service.core.update import UserUpdate
+from service.core.update import EVENT_ID, EVENT_ID_RULE, UserUpdate
 from service.mapping import Mapping
 from service.ops.logs import EverySeconds
 from service.ops.metrics import INGEST_SECONDS, WEBHOOKS
 from service.sources.base import Described, Envelope, Source
 from service.store.customer_map import IdentityConflict
 from service.store.durability import DurableAck
-from service.store.jobs import EVENT_ID as SAFE_ID  # an event id fit for keys, job ids and the DLQ
 from service.store.ledger import Store
 from service.store.ledger_user import unresolved
 
@@ -83,8 +82,8 @@ def read_event(
 def check_envelope(envelope: Envelope) -> None:
     """What every source's envelope must be, whatever the provider allows: an event id the relay
     stores as it is (keys, job ids, the dead-letter queue), never mangled."""
-    if not (isinstance(envelope.event_id, str) and SAFE_ID.match(envelope.event_id)):
-        raise ValidationError({"id": ["The event id must be 1-255 of A-Z a-z 0-9 _ . : -"]})
+    if not (isinstance(envelope.event_id, str) and EVENT_ID.match(envelope.event_id)):
+        raise ValidationError({"id": [f"The event id must be {EVENT_ID_RULE}"]})
 
 
 def _is_json(content_type: str | None) -> bool:
@@ -284,7 +283,7 @@ class Intake:
     ) -> InvalidPayload:
         """Keep the event in the dead-letter queue; the caller refuses it with the field messages."""
         source = self.source.name
-        event_id = described.event_id if described.event_id and SAFE_ID.match(described.event_id) else None
+        event_id = described.event_id if described.event_id and EVENT_ID.match(described.event_id) else None
         event_type = described.event_type
         key = event_id or hashlib.sha256(raw).hexdigest()[:32]
         self.store.reject(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -38,6 +39,10 @@ class UserUpdate:
 
 _FIELDS = tuple(f.name for f in fields(UserUpdate))
 USER_ID_MAX_LENGTH = 255
+# What intake accepts as an event id (it names keys, job ids and dead letters); not `.` or `..`, which a
+# URL reads as a path step (/admin/dlq/<id>).
+EVENT_ID = re.compile(r"^(?!\.\.?\Z)[A-Za-z0-9_.:-]{1,255}\Z")
+EVENT_ID_RULE = "1-255 of A-Z a-z 0-9 _ . : -, and not . or .."
 
 
 def user_id_problem(user_id: str) -> str | None:
@@ -45,6 +50,8 @@ def user_id_problem(user_id: str) -> str | None:
     Redis, a path segment at the destination and a filter in the dead-letter queue."""
     if not user_id.strip():
         return "The user id is blank."
+    if user_id in (".", ".."):
+        return "The user id is . or .., which a URL reads as a path step, not a segment."
     if len(user_id) > USER_ID_MAX_LENGTH:
         return f"The user id is longer than {USER_ID_MAX_LENGTH} characters."
     if any(unicodedata.category(ch) in ("Cc", "Cf") for ch in user_id):

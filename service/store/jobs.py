@@ -15,7 +15,7 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 from rq.utils import now, utcformat
 
-from service.core.update import UserUpdate
+from service.core.update import EVENT_ID, UserUpdate
 from service.store import keys
 
 # service reaches worker code by dotted name only
@@ -42,7 +42,6 @@ FAILED_JOB_TTL = 14 * 24 * 3600  # rq keeps jobs that crashed unexpectedly this 
 # Ids of jobs already queued stay as they were (the worker builds a retry's id from the id in hand).
 KEPT_EVENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*\Z")
 ESCAPES = {"_": "_u", "-": "_h", ".": "_d", ":": "_c"}
-EVENT_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,255}\Z")  # what intake accepts as an event id
 
 
 def job_event_id(event_id: str) -> str:

@@ -221,6 +221,7 @@ def test_standard_other_event_types_are_not_mapped() -> None:
         (standard_event(user_id="u\n1"), {"data": {"user_id": ["The user id holds a control or format character"]}}),
         (standard_event(user_id="u" * 256), {"data": {"user_id": ["The user id is longer than 255"]}}),
         (standard_event(user_id="\u202e1-toor"), {"data": {"user_id": ["The user id holds a control or format"]}}),
+        (standard_event(user_id=".."), {"data": {"user_id": ["The user id is . or .."]}}),
     ],
 )
 def test_standard_invalid_events_name_the_field(event: dict[str, Any], where: dict[str, Any]) -> None:
@@ -236,7 +237,7 @@ def _matches(messages: Any, expected: Any) -> bool:
     return isinstance(messages, list) and any(str(m).startswith(expected[0]) for m in messages)
 
 
-@pytest.mark.parametrize("bad", [{"a": 1}, ["u1"], 1.5, "u\n1", "\u202eu1", "u" * 256])
+@pytest.mark.parametrize("bad", [{"a": 1}, ["u1"], 1.5, "u\n1", "\u202eu1", "u" * 256, ".", ".."])
 def test_a_user_id_that_cannot_be_one_is_refused_from_metadata_and_ignored_from_a_buyer_s_field(bad: Any) -> None:
     """From Stripe metadata (set server-side): the event is invalid, with the reason. From a field a buyer
     sets (Lemon Squeezy's checkout custom_data): left out, the customer's identity applies, even trusted."""

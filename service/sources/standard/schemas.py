@@ -30,11 +30,10 @@ from service.core.attributes import (
     RESERVED_KEYS,
     STANDARD_ATTRIBUTES,
 )
-from service.core.update import user_id_problem
-from service.sources.base import WholeMatch
+from service.core.update import EVENT_ID, EVENT_ID_RULE, user_id_problem
 
 EVENT_TYPE = "user.updated"
-WEBHOOK_ID = WholeMatch(r"^[A-Za-z0-9_.:-]{1,255}$", error="webhook-id must be 1-255 of A-Z a-z 0-9 _ . : -")
+WEBHOOK_ID = validate.Regexp(EVENT_ID, error=f"webhook-id must be {EVENT_ID_RULE}")
 
 
 class Scalar(fields.Field):
