@@ -2,8 +2,8 @@
 
 The same sync as Stripe's (service.backfill.sync: checkpoint, resumable, twice sends nothing new),
 with Paddle's shape: each customer becomes the notification a `customer.updated` would be, each
-subscription a `subscription.updated`, `occurred_at` the time its page was read (a newer webhook
-still wins). Paddle scopes customers to `active` by default: `status=active,archived` reads them
+subscription a `subscription.updated`, `occurred_at` the second before its page was asked for (a
+newer webhook still wins). Paddle scopes customers to `active` by default: `status=active,archived` reads them
 all; subscriptions are listed in every status by default. Read oldest id first (`order_by=id[ASC]`)
 so a checkpoint's `after` cursor continues where it stopped. A canceled subscription is stamped with
 its `canceled_at` (service.backfill.sync.ended_stamp), older than any page's read time, so a

@@ -3,7 +3,7 @@ subscriptions (each provider's `Shape`: Paddle's in service/backfill/paddle_sync
 
 Each customer becomes the update a `customer.updated` event would make, each subscription (every
 status) the one a `customer.subscription.updated` would, through the same schemas and mapping,
-stamped with the time its page was read: a webhook newer than the snapshot still wins
+stamped with the second before its page was asked for: a webhook newer than the snapshot still wins
 (last-writer-wins by event time), an older one never overwrites it. An ended subscription
 (canceled, incomplete_expired) is stamped with the time it ended (ended_at, else canceled_at; at
 most a second before its read; without either, that second): when its state became true, and
@@ -111,7 +111,8 @@ class Checkpoint:
 
     def load(self) -> tuple[str, str | None] | None:
         """Where an interrupted sync stopped; None (start over: nothing is sent twice) without one, or
-        for a checkpoint written by a relay that read the phases in another order."""
+        for a checkpoint of other phases: a `--customers-only` run's, or one written by a relay that
+        read the phases in another order."""
         raw = self.redis.hgetall(self.key)
         if not raw or raw.get(b"order", b"").decode() != self.order:
             return None
@@ -140,8 +141,8 @@ def sync(
     stop: threading.Event | None = None,
     reporter: Reporter | None = None,
 ) -> dict[str, Any]:
-    checkpoint = Checkpoint(feeder.store.redis, feeder.source_name, shape.phases)
     phases = ("customers",) if customers_only else shape.phases
+    checkpoint = Checkpoint(feeder.store.redis, feeder.source_name, phases)
     resumed = None if from_scratch or feeder.dry_run else checkpoint.load()
     start_phase, after = resumed if resumed and resumed[0] in phases else (phases[0], None)
     reread = checkpoint.reread() if after else {}
@@ -149,8 +150,10 @@ def sync(
     fed: set[str] = set()  # customers this run fed with their subscription
     try:
         for phase in phases[phases.index(start_phase) :]:
-            for page in _pages(reader, shape, phase, after, reread):
-                read_at = int(time.time())
+            for page, asked_at in _pages(reader, shape, phase, after, reread):
+                # A second before the page was asked for: a change the provider made after it built the
+                # page has an event time of that second or later, so its webhook outranks the snapshot.
+                read_at = int(asked_at) - 1
                 for obj in page:
                     _feed(feeder, shape, phase, obj, read_at, fed)
                 if not feeder.dry_run:
@@ -174,16 +177,18 @@ def sync(
 
 def _pages(
     reader: Any, shape: Shape, phase: str, after: str | None, reread: dict[str, Any]
-) -> Iterator[list[dict[str, Any]]]:
-    """The pages of `phase` after the object `after`; when the list no longer holds it, those that
-    `reread` (Shape.reread of that object) selects. Each fallback follows a page read since, so a
-    cursor that is gone is never asked for twice."""
+) -> Iterator[tuple[list[dict[str, Any]], float]]:
+    """The pages of `phase` after the object `after`, each with the time it was asked for (before any
+    wait of the reader's); when the list no longer holds `after`, those that `reread` (Shape.reread of
+    that object) selects. Each fallback follows a page read since, so a cursor that is gone is never
+    asked for twice."""
     params = shape.params.get(phase, {})
     query = params
     while True:
         try:
-            for page in reader.pages(phase, query, after):
-                yield page
+            pages = iter(reader.pages(phase, query, after))
+            while (asked_at := time.time()) and (page := next(pages, None)) is not None:
+                yield page, asked_at
                 after, reread = page[-1]["id"], shape.reread(page[-1])
             return
         except CursorGone:

@@ -20,6 +20,7 @@ import collections
 import fnmatch
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +53,8 @@ class StripeApiState:
     requests: list[dict[str, Any]] = field(default_factory=list)
     faults: collections.deque[tuple[int, str | None]] = field(default_factory=collections.deque)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Called with the path of each list page built, before it is answered (tests: a change made meanwhile).
+    after_page: Callable[[str], None] | None = None
 
     def add_event(self, event: dict[str, Any], *, delivered: bool = True) -> None:
         with self.lock:
@@ -170,6 +173,12 @@ def create_app(state: StripeApiState) -> Flask:
             )
             return body, status, ({"Retry-After": retry_after} if retry_after else {})
         return None
+
+    @app.after_request
+    def page_built(response: Any) -> Any:
+        if state.after_page is not None and response.status_code == 200:
+            state.after_page(request.path)
+        return response
 
     @app.get("/v1/events")
     def list_events() -> Any:

@@ -47,7 +47,7 @@ def test_a_sync_whose_checkpoint_customer_was_deleted_resumes_from_its_second(
     stop.set()  # as Ctrl-C during the first page
     feeder = Feeder(settings, Store.from_settings(redis, settings), "stripe")
     sync(StripeReader(API_KEY, stripe_api.base_url, max_rps=1000), feeder, customers_only=True, stop=stop)
-    assert Checkpoint(redis, "stripe").load() == ("customers", "cus_000050")  # newest first: 149 .. 50
+    assert Checkpoint(redis, "stripe", ("customers",)).load() == ("customers", "cus_000050")  # newest first
     stripe_api.state.delete_customer("cus_000050")
     stripe_api.state.requests.clear()
 
@@ -91,7 +91,7 @@ def test_a_gone_cursor_without_its_second_reads_the_phase_again(
 ) -> None:
     """A checkpoint written before the relay kept the second: the phase is read again from its start."""
     seed_customers(stripe_api, 3)
-    checkpoint = {"phase": "customers", "after": "cus_000009", "order": "subscriptions,customers", "at": 1}
+    checkpoint = {"phase": "customers", "after": "cus_000009", "order": "customers", "at": 1}  # --customers-only
     redis.hset(keys.sync_checkpoint("stripe"), mapping=checkpoint)
     code, summary = run(capsys, "sync", "stripe", "--customers-only", "--json")
     assert code == 0

@@ -81,6 +81,33 @@ def test_a_webhook_newer_than_the_snapshot_wins_an_older_one_does_not(
     assert (attributes[1]["plan"], attributes[1]["subscription_status"]) == ("basic", "active")
 
 
+def test_a_change_made_once_the_page_was_built_wins_over_the_snapshot(
+    api_env: dict[str, str],
+    stripe_api: StripeApiServer,
+    sandbox: SandboxServer,
+    post_event: Callable[..., Any],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Stripe changes the subscription after building the page that still shows the old plan, in the same
+    second: the change's webhook is newer than the snapshot, whenever the page arrives."""
+    settings = Settings.from_env(api_env)
+    seed(stripe_api, users=1)
+    changed: list[dict[str, Any]] = []
+
+    def change(path: str) -> None:
+        if path == "/v1/subscriptions" and not changed:
+            changed.append(subscription(0, created=1_700_000_000, plan="pro", status="active"))
+            stripe_api.state.subscriptions[0] = changed[0]
+            made = int(time.time())  # the change's event is dated the second it was made
+            changed.append(stripe_event("customer.subscription.updated", changed[0], event_id="evt_pro", created=made))
+
+    stripe_api.state.after_page = change
+    assert run(capsys, "sync", "stripe", "--json")[0] == 0
+    assert post_event(changed[1])
+    drain(settings)
+    assert sandbox.state.user_by_custom_id("user-0")["attributes"]["plan"] == "pro"  # type: ignore[index]
+
+
 def test_an_interrupted_sync_continues_from_its_checkpoint(
     api_env: dict[str, str], stripe_api: StripeApiServer, redis: Redis, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -108,6 +135,30 @@ def test_a_checkpoint_from_the_old_phase_order_starts_over(
     redis.hset(keys.sync_checkpoint("stripe"), mapping={"phase": "customers", "after": "cus_000001", "at": 1})
     code, summary = run(capsys, "sync", "stripe", "--json")
     assert (code, summary["resumed"], summary["accepted"]) == (0, False, 6)  # subscriptions were not skipped
+
+
+@pytest.mark.parametrize(("interrupted", "then"), [(["--customers-only"], []), ([], ["--customers-only"])])
+def test_a_checkpoint_of_the_other_mode_starts_over(
+    api_env: dict[str, str],
+    stripe_api: StripeApiServer,
+    redis: Redis,
+    capsys: pytest.CaptureFixture[str],
+    interrupted: list[str],
+    then: list[str],
+) -> None:
+    """A full sync does not take a `--customers-only` run's place in the customers as its own (it would
+    skip the subscriptions), nor the other way round."""
+    seed(stripe_api, users=150)  # two pages
+    # Stripe fails once the first page is read: the sync stops with a checkpoint after that page.
+    stripe_api.state.after_page = lambda _path: stripe_api.state.fail_next(500, times=5)
+    code, _ = run(capsys, "sync", "stripe", "--json", *interrupted)
+    stripe_api.state.after_page = None
+    stripe_api.state.faults.clear()
+    assert code == 3 and redis.exists(keys.sync_checkpoint("stripe"))
+    code, summary = run(capsys, "sync", "stripe", "--json", *then)
+    assert (code, summary["resumed"], summary["interrupted"]) == (0, False, False)
+    assert summary["accepted"] == (150 if then else 300) - summary["duplicate"]
+    assert summary["duplicate"] == 100  # the first page, fed before the interruption
 
 
 def test_each_user_is_sent_once_customer_and_subscription_together(
