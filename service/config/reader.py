@@ -151,6 +151,8 @@ class Reader:
             raise SettingsError(f"{name} is required")
         if any(c.isspace() for c in raw):
             raise SettingsError(f"{name} must not contain whitespace")
+        if not (raw.isascii() and raw.isprintable()):  # it goes in an HTTP header: API keys and tokens are ASCII
+            raise SettingsError(f"{name} holds a character that is not printable ASCII (one pasted with it?)")
         return raw
 
     def names(self, name: str, known: tuple[str, ...]) -> tuple[str, ...]:
