@@ -23,6 +23,7 @@ class Reporter:
         self.title = title
         self.quiet = quiet
         self.dry_run = dry_run
+        self._total = total
         self._progress: Progress | None = None
         self._task: TaskID | None = None
         if not quiet:
@@ -63,7 +64,10 @@ class Reporter:
             print(message, file=sys.stderr)
 
     def finish(self, summary: dict[str, Any]) -> None:
+        """The run's end: a run that was not interrupted fills its bar; then the summary."""
         if self._progress is not None:
+            if summary.get("interrupted") is False and self._task is not None:
+                self._progress.update(self._task, completed=self._total)
             self._progress.stop()
         if self.quiet:
             extra = {"would_queue": summary["accepted"]} if self.dry_run and "accepted" in summary else {}

@@ -169,8 +169,6 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         except backfill.StoreLost as exc:
             again = f"resume with: {_backfill_again(args, window.since, exc.resume_until or int(now))}"
             return redis_lost("backfill", feeder, exc, reporter, backfill.summary(reader, feeder), again)
-    if not result.interrupted:
-        reporter.update(result.summary, 100)
     reporter.finish({**result.summary, "dry_run": args.dry_run, "interrupted": result.interrupted})
     if result.interrupted:  # resume_until None: interrupted before a page was fed, the window is as asked
         reporter.note(
