@@ -79,7 +79,9 @@ def reconcile(
         record = {
             "at": started,
             "since": window.since,
-            "until": window.until,
+            # What the run covered: a --until still ahead (it may be) would start the next periodic window
+            # there, and its first run would read nothing, leaving what happened between unreconciled.
+            "until": int(started) if window.until is None else min(window.until, int(started)),
             "missing": summary["missing"],
             "healed": summary["healed"],
             "missing_ids": missing_ids,

@@ -89,6 +89,20 @@ def test_periodic_reconcile_runs_once_per_interval_cluster_wide(
     assert record is not None and record["since"] == first_record["until"] - periodic.GRACE_SECONDS
 
 
+def test_a_manual_reconcile_with_an_until_ahead_leaves_no_gap_for_the_periodic_one(
+    api_env: dict[str, str], stripe_api: StripeApiServer, redis: Redis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The run's record says what it covered (up to when it read), so the next periodic window starts
+    there, not at the --until asked for: a window from the future reads nothing."""
+    code, _ = run(capsys, "reconcile", "stripe", "--since", "2h", "--until", str(int(time.time()) + 3600), "--json")
+    ran_at = time.time()
+    record = periodic.last_run(redis, "stripe")
+    assert code == 0 and record is not None and record["until"] <= ran_at
+    settings = Settings.from_env({**api_env, "RELAY_RECONCILE_INTERVAL": "600"})
+    window = periodic.window_for(redis, settings, ran_at + 600)
+    assert window.until is not None and window.since <= ran_at - periodic.GRACE_SECONDS < window.until
+
+
 def test_periodic_reconcile_is_off_by_default_and_needs_a_key(env: dict[str, str]) -> None:
     assert periodic.start(Settings.from_env(env)) is None
     assert periodic.start(Settings.from_env({**env, "RELAY_RECONCILE_INTERVAL": "600"})) is None
