@@ -69,6 +69,12 @@ class Hold:
     def lock(self) -> str:
         return self._ordering.keys.user_lock(self.user_id)
 
+    def check_lease(self) -> None:
+        """Raise UserBusy unless the lease surely runs a while yet (LeaseRenewer.fresh): a call made once
+        it lapsed could overwrite what another job has sent the user since."""
+        if not self._ordering.renewer.fresh(self.lock, self._token):
+            raise UserBusy(f"lease on user {self.user_id} may have lapsed (not renewed in time)")
+
     def claim(self, state: PendingState, *also: ScriptCall) -> tuple[set[str] | None, list[Any]]:
         """The attributes not superseded by a newer value already sent (None: our lease was lost, as
         UserBusy), and the answers of the scripts `also` sent in the same round trip (after the claim:
@@ -173,9 +179,10 @@ class Ordering:
             self._take_call(source, hint, lock, memory_key, token)
             for (source, hint, _, memory_key), lock, token in zip(users, locks, tokens, strict=True)
         ]
+        since = self.renewer.clock()
         answers = run_at_once(self.redis, calls)
         return [
-            None if taken is None else self._held(source, hint, user_id, memory_key, token, taken)
+            None if taken is None else self._held(source, hint, user_id, memory_key, token, taken, since)
             for (source, hint, user_id, memory_key), token, taken in zip(users, tokens, answers, strict=True)
         ]
 
@@ -205,21 +212,26 @@ class Ordering:
         ]
 
     def let_go(self, holds: list[Hold | None]) -> None:
-        """End the leases of the holds not settled (what they took stays in hand for the next job)."""
-        for hold in holds:
-            if hold is not None:
-                self.renewer.remove(hold.lock, hold._token)
-                if not hold.released:
-                    self._release_script(keys=[hold.lock], args=[hold._token])
-                    hold.released = True
+        """End the leases of the holds not settled (what they took stays in hand for the next job). All
+        leave the renewer first: if a release fails (Redis gone), the leases not released end by
+        themselves within LEASE_MS instead of being renewed for as long as this process runs."""
+        held = [hold for hold in holds if hold is not None]
+        for hold in held:
+            self.renewer.remove(hold.lock, hold._token)
+        for hold in held:
+            if not hold.released:
+                self._release_script(keys=[hold.lock], args=[hold._token])
+                hold.released = True
 
-    def _held(self, source: str, hint: str, user_id: str, memory_key: str | None, token: str, taken: Any) -> Hold:
+    def _held(
+        self, source: str, hint: str, user_id: str, memory_key: str | None, token: str, taken: Any, since: float
+    ) -> Hold:
         fields, memory_raw = taken
         raw = dict(zip(fields[::2], fields[1::2], strict=True))
         memory = memory_raw.decode() if memory_raw is not None else None
         hold = Hold(self, source, hint, user_id, token, decode(raw), memory)
         hold.memory_key = memory_key
-        self.renewer.add(hold.lock, token)
+        self.renewer.add(hold.lock, token, since)
         return hold
 
     @contextmanager
@@ -229,11 +241,14 @@ class Ordering:
         token = uuid.uuid4().hex
         lock = self.keys.user_lock(user_id)
         deadline = time.monotonic() + WAIT_FOR_LEASE_SECONDS
-        while (taken := self._run_take(source, hint, lock, memory_key, token)) is None:
+        while True:
+            since = self.renewer.clock()
+            if (taken := self._run_take(source, hint, lock, memory_key, token)) is not None:
+                break
             if time.monotonic() > deadline:
                 raise UserBusy(f"user {user_id} is being updated by another job")
             time.sleep(POLL_SECONDS)
-        hold = self._held(source, hint, user_id, memory_key, token, taken)
+        hold = self._held(source, hint, user_id, memory_key, token, taken, since)
         try:
             yield hold
         finally:

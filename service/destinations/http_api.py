@@ -25,6 +25,9 @@ from service.destinations.dropped import DroppedValue
 from service.destinations.keepalive import KeepAlivePool
 
 MAX_BODY_KEPT = 2000  # characters of an error response kept for the dead-letter queue
+# What a delivery checks before each of its calls, once the call's slot is held: it raises to stop the
+# call (workers: a user's lease that may have lapsed). Per thread, as a batch's threads share a client.
+BEFORE_CALL: ContextVar[Callable[[], None] | None] = ContextVar("before_call", default=None)
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
@@ -106,6 +109,8 @@ class HttpApi:
     ) -> Any:
         """The JSON answer; None for a 404 when allowed; raises Retryable or Rejected otherwise."""
         with self._limiter.slot() if self._limiter else contextlib.nullcontext():
+            if (check := BEFORE_CALL.get()) is not None:
+                check()
             started = time.perf_counter()
             try:
                 response = self._http.request(

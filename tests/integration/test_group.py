@@ -22,6 +22,7 @@ from service.config import Settings
 from service.devtools.usercom_sandbox import Fault, SandboxServer
 from service.store import keys
 from service.store.ledger import Store
+from service.store.ledger_state import source_and_hint
 from tests.conftest import an_update
 from tests.integration.test_recovery import RELAY
 from tests.ports import unused_port
@@ -54,6 +55,32 @@ def take_all(ctx: DeliveryContext) -> list[tuple[str, list[Any], bytes]]:
         assert hint is not None
         jobs.append((job_id, _call_of(data)[2], hint))
     return jobs
+
+
+def test_no_call_is_made_on_a_lease_that_may_have_lapsed(ctx: DeliveryContext, sandbox: SandboxServer) -> None:
+    """The worker is paused (as by SIGSTOP) during the group's first call, for longer than its leases
+    are known to run: another job may have taken the second user and sent newer values since, so its
+    (older) update is not sent; it is put back, and sent by the next job that holds the user."""
+    for user in ("u0", "u1"):
+        assert ctx.store.accept(an_update(f"evt_{user}", user_id=user))
+    resumed = [False]
+
+    def api_calls() -> int:
+        return sum(1 for r in sandbox.state.requests if r["path"].startswith("/api/public/"))
+
+    # The clock jumps 10 s once the first call reached User.com: the pause, as the process sees it.
+    ctx.ordering.renewer.clock = lambda: time.monotonic() + (10.0 if api_calls() and not resumed[0] else 0.0)
+    ctx.ordering.renewer.interval = 3600  # no renewal in between: it would find the leases still ours
+    jobs = take_all(ctx)
+    assert deliver_group(ctx, jobs) == ["delivered", "user_busy"]
+    assert api_calls() == 1
+    assert sandbox.state.user_by_custom_id("u1")["attributes"] == {}  # type: ignore[index]
+    assert ctx.store.ledger()["in_flight"] == 1  # u1's event, in hand
+    resumed[0] = True
+    source, hint = source_and_hint(jobs[1][2])  # type: ignore[misc]
+    assert deliver_user(ctx, source, hint) == "delivered"
+    assert sandbox.state.user_by_custom_id("u1")["attributes"] == {"plan": "pro"}  # type: ignore[index]
+    assert ctx.store.ledger()["in_flight"] == 0
 
 
 def test_a_value_refused_in_a_group_dead_letters_only_its_carrier_events(

@@ -4,6 +4,7 @@ against the sandbox."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -67,6 +68,19 @@ def test_users_getting_the_same_value_are_updated_by_one_mass_call(
     assert ctx.redis.zcard(keys.USERCOM.limiter_in_flight) == 0
     entry = read_trace(ctx.redis, keys.USERCOM, "user-3")[0]
     assert entry["endpoint"] == "PUT /users/mass_update_standard_attributes/"
+
+
+def test_no_mass_call_is_made_on_leases_that_may_have_lapsed(ctx: DeliveryContext, sandbox: SandboxServer) -> None:
+    """The worker is paused (as by SIGSTOP) right after taking the users, for longer than their leases are
+    known to run: neither the mass call nor their own is made; they are put back for the next job."""
+    users = known_users(ctx, sandbox, 6)
+    reads = iter([0.0])  # the first read of the clock (when the leases are taken) comes before the pause
+    ctx.ordering.renewer.clock = lambda: time.monotonic() + next(reads, 10.0)
+    ctx.ordering.renewer.interval = 3600  # no renewal in between: it would find the leases still ours
+    outcomes = deliver_together(ctx, [only_standard(n, u, {"country": "Poland"}) for n, u in enumerate(users)])
+    assert outcomes == ["user_busy"] * 6
+    assert calls(sandbox) == []
+    assert ctx.store.ledger()["in_flight"] == 6
 
 
 def test_distinct_values_keep_one_call_per_user(ctx: DeliveryContext, sandbox: SandboxServer) -> None:

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from service.destinations.base import DeliveryError
+from service.destinations.http_api import BEFORE_CALL
 from service.destinations.usercom.mass_update import PATH, Pending, plan
 from workers.delivery.context import DeliveryContext
-from workers.ordering import Hold
+from workers.ordering import Hold, UserBusy
 from workers.ratelimit import Throttled
 
 log = logging.getLogger(__name__)
@@ -54,17 +56,30 @@ def send_mass(ctx: DeliveryContext, claimed: list[tuple[Hold, set[str]]], deadli
     chosen = plan([pending_of(hold, allowed) for hold, allowed in claimed])
     if not chosen.mass:
         return set()
-    by_id = {int(hold.memory): hold.user_id for hold, _ in claimed if hold.memory and hold.memory.isdigit()}
+    by_id = {int(hold.memory): hold for hold, _ in claimed if hold.memory and hold.memory.isdigit()}
     failed: set[int] = set()
     for attribute, value, ids in chosen.mass:
         if time.monotonic() > deadline:
             failed.update(ids)
             continue
+        checking = BEFORE_CALL.set(_leases_checked([by_id[usercom_id] for usercom_id in ids]))
         try:
             with ctx.limiter.slot():
                 ctx.client.mass_update_standard(attribute, value, ids)  # type: ignore[attr-defined]
-        except (DeliveryError, Throttled) as exc:
+        except (DeliveryError, Throttled, UserBusy) as exc:
             log.warning("mass update of %s for %d users failed (%s): each is sent on its own", attribute, len(ids), exc)
             failed.update(ids)
+        finally:
+            BEFORE_CALL.reset(checking)
     in_mass = {usercom_id for _, _, ids in chosen.mass for usercom_id in ids}
-    return {by_id[usercom_id] for usercom_id in in_mass - failed}
+    return {by_id[usercom_id].user_id for usercom_id in in_mass - failed}
+
+
+def _leases_checked(holds: list[Hold]) -> Callable[[], None]:
+    """A mass call's check (BEFORE_CALL): every user's lease (Hold.check_lease)."""
+
+    def check() -> None:
+        for hold in holds:
+            hold.check_lease()
+
+    return check

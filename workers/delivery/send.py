@@ -14,6 +14,7 @@ from service.core.dead_letter import DeadLetter
 from service.core.update import UserUpdate
 from service.destinations.base import DeliveryError, Rejected
 from service.destinations.dropped import DroppedValue
+from service.destinations.http_api import BEFORE_CALL
 from service.ops.metrics import DELIVERIES, DELIVERY_LATENCY
 from service.store.ledger import Settled
 from service.store.ledger_user import EventOutcome
@@ -112,7 +113,11 @@ def send_allowed(
             send(part[: len(part) // 2])
             send(part[len(part) // 2 :])
 
-    send(carriers)
+    checking = BEFORE_CALL.set(hold.check_lease)
+    try:
+        send(carriers)
+    finally:
+        BEFORE_CALL.reset(checking)
     updates = [state.update_of(hold.source, hold.hint, c) for c in carriers if c not in refused]
     delivered = max(updates, key=lambda u: (u.event_time, u.event_id)).event_id if went_out and updates else None
     outcomes = []
