@@ -162,12 +162,12 @@ def supervise(
             if code is not None and child.pid not in reaped:
                 reaped.add(child.pid)
                 mark_process_dead(child.pid)
-        if all(code is not None for code in codes):
-            break
-        if not stopping and any(code not in (None, 0) for code in codes):
+        if not stopping and any(code not in (None, 0) for code in codes):  # before the end: all may crash at once
             print("relay worker: a worker process exited unexpectedly; stopping the others", file=sys.stderr)
             crashed = True
             stop(signal.SIGTERM, None)
+        if all(code is not None for code in codes):
+            break
         time.sleep(POLL_SECONDS)
     return 1 if crashed else 0
 

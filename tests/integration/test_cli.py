@@ -243,3 +243,24 @@ def test_worker_supervisor_exits_non_zero_when_a_worker_dies(redis_server: Any) 
     assert process.returncode == 1
     assert "exited unexpectedly" in stderr
     client.close()
+
+
+def test_worker_supervisor_exits_non_zero_when_every_worker_dies_at_once(redis_server: Any) -> None:
+    """A Kubernetes Job (`relay worker --burst`) whose workers all crashed must not be marked done."""
+    env = {**GOOD, "REDIS_URL": redis_server.url, "RELAY_METRICS_PORT": str(unused_port())}
+    client = Redis.from_url(redis_server.url)
+    client.flushdb()  # no worker registered by an earlier test
+    process = subprocess.Popen([RELAY, "worker", "--concurrency", "1"], env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 20
+    while client.scard("rq:workers") < 3:  # the live, replay and backfill lanes' workers, registered
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    pids = [int(client.hget(key, "pid")) for key in client.smembers("rq:workers")]
+    os.kill(process.pid, signal.SIGSTOP)  # the supervisor sees them all dead in one look
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    os.kill(process.pid, signal.SIGCONT)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 1, stderr
+    assert "exited unexpectedly" in stderr
+    client.close()
