@@ -4,11 +4,12 @@ line, and never echoes a secret."""
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from urllib.parse import SplitResult, urlsplit
 
-from redis.connection import parse_url
+from redis.connection import ConnectionPool
 
 from service.mapping import Mapping as EventMapping
 from service.mapping import MappingError, load_mapping
@@ -18,6 +19,26 @@ MAX_MAPPING_BYTES = 1024 * 1024
 
 class SettingsError(ValueError):
     """A setting is missing or invalid; the message is one line and free of secrets."""
+
+
+def _redis_options_problem(raw: str, parts: SplitResult) -> str | None:
+    """What redis-py would fail on when a process first connects (None: nothing): the database, and the
+    options of the query string, as every process builds its connection from the URL."""
+    database = parts.path.strip("/")
+    if parts.scheme != "unix" and database and not (database.isascii() and database.isdigit()):
+        return f"the database must be a number, as in /0, got /{database}"
+    try:
+        connection = ConnectionPool.from_url(raw).make_connection()  # its arguments, read; nothing connects
+    except (ValueError, TypeError) as exc:
+        if match := re.search(r"unexpected keyword argument '(\w+)'", str(exc)):
+            return f"redis-py takes no option {match[1]} with {parts.scheme}://"
+        message = str(exc).replace(raw, "the URL").splitlines()[0][:200]
+        return message if not parts.password or parts.password not in message else "redis-py cannot read it"
+    for option in ("socket_timeout", "socket_connect_timeout"):
+        seconds = getattr(connection, option, None)
+        if seconds is not None and not seconds > 0:
+            return f"{option} must be more than 0 seconds"
+    return None
 
 
 def _port_problem(parts: SplitResult) -> str | None:
@@ -114,13 +135,7 @@ class Reader:
         parts = _split(name, "Redis URL", raw)
         if parts.scheme not in ("redis", "rediss", "unix"):
             raise SettingsError(f"{name} must start with redis://, rediss:// or unix://")
-        problem = _port_problem(parts)
-        if problem is None:
-            try:
-                parse_url(raw)  # what redis-py will make of it (database number, options)
-            except (ValueError, TypeError) as exc:
-                problem = str(exc).replace(raw, "the URL").splitlines()[0][:200] if parts.password is None else None
-                problem = problem or "redis-py cannot read it"
+        problem = _port_problem(parts) or _redis_options_problem(raw, parts)
         if problem:
             raise SettingsError(f"{name} is not a usable Redis URL: {problem}")
         return raw

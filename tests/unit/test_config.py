@@ -62,6 +62,10 @@ def test_a_redis_password_too_short_to_redact_is_not_redacted() -> None:
     [
         ("REDIS_URL", "", "REDIS_URL is required"),
         ("REDIS_URL", "http://:hunter2@x", "REDIS_URL must start with"),
+        ("REDIS_URL", "redis://:hunter2@x/0?ssl_cert_reqs=required", "takes no option ssl_cert_reqs with redis://"),
+        ("REDIS_URL", "redis://:hunter2@x/0?socket_timeout=-1", "socket_timeout must be more than 0 seconds"),
+        ("REDIS_URL", "redis://:hunter2@x/abc", "the database must be a number, as in /0, got /abc"),
+        ("REDIS_URL", "redis://x/0/1", "the database must be a number, as in /0, got /0/1"),
         ("STRIPE_WEBHOOK_SECRETS", "", "no webhook source is configured: set at least one of STRIPE_WEBHOOK_SECRETS"),
         ("STRIPE_WEBHOOK_SECRETS", "whsec_ok,sk_live_oops", "secret #2 is not usable: a Stripe signing secret"),
         ("STANDARD_WEBHOOK_SECRETS", "whsec_ok,sk_live_oops", "secret #1 is not usable: whsec_ secret is not base64"),
@@ -160,3 +164,11 @@ def test_a_value_that_is_not_utf8_is_one_line_naming_it(name: str) -> None:
     not_utf8 = b"whsec_\xff\xfe".decode("utf-8", "surrogateescape")
     with pytest.raises(SettingsError, match=f"^{name} is not valid UTF-8$"):
         settings(**{name: not_utf8})
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["rediss://:pw@redis:6380/2?ssl_cert_reqs=required", "unix:///run/redis.sock?db=3", "redis://redis", "redis://r/"],
+)
+def test_redis_urls_redis_py_connects_with_are_accepted(url: str) -> None:
+    assert settings(REDIS_URL=url).redis_url == url
