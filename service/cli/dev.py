@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from service.config import Settings, SettingsError
+from service.config.sentinel import VARIABLES as SENTINEL_VARIABLES
 from service.devtools.embedded_redis import RedisNotFound, RedisProcess, free_port
 from service.devtools.usercom_sandbox import SandboxServer
 from service.ops.parent_death import dies_with_this_process
@@ -93,10 +94,10 @@ def _port_free(port: int) -> bool:
 def _stale_sandbox(url: str) -> str | None:
     """USERCOM_API_URL on this machine with nothing listening: most likely the `export` line of an
     earlier relay dev, whose sandbox is gone; every update would fail to connect."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.hostname not in ("127.0.0.1", "localhost", "::1"):
-        return None
     try:
+        parts = urllib.parse.urlsplit(url)
+        if parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+            return None
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
         return None  # the settings say what is wrong with it
@@ -115,7 +116,6 @@ LOCK_FILE = "relay-dev.lock"
 def _data_dir_lock(data_dir: Path) -> Iterator[bool]:
     """Holds `data_dir` for this run (False: another `relay dev` holds it). Two runs on one data dir
     would run two Redis servers on one append-only file."""
-    data_dir.mkdir(parents=True, exist_ok=True)
     with (data_dir / LOCK_FILE).open("a") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -128,6 +128,12 @@ def _data_dir_lock(data_dir: Path) -> Iterator[bool]:
 def run_dev(*, port: int, data_dir: Path) -> int:
     if not _port_free(port):
         print(f"relay dev: port {port} is in use; choose another with --port", file=sys.stderr)
+        return 2
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        (data_dir / LOCK_FILE).touch()
+    except OSError as exc:
+        print(f"relay dev: cannot use --data-dir {data_dir}: {exc.strerror}", file=sys.stderr)
         return 2
     with _data_dir_lock(data_dir) as held:
         if not held:
@@ -162,11 +168,14 @@ def _run(port: int, data_dir: Path) -> int:
         ).start()
         env["USERCOM_API_URL"], env["USERCOM_API_KEY"] = sandbox.base_url, sandbox.state.api_key
     env.setdefault("STRIPE_WEBHOOK_SECRETS", DEV_STRIPE_SECRET)
+    own_token = bool(env.get("RELAY_ADMIN_TOKEN"))
     env.setdefault("RELAY_ADMIN_TOKEN", secrets.token_urlsafe(24))
     env.setdefault("RELAY_METRICS_PORT", str(free_port()))
     env.setdefault("RELAY_METRICS_BIND", "127.0.0.1")  # worker metrics: this machine only
     redis = RedisProcess(data_dir / "redis", die_with_parent=True)
     env["REDIS_URL"] = redis.url
+    for name in SENTINEL_VARIABLES:  # this Redis, not the one a shell's sentinels point to
+        env.pop(name, None)
     try:
         settings = Settings.from_env(env, role="all")
         redis.start()
@@ -189,7 +198,7 @@ def _run(port: int, data_dir: Path) -> int:
         _wait_ready(f"http://127.0.0.1:{port}/readyz", children, lambda: stopping)
         if not stopping:
             with contextlib.suppress(OSError):  # its terminal closed meanwhile: stopping follows
-                _print_banner(port, settings, data_dir, sandbox)
+                _print_banner(port, settings, data_dir, sandbox, own_token=own_token)
         while not stopping and all(child.poll() is None for child in children):
             time.sleep(0.5)
     except KeyboardInterrupt:
@@ -214,7 +223,9 @@ def _run(port: int, data_dir: Path) -> int:
     return 0
 
 
-def _print_banner(port: int, settings: Settings, data_dir: Path, sandbox: SandboxServer | None) -> None:
+def _print_banner(
+    port: int, settings: Settings, data_dir: Path, sandbox: SandboxServer | None, *, own_token: bool
+) -> None:
     payload = json.dumps(sample_event(), indent=2).encode()
     sample = data_dir / "sample-event.json"
     sample.write_bytes(payload)
@@ -226,21 +237,22 @@ def _print_banner(port: int, settings: Settings, data_dir: Path, sandbox: Sandbo
     shown_secret = '"${STRIPE_WEBHOOK_SECRETS%%,*}"' if own else secret
     # The sandbox's key is made up for this run; a real User.com key is never printed.
     usercom_key = sandbox.state.api_key if sandbox is not None else "$USERCOM_API_KEY"
+    # Nor an admin token of your own: the shell reads it from $RELAY_ADMIN_TOKEN.
+    token = "$RELAY_ADMIN_TOKEN" if own_token else settings.admin_token
     lines = [
         "",
         "relay dev is running",
         f"  post Stripe webhooks to  {endpoint}",
         f"  stripe signing secret    {'the first of $STRIPE_WEBHOOK_SECRETS' if own else secret}",
-        f"  admin token              {settings.admin_token}",
+        f"  admin token              {'yours, $RELAY_ADMIN_TOKEN' if own_token else token}",
         f"  health                   http://127.0.0.1:{port}/healthz  /readyz",
         f"  status, metrics, API     http://127.0.0.1:{port}/status  /metrics  /openapi.json",
         f"  worker metrics           http://127.0.0.1:{settings.metrics_port}/metrics",
-        f"  dead-letter queue        curl -H 'Authorization: Bearer {settings.admin_token}' "
-        f"http://127.0.0.1:{port}/admin/dlq",
+        f'  dead-letter queue        curl -H "Authorization: Bearer {token}" http://127.0.0.1:{port}/admin/dlq',
         f"  console                  http://127.0.0.1:{port}/console  (sign in with the admin token above)",
         "",
         "use this instance from another terminal (relay dlq, relay trace, a second relay worker):",
-        f"  export REDIS_URL={settings.redis_url} RELAY_ADMIN_TOKEN={settings.admin_token} \\",
+        f"  export REDIS_URL={settings.redis_url} RELAY_ADMIN_TOKEN={token} \\",
         f"    USERCOM_API_URL={settings.destination('usercom').api_url} USERCOM_API_KEY={usercom_key}",
         "",
         "send a signed sample event (customer.created for user 'dev-user-1'):",

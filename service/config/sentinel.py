@@ -12,6 +12,7 @@ from service.config.reader import Reader, SettingsError
 from service.store.sentinel_url import SentinelTarget, host_ports, parse_sentinel_url, sentinel_url
 
 _MASTER = re.compile(r"[A-Za-z0-9._-]{1,100}")
+VARIABLES = ("REDIS_SENTINELS", "REDIS_SENTINEL_MASTER", "REDIS_SENTINEL_PASSWORD")
 
 
 def redis_target(reader: Reader) -> str:

@@ -198,19 +198,43 @@ def test_a_sandbox_left_in_the_shell_by_an_earlier_export_is_named(tmp_path: Pat
 
 def test_a_url_without_its_key_is_no_account_and_not_refused(tmp_path: Path) -> None:
     """A sandbox runs unless both USERCOM_API_URL and USERCOM_API_KEY are set: the URL alone is no reason
-    to refuse."""
+    to refuse. Sentinels the shell names are not relay dev's Redis either: it runs its own (and never
+    prints their password)."""
     gone = f"http://127.0.0.1:{unused_port()}/api/public"
     port = unused_port()
-    dev, banner = start_dev(
-        port, tmp_path / "dev", clean_env(USERCOM_API_URL=gone, RELAY_METRICS_PORT=str(unused_port()))
-    )
+    sentinels = {
+        "REDIS_SENTINELS": f"127.0.0.1:{unused_port()}",
+        "REDIS_SENTINEL_MASTER": "prod",
+        "REDIS_SENTINEL_PASSWORD": "SentinelPw12345",
+    }
+    env = clean_env(USERCOM_API_URL=gone, RELAY_METRICS_PORT=str(unused_port()), **sentinels)
+    dev, banner = start_dev(port, tmp_path / "dev", env)
     try:
         assert "relay dev is running" in banner and "/__sandbox__/users" in banner
+        assert "export REDIS_URL=redis://127.0.0.1:" in banner and "SentinelPw12345" not in banner
     finally:
         os.killpg(dev.pid, signal.SIGINT)
         dev.wait(timeout=60)
         if dev.stdout is not None:
             dev.stdout.close()
+
+
+@pytest.mark.parametrize(
+    ("env", "argv", "says"),
+    [
+        ({}, ["--data-dir", "{file}"], "relay dev: cannot use --data-dir {file}: File exists"),
+        ({"USERCOM_API_URL": "http://[::1", "USERCOM_API_KEY": "k"}, [], "USERCOM_API_URL is not a usable URL"),
+    ],
+)
+def test_what_relay_dev_cannot_use_is_one_line(tmp_path: Path, env: dict[str, str], argv: list[str], says: str) -> None:
+    file = tmp_path / "a-file"
+    file.write_text("")
+    argv = [a.format(file=file) for a in argv] or ["--data-dir", str(tmp_path / "dev")]
+    result = subprocess.run(
+        [RELAY, "dev", "--port", str(unused_port()), *argv], env=clean_env(**env), capture_output=True, text=True
+    )
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert says.format(file=file) in result.stderr
 
 
 @pytest.mark.parametrize("when", ["running", "starting"])
