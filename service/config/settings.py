@@ -21,6 +21,7 @@ from service.mapping import load_mapping
 from service.sources.base import SourceSettings
 from service.sources.extraction import BUYER_SETTABLE_FIELDS
 from service.sources.registry import SOURCES
+from service.store.jobs import CALLS_START_WITHIN_SECONDS, DELIVERY_JOB_TIMEOUT, MAX_CALL_SECONDS
 
 # Stripe retries a webhook for up to 3 days; remember accepted ids longer than that.
 MIN_DEDUP_TTL_SECONDS = 3 * 24 * 3600
@@ -31,7 +32,6 @@ MAX_DEDUP_TTL_SECONDS = 365 * DAY
 MAX_RETRY_BASE_SECONDS = 3600.0
 MAX_RETRY_MAX_DELAY_SECONDS = 7 * DAY
 MAX_RETRY_GIVE_UP_SECONDS = 30 * DAY
-MAX_TIMEOUT_SECONDS = 300.0
 MAX_TOLERANCE_SECONDS = DAY
 MAX_PORT = 65535
 MAX_WEB_WORKERS = 256
@@ -237,6 +237,14 @@ def _trusted_fields(raw: str) -> frozenset[str]:
 
 
 def _destination(reader: Reader, spec: DestinationSpec, *, required: bool) -> DestinationSettings:
+    connect_timeout = reader.number(spec.connect_timeout_env, DEFAULT_CONNECT_TIMEOUT, maximum=MAX_CALL_SECONDS)
+    read_timeout = reader.number(spec.read_timeout_env, DEFAULT_READ_TIMEOUT, maximum=MAX_CALL_SECONDS)
+    if connect_timeout + read_timeout > MAX_CALL_SECONDS:
+        raise SettingsError(
+            f"{spec.connect_timeout_env} + {spec.read_timeout_env} must be at most {MAX_CALL_SECONDS:g} s, got "
+            f"{connect_timeout:g} + {read_timeout:g}: a delivery job starts its last call up to "
+            f"{CALLS_START_WITHIN_SECONDS:g} s in and must end within rq's {DELIVERY_JOB_TIMEOUT} s"
+        )
     return DestinationSettings(
         api_url=reader.http_url(spec.url_env, required=required and not spec.url_default, example=spec.url_example)
         or spec.url_default,
@@ -244,8 +252,8 @@ def _destination(reader: Reader, spec: DestinationSpec, *, required: bool) -> De
         rate_limit=reader.number(spec.rate_env, DEFAULT_RATE_LIMIT, maximum=MAX_RATE_LIMIT),
         burst=reader.integer(spec.burst_env, DEFAULT_BURST, minimum=1, maximum=MAX_CONCURRENCY),
         max_in_flight=reader.integer(spec.in_flight_env, DEFAULT_MAX_IN_FLIGHT, minimum=1, maximum=MAX_CONCURRENCY),
-        connect_timeout=reader.number(spec.connect_timeout_env, DEFAULT_CONNECT_TIMEOUT, maximum=MAX_TIMEOUT_SECONDS),
-        read_timeout=reader.number(spec.read_timeout_env, DEFAULT_READ_TIMEOUT, maximum=MAX_TIMEOUT_SECONDS),
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
     )
 
 
