@@ -26,6 +26,7 @@ from service.store import keys
 from service.store.durability import OFF, check_at_start, failover_warning
 
 APP_TARGET = "service:create_app()"
+MAX_WORKER_PROCESSES = 64  # live-lane processes of one `relay worker` (more pods scale further)
 GRACEFUL_TIMEOUT_SECONDS = 30  # requests in hand at SIGTERM (deploy/base/web.yaml's grace covers it)
 
 
@@ -135,9 +136,6 @@ def cmd_sign(args: argparse.Namespace) -> int:
     A secret the relay would refuse, or a file it cannot read, is one line and exit 2."""
 
     spec = SOURCES[args.source]
-    if not is_utf8(args.secret):
-        print("relay sign: --secret is not valid UTF-8", file=sys.stderr)
-        return 2
     problem = spec.secret_problem(args.secret) if spec.secret_problem else None
     if problem:
         print(f"relay sign: --secret is not usable: {problem}", file=sys.stderr)
@@ -171,12 +169,25 @@ def _whole(text: str, low: int, high: int | None = None) -> int:
     return value
 
 
-def _positive(text: str) -> int:
-    return _whole(text, 1)
-
-
 def _port(text: str) -> int:
     return _whole(text, 1, 65535)
+
+
+def _processes(text: str) -> int:
+    return _whole(text, 1, MAX_WORKER_PROCESSES)
+
+
+def _bind(text: str) -> str:
+    """gunicorn's --bind, checked here (a bad one was a traceback from the socket): HOST:PORT, [IPv6]:PORT
+    (port 0: any free one), or unix:PATH."""
+    if text.startswith("unix:") and len(text) > len("unix:"):
+        return text
+    host, _, port = text.rpartition(":")
+    if not (
+        host and text.isascii() and text.isprintable() and " " not in text and port.isdigit() and int(port) <= 65535
+    ):
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT (port 0-65535) or unix:PATH")
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -188,11 +199,16 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--data-dir", default=".relay-dev", help="where the dev Redis keeps its data")
     dev.set_defaults(func=cmd_dev)
     web = sub.add_parser("web", help="serve the webhook endpoints with gunicorn")
-    web.add_argument("--bind", help="HOST:PORT (default 0.0.0.0:$PORT, PORT defaults to 8000)")
+    web.add_argument("--bind", type=_bind, help="HOST:PORT or unix:PATH (default 0.0.0.0:$PORT, PORT defaults to 8000)")
     web.set_defaults(func=cmd_web)
     worker = sub.add_parser("worker", help="deliver queued updates to the destinations (scheduler included)")
     worker.add_argument("--burst", action="store_true", help="exit once the queues are empty")
-    worker.add_argument("--concurrency", type=_positive, default=1, help="live-lane worker processes (default 1)")
+    worker.add_argument(
+        "--concurrency",
+        type=_processes,
+        default=1,
+        help=f"live-lane worker processes (default 1, at most {MAX_WORKER_PROCESSES})",
+    )
     worker.add_argument("--lane", choices=list(keys.LANES), help="run one worker process on this lane only")
     worker.add_argument(
         "--destination", choices=list(DESTINATIONS), help="with --lane: the destination (default: the first configured)"
@@ -223,6 +239,17 @@ def _command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     return parser
 
 
+def _not_utf8(command: argparse.ArgumentParser, args: argparse.Namespace) -> str | None:
+    """The line refusing an argument that is not UTF-8 (its bytes reach Python as lone surrogates, and
+    every id, path or filter made of it would fail later, as a traceback), or None."""
+    for action in command._actions:
+        value = getattr(args, action.dest, None)
+        if isinstance(value, str) and not is_utf8(value):
+            name = action.option_strings[0] if action.option_strings else action.dest.replace("_", "-")
+            return f"{command.prog}: {name} is not valid UTF-8"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     # `kill -USR1 <pid>` prints every thread's stack to stderr: what a process that will not stop is doing.
     with contextlib.suppress(ValueError, OSError):  # a stderr with no file behind it (called in-process)
@@ -231,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # refused by the command's own parser: its usage, not relay's
         _command_parser(parser, args).error(f"unrecognized arguments: {' '.join(unknown)}")
+    if problem := _not_utf8(_command_parser(parser, args), args):
+        print(problem, file=sys.stderr)
+        return 2
     try:
         return int(args.func(args) or 0)
     except MetricsDirError as exc:

@@ -119,13 +119,23 @@ def test_root_lists_where_to_go(client: Any) -> None:
     assert links == {"console": "/console", "status": "/status", "metrics": "/metrics", "openapi": "/openapi.json"}
 
 
+BIND = "HOST:PORT (port 0-65535) or unix:PATH"
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["dev", "--port", "70000"], "argument --port: must be 1-65535"),
         (["dev", "--port", "0"], "argument --port: must be 1-65535"),  # was: 30 s of waiting for port 0
         (["worker", "--concurrency", "abc"], "argument --concurrency: 'abc' is not a whole number"),
-        (["worker", "--concurrency", "0"], "argument --concurrency: must be at least 1"),
+        (["worker", "--concurrency", "0"], "argument --concurrency: must be 1-64"),
+        (["worker", "--concurrency", "99999999999999999999"], "argument --concurrency: must be 1-64"),
+        (
+            ["web", "--bind", "127.0.0.1:99999"],
+            "argument --bind: '127.0.0.1:99999' is not HOST:PORT (port 0-65535) or unix:PATH",
+        ),
+        (["web", "--bind", "\udcff:1"], "argument --bind: '\\udcff:1' is not HOST:PORT (port 0-65535) or unix:PATH"),
+        (["web", "--bind", "8000"], "argument --bind: '8000' is not HOST:PORT (port 0-65535) or unix:PATH"),
     ],
 )
 def test_a_number_argument_out_of_range_is_named_in_one_line(
@@ -135,6 +145,21 @@ def test_a_number_argument_out_of_range_is_named_in_one_line(
         build_parser().parse_args(args)
     assert exited.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1] == f"relay {args[0]}: error: {message}"
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["dlq", "show", "\udcff"], "relay dlq show: id is not valid UTF-8"),
+        (["trace", "u\udcff"], "relay trace: user-id is not valid UTF-8"),
+        (["dlq", "list", "--user", "\udcff"], "relay dlq list: --user is not valid UTF-8"),
+    ],
+)
+def test_an_argument_that_is_not_utf8_is_one_line(args: list[str], line: str) -> None:
+    """Bytes that are not UTF-8 (here 0xff, as Python reads them) made a traceback where they became a key."""
+    result = subprocess.run([RELAY, *args], env={"PATH": "/usr/bin:/bin", "REDIS_URL": "redis://127.0.0.1:1/0"},
+                            capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert (result.returncode, result.stderr.strip()) == (2, line)
 
 
 def test_ctrl_c_while_a_command_waits_is_one_line_not_a_traceback() -> None:
