@@ -35,7 +35,7 @@ from workers.lifeline import SUPERVISOR_PID_ENV, stop_signals_default
 from workers.runner import run_worker
 
 POLL_SECONDS = 0.5
-METRICS_BIND_ENV = "RELAY_METRICS_BIND"  # the address the metrics listen on; `relay dev` sets 127.0.0.1
+METRICS_BIND_ENV = "RELAY_METRICS_BIND"  # Settings.metrics_bind: named in the refusal
 
 
 def start_metrics_server(port: int, address: str = "0.0.0.0") -> None:  # noqa: S104 - a pod's metrics are scraped
@@ -139,7 +139,7 @@ def supervise(
     os.close(gate[0])
     refusal = None
     if metrics_port is not None and not burst and not stopping:
-        address = os.environ.get(METRICS_BIND_ENV) or "0.0.0.0"  # noqa: S104
+        address = settings.metrics_bind
         try:
             start_metrics_server(metrics_port, address)
         except OSError as exc:

@@ -3,6 +3,7 @@ line, and never echoes a secret."""
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -15,6 +16,8 @@ from service.mapping import Mapping as EventMapping
 from service.mapping import MappingError, load_mapping
 
 MAX_MAPPING_BYTES = 1024 * 1024
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
+_HOST_NAME = re.compile(rf"(?=.{{1,253}}\Z){_LABEL}(\.{_LABEL})*")
 
 
 class SettingsError(ValueError):
@@ -95,6 +98,16 @@ class Reader:
             raise SettingsError(f"{name} must not contain whitespace")
         return value
 
+    def host(self, name: str, default: str) -> str:
+        """An address to listen on: an IP address or a host name, without a port."""
+        value = self.text(name, default)
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            if not _HOST_NAME.fullmatch(value):
+                raise SettingsError(f"{name} must be an IP address or a host name (no port), got {value!r}") from None
+        return value
+
     def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
         value = (self._raw(name) or default).upper()
         if value not in choices:
@@ -147,6 +160,8 @@ class Reader:
                 raise SettingsError(f"{name} is required (e.g. {example})")
             return ""
         parts = _split(name, "URL", raw)
+        if any(c.isspace() for c in raw):
+            raise SettingsError(f"{name} must not contain whitespace, got {_masked(raw)!r}")
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise SettingsError(f"{name} must be an http(s) URL, got {_masked(raw)!r}")
         if "@" in parts.netloc:

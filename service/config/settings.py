@@ -93,6 +93,7 @@ class Settings:
     maintenance_interval_seconds: int = DEFAULT_MAINTENANCE_INTERVAL_SECONDS
     log_level: str = "INFO"
     metrics_port: int = DEFAULT_METRICS_PORT
+    metrics_bind: str = "0.0.0.0"  # noqa: S104 - the worker's /metrics, scraped from other pods
     dlq_max_items: int = DEFAULT_DLQ_MAX_ITEMS
     dlq_ttl_days: int = DEFAULT_DLQ_TTL_DAYS
     trace_per_user: int = 20  # per-user trace entries kept per destination (0: off); service/store/trace.py
@@ -190,6 +191,7 @@ class Settings:
             ),
             log_level=reader.choice("RELAY_LOG_LEVEL", "INFO", LOG_LEVELS),
             metrics_port=reader.integer("RELAY_METRICS_PORT", DEFAULT_METRICS_PORT, minimum=1, maximum=MAX_PORT),
+            metrics_bind=reader.host("RELAY_METRICS_BIND", "0.0.0.0"),  # noqa: S104
             dlq_max_items=reader.integer(
                 "RELAY_DLQ_MAX_ITEMS", DEFAULT_DLQ_MAX_ITEMS, minimum=1, maximum=MAX_DLQ_ITEMS
             ),

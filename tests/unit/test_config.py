@@ -86,6 +86,10 @@ def test_a_redis_password_too_short_to_redact_is_not_redacted() -> None:
         ("RELAY_MAPPING_FILE", "/nonexistent/mapping.toml", "RELAY_MAPPING_FILE: cannot read"),
         ("RELAY_RETRY_BASE_SECONDS", "-1", "must be greater than 0"),
         ("PORT", "70000", "PORT must be at most 65535"),
+        ("RELAY_METRICS_BIND", "\udcff", "RELAY_METRICS_BIND is not valid UTF-8"),
+        ("RELAY_METRICS_BIND", "0.0.0.0:9100", "RELAY_METRICS_BIND must be an IP address or a host name (no port)"),
+        ("RELAY_METRICS_BIND", "-host", "RELAY_METRICS_BIND must be an IP address or a host name (no port)"),
+        ("USERCOM_API_URL", "http:// h/", "USERCOM_API_URL must not contain whitespace"),
         ("USERCOM_READ_TIMEOUT_SECONDS", "18", "USERCOM_CONNECT_TIMEOUT_SECONDS + USERCOM_READ_TIMEOUT_SECONDS must"),
         ("USERCOM_CONNECT_TIMEOUT_SECONDS", "21", "USERCOM_CONNECT_TIMEOUT_SECONDS must be greater than 0 and at most"),
     ],
@@ -182,3 +186,8 @@ def test_a_delivery_job_ends_within_its_timeout_whatever_timeouts_the_settings_a
     killed by rq and the job run again: the same update sent twice."""
     assert settings().destination("usercom").connect_timeout + settings().destination("usercom").read_timeout <= 20
     assert CALLS_START_WITHIN_SECONDS + MAX_CALL_SECONDS < DELIVERY_JOB_TIMEOUT
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "::", "::1", "metrics.internal", "localhost"])
+def test_the_worker_metrics_listen_on_an_address_or_host_name(address: str) -> None:
+    assert settings(RELAY_METRICS_BIND=address).metrics_bind == address
