@@ -228,6 +228,14 @@ def test_network_policies_limit_ingress_and_egress(rendered: list[dict[str, Any]
     [redis_in] = redis["spec"]["ingress"]
     [peer] = redis_in["from"]
     assert set(peer) == {"podSelector"}, "only relay pods reach Redis"
+    [admitted] = peer["podSelector"]["matchExpressions"]
+    # a one-off Job (sync, backfill, check-config --connect) reaches Redis and the APIs, and nothing else
+    [job] = find(rendered, "NetworkPolicy", "relay-job")
+    assert "relay-job" in admitted["values"] and job["spec"]["podSelector"]["matchLabels"] == {
+        "app.kubernetes.io/name": "relay-job"
+    }
+    assert "ingress" not in job["spec"] and "Ingress" in job["spec"]["policyTypes"]
+    assert {p["port"] for rule in job["spec"]["egress"] for p in rule["ports"]} == {6379, 53, 443}
     for ingress in find(rendered, "Ingress"):
         paths = [p["path"] for rule in ingress["spec"]["rules"] for p in rule["http"]["paths"]]
         assert paths == ["/webhooks/"], "admin, status and metrics must not be public"
