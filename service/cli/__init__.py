@@ -15,7 +15,7 @@ from pathlib import Path
 from service.cli import backfill as backfill_cli
 from service.cli import dlq as dlq_cli
 from service.cli import trace as trace_cli
-from service.cli.connect import check_all, port_in_use
+from service.cli.connect import address_in_use, check_all
 from service.config import Settings, settings_or_exit
 from service.config.reader import is_utf8
 from service.core.version import version
@@ -67,6 +67,12 @@ def cmd_web(args: argparse.Namespace) -> int:
     for warning in filter(None, [failover_warning(settings.redis_url, settings.durable_ack), unchecked]):
         print(f"relay: warning: {warning}", file=sys.stderr)
     bind = args.bind or f"0.0.0.0:{settings.port}"
+    host, _, port = bind.rpartition(":")
+    if not bind.startswith("unix:") and address_in_use(host, int(port)):  # else gunicorn's dozen lines, exit 1
+        print(
+            f"relay: {bind} is already in use (another relay web?); choose another with --bind or PORT", file=sys.stderr
+        )
+        return 2
     use_metrics_dir(settings.metrics_dir, "web")
     argv = gunicorn_argv(settings, bind)
     os.execv(argv[0], argv)  # noqa: S606 - gunicorn becomes this process: signals reach it directly
@@ -75,7 +81,7 @@ def cmd_web(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     settings = settings_or_exit("worker")
-    if args.lane is None and not args.burst and port_in_use(settings.metrics_port):
+    if args.lane is None and not args.burst and address_in_use(settings.metrics_bind, settings.metrics_port):
         print(
             f"relay: RELAY_METRICS_PORT {settings.metrics_port} is already in use "
             "(another `relay worker` on this host?); set another port",

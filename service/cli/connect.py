@@ -65,11 +65,15 @@ def check_all(settings: Settings, say: Callable[[str], None]) -> bool:
     return ok
 
 
-def port_in_use(port: int) -> bool:
-    """Whether another process already listens on this TCP port (as start_http_server binds it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+def address_in_use(host: str, port: int) -> bool:
+    """Whether another process already listens on host:port, as a server binding it (SO_REUSEADDR: a port
+    left in TIME_WAIT is free) would find; port 0 (any free one) never is."""
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            probe.bind(("0.0.0.0", port))  # noqa: S104 - where the metrics server listens
+            probe.bind((host, port))
         except OSError as exc:
             return exc.errno == errno.EADDRINUSE
     return False

@@ -95,3 +95,16 @@ def test_a_second_worker_on_a_busy_metrics_port_stops_with_one_line(redis_server
         f"relay: RELAY_METRICS_PORT {port} is already in use (another `relay worker` on this host?); set another port"
     ]
     assert redis.scard("rq:workers") == 0  # no worker started
+
+
+def test_a_web_on_a_busy_address_stops_with_one_line(redis_server: Any) -> None:
+    """Not gunicorn's dozen lines of retrying."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = relay("web", "--bind", f"127.0.0.1:{port}", env={**GOOD, "REDIS_URL": redis_server.url})
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"relay: 127.0.0.1:{port} is already in use (another relay web?); choose another with --bind or PORT"
+    ]
