@@ -106,12 +106,22 @@ def test_slots_of_a_run_no_call_used_are_given_back(redis: Redis) -> None:
 
 
 def test_a_run_given_back_late_gives_no_credit_time_has_spent(redis: Redis) -> None:
-    lim, other = limiter(redis, rate=10, burst=4), limiter(redis, rate=10, burst=4)
-    assert book_run(redis, lim, further=1)[3] == 1  # its unused slot was due 100 ms after the first
-    time.sleep(0.3)  # the schedule is idle again: its claim is spent
-    assert [call(other) for _ in range(5)] == [True] * 4 + [False]  # the whole burst, and no more
-    lim.end_run()
-    assert not call(other)  # giving it back now must not make room for a fifth at once
+    # 5/s, burst 4: after the burst, the next slot comes 200 ms later, and the test's calls must all come
+    # before it. A loaded machine may take longer (at 10/s, 100 ms, it did): such a try shows nothing,
+    # and is made again.
+    for _ in range(3):
+        redis.delete(WINDOW, IN_FLIGHT, TAT)
+        lim, other = limiter(redis, rate=5, burst=4), limiter(redis, rate=5, burst=4)
+        assert book_run(redis, lim, further=1)[3] == 1  # its unused slot was due 200 ms after the first
+        time.sleep(1.3)  # the schedule and the 1 s window are idle again: its claim is spent
+        started = time.monotonic()
+        burst = [call(other) for _ in range(5)]
+        lim.end_run()
+        after = call(other)
+        if time.monotonic() - started < 0.15:
+            break
+    assert burst == [True] * 4 + [False]  # the whole burst, and no more
+    assert not after  # giving it back now must not make room for a fifth at once
 
 
 def test_a_429_this_process_sees_ends_every_run(redis: Redis) -> None:
