@@ -21,7 +21,7 @@ from service.mapping import load_mapping
 from service.sources.base import SourceSettings
 from service.sources.extraction import BUYER_SETTABLE_FIELDS
 from service.sources.registry import SOURCES
-from service.store.jobs import CALLS_START_WITHIN_SECONDS, DELIVERY_JOB_TIMEOUT, MAX_CALL_SECONDS
+from service.store.jobs import DELIVERY_JOB_TIMEOUT, MAX_CALL_SECONDS
 
 # Stripe retries a webhook for up to 3 days; remember accepted ids longer than that.
 MIN_DEDUP_TTL_SECONDS = 3 * 24 * 3600
@@ -244,8 +244,7 @@ def _destination(reader: Reader, spec: DestinationSpec, *, required: bool) -> De
     if connect_timeout + read_timeout > MAX_CALL_SECONDS:
         raise SettingsError(
             f"{spec.connect_timeout_env} + {spec.read_timeout_env} must be at most {MAX_CALL_SECONDS:g} s, got "
-            f"{connect_timeout:g} + {read_timeout:g}: a delivery job starts its last call up to "
-            f"{CALLS_START_WITHIN_SECONDS:g} s in and must end within rq's {DELIVERY_JOB_TIMEOUT} s"
+            f"{connect_timeout:g} + {read_timeout:g}: a call must fit in a delivery job ({DELIVERY_JOB_TIMEOUT} s)"
         )
     return DestinationSettings(
         api_url=reader.http_url(spec.url_env, required=required and not spec.url_default, example=spec.url_example)

@@ -28,11 +28,11 @@ DELIVER_FUNCS = frozenset({DELIVER_FUNC, LEGACY_DELIVER_FUNC})
 # part sent, a few limiter sleeps and a lease wait; taking more jobs stops after 5 s (batch.py).
 # rq kills a job that runs longer.
 DELIVERY_JOB_TIMEOUT = 60
-# A delivery job starts its users' calls within this (workers/delivery/group.py), and a call's connect + read
-# timeouts may add up to MAX_CALL_SECONDS (the settings refuse more): so the job ends within its timeout,
-# else rq would kill it and run it again, sending the same update again.
-CALLS_START_WITHIN_SECONDS = 30.0
-MAX_CALL_SECONDS = 20.0
+# A call is made only while its connect + read timeouts fit in what is left of its job, less this (counting
+# the outcomes): else rq could kill the job mid-call and run it again, sending the same update again.
+JOB_END_SECONDS = 5
+# What a call's connect + read timeouts may add up to (the settings refuse more): a job can still make calls.
+MAX_CALL_SECONDS = 30.0
 # A job whose worker died (SIGKILL, OOM, node loss) is found by rq's maintenance and run again
 # this many times (at-least-once; deliveries are idempotent). Exceptions the job does not handle
 # itself (bugs) take the same path, then end in the dead-letter queue as internal_error.

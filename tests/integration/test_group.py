@@ -17,17 +17,19 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from rq.registry import StartedJobRegistry
 
 import workers.delivery.group
+import workers.delivery.job
 import workers.ratelimit
 from service.config import Settings
 from service.devtools.usercom_sandbox import Fault, SandboxServer
 from service.store import keys
+from service.store.jobs import JOB_END_SECONDS
 from service.store.ledger import Store
 from service.store.ledger_state import source_and_hint
 from tests.conftest import an_update
 from tests.integration.test_recovery import RELAY
 from tests.ports import unused_port
 from workers.delivery.batch import BATCH_THREADS, _Batch, _call_of
-from workers.delivery.context import DeliveryContext, configure
+from workers.delivery.context import DeliveryContext, calls_until, configure
 from workers.delivery.group import deliver_group
 from workers.delivery.job import deliver_user
 from workers.heartbeat import HEARTBEAT_TTL_SECONDS
@@ -81,6 +83,33 @@ def test_no_call_is_made_on_a_lease_that_may_have_lapsed(ctx: DeliveryContext, s
     assert deliver_user(ctx, source, hint) == "delivered"
     assert sandbox.state.user_by_custom_id("u1")["attributes"] == {"plan": "pro"}  # type: ignore[index]
     assert ctx.store.ledger()["in_flight"] == 0
+
+
+def test_no_call_is_made_that_could_outlast_its_job(ctx: DeliveryContext, sandbox: SandboxServer) -> None:
+    """rq would kill the job mid-call and run it again (the update sent twice): a call whose timeouts (3 + 10 s)
+    do not fit in what is left of the job is not made; its user is put back for the next job."""
+    for user in ("u0", "u1"):
+        assert ctx.store.accept(an_update(f"evt_{user}", user_id=user))
+    jobs = take_all(ctx)
+    with calls_until(time.monotonic() + 12):
+        assert deliver_group(ctx, jobs) == ["deferred", "deferred"]
+    assert not [r for r in sandbox.state.requests if r["path"].startswith("/api/public/")]
+    assert ctx.store.ledger()["in_flight"] == 2
+    with calls_until(time.monotonic() + 14):
+        source, hint = source_and_hint(jobs[0][2])  # type: ignore[misc]
+        assert deliver_user(ctx, source, hint) == "delivered"
+
+
+def test_a_delivery_job_gives_its_calls_its_own_time(
+    ctx: DeliveryContext, sandbox: SandboxServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job entry point sets the deadline its calls must end by (rq's timeout, less the time to count)."""
+    assert ctx.store.accept(an_update("evt_u0", user_id="u0"))
+    [(_, args, _)] = take_all(ctx)
+    monkeypatch.setattr(workers.delivery.job, "DELIVERY_JOB_TIMEOUT", JOB_END_SECONDS + 12)  # 12 s: not 3 + 10
+    assert workers.delivery.job.deliver(*args) == "deferred"
+    monkeypatch.setattr(workers.delivery.job, "DELIVERY_JOB_TIMEOUT", JOB_END_SECONDS + 14)
+    assert workers.delivery.job.deliver(*args) == "delivered"
 
 
 def test_a_value_refused_in_a_group_dead_letters_only_its_carrier_events(

@@ -19,7 +19,7 @@ from service.store import keys
 from service.store.trace import read_trace
 from tests.conftest import an_update
 from tests.integration.test_group import take_all
-from workers.delivery.context import DeliveryContext, configure
+from workers.delivery.context import DeliveryContext, calls_until, configure
 from workers.delivery.group import deliver_group
 from workers.runner import build_context
 
@@ -81,6 +81,14 @@ def test_no_mass_call_is_made_on_leases_that_may_have_lapsed(ctx: DeliveryContex
     assert outcomes == ["user_busy"] * 6
     assert calls(sandbox) == []
     assert ctx.store.ledger()["in_flight"] == 6
+
+
+def test_no_mass_call_is_made_that_could_outlast_its_job(ctx: DeliveryContext, sandbox: SandboxServer) -> None:
+    users = known_users(ctx, sandbox, 6)
+    with calls_until(time.monotonic() + 12):  # the calls' timeouts: 3 + 10 s
+        outcomes = deliver_together(ctx, [only_standard(n, u, {"country": "Poland"}) for n, u in enumerate(users)])
+    assert outcomes == ["deferred"] * 6
+    assert calls(sandbox) == []
 
 
 def test_distinct_values_keep_one_call_per_user(ctx: DeliveryContext, sandbox: SandboxServer) -> None:

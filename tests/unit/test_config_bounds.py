@@ -72,7 +72,7 @@ def test_values_at_the_bounds_are_taken() -> None:
             "RELAY_DEDUP_TTL_SECONDS": str(365 * 24 * 3600),
             "RELAY_RETRY_GIVE_UP_SECONDS": "2592000",
             "USERCOM_CONNECT_TIMEOUT_SECONDS": "3",
-            "USERCOM_READ_TIMEOUT_SECONDS": "17",  # together, MAX_CALL_SECONDS
+            "USERCOM_READ_TIMEOUT_SECONDS": "27",  # together, MAX_CALL_SECONDS
             "PORT": "65535",
             "RELAY_WEB_KEEPALIVE_SECONDS": "300",
             "RELAY_MAINTENANCE_INTERVAL_SECONDS": "600",
@@ -80,7 +80,7 @@ def test_values_at_the_bounds_are_taken() -> None:
     )
     assert settings.dedup_ttl_seconds == 365 * 24 * 3600
     assert (settings.web_keepalive_seconds, settings.maintenance_interval_seconds) == (300, 600)
-    assert settings.destination("usercom").read_timeout == 17.0
+    assert settings.destination("usercom").read_timeout == 27.0
 
 
 def test_the_web_keep_alive_reaches_gunicorn() -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
@@ -19,6 +20,23 @@ from workers.ratelimit import RateLimiter
 
 # The id of a job taken by a running job (workers/delivery/batch.py) while it is handled.
 job_in_hand: ContextVar[str | None] = ContextVar("job_in_hand", default=None)
+# When the running job must be done with its calls (time.monotonic()), in each thread delivering for it;
+# None outside a job.
+job_deadline: ContextVar[float | None] = ContextVar("job_deadline", default=None)
+
+
+class Deferred(Exception):
+    """A call that could outlast its job is not made: its user is put back (outcome `deferred`)."""
+
+
+@contextmanager
+def calls_until(deadline: float) -> Iterator[None]:
+    """This thread's calls for the job end by `deadline` (time.monotonic())."""
+    token = job_deadline.set(deadline)
+    try:
+        yield
+    finally:
+        job_deadline.reset(token)
 
 
 @dataclass
@@ -48,3 +66,13 @@ def current() -> DeliveryContext:
     if _context is None:
         raise RuntimeError("delivery context not configured: start workers with `relay worker`")
     return _context
+
+
+def check_time_left(ctx: DeliveryContext) -> None:
+    """Raise Deferred unless a call of the destination, to its timeouts, ends before the job's deadline."""
+    deadline = job_deadline.get()
+    if deadline is None:
+        return
+    destination = ctx.settings.destination(ctx.client.name)
+    if time.monotonic() + destination.connect_timeout + destination.read_timeout > deadline:
+        raise Deferred(f"a {ctx.client.name} call could outlast its delivery job: put back")

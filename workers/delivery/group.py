@@ -25,10 +25,9 @@ from redis.exceptions import RedisError
 
 from service.destinations.base import Retryable
 from service.store import keys
-from service.store.jobs import CALLS_START_WITHIN_SECONDS
 from service.store.ledger_state import source_and_hint
 from service.store.ledger_user import SettleUser
-from workers.delivery.context import DeliveryContext, job_in_hand
+from workers.delivery.context import Deferred, DeliveryContext, job_in_hand
 from workers.delivery.mass import ENDPOINT as MASS_ENDPOINT
 from workers.delivery.mass import send_mass, worth_planning
 from workers.delivery.outcomes import put_back, retry_or_give_up
@@ -42,7 +41,7 @@ USER_BUSY_WAIT_SECONDS = 1.0
 # its users are put back (outcome `deferred`). Against an API that lets every call time out (3 + 10 s
 # by default), a group of 16 would otherwise hold its carrier job past rq's 60 s timeout. Taking stops
 # after 5 s (batch.py), the call under way ends within its timeouts: the job ends within its own.
-GROUP_SEND_SECONDS = CALLS_START_WITHIN_SECONDS
+GROUP_SEND_SECONDS = 30.0
 
 
 @dataclass
@@ -158,6 +157,8 @@ def _send_each(
                 job.outcome = retry_or_give_up(ctx, hold, exc, job.attempt, job.first_failure_at, job.lane)
             except UserBusy:
                 job.outcome = _put_back(ctx, job, USER_BUSY_WAIT_SECONDS, "user_busy")
+            except Deferred:
+                job.outcome = _put_back(ctx, job, 0.0, "deferred")
     return to_count
 
 

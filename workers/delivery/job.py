@@ -29,10 +29,11 @@ from service.core.update import UserUpdate
 from service.destinations.base import Rejected, Retryable
 from service.ops.metrics import DELIVERIES
 from service.store import keys
+from service.store.jobs import DELIVERY_JOB_TIMEOUT, JOB_END_SECONDS
 from service.store.ledger_state import HINT_FIELD, identity_of, source_and_hint
 from service.store.ledger_user import EventOutcome
 from workers.delivery.batch import return_taken, run_batch
-from workers.delivery.context import DeliveryContext, current, job_in_hand
+from workers.delivery.context import Deferred, DeliveryContext, calls_until, current, job_in_hand
 from workers.delivery.group import deliver_group
 from workers.delivery.outcomes import dead_letter_legacy, put_back, retry_or_give_up
 from workers.delivery.send import send_user, settle_all
@@ -50,15 +51,24 @@ def deliver(
     queued behind it (workers/delivery/batch.py)."""
     ctx = current()
     started = time.monotonic()
-    outcome = _deliver_payload(ctx, payload, attempt, first_failure_at, lane)
+    deadline = started + DELIVERY_JOB_TIMEOUT - JOB_END_SECONDS
+    with calls_until(deadline):
+        outcome = _deliver_payload(ctx, payload, attempt, first_failure_at, lane)
     running = get_current_job()
     if running is None:
         return outcome
     if outcome == "throttled":  # the queue behind would be too; what a killed run of this job took waits there
         return_taken(ctx.redis, ctx.store.keys, lane, running.id)
         return outcome
-    run = lambda job_id, args, hint: _run_taken(ctx, job_id, args, hint)  # noqa: E731
-    run_group = lambda jobs: deliver_group(ctx, jobs)  # noqa: E731
+
+    def run(job_id: str, args: list[Any], hint: bytes | None) -> str:
+        with calls_until(deadline):  # in the batch's threads too
+            return _run_taken(ctx, job_id, args, hint)
+
+    def run_group(jobs: list[tuple[str, list[Any], bytes]]) -> list[str]:
+        with calls_until(deadline):
+            return deliver_group(ctx, jobs)
+
     run_batch(ctx.redis, ctx.store.keys, lane, running.id, run, started=started, run_group=run_group)
     return outcome
 
@@ -152,6 +162,8 @@ def deliver_user(
                 return retry_or_give_up(ctx, hold, exc, attempt, first_failure_at, lane)
     except UserBusy:
         return put_back(ctx, source, hint, USER_BUSY_WAIT_SECONDS, attempt, first_failure_at, lane, "user_busy")
+    except Deferred:
+        return put_back(ctx, source, hint, 0.0, attempt, first_failure_at, lane, "deferred")
 
 
 def on_job_failure(job: Job, connection: Redis, exc_type: type, exc: BaseException, tb: Any) -> None:

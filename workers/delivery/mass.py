@@ -21,7 +21,7 @@ from collections.abc import Callable
 from service.destinations.base import DeliveryError
 from service.destinations.http_api import BEFORE_CALL
 from service.destinations.usercom.mass_update import PATH, Pending, plan
-from workers.delivery.context import DeliveryContext
+from workers.delivery.context import Deferred, DeliveryContext, check_time_left
 from workers.ordering import Hold, UserBusy
 from workers.ratelimit import Throttled
 
@@ -62,11 +62,11 @@ def send_mass(ctx: DeliveryContext, claimed: list[tuple[Hold, set[str]]], deadli
         if time.monotonic() > deadline:
             failed.update(ids)
             continue
-        checking = BEFORE_CALL.set(_leases_checked([by_id[usercom_id] for usercom_id in ids]))
+        checking = BEFORE_CALL.set(_before_mass_call(ctx, [by_id[usercom_id] for usercom_id in ids]))
         try:
             with ctx.limiter.slot():
                 ctx.client.mass_update_standard(attribute, value, ids)  # type: ignore[attr-defined]
-        except (DeliveryError, Throttled, UserBusy) as exc:
+        except (DeliveryError, Throttled, UserBusy, Deferred) as exc:
             log.warning("mass update of %s for %d users failed (%s): each is sent on its own", attribute, len(ids), exc)
             failed.update(ids)
         finally:
@@ -75,11 +75,12 @@ def send_mass(ctx: DeliveryContext, claimed: list[tuple[Hold, set[str]]], deadli
     return {by_id[usercom_id].user_id for usercom_id in in_mass - failed}
 
 
-def _leases_checked(holds: list[Hold]) -> Callable[[], None]:
-    """A mass call's check (BEFORE_CALL): every user's lease (Hold.check_lease)."""
+def _before_mass_call(ctx: DeliveryContext, holds: list[Hold]) -> Callable[[], None]:
+    """A mass call's check (BEFORE_CALL): every user's lease surely runs, and the job has time for it."""
 
     def check() -> None:
         for hold in holds:
             hold.check_lease()
+        check_time_left(ctx)
 
     return check

@@ -19,7 +19,7 @@ from service.ops.metrics import DELIVERIES, DELIVERY_LATENCY
 from service.store.ledger import Settled
 from service.store.ledger_user import EventOutcome
 from service.store.trace import TraceEntry
-from workers.delivery.context import DeliveryContext
+from workers.delivery.context import DeliveryContext, check_time_left
 from workers.delivery.dropped import report_dropped
 from workers.ordering import Hold, UserBusy
 
@@ -113,7 +113,7 @@ def send_allowed(
             send(part[: len(part) // 2])
             send(part[len(part) // 2 :])
 
-    checking = BEFORE_CALL.set(hold.check_lease)
+    checking = BEFORE_CALL.set(lambda: _before_call(ctx, hold))
     try:
         send(carriers)
     finally:
@@ -142,6 +142,12 @@ def send_allowed(
         dropped=[{"name": d["attribute"], "reason": d["reason"], "event_id": d["event_id"]} for d in dropped],
     )
     return Sent(outcomes, memory, trace if went_out else None, refused, delivered)
+
+
+def _before_call(ctx: DeliveryContext, hold: Hold) -> None:
+    """Each call of a user's delivery (BEFORE_CALL): made on a lease that surely runs, within its job's time."""
+    hold.check_lease()
+    check_time_left(ctx)
 
 
 def report(ctx: DeliveryContext, hold: Hold, sent: Sent, settled: list[Settled], attempt: int, lane: str) -> str:
