@@ -39,10 +39,9 @@ class UserUpdate:
 
 _FIELDS = tuple(f.name for f in fields(UserUpdate))
 USER_ID_MAX_LENGTH = 255
-# What intake accepts as an event id (it names keys, job ids and dead letters); not `.` or `..`, which a
-# URL reads as a path step (/admin/dlq/<id>).
-EVENT_ID = re.compile(r"^(?!\.\.?\Z)[A-Za-z0-9_.:-]{1,255}\Z")
-EVENT_ID_RULE = "1-255 of A-Z a-z 0-9 _ . : -, and not . or .."
+# What intake accepts as an event id: it names keys, job ids and dead letters (`<source>-<event id>`).
+EVENT_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,255}\Z")
+EVENT_ID_RULE = "1-255 of A-Z a-z 0-9 _ . : -"
 
 
 def user_id_problem(user_id: str) -> str | None:

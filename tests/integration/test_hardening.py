@@ -181,13 +181,12 @@ HOSTILE: dict[str, tuple[str, bytes]] = {
 }
 
 
-@pytest.mark.parametrize("msg_id", [".", "..", "msg h1", "m" * 256])
+@pytest.mark.parametrize("msg_id", ["msg h1", "m" * 256])
 def test_a_webhook_id_that_cannot_be_an_event_id(client: Any, redis: Redis, settings: Settings, msg_id: str) -> None:
-    """Standard Webhooks' event id is the sender's webhook-id header; `.` and `..` are refused too: a URL
-    reads them as a path step, so the console could not reach their dead letter at /admin/dlq/<id>."""
+    """Standard Webhooks' event id is the sender's webhook-id header: what intake accepts of any source."""
     response = post(client, "standard", (STANDARD_AT % '{"plan":"pro"}').encode(), msg_id=msg_id)
     assert response.status_code == 422 and code(response) == "invalid_payload"
-    assert "must be 1-255 of A-Z a-z 0-9 _ . : -, and not . or .." in response.get_data(as_text=True)
+    assert "webhook-id must be 1-255 of A-Z a-z 0-9 _ . : -" in response.get_data(as_text=True)
     assert balanced(redis, settings)["dead_lettered"] == 1
 
 
