@@ -224,6 +224,19 @@ def test_retries_end_in_the_dead_letter_queue(ctx: DeliveryContext, sandbox: San
     assert item["first_failure_at"] == pytest.approx(first_failure)
 
 
+def test_the_last_retry_comes_at_the_give_up_time_not_before_it(ctx: DeliveryContext, sandbox: SandboxServer) -> None:
+    """3 s before the give-up time, a 429 asking for 60 s (4 s at most here, RELAY_RETRY_MAX_DELAY_SECONDS):
+    retried once more, in 3 s, not dead-lettered now (the next retry's time is cut to the give-up time)."""
+    sandbox.state.faults.append(Fault(429, retry_after="60"))
+    first_failure = time.time() - ctx.settings.retry_give_up_seconds + 3
+    assert ctx.store.accept(update())
+    assert deliver_update(ctx, update(), attempt=3, first_failure_at=first_failure) == "retry_scheduled"
+    registry = ScheduledJobRegistry(queue=ctx.queues[keys.LIVE])
+    [retry] = registry.get_job_ids()
+    assert registry.get_scheduled_time(retry).timestamp() <= first_failure + ctx.settings.retry_give_up_seconds + 1
+    assert ctx.store.dead_letters() == []
+
+
 def test_network_errors_are_retried(settings: Settings, redis: Redis) -> None:
     closed = Settings.from_env(
         {

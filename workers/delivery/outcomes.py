@@ -45,11 +45,15 @@ def retry_or_give_up(
         jitter=ctx.jitter(),
         retry_after=exc.retry_after,
     )
-    if now + delay - first > settings.retry_give_up_seconds:
+    # Retried until RELAY_RETRY_GIVE_UP_SECONDS after the first failure, the last time at that moment (a
+    # longer backoff or Retry-After is cut to it: the limiter's pause still holds the call back).
+    left = first + settings.retry_give_up_seconds - now
+    if left <= 0:
         from workers.delivery.send import settle_all  # send.py imports this module's `fields`
 
         settle_all(ctx, hold, "retries_exhausted", exc, attempt, first, lane)
         return "dead_lettered"
+    delay = min(delay, left)
     # A re-run of this job schedules the same job id again: no duplicate retry.
     job_id = f"{_base_job_id(ctx, hold.source, hold.hint)}-a{attempt + 1}"
     retry = delivery_job(
