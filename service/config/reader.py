@@ -11,6 +11,7 @@ from pathlib import Path
 from urllib.parse import SplitResult, urlsplit
 
 from redis.connection import ConnectionPool
+from redis.exceptions import RedisError
 
 from service.mapping import Mapping as EventMapping
 from service.mapping import MappingError, load_mapping
@@ -32,15 +33,15 @@ def _redis_options_problem(raw: str, parts: SplitResult) -> str | None:
         return f"the database must be a number, as in /0, got /{database}"
     try:
         connection = ConnectionPool.from_url(raw).make_connection()  # its arguments, read; nothing connects
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, RedisError) as exc:  # redis-py's own for a bad ssl_cert_reqs or protocol
         if match := re.search(r"unexpected keyword argument '(\w+)'", str(exc)):
             return f"redis-py takes no option {match[1]} with {parts.scheme}://"
         message = str(exc).replace(raw, "the URL").splitlines()[0][:200]
         return message if not parts.password or parts.password not in message else "redis-py cannot read it"
     for option in ("socket_timeout", "socket_connect_timeout"):
         seconds = getattr(connection, option, None)
-        if seconds is not None and not seconds > 0:
-            return f"{option} must be more than 0 seconds"
+        if seconds is not None and not (seconds > 0 and math.isfinite(seconds)):
+            return f"{option} must be a number of seconds above 0"
     return None
 
 
@@ -160,8 +161,8 @@ class Reader:
                 raise SettingsError(f"{name} is required (e.g. {example})")
             return ""
         parts = _split(name, "URL", raw)
-        if any(c.isspace() for c in raw):
-            raise SettingsError(f"{name} must not contain whitespace, got {_masked(raw)!r}")
+        if any(c.isspace() for c in raw):  # two values pasted together, maybe a key: not echoed
+            raise SettingsError(f"{name} must not contain whitespace")
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise SettingsError(f"{name} must be an http(s) URL, got {_masked(raw)!r}")
         if "@" in parts.netloc:
@@ -175,13 +176,14 @@ class Reader:
             raise SettingsError(f"{name} must not have a query or fragment")
         return raw.rstrip("/")
 
-    def secret(self, name: str, *, required: bool) -> str:
+    def secret(self, name: str, *, required: bool, in_header: bool = True) -> str:
+        """`in_header`: sent in an HTTP header (API keys, tokens), so printable ASCII."""
         raw = self._raw(name)
         if required and not raw:
             raise SettingsError(f"{name} is required")
         if any(c.isspace() for c in raw):
             raise SettingsError(f"{name} must not contain whitespace")
-        if not (raw.isascii() and raw.isprintable()):  # it goes in an HTTP header: API keys and tokens are ASCII
+        if in_header and not (raw.isascii() and raw.isprintable()):
             raise SettingsError(f"{name} holds a character that is not printable ASCII (one pasted with it?)")
         return raw
 

@@ -27,7 +27,7 @@ def redis_target(reader: Reader) -> str:
     master = reader.text("REDIS_SENTINEL_MASTER", "")
     if not _MASTER.fullmatch(master):
         raise SettingsError("REDIS_SENTINEL_MASTER is required with REDIS_SENTINELS: the master name they monitor")
-    sentinel_password = reader.secret("REDIS_SENTINEL_PASSWORD", required=False) or None
+    sentinel_password = reader.secret("REDIS_SENTINEL_PASSWORD", required=False, in_header=False) or None
     username = password = None
     db = "0"
     if reader.text("REDIS_URL", ""):

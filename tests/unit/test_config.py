@@ -63,7 +63,10 @@ def test_a_redis_password_too_short_to_redact_is_not_redacted() -> None:
         ("REDIS_URL", "", "REDIS_URL is required"),
         ("REDIS_URL", "http://:hunter2@x", "REDIS_URL must start with"),
         ("REDIS_URL", "redis://:hunter2@x/0?ssl_cert_reqs=required", "takes no option ssl_cert_reqs with redis://"),
-        ("REDIS_URL", "redis://:hunter2@x/0?socket_timeout=-1", "socket_timeout must be more than 0 seconds"),
+        ("REDIS_URL", "redis://:hunter2@x/0?socket_timeout=-1", "socket_timeout must be a number of seconds above 0"),
+        ("REDIS_URL", "redis://:hunter2@x/0?socket_timeout=1e400", "socket_timeout must be a number of seconds"),
+        ("REDIS_URL", "rediss://:hunter2@x/0?ssl_cert_reqs=bogus", "Invalid SSL Certificate Requirements Flag"),
+        ("REDIS_URL", "redis://:hunter2@x/0?protocol=4", "protocol must be either 2 or 3"),
         ("REDIS_URL", "redis://:hunter2@x/abc", "the database must be a number, as in /0, got /abc"),
         ("REDIS_URL", "redis://x/0/1", "the database must be a number, as in /0, got /0/1"),
         ("STRIPE_WEBHOOK_SECRETS", "", "no webhook source is configured: set at least one of STRIPE_WEBHOOK_SECRETS"),
@@ -88,7 +91,7 @@ def test_a_redis_password_too_short_to_redact_is_not_redacted() -> None:
         ("RELAY_METRICS_BIND", "\udcff", "RELAY_METRICS_BIND is not valid UTF-8"),
         ("RELAY_METRICS_BIND", "0.0.0.0:9100", "RELAY_METRICS_BIND must be an IP address or a host name (no port)"),
         ("RELAY_METRICS_BIND", "-host", "RELAY_METRICS_BIND must be an IP address or a host name (no port)"),
-        ("USERCOM_API_URL", "http:// h/", "USERCOM_API_URL must not contain whitespace"),
+        ("USERCOM_API_URL", "http://h/ secret-api-key", "USERCOM_API_URL must not contain whitespace"),
         ("USERCOM_READ_TIMEOUT_SECONDS", "28", "USERCOM_CONNECT_TIMEOUT_SECONDS + USERCOM_READ_TIMEOUT_SECONDS must"),
         ("USERCOM_CONNECT_TIMEOUT_SECONDS", "31", "USERCOM_CONNECT_TIMEOUT_SECONDS must be greater than 0 and at most"),
     ],
@@ -183,3 +186,8 @@ def test_redis_urls_redis_py_connects_with_are_accepted(url: str) -> None:
 @pytest.mark.parametrize("address", ["127.0.0.1", "::", "::1", "metrics.internal", "localhost"])
 def test_the_worker_metrics_listen_on_an_address_or_host_name(address: str) -> None:
     assert settings(RELAY_METRICS_BIND=address).metrics_bind == address
+
+
+def test_a_sentinel_password_is_no_header_and_may_be_any_text() -> None:
+    env = {"REDIS_SENTINELS": "s1:26379", "REDIS_SENTINEL_MASTER": "m", "REDIS_SENTINEL_PASSWORD": "p\u00e4sswort"}
+    assert "p\u00e4sswort" in settings(**env).secrets
