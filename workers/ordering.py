@@ -17,6 +17,7 @@ LEASE_MS; whatever it held in hand waits for the job's re-run (or the next job).
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Iterator
@@ -37,6 +38,7 @@ from service.store.trace import TraceEntry
 from workers.lease_renewer import LeaseRenewer
 from workers.scripts_at_once import ScriptCall, run_at_once
 
+log = logging.getLogger(__name__)
 # Renewed every third of it while the delivery runs; no longer than a job's heartbeat lives
 # (workers/heartbeat.py), so when rq re-runs a dead worker's job the user is free again.
 LEASE_MS = 6_000
@@ -73,6 +75,8 @@ class Hold:
         """Raise UserBusy unless the lease surely runs a while yet (LeaseRenewer.fresh): a call made once
         it lapsed could overwrite what another job has sent the user since."""
         if not self._ordering.renewer.fresh(self.lock, self._token):
+            # This process was paused, or its renewals failed, for seconds: worth an operator's look.
+            log.warning("user %s: its lease may have lapsed (not renewed in time): not called, put back", self.user_id)
             raise UserBusy(f"lease on user {self.user_id} may have lapsed (not renewed in time)")
 
     def claim(self, state: PendingState, *also: ScriptCall) -> tuple[set[str] | None, list[Any]]:
@@ -181,10 +185,15 @@ class Ordering:
         ]
         since = self.renewer.clock()
         answers = run_at_once(self.redis, calls)
-        return [
-            None if taken is None else self._held(source, hint, user_id, memory_key, token, taken, since)
-            for (source, hint, user_id, memory_key), token, taken in zip(users, tokens, answers, strict=True)
-        ]
+        holds: list[Hold | None] = []
+        try:
+            for (source, hint, user_id, memory_key), token, taken in zip(users, tokens, answers, strict=True):
+                hold = None if taken is None else self._held(source, hint, user_id, memory_key, token, taken, since)
+                holds.append(hold)
+        except BaseException:  # a state that cannot be read: the holds made so far are let go, not renewed
+            self.let_go(holds)
+            raise
+        return holds
 
     def claim_many(self, claims: list[tuple[Hold, ScriptCall | None]]) -> list[tuple[set[str] | None, Any]]:
         """Several held users' claims (Hold.claim), each with a script of its own sent along, if any (a

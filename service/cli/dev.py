@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from service.cli.connect import address_in_use
 from service.config import Settings, SettingsError
 from service.config.sentinel import VARIABLES as SENTINEL_VARIABLES
 from service.devtools.embedded_redis import RedisNotFound, RedisProcess, free_port
@@ -79,18 +80,6 @@ SANDBOX_FILE = "usercom-sandbox.json"
 SANDBOX_KEEPS_REQUESTS = 10_000  # the newest calls the sandbox lists (GET /__sandbox__/requests)
 
 
-def _port_free(port: int) -> bool:
-    """Nothing listens there (a connection of the last run waiting out TIME-WAIT does not count: the
-    web binds with SO_REUSEADDR too)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def _stale_sandbox(url: str) -> str | None:
     """USERCOM_API_URL on this machine with nothing listening: most likely the `export` line of an
     earlier relay dev, whose sandbox is gone; every update would fail to connect."""
@@ -126,7 +115,7 @@ def _data_dir_lock(data_dir: Path) -> Iterator[bool]:
 
 
 def run_dev(*, port: int, data_dir: Path) -> int:
-    if not _port_free(port):
+    if address_in_use("127.0.0.1", port):  # a connection of the last run in TIME-WAIT does not count
         print(f"relay dev: port {port} is in use; choose another with --port", file=sys.stderr)
         return 2
     try:

@@ -21,7 +21,7 @@ import pytest
 from redis import Redis
 from redis.exceptions import RedisError
 
-from service.cli.dev import _port_free
+from service.cli.connect import address_in_use
 from tests.integration.test_dev_logs import listeners
 from tests.ports import unused_port
 
@@ -176,9 +176,9 @@ def test_a_port_its_last_run_left_in_time_wait_is_free() -> None:
             served, _ = listener.accept()
             served.close()  # the server closes first: its side of the connection waits in TIME-WAIT
             client.recv(1)
-    assert _port_free(port)
+    assert not address_in_use("127.0.0.1", port)
     with socket.create_server(("127.0.0.1", port)):  # a listener is still found
-        assert not _port_free(port)
+        assert address_in_use("127.0.0.1", port)
 
 
 def test_a_sandbox_left_in_the_shell_by_an_earlier_export_is_named(tmp_path: Path) -> None:
@@ -199,7 +199,7 @@ def test_a_sandbox_left_in_the_shell_by_an_earlier_export_is_named(tmp_path: Pat
 def test_a_url_without_its_key_is_no_account_and_not_refused(tmp_path: Path) -> None:
     """A sandbox runs unless both USERCOM_API_URL and USERCOM_API_KEY are set: the URL alone is no reason
     to refuse. Sentinels the shell names are not relay dev's Redis either: it runs its own (and never
-    prints their password)."""
+    prints their password), and an admin token of your own is used, not printed."""
     gone = f"http://127.0.0.1:{unused_port()}/api/public"
     port = unused_port()
     sentinels = {
@@ -207,11 +207,13 @@ def test_a_url_without_its_key_is_no_account_and_not_refused(tmp_path: Path) -> 
         "REDIS_SENTINEL_MASTER": "prod",
         "REDIS_SENTINEL_PASSWORD": "SentinelPw12345",
     }
-    env = clean_env(USERCOM_API_URL=gone, RELAY_METRICS_PORT=str(unused_port()), **sentinels)
+    own = {"RELAY_ADMIN_TOKEN": "my-own-admin-token-1234"}  # used, and not printed either
+    env = clean_env(USERCOM_API_URL=gone, RELAY_METRICS_PORT=str(unused_port()), **sentinels, **own)
     dev, banner = start_dev(port, tmp_path / "dev", env)
     try:
         assert "relay dev is running" in banner and "/__sandbox__/users" in banner
         assert "export REDIS_URL=redis://127.0.0.1:" in banner and "SentinelPw12345" not in banner
+        assert "my-own-admin-token-1234" not in banner and "admin token              yours" in banner
     finally:
         os.killpg(dev.pid, signal.SIGINT)
         dev.wait(timeout=60)

@@ -82,3 +82,13 @@ def test_leases_let_go_while_redis_is_gone_are_renewed_no_more(tmp_path: Path) -
         assert ordering.renewer.held() == {}
     finally:
         server.stop()
+
+
+def test_a_user_state_that_cannot_be_read_leaves_no_lease_renewed(redis: Redis) -> None:
+    """take_many fails on the second user's state: the first user's lease is let go, not renewed for good."""
+    ordering = an_ordering(redis)
+    redis.hset(keys.USERCOM.user_state("stripe", "u:u2"), mapping={"e:evt_1": "{not json"})
+    with pytest.raises(ValueError):
+        ordering.take_many([("stripe", f"u:{u}", u, None) for u in ("u1", "u2")])
+    assert ordering.renewer.held() == {}
+    assert redis.get(keys.USERCOM.user_lock("u1")) is None
