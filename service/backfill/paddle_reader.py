@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -63,6 +64,7 @@ class PaddleReader:
     stop: threading.Event = field(default_factory=threading.Event)  # set: the next wait raises Interrupted
     calls: int = 0
     rate_limited: int = 0
+    asked_at: float = 0.0  # time.time() just before the request of the page read last (sync stamps by it)
     _http: urllib3.PoolManager = field(init=False, repr=False)
     _pacer: Pacer = field(init=False, repr=False)
     _pause: Callable[[float], None] = field(init=False, repr=False)
@@ -127,6 +129,7 @@ class PaddleReader:
         for _ in range(MAX_RATE_LIMITED_TRIES):
             self._pacer.wait()
             self.calls += 1
+            self.asked_at = time.time()
             try:
                 answer = self._http.request("GET", url, headers=headers)
             except urllib3.exceptions.HTTPError:

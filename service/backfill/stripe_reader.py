@@ -77,6 +77,7 @@ class StripeReader:
     stop: threading.Event = field(default_factory=threading.Event)  # set: the next wait raises Interrupted
     calls: int = 0
     rate_limited: int = 0
+    asked_at: float = 0.0  # time.time() just before the request of the page read last (sync stamps by it)
     _client: stripe.StripeClient = field(init=False, repr=False)
     _pacer: Pacer = field(init=False, repr=False)
     _pause: Callable[[float], None] = field(init=False, repr=False)
@@ -124,6 +125,7 @@ class StripeReader:
         for _ in range(MAX_RATE_LIMITED_TRIES):
             self._pacer.wait()
             self.calls += 1
+            self.asked_at = time.time()
             try:
                 return service.list(params=params)
             except stripe.RateLimitError as exc:

@@ -178,17 +178,15 @@ def sync(
 def _pages(
     reader: Any, shape: Shape, phase: str, after: str | None, reread: dict[str, Any]
 ) -> Iterator[tuple[list[dict[str, Any]], float]]:
-    """The pages of `phase` after the object `after`, each with the time it was asked for (before any
-    wait of the reader's); when the list no longer holds `after`, those that `reread` (Shape.reread of
-    that object) selects. Each fallback follows a page read since, so a cursor that is gone is never
-    asked for twice."""
+    """The pages of `phase` after the object `after`, each with the time its request was sent; when the
+    list no longer holds `after`, those that `reread` (Shape.reread of that object) selects. Each
+    fallback follows a page read since, so a cursor that is gone is never asked for twice."""
     params = shape.params.get(phase, {})
     query = params
     while True:
         try:
-            pages = iter(reader.pages(phase, query, after))
-            while (asked_at := time.time()) and (page := next(pages, None)) is not None:
-                yield page, asked_at
+            for page in reader.pages(phase, query, after):
+                yield page, reader.asked_at
                 after, reread = page[-1]["id"], shape.reread(page[-1])
             return
         except CursorGone:
