@@ -26,7 +26,8 @@ from service.destinations.keepalive import KeepAlivePool
 
 MAX_BODY_KEPT = 2000  # characters of an error response kept for the dead-letter queue
 # What a delivery checks before each of its calls, once the call's slot is held: it raises to stop the
-# call (workers: a user's lease that may have lapsed). Per thread, as a batch's threads share a client.
+# call (workers: a user's lease that may have lapsed, or a job with no time left for the call). Per
+# thread, as a batch's threads share a client.
 BEFORE_CALL: ContextVar[Callable[[], None] | None] = ContextVar("before_call", default=None)
 
 
