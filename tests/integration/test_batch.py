@@ -135,17 +135,20 @@ def test_a_rerun_hands_back_what_it_cannot_finish(ctx: DeliveryContext, stop: st
     assert ctx.redis.keys("relay:batch:*") == []
 
 
-def test_after_the_last_rerun_taken_jobs_go_back_to_the_queue(ctx: DeliveryContext) -> None:
+@pytest.mark.parametrize("lane", keys.LANES)
+def test_after_the_last_rerun_taken_jobs_go_back_to_their_queue(ctx: DeliveryContext, lane: str) -> None:
+    """To the carrier's own lane: a backfill carrier's jobs went to the live queue, ahead of live users."""
+    queue = keys.USERCOM.rq_queue_key(lane)
     for n in range(3):
-        assert ctx.store.accept(an_update(f"evt_{n}", user_id=f"u{n}"))
-    ids = queued(ctx)
+        assert ctx.store.accept(an_update(f"evt_{n}", user_id=f"u{n}"), lane=lane)
+    ids = [raw.decode() for raw in ctx.redis.lrange(queue, 0, -1)]
     carrier = Job.fetch(ids[0], connection=ctx.redis, serializer=JSONSerializer)
     for _ in (1, 2):
-        ctx.redis.lmove(LIVE_QUEUE, batch_key(keys.USERCOM, carrier.id), "RIGHT", "LEFT")
+        ctx.redis.lmove(queue, batch_key(keys.USERCOM, carrier.id), "RIGHT", "LEFT")
     carrier.retries_left = 0
     on_job_failure(carrier, ctx.redis, RuntimeError, RuntimeError("boom"), None)
-    assert sorted(queued(ctx)) == sorted(ids)
-    assert return_taken(ctx.redis, keys.USERCOM, keys.LIVE, carrier.id) == 0
+    assert sorted(raw.decode() for raw in ctx.redis.lrange(queue, 0, -1)) == sorted(ids)
+    assert return_taken(ctx.redis, keys.USERCOM, lane, carrier.id) == 0
 
 
 def test_throttling_stops_the_taking(ctx: DeliveryContext, settings: Settings) -> None:

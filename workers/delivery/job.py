@@ -176,7 +176,7 @@ def on_job_failure(job: Job, connection: Redis, exc_type: type, exc: BaseExcepti
     ctx = current()
     first = job.args[0] if job.args else None
     raw = first if isinstance(first, dict) else {}
-    lane = keys.REPLAY if job.origin == ctx.store.keys.queue_name(keys.REPLAY) else keys.LIVE
+    lane = next((lane for lane in keys.LANES if job.origin == ctx.store.keys.queue_name(lane)), keys.LIVE)
     return_taken(ctx.redis, ctx.store.keys, lane, job.id)  # the jobs it took wait for other workers
     message = f"{exc_type.__name__}: {exc}"[:500]
     attempts = job.args[1] if len(job.args) > 1 and isinstance(job.args[1], int) else 1
