@@ -233,7 +233,7 @@ def _print_banner(
         "relay dev is running",
         f"  post Stripe webhooks to  {endpoint}",
         f"  stripe signing secret    {'the first of $STRIPE_WEBHOOK_SECRETS' if own else secret}",
-        f"  admin token              {'yours, $RELAY_ADMIN_TOKEN' if own_token else token}",
+        f"  admin token              {'yours, ' if own_token else ''}{token}",
         f"  health                   http://127.0.0.1:{port}/healthz  /readyz",
         f"  status, metrics, API     http://127.0.0.1:{port}/status  /metrics  /openapi.json",
         f"  worker metrics           http://127.0.0.1:{settings.metrics_port}/metrics",
