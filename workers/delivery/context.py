@@ -5,9 +5,10 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from redis import Redis
 from rq import Queue
@@ -18,6 +19,7 @@ from service.store.ledger import Store
 from workers.ordering import Ordering
 from workers.ratelimit import RateLimiter
 
+T = TypeVar("T")
 # The id of a job taken by a running job (workers/delivery/batch.py) while it is handled.
 job_in_hand: ContextVar[str | None] = ContextVar("job_in_hand", default=None)
 # When the running job must be done with its calls (time.monotonic()), in each thread delivering for it;
@@ -30,13 +32,18 @@ class Deferred(Exception):
 
 
 @contextmanager
-def calls_until(deadline: float) -> Iterator[None]:
-    """This thread's calls for the job end by `deadline` (time.monotonic())."""
-    token = job_deadline.set(deadline)
+def bound(var: ContextVar[T], value: T) -> Iterator[None]:
+    """`var` is `value` in this thread for the block, and what it was after."""
+    token = var.set(value)
     try:
         yield
     finally:
-        job_deadline.reset(token)
+        var.reset(token)
+
+
+def calls_until(deadline: float) -> AbstractContextManager[None]:
+    """This thread's calls for the job end by `deadline` (time.monotonic())."""
+    return bound(job_deadline, deadline)
 
 
 @dataclass

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +27,7 @@ from service.destinations.base import Retryable
 from service.store import keys
 from service.store.ledger_state import source_and_hint
 from service.store.ledger_user import SettleUser
-from workers.delivery.context import Deferred, DeliveryContext, job_in_hand
+from workers.delivery.context import Deferred, DeliveryContext, bound, job_in_hand
 from workers.delivery.mass import ENDPOINT as MASS_ENDPOINT
 from workers.delivery.mass import send_mass, worth_planning
 from workers.delivery.outcomes import put_back, retry_or_give_up
@@ -182,11 +182,6 @@ def _job(job_id: str, args: list[Any], hint: bytes) -> _Job:
     return _Job(job_id, user[0], user[1], attempt, first_failure_at, lane)
 
 
-@contextmanager
-def _in_hand(job_id: str) -> Iterator[None]:
+def _in_hand(job_id: str) -> AbstractContextManager[None]:
     """While one job of the group is handled: its id names its retry and put-back jobs."""
-    token = job_in_hand.set(job_id)
-    try:
-        yield
-    finally:
-        job_in_hand.reset(token)
+    return bound(job_in_hand, job_id)

@@ -33,7 +33,7 @@ from service.store.jobs import DELIVERY_JOB_TIMEOUT, JOB_END_SECONDS
 from service.store.ledger_state import HINT_FIELD, identity_of, source_and_hint
 from service.store.ledger_user import EventOutcome
 from workers.delivery.batch import return_taken, run_batch
-from workers.delivery.context import Deferred, DeliveryContext, calls_until, current, job_in_hand
+from workers.delivery.context import Deferred, DeliveryContext, bound, calls_until, current, job_in_hand
 from workers.delivery.group import deliver_group
 from workers.delivery.outcomes import dead_letter_legacy, put_back, retry_or_give_up
 from workers.delivery.send import send_user, settle_all
@@ -104,11 +104,8 @@ def whose(ctx: DeliveryContext, payload: str | dict[str, Any]) -> tuple[str, str
 
 
 def _run_taken(ctx: DeliveryContext, job_id: str, args: list[Any], hint: bytes | None = None) -> str:
-    token = job_in_hand.set(job_id)
-    try:
+    with bound(job_in_hand, job_id):
         return _deliver_payload(ctx, args[0], *args[1:], hint=hint)
-    finally:
-        job_in_hand.reset(token)
 
 
 def resolve_user(redis: Redis, source: str, hint: str) -> str:

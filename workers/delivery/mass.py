@@ -21,7 +21,7 @@ from collections.abc import Callable
 from service.destinations.base import DeliveryError
 from service.destinations.http_api import BEFORE_CALL
 from service.destinations.usercom.mass_update import PATH, Pending, plan
-from workers.delivery.context import Deferred, DeliveryContext, check_time_left
+from workers.delivery.context import Deferred, DeliveryContext, bound, check_time_left
 from workers.ordering import Hold, UserBusy
 from workers.ratelimit import Throttled
 
@@ -62,15 +62,13 @@ def send_mass(ctx: DeliveryContext, claimed: list[tuple[Hold, set[str]]], deadli
         if time.monotonic() > deadline:
             failed.update(ids)
             continue
-        checking = BEFORE_CALL.set(_before_mass_call(ctx, [by_id[usercom_id] for usercom_id in ids]))
+        checks = _before_mass_call(ctx, [by_id[usercom_id] for usercom_id in ids])
         try:
-            with ctx.limiter.slot():
+            with bound(BEFORE_CALL, checks), ctx.limiter.slot():
                 ctx.client.mass_update_standard(attribute, value, ids)  # type: ignore[attr-defined]
         except (DeliveryError, Throttled, UserBusy, Deferred) as exc:
             log.warning("mass update of %s for %d users failed (%s): each is sent on its own", attribute, len(ids), exc)
             failed.update(ids)
-        finally:
-            BEFORE_CALL.reset(checking)
     in_mass = {usercom_id for _, _, ids in chosen.mass for usercom_id in ids}
     return {by_id[usercom_id].user_id for usercom_id in in_mass - failed}
 

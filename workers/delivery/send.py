@@ -19,7 +19,7 @@ from service.ops.metrics import DELIVERIES, DELIVERY_LATENCY
 from service.store.ledger import Settled
 from service.store.ledger_user import EventOutcome
 from service.store.trace import TraceEntry
-from workers.delivery.context import DeliveryContext, check_time_left
+from workers.delivery.context import DeliveryContext, bound, check_time_left
 from workers.delivery.dropped import report_dropped
 from workers.ordering import Hold, UserBusy
 
@@ -113,11 +113,8 @@ def send_allowed(
             send(part[: len(part) // 2])
             send(part[len(part) // 2 :])
 
-    checking = BEFORE_CALL.set(lambda: _before_call(ctx, hold))
-    try:
+    with bound(BEFORE_CALL, lambda: _before_call(ctx, hold)):
         send(carriers)
-    finally:
-        BEFORE_CALL.reset(checking)
     updates = [state.update_of(hold.source, hold.hint, c) for c in carriers if c not in refused]
     delivered = max(updates, key=lambda u: (u.event_time, u.event_id)).event_id if went_out and updates else None
     outcomes = []
