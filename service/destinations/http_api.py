@@ -19,6 +19,7 @@ from typing import Any
 
 from prometheus_client import Counter, Histogram
 
+from service.core.redaction import Redactor
 from service.core.version import version
 from service.destinations.base import Limiter, Rejected, Retryable
 from service.destinations.dropped import DroppedValue
@@ -45,13 +46,6 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     return max(0.0, moment - (time.time() if now is None else now))
 
 
-def redact(text: str, secrets: list[str]) -> str:
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "[redacted]")
-    return text
-
-
 class HttpApi:
     def __init__(
         self,
@@ -71,7 +65,7 @@ class HttpApi:
             base_url, connect_timeout=connect_timeout, read_timeout=read_timeout, max_idle=pool_size
         )
         self._headers = {"User-Agent": f"relay/{version()}", **headers}
-        self._secrets = secrets
+        self._redact = Redactor(secrets)
         self._requests, self._seconds = requests, seconds
         self._counters: dict[tuple[str, str], Any] = {}
         self._timers: dict[str, Any] = {}
@@ -135,7 +129,7 @@ class HttpApi:
                 raise Retryable(f"{method} {path} -> {status}: the answer is not JSON", status=status) from None
         if status == 404 and allow_404:
             return None
-        text = redact(response.body.decode("utf-8", "replace"), self._secrets)[:MAX_BODY_KEPT]
+        text = self._redact(response.body.decode("utf-8", "replace"))[:MAX_BODY_KEPT]
         message = f"{method} {path} -> {status}"
         if status == 429:
             retry_after = parse_retry_after(response.headers.get("retry-after"))

@@ -16,19 +16,18 @@ from collections.abc import Callable, Hashable, Iterable
 from datetime import UTC, datetime
 from typing import TextIO
 
+from service.core.redaction import Redactor
 from service.core.times import iso
 
 # `extra=` keys that become fields of the line.
 FIELDS = ("source", "event_id", "event_type", "user_id", "lane", "attempt", "outcome", "reason", "status")
-REDACTED = "[redacted]"
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 class JsonFormatter(logging.Formatter):
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         super().__init__()
-        # Longest first, so a secret containing another is replaced whole.
-        self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+        self.redact = Redactor(secrets)
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
@@ -45,11 +44,6 @@ class JsonFormatter(logging.Formatter):
     def message(self, record: logging.LogRecord) -> str:
         return ANSI_ESCAPE.sub("", record.getMessage())
 
-    def redact(self, text: str) -> str:
-        for secret in self.secrets:
-            text = text.replace(secret, REDACTED)
-        return text
-
 
 class RedactSecrets(logging.Filter):
     """Secrets out of the records of a logger whose lines the app does not format: gunicorn's own, which
@@ -57,11 +51,11 @@ class RedactSecrets(logging.Filter):
 
     def __init__(self, secrets: Iterable[str]) -> None:
         super().__init__()
-        self.formatter = JsonFormatter(secrets)
+        self.redact = Redactor(secrets)
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        redacted = self.formatter.redact(message)
+        redacted = self.redact(message)
         if redacted != message:
             record.msg, record.args = redacted, None
         return True

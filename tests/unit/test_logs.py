@@ -34,3 +34,12 @@ def test_secrets_are_redacted_everywhere() -> None:
     entry = json.loads(line)
     assert entry["msg"] == "secret [redacted] in message"
     assert "Token [redacted]" in entry["exc"] and entry["reason"] == "[redacted]"
+
+
+def test_a_secret_the_json_line_escapes_is_redacted_and_a_longer_one_whole() -> None:
+    """A key holding `"` or `\\` is escaped in the JSON line; a secret that contains another is replaced
+    whole, not around the shorter one."""
+    quoted, short = 'k"ey\\with/odd', "usercom-api"
+    entry = json.loads(JsonFormatter([quoted, short, KEY]).format(record("echo %s", quoted, reason=KEY)))
+    assert entry["msg"] == "echo [redacted]"
+    assert entry["reason"] == "[redacted]"  # not "[redacted]-key-0123456789"
