@@ -129,6 +129,15 @@ class ReadFailed(ReadError):
         self.resume_until = resume_until
 
 
+class StoppedAtOnce(KeyboardInterrupt):
+    """A second Ctrl-C stopped the run at once, maybe part-way through a page: a run with --until
+    `resume_until` (the window's own if no page was fed whole) continues."""
+
+    def __init__(self, resume_until: int) -> None:
+        super().__init__()
+        self.resume_until = resume_until
+
+
 class StoreLost(Exception):
     """Redis failed part-way through a run: what was fed before is kept, and a run with --until
     `resume_until` (None: the window's own) continues; `cause` is redis-py's error."""
@@ -177,6 +186,8 @@ def backfill_events(
         if oldest is None:
             raise
         raise ReadFailed(str(exc), oldest) from exc
+    except KeyboardInterrupt as exc:  # a page part-fed is read again, as above
+        raise StoppedAtOnce(window.until if oldest is None else oldest) from exc
     resume_until = (window.until if oldest is None else oldest) if interrupted else None
     return Result(summary(reader, feeder), interrupted, resume_until)
 

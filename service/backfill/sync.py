@@ -131,6 +131,10 @@ class Checkpoint:
         self.redis.delete(self.key)
 
 
+def phases_of(shape: Shape, customers_only: bool) -> tuple[str, ...]:
+    return ("customers",) if customers_only else shape.phases
+
+
 def sync(
     reader: Any,  # StripeReader, PaddleReader: pages(resource, params, after=...), calls, rate_limited
     feeder: Feeder,
@@ -141,7 +145,7 @@ def sync(
     stop: threading.Event | None = None,
     reporter: Reporter | None = None,
 ) -> dict[str, Any]:
-    phases = ("customers",) if customers_only else shape.phases
+    phases = phases_of(shape, customers_only)
     checkpoint = Checkpoint(feeder.store.redis, feeder.source_name, phases)
     resumed = None if from_scratch or feeder.dry_run else checkpoint.load()
     start_phase, after = resumed if resumed and resumed[0] in phases else (phases[0], None)

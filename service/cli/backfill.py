@@ -5,9 +5,9 @@ never appears in any output. Paddle: its GET /events, /customers and /subscripti
 --undelivered-only (its events API has no delivery filter). Progress goes to stderr (rich), the summary table to
 stdout; --json prints one JSON document instead and no progress (a dry run's says `would_queue`). Ctrl-C stops after the
 current page, or at once while waiting for the next read (--max-rps), and prints how to resume; a second Ctrl-C stops
-at once. Redis is reached before the provider is read: a run that could not store what it reads reads nothing. Exit
-codes: 0 done, 1 interrupted (Ctrl-C, or Redis lost during the run: one line says so and how to resume), 2 bad settings
-or input (Redis not reachable at the start among them), 3 the provider refused or failed.
+at once, and prints it too. Redis is reached before the provider is read: a run that could not store what it reads
+reads nothing. Exit codes: 0 done, 1 interrupted (Ctrl-C, or Redis lost during the run: one line says so and how to
+resume), 2 bad settings or input (Redis not reachable at the start among them), 3 the provider refused or failed.
 """
 
 from __future__ import annotations
@@ -169,6 +169,9 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         except backfill.StoreLost as exc:
             again = f"resume with: {_backfill_again(args, window.since, exc.resume_until or int(now))}"
             return redis_lost("backfill", feeder, exc, reporter, backfill.summary(reader, feeder), again)
+        except backfill.StoppedAtOnce as exc:
+            again = f"resume with: {_backfill_again(args, window.since, exc.resume_until)}"
+            return stopped_at_once("backfill", reporter, backfill.summary(reader, feeder), again)
     reporter.finish({**result.summary, "dry_run": args.dry_run, "interrupted": result.interrupted})
     if result.interrupted:  # resume_until None: interrupted before a page was fed, the window is as asked
         reporter.note(
@@ -186,11 +189,20 @@ def _backfill_again(args: argparse.Namespace, since: int, until: int) -> str:
         again.append(f"--types {shlex.quote(args.types)}")  # customer.* unquoted is a shell glob
     if args.undelivered_only:
         again.append("--undelivered-only")
-    if args.max_rps is not None:
-        again.append(f"--max-rps {args.max_rps:g}")
-    if args.dry_run:
-        again.append("--dry-run")
-    return f"relay backfill {args.provider} {' '.join(again)}"
+    return " ".join([f"relay backfill {args.provider}", *again, *_pace_and_dry_run(args)])
+
+
+def _pace_and_dry_run(args: argparse.Namespace) -> list[str]:
+    """The options a run given again keeps as they were asked (backfill's, reconcile's)."""
+    kept = [f"--max-rps {args.max_rps:g}"] if args.max_rps is not None else []
+    return [*kept, "--dry-run"] if args.dry_run else kept
+
+
+def stopped_at_once(command: str, reporter: Reporter, summary: dict[str, Any], then: str) -> int:
+    """A second Ctrl-C: the summary of what was done, then how to go on."""
+    reporter.finish(summary)
+    print(f"relay {command}: stopped at once (a second Ctrl-C); {then}", file=sys.stderr)
+    return EXIT_INTERRUPTED
 
 
 def _retention_note(provider: str, since: int, now: float) -> str | None:
@@ -221,7 +233,9 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         print(f"relay: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     reporter = Reporter(f"reconcile {args.provider}", quiet=args.json, total=100, dry_run=args.dry_run)
-    again = f"run `relay reconcile {args.provider} --since {window.since}` again"
+    # The window as asked: --until only if it was given (by default the next run's reaches closer to now).
+    asked = [f"--since {window.since}"] + ([f"--until {window.until}"] if args.until else [])
+    again = f"run `{' '.join([f'relay reconcile {args.provider}', *asked, *_pace_and_dry_run(args)])}` again"
     with stop_on_interrupt(stop):
         try:
             summary = reconcile(reader, feeder, feeder.store.redis, window, types, stop=stop, reporter=reporter)
@@ -231,6 +245,8 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
             return EXIT_PROVIDER
         except (backfill.StoreLost, RedisError) as exc:  # RedisError: writing the run's record for /status
             return redis_lost("reconcile", feeder, exc, reporter, backfill.summary(reader, feeder), again)
+        except KeyboardInterrupt:
+            return stopped_at_once("reconcile", reporter, backfill.summary(reader, feeder), again)
     reporter.finish({**summary, "dry_run": args.dry_run})
     if summary["interrupted"]:
         reporter.note(f"interrupted; {again}")
@@ -273,12 +289,25 @@ def cmd_sync(args: argparse.Namespace) -> int:
             )
         except ReadError as exc:
             reporter.finish(so_far())
-            print(f"relay: {exc} (run it again: it continues from its checkpoint)", file=sys.stderr)
+            print(f"relay: {exc}{_checkpoint_note(feeder, shape, args.customers_only)}", file=sys.stderr)
             return EXIT_PROVIDER
         except RedisError as exc:
             return redis_lost("sync", feeder, exc, reporter, so_far(), again)
+        except KeyboardInterrupt:
+            return stopped_at_once("sync", reporter, so_far(), again)
     reporter.finish({**summary, "dry_run": args.dry_run})
     if summary["interrupted"]:
         reporter.note(f"interrupted; {again}")
         return EXIT_INTERRUPTED
     return 0
+
+
+def _checkpoint_note(feeder: Feeder, shape: Any, customers_only: bool) -> str:
+    """After a failed read: whether running again continues (a checkpoint of this mode is kept) or
+    starts over (the provider refused the first page, or the key)."""
+    from service.backfill.sync import Checkpoint, phases_of
+
+    with contextlib.suppress(RedisError):
+        if Checkpoint(feeder.store.redis, feeder.source_name, phases_of(shape, customers_only)).load():
+            return " (run it again: it continues from its checkpoint)"
+    return ""

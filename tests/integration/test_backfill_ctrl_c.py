@@ -8,6 +8,7 @@ import json
 import re
 import signal
 import subprocess
+import threading
 import time
 
 from redis import Redis
@@ -83,3 +84,41 @@ def test_ctrl_c_while_a_429_is_waited_out_ends_the_run_before_any_page(
     assert resumed is not None and started - 1 <= int(resumed.group(1)) <= time.time()  # the window as asked
     summary = json.loads(out)
     assert (summary["read"], summary["rate_limited"], len(paddle_api.state.requests)) == (0, 1, 1)
+
+
+def test_a_second_ctrl_c_stops_a_backfill_at_once_and_still_says_how_to_resume(
+    env: dict[str, str], redis: Redis, stripe_api: StripeApiServer, paddle_api: PaddleApiServer
+) -> None:
+    """The first Ctrl-C waits for the page being read; a second does not, and the command that goes on
+    from the last page fed whole is printed all the same."""
+    start = int(time.time()) - 3600
+    events = history(users=50, steps=2, start=start)  # 150 events: two pages
+    for event in events:
+        stripe_api.state.add_event(event)
+    second_page, answer = threading.Event(), threading.Event()
+
+    def hold(_path: str) -> None:  # the second page is answered once the test is done
+        if second_page.is_set():
+            answer.wait(60)
+        second_page.set()
+
+    stripe_api.state.after_page = hold
+    argv = [RELAY, "backfill", "stripe", "--since", str(start - 60), "--json"]
+    env = provider_env(stripe_api, paddle_api, env["REDIS_URL"])
+    try:
+        with subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as run:
+            try:
+                wait_until(lambda: len(stripe_api.state.requests) == 2, timeout=60, what="the second read")
+                run.send_signal(signal.SIGINT)
+                time.sleep(0.5)
+                assert run.poll() is None  # the first waits for the page
+                run.send_signal(signal.SIGINT)
+                out, err = run.communicate(timeout=STOPS_WITHIN)
+            finally:
+                run.kill()
+    finally:
+        answer.set()
+    resume = f"relay backfill stripe --since {start - 60} --until {events[-100]['created']}"
+    assert run.returncode == 1, err
+    assert err.splitlines()[-1] == f"relay backfill: stopped at once (a second Ctrl-C); resume with: {resume}"
+    assert json.loads(out)["accepted"] == 100

@@ -86,7 +86,11 @@ LOST = [
         "resume with: relay backfill stripe --since {since} --until {until} --max-rps 0.5",
         page_received,
     ),
-    (["reconcile", "stripe"], "run `relay reconcile stripe --since {since}` again", page_received),
+    (
+        ["reconcile", "stripe", "--until", "{end}"],  # a window closed by hand: the command again keeps it
+        "run `relay reconcile stripe --since {since} --until {end} --max-rps 0.5` again",
+        page_received,
+    ),
     (["sync", "stripe"], "resume with: relay sync stripe (it continues from its checkpoint)", page_checkpointed),
 ]
 
@@ -112,6 +116,8 @@ def test_redis_lost_during_the_run_is_one_line_saying_how_to_resume(
     try:
         settings = Settings.from_env({**env, "REDIS_URL": server.url})
         window = ["--since", str(start - 60)] if argv[0] != "sync" else []
+        end = events[-1]["created"] + 1
+        argv = [arg.format(end=end) for arg in argv]
         command = [RELAY, *argv, *window, "--max-rps", "0.5", "--json"]  # two seconds between pages
         with subprocess.Popen(
             command,
@@ -129,7 +135,7 @@ def test_redis_lost_during_the_run_is_one_line_saying_how_to_resume(
                 run.kill()
     finally:
         server.stop()
-    line = then.format(since=start - 60, until=events[-100]["created"])
+    line = then.format(since=start - 60, until=events[-100]["created"], end=end)
     assert run.returncode == 1, err
     assert err.splitlines() == [
         f"relay {argv[0]}: redis is not reachable at 127.0.0.1:{server.port} (lost during the run); {line}"

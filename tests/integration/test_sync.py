@@ -15,6 +15,7 @@ from redis import Redis
 from service.backfill.feed import Feeder
 from service.backfill.stripe_reader import StripeReader
 from service.backfill.sync import Checkpoint, sync
+from service.cli import main
 from service.config import Settings
 from service.devtools.stripe_api import StripeApiServer
 from service.devtools.usercom_sandbox import SandboxServer
@@ -159,6 +160,23 @@ def test_a_checkpoint_of_the_other_mode_starts_over(
     assert (code, summary["resumed"], summary["interrupted"]) == (0, False, False)
     assert summary["accepted"] == (150 if then else 300) - summary["duplicate"]
     assert summary["duplicate"] == 100  # the first page, fed before the interruption
+
+
+def test_a_failed_read_speaks_of_a_checkpoint_only_when_one_was_kept(
+    api_env: dict[str, str],
+    stripe_api: StripeApiServer,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    seed(stripe_api, users=150)  # two pages
+    monkeypatch.setenv("STRIPE_API_KEY", "rk_test_not_the_right_key_42")  # refused at the first read
+    assert main(["sync", "stripe", "--json"]) == 3
+    refused = capsys.readouterr().err
+    assert "401" in refused and "checkpoint" not in refused
+    monkeypatch.setenv("STRIPE_API_KEY", API_KEY)
+    stripe_api.state.after_page = lambda _path: stripe_api.state.fail_next(500, times=5)  # fails after a page
+    assert main(["sync", "stripe", "--json"]) == 3
+    assert capsys.readouterr().err.endswith(" (run it again: it continues from its checkpoint)\n")
 
 
 def test_each_user_is_sent_once_customer_and_subscription_together(
