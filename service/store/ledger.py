@@ -227,7 +227,7 @@ class Store:
         ]
         args = [
             *(item_id, job_id, self.keys.queue_name(keys.REPLAY), data, timestamp, description, now),
-            *(keys.pending_ref(update.source, hint), f"e:{update.event_id}", event_value(update, now)),
+            *(keys.pending_ref(update.source, hint), f"e:{update.event_id}", event_value(update, now), keys.REPLAY),
             *update_fields(update, hint),
         ]
         return bool(self._replay_script(keys=script_keys, args=args))

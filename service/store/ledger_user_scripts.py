@@ -128,14 +128,15 @@ return result
 # KEYS: dlq_items, dlq_index, dlq_reasons, dlq_dropped, ledger, job_key, queue_key (replay lane), queues_set,
 #       pending (replay lane), state, in_hand
 # ARGV: dlq_id, job_id, origin, data, timestamp, description (JobWriter.user_args), now, ref,
-#       event_field, event_value, then the update's state fields: field, value
+#       event_field, event_value, lane (the replay lane's name: the state's `q`, as accepting sets it, so an
+#       event accepted next queues no second job unless it is live), then the update's state fields: field, value
 # Returns: 1 (replayed) | 0 (the item is gone: deleted or replayed meanwhile)
 REPLAY_USER_SCRIPT = (
     DLQ_LUA
     + _JOB_LUA
     + MERGE_LUA
     + """
-local FIRST_FIELD = 11
+local FIRST_FIELD = 12
 local dlq = {KEYS[1], KEYS[2], KEYS[3], KEYS[4]}
 local ledger = KEYS[5]
 local job_key = KEYS[6]
@@ -154,6 +155,7 @@ local now = ARGV[7]
 local ref = ARGV[8]
 local event_field = ARGV[9]
 local event_value = ARGV[10]
+local lane = ARGV[11]
 
 if not dlq_remove(dlq, dlq_id) then return 0 end
 redis.call('HINCRBY', ledger, 'dead_lettered', -1)
@@ -164,6 +166,7 @@ if pending_already(state, in_hand, event_field) then
 end
 if redis.call('EXISTS', state) == 0 then
     push_job(job_key, queue_key, queues_set, job_id, origin, data, timestamp, description)
+    redis.call('HSET', state, 'q', lane)
     redis.call('ZADD', pending, 'NX', now, ref)
 end
 for i = FIRST_FIELD, #ARGV, 2 do merge_field(state, ARGV[i], ARGV[i + 1]) end

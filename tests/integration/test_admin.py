@@ -415,6 +415,30 @@ def test_an_event_accepted_while_the_same_is_pending_counts_once(
     assert sandbox.state.user_by_custom_id("u1") is not None
 
 
+def test_a_replayed_user_takes_no_second_job_but_for_live_traffic(
+    admin: Any, ctx: DeliveryContext, sandbox: SandboxServer
+) -> None:
+    """A replay queues its user on the replay lane and says so in the pending state, as intake does: an
+    event read back by a backfill for that user then queues nothing more, while a live one still does
+    (live traffic never waits behind a replay)."""
+    event = stripe_event("customer.updated", {"id": "cus_1", "metadata": {"user_id": "u1"}}, event_id="evt_dead")
+    refused_under_a_digest(ctx, event, "feedc0de")
+    assert admin.post("/admin/dlq/stripe-feedc0de/replay", headers=AUTH).status_code == 202
+    lengths = {lane: keys.USERCOM.rq_queue_key(lane) for lane in keys.LANES}
+    assert ctx.store.accept(update("evt_backfill", event_time=event["created"] + 1, plan="pro"), lane=keys.BACKFILL)
+    assert {lane: ctx.redis.llen(key) for lane, key in lengths.items()} == {
+        keys.LIVE: 0,
+        keys.REPLAY: 1,
+        keys.BACKFILL: 0,
+    }
+    assert ctx.store.accept(update("evt_live", event_time=event["created"] + 2, plan="max"))
+    assert [ctx.redis.llen(lengths[lane]) for lane in (keys.LIVE, keys.REPLAY)] == [1, 1]
+    work(ctx, keys.LIVE)
+    ledger = ctx.store.ledger()
+    assert (ledger["received"], ledger["in_flight"], ledger["dead_lettered"]) == (3, 0, 0)
+    assert sandbox.state.user_by_custom_id("u1")["attributes"]["plan"] == "max"  # type: ignore[index]
+
+
 @pytest.mark.parametrize(
     "path", ["/console", "/console/console.js", "/admin/dlq", "/admin/nothing", "/status", "/healthz"]
 )
