@@ -95,6 +95,8 @@ def test_pods_run_as_non_root_on_a_read_only_root(rendered: list[dict[str, Any]]
         mounts = {m["mountPath"]: m["name"] for m in main["volumeMounts"]}
         volumes = {v["name"]: v for v in pod["volumes"]}
         assert "emptyDir" in volumes[mounts[env["PROMETHEUS_MULTIPROC_DIR"]]]
+        # gunicorn's heartbeat files go to /tmp: on disk, their fchmod can stall a worker into a kill.
+        assert volumes[mounts["/tmp"]]["emptyDir"]["medium"] == "Memory"
         assert "resources" in main and main["resources"]["requests"]
 
 
@@ -163,6 +165,13 @@ def test_workers_outlive_their_longest_job_and_never_scale_to_zero(rendered: lis
         queries = [t["metadata"]["query"] for t in triggers]
         assert 'destination="usercom",lane="live"' in queries[0] and "relay_queue_depth" in queries[0]
         assert {t["metadata"]["threshold"] for t in triggers} == {"200"}
+
+
+def test_the_redis_statefulset_is_governed_by_a_headless_service_of_its_pods(rendered: list[dict[str, Any]]) -> None:
+    [redis] = find(rendered, "StatefulSet", "relay-redis")
+    [service] = find(rendered, "Service", redis["spec"]["serviceName"])
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["selector"] == redis["spec"]["template"]["metadata"]["labels"]
 
 
 def test_redis_never_forgets_accepted_events(rendered: list[dict[str, Any]]) -> None:
