@@ -11,6 +11,15 @@ Dedup remembers an event id for RELAY_DEDUP_TTL_SECONDS (7 days by default) and 
 a window reaching past that memory feeds the older events the relay received already once more (they
 are delivered again; last-writer-wins still keeps newer state). Re-feeding history can be the point,
 so it is not refused: the run says so in one line before it reads (dedup_note).
+
+Read newest first, a customer's newest user would be learned first and its older events dead-lettered
+as identity conflicts: the opposite of webhooks, which arrive in event order and teach the oldest
+(service/store/customer_map.py). So a run (not a dry run) reads the window twice: first only to note,
+per customer not learned yet, the user its oldest event names (in Redis, per run, about what the map
+gains anyway; a page at a time in the process), which it then learns; then it feeds. A customer's
+events come out as webhooks in event order would have them: the oldest user's delivered, another's
+kept as `identity_conflict`. It costs the window's reads twice; a stop during the first read feeds nothing
+(the same command runs it again).
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from redis.exceptions import RedisError
 from service.backfill.feed import Feeder
 from service.backfill.progress import Reporter
 from service.backfill.stripe_reader import Interrupted, ReadError
+from service.store.customer_map import FirstUsers
 
 STRIPE_EVENT_RETENTION_SECONDS = 30 * 24 * 3600
 DURATION = re.compile(r"^(\d+)([smhd])$")
@@ -166,15 +176,18 @@ def backfill_events(
         reporter.note(note)
     oldest: int | None = None
     interrupted = False
+    progress = Progress(window, reporter, halves=not feeder.dry_run)
     try:
+        if not feeder.dry_run:
+            learn_first_users(
+                reader, feeder, window, types, undelivered_only=undelivered_only, stop=stop, progress=progress
+            )
         for page in reader.event_pages(window.since, window.until, types, undelivered_only=undelivered_only):
             chosen = on_page(page) if on_page else page
             for event in chosen:
                 feeder.event(event)
-            # The provider's own envelope says when (Stripe: created; Paddle: occurred_at).
-            oldest = feeder.source.describe(page[-1], {}).event_time or window.since
-            if reporter:
-                reporter.update(summary(reader, feeder), window.done(oldest, time.time()))
+            oldest = event_time(feeder, page[-1], window)
+            progress.fed(summary(reader, feeder), oldest)
             if stop is not None and stop.is_set():
                 interrupted = True
                 break
@@ -190,6 +203,56 @@ def backfill_events(
         raise StoppedAtOnce(window.until if oldest is None else oldest) from exc
     resume_until = (window.until if oldest is None else oldest) if interrupted else None
     return Result(summary(reader, feeder), interrupted, resume_until)
+
+
+def event_time(feeder: Feeder, event: dict[str, Any], window: Window) -> int:
+    """The provider's own envelope says when (Stripe: created; Paddle: occurred_at)."""
+    return feeder.source.describe(event, {}).event_time or window.since
+
+
+@dataclass
+class Progress:
+    """The bar of a newest-first read: with `halves`, the first read of the window (learn_first_users)
+    fills its first half, the feeding read the second."""
+
+    window: Window
+    reporter: Reporter | None
+    halves: bool
+
+    def learned(self, summary: dict[str, Any], oldest: int) -> None:
+        if self.reporter:
+            self.reporter.update(summary, self.window.done(oldest, time.time()) / 2)
+
+    def fed(self, summary: dict[str, Any], oldest: int) -> None:
+        if self.reporter:
+            done = self.window.done(oldest, time.time())
+            self.reporter.update(summary, 50 + done / 2 if self.halves else done)
+
+
+def learn_first_users(
+    reader: EventReader,
+    feeder: Feeder,
+    window: Window,
+    types: list[str],
+    *,
+    undelivered_only: bool,
+    stop: threading.Event | None,
+    progress: Progress,
+) -> None:
+    """Read the window once, newest first, noting per customer not learned yet the user of its oldest
+    event; then learn them (FirstUsers). Stopped (Interrupted, also for `stop` set after a page) or
+    failed part-way, nothing is learned: the notes of part of the window would name a newer user."""
+    first = FirstUsers(feeder.store.redis, feeder.source_name)
+    try:
+        for page in reader.event_pages(window.since, window.until, types, undelivered_only=undelivered_only):
+            first.note(feeder.identities(page))
+            progress.learned(summary(reader, feeder), event_time(feeder, page[-1], window))
+            if stop is not None and stop.is_set():
+                raise Interrupted
+    except (Interrupted, ReadError):
+        first.discard()
+        raise
+    first.learn()
 
 
 def summary(reader: EventReader, feeder: Feeder) -> dict[str, Any]:

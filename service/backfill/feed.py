@@ -16,6 +16,7 @@ from marshmallow import ValidationError
 from service.config import Settings
 from service.core.update import UserUpdate
 from service.intake import conflict_item, invalid_item, read_event
+from service.sources.base import Envelope
 from service.sources.registry import build_source
 from service.store import keys
 from service.store.customer_map import IdentityConflict
@@ -74,17 +75,35 @@ class Feeder:
             self.tally.add(outcome)
         return outcomes
 
+    def identities(self, payloads: list[dict[str, Any]]) -> list[tuple[str, str]]:
+        """The (customer, user) each event names that accepting it could learn (service.store.customer_map),
+        in the order given: events naming both, not accepted before (the accept script checks and learns
+        only those), nothing written."""
+        named = []
+        for payload in payloads:
+            try:
+                _, update = self._read_event(payload)
+            except ValidationError:
+                continue
+            if update is not None and update.customer_id and update.user_id:
+                named.append(update)
+        seen = accepted_before(self.store.redis, self.source_name, [u.event_id for u in named], self.store.dedup_ttl)
+        return [(u.customer_id or "", u.user_id or "") for u, known in zip(named, seen, strict=True) if not known]
+
+    def _read_event(self, payload: dict[str, Any]) -> tuple[Envelope, UserUpdate | None]:
+        return read_event(
+            self.source,
+            self.settings.mapping,
+            self.settings.identity_key,
+            payload,
+            {},
+            max_clock_skew=self.settings.max_clock_skew_seconds,
+        )
+
     def _read(self, payload: dict[str, Any]) -> str | UserUpdate:
         """The event's update, or its outcome when it has none to accept."""
         try:
-            envelope, update = read_event(
-                self.source,
-                self.settings.mapping,
-                self.settings.identity_key,
-                payload,
-                {},
-                max_clock_skew=self.settings.max_clock_skew_seconds,
-            )
+            envelope, update = self._read_event(payload)
         except ValidationError as exc:
             return "invalid" if self.dry_run or self._reject(payload, exc) else "duplicate"
         return self._ignore(envelope.event_id) if update is None else update

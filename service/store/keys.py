@@ -58,6 +58,12 @@ def customer_map(source: str) -> str:
     return f"{PREFIX}:customers:{source}"
 
 
+def first_users(source: str, run: str) -> str:
+    """hash: per customer not learned yet, the user its oldest event in a backfill run's window names,
+    gathered before the run feeds anything (service/store/customer_map.py); expires if the run dies."""
+    return f"{PREFIX}:customers:{source}:first:{run}"
+
+
 def usercom_id(user_id: str) -> str:
     """string: User.com's own id for our user id, learned from its answers (service/destinations/usercom)."""
     return f"{PREFIX}:usercom-id:{user_id}"

@@ -115,3 +115,55 @@ def test_an_attribute_known_to_be_missing_goes_by_our_id_first(ctx: DeliveryCont
     sandbox.state.requests.clear()
     assert deliver(ctx, "evt_3", "team/42", seats=6) == "delivered"  # it exists now: v2 takes it
     assert sandbox.state.user_by_custom_id("team/42")["attributes"] == {"seats": 6}  # type: ignore[index]
+
+
+def by_our_id(sandbox: SandboxServer) -> list[str]:
+    return [r["raw_path"] for r in sandbox.state.requests if "/users-by-id/" in r["raw_path"]]
+
+
+def test_a_stale_usercom_id_of_a_user_unreachable_by_our_id_asks_by_our_id_once(
+    ctx: DeliveryContext, sandbox: SandboxServer
+) -> None:
+    # "seats" is known to be missing, so the update goes by our id first; the User.com id remembered is
+    # stale (merged away) and our id has "/", which User.com cannot route: a 404 by our id stands for
+    # the whole send, whatever else is tried, and "seats" is reported left out once.
+    assert deliver(ctx, "evt_0", "team/42", seats=4) == "delivered"  # learns that "seats" is missing
+    sandbox.state.custom_attributes.add("plan")
+    sandbox.state.seed(["team/7"])
+    usercom_id = sandbox.state.user_by_custom_id("team/7")["id"]  # type: ignore[index]
+    ctx.redis.set(keys.usercom_id("team/7"), 999999)
+    sandbox.state.requests.clear()
+    assert deliver(ctx, "evt_1", "team/7", seats=5, plan="pro") == "delivered"
+    assert by_our_id(sandbox) == ["/api/public/users-by-id/team%2F7/"]
+    assert calls(sandbox) == [
+        ("PUT", "/users-by-id/team/7/", 404),
+        ("PUT", "/users/999999/", 404),
+        ("POST", "/users/update_or_create/", 200),  # it exists: the 404 by our id was the "/"
+        ("PUT", f"/users/{usercom_id}/", 200),
+    ]
+    assert [(v.attribute, v.reason) for v in ctx.client.last_dropped] == [  # type: ignore[attr-defined]
+        ("seats", "custom_attribute_missing")
+    ]
+    assert sandbox.state.user_by_custom_id("team/7")["attributes"] == {"plan": "pro"}  # type: ignore[index]
+    assert ctx.redis.get(keys.usercom_id("team/7")) == str(usercom_id).encode()
+    assert ctx.store.dead_letters() == []
+
+
+def test_a_stale_usercom_id_of_a_deleted_user_creates_it_and_its_attribute_without_a_false_report(
+    ctx: DeliveryContext, sandbox: SandboxServer
+) -> None:
+    # Deleted in User.com: not found by our id either until update_or_create makes it again; then by our
+    # id it is found, and that creates "seats". Nothing was left out: nothing is reported.
+    assert deliver(ctx, "evt_0", "team/42", seats=4) == "delivered"  # learns that "seats" is missing
+    ctx.redis.set(keys.usercom_id("u5"), 999999)
+    sandbox.state.requests.clear()
+    assert deliver(ctx, "evt_1", "u5", seats=5) == "delivered"
+    user = sandbox.state.user_by_custom_id("u5")
+    assert user is not None and user["attributes"] == {"seats": 5}
+    assert calls(sandbox) == [
+        ("PUT", "/users-by-id/u5/", 404),
+        ("PUT", "/users/999999/", 404),
+        ("POST", "/users/update_or_create/", 201),
+        ("PUT", "/users-by-id/u5/", 200),  # created since the 404: asked again
+    ]
+    assert ctx.client.last_dropped == []  # type: ignore[attr-defined]

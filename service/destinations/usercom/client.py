@@ -11,11 +11,16 @@ Custom attributes must exist in the account before the v2 update sends them (its
 that do not), while the update by our id creates them: on that 400 the update is sent by our id
 instead, and the attribute is remembered as missing until then (later updates carrying it go by
 our id first). Values User.com's rules would refuse are left out and reported (rules.py).
+
+Within one send, a 404 by our id stands until update_or_create answers that it made the user: the
+update by our id is not asked again meanwhile (a stale User.com id for a user whose id has "/" asked
+it three times), and an attribute left out is reported once, when the update without it went out.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -38,6 +43,13 @@ def _endpoint(method: str, path: str) -> str:
 
 V2 = {"Accept": "*/*; version=2"}  # what PUT /users/<id>/ requires
 log = logging.getLogger("relay.usercom")
+
+
+@dataclass
+class _Send:
+    """What one send() learned of the user (per call: a batch's threads share the client)."""
+
+    not_by_our_id: bool = False  # PUT /users-by-id/ answered 404 and nothing since made the user
 
 
 class UsercomClient(ApiClient):
@@ -94,16 +106,19 @@ class UsercomClient(ApiClient):
         if tags:
             body["tags"] = tags
         learned: str | None = None
+        this = _Send()
         if memory and memory.isdigit():
-            if self._update_known(memory, user_id, body, custom) is not None:
+            if self._update_known(this, memory, user_id, body, custom) is not None:
                 return None
             learned = ""  # deleted or merged in User.com: forget it
-        answer = self._put_by_custom_id(user_id, body, custom)
+        answer = self._put_by_custom_id(this, user_id, body, custom)
         if answer is not None:
             return _usercom_id(answer) or learned
         created = self._call("POST", "/users/update_or_create/", {**standard, "user_id": user_id})
+        # Found there by our id: the 404 by our id was its route ("/"), not its absence. Made now: ask again.
+        this.not_by_our_id = this.not_by_our_id and isinstance(created, dict) and created.get("created") is False
         usercom_id = _usercom_id(created)
-        if usercom_id is None or self._update_known(usercom_id, user_id, body, custom) is None:
+        if usercom_id is None or self._update_known(this, usercom_id, user_id, body, custom) is None:
             raise Rejected(f"user {user_id!r}: 404 right after update_or_create", status=404)
         return usercom_id
 
@@ -113,7 +128,9 @@ class UsercomClient(ApiClient):
             "PUT", "/users/mass_update_standard_attributes/", {"ids": ids, "attribute": attribute, "value": value}
         )
 
-    def _update_known(self, usercom_id: str, user_id: str, body: dict[str, Any], custom: dict[str, Any]) -> Any:
+    def _update_known(
+        self, this: _Send, usercom_id: str, user_id: str, body: dict[str, Any], custom: dict[str, Any]
+    ) -> Any:
         """The v2 update by User.com's id; custom attributes that do not exist yet go by our id, which
         creates them. None when User.com does not know the user by either."""
         missing = [name for name in custom if name in self._missing]
@@ -125,7 +142,7 @@ class UsercomClient(ApiClient):
                 if not missing and perhaps_custom_attributes(exc.status, exc.body, custom):
                     # In words not known here: sent by our id, which creates them (a refusal of
                     # anything else is refused there too, and stays one).
-                    answer = self._put_by_custom_id(user_id, body, custom)
+                    answer = self._put_by_custom_id(this, user_id, body, custom)
                     if answer is None:
                         raise
                     return answer
@@ -133,18 +150,25 @@ class UsercomClient(ApiClient):
                     raise
                 self._missing.update(missing)
                 log.info("custom attributes %s do not exist in User.com yet: sending by user id", missing)
-        answer = self._put_by_custom_id(user_id, body, custom)
+        answer = self._put_by_custom_id(this, user_id, body, custom)
         if answer is not None:
             return answer
-        # Not reachable by our id (e.g. it contains "/"): the rest goes out, the new attributes are reported.
-        self._left_out([DroppedValue(name, "custom_attribute_missing") for name in missing], also=True)
+        # Not reachable by our id (e.g. it contains "/"): the rest goes out, the new attributes are reported
+        # once it went (a 404 here is a stale id: the send goes on, and reports what it leaves out then).
         rest = {name: value for name, value in body.items() if name not in missing}
-        return self._call("PUT", f"/users/{usercom_id}/", rest, allow_404=True, headers=V2)
-
-    def _put_by_custom_id(self, user_id: str, body: dict[str, Any], custom: dict[str, Any]) -> Any:
-        """The update by our id (None: a 404); it creates missing custom attributes."""
-        answer = self._call("PUT", f"/users-by-id/{quote(user_id, safe='')}/", body, allow_404=True)
+        answer = self._call("PUT", f"/users/{usercom_id}/", rest, allow_404=True, headers=V2)
         if answer is not None:
+            self._left_out([DroppedValue(name, "custom_attribute_missing") for name in missing], also=True)
+        return answer
+
+    def _put_by_custom_id(self, this: _Send, user_id: str, body: dict[str, Any], custom: dict[str, Any]) -> Any:
+        """The update by our id (None: a 404, now or earlier in this send); it creates missing custom attributes."""
+        if this.not_by_our_id:
+            return None
+        answer = self._call("PUT", f"/users-by-id/{quote(user_id, safe='')}/", body, allow_404=True)
+        if answer is None:
+            this.not_by_our_id = True
+        else:
             self._missing.difference_update(custom)  # they exist now
         return answer
 
