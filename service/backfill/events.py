@@ -141,9 +141,9 @@ class ReadFailed(ReadError):
 
 class StoppedAtOnce(KeyboardInterrupt):
     """A second Ctrl-C stopped the run at once, maybe part-way through a page: a run with --until
-    `resume_until` (the window's own if no page was fed whole) continues."""
+    `resume_until` (None: the window's own, no page was fed whole) continues."""
 
-    def __init__(self, resume_until: int) -> None:
+    def __init__(self, resume_until: int | None) -> None:
         super().__init__()
         self.resume_until = resume_until
 

@@ -170,7 +170,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
             again = f"resume with: {_backfill_again(args, window.since, exc.resume_until or int(now))}"
             return redis_lost("backfill", feeder, exc, reporter, backfill.summary(reader, feeder), again)
         except backfill.StoppedAtOnce as exc:
-            again = f"resume with: {_backfill_again(args, window.since, exc.resume_until)}"
+            again = f"resume with: {_backfill_again(args, window.since, exc.resume_until or int(now))}"
             return stopped_at_once("backfill", reporter, backfill.summary(reader, feeder), again)
     reporter.finish({**result.summary, "dry_run": args.dry_run, "interrupted": result.interrupted})
     if result.interrupted:  # resume_until None: interrupted before a page was fed, the window is as asked

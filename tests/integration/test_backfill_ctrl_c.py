@@ -11,6 +11,7 @@ import subprocess
 import threading
 import time
 
+import pytest
 from redis import Redis
 
 from service.devtools.paddle_api import PaddleApiServer
@@ -57,15 +58,21 @@ def test_ctrl_c_in_the_gap_between_pages_ends_a_sync_at_once(
 def test_ctrl_c_in_the_gap_between_pages_ends_a_backfill_at_once_with_its_resume_command(
     env: dict[str, str], redis: Redis, stripe_api: StripeApiServer, paddle_api: PaddleApiServer
 ) -> None:
+    """In the gap after the first page of the read that learns the customers' first users: nothing was
+    fed, so the command that goes on is the window as asked."""
     start = int(time.time()) - 3600
     events = history(users=50, steps=2, start=start)  # 150 events: two pages
     for event in events:
         stripe_api.state.add_event(event)
     argv = ["backfill", "stripe", "--since", str(start - 60), "--max-rps", "0.01"]
+    started = int(time.time())
     out, err = ctrl_c_once_read(argv, provider_env(stripe_api, paddle_api, env["REDIS_URL"]), stripe_api)
-    resume = f"relay backfill stripe --since {start - 60} --until {events[-100]['created']} --max-rps 0.01"
-    assert err.splitlines()[-1] == f"interrupted; resume with: {resume}"
-    assert (json.loads(out)["accepted"], len(stripe_api.state.requests)) == (100, 1)
+    resumed = re.fullmatch(
+        rf"interrupted; resume with: relay backfill stripe --since {start - 60} --until (\d+) --max-rps 0.01",
+        err.splitlines()[-1],
+    )
+    assert resumed is not None and started - 1 <= int(resumed.group(1)) <= time.time()
+    assert (json.loads(out)["accepted"], len(stripe_api.state.requests)) == (0, 1)
 
 
 def test_ctrl_c_while_a_429_is_waited_out_ends_the_run_before_any_page(
@@ -86,29 +93,32 @@ def test_ctrl_c_while_a_429_is_waited_out_ends_the_run_before_any_page(
     assert (summary["read"], summary["rate_limited"], len(paddle_api.state.requests)) == (0, 1, 1)
 
 
+@pytest.mark.parametrize("held", [2, 4], ids=["learning read", "feeding read"])
 def test_a_second_ctrl_c_stops_a_backfill_at_once_and_still_says_how_to_resume(
-    env: dict[str, str], redis: Redis, stripe_api: StripeApiServer, paddle_api: PaddleApiServer
+    env: dict[str, str], redis: Redis, stripe_api: StripeApiServer, paddle_api: PaddleApiServer, held: int
 ) -> None:
-    """The first Ctrl-C waits for the page being read; a second does not, and the command that goes on
-    from the last page fed whole is printed all the same."""
+    """The first Ctrl-C waits for the page being read; a second does not, and the command that goes on is
+    printed all the same: from the last page fed whole, or the window as asked when none was fed (the
+    read that learns the customers' first users feeds nothing)."""
     start = int(time.time()) - 3600
-    events = history(users=50, steps=2, start=start)  # 150 events: two pages
+    events = history(users=50, steps=2, start=start)  # 150 events: two pages, read twice
     for event in events:
         stripe_api.state.add_event(event)
-    second_page, answer = threading.Event(), threading.Event()
+    pages, answer = [], threading.Event()
 
-    def hold(_path: str) -> None:  # the second page is answered once the test is done
-        if second_page.is_set():
+    def hold(path: str) -> None:  # the page `held` is answered once the test is done
+        pages.append(path)
+        if len(pages) == held:
             answer.wait(60)
-        second_page.set()
 
     stripe_api.state.after_page = hold
     argv = [RELAY, "backfill", "stripe", "--since", str(start - 60), "--json"]
     env = provider_env(stripe_api, paddle_api, env["REDIS_URL"])
+    started = int(time.time())
     try:
         with subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as run:
             try:
-                wait_until(lambda: len(stripe_api.state.requests) == 2, timeout=60, what="the second read")
+                wait_until(lambda: len(pages) == held, timeout=60, what=f"page {held}")
                 run.send_signal(signal.SIGINT)
                 time.sleep(0.5)
                 assert run.poll() is None  # the first waits for the page
@@ -118,7 +128,14 @@ def test_a_second_ctrl_c_stops_a_backfill_at_once_and_still_says_how_to_resume(
                 run.kill()
     finally:
         answer.set()
-    resume = f"relay backfill stripe --since {start - 60} --until {events[-100]['created']}"
     assert run.returncode == 1, err
-    assert err.splitlines()[-1] == f"relay backfill: stopped at once (a second Ctrl-C); resume with: {resume}"
-    assert json.loads(out)["accepted"] == 100
+    stopped = re.fullmatch(
+        rf"relay backfill: stopped at once \(a second Ctrl-C\); resume with: relay backfill stripe "
+        rf"--since {start - 60} --until (\d+)",
+        err.splitlines()[-1],
+    )
+    assert stopped is not None, err
+    if held == 4:
+        assert (int(stopped.group(1)), json.loads(out)["accepted"]) == (events[-100]["created"], 100)
+    else:
+        assert started - 1 <= int(stopped.group(1)) <= time.time() and json.loads(out)["accepted"] == 0
