@@ -22,7 +22,8 @@ end
 # Count the outcome of each event in the user's in-hand state once (an event counts when it leaves
 # the in-hand hash, so a re-run never counts twice), keep the dead-letter item of each one
 # dead-lettered, end the lease, keep what the destination learned, release the call slots and trace
-# it, in one step. Nothing happens when another job holds the user's lease (it took the user over).
+# it, in one step; a user with events still pending (come during the call, or kept for a retry) is dated
+# in pending by the oldest of them. Nothing happens when another job holds the user's lease (it took the user over).
 # KEYS: ledger, last_delivery, lock, memory_key, limiter_in_flight, trace_key, in_hand, state,
 #       dlq_items, dlq_index, dlq_reasons, dlq_dropped, then per lane: pending
 # ARGV: token ('' when no lease is held), now, memory_change ('' to leave the memory, else 'set:<value>'
@@ -103,6 +104,23 @@ if not left then redis.call('DEL', in_hand) end
 if token ~= '' then redis.call('DEL', lock) end
 if redis.call('EXISTS', state) == 0 and redis.call('EXISTS', in_hand) == 0 then
     for l = FIXED_KEYS + 1, #KEYS do redis.call('ZREM', KEYS[l], ref) end
+else
+    -- Still pending (events that came during the call, or kept for a retry): the user has waited since the
+    -- oldest of those was accepted, not since the first event of an earlier delivery (a user updated without
+    -- pause would look stuck ever longer: /status, relay_oldest_pending_age_seconds).
+    local oldest = nil
+    for _, hash in ipairs({state, in_hand}) do
+        local fields = redis.call('HGETALL', hash)
+        for i = 1, #fields, 2 do
+            if string.sub(fields[i], 1, 2) == 'e:' then
+                local accepted = tonumber((accepted_and_legacy(fields[i + 1])))
+                if oldest == nil or accepted < oldest then oldest = accepted end
+            end
+        end
+    end
+    if oldest then
+        for l = FIXED_KEYS + 1, #KEYS do redis.call('ZADD', KEYS[l], 'XX', oldest, ref) end
+    end
 end
 if memory_change == 'del' then
     redis.call('DEL', memory_key)

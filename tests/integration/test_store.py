@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from redis import Redis
 from rq import Queue
 from rq.job import Job, JobStatus
@@ -79,6 +81,23 @@ def test_settling_counts_each_event_once_and_needs_the_lease(redis: Redis) -> No
     ledger = store.ledger()
     assert (ledger["delivered"], ledger["coalesced"], ledger["in_flight"]) == (1, 1, 0)
     assert redis.zcard(keys.USERCOM.pending(keys.LIVE)) == 0
+
+
+def test_a_user_updated_during_its_delivery_is_dated_by_its_oldest_event_still_pending(redis: Redis) -> None:
+    """A user updated without pause always has an event that came during the last call: it must not look
+    pending since its first event ever (/status oldest_pending_age_seconds, the RelayOldestPendingTooOld alert)."""
+    store = _store(redis)
+    assert store.accept(UPDATE)
+    state, in_hand = keys.USERCOM.user_state("stripe", "user:u1"), keys.USERCOM.in_hand("stripe", "user:u1")
+    redis.rename(state, in_hand)  # a delivery holds it
+    redis.zadd(keys.USERCOM.pending(keys.LIVE), {keys.pending_ref("stripe", "user:u1"): 1_000.0})  # an hour ago
+    came_during_the_call = time.time()
+    assert store.accept(an_update(event_id="evt_2", custom={"mrr": 2.0}))
+    settled = store.settle_user(SettleUser("stripe", "user:u1", [EventOutcome("evt_1", "delivered")]))
+    assert settled is not None and [s.counted for s in settled] == [True]
+    [(_, since)] = redis.zrange(keys.USERCOM.pending(keys.LIVE), 0, -1, withscores=True)
+    assert int(came_during_the_call) <= since <= time.time()  # evt_2's acceptance, not the first event's
+    assert redis.zcard(keys.USERCOM.pending(keys.REPLAY)) == 0  # dated where it is, added nowhere
 
 
 def test_a_lease_that_lapsed_with_no_one_taking_it_still_counts(redis: Redis) -> None:
