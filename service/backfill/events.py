@@ -19,11 +19,13 @@ per customer not learned yet, the user its oldest event names (in Redis, per run
 gains anyway; a page at a time in the process), which it then learns; then it feeds. A customer's
 events come out as webhooks in event order would have them: the oldest user's delivered, another's
 kept as `identity_conflict`. It costs the window's reads twice; a stop during the first read feeds nothing
-(the same command runs it again).
+(the same command runs it again). A reconcile reads once when what is missing fits in memory
+(feed_after_one_read).
 """
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import re
 import threading
@@ -41,6 +43,8 @@ from service.backfill.stripe_reader import Interrupted, ReadError
 from service.store.customer_map import FirstUsers
 
 STRIPE_EVENT_RETENTION_SECONDS = 30 * 24 * 3600
+HOLD_UP_TO = 10_000  # reconcile: missing events held to feed after one read (a few KB each)
+HELD_PAGE = 100  # held events fed between two looks at the stop asked and the progress
 DURATION = re.compile(r"^(\d+)([smhd])$")
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 EARLIEST = 946_684_800  # 2000-01-01T00:00:00Z: no provider's API holds anything older
@@ -169,16 +173,19 @@ def backfill_events(
     reporter: Reporter | None = None,
     on_page: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None = None,
     warn_past_dedup: bool = True,
+    learn: bool = True,
 ) -> Result:
     """Feed every event of the window; `on_page` may narrow a page first (reconcile: the missing).
-    `warn_past_dedup`: say so (on `reporter`) before reading when the window reaches past the dedup memory."""
+    `warn_past_dedup`: say so (on `reporter`) before reading when the window reaches past the dedup memory.
+    `learn`: read the window once first for the customers' first users (learn_first_users), unless they
+    were learned already (feed_after_one_read)."""
     if reporter and warn_past_dedup and (note := dedup_note(window, feeder.store.dedup_ttl, time.time())):
         reporter.note(note)
     oldest: int | None = None
     interrupted = False
     progress = Progress(window, reporter, halves=not feeder.dry_run)
     try:
-        if not feeder.dry_run:
+        if learn and not feeder.dry_run:
             learn_first_users(
                 reader, feeder, window, types, undelivered_only=undelivered_only, stop=stop, progress=progress
             )
@@ -253,6 +260,78 @@ def learn_first_users(
         first.discard()
         raise
     first.learn()
+
+
+Pick = Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
+
+
+def feed_after_one_read(
+    reader: EventReader,
+    feeder: Feeder,
+    window: Window,
+    types: list[str],
+    *,
+    pick: Pick,
+    pick_again: Pick,
+    hold_up_to: int | None = None,  # HOLD_UP_TO
+    stop: threading.Event | None = None,
+    reporter: Reporter | None = None,
+) -> Result:
+    """Reconcile's read, once where backfill_events reads twice: the events `pick` takes from each page (the
+    missing ones, counted as they are read) are held while the window is read, the users they name first
+    are learned (as learn_first_users), then they are fed from memory. Past `hold_up_to` events held, the
+    read goes on noting first users only, and a second read feeds what `pick_again` takes (counting nothing
+    twice). Stopped or failed before feeding, nothing is learned or fed: the same command runs it again."""
+    progress = Progress(window, reporter, halves=True)
+    first = None if feeder.dry_run else FirstUsers(feeder.store.redis, feeder.source_name)
+    held: list[dict[str, Any]] | None = []
+    hold_up_to = HOLD_UP_TO if hold_up_to is None else hold_up_to
+    try:
+        try:
+            for page in reader.event_pages(window.since, window.until, types):
+                picked = pick(page)
+                if first is not None:
+                    first.note(feeder.identities(picked))
+                if held is not None:
+                    held.extend(picked)
+                    held = held if len(held) <= hold_up_to else None
+                progress.learned(summary(reader, feeder), event_time(feeder, page[-1], window))
+                if stop is not None and stop.is_set():
+                    raise Interrupted
+        except BaseException:
+            if first is not None:
+                with contextlib.suppress(RedisError):
+                    first.discard()
+            raise
+        if first is not None:
+            first.learn()
+        if held is None:
+            again = backfill_events  # the customers' first users are learned: it reads once
+            return again(
+                reader,
+                feeder,
+                window,
+                types,
+                stop=stop,
+                reporter=reporter,
+                on_page=pick_again,
+                warn_past_dedup=False,
+                learn=False,
+            )
+        for start in range(0, len(held), HELD_PAGE):
+            chunk = held[start : start + HELD_PAGE]
+            for event in chunk:
+                feeder.event(event)
+            progress.fed(summary(reader, feeder), event_time(feeder, chunk[-1], window))
+            if stop is not None and stop.is_set():
+                raise Interrupted
+    except Interrupted:
+        return Result(summary(reader, feeder), True, window.until)
+    except RedisError as exc:
+        raise StoreLost(exc, None) from exc
+    except KeyboardInterrupt as exc:
+        raise StoppedAtOnce(None) from exc
+    return Result(summary(reader, feeder), False, None)
 
 
 def summary(reader: EventReader, feeder: Feeder) -> dict[str, Any]:

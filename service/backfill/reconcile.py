@@ -18,7 +18,7 @@ from typing import Any
 
 from redis import Redis
 
-from service.backfill.events import EventReader, Window, backfill_events
+from service.backfill.events import EventReader, Window, feed_after_one_read
 from service.backfill.feed import Feeder
 from service.backfill.progress import Reporter
 from service.ops.metrics import RECONCILE_HEALED, RECONCILE_MISSING, RECONCILE_RUNS
@@ -50,9 +50,17 @@ def reconcile(
     source = feeder.source_name
     missing_ids: list[str] = []
 
-    def only_missing(page: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def received(page: list[dict[str, Any]]) -> tuple[list[str], list[bool]]:
         ids = [feeder.source.describe(event, {}).event_id or "" for event in page]  # Stripe: id; Paddle: event_id
-        seen = accepted_before(redis, source, ids, feeder.store.dedup_ttl)
+        return ids, accepted_before(redis, source, ids, feeder.store.dedup_ttl)
+
+    def still_missing(page: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The events of `page` the relay has not received, counting nothing (a second read's)."""
+        _, seen = received(page)
+        return [event for event, known in zip(page, seen, strict=True) if not known]
+
+    def only_missing(page: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        ids, seen = received(page)
         missing = [event for event, known in zip(page, seen, strict=True) if not known]
         feeder.tally.missing += len(missing)
         feeder.tally.counts["duplicate"] += len(page) - len(missing)  # received before: nothing to do
@@ -65,8 +73,8 @@ def reconcile(
     try:
         # Its window fits the dedup memory (check_reconcile_window, periodic.window_for): nothing to warn of,
         # though a --since at its very edge would be past it by the time the read starts.
-        result = backfill_events(
-            reader, feeder, window, types, stop=stop, reporter=reporter, on_page=only_missing, warn_past_dedup=False
+        result = feed_after_one_read(
+            reader, feeder, window, types, pick=only_missing, pick_again=still_missing, stop=stop, reporter=reporter
         )
     except Exception:
         RECONCILE_RUNS.labels(source, "failed").inc()

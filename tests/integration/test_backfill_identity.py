@@ -4,6 +4,7 @@ same events are delivered to it and the same ones are dead-lettered as `identity
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -116,6 +117,31 @@ def test_a_backfill_read_newest_first_gives_what_webhooks_in_event_order_give(
     capsys.readouterr()
     assert outcome(Settings.from_env(api_env), redis, sandbox) == LIVE_ORDER
     assert not redis.keys(keys.first_users("stripe", "*"))  # the run's notes are gone
+
+
+@pytest.mark.parametrize(("hold_up_to", "reads"), [(10_000, 1), (1, 2)], ids=["held", "past-the-hold"])
+def test_a_reconcile_reads_its_window_once_when_what_is_missing_fits_in_memory(
+    api_env: dict[str, str],
+    stripe_api: StripeApiServer,
+    redis: Redis,
+    sandbox: SandboxServer,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    hold_up_to: int,
+    reads: int,
+) -> None:
+    """The missing events are few (the periodic reconcile's): held while the window is read, their first
+    users learned, then fed, with one read of the provider's API. More than it holds: a second read feeds,
+    and nothing is counted twice."""
+    monkeypatch.setattr("service.backfill.stripe_reader.PAGE_SIZE", 2)  # 5 events: 3 pages
+    monkeypatch.setattr("service.backfill.events.HOLD_UP_TO", hold_up_to)
+    for event in rekeyed_history(int(time.time()) - 600):
+        stripe_api.state.add_event(event)
+    assert main(["reconcile", "stripe", "--since", "1h", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["api_calls"], summary["read"], summary["missing"]) == (3 * reads, 5, 5)
+    assert (summary["accepted"], summary["invalid"]) == (3, 2)  # the two naming "new-1" kept as conflicts
+    assert outcome(Settings.from_env(api_env), redis, sandbox) == LIVE_ORDER
 
 
 def test_a_customer_learned_before_the_backfill_is_never_re_pointed_by_it(
