@@ -33,6 +33,10 @@ from service.mapping import load_mapping
 from service.sources.base import SourceSettings
 from service.sources.registry import SOURCES
 from service.store import keys
+from tests import children
+
+# Before anything starts a process: every child of the suite dies with the pytest process that started it.
+children.install()
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("RELAY_SHARED_DIR", REPO.parent / "shared"))
