@@ -11,17 +11,37 @@ children go with them (gunicorn's workers, the supervisor's forks: workers.lifel
 
 The kernel sends it when the *thread* that forked the child ends: a child started from any other thread
 than the main one is forked from one kept for the purpose, that lives as long as the process.
+
+The children are also given a TMPDIR of the run's (pytest's base temporary directory, removed with
+pytest's old runs) unless their environment names one: the temporary metrics directory of a relay
+SIGKILLed on purpose is not left in /tmp.
 """
 
 from __future__ import annotations
 
+import os
 import queue
 import subprocess
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from service.ops.parent_death import dies_with_this_process
+
+_children_tmpdir: Path | None = None
+
+
+def use_tmpdir(directory: Path | None) -> None:
+    """The TMPDIR of the children started from now on (None: the environment's)."""
+    global _children_tmpdir  # one per process, set once the session has its temporary directory
+    _children_tmpdir = directory
+
+
+def _with_tmpdir(env: Mapping[str, str] | None) -> Mapping[str, str] | None:
+    if _children_tmpdir is None or (env is not None and "TMPDIR" in env):
+        return env
+    return {**(os.environ if env is None else env), "TMPDIR": str(_children_tmpdir)}
 
 
 def _dying_with_this_process(preexec_fn: Callable[[], object] | None) -> Callable[[], None]:
@@ -80,6 +100,7 @@ class DiesWithThisProcess(subprocess.Popen[Any]):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs["preexec_fn"] = _dying_with_this_process(kwargs.get("preexec_fn"))
+        kwargs["env"] = _with_tmpdir(kwargs.get("env"))
         if threading.current_thread() is threading.main_thread():
             super().__init__(*args, **kwargs)
         else:

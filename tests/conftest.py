@@ -173,6 +173,15 @@ def close_connections(http: urllib3.PoolManager) -> None:
     http.clear()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def children_tmpdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The children's TMPDIR: the run's base temporary directory (short enough for chromium's socket
+    paths), removed with pytest's old runs; a relay SIGKILLed on purpose leaves its metrics directory there."""
+    children.use_tmpdir(tmp_path_factory.getbasetemp())
+    yield
+    children.use_tmpdir(None)
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
     server = RedisProcess(tmp_path_factory.mktemp("redis")).start()
