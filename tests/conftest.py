@@ -33,6 +33,10 @@ from service.mapping import load_mapping
 from service.sources.base import SourceSettings
 from service.sources.registry import SOURCES
 from service.store import keys
+from tests import children
+
+# Before anything starts a process: every child of the suite dies with the pytest process that started it.
+children.install()
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("RELAY_SHARED_DIR", REPO.parent / "shared"))
@@ -167,6 +171,15 @@ def close_connections(http: urllib3.PoolManager) -> None:
         if pool is not None:
             pool.close()
     http.clear()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def children_tmpdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The children's TMPDIR: the run's base temporary directory (short enough for chromium's socket
+    paths), removed with pytest's old runs; a relay SIGKILLed on purpose leaves its metrics directory there."""
+    children.use_tmpdir(tmp_path_factory.getbasetemp())
+    yield
+    children.use_tmpdir(None)
 
 
 @pytest.fixture(scope="session")
