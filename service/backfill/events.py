@@ -25,7 +25,6 @@ kept as `identity_conflict`. It costs the window's reads twice; a stop during th
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
 import re
 import threading
@@ -256,8 +255,8 @@ def learn_first_users(
             progress.learned(summary(reader, feeder), event_time(feeder, page[-1], window))
             if stop is not None and stop.is_set():
                 raise Interrupted
-    except (Interrupted, ReadError):
-        first.discard()
+    except BaseException:
+        first.forget()
         raise
     first.learn()
 
@@ -300,8 +299,7 @@ def feed_after_one_read(
                     raise Interrupted
         except BaseException:
             if first is not None:
-                with contextlib.suppress(RedisError):
-                    first.discard()
+                first.forget()
             raise
         if first is not None:
             first.learn()

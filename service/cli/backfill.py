@@ -171,7 +171,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
             return redis_lost("backfill", feeder, exc, reporter, backfill.summary(reader, feeder), again)
         except backfill.StoppedAtOnce as exc:
             again = f"resume with: {_backfill_again(args, window.since, exc.resume_until or int(now))}"
-            return stopped_at_once("backfill", reporter, backfill.summary(reader, feeder), again)
+            return stopped_at_once("backfill", args, reporter, backfill.summary(reader, feeder), again)
     reporter.finish({**result.summary, "dry_run": args.dry_run, "interrupted": result.interrupted})
     if result.interrupted:  # resume_until None: interrupted before a page was fed, the window is as asked
         reporter.note(
@@ -198,9 +198,11 @@ def _pace_and_dry_run(args: argparse.Namespace) -> list[str]:
     return [*kept, "--dry-run"] if args.dry_run else kept
 
 
-def stopped_at_once(command: str, reporter: Reporter, summary: dict[str, Any], then: str) -> int:
-    """A second Ctrl-C: the summary of what was done, then how to go on."""
-    reporter.finish(summary)
+def stopped_at_once(
+    command: str, args: argparse.Namespace, reporter: Reporter, summary: dict[str, Any], then: str
+) -> int:
+    """A second Ctrl-C: the summary of what was done (interrupted), then how to go on."""
+    reporter.finish({**summary, "dry_run": args.dry_run, "interrupted": True})
     print(f"relay {command}: stopped at once (a second Ctrl-C); {then}", file=sys.stderr)
     return EXIT_INTERRUPTED
 
@@ -246,7 +248,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         except (backfill.StoreLost, RedisError) as exc:  # RedisError: writing the run's record for /status
             return redis_lost("reconcile", feeder, exc, reporter, backfill.summary(reader, feeder), again)
         except KeyboardInterrupt:
-            return stopped_at_once("reconcile", reporter, backfill.summary(reader, feeder), again)
+            return stopped_at_once("reconcile", args, reporter, backfill.summary(reader, feeder), again)
     reporter.finish({**summary, "dry_run": args.dry_run})
     if summary["interrupted"]:
         reporter.note(f"interrupted; {again}")
@@ -270,11 +272,18 @@ def cmd_sync(args: argparse.Namespace) -> int:
         print(f"relay: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     reporter = Reporter(f"sync {args.provider}", quiet=args.json, dry_run=args.dry_run)
-    only = " --customers-only" if args.customers_only else ""
-    again = f"resume with: relay sync {args.provider}{only} (it continues from its checkpoint)"
 
     def so_far() -> dict[str, Any]:  # the summary of a run that ended part-way
         return {**feeder.tally.as_dict(), "api_calls": reader.calls}
+
+    def again() -> str:
+        """The command that goes on, as this one was asked (a dry run keeps no checkpoint: it starts over)."""
+        only = ["--customers-only"] if args.customers_only else []
+        command = " ".join([f"relay sync {args.provider}", *only, *_pace_and_dry_run(args)])
+        if args.dry_run:
+            return f"run it again: {command} (a dry run keeps no checkpoint)"
+        kept = _has_checkpoint(feeder, shape, args.customers_only)
+        return f"resume with: {command}" + (" (it continues from its checkpoint)" if kept else "")
 
     with stop_on_interrupt(stop):
         try:
@@ -289,25 +298,27 @@ def cmd_sync(args: argparse.Namespace) -> int:
             )
         except ReadError as exc:
             reporter.finish(so_far())
-            print(f"relay: {exc}{_checkpoint_note(feeder, shape, args.customers_only)}", file=sys.stderr)
+            kept = _has_checkpoint(feeder, shape, args.customers_only)
+            print(
+                f"relay: {exc}" + (" (run it again: it continues from its checkpoint)" if kept else ""), file=sys.stderr
+            )
             return EXIT_PROVIDER
         except RedisError as exc:
-            return redis_lost("sync", feeder, exc, reporter, so_far(), again)
+            return redis_lost("sync", feeder, exc, reporter, so_far(), again())
         except KeyboardInterrupt:
-            return stopped_at_once("sync", reporter, so_far(), again)
+            return stopped_at_once("sync", args, reporter, so_far(), again())
     reporter.finish({**summary, "dry_run": args.dry_run})
     if summary["interrupted"]:
-        reporter.note(f"interrupted; {again}")
+        reporter.note(f"interrupted; {again()}")
         return EXIT_INTERRUPTED
     return 0
 
 
-def _checkpoint_note(feeder: Feeder, shape: Any, customers_only: bool) -> str:
-    """After a failed read: whether running again continues (a checkpoint of this mode is kept) or
-    starts over (the provider refused the first page, or the key)."""
+def _has_checkpoint(feeder: Feeder, shape: Any, customers_only: bool) -> bool:
+    """Whether running again continues (a checkpoint of this mode is kept) or starts over (the provider
+    refused the first page, or the key; or Redis cannot tell)."""
     from service.backfill.sync import Checkpoint, phases_of
 
     with contextlib.suppress(RedisError):
-        if Checkpoint(feeder.store.redis, feeder.source_name, phases_of(shape, customers_only)).load():
-            return " (run it again: it continues from its checkpoint)"
-    return ""
+        return Checkpoint(feeder.store.redis, feeder.source_name, phases_of(shape, customers_only)).load() is not None
+    return False

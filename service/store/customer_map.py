@@ -15,9 +15,11 @@ the process), and learns those first.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 
 from redis import Redis
+from redis.exceptions import RedisError
 
 from service.store import keys
 
@@ -96,3 +98,9 @@ class FirstUsers:
 
     def discard(self) -> None:
         self.redis.delete(self.key)
+
+    def forget(self) -> None:
+        """discard, best-effort: on the way out of a run that failed (Redis among the causes) or was
+        stopped; notes left behind expire (FIRST_USERS_TTL_SECONDS)."""
+        with contextlib.suppress(RedisError):
+            self.discard()

@@ -48,11 +48,19 @@ def test_ctrl_c_in_the_gap_between_pages_ends_a_sync_at_once(
         stripe_api.state.customers.append(customer(n, created=start + n))
         stripe_api.state.subscriptions.append(subscription(n, created=start + n, plan="basic", status="active"))
     argv = ["sync", "stripe", "--from-scratch", "--max-rps", "0.01"]  # a read every 100 s
-    out, err = ctrl_c_once_read(argv, provider_env(stripe_api, paddle_api, env["REDIS_URL"]), stripe_api)
-    assert err.splitlines()[-1] == "interrupted; resume with: relay sync stripe (it continues from its checkpoint)"
+    environment = provider_env(stripe_api, paddle_api, env["REDIS_URL"])
+    out, err = ctrl_c_once_read(argv, environment, stripe_api)
+    resume = "relay sync stripe --max-rps 0.01 (it continues from its checkpoint)"
+    assert err.splitlines()[-1] == f"interrupted; resume with: {resume}"
     summary = json.loads(out)
     assert (summary["interrupted"], summary["api_calls"], summary["accepted"]) == (True, 1, 200)
     assert len(stripe_api.state.requests) == 1
+    # A dry run keeps no checkpoint: the same dry run again, not a real sync said to continue.
+    stripe_api.state.requests.clear()
+    out, err = ctrl_c_once_read([*argv, "--dry-run"], environment, stripe_api)
+    again = "relay sync stripe --max-rps 0.01 --dry-run (a dry run keeps no checkpoint)"
+    assert err.splitlines()[-1] == f"interrupted; run it again: {again}"
+    assert json.loads(out)["dry_run"] is True
 
 
 def test_ctrl_c_in_the_gap_between_pages_ends_a_backfill_at_once_with_its_resume_command(

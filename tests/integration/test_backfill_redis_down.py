@@ -91,7 +91,7 @@ LOST = [
         "run `relay reconcile stripe --since {since} --until {end} --max-rps 0.5` again",
         page_received,
     ),
-    (["sync", "stripe"], "resume with: relay sync stripe (it continues from its checkpoint)", page_checkpointed),
+    (["sync", "stripe"], "resume with: relay sync stripe --max-rps 0.5", page_checkpointed),  # Redis cannot tell
 ]
 
 
