@@ -1,12 +1,14 @@
 """Secrets out of text that leaves the process: log lines, and the provider answers kept in dead letters.
 
 A secret is also looked for the way it appears once it has been written into JSON (`"` and `\\` escaped,
-and `/` too by some encoders) or into a URL (percent-encoded): a log line is JSON, and a provider may
-echo what it was sent either way. Longest first, so a secret that contains another is replaced whole."""
+and `/` too by some encoders) or into a URL (percent-encoded): a provider may echo what it was sent
+either way in its answer. Longest first, so a secret that contains another is replaced whole. (Log lines
+are redacted field by field, before they are written as JSON: service/ops/logs.py.)"""
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from urllib.parse import quote
 
@@ -14,9 +16,11 @@ REDACTED = "[redacted]"
 
 
 def spellings(secret: str) -> set[str]:
-    """The secret as written, inside a JSON string, and percent-encoded."""
+    """The secret as written, inside a JSON string, and percent-encoded (either case of hex digits)."""
     in_json = json.dumps(secret)[1:-1]
-    return {secret, in_json, in_json.replace("/", "\\/"), quote(secret, safe="")}
+    encoded = quote(secret, safe="")
+    lower_hex = re.sub(r"%[0-9A-F]{2}", lambda escape: escape.group().lower(), encoded)
+    return {secret, in_json, in_json.replace("/", "\\/"), encoded, lower_hex}
 
 
 class Redactor:

@@ -39,7 +39,14 @@ class JsonFormatter(logging.Formatter):
         entry.update({name: getattr(record, name) for name in FIELDS if hasattr(record, name)})
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return self.redact(json.dumps(entry, default=str))
+        # Each value redacted before it is written as JSON: after, a secret holding `"` could match across
+        # a string's closing quote and leave the line invalid.
+        return json.dumps({name: self._redacted(value) for name, value in entry.items()})
+
+    def _redacted(self, value: object) -> object:
+        if value is None or isinstance(value, bool | int | float):
+            return value
+        return self.redact(value if isinstance(value, str) else str(value))
 
     def message(self, record: logging.LogRecord) -> str:
         return ANSI_ESCAPE.sub("", record.getMessage())

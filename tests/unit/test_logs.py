@@ -43,3 +43,10 @@ def test_a_secret_the_json_line_escapes_is_redacted_and_a_longer_one_whole() -> 
     entry = json.loads(JsonFormatter([quoted, short, KEY]).format(record("echo %s", quoted, reason=KEY)))
     assert entry["msg"] == "echo [redacted]"
     assert entry["reason"] == "[redacted]"  # not "[redacted]-key-0123456789"
+
+
+def test_a_secret_holding_a_quote_never_breaks_the_json_line() -> None:
+    """Redacted after the line was written, `abc"` matched the end of "user xabc" and its closing quote."""
+    line = JsonFormatter(['abc"']).format(record("user %s", "xabc", reason='say abc" twice'))
+    entry = json.loads(line)
+    assert (entry["msg"], entry["reason"]) == ("user xabc", "say [redacted] twice")

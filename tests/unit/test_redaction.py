@@ -13,7 +13,8 @@ def test_every_spelling_of_a_secret_is_redacted() -> None:
     provider's answer may echo what it was sent."""
     redact = Redactor([ODD])
     in_json = json.dumps(ODD)[1:-1]
-    for spelling in (ODD, in_json, in_json.replace("/", "\\/"), quote(ODD, safe="")):
+    encoded = quote(ODD, safe="")
+    for spelling in (ODD, in_json, in_json.replace("/", "\\/"), encoded, encoded.lower()):
         assert redact(f"<{spelling}>") == "<[redacted]>", spelling
 
 
