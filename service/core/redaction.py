@@ -2,14 +2,13 @@
 
 A secret is also looked for the way it appears once it has been written into JSON (`"` and `\\` escaped,
 and `/` too by some encoders) or into a URL (percent-encoded): a provider may echo what it was sent
-either way in its answer. Longest first, so a secret that contains another is replaced whole. (Log lines
-are redacted field by field, before they are written as JSON: service/ops/logs.py.)"""
+either way in its answer. Longest first, so a secret that contains another is replaced whole."""
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from urllib.parse import quote
 
 REDACTED = "[redacted]"
@@ -24,9 +23,15 @@ def spellings(secret: str) -> set[str]:
 
 
 class Redactor:
-    def __init__(self, secrets: Iterable[str] = ()) -> None:
-        found = {spelling for secret in secrets if secret for spelling in spellings(secret)}
+    def __init__(self, secrets: Iterable[str] = (), *, spelled: Callable[[str], set[str]] = spellings) -> None:
+        found = {spelling for secret in secrets if secret for spelling in spelled(secret)}
         self.secrets = sorted(found, key=len, reverse=True)
+
+    @classmethod
+    def in_json(cls, secrets: Iterable[str]) -> Redactor:
+        """For text written by json.dumps (ASCII): a secret in it is in its escaped spelling only, and that
+        spelling, holding no bare `"`, never matches across the end of a string and breaks the JSON."""
+        return cls(secrets, spelled=lambda secret: {json.dumps(secret)[1:-1]})
 
     def __call__(self, text: str) -> str:
         for secret in self.secrets:

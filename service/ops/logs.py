@@ -27,7 +27,9 @@ ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 class JsonFormatter(logging.Formatter):
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         super().__init__()
+        secrets = list(secrets)
         self.redact = Redactor(secrets)
+        self.redact_json = Redactor.in_json(secrets)
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
@@ -39,14 +41,7 @@ class JsonFormatter(logging.Formatter):
         entry.update({name: getattr(record, name) for name in FIELDS if hasattr(record, name)})
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        # Each value redacted before it is written as JSON: after, a secret holding `"` could match across
-        # a string's closing quote and leave the line invalid.
-        return json.dumps({name: self._redacted(value) for name, value in entry.items()})
-
-    def _redacted(self, value: object) -> object:
-        if value is None or isinstance(value, bool | int | float):
-            return value
-        return self.redact(value if isinstance(value, str) else str(value))
+        return self.redact_json(json.dumps(entry, default=str))
 
     def message(self, record: logging.LogRecord) -> str:
         return ANSI_ESCAPE.sub("", record.getMessage())
