@@ -29,9 +29,9 @@ class Redactor:
 
     @classmethod
     def in_json(cls, secrets: Iterable[str]) -> Redactor:
-        """For text written by json.dumps (ASCII): a secret in it is in its escaped spelling only, and that
-        spelling, holding no bare `"`, never matches across the end of a string and breaks the JSON."""
-        return cls(secrets, spelled=lambda secret: {json.dumps(secret)[1:-1]})
+        """For text written by json.dumps (ASCII): every spelling as the JSON writes it. None holds a bare `"`,
+        so none matches across the end of a string and breaks the line."""
+        return cls(secrets, spelled=lambda secret: {json.dumps(spelling)[1:-1] for spelling in spellings(secret)})
 
     def __call__(self, text: str) -> str:
         for secret in self.secrets:

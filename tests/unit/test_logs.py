@@ -47,6 +47,6 @@ def test_a_secret_the_json_line_escapes_is_redacted_and_a_longer_one_whole() -> 
 
 def test_a_secret_holding_a_quote_never_breaks_the_json_line() -> None:
     """Redacted after the line was written, `abc"` matched the end of "user xabc" and its closing quote."""
-    line = JsonFormatter(['abc"']).format(record("user %s", "xabc", reason='say abc" twice'))
+    line = JsonFormatter(['abc"']).format(record("user %s", "xabc", reason='say abc" twice', status="abc%22"))
     entry = json.loads(line)
-    assert (entry["msg"], entry["reason"]) == ("user xabc", "say [redacted] twice")
+    assert (entry["msg"], entry["reason"], entry["status"]) == ("user xabc", "say [redacted] twice", "[redacted]")
