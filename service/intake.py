@@ -26,7 +26,7 @@ from service.config.settings import DEFAULT_MAX_CLOCK_SKEW_SECONDS
 from service.core.dead_letter import IDENTITY_CONFLICT, DeadLetter
 from service.core.errors import InvalidPayload, MalformedJson, RelayError, StoreUnavailable, UnsupportedMediaType
 from service.core.payload_shape import MAX_DEPTH, may_hold_surrogates, shape_problem
-from service.core.update import EVENT_ID, EVENT_ID_RULE, UserUpdate
+from service.core.update import EVENT_ID, EVENT_ID_RULE, UserUpdate, user_id_problem
 from service.mapping import Mapping
 from service.ops.logs import EverySeconds
 from service.ops.metrics import INGEST_SECONDS, WEBHOOKS
@@ -109,10 +109,41 @@ def conflict_item(update: UserUpdate, exc: IdentityConflict) -> DeadLetter:
     )
 
 
+def named_user(payload: Any, identity_key: str, depth: int = 4) -> str | None:
+    """The user id an event names under `identity_key` in its first `depth` levels (Stripe's
+    data.object.metadata, Paddle's and Lemon Squeezy's custom_data, Standard Webhooks' data), as far as
+    it can be read from a payload its schema refuses: what its dead letter is filed under for an
+    operator's search (`relay dlq list --user`), never whom anything is delivered to."""
+    level = [payload]
+    for _ in range(depth):
+        below: list[Any] = []
+        for node in level:
+            if not isinstance(node, dict):
+                below.extend(node if isinstance(node, list) else ())
+                continue
+            value = node.get(identity_key)
+            if isinstance(value, str | int) and not isinstance(value, bool):
+                user_id = str(value).strip()
+                if user_id and not user_id_problem(user_id):
+                    return user_id
+            below.extend(node.values())
+        level = below
+    return None
+
+
 def invalid_item(
-    source: str, key: str, event_id: str | None, described: Described, payload: Any, exc: ValidationError, message: str
+    source: str,
+    key: str,
+    event_id: str | None,
+    described: Described,
+    payload: Any,
+    exc: ValidationError,
+    message: str,
+    *,
+    user_id: str | None = None,
 ) -> DeadLetter:
-    """The dead-letter item of an event its schema refuses (`key`: its event id, or what stands for it)."""
+    """The dead-letter item of an event its schema refuses (`key`: its event id, or what stands for it;
+    `user_id`: the user it seems to name, named_user's)."""
     now = time.time()
     return DeadLetter(
         id=f"{source}-{key}",
@@ -126,6 +157,7 @@ def invalid_item(
         first_failure_at=now,
         last_failure_at=now,
         last_response=json.dumps(exc.messages)[:4000],
+        user_id=user_id,
     )
 
 
@@ -287,7 +319,17 @@ class Intake:
         event_type = described.event_type
         key = event_id or hashlib.sha256(raw).hexdigest()[:32]
         self.store.reject(
-            invalid_item(source, key, event_id, described, payload, exc, "payload does not fit the schema"), key
+            invalid_item(
+                source,
+                key,
+                event_id,
+                described,
+                payload,
+                exc,
+                "payload does not fit the schema",
+                user_id=named_user(payload, self.identity_key),
+            ),
+            key,
         )
         log.warning(
             "invalid payload %s %s: %s",

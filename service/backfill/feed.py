@@ -15,7 +15,7 @@ from marshmallow import ValidationError
 
 from service.config import Settings
 from service.core.update import UserUpdate
-from service.intake import conflict_item, invalid_item, read_event
+from service.intake import conflict_item, invalid_item, named_user, read_event
 from service.sources.base import Envelope
 from service.sources.registry import build_source
 from service.store import keys
@@ -143,5 +143,6 @@ class Feeder:
         described = self.source.describe(payload, {})
         event_id = described.event_id or f"unknown-{int(time.time() * 1000)}"
         message = "payload read back from the provider's API does not fit the schema"
-        item = invalid_item(self.source_name, event_id, event_id, described, payload, exc, message)
+        user_id = named_user(payload, self.settings.identity_key)
+        item = invalid_item(self.source_name, event_id, event_id, described, payload, exc, message, user_id=user_id)
         return self.store.reject(item, event_id)

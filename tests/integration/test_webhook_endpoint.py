@@ -16,6 +16,7 @@ from rq.serializers import JSONSerializer
 import service.intake
 from service import create_app
 from service.config import Settings
+from service.core.dead_letter import DlqFilter
 from service.ops.logs import EverySeconds
 from service.store import keys
 from service.store.ledger import Store
@@ -167,7 +168,9 @@ def test_non_json_content_type_is_415(post_event: Any, redis: Redis) -> None:
 def test_invalid_payload_is_422_with_field_messages_and_dead_lettered(
     post_event: Any, redis: Redis, settings: Settings
 ) -> None:
-    broken = event("evt_bad", "customer.subscription.updated", {"id": "sub_1", "status": "active"})
+    broken = event(
+        "evt_bad", "customer.subscription.updated", {"id": "sub_1", "status": "active", "metadata": {"user_id": "u42"}}
+    )
     response = post_event(broken)
     assert response.status_code == 422
     error = response.get_json()["error"]
@@ -179,6 +182,10 @@ def test_invalid_payload_is_422_with_field_messages_and_dead_lettered(
     assert item["reason"] == "invalid_payload"
     assert item["event_id"] == "evt_bad" and item["event_type"] == "customer.subscription.updated"
     assert item["event"] == broken
+    # Filed under the user its metadata names, as far as it can be read: an operator finds it by user.
+    assert item["user_id"] == "u42"
+    [found] = Store.from_settings(redis, settings).dlq().matching(DlqFilter(user_id="u42"))[0]
+    assert found["id"] == item["id"]
     # Stripe retries the same invalid event: still 422, kept once, counted once.
     assert post_event(broken).status_code == 422
     counts = ledger(redis, settings)
