@@ -19,9 +19,18 @@ from redis import Redis
 from service.core.dead_letter import DlqFilter
 from service.store import keys
 
+# Items retention removes in one script call: each is read back (for its reason), so an uncapped trim
+# of a lowered RELAY_DLQ_MAX_ITEMS (91k -> 10k) held Redis for seconds. TRIM_BATCH bounds a TRIM_SCRIPT
+# call (DeadLetterQueue.trim calls it again until done); KEEP_TRIM_BATCH bounds the trim a dead letter
+# makes (dlq_keep, in the workers' scripts): one in, up to that many out, so a full queue still shrinks.
+TRIM_BATCH = 1000
+KEEP_TRIM_BATCH = 100
+
 # Lua shared by every script that touches the DLQ. `dlq` is a table of a destination's four DLQ
 # keys (Keys.dlq): {items, index, reasons, dropped}; one dead-letter queue per destination.
-DLQ_LUA = """
+DLQ_LUA = (
+    f"local DLQ_KEEP_TRIM_BATCH = {KEEP_TRIM_BATCH}\n"
+    + """
 local function dlq_remove(dlq, id)
     local items, index, reasons = dlq[1], dlq[2], dlq[3]
     local old = redis.call('HGET', items, id)
@@ -33,14 +42,16 @@ local function dlq_remove(dlq, id)
     return old
 end
 -- Retention: first what is older than the cutoff, then the oldest beyond max_items; counted.
-local function dlq_trim(dlq, max_items, cutoff)
+-- At most `batch` items a call (each is read back for its reason), so a lowered RELAY_DLQ_MAX_ITEMS
+-- never holds Redis for seconds: repeated calls finish the trim (DeadLetterQueue.trim loops).
+local function dlq_trim(dlq, max_items, cutoff, batch)
     local index, dropped_key = dlq[2], dlq[4]
     local dropped = 0
-    for _, id in ipairs(redis.call('ZRANGEBYSCORE', index, '-inf', '(' .. cutoff, 'LIMIT', 0, 1000)) do
+    for _, id in ipairs(redis.call('ZRANGEBYSCORE', index, '-inf', '(' .. cutoff, 'LIMIT', 0, batch)) do
         dlq_remove(dlq, id)
         dropped = dropped + 1
     end
-    local excess = redis.call('ZCARD', index) - tonumber(max_items)
+    local excess = math.min(redis.call('ZCARD', index) - tonumber(max_items), batch - dropped)
     if excess > 0 then
         for _, id in ipairs(redis.call('ZRANGE', index, 0, excess - 1)) do
             dlq_remove(dlq, id)
@@ -56,14 +67,15 @@ local function dlq_keep(dlq, id, item, reason, score, max_items, cutoff)
     redis.call('HSET', items, id, item)
     redis.call('ZADD', index, score, id)
     redis.call('HINCRBY', reasons, reason, 1)
-    dlq_trim(dlq, max_items, cutoff)
+    dlq_trim(dlq, max_items, cutoff, DLQ_KEEP_TRIM_BATCH)
 end
 """
+)
 
 # Retention: drop what is older than the cutoff, then the oldest beyond max_items.
 # KEYS: dlq_items, dlq_index, dlq_reasons, dlq_dropped (Keys.dlq)
-# ARGV: max_items, cutoff (Retention.args)
-# Returns: dropped (how many items were dropped now)
+# ARGV: max_items, cutoff (Retention.args), batch (at most this many dropped now: TRIM_BATCH)
+# Returns: dropped (how many items were dropped now; `batch` when more may be left to drop)
 TRIM_SCRIPT = (
     DLQ_LUA
     + """
@@ -73,8 +85,9 @@ local dlq_reasons = KEYS[3]
 local dlq_dropped = KEYS[4]
 local max_items = ARGV[1]
 local cutoff = ARGV[2]
+local batch = tonumber(ARGV[3])
 
-return dlq_trim({dlq_items, dlq_index, dlq_reasons, dlq_dropped}, max_items, cutoff)
+return dlq_trim({dlq_items, dlq_index, dlq_reasons, dlq_dropped}, max_items, cutoff, batch)
 """
 )
 
@@ -118,8 +131,14 @@ class DeadLetterQueue:
         self._delete_script = redis.register_script(DELETE_SCRIPT)
 
     def trim(self) -> int:
-        max_items, cutoff = self.retention.args()
-        return self._run_trim(dlq=self.keys.dlq, max_items=max_items, cutoff=cutoff)
+        """Apply retention now, TRIM_BATCH items a script call (Redis serves others between calls)."""
+        dropped = 0
+        while True:
+            max_items, cutoff = self.retention.args()
+            now = self._run_trim(dlq=self.keys.dlq, max_items=max_items, cutoff=cutoff, batch=TRIM_BATCH)
+            dropped += now
+            if now < TRIM_BATCH:
+                return dropped
 
     def get(self, item_id: str) -> dict[str, Any] | None:
         raw = self.redis.hget(self._items, item_id)
@@ -187,9 +206,9 @@ class DeadLetterQueue:
 
     # One wrapper per script, its parameters in the order of the script's header: KEYS, then ARGV.
 
-    def _run_trim(self, *, dlq: list[str], max_items: int, cutoff: float) -> int:
+    def _run_trim(self, *, dlq: list[str], max_items: int, cutoff: float, batch: int) -> int:
         """`dlq`: dlq_items, dlq_index, dlq_reasons, dlq_dropped (Keys.dlq)."""
-        return int(self._trim_script(keys=dlq, args=[max_items, cutoff]))
+        return int(self._trim_script(keys=dlq, args=[max_items, cutoff, batch]))
 
     def _run_delete(self, *, dlq: list[str], dlq_id: str) -> bool:
         """`dlq`: dlq_items, dlq_index, dlq_reasons, dlq_dropped (Keys.dlq)."""
