@@ -120,6 +120,10 @@ class Retention:
 
 
 class DeadLetterQueue:
+    """One destination's dead letters. Nothing here holds more than a page of items: listing, counting
+    and the bulk operations (service.operator) read the queue a page at a time (PAGE_SCAN ids), and
+    what the index or the counts by reason answer is never read item by item."""
+
     PAGE_SCAN = 500  # ids read per round trip while filtering
 
     def __init__(self, redis: Redis, retention: Retention, destination_keys: keys.Keys) -> None:
@@ -147,35 +151,68 @@ class DeadLetterQueue:
     def delete(self, item_id: str) -> bool:
         return self._run_delete(dlq=self.keys.dlq, dlq_id=item_id)
 
+    def count(self, flt: DlqFilter) -> int:
+        """How many items match, reading none when the index (times) or the counts by reason answer."""
+        if _by_index(flt):
+            if flt.since is None and flt.until is None:
+                return int(self.redis.zcard(self._index))
+            return int(self.redis.zcount(self._index, *_score_range(flt)))
+        if _by_reason(flt):
+            return int(self.redis.hget(self._reasons, flt.reason or "") or 0)
+        return sum(1 for _ in self.scan(flt))
+
     def matching(
         self, flt: DlqFilter, *, offset: int = 0, limit: int | None = None
     ) -> tuple[list[dict[str, Any]], int]:
-        """Items matching the filter, oldest failure first: (page, total matching).
+        """A page of the items matching the filter, oldest failure first, and the total matching.
 
-        The queue may change during the scan (retention, workers, other operators); every item that
-        stays in it throughout is seen exactly once, so a bulk replay or purge misses none.
+        Holds the page only. With no filter but times, the page is read by position and the total is
+        the index's; with a reason only, the total is its count and the scan stops once the page is
+        full; any other filter scans the whole queue, counting what it does not keep.
         """
+        if _by_index(flt):
+            return self._page_by_index(flt, offset, limit)
+        known = self.count(flt) if _by_reason(flt) else None
         page: list[dict[str, Any]] = []
         total = 0
-        seen: set[bytes] = set()  # an item dead-lettered again meanwhile moves ahead of the scan
+        for item in self.scan(flt):
+            if total >= offset and (limit is None or len(page) < limit):
+                page.append(item)
+            total += 1
+            if known is not None and len(page) == limit:
+                return page, known  # the page is full: its reason's count is the total
+        return page, total
+
+    def scan(self, flt: DlqFilter) -> Iterator[dict[str, Any]]:
+        """The items matching the filter, oldest failure first, read a page per round trip.
+
+        The queue may change during the scan (retention, workers, other operators): every item that
+        stays in it throughout is seen exactly once. The scan ends at the newest item there when it
+        began: an item dead-lettered since (a new one, or one a bulk replay replayed that failed
+        again) is left for the next scan, so a replay of everything ends, and never takes an item twice.
+        """
         for ids in self._id_pages(flt):
-            ids = [item_id for item_id in ids if item_id not in seen]
             if not ids:
                 continue
-            seen.update(ids)
             for raw in self.redis.hmget(self._items, ids):
                 if raw is None:
                     continue
                 item = json.loads(raw)
-                if not flt.matches(item):
-                    continue
-                if total >= offset and (limit is None or len(page) < limit):
-                    page.append(item)
-                total += 1
-        return page, total
+                if flt.matches(item):
+                    yield item
+
+    def _page_by_index(self, flt: DlqFilter, offset: int, limit: int | None) -> tuple[list[dict[str, Any]], int]:
+        low, high = _score_range(flt)
+        with self.redis.pipeline(transaction=True) as pipe:  # the page and the total at one instant
+            pipe.zrangebyscore(self._index, low, high, start=offset, num=-1 if limit is None else limit)
+            pipe.zcount(self._index, low, high)
+            ids, total = pipe.execute()
+        raws = self.redis.hmget(self._items, ids) if ids else []
+        return [json.loads(raw) for raw in raws if raw is not None], int(total)
 
     def _id_pages(self, flt: DlqFilter) -> Iterator[list[bytes]]:
-        """The index's ids within the filter's times, a page per round trip, oldest first.
+        """The index's ids within the filter's times, a page per round trip, oldest first, up to the
+        newest score when the scan began.
 
         Pages continue from a score, never from a position: removing an item ahead of the scan
         (retention trimming a full queue, another operator's replay) shifts every position after
@@ -183,8 +220,11 @@ class DeadLetterQueue:
         last score, which the next page starts at; a page of one score is followed by every id
         of that score at once, then by what lies beyond it.
         """
-        low: float | str = "-inf" if flt.since is None else flt.since
-        high: float | str = "+inf" if flt.until is None else flt.until
+        low, high = _score_range(flt)
+        newest = self.redis.zrevrangebyscore(self._index, high, low, start=0, num=1, withscores=True)
+        if not newest:
+            return
+        high = newest[0][1]
         while True:
             entries = self.redis.zrangebyscore(self._index, low, high, start=0, num=self.PAGE_SCAN, withscores=True)
             if len(entries) < self.PAGE_SCAN:
@@ -213,3 +253,17 @@ class DeadLetterQueue:
     def _run_delete(self, *, dlq: list[str], dlq_id: str) -> bool:
         """`dlq`: dlq_items, dlq_index, dlq_reasons, dlq_dropped (Keys.dlq)."""
         return bool(self._delete_script(keys=dlq, args=[dlq_id]))
+
+
+def _by_index(flt: DlqFilter) -> bool:
+    """The filter selects by time of failure only: the index alone answers it."""
+    return flt.reason is None and flt.event_type is None and flt.user_id is None
+
+
+def _by_reason(flt: DlqFilter) -> bool:
+    """The filter is a reason only: its count by reason is the total."""
+    return flt.reason is not None and flt == DlqFilter(reason=flt.reason)
+
+
+def _score_range(flt: DlqFilter) -> tuple[float | str, float | str]:
+    return ("-inf" if flt.since is None else flt.since), ("+inf" if flt.until is None else flt.until)
