@@ -84,15 +84,32 @@ class Operator:
         return Replay(REPLAYED if self.store.replay(item["id"], update) else GONE)
 
     def replay_matching(self, flt: DlqFilter, *, dry_run: bool, limit: int | None = None) -> dict[str, Any]:
-        items, matched = self.dlq.matching(flt, limit=limit)
+        """Replay the items matching the filter (up to `limit`, oldest first) as the scan reads them,
+        a page at a time; a dry run only counts (DeadLetterQueue.count)."""
+        if dry_run:
+            return {**self._counted(flt, limit), "dry_run": True, "outcomes": {}}
         outcomes: dict[str, int] = {}
-        if not dry_run:
-            for item in items:
+        matched = selected = 0
+        for item in self.dlq.scan(flt):
+            matched += 1
+            if limit is None or selected < limit:
+                selected += 1
                 outcome = self.replay(item)
                 outcomes[outcome] = outcomes.get(outcome, 0) + 1
-        return {"matched": matched, "selected": len(items), "dry_run": dry_run, "outcomes": outcomes}
+        return {"matched": matched, "selected": selected, "dry_run": False, "outcomes": outcomes}
 
     def purge_matching(self, flt: DlqFilter, *, dry_run: bool, limit: int | None = None) -> dict[str, Any]:
-        items, matched = self.dlq.matching(flt, limit=limit)
-        deleted = 0 if dry_run else sum(self.dlq.delete(item["id"]) for item in items)
-        return {"matched": matched, "selected": len(items), "dry_run": dry_run, "deleted": deleted}
+        """Delete the items matching the filter (up to `limit`, oldest first) as the scan reads them."""
+        if dry_run:
+            return {**self._counted(flt, limit), "dry_run": True, "deleted": 0}
+        matched = selected = deleted = 0
+        for item in self.dlq.scan(flt):
+            matched += 1
+            if limit is None or selected < limit:
+                selected += 1
+                deleted += self.dlq.delete(item["id"])
+        return {"matched": matched, "selected": selected, "dry_run": False, "deleted": deleted}
+
+    def _counted(self, flt: DlqFilter, limit: int | None) -> dict[str, int]:
+        matched = self.dlq.count(flt)
+        return {"matched": matched, "selected": matched if limit is None else min(limit, matched)}

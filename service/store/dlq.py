@@ -19,9 +19,18 @@ from redis import Redis
 from service.core.dead_letter import DlqFilter
 from service.store import keys
 
+# Items retention removes in one script call: each is read back (for its reason), so an uncapped trim
+# of a lowered RELAY_DLQ_MAX_ITEMS (91k -> 10k) held Redis for seconds. TRIM_BATCH bounds a TRIM_SCRIPT
+# call (DeadLetterQueue.trim calls it again until done); KEEP_TRIM_BATCH bounds the trim a dead letter
+# makes (dlq_keep, in the workers' scripts): one in, up to that many out, so a full queue still shrinks.
+TRIM_BATCH = 1000
+KEEP_TRIM_BATCH = 100
+
 # Lua shared by every script that touches the DLQ. `dlq` is a table of a destination's four DLQ
 # keys (Keys.dlq): {items, index, reasons, dropped}; one dead-letter queue per destination.
-DLQ_LUA = """
+DLQ_LUA = (
+    f"local DLQ_KEEP_TRIM_BATCH = {KEEP_TRIM_BATCH}\n"
+    + """
 local function dlq_remove(dlq, id)
     local items, index, reasons = dlq[1], dlq[2], dlq[3]
     local old = redis.call('HGET', items, id)
@@ -33,14 +42,16 @@ local function dlq_remove(dlq, id)
     return old
 end
 -- Retention: first what is older than the cutoff, then the oldest beyond max_items; counted.
-local function dlq_trim(dlq, max_items, cutoff)
+-- At most `batch` items a call (each is read back for its reason), so a lowered RELAY_DLQ_MAX_ITEMS
+-- never holds Redis for seconds: repeated calls finish the trim (DeadLetterQueue.trim loops).
+local function dlq_trim(dlq, max_items, cutoff, batch)
     local index, dropped_key = dlq[2], dlq[4]
     local dropped = 0
-    for _, id in ipairs(redis.call('ZRANGEBYSCORE', index, '-inf', '(' .. cutoff, 'LIMIT', 0, 1000)) do
+    for _, id in ipairs(redis.call('ZRANGEBYSCORE', index, '-inf', '(' .. cutoff, 'LIMIT', 0, batch)) do
         dlq_remove(dlq, id)
         dropped = dropped + 1
     end
-    local excess = redis.call('ZCARD', index) - tonumber(max_items)
+    local excess = math.min(redis.call('ZCARD', index) - tonumber(max_items), batch - dropped)
     if excess > 0 then
         for _, id in ipairs(redis.call('ZRANGE', index, 0, excess - 1)) do
             dlq_remove(dlq, id)
@@ -56,14 +67,15 @@ local function dlq_keep(dlq, id, item, reason, score, max_items, cutoff)
     redis.call('HSET', items, id, item)
     redis.call('ZADD', index, score, id)
     redis.call('HINCRBY', reasons, reason, 1)
-    dlq_trim(dlq, max_items, cutoff)
+    dlq_trim(dlq, max_items, cutoff, DLQ_KEEP_TRIM_BATCH)
 end
 """
+)
 
 # Retention: drop what is older than the cutoff, then the oldest beyond max_items.
 # KEYS: dlq_items, dlq_index, dlq_reasons, dlq_dropped (Keys.dlq)
-# ARGV: max_items, cutoff (Retention.args)
-# Returns: dropped (how many items were dropped now)
+# ARGV: max_items, cutoff (Retention.args), batch (at most this many dropped now: TRIM_BATCH)
+# Returns: dropped (how many items were dropped now; `batch` when more may be left to drop)
 TRIM_SCRIPT = (
     DLQ_LUA
     + """
@@ -73,8 +85,9 @@ local dlq_reasons = KEYS[3]
 local dlq_dropped = KEYS[4]
 local max_items = ARGV[1]
 local cutoff = ARGV[2]
+local batch = tonumber(ARGV[3])
 
-return dlq_trim({dlq_items, dlq_index, dlq_reasons, dlq_dropped}, max_items, cutoff)
+return dlq_trim({dlq_items, dlq_index, dlq_reasons, dlq_dropped}, max_items, cutoff, batch)
 """
 )
 
@@ -107,6 +120,10 @@ class Retention:
 
 
 class DeadLetterQueue:
+    """One destination's dead letters. Nothing here holds more than a page of items: listing, counting
+    and the bulk operations (service.operator) read the queue a page at a time (PAGE_SCAN ids), and
+    what the index or the counts by reason answer is never read item by item."""
+
     PAGE_SCAN = 500  # ids read per round trip while filtering
 
     def __init__(self, redis: Redis, retention: Retention, destination_keys: keys.Keys) -> None:
@@ -118,8 +135,14 @@ class DeadLetterQueue:
         self._delete_script = redis.register_script(DELETE_SCRIPT)
 
     def trim(self) -> int:
-        max_items, cutoff = self.retention.args()
-        return self._run_trim(dlq=self.keys.dlq, max_items=max_items, cutoff=cutoff)
+        """Apply retention now, TRIM_BATCH items a script call (Redis serves others between calls)."""
+        dropped = 0
+        while True:
+            max_items, cutoff = self.retention.args()
+            now = self._run_trim(dlq=self.keys.dlq, max_items=max_items, cutoff=cutoff, batch=TRIM_BATCH)
+            dropped += now
+            if now < TRIM_BATCH:
+                return dropped
 
     def get(self, item_id: str) -> dict[str, Any] | None:
         raw = self.redis.hget(self._items, item_id)
@@ -128,35 +151,68 @@ class DeadLetterQueue:
     def delete(self, item_id: str) -> bool:
         return self._run_delete(dlq=self.keys.dlq, dlq_id=item_id)
 
+    def count(self, flt: DlqFilter) -> int:
+        """How many items match, reading none when the index (times) or the counts by reason answer."""
+        if _by_index(flt):
+            if flt.since is None and flt.until is None:
+                return int(self.redis.zcard(self._index))
+            return int(self.redis.zcount(self._index, *_score_range(flt)))
+        if _by_reason(flt):
+            return int(self.redis.hget(self._reasons, flt.reason or "") or 0)
+        return sum(1 for _ in self.scan(flt))
+
     def matching(
         self, flt: DlqFilter, *, offset: int = 0, limit: int | None = None
     ) -> tuple[list[dict[str, Any]], int]:
-        """Items matching the filter, oldest failure first: (page, total matching).
+        """A page of the items matching the filter, oldest failure first, and the total matching.
 
-        The queue may change during the scan (retention, workers, other operators); every item that
-        stays in it throughout is seen exactly once, so a bulk replay or purge misses none.
+        Holds the page only. With no filter but times, the page is read by position and the total is
+        the index's; with a reason only, the total is its count and the scan stops once the page is
+        full; any other filter scans the whole queue, counting what it does not keep.
         """
+        if _by_index(flt):
+            return self._page_by_index(flt, offset, limit)
+        known = self.count(flt) if _by_reason(flt) else None
         page: list[dict[str, Any]] = []
         total = 0
-        seen: set[bytes] = set()  # an item dead-lettered again meanwhile moves ahead of the scan
+        for item in self.scan(flt):
+            if total >= offset and (limit is None or len(page) < limit):
+                page.append(item)
+            total += 1
+            if known is not None and len(page) == limit:
+                return page, known  # the page is full: its reason's count is the total
+        return page, total
+
+    def scan(self, flt: DlqFilter) -> Iterator[dict[str, Any]]:
+        """The items matching the filter, oldest failure first, read a page per round trip.
+
+        The queue may change during the scan (retention, workers, other operators): every item that
+        stays in it throughout is seen exactly once. The scan ends at the newest item there when it
+        began: an item dead-lettered since (a new one, or one a bulk replay replayed that failed
+        again) is left for the next scan, so a replay of everything ends, and never takes an item twice.
+        """
         for ids in self._id_pages(flt):
-            ids = [item_id for item_id in ids if item_id not in seen]
             if not ids:
                 continue
-            seen.update(ids)
             for raw in self.redis.hmget(self._items, ids):
                 if raw is None:
                     continue
                 item = json.loads(raw)
-                if not flt.matches(item):
-                    continue
-                if total >= offset and (limit is None or len(page) < limit):
-                    page.append(item)
-                total += 1
-        return page, total
+                if flt.matches(item):
+                    yield item
+
+    def _page_by_index(self, flt: DlqFilter, offset: int, limit: int | None) -> tuple[list[dict[str, Any]], int]:
+        low, high = _score_range(flt)
+        with self.redis.pipeline(transaction=True) as pipe:  # the page and the total at one instant
+            pipe.zrangebyscore(self._index, low, high, start=offset, num=-1 if limit is None else limit)
+            pipe.zcount(self._index, low, high)
+            ids, total = pipe.execute()
+        raws = self.redis.hmget(self._items, ids) if ids else []
+        return [json.loads(raw) for raw in raws if raw is not None], int(total)
 
     def _id_pages(self, flt: DlqFilter) -> Iterator[list[bytes]]:
-        """The index's ids within the filter's times, a page per round trip, oldest first.
+        """The index's ids within the filter's times, a page per round trip, oldest first, up to the
+        newest score when the scan began.
 
         Pages continue from a score, never from a position: removing an item ahead of the scan
         (retention trimming a full queue, another operator's replay) shifts every position after
@@ -164,8 +220,11 @@ class DeadLetterQueue:
         last score, which the next page starts at; a page of one score is followed by every id
         of that score at once, then by what lies beyond it.
         """
-        low: float | str = "-inf" if flt.since is None else flt.since
-        high: float | str = "+inf" if flt.until is None else flt.until
+        low, high = _score_range(flt)
+        newest = self.redis.zrevrangebyscore(self._index, high, low, start=0, num=1, withscores=True)
+        if not newest:
+            return
+        high = newest[0][1]
         while True:
             entries = self.redis.zrangebyscore(self._index, low, high, start=0, num=self.PAGE_SCAN, withscores=True)
             if len(entries) < self.PAGE_SCAN:
@@ -187,10 +246,24 @@ class DeadLetterQueue:
 
     # One wrapper per script, its parameters in the order of the script's header: KEYS, then ARGV.
 
-    def _run_trim(self, *, dlq: list[str], max_items: int, cutoff: float) -> int:
+    def _run_trim(self, *, dlq: list[str], max_items: int, cutoff: float, batch: int) -> int:
         """`dlq`: dlq_items, dlq_index, dlq_reasons, dlq_dropped (Keys.dlq)."""
-        return int(self._trim_script(keys=dlq, args=[max_items, cutoff]))
+        return int(self._trim_script(keys=dlq, args=[max_items, cutoff, batch]))
 
     def _run_delete(self, *, dlq: list[str], dlq_id: str) -> bool:
         """`dlq`: dlq_items, dlq_index, dlq_reasons, dlq_dropped (Keys.dlq)."""
         return bool(self._delete_script(keys=dlq, args=[dlq_id]))
+
+
+def _by_index(flt: DlqFilter) -> bool:
+    """The filter selects by time of failure only: the index alone answers it."""
+    return flt.reason is None and flt.event_type is None and flt.user_id is None
+
+
+def _by_reason(flt: DlqFilter) -> bool:
+    """The filter is a reason only: its count by reason is the total."""
+    return flt.reason is not None and flt == DlqFilter(reason=flt.reason)
+
+
+def _score_range(flt: DlqFilter) -> tuple[float | str, float | str]:
+    return ("-inf" if flt.since is None else flt.since), ("+inf" if flt.until is None else flt.until)

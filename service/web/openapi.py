@@ -130,6 +130,9 @@ def build_spec() -> dict[str, Any]:
             "get": _admin(
                 {
                     "summary": "List dead-letter items, oldest failure first",
+                    "description": "Reads the page's items only: with no filter but times, `total` is the index's; "
+                    "with a reason only, its count by reason. `event_type` or `user_id` scans the queue a page at a "
+                    "time. Applies retention first (1,000 items a Redis script call).",
                     "parameters": [{"in": "query", "schema": s.DlqListQuery}],
                     "responses": {"200": _ok("a page", "DlqPage"), "400": _error("bad parameters (`invalid_request`)")},
                 }
@@ -173,6 +176,11 @@ def build_spec() -> dict[str, Any]:
             "post": _admin(
                 {
                     "summary": "Replay every item matching the filters (dry_run counts first)",
+                    "description": "A dry run only counts: with no filter, or a reason only, no item is read. "
+                    "Otherwise the queue is read and replayed a page at a time, oldest first, and the answer "
+                    "comes once every selected item is queued. The replay takes what was in the queue when it "
+                    "began: an item dead-lettered since (a new one, or one it replayed that failed again) is left "
+                    "for the next.",
                     "requestBody": {"content": {"application/json": {"schema": s.DlqBulkRequest}}},
                     "responses": {
                         "200": _ok("dry run", "BulkAnswer"),

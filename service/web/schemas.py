@@ -93,7 +93,10 @@ class DlqBulkRequest(DlqFilterSchema):
 
     # JSON's own types only: "yes" or 1 must not stand for true (all: true replays the whole queue), nor 1.5 for 1.
     all = JsonBoolean(load_default=False, metadata={"description": "every item (required when no filter is given)"})
-    dry_run = JsonBoolean(load_default=False, metadata={"description": "only count what would be affected"})
+    dry_run = JsonBoolean(
+        load_default=False,
+        metadata={"description": "only count what would be affected (no item is read with no filter or a reason only)"},
+    )
     limit = fields.Integer(
         strict=True, validate=validate.Range(min=1), metadata={"description": "at most this many, oldest first"}
     )

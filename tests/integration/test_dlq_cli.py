@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,8 @@ from tests.conftest import an_update, stripe_event
 from workers.ordering import Ordering
 
 RELAY = str(Path(sys.executable).with_name("relay"))
+# The code under test, when it is not the installed one (a worktree beside an editable install).
+PYTHONPATH = {"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {}
 
 
 @pytest.fixture
@@ -53,7 +56,7 @@ def store(settings: Settings, redis: Redis) -> Store:
 
 
 def dlq(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {"PATH": "/usr/bin:/bin", "REDIS_URL": settings.redis_url}
+    env = {"PATH": "/usr/bin:/bin", "REDIS_URL": settings.redis_url, **PYTHONPATH}
     return subprocess.run([RELAY, "dlq", *args], env=env, capture_output=True, text=True, timeout=30)
 
 
