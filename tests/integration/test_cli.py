@@ -17,6 +17,7 @@ import stripe
 import urllib3
 from redis import Redis
 
+from tests.conftest import close_connections
 from tests.ports import unused_port
 
 RELAY = str(Path(sys.executable).with_name("relay"))
@@ -192,6 +193,7 @@ def test_relay_web_removes_the_metrics_directory_it_made_when_it_stops(redis_ser
                 time.sleep(0.1)
             made = list(tmp_path.glob("relay-web-metrics-*"))
             assert len(made) == (0 if "PROMETHEUS_MULTIPROC_DIR" in run_env else 1)
+            close_connections(http)  # else gunicorn's graceful stop waits out their keep-alive
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=40) == 0
         finally:
