@@ -7,7 +7,8 @@ Item and user ids are `<path:...>`: a WSGI server decodes %2F to "/" before rout
 may hold "/" ("org/42"), as may the event id of a dead letter a backfill filed. No route is made
 ambiguous: `POST /dlq/replay` (bulk) is matched before `POST /dlq/<id>/replay` (an id ending in
 "/replay" is still its own: `POST /dlq/x/replay/replay`), and `/users/<id>/trace` is the only route
-under /users.
+under /users. A user id may also start with "/" ("/abc": `/users//abc/trace`): that route neither merges
+slashes (Werkzeug would redirect to user "abc"'s trace) nor refuses a leading one (UserIdConverter).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import json
 from typing import Any
 
 from flask import Blueprint, Response, current_app, request
+from werkzeug.routing import PathConverter
 
 from service.core.dead_letter import TIME_FIELDS
 from service.core.errors import AdminDisabled, Conflict, InvalidRequest, NotFound, Unauthorized, load_request
@@ -115,7 +117,14 @@ def replay_bulk() -> tuple[dict[str, Any], int]:
     return result, 200 if body["dry_run"] else 202
 
 
-@bp.get("/users/<path:user_id>/trace")
+class UserIdConverter(PathConverter):
+    """Any user id intake accepts, "/" anywhere in it (Werkzeug's `path` refuses a leading one)."""
+
+    regex = ".+?"
+    part_isolating = False  # it spans "/" (Werkzeug guesses from the regex, which names none)
+
+
+@bp.get("/users/<user_id:user_id>/trace", merge_slashes=False)
 def user_trace(user_id: str) -> dict[str, Any]:
     """The user's latest deliveries and dead letters at the destination, newest first."""
     store = _operator().store

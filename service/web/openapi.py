@@ -39,9 +39,11 @@ def _admin(operation: dict[str, Any]) -> dict[str, Any]:
     return {**operation, "tags": ["admin"], "security": [{"adminToken": []}]}
 
 
-def _path_id(name: str, what: str) -> dict[str, Any]:
-    """An id routed with `<path:...>`: a "/" in it may be sent as it is or as %2F (decoded before routing)."""
-    description = f'{what}; it may hold "/" (not as its first character), sent as it is or as `%2F`'
+def _path_id(name: str, what: str, *, leading_slash: bool = False) -> dict[str, Any]:
+    """An id routed with `<path:...>` (or `<user_id:...>`, which also takes a leading "/"): a "/" in it may be
+    sent as it is or as %2F (decoded before routing)."""
+    where = "anywhere" if leading_slash else "not as its first character"
+    description = f'{what}; it may hold "/" ({where}), sent as it is or as `%2F`'
     return {"in": "path", "name": name, "required": True, "schema": {"type": "string"}, "description": description}
 
 
@@ -191,7 +193,7 @@ def build_spec() -> dict[str, Any]:
             )
         },
     )
-    user_id = _path_id("user_id", "the user id (`u_42`, `org/42`)")
+    user_id = _path_id("user_id", "the user id (`u_42`, `org/42`, `/42`)", leading_slash=True)
     spec.path(
         path="/admin/users/{user_id}/trace",
         operations={

@@ -327,6 +327,24 @@ def test_the_trace_of_a_user_whose_id_holds_a_slash_is_reachable(
     assert deeper.status == 200 and deeper.json()["user_id"] == "org/42/trace" and deeper.json()["entries"] == []
 
 
+def test_the_trace_of_a_user_whose_id_starts_with_a_slash_is_its_own(
+    served: str, http: urllib3.PoolManager, ctx: DeliveryContext, sandbox: SandboxServer
+) -> None:
+    """ "/abc" is a user id intake accepts, and not "abc": its trace was a redirect to the other's (Werkzeug
+    merges the slashes of `/users//abc/trace`)."""
+    assert ctx.store.accept(update("evt_slash", user="/abc"))
+    assert ctx.store.accept(update("evt_plain", user="abc"))
+    work(ctx, keys.LIVE)
+    for path, user, event in (
+        ("/admin/users/%2Fabc/trace", "/abc", "evt_slash"),
+        ("/admin/users/abc/trace", "abc", "evt_plain"),
+    ):
+        response = http.request("GET", served + path, headers=AUTH, redirect=False)
+        assert response.status == 200, (path, response.status)
+        trace = response.json()
+        assert (trace["user_id"], [e["event_ids"] for e in trace["entries"]]) == (user, [[event]])
+
+
 def test_dead_letters_whose_id_holds_a_slash_are_shown_replayed_and_deleted(
     served: str, http: urllib3.PoolManager, ctx: DeliveryContext, sandbox: SandboxServer
 ) -> None:

@@ -48,7 +48,7 @@ def test_path_parameters_that_may_hold_a_slash_say_so(client: Any) -> None:
         (re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule), name)
         for rule in client.application.url_map.iter_rules()
         if rule.endpoint != "static"
-        for name in re.findall(r"<path:(\w+)>", rule.rule)
+        for name in re.findall(r"<(?:path|user_id):(\w+)>", rule.rule)
     }
     assert {name for _, name in slashed} >= {"user_id", "item_id"}
     for path, name in slashed:
