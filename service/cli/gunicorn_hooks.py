@@ -7,6 +7,7 @@ import json
 import logging
 import signal
 import time
+import warnings
 from typing import Any
 
 from gunicorn import util
@@ -34,6 +35,11 @@ def post_fork(server: Any, worker: Any) -> None:
     # handler is in place, a stop signal asks the worker to stop as gunicorn's would.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: setattr(worker, "alive", False))
+    # The gevent worker patches the standard library next (init_process), after the arbiter imported ssl
+    # (gunicorn itself, redis, urllib3), and gevent warns so in every worker, in lines that are not JSON.
+    # What keeps ssl's own classes unpatched (urllib3.util.ssl_, redis.asyncio) is never used by a web
+    # worker: it makes no outbound TLS, and redis-py's sync client reaches ssl through the patched module.
+    warnings.filterwarnings("ignore", message="Monkey-patching ssl after ssl has already been imported")
     # The app's own log lines as JSON, secrets redacted; gunicorn's own lines stay as they are.
     settings = Settings.from_env(role="web")
     configure_logging(settings.log_level, settings.secrets)

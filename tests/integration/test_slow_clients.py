@@ -211,6 +211,16 @@ def test_a_request_gunicorn_cannot_parse_is_answered_in_json(web: str, case: str
     assert SECRET_LOOKING not in body.decode() and "aaaa" not in error["message"]
 
 
+def test_relay_web_starts_and_stops_without_a_warning(redis_server: Any, tmp_path: Path) -> None:
+    """gevent warned at every worker's start (ssl imported before it patched), in lines that are not JSON."""
+    web = start_web(tmp_path, redis_server, {})
+    assert answered(next(web) + "/healthz") == 200
+    next(web, None)  # stops it
+    log = (tmp_path / "web.log").read_text()
+    assert "Booting worker" in log  # the log is the web's
+    assert "Warning" not in log, log
+
+
 def test_gunicorn_lines_that_quote_a_request_have_the_secrets_redacted(redis_server: Any, tmp_path: Path) -> None:
     """gunicorn logs a header line it cannot parse whole, in its own format (`curl -H "Authorization Bearer
     $TOKEN"` sends one); the admin token in it is redacted like in the app's own lines."""
