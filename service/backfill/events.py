@@ -303,9 +303,8 @@ def feed_after_one_read(
             raise
         if first is not None:
             first.learn()
-        if held is None:
-            again = backfill_events  # the customers' first users are learned: it reads once
-            return again(
+        if held is None:  # the customers' first users are learned: the second read only feeds
+            return backfill_events(
                 reader,
                 feeder,
                 window,
