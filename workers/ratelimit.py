@@ -300,11 +300,18 @@ class RateLimiter:
         self._release(tokens)
 
     def _release(self, tokens: list[str]) -> None:
+        """Give these slots back now. Redis failing (a restart keeps them, from its append-only file), they
+        go with this thread's next booking (release_with_next), not at their lease's end: the concurrency
+        cap would count them for LimitConfig.lease_ms (30 s or more), and a few such stall every worker."""
         if tokens:
             run = self._run.get()
             if run is not None and run.token in tokens:
                 run.ended = True  # its lease is gone: its next calls book slots of their own
-            self.redis.zrem(self._keys.limiter_in_flight, *tokens)
+            try:
+                self.redis.zrem(self._keys.limiter_in_flight, *tokens)
+            except RedisError:
+                self.release_with_next(tokens)
+                raise
             tokens.clear()
 
     def booking(self, further: int = 0) -> ScriptCall:

@@ -290,3 +290,25 @@ def test_a_lone_users_claim_whose_answer_is_lost_leaves_no_slot_held(
     with pytest.raises(RedisConnectionError):
         deliver_user(ctx, "stripe", "user:alone")
     assert ctx.redis.zcard(keys.USERCOM.limiter_in_flight) == 0
+
+
+def test_the_slots_of_a_group_whose_count_redis_lost_go_with_the_next_booking(
+    ctx: DeliveryContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The calls were made, then Redis failed as their outcomes were counted (the count releases their
+    slots): the slots are released by the thread's next booking, not held in flight for their lease."""
+    for user in ("u0", "u1"):
+        assert ctx.store.accept(an_update(f"evt_{user}", user_id=user))
+
+    def lost(*_: Any) -> None:
+        raise RedisConnectionError("Redis went away")
+
+    monkeypatch.setattr(ctx.ordering, "settle_many", lost)
+    with pytest.raises(RedisConnectionError):
+        deliver_group(ctx, take_all(ctx))
+    monkeypatch.undo()
+    in_flight = keys.USERCOM.limiter_in_flight
+    assert ctx.redis.zcard(in_flight) >= 1  # the group's slots, not released with the count
+    with ctx.limiter.slot():  # the thread's next call
+        pass
+    assert ctx.redis.zcard(in_flight) == 0

@@ -11,9 +11,11 @@ from typing import Any
 
 import pytest
 from redis import Redis
+from redis.exceptions import RedisError
 from rq.registry import ScheduledJobRegistry
 
 from service.config import Settings
+from service.devtools.embedded_redis import RedisProcess
 from service.store import keys
 from service.store.limiter_scripts import JITTER_MS
 from tests.conftest import an_update, newest_slot
@@ -276,3 +278,23 @@ def test_below_one_call_a_second_both_lanes_together_keep_the_rate(redis: Redis)
     with pytest.raises(Throttled) as caught, live.slot():
         pass
     assert caught.value.wait >= 2.0  # the backfill's slot + 1 / rate (+ jitter)
+
+
+def test_slots_redis_lost_before_their_release_go_with_the_next_booking(tmp_path: Any) -> None:
+    """Redis restarted (its append-only file keeps the calls in flight) while a delivery's slots were to
+    be released: they were held for their whole lease (30 s), and ten of them stopped every worker."""
+    server = RedisProcess(tmp_path / "redis").start()
+    try:
+        redis = Redis.from_url(server.url, socket_timeout=5)
+        lim = limiter(redis, rate=100, burst=10, in_flight=10)
+        with pytest.raises(RedisError), lim.released_later():  # the slot, then Redis lost
+            with lim.slot():  # the call is made; its slot stays held until the block ends
+                pass
+            server.stop()  # SIGTERM: Redis writes its append-only file
+        server.start()  # same port, same files
+        assert redis.zcard(keys.USERCOM.limiter_in_flight) == 1  # still counted in flight
+        with lim.slot():  # the thread's next call: its booking releases the slot left behind
+            assert redis.zcard(keys.USERCOM.limiter_in_flight) == 1  # its own
+        assert redis.zcard(keys.USERCOM.limiter_in_flight) == 0
+    finally:
+        server.stop()

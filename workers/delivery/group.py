@@ -115,7 +115,11 @@ def _deliver_held(ctx: DeliveryContext, group: list[_Job]) -> None:
         ctx.limiter.release(done)
         return
     to_count[-1][3].slots.extend(done)
-    counted = ctx.ordering.settle_many(ctx.store, [(hold, settle) for _, hold, _, settle in to_count])
+    try:
+        counted = ctx.ordering.settle_many(ctx.store, [(hold, settle) for _, hold, _, settle in to_count])
+    except RedisError:  # the calls' slots were to go with the count: they go with this thread's next booking
+        ctx.limiter.release_with_next([slot for *_, settle in to_count for slot in settle.slots])
+        raise
     for (job, hold, sent, _), settled in zip(to_count, counted, strict=True):
         with _in_hand(job.job_id):
             job.outcome = report(ctx, hold, sent, settled or [], job.attempt, job.lane)
