@@ -32,6 +32,10 @@ INTERVALS = validate.OneOf(["day", "week", "month", "year"])
 # A subscription in these statuses has ended: it bills nothing (mrr 0) and no longer makes a subscriber,
 # however it arrives (subscription.updated, a sync's snapshot).
 ENDED_STATUSES = frozenset({"canceled"})
+# Only these bill (MRR counts them): a trial and a paused subscription charge nothing (Paddle's status
+# reference: paused, "the customer will not be charged").
+BILLING_STATUSES = frozenset({"active", "past_due"})
+SUBSCRIBED_STATUSES = BILLING_STATUSES | {"trialing"}
 
 
 class _Paddle(Schema):
@@ -99,6 +103,7 @@ class CustomerSchema(_Paddle):
 
 class TotalsSchema(_Paddle):
     total = fields.Decimal(allow_none=True, as_string=False)
+    grand_total = fields.Decimal(allow_none=True, as_string=False)  # total less credits applied: what was paid
 
 
 class DetailsSchema(_Paddle):
@@ -123,13 +128,18 @@ def _seconds(moment: datetime | None) -> int | None:
     return int(moment.timestamp()) if moment is not None else None
 
 
-def monthly_amount(items: list[dict[str, Any]]) -> Decimal:
-    """Recurring items brought to one month, in minor units."""
+def monthly_amount(items: list[dict[str, Any]], currency: str | None = None) -> Decimal | None:
+    """Recurring items brought to one month, in minor units. None when a price is in another currency
+    than the subscription's: what is charged then is a country's override or Paddle's conversion,
+    which the event does not say."""
     total = Decimal(0)
     for item in items:
         price, cycle = item["price"], item["price"].get("billing_cycle")
         if price.get("unit_price") is None or cycle is None:
             continue  # a one-time charge
+        priced_in = price["unit_price"].get("currency_code")
+        if currency and priced_in and priced_in.upper() != currency.upper():
+            return None
         quantity = 1 if item.get("quantity") is None else item["quantity"]
         total += price["unit_price"]["amount"] * quantity / (MONTHS_IN_INTERVAL[cycle["interval"]] * cycle["frequency"])
     return total
@@ -141,17 +151,17 @@ def _subscription(obj: dict[str, Any], event_time: int, key: str) -> Extracted:
     interval, count = cycle.get("interval"), cycle.get("frequency", 1)
     currency = obj.get("currency_code")
     period = obj.get("current_billing_period") or {}
-    ended = obj["status"] in ENDED_STATUSES
+    billed = monthly_amount(obj["items"], currency) if obj["status"] in BILLING_STATUSES else Decimal(0)
     fields_ = {
         "subscription_status": obj["status"],
         "plan": price.get("name") or price.get("description") or price.get("id"),
         "plan_interval": interval if count == 1 or interval is None else f"{count} {interval}s",
-        "mrr": 0.0 if ended else to_major(monthly_amount(obj["items"]), currency),
+        "mrr": 0.0 if billed == 0 else to_major(billed, currency),  # None: not known from the event
         "currency": currency.lower() if currency else None,
         "current_period_end": iso_utc(_seconds(period.get("ends_at"))),
         "cancel_at_period_end": (obj.get("scheduled_change") or {}).get("action") == "cancel",
         "trialing": obj["status"] == "trialing",
-        "subscribed": not ended,
+        "subscribed": obj["status"] in SUBSCRIBED_STATUSES,
         "paddle_customer_id": obj["customer_id"],
         "paddle_subscription_id": obj["id"],
     }
@@ -173,7 +183,10 @@ def _transaction(obj: dict[str, Any], event_time: int, key: str) -> Extracted:
     totals = (obj.get("details") or {}).get("totals") or {}
     fields_ = {
         "paid_at": iso_utc(_seconds(obj.get("billed_at")) or event_time),
-        "amount_paid": to_major(totals.get("total"), obj["currency_code"]),
+        "amount_paid": to_major(
+            totals["grand_total"] if totals.get("grand_total") is not None else totals.get("total"),
+            obj["currency_code"],
+        ),
         "currency": obj["currency_code"].lower(),
         "paddle_customer_id": obj.get("customer_id"),
         "paddle_subscription_id": obj.get("subscription_id"),

@@ -22,6 +22,11 @@ from service.sources.stripe import schemas as s
 # A subscription in these statuses has ended: it bills nothing (mrr 0) and no longer makes a subscriber,
 # however it arrives (customer.subscription.updated, a sync's snapshot).
 ENDED_STATUSES = frozenset({"canceled", "incomplete_expired"})
+# Stripe's MRR counts active and past_due subscriptions only: a trial, a first payment not made yet
+# (incomplete), a paused or an unpaid one bills nothing (docs.stripe.com/billing/subscriptions/analytics).
+BILLING_STATUSES = frozenset({"active", "past_due"})
+# A subscriber: billed, or on trial (incomplete: its first payment never came).
+SUBSCRIBED_STATUSES = BILLING_STATUSES | {"trialing"}
 
 
 def _customer(obj: dict[str, Any], event_time: int, key: str) -> Extracted:
@@ -54,15 +59,19 @@ def _interval(price: dict[str, Any]) -> tuple[str | None, int]:
     return interval, count
 
 
-def monthly_amount(items: list[dict[str, Any]]) -> Decimal:
-    """Sum of items brought to one month, in minor units; metered prices count 0."""
+def monthly_amount(items: list[dict[str, Any]], currency: str | None = None) -> Decimal | None:
+    """Sum of items brought to one month, in minor units; metered prices count 0. None when it cannot be
+    known from the event: a tiered price (no unit amount), or a price in another currency than the
+    subscription's (its amount there is in currency_options, which webhooks do not carry)."""
     total = Decimal(0)
     for item in items:
         price = item.get("price") or {}
-        amount = _unit_amount(price)
         interval, count = _interval(price)
-        if amount is None or interval is None:
+        if interval is None or (price.get("recurring") or {}).get("usage_type") == "metered":
             continue
+        amount = _unit_amount(price)
+        if amount is None or (currency and price.get("currency") and price["currency"].lower() != currency.lower()):
+            return None
         quantity = item.get("quantity")
         total += amount * (1 if quantity is None else quantity) / (MONTHS_IN_INTERVAL[interval] * count)
     return total
@@ -73,20 +82,22 @@ def _subscription(obj: dict[str, Any], event_time: int, key: str) -> Extracted:
     price = (items[0].get("price") or {}) if items else {}
     currency = obj.get("currency") or price.get("currency")
     item_period_ends = [i["current_period_end"] for i in items if i.get("current_period_end") is not None]
-    period_end = obj.get("current_period_end") or (max(item_period_ends) if item_period_ends else None)
+    # basil: periods are per item; the subscription's own ends with the earliest (Stripe's changelog
+    # 2025-03-31.basil: cancel_at_period_end cancels at the earliest item period end).
+    period_end = obj.get("current_period_end") or (min(item_period_ends) if item_period_ends else None)
     interval, count = _interval(price)
-    ended = obj["status"] in ENDED_STATUSES
+    billed = monthly_amount(items, currency) if obj["status"] in BILLING_STATUSES else Decimal(0)
     fields = {
         "subscription_status": obj["status"],
         "plan": price.get("nickname") or price.get("lookup_key") or price.get("id"),
         "plan_interval": interval if count == 1 or interval is None else f"{count} {interval}s",
-        "mrr": 0.0 if ended else to_major(monthly_amount(items), currency),
+        "mrr": 0.0 if billed == 0 else to_major(billed, currency),  # None: not known from the event
         "currency": currency.lower() if currency else None,
         "current_period_end": iso_utc(period_end),
         "cancel_at_period_end": obj.get("cancel_at_period_end"),
         "trial_end": iso_utc(obj.get("trial_end")),
         "trialing": obj["status"] == "trialing",
-        "subscribed": not ended,
+        "subscribed": obj["status"] in SUBSCRIBED_STATUSES,
         "stripe_customer_id": obj["customer"],
         "stripe_subscription_id": obj["id"],
     }

@@ -63,6 +63,7 @@ class CustomerSchema(_Stripe):
 class RecurringSchema(_Stripe):
     interval = fields.String(validate=validate.OneOf(["day", "week", "month", "year"]))
     interval_count = fields.Integer(strict=True, validate=validate.Range(min=1))
+    usage_type = _text()  # "metered": billed on usage reported later, not counted in MRR
 
 
 class PriceSchema(_Stripe):

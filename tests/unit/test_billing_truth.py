@@ -1,0 +1,139 @@
+"""What a subscription is worth, as the providers define it: MRR counts what bills (Stripe's analytics:
+active and past_due subscriptions, metered prices left out), and a value the event cannot tell is not
+sent (rather than a wrong one)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from tests.conftest import load_fixture, read, stripe_event
+
+T = 1_700_000_000
+
+
+def stripe_subscription(status: str = "active", **changes: Any) -> dict[str, Any]:
+    obj: dict[str, Any] = {
+        "id": "sub_1",
+        "customer": "cus_1",
+        "status": status,
+        "currency": "usd",
+        "metadata": {"user_id": "u1"},
+        "items": {
+            "data": [
+                {
+                    "quantity": 2,
+                    "current_period_end": T + 30 * 86400,
+                    "price": {
+                        "id": "price_1",
+                        "currency": "usd",
+                        "unit_amount": 1000,
+                        "recurring": {"interval": "month", "interval_count": 1},
+                    },
+                }
+            ]
+        },
+    }
+    obj.update(changes)
+    return obj
+
+
+def stripe_custom(obj: dict[str, Any]) -> dict[str, Any]:
+    update = read("stripe", stripe_event("customer.subscription.updated", obj, event_id="evt_1", created=T)).update
+    assert update is not None
+    return {**update.custom, "tags": update.tags}
+
+
+@pytest.mark.parametrize(
+    ("status", "mrr", "subscriber"),
+    [
+        ("active", 20.0, True),
+        ("past_due", 20.0, True),  # still billed, payment being retried
+        ("trialing", 0.0, True),
+        ("incomplete", 0.0, False),  # its first payment never came
+        ("paused", 0.0, False),
+        ("unpaid", 0.0, False),
+        ("canceled", 0.0, False),
+    ],
+)
+def test_stripe_mrr_counts_only_what_bills(status: str, mrr: float, subscriber: bool) -> None:
+    custom = stripe_custom(stripe_subscription(status))
+    assert (custom["mrr"], "subscriber" in custom["tags"]) == (mrr, subscriber)
+
+
+def test_a_metered_price_is_left_out_of_mrr() -> None:
+    obj = stripe_subscription()
+    metered = copy.deepcopy(obj["items"]["data"][0])
+    metered["price"].update(id="price_usage", unit_amount=5, recurring={"interval": "month", "usage_type": "metered"})
+    obj["items"]["data"].append(metered)
+    assert stripe_custom(obj)["mrr"] == 20.0
+
+
+@pytest.mark.parametrize(
+    "price_change",
+    [
+        {"unit_amount": None, "billing_scheme": "tiered"},  # its amount is in tiers, not in the event
+        {"currency": "eur"},  # another currency than the subscription's: its amount there is not in the event
+    ],
+    ids=["tiered", "other-currency"],
+)
+def test_an_mrr_the_event_cannot_tell_is_not_sent(price_change: dict[str, Any]) -> None:
+    obj = stripe_subscription()
+    obj["items"]["data"][0]["price"].update(price_change)
+    custom = stripe_custom(obj)
+    assert "mrr" not in custom and custom["subscription_status"] == "active"
+
+
+def test_items_of_several_periods_end_the_subscription_at_the_earliest() -> None:
+    """basil: periods are per item; cancel_at_period_end cancels at the earliest item period end."""
+    obj = stripe_subscription(cancel_at_period_end=True)
+    yearly = copy.deepcopy(obj["items"]["data"][0])
+    yearly["current_period_end"] = T + 365 * 86400
+    yearly["price"].update(id="price_yearly", recurring={"interval": "year"})
+    obj["items"]["data"].append(yearly)
+    assert stripe_custom(obj)["current_period_end"] == "2023-12-14T22:13:20Z"  # T + 30 days
+
+
+def paddle_subscription(status: str) -> dict[str, Any]:
+    payload = load_fixture("pay.subscription.created.json", "paddle_billing")
+    payload["event_type"] = "subscription.updated"
+    payload["data"]["status"] = status
+    return payload
+
+
+@pytest.mark.parametrize(
+    ("status", "mrr", "subscriber"),
+    [("active", 432.0, True), ("past_due", 432.0, True), ("trialing", 0.0, True), ("paused", 0.0, False)],
+)
+def test_paddle_mrr_counts_only_what_bills(status: str, mrr: float, subscriber: bool) -> None:
+    update = read("paddle", paddle_subscription(status)).update
+    assert update is not None
+    assert (update.custom["mrr"], "subscriber" in update.tags) == (mrr, subscriber)
+
+
+def test_a_paddle_price_in_another_currency_leaves_mrr_unsent() -> None:
+    """Charged as a country's override or Paddle's conversion: the event does not say which."""
+    payload = paddle_subscription("active")
+    payload["data"]["currency_code"] = "EUR"
+    update = read("paddle", payload).update
+    assert update is not None and "mrr" not in update.custom and update.custom["currency"] == "eur"
+
+
+def test_a_paddle_payment_is_what_was_paid_after_credits() -> None:
+    """Paddle's changelog (transaction totals, grand_total): total 165.00, 10.00 of credit, 155.00 paid."""
+    transaction = {
+        "event_id": "evt_t",
+        "event_type": "transaction.completed",
+        "occurred_at": "2024-01-02T00:00:00Z",
+        "data": {
+            "id": "txn_1",
+            "customer_id": "ctm_9",
+            "currency_code": "USD",
+            "billed_at": "2024-01-01T12:00:00Z",
+            "details": {"totals": {"total": "16500", "credit": "1000", "grand_total": "15500"}},
+        },
+    }
+    update = read("paddle", transaction).update
+    assert update is not None and update.custom["last_payment_amount"] == 155.0
