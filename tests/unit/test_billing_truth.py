@@ -137,3 +137,23 @@ def test_a_paddle_payment_is_what_was_paid_after_credits() -> None:
     }
     update = read("paddle", transaction).update
     assert update is not None and update.custom["last_payment_amount"] == 155.0
+
+
+@pytest.mark.parametrize(
+    ("status", "subscriber"),
+    [
+        ("on_trial", True),
+        ("active", True),
+        ("past_due", True),
+        ("cancelled", True),
+        ("paused", False),
+        ("unpaid", False),
+        ("expired", False),
+    ],
+)
+def test_a_lemon_squeezy_subscriber_is_one_the_subscription_still_serves(status: str, subscriber: bool) -> None:
+    """ "cancelled" runs until its period ends; paused collects nothing; unpaid failed every retry."""
+    payload = load_fixture("pay.subscription_updated.json", "lemon_squeezy")
+    payload["data"]["attributes"]["status"] = status
+    update = read("lemonsqueezy", payload).update
+    assert update is not None and ("subscriber" in update.tags) == subscriber

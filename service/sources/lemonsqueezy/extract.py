@@ -76,6 +76,11 @@ def _person(obj: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# Lemon Squeezy's subscription statuses: "cancelled" still runs until its period ends (ends_at); "paused"
+# (payment collection paused), "unpaid" (every retry failed) and "expired" do not make a subscriber.
+SUBSCRIBED_STATUSES = frozenset({"on_trial", "active", "past_due", "cancelled"})
+
+
 def _subscription(obj: dict[str, Any], event_time: int, key: str) -> Extracted:
     product, variant = obj.get("product_name"), obj.get("variant_name")
     fields_ = {
@@ -87,8 +92,7 @@ def _subscription(obj: dict[str, Any], event_time: int, key: str) -> Extracted:
         "trial_end": iso_utc(_seconds(obj.get("trial_ends_at"))),
         "cancel_at_period_end": obj.get("cancelled"),
         "trialing": obj["status"] == "on_trial",
-        # "cancelled" still runs until its period ends (ends_at); "expired" has ended
-        "subscribed": obj["status"] != "expired",
+        "subscribed": obj["status"] in SUBSCRIBED_STATUSES,
         "lemonsqueezy_subscription_id": obj["id"],
     }
     return Extracted(None, _customer_id(obj), fields_)
