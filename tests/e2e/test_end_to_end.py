@@ -216,7 +216,8 @@ def test_every_mapped_event_reaches_usercom(relay: dict[str, Any], sandbox: Sand
     }
     # Tags are a set in User.com (add-only) and come in two deliveries in either order: evt_e2e_0
     # waits under the user, evt_e2e_1..4 under the customer (UserUpdate.hint), each merged alone.
-    assert sorted(learned["tags"]) == ["paying", "stripe-customer", "subscriber"]
+    # No "paying": its invoice was paid for 0 (last_payment_amount).
+    assert sorted(learned["tags"]) == ["stripe-customer", "subscriber"]
     assert sandbox.state.user_by_custom_id("cus_QXg1o8vcGmoR32") is None
 
     churned = user("cus_00000000000000")

@@ -157,3 +157,25 @@ def test_a_lemon_squeezy_subscriber_is_one_the_subscription_still_serves(status:
     payload["data"]["attributes"]["status"] = status
     update = read("lemonsqueezy", payload).update
     assert update is not None and ("subscriber" in update.tags) == subscriber
+
+
+@pytest.mark.parametrize(("amount", "paying"), [(0, False), (1200, True)])
+def test_a_payment_of_nothing_does_not_tag_paying(amount: int, paying: bool) -> None:
+    """A trial's first invoice is paid, for 0 (Stripe's trials); the customer has paid nothing yet."""
+    invoice = {"id": "in_1", "customer": "cus_1", "currency": "usd", "amount_paid": amount, "amount_due": amount}
+    update = read("stripe", stripe_event("invoice.paid", invoice, event_id="evt_i", created=T)).update
+    assert update is not None
+    assert ("paying" in update.tags, update.custom["last_payment_amount"]) == (paying, amount / 100)
+    transaction = {
+        "event_id": "evt_t",
+        "event_type": "transaction.completed",
+        "occurred_at": "2024-01-02T00:00:00Z",
+        "data": {
+            "id": "txn_1",
+            "customer_id": "ctm_9",
+            "currency_code": "USD",
+            "details": {"totals": {"total": str(amount)}},
+        },
+    }
+    paddle = read("paddle", transaction).update
+    assert paddle is not None and ("paying" in paddle.tags) == paying

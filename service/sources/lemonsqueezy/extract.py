@@ -104,6 +104,7 @@ def _payment(obj: dict[str, Any], event_time: int, key: str) -> Extracted:
         **_person(obj),
         "paid_at": iso_utc(_seconds(obj.get("created_at")) or event_time),
         "amount_paid": to_major(obj.get("total"), currency),
+        "paid_something": bool(obj.get("total")),
         "refunded_at": iso_utc(_seconds(obj.get("refunded_at")) or event_time),
         "amount_refunded": to_major(obj.get("refunded_amount"), currency),
         "currency": currency.lower(),

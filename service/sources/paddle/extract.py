@@ -181,12 +181,11 @@ def _customer(obj: dict[str, Any], event_time: int, key: str) -> Extracted:
 
 def _transaction(obj: dict[str, Any], event_time: int, key: str) -> Extracted:
     totals = (obj.get("details") or {}).get("totals") or {}
+    paid = totals["grand_total"] if totals.get("grand_total") is not None else totals.get("total")
     fields_ = {
         "paid_at": iso_utc(_seconds(obj.get("billed_at")) or event_time),
-        "amount_paid": to_major(
-            totals["grand_total"] if totals.get("grand_total") is not None else totals.get("total"),
-            obj["currency_code"],
-        ),
+        "amount_paid": to_major(paid, obj["currency_code"]),
+        "paid_something": bool(paid),  # a trial's first transaction completes for 0
         "currency": obj["currency_code"].lower(),
         "paddle_customer_id": obj.get("customer_id"),
         "paddle_subscription_id": obj.get("subscription_id"),

@@ -111,6 +111,7 @@ def _invoice(obj: dict[str, Any], event_time: int, key: str) -> Extracted:
         "paid_at": iso_utc(paid_at),
         "failed_at": iso_utc(event_time),
         "amount_paid": to_major(obj.get("amount_paid"), obj["currency"]),
+        "paid_something": bool(obj.get("amount_paid")),  # a trial's first invoice is paid, for 0
         "amount_due": to_major(obj.get("amount_due"), obj["currency"]),
         "currency": obj["currency"].lower(),
         "stripe_customer_id": obj.get("customer"),
