@@ -153,6 +153,17 @@ class ApiClient:
     def __init__(self, api: HttpApi) -> None:
         self._api = api
         self._dropped: ContextVar[tuple[DroppedValue, ...]] = ContextVar(f"dropped_{id(self)}", default=())
+        self._body: ContextVar[dict[str, Any] | None] = ContextVar(f"body_{id(self)}", default=None)
+
+    def _sending(self, body: dict[str, Any] | None) -> None:
+        """What this send puts in its call, when the destination keeps other fields than the update's
+        (UserKit: one name, no tags): the user's trace shows it (last_sent). None: the update as it is."""
+        self._body.set(body)
+
+    @property
+    def last_sent(self) -> dict[str, Any] | None:
+        """The fields the last send() in this thread sent, when they are not the update's own (_sending)."""
+        return self._body.get()
 
     def _left_out(self, dropped: list[DroppedValue], *, also: bool = False) -> None:
         """What this send leaves out (`also`: in addition to what it left out already)."""

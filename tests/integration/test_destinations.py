@@ -20,6 +20,7 @@ from service.devtools.usercom_sandbox import SandboxServer
 from service.devtools.userkit_sandbox import UserKitServer
 from service.store import keys
 from service.store.ledger import Store
+from service.store.trace import read_trace
 from tests.conftest import an_update
 from workers.delivery.context import DeliveryContext, configure
 from workers.runner import build_context
@@ -176,6 +177,11 @@ def test_userkit_keeps_the_whole_name_when_an_update_names_one_part(
     drain(both, "userkit")
     assert [call["body"].get("name") for call in userkit.state.requests] == ["Ada Lovelace", "Ada King"]
     assert userkit.state.users["u1"]["name"] == "Ada King"
+    # The trace shows what UserKit was sent: the name made whole, never custom attributes or tags.
+    newest, first = read_trace(redis, keys.Keys("userkit"), "u1")
+    assert (newest["attributes"], newest["tags"]) == ({"name": "Ada King"}, [])
+    expected = {"name": "Ada Lovelace", "email": PERSON["email"], "phone": PERSON["phone_number"]}
+    assert (first["attributes"], first["tags"]) == (expected, [])
     # Kept for good, as UserKit keeps the name: a part changed after months without a name change (an
     # annual plan) would otherwise be sent alone again.
     assert redis.ttl(keys.userkit_name("u1")) == -1

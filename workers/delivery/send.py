@@ -86,12 +86,13 @@ def send_allowed(
         return _settle_same(ctx, hold, "coalesced", lane)
     refused: dict[str, Rejected] = {}
     sent: dict[str, Any] = {}
+    kept_as_sent = True  # the destination keeps the update's own fields (else: its body, last_sent; no tags)
     went_out = False  # a call went through (it may carry tags alone)
     left_out: list[DroppedValue] = []  # by every call that went through (a halving makes several)
     memory = hold.memory
 
     def send(part: list[str]) -> None:
-        nonlocal memory, went_out
+        nonlocal memory, went_out, kept_as_sent
         chosen = set(part)
         std = {k: v for k, (v, c) in standard.items() if c in chosen}
         cus = {k: v for k, (v, c) in custom.items() if c in chosen}
@@ -103,8 +104,9 @@ def send_allowed(
                 changed = client.send(hold.user_id, std, cus, tags, memory)
                 memory = memory if changed is None else changed  # None: as it was, for the next call too
                 left_out.extend(v for v in getattr(client, "last_dropped", ()) if v not in left_out)
-            sent.update(std)
-            sent.update(cus)
+            body = getattr(client, "last_sent", None) if applied_by is None else None
+            kept_as_sent = kept_as_sent and body is None
+            sent.update(body if body is not None else {**std, **cus})
             went_out = True
         except Rejected as exc:
             if len(part) == 1:
@@ -134,7 +136,7 @@ def send_allowed(
         endpoint=endpoint,
         status=status,
         attributes={name: value for name, value in sent.items() if name not in not_sent},
-        tags=state.tag_list({c for c in carriers if c not in refused}),
+        tags=state.tag_list({c for c in carriers if c not in refused}) if kept_as_sent else [],
         event_ids=[o.event_id for o in outcomes if o.outcome != "dead_lettered"],
         dropped=[{"name": d["attribute"], "reason": d["reason"], "event_id": d["event_id"]} for d in dropped],
     )

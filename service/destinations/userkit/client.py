@@ -126,6 +126,7 @@ class UserKitClient(ApiClient):
         self._left_out(dropped)
         standard, remembered = whole_name(standard, memory)
         body = userkit_body(standard)
+        self._sending(body)  # its trace shows the name it made, never custom attributes or tags
         if body:
             self._api.call("POST", f"/v1/users/{quote(user_id, safe='')}", body, endpoint=ENDPOINT)
         return remembered
