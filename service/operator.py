@@ -90,7 +90,7 @@ class Operator:
             return {**self._counted(flt, limit), "dry_run": True, "outcomes": {}}
         outcomes: dict[str, int] = {}
         matched = selected = 0
-        for item in self.dlq.scan(flt):
+        for item in self.dlq.scan(flt, once_each=True):  # an item replayed may fail again meanwhile
             matched += 1
             if limit is None or selected < limit:
                 selected += 1

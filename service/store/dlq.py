@@ -47,16 +47,16 @@ end
 local function dlq_trim(dlq, max_items, cutoff, batch)
     local index, dropped_key = dlq[2], dlq[4]
     local dropped = 0
-    for _, id in ipairs(redis.call('ZRANGEBYSCORE', index, '-inf', '(' .. cutoff, 'LIMIT', 0, batch)) do
-        dlq_remove(dlq, id)
+    -- An index entry without its item (never made by these scripts) goes too: left, it would be trimmed
+    -- again at every call, and DeadLetterQueue.trim would loop for good.
+    local function drop(id)
+        if not dlq_remove(dlq, id) then redis.call('ZREM', index, id) end
         dropped = dropped + 1
     end
+    for _, id in ipairs(redis.call('ZRANGEBYSCORE', index, '-inf', '(' .. cutoff, 'LIMIT', 0, batch)) do drop(id) end
     local excess = math.min(redis.call('ZCARD', index) - tonumber(max_items), batch - dropped)
     if excess > 0 then
-        for _, id in ipairs(redis.call('ZRANGE', index, 0, excess - 1)) do
-            dlq_remove(dlq, id)
-            dropped = dropped + 1
-        end
+        for _, id in ipairs(redis.call('ZRANGE', index, 0, excess - 1)) do drop(id) end
     end
     if dropped > 0 then redis.call('INCRBY', dropped_key, dropped) end
     return dropped
@@ -183,17 +183,23 @@ class DeadLetterQueue:
                 return page, known  # the page is full: its reason's count is the total
         return page, total
 
-    def scan(self, flt: DlqFilter) -> Iterator[dict[str, Any]]:
+    def scan(self, flt: DlqFilter, *, once_each: bool = False) -> Iterator[dict[str, Any]]:
         """The items matching the filter, oldest failure first, read a page per round trip.
 
         The queue may change during the scan (retention, workers, other operators): every item that
         stays in it throughout is seen exactly once. The scan ends at the newest item there when it
         began: an item dead-lettered since (a new one, or one a bulk replay replayed that failed
-        again) is left for the next scan, so a replay of everything ends, and never takes an item twice.
+        again) is left for the next scan, so a replay of everything ends. `once_each` (a replay's scan)
+        also remembers the ids it gave (ids only, not items): a failure dated by a clock behind the
+        newest item's writer sorts again before the end, and a replay must never take an item twice.
         """
-        for ids in self._id_pages(flt):
+        seen: set[bytes] = set()
+        for page in self._id_pages(flt):
+            ids = [item_id for item_id in page if item_id not in seen]
             if not ids:
                 continue
+            if once_each:
+                seen.update(ids)
             for raw in self.redis.hmget(self._items, ids):
                 if raw is None:
                     continue

@@ -180,6 +180,17 @@ def test_lowering_max_items_trims_in_bounded_script_calls_and_counts_every_item_
     assert [item_id.decode() for item_id in redis.zrange(lowered.keys.dlq[1], -1, -1)] == ["stripe-new0000"]
 
 
+def test_index_entries_without_their_item_are_trimmed_too(env: dict[str, str], redis: Redis) -> None:
+    """More than a batch of them at the old end: kept, every call trimmed them again and trim() never ended."""
+    store = Store.from_settings(redis, Settings.from_env({**env, "RELAY_DLQ_MAX_ITEMS": "5"}))
+    redis.zadd(store.keys.dlq[1], {f"stripe-orphan{n}": time.time() - 3600 + n for n in range(TRIM_BATCH + 50)})
+    fill(store, 5)  # each dead letter trims a little (KEEP_TRIM_BATCH), trim() the rest
+    store.dlq().trim()
+    summary = store.dlq().summary()
+    assert redis.zcard(store.keys.dlq[1]) == 5 == summary["size"]
+    assert summary["dropped_by_retention"] == TRIM_BATCH + 50
+
+
 # Over HTTP and from a terminal: what the console and `relay dlq` ask at sign-in and before a replay.
 
 

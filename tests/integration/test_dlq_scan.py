@@ -7,6 +7,7 @@ right after a page is read makes the interleaving deterministic: no timing, no t
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -159,3 +160,32 @@ def test_listing_pages_are_unchanged(settings: Settings, redis: Redis) -> None:
     since, until = (redis.zscore(store.keys.dlq[1], ids[n]) for n in (100, 1100))
     items, total = dlq.matching(DlqFilter(since=since, until=until), offset=2)
     assert total == 1001 and [item["id"] for item in items] == ids[102:1101]
+
+
+def test_replay_all_never_takes_an_item_twice_whatever_the_clocks(
+    settings: Settings, redis: Redis, scanner: InterleavingRedis
+) -> None:
+    """The newest item was dead-lettered by a pod whose clock runs 2 s ahead; an item the scan replayed
+    fails again on a pod with a right clock, so it sorts again before the scan's end. Taken again, it
+    was replayed twice in one bulk request."""
+    worker = Store.from_settings(redis, settings)
+    ids = fill(worker, 1200)  # scores now-1200 .. now-1
+    redis.zadd(worker.keys.dlq[1], {ids[-1]: time.time() + 2}, xx=True)
+    first = worker.dlq().get(ids[0])
+    assert first is not None
+    failed_again: list[str] = []
+
+    def replayed_item_fails_again() -> None:
+        if not failed_again and redis.hget(worker.keys.dlq[0], ids[0]) is None:  # replayed by the scan
+            failed_again.append(ids[0])
+            assert worker.reject(DeadLetter(**first), f"again-{ids[0]}")
+
+    scanner.after_page = replayed_item_fails_again
+    operator = Operator(Store.from_settings(scanner, settings), settings)
+    taken: Counter[str] = Counter()
+    replay = operator.replay
+    object.__setattr__(operator, "replay", lambda item: taken.update([item["id"]]) or replay(item))
+    operator.replay_matching(DlqFilter(), dry_run=False)
+    assert failed_again == [ids[0]] and len(taken) == 1200
+    assert taken.most_common(1)[0][1] == 1  # each once
+    assert redis.hexists(worker.keys.dlq[0], ids[0])  # its new failure is left for the next run
