@@ -26,6 +26,7 @@ kept as `identity_conflict`. It costs the window's reads twice; a stop during th
 from __future__ import annotations
 
 import fnmatch
+import json
 import re
 import threading
 import time
@@ -42,7 +43,10 @@ from service.backfill.stripe_reader import Interrupted, ReadError
 from service.store.customer_map import FirstUsers
 
 STRIPE_EVENT_RETENTION_SECONDS = 30 * 24 * 3600
-HOLD_UP_TO = 10_000  # reconcile: missing events held to feed after one read (a few KB each)
+# Reconcile: missing events held to feed after one read, at most this many and this much JSON. Parsed, an
+# event takes about 4x its JSON (a 4 KB subscription event, ~15 KB): 8 MB is ~32 MB of the worker's memory.
+HOLD_UP_TO = 10_000
+HOLD_BYTES = 8 * 1024 * 1024
 HELD_PAGE = 100  # held events fed between two looks at the stop asked and the progress
 DURATION = re.compile(r"^(\d+)([smhd])$")
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -280,11 +284,13 @@ def feed_after_one_read(
     missing ones, counted as they are read) are held while the window is read, the users they name first
     are learned (as learn_first_users), then they are fed from memory. Past `hold_up_to` events held, the
     read goes on noting first users only, and a second read feeds what `pick_again` takes (counting nothing
-    twice). Stopped or failed before feeding, nothing is learned or fed: the same command runs it again."""
+    twice). Past HOLD_BYTES of their JSON too: the periodic reconcile runs in the worker's pod. Stopped or
+    failed before feeding, nothing is learned or fed: the same command runs it again."""
     progress = Progress(window, reporter, halves=True)
     first = None if feeder.dry_run else FirstUsers(feeder.store.redis, feeder.source_name)
     held: list[dict[str, Any]] | None = []
     hold_up_to = HOLD_UP_TO if hold_up_to is None else hold_up_to
+    held_bytes = 0
     try:
         try:
             for page in reader.event_pages(window.since, window.until, types):
@@ -293,7 +299,8 @@ def feed_after_one_read(
                     first.note(feeder.identities(picked))
                 if held is not None:
                     held.extend(picked)
-                    held = held if len(held) <= hold_up_to else None
+                    held_bytes += sum(len(json.dumps(event)) for event in picked)
+                    held = held if len(held) <= hold_up_to and held_bytes <= HOLD_BYTES else None
                 progress.learned(summary(reader, feeder), event_time(feeder, page[-1], window))
                 if stop is not None and stop.is_set():
                     raise Interrupted

@@ -119,7 +119,11 @@ def test_a_backfill_read_newest_first_gives_what_webhooks_in_event_order_give(
     assert not redis.keys(keys.first_users("stripe", "*"))  # the run's notes are gone
 
 
-@pytest.mark.parametrize(("hold_up_to", "reads"), [(10_000, 1), (1, 2)], ids=["held", "past-the-hold"])
+@pytest.mark.parametrize(
+    ("hold_up_to", "hold_bytes", "reads"),
+    [(10_000, 8 << 20, 1), (1, 8 << 20, 2), (10_000, 3000, 2)],
+    ids=["held", "past-the-hold", "past-the-bytes"],
+)
 def test_a_reconcile_reads_its_window_once_when_what_is_missing_fits_in_memory(
     api_env: dict[str, str],
     stripe_api: StripeApiServer,
@@ -128,6 +132,7 @@ def test_a_reconcile_reads_its_window_once_when_what_is_missing_fits_in_memory(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
     hold_up_to: int,
+    hold_bytes: int,
     reads: int,
 ) -> None:
     """The missing events are few (the periodic reconcile's): held while the window is read, their first
@@ -135,6 +140,7 @@ def test_a_reconcile_reads_its_window_once_when_what_is_missing_fits_in_memory(
     and nothing is counted twice."""
     monkeypatch.setattr("service.backfill.stripe_reader.PAGE_SIZE", 2)  # 5 events: 3 pages
     monkeypatch.setattr("service.backfill.events.HOLD_UP_TO", hold_up_to)
+    monkeypatch.setattr("service.backfill.events.HOLD_BYTES", hold_bytes)  # 3000: past it within the 5 events
     for event in rekeyed_history(int(time.time()) - 600):
         stripe_api.state.add_event(event)
     assert main(["reconcile", "stripe", "--since", "1h", "--json"]) == 0
