@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -179,6 +180,10 @@ class RateLimiter:
         # slots of calls done, released with this thread's next booking (`release_with_next`)
         self._pending_release: ContextVar[list[str] | None] = ContextVar(f"pending_release_{id(self)}", default=None)
         self._run: ContextVar[_Run | None] = ContextVar(f"run_{id(self)}", default=None)
+        # slots whose release Redis lost (`orphaned`): any thread's next booking releases them, the thread
+        # that held them may be a batch's, gone with its batch
+        self._orphans: list[str] = []
+        self._orphans_lock = threading.Lock()
         # (token, when, the 429 count then, its run's spacing) of the booking in hand: a run counts from its sending
         self._booking: ContextVar[tuple[str, float, int, float] | None] = ContextVar(
             f"booking_{id(self)}", default=None
@@ -291,18 +296,28 @@ class RateLimiter:
         tokens.clear()
 
     def unreleased(self) -> list[str]:
-        """The slots given to `release_with_next` that no booking released yet (taken back)."""
+        """The slots given to `release_with_next` that no booking released yet, and the process's
+        orphaned ones (taken back)."""
         pending = self._pending_release.get() or []
         taken, pending[:] = list(pending), []
+        with self._orphans_lock:
+            taken += (token for token in self._orphans if token not in taken)
+            self._orphans.clear()
         return taken
+
+    def orphaned(self, tokens: list[str]) -> None:
+        """Slots whose release Redis lost (a restart keeps them in flight, from its append-only file): the
+        process's next booking, whichever thread makes it, releases them, not their lease's end (30 s or
+        more, during which the concurrency cap counts them: a few such stall every worker)."""
+        with self._orphans_lock:
+            self._orphans += (token for token in tokens if token not in self._orphans)
+        tokens.clear()
 
     def release(self, tokens: list[str]) -> None:
         self._release(tokens)
 
     def _release(self, tokens: list[str]) -> None:
-        """Give these slots back now. Redis failing (a restart keeps them, from its append-only file), they
-        go with this thread's next booking (release_with_next), not at their lease's end: the concurrency
-        cap would count them for LimitConfig.lease_ms (30 s or more), and a few such stall every worker."""
+        """Give these slots back now; when Redis fails, with the next booking (`orphaned`)."""
         if tokens:
             run = self._run.get()
             if run is not None and run.token in tokens:
@@ -310,7 +325,7 @@ class RateLimiter:
             try:
                 self.redis.zrem(self._keys.limiter_in_flight, *tokens)
             except RedisError:
-                self.release_with_next(tokens)
+                self.orphaned(tokens)
                 raise
             tokens.clear()
 
@@ -352,13 +367,14 @@ class RateLimiter:
     def _answer_lost(self, args: list[Any]) -> None:
         """An ACQUIRE with these arguments went to Redis, and its answer was lost. If it ran, its slot's
         lease holds a place under the in-flight cap until it expires; if not, neither were the leases
-        it was to release (of calls done, no longer known to this thread). All released, best-effort."""
+        it was to release (of calls done, no longer known to this thread). All released, now or (Redis
+        failing still) with the process's next booking."""
         tokens = [args[3], *args[8].split()]  # the slot's token; the tokens to release, space-separated
         try:
             self._release(tokens)
         except RedisError as exc:
             log.warning(
-                "%s: %d slots of a booking whose answer was lost stay held until they expire: %s",
+                "%s: %d slots of a booking whose answer was lost go with the next booking: %s",
                 self._keys.destination,
                 len(tokens),
                 exc,

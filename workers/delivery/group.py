@@ -117,8 +117,8 @@ def _deliver_held(ctx: DeliveryContext, group: list[_Job]) -> None:
     to_count[-1][3].slots.extend(done)
     try:
         counted = ctx.ordering.settle_many(ctx.store, [(hold, settle) for _, hold, _, settle in to_count])
-    except RedisError:  # the calls' slots were to go with the count: they go with this thread's next booking
-        ctx.limiter.release_with_next([slot for *_, settle in to_count for slot in settle.slots])
+    except RedisError:  # the calls' slots were to go with the count: they go with the next booking
+        ctx.limiter.orphaned([slot for *_, settle in to_count for slot in settle.slots])
         raise
     for (job, hold, sent, _), settled in zip(to_count, counted, strict=True):
         with _in_hand(job.job_id):
