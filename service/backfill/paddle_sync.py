@@ -18,14 +18,14 @@ from typing import Any
 from service.backfill.paddle_reader import rfc3339
 from service.backfill.sync import Shape, digest, ended_stamp
 from service.sources.base import iso_seconds
-from service.sources.paddle.extract import ENDED_STATUSES
+from service.sources.paddle.extract import SUBSCRIBED_STATUSES
 
 EVENT_TYPES = {"customers": "customer.updated", "subscriptions": "subscription.updated"}
 
 
 def snapshot_event(phase: str, obj: dict[str, Any], read_at: int) -> dict[str, Any]:
     stamp = read_at
-    if phase == "subscriptions" and obj.get("status") in ENDED_STATUSES:
+    if phase == "subscriptions" and obj.get("status") not in SUBSCRIBED_STATUSES:
         stamp = ended_stamp(iso_seconds(obj.get("canceled_at")), read_at)
     return {
         "event_id": f"sync_{obj['id']}_{digest(obj)}",

@@ -45,7 +45,7 @@ from redis import Redis
 from service.backfill.feed import Feeder
 from service.backfill.progress import Reporter
 from service.backfill.stripe_reader import CursorGone, Interrupted
-from service.sources.stripe.extract import ENDED_STATUSES
+from service.sources.stripe.extract import SUBSCRIBED_STATUSES
 from service.store import keys
 
 PHASES = ("subscriptions", "customers")
@@ -58,9 +58,10 @@ def digest(obj: dict[str, Any]) -> str:
 
 
 def ended_stamp(ended_at: int | None, read_at: int) -> int:
-    """An ended subscription's event time: when it ended, but before `read_at` (a provider clock ahead
-    must not put it past a live subscription read in the same second); without an end time, the
-    second before its read."""
+    """The event time of a subscription that makes no subscriber (ended, incomplete, paused, unpaid):
+    when it ended, but before `read_at` (a provider clock ahead must not put it past a live subscription
+    read in the same second, where the tie is broken by event id); without an end time, the second
+    before its read."""
     return read_at - 1 if ended_at is None else min(ended_at, read_at - 1)
 
 
@@ -70,7 +71,7 @@ def _seconds(value: Any) -> int | None:
 
 def snapshot_event(phase: str, obj: dict[str, Any], read_at: int) -> dict[str, Any]:
     stamp = read_at
-    if phase == "subscriptions" and obj.get("status") in ENDED_STATUSES:
+    if phase == "subscriptions" and obj.get("status") not in SUBSCRIBED_STATUSES:
         stamp = ended_stamp(_seconds(obj.get("ended_at")) or _seconds(obj.get("canceled_at")), read_at)
     return {
         "id": f"sync_{obj['id']}_{digest(obj)}",

@@ -9,6 +9,9 @@ from typing import Any
 
 import pytest
 
+from service.backfill.paddle_reader import rfc3339
+from service.backfill.paddle_sync import snapshot_event as paddle_snapshot
+from service.backfill.sync import snapshot_event as stripe_snapshot
 from tests.conftest import load_fixture, read, stripe_event
 
 T = 1_700_000_000
@@ -179,3 +182,29 @@ def test_a_payment_of_nothing_does_not_tag_paying(amount: int, paying: bool) -> 
     }
     paddle = read("paddle", transaction).update
     assert paddle is not None and ("paying" in paddle.tags) == paying
+
+
+@pytest.mark.parametrize(
+    ("status", "before_its_read"),
+    [
+        ("active", False),
+        ("past_due", False),
+        ("trialing", False),
+        ("incomplete", True),
+        ("paused", True),
+        ("unpaid", True),
+        ("canceled", True),
+    ],
+)
+def test_a_sync_dates_a_subscription_that_makes_no_subscriber_before_its_read(
+    status: str, before_its_read: bool
+) -> None:
+    """Read in the same second as the customer's live subscription, it must not win the tie (broken by
+    event id, arbitrary for a snapshot) and take the subscriber away."""
+    read_at = T
+    stripe = stripe_snapshot("subscriptions", {**stripe_subscription(status), "created": T - 100}, read_at)
+    assert stripe["created"] == (read_at - 1 if before_its_read else read_at)
+    paddle_status = {"unpaid": "past_due", "incomplete": "paused"}.get(status, status)  # Paddle's own statuses
+    paddle = paddle_snapshot("subscriptions", {"id": "sub_1", "status": paddle_status}, read_at)
+    paddle_before = paddle_status not in ("active", "past_due", "trialing")
+    assert paddle["occurred_at"] == rfc3339(read_at - 1 if paddle_before else read_at)

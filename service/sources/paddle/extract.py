@@ -29,9 +29,6 @@ from service.sources.extraction import (
 
 PADDLE_ID = WholeMatch(r"^[A-Za-z0-9_]{1,255}$", error="Not a Paddle id.")
 INTERVALS = validate.OneOf(["day", "week", "month", "year"])
-# A subscription in these statuses has ended: it bills nothing (mrr 0) and no longer makes a subscriber,
-# however it arrives (subscription.updated, a sync's snapshot).
-ENDED_STATUSES = frozenset({"canceled"})
 # Only these bill (MRR counts them): a trial and a paused subscription charge nothing (Paddle's status
 # reference: paused, "the customer will not be charged").
 BILLING_STATUSES = frozenset({"active", "past_due"})

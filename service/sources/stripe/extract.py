@@ -19,13 +19,12 @@ from service.sources.extraction import (
 )
 from service.sources.stripe import schemas as s
 
-# A subscription in these statuses has ended: it bills nothing (mrr 0) and no longer makes a subscriber,
-# however it arrives (customer.subscription.updated, a sync's snapshot).
-ENDED_STATUSES = frozenset({"canceled", "incomplete_expired"})
 # Stripe's MRR counts active and past_due subscriptions only: a trial, a first payment not made yet
 # (incomplete), a paused or an unpaid one bills nothing (docs.stripe.com/billing/subscriptions/analytics).
 BILLING_STATUSES = frozenset({"active", "past_due"})
-# A subscriber: billed, or on trial (incomplete: its first payment never came).
+# A subscriber: billed, or on trial (incomplete: its first payment never came). A sync's snapshot of any
+# other subscription is dated before its read (service/backfill/sync.py), so a live one read in the same
+# second outranks it.
 SUBSCRIBED_STATUSES = BILLING_STATUSES | {"trialing"}
 
 
