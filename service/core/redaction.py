@@ -27,13 +27,24 @@ class Redactor:
         found = {spelling for secret in secrets if secret for spelling in spelled(secret)}
         self.secrets = sorted(found, key=len, reverse=True)
 
-    @classmethod
-    def in_json(cls, secrets: Iterable[str]) -> Redactor:
-        """For text written by json.dumps (ASCII): every spelling as the JSON writes it. None holds a bare `"`,
-        so none matches across the end of a string and breaks the line."""
-        return cls(secrets, spelled=lambda secret: {json.dumps(spelling)[1:-1] for spelling in spellings(secret)})
-
     def __call__(self, text: str) -> str:
         for secret in self.secrets:
             text = text.replace(secret, REDACTED)
         return text
+
+
+class JsonRedactor(Redactor):
+    """For text written by json.dumps (ASCII): every spelling as the JSON writes it, matched only where an
+    escape cannot have begun (after an even run of backslashes). Else `\\n` + "opeSecret" would lose
+    its "n" to a secret "nopeSecret" and leave an invalid escape; and no spelling holds a bare `"`, so
+    none matches across the end of a string."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        super().__init__(secrets, spelled=lambda secret: {json.dumps(spelling)[1:-1] for spelling in spellings(secret)})
+        alternatives = "|".join(map(re.escape, self.secrets))  # longest first: tried first at each place
+        self._pattern = re.compile(rf"(?<!\\)((?:\\\\)*)(?:{alternatives})") if self.secrets else None
+
+    def __call__(self, text: str) -> str:
+        if self._pattern is None or not any(secret in text for secret in self.secrets):  # most lines: none
+            return text
+        return self._pattern.sub(rf"\1{REDACTED}", text)

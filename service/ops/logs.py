@@ -16,7 +16,7 @@ from collections.abc import Callable, Hashable, Iterable
 from datetime import UTC, datetime
 from typing import TextIO
 
-from service.core.redaction import Redactor
+from service.core.redaction import JsonRedactor, Redactor
 from service.core.times import iso
 
 # `extra=` keys that become fields of the line.
@@ -29,7 +29,7 @@ class JsonFormatter(logging.Formatter):
         super().__init__()
         secrets = list(secrets)
         self.redact = Redactor(secrets)
-        self.redact_json = Redactor.in_json(secrets)
+        self.redact_json = JsonRedactor(secrets)
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {

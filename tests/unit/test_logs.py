@@ -50,3 +50,10 @@ def test_a_secret_holding_a_quote_never_breaks_the_json_line() -> None:
     line = JsonFormatter(['abc"']).format(record("user %s", "xabc", reason='say abc" twice', status="abc%22"))
     entry = json.loads(line)
     assert (entry["msg"], entry["reason"], entry["status"]) == ("user xabc", "say [redacted] twice", "[redacted]")
+
+
+def test_a_secret_never_matches_inside_an_escape_of_the_line() -> None:
+    """A line break then "opeSecret123": written `\\nopeSecret123`, whose "n" belongs to the escape, not to
+    a secret "nopeSecret123". Matched there, the line was left with an invalid escape (`\\[redacted]`)."""
+    line = JsonFormatter(["nopeSecret123"]).format(record("body was:\nopeSecret123 and nopeSecret123"))
+    assert json.loads(line)["msg"] == "body was:\nopeSecret123 and [redacted]"
