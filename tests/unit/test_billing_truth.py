@@ -124,21 +124,18 @@ def test_a_paddle_price_in_another_currency_leaves_mrr_unsent() -> None:
     assert update is not None and "mrr" not in update.custom and update.custom["currency"] == "eur"
 
 
-def test_a_paddle_payment_is_what_was_paid_after_credits() -> None:
-    """Paddle's changelog (transaction totals, grand_total): total 165.00, 10.00 of credit, 155.00 paid."""
-    transaction = {
+def paddle_transaction(totals: dict[str, str]) -> dict[str, Any]:
+    return {
         "event_id": "evt_t",
         "event_type": "transaction.completed",
         "occurred_at": "2024-01-02T00:00:00Z",
-        "data": {
-            "id": "txn_1",
-            "customer_id": "ctm_9",
-            "currency_code": "USD",
-            "billed_at": "2024-01-01T12:00:00Z",
-            "details": {"totals": {"total": "16500", "credit": "1000", "grand_total": "15500"}},
-        },
+        "data": {"id": "txn_1", "customer_id": "ctm_9", "currency_code": "USD", "details": {"totals": totals}},
     }
-    update = read("paddle", transaction).update
+
+
+def test_a_paddle_payment_is_what_was_paid_after_credits() -> None:
+    """Paddle's changelog (transaction totals, grand_total): total 165.00, 10.00 of credit, 155.00 paid."""
+    update = read("paddle", paddle_transaction({"total": "16500", "credit": "1000", "grand_total": "15500"})).update
     assert update is not None and update.custom["last_payment_amount"] == 155.0
 
 
@@ -169,18 +166,7 @@ def test_a_payment_of_nothing_does_not_tag_paying(amount: int, paying: bool) -> 
     update = read("stripe", stripe_event("invoice.paid", invoice, event_id="evt_i", created=T)).update
     assert update is not None
     assert ("paying" in update.tags, update.custom["last_payment_amount"]) == (paying, amount / 100)
-    transaction = {
-        "event_id": "evt_t",
-        "event_type": "transaction.completed",
-        "occurred_at": "2024-01-02T00:00:00Z",
-        "data": {
-            "id": "txn_1",
-            "customer_id": "ctm_9",
-            "currency_code": "USD",
-            "details": {"totals": {"total": str(amount)}},
-        },
-    }
-    paddle = read("paddle", transaction).update
+    paddle = read("paddle", paddle_transaction({"total": str(amount)})).update
     assert paddle is not None and ("paying" in paddle.tags) == paying
 
 
