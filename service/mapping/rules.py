@@ -43,10 +43,11 @@ class Rule:
     tags_if: dict[str, str]  # tag -> extracted field that must be true
 
     def apply(self, extracted: Extracted) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
-        """Extracted fields -> (standard attributes, custom attributes, tags); unknown values skipped."""
-        values = extracted.fields
-        standard = {attr: values[f] for f, attr in self.standard.items() if values.get(f) is not None}
-        custom = {attr: values[f] for f, attr in self.custom.items() if values.get(f) is not None}
+        """Extracted fields -> (standard attributes, custom attributes, tags); unknown values skipped,
+        values the event says are empty (Extracted.cleared) sent as null."""
+        values, cleared = extracted.fields, extracted.cleared
+        standard = {attr: values[f] for f, attr in self.standard.items() if values.get(f) is not None or f in cleared}
+        custom = {attr: values[f] for f, attr in self.custom.items() if values.get(f) is not None or f in cleared}
         custom.update(self.constants)
         tags = list(self.tags) + [tag for tag, f in self.tags_if.items() if values.get(f) is True]
         return standard, custom, tags

@@ -51,6 +51,16 @@ class Extracted:
     customer_id: str | None
     fields: dict[str, Any]
     claim: Claim | None = None  # a user id from a buyer-settable field: trusted only when configured
+    # Fields the event says are empty (None in `fields` is unknown otherwise, and sends nothing): they are
+    # sent as null, which clears what the destination had (a whole name of one word: no last name).
+    cleared: frozenset[str] = frozenset()
+
+
+def name_cleared(fields: dict[str, Any]) -> frozenset[str]:
+    """A provider's whole name of one word ("Grace", split_name's) names no last name: the one the user had
+    is gone, not unknown. Kept, "Ada Lovelace" renamed "Grace" showed "Grace Lovelace" (and UserKit was
+    sent that name, made whole from the last part it was sent)."""
+    return frozenset({"last_name"}) if fields.get("first_name") and fields.get("last_name") is None else frozenset()
 
 
 @dataclass(frozen=True)

@@ -21,12 +21,13 @@ from service.devtools.userkit_sandbox import UserKitServer
 from service.store import keys
 from service.store.ledger import Store
 from service.store.trace import read_trace
-from tests.conftest import an_update
+from tests.conftest import an_update, read, stripe_event
 from workers.delivery.context import DeliveryContext, configure
 from workers.runner import build_context
 
 USERKIT_SECRET = "uk_test_app_secret_0123456789"
 ADMIN = "destinations-admin-token"
+T = 1_700_000_000
 PERSON = {"email": "ada@example.com", "first_name": "Ada", "last_name": "Lovelace", "phone_number": "+15552323353"}
 
 
@@ -211,3 +212,21 @@ def test_whole_name_completes_a_part_from_what_was_sent_before() -> None:
     assert whole_name({"first_name": None}, '{"first_name": "Ada"}') == ({"first_name": None}, "")  # cleared
     for unreadable in ("not json", "[1, 2]"):  # what was kept cannot be read: this update's parts alone
         assert whole_name({"last_name": "King"}, unreadable) == ({"last_name": "King"}, '{"last_name": "King"}')
+
+
+def test_a_rename_to_one_word_clears_the_last_name_at_both_destinations(
+    both: Settings, redis: Redis, sandbox: SandboxServer, userkit: UserKitServer
+) -> None:
+    """Stripe's `name` is whole: "Grace" after "Ada Lovelace" has no last name. It was left unknown, so
+    User.com kept "Lovelace" and UserKit was sent "Grace Lovelace", a name made whole from its memory."""
+    store = Store.from_settings(redis, both)
+    sandbox.state.seed(["u1"])
+    for n, name in enumerate(["Ada Lovelace", "Grace"]):
+        customer = {"id": "cus_1", "email": "ada@example.com", "name": name, "metadata": {"user_id": "u1"}}
+        update = read("stripe", stripe_event("customer.updated", customer, event_id=f"evt_{n}", created=T + n)).update
+        assert update is not None and store.accept(update)
+        drain(both, "usercom")
+        drain(both, "userkit")
+    assert [call["body"].get("name") for call in userkit.state.requests] == ["Ada Lovelace", "Grace"]
+    user = sandbox.state.user_by_custom_id("u1")
+    assert user is not None and (user["first_name"], user["last_name"]) == ("Grace", None)

@@ -18,6 +18,7 @@ from service.sources.extraction import (
     email_or_none,
     iso_utc,
     make_extractor,
+    name_cleared,
     split_name,
     to_major,
 )
@@ -95,7 +96,7 @@ def _subscription(obj: dict[str, Any], event_time: int, key: str) -> Extracted:
         "subscribed": obj["status"] in SUBSCRIBED_STATUSES,
         "lemonsqueezy_subscription_id": obj["id"],
     }
-    return Extracted(None, _customer_id(obj), fields_)
+    return Extracted(None, _customer_id(obj), fields_, cleared=name_cleared(fields_))
 
 
 def _payment(obj: dict[str, Any], event_time: int, key: str) -> Extracted:
@@ -109,7 +110,7 @@ def _payment(obj: dict[str, Any], event_time: int, key: str) -> Extracted:
         "amount_refunded": to_major(obj.get("refunded_amount"), currency),
         "currency": currency.lower(),
     }
-    return Extracted(None, _customer_id(obj), fields_)
+    return Extracted(None, _customer_id(obj), fields_, cleared=name_cleared(fields_))
 
 
 EXTRACTORS: dict[str, Extractor] = {

@@ -23,6 +23,7 @@ from service.sources.extraction import (
     email_or_none,
     iso_utc,
     make_extractor,
+    name_cleared,
     split_name,
     to_major,
 )
@@ -173,7 +174,7 @@ def _customer(obj: dict[str, Any], event_time: int, key: str) -> Extracted:
         "last_name": last,
         "paddle_customer_id": obj["id"],
     }
-    return Extracted(None, obj["id"], fields_, _claim(obj, key))
+    return Extracted(None, obj["id"], fields_, _claim(obj, key), cleared=name_cleared(fields_))
 
 
 def _transaction(obj: dict[str, Any], event_time: int, key: str) -> Extracted:

@@ -14,6 +14,7 @@ from service.sources.extraction import (
     identity,
     iso_utc,
     make_extractor,
+    name_cleared,
     split_name,
     to_major,
 )
@@ -41,7 +42,7 @@ def _customer(obj: dict[str, Any], event_time: int, key: str) -> Extracted:
         "country": address.get("country") or None,
         "stripe_customer_id": obj["id"],
     }
-    return Extracted(identity(obj.get("metadata"), key), obj["id"], fields)
+    return Extracted(identity(obj.get("metadata"), key), obj["id"], fields, cleared=name_cleared(fields))
 
 
 def _unit_amount(price: dict[str, Any]) -> Decimal | None:
