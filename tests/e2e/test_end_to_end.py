@@ -211,6 +211,7 @@ def test_every_mapped_event_reaches_usercom(relay: dict[str, Any], sandbox: Sand
         "currency": "usd",
         "current_period_end": "2000-12-08T15:02:53Z",
         "cancel_at_period_end": True,
+        "cancel_at": "2009-02-13T23:31:30Z",  # the fixture's own cancel_at (1234567890)
         "last_payment_at": "2025-10-09T08:53:22Z",
         "last_payment_amount": 0.0,
     }

@@ -194,3 +194,13 @@ def test_a_sync_dates_a_subscription_that_makes_no_subscriber_before_its_read(
     paddle = paddle_snapshot("subscriptions", {"id": "sub_1", "status": paddle_status}, read_at)
     paddle_before = paddle_status not in ("active", "past_due", "trialing")
     assert paddle["occurred_at"] == rfc3339(read_at - 1 if paddle_before else read_at)
+
+
+def test_a_scheduled_cancel_is_reported_and_cleared_once_taken_back() -> None:
+    """Since 2025-07-30.basil a cancel may be scheduled with cancel_at and cancel_at_period_end false."""
+    scheduled = stripe_custom(stripe_subscription(cancel_at=T + 86400, cancel_at_period_end=False))
+    assert (scheduled["cancel_at"], scheduled["cancel_at_period_end"]) == ("2023-11-15T22:13:20Z", False)
+    taken_back = stripe_custom(stripe_subscription(cancel_at=None, cancel_at_period_end=False))
+    assert "cancel_at" in taken_back and taken_back["cancel_at"] is None  # cleared at the destination
+    unsaid = stripe_custom(stripe_subscription())  # an object without the field: nothing sent
+    assert "cancel_at" not in unsaid

@@ -95,13 +95,16 @@ def _subscription(obj: dict[str, Any], event_time: int, key: str) -> Extracted:
         "currency": currency.lower() if currency else None,
         "current_period_end": iso_utc(period_end),
         "cancel_at_period_end": obj.get("cancel_at_period_end"),
+        "cancel_at": iso_utc(obj.get("cancel_at")),
         "trial_end": iso_utc(obj.get("trial_end")),
         "trialing": obj["status"] == "trialing",
         "subscribed": obj["status"] in SUBSCRIBED_STATUSES,
         "stripe_customer_id": obj["customer"],
         "stripe_subscription_id": obj["id"],
     }
-    return Extracted(identity(obj.get("metadata"), key), obj["customer"], fields)
+    # A subscription object always says whether a cancel is scheduled: null once it was taken back.
+    unscheduled = frozenset({"cancel_at"}) if "cancel_at" in obj and obj["cancel_at"] is None else frozenset()
+    return Extracted(identity(obj.get("metadata"), key), obj["customer"], fields, cleared=unscheduled)
 
 
 def _invoice(obj: dict[str, Any], event_time: int, key: str) -> Extracted:

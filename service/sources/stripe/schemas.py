@@ -101,6 +101,7 @@ class SubscriptionSchema(_Stripe):
     currency = _text()
     current_period_end = _int()
     cancel_at_period_end = fields.Boolean(allow_none=True)
+    cancel_at = _int()  # a cancel scheduled for then (since 2025-07-30.basil, also with cancel_at_period_end false)
     trial_end = _int()
     metadata = _metadata()
 
