@@ -204,3 +204,24 @@ def test_a_scheduled_cancel_is_reported_and_cleared_once_taken_back() -> None:
     assert "cancel_at" in taken_back and taken_back["cancel_at"] is None  # cleared at the destination
     unsaid = stripe_custom(stripe_subscription())  # an object without the field: nothing sent
     assert "cancel_at" not in unsaid
+
+
+def coupon(duration: str, **off: Any) -> dict[str, Any]:
+    return {"id": "di_1", "object": "discount", "coupon": {"id": "c", "duration": duration, **off}}
+
+
+@pytest.mark.parametrize(
+    ("discounts", "mrr"),
+    [
+        ({"discount": coupon("forever", percent_off=50)}, 10.0),  # Stripe: "will halve that subscription's MRR"
+        ({"discount": coupon("once", percent_off=50)}, 20.0),  # only the next invoice
+        ({"discounts": [coupon("forever", amount_off=500, currency="usd")]}, 15.0),  # 5.00 off each invoice
+        ({"discount": coupon("forever", percent_off=25), "discounts": [coupon("forever", percent_off=25)]}, 15.0),
+        ({"discounts": ["di_1"]}, 20.0),  # an id only: what it takes off, the event does not say
+        ({"discounts": [coupon("forever", amount_off=500, currency="eur")]}, None),  # another currency
+    ],
+    ids=["percent-forever", "once", "amount-forever", "same-discount-twice", "id-only", "other-currency"],
+)
+def test_a_coupon_for_good_comes_off_mrr(discounts: dict[str, Any], mrr: float | None) -> None:
+    custom = stripe_custom(stripe_subscription(**discounts))
+    assert custom.get("mrr") == mrr

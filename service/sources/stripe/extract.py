@@ -77,6 +77,35 @@ def monthly_amount(items: list[dict[str, Any]], currency: str | None = None) -> 
     return total
 
 
+def forever_coupons(obj: dict[str, Any]) -> list[dict[str, Any]]:
+    """The coupons of the subscription's discounts that last for good (Stripe's MRR takes them off: "a 50%
+    off coupon that has a duration of forever will halve that subscription's MRR"), once each (the
+    legacy `discount` is also among `discounts` where both are sent); only those the event shows."""
+    found = {}
+    for discount in [obj.get("discount"), *(obj.get("discounts") or [])]:
+        coupon = (discount or {}).get("coupon")
+        if coupon and coupon.get("duration") == "forever":
+            found[discount.get("id") or id(discount)] = coupon
+    return list(found.values())
+
+
+def discounted(
+    monthly: Decimal | None, coupons: list[dict[str, Any]], currency: str | None, months: Decimal
+) -> Decimal | None:
+    """A month's amount less the forever coupons: a percentage off, or an amount off each invoice (of
+    `months` months); None when an amount off is in another currency."""
+    if monthly is None:
+        return None
+    for coupon in coupons:
+        if coupon.get("percent_off") is not None:
+            monthly = monthly * (100 - Decimal(coupon["percent_off"])) / 100
+        elif coupon.get("amount_off") is not None:
+            if currency and coupon.get("currency") and coupon["currency"].lower() != currency.lower():
+                return None
+            monthly -= Decimal(coupon["amount_off"]) / months
+    return max(monthly, Decimal(0))
+
+
 def _subscription(obj: dict[str, Any], event_time: int, key: str) -> Extracted:
     items = obj["items"]["data"]
     price = (items[0].get("price") or {}) if items else {}
@@ -87,6 +116,8 @@ def _subscription(obj: dict[str, Any], event_time: int, key: str) -> Extracted:
     period_end = obj.get("current_period_end") or (min(item_period_ends) if item_period_ends else None)
     interval, count = _interval(price)
     billed = monthly_amount(items, currency) if obj["status"] in BILLING_STATUSES else Decimal(0)
+    if billed and interval is not None:  # an amount off comes off each invoice: the first item's span
+        billed = discounted(billed, forever_coupons(obj), currency, MONTHS_IN_INTERVAL[interval] * count)
     fields = {
         "subscription_status": obj["status"],
         "plan": price.get("nickname") or price.get("lookup_key") or price.get("id"),

@@ -93,6 +93,30 @@ class SubscriptionItemListSchema(_Stripe):
     data = fields.List(fields.Nested(SubscriptionItemSchema), required=True)
 
 
+class CouponSchema(_Stripe):
+    percent_off = fields.Decimal(allow_none=True, as_string=False)
+    amount_off = _int()
+    currency = _text()
+    duration = _text()  # forever, once, repeating
+
+
+class DiscountSchema(_Stripe):
+    id = _text()
+    coupon = fields.Nested(CouponSchema, allow_none=True)
+
+
+class DiscountRef(fields.Field):
+    """An entry of `discounts`: a discount id (what it takes off, the event does not say: None) or the
+    expanded discount."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> dict[str, Any] | None:
+        if isinstance(value, str):
+            return None
+        if isinstance(value, dict):
+            return dict(DiscountSchema().load(value))
+        raise ValidationError("Must be a discount id or object.")
+
+
 class SubscriptionSchema(_Stripe):
     id = fields.String(required=True, validate=STRIPE_ID)
     customer = ExpandableId(required=True)
@@ -104,6 +128,8 @@ class SubscriptionSchema(_Stripe):
     cancel_at = _int()  # a cancel scheduled for then (since 2025-07-30.basil, also with cancel_at_period_end false)
     trial_end = _int()
     metadata = _metadata()
+    discount = fields.Nested(DiscountSchema, allow_none=True)  # before 2025-03-31.basil
+    discounts = fields.List(DiscountRef(allow_none=True), allow_none=True)
 
 
 class SubscriptionDetailsSchema(_Stripe):
