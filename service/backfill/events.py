@@ -174,7 +174,7 @@ def backfill_events(
     undelivered_only: bool = False,
     stop: threading.Event | None = None,
     reporter: Reporter | None = None,
-    on_page: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None = None,
+    on_page: Pick | None = None,
     warn_past_dedup: bool = True,
     learn: bool = True,
 ) -> Result:
@@ -239,33 +239,40 @@ class Progress:
             self.reporter.update(summary, 50 + done / 2 if self.halves else done)
 
 
+Pick = Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
+
+
 def learn_first_users(
     reader: EventReader,
     feeder: Feeder,
     window: Window,
     types: list[str],
     *,
-    undelivered_only: bool,
+    undelivered_only: bool = False,
     stop: threading.Event | None,
     progress: Progress,
+    pick: Pick | None = None,
 ) -> None:
     """Read the window once, newest first, noting per customer not learned yet the user of its oldest
-    event; then learn them (FirstUsers). Stopped (Interrupted, also for `stop` set after a page) or
-    failed part-way, nothing is learned: the notes of part of the window would name a newer user."""
-    first = FirstUsers(feeder.store.redis, feeder.source_name)
+    event; then learn them (FirstUsers). `pick`: the events of each page to note (all by default), and
+    whatever else the caller does with them. A dry run notes nothing. Stopped (Interrupted, also for
+    `stop` set after a page) or failed part-way, nothing is learned: the notes of part of the window
+    would name a newer user."""
+    first = None if feeder.dry_run else FirstUsers(feeder.store.redis, feeder.source_name)
     try:
         for page in reader.event_pages(window.since, window.until, types, undelivered_only=undelivered_only):
-            first.note(feeder.identities(page))
+            picked = page if pick is None else pick(page)
+            if first is not None:
+                first.note(feeder.identities(picked))
             progress.learned(summary(reader, feeder), event_time(feeder, page[-1], window))
             if stop is not None and stop.is_set():
                 raise Interrupted
     except BaseException:
-        first.forget()
+        if first is not None:
+            first.forget()
         raise
-    first.learn()
-
-
-Pick = Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
+    if first is not None:
+        first.learn()
 
 
 def feed_after_one_read(
@@ -282,34 +289,26 @@ def feed_after_one_read(
 ) -> Result:
     """Reconcile's read, once where backfill_events reads twice: the events `pick` takes from each page (the
     missing ones, counted as they are read) are held while the window is read, the users they name first
-    are learned (as learn_first_users), then they are fed from memory. Past `hold_up_to` events held, the
+    are learned (learn_first_users), then they are fed from memory. Past `hold_up_to` events held, the
     read goes on noting first users only, and a second read feeds what `pick_again` takes (counting nothing
     twice). Past HOLD_BYTES of their JSON too: the periodic reconcile runs in the worker's pod. Stopped or
     failed before feeding, nothing is learned or fed: the same command runs it again."""
     progress = Progress(window, reporter, halves=True)
-    first = None if feeder.dry_run else FirstUsers(feeder.store.redis, feeder.source_name)
+    limit = HOLD_UP_TO if hold_up_to is None else hold_up_to
     held: list[dict[str, Any]] | None = []
-    hold_up_to = HOLD_UP_TO if hold_up_to is None else hold_up_to
     held_bytes = 0
+
+    def hold(page: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        nonlocal held, held_bytes
+        picked = pick(page)
+        if held is not None:
+            held.extend(picked)
+            held_bytes += sum(len(json.dumps(event)) for event in picked)
+            held = held if len(held) <= limit and held_bytes <= HOLD_BYTES else None
+        return picked
+
     try:
-        try:
-            for page in reader.event_pages(window.since, window.until, types):
-                picked = pick(page)
-                if first is not None:
-                    first.note(feeder.identities(picked))
-                if held is not None:
-                    held.extend(picked)
-                    held_bytes += sum(len(json.dumps(event)) for event in picked)
-                    held = held if len(held) <= hold_up_to and held_bytes <= HOLD_BYTES else None
-                progress.learned(summary(reader, feeder), event_time(feeder, page[-1], window))
-                if stop is not None and stop.is_set():
-                    raise Interrupted
-        except BaseException:
-            if first is not None:
-                first.forget()
-            raise
-        if first is not None:
-            first.learn()
+        learn_first_users(reader, feeder, window, types, stop=stop, progress=progress, pick=hold)
         if held is None:  # the customers' first users are learned: the second read only feeds
             return backfill_events(
                 reader,
