@@ -50,22 +50,22 @@ def reconcile(
     source = feeder.source_name
     missing_ids: list[str] = []
 
-    def received(page: list[dict[str, Any]]) -> tuple[list[str], list[bool]]:
+    def unreceived(page: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+        """The events of `page` the relay has not received, and their ids."""
         ids = [feeder.source.describe(event, {}).event_id or "" for event in page]  # Stripe: id; Paddle: event_id
-        return ids, accepted_before(redis, source, ids, feeder.store.dedup_ttl)
+        seen = accepted_before(redis, source, ids, feeder.store.dedup_ttl)
+        lost = [(event, event_id) for event, event_id, known in zip(page, ids, seen, strict=True) if not known]
+        return [event for event, _ in lost], [event_id for _, event_id in lost]
 
     def still_missing(page: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """The events of `page` the relay has not received, counting nothing (a second read's)."""
-        _, seen = received(page)
-        return [event for event, known in zip(page, seen, strict=True) if not known]
+        """What a second read feeds: counted by the first."""
+        return unreceived(page)[0]
 
     def only_missing(page: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        ids, seen = received(page)
-        missing = [event for event, known in zip(page, seen, strict=True) if not known]
+        missing, lost = unreceived(page)
         feeder.tally.missing += len(missing)
         feeder.tally.counts["duplicate"] += len(page) - len(missing)  # received before: nothing to do
         feeder.tally.read += len(page) - len(missing)
-        lost = [i for i, known in zip(ids, seen, strict=True) if not known]
         missing_ids.extend(lost[: max(0, MISSING_IDS_KEPT - len(missing_ids))])
         return missing
 
