@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import base64
+import hashlib
+import json
+import math
+import re
+import secrets
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from marshmallow import ValidationError
 
 from service.config import Settings
 from service.core.dead_letter import DlqFilter
+from service.core.errors import InvalidRequest
 from service.core.update import UserUpdate
 from service.intake import read_event
 from service.sources.registry import SOURCES, build_source
-from service.store.dlq import DeadLetterQueue
+from service.store.dlq import DeadLetterQueue, Position
 from service.store.ledger import Store
 
 # Outcomes of replaying one item.
@@ -35,6 +42,42 @@ class Replay:
 
     outcome: str
     details: dict[str, Any] | None = None
+
+
+BATCH_MAX = 10_000  # items one batch of a bulk replay may take (`replay_batch`)
+_OPERATION = re.compile("[0-9a-f]{16}")  # secrets.token_hex(8)
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where a bulk replay in batches stands, given to its caller between batches (opaque to it):
+    the operation (naming its memory of the ids it gave), the filters it was made for (a digest), and
+    the scan's position."""
+
+    operation: str
+    filters: str
+    position: Position
+
+    def encode(self) -> str:
+        text = json.dumps([self.operation, self.filters, self.position.end, self.position.after])
+        return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, text: str) -> Cursor:
+        """InvalidRequest for anything `encode` did not make."""
+        try:
+            operation, filters, end, after = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+            position = Position(float(end), None if after is None else float(after))
+            scores = [position.end] + ([] if position.after is None else [position.after])
+            if not (_OPERATION.fullmatch(operation) and isinstance(filters, str) and all(map(math.isfinite, scores))):
+                raise ValueError(text)
+        except (ValueError, TypeError, IndexError, UnicodeDecodeError):  # binascii.Error is a ValueError
+            raise InvalidRequest("cursor: not one this API gave (send the last answer's `cursor` as it is)") from None
+        return cls(operation, filters, position)
+
+
+def filters_digest(flt: DlqFilter) -> str:
+    return hashlib.sha256(json.dumps(asdict(flt), sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -97,6 +140,43 @@ class Operator:
                 outcome = self.replay(item)
                 outcomes[outcome] = outcomes.get(outcome, 0) + 1
         return {"matched": matched, "selected": selected, "dry_run": False, "outcomes": outcomes}
+
+    def replay_batch(self, flt: DlqFilter, *, batch: int, cursor: str | None = None) -> dict[str, Any]:
+        """One batch of a bulk replay: at most `batch` items matching the filter, oldest first, from
+        where `cursor` (the last batch's answer) left off; the answer's `cursor` continues it (None: done).
+
+        Together the batches take what `replay_matching` would in one call: what was in the queue
+        when the first began, each item once, for an hour after the last batch (the ids given are
+        kept in Redis meanwhile, ~60 B each: an item replayed that failed again is not taken again)."""
+        redis = self.store.redis
+        digest = filters_digest(flt)
+        if cursor is None:
+            operation, start = secrets.token_hex(8), self.dlq.begin(flt)
+            if start is None:
+                return {"selected": 0, "dry_run": False, "outcomes": {}, "cursor": None}
+            self.dlq.remember(self.store.keys.dlq_replayed(operation), [])
+        else:
+            given = Cursor.decode(cursor)
+            if given.filters != digest:
+                raise InvalidRequest("cursor: made for other filters (send the first batch's filters with it)")
+            operation, start = given.operation, given.position
+            if not redis.exists(self.store.keys.dlq_replayed(operation)):
+                raise InvalidRequest("cursor: expired (an hour after its batch); start again without it")
+        remembered = self.store.keys.dlq_replayed(operation)
+        outcomes: dict[str, int] = {}
+        replayed: list[str] = []
+        position, more = start, False
+        for item, after in self.dlq.scan_from(flt, start, once_each=True, remembered=remembered):
+            if len(replayed) == batch:
+                more = True
+                break
+            outcome = self.replay(item)
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+            replayed.append(item["id"])
+            position = after
+        self.dlq.remember(remembered, replayed)
+        following = Cursor(operation, digest, position).encode() if more else None
+        return {"selected": len(replayed), "dry_run": False, "outcomes": outcomes, "cursor": following}
 
     def purge_matching(self, flt: DlqFilter, *, dry_run: bool, limit: int | None = None) -> dict[str, Any]:
         """Delete the items matching the filter (up to `limit`, oldest first) as the scan reads them."""

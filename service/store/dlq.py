@@ -110,6 +110,19 @@ return dlq_remove({dlq_items, dlq_index, dlq_reasons, dlq_dropped}, dlq_id) and 
 )
 
 
+# How long a bulk replay's memory of the ids it gave (DeadLetterQueue.remember) outlives its last batch.
+REMEMBER_SECONDS = 3600
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a scan stands: it ends at score `end` (the newest when it began) and has given items up
+    to the score `after` (the ids of that score it gave are remembered: `scan_from`)."""
+
+    end: float
+    after: float | None = None
+
+
 @dataclass(frozen=True)
 class Retention:
     max_items: int
@@ -193,19 +206,49 @@ class DeadLetterQueue:
         also remembers the ids it gave (ids only, not items): a failure dated by a clock behind the
         newest item's writer sorts again before the end, and a replay must never take an item twice.
         """
+        start = self.begin(flt)
+        if start is not None:
+            yield from (item for item, _ in self.scan_from(flt, start, once_each=once_each))
+
+    def begin(self, flt: DlqFilter) -> Position | None:
+        """Where a scan of the filter's items starts: before the oldest, ending at the newest there
+        now (None: nothing matches its times)."""
+        low, high = _score_range(flt)
+        newest = self.redis.zrevrangebyscore(self._index, high, low, start=0, num=1, withscores=True)
+        return Position(end=newest[0][1]) if newest else None
+
+    def scan_from(
+        self, flt: DlqFilter, start: Position, *, once_each: bool = False, remembered: str | None = None
+    ) -> Iterator[tuple[dict[str, Any], Position]]:
+        """`scan` from a position (a bulk replay's next batch), each item with the position after it.
+        `remembered`: a set of the ids given earlier (`remember`), which are not given again."""
         seen: set[bytes] = set()
-        for page in self._id_pages(flt):
-            ids = [item_id for item_id in page if item_id not in seen]
-            if not ids:
+        for page in self._id_pages(flt, start):
+            entries = [(item_id, score) for item_id, score in page if item_id not in seen]
+            if remembered is not None and entries:
+                given = self.redis.smismember(remembered, [item_id for item_id, _ in entries])
+                entries = [entry for entry, known in zip(entries, given, strict=True) if not known]
+            if not entries:
                 continue
             if once_each:
-                seen.update(ids)
-            for raw in self.redis.hmget(self._items, ids):
+                seen.update(item_id for item_id, _ in entries)
+            raws = self.redis.hmget(self._items, [item_id for item_id, _ in entries])
+            for (_, score), raw in zip(entries, raws, strict=True):
                 if raw is None:
                     continue
                 item = json.loads(raw)
                 if flt.matches(item):
-                    yield item
+                    yield item, Position(end=start.end, after=score)
+
+    def remember(self, key: str, ids: list[str]) -> bool:
+        """Note ids a bulk replay gave (its `remembered` set, kept REMEMBER_SECONDS after the last
+        note); False when the set had expired (a marker keeps an operation's set alive while empty)."""
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.exists(key)
+            pipe.sadd(key, "", *ids)
+            pipe.expire(key, REMEMBER_SECONDS)
+            known = pipe.execute()[0]
+        return bool(known)
 
     def _page_by_index(self, flt: DlqFilter, offset: int, limit: int | None) -> tuple[list[dict[str, Any]], int]:
         low, high = _score_range(flt)
@@ -216,9 +259,9 @@ class DeadLetterQueue:
         raws = self.redis.hmget(self._items, ids) if ids else []
         return [json.loads(raw) for raw in raws if raw is not None], int(total)
 
-    def _id_pages(self, flt: DlqFilter) -> Iterator[list[bytes]]:
-        """The index's ids within the filter's times, a page per round trip, oldest first, up to the
-        newest score when the scan began.
+    def _id_pages(self, flt: DlqFilter, start: Position) -> Iterator[list[tuple[bytes, float]]]:
+        """The index's ids and scores within the filter's times, a page per round trip, in the index's
+        order, from the score `start.after` (inclusive) up to `start.end`.
 
         Pages continue from a score, never from a position: removing an item ahead of the scan
         (retention trimming a full queue, another operator's replay) shifts every position after
@@ -227,22 +270,21 @@ class DeadLetterQueue:
         of that score at once, then by what lies beyond it.
         """
         low, high = _score_range(flt)
-        newest = self.redis.zrevrangebyscore(self._index, high, low, start=0, num=1, withscores=True)
-        if not newest:
-            return
-        high = newest[0][1]
+        high = start.end
+        if start.after is not None:
+            low = start.after  # inclusive: its score's ids given already are in the scan's `remembered`
         while True:
             entries = self.redis.zrangebyscore(self._index, low, high, start=0, num=self.PAGE_SCAN, withscores=True)
             if len(entries) < self.PAGE_SCAN:
-                yield [item_id for item_id, _ in entries]
+                yield entries
                 return
             last = entries[-1][1]
-            before = [item_id for item_id, score in entries if score < last]
+            before = [entry for entry in entries if entry[1] < last]
             if before:
                 yield before
                 low = last
             else:
-                yield self.redis.zrangebyscore(self._index, last, last)
+                yield self.redis.zrangebyscore(self._index, last, last, withscores=True)
                 low = f"({last!r}"
 
     def summary(self) -> dict[str, Any]:

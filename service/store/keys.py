@@ -175,6 +175,10 @@ class Keys:
         """hash: id -> JSON item; zset: id by time of failure; hash: reason -> count; string: dropped"""
         return [f"{self.prefix}:dlq:{name}" for name in ("items", "index", "reasons", "dropped")]
 
+    def dlq_replayed(self, operation: str) -> str:
+        """set: the item ids a bulk replay in batches gave (service.operator.replay_batch), for an hour"""
+        return f"{self.prefix}:dlq:replayed:{operation}"
+
     def pending(self, lane: str) -> str:
         """zset: users with something pending ("u:<source>:<hint>", pending_ref) by time first accepted;
         before the upgrade, "<source>:<event id>" per event (still removed when such an event settles)."""

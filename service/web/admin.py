@@ -113,7 +113,10 @@ def replay_bulk() -> tuple[dict[str, Any], int]:
     body = _load(schema, _json_object())
     if not body["all"] and not any(body.get(name) for name in ("reason", "event_type", "user_id", "since", "until")):
         raise InvalidRequest('give at least one filter, or {"all": true} to replay every item')
-    result = _operator().replay_matching(schema.to_filter(body), dry_run=body["dry_run"], limit=body.get("limit"))
+    flt = schema.to_filter(body)
+    if "batch" in body:
+        return _operator().replay_batch(flt, batch=body["batch"], cursor=body.get("cursor")), 202
+    result = _operator().replay_matching(flt, dry_run=body["dry_run"], limit=body.get("limit"))
     return result, 200 if body["dry_run"] else 202
 
 

@@ -182,12 +182,18 @@ def build_spec() -> dict[str, Any]:
                     "Otherwise the queue is read and replayed a page at a time, oldest first, and the answer "
                     "comes once every selected item is queued. The replay takes what was in the queue when it "
                     "began: an item dead-lettered since (a new one, or one it replayed that failed again) is left "
-                    "for the next.",
+                    "for the next. With `batch`, a replay is made of short requests, each taking at most `batch` "
+                    "items and answering a `cursor` for the next (null when done): together they take what one "
+                    "call would, each item once (the ids given are kept in Redis for an hour after the last "
+                    "batch; a cursor older than that is refused, and starting again is safe).",
                     "requestBody": {"content": {"application/json": {"schema": s.DlqBulkRequest}}},
                     "responses": {
                         "200": _ok("dry run", "BulkAnswer"),
                         "202": _ok("queued for replay", "BulkAnswer"),
-                        "400": _error("bad body, or neither a filter nor `all: true` (`invalid_request`)"),
+                        "400": _error(
+                            "bad body, or neither a filter nor `all: true`, or a cursor this API did not give, made "
+                            "for other filters, or expired (`invalid_request`)"
+                        ),
                     },
                 }
             )

@@ -5,11 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from marshmallow import EXCLUDE, RAISE, Schema, fields, validate
+from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from service.core.dead_letter import DlqFilter, reasons
 from service.destinations.registry import NAMES as DESTINATIONS
 from service.intake import Outcome
+from service.operator import BATCH_MAX
 
 DESTINATION_HELP = "whose dead-letter queue (default: the first of RELAY_DESTINATIONS)"
 
@@ -100,6 +101,23 @@ class DlqBulkRequest(DlqFilterSchema):
     limit = fields.Integer(
         strict=True, validate=validate.Range(min=1), metadata={"description": "at most this many, oldest first"}
     )
+    batch = fields.Integer(
+        strict=True,
+        validate=validate.Range(min=1, max=BATCH_MAX),
+        metadata={
+            "description": "replay in batches, each a short request: at most this many now; send the answer's "
+            "`cursor` with the same filters for the next batch, until it is null"
+        },
+    )
+    cursor = fields.String(metadata={"description": "the last batch's `cursor`, as it was given (with `batch`)"})
+
+    @validates_schema
+    def _batch_alone(self, data: dict[str, Any], **_: Any) -> None:
+        if "cursor" in data and "batch" not in data:
+            raise ValidationError("a cursor continues a replay in batches: give `batch` with it", "cursor")
+        for other in ("limit", "dry_run"):
+            if "batch" in data and data.get(other):
+                raise ValidationError(f"`batch` and `{other}` do not go together", "batch")
 
 
 class DlqItem(Schema):
@@ -140,10 +158,13 @@ class ReplayAnswer(Schema):
 
 
 class BulkAnswer(Schema):
-    matched = fields.Integer(required=True)
+    matched = fields.Integer(metadata={"description": "not in a batch's answer"})
     selected = fields.Integer(required=True)
     dry_run = fields.Boolean(required=True)
     outcomes = fields.Dict(keys=fields.String(), values=fields.Integer())
+    cursor = fields.String(
+        allow_none=True, metadata={"description": "a batch's answer only: send it for the next batch; null: done"}
+    )
 
 
 class Lane(Schema):

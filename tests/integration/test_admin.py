@@ -198,6 +198,13 @@ def test_bulk_replay_dry_run_counts_first(admin: Any, ctx: DeliveryContext, sand
         b'{"reason": "retries_exhausted", "dry_run": 0}',
         b'{"all": true, "limit": 1.5}',
         b'{"all": true, "limit": "2"}',
+        b'{"all": true, "cursor": "e30"}',  # a cursor continues a replay in batches: without `batch`?
+        b'{"all": true, "batch": 2, "limit": 1}',
+        b'{"all": true, "batch": 2, "dry_run": true}',
+        b'{"all": true, "batch": 0}',
+        b'{"all": true, "batch": 10001}',
+        b'{"all": true, "batch": 2, "cursor": "bm90IGEgY3Vyc29y"}',  # "not a cursor"
+        b'{"all": true, "batch": 2, "cursor": 7}',
     ],
 )
 def test_bulk_replay_refuses_unclear_requests(
@@ -207,6 +214,32 @@ def test_bulk_replay_refuses_unclear_requests(
     response = admin.post("/admin/dlq/replay", data=body, headers=AUTH, content_type="application/json")
     assert response.status_code == 400
     assert ctx.redis.llen(keys.USERCOM.rq_queue_key(keys.REPLAY)) == 0
+
+
+def test_bulk_replay_in_batches_answers_a_cursor_until_done(
+    admin: Any, ctx: DeliveryContext, sandbox: SandboxServer
+) -> None:
+    for n in range(3):
+        dead_letter(ctx, sandbox, update(f"evt_{n}", user=f"u{n}"))
+    body: dict[str, Any] = {"reason": "usercom_rejected", "batch": 2}
+    first = admin.post("/admin/dlq/replay", json=body, headers=AUTH)
+    assert first.status_code == 202
+    assert {k: v for k, v in first.get_json().items() if k != "cursor"} == {
+        "selected": 2,
+        "dry_run": False,
+        "outcomes": {"replayed": 2},
+    }
+    cursor = first.get_json()["cursor"]
+    other = admin.post("/admin/dlq/replay", json={"all": True, "batch": 2, "cursor": cursor}, headers=AUTH)
+    assert other.status_code == 400 and "other filters" in other.get_json()["error"]["message"]
+    last = admin.post("/admin/dlq/replay", json={**body, "cursor": cursor}, headers=AUTH)
+    assert last.status_code == 202 and last.get_json() == {
+        "selected": 1,
+        "dry_run": False,
+        "outcomes": {"replayed": 1},
+        "cursor": None,
+    }
+    assert ctx.store.dead_letters() == []
 
 
 def test_invalid_payload_replays_only_once_it_fits(admin: Any, admin_settings: Settings, redis: Redis) -> None:

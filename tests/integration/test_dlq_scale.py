@@ -35,10 +35,15 @@ class CountingRedis(InterleavingRedis):
     """Counts the items it reads from the DLQ's items hash (ids asked with HMGET); `after_page` as there."""
 
     items_read = 0
+    ids_checked = 0  # against a batched replay's memory of the ids it gave
 
     def hmget(self, name: Any, keys: Any, *args: Any) -> Any:
         self.items_read += len(keys)
         return super().hmget(name, keys, *args)
+
+    def smismember(self, name: Any, values: Any, *args: Any) -> Any:
+        self.ids_checked += len(values)
+        return super().smismember(name, values, *args)
 
 
 @pytest.fixture
@@ -225,3 +230,30 @@ def test_relay_dlq_list_and_dry_run_read_only_what_they_show(settings: Settings,
     dry = relay_dlq(settings, "replay", "--all", "--dry-run", "--json")
     assert dry.returncode == 0 and json.loads(dry.stdout)["matched"] == 1203
     assert calls(redis, "hmget") == 1  # the listed page's five items
+
+
+def test_a_replay_in_batches_reads_each_item_once_and_keeps_only_ids_between_batches(
+    settings: Settings, redis: Redis, counting: CountingRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each batch goes on from where the last one ended: it neither reads again nor checks again what
+    the batches before it took, though half of them stay in the queue (their updates name no user)."""
+    monkeypatch.setattr(DeadLetterQueue, "PAGE_SCAN", 50)
+    store = Store.from_settings(redis, settings)
+    ids = fill(store, 1203)
+    for item_id in ids[::2]:
+        item = store.dlq().get(item_id)
+        assert item is not None
+        nobody = {**item["update"], "user_id": None, "customer_id": None}
+        redis.hset(store.keys.dlq[0], item_id, json.dumps({**item, "update": nobody}))
+    operator = Operator(Store.from_settings(counting, settings), settings)
+    answers = [operator.replay_batch(DlqFilter(), batch=100)]
+    while answers[-1]["cursor"]:
+        answers.append(operator.replay_batch(DlqFilter(), batch=100, cursor=answers[-1]["cursor"]))
+
+    assert [answer["selected"] for answer in answers] == [100] * 12 + [3]
+    assert sum(answer["outcomes"].get(REPLAYED, 0) for answer in answers) == 601
+    # A batch reads at most one page past its last item to know whether more follow.
+    assert counting.ids_checked <= 1203 + 13 * 50
+    assert counting.items_read <= 1203 + 13 * 50
+    (memory,) = redis.scan_iter(f"{operator.store.keys.prefix}:dlq:replayed:*")
+    assert redis.smembers(memory) == {b"", *(item_id.encode() for item_id in ids)}

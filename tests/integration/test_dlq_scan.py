@@ -6,6 +6,7 @@ right after a page is read makes the interleaving deterministic: no timing, no t
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -16,8 +17,9 @@ from redis import Redis
 
 from service.config import Settings
 from service.core.dead_letter import DeadLetter, DlqFilter
+from service.core.errors import InvalidRequest
 from service.devtools.embedded_redis import RedisProcess
-from service.operator import REPLAYED, Operator
+from service.operator import REPLAYED, UNRESOLVED, Operator
 from service.store.dlq import DeadLetterQueue
 from service.store.ledger import Store
 from tests.conftest import an_update
@@ -189,3 +191,101 @@ def test_replay_all_never_takes_an_item_twice_whatever_the_clocks(
     assert failed_again == [ids[0]] and len(taken) == 1200
     assert taken.most_common(1)[0][1] == 1  # each once
     assert redis.hexists(worker.keys.dlq[0], ids[0])  # its new failure is left for the next run
+
+
+# A replay in batches (the console's, `batch` in the admin API): short requests joined by a cursor.
+
+
+def replay_in_batches(operator: Operator, flt: DlqFilter, batch: int) -> list[dict[str, Any]]:
+    answers = [operator.replay_batch(flt, batch=batch)]
+    while answers[-1]["cursor"] is not None:
+        answers.append(operator.replay_batch(flt, batch=batch, cursor=answers[-1]["cursor"]))
+    return answers
+
+
+@pytest.mark.parametrize("sizes", [[3, 4, 1, 9, 2, 5, 4], [12], [1] * 15])
+def test_a_replay_in_batches_takes_each_item_there_when_it_began_once(
+    settings: Settings, redis: Redis, scanner: InterleavingRedis, sizes: list[int]
+) -> None:
+    """Batches of 3 across failure times shared by several items (a batch may end inside a tie), while
+    after each page an item the replay took fails again (dated now: before the end of the scan, whose
+    newest item is dated ahead) and another party deletes the oldest item left."""
+    worker = Store.from_settings(redis, settings)
+    ids = fill(worker, sum(sizes))
+    base = time.time() - 10_000
+    position = 0
+    for group, size in enumerate(sizes):
+        redis.zadd(worker.keys.dlq[1], {ids[n]: base + group for n in range(position, position + size)}, xx=True)
+        position += size
+    redis.zadd(worker.keys.dlq[1], {ids[-1]: time.time() + 60}, xx=True)  # written by a clock ahead
+    originals = {item["id"]: item for item in worker.dead_letters()}
+    removed: list[str] = []
+    failed_again: list[str] = []
+
+    def the_queue_changes() -> None:
+        taken = [
+            item_id for item_id in ids if item_id not in removed and not redis.hexists(worker.keys.dlq[0], item_id)
+        ]
+        for item_id in taken[:1]:
+            if item_id not in failed_again:
+                failed_again.append(item_id)
+                assert worker.reject(DeadLetter(**originals[item_id]), f"again-{item_id}")
+        oldest = left(redis, worker)[:1]
+        if oldest and oldest[0] not in failed_again and len(removed) < 3:
+            assert worker.dlq().delete(oldest[0])
+            removed.append(oldest[0])
+
+    scanner.after_page = the_queue_changes
+    operator = Operator(Store.from_settings(scanner, settings), settings)
+    operator.dlq.PAGE_SCAN = 4
+    taken: Counter[str] = Counter()
+    replay = operator.replay
+    object.__setattr__(operator, "replay", lambda item: taken.update([item["id"]]) or replay(item))
+    answers = replay_in_batches(operator, DlqFilter(), batch=3)
+
+    assert set(taken) == set(ids) - set(removed)  # every item that stayed, none deleted before it was read
+    assert taken.most_common(1)[0][1] == 1  # each once, though items failed again before the scan's end
+    assert sum(answer["selected"] for answer in answers) == len(taken)
+    assert all(answer["selected"] == 3 for answer in answers[:-1]) and answers[-1]["cursor"] is None
+    assert failed_again and set(left(redis, worker)) == set(failed_again)  # left for the next replay
+
+
+def test_a_replay_in_batches_moves_past_the_items_it_could_not_replay(settings: Settings, redis: Redis) -> None:
+    """An item refused (its update names no user) stays where it is: the next batch does not take it again."""
+    store = Store.from_settings(redis, settings)
+    ids = fill(store, 7)
+    for item_id in ids[:4]:
+        item = store.dlq().get(item_id)
+        assert item is not None
+        nobody = {**item["update"], "user_id": None, "customer_id": None}
+        redis.hset(store.keys.dlq[0], item_id, json.dumps({**item, "update": nobody}))
+    answers = replay_in_batches(Operator(store, settings), DlqFilter(), batch=2)
+
+    assert [answer["outcomes"] for answer in answers] == [
+        {UNRESOLVED: 2},
+        {UNRESOLVED: 2},
+        {REPLAYED: 2},
+        {REPLAYED: 1},
+    ]
+    assert left(redis, store) == ids[:4]
+
+
+def test_a_cursor_is_taken_only_as_given_for_its_filters_and_within_the_hour(settings: Settings, redis: Redis) -> None:
+    operator = Operator(Store.from_settings(redis, settings), settings)
+    fill(operator.store, 5)
+    first = operator.replay_batch(DlqFilter(event_type="invoice.paid"), batch=2)
+    cursor = first["cursor"]
+    assert first["selected"] == 2 and cursor
+    for wrong, because in [
+        (cursor[:-3], "not one this API gave"),
+        ("e30", "not one this API gave"),  # "{}"
+        (cursor, "made for other filters"),
+    ]:
+        with pytest.raises(InvalidRequest, match=because):
+            operator.replay_batch(DlqFilter(event_type="charge.refunded"), batch=2, cursor=wrong)
+    (operation,) = [key for key in redis.scan_iter(f"{operator.store.keys.prefix}:dlq:replayed:*")]
+    assert redis.ttl(operation) > 3000 and redis.scard(operation) == 3  # the ids given, and the marker
+    redis.delete(operation)
+    with pytest.raises(InvalidRequest, match="expired"):
+        operator.replay_batch(DlqFilter(event_type="invoice.paid"), batch=2, cursor=cursor)
+    assert len(left(redis, operator.store)) == 3
