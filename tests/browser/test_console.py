@@ -220,6 +220,43 @@ def test_bulk_replay_acts_on_the_filters_the_form_shows(page: Page, relay: tuple
     expect(rows).to_have_count(2)
 
 
+def test_bulk_replay_goes_in_batches_and_says_how_far_it_got_when_one_fails(
+    page: Page, relay: tuple[str, Settings], redis: Redis
+) -> None:
+    base_url, _ = relay
+    sign_in(page, base_url)
+    page.click('a[href="#/dlq"]')
+    rows = page.locator("#dlq-table tbody tr")
+    expect(rows).to_have_count(3)
+    page.evaluate("bulkBatch = 1")
+    batches: list[dict[str, Any]] = []
+
+    def second_batch_fails(route: Any) -> None:
+        body = route.request.post_data_json
+        if "batch" not in body:
+            return route.continue_()
+        batches.append(body)
+        return route.abort() if len(batches) == 2 else route.continue_()
+
+    page.route("**/admin/dlq/replay*", second_batch_fails)
+    page.click("#bulk-replay")
+    page.click("#confirm-yes")
+    expect(page.locator("#bulk-error")).to_contain_text("Bulk replay stopped:")
+    expect(page.locator("#flash")).to_have_text('Replayed 1 before it stopped: {"replayed":1}')
+    expect(rows).to_have_count(2)
+    assert batches[0] == {"all": True, "batch": 1} and batches[1]["cursor"]
+
+    batches.clear()
+    page.unroute("**/admin/dlq/replay*")
+    page.route("**/admin/dlq/replay*", lambda route: batches.append(route.request.post_data_json) or route.continue_())
+    page.click("#bulk-replay")
+    page.click("#confirm-yes")
+    expect(page.locator("#flash")).to_have_text('Replayed: {"replayed":2}')
+    expect(rows).to_have_count(0)
+    assert [body.get("dry_run", False) for body in batches] == [True, False, False]
+    assert dlq_ids(redis) == set()
+
+
 def test_console_says_when_the_admin_api_is_disabled(page: Page, env: dict[str, str], redis: Redis) -> None:
     server = BackgroundServer(create_app(Settings.from_env(env))).start()
     try:

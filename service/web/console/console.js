@@ -7,6 +7,8 @@ const REFRESH_MS = 3000;
 const REFRESH_TIMEOUT_MS = 10000; // a refresh with no answer by then counts as failed
 const HISTORY = 100; // samples kept for the deliveries chart (5 minutes at 3 s)
 const PAGE = 20;
+// Items a bulk replay takes a request: each answers quickly, and progress shows between them.
+let bulkBatch = 500; // `let`: a browser test lowers it, to see several batches
 const main = document.getElementById("main");
 // view: bumped by every route(), so an answer that comes after the page was left is not shown.
 // status: the last /status that answered, shown (marked stale) while refreshes fail.
@@ -267,13 +269,41 @@ async function bulkReplay() {
       ? `Replay ALL dead letters${where} (no filter): ${dry.matched} item(s)?`
       : `Replay ${dry.matched} dead letter(s)${where} matching ${describeFilters(filters)}?`;
     if (!(await confirmAction(text))) return;
-    const done = await api("POST", withDestination("/admin/dlq/replay"), body);
-    state.flash = `Replayed: ${JSON.stringify(done.outcomes)}`;
+    state.flash = await replayInBatches(body, dry.matched);
   } catch (failure) {
     if (failure.code === "unauthorized") return loginPage("Signed out: the token was refused.");
+    if (failure.partial) {
+      state.flash = failure.partial;
+      await route();
+      return error(`Bulk replay stopped: ${explain(failure)}. What it replayed stays replayed; replay all matching again to go on.`);
+    }
     return error(`Bulk replay failed: ${explain(failure)}`);
   }
   route();
+}
+
+// A bulk replay as short requests joined by the API's cursor, its progress shown between them.
+// Returns what it did, for the flash; an error after the first batch carries that as `.partial`.
+async function replayInBatches(body, expected) {
+  const outcomes = {};
+  let cursor = null;
+  let taken = 0;
+  const progress = (text) => { const node = document.getElementById("bulk-progress"); if (node) node.textContent = text; };
+  try {
+    do {
+      progress(`Replaying: ${taken} of ${expected} done…`);
+      const done = await api("POST", withDestination("/admin/dlq/replay"), { ...body, batch: bulkBatch, ...(cursor ? { cursor } : {}) });
+      for (const [outcome, count] of Object.entries(done.outcomes)) outcomes[outcome] = (outcomes[outcome] || 0) + count;
+      taken += done.selected;
+      cursor = done.cursor;
+    } while (cursor);
+  } catch (failure) {
+    if (taken) failure.partial = `Replayed ${taken} before it stopped: ${JSON.stringify(outcomes)}`;
+    throw failure;
+  } finally {
+    progress("");
+  }
+  return `Replayed: ${JSON.stringify(outcomes)}`;
 }
 
 async function dlqPage() {
@@ -294,6 +324,7 @@ async function dlqPage() {
   const move = (delta) => () => { state.dlqOffset = Math.max(0, state.dlqOffset + delta); route(); };
   const last = Math.min(page.total, page.offset + page.items.length);
   show(el("h1", {}, "Dead letters"), filterForm(), el("p", { id: "bulk-error", class: "error" }, ""),
+    el("p", { id: "bulk-progress", role: "status" }, ""),
     state.flash ? el("p", { id: "flash" }, state.flash) : "",
     el("table", { id: "dlq-table" }, el("thead", {}, el("tr", {}, ["id", "reason", "event type", "user", "tries", "last failure", "status", "message"].map((h) => el("th", {}, h)))),
       el("tbody", {}, rows)),
