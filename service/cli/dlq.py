@@ -8,6 +8,8 @@ import sys
 from typing import Any
 
 from marshmallow import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from service.cli.redis_exit import redis_or_exit
 from service.config import settings_or_exit
@@ -19,6 +21,7 @@ from service.store.connection import worker_redis
 from service.store.ledger import Store
 from service.web.schemas import DlqFilterSchema
 
+REPLAY_BATCH = 1000  # items a `replay --all` batch takes between updates of its progress bar
 COLUMNS = [
     ("id", 0),  # 0: as wide as the longest: an id and the message are never cut, others end in … when cut
     ("reason", 19),
@@ -139,6 +142,25 @@ def table(items: list[dict[str, Any]]) -> str:
     return "\n".join("  ".join(map(fit, row, widths)).rstrip() for row in rows)
 
 
+def _replay_in_batches(operator: Operator, chosen: DlqFilter, *, quiet: bool) -> dict[str, Any]:
+    """`replay --all`, a batch (REPLAY_BATCH items) at a time, with a progress bar on stderr (none under --json);
+    the answer `replay_matching` gives. Stopped (Ctrl-C), what it replayed stays replayed."""
+    outcomes: dict[str, int] = {}
+    taken = 0
+    cursor: str | None = None
+    columns = (TextColumn("replay"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True), disable=quiet) as progress:
+        task = progress.add_task("replay", total=operator.dlq.count(chosen))
+        while True:
+            answer = operator.replay_batch(chosen, batch=REPLAY_BATCH, cursor=cursor)
+            for outcome, count in answer["outcomes"].items():
+                outcomes[outcome] = outcomes.get(outcome, 0) + count
+            taken += answer["selected"]
+            progress.update(task, completed=taken)
+            if (cursor := answer["cursor"]) is None:
+                return {"matched": taken, "selected": taken, "dry_run": False, "outcomes": outcomes}
+
+
 def run(args: argparse.Namespace) -> int:
     settings = settings_or_exit("admin")
     try:
@@ -166,8 +188,11 @@ def _run(args: argparse.Namespace, operator: Operator, chosen: DlqFilter) -> int
         print(json.dumps(shown(item, TIME_FIELDS), indent=None if args.json else 2))
         return 0
     if args.all:
-        act = operator.replay_matching if command == "replay" else operator.purge_matching
-        result = act(chosen, dry_run=args.dry_run)
+        if command == "replay" and not args.dry_run:
+            result = _replay_in_batches(operator, chosen, quiet=args.json)
+        else:
+            act = operator.replay_matching if command == "replay" else operator.purge_matching
+            result = act(chosen, dry_run=args.dry_run)
         print(json.dumps(result) if args.json else ", ".join(f"{k}: {v}" for k, v in result.items()))
         not_replayed = sum(n for outcome, n in result.get("outcomes", {}).items() if outcome != REPLAYED)
         return 1 if not_replayed else 0  # a script sees that some items stay (relay dlq list says which)

@@ -257,3 +257,22 @@ def test_a_replay_in_batches_reads_each_item_once_and_keeps_only_ids_between_bat
     assert counting.items_read <= 1203 + 13 * 50
     (memory,) = redis.scan_iter(f"{operator.store.keys.prefix}:dlq:replayed:*")
     assert redis.smembers(memory) == {b"", *(item_id.encode() for item_id in ids)}
+
+
+def test_relay_dlq_replay_all_goes_in_batches_with_a_progress_bar(settings: Settings, redis: Redis) -> None:
+    """1,203 items: two batches of 1,000 and one of 203 (the ids a batch gave are kept between batches);
+    the bar on stderr counts them, and --json keeps stderr for errors."""
+    fill(Store.from_settings(redis, settings), 1203)
+    replayed = relay_dlq(settings, "replay", "--all")
+    assert replayed.returncode == 0, replayed.stderr
+    assert replayed.stdout.strip() == "matched: 1203, selected: 1203, dry_run: False, outcomes: {'replayed': 1203}"
+    assert "1203/1203" in replayed.stderr
+    (memory,) = redis.scan_iter(f"{Store.from_settings(redis, settings).keys.prefix}:dlq:replayed:*")
+    assert redis.scard(memory) == 1204  # the ids and the marker
+
+    store = Store.from_settings(redis, settings)
+    for n in range(3):
+        assert store.reject(dead_letter(n, time.time(), tag="new"), f"new{n}")
+    quiet = relay_dlq(settings, "replay", "--all", "--json")
+    assert quiet.returncode == 0 and quiet.stderr == ""
+    assert json.loads(quiet.stdout) == {"matched": 3, "selected": 3, "dry_run": False, "outcomes": {"replayed": 3}}
