@@ -225,3 +225,13 @@ def coupon(duration: str, **off: Any) -> dict[str, Any]:
 def test_a_coupon_for_good_comes_off_mrr(discounts: dict[str, Any], mrr: float | None) -> None:
     custom = stripe_custom(stripe_subscription(**discounts))
     assert custom.get("mrr") == mrr
+
+
+@pytest.mark.parametrize(("mode", "subscriber"), [("free", True), ("void", False)])
+def test_a_lemon_squeezy_subscription_paused_for_free_still_serves(mode: str, subscriber: bool) -> None:
+    """Lemon Squeezy's pause modes: `free` offers the services for free while payment collection halts;
+    `void` is for when the services cannot be offered (its subscription object's `pause` attribute)."""
+    payload = load_fixture("pay.subscription_updated.json", "lemon_squeezy")
+    payload["data"]["attributes"].update(status="paused", pause={"mode": mode, "resumes_at": None})
+    update = read("lemonsqueezy", payload).update
+    assert update is not None and ("subscriber" in update.tags) == subscriber
