@@ -235,3 +235,19 @@ def test_a_lemon_squeezy_subscription_paused_for_free_still_serves(mode: str, su
     payload["data"]["attributes"].update(status="paused", pause={"mode": mode, "resumes_at": None})
     update = read("lemonsqueezy", payload).update
     assert update is not None and ("subscriber" in update.tags) == subscriber
+
+
+def test_a_refunded_lemon_squeezy_order_is_reported() -> None:
+    """Lemon Squeezy's order_refunded: "a full or partial refund is made on an order" (a one-off purchase has no
+    subscription invoice, so no subscription_payment_refunded); the order carries refunded_amount."""
+    payload = load_fixture("pay.order_created.json", "lemon_squeezy")
+    payload["meta"]["event_name"] = "order_refunded"
+    payload["data"]["attributes"].update(
+        status="partial_refund", refunded_amount=1000, updated_at="2023-01-20T08:00:00.000000Z"
+    )
+    update = read("lemonsqueezy", payload).update
+    assert update is not None
+    assert (update.custom, update.tags) == (
+        {"last_refund_at": "2023-01-20T08:00:00Z", "last_refund_amount": 10.0},
+        ["refunded"],
+    )
