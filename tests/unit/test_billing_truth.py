@@ -251,3 +251,12 @@ def test_a_refunded_lemon_squeezy_order_is_reported() -> None:
         {"last_refund_at": "2023-01-20T08:00:00Z", "last_refund_amount": 10.0},
         ["refunded"],
     )
+
+
+def test_a_paddle_item_in_trial_is_left_out_of_mrr() -> None:
+    """Paddle's subscription item status: trialing, "Paddle has not billed for it" (an item can have a trial
+    of its own while the subscription is active)."""
+    payload = paddle_subscription("active")
+    payload["data"]["items"][1]["status"] = "trialing"  # the 108.00 add-on
+    update = read("paddle", payload).update
+    assert update is not None and update.custom["mrr"] == 324.0

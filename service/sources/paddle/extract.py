@@ -34,6 +34,9 @@ INTERVALS = validate.OneOf(["day", "week", "month", "year"])
 # reference: paused, "the customer will not be charged").
 BILLING_STATUSES = frozenset({"active", "past_due"})
 SUBSCRIBED_STATUSES = BILLING_STATUSES | {"trialing"}
+# Items Paddle does not bill for: in a trial of their own ("Paddle has not billed for it"), or inactive
+# (set while the subscription is paused).
+UNBILLED_ITEM_STATUSES = frozenset({"trialing", "inactive"})
 
 
 class _Paddle(Schema):
@@ -68,6 +71,7 @@ class PriceSchema(_Paddle):
 
 
 class ItemSchema(_Paddle):
+    status = _text()
     price = fields.Nested(PriceSchema, required=True)
     quantity = fields.Integer(strict=True, allow_none=True)
 
@@ -127,14 +131,14 @@ def _seconds(moment: datetime | None) -> int | None:
 
 
 def monthly_amount(items: list[dict[str, Any]], currency: str | None = None) -> Decimal | None:
-    """Recurring items brought to one month, in minor units. None when a price is in another currency
-    than the subscription's: what is charged then is a country's override or Paddle's conversion,
-    which the event does not say."""
+    """Recurring items Paddle bills brought to one month, in minor units (an item in a trial of its own
+    counts 0). None when a price is in another currency than the subscription's: what is charged then is
+    a country's override or Paddle's conversion, which the event does not say."""
     total = Decimal(0)
     for item in items:
         price, cycle = item["price"], item["price"].get("billing_cycle")
-        if price.get("unit_price") is None or cycle is None:
-            continue  # a one-time charge
+        if price.get("unit_price") is None or cycle is None or item.get("status") in UNBILLED_ITEM_STATUSES:
+            continue  # a one-time charge, or an item not billed
         priced_in = price["unit_price"].get("currency_code")
         if currency and priced_in and priced_in.upper() != currency.upper():
             return None
