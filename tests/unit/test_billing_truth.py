@@ -260,3 +260,23 @@ def test_a_paddle_item_in_trial_is_left_out_of_mrr() -> None:
     payload["data"]["items"][1]["status"] = "trialing"  # the 108.00 add-on
     update = read("paddle", payload).update
     assert update is not None and update.custom["mrr"] == 324.0
+
+
+@pytest.mark.parametrize(
+    ("ends_at", "mrr"),
+    [(None, None), ("2023-11-11T08:07:35.449123Z", 432.0)],
+    ids=["recurs-forever", "for-some-periods"],
+)
+def test_a_paddle_discount_for_good_leaves_mrr_unsent(ends_at: str | None, mrr: float | None) -> None:
+    """Paddle's subscription discount: ends_at "null where a discount recurs forever"; the event names the
+    discount (its id) but not what it takes off. One for some periods only leaves mrr whole, as a Stripe
+    coupon that is not for good does."""
+    payload = paddle_subscription("active")
+    payload["data"]["discount"] = {"id": "dsc_01h7ht5z5wdg9pz18jx1fagp8k", "starts_at": "2023-08-11T08:07:35Z"}
+    payload["data"]["discount"]["ends_at"] = ends_at
+    update = read("paddle", payload).update
+    assert update is not None and update.custom.get("mrr") == mrr
+    paused = paddle_subscription("paused")
+    paused["data"]["discount"] = payload["data"]["discount"]
+    update = read("paddle", paused).update
+    assert update is not None and update.custom["mrr"] == 0.0  # nothing bills, whatever comes off

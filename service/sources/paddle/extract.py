@@ -80,6 +80,12 @@ class PeriodSchema(_Paddle):
     ends_at = fields.AwareDateTime(allow_none=True)
 
 
+class DiscountSchema(_Paddle):
+    id = _text()
+    starts_at = fields.AwareDateTime(allow_none=True)
+    ends_at = fields.AwareDateTime(allow_none=True)  # null: the discount recurs forever
+
+
 class ScheduledChangeSchema(_Paddle):
     action = _text()
 
@@ -93,6 +99,7 @@ class SubscriptionSchema(_Paddle):
     billing_cycle = fields.Nested(BillingCycleSchema, allow_none=True)
     current_billing_period = fields.Nested(PeriodSchema, allow_none=True)
     scheduled_change = fields.Nested(ScheduledChangeSchema, allow_none=True)
+    discount = fields.Nested(DiscountSchema, allow_none=True)
     custom_data = _custom_data()
 
 
@@ -154,6 +161,9 @@ def _subscription(obj: dict[str, Any], event_time: int, key: str) -> Extracted:
     currency = obj.get("currency_code")
     period = obj.get("current_billing_period") or {}
     billed = monthly_amount(obj["items"], currency) if obj["status"] in BILLING_STATUSES else Decimal(0)
+    discount = obj.get("discount") or {}
+    if billed and discount and discount.get("ends_at") is None:
+        billed = None  # a discount for good: what it takes off each period, the event does not say
     fields_ = {
         "subscription_status": obj["status"],
         "plan": price.get("name") or price.get("description") or price.get("id"),
