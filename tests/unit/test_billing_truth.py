@@ -280,3 +280,23 @@ def test_a_paddle_discount_for_good_leaves_mrr_unsent(ends_at: str | None, mrr: 
     paused["data"]["discount"] = payload["data"]["discount"]
     update = read("paddle", paused).update
     assert update is not None and update.custom["mrr"] == 0.0  # nothing bills, whatever comes off
+
+
+def test_a_paddle_invoice_is_paid_when_its_payment_was_captured_not_when_it_was_billed() -> None:
+    """Paddle's transaction: billed_at is "when this transaction was marked as billed" (an invoice is billed
+    when issued, and paid later); payments[].captured_at is "when this payment was captured"."""
+    payload = paddle_transaction({"total": "16500", "grand_total": "16500"})
+    payload["occurred_at"] = "2024-01-20T10:00:05Z"
+    payload["data"].update(
+        collection_mode="manual",
+        billed_at="2024-01-02T00:00:00Z",
+        payments=[
+            {"status": "captured", "captured_at": "2024-01-20T10:00:00Z"},
+            {"status": "error", "captured_at": None},
+        ],
+    )
+    update = read("paddle", payload).update
+    assert update is not None and update.custom["last_payment_at"] == "2024-01-20T10:00:00Z"
+    payload["data"]["payments"] = []  # paid offline (a bank transfer): when it completed
+    update = read("paddle", payload).update
+    assert update is not None and update.custom["last_payment_at"] == "2024-01-20T10:00:05Z"

@@ -119,12 +119,19 @@ class DetailsSchema(_Paddle):
     totals = fields.Nested(TotalsSchema, allow_none=True)
 
 
+class PaymentSchema(_Paddle):
+    status = _text()
+    captured_at = fields.AwareDateTime(allow_none=True)
+
+
 class TransactionSchema(_Paddle):
     id = fields.String(required=True, validate=PADDLE_ID)
     customer_id = fields.String(allow_none=True, validate=PADDLE_ID)
     subscription_id = fields.String(allow_none=True)
     currency_code = fields.String(required=True)
+    collection_mode = _text()
     billed_at = fields.AwareDateTime(allow_none=True)
+    payments = fields.List(fields.Nested(PaymentSchema), allow_none=True)
     details = fields.Nested(DetailsSchema, allow_none=True)
     custom_data = _custom_data()
 
@@ -191,11 +198,21 @@ def _customer(obj: dict[str, Any], event_time: int, key: str) -> Extracted:
     return Extracted(None, obj["id"], fields_, _claim(obj, key), cleared=name_cleared(fields_))
 
 
+def _paid_at(obj: dict[str, Any], event_time: int) -> int:
+    """When it was paid: its payment's capture; without one, when it was billed, unless it is an invoice
+    (manual collection: billed when issued, paid later), then when it completed (the event)."""
+    captured = [p["captured_at"] for p in obj.get("payments") or [] if p.get("captured_at") is not None]
+    if captured:
+        return int(max(captured).timestamp())
+    billed = _seconds(obj.get("billed_at")) if obj.get("collection_mode") != "manual" else None
+    return billed or event_time
+
+
 def _transaction(obj: dict[str, Any], event_time: int, key: str) -> Extracted:
     totals = (obj.get("details") or {}).get("totals") or {}
     paid = totals["grand_total"] if totals.get("grand_total") is not None else totals.get("total")
     fields_ = {
-        "paid_at": iso_utc(_seconds(obj.get("billed_at")) or event_time),
+        "paid_at": iso_utc(_paid_at(obj, event_time)),
         "amount_paid": to_major(paid, obj["currency_code"]),
         "paid_something": bool(paid),  # a trial's first transaction completes for 0
         "currency": obj["currency_code"].lower(),
