@@ -300,3 +300,15 @@ def test_a_paddle_invoice_is_paid_when_its_payment_was_captured_not_when_it_was_
     payload["data"]["payments"] = []  # paid offline (a bank transfer): when it completed
     update = read("paddle", payload).update
     assert update is not None and update.custom["last_payment_at"] == "2024-01-20T10:00:05Z"
+
+
+def test_a_past_due_lemon_squeezy_subscription_sends_no_period_end() -> None:
+    """Lemon Squeezy's renews_at is the end of the current billing cycle, except past_due: "renews_at will
+    reflect the next renewal charge attempt" (a retry days away is no period end)."""
+    payload = load_fixture("pay.subscription_updated.json", "lemon_squeezy")
+    payload["data"]["attributes"].update(status="past_due", trial_ends_at=None)
+    update = read("lemonsqueezy", payload).update
+    assert update is not None and "current_period_end" not in update.custom
+    payload["data"]["attributes"]["status"] = "active"
+    update = read("lemonsqueezy", payload).update
+    assert update is not None and update.custom["current_period_end"] == "2023-01-24T12:43:48Z"

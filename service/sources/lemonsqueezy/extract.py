@@ -104,7 +104,8 @@ def _subscription(obj: dict[str, Any], event_time: int, key: str) -> Extracted:
         **_person(obj),
         "subscription_status": obj["status"],
         "plan": f"{product} ({variant})" if product and variant and variant != "Default" else product,
-        "current_period_end": iso_utc(_seconds(obj.get("renews_at"))),
+        # renews_at ends the billing cycle, but for past_due it is "the next renewal charge attempt"
+        "current_period_end": iso_utc(_seconds(obj.get("renews_at"))) if obj["status"] != "past_due" else None,
         "ends_at": iso_utc(_seconds(obj.get("ends_at"))),
         "trial_end": iso_utc(_seconds(obj.get("trial_ends_at"))),
         "cancel_at_period_end": obj.get("cancelled"),
