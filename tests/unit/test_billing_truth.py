@@ -225,3 +225,90 @@ def coupon(duration: str, **off: Any) -> dict[str, Any]:
 def test_a_coupon_for_good_comes_off_mrr(discounts: dict[str, Any], mrr: float | None) -> None:
     custom = stripe_custom(stripe_subscription(**discounts))
     assert custom.get("mrr") == mrr
+
+
+@pytest.mark.parametrize(("mode", "subscriber"), [("free", True), ("void", False)])
+def test_a_lemon_squeezy_subscription_paused_for_free_still_serves(mode: str, subscriber: bool) -> None:
+    """Lemon Squeezy's pause modes: `free` offers the services for free while payment collection halts;
+    `void` is for when the services cannot be offered (its subscription object's `pause` attribute)."""
+    payload = load_fixture("pay.subscription_updated.json", "lemon_squeezy")
+    payload["data"]["attributes"].update(status="paused", pause={"mode": mode, "resumes_at": None})
+    update = read("lemonsqueezy", payload).update
+    assert update is not None and ("subscriber" in update.tags) == subscriber
+
+
+def test_a_refunded_lemon_squeezy_order_is_reported() -> None:
+    """Lemon Squeezy's order_refunded: "a full or partial refund is made on an order" (a one-off purchase has no
+    subscription invoice, so no subscription_payment_refunded); the order carries refunded_amount."""
+    payload = load_fixture("pay.order_created.json", "lemon_squeezy")
+    payload["meta"]["event_name"] = "order_refunded"
+    payload["data"]["attributes"].update(
+        status="partial_refund", refunded_amount=1000, updated_at="2023-01-20T08:00:00.000000Z"
+    )
+    update = read("lemonsqueezy", payload).update
+    assert update is not None
+    assert (update.custom, update.tags) == (
+        {"last_refund_at": "2023-01-20T08:00:00Z", "last_refund_amount": 10.0},
+        ["refunded"],
+    )
+
+
+def test_a_paddle_item_in_trial_is_left_out_of_mrr() -> None:
+    """Paddle's subscription item status: trialing, "Paddle has not billed for it" (an item can have a trial
+    of its own while the subscription is active)."""
+    payload = paddle_subscription("active")
+    payload["data"]["items"][1]["status"] = "trialing"  # the 108.00 add-on
+    update = read("paddle", payload).update
+    assert update is not None and update.custom["mrr"] == 324.0
+
+
+@pytest.mark.parametrize(
+    ("ends_at", "mrr"),
+    [(None, None), ("2023-11-11T08:07:35.449123Z", 432.0)],
+    ids=["recurs-forever", "for-some-periods"],
+)
+def test_a_paddle_discount_for_good_leaves_mrr_unsent(ends_at: str | None, mrr: float | None) -> None:
+    """Paddle's subscription discount: ends_at "null where a discount recurs forever"; the event names the
+    discount (its id) but not what it takes off. One for some periods only leaves mrr whole, as a Stripe
+    coupon that is not for good does."""
+    payload = paddle_subscription("active")
+    payload["data"]["discount"] = {"id": "dsc_01h7ht5z5wdg9pz18jx1fagp8k", "starts_at": "2023-08-11T08:07:35Z"}
+    payload["data"]["discount"]["ends_at"] = ends_at
+    update = read("paddle", payload).update
+    assert update is not None and update.custom.get("mrr") == mrr
+    paused = paddle_subscription("paused")
+    paused["data"]["discount"] = payload["data"]["discount"]
+    update = read("paddle", paused).update
+    assert update is not None and update.custom["mrr"] == 0.0  # nothing bills, whatever comes off
+
+
+def test_a_paddle_invoice_is_paid_when_its_payment_was_captured_not_when_it_was_billed() -> None:
+    """Paddle's transaction: billed_at is "when this transaction was marked as billed" (an invoice is billed
+    when issued, and paid later); payments[].captured_at is "when this payment was captured"."""
+    payload = paddle_transaction({"total": "16500", "grand_total": "16500"})
+    payload["occurred_at"] = "2024-01-20T10:00:05Z"
+    payload["data"].update(
+        collection_mode="manual",
+        billed_at="2024-01-02T00:00:00Z",
+        payments=[
+            {"status": "captured", "captured_at": "2024-01-20T10:00:00Z"},
+            {"status": "error", "captured_at": None},
+        ],
+    )
+    update = read("paddle", payload).update
+    assert update is not None and update.custom["last_payment_at"] == "2024-01-20T10:00:00Z"
+    payload["data"]["payments"] = []  # paid offline (a bank transfer): when it completed
+    update = read("paddle", payload).update
+    assert update is not None and update.custom["last_payment_at"] == "2024-01-20T10:00:05Z"
+
+
+def test_a_past_due_lemon_squeezy_subscription_sends_no_period_end() -> None:
+    """Lemon Squeezy's renews_at is the end of the current billing cycle, except past_due: "renews_at will
+    reflect the next renewal charge attempt" (a retry days away is no period end)."""
+    payload = load_fixture("pay.subscription_updated.json", "lemon_squeezy")
+    payload["data"]["attributes"].update(status="past_due", trial_ends_at=None)
+    update = read("lemonsqueezy", payload).update
+    assert update is not None and "current_period_end" not in update.custom
+    payload["data"]["attributes"]["status"] = "active"
+    update = read("lemonsqueezy", payload).update
+    assert update is not None and update.custom["current_period_end"] == "2023-01-24T12:43:48Z"

@@ -26,6 +26,7 @@ def test_default_mapping_covers_the_documented_events() -> None:
     }
     assert set(rules["lemonsqueezy"]) == {
         "order_created",
+        "order_refunded",
         "subscription_created",
         "subscription_updated",
         "subscription_expired",

@@ -40,6 +40,13 @@ def _amount() -> fields.Integer:
     return fields.Integer(strict=True, allow_none=True)
 
 
+class PauseSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    mode = fields.String(allow_none=True)
+
+
 class SubscriptionSchema(_Attributes):
     status = fields.String(required=True)
     product_name = fields.String(allow_none=True)
@@ -48,6 +55,7 @@ class SubscriptionSchema(_Attributes):
     ends_at = fields.AwareDateTime(allow_none=True)
     trial_ends_at = fields.AwareDateTime(allow_none=True)
     cancelled = fields.Boolean(allow_none=True)
+    pause = fields.Nested(PauseSchema, allow_none=True)
 
 
 class PaymentSchema(_Attributes):
@@ -78,8 +86,16 @@ def _person(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 # Lemon Squeezy's subscription statuses: "cancelled" still runs until its period ends (ends_at); "paused"
-# (payment collection paused), "unpaid" (every retry failed) and "expired" do not make a subscriber.
+# (payment collection paused), "unpaid" (every retry failed) and "expired" do not make a subscriber, except
+# a pause in mode "free" (the subscription object's `pause`: its services are offered for free meanwhile;
+# "void" is for when they cannot be offered).
 SUBSCRIBED_STATUSES = frozenset({"on_trial", "active", "past_due", "cancelled"})
+
+
+def _serves(obj: dict[str, Any]) -> bool:
+    return obj["status"] in SUBSCRIBED_STATUSES or (
+        obj["status"] == "paused" and (obj.get("pause") or {}).get("mode") == "free"
+    )
 
 
 def _subscription(obj: dict[str, Any], event_time: int, key: str) -> Extracted:
@@ -88,12 +104,13 @@ def _subscription(obj: dict[str, Any], event_time: int, key: str) -> Extracted:
         **_person(obj),
         "subscription_status": obj["status"],
         "plan": f"{product} ({variant})" if product and variant and variant != "Default" else product,
-        "current_period_end": iso_utc(_seconds(obj.get("renews_at"))),
+        # renews_at ends the billing cycle, but for past_due it is "the next renewal charge attempt"
+        "current_period_end": iso_utc(_seconds(obj.get("renews_at"))) if obj["status"] != "past_due" else None,
         "ends_at": iso_utc(_seconds(obj.get("ends_at"))),
         "trial_end": iso_utc(_seconds(obj.get("trial_ends_at"))),
         "cancel_at_period_end": obj.get("cancelled"),
         "trialing": obj["status"] == "on_trial",
-        "subscribed": obj["status"] in SUBSCRIBED_STATUSES,
+        "subscribed": _serves(obj),
         "lemonsqueezy_subscription_id": obj["id"],
     }
     return Extracted(None, _customer_id(obj), fields_, cleared=name_cleared(fields_))

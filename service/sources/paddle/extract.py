@@ -34,6 +34,9 @@ INTERVALS = validate.OneOf(["day", "week", "month", "year"])
 # reference: paused, "the customer will not be charged").
 BILLING_STATUSES = frozenset({"active", "past_due"})
 SUBSCRIBED_STATUSES = BILLING_STATUSES | {"trialing"}
+# Items Paddle does not bill for: in a trial of their own ("Paddle has not billed for it"), or inactive
+# (set while the subscription is paused).
+UNBILLED_ITEM_STATUSES = frozenset({"trialing", "inactive"})
 
 
 class _Paddle(Schema):
@@ -68,12 +71,19 @@ class PriceSchema(_Paddle):
 
 
 class ItemSchema(_Paddle):
+    status = _text()
     price = fields.Nested(PriceSchema, required=True)
     quantity = fields.Integer(strict=True, allow_none=True)
 
 
 class PeriodSchema(_Paddle):
     ends_at = fields.AwareDateTime(allow_none=True)
+
+
+class DiscountSchema(_Paddle):
+    id = _text()
+    starts_at = fields.AwareDateTime(allow_none=True)
+    ends_at = fields.AwareDateTime(allow_none=True)  # null: the discount recurs forever
 
 
 class ScheduledChangeSchema(_Paddle):
@@ -89,6 +99,7 @@ class SubscriptionSchema(_Paddle):
     billing_cycle = fields.Nested(BillingCycleSchema, allow_none=True)
     current_billing_period = fields.Nested(PeriodSchema, allow_none=True)
     scheduled_change = fields.Nested(ScheduledChangeSchema, allow_none=True)
+    discount = fields.Nested(DiscountSchema, allow_none=True)
     custom_data = _custom_data()
 
 
@@ -108,12 +119,19 @@ class DetailsSchema(_Paddle):
     totals = fields.Nested(TotalsSchema, allow_none=True)
 
 
+class PaymentSchema(_Paddle):
+    status = _text()
+    captured_at = fields.AwareDateTime(allow_none=True)
+
+
 class TransactionSchema(_Paddle):
     id = fields.String(required=True, validate=PADDLE_ID)
     customer_id = fields.String(allow_none=True, validate=PADDLE_ID)
     subscription_id = fields.String(allow_none=True)
     currency_code = fields.String(required=True)
+    collection_mode = _text()
     billed_at = fields.AwareDateTime(allow_none=True)
+    payments = fields.List(fields.Nested(PaymentSchema), allow_none=True)
     details = fields.Nested(DetailsSchema, allow_none=True)
     custom_data = _custom_data()
 
@@ -127,14 +145,14 @@ def _seconds(moment: datetime | None) -> int | None:
 
 
 def monthly_amount(items: list[dict[str, Any]], currency: str | None = None) -> Decimal | None:
-    """Recurring items brought to one month, in minor units. None when a price is in another currency
-    than the subscription's: what is charged then is a country's override or Paddle's conversion,
-    which the event does not say."""
+    """Recurring items Paddle bills brought to one month, in minor units (an item in a trial of its own
+    counts 0). None when a price is in another currency than the subscription's: what is charged then is
+    a country's override or Paddle's conversion, which the event does not say."""
     total = Decimal(0)
     for item in items:
         price, cycle = item["price"], item["price"].get("billing_cycle")
-        if price.get("unit_price") is None or cycle is None:
-            continue  # a one-time charge
+        if price.get("unit_price") is None or cycle is None or item.get("status") in UNBILLED_ITEM_STATUSES:
+            continue  # a one-time charge, or an item not billed
         priced_in = price["unit_price"].get("currency_code")
         if currency and priced_in and priced_in.upper() != currency.upper():
             return None
@@ -150,6 +168,9 @@ def _subscription(obj: dict[str, Any], event_time: int, key: str) -> Extracted:
     currency = obj.get("currency_code")
     period = obj.get("current_billing_period") or {}
     billed = monthly_amount(obj["items"], currency) if obj["status"] in BILLING_STATUSES else Decimal(0)
+    discount = obj.get("discount") or {}
+    if billed and discount and discount.get("ends_at") is None:
+        billed = None  # a discount for good: what it takes off each period, the event does not say
     fields_ = {
         "subscription_status": obj["status"],
         "plan": price.get("name") or price.get("description") or price.get("id"),
@@ -177,11 +198,21 @@ def _customer(obj: dict[str, Any], event_time: int, key: str) -> Extracted:
     return Extracted(None, obj["id"], fields_, _claim(obj, key), cleared=name_cleared(fields_))
 
 
+def _paid_at(obj: dict[str, Any], event_time: int) -> int:
+    """When it was paid: its payment's capture; without one, when it was billed, unless it is an invoice
+    (manual collection: billed when issued, paid later), then when it completed (the event)."""
+    captured = [p["captured_at"] for p in obj.get("payments") or [] if p.get("captured_at") is not None]
+    if captured:
+        return int(max(captured).timestamp())
+    billed = _seconds(obj.get("billed_at")) if obj.get("collection_mode") != "manual" else None
+    return billed or event_time
+
+
 def _transaction(obj: dict[str, Any], event_time: int, key: str) -> Extracted:
     totals = (obj.get("details") or {}).get("totals") or {}
     paid = totals["grand_total"] if totals.get("grand_total") is not None else totals.get("total")
     fields_ = {
-        "paid_at": iso_utc(_seconds(obj.get("billed_at")) or event_time),
+        "paid_at": iso_utc(_paid_at(obj, event_time)),
         "amount_paid": to_major(paid, obj["currency_code"]),
         "paid_something": bool(paid),  # a trial's first transaction completes for 0
         "currency": obj["currency_code"].lower(),
