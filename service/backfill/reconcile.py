@@ -82,7 +82,8 @@ def reconcile(
     summary = {**result.summary, "healed": result.summary["accepted"], "interrupted": result.interrupted}
     RECONCILE_RUNS.labels(source, "interrupted" if result.interrupted else "done").inc()
     if not feeder.dry_run:
-        RECONCILE_MISSING.labels(source).inc(summary["missing"])
+        # An interrupted run counts only what it healed: the rest is found missing again by the next run.
+        RECONCILE_MISSING.labels(source).inc(summary["healed"] if result.interrupted else summary["missing"])
         RECONCILE_HEALED.labels(source).inc(summary["healed"])
         record = {
             "at": started,

@@ -3,6 +3,7 @@ received (answered 2xx but lost, or never sent) are found by id, reported and he
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -12,10 +13,15 @@ from prometheus_client import REGISTRY
 from redis import Redis
 
 from service.backfill import periodic
+from service.backfill.events import read_window
+from service.backfill.feed import Feeder
+from service.backfill.readers import reader_for
+from service.backfill.reconcile import reconcile
 from service.cli import main
 from service.config import Settings
 from service.devtools.stripe_api import StripeApiServer
 from service.store import keys
+from service.store.ledger import Store
 from tests.integration.test_backfill import run
 from tests.stripe_history import history
 
@@ -64,6 +70,28 @@ def test_reconcile_reports_and_heals_what_never_arrived(
     assert status["at"].endswith("Z") and status["at_unix"] > status["since_unix"]  # ISO 8601, number beside
     code, again = run(capsys, "reconcile", "stripe", "--since", "2h", "--json")
     assert (code, again["missing"], again["healed"]) == (0, 0, 0)
+
+
+def test_a_reconcile_stopped_before_it_feeds_leaves_its_missing_events_to_the_next_count(
+    api_env: dict[str, str], stripe_api: StripeApiServer, post_event: Callable[..., Any], redis: Redis
+) -> None:
+    """relay_reconcile_missing_total counts each event never received once, though the run that found it first
+    was stopped before feeding it (the worker stopping) and the next run finds it again."""
+    lost = silent_gaps(stripe_api, post_event, users=5)
+    settings = Settings.from_env(api_env)
+    feeder = Feeder(settings, Store.from_settings(redis, settings), "stripe")
+    window = read_window("2h", None, now=time.time())
+    missing_before = metric("relay_reconcile_missing_total")
+    stopped = threading.Event()
+    stopped.set()  # seen after the first page is read: nothing is fed
+    types = sorted(settings.mapping.rules["stripe"])
+    first = reconcile(reader_for("stripe", settings), feeder, redis, window, types, stop=stopped)
+    assert first["interrupted"] and first["missing"] > 0 and first["healed"] == 0
+    assert metric("relay_reconcile_missing_total") == missing_before
+    feeder = Feeder(settings, Store.from_settings(redis, settings), "stripe")
+    second = reconcile(reader_for("stripe", settings), feeder, redis, window, types)
+    assert not second["interrupted"] and second["missing"] == second["healed"] == len(lost)
+    assert metric("relay_reconcile_missing_total") - missing_before == len(lost)
 
 
 def test_a_window_past_the_dedup_memory_is_refused(api_env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
