@@ -276,12 +276,15 @@ def cmd_sync(args: argparse.Namespace) -> int:
     def so_far() -> dict[str, Any]:  # the summary of a run that ended part-way
         return {**feeder.tally.as_dict(), "api_calls": reader.calls}
 
-    def again() -> str:
-        """The command that goes on, as this one was asked (a dry run keeps no checkpoint: it starts over)."""
+    def again(*, redis_lost: bool = False) -> str:
+        """The command that goes on, as this one was asked (a dry run keeps no checkpoint: it starts over).
+        Redis lost is not asked whether it kept one: a Redis that hangs would hold the line for its timeout."""
         only = ["--customers-only"] if args.customers_only else []
         command = " ".join([f"relay sync {args.provider}", *only, *_pace_and_dry_run(args)])
         if args.dry_run:
             return f"run it again: {command} (a dry run keeps no checkpoint)"
+        if redis_lost:
+            return f"resume with: {command} (it continues from its checkpoint, if Redis kept one)"
         kept = _has_checkpoint(feeder, shape, args.customers_only)
         return f"resume with: {command}" + (" (it continues from its checkpoint)" if kept else "")
 
@@ -304,7 +307,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
             )
             return EXIT_PROVIDER
         except RedisError as exc:
-            return redis_lost("sync", feeder, exc, reporter, so_far(), again())
+            return redis_lost("sync", feeder, exc, reporter, so_far(), again(redis_lost=True))
         except KeyboardInterrupt:
             return stopped_at_once("sync", args, reporter, so_far(), again())
     reporter.finish({**summary, "dry_run": args.dry_run})

@@ -97,7 +97,11 @@ LOST = [
         "run `relay reconcile stripe --since {since} --until {end} --max-rps 0.5` again",
         page_noted,
     ),
-    (["sync", "stripe"], "resume with: relay sync stripe --max-rps 0.5", page_checkpointed),  # Redis cannot tell
+    (
+        ["sync", "stripe"],
+        "resume with: relay sync stripe --max-rps 0.5 (it continues from its checkpoint, if Redis kept one)",
+        page_checkpointed,
+    ),
 ]
 
 
