@@ -12,14 +12,26 @@ from __future__ import annotations
 import os
 import sys
 
-from service.ops.metrics_dir import MULTIPROC_ENV, MetricsDirError, forget_this_pid_from_before, temporary_metrics_dir
+from service.ops.metrics_dir import (
+    MULTIPROC_ENV,
+    MetricsDirError,
+    check_multiprocess_dir,
+    forget_this_pid_from_before,
+    temporary_metrics_dir,
+)
 
 SERVING_METRICS = frozenset({"web", "worker", "dev"})
 
 
 def main() -> int:
     if sys.argv[1:2] == [] or sys.argv[1] not in SERVING_METRICS:
-        os.environ.pop(MULTIPROC_ENV, None)
+        directory = os.environ.pop(MULTIPROC_ENV, None)
+        if sys.argv[1:2] == ["check-config"] and directory:
+            try:  # what `relay web` and `relay worker` would refuse; read only: live processes may write there
+                check_multiprocess_dir(directory, make=False)
+            except MetricsDirError as exc:
+                print(f"relay: {exc}", file=sys.stderr)
+                return 2
     elif os.environ.get(MULTIPROC_ENV):
         # Usable (made if need be, nothing else in it) before the imports below define metrics: a directory
         # that cannot be made failed there with a traceback, and one refused got a metric file first. Only

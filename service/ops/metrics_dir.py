@@ -26,13 +26,16 @@ class MetricsDirError(Exception):
     """The directory cannot be used; the message is one line."""
 
 
-def check_multiprocess_dir(path: str) -> list[Path]:
-    """Make the directory if need be and list it; MetricsDirError when it cannot be used or holds
-    anything but prometheus-client's files (pointed at the wrong directory by mistake, the relay
-    refuses to start rather than delete anything there). Deletes nothing."""
+def check_multiprocess_dir(path: str, *, make: bool = True) -> list[Path]:
+    """Make the directory if need be (`make`; else an absent one lists as empty) and list it; MetricsDirError
+    when it cannot be used or holds anything but prometheus-client's files (pointed at the wrong directory
+    by mistake, the relay refuses to start rather than delete anything there). Deletes nothing."""
     directory = Path(path)
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        if make:
+            directory.mkdir(parents=True, exist_ok=True)
+        elif not directory.exists():
+            return []
         entries = list(directory.iterdir())
     except OSError as exc:
         raise MetricsDirError(f"{MULTIPROC_ENV} {path} cannot be used: {exc.strerror}") from None

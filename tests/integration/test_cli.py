@@ -53,6 +53,21 @@ def test_commands_that_serve_no_metrics_write_no_metric_files(tmp_path: Path) ->
     assert list(shared.iterdir()) == []
     absent = relay("check-config", env={**GOOD, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "absent")})
     assert absent.returncode == 0 and absent.stderr == "", absent.stderr
+    assert not (tmp_path / "absent").exists()
+
+
+def test_check_config_refuses_a_metrics_directory_web_and_worker_would_refuse(tmp_path: Path) -> None:
+    shared = tmp_path / "metrics"
+    shared.mkdir()
+    (shared / "counter_12.db").write_bytes(b"")  # a live process's file is fine
+    (shared / "notes.txt").write_text("mine")
+    result = relay("check-config", env={**GOOD, "PROMETHEUS_MULTIPROC_DIR": str(shared)})
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"relay: PROMETHEUS_MULTIPROC_DIR {shared} holds files that are not prometheus-client metric files "
+        "(notes.txt); point it at an empty directory of its own"
+    ]
+    assert sorted(p.name for p in shared.iterdir()) == ["counter_12.db", "notes.txt"]  # nothing deleted
 
 
 @pytest.mark.parametrize("command", [["check-config"], ["web"], ["worker"]])
