@@ -63,7 +63,7 @@ class Mapping:
     def to_update(
         self, source: str, envelope: Envelope, identity_key: str, trusted: frozenset[str] = frozenset()
     ) -> UserUpdate | None:
-        """The update an event makes: None when its type is not mapped. Raises marshmallow's
+        """The update an event makes: None when its type is not mapped, or it has nothing to send. Raises marshmallow's
         ValidationError, with messages at the object's place in the payload. `trusted`: the
         buyer-settable identity fields that may name the user (RELAY_TRUSTED_IDENTITY_FIELDS)."""
         if envelope.direct:
@@ -84,6 +84,8 @@ class Mapping:
                 messages = {key: messages}
             raise ValidationError(messages) from None
         standard, custom, tags = rule.apply(extracted)
+        if not (standard or custom or tags):  # e.g. a Paddle refund still pending approval: nothing to send
+            return None
         return UserUpdate(
             source=source,
             event_id=envelope.event_id,

@@ -312,3 +312,46 @@ def test_a_past_due_lemon_squeezy_subscription_sends_no_period_end() -> None:
     payload["data"]["attributes"]["status"] = "active"
     update = read("lemonsqueezy", payload).update
     assert update is not None and update.custom["current_period_end"] == "2023-01-24T12:43:48Z"
+
+
+def paddle_adjustment(action: str, status: str, event_type: str = "adjustment.updated") -> dict[str, Any]:
+    """Paddle's adjustment entity (API reference, Adjustments): a refund of 165.00 of a transaction."""
+    return {
+        "event_id": "evt_01hv8x2a0ph5s3n0m5r5y0z0a1",
+        "event_type": event_type,
+        "occurred_at": "2024-04-12T10:18:49.621022Z",
+        "notification_id": "ntf_01hv8x2a5ccyqk9t8z6jd8k0xq",
+        "data": {
+            "id": "adj_01hv8x1wz9zhdsybf3ev9mj3cw",
+            "action": action,
+            "type": "full",
+            "transaction_id": "txn_01hv8wptq8987qeep44cyrewp9",
+            "subscription_id": "sub_01hv8x29kz0t586xy6zn1a62ny",
+            "customer_id": "ctm_01hv8wt8nffez4p2t6typn4a5j",
+            "reason": "error",
+            "currency_code": "USD",
+            "status": status,
+            "totals": {"subtotal": "15000", "tax": "1500", "total": "16500", "fee": "0", "earnings": "0"},
+            "created_at": "2024-04-12T10:15:57.888183Z",
+            "updated_at": "2024-04-12T10:18:47.254217Z",
+        },
+    }
+
+
+@pytest.mark.parametrize("event_type", ["adjustment.created", "adjustment.updated"])
+def test_a_paddle_refund_is_reported_once_paddle_approved_it(event_type: str) -> None:
+    """ "Most refunds for live accounts require Paddle approval and are created as pending_approval.
+    adjustment.updated occurs when the status changes to approved or rejected" (Paddle: adjustment.created)."""
+    update = read("paddle", paddle_adjustment("refund", "approved", event_type)).update
+    assert update is not None and update.customer_id == "ctm_01hv8wt8nffez4p2t6typn4a5j"
+    assert update.custom == {"last_refund_at": "2024-04-12T10:18:47Z", "last_refund_amount": 165.0}
+    assert update.tags == ["refunded"]
+
+
+@pytest.mark.parametrize(
+    ("action", "status"),
+    [("refund", "pending_approval"), ("refund", "rejected"), ("credit", "approved"), ("chargeback", "approved")],
+)
+def test_a_paddle_adjustment_that_refunds_nothing_yet_sends_nothing(action: str, status: str) -> None:
+    """Answered "ignored": an update with nothing in it would be an empty call to User.com."""
+    assert read("paddle", paddle_adjustment(action, status)).update is None

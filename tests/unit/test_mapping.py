@@ -23,6 +23,8 @@ def test_default_mapping_covers_the_documented_events() -> None:
         "subscription.updated",
         "subscription.canceled",
         "transaction.completed",
+        "adjustment.created",
+        "adjustment.updated",
     }
     assert set(rules["lemonsqueezy"]) == {
         "order_created",
@@ -82,7 +84,10 @@ def test_values_missing_from_the_event_are_not_sent() -> None:
     [
         ("not toml = = =", "not valid TOML"),
         ('[chargebee."x"]\nextract = "customer"', "unknown source"),
-        ('[paddle."x"]\nextract = "charge"\ntags = ["t"]', "extract must be one of .'customer', 'subscription'"),
+        (
+            '[paddle."x"]\nextract = "charge"\ntags = ["t"]',
+            "extract must be one of .'adjustment', 'customer', 'subscription'",
+        ),
         ('[stripe."a"]\nextract = "nope"\ntags = ["t"]', "extract must be one of"),
         ('[stripe."a"]\nextract = "customer"\nstandard = { email = "mail" }', "not a User.com standard attribute"),
         ('[stripe."a"]\nextract = "customer"\ncustom = { nope = "x" }', "unknown field 'nope'"),

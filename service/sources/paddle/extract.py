@@ -119,6 +119,22 @@ class DetailsSchema(_Paddle):
     totals = fields.Nested(TotalsSchema, allow_none=True)
 
 
+class AdjustmentTotalsSchema(_Paddle):
+    total = fields.Decimal(allow_none=True, as_string=False)  # what is refunded or credited, tax included
+
+
+class AdjustmentSchema(_Paddle):
+    id = fields.String(required=True, validate=PADDLE_ID)
+    action = fields.String(required=True)
+    status = fields.String(required=True)
+    customer_id = fields.String(allow_none=True, validate=PADDLE_ID)
+    subscription_id = fields.String(allow_none=True)
+    currency_code = fields.String(required=True)
+    totals = fields.Nested(AdjustmentTotalsSchema, allow_none=True)
+    created_at = fields.AwareDateTime(allow_none=True)
+    updated_at = fields.AwareDateTime(allow_none=True)
+
+
 class PaymentSchema(_Paddle):
     status = _text()
     captured_at = fields.AwareDateTime(allow_none=True)
@@ -222,10 +238,30 @@ def _transaction(obj: dict[str, Any], event_time: int, key: str) -> Extracted:
     return Extracted(None, obj.get("customer_id"), fields_, _claim(obj, key))
 
 
+def _adjustment(obj: dict[str, Any], event_time: int, key: str) -> Extracted:
+    """A refund once Paddle approved it (adjustment.created for one approved at once, else adjustment.updated:
+    "most refunds for live accounts require Paddle approval and are created as pending_approval"); any other
+    adjustment (a credit, a chargeback, a refund pending or rejected) reports nothing."""
+    refunded = obj["action"] == "refund" and obj["status"] == "approved"
+    when = obj.get("updated_at") or obj.get("created_at")
+    fields_ = {
+        "refunded_at": iso_utc(_seconds(when) or event_time) if refunded else None,
+        "amount_refunded": to_major((obj.get("totals") or {}).get("total"), obj["currency_code"]) if refunded else None,
+        "refunded": refunded,
+        "currency": obj["currency_code"].lower(),
+        "paddle_customer_id": obj.get("customer_id"),
+        "paddle_subscription_id": obj.get("subscription_id"),
+    }
+    return Extracted(None, obj.get("customer_id"), fields_)
+
+
 EXTRACTORS: dict[str, Extractor] = {
     "subscription": make_extractor(
         SubscriptionSchema(), _subscription, {"id": "sub", "status": "active", "customer_id": "ctm", "items": []}
     ),
     "customer": make_extractor(CustomerSchema(), _customer, {"id": "ctm"}),
     "transaction": make_extractor(TransactionSchema(), _transaction, {"id": "txn", "currency_code": "USD"}),
+    "adjustment": make_extractor(
+        AdjustmentSchema(), _adjustment, {"id": "adj", "action": "refund", "status": "approved", "currency_code": "USD"}
+    ),
 }
