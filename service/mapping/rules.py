@@ -131,7 +131,8 @@ def _rule(source: str, event_type: str, body: Any) -> Rule:
     unknown = set(body) - RULE_KEYS
     if unknown:
         raise MappingError(f"{where} has unknown key(s) {sorted(unknown)}")
-    extractor = EXTRACTORS[source].get(body.get("extract", ""))
+    extract = body.get("extract", "")
+    extractor = EXTRACTORS[source].get(extract) if isinstance(extract, str) else None
     if extractor is None:
         raise MappingError(f"{where} extract must be one of {sorted(EXTRACTORS[source])}")
     standard = _names(where, "standard", body.get("standard", {}), extractor.fields)

@@ -83,6 +83,8 @@ def test_values_missing_from_the_event_are_not_sent() -> None:
         ('[chargebee."x"]\nextract = "customer"', "unknown source"),
         ('[paddle."x"]\nextract = "charge"\ntags = ["t"]', "extract must be one of .'customer', 'subscription'"),
         ('[stripe."a"]\nextract = "nope"\ntags = ["t"]', "extract must be one of"),
+        ('[stripe."a"]\nextract = []\ntags = ["t"]', "extract must be one of"),
+        ('[stripe."a"]\nextract = { customer = 1 }\ntags = ["t"]', "extract must be one of"),
         ('[stripe."a"]\nextract = "customer"\nstandard = { email = "mail" }', "not a User.com standard attribute"),
         ('[stripe."a"]\nextract = "customer"\ncustom = { nope = "x" }', "unknown field 'nope'"),
         ('[stripe."a"]\nextract = "customer"\ncustom = { email = "Bad Name" }', "not a valid custom attribute"),
