@@ -106,7 +106,7 @@ def load_mapping(path: Path | None) -> Mapping:
         where = "default mapping"
     else:
         try:
-            text = path.read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8-sig")  # a leading BOM (an editor's) is not TOML
         except OSError as exc:
             raise MappingError(f"cannot read {path}: {exc.strerror}") from None
         where = str(path)

@@ -117,3 +117,10 @@ def test_set_takes_the_values_an_attribute_can_hold(tmp_path: Path) -> None:
     text = '[stripe."a"]\nextract = "customer"\nset = { s = "x", b = false, i = -9007199254740992, f = 0.5 }'
     rule = load_mapping(write(tmp_path, text)).rule_for("stripe", "a")
     assert rule is not None and rule.constants == {"s": "x", "b": False, "i": -(2**53), "f": 0.5}
+
+
+def test_a_leading_byte_order_mark_is_ignored(tmp_path: Path) -> None:
+    """Some editors save UTF-8 with a BOM: it is not a TOML error at line 1, column 1."""
+    path = tmp_path / "mapping.toml"
+    path.write_bytes(b'\xef\xbb\xbf[stripe."invoice.paid"]\nextract = "invoice"\ntags = ["paid"]\n')
+    assert load_mapping(path).rule_for("stripe", "invoice.paid") is not None
