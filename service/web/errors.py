@@ -67,11 +67,13 @@ def redis_error(exc: RedisError) -> tuple[dict[str, Any], int]:
     return relay_error(e.StoreUnavailable("redis is not reachable; retry later"))
 
 
-def http_error(exc: HTTPException) -> tuple[dict[str, Any], int]:
+def http_error(exc: HTTPException) -> tuple[dict[str, Any], int, dict[str, str]]:
     if exc.code == 413:
-        return relay_error(e.PayloadTooLarge(f"request body is larger than {MAX_BODY_BYTES} bytes"))
+        return (*relay_error(e.PayloadTooLarge(f"request body is larger than {MAX_BODY_BYTES} bytes")), {})
     code = (exc.name or "error").lower().replace(" ", "_")
-    return {"error": {"code": code, "message": exc.description or exc.name}}, exc.code or 500
+    # The exception's own headers but its HTML content type: a 405 must say `Allow` (RFC 9110).
+    headers = {name: value for name, value in exc.get_headers() if name.lower() != "content-type"}
+    return {"error": {"code": code, "message": exc.description or exc.name}}, exc.code or 500, headers
 
 
 def check_body_size() -> None:

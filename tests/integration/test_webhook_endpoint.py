@@ -243,6 +243,8 @@ def test_unknown_routes_and_methods_answer_json(client: Any) -> None:
     assert missing.status_code == 404 and error_code(missing) == "not_found"
     wrong = client.get("/webhooks/stripe")
     assert wrong.status_code == 405 and error_code(wrong) == "method_not_allowed"
+    assert set(wrong.headers["Allow"].split(", ")) == {"POST", "OPTIONS"}  # a 405 says what is allowed
+    assert wrong.content_type == "application/json"
     options = client.options("/webhooks/stripe")
     assert (options.status_code, options.data, options.content_type) == (204, b"", None)
     assert set(options.headers["Allow"].split(", ")) == {"POST", "OPTIONS"}
