@@ -250,6 +250,16 @@ def test_unknown_routes_and_methods_answer_json(client: Any) -> None:
     assert set(options.headers["Allow"].split(", ")) == {"POST", "OPTIONS"}
 
 
+@pytest.mark.parametrize(
+    ("method", "path"), [("POST", "/webhooks//stripe"), ("GET", "/admin//dlq"), ("GET", "/status//")]
+)
+def test_a_doubled_slash_is_a_json_404_not_a_redirect_to_the_host_header(client: Any, method: str, path: str) -> None:
+    """Werkzeug merged "//" with a 308 in HTML whose Location came from the request's Host header."""
+    response = client.open(path, method=method, headers={"Host": "evil.example"}, data=b"{}")
+    assert response.status_code == 404 and error_code(response) == "not_found"
+    assert "Location" not in response.headers and response.content_type == "application/json"
+
+
 def test_no_response_or_stored_item_contains_a_secret(post_event: Any, redis: Redis) -> None:
     responses = [
         post_event(event("evt_ok")),
