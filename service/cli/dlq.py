@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from service.cli.redis_exit import redis_or_exit
 from service.config import settings_or_exit
-from service.core.dead_letter import TIME_FIELDS, DlqFilter
+from service.core.dead_letter import MAX_OFFSET, TIME_FIELDS, DlqFilter
 from service.core.times import iso_seconds, shown
 from service.destinations.registry import NAMES as DESTINATIONS
 from service.operator import REFUSALS, REPLAYED, Operator
@@ -109,8 +109,8 @@ def _checked_filter(args: argparse.Namespace, destinations: tuple[str, ...]) -> 
         raise UsageError(f"--destination {args.destination} is not in RELAY_DESTINATIONS ({', '.join(destinations)})")
     if args.dlq_command == "list" and args.limit < 1:
         raise UsageError("--limit must be at least 1")
-    if args.dlq_command == "list" and args.offset < 0:
-        raise UsageError("--offset must be at least 0")
+    if args.dlq_command == "list" and not 0 <= args.offset <= MAX_OFFSET:
+        raise UsageError(f"--offset must be from 0 to {MAX_OFFSET}")
     if args.dlq_command in ("replay", "purge"):
         if bool(args.id) == bool(args.all):
             raise UsageError("give one item id, or --all (with filters)")

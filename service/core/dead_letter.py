@@ -13,6 +13,9 @@ IDENTITY_CONFLICT = "identity_conflict"
 OTHER_REASONS = ("retries_exhausted", "unresolved_identity", IDENTITY_CONFLICT, "internal_error")
 # Kept as epoch seconds; shown as ISO 8601 (with `<name>_unix`) by the admin API and the CLI.
 TIME_FIELDS = ("event_time", "first_failure_at", "last_failure_at")
+# A page never starts further in than this: past any queue (RELAY_DLQ_MAX_ITEMS is at most 10^8), and within
+# what Redis takes as an index (it refuses one past 2^63 - 1, which came back as a 503).
+MAX_OFFSET = 10**9
 
 
 def rejected_by(destination: str) -> str:

@@ -6,6 +6,7 @@ checked whole at start-up so a typo stops the process instead of silently sendin
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass
 from importlib import resources
@@ -15,12 +16,14 @@ from typing import Any
 from marshmallow import ValidationError
 
 from service.core.attributes import CUSTOM_ATTRIBUTE_NAME, RESERVED_KEYS, STANDARD_ATTRIBUTES
+from service.core.payload_shape import MAX_NUMBER, MAX_STRING
 from service.core.update import UserUpdate, user_id_problem
 from service.sources.base import Envelope
 from service.sources.extraction import Extracted, Extractor, trusted_user_id
 from service.sources.registry import SOURCES as SOURCE_SPECS
 
 RULE_KEYS = frozenset({"extract", "standard", "custom", "set", "tags", "tags_if"})
+MAX_TAG_LENGTH = 255  # as a Standard Webhooks event's tags
 # The sources whose events go through a mapping, and the extractors each one offers.
 EXTRACTORS: dict[str, dict[str, Extractor]] = {
     name: spec.extractors for name, spec in SOURCE_SPECS.items() if spec.extractors
@@ -105,7 +108,7 @@ def load_mapping(path: Path | None) -> Mapping:
         where = "default mapping"
     else:
         try:
-            text = path.read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8-sig")  # a leading BOM (an editor's) is not TOML
         except OSError as exc:
             raise MappingError(f"cannot read {path}: {exc.strerror}") from None
         where = str(path)
@@ -133,7 +136,8 @@ def _rule(source: str, event_type: str, body: Any) -> Rule:
     unknown = set(body) - RULE_KEYS
     if unknown:
         raise MappingError(f"{where} has unknown key(s) {sorted(unknown)}")
-    extractor = EXTRACTORS[source].get(body.get("extract", ""))
+    extract = body.get("extract", "")
+    extractor = EXTRACTORS[source].get(extract) if isinstance(extract, str) else None
     if extractor is None:
         raise MappingError(f"{where} extract must be one of {sorted(EXTRACTORS[source])}")
     standard = _names(where, "standard", body.get("standard", {}), extractor.fields)
@@ -150,16 +154,43 @@ def _rule(source: str, event_type: str, body: Any) -> Rule:
                 f"{where}: {attr!r} is not a valid custom attribute name (a-z, 0-9, _; not a standard "
                 "attribute nor a field of User.com's user record such as name or created_at)"
             )
+    for attr, value in constants.items():
+        if problem := _constant_problem(value):
+            raise MappingError(f"{where} set: {attr!r} {problem}")
     tags = body.get("tags", [])
-    if not isinstance(tags, list) or not all(isinstance(t, str) and t.strip() for t in tags):
-        raise MappingError(f"{where} tags must be a list of non-empty strings")
+    if not isinstance(tags, list) or not all(_is_tag(t) for t in tags):
+        raise MappingError(f"{where} tags must be a list of non-empty strings of at most {MAX_TAG_LENGTH} characters")
     tags_if = _names(where, "tags_if", body.get("tags_if", {}), None)
     for tag, field_name in tags_if.items():
+        if not _is_tag(tag):
+            raise MappingError(
+                f"{where} tags_if: {tag!r} is not a tag (not blank, {MAX_TAG_LENGTH} characters at most)"
+            )
         if field_name not in extractor.fields:
             raise MappingError(f"{where} tags_if: {tag!r} names unknown field {field_name!r}")
     if not (standard or custom or constants or tags or tags_if):
         raise MappingError(f"{where} sends nothing: give it standard, custom, set or tags")
     return Rule(event_type, body["extract"], standard, custom, dict(constants), tuple(tags), tags_if)
+
+
+def _is_tag(tag: Any) -> bool:
+    return isinstance(tag, str) and bool(tag.strip()) and len(tag) <= MAX_TAG_LENGTH
+
+
+def _constant_problem(value: Any) -> str | None:
+    """Why a `set` value is not one an update can carry (what a Standard Webhooks attribute may be: a
+    string, number or boolean, within the bounds of a webhook's values), or None. A TOML date, list or
+    table would otherwise fail every event of its type (a 500 at intake, or a refusal by User.com)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        return None if len(value) <= MAX_STRING else f"is longer than {MAX_STRING} characters"
+    if isinstance(value, int | float):
+        if isinstance(value, float) and not math.isfinite(value):
+            return "must be a finite number (not inf or nan)"
+        return None if abs(value) <= MAX_NUMBER else "is a number beyond +-2^53"
+    kind = {"dict": "table", "list": "array"}.get(type(value).__name__, "date or time")
+    return f"must be a string, number or boolean, not a TOML {kind}"
 
 
 def _names(where: str, key: str, table: Any, known: frozenset[str] | None) -> dict[str, str]:

@@ -161,7 +161,10 @@ class Store:
         return script_keys, args
 
     def ignore(self, source: str, event_id: str) -> bool:
-        check = dedup_check(source, event_id, self.dedup_ttl, time.time())
+        """Count an event whose type the mapping does not use, once per event id. Its id is remembered apart
+        from the accepted ones (`!` is in no event id): once a new mapping uses the type, a backfill or a
+        redelivery of the event is accepted, not taken for a duplicate and never delivered."""
+        check = dedup_check(f"{source}!ignored", event_id, self.dedup_ttl, time.time())
         ledgers = [dest.ledger for dest in self.fan_out]
         return bool(self._ignore_script(keys=[*check.script_keys(), *ledgers], args=check.script_args()))
 

@@ -31,6 +31,8 @@ def build_app(settings: Settings | None = None, *, redis: Redis | None = None) -
     redis = redis if redis is not None else web_redis(settings.redis_url)
     app = RelayApp("relay")
     app.url_map.converters["user_id"] = admin.UserIdConverter
+    # No 308 from "//" to "/": Werkzeug's answer is an HTML page, its Location built from the Host header.
+    app.url_map.merge_slashes = False
     app.config["MAX_CONTENT_LENGTH"] = errors.MAX_BODY_BYTES + 1  # the byte that tells a chunked body too large
     app.json.sort_keys = False  # type: ignore[attr-defined]
     store = Store.from_settings(redis, settings)

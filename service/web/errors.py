@@ -67,22 +67,31 @@ def redis_error(exc: RedisError) -> tuple[dict[str, Any], int]:
     return relay_error(e.StoreUnavailable("redis is not reachable; retry later"))
 
 
-def http_error(exc: HTTPException) -> tuple[dict[str, Any], int]:
+def http_error(exc: HTTPException) -> tuple[dict[str, Any], int, dict[str, str]]:
     if exc.code == 413:
-        return relay_error(e.PayloadTooLarge(f"request body is larger than {MAX_BODY_BYTES} bytes"))
+        return (*relay_error(e.PayloadTooLarge(f"request body is larger than {MAX_BODY_BYTES} bytes")), {})
     code = (exc.name or "error").lower().replace(" ", "_")
-    return {"error": {"code": code, "message": exc.description or exc.name}}, exc.code or 500
+    # The exception's own headers but its HTML content type: a 405 must say `Allow` (RFC 9110).
+    headers = {name: value for name, value in exc.get_headers() if name.lower() != "content-type"}
+    return {"error": {"code": code, "message": exc.description or exc.name}}, exc.code or 500, headers
 
 
 def check_body_size() -> None:
     """413 for a body over MAX_BODY_BYTES, however it is sent. Flask refuses a Content-Length over
     its MAX_CONTENT_LENGTH (one byte more), but cuts a chunked body (no Content-Length) there
-    without a word; read up to that byte (cached for the view), it tells the body too large."""
+    without a word; read up to that byte (cached for the view), it tells the body too large.
+
+    A server that ends the body itself (gunicorn: `wsgi.input_terminated`) ends it where the client
+    stopped sending, short of its Content-Length when the client closed its side early: that body
+    is incomplete (400), never taken as it is."""
     length = request.content_length
-    if length is None and request.environ.get("wsgi.input_terminated"):
+    terminated = request.environ.get("wsgi.input_terminated")
+    if length is None and terminated:
         length = len(request.get_data())
     if length is not None and length > MAX_BODY_BYTES:
         raise e.PayloadTooLarge(f"request body is larger than {MAX_BODY_BYTES} bytes")
+    if length is not None and terminated and len(request.get_data()) < length:
+        raise e.IncompleteBody("the request body is shorter than its Content-Length says")
 
 
 def malformed_body(exc: ParseException) -> tuple[dict[str, Any], int]:

@@ -64,7 +64,10 @@ def _webhook(title: str, headers: tuple[tuple[str, str], ...], schema: str) -> d
                 "WebhookAnswer",
             ),
             "200": _ok("already accepted (`duplicate`) or not mapped (`ignored`)", "WebhookAnswer"),
-            "400": _error("body not JSON or not UTF-8 (`malformed_json`), or not readable HTTP (`malformed_request`)"),
+            "400": _error(
+                "body not JSON or not UTF-8 (`malformed_json`), not readable HTTP (`malformed_request`), or "
+                "shorter than its Content-Length or not all there within 5 s (`incomplete_body`)"
+            ),
             "401": _error("`signature_missing`, `signature_invalid` or `signature_expired`"),
             "404": _error("the source has no secret configured (`source_not_configured`)"),
             "413": _error("body over 1 MiB (`payload_too_large`)"),
@@ -121,7 +124,13 @@ def build_spec() -> dict[str, Any]:
     ]
     ops.append(("/", "Where to go: the console, /status, /metrics, /openapi.json", {"200": _ok("links", None)}))
     ops.append(("/console", "The operator's console (HTML; signs in with the admin token)", {"200": _ok("HTML", None)}))
-    ops.append(("/console/{name}", "The console's static files (JS, CSS)", {"200": _ok("the file", None)}))
+    ops.append(
+        (
+            "/console/{name}",
+            "The console's static files (JS, CSS)",
+            {"200": _ok("the file", None), "404": _error("no such file (`not_found`)")},
+        )
+    )
     name = [_path_id("name", "the file's name (`console.js`)")]
     for path, summary, responses in ops:
         operation = {"tags": ["ops"], "summary": summary, "responses": responses}

@@ -7,7 +7,7 @@ from typing import Any
 
 from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate, validates_schema
 
-from service.core.dead_letter import DlqFilter, reasons
+from service.core.dead_letter import MAX_OFFSET, DlqFilter, reasons
 from service.destinations.registry import NAMES as DESTINATIONS
 from service.intake import Outcome
 from service.operator import BATCH_MAX
@@ -85,7 +85,7 @@ class DlqFilterSchema(Schema):
 
 class DlqListQuery(DlqFilterSchema):
     destination = fields.String(validate=validate.OneOf(DESTINATIONS), metadata={"description": DESTINATION_HELP})
-    offset = fields.Integer(load_default=0, validate=validate.Range(min=0))
+    offset = fields.Integer(load_default=0, validate=validate.Range(min=0, max=MAX_OFFSET))
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
 
 

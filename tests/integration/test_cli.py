@@ -78,6 +78,21 @@ def test_bad_configuration_stops_with_one_line(command: list[str]) -> None:
     assert len(lines) == 1 and lines[0].startswith("relay: configuration error: ")
 
 
+@pytest.mark.parametrize("command", [["check-config"], ["web"], ["worker"]])
+def test_a_mapping_file_with_an_extract_that_is_not_a_name_stops_with_one_line(
+    command: list[str], tmp_path: Path
+) -> None:
+    """`extract = []` (a TOML list or table where a name belongs) is a typo, not a traceback."""
+    mapping = tmp_path / "mapping.toml"
+    mapping.write_text('[stripe."customer.created"]\nextract = []\ntags = ["t"]\n')
+    result = relay(*command, env={**GOOD, "RELAY_MAPPING_FILE": str(mapping)})
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        'relay: configuration error: RELAY_MAPPING_FILE: [stripe."customer.created"] extract must be one of '
+        "['charge', 'checkout_session', 'customer', 'invoice', 'subscription']"
+    ]
+
+
 def test_check_config_warns_when_a_sentinel_failover_may_lose_answered_events() -> None:
     sentinel = {**GOOD, "REDIS_SENTINELS": "127.0.0.1:1,127.0.0.1:2", "REDIS_SENTINEL_MASTER": "relay"}
     for env, warned in ((GOOD, False), (sentinel, True), ({**sentinel, "RELAY_DURABLE_ACK": "replica"}, False)):

@@ -96,7 +96,8 @@ def test_show_replay_and_purge(settings: Settings, store: Store, redis: Redis) -
     [
         (["list", "--limit", "0"], "relay dlq list: --limit must be at least 1"),
         (["list", "--limit", "-1"], "relay dlq list: --limit must be at least 1"),
-        (["list", "--offset", "-2", "--limit", "1"], "relay dlq list: --offset must be at least 0"),
+        (["list", "--offset", "-2", "--limit", "1"], "relay dlq list: --offset must be from 0 to 1000000000"),
+        (["list", "--offset", str(2**63)], "relay dlq list: --offset must be from 0 to 1000000000"),
         (["list", "--since", "yesterday"], "relay dlq list: --since: Not a valid datetime."),
         (["list", "--reason", "nope"], "relay dlq list: --reason: Must be one of: invalid_payload, "),
         (["--destination", "userkit", "list"], "relay dlq list: --destination userkit is not in RELAY_DESTINATIONS"),

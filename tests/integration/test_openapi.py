@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import jsonschema
+import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -66,6 +68,22 @@ def test_error_answers_reference_the_error_schema(client: Any) -> None:
         for operation in item.values():
             if path.startswith("/admin/"):
                 assert "400" in operation["responses"], (path, operation["summary"])
+
+
+def test_what_routes_really_answer_is_documented(client: Any) -> None:
+    """A console file that is not there is a 404; a webhook body cut short a 400 `incomplete_body`; a
+    Standard Webhooks attribute is a string, number or boolean (null is refused with 422, not taken)."""
+    spec = client.get("/openapi.json").get_json()
+    missing = client.get("/console/nope.js")
+    assert missing.status_code == 404 and "404" in spec["paths"]["/console/{name}"]["get"]["responses"]
+    for source in ("stripe", "standard", "paddle", "lemonsqueezy"):
+        assert "`incomplete_body`" in spec["paths"][f"/webhooks/{source}"]["post"]["responses"]["400"]["description"]
+    values = spec["components"]["schemas"]["UserData"]["properties"]["attributes"]["additionalProperties"]
+    for value in ("pro", 3, 2.5, True):
+        jsonschema.validate(value, values)
+    for value in (None, [], {}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(value, values)
 
 
 TEXT = st.text(max_size=40)

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import urllib3
 
-from tests.conftest import sign
+from tests.conftest import sign, stripe_event
 from tests.integration import redis_launch
 
 RELAY = str(Path(sys.executable).with_name("relay"))
@@ -233,3 +233,24 @@ def test_gunicorn_lines_that_quote_a_request_have_the_secrets_redacted(redis_ser
     log = (tmp_path / "web.log").read_text()
     assert "Invalid HTTP Header: 'Authorization Bearer [redacted]'" in log
     assert token not in log
+
+
+def test_a_body_cut_short_by_the_client_closing_is_400_incomplete_body(web: str) -> None:
+    """The client closes its side before its Content-Length is sent: gunicorn ends the body there, and the
+    part that came (signed by itself, as a sender would sign the whole) was taken as the event (202)."""
+    body = json.dumps(
+        stripe_event("customer.created", {"id": "cus_cut", "metadata": {"user_id": "u_cut"}}, event_id="evt_cut")
+    ).encode()
+    head = (
+        f"POST /webhooks/stripe HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Stripe-Signature: {sign(body, SECRET)}\r\nContent-Length: {len(body) + 10}\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", int(web.rsplit(":", 1)[1])), timeout=20) as sock:
+        sock.sendall(head.encode() + body)
+        sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert status_line.split()[1] == b"400", answer
+    assert json.loads(rest.partition(b"\r\n\r\n")[2])["error"]["code"] == "incomplete_body"

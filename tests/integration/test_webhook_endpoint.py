@@ -6,6 +6,7 @@ import copy
 import json
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -80,6 +81,26 @@ def test_unmapped_event_types_are_ignored_and_counted(post_event: Any, redis: Re
     assert redis.llen(keys.USERCOM.rq_queue_key(keys.LIVE)) == 0
     counts = ledger(redis, settings)
     assert (counts["received"], counts["ignored"], counts["in_flight"]) == (1, 1, 0)
+
+
+def test_an_event_ignored_under_one_mapping_is_accepted_once_a_new_mapping_uses_it(
+    env: dict[str, str], redis: Redis, tmp_path: Path
+) -> None:
+    """The ignored event's id went into the dedup memory: after the mapping gained its type, a backfill (or
+    a redelivery) of it was a duplicate, never delivered."""
+    narrow = tmp_path / "mapping.toml"
+    narrow.write_text('[stripe."invoice.paid"]\nextract = "invoice"\ntags = ["paid"]\n')
+    body = json.dumps(event("evt_later_mapped")).encode()
+
+    def post(mapping: dict[str, str]) -> Any:
+        app = create_app(Settings.from_env({**env, **mapping}))
+        headers = {"Stripe-Signature": sign(body), "Content-Type": "application/json"}
+        return app.test_client().post("/webhooks/stripe", data=body, headers=headers).get_json()["status"]
+
+    assert post({"RELAY_MAPPING_FILE": str(narrow)}) == "ignored"
+    assert post({"RELAY_MAPPING_FILE": str(narrow)}) == "duplicate"  # still the same event, counted once
+    assert post({}) == "accepted"  # the default mapping uses customer.created
+    assert post({}) == "duplicate"
 
 
 def test_old_secret_still_verifies_during_rotation(post_event: Any) -> None:
@@ -243,9 +264,21 @@ def test_unknown_routes_and_methods_answer_json(client: Any) -> None:
     assert missing.status_code == 404 and error_code(missing) == "not_found"
     wrong = client.get("/webhooks/stripe")
     assert wrong.status_code == 405 and error_code(wrong) == "method_not_allowed"
+    assert set(wrong.headers["Allow"].split(", ")) == {"POST", "OPTIONS"}  # a 405 says what is allowed
+    assert wrong.content_type == "application/json"
     options = client.options("/webhooks/stripe")
     assert (options.status_code, options.data, options.content_type) == (204, b"", None)
     assert set(options.headers["Allow"].split(", ")) == {"POST", "OPTIONS"}
+
+
+@pytest.mark.parametrize(
+    ("method", "path"), [("POST", "/webhooks//stripe"), ("GET", "/admin//dlq"), ("GET", "/status//")]
+)
+def test_a_doubled_slash_is_a_json_404_not_a_redirect_to_the_host_header(client: Any, method: str, path: str) -> None:
+    """Werkzeug merged "//" with a 308 in HTML whose Location came from the request's Host header."""
+    response = client.open(path, method=method, headers={"Host": "evil.example"}, data=b"{}")
+    assert response.status_code == 404 and error_code(response) == "not_found"
+    assert "Location" not in response.headers and response.content_type == "application/json"
 
 
 def test_no_response_or_stored_item_contains_a_secret(post_event: Any, redis: Redis) -> None:

@@ -89,6 +89,8 @@ def test_values_missing_from_the_event_are_not_sent() -> None:
             "extract must be one of .'adjustment', 'customer', 'subscription'",
         ),
         ('[stripe."a"]\nextract = "nope"\ntags = ["t"]', "extract must be one of"),
+        ('[stripe."a"]\nextract = []\ntags = ["t"]', "extract must be one of"),
+        ('[stripe."a"]\nextract = { customer = 1 }\ntags = ["t"]', "extract must be one of"),
         ('[stripe."a"]\nextract = "customer"\nstandard = { email = "mail" }', "not a User.com standard attribute"),
         ('[stripe."a"]\nextract = "customer"\ncustom = { nope = "x" }', "unknown field 'nope'"),
         ('[stripe."a"]\nextract = "customer"\ncustom = { email = "Bad Name" }', "not a valid custom attribute"),
@@ -96,6 +98,16 @@ def test_values_missing_from_the_event_are_not_sent() -> None:
         ('[stripe."a"]\nextract = "customer"\ncustom = { email = "created_at" }', "a field of User.com's user record"),
         ('[stripe."a"]\nextract = "customer"\ntags = "one"', "tags must be a list"),
         ('[stripe."a"]\nextract = "customer"\ntags_if = { t = "trialing" }', "unknown field 'trialing'"),
+        ('[stripe."a"]\nextract = "customer"\nset = { since = 2026-01-01T00:00:00Z }', "not a TOML date or time"),
+        ('[stripe."a"]\nextract = "customer"\nset = { day = 2026-01-01 }', "not a TOML date or time"),
+        ('[stripe."a"]\nextract = "customer"\nset = { plans = ["a", "b"] }', "not a TOML array"),
+        ('[stripe."a"]\nextract = "customer"\nset = { plan = { name = "a" } }', "not a TOML table"),
+        ('[stripe."a"]\nextract = "customer"\nset = { mrr = inf }', "finite number"),
+        ('[stripe."a"]\nextract = "customer"\nset = { mrr = nan }', "finite number"),
+        ('[stripe."a"]\nextract = "customer"\nset = { mrr = 9007199254740993 }', "beyond"),
+        ('[stripe."a"]\nextract = "customer"\ntags = ["' + "t" * 256 + '"]', "at most 255 characters"),
+        ('[stripe."a"]\nextract = "subscription"\ntags_if = { "" = "trialing" }', "'' is not a tag"),
+        ('[stripe."a"]\nextract = "subscription"\ntags_if = { " " = "trialing" }', "' ' is not a tag"),
         ('[stripe."a"]\nextract = "customer"\nspelling = 1', "unknown key"),
         ('[stripe."a"]\nextract = "customer"', "sends nothing"),
         ("", "maps no"),
@@ -104,3 +116,17 @@ def test_values_missing_from_the_event_are_not_sent() -> None:
 def test_bad_mapping_files_are_refused_with_a_reason(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(MappingError, match=message):
         load_mapping(write(tmp_path, text))
+
+
+def test_set_takes_the_values_an_attribute_can_hold(tmp_path: Path) -> None:
+    """Strings, booleans, integers and finite numbers within +-2^53, as a Standard Webhooks attribute."""
+    text = '[stripe."a"]\nextract = "customer"\nset = { s = "x", b = false, i = -9007199254740992, f = 0.5 }'
+    rule = load_mapping(write(tmp_path, text)).rule_for("stripe", "a")
+    assert rule is not None and rule.constants == {"s": "x", "b": False, "i": -(2**53), "f": 0.5}
+
+
+def test_a_leading_byte_order_mark_is_ignored(tmp_path: Path) -> None:
+    """Some editors save UTF-8 with a BOM: it is not a TOML error at line 1, column 1."""
+    path = tmp_path / "mapping.toml"
+    path.write_bytes(b'\xef\xbb\xbf[stripe."invoice.paid"]\nextract = "invoice"\ntags = ["paid"]\n')
+    assert load_mapping(path).rule_for("stripe", "invoice.paid") is not None

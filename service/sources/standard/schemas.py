@@ -45,7 +45,12 @@ class Scalar(fields.Field):
 
 class UserDataSchema(Schema):
     user_id = fields.String(required=True)
-    attributes = fields.Dict(keys=fields.String(), values=Scalar(), load_default=dict)
+    attributes = fields.Dict(
+        keys=fields.String(),
+        # what it takes, in the OpenAPI document too: not null (nothing is cleared), an array or an object
+        values=Scalar(metadata={"oneOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}]}),
+        load_default=dict,
+    )
     tags = fields.List(fields.String(validate=validate.Length(min=1, max=255)), load_default=list)
 
     @validates("user_id")
