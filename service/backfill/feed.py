@@ -21,7 +21,7 @@ from service.sources.registry import build_source
 from service.store import keys
 from service.store.customer_map import IdentityConflict
 from service.store.ledger import Store
-from service.store.ledger_dedup import accepted_before
+from service.store.ledger_dedup import accepted_before, ignored_namespace
 
 OUTCOMES = ("accepted", "duplicate", "ignored", "invalid")
 
@@ -135,7 +135,8 @@ class Feeder:
 
     def _ignore(self, event_id: str) -> str:
         if self.dry_run:
-            [seen] = accepted_before(self.store.redis, self.source_name, [event_id], self.store.dedup_ttl)
+            source = ignored_namespace(self.source_name)  # where Store.ignore remembers it
+            [seen] = accepted_before(self.store.redis, source, [event_id], self.store.dedup_ttl)
             return "duplicate" if seen else "ignored"
         return "ignored" if self.store.ignore(self.source_name, event_id) else "duplicate"
 

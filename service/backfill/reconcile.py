@@ -23,7 +23,7 @@ from service.backfill.feed import Feeder
 from service.backfill.progress import Reporter
 from service.ops.metrics import RECONCILE_HEALED, RECONCILE_MISSING, RECONCILE_RUNS
 from service.store import keys
-from service.store.ledger_dedup import accepted_before
+from service.store.ledger_dedup import accepted_before, ignored_namespace
 
 GRACE_SECONDS = 300  # an event this young may still be on its way as a webhook
 MISSING_IDS_KEPT = 20  # ids listed in the last run's record (the count is whole)
@@ -51,10 +51,13 @@ def reconcile(
     missing_ids: list[str] = []
 
     def unreceived(page: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
-        """The events of `page` the relay has not received, and their ids."""
+        """The events of `page` the relay has not received (neither accepted nor ignored), and their ids."""
         ids = [feeder.source.describe(event, {}).event_id or "" for event in page]  # Stripe: id; Paddle: event_id
-        seen = accepted_before(redis, source, ids, feeder.store.dedup_ttl)
-        lost = [(event, event_id) for event, event_id, known in zip(page, ids, seen, strict=True) if not known]
+        ttl = feeder.store.dedup_ttl
+        seen = accepted_before(redis, source, ids, ttl)
+        ignored = accepted_before(redis, ignored_namespace(source), ids, ttl)  # e.g. a refund not yet approved
+        known = [a or b for a, b in zip(seen, ignored, strict=True)]
+        lost = [(event, event_id) for event, event_id, k in zip(page, ids, known, strict=True) if not k]
         return [event for event, _ in lost], [event_id for _, event_id in lost]
 
     def still_missing(page: list[dict[str, Any]]) -> list[dict[str, Any]]:

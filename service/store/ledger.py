@@ -24,7 +24,7 @@ from service.store.dlq import DeadLetterQueue, Retention
 from service.store.jobs import JobWriter, user_job_id
 from service.store.ledger_counts import Settled
 from service.store.ledger_counts import ledger_from as ledger_from
-from service.store.ledger_dedup import dedup_check
+from service.store.ledger_dedup import dedup_check, ignored_namespace
 from service.store.ledger_scripts import (
     ACCEPT_JOB_SCRIPT,
     DEAD_LETTER_SCRIPT,
@@ -161,10 +161,10 @@ class Store:
         return script_keys, args
 
     def ignore(self, source: str, event_id: str) -> bool:
-        """Count an event whose type the mapping does not use, once per event id. Its id is remembered apart
-        from the accepted ones (`!` is in no event id): once a new mapping uses the type, a backfill or a
-        redelivery of the event is accepted, not taken for a duplicate and never delivered."""
-        check = dedup_check(f"{source}!ignored", event_id, self.dedup_ttl, time.time())
+        """Count an event the mapping sends nothing for, once per event id. Its id is remembered apart from the
+        accepted ones (ignored_namespace): once a new mapping uses the type, a backfill or a redelivery of the
+        event is accepted, not taken for a duplicate and never delivered."""
+        check = dedup_check(ignored_namespace(source), event_id, self.dedup_ttl, time.time())
         ledgers = [dest.ledger for dest in self.fan_out]
         return bool(self._ignore_script(keys=[*check.script_keys(), *ledgers], args=check.script_args()))
 

@@ -144,6 +144,12 @@ end
 """
 
 
+def ignored_namespace(source: str) -> str:
+    """Where the ids of a source's ignored events are remembered (Store.ignore), apart from the accepted ones:
+    once a new mapping uses their type, a backfill or a redelivery is accepted. `!` is in no event id."""
+    return f"{source}!ignored"
+
+
 def accepted_before(redis: Redis, source: str, event_ids: list[str], ttl: int, now: float | None = None) -> list[bool]:
     """Whether each event id is in the dedup memory (read only, one round trip): what reconcile and
     a backfill's dry run ask, the same question the accept script's `seen` answers."""

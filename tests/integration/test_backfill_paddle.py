@@ -26,7 +26,7 @@ from service.store.ledger import Store
 from tests.conftest import paddle_headers
 from tests.integration.conftest import PADDLE_KEY
 from tests.integration.test_backfill import drain, run
-from tests.paddle_history import final_plans, history
+from tests.paddle_history import customer_id, final_plans, history, paddle_event
 
 
 @pytest.fixture
@@ -113,6 +113,35 @@ def test_paddle_reconcile_reports_and_heals_what_never_arrived(
         assert sandbox.state.user_by_custom_id(user)["attributes"]["plan"] == plan  # type: ignore[index]
     code, again = run(capsys, "reconcile", "paddle", "--since", "2h", "--json")
     assert (code, again["missing"], again["healed"]) == (0, 0, 0)
+
+
+def test_a_refund_pending_approval_answered_ignored_is_received_not_missing(
+    paddle_env: dict[str, str],
+    paddle_api: PaddleApiServer,
+    post_paddle: Callable[..., Any],
+    redis: Redis,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An event the mapping sends nothing for is remembered apart from the accepted ones: reconcile counted
+    it missing at every run, and fed it again each time."""
+    at = int(time.time()) - 600
+    adjustment = {
+        "id": "adj_1",
+        "action": "refund",
+        "status": "pending_approval",
+        "customer_id": customer_id(1),
+        "currency_code": "USD",
+        "totals": {"total": "1000"},
+    }
+    pending = paddle_event("adjustment.created", adjustment, at=at, n=1)
+    paddle_api.state.add_event(pending)
+    answer = post_paddle(pending)
+    assert answer.status_code == 200 and answer.get_json()["status"] == "ignored"
+    dry = run(capsys, "backfill", "paddle", "--since", "2h", "--dry-run", "--json")[1]
+    assert (dry["read"], dry["duplicate"]) == (1, 1)
+    code, summary = run(capsys, "reconcile", "paddle", "--since", "2h", "--json")
+    assert (code, summary["missing"], summary["healed"]) == (0, 0, 0)
+    assert Store.from_settings(redis, Settings.from_env(paddle_env)).ledger()["received"] == 1
 
 
 def test_a_refused_paddle_key_is_one_line_exit_3_without_the_key(
