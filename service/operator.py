@@ -46,6 +46,9 @@ class Replay:
 
 BATCH_MAX = 10_000  # items one batch of a bulk replay may take (`replay_batch`)
 _OPERATION = re.compile("[0-9a-f]{16}")  # secrets.token_hex(8)
+# A cursor `encode` makes is ~130 characters; one longer is not read (JSON nested past Python's
+# recursion limit would be a RecursionError, a 500).
+_CURSOR_MAX = 256
 
 
 @dataclass(frozen=True)
@@ -66,12 +69,18 @@ class Cursor:
     def decode(cls, text: str) -> Cursor:
         """InvalidRequest for anything `encode` did not make."""
         try:
-            operation, filters, end, after = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
-            position = Position(float(end), None if after is None else float(after))
-            scores = [position.end] + ([] if position.after is None else [position.after])
-            if not (_OPERATION.fullmatch(operation) and isinstance(filters, str) and all(map(math.isfinite, scores))):
+            if len(text) > _CURSOR_MAX:
                 raise ValueError(text)
-        except (ValueError, TypeError, IndexError, UnicodeDecodeError):  # binascii.Error is a ValueError
+            operation, filters, end, after = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+            scores = [end] if after is None else [end, after]
+            # Finite numbers only: not a bool, nor a string float() would read (an int past a float's
+            # range: OverflowError).
+            if not all(type(score) in (int, float) and math.isfinite(score) for score in scores):
+                raise ValueError(text)
+            if not (isinstance(operation, str) and _OPERATION.fullmatch(operation) and isinstance(filters, str)):
+                raise ValueError(text)
+            position = Position(float(end), None if after is None else float(after))
+        except (ValueError, TypeError, IndexError, OverflowError):  # binascii.Error, UnicodeDecodeError: ValueErrors
             raise InvalidRequest("cursor: not one this API gave (send the last answer's `cursor` as it is)") from None
         return cls(operation, filters, position)
 
