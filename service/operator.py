@@ -155,8 +155,9 @@ class Operator:
         where `cursor` (the last batch's answer) left off; the answer's `cursor` continues it (None: done).
 
         Together the batches take what `replay_matching` would in one call: what was in the queue
-        when the first began, each item once, for an hour after the last batch (the ids given are
-        kept in Redis meanwhile, ~60 B each: an item replayed that failed again is not taken again)."""
+        when the first began, each item once (the ids given are kept in Redis between batches, ~70 B
+        each, until the last or an hour after a batch: an item replayed that failed again is not
+        taken again)."""
         redis = self.store.redis
         digest = filters_digest(flt)
         if cursor is None:
@@ -170,7 +171,7 @@ class Operator:
                 raise InvalidRequest("cursor: made for other filters (send the first batch's filters with it)")
             operation, start = given.operation, given.position
             if not redis.exists(self.store.keys.dlq_replayed(operation)):
-                raise InvalidRequest("cursor: expired (an hour after its batch); start again without it")
+                raise InvalidRequest("cursor: expired (its replay is done, or an hour passed); start again without it")
         remembered = self.store.keys.dlq_replayed(operation)
         outcomes: dict[str, int] = {}
         replayed: list[str] = []
@@ -183,8 +184,11 @@ class Operator:
             outcomes[outcome] = outcomes.get(outcome, 0) + 1
             replayed.append(item["id"])
             position = after
+        if not more:  # done: no cursor can go on, nothing need be remembered
+            redis.delete(remembered)
+            return {"selected": len(replayed), "dry_run": False, "outcomes": outcomes, "cursor": None}
         self.dlq.remember(remembered, replayed)
-        following = Cursor(operation, digest, position).encode() if more else None
+        following = Cursor(operation, digest, position).encode()
         return {"selected": len(replayed), "dry_run": False, "outcomes": outcomes, "cursor": following}
 
     def purge_matching(self, flt: DlqFilter, *, dry_run: bool, limit: int | None = None) -> dict[str, Any]:

@@ -248,6 +248,9 @@ def test_bulk_replay_in_batches_answers_a_cursor_until_done(
         "cursor": None,
     }
     assert ctx.store.dead_letters() == []
+    assert list(ctx.redis.scan_iter(f"{keys.USERCOM.prefix}:dlq:replayed:*")) == []  # done: nothing kept
+    again = admin.post("/admin/dlq/replay", json={**body, "cursor": cursor}, headers=AUTH)
+    assert again.status_code == 400 and "expired" in again.get_json()["error"]["message"]
 
 
 def test_invalid_payload_replays_only_once_it_fits(admin: Any, admin_settings: Settings, redis: Redis) -> None:

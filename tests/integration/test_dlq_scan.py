@@ -249,6 +249,7 @@ def test_a_replay_in_batches_takes_each_item_there_when_it_began_once(
     assert sum(answer["selected"] for answer in answers) == len(taken)
     assert all(answer["selected"] == 3 for answer in answers[:-1]) and answers[-1]["cursor"] is None
     assert failed_again and set(left(redis, worker)) == set(failed_again)  # left for the next replay
+    assert list(redis.scan_iter(f"{worker.keys.prefix}:dlq:replayed:*")) == []  # nothing left behind
 
 
 def test_a_replay_in_batches_moves_past_the_items_it_could_not_replay(settings: Settings, redis: Redis) -> None:
