@@ -46,6 +46,9 @@ class Replay:
 
 BATCH_MAX = 10_000  # items one batch of a bulk replay may take (`replay_batch`)
 _OPERATION = re.compile("[0-9a-f]{16}")  # secrets.token_hex(8)
+# A cursor `encode` makes is ~130 characters; one longer is not read (JSON nested past Python's
+# recursion limit would be a RecursionError, a 500).
+_CURSOR_MAX = 256
 
 
 @dataclass(frozen=True)
@@ -66,12 +69,18 @@ class Cursor:
     def decode(cls, text: str) -> Cursor:
         """InvalidRequest for anything `encode` did not make."""
         try:
-            operation, filters, end, after = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
-            position = Position(float(end), None if after is None else float(after))
-            scores = [position.end] + ([] if position.after is None else [position.after])
-            if not (_OPERATION.fullmatch(operation) and isinstance(filters, str) and all(map(math.isfinite, scores))):
+            if len(text) > _CURSOR_MAX:
                 raise ValueError(text)
-        except (ValueError, TypeError, IndexError, UnicodeDecodeError):  # binascii.Error is a ValueError
+            operation, filters, end, after = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+            scores = [end] if after is None else [end, after]
+            # Finite numbers only: not a bool, nor a string float() would read (an int past a float's
+            # range: OverflowError).
+            if not all(type(score) in (int, float) and math.isfinite(score) for score in scores):
+                raise ValueError(text)
+            if not (isinstance(operation, str) and _OPERATION.fullmatch(operation) and isinstance(filters, str)):
+                raise ValueError(text)
+            position = Position(float(end), None if after is None else float(after))
+        except (ValueError, TypeError, IndexError, OverflowError):  # binascii.Error, UnicodeDecodeError: ValueErrors
             raise InvalidRequest("cursor: not one this API gave (send the last answer's `cursor` as it is)") from None
         return cls(operation, filters, position)
 
@@ -146,8 +155,9 @@ class Operator:
         where `cursor` (the last batch's answer) left off; the answer's `cursor` continues it (None: done).
 
         Together the batches take what `replay_matching` would in one call: what was in the queue
-        when the first began, each item once, for an hour after the last batch (the ids given are
-        kept in Redis meanwhile, ~60 B each: an item replayed that failed again is not taken again)."""
+        when the first began, each item once (the ids given are kept in Redis between batches, ~70 B
+        each, until the last or an hour after a batch: an item replayed that failed again is not
+        taken again)."""
         redis = self.store.redis
         digest = filters_digest(flt)
         if cursor is None:
@@ -161,7 +171,7 @@ class Operator:
                 raise InvalidRequest("cursor: made for other filters (send the first batch's filters with it)")
             operation, start = given.operation, given.position
             if not redis.exists(self.store.keys.dlq_replayed(operation)):
-                raise InvalidRequest("cursor: expired (an hour after its batch); start again without it")
+                raise InvalidRequest("cursor: expired (its replay is done, or an hour passed); start again without it")
         remembered = self.store.keys.dlq_replayed(operation)
         outcomes: dict[str, int] = {}
         replayed: list[str] = []
@@ -174,8 +184,11 @@ class Operator:
             outcomes[outcome] = outcomes.get(outcome, 0) + 1
             replayed.append(item["id"])
             position = after
+        if not more:  # done: no cursor can go on, nothing need be remembered
+            redis.delete(remembered)
+            return {"selected": len(replayed), "dry_run": False, "outcomes": outcomes, "cursor": None}
         self.dlq.remember(remembered, replayed)
-        following = Cursor(operation, digest, position).encode() if more else None
+        following = Cursor(operation, digest, position).encode()
         return {"selected": len(replayed), "dry_run": False, "outcomes": outcomes, "cursor": following}
 
     def purge_matching(self, flt: DlqFilter, *, dry_run: bool, limit: int | None = None) -> dict[str, Any]:

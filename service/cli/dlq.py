@@ -84,6 +84,7 @@ FILTERS = {
     "until": "--until",
 }
 EXIT_USAGE = 2  # as argparse exits on a bad argument
+EXIT_INTERRUPTED = 128 + 2  # Ctrl-C (SIGINT), as `relay` answers it where a command does not stop itself
 
 
 class UsageError(ValueError):
@@ -144,21 +145,25 @@ def table(items: list[dict[str, Any]]) -> str:
 
 def _replay_in_batches(operator: Operator, chosen: DlqFilter, *, quiet: bool) -> dict[str, Any]:
     """`replay --all`, a batch (REPLAY_BATCH items) at a time, with a progress bar on stderr (none under --json);
-    the answer `replay_matching` gives. Stopped (Ctrl-C), what it replayed stays replayed."""
+    the answer `replay_matching` gives. Stopped (Ctrl-C), what it replayed stays replayed, and the answer
+    says what the batches done did, with `interrupted`."""
     outcomes: dict[str, int] = {}
     taken = 0
     cursor: str | None = None
     columns = (TextColumn("replay"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=Console(stderr=True), disable=quiet) as progress:
-        task = progress.add_task("replay", total=operator.dlq.count(chosen))
-        while True:
-            answer = operator.replay_batch(chosen, batch=REPLAY_BATCH, cursor=cursor)
-            for outcome, count in answer["outcomes"].items():
-                outcomes[outcome] = outcomes.get(outcome, 0) + count
-            taken += answer["selected"]
-            progress.update(task, completed=taken)
-            if (cursor := answer["cursor"]) is None:
-                return {"matched": taken, "selected": taken, "dry_run": False, "outcomes": outcomes}
+    try:
+        with Progress(*columns, console=Console(stderr=True), disable=quiet) as progress:
+            task = progress.add_task("replay", total=None if quiet else operator.dlq.count(chosen))
+            while True:
+                answer = operator.replay_batch(chosen, batch=REPLAY_BATCH, cursor=cursor)
+                for outcome, count in answer["outcomes"].items():
+                    outcomes[outcome] = outcomes.get(outcome, 0) + count
+                taken += answer["selected"]
+                progress.update(task, completed=taken)
+                if (cursor := answer["cursor"]) is None:
+                    return {"matched": taken, "selected": taken, "dry_run": False, "outcomes": outcomes}
+    except KeyboardInterrupt:
+        return {"matched": taken, "selected": taken, "dry_run": False, "outcomes": outcomes, "interrupted": True}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -194,6 +199,13 @@ def _run(args: argparse.Namespace, operator: Operator, chosen: DlqFilter) -> int
             act = operator.replay_matching if command == "replay" else operator.purge_matching
             result = act(chosen, dry_run=args.dry_run)
         print(json.dumps(result) if args.json else ", ".join(f"{k}: {v}" for k, v in result.items()))
+        if result.get("interrupted"):
+            print(
+                f"relay dlq: stopped (Ctrl-C) after replaying {result['selected']} (the batch under way may have "
+                "replayed more); what it replayed stays replayed: replay --all again to go on",
+                file=sys.stderr,
+            )
+            return EXIT_INTERRUPTED
         not_replayed = sum(n for outcome, n in result.get("outcomes", {}).items() if outcome != REPLAYED)
         return 1 if not_replayed else 0  # a script sees that some items stay (relay dlq list says which)
     item = operator.dlq.get(args.id)

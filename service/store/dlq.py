@@ -270,8 +270,9 @@ class DeadLetterQueue:
         of that score at once, then by what lies beyond it.
         """
         low, high = _score_range(flt)
-        high = start.end
-        if start.after is not None:
+        # Within the filter's times whatever the position says (a cursor comes back from a client).
+        high = start.end if flt.until is None else min(start.end, flt.until)
+        if start.after is not None and (flt.since is None or start.after > flt.since):
             low = start.after  # inclusive: its score's ids given already are in the scan's `remembered`
         while True:
             entries = self.redis.zrangebyscore(self._index, low, high, start=0, num=self.PAGE_SCAN, withscores=True)

@@ -176,7 +176,8 @@ class Keys:
         return [f"{self.prefix}:dlq:{name}" for name in ("items", "index", "reasons", "dropped")]
 
     def dlq_replayed(self, operation: str) -> str:
-        """set: the item ids a bulk replay in batches gave (service.operator.replay_batch), for an hour"""
+        """set: the item ids a bulk replay in batches gave (service.operator.replay_batch), until
+        its last batch or an hour after a batch"""
         return f"{self.prefix}:dlq:replayed:{operation}"
 
     def pending(self, lane: str) -> str:

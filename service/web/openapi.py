@@ -193,8 +193,9 @@ def build_spec() -> dict[str, Any]:
                     "began: an item dead-lettered since (a new one, or one it replayed that failed again) is left "
                     "for the next. With `batch`, a replay is made of short requests, each taking at most `batch` "
                     "items and answering a `cursor` for the next (null when done): together they take what one "
-                    "call would, each item once (the ids given are kept in Redis for an hour after the last "
-                    "batch; a cursor older than that is refused, and starting again is safe).",
+                    "call would, each item once (the ids given are kept in Redis until the last batch, or for an "
+                    "hour after a batch when the replay stops part-way; a cursor of a replay done or older than "
+                    "that is refused, and starting again is safe).",
                     "requestBody": {"content": {"application/json": {"schema": s.DlqBulkRequest}}},
                     "responses": {
                         "200": _ok("dry run", "BulkAnswer"),

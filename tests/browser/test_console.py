@@ -257,6 +257,85 @@ def test_bulk_replay_goes_in_batches_and_says_how_far_it_got_when_one_fails(
     assert dlq_ids(redis) == set()
 
 
+# Wraps the console's api(): once the first batch of a bulk replay has answered, the operator signs
+# out, or leaves the page for the overview after choosing another destination.
+AFTER_FIRST_BATCH = """(then) => {
+  const actions = {
+    signOut: () => document.getElementById("logout").click(),
+    leave: () => {
+      document.getElementById("destination").add(new Option("elsewhere", "elsewhere", true, true));
+      location.hash = "#/overview";
+    },
+  };
+  const real = api;
+  window.api = async (method, path, body, timeout) => {
+    const answer = await real(method, path, body, timeout);
+    if (body && body.batch && !body.cursor) actions[then]();
+    return answer;
+  };
+}"""
+
+
+def test_signing_out_stops_a_bulk_replay_before_its_next_batch(
+    page: Page, relay: tuple[str, Settings], redis: Redis
+) -> None:
+    base_url, _ = relay
+    sign_in(page, base_url)
+    page.click('a[href="#/dlq"]')
+    expect(page.locator("#dlq-table tbody tr")).to_have_count(3)
+    page.evaluate("bulkBatch = 1")
+    page.evaluate(AFTER_FIRST_BATCH, "signOut")
+    batches: list[dict[str, Any]] = []
+    page.route("**/admin/dlq/replay*", lambda route: batches.append(route.request.post_data_json) or route.continue_())
+    page.click("#bulk-replay")
+    page.click("#confirm-yes")
+    expect(page.locator("#login-form")).to_be_visible()
+    page.wait_for_timeout(1000)  # a batch sent after the sign-out would have gone by now
+    assert [body for body in batches if "batch" in body] == [{"all": True, "batch": 1}]
+    expect(page.locator("#login-error")).to_have_count(0)  # signed out by the operator, not refused
+    assert len(dlq_ids(redis)) == 2
+    page.fill("#token", TOKEN)  # signed in again in the same tab: the flash says what the replay did
+    page.click("#login")
+    page.click('a[href="#/dlq"]')
+    expect(page.locator("#flash")).to_have_text('Replayed 1 before you signed out: {"replayed":1}')
+
+
+def test_a_bulk_replay_goes_on_where_it_began_when_the_operator_leaves_the_page(
+    page: Page, relay: tuple[str, Settings], redis: Redis
+) -> None:
+    """Its batches keep the destination it began at; what stops it is kept for the dead letters page."""
+    base_url, _ = relay
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    sign_in(page, base_url)
+    page.click('a[href="#/dlq"]')
+    expect(page.locator("#dlq-table tbody tr")).to_have_count(3)
+    page.evaluate("bulkBatch = 1")
+    page.evaluate(AFTER_FIRST_BATCH, "leave")
+    urls: list[str] = []
+
+    def third_batch_fails(route: Any) -> None:
+        if "batch" not in route.request.post_data_json:
+            return route.continue_()
+        urls.append(route.request.url)
+        return route.abort() if len(urls) == 3 else route.continue_()
+
+    page.route("**/admin/dlq/replay*", third_batch_fails)
+    page.click("#bulk-replay")
+    page.click("#confirm-yes")
+    overview = page.locator("section.destination")
+    expect(overview).to_be_visible()
+    page.wait_for_timeout(1000)  # the batches go on meanwhile
+    expect(overview).to_be_visible()
+    assert len(urls) == 3 and all(url == f"{base_url}/admin/dlq/replay?destination=usercom" for url in urls), urls
+    assert errors == []
+    page.select_option("#destination", "usercom")
+    page.click('a[href="#/dlq"]')
+    expect(page.locator("#flash")).to_contain_text('Replayed 2 before it stopped: {"replayed":2}')
+    expect(page.locator("#flash")).to_contain_text("Bulk replay stopped:")
+    assert len(dlq_ids(redis)) == 1
+
+
 def test_console_says_when_the_admin_api_is_disabled(page: Page, env: dict[str, str], redis: Redis) -> None:
     server = BackgroundServer(create_app(Settings.from_env(env))).start()
     try:

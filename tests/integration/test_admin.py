@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections.abc import Iterator
@@ -33,6 +34,11 @@ from workers.runner import build_context
 
 TOKEN = "admin-token-for-tests-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def b64(text: str) -> bytes:
+    """A cursor's encoding (base64url, unpadded) of any text: a cursor forged."""
+    return base64.urlsafe_b64encode(text.encode()).rstrip(b"=")
 
 
 @pytest.fixture
@@ -209,6 +215,8 @@ def test_bulk_replay_dry_run_counts_first(admin: Any, ctx: DeliveryContext, sand
         b'{"all": true, "batch": 10001}',
         b'{"all": true, "batch": 2, "cursor": "bm90IGEgY3Vyc29y"}',  # "not a cursor"
         b'{"all": true, "batch": 2, "cursor": 7}',
+        b'{"all": true, "batch": 2, "cursor": "%s"}' % b64(f'["{"0" * 16}", "", 1{"0" * 400}, null]'),  # huge
+        b'{"all": true, "batch": 2, "cursor": "%s"}' % b64("[" * 5000 + "]" * 5000),  # nested too deep
     ],
 )
 def test_bulk_replay_refuses_unclear_requests(
@@ -244,6 +252,9 @@ def test_bulk_replay_in_batches_answers_a_cursor_until_done(
         "cursor": None,
     }
     assert ctx.store.dead_letters() == []
+    assert list(ctx.redis.scan_iter(f"{keys.USERCOM.prefix}:dlq:replayed:*")) == []  # done: nothing kept
+    again = admin.post("/admin/dlq/replay", json={**body, "cursor": cursor}, headers=AUTH)
+    assert again.status_code == 400 and "expired" in again.get_json()["error"]["message"]
 
 
 def test_invalid_payload_replays_only_once_it_fits(admin: Any, admin_settings: Settings, redis: Redis) -> None:

@@ -162,3 +162,36 @@ def test_list_shows_the_whole_message_and_marks_a_cut_cell(settings: Settings, s
     [row] = [line for line in dlq(settings, "list").stdout.splitlines() if line.startswith("stripe-evt_long")]
     assert row.endswith(message)
     assert user[:17] + "…" in row and user not in row
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_replay_all_stopped_by_ctrl_c_says_what_it_replayed(
+    settings: Settings, store: Store, redis: Redis, monkeypatch: pytest.MonkeyPatch, capsys: Any, as_json: bool
+) -> None:
+    """Ctrl-C during the second batch: the first batch's summary, marked interrupted, and exit 130."""
+    from service import cli
+    from service.cli import dlq as dlq_cli
+    from service.operator import Operator
+
+    monkeypatch.setattr(dlq_cli, "REPLAY_BATCH", 1)
+    monkeypatch.setenv("REDIS_URL", settings.redis_url)
+    replay_batch = Operator.replay_batch
+    batches: list[str | None] = []
+
+    def interrupted_at_the_second(self: Operator, *args: Any, cursor: str | None = None, **kwargs: Any) -> Any:
+        batches.append(cursor)
+        if len(batches) == 2:
+            raise KeyboardInterrupt
+        return replay_batch(self, *args, cursor=cursor, **kwargs)
+
+    monkeypatch.setattr(Operator, "replay_batch", interrupted_at_the_second)
+    code = cli.main(["dlq", "replay", "--all", *(["--json"] if as_json else [])])
+    out, err = capsys.readouterr()
+    assert code == 130 and len(batches) == 2
+    expected = {"matched": 1, "selected": 1, "dry_run": False, "outcomes": {"replayed": 1}, "interrupted": True}
+    if as_json:
+        assert json.loads(out) == expected
+    else:
+        assert out == ", ".join(f"{k}: {v}" for k, v in expected.items()) + "\n"
+    assert "stopped (Ctrl-C) after replaying 1" in err and "replay --all again to go on" in err
+    assert len(store.dead_letters()) == 2

@@ -6,6 +6,7 @@ right after a page is read makes the interleaving deterministic: no timing, no t
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections import Counter
@@ -248,6 +249,7 @@ def test_a_replay_in_batches_takes_each_item_there_when_it_began_once(
     assert sum(answer["selected"] for answer in answers) == len(taken)
     assert all(answer["selected"] == 3 for answer in answers[:-1]) and answers[-1]["cursor"] is None
     assert failed_again and set(left(redis, worker)) == set(failed_again)  # left for the next replay
+    assert list(redis.scan_iter(f"{worker.keys.prefix}:dlq:replayed:*")) == []  # nothing left behind
 
 
 def test_a_replay_in_batches_moves_past_the_items_it_could_not_replay(settings: Settings, redis: Redis) -> None:
@@ -289,3 +291,39 @@ def test_a_cursor_is_taken_only_as_given_for_its_filters_and_within_the_hour(set
     with pytest.raises(InvalidRequest, match="expired"):
         operator.replay_batch(DlqFilter(event_type="invoice.paid"), batch=2, cursor=cursor)
     assert len(left(redis, operator.store)) == 3
+
+
+def forged(cursor: str, *, end: Any = None, after: Any = None, raw: str | None = None) -> str:
+    """`cursor` with its scores changed (or its JSON replaced by `raw`), encoded as the API encodes one."""
+    operation, filters, *_ = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    text = raw if raw is not None else json.dumps([operation, filters, end, after])
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def test_a_forged_cursor_is_refused_never_an_internal_error(settings: Settings, redis: Redis) -> None:
+    operator = Operator(Store.from_settings(redis, settings), settings)
+    fill(operator.store, 3)
+    cursor = operator.replay_batch(DlqFilter(), batch=1)["cursor"]
+    operation, filters, *_ = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    for wrong in [
+        forged(cursor, raw=f'["{operation}", "{filters}", 1{"0" * 400}, null]'),  # past a float's range
+        forged(cursor, raw="[" * 5000 + "]" * 5000),  # nested past Python's recursion limit
+        forged(cursor, end=True),
+        forged(cursor, end="1e9"),
+        forged(cursor, raw=f'["{operation}", "{filters}", NaN, null]'),
+    ]:
+        with pytest.raises(InvalidRequest, match="not one this API gave"):
+            operator.replay_batch(DlqFilter(), batch=1, cursor=wrong)
+    assert len(left(redis, operator.store)) == 2
+
+
+def test_a_forged_cursor_takes_nothing_outside_its_filters_times(settings: Settings, redis: Redis) -> None:
+    """The filters' digest is no secret: a position sent back stays within the times filtered."""
+    operator = Operator(Store.from_settings(redis, settings), settings)
+    ids = fill(operator.store, 9)
+    scores = [score for _, score in redis.zrange(operator.store.keys.dlq[1], 0, -1, withscores=True)]
+    within = DlqFilter(since=scores[3], until=scores[5])
+    cursor = operator.replay_batch(within, batch=1)["cursor"]
+    answer = operator.replay_batch(within, batch=10, cursor=forged(cursor, end=scores[-1] + 1, after=scores[0] - 1))
+    assert answer["selected"] == 2 and answer["cursor"] is None
+    assert left(redis, operator.store) == ids[:3] + ids[6:]

@@ -11,8 +11,9 @@ const PAGE = 20;
 let bulkBatch = 500; // `let`: a browser test lowers it, to see several batches
 const main = document.getElementById("main");
 // view: bumped by every route(), so an answer that comes after the page was left is not shown.
+// session: bumped by every sign-in page, so a bulk replay stops when its operator signs out.
 // status: the last /status that answered, shown (marked stale) while refreshes fail.
-const state = { timer: null, view: 0, history: {}, status: null, dlqOffset: 0, filters: {} };
+const state = { timer: null, view: 0, session: 0, history: {}, status: null, dlqOffset: 0, filters: {} };
 
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
@@ -86,6 +87,7 @@ function leave() { clearTimeout(state.timer); state.view += 1; }
 // Sign-in, and the page shown when the admin API is off.
 function loginPage(message) {
   leave();
+  state.session += 1;
   document.getElementById("nav").hidden = true;
   const input = el("input", {
     id: "token", type: "password", placeholder: "RELAY_ADMIN_TOKEN", size: "40", autocomplete: "off",
@@ -262,7 +264,13 @@ async function bulkReplay() {
   const filters = { ...state.filters };
   const body = Object.keys(filters).length ? filters : { all: true };
   const where = destination() ? ` at ${destination()}` : "";
-  const error = (message) => { document.getElementById("bulk-error").textContent = message; };
+  // The replay goes on while the operator looks at other pages: what it did, or what stopped it,
+  // waits for the dead letters page (the flash) when it is not the page shown.
+  const onPage = () => document.getElementById("dlq-table") !== null;
+  const error = (message) => {
+    if (onPage()) document.getElementById("bulk-error").textContent = message;
+    else state.flash = [state.flash, message].filter(Boolean).join(" ");
+  };
   try {
     const dry = await api("POST", withDestination("/admin/dlq/replay"), { ...body, dry_run: true });
     const text = body.all
@@ -271,34 +279,45 @@ async function bulkReplay() {
     if (!(await confirmAction(text))) return;
     state.flash = await replayInBatches(body, dry.matched);
   } catch (failure) {
+    if (failure.code === "signed_out") return void (state.flash = failure.partial || "");
     if (failure.code === "unauthorized") return loginPage("Signed out: the token was refused.");
     if (failure.partial) {
       state.flash = failure.partial;
-      await route();
+      if (onPage()) await route();
       return error(`Bulk replay stopped: ${explain(failure)}. What it replayed stays replayed; replay all matching again to go on.`);
     }
     return error(`Bulk replay failed: ${explain(failure)}`);
   }
-  route();
+  if (onPage()) route();
 }
 
 // A bulk replay as short requests joined by the API's cursor, its progress shown between them.
 // Returns what it did, for the flash; an error after the first batch carries that as `.partial`.
+// Every batch goes to the destination the replay began at; signing out stops it before the next
+// (an error coded "signed_out").
 async function replayInBatches(body, expected) {
   const outcomes = {};
   let cursor = null;
   let taken = 0;
+  const path = withDestination("/admin/dlq/replay");
+  const session = state.session;
   const progress = (text) => { const node = document.getElementById("bulk-progress"); if (node) node.textContent = text; };
   try {
     do {
+      if (state.session !== session) {
+        const stop = new Error("signed out");
+        stop.code = "signed_out";
+        throw stop;
+      }
       progress(`Replaying: ${taken} of ${expected} done…`);
-      const done = await api("POST", withDestination("/admin/dlq/replay"), { ...body, batch: bulkBatch, ...(cursor ? { cursor } : {}) });
+      const done = await api("POST", path, { ...body, batch: bulkBatch, ...(cursor ? { cursor } : {}) });
       for (const [outcome, count] of Object.entries(done.outcomes)) outcomes[outcome] = (outcomes[outcome] || 0) + count;
       taken += done.selected;
       cursor = done.cursor;
     } while (cursor);
   } catch (failure) {
-    if (taken) failure.partial = `Replayed ${taken} before it stopped: ${JSON.stringify(outcomes)}`;
+    const why = failure.code === "signed_out" ? "you signed out" : "it stopped";
+    if (taken) failure.partial = `Replayed ${taken} before ${why}: ${JSON.stringify(outcomes)}`;
     throw failure;
   } finally {
     progress("");
