@@ -240,15 +240,13 @@ class DeadLetterQueue:
                 if flt.matches(item):
                     yield item, Position(end=start.end, after=score)
 
-    def remember(self, key: str, ids: list[str]) -> bool:
-        """Note ids a bulk replay gave (its `remembered` set, kept REMEMBER_SECONDS after the last
-        note); False when the set had expired (a marker keeps an operation's set alive while empty)."""
+    def remember(self, key: str, ids: list[str]) -> None:
+        """Note ids a bulk replay gave (its `remembered` set, kept REMEMBER_SECONDS after the last note; a
+        marker keeps an operation's set alive while empty)."""
         with self.redis.pipeline(transaction=True) as pipe:
-            pipe.exists(key)
             pipe.sadd(key, "", *ids)
             pipe.expire(key, REMEMBER_SECONDS)
-            known = pipe.execute()[0]
-        return bool(known)
+            pipe.execute()
 
     def _page_by_index(self, flt: DlqFilter, offset: int, limit: int | None) -> tuple[list[dict[str, Any]], int]:
         low, high = _score_range(flt)
