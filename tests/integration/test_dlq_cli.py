@@ -13,6 +13,7 @@ import pytest
 from marshmallow import ValidationError
 from redis import Redis
 
+from service.cli import main
 from service.config import Settings
 from service.core.dead_letter import DeadLetter
 from service.intake import invalid_item
@@ -114,11 +115,20 @@ def test_show_replay_and_purge(settings: Settings, store: Store, redis: Redis) -
     ],
 )
 def test_an_argument_it_cannot_use_as_asked_is_one_line_and_exit_2(
-    settings: Settings, store: Store, redis: Redis, args: list[str], line: str
+    settings: Settings,
+    store: Store,
+    redis: Redis,
+    args: list[str],
+    line: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    result = dlq(settings, *args)
-    assert (result.returncode, result.stdout) == (2, ""), result.stdout + result.stderr
-    assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith(line), result.stderr
+    """In process (`relay dlq` as a whole runs in the tests above and below): eleven cases."""
+    monkeypatch.setenv("REDIS_URL", settings.redis_url)
+    code = main(["dlq", *args])
+    out, err = capsys.readouterr()
+    assert (code, out) == (2, ""), out + err
+    assert len(err.splitlines()) == 1 and err.startswith(line), err
     assert len(store.dead_letters()) == 3  # nothing purged
     assert redis.llen(keys.USERCOM.rq_queue_key(keys.REPLAY)) == 0  # nothing replayed
 
