@@ -184,11 +184,11 @@ class Operator:
             outcomes[outcome] = outcomes.get(outcome, 0) + 1
             replayed.append(item["id"])
             position = after
-        if not more:  # done: no cursor can go on, nothing need be remembered
+        if more:
+            self.dlq.remember(remembered, replayed)
+        else:  # done: no cursor can go on, nothing need be remembered
             redis.delete(remembered)
-            return {"selected": len(replayed), "dry_run": False, "outcomes": outcomes, "cursor": None}
-        self.dlq.remember(remembered, replayed)
-        following = Cursor(operation, digest, position).encode()
+        following = Cursor(operation, digest, position).encode() if more else None
         return {"selected": len(replayed), "dry_run": False, "outcomes": outcomes, "cursor": following}
 
     def purge_matching(self, flt: DlqFilter, *, dry_run: bool, limit: int | None = None) -> dict[str, Any]:
