@@ -20,6 +20,7 @@ from service.config import Settings, settings_or_exit
 from service.config.reader import is_utf8
 from service.core.version import version
 from service.destinations.registry import NAMES as DESTINATIONS
+from service.mapping.rules import undocumented_types
 from service.ops.metrics_dir import MetricsDirError, use_metrics_dir
 from service.sources.registry import SOURCES
 from service.store import keys
@@ -64,7 +65,8 @@ def cmd_web(args: argparse.Namespace) -> int:
     if refusal:
         print(f"relay: {refusal}", file=sys.stderr)
         return 2
-    for warning in filter(None, [failover_warning(settings.redis_url, settings.durable_ack), unchecked]):
+    warnings = [failover_warning(settings.redis_url, settings.durable_ack), unchecked]
+    for warning in filter(None, [*warnings, *undocumented_types(settings.mapping)]):
         print(f"relay: warning: {warning}", file=sys.stderr)
     bind = args.bind or f"0.0.0.0:{settings.port}"
     host, _, port = bind.rpartition(":")
@@ -128,6 +130,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(f"  durable ack: {settings.durable_ack}" + (f" (warning: {warning})" if warning else ""))
     for source, rules in settings.mapping.rules.items():
         print(f"  mapped {source} events ({len(rules)}): {', '.join(sorted(rules))}")
+    for warning in undocumented_types(settings.mapping):
+        print(f"relay: warning: {warning}", file=sys.stderr)
     if args.connect:
         print("relay: connecting (no data is sent)")
         if not check_all(settings, print):

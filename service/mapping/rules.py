@@ -6,6 +6,7 @@ checked whole at start-up so a typo stops the process instead of silently sendin
 
 from __future__ import annotations
 
+import difflib
 import math
 import tomllib
 from dataclasses import dataclass
@@ -100,6 +101,24 @@ class Mapping:
             custom=custom,
             tags=tags,
         )
+
+
+def undocumented_types(mapping: Mapping) -> list[str]:
+    """A line per mapped event type its provider does not document (a typo's events would be answered
+    "ignored", never delivered), with the documented one it is closest to. Not a refusal: a type newer
+    than the lists here (Stripe's: the installed `stripe` package's) is mapped on purpose."""
+    lines = []
+    for source, rules in mapping.rules.items():
+        spec = SOURCE_SPECS[source]
+        documented = spec.documented_types()
+        for event_type in [] if documented is None else sorted(set(rules) - documented):
+            close = difflib.get_close_matches(event_type, documented or (), n=1)
+            hint = f' (did you mean "{close[0]}"?)' if close else ""
+            lines.append(
+                f'the mapping names {source} event type "{event_type}", not one of the {spec.title} event types this '
+                f"release knows{hint}; if it is a typo, those events are answered ignored"
+            )
+    return lines
 
 
 def load_mapping(path: Path | None) -> Mapping:

@@ -91,6 +91,8 @@ class SourceSpec:
     tolerance_env: str | None = None
     default_tolerance: int = 0
     secret_problem: Callable[[str], str | None] | None = None  # why a secret is unusable, if it is
+    # The event types the provider documents (None: unknown), to tell a mapping's typo (check-config, relay web)
+    documented_types: Callable[[], frozenset[str] | None] = lambda: None
 
 
 def text_or_none(value: Any, limit: int = 255) -> str | None:

@@ -17,6 +17,7 @@ import stripe
 import urllib3
 from redis import Redis
 
+from service.cli import main
 from tests.conftest import close_connections
 from tests.ports import unused_port
 
@@ -54,6 +55,27 @@ def test_commands_that_serve_no_metrics_write_no_metric_files(tmp_path: Path) ->
     absent = relay("check-config", env={**GOOD, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "absent")})
     assert absent.returncode == 0 and absent.stderr == "", absent.stderr
     assert not (tmp_path / "absent").exists()
+
+
+def test_check_config_and_web_warn_of_a_mapped_event_type_that_looks_like_a_typo(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    mapping = tmp_path / "mapping.toml"
+    mapping.write_text('[stripe."invoice.payed"]\nextract = "invoice"\ncustom = { paid_at = "last_payment_at" }\n')
+    warning = (
+        'relay: warning: the mapping names stripe event type "invoice.payed", not one of the Stripe event types this '
+        'release knows (did you mean "invoice.paid"?); if it is a typo, those events are answered ignored'
+    )
+    checked = relay("check-config", env={**GOOD, "RELAY_MAPPING_FILE": str(mapping)})
+    assert checked.returncode == 0 and checked.stderr.splitlines() == [warning], checked.stderr
+    # relay web says so as it starts, in process up to the moment it becomes gunicorn
+    env = {**GOOD, "RELAY_MAPPING_FILE": str(mapping), "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    became: list[list[str]] = []
+    monkeypatch.setattr(os, "execv", lambda path, argv: became.append(argv))
+    assert main(["web", "--bind", f"127.0.0.1:{unused_port()}"]) == 0 and became
+    assert capsys.readouterr().err.splitlines() == [warning]
 
 
 def test_check_config_refuses_a_metrics_directory_web_and_worker_would_refuse(tmp_path: Path) -> None:

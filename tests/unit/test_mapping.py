@@ -5,6 +5,8 @@ from pathlib import Path
 import pytest
 
 from service.mapping import MappingError, load_mapping
+from service.mapping.rules import undocumented_types
+from service.sources.registry import SOURCES
 from service.sources.stripe.extract import Extracted
 
 
@@ -130,3 +132,22 @@ def test_a_leading_byte_order_mark_is_ignored(tmp_path: Path) -> None:
     path = tmp_path / "mapping.toml"
     path.write_bytes(b'\xef\xbb\xbf[stripe."invoice.paid"]\nextract = "invoice"\ntags = ["paid"]\n')
     assert load_mapping(path).rule_for("stripe", "invoice.paid") is not None
+
+
+def test_a_mapped_event_type_its_provider_does_not_document_is_told_with_the_closest_one(tmp_path: Path) -> None:
+    """A typo's events would be answered "ignored" for good; a type newer than the lists is not refused."""
+    assert undocumented_types(load_mapping(None)) == []
+    assert "customer.subscription.updated" in (SOURCES["stripe"].documented_types() or ())  # the stripe package's
+    path = tmp_path / "mapping.toml"
+    path.write_text(
+        '[stripe."customer.subscriptions.updated"]\nextract = "subscription"\ncustom = { plan = "plan" }\n'
+        '[paddle."subscription.update"]\nextract = "subscription"\ncustom = { plan = "plan" }\n'
+        '[lemonsqueezy.order_created]\nextract = "payment"\ntags = ["buyer"]\n'
+    )
+    assert undocumented_types(load_mapping(path)) == [
+        'the mapping names stripe event type "customer.subscriptions.updated", not one of the Stripe event types '
+        'this release knows (did you mean "customer.subscription.updated"?); if it is a typo, those events are '
+        "answered ignored",
+        'the mapping names paddle event type "subscription.update", not one of the Paddle event types this release '
+        'knows (did you mean "subscription.updated"?); if it is a typo, those events are answered ignored',
+    ]

@@ -131,6 +131,15 @@ class LemonSqueezySource:
         return Described(None, text_or_none(meta.get("event_name")), None)  # no event id without a valid body
 
 
+# Lemon Squeezy's webhook event types, as its official SDK (lemonsqueezy.js, webhooks) lists them.
+EVENT_TYPES = frozenset(
+    """order_created order_refunded subscription_created subscription_updated subscription_cancelled
+    subscription_resumed subscription_expired subscription_paused subscription_unpaused subscription_payment_success
+    subscription_payment_failed subscription_payment_recovered subscription_payment_refunded license_key_created
+    license_key_updated""".split()
+)
+
+
 SPEC = SourceSpec(
     name=NAME,
     title="Lemon Squeezy",
@@ -140,4 +149,5 @@ SPEC = SourceSpec(
     event_schema=EventSchema,
     signature_headers=((HEADER, "hex HMAC-SHA256 of the body"),),
     extractors=EXTRACTORS,
+    documented_types=lambda: EVENT_TYPES,
 )

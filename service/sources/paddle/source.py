@@ -89,6 +89,28 @@ class PaddleSource:
         )
 
 
+# Paddle Billing's event types, as its official Python SDK names them (paddle_billing EventTypeName).
+EVENT_TYPES = frozenset(
+    f"{entity}.{action}"
+    for entity, actions in {
+        "address": "created imported updated",
+        "adjustment": "created updated",
+        "business": "created imported updated",
+        "customer": "created imported updated",
+        "discount": "created imported updated",
+        "invoice": "canceled created issued overdue paid scheduled",
+        "payment_method": "deleted saved",
+        "payout": "created paid",
+        "price": "created imported updated",
+        "product": "created imported updated",
+        "report": "created updated",
+        "subscription": "activated canceled created imported past_due paused resumed trialing updated",
+        "transaction": "billed canceled completed created paid past_due payment_failed ready revised updated",
+    }.items()
+    for action in actions.split()
+)
+
+
 SPEC = SourceSpec(
     name=NAME,
     title="Paddle",
@@ -98,6 +120,7 @@ SPEC = SourceSpec(
     event_schema=EventSchema,
     signature_headers=((HEADER, "ts=<unix time>;h1=<hex HMAC-SHA256>"),),
     extractors=EXTRACTORS,
+    documented_types=lambda: EVENT_TYPES,
     tolerance_env="PADDLE_TOLERANCE_SECONDS",
     default_tolerance=DEFAULT_TOLERANCE_SECONDS,
 )

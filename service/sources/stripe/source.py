@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Mapping as Headers
 from dataclasses import dataclass
 from typing import Any
@@ -85,6 +86,18 @@ def secret_problem(secret: str) -> str | None:
     return None
 
 
+def documented_types() -> frozenset[str] | None:
+    """The event types of the official `stripe` package installed (its Event's `type`), read on use: it is
+    large, and only a mapping's check needs it. None if a release of the package keeps them elsewhere."""
+    try:
+        from stripe._event import Event
+
+        kinds = typing.get_args(typing.get_type_hints(Event)["type"])
+    except (ImportError, KeyError, NameError, TypeError):  # pragma: no cover - another layout of the package
+        return None
+    return frozenset(kind for kind in kinds if isinstance(kind, str)) or None
+
+
 SPEC = SourceSpec(
     name=NAME,
     title="Stripe",
@@ -97,4 +110,5 @@ SPEC = SourceSpec(
     tolerance_env="STRIPE_TOLERANCE_SECONDS",
     default_tolerance=DEFAULT_TOLERANCE_SECONDS,
     secret_problem=secret_problem,
+    documented_types=documented_types,
 )
