@@ -164,6 +164,9 @@ def _rule(source: str, event_type: str, body: Any) -> Rule:
     for attr in standard.values():
         if attr not in STANDARD_ATTRIBUTES or attr == "user_id":
             raise MappingError(f"{where} standard: {attr!r} is not a User.com standard attribute")
+    for key, table in (("standard", standard), ("custom", custom)):
+        if twice := sorted({attr for attr in table.values() if list(table.values()).count(attr) > 1}):
+            raise MappingError(f"{where} {key}: {twice[0]!r} is given by two fields (which one would it hold?)")
     constants = body.get("set", {})
     if not isinstance(constants, dict):
         raise MappingError(f"{where} set must be a table")

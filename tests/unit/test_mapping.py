@@ -85,6 +85,14 @@ def test_values_missing_from_the_event_are_not_sent() -> None:
     ("text", "message"),
     [
         ("not toml = = =", "not valid TOML"),
+        (
+            '[stripe."a"]\nextract = "subscription"\ncustom = { plan = "x", currency = "x" }',
+            "custom: 'x' is given by two fields",
+        ),
+        (
+            '[stripe."a"]\nextract = "customer"\nstandard = { email = "email", phone_number = "email" }',
+            "standard: 'email' is given by two fields",
+        ),
         ('[chargebee."x"]\nextract = "customer"', "unknown source"),
         (
             '[paddle."x"]\nextract = "charge"\ntags = ["t"]',
