@@ -33,7 +33,7 @@ bp = Blueprint("admin", __name__, url_prefix="/admin")
 def _operator() -> Operator:
     """The operator of the dead-letter queue named by `?destination=` (default: the first configured)."""
     operators: dict[str, Operator] = current_app.extensions["relay.operators"]
-    destination = request.args.get("destination") or next(iter(operators))
+    destination = request.args.get("destination", next(iter(operators)))  # given empty: refused, as GET /dlq does
     if destination not in operators:
         raise InvalidRequest(f"unknown destination {destination!r}; configured: {', '.join(operators)}")
     return operators[destination]

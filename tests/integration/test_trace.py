@@ -133,6 +133,8 @@ def test_the_trace_is_guarded_like_the_admin_api(ctx: DeliveryContext) -> None:
     assert client.get("/admin/users/u1/trace").status_code == 401
     assert client.get("/admin/users/u1/trace?destination=nope", headers=AUTH).status_code == 400
     assert client.get("/admin/users/u1/trace?destination=userkit", headers=AUTH).status_code == 400
+    empty = client.get("/admin/users/u1/trace?destination=", headers=AUTH)  # as GET /admin/dlq?destination= is
+    assert empty.status_code == 400 and empty.get_json()["error"]["code"] == "invalid_request"
     refused = relay(ctx, "trace", "u1", "--destination", "userkit")  # usercom alone is configured
     assert refused.returncode == 2 and refused.stdout == ""
     assert refused.stderr == "relay trace: --destination userkit is not in RELAY_DESTINATIONS (usercom)\n"
