@@ -38,7 +38,9 @@ def iso(seconds: int) -> str:
 
 
 def subscription(n: int, *, customer: int, status: str = "active", product: str = "Pro") -> dict[str, Any]:
-    """Subscription `n` (created n minutes after START: the list is newest first) of `customer`."""
+    """Subscription `n` (created n minutes after START: the list is newest first) of `customer`; an expired
+    one ended (and was last updated) a day after it was created."""
+    created, ended = START + 60 * n, START + 60 * n + 86400
     obj = copy.deepcopy(WEBHOOK["data"])
     obj["id"] = str(n)
     obj["attributes"].update(
@@ -48,11 +50,11 @@ def subscription(n: int, *, customer: int, status: str = "active", product: str 
         product_name=product,
         user_name=f"Buyer {customer}",
         user_email=f"buyer{customer}@example.com",
-        created_at=iso(START + 60 * n),
-        updated_at=iso(START + 60 * n),
-        renews_at=iso(START + 60 * n + 30 * 86400),
+        created_at=iso(created),
+        updated_at=iso(ended if status == "expired" else created),
+        renews_at=iso(created + 30 * 86400),
         trial_ends_at=None,
-        ends_at=iso(START + 60 * n + 86400) if status == "expired" else None,
+        ends_at=iso(ended) if status == "expired" else None,
     )
     return obj
 
@@ -74,9 +76,10 @@ def test_lemonsqueezy_sync_brings_the_crm_to_the_subscriptions_state_and_twice_s
         [
             subscription(1, customer=1001),
             subscription(2, customer=1002, status="on_trial", product="Team"),
-            # 1003 moved from an expired "Legacy" subscription to an active one; on one page both are read
-            # the same second, where a tie goes to the greater event id ("sync_9_..." > "sync_10_..."):
-            # only the expired one's stamp, its ends_at, lets the live one win
+            # 1003 moved to an active subscription, then its "Legacy" one expired (updated last): stamped with
+            # their updated_at the expired one would win; both read the same second, a tie would go to the
+            # greater event id ("sync_9_..." > "sync_10_..."): only the expired one's stamp, its ends_at, older
+            # than the read, lets the live one win
             subscription(10, customer=1003),
             subscription(9, customer=1003, status="expired", product="Legacy"),
         ]
@@ -172,6 +175,12 @@ def test_backfill_and_reconcile_refuse_lemonsqueezy_in_one_line_pointing_at_sync
     err = capsys.readouterr().err
     assert exited.value.code == 2 and err.count("\n") == 1
     assert "keeps no event history" in err and "`relay sync lemonsqueezy`" in err
+
+
+def test_customers_only_is_refused_for_lemonsqueezy(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sync", "lemonsqueezy", "--customers-only"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--customers-only" in err and "subscriptions only" in err
 
 
 def test_the_lemonsqueezy_api_double_answers_as_its_docs_say(lemonsqueezy_api: LemonSqueezyApiServer) -> None:
