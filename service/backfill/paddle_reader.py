@@ -142,7 +142,7 @@ class PaddleReader:
             code, detail = _error(answer.data)
             if answer.status == 429:
                 self.rate_limited += 1
-                wait = _retry_after(answer.headers.get("Retry-After")) or delay
+                wait = retry_after_seconds(answer.headers.get("Retry-After")) or delay
                 self._pause(min(wait, MAX_BACKOFF_SECONDS))
                 delay = min(delay * 2, MAX_BACKOFF_SECONDS)
                 continue
@@ -167,7 +167,8 @@ def _error(raw: bytes) -> tuple[str | None, str | None]:
     return (code if isinstance(code, str) else None), (detail[:200] if isinstance(detail, str) else None)
 
 
-def _retry_after(raw: str | None) -> float | None:
+def retry_after_seconds(raw: str | None) -> float | None:
+    """A Retry-After header in seconds (Paddle's and Lemon Squeezy's form), or None."""
     try:
         return max(0.0, float(raw)) if raw is not None else None
     except ValueError:

@@ -1,5 +1,6 @@
-"""`relay sync stripe|paddle`: the CRM's first billing state, from the provider's customers and
-subscriptions (each provider's `Shape`: Paddle's in service/backfill/paddle_sync.py).
+"""`relay sync stripe|paddle|lemonsqueezy`: the CRM's first billing state, from the provider's customers and
+subscriptions (each provider's `Shape`: Paddle's in service/backfill/paddle_sync.py, Lemon Squeezy's, its
+subscriptions only, in service/backfill/lemonsqueezy_sync.py).
 
 Each customer becomes the update a `customer.updated` event would make, each subscription (every
 status) the one a `customer.subscription.updated` would, through the same schemas and mapping,
@@ -27,7 +28,9 @@ id fed) is written after every page, so an interrupted or crashed sync (or one w
 continues where it stopped; a stop asked while the reader waits to read (Ctrl-C) ends the run at once.
 When the list no longer holds that object (a customer deleted since: Stripe refuses it as the
 cursor), the read goes on from the object's own `created` second instead (Shape.reread, kept in
-the checkpoint); the objects of that second read before come again and dedup answers them.
+the checkpoint); the objects of that second read before come again and dedup answers them. An API
+paging by number (Lemon Squeezy: Shape.numbered) has no cursor: the checkpoint keeps the page fed last,
+read again on resume (the reader skips on it what was fed up to the checkpoint's object).
 """
 
 from __future__ import annotations
@@ -94,6 +97,9 @@ class Shape:
     # The query that reads on from an object without naming it as the cursor, for when the list
     # no longer holds it (CursorGone). By default none: the phase is read again from its start.
     reread: Callable[[dict[str, Any]], dict[str, Any]] = lambda _obj: {}
+    # Pages by number, with no cursor (Lemon Squeezy): the checkpoint keeps the reader's position (the query
+    # of the page fed last) in place of `reread`, and a resumed read starts there, past the checkpoint's object.
+    numbered: bool = False
 
 
 def created_up_to(obj: dict[str, Any]) -> dict[str, Any]:
@@ -137,7 +143,7 @@ def phases_of(shape: Shape, customers_only: bool) -> tuple[str, ...]:
 
 
 def sync(
-    reader: Any,  # StripeReader, PaddleReader: pages(resource, params, after=...), calls, rate_limited
+    reader: Any,  # readers.reader_for's: pages(resource, params, after=...), calls, rate_limited (numbered: position())
     feeder: Feeder,
     *,
     shape: Shape = STRIPE,
@@ -162,7 +168,9 @@ def sync(
                 for obj in page:
                     _feed(feeder, shape, phase, obj, read_at, fed)
                 if not feeder.dry_run:
-                    checkpoint.save(phase, page[-1]["id"], shape.reread(page[-1]))
+                    checkpoint.save(
+                        phase, page[-1]["id"], reader.position() if shape.numbered else shape.reread(page[-1])
+                    )
                 if reporter:
                     reporter.update(_summary(reader, feeder))
                 if stop is not None and stop.is_set():
@@ -187,7 +195,7 @@ def _pages(
     list no longer holds `after`, those that `reread` (Shape.reread of that object) selects. Each
     fallback follows a page read since, so a cursor that is gone is never asked for twice."""
     params = shape.params.get(phase, {})
-    query = params
+    query = {**params, **reread} if shape.numbered else params  # numbered: reread is the position saved
     while True:
         try:
             for page in reader.pages(phase, query, after):

@@ -1,8 +1,10 @@
 """`relay backfill|sync|reconcile <provider>`: bring the CRM to billing truth from the provider's API.
 
-Each needs REDIS_URL and the provider's read-only API key (STRIPE_API_KEY, PADDLE_API_KEY); the key
-never appears in any output. Paddle: its GET /events, /customers and /subscriptions; no
---undelivered-only (its events API has no delivery filter). Progress goes to stderr (rich), the summary table to
+Each needs REDIS_URL and the provider's read-only API key (STRIPE_API_KEY, PADDLE_API_KEY,
+LEMONSQUEEZY_API_KEY); the key never appears in any output. Paddle: its GET /events, /customers and
+/subscriptions; no --undelivered-only (its events API has no delivery filter). Lemon Squeezy: `sync` only,
+from its GET /v1/subscriptions; it keeps no event history, so `backfill` and `reconcile` refuse it (one line,
+exit 2, whatever else the command line holds). Progress goes to stderr (rich), the summary table to
 stdout; --json prints one JSON document instead and no progress (a dry run's says `would_queue`). Ctrl-C stops after the
 current page, or at once while waiting for the next read (--max-rps), and prints how to resume; a second Ctrl-C stops
 at once, and prints it too. Redis is reached before the provider is read: a run that could not store what it reads
@@ -24,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 
-from service.backfill import DEFAULT_MAX_RPS, MAX_RPS, MIN_RPS, PADDLE_MAX_RPS
+from service.backfill import DEFAULT_MAX_RPS, LEMONSQUEEZY_MAX_RPS, MAX_RPS, MIN_RPS, PADDLE_MAX_RPS
 from service.cli.redis_exit import problem
 from service.config import Settings, settings_or_exit
 
@@ -33,15 +35,32 @@ if TYPE_CHECKING:  # imported when a command runs: stripe and rich cost every ot
     from service.backfill.progress import Reporter
 
 PROVIDERS = ["stripe", "paddle"]  # backfill and reconcile: each has an events list API
-SYNC_PROVIDERS = ["stripe", "paddle"]
+SYNC_PROVIDERS = ["stripe", "paddle", "lemonsqueezy"]
+NO_EVENT_HISTORY = {"lemonsqueezy": "Lemon Squeezy"}  # sync only: their APIs list no events
 EXIT_INTERRUPTED = 1  # Ctrl-C, or Redis lost during the run: what was fed is kept, the run can be resumed
 EXIT_BAD_INPUT = 2  # bad settings or input, Redis not reachable at the start: nothing was read
 EXIT_PROVIDER = 3  # the provider refused or failed
 
 
+class EventsProvider(argparse.Action):
+    """The provider of `backfill` and `reconcile`: one whose API keeps no event history is refused as soon as it
+    is read, as --version answers: one line and exit 2, before a missing --since or a bad argument is."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option_string: Any = None) -> None:
+        if values in NO_EVENT_HISTORY:
+            print(
+                f"{parser.prog}: {NO_EVENT_HISTORY[values]} keeps no event history to read back (its API lists no "
+                f"events); `relay sync {values}` brings the CRM to the state of its subscriptions",
+                file=sys.stderr,
+            )
+            raise SystemExit(EXIT_BAD_INPUT)
+        setattr(namespace, self.dest, values)
+
+
 def add_parsers(sub: Any) -> None:
+    providers = [*PROVIDERS, *NO_EVENT_HISTORY]
     fill = sub.add_parser("backfill", help="feed events read back from the provider's Events API (last 30 days)")
-    fill.add_argument("provider", choices=PROVIDERS, help="whose API (stripe, paddle)")
+    fill.add_argument("provider", choices=providers, action=EventsProvider, help="whose API (stripe, paddle)")
     fill.add_argument("--since", required=True, help="ISO time, a duration back from now (7d, 36h) or unix seconds")
     fill.add_argument("--until", help="same forms (default: now)")
     fill.add_argument("--types", help="comma-separated event types, * allowed (default: every mapped type)")
@@ -51,13 +70,15 @@ def add_parsers(sub: Any) -> None:
     _common(fill)
     fill.set_defaults(func=cmd_backfill)
     snap = sub.add_parser("sync", help="initial sync: every customer and subscription as of now (resumable)")
-    snap.add_argument("provider", choices=SYNC_PROVIDERS, help="whose API (stripe, paddle)")
-    snap.add_argument("--customers-only", action="store_true", help="customers only, no subscriptions")
+    snap.add_argument("provider", choices=SYNC_PROVIDERS, help="whose API (stripe, paddle, lemonsqueezy)")
+    snap.add_argument(
+        "--customers-only", action="store_true", help="customers only, no subscriptions (not for lemonsqueezy)"
+    )
     snap.add_argument("--from-scratch", action="store_true", help="ignore the checkpoint of an interrupted sync")
     _common(snap)
     snap.set_defaults(func=cmd_sync)
     rec = sub.add_parser("reconcile", help="find events the relay never received and feed them (backfill path)")
-    rec.add_argument("provider", choices=PROVIDERS, help="whose API (stripe, paddle)")
+    rec.add_argument("provider", choices=providers, action=EventsProvider, help="whose API (stripe, paddle)")
     rec.add_argument("--since", default="3d", help="how far back (default 3d; at most the dedup memory)")
     rec.add_argument("--until", help="default: 5 minutes ago (younger events may still be on their way)")
     _common(rec)
@@ -67,7 +88,10 @@ def add_parsers(sub: Any) -> None:
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="read and count, queue nothing")
     parser.add_argument(
-        "--max-rps", type=float, help=f"API reads/s (default: Stripe {DEFAULT_MAX_RPS:g}, Paddle {PADDLE_MAX_RPS:g})"
+        "--max-rps",
+        type=float,
+        help=f"API reads/s (default: Stripe {DEFAULT_MAX_RPS:g}, Paddle {PADDLE_MAX_RPS:g}, "
+        f"Lemon Squeezy {LEMONSQUEEZY_MAX_RPS:g})",
     )
     parser.add_argument("--json", action="store_true", help="no progress; one line of JSON at the end")
 
@@ -98,6 +122,11 @@ def checked_settings(args: argparse.Namespace) -> Settings:
         raise ValueError(
             "--undelivered-only: Paddle's events API has no delivery filter (Stripe's delivery_success); "
             "`relay reconcile paddle` finds the events the relay never received"
+        )
+    if getattr(args, "customers_only", False) and args.provider == "lemonsqueezy":
+        raise ValueError(
+            "--customers-only: Lemon Squeezy's sync reads its subscriptions only (no webhook event is about "
+            "a customer alone, so the mapping has nothing to make of one)"
         )
     return settings_or_exit("admin")
 
@@ -266,6 +295,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
         reader, feeder = open_run("sync", args, checked_settings(args), stop)
         if args.provider == "paddle":
             from service.backfill.paddle_sync import PADDLE as shape
+        elif args.provider == "lemonsqueezy":
+            from service.backfill.lemonsqueezy_sync import LEMONSQUEEZY as shape
         else:
             shape = STRIPE
     except (ValueError, ReadError) as exc:

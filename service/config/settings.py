@@ -67,6 +67,7 @@ DEFAULT_MAINTENANCE_INTERVAL_SECONDS = 5
 MAX_MAINTENANCE_INTERVAL_SECONDS = 600
 DEFAULT_STRIPE_API_BASE = "https://api.stripe.com"
 DEFAULT_PADDLE_API_BASE = "https://api.paddle.com"
+DEFAULT_LEMONSQUEEZY_API_BASE = "https://api.lemonsqueezy.com"  # its paths carry the version: /v1/...
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 DURABLE_ACK_MODES = ("OFF", "FSYNC", "REPLICA")  # read as upper case by Reader.choice; kept lower case
 
@@ -105,6 +106,10 @@ class Settings:
     stripe_api_base: str = DEFAULT_STRIPE_API_BASE
     paddle_api_key: str = field(default="", repr=False)
     paddle_api_base: str = DEFAULT_PADDLE_API_BASE
+    lemonsqueezy_api_key: str = field(
+        default="", repr=False
+    )  # `relay sync lemonsqueezy` only: LS keeps no event history
+    lemonsqueezy_api_base: str = DEFAULT_LEMONSQUEEZY_API_BASE
     reconcile_interval_seconds: int = 0  # RELAY_RECONCILE_INTERVAL: 0 = off
     trusted_identity_fields: frozenset[str] = frozenset()  # buyer-settable fields that may name the user
     # fsync / replica: answer 2xx only once the write is on disk / on a replica (service/store/durability.py)
@@ -115,7 +120,7 @@ class Settings:
         """Every secret value, for redaction."""
         webhook_secrets = [s for source in self.sources.values() for s in source.secrets]
         credentials = [d.credential for d in self.destination_settings.values()]
-        api_keys = (self.stripe_api_key, self.paddle_api_key)
+        api_keys = (self.stripe_api_key, self.paddle_api_key, self.lemonsqueezy_api_key)
         every = (*webhook_secrets, *credentials, self.admin_token, *api_keys, *redis_passwords(self.redis_url))
         return tuple(s for s in every if s)
 
@@ -206,6 +211,9 @@ class Settings:
             stripe_api_base=reader.http_url("STRIPE_API_BASE", required=False) or DEFAULT_STRIPE_API_BASE,
             paddle_api_key=reader.secret("PADDLE_API_KEY", required=False),
             paddle_api_base=reader.http_url("PADDLE_API_BASE", required=False) or DEFAULT_PADDLE_API_BASE,
+            lemonsqueezy_api_key=reader.secret("LEMONSQUEEZY_API_KEY", required=False),
+            lemonsqueezy_api_base=reader.http_url("LEMONSQUEEZY_API_BASE", required=False)
+            or DEFAULT_LEMONSQUEEZY_API_BASE,
             reconcile_interval_seconds=reader.integer("RELAY_RECONCILE_INTERVAL", 0, minimum=0, maximum=DAY),
             trusted_identity_fields=_trusted_fields(reader.text("RELAY_TRUSTED_IDENTITY_FIELDS", "")),
             durable_ack=reader.choice("RELAY_DURABLE_ACK", "off", DURABLE_ACK_MODES).lower(),

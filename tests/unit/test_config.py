@@ -52,6 +52,13 @@ def test_redis_passwords_are_secrets_redacted_and_never_in_repr(env: dict[str, s
     assert not any(p in repr(s) for p in passwords)
 
 
+def test_the_lemonsqueezy_api_key_is_a_secret_redacted_and_never_in_repr() -> None:
+    s = settings(LEMONSQUEEZY_API_KEY="eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.lsq")
+    assert "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.lsq" in s.secrets
+    assert "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9" not in repr(s)
+    assert (settings().lemonsqueezy_api_key, settings().lemonsqueezy_api_base) == ("", "https://api.lemonsqueezy.com")
+
+
 def test_a_redis_password_too_short_to_redact_is_not_redacted() -> None:
     """Replacing every "0" of a log line would mangle its times and ids, and hide nothing."""
     assert "0" not in settings(REDIS_URL="redis://:0@redis:6379/0").secrets
@@ -80,6 +87,8 @@ def test_a_redis_password_too_short_to_redact_is_not_redacted() -> None:
         ("USERCOM_API_KEY", "secret-api-key\u200b", "USERCOM_API_KEY holds a character that is not printable ASCII"),
         ("STRIPE_API_KEY", "sk_test_\u00e9", "STRIPE_API_KEY holds a character that is not printable ASCII"),
         ("PADDLE_API_KEY", "pdl_\u0000", "PADDLE_API_KEY holds a character that is not printable ASCII"),
+        ("LEMONSQUEEZY_API_KEY", "ey\u00e9", "LEMONSQUEEZY_API_KEY holds a character that is not printable ASCII"),
+        ("LEMONSQUEEZY_API_BASE", "api.lemonsqueezy.com", "must be an http(s) URL"),
         ("RELAY_ADMIN_TOKEN", "t\u00f6ken", "RELAY_ADMIN_TOKEN holds a character that is not printable ASCII"),
         ("STRIPE_TOLERANCE_SECONDS", "soon", "STRIPE_TOLERANCE_SECONDS must be a whole number"),
         ("STRIPE_TOLERANCE_SECONDS", "0", "must be at least 1"),

@@ -92,9 +92,11 @@ def _person(obj: dict[str, Any]) -> dict[str, Any]:
 SUBSCRIBED_STATUSES = frozenset({"on_trial", "active", "past_due", "cancelled"})
 
 
-def _serves(obj: dict[str, Any]) -> bool:
-    return obj["status"] in SUBSCRIBED_STATUSES or (
-        obj["status"] == "paused" and (obj.get("pause") or {}).get("mode") == "free"
+def serves(obj: dict[str, Any]) -> bool:
+    """Whether a subscription's attributes make a subscriber (a sync stamps one that does not with its end)."""
+    pause = obj.get("pause")
+    return obj.get("status") in SUBSCRIBED_STATUSES or (
+        obj.get("status") == "paused" and isinstance(pause, dict) and pause.get("mode") == "free"
     )
 
 
@@ -110,7 +112,7 @@ def _subscription(obj: dict[str, Any], event_time: int, key: str) -> Extracted:
         "trial_end": iso_utc(_seconds(obj.get("trial_ends_at"))),
         "cancel_at_period_end": obj.get("cancelled"),
         "trialing": obj["status"] == "on_trial",
-        "subscribed": _serves(obj),
+        "subscribed": serves(obj),
         "lemonsqueezy_subscription_id": obj["id"],
     }
     return Extracted(None, _customer_id(obj), fields_, cleared=name_cleared(fields_))

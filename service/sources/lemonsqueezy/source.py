@@ -5,6 +5,9 @@
 Lemon Squeezy sends no event id. A delivery is identified by what it reports: the event name,
 the resource and the time that resource last changed (`<event>-<type>-<id>-<updated_at ms>`).
 A retried delivery carries the same body, so it gets the same id and is recognised as a duplicate.
+An event `relay sync lemonsqueezy` makes of a subscription read from the API carries its own id in
+`meta.relay_event_id` (`sync_<id>_<digest>`: the same for an unchanged object, whatever time it is
+stamped with); Lemon Squeezy sends no such field, and a body it signed cannot be given one.
 
 Nothing signed says when a delivery was sent, so a captured one verifies for ever. Once its id
 has left the dedup memory it would be taken again: an event whose `updated_at` is older than
@@ -40,6 +43,7 @@ class _Lenient(Schema):
 class LemonSqueezyMetaSchema(_Lenient):
     event_name = fields.String(required=True, validate=NAME_RULE)
     custom_data = fields.Dict(keys=fields.String(), values=fields.Raw(allow_none=True), allow_none=True)
+    relay_event_id = fields.String()  # a synced subscription's id (service/backfill/lemonsqueezy_sync.py)
 
 
 class TimesSchema(_Lenient):
@@ -103,7 +107,8 @@ def read_envelope(payload: Any, identity_key: str) -> Envelope:
     except ValidationError as exc:
         raise ValidationError({"data": {"attributes": exc.messages}}) from None
     return Envelope(
-        event_id(meta["event_name"], data["type"], data["id"], int(updated_at.timestamp() * 1000)),
+        meta.get("relay_event_id")
+        or event_id(meta["event_name"], data["type"], data["id"], int(updated_at.timestamp() * 1000)),
         meta["event_name"],
         int(updated_at.timestamp()),
         {**data["attributes"], "id": data["id"]},
