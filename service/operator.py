@@ -26,12 +26,12 @@ from service.store.ledger import Store
 REPLAYED = "replayed"  # its update is queued on the replay lane
 GONE = "gone"  # deleted or replayed by someone else meanwhile
 STILL_INVALID = "still_invalid"  # an invalid payload that the current schema still refuses
-NOT_MAPPED = "not_mapped"  # an invalid payload that is now valid, but its type is no longer mapped
+NOT_MAPPED = "not_mapped"  # an invalid payload that is now valid, but its type is no longer mapped or it sends nothing
 UNRESOLVED = "unresolved_identity"  # its update names no user and no customer: there is no one to deliver it to
 # Why an item was not replayed, in words (the admin API's 409, `relay dlq replay`).
 REFUSALS = {
     STILL_INVALID: "the payload still does not fit the schema",
-    NOT_MAPPED: "its event type is not mapped",
+    NOT_MAPPED: "its event type is not mapped, or it has nothing to send (e.g. a refund not yet approved)",
     UNRESOLVED: "its update names no user and no customer: there is no one to deliver it to",
 }
 

@@ -12,9 +12,11 @@ has nothing to make of one, and a subscription names its customer (`customer_id`
 - Time: Lemon Squeezy signs no event time; the relay reads a webhook's from `data.attributes.updated_at`
   (service/sources/lemonsqueezy/source.py), so that is where the stamp goes: the second before its page
   was asked for (a webhook about a later change still wins), or for a subscription that makes no
-  subscriber (expired; unpaid; paused, unless for free) its `ends_at` (service.backfill.sync.ended_stamp):
-  older than any page's read time, so a customer's live subscription wins over the one it replaced
-  whichever page each is on. The object keeps its other attributes as read.
+  subscriber (expired; unpaid; paused, unless for free) its `ends_at`, else (unpaid and paused have none)
+  its own `updated_at`, when it last changed (service.backfill.sync.ended_stamp): older than any page's
+  read time, so a customer's live subscription wins over the one it replaced whichever page each is on
+  (the list is newest first: the replaced one is read later, and a read time would let it win). The
+  object keeps its other attributes as read.
 - Id: `sync_<id>_<digest>` in `meta.relay_event_id`, which the source takes in place of the id it
   builds from the body (that one holds `updated_at`, the stamp: a second run would make new ids).
   The digest leaves out `attributes.urls`: signed links valid for 24 hours, made anew as they expire,
@@ -41,7 +43,8 @@ def lemon_time(seconds: int) -> str:
 
 def snapshot_event(phase: str, obj: dict[str, Any], read_at: int) -> dict[str, Any]:
     attributes = obj.get("attributes") if isinstance(obj.get("attributes"), dict) else {}
-    stamp = read_at if serves(attributes) else ended_stamp(iso_seconds(attributes.get("ends_at")), read_at)
+    ended = iso_seconds(attributes.get("ends_at")) or iso_seconds(attributes.get("updated_at"))
+    stamp = read_at if serves(attributes) else ended_stamp(ended, read_at)
     lasting = {**obj, "attributes": {k: v for k, v in attributes.items() if k not in VOLATILE}}
     return {
         "meta": {"event_name": EVENT_NAMES[phase], "relay_event_id": f"sync_{obj['id']}_{digest(lasting)}"},

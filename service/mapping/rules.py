@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import math
 import tomllib
+from collections import Counter
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -164,12 +165,14 @@ def _rule(source: str, event_type: str, body: Any) -> Rule:
     for attr in standard.values():
         if attr not in STANDARD_ATTRIBUTES or attr == "user_id":
             raise MappingError(f"{where} standard: {attr!r} is not a User.com standard attribute")
-    for key, table in (("standard", standard), ("custom", custom)):
-        if twice := sorted({attr for attr in table.values() if list(table.values()).count(attr) > 1}):
-            raise MappingError(f"{where} {key}: {twice[0]!r} is given by two fields (which one would it hold?)")
     constants = body.get("set", {})
     if not isinstance(constants, dict):
         raise MappingError(f"{where} set must be a table")
+    for key, table in (("standard", standard), ("custom", custom)):
+        if twice := sorted(attr for attr, n in Counter(table.values()).items() if n > 1):
+            raise MappingError(f"{where} {key}: {twice[0]!r} is given by two fields (which one would it hold?)")
+    if both := sorted(set(custom.values()) & set(constants)):  # set would win over the field, silently
+        raise MappingError(f"{where}: {both[0]!r} is given by a field in custom and by set (which one would it hold?)")
     for attr in [*custom.values(), *constants]:
         if not CUSTOM_ATTRIBUTE_NAME.match(attr) or attr in STANDARD_ATTRIBUTES or attr in RESERVED_KEYS:
             raise MappingError(

@@ -28,6 +28,7 @@ from service.store.jobs import DELIVER_FUNC, job_id_for
 from service.store.ledger_state import decode
 from service.store.limiter_scripts import INCREASE_FRACTION_PER_SECOND
 from tests.conftest import SECRET, USERCOM_KEY, close_connections, sign, stripe_event
+from tests.unit.test_billing_truth import paddle_adjustment
 from workers.delivery.context import DeliveryContext, configure
 from workers.delivery.job import deliver_update, on_job_failure
 from workers.runner import build_context
@@ -285,6 +286,22 @@ def test_a_future_dated_event_stays_refused_when_replayed(
     assert "ahead of the relay's clock" in json.dumps(response.get_json()["error"]["details"])
     assert ctx.redis.llen(keys.USERCOM.rq_queue_key(keys.REPLAY)) == 0
     assert [i["event_id"] for i in ctx.store.dead_letters()] == ["evt_ahead"]
+
+
+def test_a_replayed_event_of_a_mapped_type_with_nothing_to_send_is_not_said_to_be_unmapped(
+    admin: Any, ctx: DeliveryContext
+) -> None:
+    """A Paddle refund still pending approval, refused at intake (say, dated ahead of the clock then): on replay it
+    is valid and maps to nothing. Its type is mapped: the refusal must not send the operator to the mapping."""
+    event = paddle_adjustment("refund", "pending_approval", "adjustment.created")
+    described = Described(event["event_id"], "adjustment.created", int(time.time()))
+    refused = ValidationError({"event_time": ["The event time is ahead of the relay's clock."]})
+    item = invalid_item("paddle", event["event_id"], event["event_id"], described, event, refused, "invalid")
+    assert ctx.store.reject(item, event["event_id"])
+    response = admin.post(f"/admin/dlq/paddle-{event['event_id']}/replay", headers=AUTH)
+    error = response.get_json()["error"]
+    assert response.status_code == 409 and error["code"] == "not_mapped"
+    assert "nothing to send" in error["message"], error
 
 
 def test_an_update_naming_no_user_is_never_replayed_to_an_invented_one(

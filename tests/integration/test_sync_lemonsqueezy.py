@@ -6,15 +6,18 @@ no event history, so backfill and reconcile refuse it. Against the Lemon Squeezy
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import threading
 import time
+import types
 from typing import Any
 
 import pytest
 import urllib3
 from redis import Redis
 
+from service.backfill import lemonsqueezy_reader
 from service.backfill.feed import Feeder
 from service.backfill.lemonsqueezy_reader import LemonSqueezyReader
 from service.backfill.lemonsqueezy_sync import LEMONSQUEEZY
@@ -102,6 +105,29 @@ def test_lemonsqueezy_sync_brings_the_crm_to_the_subscriptions_state_and_twice_s
     assert (code, second["accepted"], second["duplicate"]) == (0, 0, 4)
     drain(settings)
     assert usercom_calls(sandbox) == calls
+
+
+def test_an_older_unpaid_subscription_read_pages_later_loses_to_the_live_one_that_replaced_it(
+    lemonsqueezy_env: dict[str, str],
+    lemonsqueezy_api: LemonSqueezyApiServer,
+    sandbox: SandboxServer,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Unpaid and paused subscriptions have no ends_at: stamped with their read time, the replaced one (older,
+    so on a later page of the newest-first list, read seconds later) won over the live one."""
+    old = subscription(1, customer=1003, status="unpaid", product="Legacy")
+    lemonsqueezy_api.state.subscriptions.extend([old, subscription(2, customer=4242), subscription(3, customer=1003)])
+    monkeypatch.setattr(lemonsqueezy_reader, "PAGE_SIZE", 1)  # a page each: 3, 2, then 1
+    ticks = itertools.count()
+    clock = types.SimpleNamespace(time=lambda: time.time() - 60 + 10 * next(ticks))  # pages asked 10 s apart
+    monkeypatch.setattr(lemonsqueezy_reader, "time", clock)
+    code, summary = run(capsys, "sync", "lemonsqueezy", "--json", "--max-rps", "1000")
+    assert (code, summary["accepted"]) == (0, 3)
+    drain(Settings.from_env(lemonsqueezy_env))
+    moved = sandbox.state.user_by_custom_id("1003")
+    assert moved is not None
+    assert (moved["attributes"]["subscription_status"], moved["attributes"]["plan"]) == ("active", "Pro")
 
 
 def test_an_interrupted_lemonsqueezy_sync_continues_from_the_page_it_fed_last(
