@@ -171,8 +171,6 @@ def _rule(source: str, event_type: str, body: Any) -> Rule:
     for key, table in (("standard", standard), ("custom", custom)):
         if twice := sorted(attr for attr, n in Counter(table.values()).items() if n > 1):
             raise MappingError(f"{where} {key}: {twice[0]!r} is given by two fields (which one would it hold?)")
-    if both := sorted(set(custom.values()) & set(constants)):  # set would win over the field, silently
-        raise MappingError(f"{where}: {both[0]!r} is given by a field in custom and by set (which one would it hold?)")
     for attr in [*custom.values(), *constants]:
         if not CUSTOM_ATTRIBUTE_NAME.match(attr) or attr in STANDARD_ATTRIBUTES or attr in RESERVED_KEYS:
             raise MappingError(

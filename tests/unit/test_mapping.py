@@ -93,10 +93,6 @@ def test_values_missing_from_the_event_are_not_sent() -> None:
             '[stripe."a"]\nextract = "customer"\nstandard = { email = "email", phone_number = "email" }',
             "standard: 'email' is given by two fields",
         ),
-        (
-            '[stripe."a"]\nextract = "subscription"\ncustom = { plan = "plan" }\nset = { plan = "legacy" }',
-            "'plan' is given by a field in custom and by set",
-        ),
         ('[chargebee."x"]\nextract = "customer"', "unknown source"),
         (
             '[paddle."x"]\nextract = "charge"\ntags = ["t"]',
