@@ -262,6 +262,7 @@ def test_bulk_replay_goes_in_batches_and_says_how_far_it_got_when_one_fails(
 AFTER_FIRST_BATCH = """(then) => {
   const actions = {
     signOut: () => document.getElementById("logout").click(),
+    clickAgain: () => document.getElementById("bulk-replay").click(),
     leave: () => {
       document.getElementById("destination").add(new Option("elsewhere", "elsewhere", true, true));
       location.hash = "#/overview";
@@ -298,6 +299,23 @@ def test_signing_out_stops_a_bulk_replay_before_its_next_batch(
     page.click("#login")
     page.click('a[href="#/dlq"]')
     expect(page.locator("#flash")).to_have_text('Replayed 1 before you signed out: {"replayed":1}')
+
+
+def test_a_second_bulk_replay_waits_for_the_first_to_end(page: Page, relay: tuple[str, Settings], redis: Redis) -> None:
+    base_url, _ = relay
+    sign_in(page, base_url)
+    page.click('a[href="#/dlq"]')
+    expect(page.locator("#dlq-table tbody tr")).to_have_count(3)
+    page.evaluate("bulkBatch = 1")
+    page.evaluate(AFTER_FIRST_BATCH, "clickAgain")
+    bodies: list[dict[str, Any]] = []
+    page.route("**/admin/dlq/replay*", lambda route: bodies.append(route.request.post_data_json) or route.continue_())
+    page.click("#bulk-replay")
+    page.click("#confirm-yes")
+    expect(page.locator("#flash")).to_have_text('Replayed: {"replayed":3}')
+    assert [body.get("dry_run", False) for body in bodies] == [True, False, False, False]  # no second dry run
+    expect(page.locator("#confirm")).to_be_hidden()
+    assert dlq_ids(redis) == set()
 
 
 def test_a_bulk_replay_goes_on_where_it_began_when_the_operator_leaves_the_page(

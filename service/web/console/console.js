@@ -13,7 +13,7 @@ const main = document.getElementById("main");
 // view: bumped by every route(), so an answer that comes after the page was left is not shown.
 // session: bumped by every sign-in page, so a bulk replay stops when its operator signs out.
 // status: the last /status that answered, shown (marked stale) while refreshes fail.
-const state = { timer: null, view: 0, session: 0, history: {}, status: null, dlqOffset: 0, filters: {} };
+const state = { timer: null, view: 0, session: 0, history: {}, status: null, dlqOffset: 0, filters: {}, replaying: false };
 
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
@@ -252,6 +252,10 @@ function filterForm() {
 }
 
 async function bulkReplay() {
+  if (state.replaying) {  // one at a time: two would count each other's items as gone
+    document.getElementById("bulk-error").textContent = "A bulk replay is under way: wait for it to end.";
+    return;
+  }
   // Act on what the form shows, never on filters applied earlier: apply them first, so the
   // list below the dialog is the one the replay will take.
   const shown = formFilters();
@@ -302,6 +306,7 @@ async function replayInBatches(body, expected) {
   const path = withDestination("/admin/dlq/replay");
   const session = state.session;
   const progress = (text) => { const node = document.getElementById("bulk-progress"); if (node) node.textContent = text; };
+  state.replaying = true;
   try {
     do {
       if (state.session !== session) {
@@ -320,6 +325,7 @@ async function replayInBatches(body, expected) {
     if (taken) failure.partial = `Replayed ${taken} before ${why}: ${JSON.stringify(outcomes)}`;
     throw failure;
   } finally {
+    state.replaying = false;
     progress("");
   }
   return `Replayed: ${JSON.stringify(outcomes)}`;
