@@ -109,11 +109,14 @@ class DlqBulkRequest(DlqFilterSchema):
             "`cursor` with the same filters for the next batch, until it is null"
         },
     )
-    cursor = fields.String(metadata={"description": "the last batch's `cursor`, as it was given (with `batch`)"})
+    cursor = fields.String(
+        allow_none=True,
+        metadata={"description": "the last batch's `cursor` as given (with `batch`); null or left out: the first"},
+    )
 
     @validates_schema
     def _batch_alone(self, data: dict[str, Any], **_: Any) -> None:
-        if "cursor" in data and "batch" not in data:
+        if data.get("cursor") is not None and "batch" not in data:
             raise ValidationError("a cursor continues a replay in batches: give `batch` with it", "cursor")
         for other in ("limit", "dry_run"):
             if "batch" in data and data.get(other):

@@ -235,7 +235,7 @@ def test_bulk_replay_in_batches_answers_a_cursor_until_done(
     for n in range(3):
         dead_letter(ctx, sandbox, update(f"evt_{n}", user=f"u{n}"))
     body: dict[str, Any] = {"reason": "usercom_rejected", "batch": 2}
-    first = admin.post("/admin/dlq/replay", json=body, headers=AUTH)
+    first = admin.post("/admin/dlq/replay", json={**body, "cursor": None}, headers=AUTH)  # as a loop starts
     assert first.status_code == 202
     assert {k: v for k, v in first.get_json().items() if k != "cursor"} == {
         "selected": 2,
