@@ -112,8 +112,10 @@ def undocumented_types(mapping: Mapping) -> list[str]:
     for source, rules in mapping.rules.items():
         spec = SOURCE_SPECS[source]
         documented = spec.documented_types()
-        for event_type in [] if documented is None else sorted(set(rules) - documented):
-            close = difflib.get_close_matches(event_type, documented or (), n=1)
+        if documented is None:
+            continue
+        for event_type in sorted(set(rules) - documented):
+            close = difflib.get_close_matches(event_type, documented, n=1)
             hint = f' (did you mean "{close[0]}"?)' if close else ""
             lines.append(
                 f'the mapping names {source} event type "{event_type}", not one of the {spec.title} event types this '
