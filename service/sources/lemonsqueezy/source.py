@@ -136,12 +136,13 @@ class LemonSqueezySource:
         return Described(None, text_or_none(meta.get("event_name")), None)  # no event id without a valid body
 
 
-# Lemon Squeezy's webhook event types, as its official SDK (lemonsqueezy.js, webhooks) lists them.
+# Lemon Squeezy's webhook event types, as its official SDK (lemonsqueezy.js, webhooks) lists them, and
+# affiliate_activated, which its docs list too.
 EVENT_TYPES = frozenset(
     """order_created order_refunded subscription_created subscription_updated subscription_cancelled
     subscription_resumed subscription_expired subscription_paused subscription_unpaused subscription_payment_success
     subscription_payment_failed subscription_payment_recovered subscription_payment_refunded license_key_created
-    license_key_updated""".split()
+    license_key_updated affiliate_activated""".split()
 )
 
 
