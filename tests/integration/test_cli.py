@@ -35,6 +35,29 @@ def relay(*args: str, env: dict[str, str] | None = None) -> subprocess.Completed
     return subprocess.run([RELAY, *args], env=GOOD if env is None else env, capture_output=True, text=True, timeout=30)
 
 
+SETTING_PREFIXES = ("RELAY_", "REDIS_", "STRIPE_", "PADDLE_", "LEMONSQUEEZY_", "USERCOM_", "USERKIT_", "STANDARD_")
+
+
+@pytest.fixture
+def in_process(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Any:
+    """`relay` run by main() in this process, for a command refused before it does anything (a one-line
+    error): what a subprocess would print and exit with, without starting an interpreter each time."""
+
+    def run(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
+        for name in [name for name in os.environ if name.startswith(SETTING_PREFIXES)]:
+            monkeypatch.delenv(name)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        try:
+            code = main(list(args))
+        except SystemExit as stopped:
+            code = int(stopped.code or 0)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
 def test_check_config_summarizes_without_secrets() -> None:
     result = relay("check-config")
     assert result.returncode == 0, result.stderr
@@ -93,23 +116,23 @@ def test_check_config_refuses_a_metrics_directory_web_and_worker_would_refuse(tm
 
 
 @pytest.mark.parametrize("command", [["check-config"], ["web"], ["worker"]])
-def test_bad_configuration_stops_with_one_line(command: list[str]) -> None:
-    result = relay(*command, env={**GOOD, "STRIPE_TOLERANCE_SECONDS": "soon", "USERCOM_API_URL": "nope"})
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
+def test_bad_configuration_stops_with_one_line(command: list[str], in_process: Any) -> None:
+    code, _, err = in_process(*command, env={**GOOD, "STRIPE_TOLERANCE_SECONDS": "soon", "USERCOM_API_URL": "nope"})
+    assert code == 2
+    lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("relay: configuration error: ")
 
 
 @pytest.mark.parametrize("command", [["check-config"], ["web"], ["worker"]])
 def test_a_mapping_file_with_an_extract_that_is_not_a_name_stops_with_one_line(
-    command: list[str], tmp_path: Path
+    command: list[str], tmp_path: Path, in_process: Any
 ) -> None:
     """`extract = []` (a TOML list or table where a name belongs) is a typo, not a traceback."""
     mapping = tmp_path / "mapping.toml"
     mapping.write_text('[stripe."customer.created"]\nextract = []\ntags = ["t"]\n')
-    result = relay(*command, env={**GOOD, "RELAY_MAPPING_FILE": str(mapping)})
-    assert result.returncode == 2, result.stderr
-    assert result.stderr.splitlines() == [
+    code, _, err = in_process(*command, env={**GOOD, "RELAY_MAPPING_FILE": str(mapping)})
+    assert code == 2, err
+    assert err.splitlines() == [
         'relay: configuration error: RELAY_MAPPING_FILE: [stripe."customer.created"] extract must be one of '
         "['charge', 'checkout_session', 'customer', 'invoice', 'subscription']"
     ]
@@ -148,14 +171,14 @@ def test_sign_prints_a_header_stripe_accepts(tmp_path: Path) -> None:
         ("PADDLE_API_BASE", "http://[::1"),
     ],
 )
-def test_a_url_setting_with_an_unbalanced_bracket_stops_with_one_line(name: str, value: str) -> None:
-    result = relay("check-config", env={**GOOD, name: value})
-    assert result.returncode == 2, result.stderr
-    assert result.stderr.splitlines() == [
+def test_a_url_setting_with_an_unbalanced_bracket_stops_with_one_line(name: str, value: str, in_process: Any) -> None:
+    code, out, err = in_process("check-config", env={**GOOD, name: value})
+    assert code == 2, err
+    assert err.splitlines() == [
         f"relay: configuration error: {name} is not a usable {'Redis URL' if name == 'REDIS_URL' else 'URL'}: "
         "its host cannot be read (an IPv6 address goes in [ ], e.g. [::1])"
     ]
-    assert "pw-not-shown" not in result.stdout + result.stderr
+    assert "pw-not-shown" not in out + err
 
 
 @pytest.mark.parametrize(
@@ -176,13 +199,14 @@ def test_a_url_setting_with_an_unbalanced_bracket_stops_with_one_line(name: str,
     ],
 )
 def test_sign_with_a_file_or_secret_it_cannot_use_is_one_line_and_exit_2(
-    tmp_path: Path, args: list[str], line: str
+    tmp_path: Path, args: list[str], line: str, in_process: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (tmp_path / "event.json").write_text('{"id": "evt_1"}')
-    result = subprocess.run([RELAY, "sign", *args], cwd=tmp_path, env=GOOD, capture_output=True, text=True, timeout=30)
-    assert (result.returncode, result.stdout) == (2, "")
-    assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith(line), result.stderr
-    assert args[args.index("--secret") + 1] not in result.stderr  # never echoed
+    monkeypatch.chdir(tmp_path)
+    code, out, err = in_process("sign", *args, env=GOOD)
+    assert (code, out) == (2, "")
+    assert len(err.splitlines()) == 1 and err.startswith(line), err
+    assert args[args.index("--secret") + 1] not in err  # never echoed
 
 
 def test_sign_standard_gives_each_payload_its_own_webhook_id(tmp_path: Path) -> None:
