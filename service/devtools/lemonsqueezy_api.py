@@ -21,9 +21,7 @@ Faithful to Lemon Squeezy's documentation (docs.lemonsqueezy.com/api: getting-st
 
 from __future__ import annotations
 
-import collections
 import hashlib
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +30,7 @@ from urllib.parse import urlencode
 
 from flask import Flask, request
 
+from service.devtools.api_double import ApiDoubleState
 from service.devtools.wsgi_server import BackgroundServer
 
 MAX_PAGE_SIZE = 100
@@ -42,21 +41,9 @@ TITLES = {400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 429: "Too M
 
 
 @dataclass
-class LemonSqueezyApiState:
-    api_key: str
+class LemonSqueezyApiState(ApiDoubleState):
     subscriptions: list[dict[str, Any]] = field(default_factory=list)  # resource objects: type, id, attributes
-    requests: list[dict[str, Any]] = field(default_factory=list)
-    faults: collections.deque[tuple[int, str | None]] = field(default_factory=collections.deque)
-    lock: threading.Lock = field(default_factory=threading.Lock)
     clock: Callable[[], float] = time.time  # when the `urls` are signed (tests move it on)
-
-    def fail_next(self, status: int, retry_after: str | None = None, times: int = 1) -> None:
-        with self.lock:
-            self.faults.extend([(status, retry_after)] * times)
-
-    def calls(self, path: str) -> int:
-        with self.lock:
-            return sum(1 for r in self.requests if r["path"] == path)
 
 
 def _document(body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None) -> Any:
@@ -122,13 +109,11 @@ def create_app(state: LemonSqueezyApiState) -> Flask:
 
     @app.before_request
     def authenticate_and_fault() -> Any:
-        with state.lock:
-            state.requests.append({"path": request.path, "args": request.args.to_dict(flat=False)})
+        state.record()
         scheme, _, key = (request.headers.get("Authorization") or "").partition(" ")
         if scheme != "Bearer" or key != state.api_key:
             return _error(401, "Unauthenticated.")
-        with state.lock:
-            fault = state.faults.popleft() if state.faults else None
+        fault = state.next_fault()
         if fault is not None:
             status, retry_after = fault
             return _error(

@@ -22,8 +22,6 @@ about/authentication, about/errors, about/rate-limiting, events/list-events):
 
 from __future__ import annotations
 
-import collections
-import threading
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -32,6 +30,7 @@ from urllib.parse import urlencode
 
 from flask import Flask, request
 
+from service.devtools.api_double import ApiDoubleState
 from service.devtools.wsgi_server import BackgroundServer
 
 MAX_PER_PAGE = 200
@@ -44,26 +43,14 @@ RATE_LIMITED = (
 
 
 @dataclass
-class PaddleApiState:
-    api_key: str
+class PaddleApiState(ApiDoubleState):
     events: list[dict[str, Any]] = field(default_factory=list)
     customers: list[dict[str, Any]] = field(default_factory=list)
     subscriptions: list[dict[str, Any]] = field(default_factory=list)
-    requests: list[dict[str, Any]] = field(default_factory=list)
-    faults: collections.deque[tuple[int, str | None]] = field(default_factory=collections.deque)
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add_event(self, event: dict[str, Any]) -> None:
         with self.lock:
             self.events.append(event)
-
-    def fail_next(self, status: int, retry_after: str | None = None, times: int = 1) -> None:
-        with self.lock:
-            self.faults.extend([(status, retry_after)] * times)
-
-    def calls(self, path: str) -> int:
-        with self.lock:
-            return sum(1 for r in self.requests if r["path"] == path)
 
 
 def _error(status: int, kind: str, code: str, detail: str, **extra: Any) -> Any:
@@ -146,8 +133,7 @@ def create_app(state: PaddleApiState) -> Flask:
 
     @app.before_request
     def authenticate_and_fault() -> Any:
-        with state.lock:
-            state.requests.append({"path": request.path, "args": request.args.to_dict(flat=False)})
+        state.record()
         header = request.headers.get("Authorization")
         if not header:
             return _error(403, "request_error", "authentication_missing", "Authentication header missing.")
@@ -159,8 +145,7 @@ def create_app(state: PaddleApiState) -> Flask:
             )  # fmt: skip
         if key != state.api_key:
             return _error(403, "request_error", "invalid_token", "Invalid or revoked API key.")
-        with state.lock:
-            fault = state.faults.popleft() if state.faults else None
+        fault = state.next_fault()
         if fault is not None:
             status, retry_after = fault
             if status == 429:

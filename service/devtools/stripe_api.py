@@ -16,16 +16,15 @@ recorded.
 
 from __future__ import annotations
 
-import collections
 import fnmatch
 import re
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from flask import Flask, request
 
+from service.devtools.api_double import ApiDoubleState
 from service.devtools.wsgi_server import BackgroundServer
 
 MAX_LIMIT = 100
@@ -43,16 +42,12 @@ OPERATORS = {
 
 
 @dataclass
-class StripeApiState:
-    api_key: str
+class StripeApiState(ApiDoubleState):
     events: list[dict[str, Any]] = field(default_factory=list)  # in the order they happened
     undelivered: set[str] = field(default_factory=set)  # event ids some webhook endpoint never acknowledged
     customers: list[dict[str, Any]] = field(default_factory=list)
     deleted_customers: set[str] = field(default_factory=set)
     subscriptions: list[dict[str, Any]] = field(default_factory=list)
-    requests: list[dict[str, Any]] = field(default_factory=list)
-    faults: collections.deque[tuple[int, str | None]] = field(default_factory=collections.deque)
-    lock: threading.Lock = field(default_factory=threading.Lock)
     # Called with the path of each list page built, before it is answered (tests: a change made meanwhile).
     after_page: Callable[[str], None] | None = None
 
@@ -66,14 +61,6 @@ class StripeApiState:
         with self.lock:
             self.customers[:] = [c for c in self.customers if c["id"] != customer_id]
             self.deleted_customers.add(customer_id)
-
-    def fail_next(self, status: int, retry_after: str | None = None, times: int = 1) -> None:
-        with self.lock:
-            self.faults.extend([(status, retry_after)] * times)
-
-    def calls(self, path: str) -> int:
-        with self.lock:
-            return sum(1 for r in self.requests if r["path"] == path)
 
 
 def _error(status: int, kind: str, message: str, code: str | None = None, param: str | None = None) -> Any:
@@ -151,8 +138,7 @@ def create_app(state: StripeApiState) -> Flask:
 
     @app.before_request
     def authenticate_and_fault() -> Any:
-        with state.lock:
-            state.requests.append({"path": request.path, "args": request.args.to_dict(flat=False)})
+        state.record()
         header = request.headers.get("Authorization", "")
         if not header:
             return _error(
@@ -162,8 +148,7 @@ def create_app(state: StripeApiState) -> Flask:
         if scheme != "Bearer" or key != state.api_key:
             shown = f"{key[:8]}{'*' * 12}{key[-4:]}" if len(key) > 12 else "****"
             return _error(401, "invalid_request_error", f"Invalid API Key provided: {shown}")
-        with state.lock:
-            fault = state.faults.popleft() if state.faults else None
+        fault = state.next_fault()
         if fault is not None:
             status, retry_after = fault
             body, _ = (
