@@ -22,52 +22,29 @@ The key never appears in any output.
 from __future__ import annotations
 
 import json
-import threading
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-import urllib3
-
 from service.backfill import LEMONSQUEEZY_MAX_RPS
-from service.backfill.paddle_reader import retry_after_seconds
-from service.backfill.stripe_reader import (
-    MAX_BACKOFF_SECONDS,
-    MAX_RATE_LIMITED_TRIES,
-    Pacer,
-    ReadError,
-    pause_until,
-)
+from service.backfill.api_reader import ApiReader
 
 PAGE_SIZE = 100  # Lemon Squeezy's maximum page[size]
 JSON_API = "application/vnd.api+json"
-TIMEOUT = urllib3.Timeout(connect=10, read=60)
-WHERE = "(LEMONSQUEEZY_API_BASE)"
 
 
 @dataclass
-class LemonSqueezyReader:
-    api_key: str
-    api_base: str
+class LemonSqueezyReader(ApiReader):
     max_rps: float = LEMONSQUEEZY_MAX_RPS
-    stop: threading.Event = field(default_factory=threading.Event)  # set: the next wait raises Interrupted
-    calls: int = 0
-    rate_limited: int = 0
-    asked_at: float = 0.0  # time.time() just before the request of the page read last (sync stamps by it)
     page_number: int = 1  # the number of the page read last
-    _http: urllib3.PoolManager = field(init=False, repr=False)
-    _pacer: Pacer = field(init=False, repr=False)
-    _pause: Callable[[float], None] = field(init=False, repr=False)
 
-    def __post_init__(self) -> None:
-        if not self.api_key:
-            raise ReadError("LEMONSQUEEZY_API_KEY is required (an API key of the store's mode, live or test)")
-        self.api_base = self.api_base.rstrip("/")
-        self._http = urllib3.PoolManager(retries=False, timeout=TIMEOUT)
-        self._pause = pause_until(self.stop)
-        self._pacer = Pacer(self.max_rps, sleep=self._pause)
+    provider = "Lemon Squeezy"
+    key_env = "LEMONSQUEEZY_API_KEY"
+    key_needed = "an API key of the store's mode, live or test"
+    base_env = "LEMONSQUEEZY_API_BASE"
+    not_a_document = "without a JSON:API document"
+    not_found = "Not Found"
 
     def position(self) -> dict[str, str]:
         """The query that reads the page read last again: where a resumed sync starts (there is no cursor)."""
@@ -93,43 +70,27 @@ class LemonSqueezyReader:
                 return
             query = urlencode(parse_qsl(urlsplit(next_url).query, keep_blank_values=True))
 
-    def _get(self, url: str) -> dict[str, Any]:
-        delay = 1.0
-        headers = {"Authorization": f"Bearer {self.api_key}", "Accept": JSON_API, "Content-Type": JSON_API}
-        for _ in range(MAX_RATE_LIMITED_TRIES):
-            self._pacer.wait()
-            self.calls += 1
-            self.asked_at = time.time()
-            try:
-                answer = self._http.request("GET", url, headers=headers)
-            except urllib3.exceptions.HTTPError:
-                raise ReadError(f"Lemon Squeezy is unreachable at {self.api_base} {WHERE}") from None
-            if answer.status == 200:
-                try:
-                    body = json.loads(answer.data)
-                except ValueError:
-                    body = None
-                if not isinstance(body, dict):
-                    raise ReadError(
-                        f"Lemon Squeezy answered 200 without a JSON:API document at {self.api_base} {WHERE}"
-                    )
-                return body
-            title, detail = _error(answer.data)
-            if answer.status == 429:
-                self.rate_limited += 1
-                wait = retry_after_seconds(answer.headers.get("Retry-After")) or delay
-                self._pause(min(wait, MAX_BACKOFF_SECONDS))
-                delay = min(delay * 2, MAX_BACKOFF_SECONDS)
-                continue
-            if answer.status in (401, 403):
-                raise ReadError(
-                    f"Lemon Squeezy refused LEMONSQUEEZY_API_KEY ({answer.status} {title or 'Unauthorized'}): "
-                    "use a key of the store's mode (live or test) that has not expired (keys last a year)"
-                )
-            if answer.status == 404:
-                raise ReadError(f"Lemon Squeezy answered 404 {title or 'Not Found'} at {self.api_base} {WHERE}")
-            raise ReadError(f"Lemon Squeezy answered {answer.status} {title or ''}: {detail or 'no detail'}")
-        raise ReadError(f"Lemon Squeezy kept answering 429 ({MAX_RATE_LIMITED_TRIES} tries): lower --max-rps")
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}", "Accept": JSON_API, "Content-Type": JSON_API}
+
+    @staticmethod
+    def _error(raw: bytes) -> tuple[str | None, str | None]:
+        """The first of a JSON:API `errors` array: its title and detail (at most 200 characters)."""
+        try:
+            errors = json.loads(raw).get("errors")
+            first = errors[0] if isinstance(errors, list) and errors and isinstance(errors[0], dict) else {}
+        except (ValueError, AttributeError):
+            return None, None
+        title, detail = first.get("title"), first.get("detail")
+        return (title[:100] if isinstance(title, str) else None), (detail[:200] if isinstance(detail, str) else None)
+
+    def _refusal(self, status: int, label: str | None) -> str | None:
+        if status not in (401, 403):
+            return None
+        return (
+            f"Lemon Squeezy refused LEMONSQUEEZY_API_KEY ({status} {label or 'Unauthorized'}): "
+            "use a key of the store's mode (live or test) that has not expired (keys last a year)"
+        )
 
 
 def _current_page(body: dict[str, Any]) -> int | None:
@@ -142,14 +103,3 @@ def _current_page(body: dict[str, Any]) -> int | None:
 def _page_in(query: str) -> int:
     raw = dict(parse_qsl(query)).get("page[number]", "1")
     return int(raw) if raw.isdigit() and int(raw) > 0 else 1
-
-
-def _error(raw: bytes) -> tuple[str | None, str | None]:
-    """The first of a JSON:API `errors` array: its title and detail (at most 200 characters)."""
-    try:
-        errors = json.loads(raw).get("errors")
-        first = errors[0] if isinstance(errors, list) and errors and isinstance(errors[0], dict) else {}
-    except (ValueError, AttributeError):
-        return None, None
-    title, detail = first.get("title"), first.get("detail")
-    return (title[:100] if isinstance(title, str) else None), (detail[:200] if isinstance(detail, str) else None)

@@ -19,30 +19,20 @@ Paddle has no official Python client in our dependencies: plain HTTPS (urllib3) 
 from __future__ import annotations
 
 import json
-import threading
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-import urllib3
-
 from service.backfill import PADDLE_MAX_RPS
-from service.backfill.stripe_reader import (
-    MAX_BACKOFF_SECONDS,
-    MAX_RATE_LIMITED_TRIES,
-    Pacer,
-    ReadError,
-    pause_until,
-)
+from service.backfill.api_reader import ApiReader
+from service.backfill.stripe_reader import ReadError
 from service.sources.base import iso_seconds
 
 PAGE_SIZE = 200  # Paddle's maximum for /events, /customers and /subscriptions
 PADDLE_EVENT_RETENTION_SECONDS = 90 * 24 * 3600
 REFUSED_KEY = frozenset({"invalid_token", "authentication_missing", "authentication_malformed", "forbidden"})
-TIMEOUT = urllib3.Timeout(connect=10, read=60)
 
 
 def retention_note(since: int, now: float) -> str | None:
@@ -57,25 +47,15 @@ def rfc3339(seconds: int) -> str:
 
 
 @dataclass
-class PaddleReader:
-    api_key: str
-    api_base: str
+class PaddleReader(ApiReader):
     max_rps: float = PADDLE_MAX_RPS
-    stop: threading.Event = field(default_factory=threading.Event)  # set: the next wait raises Interrupted
-    calls: int = 0
-    rate_limited: int = 0
-    asked_at: float = 0.0  # time.time() just before the request of the page read last (sync stamps by it)
-    _http: urllib3.PoolManager = field(init=False, repr=False)
-    _pacer: Pacer = field(init=False, repr=False)
-    _pause: Callable[[float], None] = field(init=False, repr=False)
 
-    def __post_init__(self) -> None:
-        if not self.api_key:
-            raise ReadError("PADDLE_API_KEY is required (an API key with read permission on events)")
-        self.api_base = self.api_base.rstrip("/")
-        self._http = urllib3.PoolManager(retries=False, timeout=TIMEOUT)
-        self._pause = pause_until(self.stop)
-        self._pacer = Pacer(self.max_rps, sleep=self._pause)
+    provider = "Paddle"
+    key_env = "PADDLE_API_KEY"
+    key_needed = "an API key with read permission on events"
+    base_env = "PADDLE_API_BASE"
+    not_a_document = "without JSON"
+    not_found = "not_found"
 
     def event_pages(
         self, since: int, until: int | None, types: list[str], *, undelivered_only: bool = False
@@ -123,53 +103,23 @@ class PaddleReader:
             # The filters and cursor of `next`, on the configured base (its host may be Paddle's own).
             query = urlencode(parse_qsl(urlsplit(next_url).query, keep_blank_values=True))
 
-    def _get(self, url: str) -> dict[str, Any]:
-        delay = 1.0
-        headers = {"Authorization": f"Bearer {self.api_key}", "Accept": "application/json"}
-        for _ in range(MAX_RATE_LIMITED_TRIES):
-            self._pacer.wait()
-            self.calls += 1
-            self.asked_at = time.time()
-            try:
-                answer = self._http.request("GET", url, headers=headers)
-            except urllib3.exceptions.HTTPError:
-                raise ReadError(f"Paddle is unreachable at {self.api_base} (PADDLE_API_BASE)") from None
-            if answer.status == 200:
-                try:
-                    return json.loads(answer.data)  # type: ignore[no-any-return]
-                except ValueError:
-                    raise ReadError(f"Paddle answered 200 without JSON at {self.api_base} (PADDLE_API_BASE)") from None
-            code, detail = _error(answer.data)
-            if answer.status == 429:
-                self.rate_limited += 1
-                wait = retry_after_seconds(answer.headers.get("Retry-After")) or delay
-                self._pause(min(wait, MAX_BACKOFF_SECONDS))
-                delay = min(delay * 2, MAX_BACKOFF_SECONDS)
-                continue
-            if answer.status in (401, 403) or code in REFUSED_KEY:
-                raise ReadError(
-                    f"Paddle refused PADDLE_API_KEY ({answer.status} {code or 'unauthorized'}): "
-                    "use a key with read permission on events, for this environment (live or sandbox)"
-                )
-            if answer.status == 404:
-                raise ReadError(f"Paddle answered 404 {code or 'not_found'} at {self.api_base} (PADDLE_API_BASE)")
-            raise ReadError(f"Paddle answered {answer.status} {code or ''}: {detail or 'no detail'}".rstrip())
-        raise ReadError(f"Paddle kept answering 429 ({MAX_RATE_LIMITED_TRIES} tries): lower --max-rps")
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}", "Accept": "application/json"}
 
+    @staticmethod
+    def _error(raw: bytes) -> tuple[str | None, str | None]:
+        """Paddle's error envelope: {"error": {"type", "code", "detail", "documentation_url"}}."""
+        try:
+            error = json.loads(raw).get("error") or {}
+        except (ValueError, AttributeError):
+            return None, None
+        code, detail = error.get("code"), error.get("detail")
+        return (code if isinstance(code, str) else None), (detail[:200] if isinstance(detail, str) else None)
 
-def _error(raw: bytes) -> tuple[str | None, str | None]:
-    """Paddle's error envelope: {"error": {"type", "code", "detail", "documentation_url"}}."""
-    try:
-        error = json.loads(raw).get("error") or {}
-    except (ValueError, AttributeError):
-        return None, None
-    code, detail = error.get("code"), error.get("detail")
-    return (code if isinstance(code, str) else None), (detail[:200] if isinstance(detail, str) else None)
-
-
-def retry_after_seconds(raw: str | None) -> float | None:
-    """A Retry-After header in seconds (Paddle's and Lemon Squeezy's form), or None."""
-    try:
-        return max(0.0, float(raw)) if raw is not None else None
-    except ValueError:
-        return None
+    def _refusal(self, status: int, label: str | None) -> str | None:
+        if status not in (401, 403) and label not in REFUSED_KEY:
+            return None
+        return (
+            f"Paddle refused PADDLE_API_KEY ({status} {label or 'unauthorized'}): "
+            "use a key with read permission on events, for this environment (live or sandbox)"
+        )

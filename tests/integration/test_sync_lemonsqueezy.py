@@ -17,7 +17,7 @@ import pytest
 import urllib3
 from redis import Redis
 
-from service.backfill import lemonsqueezy_reader
+from service.backfill import api_reader, lemonsqueezy_reader
 from service.backfill.feed import Feeder
 from service.backfill.lemonsqueezy_reader import LemonSqueezyReader
 from service.backfill.lemonsqueezy_sync import LEMONSQUEEZY
@@ -121,7 +121,7 @@ def test_an_older_unpaid_subscription_read_pages_later_loses_to_the_live_one_tha
     monkeypatch.setattr(lemonsqueezy_reader, "PAGE_SIZE", 1)  # a page each: 3, 2, then 1
     ticks = itertools.count()
     clock = types.SimpleNamespace(time=lambda: time.time() - 60 + 10 * next(ticks))  # pages asked 10 s apart
-    monkeypatch.setattr(lemonsqueezy_reader, "time", clock)
+    monkeypatch.setattr(api_reader, "time", clock)  # where the readers note when a page was asked for
     code, summary = run(capsys, "sync", "lemonsqueezy", "--json", "--max-rps", "1000")
     assert (code, summary["accepted"]) == (0, 3)
     drain(Settings.from_env(lemonsqueezy_env))
