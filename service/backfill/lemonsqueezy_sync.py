@@ -13,10 +13,11 @@ has nothing to make of one, and a subscription names its customer (`customer_id`
   (service/sources/lemonsqueezy/source.py), so that is where the stamp goes: the second before its page
   was asked for (a webhook about a later change still wins), or for a subscription that makes no
   subscriber (expired; unpaid; paused, unless for free) its `ends_at`, else (unpaid and paused have none)
-  its own `updated_at`, when it last changed (service.backfill.sync.ended_stamp): older than any page's
-  read time, so a customer's live subscription wins over the one it replaced whichever page each is on
-  (the list is newest first: the replaced one is read later, and a read time would let it win). The
-  object keeps its other attributes as read.
+  its own `updated_at`, when it last changed, never later than the run's start
+  (service.backfill.sync.ReadTimes.ended): older than any page's read time, so a customer's live
+  subscription wins over the one it replaced whichever page each is on (the list is newest first: the
+  replaced one is read later, and a read time would let it win). The object keeps its other
+  attributes as read.
 - Id: `sync_<id>_<digest>` in `meta.relay_event_id`, which the source takes in place of the id it
   builds from the body (that one holds `updated_at`, the stamp: a second run would make new ids).
   The digest leaves out `attributes.urls`: signed links valid for 24 hours, made anew as they expire,
@@ -28,7 +29,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from service.backfill.sync import Shape, digest, ended_stamp
+from service.backfill.sync import ReadTimes, Shape, digest
 from service.sources.base import iso_seconds
 from service.sources.lemonsqueezy.extract import serves
 
@@ -41,10 +42,10 @@ def lemon_time(seconds: int) -> str:
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.000000Z")
 
 
-def snapshot_event(phase: str, obj: dict[str, Any], read_at: int) -> dict[str, Any]:
+def snapshot_event(phase: str, obj: dict[str, Any], times: ReadTimes) -> dict[str, Any]:
     attributes = obj.get("attributes") if isinstance(obj.get("attributes"), dict) else {}
     ended = iso_seconds(attributes.get("ends_at")) or iso_seconds(attributes.get("updated_at"))
-    stamp = read_at if serves(attributes) else ended_stamp(ended, read_at)
+    stamp = times.page if serves(attributes) else times.ended(ended)
     lasting = {**obj, "attributes": {k: v for k, v in attributes.items() if k not in VOLATILE}}
     return {
         "meta": {"event_name": EVENT_NAMES[phase], "relay_event_id": f"sync_{obj['id']}_{digest(lasting)}"},

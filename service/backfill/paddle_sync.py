@@ -5,10 +5,11 @@ with Paddle's shape: each customer becomes the notification a `customer.updated`
 subscription a `subscription.updated`, `occurred_at` the second before its page was asked for (a
 newer webhook still wins). Paddle scopes customers to `active` by default: `status=active,archived` reads them
 all; subscriptions are listed in every status by default. Read oldest id first (`order_by=id[ASC]`)
-so a checkpoint's `after` cursor continues where it stopped. A canceled subscription is stamped with
-its `canceled_at` (service.backfill.sync.ended_stamp), older than any page's read time, so a
-customer's live subscription wins over the one it replaced whichever page each is on (a newer id
-is read later: a read time would let it win).
+so a checkpoint's `after` cursor continues where it stopped. A subscription that makes no subscriber is
+stamped with its `canceled_at` (a paused one has none), never later than the run's start
+(service.backfill.sync.ReadTimes.ended), older than any page's read time, so a customer's live
+subscription wins over the one it replaced whichever page each is on (a newer id is read later: a read
+time would let it win).
 """
 
 from __future__ import annotations
@@ -16,17 +17,17 @@ from __future__ import annotations
 from typing import Any
 
 from service.backfill.paddle_reader import rfc3339
-from service.backfill.sync import Shape, digest, ended_stamp
+from service.backfill.sync import ReadTimes, Shape, digest
 from service.sources.base import iso_seconds
 from service.sources.paddle.extract import SUBSCRIBED_STATUSES
 
 EVENT_TYPES = {"customers": "customer.updated", "subscriptions": "subscription.updated"}
 
 
-def snapshot_event(phase: str, obj: dict[str, Any], read_at: int) -> dict[str, Any]:
-    stamp = read_at
+def snapshot_event(phase: str, obj: dict[str, Any], times: ReadTimes) -> dict[str, Any]:
+    stamp = times.page
     if phase == "subscriptions" and obj.get("status") not in SUBSCRIBED_STATUSES:
-        stamp = ended_stamp(iso_seconds(obj.get("canceled_at")), read_at)
+        stamp = times.ended(iso_seconds(obj.get("canceled_at")))
     return {
         "event_id": f"sync_{obj['id']}_{digest(obj)}",
         "event_type": EVENT_TYPES[phase],

@@ -5,13 +5,15 @@ subscriptions only, in service/backfill/lemonsqueezy_sync.py).
 Each customer becomes the update a `customer.updated` event would make, each subscription (every
 status) the one a `customer.subscription.updated` would, through the same schemas and mapping,
 stamped with the second before its page was asked for: a webhook newer than the snapshot still wins
-(last-writer-wins by event time), an older one never overwrites it. An ended subscription
-(canceled, incomplete_expired) is stamped with the time it ended (ended_at, else canceled_at; at
-most a second before its read; without either, that second): when its state became true, and
-older than the read time of any page, so a customer's live subscription wins over the ones it
-replaced whichever page each is on (a read time would let a page read a second later outrank an
-earlier one's). A webhook about the ended one from before its end still loses to it. The stamp is
-not part of the event id: a second run still makes the same ids.
+(last-writer-wins by event time), an older one never overwrites it. A subscription that makes no
+subscriber (ended; unpaid, paused or incomplete) is stamped with the time it ended (ended_at, else
+canceled_at), but never later than the second before the run began (ReadTimes.ended; that second
+without either: unpaid, paused and incomplete ones have neither). It is older than the read time of
+every page of the run, so a customer's live subscription wins over the ones it replaced whichever
+page each is on (its own page's read time would let a page read a second later outrank an earlier
+one's). The run's start is kept in the checkpoint: a resumed run stamps as the run it continues. A
+webhook about the ended one from before its end still loses to it. The stamp is not part of the
+event id: a second run still makes the same ids.
 
 Subscriptions are read first, each with its customer (`expand[]=data.customer`), and a customer is
 fed with its subscription, both accepted in one transaction (Store.accept_together): they land in
@@ -35,6 +37,7 @@ read again on resume (the reader skips on it what was fed up to the checkpoint's
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import threading
@@ -60,22 +63,30 @@ def digest(obj: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:20]
 
 
-def ended_stamp(ended_at: int | None, read_at: int) -> int:
-    """The event time of a subscription that makes no subscriber (ended, incomplete, paused, unpaid):
-    when it ended, but before `read_at` (a provider clock ahead must not put it past a live subscription
-    read in the same second, where the tie is broken by event id); without an end time, the second
-    before its read."""
-    return read_at - 1 if ended_at is None else min(ended_at, read_at - 1)
+@dataclass(frozen=True)
+class ReadTimes:
+    """The stamps of a snapshot: `page`, the second before its page was asked for; `run`, the second
+    before the run began (kept in the checkpoint across resumes), at or before every `page` of it."""
+
+    page: int
+    run: int
+
+    def ended(self, ended_at: int | None) -> int:
+        """The event time of a subscription that makes no subscriber (ended, incomplete, paused, unpaid):
+        when it ended, but before the run began, so that a live subscription read on any page of the run
+        outranks it (one read earlier too, and one ended during the run or a provider clock ahead cannot
+        pass it); without an end time, the second before the run."""
+        return self.run - 1 if ended_at is None else min(ended_at, self.run - 1)
 
 
 def _seconds(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def snapshot_event(phase: str, obj: dict[str, Any], read_at: int) -> dict[str, Any]:
-    stamp = read_at
+def snapshot_event(phase: str, obj: dict[str, Any], times: ReadTimes) -> dict[str, Any]:
+    stamp = times.page
     if phase == "subscriptions" and obj.get("status") not in SUBSCRIBED_STATUSES:
-        stamp = ended_stamp(_seconds(obj.get("ended_at")) or _seconds(obj.get("canceled_at")), read_at)
+        stamp = times.ended(_seconds(obj.get("ended_at")) or _seconds(obj.get("canceled_at")))
     return {
         "id": f"sync_{obj['id']}_{digest(obj)}",
         "object": "event",
@@ -92,7 +103,7 @@ class Shape:
     each object becomes (the provider's webhook envelope, so its own schemas and mapping apply)."""
 
     phases: tuple[str, ...]
-    snapshot: Callable[[str, dict[str, Any], int], dict[str, Any]]
+    snapshot: Callable[[str, dict[str, Any], ReadTimes], dict[str, Any]]
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
     # The query that reads on from an object without naming it as the cursor, for when the list
     # no longer holds it (CursorGone). By default none: the phase is read again from its start.
@@ -115,6 +126,7 @@ class Checkpoint:
         self.redis = redis
         self.key = keys.sync_checkpoint(source)
         self.order = ",".join(phases)
+        self.started = int(time.time()) - 1  # ReadTimes.run: this run's, or the one it resumes (load)
 
     def load(self) -> tuple[str, str | None] | None:
         """Where an interrupted sync stopped; None (start over: nothing is sent twice) without one, or
@@ -123,6 +135,8 @@ class Checkpoint:
         raw = self.redis.hgetall(self.key)
         if not raw or raw.get(b"order", b"").decode() != self.order:
             return None
+        with contextlib.suppress(ValueError):  # one written before the start was kept: this run's
+            self.started = min(self.started, int(raw.get(b"started") or b""))
         return raw[b"phase"].decode(), (raw.get(b"after") or b"").decode() or None
 
     def reread(self) -> dict[str, Any]:
@@ -131,7 +145,13 @@ class Checkpoint:
         return json.loads(raw) if raw else {}
 
     def save(self, phase: str, after: str | None, reread: dict[str, Any] | None = None) -> None:
-        mapping = {"phase": phase, "after": after or "", "reread": json.dumps(reread or {}), "order": self.order}
+        mapping = {
+            "phase": phase,
+            "after": after or "",
+            "reread": json.dumps(reread or {}),
+            "order": self.order,
+            "started": self.started,
+        }
         self.redis.hset(self.key, mapping={**mapping, "at": time.time()})
 
     def clear(self) -> None:
@@ -164,9 +184,9 @@ def sync(
             for page, asked_at in _pages(reader, shape, phase, after, reread):
                 # A second before the page was asked for: a change the provider made after it built the
                 # page has an event time of that second or later, so its webhook outranks the snapshot.
-                read_at = int(asked_at) - 1
+                times = ReadTimes(page=int(asked_at) - 1, run=checkpoint.started)
                 for obj in page:
-                    _feed(feeder, shape, phase, obj, read_at, fed)
+                    _feed(feeder, shape, phase, obj, times, fed)
                 if not feeder.dry_run:
                     checkpoint.save(
                         phase, page[-1]["id"], reader.position() if shape.numbered else shape.reread(page[-1])
@@ -206,19 +226,19 @@ def _pages(
             query, after, reread = {**params, **reread}, None, {}
 
 
-def _feed(feeder: Feeder, shape: Shape, phase: str, obj: dict[str, Any], read_at: int, fed: set[str]) -> None:
+def _feed(feeder: Feeder, shape: Shape, phase: str, obj: dict[str, Any], times: ReadTimes, fed: set[str]) -> None:
     if phase == "customers":
         if obj["id"] not in fed:
-            feeder.event(shape.snapshot(phase, obj, read_at))
+            feeder.event(shape.snapshot(phase, obj, times))
         return
     owner = obj.get("customer")
     together = []
     if isinstance(owner, dict):  # expanded: fed once, with the subscription
         obj = {**obj, "customer": owner["id"]}
         if owner["id"] not in fed and not owner.get("deleted"):
-            together.append(shape.snapshot("customers", owner, read_at))
+            together.append(shape.snapshot("customers", owner, times))
             fed.add(owner["id"])
-    feeder.events_together([*together, shape.snapshot(phase, obj, read_at)])
+    feeder.events_together([*together, shape.snapshot(phase, obj, times)])
 
 
 def _summary(reader: Any, feeder: Feeder) -> dict[str, Any]:

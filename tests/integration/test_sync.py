@@ -129,6 +129,21 @@ def test_an_interrupted_sync_continues_from_its_checkpoint(
     assert ledger["received"] == 300  # each customer and subscription once
 
 
+def test_a_resumed_sync_stamps_with_the_start_of_the_run_it_continues(redis: Redis) -> None:
+    """What makes no subscriber is stamped before the run began (ReadTimes.ended): a run resumed later
+    must keep the first start, or its pages' ended subscriptions outrank the live ones read before."""
+    first = Checkpoint(redis, "stripe")
+    first.started -= 3600  # begun an hour ago
+    first.save("subscriptions", "sub_000050_0")
+    resumed = Checkpoint(redis, "stripe")
+    assert resumed.load() == ("subscriptions", "sub_000050_0")
+    assert resumed.started == first.started
+    redis.hdel(keys.sync_checkpoint("stripe"), "started")  # written by a relay that did not keep it
+    older = Checkpoint(redis, "stripe")
+    now = older.started
+    assert older.load() is not None and older.started == now
+
+
 def test_a_checkpoint_from_the_old_phase_order_starts_over(
     api_env: dict[str, str], stripe_api: StripeApiServer, redis: Redis, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -204,17 +219,31 @@ def test_each_user_is_sent_once_customer_and_subscription_together(
     assert sandbox.state.user_by_custom_id("user-999")["email"] == "user999@example.com"  # type: ignore[index]
 
 
-def test_a_live_subscription_beats_an_ended_one_read_on_a_later_page(
+@pytest.mark.parametrize(
+    ("status", "ended_at"),
+    [
+        ("canceled", 1_650_000_000),
+        # no end time: stamped the second before a read, its page's read outranked page 1's
+        ("unpaid", None),
+        ("incomplete", None),
+        # "now" on a provider clock ahead of ours: its end outranked page 1's read
+        ("canceled", int(time.time()) + 3600),
+    ],
+    ids=["canceled", "unpaid", "incomplete", "ended-ahead"],
+)
+def test_a_live_subscription_beats_one_making_no_subscriber_read_on_a_later_page(
     api_env: dict[str, str],
     stripe_api: StripeApiServer,
     sandbox: SandboxServer,
     redis: Redis,
     capsys: pytest.CaptureFixture[str],
+    status: str,
+    ended_at: int | None,
 ) -> None:
     settings = Settings.from_env(api_env)
     stripe_api.state.customers.extend(customer(n, created=1_700_000_000 + n) for n in (0, 1))
-    ended = subscription(0, created=1_600_000_000, plan="legacy", status="canceled", item=1)
-    ended.update(canceled_at=1_650_000_000, ended_at=1_650_000_000)
+    ended = subscription(0, created=1_600_000_000, plan="legacy", status=status, item=1)
+    ended.update(canceled_at=ended_at, ended_at=ended_at, cancel_at=None, cancel_at_period_end=False)
     # newest first, 100 a page: user-0's live subscription opens page 1, the one it replaced ends page 2
     between = [subscription(1, created=1_700_000_000 + i, plan="basic", status="active", item=i) for i in range(149)]
     live = subscription(0, created=1_800_000_000, plan="team", status="active")

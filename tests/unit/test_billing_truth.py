@@ -11,6 +11,7 @@ import pytest
 
 from service.backfill.paddle_reader import rfc3339
 from service.backfill.paddle_sync import snapshot_event as paddle_snapshot
+from service.backfill.sync import ReadTimes
 from service.backfill.sync import snapshot_event as stripe_snapshot
 from tests.conftest import load_fixture, read, stripe_event
 
@@ -182,18 +183,19 @@ def test_a_payment_of_nothing_does_not_tag_paying(amount: int, paying: bool) -> 
         ("canceled", True),
     ],
 )
-def test_a_sync_dates_a_subscription_that_makes_no_subscriber_before_its_read(
+def test_a_sync_dates_a_subscription_that_makes_no_subscriber_before_its_run(
     status: str, before_its_read: bool
 ) -> None:
-    """Read in the same second as the customer's live subscription, it must not win the tie (broken by
-    event id, arbitrary for a snapshot) and take the subscriber away."""
-    read_at = T
-    stripe = stripe_snapshot("subscriptions", {**stripe_subscription(status), "created": T - 100}, read_at)
-    assert stripe["created"] == (read_at - 1 if before_its_read else read_at)
+    """Read in the run's first second, or on a later page than the customer's live subscription, it must
+    neither win the tie (broken by event id, arbitrary for a snapshot) nor outrank that one's read time,
+    and take the subscriber away."""
+    times = ReadTimes(page=T + 5, run=T)  # a page read five seconds into the run
+    stripe = stripe_snapshot("subscriptions", {**stripe_subscription(status), "created": T - 100}, times)
+    assert stripe["created"] == (T - 1 if before_its_read else T + 5)
     paddle_status = {"unpaid": "past_due", "incomplete": "paused"}.get(status, status)  # Paddle's own statuses
-    paddle = paddle_snapshot("subscriptions", {"id": "sub_1", "status": paddle_status}, read_at)
+    paddle = paddle_snapshot("subscriptions", {"id": "sub_1", "status": paddle_status}, times)
     paddle_before = paddle_status not in ("active", "past_due", "trialing")
-    assert paddle["occurred_at"] == rfc3339(read_at - 1 if paddle_before else read_at)
+    assert paddle["occurred_at"] == rfc3339(T - 1 if paddle_before else T + 5)
 
 
 def test_a_scheduled_cancel_is_reported_and_cleared_once_taken_back() -> None:
